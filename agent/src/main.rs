@@ -1,0 +1,6 @@
+//! `testbed-agent`: runs in every guest and converges the node's kernel to a NodeSpec.
+
+fn main() {
+    eprintln!("testbed-agent: not built yet");
+    std::process::exit(3);
+}

@@ -1,0 +1,33 @@
+//! API types shared by the `testbed` CLI and `testbed-agent` (the kube-core role): the desired state the CLI
+//! sends (NodeSpec, PodSpec), what the agent reports back (NodeStatus, PodStatus), exec, and errors.
+//! This crate does no I/O so both sides (and tests) can use it freely.
+
+pub mod node;
+pub mod pod;
+pub mod validate;
+
+pub use node::*;
+pub use pod::*;
+
+/// TCP port the agent listens on, on the guest's 127.0.0.1 only. The CLI reaches it over SSH forwarding.
+pub const AGENT_PORT: u16 = 7070;
+/// Version prefix of every agent endpoint, e.g. `PUT /v1/node`.
+pub const API_PREFIX: &str = "/v1";
+
+/// Body of every non-2xx answer from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApiError {
+    /// The offending field as a path (`pods[0].containers[1].resources.limits.memory`), when one is to blame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}

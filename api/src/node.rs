@@ -1,0 +1,141 @@
+//! Node-level desired state (network) and observed state.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::pod::PodStatus;
+
+/// Overlay backend, with flannel's kernel state (see docs/architecture.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// `flannel.1`, VNI 1, UDP 8472, learning off, static neighbour + FDB + onlink route per peer.
+    Vxlan,
+    /// A route per peer node subnet via the peer's underlay IP (all nodes on one L2 segment).
+    HostGw,
+    /// TUN `flannel0`; the agent encapsulates IP packets in UDP to peer:8285 in userspace.
+    Udp,
+    /// No cross-node pod routing: only the bridge and same-node pods.
+    None,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 4] = [Backend::Vxlan, Backend::HostGw, Backend::Udp, Backend::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Vxlan => "vxlan",
+            Backend::HostGw => "host-gw",
+            Backend::Udp => "udp",
+            Backend::None => "none",
+        }
+    }
+
+    /// MTU for pod interfaces given the underlay MTU (flannel's overheads).
+    pub fn pod_mtu(self, underlay_mtu: u32) -> u32 {
+        match self {
+            Backend::Vxlan => underlay_mtu - 50,
+            Backend::Udp => underlay_mtu - 28,
+            Backend::HostGw | Backend::None => underlay_mtu,
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| format!("unknown backend `{s}` (expected vxlan, host-gw, udp or none)"))
+    }
+}
+
+/// The guest NIC on the underlay segment that carries cross-node pod traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlaySpec {
+    /// Guest interface name, e.g. `eth1` (the first NIC is QEMU's management network).
+    pub interface: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mtu: u32,
+}
+
+/// Another node as this node must know it to route pod traffic to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSpec {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_subnet: Ipv4Net,
+    /// MAC of the peer's `flannel.1`; planned up front (flannel learns it from the peer's lease).
+    pub vtep_mac: String,
+}
+
+/// Desired network state of one node. `PUT /v1/node` with this body; the agent converges the kernel to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub node_name: String,
+    pub underlay: UnderlaySpec,
+    /// Cluster-wide pod CIDR (routes for the udp backend, no-SNAT checks).
+    pub pod_cidr: Ipv4Net,
+    /// This node's pod subnet; `.1` goes on `cni0`, pods get addresses from `.2` up.
+    pub pod_subnet: Ipv4Net,
+    pub backend: Backend,
+    /// MAC for this node's `flannel.1` (vxlan backend).
+    pub vtep_mac: String,
+    pub peers: Vec<PeerSpec>,
+}
+
+/// Answer to `PUT /v1/node`: what the reconcile changed. Empty when the kernel already matched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub changes: Vec<String>,
+}
+
+/// One kernel object as the agent observed it (read back from netlink, not from memory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedNetwork {
+    /// Links the agent manages: `cni0`, `flannel.1`, `flannel0`, pod veths (`ip -br link` style lines).
+    pub links: Vec<String>,
+    /// Routes to pod subnets, `ip route` style (`10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink`).
+    pub routes: Vec<String>,
+    /// Permanent neighbours on `flannel.1` (`10.244.1.0 lladdr ...`).
+    pub neighbours: Vec<String>,
+    /// FDB entries on `flannel.1` (`<mac> dst <ip>`).
+    pub fdb: Vec<String>,
+}
+
+/// `GET /v1/node`: the node as the agent sees it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_name: String,
+    pub agent_version: String,
+    pub kernel: String,
+    /// `v2` or `v1`.
+    pub cgroup_version: String,
+    /// The spec last applied, if any.
+    pub spec: Option<NodeSpec>,
+    /// True when the last reconcile found nothing to change or converged without error.
+    pub converged: bool,
+    /// Error of the last reconcile, if it failed.
+    pub last_error: Option<String>,
+    /// How many periodic reconciles repaired drift since the agent started.
+    pub drift_repairs: u64,
+    pub network: ObservedNetwork,
+    pub pods: Vec<PodStatus>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub agent_version: String,
+}

@@ -1,0 +1,50 @@
+//! The one place where failures become exit codes CI can trust:
+//! 0 pass, 1 a test failed, 2 bad input or usage, 3 infrastructure failure.
+
+/// A command's failure, classified. Library modules keep their own `thiserror` types; command handlers
+/// decide the class when they convert (`.map_err(CliError::bad_input)` / `CliError::infra`).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The user's input is wrong (topology, flags, names). Exit 2.
+    #[error("{0:#}")]
+    BadInput(anyhow::Error),
+    /// Something testbed depends on failed (QEMU, SSH, the kernel, the disk). Exit 3.
+    #[error("{0:#}")]
+    Infra(anyhow::Error),
+    /// A suite ran and at least one check failed. Exit 1.
+    #[error("{0}")]
+    TestsFailed(String),
+}
+
+impl CliError {
+    pub fn bad_input(e: impl Into<anyhow::Error>) -> Self {
+        CliError::BadInput(e.into())
+    }
+
+    pub fn infra(e: impl Into<anyhow::Error>) -> Self {
+        CliError::Infra(e.into())
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::TestsFailed(_) => 1,
+            CliError::BadInput(_) => 2,
+            CliError::Infra(_) => 3,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::TestsFailed(_) => "tests-failed",
+            CliError::BadInput(_) => "bad-input",
+            CliError::Infra(_) => "infrastructure",
+        }
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// For a command whose implementation has not landed yet: says so and exits 3, never a fake success.
+pub fn not_built(what: &str) -> CliError {
+    CliError::Infra(anyhow::anyhow!("`{what}` is not built yet in this version of testbed"))
+}

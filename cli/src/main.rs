@@ -1,0 +1,114 @@
+//! `testbed`: emulate a whole container cluster on real QEMU VMs.
+
+mod exit;
+mod image;
+mod plan;
+mod provider;
+mod suites;
+mod topology;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::exit::{CliError, CliResult};
+use crate::ui::{OutputFormat, Ui};
+
+#[derive(Debug, Parser)]
+#[command(name = "testbed", version, about = "Emulate a whole container cluster on real QEMU VMs", long_about = None)]
+struct Cli {
+    /// Output format: text for people, json for machines (data on stdout, nothing else).
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    /// No progress or informational lines.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot every node of a topology as a QEMU VM, start the agents and apply the cluster network.
+    Up(provider::UpArgs),
+    /// Remove everything a lab's `up` made, from the lab directory alone.
+    Down(provider::DownArgs),
+    /// Show the lab's nodes, PIDs, ports, accelerator and agent health.
+    Status(provider::StatusArgs),
+    /// Open an interactive shell on a node.
+    Ssh(provider::SshArgs),
+    /// Run a command on a node and return its exit code.
+    Exec(provider::ExecArgs),
+    /// Run a suite (conformance, perf) against a running lab and write results.
+    Run(suites::RunArgs),
+    /// Render report.md, report.html and junit.xml again from a results.json.
+    Report(suites::ReportArgs),
+    /// Check a topology file; exit 2 with file:line:column and the field when it is wrong.
+    Validate(topology::ValidateArgs),
+    /// Print the fully resolved plan of a topology.
+    Plan(topology::PlanArgs),
+    /// Build, fetch, list and remove guest images.
+    Image(image::ImageArgs),
+    /// Check this host: QEMU, a real KVM probe, mmdebstrap, network namespaces, free disk.
+    Doctor(provider::DoctorArgs),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
+    match cli.command {
+        Command::Up(a) => provider::cmd_up(ui, a).await,
+        Command::Down(a) => provider::cmd_down(ui, a).await,
+        Command::Status(a) => provider::cmd_status(ui, a).await,
+        Command::Ssh(a) => provider::cmd_ssh(ui, a).await,
+        Command::Exec(a) => provider::cmd_exec(ui, a).await,
+        Command::Run(a) => suites::cmd_run(ui, a).await,
+        Command::Report(a) => suites::cmd_report(ui, a).await,
+        Command::Validate(a) => topology::cmd_validate(ui, a),
+        Command::Plan(a) => topology::cmd_plan(ui, a),
+        Command::Image(a) => image::cmd_image(ui, a).await,
+        Command::Doctor(a) => provider::cmd_doctor(ui, a).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "testbed", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(CliError::infra),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap uses 0 for --help/--version and 2 for usage errors, which is our contract too.
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let ui = Ui::new(cli.output, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(dispatch(cli, &ui)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if ui.is_json() {
+                let doc = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+                println!("{doc}");
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
