@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command (README.md, second set-up command): unit tests, real-kernel tests of the agent, and
+# end-to-end tests that boot real QEMU VMs (image build, up, exec, conformance, down).
+# Needs root (network namespaces, cgroups, taps) and the packages in tests/packages.txt (install.sh installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/run.sh: needs root (network namespaces, cgroups, taps): sudo bash tests/run.sh" >&2
+  exit 2
+fi
+
+# The agent runs inside the guests, which have no Rust runtime: a static glibc binary.
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked -p testbed-agent --target x86_64-unknown-linux-gnu
+export TESTBED_AGENT="$PWD/target/x86_64-unknown-linux-gnu/release/testbed-agent"
+
+# VM tests share two cores: one test binary at a time, tests inside a binary one at a time.
+cargo test --workspace --locked -- --test-threads=1
