@@ -4,6 +4,7 @@
 
 pub mod node;
 pub mod pod;
+pub mod results;
 pub mod validate;
 
 pub use node::*;

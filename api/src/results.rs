@@ -1,0 +1,202 @@
+//! Suite results: the versioned `results.json` document every report (junit.xml, report.md, report.html) is
+//! rendered from. Types only, no I/O, so `testbed report` and external tools read exactly what `run` wrote.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Backend;
+
+/// Bumped when a field changes meaning or is removed; adding optional fields keeps the version.
+pub const RESULTS_SCHEMA_VERSION: u32 = 1;
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Pass,
+    /// The check ran and the system under test misbehaved.
+    Fail,
+    /// Not applicable here (e.g. cross-node checks on a single node or with backend `none`).
+    Skip,
+    /// A warning-level check failed; it does not fail the run.
+    Warn,
+    /// The check could not run because the infrastructure failed (SSH, agent, pods never Running).
+    Error,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Fail => "fail",
+            CheckStatus::Skip => "skip",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One named check; one JUnit testcase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// Full name, unique in a run: `[pod-network] vxlan pod->pod cross-node: tcp`.
+    pub name: String,
+    /// Group (JUnit classname suffix): `pod-network`, `mtu`, `overlay`, `sandbox`, `cgroups`, `declared`, `setup`.
+    pub group: String,
+    /// The backend active while the check ran; None for checks that do not depend on it (cgroups, namespaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    pub status: CheckStatus,
+    pub duration_ms: u64,
+    /// Why it failed, was skipped or warned; one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Evidence: commands' output, measured values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+/// Where and with what the suite ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMetadata {
+    pub lab: String,
+    /// sha256 of the topology file (from the plan).
+    pub topology_hash: String,
+    /// Guest kernel release as the agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_version: Option<String>,
+    /// `kvm` or `tcg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    /// Backends the run covered, in order.
+    pub backends: Vec<Backend>,
+    pub testbed_version: String,
+    /// Host name of the machine that ran the suite.
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub total: usize,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub warned: usize,
+    pub errors: usize,
+}
+
+impl Summary {
+    pub fn of(checks: &[CheckResult]) -> Summary {
+        let count = |s: CheckStatus| checks.iter().filter(|c| c.status == s).count();
+        Summary {
+            total: checks.len(),
+            passed: count(CheckStatus::Pass),
+            failed: count(CheckStatus::Fail),
+            skipped: count(CheckStatus::Skip),
+            warned: count(CheckStatus::Warn),
+            errors: count(CheckStatus::Error),
+        }
+    }
+}
+
+/// What a finished run means for its caller (the CLI maps it to exit codes 0, 1, 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every check passed, was skipped or only warned.
+    Passed,
+    /// At least one check failed and none hit an infrastructure error.
+    Failed,
+    /// At least one check could not run because the infrastructure failed.
+    InfraError,
+}
+
+/// `results.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuiteResults {
+    pub schema_version: u32,
+    /// `conformance` or `perf`.
+    pub suite: String,
+    /// RFC 3339, UTC.
+    pub started: String,
+    pub finished: String,
+    pub duration_ms: u64,
+    pub metadata: RunMetadata,
+    pub summary: Summary,
+    pub checks: Vec<CheckResult>,
+}
+
+impl SuiteResults {
+    /// Infrastructure errors win over failures: a run that could not check everything proves nothing.
+    pub fn outcome(&self) -> RunOutcome {
+        if self.checks.iter().any(|c| c.status == CheckStatus::Error) {
+            RunOutcome::InfraError
+        } else if self.checks.iter().any(|c| c.status == CheckStatus::Fail) {
+            RunOutcome::Failed
+        } else {
+            RunOutcome::Passed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, status: CheckStatus) -> CheckResult {
+        CheckResult {
+            name: name.into(),
+            group: "g".into(),
+            backend: Some(Backend::Vxlan),
+            status,
+            duration_ms: 1,
+            message: None,
+            details: None,
+        }
+    }
+
+    fn results(checks: Vec<CheckResult>) -> SuiteResults {
+        SuiteResults {
+            schema_version: RESULTS_SCHEMA_VERSION,
+            suite: "conformance".into(),
+            started: "2026-01-01T00:00:00Z".into(),
+            finished: "2026-01-01T00:00:01Z".into(),
+            duration_ms: 1000,
+            metadata: RunMetadata::default(),
+            summary: Summary::of(&checks),
+            checks,
+        }
+    }
+
+    #[test]
+    fn outcome_prefers_infra_errors_then_failures() {
+        use CheckStatus::*;
+        assert_eq!(results(vec![check("a", Pass), check("b", Warn), check("c", Skip)]).outcome(), RunOutcome::Passed);
+        assert_eq!(results(vec![check("a", Pass), check("b", Fail)]).outcome(), RunOutcome::Failed);
+        assert_eq!(results(vec![check("a", Error), check("b", Fail)]).outcome(), RunOutcome::InfraError);
+        assert_eq!(results(vec![]).outcome(), RunOutcome::Passed);
+    }
+
+    #[test]
+    fn summary_counts_each_status() {
+        use CheckStatus::*;
+        let s = Summary::of(&[check("a", Pass), check("b", Pass), check("c", Fail), check("d", Warn), check("e", Error)]);
+        assert_eq!((s.total, s.passed, s.failed, s.skipped, s.warned, s.errors), (5, 2, 1, 0, 1, 1));
+    }
+
+    #[test]
+    fn status_serializes_lowercase_and_round_trips() {
+        let r = results(vec![check("a", CheckStatus::Warn)]);
+        let text = serde_json::to_string(&r).expect("serialize");
+        assert!(text.contains(r#""status":"warn""#), "{text}");
+        assert!(text.contains(r#""backend":"vxlan""#), "{text}");
+        let back: SuiteResults = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, r);
+    }
+}
