@@ -1,0 +1,243 @@
+//! Typed HTTP client for one node's `testbed-agent`, reached through an SSH forward on `127.0.0.1:<port>`.
+//! Every error names the node, the method and endpoint, and carries the agent's `ApiError` on 4xx/5xx.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use testbed_api::{ApiError, ApplyResponse, ExecRequest, ExecResponse, Health, NodeSpec, NodeStatus, PodSpec, PodStatus};
+
+/// Most calls are quick; this bounds a hung agent or a stalled forward.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Health probes are polled in a loop while the agent starts; each must fail fast.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Applying a NodeSpec creates devices and routes; under TCG that can take a while.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The agent's own default exec timeout (ExecRequest::timeout_secs) when the request leaves it unset.
+const AGENT_DEFAULT_EXEC_SECS: u64 = 30;
+/// Added to an exec's own timeout so the agent's kill-and-report arrives before we give up.
+const EXEC_GRACE: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent on {node}: {method} {endpoint}: {source}")]
+    Transport {
+        node: String,
+        method: Method,
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("agent on {node}: {method} {endpoint} answered {status}: {body}")]
+    Api { node: String, method: Method, endpoint: String, status: StatusCode, body: ApiError },
+    #[error("agent on {node}: {method} {endpoint} answered {status} with an unexpected body ({detail}): {text}")]
+    BadBody { node: String, method: Method, endpoint: String, status: StatusCode, detail: String, text: String },
+    #[error("agent on {node}: cannot build the HTTP client: {message}")]
+    Client { node: String, message: String },
+}
+
+impl AgentError {
+    /// HTTP status of an answered request (None for transport failures).
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            AgentError::Api { status, .. } | AgentError::BadBody { status, .. } => Some(*status),
+            AgentError::Transport { .. } | AgentError::Client { .. } => None,
+        }
+    }
+
+    /// The agent's error body on 4xx/5xx.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            AgentError::Api { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, AgentError::Transport { source, .. } if source.is_timeout())
+    }
+}
+
+/// Client for one node's agent. Cheap to clone (reqwest shares its connection pool).
+#[derive(Clone)]
+pub struct AgentClient {
+    node: String,
+    base: String,
+    /// Building fails only when the TLS backend cannot initialise; kept as the first call's error so `new` stays
+    /// infallible for callers.
+    http: Result<reqwest::Client, String>,
+}
+
+impl fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentClient").field("node", &self.node).field("base", &self.base).finish()
+    }
+}
+
+impl AgentClient {
+    /// `node` names the node in every error; `port` is the local end of the SSH forward to the agent.
+    pub fn new(node: impl Into<String>, port: u16) -> AgentClient {
+        // No proxy: a corporate HTTP_PROXY must never see (or break) loopback traffic to the forward.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(DEFAULT_TIMEOUT)
+            .build()
+            .map_err(|e| e.to_string());
+        AgentClient { node: node.into(), base: format!("http://127.0.0.1:{port}"), http }
+    }
+
+    /// The same client, naming `node` in its errors (push_agent only knows the SSH port).
+    pub fn with_node(mut self, node: impl Into<String>) -> AgentClient {
+        self.node = node.into();
+        self
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn health(&self) -> Result<Health, AgentError> {
+        self.call(Method::GET, "/healthz", None::<&()>, HEALTH_TIMEOUT).await
+    }
+
+    pub async fn apply_node(&self, spec: &NodeSpec) -> Result<ApplyResponse, AgentError> {
+        self.call(Method::PUT, "/v1/node", Some(spec), APPLY_TIMEOUT).await
+    }
+
+    pub async fn node_status(&self) -> Result<NodeStatus, AgentError> {
+        self.call(Method::GET, "/v1/node", None::<&()>, DEFAULT_TIMEOUT).await
+    }
+
+    pub async fn create_pod(&self, pod: &PodSpec) -> Result<PodStatus, AgentError> {
+        self.call(Method::POST, "/v1/pods", Some(pod), APPLY_TIMEOUT).await
+    }
+
+    pub async fn get_pod(&self, name: &str) -> Result<PodStatus, AgentError> {
+        self.call(Method::GET, &format!("/v1/pods/{}", path_segment(name)), None::<&()>, DEFAULT_TIMEOUT).await
+    }
+
+    pub async fn list_pods(&self) -> Result<Vec<PodStatus>, AgentError> {
+        self.call(Method::GET, "/v1/pods", None::<&()>, DEFAULT_TIMEOUT).await
+    }
+
+    pub async fn delete_pod(&self, name: &str) -> Result<(), AgentError> {
+        let endpoint = format!("/v1/pods/{}", path_segment(name));
+        self.send(Method::DELETE, &endpoint, None::<&()>, APPLY_TIMEOUT).await.map(|_| ())
+    }
+
+    pub async fn exec(&self, pod: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
+        let secs = req.timeout_secs.unwrap_or(AGENT_DEFAULT_EXEC_SECS);
+        let timeout = Duration::from_secs(secs).saturating_add(EXEC_GRACE);
+        self.call(Method::POST, &format!("/v1/pods/{}/exec", path_segment(pod)), Some(req), timeout).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, AgentError> {
+        let (status, text) = self.send(method.clone(), endpoint, body, timeout).await?;
+        serde_json::from_str(&text).map_err(|e| AgentError::BadBody {
+            node: self.node.clone(),
+            method,
+            endpoint: endpoint.to_string(),
+            status,
+            detail: e.to_string(),
+            text: truncate(&text),
+        })
+    }
+
+    /// Sends one request; 2xx gives (status, body text), anything else an error with the parsed ApiError.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, String), AgentError> {
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|message| AgentError::Client { node: self.node.clone(), message: message.clone() })?;
+        let transport = |source| AgentError::Transport {
+            node: self.node.clone(),
+            method: method.clone(),
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let mut req = http.request(method.clone(), format!("{}{endpoint}", self.base)).timeout(timeout);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(transport)?;
+        if status.is_success() {
+            return Ok((status, text));
+        }
+        Err(match serde_json::from_str::<ApiError>(&text) {
+            Ok(body) => AgentError::Api { node: self.node.clone(), method, endpoint: endpoint.to_string(), status, body },
+            Err(e) => AgentError::BadBody {
+                node: self.node.clone(),
+                method,
+                endpoint: endpoint.to_string(),
+                status,
+                detail: format!("not an ApiError: {e}"),
+                text: truncate(&text),
+            },
+        })
+    }
+}
+
+/// Percent-encodes one URL path segment (pod names are DNS labels, but a bad name must not change the route).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Keeps error messages readable when an unexpected body (an HTML page, a binary blob) comes back.
+fn truncate(text: &str) -> String {
+    const MAX: usize = 2000;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segment_escapes_everything_but_unreserved() {
+        assert_eq!(path_segment("web-1.a_b~"), "web-1.a_b~");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn truncate_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(truncate("short"), "short");
+        let long = "x".repeat(5000);
+        let cut = truncate(&long);
+        assert!(cut.starts_with(&"x".repeat(2000)));
+        assert!(cut.ends_with("(5000 bytes)"));
+    }
+}

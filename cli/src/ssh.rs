@@ -1,0 +1,709 @@
+//! SSH to the guests: key generation, host-key pinning, exec, atomic upload, port forwarding, agent push.
+//!
+//! Every guest is reached through QEMU's user-mode `hostfwd` on `127.0.0.1:<port>`, always as `root`, always by
+//! public key. The guest's host key is generated here, injected through the seed and pinned: the server must
+//! present exactly that key, anything else is a hard error (no trust-on-first-use, no retry).
+//!
+//! The client is russh (pure Rust, `ring` backend); the interactive `testbed ssh` uses the system `ssh` with a
+//! lab-local known_hosts file instead, because a real terminal is what people expect there.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+use sha2::{Digest as _, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::agent_client::{AgentClient, AgentError};
+
+/// The only user testbed logs in as.
+const USER: &str = "root";
+/// One connect attempt (TCP + banner + kex + auth). Generous because a TCG guest under load is slow.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between attempts while the guest boots (slirp accepts the TCP connection and then resets it).
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// Keepalive so a dead guest is noticed within ~30 s instead of hanging a suite.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_MAX: usize = 6;
+/// Safety net: with keepalives answered the connection is never idle, so this only fires on a silent peer.
+const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Where the image's supervisor expects the agent, and where it writes the agent's PID.
+pub const AGENT_REMOTE_PATH: &str = "/usr/local/bin/testbed-agent";
+const AGENT_PID_FILE: &str = "/run/testbed-agent.pid";
+const AGENT_LOG_FILE: &str = "/var/log/testbed-agent.log";
+/// How long the restarted agent may take to answer /healthz (supervisor backoff is 1 s; TCG is slow).
+const AGENT_START_DEADLINE: Duration = Duration::from_secs(60);
+/// The command that builds the agent the way `locate_agent_binary` wants it.
+pub const AGENT_BUILD_HINT: &str =
+    "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p testbed-agent --release --target x86_64-unknown-linux-gnu";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SSH key {what}: {message}")]
+    Key { what: String, message: String },
+    #[error("host key of 127.0.0.1:{port} is not the pinned one: expected `{expected}`, got `{got}`")]
+    HostKeyMismatch { port: u16, expected: String, got: String },
+    #[error("no SSH session to 127.0.0.1:{port} within {waited:?} ({attempts} attempts); last error: {last}")]
+    ConnectTimeout { port: u16, waited: Duration, attempts: u32, last: String },
+    #[error("127.0.0.1:{port} refused public-key authentication of {USER} with {}", key.display())]
+    AuthRefused { port: u16, key: PathBuf },
+    #[error("SSH 127.0.0.1:{port}: {step}: {source}")]
+    Protocol {
+        port: u16,
+        step: String,
+        #[source]
+        source: russh::Error,
+    },
+    #[error("SSH 127.0.0.1:{port}: `{command}` did not finish within {timeout:?}")]
+    ExecTimeout { port: u16, command: String, timeout: Duration },
+    #[error("SSH 127.0.0.1:{port}: `{command}` ended without an exit status")]
+    NoExitStatus { port: u16, command: String },
+    #[error("SSH 127.0.0.1:{port}: {step} failed with exit code {exit_code}: {stderr}")]
+    Remote { port: u16, step: String, exit_code: i32, stderr: String },
+    #[error("SSH 127.0.0.1:{port}: forward to guest port {remote_port}: {source}")]
+    Forward {
+        port: u16,
+        remote_port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent binary: {0}")]
+    AgentBinary(String),
+    #[error("agent on 127.0.0.1:{port} did not become healthy within {waited:?}: {last}\n--- tail of {AGENT_LOG_FILE} ---\n{log_tail}")]
+    AgentNotHealthy { port: u16, waited: Duration, last: AgentError, log_tail: String },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SshError + 'a {
+    move |source| SshError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// A node's SSH host key pair, generated on the host and injected through the seed.
+#[derive(Clone)]
+pub struct NodeKeys {
+    /// OpenSSH private key (`-----BEGIN OPENSSH PRIVATE KEY-----`), goes to the guest's /etc/ssh.
+    pub host_private_openssh: String,
+    /// `ssh-ed25519 AAAA... comment`: what the client pins and what known_hosts holds.
+    pub host_public_openssh: String,
+}
+
+impl fmt::Debug for NodeKeys {
+    // The private half never lands in logs or panics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeKeys").field("host_public_openssh", &self.host_public_openssh).finish_non_exhaustive()
+    }
+}
+
+fn random_ed25519(comment: &str) -> Result<PrivateKey, SshError> {
+    use rand::RngCore as _;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let keypair = Ed25519Keypair::from_seed(&seed);
+    seed.fill(0);
+    PrivateKey::new(KeypairData::Ed25519(keypair), comment)
+        .map_err(|e| SshError::Key { what: "generation".into(), message: e.to_string() })
+}
+
+fn private_openssh(key: &PrivateKey) -> Result<String, SshError> {
+    key.to_openssh(LineEnding::LF)
+        .map(|pem| pem.to_string())
+        .map_err(|e| SshError::Key { what: "encoding (private)".into(), message: e.to_string() })
+}
+
+fn public_openssh(key: &PublicKey) -> Result<String, SshError> {
+    key.to_openssh().map_err(|e| SshError::Key { what: "encoding (public)".into(), message: e.to_string() })
+}
+
+/// Writes `contents` to `path` with `mode` atomically (temp file in the same directory, then rename).
+fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SshError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".testbed-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    tmp.write_all(contents).map_err(io_err("write", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_err("sync", tmp.path()))?;
+    tmp.persist(path).map_err(|e| SshError::Io { action: "rename into place", path: path.to_path_buf(), source: e.error })?;
+    Ok(())
+}
+
+/// The lab's client key: `<lab_dir>/id_ed25519` (0600, OpenSSH format) with `id_ed25519.pub` beside it.
+/// Idempotent: an existing valid key is kept (the running guests trust it), its `.pub` rewritten from it.
+pub fn generate_client_key(lab_dir: &Path) -> Result<PathBuf, SshError> {
+    let path = lab_dir.join("id_ed25519");
+    let pub_path = lab_dir.join("id_ed25519.pub");
+    let key = if path.exists() {
+        russh::keys::load_secret_key(&path, None)
+            .map_err(|e| SshError::Key { what: path.display().to_string(), message: e.to_string() })?
+    } else {
+        let key = random_ed25519("testbed-client")?;
+        // create_new + 0600 from the start: the private key is never world-readable, not even for a moment.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        file.write_all(private_openssh(&key)?.as_bytes()).map_err(io_err("write", &path))?;
+        file.sync_all().map_err(io_err("sync", &path))?;
+        key
+    };
+    let public = format!("{}\n", public_openssh(key.public_key())?);
+    write_file_atomic(&pub_path, public.as_bytes(), 0o644)?;
+    Ok(path)
+}
+
+/// A fresh ed25519 host key pair for one node.
+pub fn generate_host_key() -> Result<NodeKeys, SshError> {
+    let key = random_ed25519("testbed-host")?;
+    Ok(NodeKeys { host_private_openssh: private_openssh(&key)?, host_public_openssh: public_openssh(key.public_key())? })
+}
+
+/// Parses an OpenSSH public key line (`ssh-ed25519 AAAA... [comment]`).
+fn parse_public(line: &str) -> Result<PublicKey, SshError> {
+    PublicKey::from_openssh(line.trim())
+        .map_err(|e| SshError::Key { what: format!("`{}` (pinned host key)", line.trim()), message: e.to_string() })
+}
+
+/// `[127.0.0.1]:<port> <type> <base64>` lines for the system ssh; comments stripped. Written atomically, 0644.
+pub fn write_known_hosts(path: &Path, entries: &[(u16, String)]) -> Result<(), SshError> {
+    let mut text = String::new();
+    for (port, public) in entries {
+        let mut key = parse_public(public)?;
+        key.set_comment("");
+        text.push_str(&format!("[127.0.0.1]:{port} {}\n", public_openssh(&key)?.trim_end()));
+    }
+    write_file_atomic(path, text.as_bytes(), 0o644)
+}
+
+/// The system `ssh` for an interactive shell (or a one-off command in `remote_args`) on a node. Strict host key
+/// checking against the lab's own known_hosts, only the lab key, no user or global config surprises.
+pub fn interactive_ssh_command<S: AsRef<OsStr>>(
+    port: u16,
+    key: &Path,
+    known_hosts: &Path,
+    extra_args: &[S],
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.arg("-i").arg(key).arg("-p").arg(port.to_string());
+    let mut kh = std::ffi::OsString::from("UserKnownHostsFile=");
+    kh.push(known_hosts);
+    cmd.arg("-o").arg(kh);
+    for opt in [
+        "StrictHostKeyChecking=yes",
+        "GlobalKnownHostsFile=/dev/null",
+        "IdentitiesOnly=yes",
+        "PreferredAuthentications=publickey",
+        "LogLevel=ERROR",
+    ] {
+        cmd.arg("-o").arg(opt);
+    }
+    cmd.arg(format!("{USER}@127.0.0.1"));
+    cmd.args(extra_args);
+    cmd
+}
+
+/// russh handler that accepts exactly the pinned host key and records what it saw otherwise.
+struct PinnedHost {
+    expected: PublicKey,
+    mismatch: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for PinnedHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, server: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let got = match server {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                // Compare key material only: the comment is not part of the identity.
+                if key.key_data() == self.expected.key_data() {
+                    return Ok(true);
+                }
+                key.to_openssh().unwrap_or_else(|e| format!("<unencodable key: {e}>"))
+            }
+            PublicKeyOrCertificate::Certificate(cert) => {
+                format!("a certificate for {}", cert.public_key().algorithm())
+            }
+        };
+        if let Ok(mut slot) = self.mismatch.lock() {
+            *slot = Some(got);
+        }
+        Ok(false)
+    }
+}
+
+struct Inner {
+    handle: client::Handle<PinnedHost>,
+    port: u16,
+    /// Listener tasks of `forward()`; aborted when the last Session clone goes away.
+    forwards: Mutex<Vec<AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.forwards.get_mut() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// An authenticated SSH connection to one guest. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("port", &self.inner.port).finish_non_exhaustive()
+    }
+}
+
+/// Output of a remote command. `exit_code` is 128+signal when the command was killed by a signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn stdout_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+enum AttemptError {
+    /// Worth another try while the guest boots (refused, reset, EOF before the banner, ...).
+    Retry(String),
+    Fatal(SshError),
+}
+
+fn client_config() -> client::Config {
+    client::Config {
+        keepalive_interval: Some(KEEPALIVE_INTERVAL),
+        keepalive_max: KEEPALIVE_MAX,
+        inactivity_timeout: Some(INACTIVITY_TIMEOUT),
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// POSIX single-quoting for a remote `sh -c` command line.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn signal_number(sig: &Sig) -> i32 {
+    match sig {
+        Sig::ABRT => libc::SIGABRT,
+        Sig::ALRM => libc::SIGALRM,
+        Sig::FPE => libc::SIGFPE,
+        Sig::HUP => libc::SIGHUP,
+        Sig::ILL => libc::SIGILL,
+        Sig::INT => libc::SIGINT,
+        Sig::KILL => libc::SIGKILL,
+        Sig::PIPE => libc::SIGPIPE,
+        Sig::QUIT => libc::SIGQUIT,
+        Sig::SEGV => libc::SIGSEGV,
+        Sig::TERM => libc::SIGTERM,
+        Sig::USR1 => libc::SIGUSR1,
+        Sig::Custom(name) => match name.as_str() {
+            "USR2" => libc::SIGUSR2,
+            "BUS" => libc::SIGBUS,
+            "TRAP" => libc::SIGTRAP,
+            "SYS" => libc::SIGSYS,
+            "XCPU" => libc::SIGXCPU,
+            "XFSZ" => libc::SIGXFSZ,
+            "STOP" => libc::SIGSTOP,
+            "TSTP" => libc::SIGTSTP,
+            "TTIN" => libc::SIGTTIN,
+            "TTOU" => libc::SIGTTOU,
+            "VTALRM" => libc::SIGVTALRM,
+            "PROF" => libc::SIGPROF,
+            // An unnamed signal still must not look like success.
+            _ => 127,
+        },
+    }
+}
+
+impl Session {
+    /// Connects to `127.0.0.1:port` as root with `client_key`, retrying (refused, reset, no banner yet) with
+    /// short pauses until `deadline` has passed. The server must present `pinned_host_public`; a different key
+    /// is [`SshError::HostKeyMismatch`] at once, and refused authentication is [`SshError::AuthRefused`].
+    pub async fn connect(
+        port: u16,
+        client_key: &Path,
+        pinned_host_public: &str,
+        deadline: Duration,
+    ) -> Result<Session, SshError> {
+        let expected = parse_public(pinned_host_public)?;
+        let key = russh::keys::load_secret_key(client_key, None)
+            .map_err(|e| SshError::Key { what: client_key.display().to_string(), message: e.to_string() })?;
+        let key = Arc::new(key);
+        let config = Arc::new(client_config());
+        let start = Instant::now();
+        let end = start + deadline;
+        let mut attempts = 0u32;
+        let mut last = String::from("no attempt made (zero deadline)");
+        loop {
+            let remaining = end.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(SshError::ConnectTimeout { port, waited: start.elapsed(), attempts, last });
+            }
+            attempts += 1;
+            let attempt = Self::attempt(port, client_key, &key, &expected, config.clone());
+            match tokio::time::timeout(remaining.min(ATTEMPT_TIMEOUT), attempt).await {
+                Ok(Ok(session)) => return Ok(session),
+                Ok(Err(AttemptError::Fatal(e))) => return Err(e),
+                Ok(Err(AttemptError::Retry(msg))) => last = msg,
+                Err(_) => last = format!("handshake did not complete within {:?}", remaining.min(ATTEMPT_TIMEOUT)),
+            }
+            let remaining = end.saturating_duration_since(Instant::now());
+            tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+        }
+    }
+
+    async fn attempt(
+        port: u16,
+        key_path: &Path,
+        key: &Arc<PrivateKey>,
+        expected: &PublicKey,
+        config: Arc<client::Config>,
+    ) -> Result<Session, AttemptError> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| AttemptError::Retry(format!("TCP: {e}")))?;
+        if let Err(e) = stream.set_nodelay(true) {
+            return Err(AttemptError::Retry(format!("TCP_NODELAY: {e}")));
+        }
+        let mismatch = Arc::new(Mutex::new(None));
+        let handler = PinnedHost { expected: expected.clone(), mismatch: mismatch.clone() };
+        let connected = client::connect_stream(config, stream, handler).await;
+        let seen = mismatch.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(got) = seen {
+            let expected = expected.to_openssh().unwrap_or_else(|e| format!("<unencodable key: {e}>"));
+            return Err(AttemptError::Fatal(SshError::HostKeyMismatch { port, expected, got }));
+        }
+        let mut handle = connected.map_err(|e| AttemptError::Retry(format!("handshake: {e}")))?;
+        let auth = handle
+            .authenticate_publickey(USER, PrivateKeyWithHashAlg::new(key.clone(), None))
+            .await
+            .map_err(|e| AttemptError::Retry(format!("authentication: {e}")))?;
+        if !auth.success() {
+            // The host key matched, so this sshd has our seed: a refusal is a configuration error, not boot noise.
+            return Err(AttemptError::Fatal(SshError::AuthRefused { port, key: key_path.to_path_buf() }));
+        }
+        Ok(Session { inner: Arc::new(Inner { handle, port, forwards: Mutex::new(Vec::new()) }) })
+    }
+
+    /// The forwarded SSH port this session is connected to.
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    fn protocol(&self, step: impl Into<String>) -> impl FnOnce(russh::Error) -> SshError {
+        let port = self.inner.port;
+        let step = step.into();
+        move |source| SshError::Protocol { port, step, source }
+    }
+
+    /// Runs `command` through the guest's shell; writes `stdin` (if any) and then EOF; collects everything.
+    pub async fn exec(&self, command: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, SshError> {
+        let (mut read, write) = self.open_exec(command).await?;
+        run_channel(self.inner.port, command, &mut read, &write, stdin).await
+    }
+
+    /// [`exec`](Self::exec) bounded by `timeout`; on expiry the remote command is sent SIGKILL (where sshd supports
+    /// signals) and the channel is closed.
+    pub async fn exec_timeout(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SshError> {
+        let (mut read, write) = self.open_exec(command).await?;
+        match tokio::time::timeout(timeout, run_channel(self.inner.port, command, &mut read, &write, stdin)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Best effort: the session is still usable even if the server ignores both.
+                let _ = write.signal(Sig::KILL).await;
+                let _ = write.close().await;
+                Err(SshError::ExecTimeout { port: self.inner.port, command: command.to_string(), timeout })
+            }
+        }
+    }
+
+    /// `exec`, and a non-zero exit is an error naming `step` and carrying stderr.
+    pub async fn exec_checked(&self, step: &str, command: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, SshError> {
+        let out = self.exec(command, stdin).await?;
+        if out.exit_code != 0 {
+            return Err(SshError::Remote {
+                port: self.inner.port,
+                step: step.to_string(),
+                exit_code: out.exit_code,
+                stderr: out.stderr_lossy().trim().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn open_exec(&self, command: &str) -> Result<(ChannelReadHalf, ChannelWriteHalf<client::Msg>), SshError> {
+        let channel =
+            self.inner.handle.channel_open_session().await.map_err(self.protocol("open a session channel"))?;
+        channel.exec(true, command).await.map_err(self.protocol(format!("exec `{command}`")))?;
+        Ok(channel.split())
+    }
+
+    /// Writes `data` to `remote_path` with `mode`, atomically: streamed into a temporary file beside it, chmod, then
+    /// renamed over the target, so a reader (or the agent supervisor) never sees a half-written file.
+    pub async fn upload(&self, data: &[u8], remote_path: &str, mode: u32) -> Result<(), SshError> {
+        let tmp = format!("{remote_path}.testbed-upload.{:08x}", rand::random::<u32>());
+        let (q_tmp, q_dst) = (shell_quote(&tmp), shell_quote(remote_path));
+        let command = format!(
+            "umask 077; if cat > {q_tmp} && chmod {mode:o} {q_tmp} && mv -f {q_tmp} {q_dst}; then exit 0; \
+             else rc=$?; rm -f {q_tmp}; exit $rc; fi"
+        );
+        let out = self.exec(&command, Some(data)).await?;
+        if out.exit_code != 0 {
+            return Err(SshError::Remote {
+                port: self.inner.port,
+                step: format!("upload of {} bytes to {remote_path}", data.len()),
+                exit_code: out.exit_code,
+                stderr: out.stderr_lossy().trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Listens on `127.0.0.1:<ephemeral>` and forwards every connection to the guest's `127.0.0.1:remote_port`
+    /// over a direct-tcpip channel. The listener lives as long as this Session (any clone of it).
+    pub async fn forward(&self, remote_port: u16) -> Result<u16, SshError> {
+        let port = self.inner.port;
+        let forward_err = move |source| SshError::Forward { port, remote_port, source };
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(forward_err)?;
+        let local_port = listener.local_addr().map_err(forward_err)?.port();
+        // Weak: the listener must not keep the connection alive, the Session's owners decide that.
+        let session = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(forward_loop(listener, session, remote_port));
+        if let Ok(mut tasks) = self.inner.forwards.lock() {
+            tasks.push(task.abort_handle());
+        }
+        Ok(local_port)
+    }
+}
+
+async fn forward_loop(listener: TcpListener, session: Weak<Inner>, remote_port: u16) {
+    // Dropping the JoinSet (when this task is aborted) aborts every pump with it.
+    let mut pumps = JoinSet::new();
+    loop {
+        let (mut tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(_) => {
+                // EMFILE and friends: back off instead of spinning; the next accept may succeed.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(inner) = session.upgrade() else { return };
+        let channel = inner
+            .handle
+            .channel_open_direct_tcpip("127.0.0.1", u32::from(remote_port), "127.0.0.1", u32::from(peer.port()))
+            .await;
+        drop(inner);
+        // A refused channel (nothing listening in the guest) closes the local socket: the client sees EOF/reset,
+        // exactly as if it had connected to a closed port.
+        if let Ok(channel) = channel {
+            pumps.spawn(async move {
+                let mut remote = channel.into_stream();
+                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut remote).await;
+            });
+        }
+        while pumps.try_join_next().is_some() {}
+    }
+}
+
+/// Drives one exec channel: writes stdin then EOF while reading output, so neither side can stall the other.
+async fn run_channel(
+    port: u16,
+    command: &str,
+    read: &mut ChannelReadHalf,
+    write: &ChannelWriteHalf<client::Msg>,
+    stdin: Option<&[u8]>,
+) -> Result<ExecOutput, SshError> {
+    let send = async {
+        if let Some(data) = stdin {
+            write.data(data).await?;
+        }
+        write.eof().await
+    };
+    let receive = async {
+        let mut out = ExecOutput { exit_code: -1, stdout: Vec::new(), stderr: Vec::new() };
+        let mut status = None;
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(i32::try_from(exit_status).unwrap_or(i32::MAX));
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => status = Some(128 + signal_number(&signal_name)),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        (out, status)
+    };
+    let (sent, (mut out, status)) = tokio::join!(send, receive);
+    let Some(code) = status else {
+        // A command that died before reading its stdin makes the send fail; the missing status is the real news.
+        return Err(match sent {
+            Err(source) => SshError::Protocol { port, step: format!("send stdin to `{command}`"), source },
+            Ok(()) => SshError::NoExitStatus { port, command: command.to_string() },
+        });
+    };
+    // The command finished (maybe without reading all of stdin, which is its business, like a pipe): keep its status.
+    out.exit_code = code;
+    Ok(out)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Upload the static agent when the guest's copy differs, make the supervisor (re)start it, and wait for
+/// `GET /healthz` through a forward of the agent port.
+pub async fn push_agent(session: &Session, agent_binary: &Path) -> Result<AgentClient, SshError> {
+    let binary = tokio::fs::read(agent_binary).await.map_err(io_err("read", agent_binary))?;
+    check_static_elf(agent_binary, &binary)?;
+    let local_sha = sha256_hex(&binary);
+    let remote = session.exec(&format!("sha256sum {AGENT_REMOTE_PATH} 2>/dev/null"), None).await?;
+    let remote_sha = remote.stdout_lossy().split_whitespace().next().map(str::to_string);
+    if remote_sha.as_deref() != Some(local_sha.as_str()) {
+        session.upload(&binary, AGENT_REMOTE_PATH, 0o755).await?;
+        // The supervisor restarts the agent when it exits: stop the old one and wait until it is gone, so the
+        // health check below cannot be answered by the old binary.
+        let restart = format!(
+            "pid=$(cat {AGENT_PID_FILE} 2>/dev/null) || exit 0; [ -n \"$pid\" ] || exit 0; \
+             kill \"$pid\" 2>/dev/null || exit 0; \
+             i=0; while kill -0 \"$pid\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+             kill -0 \"$pid\" 2>/dev/null && kill -9 \"$pid\"; exit 0"
+        );
+        session.exec_checked("restart of the agent", &restart, None).await?;
+    }
+    let local_port = session.forward(testbed_api::AGENT_PORT).await?;
+    let agent = AgentClient::new(format!("127.0.0.1:{}", session.port()), local_port);
+    let start = Instant::now();
+    loop {
+        match agent.health().await {
+            Ok(_) => return Ok(agent),
+            Err(last) if start.elapsed() >= AGENT_START_DEADLINE => {
+                let tail = session
+                    .exec(&format!("tail -n 30 {AGENT_LOG_FILE} 2>&1"), None)
+                    .await
+                    .map(|o| o.stdout_lossy())
+                    .unwrap_or_else(|e| format!("(cannot read the log: {e})"));
+                return Err(SshError::AgentNotHealthy {
+                    port: session.port(),
+                    waited: start.elapsed(),
+                    last,
+                    log_tail: tail,
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// ELF64 program header type of the dynamic loader path; a static binary has none.
+const PT_INTERP: u32 = 3;
+
+/// Reads the program headers of an ELF64 little-endian x86-64 binary: no `PT_INTERP` means static (incl. static-pie).
+fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), SshError> {
+    let bad = |why: &str| SshError::AgentBinary(format!("{}: {why}", path.display()));
+    let u16_at = |off: usize| bytes.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |off: usize| bytes.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |off: usize| {
+        bytes.get(off..off + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    };
+    if bytes.get(..4) != Some(b"\x7fELF".as_slice()) {
+        return Err(bad("not an ELF file"));
+    }
+    // EI_CLASS 2 = 64-bit, EI_DATA 1 = little endian, e_machine 62 = x86-64.
+    if bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) || u16_at(18) != Some(62) {
+        return Err(bad("not an x86-64 ELF64 little-endian binary (the guests are x86-64)"));
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return Err(bad("truncated ELF header"));
+    };
+    let phoff = usize::try_from(phoff).map_err(|_| bad("program header offset out of range"))?;
+    for i in 0..usize::from(phnum) {
+        let Some(p_type) = u32_at(phoff + i * usize::from(phentsize)) else {
+            return Err(bad("truncated program headers"));
+        };
+        if p_type == PT_INTERP {
+            return Err(bad(&format!(
+                "dynamically linked (it has an ELF interpreter), but the guest needs a static agent; build it with: {AGENT_BUILD_HINT}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Finds the static `testbed-agent`: `$TESTBED_AGENT`, then next to the running `testbed`, then this workspace's
+/// `target/x86_64-unknown-linux-gnu/{release,debug}/` (the newer of the two when both exist).
+pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
+    let chosen = if let Some(path) = std::env::var_os("TESTBED_AGENT") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(SshError::AgentBinary(format!("$TESTBED_AGENT={} is not a file", path.display())));
+        }
+        path
+    } else {
+        let beside_exe = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("testbed-agent")))
+            .filter(|p| p.is_file());
+        let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-gnu");
+        let built = ["release", "debug"]
+            .iter()
+            .map(|profile| workspace_target.join(profile).join("testbed-agent"))
+            .filter_map(|p| std::fs::metadata(&p).ok().and_then(|m| m.modified().ok()).map(|t| (t, p)))
+            .max_by_key(|(t, _)| *t)
+            .map(|(_, p)| p);
+        match beside_exe.or(built) {
+            Some(path) => path,
+            None => {
+                return Err(SshError::AgentBinary(format!(
+                    "no testbed-agent found ($TESTBED_AGENT unset, none next to the testbed executable, none in {}); \
+                     build it with: {AGENT_BUILD_HINT}",
+                    workspace_target.display()
+                )))
+            }
+        }
+    };
+    let bytes = std::fs::read(&chosen).map_err(io_err("read", &chosen))?;
+    check_static_elf(&chosen, &bytes)?;
+    Ok(chosen)
+}
