@@ -1,5 +1,11 @@
 //! QEMU provider and lab lifecycle: netns, bridges, taps, VMs, SSH, lab state. (owner: provider)
 
+pub mod accel;
+pub mod hostnet;
+pub mod labdir;
+pub mod procs;
+pub mod qemu;
+
 use crate::exit::{not_built, CliResult};
 use crate::ui::Ui;
 

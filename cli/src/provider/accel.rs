@@ -1,0 +1,199 @@
+//! Accelerator choice. `/dev/kvm` opening is not proof: on nested hosts KVM_CREATE_VM succeeds and guests then
+//! hang after decompression. So the probe boots the image's kernel + initramfs with `testbed.probe=1` under
+//! KVM and waits for `TESTBED-PROBE-OK` on the serial console; anything else means TCG. The outcome is cached
+//! per (QEMU version, kernel, host kernel) under the cache dir; `testbed doctor` probes again.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::qemu;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What was chosen and why (recorded in the lab state and shown by `status`/`doctor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+pub const PROBE_MARKER: &str = "TESTBED-PROBE-OK";
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// `TESTBED_ACCEL=kvm|tcg` skips the probe (CI on hosts known to lack KVM; debugging).
+pub fn forced() -> Option<Accel> {
+    match std::env::var("TESTBED_ACCEL").ok()?.as_str() {
+        "kvm" => Some(Accel::Kvm),
+        "tcg" => Some(Accel::Tcg),
+        _ => None,
+    }
+}
+
+/// Whether /dev/kvm can be opened read-write (necessary, not sufficient).
+pub fn kvm_device_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map(|_| ()).map_err(|e| format!("/dev/kvm: {e}"))
+}
+
+fn cache_file(cache_root: &Path, qemu_version: &str, kernel: &Path) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(qemu_version.as_bytes());
+    h.update(b"\0");
+    h.update(kernel.as_os_str().as_encoded_bytes());
+    if let Ok(m) = std::fs::metadata(kernel) {
+        h.update(m.len().to_le_bytes());
+    }
+    if let Ok(u) = nix::sys::utsname::uname() {
+        h.update(u.release().as_encoded_bytes());
+    }
+    cache_root.join("accel").join(format!("{}.json", &hex::encode(h.finalize())[..16]))
+}
+
+/// The cached choice when there is one, else a fresh probe (then cached). `kernel: None` (firmware-booted
+/// cloud image) cannot be probed cheaply: TCG unless forced.
+pub fn choose(
+    cache_root: &Path,
+    qemu_version: &str,
+    kernel: Option<&Path>,
+    initrd: Option<&Path>,
+    cmdline: &str,
+) -> AccelChoice {
+    if let Some(a) = forced() {
+        return AccelChoice { accel: a, reason: "forced by TESTBED_ACCEL".into() };
+    }
+    let Some(kernel) = kernel else {
+        return AccelChoice { accel: Accel::Tcg, reason: "image has no kernel to probe KVM with".into() };
+    };
+    let file = cache_file(cache_root, qemu_version, kernel);
+    if let Some(c) = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<AccelChoice>(&b).ok()) {
+        return AccelChoice { accel: c.accel, reason: format!("{} (cached)", c.reason) };
+    }
+    let choice = probe(kernel, initrd, cmdline, PROBE_TIMEOUT);
+    if let Some(dir) = file.parent() {
+        if std::fs::create_dir_all(dir).is_ok() {
+            if let Ok(body) = serde_json::to_vec_pretty(&choice) {
+                let _ = std::fs::write(&file, body);
+            }
+        }
+    }
+    choice
+}
+
+/// Boots the probe guest under KVM; KVM only if the marker appears on the serial console within `timeout`.
+pub fn probe(kernel: &Path, initrd: Option<&Path>, cmdline: &str, timeout: Duration) -> AccelChoice {
+    let tcg = |reason: String| AccelChoice { accel: Accel::Tcg, reason };
+    if let Err(e) = kvm_device_usable() {
+        return tcg(format!("KVM unusable: {e}"));
+    }
+    let dir = match tempfile::Builder::new().prefix("testbed-probe-").tempdir() {
+        Ok(d) => d,
+        Err(e) => return tcg(format!("probe temp dir: {e}")),
+    };
+    let serial = dir.path().join("serial.log");
+    let boot = qemu::Boot {
+        kernel: Some(kernel.to_path_buf()),
+        initrd: initrd.map(Path::to_path_buf),
+        cmdline: format!("{cmdline} testbed.probe=1"),
+    };
+    let mut args = qemu::machine_args(Accel::Kvm);
+    args.extend(["-m".into(), "256".into(), "-smp".into(), "1".into(), "-no-reboot".into()]);
+    args.extend(boot.args());
+    args.extend(["-serial".into(), format!("file:{}", serial.display())]);
+    let mut child = match Command::new(qemu::qemu_binary())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return tcg(format!("cannot start QEMU for the KVM probe: {e}")),
+    };
+    let started = Instant::now();
+    let outcome = loop {
+        if std::fs::read_to_string(&serial).is_ok_and(|s| s.contains(PROBE_MARKER)) {
+            break AccelChoice {
+                accel: Accel::Kvm,
+                reason: format!("KVM probe guest booted in {:.1} s", started.elapsed().as_secs_f64()),
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // The guest may have printed the marker and powered off between our two looks.
+            if std::fs::read_to_string(&serial).is_ok_and(|s| s.contains(PROBE_MARKER)) {
+                continue;
+            }
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            break tcg(format!("KVM probe QEMU exited ({status}) without {PROBE_MARKER}: {}", err.trim()));
+        }
+        if started.elapsed() > timeout {
+            break tcg(format!("KVM probe guest did not boot within {} s (nested KVM?)", timeout.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accel_serialises_lowercase() {
+        assert_eq!(serde_json::to_string(&Accel::Kvm).unwrap(), "\"kvm\"");
+        assert_eq!(serde_json::from_str::<Accel>("\"tcg\"").unwrap(), Accel::Tcg);
+    }
+
+    #[test]
+    fn cache_key_depends_on_qemu_version_and_kernel() {
+        let root = Path::new("/c");
+        let a = cache_file(root, "7.2", Path::new("/k1"));
+        assert_eq!(a, cache_file(root, "7.2", Path::new("/k1")));
+        assert_ne!(a, cache_file(root, "8.0", Path::new("/k1")));
+        assert_ne!(a, cache_file(root, "7.2", Path::new("/k2")));
+    }
+
+    #[test]
+    fn cached_choice_is_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kernel = tmp.path().join("vmlinuz");
+        std::fs::write(&kernel, b"not a kernel").unwrap();
+        let file = cache_file(tmp.path(), "7.2", &kernel);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let c = AccelChoice { accel: Accel::Kvm, reason: "probe ok".into() };
+        std::fs::write(&file, serde_json::to_vec(&c).unwrap()).unwrap();
+        if forced().is_none() {
+            let got = choose(tmp.path(), "7.2", Some(&kernel), None, "console=ttyS0");
+            assert_eq!(got.accel, Accel::Kvm);
+            assert!(got.reason.contains("cached"));
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The lab directory: where a lab's plan, state, keys, disks and logs live, and the lock that serialises
+//! `up`/`down` of one lab. `down` needs nothing but this directory.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+
+use super::accel::Accel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabDirError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not valid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("lab `{lab}` is busy: another testbed command (up or down) holds {path}; wait for it or stop it")]
+    Busy { lab: String, path: PathBuf },
+    #[error("cannot find a home or state directory: set TESTBED_STATE_DIR")]
+    NoStateDir,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LabDirError + '_ {
+    move |source| LabDirError::Io { path: path.to_path_buf(), source }
+}
+
+/// `$TESTBED_STATE_DIR`, else `$XDG_STATE_HOME/testbed/labs`, else `~/.local/state/testbed/labs`.
+pub fn state_root() -> Result<PathBuf, LabDirError> {
+    if let Some(d) = std::env::var_os("TESTBED_STATE_DIR").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d).join("testbed/labs"));
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(LabDirError::NoStateDir)?;
+    Ok(PathBuf::from(home).join(".local/state/testbed/labs"))
+}
+
+/// `$TESTBED_CACHE_DIR`, else `$XDG_CACHE_HOME/testbed`, else `~/.cache/testbed` (same rule as the image cache).
+pub fn cache_root() -> Result<PathBuf, LabDirError> {
+    if let Some(d) = std::env::var_os("TESTBED_CACHE_DIR").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d).join("testbed"));
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(LabDirError::NoStateDir)?;
+    Ok(PathBuf::from(home).join(".cache/testbed"))
+}
+
+/// Names of the labs that have a directory under the state root.
+pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(root)(e)),
+    };
+    let mut labs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(root))?;
+        if entry.file_type().map_err(io(root))?.is_dir() {
+            labs.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    labs.sort();
+    Ok(labs)
+}
+
+/// Paths inside one lab's directory (layout fixed by INTERFACES.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabDir {
+    pub name: String,
+    pub root: PathBuf,
+}
+
+impl LabDir {
+    pub fn new(state_root: &Path, lab: &str) -> LabDir {
+        LabDir { name: lab.to_string(), root: state_root.join(lab) }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.root.is_dir()
+    }
+
+    pub fn plan_path(&self) -> PathBuf {
+        self.root.join("plan.json")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.root.join("id_ed25519")
+    }
+    pub fn known_hosts(&self) -> PathBuf {
+        self.root.join("known_hosts")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node)
+    }
+    pub fn overlay(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("overlay.qcow2")
+    }
+    pub fn seed(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("seed.img")
+    }
+    pub fn serial_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("serial.log")
+    }
+    pub fn pidfile(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("qemu.pid")
+    }
+    pub fn qmp_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("qmp.sock")
+    }
+    /// QEMU's own stderr (command-line and startup errors; after daemonizing QEMU writes nowhere).
+    pub fn qemu_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("qemu.log")
+    }
+    pub fn host_key(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("ssh_host_ed25519_key")
+    }
+
+    pub fn create(&self) -> Result<(), LabDirError> {
+        fs::create_dir_all(&self.root).map_err(io(&self.root))
+    }
+
+    pub fn read_plan(&self) -> Result<Plan, LabDirError> {
+        read_json(&self.plan_path())
+    }
+
+    pub fn write_plan(&self, plan: &Plan) -> Result<(), LabDirError> {
+        write_json_atomic(&self.plan_path(), plan)
+    }
+
+    /// The state, or None when `up` never got as far as writing it.
+    pub fn read_state(&self) -> Result<Option<LabState>, LabDirError> {
+        let path = self.state_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
+    pub fn write_state(&self, state: &LabState) -> Result<(), LabDirError> {
+        write_json_atomic(&self.state_path(), state)
+    }
+
+    /// Takes the lab's lock without waiting (a second `up`/`down` fails at once with `Busy`).
+    pub fn lock(&self) -> Result<LabLock, LabDirError> {
+        self.create()?;
+        let path = self.lock_path();
+        // `down` removes the directory (and the lock file) while holding the lock: whoever was waiting may then
+        // hold a lock on an unlinked file. Re-check that the locked file is still the one at `path`.
+        for _ in 0..5 {
+            let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+            // SAFETY: flock on an fd we own; no memory is shared with the kernel.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    return Err(LabDirError::Busy { lab: self.name.clone(), path });
+                }
+                return Err(io(&path)(err));
+            }
+            let held = file.metadata().map_err(io(&path))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(LabLock { _file: file });
+                }
+                _ => self.create()?,
+            }
+        }
+        Err(LabDirError::Busy { lab: self.name.clone(), path })
+    }
+
+    /// Removes the whole directory (`down`, rollback). Missing is fine.
+    pub fn remove(&self) -> Result<(), LabDirError> {
+        match fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&self.root)(e)),
+        }
+    }
+}
+
+/// Held for the duration of `up`/`down`; the kernel releases the flock when the process dies, even by SIGKILL.
+#[derive(Debug)]
+pub struct LabLock {
+    _file: File,
+}
+
+/// What `up` started, so that `down`/`status` can find it again without the topology file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabState {
+    pub lab: String,
+    pub accelerator: Accel,
+    /// Why that accelerator (probe outcome or override).
+    pub accelerator_reason: String,
+    pub qemu_version: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub nodes: BTreeMap<String, NodeState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// QEMU's PID (host netns) once launched.
+    pub pid: Option<u32>,
+    /// Field 22 of /proc/<pid>/stat at launch: a PID is ours only while this still matches (PID reuse).
+    pub pid_start_time: Option<u64>,
+    pub ssh_port: u16,
+    pub accelerator: Accel,
+    /// The host key the guest was given and the client pins.
+    pub host_key_public: String,
+    /// Image id (content hash) the node's overlay is backed by.
+    pub image_id: String,
+    /// Last stage reached: disk, boot, ssh, agent, network, ready.
+    pub stage: String,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LabDirError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| LabDirError::Json { path: path.to_path_buf(), source })
+}
+
+fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), LabDirError> {
+    let tmp = path.with_extension("json.tmp");
+    let mut body =
+        serde_json::to_vec_pretty(value).map_err(|source| LabDirError::Json { path: path.to_path_buf(), source })?;
+    body.push(b'\n');
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&body).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Current time as RFC 3339 UTC (`2026-11-23T13:20:05Z`), without a date crate.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    rfc3339(secs)
+}
+
+fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let rem = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_440_005), "2026-11-23T13:20:05Z");
+    }
+
+    #[test]
+    fn second_lock_is_busy_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "l1");
+        let first = dir.lock().unwrap();
+        assert!(matches!(dir.lock(), Err(LabDirError::Busy { .. })));
+        drop(first);
+        let _again = dir.lock().unwrap();
+    }
+
+    #[test]
+    fn lock_survives_directory_removal_by_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "l2");
+        let held = dir.lock().unwrap();
+        dir.remove().unwrap();
+        drop(held);
+        let _fresh = dir.lock().unwrap();
+        assert!(dir.lock_path().exists());
+    }
+
+    #[test]
+    fn list_labs_sorted_and_missing_root_is_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(list_labs(&tmp.path().join("nope")).unwrap().is_empty());
+        fs::create_dir_all(tmp.path().join("b")).unwrap();
+        fs::create_dir_all(tmp.path().join("a")).unwrap();
+        assert_eq!(list_labs(tmp.path()).unwrap(), vec!["a".to_string(), "b".to_string()]);
+    }
+}

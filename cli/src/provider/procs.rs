@@ -1,0 +1,94 @@
+//! QEMU processes by PID, safely: a recorded PID is only ours while its /proc start time still matches, so a
+//! recycled PID never gets a signal from `down`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Field 22 (`starttime`, clock ticks since boot) of /proc/<pid>/stat; None when the process is gone.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3 (state), so starttime (field 22) is the 20th token.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True while `pid` is alive, not a zombie, and is the process that was recorded (same start time).
+pub fn is_same_process(pid: u32, recorded_start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let zombie = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("Z");
+    !zombie && parse_start_time(&stat) == Some(recorded_start)
+}
+
+/// The process's argv joined by spaces (to recognise a QEMU of this lab when only its pidfile is known).
+pub fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|b| *b == 0).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" "))
+}
+
+/// Reads a QEMU pidfile.
+pub fn read_pidfile(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Stops the recorded process: SIGTERM (QEMU exits cleanly on it), then SIGKILL after `grace`.
+/// Returns true when something was signalled; false when the PID was gone or not ours any more.
+pub fn terminate(pid: u32, recorded_start: u64, grace: Duration) -> bool {
+    if !is_same_process(pid, recorded_start) {
+        return false;
+    }
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !is_same_process(pid, recorded_start) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if is_same_process(pid, recorded_start) {
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && is_same_process(pid, recorded_start) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_start_time_with_odd_comm() {
+        let stat = "1234 (qemu (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 3 0 987654 1000 100";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_matches_and_other_start_time_does_not() {
+        let me = std::process::id();
+        let st = start_time(me).unwrap();
+        assert!(is_same_process(me, st));
+        assert!(!is_same_process(me, st + 1));
+        assert!(cmdline(me).is_some());
+    }
+
+    #[test]
+    fn terminate_kills_a_child_and_ignores_mismatch() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let st = start_time(pid).unwrap();
+        assert!(!terminate(pid, st + 7, Duration::from_millis(10)));
+        // A child we have not reaped stays a zombie after death; is_same_process treats zombies as gone.
+        assert!(terminate(pid, st, Duration::from_secs(2)));
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+    }
+}
