@@ -144,3 +144,220 @@ impl Plan {
         }
     }
 }
+
+/// Version of the plan format written to plan.json.
+pub const PLAN_VERSION: u32 = 1;
+/// SSH ports: each lab owns a block of `MAX_NODES` ports starting at `SSH_PORT_BASE + slot * MAX_NODES`,
+/// slot = hash(lab) % `SSH_PORT_SLOTS`. Two labs may hash to one slot; the provider checks that a port is
+/// free before it starts QEMU and fails with a clear message otherwise.
+pub const SSH_PORT_BASE: u16 = 20000;
+pub const SSH_PORT_SLOTS: u64 = 1000;
+/// The MAC byte that stands in for the network index in VTEP MACs (networks are numbered 0..8).
+const VTEP_MAC_MARKER: u8 = 0xff;
+
+/// Per-lab values derived from the lab name alone.
+struct LabIds {
+    /// 6 hex digits prefixing host-side interface names.
+    short: String,
+    /// Two bytes in every MAC of the lab.
+    mac: [u8; 2],
+    ssh_slot: u64,
+}
+
+fn lab_ids(lab: &str) -> LabIds {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(lab.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    LabIds { short: hex::encode(&h[..3]), mac: [h[3], h[4]], ssh_slot: u64::from_be_bytes(first) % SSH_PORT_SLOTS }
+}
+
+/// `52:54:..`: locally administered (bit 1 of the first byte set), unicast (bit 0 clear), like QEMU's own.
+fn mac(lab: &[u8; 2], a: u8, b: u8) -> String {
+    format!("52:54:{:02x}:{:02x}:{a:02x}:{b:02x}", lab[0], lab[1])
+}
+
+/// Bridge of network `net` inside the lab netns: `tb<id>-br<net>` (12 characters).
+pub fn bridge_name(lab_short: &str, net: usize) -> String {
+    format!("tb{lab_short}-br{net}")
+}
+
+/// Tap of node `node`'s guest NIC `eth<nic>`: `tb<id>-n<node>e<nic>` (at most 14 characters).
+pub fn tap_name(lab_short: &str, node: usize, nic: usize) -> String {
+    format!("tb{lab_short}-n{node}e{nic}")
+}
+
+/// Resolves a parsed topology into the Plan: validates it (errors point into `source`, named `file`), then
+/// assigns every address, MAC, subnet, port and name. Same bytes in, same plan out.
+pub fn build(
+    topology: &crate::topology::Topology,
+    source: &[u8],
+    file: &std::path::Path,
+) -> Result<Plan, crate::topology::TopologyError> {
+    use crate::topology::{locate::Locator, validate, TopologyError};
+    use sha2::Digest;
+
+    let text = String::from_utf8_lossy(source);
+    let locator = Locator::parse(&text).map_err(|e| {
+        let field = e.path.to_string();
+        TopologyError::invalid(file, e.pos.line, e.pos.column, field, e.message)
+    })?;
+    let checked = validate::check(topology, file, &locator)?;
+    let ids = lab_ids(&checked.lab);
+
+    let networks: Vec<NetworkPlan> = checked
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NetworkPlan {
+            name: n.name.clone(),
+            bridge: bridge_name(&ids.short, i),
+            cidr: n.cidr,
+            mtu: n.mtu,
+            impair: n.impair.clone(),
+        })
+        .collect();
+
+    let mut subnets = checked.cluster.pod_cidr.subnets(checked.cluster.node_subnet_prefix).map_err(|_| {
+        TopologyError::invalid(file, 1, 1, "cluster.node_subnet_prefix", "cannot divide the pod CIDR")
+    })?;
+    let mut nodes = Vec::with_capacity(checked.nodes.len());
+    for (index, n) in checked.nodes.iter().enumerate() {
+        let pod_subnet = subnets.next().ok_or_else(|| {
+            TopologyError::invalid(file, 1, 1, "cluster.pod_cidr", "too few node subnets for the nodes")
+        })?;
+        let nics = n
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(k, &net)| {
+                let network = &checked.networks[net];
+                NicPlan {
+                    network: network.name.clone(),
+                    guest_interface: format!("eth{}", k + 1),
+                    tap: tap_name(&ids.short, index, k + 1),
+                    mac: mac(&ids.mac, net as u8, index as u8),
+                    ip: validate::host_address(&network.cidr, index),
+                    prefix_len: network.cidr.prefix_len(),
+                    mtu: network.mtu,
+                }
+            })
+            .collect();
+        nodes.push(NodePlan {
+            name: n.name.clone(),
+            index,
+            cpus: n.cpus,
+            memory_mib: n.memory_mib,
+            image: n.image.clone(),
+            kernel_args: n.kernel_args.clone(),
+            ssh_port: SSH_PORT_BASE + (ids.ssh_slot as u16) * (validate::MAX_NODES as u16) + index as u16,
+            nics,
+            pod_subnet,
+            vtep_mac: mac(&ids.mac, VTEP_MAC_MARKER, index as u8),
+        });
+    }
+
+    Ok(Plan {
+        version: PLAN_VERSION,
+        lab: checked.lab.clone(),
+        topology_hash: hex::encode(sha2::Sha256::digest(source)),
+        netns: format!("tb-{}", checked.lab),
+        networks,
+        nodes,
+        cluster: checked.cluster.clone(),
+        pods: checked.pods.clone(),
+    })
+}
+
+/// The plan as tables for people (`testbed plan FILE`).
+pub fn render_text(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "lab {}  netns {}  plan v{}  topology sha256 {}", plan.lab, plan.netns, plan.version, plan.topology_hash);
+    let _ = writeln!(
+        s,
+        "cluster: pod_cidr {}  node subnets /{}  backend {}",
+        plan.cluster.pod_cidr, plan.cluster.node_subnet_prefix, plan.cluster.backend
+    );
+    let _ = writeln!(s, "\nnetworks:");
+    let _ = writeln!(s, "  {:<16} {:<14} {:<18} {:>5}  impairment", "NAME", "BRIDGE", "CIDR", "MTU");
+    for n in &plan.networks {
+        let _ = writeln!(s, "  {:<16} {:<14} {:<18} {:>5}  {}", n.name, n.bridge, n.cidr.to_string(), n.mtu, impairment_text(&n.impair));
+    }
+    let _ = writeln!(s, "\nnodes:");
+    let _ = writeln!(
+        s,
+        "  {:<3} {:<16} {:>4} {:>7} {:>6}  {:<18} {:<17} {}",
+        "#", "NAME", "CPUS", "MEMORY", "SSH", "POD SUBNET", "VTEP MAC", "IMAGE"
+    );
+    for n in &plan.nodes {
+        let image = match &n.image {
+            ImageRef::Named(name) => name.clone(),
+            ImageRef::Url { url, .. } => url.clone(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<3} {:<16} {:>4} {:>6}M {:>6}  {:<18} {:<17} {}",
+            n.index,
+            n.name,
+            n.cpus,
+            n.memory_mib,
+            n.ssh_port,
+            n.pod_subnet.to_string(),
+            n.vtep_mac,
+            image
+        );
+    }
+    let _ = writeln!(s, "\nnics:");
+    let _ = writeln!(s, "  {:<16} {:<6} {:<16} {:<14} {:<17} {:<18} {:>5}", "NODE", "GUEST", "NETWORK", "TAP", "MAC", "ADDRESS", "MTU");
+    for n in &plan.nodes {
+        for nic in &n.nics {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<6} {:<16} {:<14} {:<17} {:<18} {:>5}",
+                n.name,
+                nic.guest_interface,
+                nic.network,
+                nic.tap,
+                nic.mac,
+                format!("{}/{}", nic.ip, nic.prefix_len),
+                nic.mtu
+            );
+        }
+    }
+    if !plan.pods.is_empty() {
+        let _ = writeln!(s, "\npods:");
+        for p in &plan.pods {
+            let names: Vec<&str> = p.spec.containers.iter().map(|c| c.name.as_str()).collect();
+            let _ = writeln!(
+                s,
+                "  {:<20} on {:<16} containers: {}{}",
+                p.spec.name,
+                p.node,
+                names.join(", "),
+                if p.spec.host_network { "  (host network)" } else { "" }
+            );
+        }
+    }
+    s
+}
+
+fn impairment_text(i: &Impairment) -> String {
+    if i.is_none() {
+        return "none".into();
+    }
+    let mut parts = Vec::new();
+    if i.delay_ms > 0.0 {
+        parts.push(format!("delay {}ms", i.delay_ms));
+    }
+    if i.jitter_ms > 0.0 {
+        parts.push(format!("jitter {}ms", i.jitter_ms));
+    }
+    if i.loss_percent > 0.0 {
+        parts.push(format!("loss {}%", i.loss_percent));
+    }
+    if let Some(r) = i.rate_mbit {
+        parts.push(format!("rate {r}mbit"));
+    }
+    parts.join(", ")
+}

@@ -1,24 +1,180 @@
-//! Topology file: model, parsing with positions, validation. (owner: foundation)
+//! Topology file: model, parsing with positions, validation, and the `validate` / `plan` commands.
+//! (owner: foundation)
+//!
+//! Loading goes: serde_yaml into the typed model (syntax, unknown fields, wrong types; positions from
+//! serde_yaml), then a position index of the same text (`locate`), then semantic checks (`validate`) whose
+//! errors are pinned to the offending key or value, then the deterministic planner (`crate::plan::build`).
 
-use crate::exit::{not_built, CliResult};
+pub mod locate;
+pub mod model;
+pub mod quantity;
+pub mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::exit::{CliError, CliResult};
+use crate::plan::{self, Plan};
 use crate::ui::Ui;
+
+pub use model::Topology;
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
     /// Topology file (YAML).
-    pub file: std::path::PathBuf,
+    pub file: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// Topology file (YAML).
-    pub file: std::path::PathBuf,
+    pub file: PathBuf,
 }
 
-pub fn cmd_validate(_ui: &Ui, _args: ValidateArgs) -> CliResult {
-    Err(not_built("validate"))
+/// Why a topology file cannot be used. `Invalid` names the place: `file:line:column: field: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        /// Field path such as `nodes.node1.memory`; empty for the whole document.
+        field: String,
+        message: String,
+    },
 }
 
-pub fn cmd_plan(_ui: &Ui, _args: PlanArgs) -> CliResult {
-    Err(not_built("plan"))
+impl TopologyError {
+    pub fn invalid(file: &Path, line: usize, column: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
+        TopologyError::Invalid { file: file.to_path_buf(), line, column, field: field.into(), message: message.into() }
+    }
 }
+
+impl fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopologyError::Read { file, source } => write!(f, "{}: cannot read the topology: {source}", file.display()),
+            TopologyError::Invalid { file, line, column, field, message } if field.is_empty() => {
+                write!(f, "{}:{line}:{column}: {message}", file.display())
+            }
+            TopologyError::Invalid { file, line, column, field, message } => {
+                write!(f, "{}:{line}:{column}: {field}: {message}", file.display())
+            }
+        }
+    }
+}
+
+/// A topology read from a file, checked and planned.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub topology: Topology,
+    pub plan: Plan,
+}
+
+/// Reads, validates and plans a topology file. This is what `up` and every other command use.
+pub fn load_plan(path: &Path) -> Result<Plan, TopologyError> {
+    load(path).map(|l| l.plan)
+}
+
+/// Like `load_plan`, keeping the parsed topology too (its reserved `tests:` section, for example).
+pub fn load(path: &Path) -> Result<Loaded, TopologyError> {
+    let bytes = std::fs::read(path).map_err(|source| TopologyError::Read { file: path.to_path_buf(), source })?;
+    let topology = parse(path, &bytes)?;
+    let plan = plan::build(&topology, &bytes, path)?;
+    Ok(Loaded { topology, plan })
+}
+
+/// Parses the YAML into the model: syntax, unknown fields, duplicate keys and types. `file` only names the
+/// source in errors.
+pub fn parse(file: &Path, bytes: &[u8]) -> Result<Topology, TopologyError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        TopologyError::invalid(file, line, column, "", "the file is not UTF-8")
+    })?;
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, Topology>(de).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => String::new(),
+            p => p,
+        };
+        let inner = e.inner();
+        let (line, column) = match inner.location() {
+            Some(l) => (l.line(), l.column()),
+            None => locate::Locator::parse(text)
+                .map(|loc| {
+                    let p = loc.locate(&locate::FieldPath::root().join_dotted(&field));
+                    (p.line, p.column)
+                })
+                .unwrap_or((1, 1)),
+        };
+        TopologyError::invalid(file, line, column, field, serde_message(&inner.to_string()))
+    })
+}
+
+/// serde_yaml's message without the path prefix and the `at line L column C` suffix we report ourselves,
+/// and with serde's wording for untagged enums replaced by what the field accepts.
+fn serde_message(raw: &str) -> String {
+    let mut msg = raw;
+    if let Some(i) = msg.rfind(" at line ") {
+        if msg[i + 9..].split(" column ").all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            msg = &msg[..i];
+        }
+    }
+    if let Some((head, rest)) = msg.split_once(": ") {
+        if !head.contains(char::is_whitespace) {
+            msg = rest;
+        }
+    }
+    if msg.contains("untagged enum ImageDef") {
+        return "expected an image name (e.g. debian-12) or {url, sha256}".into();
+    }
+    msg.to_string()
+}
+
+pub fn cmd_validate(ui: &Ui, args: ValidateArgs) -> CliResult {
+    let plan = load_plan(&args.file).map_err(CliError::bad_input)?;
+    if ui.is_json() {
+        let doc = serde_json::json!({
+            "valid": true,
+            "file": args.file.display().to_string(),
+            "lab": plan.lab,
+            "nodes": plan.nodes.len(),
+            "networks": plan.networks.len(),
+            "pods": plan.pods.len(),
+            "backend": plan.cluster.backend,
+            "topology_hash": plan.topology_hash,
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "ok: {}: lab {}, {} node{}, backend {}",
+            args.file.display(),
+            plan.lab,
+            plan.nodes.len(),
+            if plan.nodes.len() == 1 { "" } else { "s" },
+            plan.cluster.backend
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_plan(ui: &Ui, args: PlanArgs) -> CliResult {
+    let plan = load_plan(&args.file).map_err(CliError::bad_input)?;
+    if ui.is_json() {
+        let doc = serde_json::to_string_pretty(&plan).map_err(CliError::infra)?;
+        println!("{doc}");
+    } else {
+        print!("{}", plan::render_text(&plan));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Tests of parsing, validation positions and planning.

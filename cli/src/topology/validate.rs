@@ -1,0 +1,455 @@
+//! Semantic checks of a parsed topology, all before anything is created. Every error is pinned to the
+//! offending key or value in the file. The result, `Checked`, holds the resolved values the planner needs.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use testbed_api::validate::{is_dns_label, validate_pod};
+use testbed_api::{Backend, ContainerSpec, PodSpec, ResourceAmounts, Resources, RestartPolicy};
+
+use super::locate::{FieldPath, Locator};
+use super::model::{AmountsDef, BackendDef, ImageDef, ImpairDef, NodeDef, RestartPolicyDef, Scalar, Topology};
+use super::quantity;
+use super::TopologyError;
+use crate::plan::{ClusterPlan, ImageRef, Impairment, PodPlan};
+
+/// Longest lab name: keeps `tb-<lab>` and lab directory names short and readable.
+pub const MAX_LAB_NAME: usize = 24;
+/// Most nodes per lab: each lab owns a block of 32 SSH ports, and tap names hold a two-digit index.
+pub const MAX_NODES: usize = 32;
+/// Most underlay networks: guest NICs eth1..eth8, one-digit bridge index.
+pub const MAX_NETWORKS: usize = 8;
+/// Longest network name (it appears in `plan` output and tc commands, not in interface names).
+pub const MAX_NETWORK_NAME: usize = 15;
+/// Node i gets host address `FIRST_HOST_OFFSET + i` on each of its networks (.1-.10 stay free for gateways
+/// or host-side addresses a later provider may need).
+pub const FIRST_HOST_OFFSET: u32 = 11;
+/// QEMU user networking puts every guest's management NIC here; no lab network may overlap it.
+pub const MANAGEMENT_CIDR: &str = "10.0.2.0/24";
+
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+pub const DEFAULT_NODE_SUBNET_PREFIX: u8 = 24;
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
+pub const DEFAULT_IMAGE: &str = "debian-12";
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// A network with its values resolved.
+#[derive(Debug, Clone)]
+pub struct CheckedNetwork {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    pub mtu: u32,
+    pub impair: Impairment,
+}
+
+/// A node with defaults applied.
+#[derive(Debug, Clone)]
+pub struct CheckedNode {
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub image: ImageRef,
+    pub kernel_args: Vec<String>,
+    /// Indices into `Checked::networks`: the cluster underlay first, then the others in file order.
+    pub networks: Vec<usize>,
+}
+
+/// A topology that passed every check, with every value parsed.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub lab: String,
+    pub networks: Vec<CheckedNetwork>,
+    pub nodes: Vec<CheckedNode>,
+    pub cluster: ClusterPlan,
+    pub pods: Vec<PodPlan>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    loc: &'a Locator,
+}
+
+impl Ctx<'_> {
+    /// An error at the value of `path`.
+    fn at(&self, path: &FieldPath, message: impl Into<String>) -> TopologyError {
+        let pos = self.loc.locate(path);
+        TopologyError::invalid(self.file, pos.line, pos.column, path.to_string(), message)
+    }
+
+    /// An error at the key ending `path` (names of nodes and networks).
+    fn at_key(&self, path: &FieldPath, message: impl Into<String>) -> TopologyError {
+        let pos = self.loc.locate_key(path);
+        TopologyError::invalid(self.file, pos.line, pos.column, path.to_string(), message)
+    }
+}
+
+fn root() -> FieldPath {
+    FieldPath::root()
+}
+
+fn reserved_ranges() -> Vec<(Ipv4Net, &'static str)> {
+    [
+        (MANAGEMENT_CIDR, "QEMU's management network inside every guest"),
+        ("0.0.0.0/8", "the \"this network\" range"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/3", "multicast and reserved space"),
+    ]
+    .into_iter()
+    .filter_map(|(c, why)| c.parse().ok().map(|n| (n, why)))
+    .collect()
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn parse_cidr(ctx: &Ctx<'_>, path: &FieldPath, text: &str) -> Result<Ipv4Net, TopologyError> {
+    let net: Ipv4Net = text
+        .trim()
+        .parse()
+        .map_err(|_| ctx.at(path, format!("`{text}` is not an IPv4 CIDR (use 192.168.50.0/24)")))?;
+    if net.trunc() != net {
+        return Err(ctx.at(path, format!("`{text}` has host bits set (did you mean {}?)", net.trunc())));
+    }
+    for (reserved, why) in reserved_ranges() {
+        if overlaps(&net, &reserved) {
+            return Err(ctx.at(path, format!("{net} overlaps {reserved} ({why})")));
+        }
+    }
+    Ok(net)
+}
+
+fn is_name(s: &str, max: usize) -> bool {
+    is_dns_label(s, max) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+pub fn check(t: &Topology, file: &Path, loc: &Locator) -> Result<Checked, TopologyError> {
+    let ctx = Ctx { file, loc };
+    if !is_name(&t.name, MAX_LAB_NAME) {
+        return Err(ctx.at(
+            &root().key("name"),
+            format!(
+                "`{}` is not a lab name (lowercase letters, digits and '-', starting with a letter, at most {MAX_LAB_NAME})",
+                t.name
+            ),
+        ));
+    }
+    let networks = check_networks(&ctx, t)?;
+    let (cluster, underlay) = check_cluster(&ctx, t, &networks)?;
+    let nodes = check_nodes(&ctx, t, &networks, underlay)?;
+    check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
+    let pods = check_pods(&ctx, t)?;
+    Ok(Checked { lab: t.name.clone(), networks, nodes, cluster, pods })
+}
+
+fn check_networks(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedNetwork>, TopologyError> {
+    if t.networks.is_empty() {
+        return Err(ctx.at(&root().key("networks"), "at least one network is needed (e.g. underlay: {cidr: 192.168.50.0/24})"));
+    }
+    if t.networks.len() > MAX_NETWORKS {
+        return Err(ctx.at(&root().key("networks"), format!("at most {MAX_NETWORKS} networks are supported")));
+    }
+    let mut out: Vec<CheckedNetwork> = Vec::new();
+    for (name, def) in t.networks.iter() {
+        let path = root().key("networks").key(name);
+        if !is_name(name, MAX_NETWORK_NAME) {
+            return Err(ctx.at_key(
+                &path,
+                format!("`{name}` is not a network name (lowercase letters, digits and '-', starting with a letter, at most {MAX_NETWORK_NAME})"),
+            ));
+        }
+        let cidr = parse_cidr(ctx, &path.key("cidr"), &def.cidr)?;
+        if cidr.prefix_len() > 30 {
+            return Err(ctx.at(&path.key("cidr"), format!("{cidr} is too small for any node (use a /24)")));
+        }
+        if let Some(other) = out.iter().find(|o| overlaps(&o.cidr, &cidr)) {
+            return Err(ctx.at(&path.key("cidr"), format!("{cidr} overlaps network `{}` ({})", other.name, other.cidr)));
+        }
+        let mtu = def.mtu.unwrap_or(DEFAULT_MTU);
+        if !(576..=9000).contains(&mtu) {
+            return Err(ctx.at(&path.key("mtu"), format!("{mtu} is outside 576..=9000")));
+        }
+        let impair = check_impair(ctx, &path.key("impair"), &def.impair)?;
+        out.push(CheckedNetwork { name: name.to_string(), cidr, mtu, impair });
+    }
+    Ok(out)
+}
+
+fn check_impair(ctx: &Ctx<'_>, path: &FieldPath, d: &ImpairDef) -> Result<Impairment, TopologyError> {
+    let field = |name: &str, v: &Option<Scalar>, f: fn(&str) -> Result<f64, String>| -> Result<f64, TopologyError> {
+        v.as_ref().map_or(Ok(0.0), |s| f(&s.0).map_err(|m| ctx.at(&path.key(name), m)))
+    };
+    let delay_ms = field("delay", &d.delay, quantity::duration_ms)?;
+    let jitter_ms = field("jitter", &d.jitter, quantity::duration_ms)?;
+    let loss_percent = field("loss", &d.loss, quantity::percent)?;
+    if jitter_ms > 0.0 && delay_ms == 0.0 {
+        return Err(ctx.at(&path.key("jitter"), "jitter needs a delay (netem varies the delay by the jitter)"));
+    }
+    let rate_mbit = match &d.rate {
+        Some(s) => Some(quantity::rate_mbit(&s.0).map_err(|m| ctx.at(&path.key("rate"), m))?),
+        None => None,
+    };
+    Ok(Impairment { delay_ms, jitter_ms, loss_percent, rate_mbit })
+}
+
+fn check_cluster(ctx: &Ctx<'_>, t: &Topology, networks: &[CheckedNetwork]) -> Result<(ClusterPlan, usize), TopologyError> {
+    let path = root().key("cluster");
+    let pod_cidr_text = t.cluster.pod_cidr.as_deref().unwrap_or(DEFAULT_POD_CIDR);
+    let pod_cidr = parse_cidr(ctx, &path.key("pod_cidr"), pod_cidr_text)?;
+    if let Some(n) = networks.iter().find(|n| overlaps(&n.cidr, &pod_cidr)) {
+        return Err(ctx.at(&path.key("pod_cidr"), format!("{pod_cidr} overlaps network `{}` ({})", n.name, n.cidr)));
+    }
+    let prefix = t.cluster.node_subnet_prefix.unwrap_or(DEFAULT_NODE_SUBNET_PREFIX);
+    if prefix <= pod_cidr.prefix_len() || prefix > 29 {
+        return Err(ctx.at(
+            &path.key("node_subnet_prefix"),
+            format!("{prefix} must be longer than the pod CIDR's /{} and at most 29", pod_cidr.prefix_len()),
+        ));
+    }
+    let backend = match t.cluster.backend.unwrap_or(BackendDef::Vxlan) {
+        BackendDef::Vxlan => Backend::Vxlan,
+        BackendDef::HostGw => Backend::HostGw,
+        BackendDef::Udp => Backend::Udp,
+        BackendDef::None => Backend::None,
+    };
+    let underlay = match &t.cluster.underlay {
+        None => 0,
+        Some(name) => t.networks.position(name).ok_or_else(|| {
+            ctx.at(&path.key("underlay"), format!("unknown network `{name}` (networks: {})", names(t.networks.iter().map(|(k, _)| k))))
+        })?,
+    };
+    Ok((ClusterPlan { pod_cidr, node_subnet_prefix: prefix, backend }, underlay))
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+    it.collect::<Vec<_>>().join(", ")
+}
+
+/// A node field with the default applied, and the path the value came from (for error positions).
+fn pick<'a, T>(node: &'a Option<T>, default: &'a Option<T>, node_path: FieldPath, field: &str) -> Option<(&'a T, FieldPath)> {
+    match (node, default) {
+        (Some(v), _) => Some((v, node_path.key(field))),
+        (None, Some(v)) => Some((v, root().key("defaults").key(field))),
+        (None, None) => None,
+    }
+}
+
+fn check_nodes(
+    ctx: &Ctx<'_>,
+    t: &Topology,
+    networks: &[CheckedNetwork],
+    underlay: usize,
+) -> Result<Vec<CheckedNode>, TopologyError> {
+    if t.nodes.is_empty() {
+        return Err(ctx.at(&root().key("nodes"), "at least one node is needed (e.g. node1: {})"));
+    }
+    if t.nodes.len() > MAX_NODES {
+        return Err(ctx.at(&root().key("nodes"), format!("at most {MAX_NODES} nodes per lab ({} given)", t.nodes.len())));
+    }
+    let d = &t.defaults;
+    let mut out = Vec::new();
+    for (index, (name, def)) in t.nodes.iter().enumerate() {
+        let path = root().key("nodes").key(name);
+        if !is_name(name, 63) {
+            return Err(ctx.at_key(
+                &path,
+                format!("`{name}` is not a node name (a DNS label: lowercase letters, digits and '-', starting with a letter)"),
+            ));
+        }
+        let NodeDef { cpus, memory, image, kernel_args, networks: node_networks } = def;
+        let cpus = match pick(cpus, &d.cpus, path.clone(), "cpus") {
+            Some((&c, p)) if !(1..=64).contains(&c) => return Err(ctx.at(&p, format!("{c} is outside 1..=64"))),
+            Some((&c, _)) => c,
+            None => 1,
+        };
+        let memory_mib = match pick(memory, &d.memory, path.clone(), "memory") {
+            Some((m, p)) => {
+                let mib = quantity::vm_memory_mib(&m.0).map_err(|e| ctx.at(&p, e))?;
+                if !(128..=65536).contains(&mib) {
+                    return Err(ctx.at(&p, format!("`{}` is outside 128M..=64G", m.0)));
+                }
+                mib
+            }
+            None => DEFAULT_MEMORY_MIB,
+        };
+        let image = match pick(image, &d.image, path.clone(), "image") {
+            Some((img, p)) => check_image(ctx, &p, img)?,
+            None => ImageRef::Named(DEFAULT_IMAGE.into()),
+        };
+        let kernel_args = match pick(kernel_args, &d.kernel_args, path.clone(), "kernel_args") {
+            Some((args, p)) => {
+                for (i, a) in args.iter().enumerate() {
+                    if a.is_empty() || a.chars().any(char::is_whitespace) {
+                        return Err(ctx.at(&p.index(i), format!("`{a}` must be one non-empty argument without spaces (one list item per argument)")));
+                    }
+                }
+                args.clone()
+            }
+            None => Vec::new(),
+        };
+        let attached = match node_networks {
+            None => {
+                let mut v = vec![underlay];
+                v.extend((0..networks.len()).filter(|&i| i != underlay));
+                v
+            }
+            Some(list) => {
+                let mut idx = Vec::new();
+                for (i, net) in list.iter().enumerate() {
+                    let p = path.key("networks").index(i);
+                    let n = t.networks.position(net).ok_or_else(|| {
+                        ctx.at(&p, format!("unknown network `{net}` (networks: {})", names(t.networks.iter().map(|(k, _)| k))))
+                    })?;
+                    if idx.contains(&n) {
+                        return Err(ctx.at(&p, format!("network `{net}` is listed twice")));
+                    }
+                    idx.push(n);
+                }
+                if !idx.contains(&underlay) {
+                    return Err(ctx.at(
+                        &path.key("networks"),
+                        format!("every node must be on the cluster underlay `{}`", networks[underlay].name),
+                    ));
+                }
+                // The underlay NIC comes first (eth1), the others keep the order of `networks:`.
+                idx.sort_by_key(|&n| (n != underlay, n));
+                idx
+            }
+        };
+        for &n in &attached {
+            let net = &networks[n];
+            let needed = FIRST_HOST_OFFSET as u64 + index as u64;
+            let broadcast = (1u64 << (32 - net.cidr.prefix_len())) - 1;
+            if needed >= broadcast {
+                return Err(ctx.at(
+                    &root().key("networks").key(&net.name).key("cidr"),
+                    format!(
+                        "{} is too small for node `{name}` (node {index} gets host address {needed}; node i gets {FIRST_HOST_OFFSET} + i, so {} nodes need a /{} or larger)",
+                        net.cidr,
+                        t.nodes.len(),
+                        prefix_for(FIRST_HOST_OFFSET as u64 + t.nodes.len() as u64)
+                    ),
+                ));
+            }
+        }
+        out.push(CheckedNode { name: name.to_string(), cpus, memory_mib, image, kernel_args, networks: attached });
+    }
+    Ok(out)
+}
+
+/// Longest prefix whose network holds host offsets up to `highest_offset - 1` below its broadcast address.
+fn prefix_for(needed: u64) -> u8 {
+    (2..=30u8).rev().find(|p| (1u64 << (32 - p)) - 1 > needed).unwrap_or(2)
+}
+
+fn check_image(ctx: &Ctx<'_>, path: &FieldPath, img: &ImageDef) -> Result<ImageRef, TopologyError> {
+    match img {
+        ImageDef::Named(n) => {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.starts_with(|c: char| c.is_ascii_lowercase())
+                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !ok {
+                return Err(ctx.at(path, format!("`{n}` is not an image name (e.g. debian-12) or {{url, sha256}}")));
+            }
+            Ok(ImageRef::Named(n.clone()))
+        }
+        ImageDef::Url(u) => {
+            if !(u.url.starts_with("https://") || u.url.starts_with("http://") || u.url.starts_with("file://")) {
+                return Err(ctx.at(&path.key("url"), format!("`{}` must be an http(s):// or file:// URL", u.url)));
+            }
+            if u.sha256.len() != 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ctx.at(&path.key("sha256"), "must be 64 hex digits (the sha256 of the image file)"));
+            }
+            Ok(ImageRef::Url { url: u.url.clone(), sha256: u.sha256.to_ascii_lowercase() })
+        }
+    }
+}
+
+fn check_subnet_capacity(
+    ctx: &Ctx<'_>,
+    t: &Topology,
+    cluster: &ClusterPlan,
+    nodes: &[CheckedNode],
+) -> Result<(), TopologyError> {
+    let available = 1u64 << (cluster.node_subnet_prefix - cluster.pod_cidr.prefix_len());
+    if (nodes.len() as u64) > available {
+        let path = if t.cluster.pod_cidr.is_some() { root().key("cluster").key("pod_cidr") } else { root().key("cluster") };
+        return Err(ctx.at(
+            &path,
+            format!(
+                "{} holds only {available} node subnets of /{} but there are {} nodes",
+                cluster.pod_cidr,
+                cluster.node_subnet_prefix,
+                nodes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn amounts(ctx: &Ctx<'_>, path: &FieldPath, a: &AmountsDef) -> Result<ResourceAmounts, TopologyError> {
+    let cpu_millis = match &a.cpu {
+        Some(s) => Some(quantity::cpu_millis(&s.0).map_err(|m| ctx.at(&path.key("cpu"), m))?),
+        None => None,
+    };
+    let memory_bytes = match &a.memory {
+        Some(s) => Some(quantity::memory_bytes(&s.0).map_err(|m| ctx.at(&path.key("memory"), m))?),
+        None => None,
+    };
+    Ok(ResourceAmounts { cpu_millis, memory_bytes })
+}
+
+fn check_pods(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<PodPlan>, TopologyError> {
+    let mut out: Vec<PodPlan> = Vec::new();
+    for (i, pod) in t.pods.iter().enumerate() {
+        let path = root().key("pods").index(i);
+        if t.nodes.get(&pod.node).is_none() {
+            return Err(ctx.at(
+                &path.key("node"),
+                format!("unknown node `{}` (nodes: {})", pod.node, names(t.nodes.iter().map(|(k, _)| k))),
+            ));
+        }
+        if let Some(j) = out.iter().position(|p| p.spec.name == pod.name) {
+            return Err(ctx.at(&path.key("name"), format!("duplicate pod name `{}` (also pods[{j}])", pod.name)));
+        }
+        let mut containers = Vec::new();
+        for (c_index, c) in pod.containers.iter().enumerate() {
+            let cpath = path.key("containers").index(c_index).key("resources");
+            containers.push(ContainerSpec {
+                name: c.name.clone(),
+                command: c.command.clone(),
+                env: c.env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+                resources: Resources {
+                    requests: amounts(ctx, &cpath.key("requests"), &c.resources.requests)?,
+                    limits: amounts(ctx, &cpath.key("limits"), &c.resources.limits)?,
+                },
+                pids_limit: c.pids_limit,
+            });
+        }
+        let spec = PodSpec {
+            name: pod.name.clone(),
+            containers,
+            restart_policy: match pod.restart_policy {
+                None | Some(RestartPolicyDef::Always) => RestartPolicy::Always,
+                Some(RestartPolicyDef::OnFailure) => RestartPolicy::OnFailure,
+                Some(RestartPolicyDef::Never) => RestartPolicy::Never,
+            },
+            share_process_namespace: pod.share_process_namespace,
+            host_network: pod.host_network,
+        };
+        validate_pod(&spec).map_err(|e| {
+            let field = e.field.as_deref().map_or_else(|| path.clone(), |f| path.join_dotted(f));
+            ctx.at(&field, e.message)
+        })?;
+        out.push(PodPlan { node: pod.node.clone(), spec });
+    }
+    Ok(out)
+}
+
+/// Host address `FIRST_HOST_OFFSET + index` of `net`.
+pub fn host_address(net: &Ipv4Net, index: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()) + FIRST_HOST_OFFSET + index as u32)
+}
