@@ -1,10 +1,34 @@
 //! Node networking: the `cni0` bridge, pod IPAM and veths, and flannel's backends (vxlan, host-gw, udp, none).
-//! The agent converges the kernel to a `NodeSpec` by reading it back over netlink and applying the difference.
+//! The agent converges the kernel to a `NodeSpec` by reading it back over netlink and applying the difference
+//! (`plan.rs`), so applying the same spec twice changes nothing and deleted objects come back.
+//!
+//! All kernel work runs on one dedicated thread with a current-thread tokio runtime and a single rtnetlink
+//! connection (`Worker`): requests are serialised, which is what the reconcile needs anyway, and the thread
+//! can live in another network namespace (tests run two "nodes" in one process that way). Work inside a
+//! pod's netns runs on a short-lived thread that `setns`'s there and opens its own connection.
+
+mod ipam;
+mod netlink;
+mod plan;
+mod udp;
+
+#[cfg(test)]
+mod kernel_tests;
 
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
-use testbed_api::{NodeSpec, ObservedNetwork};
+use ipnet::Ipv4Net;
+use testbed_api::{Backend, NodeSpec, ObservedNetwork};
+use tokio::sync::{mpsc, oneshot};
+
+use ipam::Ipam;
+use netlink::NetlinkKernel;
+use plan::{fmt_mac, kind_name, LinkKind, BRIDGE, TUN_DEV, VXLAN_DEV};
+use udp::UdpForwarder;
 
 /// Errors of the networking module. `InvalidInput` is the caller's fault (maps to 4xx); the rest are node faults.
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +37,22 @@ pub enum NetError {
     NotReady(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("network interface {0} does not exist")]
+    NoSuchLink(String),
+    #[error("pod IP allocation: {0}")]
+    Ipam(String),
+    #[error("{step}: {source}")]
+    Io { step: String, source: std::io::Error },
+    #[error("netlink: {step}: {source}")]
+    Netlink { step: String, source: rtnetlink::Error },
+    #[error("the network worker thread is gone")]
+    WorkerGone,
+}
+
+impl NetError {
+    fn io(step: String, source: std::io::Error) -> NetError {
+        NetError::Io { step, source }
+    }
 }
 
 /// Where a pod was plugged in.
@@ -22,37 +62,344 @@ pub struct PodAttachment {
     pub host_veth: String,
 }
 
+type Reply<T> = oneshot::Sender<Result<T, NetError>>;
+
+enum Request {
+    Apply(Box<NodeSpec>, Reply<Vec<String>>),
+    Observe(Reply<ObservedNetwork>),
+    Attach(String, u32, Reply<PodAttachment>),
+    Detach(String, Reply<()>),
+    Repair(Vec<(String, u32)>, Reply<Vec<String>>),
+}
+
 /// Handle to the node's network state. Send + Sync; share it in an Arc.
 pub struct Network {
-    state_dir: PathBuf,
+    /// `None` only while dropping (closing the channel stops the worker).
+    tx: Option<mpsc::UnboundedSender<Request>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Network {
     pub async fn new(state_dir: &Path) -> Result<Network, NetError> {
-        Ok(Network { state_dir: state_dir.to_path_buf() })
+        Network::start(state_dir, None).await
     }
 
-    pub async fn apply(&self, _spec: &NodeSpec) -> Result<Vec<String>, NetError> {
-        Err(self.not_ready())
+    /// Like `new`, with all node-side kernel work inside the network namespace at `netns` (e.g.
+    /// `/run/netns/x`); the tests emulate nodes this way.
+    pub async fn start(state_dir: &Path, netns: Option<PathBuf>) -> Result<Network, NetError> {
+        let ipam = Ipam::open(&state_dir.join("ipam"))?;
+        let ns_fd = match &netns {
+            Some(path) => Some(OwnedFd::from(
+                std::fs::File::open(path).map_err(|e| NetError::io(format!("open {}", path.display()), e))?,
+            )),
+            None => None,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("net-worker".into())
+            .spawn(move || Worker::run(ns_fd, ipam, rx, ready_tx))
+            .map_err(|e| NetError::io("spawn net-worker thread".into(), e))?;
+        ready_rx.await.map_err(|_| NetError::WorkerGone)??;
+        Ok(Network { tx: Some(tx), worker: Mutex::new(Some(thread)) })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, NetError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(NetError::WorkerGone)?;
+        tx.send(make(reply)).map_err(|_| NetError::WorkerGone)?;
+        rx.await.map_err(|_| NetError::WorkerGone)?
+    }
+
+    /// Converge cni0, ip_forward, the backend's devices and per-peer state to `spec`; remove other backends'
+    /// state. One line per change; empty when the kernel already matched.
+    pub async fn apply(&self, spec: &NodeSpec) -> Result<Vec<String>, NetError> {
+        testbed_api::validate::validate_node(spec).map_err(|e| NetError::InvalidInput(e.to_string()))?;
+        self.call(|r| Request::Apply(Box::new(spec.clone()), r)).await
     }
 
     pub async fn observe(&self) -> Result<ObservedNetwork, NetError> {
-        Err(self.not_ready())
+        self.call(Request::Observe).await
     }
 
-    pub async fn attach_pod(&self, _pod: &str, _infra_pid: u32) -> Result<PodAttachment, NetError> {
-        Err(self.not_ready())
+    /// Idempotent: same pod -> same IP; veth `veth<hash>` in cni0 with hairpin on, `eth0` in the pod.
+    pub async fn attach_pod(&self, pod: &str, infra_pid: u32) -> Result<PodAttachment, NetError> {
+        self.call(|r| Request::Attach(pod.to_string(), infra_pid, r)).await
     }
 
-    pub async fn detach_pod(&self, _pod: &str) -> Result<(), NetError> {
-        Err(self.not_ready())
+    /// Removes the host veth (its peer goes with it) and releases the IP. Idempotent.
+    pub async fn detach_pod(&self, pod: &str) -> Result<(), NetError> {
+        self.call(|r| Request::Detach(pod.to_string(), r)).await
     }
 
-    pub async fn repair_pods(&self, _pods: &[(String, u32)]) -> Result<Vec<String>, NetError> {
-        Err(self.not_ready())
+    /// Re-creates missing host veths (and re-enslaves detached ones); lines describe repairs.
+    pub async fn repair_pods(&self, pods: &[(String, u32)]) -> Result<Vec<String>, NetError> {
+        self.call(|r| Request::Repair(pods.to_vec(), r)).await
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        // Closing the channel ends the worker, which stops the udp forwarder (and so removes flannel0).
+        self.tx.take();
+        let worker = self.worker.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(worker) = worker {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Host veth name of a pod: `veth` + 8 hex digits of SHA-256(pod), stable across agent restarts.
+pub fn host_veth_name(pod: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(pod.as_bytes());
+    format!("veth{}", hex::encode(&digest[..4]))
+}
+
+struct Worker {
+    kernel: NetlinkKernel,
+    ipam: Ipam,
+    spec: Option<NodeSpec>,
+    udp: Option<UdpForwarder>,
+}
+
+impl Worker {
+    fn run(
+        netns: Option<OwnedFd>,
+        ipam: Ipam,
+        rx: mpsc::UnboundedReceiver<Request>,
+        ready: oneshot::Sender<Result<(), NetError>>,
+    ) {
+        let setup = || -> Result<(tokio::runtime::Runtime, NetlinkKernel), NetError> {
+            if let Some(fd) = &netns {
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetError::io("setns into the node netns".into(), e.into()))?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(|e| NetError::io("net-worker runtime".into(), e))?;
+            let _guard = rt.enter();
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::io("netlink socket".into(), e))?;
+            rt.spawn(conn);
+            Ok((rt, NetlinkKernel { handle }))
+        };
+        let (rt, kernel) = match setup() {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let mut worker = Worker { kernel, ipam, spec: None, udp: None };
+        rt.block_on(worker.serve(rx));
     }
 
-    fn not_ready(&self) -> NetError {
-        NetError::NotReady(format!("network module under construction (state dir {})", self.state_dir.display()))
+    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        while let Some(req) = rx.recv().await {
+            match req {
+                Request::Apply(spec, r) => drop(r.send(self.apply(*spec).await)),
+                Request::Observe(r) => drop(r.send(self.observe().await)),
+                Request::Attach(pod, pid, r) => drop(r.send(self.attach(&pod, pid).await)),
+                Request::Detach(pod, r) => drop(r.send(self.detach(&pod).await)),
+                Request::Repair(pods, r) => drop(r.send(self.repair(&pods).await)),
+            }
+        }
     }
+
+    async fn apply(&mut self, spec: NodeSpec) -> Result<Vec<String>, NetError> {
+        if self.kernel.link_index(&spec.underlay.interface).await?.is_none() {
+            return Err(NetError::NoSuchLink(format!("{} (underlay.interface)", spec.underlay.interface)));
+        }
+        let mut changes = self.converge_udp(&spec).await?;
+        // Remember the spec before converging: pods can attach to what is already there even if a later
+        // step fails, and the next periodic apply retries.
+        self.spec = Some(spec.clone());
+        changes.extend(plan::converge(&mut self.kernel, &spec).await?);
+        Ok(changes)
+    }
+
+    /// The udp backend's userspace half. Runs before the kernel reconcile: the forwarder owns flannel0, so
+    /// it must exist (udp) or be gone (other backends) before the planner looks at links.
+    async fn converge_udp(&mut self, spec: &NodeSpec) -> Result<Vec<String>, NetError> {
+        let mut changes = Vec::new();
+        if spec.backend != Backend::Udp {
+            if self.udp.take().is_some() {
+                changes.push(format!("udp forwarder stopped ({TUN_DEV} removed)"));
+            }
+            return Ok(changes);
+        }
+        let peers: udp::PeerTable = spec.peers.iter().map(|p| (p.pod_subnet.trunc(), p.underlay_ip)).collect();
+        let healthy = match &self.udp {
+            Some(f) => {
+                f.is_alive()
+                    && f.local == spec.underlay.address
+                    && self.kernel.link_index(TUN_DEV).await?.is_some()
+            }
+            None => false,
+        };
+        if healthy {
+            if self.udp.as_ref().is_some_and(|f| f.set_peers(peers)) {
+                changes.push(format!("udp forwarder peers updated ({} peers)", spec.peers.len()));
+            }
+            return Ok(changes);
+        }
+        // Drop the old forwarder first: its fd holds the flannel0 name.
+        self.udp = None;
+        self.udp = Some(UdpForwarder::start(spec.underlay.address, peers)?);
+        changes.push(format!(
+            "udp forwarder started: {TUN_DEV} <-> {}:{} ({} peers)",
+            spec.underlay.address,
+            plan::UDP_PORT,
+            spec.peers.len()
+        ));
+        Ok(changes)
+    }
+
+    async fn observe(&mut self) -> Result<ObservedNetwork, NetError> {
+        let links = self.kernel.links().await?;
+        let managed = |name: &str| name == BRIDGE || name == VXLAN_DEV || name == TUN_DEV || name.starts_with("veth");
+        let names = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        // Without a spec, report routes into the whole private 10/8 range pods normally live in.
+        let pod_cidr = self.spec.as_ref().map(|s| s.pod_cidr).unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default());
+        let routes = self.kernel.routes(pod_cidr, &names).await?;
+        let (neighbours, fdb) = match links.iter().find(|l| l.name == VXLAN_DEV) {
+            Some(vx) => self.kernel.neighbours_and_fdb(VXLAN_DEV, vx.index).await?,
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(ObservedNetwork {
+            links: links
+                .iter()
+                .filter(|l| managed(&l.name))
+                .map(|l| {
+                    let mut line = format!(
+                        "{} {} mtu {} {}",
+                        l.name,
+                        if l.up { "UP" } else { "DOWN" },
+                        l.mtu,
+                        kind_name(&l.kind)
+                    );
+                    if let LinkKind::Vxlan { vni, port, local, dev, learning } = &l.kind {
+                        line += &format!(" id {vni} dstport {port} local {local} dev {dev}");
+                        if !learning {
+                            line += " nolearning";
+                        }
+                    }
+                    if let Some(m) = &l.master {
+                        line += &format!(" master {m}");
+                    }
+                    if let Some(mac) = &l.mac {
+                        line += &format!(" {}", fmt_mac(mac));
+                    }
+                    for a in &l.addrs {
+                        line += &format!(" {a}");
+                    }
+                    line
+                })
+                .collect(),
+            routes: routes.iter().map(|r| r.route.to_string()).collect(),
+            neighbours: neighbours
+                .iter()
+                .map(|n| {
+                    let nud = if n.permanent { " PERMANENT" } else { "" };
+                    format!("{} lladdr {} dev {}{nud}", n.neighbour.ip, fmt_mac(&n.neighbour.mac), n.neighbour.dev)
+                })
+                .collect(),
+            fdb: fdb.iter().map(|e| format!("{} dst {} dev {}", fmt_mac(&e.mac), e.dst, e.dev)).collect(),
+        })
+    }
+
+    fn spec(&self) -> Result<&NodeSpec, NetError> {
+        self.spec.as_ref().ok_or_else(|| NetError::NotReady("no NodeSpec applied yet (PUT /v1/node first)".into()))
+    }
+
+    async fn attach(&mut self, pod: &str, infra_pid: u32) -> Result<PodAttachment, NetError> {
+        let spec = self.spec()?;
+        let subnet = spec.pod_subnet.trunc();
+        let mtu = spec.backend.pod_mtu(spec.underlay.mtu);
+        let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        let ns_path = format!("/proc/{infra_pid}/ns/net");
+        let netns = OwnedFd::from(
+            std::fs::File::open(&ns_path).map_err(|e| NetError::io(format!("pod {pod}: open {ns_path}"), e))?,
+        );
+        let ip = self.ipam.allocate(pod, subnet)?;
+        let host_veth = host_veth_name(pod);
+        let addr = Ipv4Net::new(ip, subnet.prefix_len()).map_err(|e| NetError::Ipam(e.to_string()))?;
+        if self.kernel.link_index(&host_veth).await?.is_none() {
+            self.kernel.create_pod_veth(&host_veth, &netns, mtu).await?;
+        } else {
+            let bridge = self.kernel.bridge_index().await?;
+            self.kernel.enslave(&host_veth, bridge).await?;
+        }
+        in_netns(netns, move |handle| async move { netlink::configure_pod_side(&handle, addr, gateway).await })
+            .await
+            .map_err(|e| match e {
+                NetError::Netlink { step, source } => NetError::Netlink { step: format!("pod {pod}: {step}"), source },
+                other => other,
+            })?;
+        Ok(PodAttachment { ip, host_veth })
+    }
+
+    async fn detach(&mut self, pod: &str) -> Result<(), NetError> {
+        self.kernel.delete_pod_veth(&host_veth_name(pod)).await?;
+        self.ipam.release(pod)?;
+        Ok(())
+    }
+
+    async fn repair(&mut self, pods: &[(String, u32)]) -> Result<Vec<String>, NetError> {
+        self.spec()?;
+        let links = self.kernel.links().await?;
+        let mut lines = Vec::new();
+        for (pod, pid) in pods {
+            let name = host_veth_name(pod);
+            match links.iter().find(|l| l.name == name) {
+                None => {
+                    let a = self.attach(pod, *pid).await?;
+                    lines.push(format!("pod {pod}: recreated {} ({})", a.host_veth, a.ip));
+                }
+                Some(l) if l.master.as_deref() != Some(BRIDGE) || !l.up => {
+                    let bridge = self.kernel.bridge_index().await?;
+                    self.kernel.enslave(&name, bridge).await?;
+                    lines.push(format!("pod {pod}: {name} re-attached to {BRIDGE} and up"));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(lines)
+    }
+}
+
+/// Runs `f` on a fresh thread inside the network namespace `netns`, with its own current-thread runtime and
+/// rtnetlink connection (rtnetlink's own `NetworkNamespace` helpers fork inside tokio; this does not).
+async fn in_netns<F, Fut, T>(netns: OwnedFd, f: F) -> Result<T, NetError>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, NetError>>,
+    T: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("net-podns".into())
+        .spawn(move || {
+            let run = || -> Result<T, NetError> {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetError::io("setns into the pod netns".into(), e.into()))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(|e| NetError::io("pod netns runtime".into(), e))?;
+                rt.block_on(async {
+                    let (conn, handle, _) =
+                        rtnetlink::new_connection().map_err(|e| NetError::io("pod netlink socket".into(), e))?;
+                    let conn = tokio::spawn(conn);
+                    let out = f(handle).await;
+                    conn.abort();
+                    out
+                })
+            };
+            let _ = tx.send(run());
+        })
+        .map_err(|e| NetError::io("spawn pod netns thread".into(), e))?;
+    rx.await.map_err(|_| NetError::WorkerGone)?
 }

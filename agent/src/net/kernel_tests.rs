@@ -1,0 +1,1 @@
+//! Real-kernel tests (root): two emulated nodes in network namespaces.

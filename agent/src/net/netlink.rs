@@ -1,0 +1,462 @@
+//! The real kernel behind the planner, over one rtnetlink connection, plus the per-pod veth work.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState as NudState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use super::plan::{Action, Fdb, Kernel, KernelState, LinkKind, LinkState, Mac, Neighbour, NeighbourState, Route, RouteState, BRIDGE, VXLAN_DEV};
+use super::NetError;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn nl(step: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let step = step.into();
+    move |source| NetError::Netlink { step, source }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Treats "already there" (EEXIST) as success: the add is idempotent.
+fn exists_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match r {
+        Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Treats "already gone" (ENOENT, ESRCH, ENODEV) as success: the delete is idempotent.
+fn gone_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match r {
+        Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => Ok(()),
+        other => other,
+    }
+}
+
+pub struct NetlinkKernel {
+    pub handle: Handle,
+}
+
+impl NetlinkKernel {
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetError> {
+        let mut links = self.handle.link().get().match_name(name).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(NetError::Netlink { step: format!("get link {name}"), source: e }),
+        }
+    }
+
+    async fn require_index(&self, name: &str) -> Result<u32, NetError> {
+        self.link_index(name).await?.ok_or_else(|| NetError::NoSuchLink(name.to_string()))
+    }
+
+    /// All links with their IPv4 addresses, as the planner and `observe` see them.
+    pub async fn links(&self) -> Result<Vec<LinkState>, NetError> {
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(nl("dump links"))?;
+        let names: HashMap<u32, String> =
+            msgs.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n.to_string()))).collect();
+        let mut addrs: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
+        let addr_msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("dump addresses"))?;
+        for m in addr_msgs {
+            if m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(net) = ip.and_then(|ip| Ipv4Net::new(ip, m.header.prefix_len).ok()) {
+                addrs.entry(m.header.index).or_default().push(net);
+            }
+        }
+        Ok(msgs.iter().filter_map(|m| link_state(m, &names, &mut addrs)).collect())
+    }
+
+    pub async fn routes(&self, pod_cidr: Ipv4Net, names: &HashMap<u32, String>) -> Result<Vec<RouteState>, NetError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> =
+            self.handle.route().get(query).execute().try_collect().await.map_err(nl("dump routes"))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let h = &m.header;
+            let table = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(h.table));
+            if h.address_family != AddressFamily::Inet
+                || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || h.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut gateway = None;
+            let mut oif = None;
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let Ok(dst) = Ipv4Net::new(dst, h.destination_prefix_length) else { continue };
+            if !pod_cidr.contains(&dst) {
+                continue;
+            }
+            let dev = oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default();
+            out.push(RouteState {
+                route: Route { dst, gateway, dev, onlink: h.flags.contains(RouteFlags::Onlink) },
+                kernel_proto: h.protocol == RouteProtocol::Kernel,
+            });
+        }
+        Ok(out)
+    }
+
+    /// IPv4 neighbours and bridge FDB entries of one device.
+    pub async fn neighbours_and_fdb(&self, dev: &str, index: u32) -> Result<(Vec<NeighbourState>, Vec<Fdb>), NetError> {
+        let mut neighbours = Vec::new();
+        let msgs: Vec<NeighbourMessage> =
+            self.handle.neighbours().get().execute().try_collect().await.map_err(nl("dump neighbours"))?;
+        for m in msgs.iter().filter(|m| m.header.ifindex == index && m.header.family == AddressFamily::Inet) {
+            if let (Some(IpAddr::V4(ip)), Some(mac)) = (neigh_dst(m), neigh_mac(m)) {
+                let permanent = m.header.state == NudState::Permanent;
+                neighbours.push(NeighbourState { neighbour: Neighbour { ip, mac, dev: dev.into() }, permanent });
+            }
+        }
+        let mut fdb = Vec::new();
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("dump bridge fdb"))?;
+        for m in msgs.iter().filter(|m| m.header.ifindex == index) {
+            if let (Some(IpAddr::V4(dst)), Some(mac)) = (neigh_dst(m), neigh_mac(m)) {
+                fdb.push(Fdb { mac, dst, dev: dev.into() });
+            }
+        }
+        Ok((neighbours, fdb))
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<(), NetError> {
+        if let Some(index) = self.link_index(name).await? {
+            gone_ok(self.handle.link().del(index).execute().await).map_err(nl(format!("delete link {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the host/pod veth pair with the pod end (`eth0`) born inside the pod's netns, the host end
+    /// enslaved to cni0 and up, all in one request; then hairpin on the bridge port.
+    pub async fn create_pod_veth(&self, host: &str, netns: &OwnedFd, mtu: u32) -> Result<(), NetError> {
+        let bridge = self.require_index(BRIDGE).await?;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new().name("eth0").mtu(mtu).setns_by_fd(netns.as_raw_fd()).build();
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(mtu)
+            .controller(bridge)
+            .up()
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(nl(format!("create veth {host}")))?;
+        self.enslave(host, bridge).await
+    }
+
+    /// Master cni0, up, hairpin on (`bridge link set dev <veth> hairpin on`), for a fresh or repaired veth.
+    pub async fn enslave(&self, host: &str, bridge: u32) -> Result<(), NetError> {
+        let index = self.require_index(host).await?;
+        let set = LinkUnspec::new_with_index(index).controller(bridge).up().build();
+        self.handle.link().set(set).execute().await.map_err(nl(format!("set {host} master {BRIDGE} up")))?;
+        let port = LinkBridgePort::new(index).hairpin(true).build();
+        self.handle.link().set_port(port).execute().await.map_err(nl(format!("set {host} hairpin on")))
+    }
+
+    pub async fn bridge_index(&self) -> Result<u32, NetError> {
+        self.require_index(BRIDGE).await
+    }
+
+    pub async fn delete_pod_veth(&self, host: &str) -> Result<(), NetError> {
+        self.delete_link(host).await
+    }
+}
+
+fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn link_state(m: &LinkMessage, names: &HashMap<u32, String>, addrs: &mut HashMap<u32, Vec<Ipv4Net>>) -> Option<LinkState> {
+    let name = link_name(m)?.to_string();
+    let mut mtu = 0;
+    let mut mac = None;
+    let mut master = None;
+    let mut kind = LinkKind::Other(String::new());
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::Mtu(v) => mtu = *v,
+            LinkAttribute::Address(bytes) => mac = <Mac>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Controller(i) => master = names.get(i).cloned(),
+            LinkAttribute::LinkInfo(infos) => kind = link_kind(infos, names),
+            _ => {}
+        }
+    }
+    Some(LinkState {
+        addrs: addrs.remove(&m.header.index).unwrap_or_default(),
+        name,
+        index: m.header.index,
+        kind,
+        mtu,
+        up: m.header.flags.contains(LinkFlags::Up),
+        mac,
+        master,
+    })
+}
+
+fn link_kind(infos: &[LinkInfo], names: &HashMap<u32, String>) -> LinkKind {
+    let mut kind = LinkKind::Other(String::new());
+    for info in infos {
+        match info {
+            LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
+            LinkInfo::Kind(InfoKind::Tun) => kind = LinkKind::Tun,
+            LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
+            LinkInfo::Kind(InfoKind::Vxlan) => {
+                if !matches!(kind, LinkKind::Vxlan { .. }) {
+                    kind = LinkKind::Vxlan { vni: 0, port: 0, local: Ipv4Addr::UNSPECIFIED, dev: String::new(), learning: true };
+                }
+            }
+            LinkInfo::Kind(other) => kind = LinkKind::Other(other.to_string()),
+            LinkInfo::Data(InfoData::Vxlan(data)) => {
+                let (mut vni, mut port, mut local, mut dev, mut learning) = (0, 0, Ipv4Addr::UNSPECIFIED, String::new(), true);
+                for d in data {
+                    match d {
+                        InfoVxlan::Id(v) => vni = *v,
+                        InfoVxlan::Port(p) => port = *p,
+                        InfoVxlan::Local(ip) => local = *ip,
+                        InfoVxlan::Link(i) => dev = names.get(i).cloned().unwrap_or_default(),
+                        InfoVxlan::Learning(l) => learning = *l,
+                        _ => {}
+                    }
+                }
+                kind = LinkKind::Vxlan { vni, port, local, dev, learning };
+            }
+            _ => {}
+        }
+    }
+    kind
+}
+
+fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        _ => None,
+    })
+}
+
+fn neigh_mac(m: &NeighbourMessage) -> Option<Mac> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => <Mac>::try_from(b.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+fn route_message(r: &Route, oif: u32) -> RouteMessage {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(r.dst.network(), r.dst.prefix_len())
+        .output_interface(oif);
+    if let Some(gw) = r.gateway {
+        b = b.gateway(gw);
+    }
+    if r.onlink {
+        b = b.onlink();
+    }
+    b.build()
+}
+
+fn neighbour_message(family: AddressFamily, index: u32, ip: Ipv4Addr, mac: Option<&Mac>) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family;
+    m.header.ifindex = index;
+    m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    if let Some(mac) = mac {
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    }
+    m
+}
+
+impl Kernel for NetlinkKernel {
+    async fn snapshot(&mut self, pod_cidr: Ipv4Net) -> Result<KernelState, NetError> {
+        let ip_forward = std::fs::read_to_string(IP_FORWARD)
+            .map_err(|e| NetError::io(format!("read {IP_FORWARD}"), e))?
+            .trim()
+            == "1";
+        let links = self.links().await?;
+        let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+        let routes = self.routes(pod_cidr, &names).await?;
+        let (neighbours, fdb) = match links.iter().find(|l| l.name == VXLAN_DEV) {
+            Some(vx) => self.neighbours_and_fdb(VXLAN_DEV, vx.index).await?,
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(KernelState { ip_forward, links, routes, neighbours, fdb })
+    }
+
+    async fn execute(&mut self, action: &Action) -> Result<(), NetError> {
+        let step = action.to_string();
+        let h = &self.handle;
+        match action {
+            Action::EnableIpForward => {
+                std::fs::write(IP_FORWARD, "1").map_err(|e| NetError::io(step, e))?;
+            }
+            Action::DeleteRoute(r) => {
+                let oif = self.require_index(&r.dev).await?;
+                gone_ok(h.route().del(route_message(r, oif)).execute().await).map_err(nl(step))?;
+            }
+            Action::DeleteNeighbour(n) => {
+                let index = self.require_index(&n.dev).await?;
+                let msg = neighbour_message(AddressFamily::Inet, index, n.ip, None);
+                gone_ok(h.neighbours().del(msg).execute().await).map_err(nl(step))?;
+            }
+            Action::DeleteFdb(e) => {
+                let index = self.require_index(&e.dev).await?;
+                let mut msg = neighbour_message(AddressFamily::Bridge, index, e.dst, Some(&e.mac));
+                msg.header.flags = NeighbourFlags::Own;
+                gone_ok(h.neighbours().del(msg).execute().await).map_err(nl(step))?;
+            }
+            Action::DeleteLink(name) => self.delete_link(name).await?,
+            Action::CreateLink(l) => {
+                let msg = match &l.kind {
+                    LinkKind::Bridge => LinkBridge::new(&l.name).mtu(l.mtu).up().build(),
+                    LinkKind::Vxlan { vni, port, local, dev, learning } => {
+                        let dev_index = self.require_index(dev).await?;
+                        let mut b = LinkVxlan::new(&l.name, *vni)
+                            .dev(dev_index)
+                            .port(*port)
+                            .local(*local)
+                            .learning(*learning)
+                            .mtu(l.mtu)
+                            .up();
+                        if let Some(mac) = l.mac {
+                            b = b.address(mac.to_vec());
+                        }
+                        b.build()
+                    }
+                    // flannel0 belongs to the udp forwarder's fd (see udp.rs); if it is missing here the
+                    // forwarder could not create it.
+                    LinkKind::Tun | LinkKind::Veth | LinkKind::Other(_) => {
+                        return Err(NetError::NoSuchLink(format!("{} (created by its owner, not by reconcile)", l.name)))
+                    }
+                };
+                h.link().add(msg).execute().await.map_err(nl(step))?;
+            }
+            Action::SetLink { name, mtu, mac, up } => {
+                let index = self.require_index(name).await?;
+                let mut b = LinkUnspec::new_with_index(index);
+                if let Some(mtu) = mtu {
+                    b = b.mtu(*mtu);
+                }
+                if let Some(mac) = mac {
+                    b = b.address(mac.to_vec());
+                }
+                if *up {
+                    b = b.up();
+                }
+                h.link().set(b.build()).execute().await.map_err(nl(step))?;
+            }
+            Action::DeleteAddress { dev, addr } => {
+                let index = self.require_index(dev).await?;
+                let mut msg = AddressMessage::default();
+                msg.header.family = AddressFamily::Inet;
+                msg.header.prefix_len = addr.prefix_len();
+                msg.header.index = index;
+                msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+                msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+                gone_ok(h.address().del(msg).execute().await).map_err(nl(step))?;
+            }
+            Action::AddAddress { dev, addr } => {
+                let index = self.require_index(dev).await?;
+                exists_ok(h.address().add(index, IpAddr::V4(addr.addr()), addr.prefix_len()).execute().await)
+                    .map_err(nl(step))?;
+            }
+            Action::SetNeighbour(n) => {
+                let index = self.require_index(&n.dev).await?;
+                h.neighbours()
+                    .add(index, IpAddr::V4(n.ip))
+                    .link_layer_address(&n.mac)
+                    .state(NudState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl(step))?;
+            }
+            Action::SetFdb(e) => {
+                let index = self.require_index(&e.dev).await?;
+                h.neighbours()
+                    .add_bridge(index, &e.mac)
+                    .destination(IpAddr::V4(e.dst))
+                    .flags(NeighbourFlags::Own)
+                    .state(NudState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(nl(step))?;
+            }
+            Action::AddRoute(r) => {
+                let oif = self.require_index(&r.dev).await?;
+                // EEXIST: the kernel already made it from an address (flannel0's pod CIDR route).
+                exists_ok(h.route().add(route_message(r, oif)).execute().await).map_err(nl(step))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Inside the pod's netns (the calling thread must have `setns`'d there): lo up; eth0 address, up; default
+/// route via the bridge. Idempotent.
+pub async fn configure_pod_side(handle: &Handle, addr: Ipv4Net, gateway: Ipv4Addr) -> Result<(), NetError> {
+    let k = NetlinkKernel { handle: handle.clone() };
+    let lo = k.require_index("lo").await?;
+    handle.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("pod: set lo up"))?;
+    let eth0 = k.require_index("eth0").await?;
+    exists_ok(handle.address().add(eth0, IpAddr::V4(addr.addr()), addr.prefix_len()).execute().await)
+        .map_err(nl(format!("pod: addr add {addr} dev eth0")))?;
+    handle.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await.map_err(nl("pod: set eth0 up"))?;
+    let default = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(eth0).gateway(gateway).build();
+    exists_ok(handle.route().add(default).execute().await).map_err(nl(format!("pod: route add default via {gateway}")))
+}
