@@ -1,8 +1,144 @@
-//! `testbed-agent`: runs in every guest and converges the node's kernel to a NodeSpec.
+//! `testbed-agent`: runs in every guest and converges the node's kernel to a NodeSpec; runs pods.
+//!
+//! Subcommands: `serve` (the HTTP API), and hidden ones the agent runs itself: `infra` (a pod's namespace
+//! holder), `run-container` (container and exec launcher), `bench` (pod creation benchmark).
 
+mod bench;
+mod cgroups;
+mod exec;
+mod launcher;
 mod net;
+mod phase;
+mod qos;
+mod runtime;
+mod sandbox;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "testbed-agent", version, about = "testbed node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the agent API on a loopback address.
+    Serve(ServeArgs),
+    /// Infra process of a pod (started by the agent).
+    #[command(hide = true)]
+    Infra {
+        #[arg(long)]
+        pod: String,
+    },
+    /// Container / exec launcher (started by the agent).
+    #[command(hide = true, name = "run-container")]
+    RunContainer(launcher::LauncherArgs),
+    /// Pod creation benchmark against the reference CNI plugins (runs in a private network namespace).
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Loopback address to listen on (the CLI reaches it through SSH forwarding).
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], testbed_api::AGENT_PORT)))]
+    listen: SocketAddr,
+    #[arg(long, default_value = "/var/lib/testbed-agent")]
+    state_dir: PathBuf,
+    /// Name of the agent's cgroup subtree (tests use a private one).
+    #[arg(long, default_value = "testbed", hide = true)]
+    cgroup_name: String,
+    /// Seconds between SIGTERM and SIGKILL when a pod is deleted.
+    #[arg(long, default_value_t = 5)]
+    kill_grace_secs: u64,
+}
+
+/// Exit codes shared with the CLI: 2 bad input, 3 infrastructure failure.
+const EXIT_BAD_INPUT: i32 = 2;
+const EXIT_INFRA: i32 = 3;
 
 fn main() {
-    eprintln!("testbed-agent: not built yet");
-    std::process::exit(3);
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Infra { pod: _ } => sandbox::infra_main(),
+        Command::RunContainer(args) => match launcher::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("testbed-agent run-container {}: {e}", args.pod);
+                127
+            }
+        },
+        Command::Serve(args) => {
+            init_tracing();
+            if !args.listen.ip().is_loopback() {
+                eprintln!("testbed-agent: refusing to listen on {} (loopback addresses only)", args.listen);
+                std::process::exit(EXIT_BAD_INPUT);
+            }
+            run_async(serve(args))
+        }
+        Command::Bench(args) => {
+            init_tracing();
+            // Before any thread exists: the benchmark's whole network lives in a namespace of its own.
+            if let Err(e) = bench::isolate() {
+                eprintln!("testbed-agent bench: {e:#}");
+                std::process::exit(EXIT_INFRA);
+            }
+            run_async(bench::run(args))
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+}
+
+/// A current-thread runtime: the agent is I/O bound and must stay small (RSS) next to 100 pods.
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("testbed-agent: tokio runtime: {e}");
+            return EXIT_INFRA;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("testbed-agent: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cgroups = cgroups::detect(&args.cgroup_name).context("cgroups")?;
+    let cfg = runtime::Config {
+        state_dir: args.state_dir.clone(),
+        exe: PathBuf::from("/proc/self/exe"),
+        kill_grace: Duration::from_secs(args.kill_grace_secs),
+    };
+    let agent = runtime::Agent::new(cfg, cgroups).await.context("starting the runtime")?;
+    agent.restore().await;
+    tokio::spawn(Arc::clone(&agent).reconcile_loop());
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, state_dir = %args.state_dir.display(), "testbed-agent serving");
+    axum::serve(listener, server::router(agent))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("http server")?;
+    Ok(())
 }

@@ -1,0 +1,136 @@
+//! Pod and container cgroups. The kernel interface sits behind the small `Cgroups` trait: cgroup v2 (what the
+//! guests run) and the v1 fallback write the same limits into their own files; unit tests use a temp dir as
+//! the cgroup filesystem, which shows exactly which value lands in which file.
+
+mod v1;
+mod v2;
+
+use std::path::{Path, PathBuf};
+
+pub use v1::CgroupsV1;
+pub use v2::CgroupsV2;
+
+/// Where the cgroup filesystem is mounted on every system we support.
+pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+/// CFS period the kubelet uses (100 ms); `cpu.max` quota is relative to it.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cgroup {path}: cannot parse `{value}`")]
+    Parse { path: PathBuf, value: String },
+    #[error("cgroup v1: no `{0}` hierarchy is mounted")]
+    MissingController(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, CgroupError>;
+
+/// Limits of one cgroup, already converted to kernel units (see `crate::qos`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// CFS quota in microseconds per `CPU_PERIOD_US`; None = unlimited (`max`).
+    pub cpu_quota_us: Option<u64>,
+    /// cgroup v1 `cpu.shares` (2..=262144); v2 derives `cpu.weight` from it as the kubelet does.
+    pub cpu_shares: u64,
+    pub memory_max: Option<u64>,
+    pub pids_max: Option<u64>,
+}
+
+/// A cgroup hierarchy the agent owns (`/sys/fs/cgroup/testbed` on v2). Paths are relative to that root,
+/// e.g. `pod-web` and `pod-web/srv`.
+pub trait Cgroups: Send + Sync {
+    /// `v2` or `v1`, as NodeStatus reports it.
+    fn version(&self) -> &'static str;
+    /// Creates the root and enables the controllers we need. Idempotent.
+    fn init(&self) -> Result<()>;
+    /// Creates `rel` (idempotent) and writes its limits. `parent_of_children` enables controllers for the
+    /// cgroups below it (v2 only needs that).
+    fn create(&self, rel: &str, limits: &CgroupLimits, parent_of_children: bool) -> Result<()>;
+    /// The files a process writes its PID into to join `rel` (one per hierarchy).
+    fn procs_files(&self, rel: &str) -> Vec<PathBuf>;
+    /// OOM kills counted in `rel` so far.
+    fn oom_kills(&self, rel: &str) -> Result<u64>;
+    /// Removes `rel`; missing is fine. Fails while processes are still inside.
+    fn remove(&self, rel: &str) -> Result<()>;
+    /// Absolute directory shown to users (v1: the memory hierarchy's).
+    fn display_path(&self, rel: &str) -> String;
+
+    fn add_pid(&self, rel: &str, pid: u32) -> Result<()> {
+        for file in self.procs_files(rel) {
+            write_file(&file, &pid.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Picks v2 when the unified hierarchy with controllers is mounted at /sys/fs/cgroup, else v1.
+pub fn detect(root_name: &str) -> Result<Box<dyn Cgroups>> {
+    let mount = Path::new(CGROUP_MOUNT);
+    if mount.join("cgroup.controllers").exists() {
+        Ok(Box::new(CgroupsV2::new(mount, root_name)))
+    } else {
+        Ok(Box::new(CgroupsV1::discover(root_name)?))
+    }
+}
+
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Io { path: path.to_path_buf(), source })
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Io { path: path.to_path_buf(), source })
+}
+
+pub(crate) fn mkdir(path: &Path) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(CgroupError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// rmdir, retried briefly: a cgroup stays busy until its last (just killed) process has been reaped.
+pub(crate) fn rmdir(path: &Path) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(source) => return Err(CgroupError::Io { path: path.to_path_buf(), source }),
+        }
+    }
+}
+
+/// Reads `key N` from a flat keyed file such as memory.events or memory.oom_control.
+pub(crate) fn keyed_value(path: &Path, key: &str) -> Result<u64> {
+    let text = read_file(path)?;
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        if it.next() == Some(key) {
+            let v = it.next().unwrap_or_default();
+            return v.parse().map_err(|_| CgroupError::Parse { path: path.to_path_buf(), value: line.to_string() });
+        }
+    }
+    // Older kernels lack the counter: nothing was counted.
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_value_reads_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("memory.events");
+        std::fs::write(&f, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
+        assert_eq!(keyed_value(&f, "oom_kill").unwrap(), 2);
+        assert_eq!(keyed_value(&f, "absent").unwrap(), 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! `POST /v1/pods/{pod}/exec`: runs a command through the launcher in exec mode (the pod's net/UTS/IPC
+//! namespaces; with `container`, also its PID and mount namespaces and cgroup) and captures its output.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use testbed_api::{ApiError, ContainerState, ExecRequest, ExecResponse};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::runtime::{Agent, AgentError};
+use crate::sandbox::{INFRA_ROLE, LAUNCHER_ROLE};
+
+/// Each of stdout and stderr is cut at this size; the rest is read and dropped so the command never blocks.
+pub const OUTPUT_CAP: usize = 4 << 20;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the command exits, how long we still wait for its pipes (a background child may hold them open).
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
+
+/// What exec needs to know about the pod.
+pub struct ExecTarget {
+    pub pod: String,
+    pub infra_pid: u32,
+    /// The container's main process and cgroup.procs files, when a container was named.
+    pub container: Option<(String, u32, Vec<std::path::PathBuf>)>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Agent {
+    pub async fn exec(self: &Arc<Self>, pod: &str, req: ExecRequest) -> Result<ExecResponse, AgentError> {
+        if req.command.is_empty() || req.command[0].is_empty() {
+            return Err(AgentError::Invalid(ApiError { field: Some("command".into()), message: "command must name a program".into() }));
+        }
+        let target = self.exec_target(pod, req.container.as_deref())?;
+        if !crate::sandbox::is_ours(target.infra_pid, INFRA_ROLE, pod, None) {
+            return Err(AgentError::Conflict(format!("pod `{pod}` has no running sandbox")));
+        }
+        run_exec(self.exe(), &target, &req).await
+    }
+}
+
+fn read_capped<R: AsyncRead + Unpin + Send + 'static>(mut r: R) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = OUTPUT_CAP.saturating_sub(out.len());
+                    out.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        }
+        out
+    })
+}
+
+async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg(LAUNCHER_ROLE).arg("--exec").args(["--pod", &t.pod, "--infra-pid", &t.infra_pid.to_string()]);
+    if let Some((name, pid, procs)) = &t.container {
+        cmd.args(["--container", name, "--join-pid", &pid.to_string()]);
+        for f in procs {
+            cmd.arg("--cgroup-procs").arg(f);
+        }
+    }
+    cmd.arg("--").args(&req.command);
+    cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.envs(t.env.iter().map(|(k, v)| (k, v)));
+    cmd.stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| AgentError::Io { what: "spawn exec launcher".into(), source })?;
+    if let (Some(mut stdin), Some(data)) = (child.stdin.take(), req.stdin.clone()) {
+        tokio::spawn(async move {
+            let _ = stdin.write_all(data.as_bytes()).await;
+            // Dropping stdin closes it: the command sees EOF.
+        });
+    }
+    let stdout = child.stdout.take().map(read_capped);
+    let stderr = child.stderr.take().map(read_capped);
+    let timeout = req.timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => (status, false),
+        Err(_) => {
+            // Killing the launcher kills the command too (PDEATHSIG).
+            let _ = child.start_kill();
+            (child.wait().await, true)
+        }
+    };
+    let status = status.map_err(|source| AgentError::Io { what: "wait for exec launcher".into(), source })?;
+    let collect = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
+        let Some(mut h) = h else { return String::new() };
+        match tokio::time::timeout(PIPE_DRAIN, &mut h).await {
+            Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => {
+                h.abort();
+                String::new()
+            }
+        }
+    };
+    let (stdout, stderr) = (collect(stdout).await, collect(stderr).await);
+    use std::os::unix::process::ExitStatusExt;
+    let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(ExecResponse { exit_code, stdout, stderr, timed_out })
+}
+
+/// Resolves the container of an exec request to its running process.
+pub fn container_pid(state: &ContainerState) -> Option<u32> {
+    match state {
+        ContainerState::Running { pid } if *pid > 0 => Some(*pid),
+        _ => None,
+    }
+}

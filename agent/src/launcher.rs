@@ -1,0 +1,215 @@
+//! `testbed-agent run-container`: the container launcher, a short single-threaded program (namespaces can
+//! only be joined by a single-threaded process). It joins the pod's IPC, UTS and network namespaces through
+//! /proc/<infra>/ns/*, moves itself into the container cgroup, gets a new PID namespace (or the infra's, with
+//! shareProcessNamespace), forks so the child is PID 1 there, gives the child a private mount namespace with
+//! a fresh /proc, and execs the command. It then waits and exits with the child's status, writing it to an
+//! exit file too so a restarted agent (no longer our parent) still learns it.
+//!
+//! In exec mode (`--exec`) the child keeps the launcher's stdio; with `--join-pid` it also enters that
+//! container's PID and mount namespaces.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{dup2, execvp, fork, ForkResult, Pid};
+
+#[derive(Debug, clap::Args)]
+pub struct LauncherArgs {
+    /// Pod name (also lets the agent recognise this process as its own).
+    #[arg(long)]
+    pub pod: String,
+    #[arg(long)]
+    pub container: Option<String>,
+    /// PID of the pod's infra process, whose namespaces we join.
+    #[arg(long)]
+    pub infra_pid: u32,
+    /// Join the infra's PID namespace instead of creating one (shareProcessNamespace).
+    #[arg(long)]
+    pub share_pid: bool,
+    /// Exec into this running container: join its PID and mount namespaces.
+    #[arg(long)]
+    pub join_pid: Option<u32>,
+    /// cgroup.procs files to join (one per hierarchy).
+    #[arg(long)]
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Container output goes here (append).
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Where the exit status is written.
+    #[arg(long)]
+    pub exit_file: Option<PathBuf>,
+    /// Exec mode: keep stdio, no new namespaces of our own.
+    #[arg(long)]
+    pub exec: bool,
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{what}: {source}")]
+    Sys { what: String, source: nix::Error },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("command contains a NUL byte")]
+    Nul,
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Sys { what, source }
+}
+
+fn open(path: String) -> Result<File, LaunchError> {
+    File::open(&path).map_err(|source| LaunchError::Io { what: format!("open {path}"), source })
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let child = CHILD.load(Ordering::Relaxed);
+    if child > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(child, sig) };
+    }
+}
+
+/// Runs the launcher; the result is the exit code for `std::process::exit`.
+pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
+    let argv: Vec<CString> = args.command.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().map_err(|_| LaunchError::Nul)?;
+    let infra = args.infra_pid;
+    // Open every namespace first: once we have moved, /proc paths may mean something else.
+    let ipc = open(format!("/proc/{infra}/ns/ipc"))?;
+    let uts = open(format!("/proc/{infra}/ns/uts"))?;
+    let net = open(format!("/proc/{infra}/ns/net"))?;
+    let pid_ns = match (args.join_pid, args.share_pid) {
+        (Some(target), _) => Some(open(format!("/proc/{target}/ns/pid"))?),
+        (None, true) => Some(open(format!("/proc/{infra}/ns/pid"))?),
+        (None, false) => None,
+    };
+    let mnt_ns = args.join_pid.map(|target| open(format!("/proc/{target}/ns/mnt"))).transpose()?;
+    let log = match &args.log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| LaunchError::Io { what: format!("open {}", path.display()), source })?,
+        ),
+        None => None,
+    };
+    let me = std::process::id().to_string();
+    for procs in &args.cgroup_procs {
+        std::fs::write(procs, &me).map_err(|source| LaunchError::Io { what: format!("join {}", procs.display()), source })?;
+    }
+    setns(&ipc, CloneFlags::CLONE_NEWIPC).map_err(sys("setns ipc"))?;
+    setns(&uts, CloneFlags::CLONE_NEWUTS).map_err(sys("setns uts"))?;
+    setns(&net, CloneFlags::CLONE_NEWNET).map_err(sys("setns net"))?;
+
+    if args.exec && pid_ns.is_none() {
+        // Plain exec into the pod: no PID namespace to enter, so no fork is needed.
+        return Err(exec(&argv));
+    }
+    match &pid_ns {
+        Some(ns) => setns(ns, CloneFlags::CLONE_NEWPID).map_err(sys("setns pid"))?,
+        None => unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare pid"))?,
+    }
+    if let Some(ns) = &mnt_ns {
+        setns(ns, CloneFlags::CLONE_NEWNS).map_err(sys("setns mnt"))?;
+    }
+
+    // SAFETY: this process is single-threaded.
+    match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            let err = child(args, &argv, log.as_ref());
+            eprintln!("testbed-agent run-container: {err}");
+            // SAFETY: leave without running the parent's atexit state.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => parent(args, child),
+    }
+}
+
+fn child(args: &LauncherArgs, argv: &[CString], log: Option<&File>) -> LaunchError {
+    // The container must not outlive its launcher: the agent kills launchers, and we forward to the child.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        return sys("prctl PDEATHSIG")(e);
+    }
+    if !args.exec {
+        if let Err(e) = container_mounts() {
+            return e;
+        }
+        if let Some(log) = log {
+            let null = match File::open("/dev/null") {
+                Ok(f) => f,
+                Err(source) => return LaunchError::Io { what: "open /dev/null".into(), source },
+            };
+            for (fd, target) in [(null.as_raw_fd(), 0), (log.as_raw_fd(), 1), (log.as_raw_fd(), 2)] {
+                if let Err(e) = dup2(fd, target) {
+                    return sys("dup2")(e);
+                }
+            }
+        }
+        let _ = nix::unistd::setsid();
+    }
+    let _ = std::env::set_current_dir("/");
+    exec(argv)
+}
+
+/// A private mount namespace whose /proc shows the container's PID namespace.
+fn container_mounts() -> Result<(), LaunchError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare mnt"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(sys("make / private"))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>).map_err(sys("mount /proc"))
+}
+
+fn exec(argv: &[CString]) -> LaunchError {
+    match execvp(&argv[0], argv) {
+        Err(e) => sys(format!("exec {}", argv[0].to_string_lossy()))(e),
+        Ok(never) => match never {},
+    }
+}
+
+fn parent(args: &LauncherArgs, child: Pid) -> Result<i32, LaunchError> {
+    CHILD.store(child.as_raw(), Ordering::Relaxed);
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only calls kill.
+        let _ = unsafe { sigaction(sig, &SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty())) };
+    }
+    if !args.exec {
+        // Tell the agent the container's PID, then let go of its pipe.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{child}");
+        let _ = out.flush();
+        if let Ok(null) = File::options().write(true).open("/dev/null") {
+            let _ = dup2(null.as_raw_fd(), 1);
+        }
+    }
+    let code = loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(sys("waitpid")(e)),
+        }
+    };
+    if let Some(path) = &args.exit_file {
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, format!("{code}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    Ok(code)
+}

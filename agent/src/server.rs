@@ -1,0 +1,92 @@
+//! The HTTP/JSON API (INTERFACES.md "Agent HTTP API"). Bodies are parsed here rather than with axum's `Json`
+//! extractor so that every error, malformed JSON included, is an `ApiError` body.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use testbed_api::ApiError;
+
+use crate::net::NetError;
+use crate::runtime::{Agent, AgentError};
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AgentError::Invalid(_) | AgentError::Net(NetError::InvalidInput(_)) => StatusCode::BAD_REQUEST,
+            AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+            AgentError::Conflict(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = match self {
+            AgentError::Invalid(api) => api,
+            other => ApiError { field: None, message: other.to_string() },
+        };
+        if status.is_server_error() {
+            tracing::error!("{body}");
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
+    serde_json::from_slice(body).map_err(|e| {
+        AgentError::Invalid(ApiError { field: None, message: format!("invalid JSON body: {e}") })
+    })
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/node", get(get_node).put(put_node))
+        .route("/v1/pods", get(list_pods).post(create_pod))
+        .route("/v1/pods/{name}", get(get_pod).delete(delete_pod))
+        .route("/v1/pods/{name}/exec", post(exec))
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, Json(ApiError { field: None, message: "no such endpoint".into() }))
+        })
+        .with_state(agent)
+}
+
+async fn health(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    Json(agent.health())
+}
+
+async fn get_node(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    Json(agent.node_status().await)
+}
+
+async fn put_node(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<impl IntoResponse, AgentError> {
+    Ok(Json(agent.apply_node(parse(&body)?).await?))
+}
+
+async fn list_pods(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
+    Json(agent.list_pods())
+}
+
+async fn create_pod(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<impl IntoResponse, AgentError> {
+    let (created, status) = agent.create_pod(parse(&body)?).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(status)))
+}
+
+async fn get_pod(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<impl IntoResponse, AgentError> {
+    Ok(Json(agent.get_pod(&name)?))
+}
+
+async fn delete_pod(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<StatusCode, AgentError> {
+    agent.delete_pod(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn exec(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, AgentError> {
+    Ok(Json(agent.exec(&name, parse(&body)?).await?))
+}
