@@ -7,7 +7,9 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use testbed_api::{ApiError, ApplyResponse, ExecRequest, ExecResponse, Health, NodeSpec, NodeStatus, PodSpec, PodStatus};
+use testbed_api::{
+    ApiError, ApplyResponse, ExecRequest, ExecResponse, Health, NodeSpec, NodeStatus, PodSpec, PodStatus,
+};
 
 /// Most calls are quick; this bounds a hung agent or a stalled forward.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,9 +34,22 @@ pub enum AgentError {
         source: reqwest::Error,
     },
     #[error("agent on {node}: {method} {endpoint} answered {status}: {body}")]
-    Api { node: String, method: Method, endpoint: String, status: StatusCode, body: ApiError },
+    Api {
+        node: String,
+        method: Method,
+        endpoint: String,
+        status: StatusCode,
+        body: ApiError,
+    },
     #[error("agent on {node}: {method} {endpoint} answered {status} with an unexpected body ({detail}): {text}")]
-    BadBody { node: String, method: Method, endpoint: String, status: StatusCode, detail: String, text: String },
+    BadBody {
+        node: String,
+        method: Method,
+        endpoint: String,
+        status: StatusCode,
+        detail: String,
+        text: String,
+    },
     #[error("agent on {node}: cannot build the HTTP client: {message}")]
     Client { node: String, message: String },
 }
@@ -73,7 +88,10 @@ pub struct AgentClient {
 
 impl fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentClient").field("node", &self.node).field("base", &self.base).finish()
+        f.debug_struct("AgentClient")
+            .field("node", &self.node)
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -87,7 +105,11 @@ impl AgentClient {
             .timeout(DEFAULT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string());
-        AgentClient { node: node.into(), base: format!("http://127.0.0.1:{port}"), http }
+        AgentClient {
+            node: node.into(),
+            base: format!("http://127.0.0.1:{port}"),
+            http,
+        }
     }
 
     /// The same client, naming `node` in its errors (push_agent only knows the SSH port).
@@ -122,7 +144,13 @@ impl AgentClient {
     }
 
     pub async fn get_pod(&self, name: &str) -> Result<PodStatus, AgentError> {
-        self.call(Method::GET, &format!("/v1/pods/{}", path_segment(name)), None::<&()>, DEFAULT_TIMEOUT).await
+        self.call(
+            Method::GET,
+            &format!("/v1/pods/{}", path_segment(name)),
+            None::<&()>,
+            DEFAULT_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn list_pods(&self) -> Result<Vec<PodStatus>, AgentError> {
@@ -131,13 +159,21 @@ impl AgentClient {
 
     pub async fn delete_pod(&self, name: &str) -> Result<(), AgentError> {
         let endpoint = format!("/v1/pods/{}", path_segment(name));
-        self.send(Method::DELETE, &endpoint, None::<&()>, APPLY_TIMEOUT).await.map(|_| ())
+        self.send(Method::DELETE, &endpoint, None::<&()>, APPLY_TIMEOUT)
+            .await
+            .map(|_| ())
     }
 
     pub async fn exec(&self, pod: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
         let secs = req.timeout_secs.unwrap_or(AGENT_DEFAULT_EXEC_SECS);
         let timeout = Duration::from_secs(secs).saturating_add(EXEC_GRACE);
-        self.call(Method::POST, &format!("/v1/pods/{}/exec", path_segment(pod)), Some(req), timeout).await
+        self.call(
+            Method::POST,
+            &format!("/v1/pods/{}/exec", path_segment(pod)),
+            Some(req),
+            timeout,
+        )
+        .await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -166,17 +202,19 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<(StatusCode, String), AgentError> {
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|message| AgentError::Client { node: self.node.clone(), message: message.clone() })?;
+        let http = self.http.as_ref().map_err(|message| AgentError::Client {
+            node: self.node.clone(),
+            message: message.clone(),
+        })?;
         let transport = |source| AgentError::Transport {
             node: self.node.clone(),
             method: method.clone(),
             endpoint: endpoint.to_string(),
             source,
         };
-        let mut req = http.request(method.clone(), format!("{}{endpoint}", self.base)).timeout(timeout);
+        let mut req = http
+            .request(method.clone(), format!("{}{endpoint}", self.base))
+            .timeout(timeout);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -187,7 +225,13 @@ impl AgentClient {
             return Ok((status, text));
         }
         Err(match serde_json::from_str::<ApiError>(&text) {
-            Ok(body) => AgentError::Api { node: self.node.clone(), method, endpoint: endpoint.to_string(), status, body },
+            Ok(body) => AgentError::Api {
+                node: self.node.clone(),
+                method,
+                endpoint: endpoint.to_string(),
+                status,
+                body,
+            },
             Err(e) => AgentError::BadBody {
                 node: self.node.clone(),
                 method,
@@ -224,7 +268,11 @@ fn truncate(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    //! Against a real HTTP/1.1 exchange on loopback (a tiny hand-written server), not a mocked client.
+
     use super::*;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+    use tokio::net::TcpListener;
 
     #[test]
     fn path_segment_escapes_everything_but_unreserved() {
@@ -239,5 +287,134 @@ mod tests {
         let cut = truncate(&long);
         assert!(cut.starts_with(&"x".repeat(2000)));
         assert!(cut.ends_with("(5000 bytes)"));
+    }
+
+    /// Serves each connection with `answer(method, path, body) -> (status line, body)`; `None` = never answer.
+    async fn serve(answer: fn(&str, &str, &str) -> Option<(&'static str, String)>) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(conn);
+                    let mut request_line = String::new();
+                    reader.read_line(&mut request_line).await.expect("request line");
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header).await.expect("header");
+                        if header.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().expect("content-length");
+                            }
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    reader.read_exact(&mut body).await.expect("body");
+                    let mut parts = request_line.split_whitespace();
+                    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    let Some((status, body)) = answer(method, path, &String::from_utf8_lossy(&body)) else {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = reader.get_mut().write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        port
+    }
+
+    fn fake_agent(method: &str, path: &str, body: &str) -> Option<(&'static str, String)> {
+        match (method, path) {
+            ("GET", "/healthz") => Some(("200 OK", r#"{"status":"ok","agent_version":"0.1.0"}"#.into())),
+            ("GET", "/v1/pods/missing") => Some(("404 Not Found", r#"{"message":"no pod named missing"}"#.into())),
+            ("POST", "/v1/pods/a%2Fb/exec") => Some(("400 Bad Request", r#"{"field":"pod","message":"bad"}"#.into())),
+            ("POST", "/v1/pods/web/exec") => {
+                // Echo the command back: proves the JSON body went out intact.
+                let req: ExecRequest = serde_json::from_str(body).expect("ExecRequest body");
+                let resp = ExecResponse {
+                    exit_code: 0,
+                    stdout: req.command.join(" "),
+                    stderr: String::new(),
+                    timed_out: false,
+                };
+                Some(("200 OK", serde_json::to_string(&resp).expect("json")))
+            }
+            ("DELETE", "/v1/pods/web") => Some(("204 No Content", String::new())),
+            ("GET", "/v1/node") => Some(("500 Internal Server Error", "<html>boom</html>".into())),
+            ("GET", "/v1/pods") => None,
+            _ => Some(("404 Not Found", r#"{"message":"no route"}"#.into())),
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_answers_and_typed_errors_over_real_http() {
+        let port = serve(fake_agent).await;
+        let agent = AgentClient::new("node-a", port);
+        assert_eq!(agent.health().await.expect("health").agent_version, "0.1.0");
+
+        let req = ExecRequest {
+            container: None,
+            command: vec!["echo".into(), "hi".into()],
+            stdin: None,
+            timeout_secs: Some(1),
+        };
+        assert_eq!(agent.exec("web", &req).await.expect("exec").stdout, "echo hi");
+        agent.delete_pod("web").await.expect("204 is success");
+
+        let err = agent.get_pod("missing").await.expect_err("404");
+        assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+        assert_eq!(
+            err.api_error().map(|e| e.message.as_str()),
+            Some("no pod named missing")
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("node-a") && text.contains("GET /v1/pods/missing") && text.contains("404"),
+            "{text}"
+        );
+
+        // The pod name is one path segment, whatever it contains.
+        let err = agent.exec("a/b", &req).await.expect_err("400");
+        assert_eq!(err.api_error().and_then(|e| e.field.as_deref()), Some("pod"));
+
+        let err = agent.node_status().await.expect_err("500 html");
+        assert!(matches!(err, AgentError::BadBody { .. }), "{err}");
+        assert!(err.to_string().contains("<html>boom</html>"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn transport_failures_name_the_node_and_endpoint() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let err = AgentClient::new("node-b", closed)
+            .health()
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(err, AgentError::Transport { .. }), "{err}");
+        assert!(err.to_string().contains("node-b: GET /healthz"), "{err}");
+
+        // A server that accepts and never answers: the health timeout (3 s) ends the wait.
+        let port = serve(fake_agent).await;
+        let agent = AgentClient::new("node-c", port).with_node("node-d");
+        let start = std::time::Instant::now();
+        let err = agent
+            .call::<(), Vec<PodStatus>>(Method::GET, "/v1/pods", None, Duration::from_secs(1))
+            .await
+            .expect_err("hangs");
+        assert!(err.is_timeout(), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(err.to_string().contains("node-d"), "{err}");
     }
 }

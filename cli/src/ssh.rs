@@ -62,7 +62,12 @@ pub enum SshError {
     #[error("host key of 127.0.0.1:{port} is not the pinned one: expected `{expected}`, got `{got}`")]
     HostKeyMismatch { port: u16, expected: String, got: String },
     #[error("no SSH session to 127.0.0.1:{port} within {waited:?} ({attempts} attempts); last error: {last}")]
-    ConnectTimeout { port: u16, waited: Duration, attempts: u32, last: String },
+    ConnectTimeout {
+        port: u16,
+        waited: Duration,
+        attempts: u32,
+        last: String,
+    },
     #[error("127.0.0.1:{port} refused public-key authentication of {USER} with {}", key.display())]
     AuthRefused { port: u16, key: PathBuf },
     #[error("SSH 127.0.0.1:{port}: {step}: {source}")]
@@ -73,11 +78,20 @@ pub enum SshError {
         source: russh::Error,
     },
     #[error("SSH 127.0.0.1:{port}: `{command}` did not finish within {timeout:?}")]
-    ExecTimeout { port: u16, command: String, timeout: Duration },
+    ExecTimeout {
+        port: u16,
+        command: String,
+        timeout: Duration,
+    },
     #[error("SSH 127.0.0.1:{port}: `{command}` ended without an exit status")]
     NoExitStatus { port: u16, command: String },
     #[error("SSH 127.0.0.1:{port}: {step} failed with exit code {exit_code}: {stderr}")]
-    Remote { port: u16, step: String, exit_code: i32, stderr: String },
+    Remote {
+        port: u16,
+        step: String,
+        exit_code: i32,
+        stderr: String,
+    },
     #[error("SSH 127.0.0.1:{port}: forward to guest port {remote_port}: {source}")]
     Forward {
         port: u16,
@@ -87,12 +101,22 @@ pub enum SshError {
     },
     #[error("agent binary: {0}")]
     AgentBinary(String),
-    #[error("agent on 127.0.0.1:{port} did not become healthy within {waited:?}: {last}\n--- tail of {AGENT_LOG_FILE} ---\n{log_tail}")]
-    AgentNotHealthy { port: u16, waited: Duration, last: AgentError, log_tail: String },
+    #[error("agent on 127.0.0.1:{port} did not become healthy within {waited:?}: {last}\n--- tail of {log_file} ---\n{log_tail}")]
+    AgentNotHealthy {
+        port: u16,
+        waited: Duration,
+        last: Box<AgentError>,
+        log_file: String,
+        log_tail: String,
+    },
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SshError + 'a {
-    move |source| SshError::Io { action, path: path.to_path_buf(), source }
+    move |source| SshError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A node's SSH host key pair, generated on the host and injected through the seed.
@@ -107,7 +131,9 @@ pub struct NodeKeys {
 impl fmt::Debug for NodeKeys {
     // The private half never lands in logs or panics.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeKeys").field("host_public_openssh", &self.host_public_openssh).finish_non_exhaustive()
+        f.debug_struct("NodeKeys")
+            .field("host_public_openssh", &self.host_public_openssh)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,18 +143,26 @@ fn random_ed25519(comment: &str) -> Result<PrivateKey, SshError> {
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let keypair = Ed25519Keypair::from_seed(&seed);
     seed.fill(0);
-    PrivateKey::new(KeypairData::Ed25519(keypair), comment)
-        .map_err(|e| SshError::Key { what: "generation".into(), message: e.to_string() })
+    PrivateKey::new(KeypairData::Ed25519(keypair), comment).map_err(|e| SshError::Key {
+        what: "generation".into(),
+        message: e.to_string(),
+    })
 }
 
 fn private_openssh(key: &PrivateKey) -> Result<String, SshError> {
     key.to_openssh(LineEnding::LF)
         .map(|pem| pem.to_string())
-        .map_err(|e| SshError::Key { what: "encoding (private)".into(), message: e.to_string() })
+        .map_err(|e| SshError::Key {
+            what: "encoding (private)".into(),
+            message: e.to_string(),
+        })
 }
 
 fn public_openssh(key: &PublicKey) -> Result<String, SshError> {
-    key.to_openssh().map_err(|e| SshError::Key { what: "encoding (public)".into(), message: e.to_string() })
+    key.to_openssh().map_err(|e| SshError::Key {
+        what: "encoding (public)".into(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes `contents` to `path` with `mode` atomically (temp file in the same directory, then rename).
@@ -141,7 +175,11 @@ fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SshE
         .map_err(io_err("create a temporary file in", dir))?;
     tmp.write_all(contents).map_err(io_err("write", tmp.path()))?;
     tmp.as_file().sync_all().map_err(io_err("sync", tmp.path()))?;
-    tmp.persist(path).map_err(|e| SshError::Io { action: "rename into place", path: path.to_path_buf(), source: e.error })?;
+    tmp.persist(path).map_err(|e| SshError::Io {
+        action: "rename into place",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -151,8 +189,10 @@ pub fn generate_client_key(lab_dir: &Path) -> Result<PathBuf, SshError> {
     let path = lab_dir.join("id_ed25519");
     let pub_path = lab_dir.join("id_ed25519.pub");
     let key = if path.exists() {
-        russh::keys::load_secret_key(&path, None)
-            .map_err(|e| SshError::Key { what: path.display().to_string(), message: e.to_string() })?
+        russh::keys::load_secret_key(&path, None).map_err(|e| SshError::Key {
+            what: path.display().to_string(),
+            message: e.to_string(),
+        })?
     } else {
         let key = random_ed25519("testbed-client")?;
         // create_new + 0600 from the start: the private key is never world-readable, not even for a moment.
@@ -162,7 +202,8 @@ pub fn generate_client_key(lab_dir: &Path) -> Result<PathBuf, SshError> {
             .mode(0o600)
             .open(&path)
             .map_err(io_err("create", &path))?;
-        file.write_all(private_openssh(&key)?.as_bytes()).map_err(io_err("write", &path))?;
+        file.write_all(private_openssh(&key)?.as_bytes())
+            .map_err(io_err("write", &path))?;
         file.sync_all().map_err(io_err("sync", &path))?;
         key
     };
@@ -174,13 +215,18 @@ pub fn generate_client_key(lab_dir: &Path) -> Result<PathBuf, SshError> {
 /// A fresh ed25519 host key pair for one node.
 pub fn generate_host_key() -> Result<NodeKeys, SshError> {
     let key = random_ed25519("testbed-host")?;
-    Ok(NodeKeys { host_private_openssh: private_openssh(&key)?, host_public_openssh: public_openssh(key.public_key())? })
+    Ok(NodeKeys {
+        host_private_openssh: private_openssh(&key)?,
+        host_public_openssh: public_openssh(key.public_key())?,
+    })
 }
 
 /// Parses an OpenSSH public key line (`ssh-ed25519 AAAA... [comment]`).
 fn parse_public(line: &str) -> Result<PublicKey, SshError> {
-    PublicKey::from_openssh(line.trim())
-        .map_err(|e| SshError::Key { what: format!("`{}` (pinned host key)", line.trim()), message: e.to_string() })
+    PublicKey::from_openssh(line.trim()).map_err(|e| SshError::Key {
+        what: format!("`{}` (pinned host key)", line.trim()),
+        message: e.to_string(),
+    })
 }
 
 /// `[127.0.0.1]:<port> <type> <base64>` lines for the system ssh; comments stripped. Written atomically, 0644.
@@ -275,7 +321,9 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("port", &self.inner.port).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("port", &self.inner.port)
+            .finish_non_exhaustive()
     }
 }
 
@@ -361,8 +409,10 @@ impl Session {
         deadline: Duration,
     ) -> Result<Session, SshError> {
         let expected = parse_public(pinned_host_public)?;
-        let key = russh::keys::load_secret_key(client_key, None)
-            .map_err(|e| SshError::Key { what: client_key.display().to_string(), message: e.to_string() })?;
+        let key = russh::keys::load_secret_key(client_key, None).map_err(|e| SshError::Key {
+            what: client_key.display().to_string(),
+            message: e.to_string(),
+        })?;
         let key = Arc::new(key);
         let config = Arc::new(client_config());
         let start = Instant::now();
@@ -372,7 +422,12 @@ impl Session {
         loop {
             let remaining = end.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(SshError::ConnectTimeout { port, waited: start.elapsed(), attempts, last });
+                return Err(SshError::ConnectTimeout {
+                    port,
+                    waited: start.elapsed(),
+                    attempts,
+                    last,
+                });
             }
             attempts += 1;
             let attempt = Self::attempt(port, client_key, &key, &expected, config.clone());
@@ -394,16 +449,23 @@ impl Session {
         expected: &PublicKey,
         config: Arc<client::Config>,
     ) -> Result<Session, AttemptError> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| AttemptError::Retry(format!("TCP: {e}")))?;
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| AttemptError::Retry(format!("TCP: {e}")))?;
         if let Err(e) = stream.set_nodelay(true) {
             return Err(AttemptError::Retry(format!("TCP_NODELAY: {e}")));
         }
         let mismatch = Arc::new(Mutex::new(None));
-        let handler = PinnedHost { expected: expected.clone(), mismatch: mismatch.clone() };
+        let handler = PinnedHost {
+            expected: expected.clone(),
+            mismatch: mismatch.clone(),
+        };
         let connected = client::connect_stream(config, stream, handler).await;
         let seen = mismatch.lock().ok().and_then(|mut slot| slot.take());
         if let Some(got) = seen {
-            let expected = expected.to_openssh().unwrap_or_else(|e| format!("<unencodable key: {e}>"));
+            let expected = expected
+                .to_openssh()
+                .unwrap_or_else(|e| format!("<unencodable key: {e}>"));
             return Err(AttemptError::Fatal(SshError::HostKeyMismatch { port, expected, got }));
         }
         let mut handle = connected.map_err(|e| AttemptError::Retry(format!("handshake: {e}")))?;
@@ -413,9 +475,18 @@ impl Session {
             .map_err(|e| AttemptError::Retry(format!("authentication: {e}")))?;
         if !auth.success() {
             // The host key matched, so this sshd has our seed: a refusal is a configuration error, not boot noise.
-            return Err(AttemptError::Fatal(SshError::AuthRefused { port, key: key_path.to_path_buf() }));
+            return Err(AttemptError::Fatal(SshError::AuthRefused {
+                port,
+                key: key_path.to_path_buf(),
+            }));
         }
-        Ok(Session { inner: Arc::new(Inner { handle, port, forwards: Mutex::new(Vec::new()) }) })
+        Ok(Session {
+            inner: Arc::new(Inner {
+                handle,
+                port,
+                forwards: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
     /// The forwarded SSH port this session is connected to.
@@ -450,7 +521,11 @@ impl Session {
                 // Best effort: the session is still usable even if the server ignores both.
                 let _ = write.signal(Sig::KILL).await;
                 let _ = write.close().await;
-                Err(SshError::ExecTimeout { port: self.inner.port, command: command.to_string(), timeout })
+                Err(SshError::ExecTimeout {
+                    port: self.inner.port,
+                    command: command.to_string(),
+                    timeout,
+                })
             }
         }
     }
@@ -470,9 +545,16 @@ impl Session {
     }
 
     async fn open_exec(&self, command: &str) -> Result<(ChannelReadHalf, ChannelWriteHalf<client::Msg>), SshError> {
-        let channel =
-            self.inner.handle.channel_open_session().await.map_err(self.protocol("open a session channel"))?;
-        channel.exec(true, command).await.map_err(self.protocol(format!("exec `{command}`")))?;
+        let channel = self
+            .inner
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(self.protocol("open a session channel"))?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(self.protocol(format!("exec `{command}`")))?;
         Ok(channel.split())
     }
 
@@ -501,7 +583,11 @@ impl Session {
     /// over a direct-tcpip channel. The listener lives as long as this Session (any clone of it).
     pub async fn forward(&self, remote_port: u16) -> Result<u16, SshError> {
         let port = self.inner.port;
-        let forward_err = move |source| SshError::Forward { port, remote_port, source };
+        let forward_err = move |source| SshError::Forward {
+            port,
+            remote_port,
+            source,
+        };
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(forward_err)?;
         let local_port = listener.local_addr().map_err(forward_err)?.port();
         // Weak: the listener must not keep the connection alive, the Session's owners decide that.
@@ -559,7 +645,11 @@ async fn run_channel(
         write.eof().await
     };
     let receive = async {
-        let mut out = ExecOutput { exit_code: -1, stdout: Vec::new(), stderr: Vec::new() };
+        let mut out = ExecOutput {
+            exit_code: -1,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
         let mut status = None;
         while let Some(msg) = read.wait().await {
             match msg {
@@ -579,8 +669,15 @@ async fn run_channel(
     let Some(code) = status else {
         // A command that died before reading its stdin makes the send fail; the missing status is the real news.
         return Err(match sent {
-            Err(source) => SshError::Protocol { port, step: format!("send stdin to `{command}`"), source },
-            Ok(()) => SshError::NoExitStatus { port, command: command.to_string() },
+            Err(source) => SshError::Protocol {
+                port,
+                step: format!("send stdin to `{command}`"),
+                source,
+            },
+            Ok(()) => SshError::NoExitStatus {
+                port,
+                command: command.to_string(),
+            },
         });
     };
     // The command finished (maybe without reading all of stdin, which is its business, like a pipe): keep its status.
@@ -592,43 +689,79 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Where the agent lives on a node and how its supervisor is driven. The guest's layout is [`AgentLayout::GUEST`];
+/// tests point it at a scratch directory on the host.
+#[derive(Debug, Clone, Copy)]
+struct AgentLayout<'a> {
+    binary: &'a str,
+    pid_file: &'a str,
+    log_file: &'a str,
+    port: u16,
+}
+
+impl AgentLayout<'static> {
+    const GUEST: AgentLayout<'static> = AgentLayout {
+        binary: AGENT_REMOTE_PATH,
+        pid_file: AGENT_PID_FILE,
+        log_file: AGENT_LOG_FILE,
+        port: testbed_api::AGENT_PORT,
+    };
+}
+
 /// Upload the static agent when the guest's copy differs, make the supervisor (re)start it, and wait for
-/// `GET /healthz` through a forward of the agent port.
+/// `GET /healthz` through a forward of the agent port. The client names the node by its SSH port; use
+/// [`AgentClient::with_node`] to give it the node's name.
 pub async fn push_agent(session: &Session, agent_binary: &Path) -> Result<AgentClient, SshError> {
-    let binary = tokio::fs::read(agent_binary).await.map_err(io_err("read", agent_binary))?;
+    push_agent_with(session, agent_binary, AgentLayout::GUEST, AGENT_START_DEADLINE).await
+}
+
+async fn push_agent_with(
+    session: &Session,
+    agent_binary: &Path,
+    layout: AgentLayout<'_>,
+    start_deadline: Duration,
+) -> Result<AgentClient, SshError> {
+    let binary = tokio::fs::read(agent_binary)
+        .await
+        .map_err(io_err("read", agent_binary))?;
     check_static_elf(agent_binary, &binary)?;
     let local_sha = sha256_hex(&binary);
-    let remote = session.exec(&format!("sha256sum {AGENT_REMOTE_PATH} 2>/dev/null"), None).await?;
+    let remote_bin = shell_quote(layout.binary);
+    let remote = session
+        .exec(&format!("sha256sum {remote_bin} 2>/dev/null"), None)
+        .await?;
     let remote_sha = remote.stdout_lossy().split_whitespace().next().map(str::to_string);
     if remote_sha.as_deref() != Some(local_sha.as_str()) {
-        session.upload(&binary, AGENT_REMOTE_PATH, 0o755).await?;
+        session.upload(&binary, layout.binary, 0o755).await?;
         // The supervisor restarts the agent when it exits: stop the old one and wait until it is gone, so the
         // health check below cannot be answered by the old binary.
         let restart = format!(
-            "pid=$(cat {AGENT_PID_FILE} 2>/dev/null) || exit 0; [ -n \"$pid\" ] || exit 0; \
+            "pid=$(cat {pid_file} 2>/dev/null) || exit 0; [ -n \"$pid\" ] || exit 0; \
              kill \"$pid\" 2>/dev/null || exit 0; \
              i=0; while kill -0 \"$pid\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
-             kill -0 \"$pid\" 2>/dev/null && kill -9 \"$pid\"; exit 0"
+             if kill -0 \"$pid\" 2>/dev/null; then kill -9 \"$pid\"; fi; exit 0",
+            pid_file = shell_quote(layout.pid_file)
         );
         session.exec_checked("restart of the agent", &restart, None).await?;
     }
-    let local_port = session.forward(testbed_api::AGENT_PORT).await?;
+    let local_port = session.forward(layout.port).await?;
     let agent = AgentClient::new(format!("127.0.0.1:{}", session.port()), local_port);
     let start = Instant::now();
     loop {
         match agent.health().await {
             Ok(_) => return Ok(agent),
-            Err(last) if start.elapsed() >= AGENT_START_DEADLINE => {
-                let tail = session
-                    .exec(&format!("tail -n 30 {AGENT_LOG_FILE} 2>&1"), None)
+            Err(last) if start.elapsed() >= start_deadline => {
+                let log_tail = session
+                    .exec(&format!("tail -n 30 {} 2>&1", shell_quote(layout.log_file)), None)
                     .await
                     .map(|o| o.stdout_lossy())
                     .unwrap_or_else(|e| format!("(cannot read the log: {e})"));
                 return Err(SshError::AgentNotHealthy {
                     port: session.port(),
                     waited: start.elapsed(),
-                    last,
-                    log_tail: tail,
+                    last: Box::new(last),
+                    log_file: layout.log_file.to_string(),
+                    log_tail,
                 });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -643,9 +776,15 @@ const PT_INTERP: u32 = 3;
 fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), SshError> {
     let bad = |why: &str| SshError::AgentBinary(format!("{}: {why}", path.display()));
     let u16_at = |off: usize| bytes.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |off: usize| bytes.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u32_at = |off: usize| {
+        bytes
+            .get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
     let u64_at = |off: usize| {
-        bytes.get(off..off + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        bytes
+            .get(off..off + 8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
     };
     if bytes.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(bad("not an ELF file"));
@@ -677,7 +816,10 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
     let chosen = if let Some(path) = std::env::var_os("TESTBED_AGENT") {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            return Err(SshError::AgentBinary(format!("$TESTBED_AGENT={} is not a file", path.display())));
+            return Err(SshError::AgentBinary(format!(
+                "$TESTBED_AGENT={} is not a file",
+                path.display()
+            )));
         }
         path
     } else {
@@ -689,7 +831,12 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
         let built = ["release", "debug"]
             .iter()
             .map(|profile| workspace_target.join(profile).join("testbed-agent"))
-            .filter_map(|p| std::fs::metadata(&p).ok().and_then(|m| m.modified().ok()).map(|t| (t, p)))
+            .filter_map(|p| {
+                std::fs::metadata(&p)
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .map(|t| (t, p))
+            })
             .max_by_key(|(t, _)| *t)
             .map(|(_, p)| p);
         match beside_exe.or(built) {
@@ -706,4 +853,600 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
     let bytes = std::fs::read(&chosen).map_err(io_err("read", &chosen))?;
     check_static_elf(&chosen, &bytes)?;
     Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real OpenSSH `sshd` started on loopback for each test (skipped when /usr/sbin/sshd is missing).
+
+    use super::*;
+    use std::process::{Child, Stdio};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const SSHD: &str = "/usr/sbin/sshd";
+
+    fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        listener.local_addr().expect("local addr").port()
+    }
+
+    /// One sshd on 127.0.0.1:<free port> with our generated host key and client key; killed by PID on drop.
+    struct Sshd {
+        child: Child,
+        port: u16,
+        dir: tempfile::TempDir,
+        host: NodeKeys,
+        client_key: PathBuf,
+    }
+
+    impl Sshd {
+        fn start() -> Option<Sshd> {
+            if !Path::new(SSHD).exists() {
+                eprintln!("SKIP: {SSHD} not found (apt-get install openssh-server)");
+                return None;
+            }
+            // sshd started as root insists on its privilege separation directory.
+            std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let host = generate_host_key().expect("host key");
+            let host_key_path = dir.path().join("host_ed25519");
+            write_file_atomic(&host_key_path, host.host_private_openssh.as_bytes(), 0o600).expect("write host key");
+            let client_key = generate_client_key(dir.path()).expect("client key");
+            let public = std::fs::read_to_string(dir.path().join("id_ed25519.pub")).expect("read .pub");
+            let authorized = dir.path().join("authorized_keys");
+            std::fs::write(&authorized, &public).expect("write authorized_keys");
+            let port = free_port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
+                 UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
+                hk = host_key_path.display(),
+                ak = authorized.display(),
+                pid = dir.path().join("sshd.pid").display(),
+            );
+            let config_path = dir.path().join("sshd_config");
+            std::fs::write(&config_path, config).expect("write sshd_config");
+            let log = std::fs::File::create(dir.path().join("sshd.log")).expect("create sshd.log");
+            let child = std::process::Command::new(SSHD)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn sshd");
+            let mut sshd = Sshd {
+                child,
+                port,
+                dir,
+                host,
+                client_key,
+            };
+            let start = std::time::Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = sshd.child.try_wait() {
+                    panic!("sshd exited with {status}: {}", sshd.log());
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "sshd not listening after 10 s: {}",
+                    sshd.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some(sshd)
+        }
+
+        fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+        }
+
+        async fn connect(&self) -> Session {
+            Session::connect(
+                self.port,
+                &self.client_key,
+                &self.host.host_public_openssh,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}\nsshd log:\n{}", self.log()))
+        }
+    }
+
+    impl Drop for Sshd {
+        fn drop(&mut self) {
+            // Our own child, by PID (Child::kill signals exactly that PID).
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_openssh_and_private_is_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = generate_client_key(dir.path()).expect("client key");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{text}");
+        let public = std::fs::read_to_string(dir.path().join("id_ed25519.pub")).expect("read .pub");
+        assert!(public.starts_with("ssh-ed25519 "), "{public}");
+        // Idempotent: a second call keeps the key the guests already trust.
+        generate_client_key(dir.path()).expect("again");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        // ssh-keygen (openssh-client) agrees that the private key derives the public one.
+        let derived = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&path)
+            .output();
+        if let Ok(out) = derived {
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let derived = String::from_utf8_lossy(&out.stdout);
+            let key_of = |line: &str| line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            assert_eq!(key_of(&derived), key_of(&public));
+        }
+
+        let host = generate_host_key().expect("host key");
+        assert!(host.host_private_openssh.contains("OPENSSH PRIVATE KEY"));
+        assert!(host.host_public_openssh.starts_with("ssh-ed25519 "));
+        assert!(
+            !format!("{host:?}").contains("PRIVATE"),
+            "Debug must not print the private key"
+        );
+    }
+
+    #[test]
+    fn known_hosts_lines_are_bracketed_and_comment_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = generate_host_key().expect("key a");
+        let b = generate_host_key().expect("key b");
+        let path = dir.path().join("known_hosts");
+        write_known_hosts(
+            &path,
+            &[
+                (2201, a.host_public_openssh.clone()),
+                (2202, b.host_public_openssh.clone()),
+            ],
+        )
+        .expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let bare = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        assert_eq!(lines[0], format!("[127.0.0.1]:2201 {}", bare(&a.host_public_openssh)));
+        assert_eq!(lines[1], format!("[127.0.0.1]:2202 {}", bare(&b.host_public_openssh)));
+        assert!(write_known_hosts(&path, &[(1, "not a key".into())]).is_err());
+    }
+
+    #[test]
+    fn interactive_command_pins_the_lab_known_hosts() {
+        let cmd = interactive_ssh_command(
+            2222,
+            Path::new("/lab/id_ed25519"),
+            Path::new("/lab/known_hosts"),
+            &["uname", "-a"],
+        );
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(cmd.get_program(), "ssh");
+        let joined = args.join(" ");
+        for want in [
+            "-i /lab/id_ed25519",
+            "-p 2222",
+            "-o UserKnownHostsFile=/lab/known_hosts",
+            "-o StrictHostKeyChecking=yes",
+            "-o IdentitiesOnly=yes",
+            "-o LogLevel=ERROR",
+            "root@127.0.0.1 uname -a",
+        ] {
+            assert!(joined.contains(want), "missing `{want}` in `{joined}`");
+        }
+    }
+
+    #[test]
+    fn system_ssh_with_our_known_hosts_reaches_sshd_and_rejects_a_wrong_key() {
+        let Some(sshd) = Sshd::start() else { return };
+        if std::process::Command::new("ssh").arg("-V").output().is_err() {
+            eprintln!("SKIP: no system ssh (openssh-client)");
+            return;
+        }
+        let known_hosts = sshd.dir.path().join("known_hosts");
+        write_known_hosts(&known_hosts, &[(sshd.port, sshd.host.host_public_openssh.clone())]).expect("known_hosts");
+        let out = interactive_ssh_command(sshd.port, &sshd.client_key, &known_hosts, &["echo", "via-system-ssh"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh");
+        assert!(
+            out.status.success(),
+            "ssh failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            sshd.log()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "via-system-ssh\n");
+
+        let other = generate_host_key().expect("other key");
+        write_known_hosts(&known_hosts, &[(sshd.port, other.host_public_openssh)]).expect("known_hosts");
+        let out = interactive_ssh_command(sshd.port, &sshd.client_key, &known_hosts, &["true"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh");
+        assert_eq!(
+            out.status.code(),
+            Some(255),
+            "StrictHostKeyChecking must refuse a changed host key"
+        );
+    }
+
+    #[test]
+    fn static_elf_check_tells_static_from_dynamic() {
+        let busybox = Path::new("/bin/busybox");
+        if let Ok(bytes) = std::fs::read(busybox) {
+            // Debian's busybox-static: no PT_INTERP.
+            if std::fs::read_link(busybox).is_err() {
+                check_static_elf(busybox, &bytes).expect("busybox-static is static");
+            }
+        }
+        let sh = Path::new("/bin/sh");
+        let bytes = std::fs::read(std::fs::canonicalize(sh).expect("resolve /bin/sh")).expect("read /bin/sh");
+        let err = check_static_elf(sh, &bytes).expect_err("dash is dynamic").to_string();
+        assert!(err.contains("crt-static"), "{err}");
+        let err = check_static_elf(Path::new("x"), b"#!/bin/sh\n")
+            .expect_err("script")
+            .to_string();
+        assert!(err.contains("not an ELF"), "{err}");
+    }
+
+    #[test]
+    fn shell_quote_survives_quotes() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exec_returns_output_exit_codes_and_signals() {
+        let Some(sshd) = Sshd::start() else { return };
+        let session = sshd.connect().await;
+        let out = session
+            .exec("sh -c 'echo hi; echo oops >&2; exit 3'", None)
+            .await
+            .expect("exec");
+        assert_eq!(out.stdout, b"hi\n");
+        assert_eq!(out.stderr, b"oops\n");
+        assert_eq!(out.exit_code, 3);
+
+        let out = session
+            .exec("cat; echo done", Some(b"hello stdin\n"))
+            .await
+            .expect("exec with stdin");
+        assert_eq!(out.stdout_lossy(), "hello stdin\ndone\n");
+        assert_eq!(out.exit_code, 0);
+
+        // Killed by a signal: 128 + SIGTERM.
+        let out = session.exec("sh -c 'kill -TERM $$'", None).await.expect("exec killed");
+        assert_eq!(out.exit_code, 128 + libc::SIGTERM);
+
+        // Big stdin and big stdout at the same time must not deadlock.
+        let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let out = session.exec("cat", Some(&data)).await.expect("cat 4 MiB");
+        assert_eq!(out.stdout.len(), data.len());
+        assert!(out.stdout == data);
+
+        // Many concurrent execs over one shared session (the suites do this).
+        let mut tasks = JoinSet::new();
+        for i in 0..8 {
+            let s = session.clone();
+            tasks.spawn(async move { s.exec(&format!("echo {i}"), None).await });
+        }
+        let mut seen = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let out = done.expect("join").expect("exec");
+            seen.push(out.stdout_lossy().trim().parse::<u32>().expect("number"));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).collect::<Vec<_>>());
+
+        let err = session
+            .exec_timeout("sleep 30", None, Duration::from_millis(500))
+            .await
+            .expect_err("timeout");
+        assert!(matches!(err, SshError::ExecTimeout { .. }), "{err}");
+        // The session survives a timed-out command.
+        let out = session.exec("true", None).await.expect("after timeout");
+        assert_eq!(out.exit_code, 0);
+
+        let err = session
+            .exec_checked("the failing step", "exit 7", None)
+            .await
+            .expect_err("non-zero");
+        assert!(
+            err.to_string().contains("the failing step failed with exit code 7"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_is_atomic_with_mode_and_content() {
+        let Some(sshd) = Sshd::start() else { return };
+        let session = sshd.connect().await;
+        let data: Vec<u8> = (0..5 * 1024 * 1024).map(|_| rand::random::<u8>()).collect();
+        let target = sshd.dir.path().join("dir with space").join("up'load.bin");
+        std::fs::create_dir(target.parent().expect("parent")).expect("mkdir");
+        let target_str = target.to_str().expect("utf-8 path");
+        let started = std::time::Instant::now();
+        session.upload(&data, target_str, 0o750).await.expect("upload");
+        eprintln!("upload of 5 MiB over loopback SSH took {:?}", started.elapsed());
+        let on_disk = std::fs::read(&target).expect("read uploaded");
+        assert_eq!(sha256_hex(&on_disk), sha256_hex(&data));
+        let mode = std::fs::metadata(&target).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+        let out = session
+            .exec(&format!("sha256sum {}", shell_quote(target_str)), None)
+            .await
+            .expect("sha256sum");
+        assert!(out.stdout_lossy().starts_with(&sha256_hex(&data)));
+        // No temporary file is left beside the target.
+        let leftovers: Vec<_> = std::fs::read_dir(target.parent().expect("parent"))
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains("testbed-upload"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // Into a directory that does not exist: a clear error, nothing created.
+        let err = session
+            .upload(b"x", "/nonexistent-testbed-dir/f", 0o644)
+            .await
+            .expect_err("no dir");
+        assert!(
+            err.to_string()
+                .contains("upload of 1 bytes to /nonexistent-testbed-dir/f"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forward_reaches_a_loopback_server_and_dies_with_the_session() {
+        let Some(sshd) = Sshd::start() else { return };
+        let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let echo_port = echo.local_addr().expect("addr").port();
+        let echo_task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = echo.accept().await else { return };
+                tokio::spawn(async move {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let session = sshd.connect().await;
+        let local = session.forward(echo_port).await.expect("forward");
+        for round in 0..3 {
+            let mut conn = TcpStream::connect(("127.0.0.1", local))
+                .await
+                .expect("connect to forward");
+            let msg = format!("ping {round} through the forward");
+            conn.write_all(msg.as_bytes()).await.expect("write");
+            conn.shutdown().await.expect("shutdown");
+            let mut back = String::new();
+            conn.read_to_string(&mut back).await.expect("read echo");
+            assert_eq!(back, msg);
+        }
+        // A forward to a port nobody listens on: the local client sees the connection end, not a hang.
+        let dead = session.forward(free_port()).await.expect("forward to closed port");
+        let mut conn = TcpStream::connect(("127.0.0.1", dead)).await.expect("connect");
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf))
+            .await
+            .expect("no hang");
+        assert!(read.map(|n| n == 0).unwrap_or(true));
+
+        // The listener belongs to the session: gone when the last clone is dropped.
+        drop(session);
+        let start = Instant::now();
+        loop {
+            if TcpStream::connect(("127.0.0.1", local)).await.is_err() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "forward listener outlived its session"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        echo_task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_pinned_key_is_a_hard_error_and_wrong_client_key_is_refused() {
+        let Some(sshd) = Sshd::start() else { return };
+        let other = generate_host_key().expect("other key");
+        let start = Instant::now();
+        let err = Session::connect(
+            sshd.port,
+            &sshd.client_key,
+            &other.host_public_openssh,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect_err("must not connect");
+        match &err {
+            SshError::HostKeyMismatch { expected, got, .. } => {
+                let bare = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                assert_eq!(bare(expected), bare(&other.host_public_openssh));
+                assert_eq!(bare(got), bare(&sshd.host.host_public_openssh));
+            }
+            other => panic!("expected HostKeyMismatch, got {other}"),
+        }
+        // Not retried until the deadline.
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "mismatch was retried: {:?}",
+            start.elapsed()
+        );
+
+        let stranger_dir = tempfile::tempdir().expect("tempdir");
+        let stranger = generate_client_key(stranger_dir.path()).expect("stranger key");
+        let err = Session::connect(
+            sshd.port,
+            &stranger,
+            &sshd.host.host_public_openssh,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect_err("unknown client key");
+        assert!(matches!(err, SshError::AuthRefused { .. }), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closed_port_fails_after_the_deadline_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = generate_client_key(dir.path()).expect("client key");
+        let host = generate_host_key().expect("host key");
+        let port = free_port();
+        let start = Instant::now();
+        let err = Session::connect(port, &key, &host.host_public_openssh, Duration::from_secs(2))
+            .await
+            .expect_err("nothing listens there");
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            matches!(err, SshError::ConnectTimeout { attempts, .. } if attempts > 1),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("127.0.0.1:{port}")) && text.contains("refused"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_waits_for_a_late_sshd() {
+        // The VM-boot case: the forwarded port starts answering only after a while (connection refused before).
+        let Some(sshd) = Sshd::start() else { return };
+        let late = free_port();
+        let sshd_port = sshd.port;
+        let relay = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let listener = TcpListener::bind(("127.0.0.1", late))
+                .await
+                .expect("bind the late port");
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", sshd_port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        let start = Instant::now();
+        let session = Session::connect(
+            late,
+            &sshd.client_key,
+            &sshd.host.host_public_openssh,
+            Duration::from_secs(15),
+        )
+        .await;
+        let waited = start.elapsed();
+        let session = session.unwrap_or_else(|e| panic!("connect through the late port: {e}\n{}", sshd.log()));
+        assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+        assert_eq!(session.exec("echo up", None).await.expect("exec").stdout, b"up\n");
+        drop(session);
+        relay.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn push_agent_uploads_restarts_and_skips_an_identical_binary() {
+        // A stand-in for the guest: a supervisor loop that runs the "agent" (static busybox serving /healthz over
+        // HTTP) whenever the file exists and restarts it on exit, PID in a pid file: the image's contract.
+        let Some(sshd) = Sshd::start() else { return };
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.exists() {
+            eprintln!("SKIP: /bin/busybox (busybox-static) not found");
+            return;
+        }
+        let dir = sshd.dir.path();
+        let www = dir.join("www");
+        std::fs::create_dir(&www).expect("mkdir www");
+        std::fs::write(
+            www.join("healthz"),
+            r#"{"status":"ok","agent_version":"busybox-httpd"}"#,
+        )
+        .expect("healthz");
+        let agent_port = free_port();
+        let (bin, pid_file, log_file) = (dir.join("agent-bin"), dir.join("agent.pid"), dir.join("agent.log"));
+        let script = format!(
+            "while true; do if [ -x {bin} ]; then (exec -a busybox {bin} httpd -f -p 127.0.0.1:{agent_port} -h {www}) \
+             >>{log} 2>&1 & echo $! > {pid}; wait $!; fi; sleep 1; done",
+            bin = shell_quote(&bin.display().to_string()),
+            www = shell_quote(&www.display().to_string()),
+            log = shell_quote(&log_file.display().to_string()),
+            pid = shell_quote(&pid_file.display().to_string()),
+        );
+        let mut supervisor = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn supervisor");
+        let layout = AgentLayout {
+            binary: bin.to_str().expect("utf-8"),
+            pid_file: pid_file.to_str().expect("utf-8"),
+            log_file: log_file.to_str().expect("utf-8"),
+            port: agent_port,
+        };
+
+        let session = sshd.connect().await;
+        let result = async {
+            let agent = push_agent_with(&session, busybox, layout, Duration::from_secs(20)).await?;
+            let health = agent.health().await.map_err(|e| SshError::AgentBinary(e.to_string()))?;
+            assert_eq!(health.agent_version, "busybox-httpd");
+            let first_pid = std::fs::read_to_string(&pid_file).expect("pid file");
+            let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&bin).expect("stat agent"));
+
+            // Same binary again: no upload (same inode), no restart (same PID), still healthy.
+            push_agent_with(&session, busybox, layout, Duration::from_secs(20)).await?;
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&bin).expect("stat")),
+                inode
+            );
+            assert_eq!(std::fs::read_to_string(&pid_file).expect("pid file"), first_pid);
+
+            // A different binary (same busybox plus trailing bytes, still a valid static ELF): uploaded + restarted.
+            let mut changed = std::fs::read(busybox).expect("read busybox");
+            changed.extend_from_slice(b"testbed-changed");
+            let changed_path = dir.join("busybox-changed");
+            std::fs::write(&changed_path, &changed).expect("write changed");
+            push_agent_with(&session, &changed_path, layout, Duration::from_secs(20)).await?;
+            assert_eq!(
+                sha256_hex(&std::fs::read(&bin).expect("read agent")),
+                sha256_hex(&changed)
+            );
+            assert_ne!(
+                std::fs::read_to_string(&pid_file).expect("pid file"),
+                first_pid,
+                "agent was not restarted"
+            );
+            Ok::<(), SshError>(())
+        }
+        .await;
+
+        // Stop the supervisor first (so it restarts nothing), then its current child, both by PID.
+        let _ = supervisor.kill();
+        let _ = supervisor.wait();
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        result.unwrap_or_else(|e| panic!("push_agent: {e}\nsshd log:\n{}", sshd.log()));
+    }
 }
