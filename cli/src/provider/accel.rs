@@ -93,14 +93,20 @@ pub fn choose(
         return AccelChoice { accel: c.accel, reason: format!("{} (cached)", c.reason) };
     }
     let choice = probe(kernel, initrd, cmdline, PROBE_TIMEOUT);
+    store(cache_root, qemu_version, kernel, &choice);
+    choice
+}
+
+/// Caches a probe outcome (best effort: an unwritable cache only costs a probe next time).
+pub fn store(cache_root: &Path, qemu_version: &str, kernel: &Path, choice: &AccelChoice) {
+    let file = cache_file(cache_root, qemu_version, kernel);
     if let Some(dir) = file.parent() {
         if std::fs::create_dir_all(dir).is_ok() {
-            if let Ok(body) = serde_json::to_vec_pretty(&choice) {
+            if let Ok(body) = serde_json::to_vec_pretty(choice) {
                 let _ = std::fs::write(&file, body);
             }
         }
     }
-    choice
 }
 
 /// Boots the probe guest under KVM; KVM only if the marker appears on the serial console within `timeout`.

@@ -1,51 +1,280 @@
 //! QEMU provider and lab lifecycle: netns, bridges, taps, VMs, SSH, lab state. (owner: provider)
+//!
+//! Layout: `labdir` (directory, state, lock), `hostnet` (netns/bridge/tap/netem behind a trait), `qemu`
+//! (command line, launch, QMP), `accel` (KVM probe), `up`/`down` (orchestration), `lab` (selector and the
+//! suites' handle), `doctor`. The command handlers below only parse, call and print.
 
 pub mod accel;
+pub mod doctor;
+pub mod down;
 pub mod hostnet;
+pub mod lab;
 pub mod labdir;
 pub mod procs;
 pub mod qemu;
+pub mod up;
 
-use crate::exit::{not_built, CliResult};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use serde_json::json;
+
+use crate::exit::{CliError, CliResult};
 use crate::ui::Ui;
+
+pub use lab::{Lab, LabSelector};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Topology file (YAML).
-    pub file: std::path::PathBuf,
+    /// Topology file (YAML); its `name:` is the lab's name.
+    pub file: PathBuf,
+    /// On failure, keep the VMs, netns and lab directory for inspection (remove them with `down`).
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds allowed for all nodes to boot and get a ready agent (image builds not included).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
 }
+
 #[derive(Debug, clap::Args)]
-pub struct DownArgs {}
+pub struct DownArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+}
+
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct SshArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+    /// Node name.
     pub node: String,
 }
+
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+    /// Node name.
     pub node: String,
+    /// The command. One argument is handed to the guest's shell as is (pipes work); several are quoted
+    /// one by one.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
+
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {}
 
-pub async fn cmd_up(_ui: &Ui, _a: UpArgs) -> CliResult {
-    Err(not_built("up"))
+fn print_json(value: &serde_json::Value) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value:#}").map_err(CliError::infra)
 }
-pub async fn cmd_down(_ui: &Ui, _a: DownArgs) -> CliResult {
-    Err(not_built("down"))
+
+pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
+    let plan = crate::topology::load_plan(&a.file).map_err(CliError::bad_input)?;
+    let opts = up::UpOptions { keep: a.keep, timeout: Duration::from_secs(a.timeout) };
+    let outcome = up::up(ui, plan, &opts, Arc::new(hostnet::IpHostNet)).await?;
+    if ui.is_json() {
+        return print_json(&serde_json::to_value(&outcome).map_err(CliError::infra)?);
+    }
+    if !outcome.already_up {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "lab {} up in {:.1} s (accelerator {}: {})",
+            outcome.lab, outcome.seconds, outcome.accelerator, outcome.accelerator_reason
+        );
+        for n in &outcome.nodes {
+            let _ = writeln!(out, "  {:<12} ssh 127.0.0.1:{}  testbed ssh --lab {} {}", n.name, n.ssh_port, outcome.lab, n.name);
+        }
+    }
+    Ok(())
 }
-pub async fn cmd_status(_ui: &Ui, _a: StatusArgs) -> CliResult {
-    Err(not_built("status"))
+
+pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
+    let Some(dir) = a.lab.resolve()? else {
+        ui.info("no lab; nothing to do");
+        if ui.is_json() {
+            return print_json(&json!({"lab": null, "removed": false}));
+        }
+        return Ok(());
+    };
+    let net = hostnet::IpHostNet;
+    // Without a directory there is nothing to lock; only a leftover netns carrying the lab's name may remain.
+    let _lock = if dir.exists() { Some(dir.lock().map_err(CliError::infra)?) } else { None };
+    let d = dir.clone();
+    let t = tokio::task::spawn_blocking(move || down::teardown(&d, &net))
+        .await
+        .map_err(CliError::infra)?
+        .map_err(CliError::infra)?;
+    if ui.is_json() {
+        return print_json(&json!({
+            "lab": dir.name,
+            "stopped": t.stopped.iter().map(|(n, p)| json!({"node": n, "pid": p})).collect::<Vec<_>>(),
+            "netns_deleted": t.netns_deleted,
+            "dir_removed": t.dir_removed,
+        }));
+    }
+    if t.is_noop() {
+        ui.info(format!("lab `{}`: nothing left to remove", dir.name));
+    } else {
+        ui.info(format!(
+            "lab `{}` down: {} VM(s) stopped, netns {}, directory {}",
+            dir.name,
+            t.stopped.len(),
+            t.netns_deleted.as_deref().unwrap_or("(already gone)"),
+            if t.dir_removed { "removed" } else { "(already gone)" }
+        ));
+    }
+    Ok(())
 }
-pub async fn cmd_ssh(_ui: &Ui, _a: SshArgs) -> CliResult {
-    Err(not_built("ssh"))
+
+pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
+    let lab = Lab::open(&a.lab)?;
+    let checks = lab.plan.nodes.iter().map(|n| {
+        let lab = &lab;
+        async move {
+            let ns = lab.state.nodes.get(&n.name);
+            let alive = ns.is_some_and(|s| match (s.pid, s.pid_start_time) {
+                (Some(pid), Some(st)) => procs::is_same_process(pid, st),
+                _ => false,
+            });
+            let agent = if alive {
+                match lab.connect_node(&n.name, Duration::from_secs(5)).await {
+                    Ok(c) => match c.agent.health().await {
+                        Ok(h) => json!({"healthy": true, "version": h.agent_version}),
+                        Err(e) => json!({"healthy": false, "error": e.to_string()}),
+                    },
+                    Err(e) => json!({"healthy": false, "error": e.to_string()}),
+                }
+            } else {
+                json!({"healthy": false, "error": "VM not running"})
+            };
+            json!({
+                "name": n.name,
+                "pid": ns.and_then(|s| s.pid),
+                "alive": alive,
+                "ssh_port": n.ssh_port,
+                "accelerator": ns.map(|s| s.accelerator),
+                "stage": ns.map(|s| s.stage.clone()),
+                "underlay_ip": n.nics.first().map(|x| x.ip.to_string()),
+                "serial_log": lab.paths.serial_log(&n.name),
+                "agent": agent,
+            })
+        }
+    });
+    let nodes = futures::future::join_all(checks).await;
+    let healthy = nodes.iter().all(|n| n["agent"]["healthy"] == json!(true));
+    let doc = json!({
+        "lab": lab.plan.lab,
+        "dir": lab.dir,
+        "netns": lab.plan.netns,
+        "backend": lab.plan.cluster.backend,
+        "accelerator": lab.state.accelerator,
+        "accelerator_reason": lab.state.accelerator_reason,
+        "qemu_version": lab.state.qemu_version,
+        "created_at": lab.state.created_at,
+        "healthy": healthy,
+        "nodes": nodes,
+    });
+    if ui.is_json() {
+        return print_json(&doc);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "lab {}  backend {}  accelerator {}  qemu {}  created {}",
+        lab.plan.lab,
+        lab.plan.cluster.backend.as_str(),
+        lab.state.accelerator,
+        lab.state.qemu_version,
+        lab.state.created_at
+    );
+    let _ = writeln!(out, "{:<12} {:>8} {:<6} {:>6} {:<16} AGENT", "NODE", "PID", "ALIVE", "SSH", "UNDERLAY");
+    for n in &nodes {
+        let agent = if n["agent"]["healthy"] == json!(true) {
+            format!("healthy {}", n["agent"]["version"].as_str().unwrap_or_default())
+        } else {
+            format!("DOWN: {}", n["agent"]["error"].as_str().unwrap_or_default())
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {:>8} {:<6} {:>6} {:<16} {}",
+            n["name"].as_str().unwrap_or_default(),
+            n["pid"].as_u64().map_or_else(|| "-".into(), |p| p.to_string()),
+            if n["alive"] == json!(true) { "yes" } else { "NO" },
+            n["ssh_port"],
+            n["underlay_ip"].as_str().unwrap_or("-"),
+            agent
+        );
+    }
+    Ok(())
 }
-pub async fn cmd_exec(_ui: &Ui, _a: ExecArgs) -> CliResult {
-    Err(not_built("exec"))
+
+pub async fn cmd_ssh(_ui: &Ui, a: SshArgs) -> CliResult {
+    use std::os::unix::process::CommandExt;
+    let lab = Lab::open(&a.lab)?;
+    let (port, _) = lab.node_endpoint(&a.node)?;
+    let mut cmd =
+        crate::ssh::interactive_ssh_command::<&str>(port, &lab.paths.client_key(), &lab.paths.known_hosts(), &[]);
+    // Replaces this process: the terminal belongs to ssh, and its exit code is ours.
+    let err = cmd.exec();
+    Err(CliError::infra(anyhow!("cannot run ssh (apt-get install -y openssh-client): {err}")))
 }
-pub async fn cmd_doctor(_ui: &Ui, _a: DoctorArgs) -> CliResult {
-    Err(not_built("doctor"))
+
+pub async fn cmd_exec(_ui: &Ui, a: ExecArgs) -> CliResult {
+    let lab = Lab::open(&a.lab)?;
+    let session = lab.session(&a.node, Duration::from_secs(30)).await?;
+    let command = match a.command.as_slice() {
+        [one] => one.clone(),
+        many => many.iter().map(|s| crate::ssh::shell_quote(s)).collect::<Vec<_>>().join(" "),
+    };
+    let out = session
+        .exec(&command, None)
+        .await
+        .map_err(|e| CliError::infra(anyhow!("node {}: exec `{command}`: {e}", a.node)))?;
+    let _ = std::io::stdout().write_all(&out.stdout);
+    let _ = std::io::stderr().write_all(&out.stderr);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    if out.exit_code != 0 {
+        // The remote command's exit code is testbed's (like `ssh host cmd`), beyond the 0-3 classes.
+        std::process::exit(out.exit_code.clamp(1, 255));
+    }
+    Ok(())
+}
+
+pub async fn cmd_doctor(ui: &Ui, _a: DoctorArgs) -> CliResult {
+    let checks = tokio::task::spawn_blocking(doctor::run_checks).await.map_err(CliError::infra)?;
+    let failed: Vec<&str> = checks.iter().filter(|c| c.status == doctor::Status::Fail).map(|c| c.name).collect();
+    if ui.is_json() {
+        print_json(&json!({"ok": failed.is_empty(), "checks": checks}))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for c in &checks {
+            let tag = match c.status {
+                doctor::Status::Ok => "ok  ",
+                doctor::Status::Warn => "warn",
+                doctor::Status::Fail => "FAIL",
+            };
+            let _ = writeln!(out, "{tag} {:<11} {}", c.name, c.detail);
+            if let (Some(fix), true) = (&c.fix, c.status != doctor::Status::Ok) {
+                let _ = writeln!(out, "     {:<11} fix: {fix}", "");
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::infra(anyhow!("this host cannot run labs: {} missing", failed.join(", "))))
+    }
 }
