@@ -286,6 +286,10 @@ fn link_kind(infos: &[LinkInfo], names: &HashMap<u32, String>) -> LinkKind {
 fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        // AF_BRIDGE (FDB) messages carry the vxlan destination as raw bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            <[u8; 4]>::try_from(b.as_slice()).ok().map(|o| IpAddr::V4(Ipv4Addr::from(o)))
+        }
         _ => None,
     })
 }
