@@ -1242,6 +1242,16 @@ mod tests {
             .expect("no hang");
         assert!(read.map(|n| n == 0).unwrap_or(true));
 
+        let established = || {
+            std::process::Command::new("ss")
+                .args(["-Htn", "state", "established", &format!("( dport = :{} )", sshd.port)])
+                .output()
+                .ok()
+                .map(|out| String::from_utf8_lossy(&out.stdout).lines().count())
+        };
+        if let Some(n) = established() {
+            assert_eq!(n, 1, "one SSH connection while the session lives");
+        }
         // The listener belongs to the session: gone when the last clone is dropped.
         drop(session);
         let start = Instant::now();
@@ -1252,6 +1262,15 @@ mod tests {
             assert!(
                 start.elapsed() < Duration::from_secs(5),
                 "forward listener outlived its session"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And the SSH connection itself is closed (no sshd session left behind per dropped Session).
+        let start = Instant::now();
+        while established().is_some_and(|n| n > 0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "SSH connection outlived its Session"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
