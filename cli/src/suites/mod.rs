@@ -1,22 +1,228 @@
-//! Suites (conformance, perf) and reports. (owner: suites)
+//! Suites (conformance; perf later) and their reports: `testbed run` and `testbed report`.
+//!
+//! The suites drive a lab only through the `Cluster` trait (SSH node commands + the agents' API), so the runner,
+//! the result model and the renderers are unit-tested against a fake cluster; `lab_adapter` is the real one.
 
-use crate::exit::{not_built, CliResult};
+mod cluster;
+mod conformance;
+mod debug;
+pub mod declared;
+mod lab_adapter;
+mod overlay;
+mod probe;
+mod report;
+mod runner;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::anyhow;
+use testbed_api::results::{
+    CheckResult, CheckStatus, RunMetadata, RunOutcome, SuiteResults, Summary, RESULTS_SCHEMA_VERSION,
+};
+use testbed_api::Backend;
+
+use crate::exit::{CliError, CliResult};
+use crate::provider::labdir::now_rfc3339;
+use crate::provider::{Lab, LabSelector};
 use crate::ui::Ui;
+use cluster::Cluster;
+use declared::DeclaredTest;
+use runner::Runner;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Suite to run: conformance or perf.
+    /// Suite to run: conformance (perf is not built yet).
     pub suite: String,
+    #[command(flatten)]
+    pub lab: LabSelector,
+    /// Directory for results.json, junit.xml, report.md, report.html [default: results/<lab>-<UTC time>/].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Backend to test: vxlan, host-gw, udp, none, or all (each in turn, switched on the running lab)
+    /// [default: the topology's].
+    #[arg(long, value_name = "BACKEND")]
+    pub backend: Option<String>,
+    /// Run only the checks whose full name contains this text (e.g. `cross-node`, `[cgroups]`).
+    #[arg(long, value_name = "SUBSTR")]
+    pub filter: Option<String>,
 }
+
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Directory holding results.json.
-    pub dir: std::path::PathBuf,
+    pub dir: PathBuf,
 }
 
-pub async fn cmd_run(_ui: &Ui, _a: RunArgs) -> CliResult {
-    Err(not_built("run"))
+/// Which backends `--backend` asks for; None means the plan's own.
+pub fn parse_backends(arg: Option<&str>) -> Result<Option<Vec<Backend>>, String> {
+    match arg {
+        None => Ok(None),
+        Some("all") => Ok(Some(Backend::ALL.to_vec())),
+        Some(b) => b.parse::<Backend>().map(|b| Some(vec![b])).map_err(|e| format!("--backend: {e}, or all")),
+    }
 }
-pub async fn cmd_report(_ui: &Ui, _a: ReportArgs) -> CliResult {
-    Err(not_built("report"))
+
+/// Exit status of a finished run (0 passed, 1 a check failed, 3 infrastructure).
+pub fn outcome_to_result(results: &SuiteResults, out: &Path) -> CliResult {
+    let s = &results.summary;
+    let counts = format!(
+        "{} checks: {} passed, {} failed, {} errors, {} warnings, {} skipped; report: {}",
+        s.total,
+        s.passed,
+        s.failed,
+        s.errors,
+        s.warned,
+        s.skipped,
+        out.join("report.md").display()
+    );
+    match results.outcome() {
+        RunOutcome::Passed => Ok(()),
+        RunOutcome::Failed => Err(CliError::TestsFailed(format!("{} failed: {counts}", results.suite))),
+        RunOutcome::InfraError => {
+            let first = results.checks.iter().find(|c| c.status == CheckStatus::Error);
+            let why = first.map(|c| format!("{}: {}", c.name, c.message.as_deref().unwrap_or(""))).unwrap_or_default();
+            Err(CliError::infra(anyhow!("{} could not run completely ({why}); {counts}", results.suite)))
+        }
+    }
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs the conformance suite on `c` for each backend in turn and returns the results document.
+pub async fn run_conformance<C: Cluster>(
+    c: &C,
+    ui: &Ui,
+    backends: &[Backend],
+    filter: Option<String>,
+    declared: &[DeclaredTest],
+) -> SuiteResults {
+    let started = now_rfc3339();
+    let clock = Instant::now();
+    let plan = c.plan();
+    let kernel = match plan.nodes.first() {
+        Some(n) => c.node_status(&n.name).await.ok().map(|s| s.kernel),
+        None => None,
+    };
+    let mut r = Runner::new(filter);
+    for (i, &b) in backends.iter().enumerate() {
+        r.set_task(Some(ui.task(&format!("conformance {b}"))));
+        conformance::run_backend(c, &mut r, b, i == 0, declared).await;
+        let mine: Vec<&CheckResult> = r.checks().iter().filter(|x| x.backend == Some(b)).collect();
+        let (total, bad) =
+            (mine.len(), mine.iter().filter(|x| matches!(x.status, CheckStatus::Fail | CheckStatus::Error)).count());
+        if let Some(t) = r.set_task(None) {
+            if bad == 0 {
+                t.finish(format!("{total} checks passed or skipped"));
+            } else {
+                t.fail(format!("{bad} of {total} checks failed"));
+            }
+        }
+    }
+    // Leave the lab on the backend its topology asked for.
+    let home = plan.cluster.backend;
+    if backends.last().is_some_and(|b| *b != home) {
+        r.run_setup("setup", Some(home), "restore the topology's backend", conformance::switch_backend(c, home))
+            .await;
+    }
+    let facts = c.facts();
+    let checks = r.into_checks();
+    SuiteResults {
+        schema_version: RESULTS_SCHEMA_VERSION,
+        suite: "conformance".into(),
+        started,
+        finished: now_rfc3339(),
+        duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+        metadata: RunMetadata {
+            lab: plan.lab.clone(),
+            topology_hash: plan.topology_hash.clone(),
+            kernel,
+            qemu_version: facts.qemu_version,
+            accelerator: facts.accelerator,
+            backends: backends.to_vec(),
+            testbed_version: env!("CARGO_PKG_VERSION").into(),
+            host: host_name(),
+        },
+        summary: Summary::of(&checks),
+        checks,
+    }
+}
+
+fn default_out_dir(lab: &str) -> PathBuf {
+    let stamp: String = now_rfc3339().chars().filter(|c| !matches!(c, '-' | ':')).collect();
+    PathBuf::from("results").join(format!("{lab}-{stamp}"))
+}
+
+/// True when a filter was given and no check (other than setup steps) matched it.
+fn filter_matched_nothing(filter: Option<&str>, checks: &[CheckResult]) -> bool {
+    filter.is_some() && !checks.iter().any(|c| c.group != "setup")
+}
+
+pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
+    match a.suite.as_str() {
+        "conformance" => {}
+        "perf" => return Err(CliError::infra(anyhow!("the perf suite is not built yet in this version of testbed"))),
+        other => return Err(CliError::bad_input(anyhow!("unknown suite `{other}` (expected conformance or perf)"))),
+    }
+    let backends = parse_backends(a.backend.as_deref()).map_err(|e| CliError::bad_input(anyhow!(e)))?;
+    let declared = match &a.lab.topology {
+        Some(file) => {
+            let loaded = crate::topology::load(file).map_err(CliError::bad_input)?;
+            match &loaded.topology.tests {
+                Some(v) => declared::parse_declared_tests(v)
+                    .map_err(|e| CliError::bad_input(anyhow!("{}: {e}", file.display())))?,
+                None => Vec::new(),
+            }
+        }
+        None => Vec::new(),
+    };
+    let lab = Lab::open(&a.lab)?;
+    if a.lab.topology.is_none() {
+        ui.info("declared tests (the topology's `tests:`) run only when the lab is chosen with -t FILE");
+    }
+    let backends = backends.unwrap_or_else(|| vec![lab.plan.cluster.backend]);
+    let out = a.out.clone().unwrap_or_else(|| default_out_dir(&lab.plan.lab));
+    let connected = lab.connect(ui).await?;
+    let results = run_conformance(&connected, ui, &backends, a.filter.clone(), &declared).await;
+    if filter_matched_nothing(a.filter.as_deref(), &results.checks) {
+        return Err(CliError::bad_input(anyhow!("--filter `{}` matched no check", a.filter.unwrap_or_default())));
+    }
+    report::write_all(&out, &results).map_err(CliError::infra)?;
+    if results.outcome() != RunOutcome::Passed {
+        let dir = out.join("debug");
+        for p in debug::collect(&connected, &dir).await {
+            ui.info(format!("debug bundle: {p}"));
+        }
+        ui.info(format!("debug bundle: {}", dir.display()));
+    }
+    if ui.is_json() {
+        let doc = serde_json::to_string(&results).map_err(CliError::infra)?;
+        println!("{doc}");
+    } else {
+        ui.info(format!("results: {}", out.display()));
+    }
+    outcome_to_result(&results, &out)
+}
+
+pub async fn cmd_report(ui: &Ui, a: ReportArgs) -> CliResult {
+    let results = report::load(&a.dir).map_err(|e| match e {
+        report::ReportError::Io { .. } | report::ReportError::Parse { .. } | report::ReportError::Schema { .. } => {
+            CliError::bad_input(e)
+        }
+        report::ReportError::Render { .. } => CliError::infra(e),
+    })?;
+    report::write_renders(&a.dir, &results).map_err(CliError::infra)?;
+    if ui.is_json() {
+        let doc = serde_json::to_string(&results).map_err(CliError::infra)?;
+        println!("{doc}");
+    } else {
+        ui.info(format!("rendered junit.xml, report.md, report.html in {}", a.dir.display()));
+    }
+    Ok(())
 }

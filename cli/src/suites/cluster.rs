@@ -1,0 +1,89 @@
+//! The small surface the suites drive a lab through. The real implementation talks SSH and the agent API
+//! (`lab_adapter.rs`); unit tests use a scripted fake (`fake.rs`), so the runner, the result model and the
+//! renderers are tested without VMs.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus, PodSpec, PodStatus};
+
+use crate::plan::Plan;
+
+/// A lab operation failed below the suite: SSH, the agent's HTTP API, a 4xx/5xx. Always an infrastructure
+/// failure from the suite's point of view (exit 3), never a failed check.
+#[derive(Debug, thiserror::Error)]
+#[error("node {node}: {step}: {message}")]
+pub struct ClusterError {
+    pub node: String,
+    pub step: String,
+    pub message: String,
+}
+
+impl ClusterError {
+    pub fn new(node: &str, step: &str, message: impl std::fmt::Display) -> Self {
+        ClusterError { node: node.to_string(), step: step.to_string(), message: message.to_string() }
+    }
+}
+
+/// Output of a command run on a node (over SSH, in the node's root namespaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeExec {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A node as the checks address it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Address on the overlay-carrying underlay NIC.
+    pub underlay_ip: Ipv4Addr,
+    pub underlay_mtu: u32,
+    pub pod_subnet: Ipv4Net,
+}
+
+/// Facts about the lab recorded in results.json.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabFacts {
+    pub qemu_version: Option<String>,
+    pub accelerator: Option<String>,
+}
+
+pub trait Cluster {
+    fn plan(&self) -> &Plan;
+    fn facts(&self) -> LabFacts;
+    /// The node's serial console log on the host, copied into the debug bundle.
+    fn serial_log(&self, node: &str) -> Option<PathBuf>;
+
+    fn node_exec(&self, node: &str, command: &str) -> impl Future<Output = Result<NodeExec, ClusterError>>;
+    fn apply(&self, node: &str, spec: &NodeSpec) -> impl Future<Output = Result<ApplyResponse, ClusterError>>;
+    fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus, ClusterError>>;
+    fn create_pod(&self, node: &str, spec: &PodSpec) -> impl Future<Output = Result<PodStatus, ClusterError>>;
+    fn get_pod(&self, node: &str, pod: &str) -> impl Future<Output = Result<PodStatus, ClusterError>>;
+    fn delete_pod(&self, node: &str, pod: &str) -> impl Future<Output = Result<(), ClusterError>>;
+    fn pod_exec(
+        &self,
+        node: &str,
+        pod: &str,
+        req: &ExecRequest,
+    ) -> impl Future<Output = Result<ExecResponse, ClusterError>>;
+}
+
+/// The nodes of a plan, in topology order, as the checks address them.
+pub fn nodes_of(plan: &Plan) -> Vec<NodeInfo> {
+    plan.nodes
+        .iter()
+        .map(|n| {
+            let nic = n.nics.first();
+            NodeInfo {
+                name: n.name.clone(),
+                underlay_ip: nic.map_or(Ipv4Addr::UNSPECIFIED, |n| n.ip),
+                underlay_mtu: nic.map_or(1500, |n| n.mtu),
+                pod_subnet: n.pod_subnet,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,80 @@
+//! `Cluster` for a real, running lab: SSH sessions for node commands, the agents' HTTP API (through the SSH
+//! forwards) for everything else.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus, PodSpec, PodStatus};
+
+use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
+use crate::plan::Plan;
+use crate::provider::lab::{ConnectedLab, ConnectedNode};
+
+/// Node commands the suites run are short; a hung SSH channel must not hang the suite.
+const NODE_EXEC_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn node<'a>(lab: &'a ConnectedLab, name: &str) -> Result<&'a ConnectedNode, ClusterError> {
+    lab.node(name).ok_or_else(|| ClusterError::new(name, "lookup", "not a node of this lab"))
+}
+
+impl Cluster for ConnectedLab {
+    fn plan(&self) -> &Plan {
+        &self.lab.plan
+    }
+
+    fn facts(&self) -> LabFacts {
+        LabFacts {
+            qemu_version: Some(self.lab.state.qemu_version.clone()),
+            accelerator: Some(self.lab.state.accelerator.to_string()),
+        }
+    }
+
+    fn serial_log(&self, node: &str) -> Option<PathBuf> {
+        Some(self.lab.paths.serial_log(node)).filter(|p| p.is_file())
+    }
+
+    async fn node_exec(&self, name: &str, command: &str) -> Result<NodeExec, ClusterError> {
+        let o = node(self, name)?
+            .session
+            .exec_timeout(command, None, NODE_EXEC_TIMEOUT)
+            .await
+            .map_err(|e| ClusterError::new(name, &format!("ssh `{command}`"), e))?;
+        Ok(NodeExec { exit_code: o.exit_code, stdout: o.stdout_lossy(), stderr: o.stderr_lossy() })
+    }
+
+    async fn apply(&self, name: &str, spec: &NodeSpec) -> Result<ApplyResponse, ClusterError> {
+        node(self, name)?.agent.apply_node(spec).await.map_err(|e| ClusterError::new(name, "PUT /v1/node", e))
+    }
+
+    async fn node_status(&self, name: &str) -> Result<NodeStatus, ClusterError> {
+        node(self, name)?.agent.node_status().await.map_err(|e| ClusterError::new(name, "GET /v1/node", e))
+    }
+
+    async fn create_pod(&self, name: &str, spec: &PodSpec) -> Result<PodStatus, ClusterError> {
+        node(self, name)?
+            .agent
+            .create_pod(spec)
+            .await
+            .map_err(|e| ClusterError::new(name, &format!("POST /v1/pods ({})", spec.name), e))
+    }
+
+    async fn get_pod(&self, name: &str, pod: &str) -> Result<PodStatus, ClusterError> {
+        node(self, name)?.agent.get_pod(pod).await.map_err(|e| ClusterError::new(name, &format!("GET /v1/pods/{pod}"), e))
+    }
+
+    async fn delete_pod(&self, name: &str, pod: &str) -> Result<(), ClusterError> {
+        node(self, name)?
+            .agent
+            .delete_pod(pod)
+            .await
+            .map_err(|e| ClusterError::new(name, &format!("DELETE /v1/pods/{pod}"), e))
+    }
+
+    async fn pod_exec(&self, name: &str, pod: &str, req: &ExecRequest) -> Result<ExecResponse, ClusterError> {
+        node(self, name)?
+            .agent
+            .exec(pod, req)
+            .await
+            .map_err(|e| ClusterError::new(name, &format!("exec in pod {pod}"), e))
+    }
+}
