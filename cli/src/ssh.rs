@@ -613,19 +613,20 @@ async fn forward_loop(listener: TcpListener, session: Weak<Inner>, remote_port: 
             }
         };
         let Some(inner) = session.upgrade() else { return };
-        let channel = inner
-            .handle
-            .channel_open_direct_tcpip("127.0.0.1", u32::from(remote_port), "127.0.0.1", u32::from(peer.port()))
-            .await;
-        drop(inner);
-        // A refused channel (nothing listening in the guest) closes the local socket: the client sees EOF/reset,
-        // exactly as if it had connected to a closed port.
-        if let Ok(channel) = channel {
-            pumps.spawn(async move {
+        // Open the channel inside the pump task: one slow open (a TCG guest) must not delay the next accept.
+        pumps.spawn(async move {
+            let channel = inner
+                .handle
+                .channel_open_direct_tcpip("127.0.0.1", u32::from(remote_port), "127.0.0.1", u32::from(peer.port()))
+                .await;
+            drop(inner);
+            // A refused channel (nothing listening in the guest) closes the local socket: the client sees EOF,
+            // exactly as if it had connected to a closed port.
+            if let Ok(channel) = channel {
                 let mut remote = channel.into_stream();
                 let _ = tokio::io::copy_bidirectional(&mut tcp, &mut remote).await;
-            });
-        }
+            }
+        });
         while pumps.try_join_next().is_some() {}
     }
 }
@@ -1233,6 +1234,28 @@ mod tests {
             conn.read_to_string(&mut back).await.expect("read echo");
             assert_eq!(back, msg);
         }
+        // Many clients at once (reqwest pools, suites run checks in parallel), each with a larger payload.
+        let mut clients = JoinSet::new();
+        for i in 0..16u8 {
+            clients.spawn(async move {
+                let payload = vec![i; 256 * 1024];
+                let mut conn = TcpStream::connect(("127.0.0.1", local)).await.expect("connect");
+                let (mut r, mut w) = conn.split();
+                let write = async {
+                    w.write_all(&payload).await.expect("write");
+                    w.shutdown().await.expect("shutdown");
+                };
+                let mut back = Vec::new();
+                let read = r.read_to_end(&mut back);
+                let ((), read) = tokio::join!(write, read);
+                read.expect("read");
+                assert!(back == payload, "client {i} got {} bytes back", back.len());
+            });
+        }
+        while let Some(done) = clients.join_next().await {
+            done.expect("client task");
+        }
+
         // A forward to a port nobody listens on: the local client sees the connection end, not a hang.
         let dead = session.forward(free_port()).await.expect("forward to closed port");
         let mut conn = TcpStream::connect(("127.0.0.1", dead)).await.expect("connect");
