@@ -1,0 +1,235 @@
+//! The content-addressed image cache. Layout:
+//!
+//! ```text
+//! <root>/                      $TESTBED_CACHE_DIR | $XDG_CACHE_HOME/testbed/images | ~/.cache/testbed/images
+//!   <id>/image.json            Manifest (written last, inside the temp dir, before the rename)
+//!   <id>/disk.qcow2            immutable base disk
+//!   <id>/vmlinuz, initrd.img   direct-boot kernel + initramfs (built images only)
+//!   .tmp-<id>-<pid>-<nonce>/   an entry being built or downloaded; renamed to <id>/ when complete
+//!   .part-<sha256>             a download in progress (kept to resume with a Range request)
+//! ```
+//!
+//! An entry appears by `rename(2)` of a complete directory, so readers never see a half-written image.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ImageArtifacts, ImageError};
+
+pub const MANIFEST: &str = "image.json";
+pub const DISK: &str = "disk.qcow2";
+pub const KERNEL: &str = "vmlinuz";
+pub const INITRD: &str = "initrd.img";
+
+/// Where cached images live (see the module doc for the precedence).
+pub fn cache_root() -> Result<PathBuf, ImageError> {
+    if let Some(dir) = std::env::var_os("TESTBED_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("testbed/images"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache/testbed/images")),
+        None => Err(ImageError::NoCacheDir),
+    }
+}
+
+/// How an image came to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    Built {
+        recipe_version: u32,
+        suite: String,
+        /// `package=version` of the packages asked for, as installed.
+        packages: Vec<String>,
+        kernel_release: String,
+    },
+    Url { url: String, sha256: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub id: String,
+    /// `debian-12` for built images, the file name of the URL for fetched ones.
+    pub name: String,
+    pub source: Source,
+    pub created_unix: u64,
+    /// Kernel arguments for direct boot; empty for firmware-booted disks.
+    pub cmdline: String,
+    pub has_kernel: bool,
+    /// Bytes on the host for the whole entry.
+    pub size_bytes: u64,
+}
+
+impl Manifest {
+    pub fn artifacts(&self, dir: &Path) -> ImageArtifacts {
+        ImageArtifacts {
+            id: self.id.clone(),
+            disk: dir.join(DISK),
+            kernel: self.has_kernel.then(|| dir.join(KERNEL)),
+            initrd: self.has_kernel.then(|| dir.join(INITRD)),
+            cmdline: self.cmdline.clone(),
+        }
+    }
+}
+
+pub struct Entry {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// The cached entry `id`, if complete.
+pub fn lookup(root: &Path, id: &str) -> Result<Option<Entry>, ImageError> {
+    let dir = root.join(id);
+    let path = dir.join(MANIFEST);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|source| ImageError::Manifest { path: path.clone(), source })?;
+            Ok(Some(Entry { dir, manifest }))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ImageError::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// Every complete entry, oldest first. Temp dirs and partial downloads are skipped.
+pub fn list(root: &Path) -> Result<Vec<Entry>, ImageError> {
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ImageError::io(format!("read {}", root.display()), e)),
+    };
+    let mut entries = Vec::new();
+    for item in rd {
+        let item = item.map_err(|e| ImageError::io(format!("read {}", root.display()), e))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if let Some(entry) = lookup(root, &name)? {
+            entries.push(entry);
+        }
+    }
+    entries.sort_by(|a, b| {
+        (a.manifest.created_unix, &a.manifest.id).cmp(&(b.manifest.created_unix, &b.manifest.id))
+    });
+    Ok(entries)
+}
+
+/// A directory being filled; removed on drop unless `commit` moved it into place.
+pub struct TempEntry {
+    pub dir: PathBuf,
+    root: PathBuf,
+    id: String,
+    committed: bool,
+}
+
+impl TempEntry {
+    pub fn create(root: &Path, id: &str) -> Result<TempEntry, ImageError> {
+        std::fs::create_dir_all(root).map_err(|e| ImageError::io(format!("create {}", root.display()), e))?;
+        let nonce: u32 = rand::random();
+        let dir = root.join(format!(".tmp-{id}-{}-{nonce:08x}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| ImageError::io(format!("create {}", dir.display()), e))?;
+        Ok(TempEntry { dir, root: root.to_path_buf(), id: id.to_string(), committed: false })
+    }
+
+    /// Writes the manifest and renames the directory to `<root>/<id>`. If another process finished the same
+    /// entry first, ours is dropped and theirs (identical inputs) is returned.
+    pub fn commit(mut self, manifest: &Manifest) -> Result<Entry, ImageError> {
+        let path = self.dir.join(MANIFEST);
+        let json = serde_json::to_vec_pretty(manifest).map_err(|source| ImageError::Manifest { path: path.clone(), source })?;
+        std::fs::write(&path, json).map_err(|e| ImageError::io(format!("write {}", path.display()), e))?;
+        let dest = self.root.join(&self.id);
+        match std::fs::rename(&self.dir, &dest) {
+            Ok(()) => {
+                self.committed = true;
+                Ok(Entry { dir: dest, manifest: manifest.clone() })
+            }
+            Err(e) if dest.join(MANIFEST).exists() => {
+                // Lost a race with an identical build/download: use the winner's entry; Drop removes ours.
+                let _ = e;
+                lookup(&self.root, &self.id)?.ok_or_else(|| ImageError::io(format!("rename to {}", dest.display()), std::io::Error::other("entry vanished")))
+            }
+            Err(e) => Err(ImageError::io(format!("rename {} to {}", self.dir.display(), dest.display()), e)),
+        }
+    }
+}
+
+impl Drop for TempEntry {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Total bytes of regular files under `dir` (not following symlinks).
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for item in rd.flatten() {
+            let Ok(meta) = item.path().symlink_metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(item.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str) -> Manifest {
+        Manifest {
+            id: id.into(),
+            name: "x".into(),
+            source: Source::Url { url: "http://127.0.0.1/x".into(), sha256: "00".into() },
+            created_unix: 1,
+            cmdline: String::new(),
+            has_kernel: false,
+            size_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn commit_renames_and_drop_cleans_up() {
+        let root = tempfile::tempdir().unwrap();
+        let t = TempEntry::create(root.path(), "a").unwrap();
+        std::fs::write(t.dir.join(DISK), b"disk").unwrap();
+        let entry = t.commit(&manifest("a")).unwrap();
+        assert_eq!(entry.dir, root.path().join("a"));
+        assert_eq!(list(root.path()).unwrap().len(), 1);
+
+        let t = TempEntry::create(root.path(), "b").unwrap();
+        let tmp = t.dir.clone();
+        drop(t);
+        assert!(!tmp.exists(), "an abandoned entry leaves nothing behind");
+        assert_eq!(list(root.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn losing_a_race_returns_the_winner() {
+        let root = tempfile::tempdir().unwrap();
+        let first = TempEntry::create(root.path(), "a").unwrap();
+        let second = TempEntry::create(root.path(), "a").unwrap();
+        let second_dir = second.dir.clone();
+        first.commit(&manifest("a")).unwrap();
+        let entry = second.commit(&manifest("a")).unwrap();
+        assert_eq!(entry.dir, root.path().join("a"));
+        assert!(!second_dir.exists());
+    }
+}
