@@ -11,14 +11,13 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use testbed_api::{Backend, NodeSpec, PeerSpec, UnderlaySpec};
 
 use super::{host_veth_name, Network};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 
 fn is_root() -> bool {
@@ -219,7 +218,7 @@ async fn assert_idempotent(lab: &Lab, backend: Backend) {
 #[tokio::test]
 async fn vxlan_pods_talk_across_nodes_and_drift_is_repaired() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     let first = lab.apply_all(Backend::Vxlan).await;
     assert!(first[0].iter().any(|l| l.starts_with("link add flannel.1 type vxlan id 1 dstport 8472 local 192.168.77.1")));
@@ -259,7 +258,7 @@ async fn vxlan_pods_talk_across_nodes_and_drift_is_repaired() {
 #[tokio::test]
 async fn host_gw_pods_talk_across_nodes_and_drift_is_repaired() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::HostGw).await;
     let [(pa, _), (pb, ipb)] = pod_pair(&mut lab).await;
@@ -277,7 +276,7 @@ async fn host_gw_pods_talk_across_nodes_and_drift_is_repaired() {
 #[tokio::test]
 async fn udp_pods_talk_across_nodes_through_the_userspace_forwarder() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     let first = lab.apply_all(Backend::Udp).await;
     assert!(first[0][0].starts_with("udp forwarder started"), "{first:#?}");
@@ -297,7 +296,7 @@ async fn udp_pods_talk_across_nodes_through_the_userspace_forwarder() {
 #[tokio::test]
 async fn switching_backends_leaves_no_trace_of_the_old_one() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::Vxlan).await;
     let [(pa, _), (_, ipb)] = pod_pair(&mut lab).await;
@@ -339,7 +338,7 @@ async fn switching_backends_leaves_no_trace_of_the_old_one() {
 #[tokio::test]
 async fn pods_attach_idempotently_detach_and_repair() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     let before = lab.nodes[0].net().attach_pod("early", std::process::id()).await;
     assert!(matches!(before, Err(super::NetError::NotReady(_))), "{before:?}");
@@ -379,6 +378,15 @@ async fn pods_attach_idempotently_detach_and_repair() {
     let net = lab.nodes[0].net();
     assert_eq!(net.attach_pod("cache", p3).await.expect("attach cache").ip, Ipv4Addr::new(10, 244, 1, 2));
 
+    // A new infra process for an existing pod name (the old one still alive): the pair moves to it.
+    let p4 = lab.spawn_pod();
+    let net = lab.nodes[0].net();
+    let moved = net.attach_pod("cache", p4).await.expect("attach cache to new infra");
+    assert_eq!(moved.ip, Ipv4Addr::new(10, 244, 1, 2));
+    let inside = sh(&["nsenter", "-t", &p4.to_string(), "-n", "ip", "-4", "addr", "show", "eth0"]);
+    assert!(inside.contains("10.244.1.2/24"), "{inside}");
+    assert_ping(p4, a2.ip);
+
     // Agent restart: a new Network over the same state dir gives "db" its IP again.
     let node = &mut lab.nodes[0];
     node.net.take();
@@ -394,7 +402,7 @@ async fn pods_attach_idempotently_detach_and_repair() {
 #[ignore]
 async fn bench_attach_pod() {
     require_root!();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::Vxlan).await;
     let n: usize = std::env::var("BENCH_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);

@@ -45,6 +45,8 @@ pub enum NetError {
     Io { step: String, source: std::io::Error },
     #[error("netlink: {step}: {source}")]
     Netlink { step: String, source: rtnetlink::Error },
+    #[error("pod network repair failed: {0}")]
+    Repair(String),
     #[error("the network worker thread is gone")]
     WorkerGone,
 }
@@ -326,18 +328,27 @@ impl Worker {
         let ip = self.ipam.allocate(pod, subnet)?;
         let host_veth = host_veth_name(pod);
         let addr = Ipv4Net::new(ip, subnet.prefix_len()).map_err(|e| NetError::Ipam(e.to_string()))?;
-        if self.kernel.link_index(&host_veth).await?.is_none() {
-            self.kernel.create_pod_veth(&host_veth, &netns, mtu).await?;
-        } else {
+        let pod_side = |netns: OwnedFd| {
+            in_netns(netns, move |handle| async move { netlink::configure_pod_side(&handle, addr, gateway).await })
+        };
+        let with_pod = |e: NetError| match e {
+            NetError::Netlink { step, source } => NetError::Netlink { step: format!("pod {pod}: {step}"), source },
+            other => other,
+        };
+        if self.kernel.link_index(&host_veth).await?.is_some() {
             let bridge = self.kernel.bridge_index().await?;
             self.kernel.enslave(&host_veth, bridge).await?;
+            let again = netns.try_clone().map_err(|e| NetError::io(format!("pod {pod}: dup netns fd"), e))?;
+            match pod_side(again).await {
+                Ok(()) => return Ok(PodAttachment { ip, host_veth }),
+                // The veth's peer lives in another netns (an earlier infra process of a pod with this
+                // name): replace the pair.
+                Err(NetError::NoSuchLink(_)) => self.kernel.delete_pod_veth(&host_veth).await?,
+                Err(e) => return Err(with_pod(e)),
+            }
         }
-        in_netns(netns, move |handle| async move { netlink::configure_pod_side(&handle, addr, gateway).await })
-            .await
-            .map_err(|e| match e {
-                NetError::Netlink { step, source } => NetError::Netlink { step: format!("pod {pod}: {step}"), source },
-                other => other,
-            })?;
+        self.kernel.create_pod_veth(&host_veth, &netns, mtu).await.map_err(with_pod)?;
+        pod_side(netns).await.map_err(with_pod)?;
         Ok(PodAttachment { ip, host_veth })
     }
 
@@ -351,20 +362,32 @@ impl Worker {
         self.spec()?;
         let links = self.kernel.links().await?;
         let mut lines = Vec::new();
+        let mut failed = Vec::new();
+        // One broken pod (e.g. its infra process just died) must not keep the others unrepaired.
         for (pod, pid) in pods {
             let name = host_veth_name(pod);
-            match links.iter().find(|l| l.name == name) {
-                None => {
-                    let a = self.attach(pod, *pid).await?;
-                    lines.push(format!("pod {pod}: recreated {} ({})", a.host_veth, a.ip));
-                }
+            let repaired = match links.iter().find(|l| l.name == name) {
+                None => self.attach(pod, *pid).await.map(|a| Some(format!("pod {pod}: recreated {} ({})", a.host_veth, a.ip))),
                 Some(l) if l.master.as_deref() != Some(BRIDGE) || !l.up => {
-                    let bridge = self.kernel.bridge_index().await?;
-                    self.kernel.enslave(&name, bridge).await?;
-                    lines.push(format!("pod {pod}: {name} re-attached to {BRIDGE} and up"));
+                    let result = match self.kernel.bridge_index().await {
+                        Ok(bridge) => self.kernel.enslave(&name, bridge).await,
+                        Err(e) => Err(e),
+                    };
+                    result.map(|()| Some(format!("pod {pod}: {name} re-attached to {BRIDGE} and up")))
                 }
-                Some(_) => {}
+                Some(_) => Ok(None),
+            };
+            match repaired {
+                Ok(Some(line)) => lines.push(line),
+                Ok(None) => {}
+                Err(e) => failed.push(format!("pod {pod}: {e}")),
             }
+        }
+        if !failed.is_empty() {
+            for line in &lines {
+                tracing::info!("{line}");
+            }
+            return Err(NetError::Repair(failed.join("; ")));
         }
         Ok(lines)
     }

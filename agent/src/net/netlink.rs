@@ -195,15 +195,21 @@ impl NetlinkKernel {
             .up()
             .build();
         self.handle.link().add(msg).execute().await.map_err(nl(format!("create veth {host}")))?;
-        self.enslave(host, bridge).await
+        self.hairpin(host).await
     }
 
-    /// Master cni0, up, hairpin on (`bridge link set dev <veth> hairpin on`), for a fresh or repaired veth.
+    /// Master cni0 and up, then hairpin: for a veth found detached or down.
     pub async fn enslave(&self, host: &str, bridge: u32) -> Result<(), NetError> {
-        let index = self.require_index(host).await?;
-        let set = LinkUnspec::new_with_index(index).controller(bridge).up().build();
+        // Index 0 + IFLA_IFNAME: the kernel looks the link up by name, saving a round trip.
+        let set = LinkUnspec::new_with_name(host).controller(bridge).up().build();
         self.handle.link().set(set).execute().await.map_err(nl(format!("set {host} master {BRIDGE} up")))?;
-        let port = LinkBridgePort::new(index).hairpin(true).build();
+        self.hairpin(host).await
+    }
+
+    /// `bridge link set dev <veth> hairpin on` (IFLA_BRPORT_MODE): a pod can reach itself through a service
+    /// address that the bridge sends back out the same port.
+    async fn hairpin(&self, host: &str) -> Result<(), NetError> {
+        let port = LinkBridgePort::new(0).name(host).hairpin(true).build();
         self.handle.link().set_port(port).execute().await.map_err(nl(format!("set {host} hairpin on")))
     }
 
@@ -257,11 +263,11 @@ fn link_kind(infos: &[LinkInfo], names: &HashMap<u32, String>) -> LinkKind {
             LinkInfo::Kind(InfoKind::Bridge) => kind = LinkKind::Bridge,
             LinkInfo::Kind(InfoKind::Tun) => kind = LinkKind::Tun,
             LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
-            LinkInfo::Kind(InfoKind::Vxlan) => {
-                if !matches!(kind, LinkKind::Vxlan { .. }) {
-                    kind = LinkKind::Vxlan { vni: 0, port: 0, local: Ipv4Addr::UNSPECIFIED, dev: String::new(), learning: true };
-                }
+            // The data attribute (below) fills in the details; a vxlan without it compares unequal to any spec.
+            LinkInfo::Kind(InfoKind::Vxlan) if !matches!(kind, LinkKind::Vxlan { .. }) => {
+                kind = LinkKind::Vxlan { vni: 0, port: 0, local: Ipv4Addr::UNSPECIFIED, dev: String::new(), learning: true };
             }
+            LinkInfo::Kind(InfoKind::Vxlan) => {}
             LinkInfo::Kind(other) => kind = LinkKind::Other(other.to_string()),
             LinkInfo::Data(InfoData::Vxlan(data)) => {
                 let (mut vni, mut port, mut local, mut dev, mut learning) = (0, 0, Ipv4Addr::UNSPECIFIED, String::new(), true);
@@ -455,8 +461,8 @@ impl Kernel for NetlinkKernel {
 /// route via the bridge. Idempotent.
 pub async fn configure_pod_side(handle: &Handle, addr: Ipv4Net, gateway: Ipv4Addr) -> Result<(), NetError> {
     let k = NetlinkKernel { handle: handle.clone() };
-    let lo = k.require_index("lo").await?;
-    handle.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("pod: set lo up"))?;
+    // Loopback is ifindex 1 in every network namespace (LOOPBACK_IFINDEX).
+    handle.link().set(LinkUnspec::new_with_index(1).up().build()).execute().await.map_err(nl("pod: set lo up"))?;
     let eth0 = k.require_index("eth0").await?;
     exists_ok(handle.address().add(eth0, IpAddr::V4(addr.addr()), addr.prefix_len()).execute().await)
         .map_err(nl(format!("pod: addr add {addr} dev eth0")))?;
