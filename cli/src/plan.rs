@@ -287,8 +287,8 @@ pub fn render_text(plan: &Plan) -> String {
     let _ = writeln!(s, "\nnodes:");
     let _ = writeln!(
         s,
-        "  {:<3} {:<16} {:>4} {:>7} {:>6}  {:<18} {:<17} {}",
-        "#", "NAME", "CPUS", "MEMORY", "SSH", "POD SUBNET", "VTEP MAC", "IMAGE"
+        "  {:<3} {:<16} {:>4} {:>7} {:>6}  {:<18} {:<17} IMAGE",
+        "#", "NAME", "CPUS", "MEMORY", "SSH", "POD SUBNET", "VTEP MAC"
     );
     for n in &plan.nodes {
         let image = match &n.image {

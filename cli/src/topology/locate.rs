@@ -101,6 +101,9 @@ impl Node {
 /// A syntax or duplicate-key problem found while building the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocateError {
+    /// True for YAML syntax errors; false for well-formed YAML that a topology cannot be (duplicate keys,
+    /// several documents).
+    pub syntax: bool,
     pub pos: Pos,
     pub path: FieldPath,
     pub message: String,
@@ -122,6 +125,7 @@ impl Locator {
                 Ok((ev, mark)) => events.push((ev, Pos::from_marker(&mark))),
                 Err(e) => {
                     return Err(LocateError {
+                        syntax: true,
                         pos: Pos::from_marker(e.marker()),
                         path: FieldPath::root(),
                         message: format!("YAML syntax error: {}", e.info()),
@@ -131,13 +135,16 @@ impl Locator {
         }
         let mut it = events.into_iter().peekable();
         let mut root = None;
+        let mut document_start = Pos { line: 1, column: 1 };
         while let Some((ev, pos)) = it.next() {
             match ev {
-                Event::StreamStart | Event::DocumentStart | Event::DocumentEnd | Event::Nothing => {}
+                Event::DocumentStart => document_start = pos,
+                Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
                 other => {
                     if root.is_some() {
                         return Err(LocateError {
-                            pos,
+                            syntax: false,
+                            pos: document_start,
                             path: FieldPath::root(),
                             message: "a topology file holds exactly one YAML document".into(),
                         });
@@ -210,7 +217,7 @@ fn build(
     it: &mut std::iter::Peekable<std::vec::IntoIter<(Event, Pos)>>,
     path: &FieldPath,
 ) -> Result<Node, LocateError> {
-    let eof = |path: &FieldPath| LocateError { pos, path: path.clone(), message: "unexpected end of YAML".into() };
+    let eof = |path: &FieldPath| LocateError { syntax: true, pos, path: path.clone(), message: "unexpected end of YAML".into() };
     match ev {
         Event::MappingStart(..) => {
             let mut entries: Vec<(String, Pos, Node)> = Vec::new();
@@ -229,6 +236,7 @@ fn build(
                 let child = path.key(&key);
                 if let Some((_, first, _)) = entries.iter().find(|(k, _, _)| *k == key) {
                     return Err(LocateError {
+                        syntax: false,
                         pos: kpos,
                         path: child,
                         message: format!("duplicate key `{key}` (first defined at line {})", first.line),
@@ -273,10 +281,10 @@ mod tests {
         assert_eq!(at(&l, "name"), (1, 7));
         assert_eq!(at(&l, "nodes.a.cpus"), (4, 11));
         assert_eq!(at(&l, "nodes.a"), (3, 3));
-        assert_eq!(at(&l, "nodes.b.memory"), (5, 16));
+        assert_eq!(at(&l, "nodes.b.memory"), (5, 15));
         assert_eq!(at(&l, "pods[0].name"), (7, 11));
-        assert_eq!(at(&l, "pods[0].containers[0].command"), (9, 29));
-        assert_eq!(at(&l, "pods[0].containers[0].command[0]"), (9, 30));
+        assert_eq!(at(&l, "pods[0].containers[0].command"), (9, 19));
+        assert_eq!(at(&l, "pods[0].containers[0].command[0]"), (9, 29));
         // Missing parts fall back to the deepest existing parent.
         assert_eq!(at(&l, "nodes.b.cpus"), (5, 3));
         let k = l.locate_key(&FieldPath::root().key("nodes").key("b"));

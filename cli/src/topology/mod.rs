@@ -100,42 +100,67 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<Topology, TopologyError> {
     })?;
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize::<_, Topology>(de).map_err(|e| {
-        let field = match e.path().to_string() {
-            p if p == "." => String::new(),
-            p => p,
-        };
+        // serde_yaml places duplicate keys and extra documents vaguely (at the mapping or the file start); the
+        // position index pins them to the offending key or document.
+        if let Err(le) = locate::Locator::parse(text) {
+            if !le.syntax {
+                return TopologyError::invalid(file, le.pos.line, le.pos.column, le.path.to_string(), le.message);
+            }
+        }
+        // serde_path_to_error writes `?` for a segment it could not name (inside a syntax error).
+        let field = e.path().to_string();
+        let field = field.trim_end_matches(".?").trim_end_matches('?').trim_end_matches('.').to_string();
         let inner = e.inner();
+        let message = serde_message(&inner.to_string());
+        // For enums tried variant by variant serde_yaml points at the enclosing mapping; the field is better.
+        let vague = message.starts_with("expected an image name");
         let (line, column) = match inner.location() {
-            Some(l) => (l.line(), l.column()),
-            None => locate::Locator::parse(text)
+            Some(l) if !vague => (l.line(), l.column()),
+            _ => locate::Locator::parse(text)
                 .map(|loc| {
                     let p = loc.locate(&locate::FieldPath::root().join_dotted(&field));
                     (p.line, p.column)
                 })
                 .unwrap_or((1, 1)),
         };
-        TopologyError::invalid(file, line, column, field, serde_message(&inner.to_string()))
+        TopologyError::invalid(file, line, column, field, message)
     })
 }
 
 /// serde_yaml's message without the path prefix and the `at line L column C` suffix we report ourselves,
 /// and with serde's wording for untagged enums replaced by what the field accepts.
 fn serde_message(raw: &str) -> String {
-    let mut msg = raw;
-    if let Some(i) = msg.rfind(" at line ") {
-        if msg[i + 9..].split(" column ").all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
-            msg = &msg[..i];
-        }
-    }
+    let mut msg = strip_position(raw);
     if let Some((head, rest)) = msg.split_once(": ") {
         if !head.contains(char::is_whitespace) {
-            msg = rest;
+            msg = rest.to_string();
         }
     }
     if msg.contains("untagged enum ImageDef") {
         return "expected an image name (e.g. debian-12) or {url, sha256}".into();
     }
-    msg.to_string()
+    msg
+}
+
+/// Removes every ` at line L column C` (libyaml and serde_yaml both add one).
+fn strip_position(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+        let n = digits(after);
+        match after[n..].strip_prefix(" column ") {
+            Some(col) if n > 0 && digits(col) > 0 => rest = &col[digits(col)..],
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn cmd_validate(ui: &Ui, args: ValidateArgs) -> CliResult {

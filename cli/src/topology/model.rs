@@ -99,7 +99,8 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
-/// Only for the JSON schema: what `Scalar` accepts.
+// Exists only to describe `Scalar` in the JSON schema.
+/// A quantity, as text (`500m`, `64Mi`, `5ms`) or a plain number.
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]

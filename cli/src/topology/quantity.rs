@@ -36,7 +36,7 @@ fn scaled_ceil(num: &str, scale: u128) -> Option<u128> {
 /// VM memory in MiB, QEMU style: `1024M`, `2G`, `512Mi`, `1Gi`, or a bare number of MiB. `M`/`G` are binary
 /// here, as in `qemu -m`.
 pub fn vm_memory_mib(s: &str) -> Result<u64, String> {
-    let bad = || format!("`{s}` is not a memory size (use 512M, 1G, 1Gi)");
+    let bad = || format!("\"{s}\" is not a memory size (use 512M, 1G, 1Gi)");
     let (num, unit) = split_number(s.trim());
     let scale: u128 = match unit {
         "" | "M" | "Mi" | "MB" | "MiB" => 1,
@@ -49,19 +49,19 @@ pub fn vm_memory_mib(s: &str) -> Result<u64, String> {
 
 /// A Kubernetes CPU quantity in millicores: `500m`, `0.5`, `2`.
 pub fn cpu_millis(s: &str) -> Result<u64, String> {
-    let bad = || format!("`{s}` is not a CPU quantity (use 250m, 0.5 or 2)");
+    let bad = || format!("\"{s}\" is not a CPU quantity (use 250m, 0.5 or 2)");
     let (num, unit) = split_number(s.trim());
     let millis = match unit {
         "m" => {
             if num.contains('.') {
-                return Err(format!("`{s}`: millicores must be whole (use {}m)", num.split('.').next().unwrap_or("0")));
+                return Err(format!("\"{s}\": millicores must be whole (use {}m)", num.split('.').next().unwrap_or("0")));
             }
             scaled_ceil(num, 1)
         }
         "" => {
             let (_, f, digits) = decimal(num).ok_or_else(bad)?;
             if digits > 3 && f % 10u128.pow(digits - 3) != 0 {
-                return Err(format!("`{s}` is finer than 1m, the smallest CPU unit"));
+                return Err(format!("\"{s}\" is finer than 1m, the smallest CPU unit"));
             }
             scaled_ceil(num, 1000)
         }
@@ -73,7 +73,7 @@ pub fn cpu_millis(s: &str) -> Result<u64, String> {
 
 /// A Kubernetes memory quantity in bytes: `64Mi`, `1Gi`, `128M` (10^6), `1000`, `1.5Gi`.
 pub fn memory_bytes(s: &str) -> Result<u64, String> {
-    let bad = || format!("`{s}` is not a memory quantity (use 64Mi, 1Gi, 128M or a number of bytes)");
+    let bad = || format!("\"{s}\" is not a memory quantity (use 64Mi, 1Gi, 128M or a number of bytes)");
     let (num, unit) = split_number(s.trim());
     let scale: u128 = match unit {
         "" => 1,
@@ -93,7 +93,7 @@ pub fn memory_bytes(s: &str) -> Result<u64, String> {
 
 /// A netem time in milliseconds: `5ms`, `1.5ms`, `200us`, `1s`, `0`.
 pub fn duration_ms(s: &str) -> Result<f64, String> {
-    let bad = || format!("`{s}` is not a duration (use 5ms, 200us or 1s)");
+    let bad = || format!("\"{s}\" is not a duration (use 5ms, 200us or 1s)");
     let (num, unit) = split_number(s.trim());
     let factor = match unit {
         "ms" => 1.0,
@@ -106,14 +106,14 @@ pub fn duration_ms(s: &str) -> Result<f64, String> {
     let v: f64 = num.parse().map_err(|_| bad())?;
     let ms = v * factor;
     if ms > 60_000.0 {
-        return Err(format!("`{s}` is longer than 60s"));
+        return Err(format!("\"{s}\" is longer than 60s"));
     }
     Ok(ms)
 }
 
 /// A loss percentage: `0.1%`, `5%`, `0`.
 pub fn percent(s: &str) -> Result<f64, String> {
-    let bad = || format!("`{s}` is not a percentage (use 0.1% or 5%)");
+    let bad = || format!("\"{s}\" is not a percentage (use 0.1% or 5%)");
     let t = s.trim();
     let num = match t.strip_suffix('%') {
         Some(n) => n,
@@ -123,14 +123,14 @@ pub fn percent(s: &str) -> Result<f64, String> {
     decimal(num).ok_or_else(bad)?;
     let v: f64 = num.parse().map_err(|_| bad())?;
     if v > 100.0 {
-        return Err(format!("`{s}` is more than 100%"));
+        return Err(format!("\"{s}\" is more than 100%"));
     }
     Ok(v)
 }
 
 /// A rate in whole Mbit/s: `100mbit`, `1gbit`, `500000kbit`.
 pub fn rate_mbit(s: &str) -> Result<u64, String> {
-    let bad = || format!("`{s}` is not a rate (use 100mbit or 1gbit)");
+    let bad = || format!("\"{s}\" is not a rate (use 100mbit or 1gbit)");
     let (num, unit) = split_number(s.trim());
     let kbit = match unit.to_ascii_lowercase().as_str() {
         "kbit" => scaled_ceil(num, 1),
@@ -140,7 +140,7 @@ pub fn rate_mbit(s: &str) -> Result<u64, String> {
     }
     .ok_or_else(bad)?;
     if kbit % 1000 != 0 || kbit == 0 {
-        return Err(format!("`{s}` must be a whole, non-zero number of mbit"));
+        return Err(format!("\"{s}\" must be a whole, non-zero number of mbit"));
     }
     u64::try_from(kbit / 1000).map_err(|_| bad())
 }

@@ -109,9 +109,9 @@ fn parse_cidr(ctx: &Ctx<'_>, path: &FieldPath, text: &str) -> Result<Ipv4Net, To
     let net: Ipv4Net = text
         .trim()
         .parse()
-        .map_err(|_| ctx.at(path, format!("`{text}` is not an IPv4 CIDR (use 192.168.50.0/24)")))?;
+        .map_err(|_| ctx.at(path, format!("\"{text}\" is not an IPv4 CIDR (use 192.168.50.0/24)")))?;
     if net.trunc() != net {
-        return Err(ctx.at(path, format!("`{text}` has host bits set (did you mean {}?)", net.trunc())));
+        return Err(ctx.at(path, format!("\"{text}\" has host bits set (did you mean {}?)", net.trunc())));
     }
     for (reserved, why) in reserved_ranges() {
         if overlaps(&net, &reserved) {
@@ -268,7 +268,7 @@ fn check_nodes(
             Some((m, p)) => {
                 let mib = quantity::vm_memory_mib(&m.0).map_err(|e| ctx.at(&p, e))?;
                 if !(128..=65536).contains(&mib) {
-                    return Err(ctx.at(&p, format!("`{}` is outside 128M..=64G", m.0)));
+                    return Err(ctx.at(&p, format!("\"{}\" is outside 128M..=64G", m.0)));
                 }
                 mib
             }
@@ -282,7 +282,7 @@ fn check_nodes(
             Some((args, p)) => {
                 for (i, a) in args.iter().enumerate() {
                     if a.is_empty() || a.chars().any(char::is_whitespace) {
-                        return Err(ctx.at(&p.index(i), format!("`{a}` must be one non-empty argument without spaces (one list item per argument)")));
+                        return Err(ctx.at(&p.index(i), format!("\"{a}\" must be one non-empty argument without spaces (one list item per argument)")));
                     }
                 }
                 args.clone()
@@ -352,13 +352,13 @@ fn check_image(ctx: &Ctx<'_>, path: &FieldPath, img: &ImageDef) -> Result<ImageR
                 && n.starts_with(|c: char| c.is_ascii_lowercase())
                 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
             if !ok {
-                return Err(ctx.at(path, format!("`{n}` is not an image name (e.g. debian-12) or {{url, sha256}}")));
+                return Err(ctx.at(path, format!("\"{n}\" is not an image name (e.g. debian-12) or {{url, sha256}}")));
             }
             Ok(ImageRef::Named(n.clone()))
         }
         ImageDef::Url(u) => {
             if !(u.url.starts_with("https://") || u.url.starts_with("http://") || u.url.starts_with("file://")) {
-                return Err(ctx.at(&path.key("url"), format!("`{}` must be an http(s):// or file:// URL", u.url)));
+                return Err(ctx.at(&path.key("url"), format!("\"{}\" must be an http(s):// or file:// URL", u.url)));
             }
             if u.sha256.len() != 64 || !u.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(ctx.at(&path.key("sha256"), "must be 64 hex digits (the sha256 of the image file)"));
