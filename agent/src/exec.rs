@@ -29,7 +29,10 @@ pub struct ExecTarget {
 impl Agent {
     pub async fn exec(self: &Arc<Self>, pod: &str, req: ExecRequest) -> Result<ExecResponse, AgentError> {
         if req.command.is_empty() || req.command[0].is_empty() {
-            return Err(AgentError::Invalid(ApiError { field: Some("command".into()), message: "command must name a program".into() }));
+            return Err(AgentError::Invalid(ApiError {
+                field: Some("command".into()),
+                message: "command must name a program".into(),
+            }));
         }
         let target = self.exec_target(pod, req.container.as_deref())?;
         if !crate::sandbox::is_ours(target.infra_pid, INFRA_ROLE, pod, None) {

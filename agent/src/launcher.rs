@@ -83,7 +83,12 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 
 /// Runs the launcher; the result is the exit code for `std::process::exit`.
 pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
-    let argv: Vec<CString> = args.command.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().map_err(|_| LaunchError::Nul)?;
+    let argv: Vec<CString> = args
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| LaunchError::Nul)?;
     let infra = args.infra_pid;
     // Open every namespace first: once we have moved, /proc paths may mean something else.
     let ipc = open(format!("/proc/{infra}/ns/ipc"))?;
@@ -107,7 +112,8 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     };
     let me = std::process::id().to_string();
     for procs in &args.cgroup_procs {
-        std::fs::write(procs, &me).map_err(|source| LaunchError::Io { what: format!("join {}", procs.display()), source })?;
+        std::fs::write(procs, &me)
+            .map_err(|source| LaunchError::Io { what: format!("join {}", procs.display()), source })?;
     }
     setns(&ipc, CloneFlags::CLONE_NEWIPC).map_err(sys("setns ipc"))?;
     setns(&uts, CloneFlags::CLONE_NEWUTS).map_err(sys("setns uts"))?;
@@ -183,7 +189,9 @@ fn parent(args: &LauncherArgs, child: Pid) -> Result<i32, LaunchError> {
     CHILD.store(child.as_raw(), Ordering::Relaxed);
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler only calls kill.
-        let _ = unsafe { sigaction(sig, &SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty())) };
+        let _ = unsafe {
+            sigaction(sig, &SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty()))
+        };
     }
     if !args.exec {
         // Tell the agent the container's PID, then let go of its pipe.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use testbed_api::{
-    ApiError, ApplyResponse, ContainerState, ContainerStatus, Health, NodeSpec, NodeStatus, ObservedNetwork,
-    PodPhase, PodSpec, PodStatus, QosClass,
+    ApiError, ApplyResponse, ContainerState, ContainerStatus, Health, NodeSpec, NodeStatus, ObservedNetwork, PodPhase,
+    PodSpec, PodStatus, QosClass,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -157,7 +157,8 @@ fn container_cgroup(pod: &str, container: &str) -> String {
 }
 
 fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let data = serde_json::to_vec_pretty(value).map_err(|e| AgentError::Failed(format!("encode {}: {e}", path.display())))?;
+    let data =
+        serde_json::to_vec_pretty(value).map_err(|e| AgentError::Failed(format!("encode {}: {e}", path.display())))?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, data).map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(format!("rename {}", path.display())))
@@ -165,7 +166,8 @@ fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
 
 impl Agent {
     pub async fn new(cfg: Config, cgroups: Box<dyn Cgroups>) -> Result<Arc<Agent>> {
-        std::fs::create_dir_all(cfg.state_dir.join("pods")).map_err(io(format!("create {}", cfg.state_dir.display())))?;
+        std::fs::create_dir_all(cfg.state_dir.join("pods"))
+            .map_err(io(format!("create {}", cfg.state_dir.display())))?;
         cgroups.init()?;
         let net = Network::new(&cfg.state_dir).await?;
         Ok(Arc::new(Agent {
@@ -197,8 +199,7 @@ impl Agent {
     pub fn exec_target(&self, pod: &str, container: Option<&str>) -> Result<crate::exec::ExecTarget> {
         let p = self.find(pod)?;
         let rec = lock(&p.record);
-        let infra_pid =
-            rec.infra_pid.ok_or_else(|| AgentError::Conflict(format!("pod `{pod}` has no sandbox yet")))?;
+        let infra_pid = rec.infra_pid.ok_or_else(|| AgentError::Conflict(format!("pod `{pod}` has no sandbox yet")))?;
         let mut target = crate::exec::ExecTarget { pod: pod.to_string(), infra_pid, container: None, env: vec![] };
         if let Some(name) = container {
             let idx = p.spec.containers.iter().position(|c| c.name == name).ok_or_else(|| {
@@ -321,7 +322,10 @@ impl Agent {
         let node = lock(&self.node);
         let (network, last_error) = match network {
             Ok(n) => (n, node.last_error.clone()),
-            Err(e) => (ObservedNetwork { links: vec![], routes: vec![], neighbours: vec![], fdb: vec![] }, node.last_error.clone().or(Some(format!("observe: {e}")))),
+            Err(e) => (
+                ObservedNetwork { links: vec![], routes: vec![], neighbours: vec![], fdb: vec![] },
+                node.last_error.clone().or(Some(format!("observe: {e}"))),
+            ),
         };
         NodeStatus {
             node_name: node.spec.as_ref().map_or(hostname, |s| s.node_name.clone()),
@@ -521,13 +525,8 @@ impl Agent {
         let name = &spec.name;
         let result = self.create_sandbox_steps(spec).await;
         if result.is_err() {
-            let record = PodRecord {
-                spec: spec.clone(),
-                infra_pid: None,
-                ip: None,
-                host_veth: None,
-                containers: vec![],
-            };
+            let record =
+                PodRecord { spec: spec.clone(), infra_pid: None, ip: None, host_veth: None, containers: vec![] };
             self.teardown(&record).await;
             tracing::debug!(pod = %name, "sandbox creation failed and was undone");
         }
@@ -543,7 +542,9 @@ impl Agent {
         let attached = match joined {
             Err(e) => Err(AgentError::from(e)),
             Ok(()) if spec.host_network => Ok((lock(&self.node).spec.as_ref().map(|s| s.underlay.address), None)),
-            Ok(()) => self.net.attach_pod(name, infra_pid).await.map(|a| (Some(a.ip), Some(a.host_veth))).map_err(Into::into),
+            Ok(()) => {
+                self.net.attach_pod(name, infra_pid).await.map(|a| (Some(a.ip), Some(a.host_veth))).map_err(Into::into)
+            }
         };
         match attached {
             Ok((ip, host_veth)) => Ok(Sandbox { infra_pid, ip, host_veth }),
@@ -556,7 +557,13 @@ impl Agent {
 
     /// Removes a sandbox created by `create_sandbox` (benchmark).
     pub async fn destroy_sandbox(&self, spec: &PodSpec, sb: &Sandbox) {
-        let record = PodRecord { spec: spec.clone(), infra_pid: Some(sb.infra_pid), ip: sb.ip, host_veth: sb.host_veth.clone(), containers: vec![] };
+        let record = PodRecord {
+            spec: spec.clone(),
+            infra_pid: Some(sb.infra_pid),
+            ip: sb.ip,
+            host_veth: sb.host_veth.clone(),
+            containers: vec![],
+        };
         self.teardown(&record).await;
     }
 
@@ -567,15 +574,22 @@ impl Agent {
         let rel = container_cgroup(&spec.name, &c.name);
         self.cgroups.create(&rel, &container_limits(c), false)?;
         let baseline = self.cgroups.oom_kills(&rel).unwrap_or(0);
-        let infra_pid = lock(&pod.record).infra_pid.ok_or_else(|| AgentError::Failed("pod has no infra process".into()))?;
+        let infra_pid =
+            lock(&pod.record).infra_pid.ok_or_else(|| AgentError::Failed("pod has no infra process".into()))?;
         let dir = self.pod_dir(&spec.name);
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let exit_file = dir.join(format!("{}.exit", c.name));
         let _ = std::fs::remove_file(&exit_file);
 
         let mut cmd = tokio::process::Command::new(&self.cfg.exe);
-        cmd.arg(LAUNCHER_ROLE)
-            .args(["--pod", &spec.name, "--container", &c.name, "--infra-pid", &infra_pid.to_string()]);
+        cmd.arg(LAUNCHER_ROLE).args([
+            "--pod",
+            &spec.name,
+            "--container",
+            &c.name,
+            "--infra-pid",
+            &infra_pid.to_string(),
+        ]);
         if spec.share_process_namespace {
             cmd.arg("--share-pid");
         }
@@ -712,11 +726,12 @@ impl Agent {
     /// SIGTERM to every launcher (forwarded to the container), SIGKILL after the grace period. Killing a
     /// launcher kills its container (PDEATHSIG), and with it the container's PID namespace.
     async fn stop_containers(&self, pod: &Pod) {
-        let targets: Vec<(String, u32)> = lock(&pod.record)
-            .containers
-            .iter()
-            .filter_map(|c| c.launcher_pid.map(|p| (c.name.clone(), p)))
-            .collect();
+        let (targets, container_pids): (Vec<(String, u32)>, Vec<u32>) = {
+            let rec = lock(&pod.record);
+            let launchers = rec.containers.iter().filter_map(|c| c.launcher_pid.map(|p| (c.name.clone(), p))).collect();
+            let pids = rec.containers.iter().filter_map(|c| crate::exec::container_pid(&c.state)).collect();
+            (launchers, pids)
+        };
         for (c, pid) in &targets {
             sandbox::signal_ours(*pid, LAUNCHER_ROLE, &pod.spec.name, Some(c), Signal::SIGTERM);
         }
@@ -732,6 +747,16 @@ impl Agent {
                 for t in &tasks {
                     t.abort();
                 }
+            }
+        }
+        // The containers die of their launcher's death (PDEATHSIG) a moment later; wait for that so a 204
+        // means they are gone.
+        for pid in container_pids {
+            for _ in 0..400 {
+                if !sandbox::is_running(pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     }

@@ -80,9 +80,16 @@ pub fn infra_main() -> ! {
     chld.add(Signal::SIGCHLD);
     // SAFETY: handlers only call async-signal-safe functions.
     unsafe {
-        let _ = sigaction(Signal::SIGCHLD, &SigAction::new(SigHandler::Handler(on_sigchld), SaFlags::empty(), SigSet::empty()));
-        let _ = sigaction(Signal::SIGTERM, &SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty()));
-        let _ = sigaction(Signal::SIGINT, &SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty()));
+        let _ = sigaction(
+            Signal::SIGCHLD,
+            &SigAction::new(SigHandler::Handler(on_sigchld), SaFlags::empty(), SigSet::empty()),
+        );
+        let _ = sigaction(
+            Signal::SIGTERM,
+            &SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty()),
+        );
+        let _ =
+            sigaction(Signal::SIGINT, &SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty()));
     }
     // Block SIGCHLD outside sigsuspend so a child dying between the reap loop and the sleep is not missed.
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None);
@@ -113,6 +120,14 @@ pub fn is_ours(pid: u32, role: &str, pod: &str, container: Option<&str>) -> bool
     argv.get(1).map(String::as_str) == Some(role)
         && flag("--pod") == Some(pod)
         && (container.is_none() || flag("--container") == container)
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state letter follows the parenthesised command name, which may itself contain ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z') | Some('X'))
 }
 
 /// Sends `signal` to `pid` when it is ours; returns whether it was.

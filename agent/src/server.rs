@@ -35,9 +35,8 @@ impl IntoResponse for AgentError {
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
-    serde_json::from_slice(body).map_err(|e| {
-        AgentError::Invalid(ApiError { field: None, message: format!("invalid JSON body: {e}") })
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| AgentError::Invalid(ApiError { field: None, message: format!("invalid JSON body: {e}") }))
 }
 
 pub fn router(agent: Arc<Agent>) -> Router {

@@ -95,8 +95,12 @@ mod tests {
         let cg = CgroupsV2::new(tmp.path(), "testbed");
         cg.init().unwrap();
         assert_eq!(read(tmp.path(), "cgroup.subtree_control"), "+cpu +memory +pids");
-        let limits =
-            CgroupLimits { cpu_quota_us: Some(50_000), cpu_shares: 512, memory_max: Some(64 << 20), pids_max: Some(32) };
+        let limits = CgroupLimits {
+            cpu_quota_us: Some(50_000),
+            cpu_shares: 512,
+            memory_max: Some(64 << 20),
+            pids_max: Some(32),
+        };
         cg.create("pod-web/srv", &limits, false).unwrap_err(); // parent missing: real error, not silently created
         cg.create("pod-web", &CgroupLimits { cpu_shares: 2, ..Default::default() }, true).unwrap();
         cg.create("pod-web/srv", &limits, false).unwrap();

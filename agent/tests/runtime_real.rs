@@ -1,0 +1,444 @@
+//! Real runtime tests: the agent binary on this host's kernel, with real namespaces, cgroups and veths.
+//! Every test runs in a network namespace of its own (the test thread unshares one, and the agent it starts
+//! inherits it), so cni0 and the veths never appear in the host's namespace. Cgroups go to a private subtree
+//! (`--cgroup-name tbtest-<pid>-<test>`). Skipped unless root.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Moves the calling thread (and everything it spawns) into a fresh network namespace with `lo` up.
+fn private_netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    let ok = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success();
+    assert!(ok, "ip link set lo up");
+}
+
+struct TestAgent {
+    child: Option<Child>,
+    state_dir: tempfile::TempDir,
+    cgroup_name: String,
+}
+
+impl TestAgent {
+    fn start(test: &str) -> TestAgent {
+        private_netns();
+        let state_dir = tempfile::tempdir().unwrap();
+        let cgroup_name = format!("tbtest-{}-{test}", std::process::id());
+        let mut a = TestAgent { child: None, state_dir, cgroup_name };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_testbed-agent"))
+            .args(["serve", "--kill-grace-secs", "1", "--cgroup-name", &self.cgroup_name, "--state-dir"])
+            .arg(self.state_dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = try_http("GET", "/healthz", None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent did not answer /healthz");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Kills the agent process only (pods keep running).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn apply_node(&self) {
+        let (code, body) = http("PUT", "/v1/node", Some(node_spec()));
+        assert_eq!(code, 200, "{body}");
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Delete what is left so no process or cgroup outlives the test.
+            if let Ok((200, Value::Array(pods))) = try_http("GET", "/v1/pods", None) {
+                for p in pods {
+                    let _ = try_http("DELETE", &format!("/v1/pods/{}", p["name"].as_str().unwrap_or("")), None);
+                }
+            }
+        }
+        self.kill();
+        for root in cgroup_roots(&self.cgroup_name) {
+            let _ = std::fs::remove_dir(root);
+        }
+    }
+}
+
+/// Our cgroup subtree in every hierarchy (v2: one; v1: cpu, memory, pids below our own cgroup).
+fn cgroup_roots(name: &str) -> Vec<PathBuf> {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return vec![PathBuf::from("/sys/fs/cgroup").join(name)];
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    ["cpu", "memory", "pids"]
+        .iter()
+        .map(|c| {
+            let path = own
+                .lines()
+                .find_map(|l| {
+                    let mut it = l.splitn(3, ':');
+                    let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+                    ctrls.split(',').any(|x| x == *c).then(|| path.trim_start_matches('/').to_string())
+                })
+                .unwrap_or_default();
+            PathBuf::from("/sys/fs/cgroup").join(c).join(path).join(name)
+        })
+        .collect()
+}
+
+fn try_http(method: &str, path: &str, body: Option<Value>) -> std::io::Result<(u16, Value)> {
+    let mut s = TcpStream::connect(("127.0.0.1", 7070))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code: u16 = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let head_end = resp.find("\r\n\r\n").map_or(resp.len(), |i| i + 4);
+    let head = &resp[..head_end];
+    let mut payload = resp[head_end..].to_string();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        payload = dechunk(&payload);
+    }
+    Ok((code, serde_json::from_str(&payload).unwrap_or(Value::Null)))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+fn http(method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    try_http(method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn node_spec() -> Value {
+    json!({
+        "node_name": "n1",
+        "underlay": {"interface": "lo", "address": "127.0.0.1", "prefix_len": 8, "mtu": 1500},
+        "pod_cidr": "10.244.0.0/16", "pod_subnet": "10.244.1.0/24",
+        "backend": "none", "vtep_mac": "02:00:00:00:00:01", "peers": []
+    })
+}
+
+fn container(name: &str, cmd: &[&str]) -> Value {
+    json!({"name": name, "command": cmd})
+}
+
+fn create(pod: Value) -> Value {
+    let (code, body) = http("POST", "/v1/pods", Some(pod));
+    assert_eq!(code, 201, "{body}");
+    body
+}
+
+fn exec(pod: &str, req: Value) -> Value {
+    let (code, body) = http("POST", &format!("/v1/pods/{pod}/exec"), Some(req));
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+fn ns(pid: u64, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+/// Exists and is not a zombie (dead processes of the test netns are reaped by whoever inherits them).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !matches!(s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()), Some('Z') | None))
+        .unwrap_or(false)
+}
+
+fn running_pid(status: &Value, container: usize) -> u64 {
+    let st = &status["containers"][container]["state"];
+    assert_eq!(st["state"], "running", "{status}");
+    st["pid"].as_u64().unwrap()
+}
+
+/// Polls the pod until `done` holds (or panics after `secs`).
+fn wait_pod(name: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (_, st) = http("GET", &format!("/v1/pods/{name}"), None);
+        if done(&st) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "pod {name} did not reach the expected state: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The cgroup directory of `pid` in the cpu hierarchy (v2: the unified one).
+fn cpu_cgroup_of(pid: u64) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    for line in text.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctrls, path) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let path = path.trim_start_matches('/');
+        if v2 && ctrls.is_empty() {
+            return Path::new("/sys/fs/cgroup").join(path);
+        }
+        if !v2 && ctrls.split(',').any(|c| c == "cpu") {
+            let mount = if Path::new("/sys/fs/cgroup/cpu,cpuacct").exists() { "cpu,cpuacct" } else { "cpu" };
+            return Path::new("/sys/fs/cgroup").join(mount).join(path);
+        }
+    }
+    panic!("no cpu cgroup for {pid}");
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+#[test]
+fn pods_namespaces_exec_and_delete() {
+    require_root!();
+    let agent = TestAgent::start("ns");
+
+    // Invalid specs are refused with the field, before anything is touched.
+    let mut bad = node_spec();
+    bad["pod_subnet"] = json!("10.99.0.0/24");
+    let (code, body) = http("PUT", "/v1/node", Some(bad));
+    assert_eq!((code, body["field"].as_str()), (400, Some("pod_subnet")), "{body}");
+    let out = Command::new("ip").args(["-br", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cni0"), "a 400 must not touch the kernel");
+
+    // No NodeSpec yet: only hostNetwork pods.
+    let (code, _) =
+        http("POST", "/v1/pods", Some(json!({"name": "early", "containers": [container("c", &["sleep", "100"])]})));
+    assert_eq!(code, 409);
+    agent.apply_node();
+    let (code, body) =
+        http("POST", "/v1/pods", Some(json!({"name": "Bad", "containers": [container("c", &["true"])]})));
+    assert_eq!((code, body["field"].as_str()), (400, Some("name")), "{body}");
+
+    let spec_a = json!({"name": "a", "containers": [container("one", &["sleep", "1000"]), container("two", &["sleep", "1000"])]});
+    let a = create(spec_a.clone());
+    assert_eq!(a["phase"], "Running", "{a}");
+    assert_eq!(a["qos_class"], "BestEffort");
+    assert!(a["ip"].as_str().unwrap().starts_with("10.244.1."), "{a}");
+    // Same spec again: 200, a different spec under the name: 409.
+    assert_eq!(http("POST", "/v1/pods", Some(spec_a)).0, 200);
+    let (code, _) = http("POST", "/v1/pods", Some(json!({"name": "a", "containers": [container("x", &["true"])]})));
+    assert_eq!(code, 409);
+    let b = create(json!({"name": "b", "containers": [container("one", &["sleep", "1000"])]}));
+
+    let (a1, a2, b1) = (running_pid(&a, 0), running_pid(&a, 1), running_pid(&b, 0));
+    let infra_a = a["infra_pid"].as_u64().unwrap();
+    // Containers of a pod share the infra's net, UTS and IPC namespaces; each has its own PID and mount ns.
+    for kind in ["net", "uts", "ipc"] {
+        assert_eq!(ns(a1, kind), ns(a2, kind), "{kind}");
+        assert_eq!(ns(a1, kind), ns(infra_a, kind), "{kind}");
+        assert_ne!(ns(a1, kind), ns(b1, kind), "pods must not share {kind}");
+    }
+    for kind in ["pid", "mnt"] {
+        assert_ne!(ns(a1, kind), ns(a2, kind), "{kind}");
+        assert_ne!(ns(a1, kind), ns(b1, kind), "{kind}");
+    }
+    assert_ne!(ns(a1, "net"), ns(agent.pid() as u64, "net"));
+
+    // exec: pod namespaces (hostname, eth0 with the pod IP), stdin, exit code.
+    let r = exec(
+        "a",
+        json!({"command": ["sh", "-c", "hostname; ip -4 -o addr show dev eth0; cat; exit 3"], "stdin": "from-stdin"}),
+    );
+    let stdout = r["stdout"].as_str().unwrap();
+    assert_eq!(r["exit_code"], 3, "{r}");
+    assert!(stdout.starts_with("a\n"), "{r}");
+    assert!(stdout.contains(a["ip"].as_str().unwrap()), "{r}");
+    assert!(stdout.contains("from-stdin"), "{r}");
+    // exec into a container: its PID namespace (the container is PID 1 there) and its cgroup.
+    let r = exec(
+        "a",
+        json!({"container": "two", "command": ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/self/cgroup"]}),
+    );
+    let stdout = r["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("sleep 1000"), "{r}");
+    assert!(stdout.contains("/pod-a/two"), "{r}");
+    // Timeout kills the command.
+    let t0 = Instant::now();
+    let r = exec("a", json!({"command": ["sleep", "30"], "timeout_secs": 1}));
+    assert_eq!(r["timed_out"], true, "{r}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // Unknown pod / container.
+    assert_eq!(http("POST", "/v1/pods/nope/exec", Some(json!({"command": ["true"]}))).0, 404);
+    assert_eq!(http("POST", "/v1/pods/a/exec", Some(json!({"container": "zz", "command": ["true"]}))).0, 400);
+
+    // shareProcessNamespace: containers see each other.
+    let s = create(json!({"name": "shared", "share_process_namespace": true,
+        "containers": [container("one", &["sleep", "1001"]), container("two", &["sleep", "1002"])]}));
+    let (s1, s2) = (running_pid(&s, 0), running_pid(&s, 1));
+    assert_eq!(ns(s1, "pid"), ns(s2, "pid"));
+    assert_eq!(ns(s1, "pid"), ns(s["infra_pid"].as_u64().unwrap(), "pid"));
+    let r = exec("shared", json!({"container": "one", "command": ["sh", "-c", "cat /proc/*/cmdline | tr '\\0' ' '"]}));
+    assert!(r["stdout"].as_str().unwrap().contains("sleep 1002"), "{r}");
+
+    // hostNetwork pod: the node's network namespace.
+    let h = create(json!({"name": "host", "host_network": true, "containers": [container("c", &["sleep", "1000"])]}));
+    assert_eq!(ns(running_pid(&h, 0), "net"), ns(agent.pid() as u64, "net"));
+    assert_eq!(ns(running_pid(&h, 0), "uts"), ns(agent.pid() as u64, "uts"));
+    assert_ne!(ns(running_pid(&h, 0), "ipc"), ns(agent.pid() as u64, "ipc"));
+
+    // Node status lists the pods and the observed network.
+    let (_, node) = http("GET", "/v1/node", None);
+    assert_eq!(node["pods"].as_array().unwrap().len(), 4, "{node}");
+    assert!(node["network"]["links"].to_string().contains("cni0"), "{node}");
+    assert!(node["cgroup_version"] == "v1" || node["cgroup_version"] == "v2");
+
+    // Delete: processes, veth, cgroups and state are gone.
+    let veth = a["host_veth"].as_str().unwrap().to_string();
+    let cgroup = PathBuf::from(a["cgroup"].as_str().unwrap());
+    assert!(cgroup.exists());
+    assert_eq!(http("DELETE", "/v1/pods/a", None).0, 204);
+    assert_eq!(http("GET", "/v1/pods/a", None).0, 404);
+    for pid in [a1, a2, infra_a] {
+        assert!(!alive(pid), "pid {pid} still runs");
+    }
+    assert!(!cgroup.exists(), "{} still exists", cgroup.display());
+    let out = Command::new("ip").args(["-br", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&veth), "veth {veth} still exists");
+    assert!(!agent.state_dir.path().join("pods/a.json").exists());
+    drop(agent);
+}
+
+#[test]
+fn limits_oom_and_throttling() {
+    require_root!();
+    let agent = TestAgent::start("limits");
+    agent.apply_node();
+    let mi = 1u64 << 20;
+    let oom = create(json!({"name": "oom", "restart_policy": "Never", "containers": [{
+        "name": "dd", "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        "resources": {"limits": {"memory_bytes": 16 * mi, "cpu_millis": 500}}
+    }]}));
+    assert_eq!(oom["qos_class"], "Guaranteed", "{oom}");
+    let st = wait_pod("oom", 30, |s| s["containers"][0]["state"]["state"] == "terminated");
+    assert_eq!(st["containers"][0]["state"]["reason"], "OOMKilled", "{st}");
+    assert_eq!(st["phase"], "Failed", "{st}");
+
+    let cpu = create(json!({"name": "cpu", "containers": [{
+        "name": "spin", "command": ["sh", "-c", "while :; do :; done"],
+        "resources": {"requests": {"cpu_millis": 50}, "limits": {"cpu_millis": 100}}, "pids_limit": 20
+    }]}));
+    assert_eq!(cpu["qos_class"], "Burstable");
+    let dir = cpu_cgroup_of(running_pid(&cpu, 0));
+    assert!(dir.ends_with("pod-cpu/spin"), "{}", dir.display());
+    let v2 = dir.join("cpu.max").exists();
+    if v2 {
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).unwrap().trim(), "10000 100000");
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.weight")).unwrap().trim(), "2");
+    } else {
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap().trim(), "10000");
+        assert_eq!(std::fs::read_to_string(dir.join("cpu.shares")).unwrap().trim(), "51");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+    let throttled: u64 =
+        stat.lines().find_map(|l| l.strip_prefix("nr_throttled ").map(|v| v.trim().parse().unwrap())).unwrap();
+    assert!(throttled > 0, "cpu.stat: {stat}");
+    drop(agent);
+}
+
+#[test]
+fn restart_policies_readoption_and_drift() {
+    require_root!();
+    let mut agent = TestAgent::start("restart");
+    agent.apply_node();
+    create(json!({"name": "ok", "restart_policy": "Never", "containers": [container("c", &["true"])]}));
+    let st = wait_pod("ok", 20, |s| s["phase"] == "Succeeded");
+    assert_eq!(st["containers"][0]["state"]["reason"], "Completed");
+    create(json!({"name": "fail", "restart_policy": "Never", "containers": [container("c", &["sh", "-c", "exit 3"])]}));
+    let st = wait_pod("fail", 20, |s| s["phase"] == "Failed");
+    assert_eq!(st["containers"][0]["state"]["exit_code"], 3, "{st}");
+    assert_eq!(st["containers"][0]["state"]["reason"], "Error");
+    create(
+        json!({"name": "again", "restart_policy": "OnFailure", "containers": [container("c", &["sh", "-c", "sleep 0.2; exit 1"])]}),
+    );
+    let st = wait_pod("again", 20, |s| s["containers"][0]["restart_count"].as_u64() >= Some(2));
+    assert_eq!(st["phase"], "Running", "{st}");
+
+    // Agent restart: the pod keeps its infra process and container, and the new agent adopts them.
+    let keep = create(json!({"name": "keep", "containers": [container("c", &["sleep", "1000"])]}));
+    let (infra, pid) = (keep["infra_pid"].as_u64().unwrap(), running_pid(&keep, 0));
+    let old_agent = agent.pid();
+    agent.kill();
+    assert!(alive(infra) && alive(pid), "pods must survive the agent");
+    agent.spawn();
+    assert_ne!(agent.pid(), old_agent);
+    let st = wait_pod("keep", 10, |s| s["containers"][0]["state"]["state"] == "running");
+    assert_eq!((st["infra_pid"].as_u64(), running_pid(&st, 0)), (Some(infra), pid), "{st}");
+    let (_, node) = http("GET", "/v1/node", None);
+    assert_eq!(node["spec"]["node_name"], "n1", "the NodeSpec survives a restart");
+    // An adopted container that dies is noticed and restarted (restartPolicy Always).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let st = wait_pod("keep", 20, |s| {
+        s["containers"][0]["restart_count"] == 1 && s["containers"][0]["state"]["state"] == "running"
+    });
+    assert_ne!(running_pid(&st, 0), pid);
+
+    // Drift: a deleted pod veth comes back within 10 s.
+    let veth = st["host_veth"].as_str().unwrap().to_string();
+    let ok = Command::new("ip").args(["link", "del", &veth]).status().unwrap().success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip").args(["-br", "link", "show", "dev", &veth]).output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "veth {veth} was not repaired within 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, node) = http("GET", "/v1/node", None);
+    assert!(node["drift_repairs"].as_u64().unwrap() >= 1, "{node}");
+    let r = exec("keep", json!({"command": ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]}));
+    assert!(r["stdout"].as_str().unwrap().contains(st["ip"].as_str().unwrap()), "{r}");
+    drop(agent);
+}
