@@ -34,22 +34,9 @@ pub enum AgentError {
         source: reqwest::Error,
     },
     #[error("agent on {node}: {method} {endpoint} answered {status}: {body}")]
-    Api {
-        node: String,
-        method: Method,
-        endpoint: String,
-        status: StatusCode,
-        body: ApiError,
-    },
+    Api { node: String, method: Method, endpoint: String, status: StatusCode, body: ApiError },
     #[error("agent on {node}: {method} {endpoint} answered {status} with an unexpected body ({detail}): {text}")]
-    BadBody {
-        node: String,
-        method: Method,
-        endpoint: String,
-        status: StatusCode,
-        detail: String,
-        text: String,
-    },
+    BadBody { node: String, method: Method, endpoint: String, status: StatusCode, detail: String, text: String },
     #[error("agent on {node}: cannot build the HTTP client: {message}")]
     Client { node: String, message: String },
 }
@@ -88,10 +75,7 @@ pub struct AgentClient {
 
 impl fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentClient")
-            .field("node", &self.node)
-            .field("base", &self.base)
-            .finish()
+        f.debug_struct("AgentClient").field("node", &self.node).field("base", &self.base).finish()
     }
 }
 
@@ -105,11 +89,7 @@ impl AgentClient {
             .timeout(DEFAULT_TIMEOUT)
             .build()
             .map_err(|e| e.to_string());
-        AgentClient {
-            node: node.into(),
-            base: format!("http://127.0.0.1:{port}"),
-            http,
-        }
+        AgentClient { node: node.into(), base: format!("http://127.0.0.1:{port}"), http }
     }
 
     /// The same client, naming `node` in its errors (push_agent only knows the SSH port).
@@ -144,13 +124,7 @@ impl AgentClient {
     }
 
     pub async fn get_pod(&self, name: &str) -> Result<PodStatus, AgentError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/pods/{}", path_segment(name)),
-            None::<&()>,
-            DEFAULT_TIMEOUT,
-        )
-        .await
+        self.call(Method::GET, &format!("/v1/pods/{}", path_segment(name)), None::<&()>, DEFAULT_TIMEOUT).await
     }
 
     pub async fn list_pods(&self) -> Result<Vec<PodStatus>, AgentError> {
@@ -159,21 +133,13 @@ impl AgentClient {
 
     pub async fn delete_pod(&self, name: &str) -> Result<(), AgentError> {
         let endpoint = format!("/v1/pods/{}", path_segment(name));
-        self.send(Method::DELETE, &endpoint, None::<&()>, APPLY_TIMEOUT)
-            .await
-            .map(|_| ())
+        self.send(Method::DELETE, &endpoint, None::<&()>, APPLY_TIMEOUT).await.map(|_| ())
     }
 
     pub async fn exec(&self, pod: &str, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
         let secs = req.timeout_secs.unwrap_or(AGENT_DEFAULT_EXEC_SECS);
         let timeout = Duration::from_secs(secs).saturating_add(EXEC_GRACE);
-        self.call(
-            Method::POST,
-            &format!("/v1/pods/{}/exec", path_segment(pod)),
-            Some(req),
-            timeout,
-        )
-        .await
+        self.call(Method::POST, &format!("/v1/pods/{}/exec", path_segment(pod)), Some(req), timeout).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -202,19 +168,17 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<(StatusCode, String), AgentError> {
-        let http = self.http.as_ref().map_err(|message| AgentError::Client {
-            node: self.node.clone(),
-            message: message.clone(),
-        })?;
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|message| AgentError::Client { node: self.node.clone(), message: message.clone() })?;
         let transport = |source| AgentError::Transport {
             node: self.node.clone(),
             method: method.clone(),
             endpoint: endpoint.to_string(),
             source,
         };
-        let mut req = http
-            .request(method.clone(), format!("{}{endpoint}", self.base))
-            .timeout(timeout);
+        let mut req = http.request(method.clone(), format!("{}{endpoint}", self.base)).timeout(timeout);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -225,13 +189,9 @@ impl AgentClient {
             return Ok((status, text));
         }
         Err(match serde_json::from_str::<ApiError>(&text) {
-            Ok(body) => AgentError::Api {
-                node: self.node.clone(),
-                method,
-                endpoint: endpoint.to_string(),
-                status,
-                body,
-            },
+            Ok(body) => {
+                AgentError::Api { node: self.node.clone(), method, endpoint: endpoint.to_string(), status, body }
+            }
             Err(e) => AgentError::BadBody {
                 node: self.node.clone(),
                 method,
@@ -372,15 +332,9 @@ mod tests {
 
         let err = agent.get_pod("missing").await.expect_err("404");
         assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
-        assert_eq!(
-            err.api_error().map(|e| e.message.as_str()),
-            Some("no pod named missing")
-        );
+        assert_eq!(err.api_error().map(|e| e.message.as_str()), Some("no pod named missing"));
         let text = err.to_string();
-        assert!(
-            text.contains("node-a") && text.contains("GET /v1/pods/missing") && text.contains("404"),
-            "{text}"
-        );
+        assert!(text.contains("node-a") && text.contains("GET /v1/pods/missing") && text.contains("404"), "{text}");
 
         // The pod name is one path segment, whatever it contains.
         let err = agent.exec("a/b", &req).await.expect_err("400");
@@ -393,15 +347,8 @@ mod tests {
 
     #[tokio::test]
     async fn transport_failures_name_the_node_and_endpoint() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let err = AgentClient::new("node-b", closed)
-            .health()
-            .await
-            .expect_err("nothing listens");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let err = AgentClient::new("node-b", closed).health().await.expect_err("nothing listens");
         assert!(matches!(err, AgentError::Transport { .. }), "{err}");
         assert!(err.to_string().contains("node-b: GET /healthz"), "{err}");
 

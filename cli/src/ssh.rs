@@ -33,6 +33,10 @@ const USER: &str = "root";
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between attempts while the guest boots (slirp accepts the TCP connection and then resets it).
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// First wait for sshd's banner. slirp accepts on the host at once and only then SYNs the guest, with TCP backoff
+/// while the guest has no network yet; a fresh connection beats waiting out that backoff. Doubles after every
+/// silent attempt (up to ATTEMPT_TIMEOUT) so a guest that is merely slow still gets through.
+const FIRST_BANNER_TIMEOUT: Duration = Duration::from_secs(4);
 /// Keepalive so a dead guest is noticed within ~30 s instead of hanging a suite.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_MAX: usize = 6;
@@ -62,12 +66,7 @@ pub enum SshError {
     #[error("host key of 127.0.0.1:{port} is not the pinned one: expected `{expected}`, got `{got}`")]
     HostKeyMismatch { port: u16, expected: String, got: String },
     #[error("no SSH session to 127.0.0.1:{port} within {waited:?} ({attempts} attempts); last error: {last}")]
-    ConnectTimeout {
-        port: u16,
-        waited: Duration,
-        attempts: u32,
-        last: String,
-    },
+    ConnectTimeout { port: u16, waited: Duration, attempts: u32, last: String },
     #[error("127.0.0.1:{port} refused public-key authentication of {USER} with {}", key.display())]
     AuthRefused { port: u16, key: PathBuf },
     #[error("SSH 127.0.0.1:{port}: {step}: {source}")]
@@ -78,20 +77,11 @@ pub enum SshError {
         source: russh::Error,
     },
     #[error("SSH 127.0.0.1:{port}: `{command}` did not finish within {timeout:?}")]
-    ExecTimeout {
-        port: u16,
-        command: String,
-        timeout: Duration,
-    },
+    ExecTimeout { port: u16, command: String, timeout: Duration },
     #[error("SSH 127.0.0.1:{port}: `{command}` ended without an exit status")]
     NoExitStatus { port: u16, command: String },
     #[error("SSH 127.0.0.1:{port}: {step} failed with exit code {exit_code}: {stderr}")]
-    Remote {
-        port: u16,
-        step: String,
-        exit_code: i32,
-        stderr: String,
-    },
+    Remote { port: u16, step: String, exit_code: i32, stderr: String },
     #[error("SSH 127.0.0.1:{port}: forward to guest port {remote_port}: {source}")]
     Forward {
         port: u16,
@@ -102,21 +92,11 @@ pub enum SshError {
     #[error("agent binary: {0}")]
     AgentBinary(String),
     #[error("agent on 127.0.0.1:{port} did not become healthy within {waited:?}: {last}\n--- tail of {log_file} ---\n{log_tail}")]
-    AgentNotHealthy {
-        port: u16,
-        waited: Duration,
-        last: Box<AgentError>,
-        log_file: String,
-        log_tail: String,
-    },
+    AgentNotHealthy { port: u16, waited: Duration, last: Box<AgentError>, log_file: String, log_tail: String },
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SshError + 'a {
-    move |source| SshError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SshError::Io { action, path: path.to_path_buf(), source }
 }
 
 /// A node's SSH host key pair, generated on the host and injected through the seed.
@@ -131,9 +111,7 @@ pub struct NodeKeys {
 impl fmt::Debug for NodeKeys {
     // The private half never lands in logs or panics.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NodeKeys")
-            .field("host_public_openssh", &self.host_public_openssh)
-            .finish_non_exhaustive()
+        f.debug_struct("NodeKeys").field("host_public_openssh", &self.host_public_openssh).finish_non_exhaustive()
     }
 }
 
@@ -143,26 +121,18 @@ fn random_ed25519(comment: &str) -> Result<PrivateKey, SshError> {
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let keypair = Ed25519Keypair::from_seed(&seed);
     seed.fill(0);
-    PrivateKey::new(KeypairData::Ed25519(keypair), comment).map_err(|e| SshError::Key {
-        what: "generation".into(),
-        message: e.to_string(),
-    })
+    PrivateKey::new(KeypairData::Ed25519(keypair), comment)
+        .map_err(|e| SshError::Key { what: "generation".into(), message: e.to_string() })
 }
 
 fn private_openssh(key: &PrivateKey) -> Result<String, SshError> {
     key.to_openssh(LineEnding::LF)
         .map(|pem| pem.to_string())
-        .map_err(|e| SshError::Key {
-            what: "encoding (private)".into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| SshError::Key { what: "encoding (private)".into(), message: e.to_string() })
 }
 
 fn public_openssh(key: &PublicKey) -> Result<String, SshError> {
-    key.to_openssh().map_err(|e| SshError::Key {
-        what: "encoding (public)".into(),
-        message: e.to_string(),
-    })
+    key.to_openssh().map_err(|e| SshError::Key { what: "encoding (public)".into(), message: e.to_string() })
 }
 
 /// Writes `contents` to `path` with `mode` atomically (temp file in the same directory, then rename).
@@ -189,10 +159,8 @@ pub fn generate_client_key(lab_dir: &Path) -> Result<PathBuf, SshError> {
     let path = lab_dir.join("id_ed25519");
     let pub_path = lab_dir.join("id_ed25519.pub");
     let key = if path.exists() {
-        russh::keys::load_secret_key(&path, None).map_err(|e| SshError::Key {
-            what: path.display().to_string(),
-            message: e.to_string(),
-        })?
+        russh::keys::load_secret_key(&path, None)
+            .map_err(|e| SshError::Key { what: path.display().to_string(), message: e.to_string() })?
     } else {
         let key = random_ed25519("testbed-client")?;
         // create_new + 0600 from the start: the private key is never world-readable, not even for a moment.
@@ -202,8 +170,7 @@ pub fn generate_client_key(lab_dir: &Path) -> Result<PathBuf, SshError> {
             .mode(0o600)
             .open(&path)
             .map_err(io_err("create", &path))?;
-        file.write_all(private_openssh(&key)?.as_bytes())
-            .map_err(io_err("write", &path))?;
+        file.write_all(private_openssh(&key)?.as_bytes()).map_err(io_err("write", &path))?;
         file.sync_all().map_err(io_err("sync", &path))?;
         key
     };
@@ -223,10 +190,8 @@ pub fn generate_host_key() -> Result<NodeKeys, SshError> {
 
 /// Parses an OpenSSH public key line (`ssh-ed25519 AAAA... [comment]`).
 fn parse_public(line: &str) -> Result<PublicKey, SshError> {
-    PublicKey::from_openssh(line.trim()).map_err(|e| SshError::Key {
-        what: format!("`{}` (pinned host key)", line.trim()),
-        message: e.to_string(),
-    })
+    PublicKey::from_openssh(line.trim())
+        .map_err(|e| SshError::Key { what: format!("`{}` (pinned host key)", line.trim()), message: e.to_string() })
 }
 
 /// `[127.0.0.1]:<port> <type> <base64>` lines for the system ssh; comments stripped. Written atomically, 0644.
@@ -321,9 +286,7 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("port", &self.inner.port)
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("port", &self.inner.port).finish_non_exhaustive()
     }
 }
 
@@ -347,7 +310,74 @@ impl ExecOutput {
 enum AttemptError {
     /// Worth another try while the guest boots (refused, reset, EOF before the banner, ...).
     Retry(String),
+    /// The port accepted but sshd said nothing within the banner timeout.
+    NoBanner(String),
     Fatal(SshError),
+}
+
+/// One connection attempt; every stage is bounded by its own timeout and by the overall deadline `end`.
+struct Attempt<'a> {
+    port: u16,
+    key_path: &'a Path,
+    key: &'a Arc<PrivateKey>,
+    expected: &'a PublicKey,
+    end: Instant,
+}
+
+impl Attempt<'_> {
+    fn left(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    async fn run(&self, config: Arc<client::Config>, banner_timeout: Duration) -> Result<Session, AttemptError> {
+        let port = self.port;
+        let tcp_timeout = self.left().min(ATTEMPT_TIMEOUT);
+        let stream = match tokio::time::timeout(tcp_timeout, TcpStream::connect(("127.0.0.1", port))).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(AttemptError::Retry(format!("TCP: {e}"))),
+            Err(_) => return Err(AttemptError::Retry(format!("TCP connect did not complete within {tcp_timeout:?}"))),
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            return Err(AttemptError::Retry(format!("TCP_NODELAY: {e}")));
+        }
+        // sshd speaks first; peek (not read) so russh still sees the whole banner.
+        let banner_timeout = banner_timeout.min(self.left());
+        match tokio::time::timeout(banner_timeout, stream.peek(&mut [0u8; 1])).await {
+            Err(_) => return Err(AttemptError::NoBanner(format!("no SSH banner within {banner_timeout:?}"))),
+            Ok(Ok(0)) => return Err(AttemptError::Retry("connection closed before the SSH banner".into())),
+            Ok(Err(e)) => return Err(AttemptError::Retry(format!("waiting for the SSH banner: {e}"))),
+            Ok(Ok(_)) => {}
+        }
+        let handshake_timeout = self.left().min(ATTEMPT_TIMEOUT);
+        match tokio::time::timeout(handshake_timeout, self.handshake(config, stream)).await {
+            Ok(result) => result,
+            Err(_) => Err(AttemptError::Retry(format!(
+                "SSH key exchange and authentication did not complete within {handshake_timeout:?}"
+            ))),
+        }
+    }
+
+    async fn handshake(&self, config: Arc<client::Config>, stream: TcpStream) -> Result<Session, AttemptError> {
+        let port = self.port;
+        let mismatch = Arc::new(Mutex::new(None));
+        let handler = PinnedHost { expected: self.expected.clone(), mismatch: mismatch.clone() };
+        let connected = client::connect_stream(config, stream, handler).await;
+        let seen = mismatch.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(got) = seen {
+            let expected = self.expected.to_openssh().unwrap_or_else(|e| format!("<unencodable key: {e}>"));
+            return Err(AttemptError::Fatal(SshError::HostKeyMismatch { port, expected, got }));
+        }
+        let mut handle = connected.map_err(|e| AttemptError::Retry(format!("handshake: {e}")))?;
+        let auth = handle
+            .authenticate_publickey(USER, PrivateKeyWithHashAlg::new(self.key.clone(), None))
+            .await
+            .map_err(|e| AttemptError::Retry(format!("authentication: {e}")))?;
+        if !auth.success() {
+            // The host key matched, so this sshd has our seed: a refusal is a configuration error, not boot noise.
+            return Err(AttemptError::Fatal(SshError::AuthRefused { port, key: self.key_path.to_path_buf() }));
+        }
+        Ok(Session { inner: Arc::new(Inner { handle, port, forwards: Mutex::new(Vec::new()) }) })
+    }
 }
 
 fn client_config() -> client::Config {
@@ -409,84 +439,32 @@ impl Session {
         deadline: Duration,
     ) -> Result<Session, SshError> {
         let expected = parse_public(pinned_host_public)?;
-        let key = russh::keys::load_secret_key(client_key, None).map_err(|e| SshError::Key {
-            what: client_key.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let key = russh::keys::load_secret_key(client_key, None)
+            .map_err(|e| SshError::Key { what: client_key.display().to_string(), message: e.to_string() })?;
         let key = Arc::new(key);
         let config = Arc::new(client_config());
         let start = Instant::now();
         let end = start + deadline;
         let mut attempts = 0u32;
         let mut last = String::from("no attempt made (zero deadline)");
+        let mut banner_timeout = FIRST_BANNER_TIMEOUT;
         loop {
-            let remaining = end.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(SshError::ConnectTimeout {
-                    port,
-                    waited: start.elapsed(),
-                    attempts,
-                    last,
-                });
+            if Instant::now() >= end {
+                return Err(SshError::ConnectTimeout { port, waited: start.elapsed(), attempts, last });
             }
             attempts += 1;
-            let attempt = Self::attempt(port, client_key, &key, &expected, config.clone());
-            match tokio::time::timeout(remaining.min(ATTEMPT_TIMEOUT), attempt).await {
-                Ok(Ok(session)) => return Ok(session),
-                Ok(Err(AttemptError::Fatal(e))) => return Err(e),
-                Ok(Err(AttemptError::Retry(msg))) => last = msg,
-                Err(_) => last = format!("handshake did not complete within {:?}", remaining.min(ATTEMPT_TIMEOUT)),
+            let attempt = Attempt { port, key_path: client_key, key: &key, expected: &expected, end };
+            match attempt.run(config.clone(), banner_timeout).await {
+                Ok(session) => return Ok(session),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Retry(msg)) => last = msg,
+                Err(AttemptError::NoBanner(msg)) => {
+                    last = msg;
+                    banner_timeout = (banner_timeout * 2).min(ATTEMPT_TIMEOUT);
+                }
             }
-            let remaining = end.saturating_duration_since(Instant::now());
-            tokio::time::sleep(RETRY_PAUSE.min(remaining)).await;
+            tokio::time::sleep(RETRY_PAUSE.min(end.saturating_duration_since(Instant::now()))).await;
         }
-    }
-
-    async fn attempt(
-        port: u16,
-        key_path: &Path,
-        key: &Arc<PrivateKey>,
-        expected: &PublicKey,
-        config: Arc<client::Config>,
-    ) -> Result<Session, AttemptError> {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| AttemptError::Retry(format!("TCP: {e}")))?;
-        if let Err(e) = stream.set_nodelay(true) {
-            return Err(AttemptError::Retry(format!("TCP_NODELAY: {e}")));
-        }
-        let mismatch = Arc::new(Mutex::new(None));
-        let handler = PinnedHost {
-            expected: expected.clone(),
-            mismatch: mismatch.clone(),
-        };
-        let connected = client::connect_stream(config, stream, handler).await;
-        let seen = mismatch.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(got) = seen {
-            let expected = expected
-                .to_openssh()
-                .unwrap_or_else(|e| format!("<unencodable key: {e}>"));
-            return Err(AttemptError::Fatal(SshError::HostKeyMismatch { port, expected, got }));
-        }
-        let mut handle = connected.map_err(|e| AttemptError::Retry(format!("handshake: {e}")))?;
-        let auth = handle
-            .authenticate_publickey(USER, PrivateKeyWithHashAlg::new(key.clone(), None))
-            .await
-            .map_err(|e| AttemptError::Retry(format!("authentication: {e}")))?;
-        if !auth.success() {
-            // The host key matched, so this sshd has our seed: a refusal is a configuration error, not boot noise.
-            return Err(AttemptError::Fatal(SshError::AuthRefused {
-                port,
-                key: key_path.to_path_buf(),
-            }));
-        }
-        Ok(Session {
-            inner: Arc::new(Inner {
-                handle,
-                port,
-                forwards: Mutex::new(Vec::new()),
-            }),
-        })
     }
 
     /// The forwarded SSH port this session is connected to.
@@ -521,11 +499,7 @@ impl Session {
                 // Best effort: the session is still usable even if the server ignores both.
                 let _ = write.signal(Sig::KILL).await;
                 let _ = write.close().await;
-                Err(SshError::ExecTimeout {
-                    port: self.inner.port,
-                    command: command.to_string(),
-                    timeout,
-                })
+                Err(SshError::ExecTimeout { port: self.inner.port, command: command.to_string(), timeout })
             }
         }
     }
@@ -545,16 +519,9 @@ impl Session {
     }
 
     async fn open_exec(&self, command: &str) -> Result<(ChannelReadHalf, ChannelWriteHalf<client::Msg>), SshError> {
-        let channel = self
-            .inner
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(self.protocol("open a session channel"))?;
-        channel
-            .exec(true, command)
-            .await
-            .map_err(self.protocol(format!("exec `{command}`")))?;
+        let channel =
+            self.inner.handle.channel_open_session().await.map_err(self.protocol("open a session channel"))?;
+        channel.exec(true, command).await.map_err(self.protocol(format!("exec `{command}`")))?;
         Ok(channel.split())
     }
 
@@ -583,11 +550,7 @@ impl Session {
     /// over a direct-tcpip channel. The listener lives as long as this Session (any clone of it).
     pub async fn forward(&self, remote_port: u16) -> Result<u16, SshError> {
         let port = self.inner.port;
-        let forward_err = move |source| SshError::Forward {
-            port,
-            remote_port,
-            source,
-        };
+        let forward_err = move |source| SshError::Forward { port, remote_port, source };
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(forward_err)?;
         let local_port = listener.local_addr().map_err(forward_err)?.port();
         // Weak: the listener must not keep the connection alive, the Session's owners decide that.
@@ -646,11 +609,7 @@ async fn run_channel(
         write.eof().await
     };
     let receive = async {
-        let mut out = ExecOutput {
-            exit_code: -1,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
+        let mut out = ExecOutput { exit_code: -1, stdout: Vec::new(), stderr: Vec::new() };
         let mut status = None;
         while let Some(msg) = read.wait().await {
             match msg {
@@ -670,15 +629,8 @@ async fn run_channel(
     let Some(code) = status else {
         // A command that died before reading its stdin makes the send fail; the missing status is the real news.
         return Err(match sent {
-            Err(source) => SshError::Protocol {
-                port,
-                step: format!("send stdin to `{command}`"),
-                source,
-            },
-            Ok(()) => SshError::NoExitStatus {
-                port,
-                command: command.to_string(),
-            },
+            Err(source) => SshError::Protocol { port, step: format!("send stdin to `{command}`"), source },
+            Ok(()) => SshError::NoExitStatus { port, command: command.to_string() },
         });
     };
     // The command finished (maybe without reading all of stdin, which is its business, like a pipe): keep its status.
@@ -722,15 +674,11 @@ async fn push_agent_with(
     layout: AgentLayout<'_>,
     start_deadline: Duration,
 ) -> Result<AgentClient, SshError> {
-    let binary = tokio::fs::read(agent_binary)
-        .await
-        .map_err(io_err("read", agent_binary))?;
+    let binary = tokio::fs::read(agent_binary).await.map_err(io_err("read", agent_binary))?;
     check_static_elf(agent_binary, &binary)?;
     let local_sha = sha256_hex(&binary);
     let remote_bin = shell_quote(layout.binary);
-    let remote = session
-        .exec(&format!("sha256sum {remote_bin} 2>/dev/null"), None)
-        .await?;
+    let remote = session.exec(&format!("sha256sum {remote_bin} 2>/dev/null"), None).await?;
     let remote_sha = remote.stdout_lossy().split_whitespace().next().map(str::to_string);
     if remote_sha.as_deref() != Some(local_sha.as_str()) {
         session.upload(&binary, layout.binary, 0o755).await?;
@@ -777,15 +725,9 @@ const PT_INTERP: u32 = 3;
 fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), SshError> {
     let bad = |why: &str| SshError::AgentBinary(format!("{}: {why}", path.display()));
     let u16_at = |off: usize| bytes.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |off: usize| {
-        bytes
-            .get(off..off + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let u32_at = |off: usize| bytes.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let u64_at = |off: usize| {
-        bytes
-            .get(off..off + 8)
-            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        bytes.get(off..off + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
     };
     if bytes.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err(bad("not an ELF file"));
@@ -817,10 +759,7 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
     let chosen = if let Some(path) = std::env::var_os("TESTBED_AGENT") {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            return Err(SshError::AgentBinary(format!(
-                "$TESTBED_AGENT={} is not a file",
-                path.display()
-            )));
+            return Err(SshError::AgentBinary(format!("$TESTBED_AGENT={} is not a file", path.display())));
         }
         path
     } else {
@@ -832,12 +771,7 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
         let built = ["release", "debug"]
             .iter()
             .map(|profile| workspace_target.join(profile).join("testbed-agent"))
-            .filter_map(|p| {
-                std::fs::metadata(&p)
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .map(|t| (t, p))
-            })
+            .filter_map(|p| std::fs::metadata(&p).ok().and_then(|m| m.modified().ok()).map(|t| (t, p)))
             .max_by_key(|(t, _)| *t)
             .map(|(_, p)| p);
         match beside_exe.or(built) {
@@ -918,23 +852,13 @@ mod tests {
                 .stderr(log)
                 .spawn()
                 .expect("spawn sshd");
-            let mut sshd = Sshd {
-                child,
-                port,
-                dir,
-                host,
-                client_key,
-            };
+            let mut sshd = Sshd { child, port, dir, host, client_key };
             let start = std::time::Instant::now();
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if let Ok(Some(status)) = sshd.child.try_wait() {
                     panic!("sshd exited with {status}: {}", sshd.log());
                 }
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "sshd not listening after 10 s: {}",
-                    sshd.log()
-                );
+                assert!(start.elapsed() < Duration::from_secs(10), "sshd not listening after 10 s: {}", sshd.log());
                 std::thread::sleep(Duration::from_millis(20));
             }
             Some(sshd)
@@ -945,14 +869,9 @@ mod tests {
         }
 
         async fn connect(&self) -> Session {
-            Session::connect(
-                self.port,
-                &self.client_key,
-                &self.host.host_public_openssh,
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}\nsshd log:\n{}", self.log()))
+            Session::connect(self.port, &self.client_key, &self.host.host_public_openssh, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}\nsshd log:\n{}", self.log()))
         }
     }
 
@@ -978,11 +897,7 @@ mod tests {
         generate_client_key(dir.path()).expect("again");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
         // ssh-keygen (openssh-client) agrees that the private key derives the public one.
-        let derived = std::process::Command::new("ssh-keygen")
-            .arg("-y")
-            .arg("-f")
-            .arg(&path)
-            .output();
+        let derived = std::process::Command::new("ssh-keygen").arg("-y").arg("-f").arg(&path).output();
         if let Ok(out) = derived {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let derived = String::from_utf8_lossy(&out.stdout);
@@ -993,10 +908,7 @@ mod tests {
         let host = generate_host_key().expect("host key");
         assert!(host.host_private_openssh.contains("OPENSSH PRIVATE KEY"));
         assert!(host.host_public_openssh.starts_with("ssh-ed25519 "));
-        assert!(
-            !format!("{host:?}").contains("PRIVATE"),
-            "Debug must not print the private key"
-        );
+        assert!(!format!("{host:?}").contains("PRIVATE"), "Debug must not print the private key");
     }
 
     #[test]
@@ -1005,14 +917,8 @@ mod tests {
         let a = generate_host_key().expect("key a");
         let b = generate_host_key().expect("key b");
         let path = dir.path().join("known_hosts");
-        write_known_hosts(
-            &path,
-            &[
-                (2201, a.host_public_openssh.clone()),
-                (2202, b.host_public_openssh.clone()),
-            ],
-        )
-        .expect("write");
+        write_known_hosts(&path, &[(2201, a.host_public_openssh.clone()), (2202, b.host_public_openssh.clone())])
+            .expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -1059,12 +965,7 @@ mod tests {
             .stdin(Stdio::null())
             .output()
             .expect("run ssh");
-        assert!(
-            out.status.success(),
-            "ssh failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            sshd.log()
-        );
+        assert!(out.status.success(), "ssh failed: {}\n{}", String::from_utf8_lossy(&out.stderr), sshd.log());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "via-system-ssh\n");
 
         let other = generate_host_key().expect("other key");
@@ -1073,11 +974,7 @@ mod tests {
             .stdin(Stdio::null())
             .output()
             .expect("run ssh");
-        assert_eq!(
-            out.status.code(),
-            Some(255),
-            "StrictHostKeyChecking must refuse a changed host key"
-        );
+        assert_eq!(out.status.code(), Some(255), "StrictHostKeyChecking must refuse a changed host key");
     }
 
     #[test]
@@ -1093,9 +990,7 @@ mod tests {
         let bytes = std::fs::read(std::fs::canonicalize(sh).expect("resolve /bin/sh")).expect("read /bin/sh");
         let err = check_static_elf(sh, &bytes).expect_err("dash is dynamic").to_string();
         assert!(err.contains("crt-static"), "{err}");
-        let err = check_static_elf(Path::new("x"), b"#!/bin/sh\n")
-            .expect_err("script")
-            .to_string();
+        let err = check_static_elf(Path::new("x"), b"#!/bin/sh\n").expect_err("script").to_string();
         assert!(err.contains("not an ELF"), "{err}");
     }
 
@@ -1109,18 +1004,12 @@ mod tests {
     async fn exec_returns_output_exit_codes_and_signals() {
         let Some(sshd) = Sshd::start() else { return };
         let session = sshd.connect().await;
-        let out = session
-            .exec("sh -c 'echo hi; echo oops >&2; exit 3'", None)
-            .await
-            .expect("exec");
+        let out = session.exec("sh -c 'echo hi; echo oops >&2; exit 3'", None).await.expect("exec");
         assert_eq!(out.stdout, b"hi\n");
         assert_eq!(out.stderr, b"oops\n");
         assert_eq!(out.exit_code, 3);
 
-        let out = session
-            .exec("cat; echo done", Some(b"hello stdin\n"))
-            .await
-            .expect("exec with stdin");
+        let out = session.exec("cat; echo done", Some(b"hello stdin\n")).await.expect("exec with stdin");
         assert_eq!(out.stdout_lossy(), "hello stdin\ndone\n");
         assert_eq!(out.exit_code, 0);
 
@@ -1148,23 +1037,14 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..8).collect::<Vec<_>>());
 
-        let err = session
-            .exec_timeout("sleep 30", None, Duration::from_millis(500))
-            .await
-            .expect_err("timeout");
+        let err = session.exec_timeout("sleep 30", None, Duration::from_millis(500)).await.expect_err("timeout");
         assert!(matches!(err, SshError::ExecTimeout { .. }), "{err}");
         // The session survives a timed-out command.
         let out = session.exec("true", None).await.expect("after timeout");
         assert_eq!(out.exit_code, 0);
 
-        let err = session
-            .exec_checked("the failing step", "exit 7", None)
-            .await
-            .expect_err("non-zero");
-        assert!(
-            err.to_string().contains("the failing step failed with exit code 7"),
-            "{err}"
-        );
+        let err = session.exec_checked("the failing step", "exit 7", None).await.expect_err("non-zero");
+        assert!(err.to_string().contains("the failing step failed with exit code 7"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1182,10 +1062,7 @@ mod tests {
         assert_eq!(sha256_hex(&on_disk), sha256_hex(&data));
         let mode = std::fs::metadata(&target).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o750);
-        let out = session
-            .exec(&format!("sha256sum {}", shell_quote(target_str)), None)
-            .await
-            .expect("sha256sum");
+        let out = session.exec(&format!("sha256sum {}", shell_quote(target_str)), None).await.expect("sha256sum");
         assert!(out.stdout_lossy().starts_with(&sha256_hex(&data)));
         // No temporary file is left beside the target.
         let leftovers: Vec<_> = std::fs::read_dir(target.parent().expect("parent"))
@@ -1196,15 +1073,8 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
 
         // Into a directory that does not exist: a clear error, nothing created.
-        let err = session
-            .upload(b"x", "/nonexistent-testbed-dir/f", 0o644)
-            .await
-            .expect_err("no dir");
-        assert!(
-            err.to_string()
-                .contains("upload of 1 bytes to /nonexistent-testbed-dir/f"),
-            "{err}"
-        );
+        let err = session.upload(b"x", "/nonexistent-testbed-dir/f", 0o644).await.expect_err("no dir");
+        assert!(err.to_string().contains("upload of 1 bytes to /nonexistent-testbed-dir/f"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1224,9 +1094,7 @@ mod tests {
         let session = sshd.connect().await;
         let local = session.forward(echo_port).await.expect("forward");
         for round in 0..3 {
-            let mut conn = TcpStream::connect(("127.0.0.1", local))
-                .await
-                .expect("connect to forward");
+            let mut conn = TcpStream::connect(("127.0.0.1", local)).await.expect("connect to forward");
             let msg = format!("ping {round} through the forward");
             conn.write_all(msg.as_bytes()).await.expect("write");
             conn.shutdown().await.expect("shutdown");
@@ -1260,9 +1128,7 @@ mod tests {
         let dead = session.forward(free_port()).await.expect("forward to closed port");
         let mut conn = TcpStream::connect(("127.0.0.1", dead)).await.expect("connect");
         let mut buf = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf))
-            .await
-            .expect("no hang");
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await.expect("no hang");
         assert!(read.map(|n| n == 0).unwrap_or(true));
 
         let established = || {
@@ -1282,19 +1148,13 @@ mod tests {
             if TcpStream::connect(("127.0.0.1", local)).await.is_err() {
                 break;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "forward listener outlived its session"
-            );
+            assert!(start.elapsed() < Duration::from_secs(5), "forward listener outlived its session");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // And the SSH connection itself is closed (no sshd session left behind per dropped Session).
         let start = Instant::now();
         while established().is_some_and(|n| n > 0) {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "SSH connection outlived its Session"
-            );
+            assert!(start.elapsed() < Duration::from_secs(5), "SSH connection outlived its Session");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         echo_task.abort();
@@ -1305,14 +1165,9 @@ mod tests {
         let Some(sshd) = Sshd::start() else { return };
         let other = generate_host_key().expect("other key");
         let start = Instant::now();
-        let err = Session::connect(
-            sshd.port,
-            &sshd.client_key,
-            &other.host_public_openssh,
-            Duration::from_secs(20),
-        )
-        .await
-        .expect_err("must not connect");
+        let err = Session::connect(sshd.port, &sshd.client_key, &other.host_public_openssh, Duration::from_secs(20))
+            .await
+            .expect_err("must not connect");
         match &err {
             SshError::HostKeyMismatch { expected, got, .. } => {
                 let bare = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -1322,22 +1177,13 @@ mod tests {
             other => panic!("expected HostKeyMismatch, got {other}"),
         }
         // Not retried until the deadline.
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "mismatch was retried: {:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "mismatch was retried: {:?}", start.elapsed());
 
         let stranger_dir = tempfile::tempdir().expect("tempdir");
         let stranger = generate_client_key(stranger_dir.path()).expect("stranger key");
-        let err = Session::connect(
-            sshd.port,
-            &stranger,
-            &sshd.host.host_public_openssh,
-            Duration::from_secs(20),
-        )
-        .await
-        .expect_err("unknown client key");
+        let err = Session::connect(sshd.port, &stranger, &sshd.host.host_public_openssh, Duration::from_secs(20))
+            .await
+            .expect_err("unknown client key");
         assert!(matches!(err, SshError::AuthRefused { .. }), "{err}");
     }
 
@@ -1352,36 +1198,48 @@ mod tests {
             .await
             .expect_err("nothing listens there");
         let waited = start.elapsed();
-        assert!(
-            waited >= Duration::from_secs(2) && waited < Duration::from_secs(4),
-            "{waited:?}"
-        );
+        assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(4), "{waited:?}");
         let text = err.to_string();
-        assert!(
-            matches!(err, SshError::ConnectTimeout { attempts, .. } if attempts > 1),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("127.0.0.1:{port}")) && text.contains("refused"),
-            "{text}"
-        );
+        assert!(matches!(err, SshError::ConnectTimeout { attempts, .. } if attempts > 1), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains("refused"), "{text}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn connect_waits_for_a_late_sshd() {
-        // The VM-boot case: the forwarded port starts answering only after a while (connection refused before).
-        let Some(sshd) = Sshd::start() else { return };
-        let late = free_port();
-        let sshd_port = sshd.port;
-        let relay = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let listener = TcpListener::bind(("127.0.0.1", late))
-                .await
-                .expect("bind the late port");
+    /// How the forwarded port behaves while the "guest" boots, before sshd answers.
+    #[derive(Clone, Copy, Debug)]
+    enum Booting {
+        /// Nothing listens yet: connection refused.
+        Refused,
+        /// slirp with the guest port still closed: accepted, then closed at once.
+        AcceptThenClose,
+        /// slirp while the guest has no network yet: accepted, then silence.
+        AcceptThenSilence,
+    }
+
+    /// A port in front of the real sshd that behaves like `booting` for `boot_time`, then relays to sshd.
+    async fn booting_front(
+        sshd_port: u16,
+        booting: Booting,
+        boot_time: Duration,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
+        let port = free_port();
+        let task = tokio::spawn(async move {
+            let ready_at = Instant::now() + boot_time;
+            if matches!(booting, Booting::Refused) {
+                tokio::time::sleep(boot_time).await;
+            }
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind the front port");
+            let mut held = Vec::new();
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                if Instant::now() < ready_at {
+                    match booting {
+                        Booting::AcceptThenSilence => held.push(inbound),
+                        Booting::AcceptThenClose | Booting::Refused => drop(inbound),
+                    }
+                    continue;
+                }
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", sshd_port)).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -1389,20 +1247,41 @@ mod tests {
                 });
             }
         });
-        let start = Instant::now();
-        let session = Session::connect(
-            late,
-            &sshd.client_key,
-            &sshd.host.host_public_openssh,
-            Duration::from_secs(15),
-        )
-        .await;
-        let waited = start.elapsed();
-        let session = session.unwrap_or_else(|e| panic!("connect through the late port: {e}\n{}", sshd.log()));
-        assert!(waited >= Duration::from_millis(1500), "{waited:?}");
-        assert_eq!(session.exec("echo up", None).await.expect("exec").stdout, b"up\n");
-        drop(session);
-        relay.abort();
+        (port, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_retries_while_the_guest_boots() {
+        let Some(sshd) = Sshd::start() else { return };
+        for booting in [Booting::Refused, Booting::AcceptThenClose, Booting::AcceptThenSilence] {
+            let boot_time = Duration::from_millis(1500);
+            let (port, front) = booting_front(sshd.port, booting, boot_time).await;
+            let start = Instant::now();
+            let session =
+                Session::connect(port, &sshd.client_key, &sshd.host.host_public_openssh, Duration::from_secs(15)).await;
+            let waited = start.elapsed();
+            let session = session.unwrap_or_else(|e| panic!("{booting:?}: {e}\n{}", sshd.log()));
+            assert!(waited >= boot_time, "{booting:?}: {waited:?}");
+            // A silent first connection is abandoned after the banner timeout, not after the 20 s attempt cap.
+            assert!(waited < FIRST_BANNER_TIMEOUT + Duration::from_secs(3), "{booting:?}: {waited:?}");
+            eprintln!("{booting:?}: connected after {waited:?}");
+            assert_eq!(session.exec("echo up", None).await.expect("exec").stdout, b"up\n");
+            front.abort();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_port_that_never_speaks_ssh_ends_in_a_timeout_naming_the_banner() {
+        let (port, front) = booting_front(1, Booting::AcceptThenSilence, Duration::from_secs(3600)).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = generate_client_key(dir.path()).expect("client key");
+        let host = generate_host_key().expect("host key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = Session::connect(port, &key, &host.host_public_openssh, Duration::from_secs(3))
+            .await
+            .expect_err("silent port");
+        assert!(err.to_string().contains("no SSH banner"), "{err}");
+        front.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1418,11 +1297,7 @@ mod tests {
         let dir = sshd.dir.path();
         let www = dir.join("www");
         std::fs::create_dir(&www).expect("mkdir www");
-        std::fs::write(
-            www.join("healthz"),
-            r#"{"status":"ok","agent_version":"busybox-httpd"}"#,
-        )
-        .expect("healthz");
+        std::fs::write(www.join("healthz"), r#"{"status":"ok","agent_version":"busybox-httpd"}"#).expect("healthz");
         let agent_port = free_port();
         let (bin, pid_file, log_file) = (dir.join("agent-bin"), dir.join("agent.pid"), dir.join("agent.log"));
         let script = format!(
@@ -1456,10 +1331,7 @@ mod tests {
 
             // Same binary again: no upload (same inode), no restart (same PID), still healthy.
             push_agent_with(&session, busybox, layout, Duration::from_secs(20)).await?;
-            assert_eq!(
-                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&bin).expect("stat")),
-                inode
-            );
+            assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&bin).expect("stat")), inode);
             assert_eq!(std::fs::read_to_string(&pid_file).expect("pid file"), first_pid);
 
             // A different binary (same busybox plus trailing bytes, still a valid static ELF): uploaded + restarted.
@@ -1468,15 +1340,8 @@ mod tests {
             let changed_path = dir.join("busybox-changed");
             std::fs::write(&changed_path, &changed).expect("write changed");
             push_agent_with(&session, &changed_path, layout, Duration::from_secs(20)).await?;
-            assert_eq!(
-                sha256_hex(&std::fs::read(&bin).expect("read agent")),
-                sha256_hex(&changed)
-            );
-            assert_ne!(
-                std::fs::read_to_string(&pid_file).expect("pid file"),
-                first_pid,
-                "agent was not restarted"
-            );
+            assert_eq!(sha256_hex(&std::fs::read(&bin).expect("read agent")), sha256_hex(&changed));
+            assert_ne!(std::fs::read_to_string(&pid_file).expect("pid file"), first_pid, "agent was not restarted");
             Ok::<(), SshError>(())
         }
         .await;
