@@ -518,3 +518,35 @@ fn schema_json() -> String {
     let text = serde_json::to_string_pretty(&schema).expect("schema serializes");
     text + "\n"
 }
+
+#[test]
+fn plan_is_pinned_across_versions() {
+    // Golden values: a change here moves every existing lab's names, MACs and ports, so it must be deliberate
+    // (and bump PLAN_VERSION).
+    let plan = load_plan(&topologies_dir().join("default.yaml")).expect("default");
+    assert_eq!(plan.networks[0].bridge, "tb37a8ee-br0");
+    let n = &plan.nodes[1];
+    assert_eq!(n.ssh_port, 24769);
+    assert_eq!(n.nics[0].tap, "tb37a8ee-n1e1");
+    assert_eq!(n.nics[0].mac, "52:54:c1:ce:00:01");
+    assert_eq!(n.vtep_mac, "52:54:c1:ce:ff:01");
+    assert_eq!(n.nics[0].ip.to_string(), "192.168.50.12");
+    assert_eq!(n.pod_subnet.to_string(), "10.244.1.0/24");
+}
+
+#[test]
+fn appending_a_node_changes_nothing_for_the_others() {
+    let before = plan_of(BASE).expect("valid");
+    let after = plan_of(&base_with("node2: {}", "node2: {}\n  node3: {}")).expect("valid");
+    assert_eq!(before.nodes[..], after.nodes[..2]);
+    assert_ne!(before.topology_hash, after.topology_hash);
+}
+
+#[test]
+fn nodes_on_some_networks_keep_their_index_based_addresses() {
+    let src = format!("{BASE}  lan: {{cidr: 192.168.51.0/24}}\n").replacen("node1: {}", "node1: {networks: [underlay]}", 1);
+    let plan = plan_of(&src).expect("valid");
+    assert_eq!(plan.nodes[0].nics.len(), 1);
+    let n2: Vec<_> = plan.nodes[1].nics.iter().map(|n| (n.guest_interface.as_str(), n.ip.to_string())).collect();
+    assert_eq!(n2, vec![("eth1", "192.168.50.12".to_string()), ("eth2", "192.168.51.12".to_string())]);
+}
