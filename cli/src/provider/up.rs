@@ -112,6 +112,38 @@ pub struct UpNode {
     pub ssh_port: u16,
     /// Reused a running VM instead of booting one.
     pub reused: bool,
+    /// Seconds spent in each stage (disk, boot, ssh, agent, network), in order.
+    pub stage_seconds: Vec<(String, f64)>,
+}
+
+/// Times the stages of one node's pipeline and names them on its progress line.
+struct Stages<'a> {
+    task: &'a crate::ui::Task,
+    current: Option<(&'static str, Instant)>,
+    done: Vec<(String, f64)>,
+}
+
+impl<'a> Stages<'a> {
+    fn new(task: &'a crate::ui::Task) -> Self {
+        Stages { task, current: None, done: Vec::new() }
+    }
+
+    fn enter(&mut self, stage: &'static str) {
+        self.close();
+        self.task.stage(stage);
+        self.current = Some((stage, Instant::now()));
+    }
+
+    fn close(&mut self) {
+        if let Some((name, t)) = self.current.take() {
+            self.done.push((name.to_string(), (t.elapsed().as_secs_f64() * 10.0).round() / 10.0));
+        }
+    }
+
+    fn finish(mut self) -> Vec<(String, f64)> {
+        self.close();
+        self.done
+    }
 }
 
 /// Bridges, taps (master, MTU, up) and netem in the lab netns. Returns true when the host kernel cannot do
@@ -227,6 +259,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
                         pid: state.nodes.get(&n.name).and_then(|s| s.pid),
                         ssh_port: n.ssh_port,
                         reused: true,
+                        stage_seconds: Vec::new(),
                     })
                     .collect(),
             });
@@ -407,10 +440,11 @@ async fn converge(
             let result = node_pipeline(&ctx, &node, &task).await;
             match &result {
                 Ok(n) => task.finish(format!(
-                    "ready: ssh 127.0.0.1:{} pid {}{}",
+                    "ready: ssh 127.0.0.1:{} pid {}{} [{}]",
                     n.ssh_port,
                     n.pid.map_or_else(|| "?".into(), |p| p.to_string()),
-                    if n.reused { " (reused)" } else { "" }
+                    if n.reused { " (reused)" } else { "" },
+                    n.stage_seconds.iter().map(|(s, t)| format!("{s} {t:.1}s")).collect::<Vec<_>>().join(", ")
                 )),
                 Err(UpError::Node { stage, message, .. }) => task.fail(format!("{stage}: {message}")),
                 Err(e) => task.fail(e.to_string()),
@@ -477,8 +511,9 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
     let ns = ctx.node_state(&name).ok_or_else(|| ctx.node_err(&name, "disk", "node missing from the state"))?;
     let reused = ns.pid.is_some();
     let mut pid = ns.pid;
+    let mut stages = Stages::new(task);
     if !reused {
-        task.stage("disk");
+        stages.enter("disk");
         let art = ctx.artifacts(&node.image).cloned().ok_or_else(|| ctx.node_err(&name, "disk", "no image"))?;
         let c = ctx.clone();
         let n = node.clone();
@@ -490,7 +525,7 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
             }
         })?;
 
-        task.stage("boot");
+        stages.enter("boot");
         let c = ctx.clone();
         let n = node.clone();
         let (new_pid, start) = blocking(move || launch_node(&c, &n, &art)).await??;
@@ -505,18 +540,18 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
         })?;
     }
 
-    task.stage("ssh");
+    stages.enter("ssh");
     let session = ssh::Session::connect(node.ssh_port, &ctx.dir.client_key(), &ns.host_key_public, ctx.remaining())
         .await
         .map_err(|e| ctx.node_err(&name, "ssh", e))?;
 
-    task.stage("agent");
+    stages.enter("agent");
     let agent = ssh::push_agent(&session, &ctx.agent_binary)
         .await
         .map_err(|e| ctx.node_err(&name, "agent", e))?
         .with_node(name.clone());
 
-    task.stage("network");
+    stages.enter("network");
     let spec = ctx.plan.node_spec(node, ctx.plan.cluster.backend);
     agent.apply_node(&spec).await.map_err(|e| ctx.node_err(&name, "network", e))?;
     if ctx.netem_in_guest {
@@ -537,7 +572,7 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
             x.stage = "ready".into();
         }
     })?;
-    Ok(UpNode { name: name.clone(), pid, ssh_port: node.ssh_port, reused })
+    Ok(UpNode { name: name.clone(), pid, ssh_port: node.ssh_port, reused, stage_seconds: stages.finish() })
 }
 
 /// Seed (keys, hostname, NICs) and a fresh overlay on the image's base disk.
