@@ -25,7 +25,11 @@ fn artifacts() -> ImageArtifacts {
 }
 
 fn keygen(path: &Path) -> (String, String) {
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"]).arg(path).status().unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
     assert!(st.success());
     (std::fs::read_to_string(path).unwrap(), std::fs::read_to_string(path.with_extension("pub")).unwrap())
 }
@@ -64,7 +68,13 @@ fn prepare(a: &ImageArtifacts) -> Node {
         host_key_ed25519_private: host_priv,
         host_key_ed25519_public: host_pub.clone(),
         authorized_keys: vec![client_pub],
-        nics: vec![SeedNic { name: "eth1".into(), mac: UNDERLAY_MAC.into(), address: Ipv4Addr::new(192, 168, 77, 2), prefix_len: 24, mtu: 1400 }],
+        nics: vec![SeedNic {
+            name: "eth1".into(),
+            mac: UNDERLAY_MAC.into(),
+            address: Ipv4Addr::new(192, 168, 77, 2),
+            prefix_len: 24,
+            mtu: 1400,
+        }],
     };
     write_seed(&dir.path().join("seed.img"), &seed).unwrap();
     let st = Command::new("qemu-img")
@@ -110,7 +120,16 @@ fn ssh(node: &Node, command: &str) -> std::process::Output {
     Command::new("ssh")
         .arg("-i")
         .arg(&node.client_key)
-        .args(["-p", &node.port.to_string(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "StrictHostKeyChecking=yes"])
+        .args([
+            "-p",
+            &node.port.to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known.display()))
         .args(["root@127.0.0.1", command])
@@ -130,7 +149,11 @@ fn time_to_ssh(a: &ImageArtifacts, node: &Node) -> (Vm, f64) {
         if let Some(st) = vm.child.try_wait().unwrap() {
             panic!("qemu exited ({st}); serial:\n{}", std::fs::read_to_string(&vm.serial).unwrap_or_default());
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no SSH after 120 s; serial:\n{}", std::fs::read_to_string(&vm.serial).unwrap_or_default());
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no SSH after 120 s; serial:\n{}",
+            std::fs::read_to_string(&vm.serial).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -165,7 +188,11 @@ fn guest_follows_the_boot_contract() {
                       sleep 2.5 && kill $(cat /run/testbed-agent.pid) && sleep 2.5 && wc -l </tmp/agent-runs && test -s /run/testbed-agent.pid && echo pid-ok";
     let out = ssh(&node, fake_agent);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("2\n") && text.contains("pid-ok"), "agent restarts: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("2\n") && text.contains("pid-ok"),
+        "agent restarts: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

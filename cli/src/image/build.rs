@@ -45,7 +45,8 @@ pub const PACKAGES: &[&str] = &[
 /// Loaded by the initramfs, in this order after dependency resolution, so that /dev/vda appears.
 const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
 /// busybox applets the initramfs script calls.
-const INITRAMFS_APPLETS: &[&str] = &["sh", "mount", "umount", "cat", "mkdir", "insmod", "usleep", "switch_root", "poweroff", "echo"];
+const INITRAMFS_APPLETS: &[&str] =
+    &["sh", "mount", "umount", "cat", "mkdir", "insmod", "usleep", "switch_root", "poweroff", "echo"];
 
 const INITRAMFS_INIT: &str = include_str!("../../../templates/guest/initramfs-init");
 const TESTBED_INIT: &str = include_str!("../../../templates/guest/testbed-init");
@@ -76,7 +77,10 @@ pub struct BuildOptions {
 /// The cache id of `name` built with this binary's recipe: a hash of everything that shapes the image.
 pub fn image_id(name: &str) -> Result<String, ImageError> {
     if !KNOWN_NAMES.contains(&name) {
-        return Err(ImageError::UnknownName { name: name.to_string(), known: KNOWN_NAMES.iter().map(|s| s.to_string()).collect() });
+        return Err(ImageError::UnknownName {
+            name: name.to_string(),
+            known: KNOWN_NAMES.iter().map(|s| s.to_string()).collect(),
+        });
     }
     let mut h = Sha256::new();
     h.update(format!("recipe {RECIPE_VERSION}\nsuite {SUITE}\ncmdline {CMDLINE}\n"));
@@ -86,7 +90,9 @@ pub fn image_id(name: &str) -> Result<String, ImageError> {
     for m in INITRAMFS_MODULES {
         h.update(format!("module {m}\n"));
     }
-    for (name, content) in [("initramfs-init", INITRAMFS_INIT)].into_iter().chain(GUEST_FILES.iter().map(|(p, _, c)| (*p, *c))) {
+    for (name, content) in
+        [("initramfs-init", INITRAMFS_INIT)].into_iter().chain(GUEST_FILES.iter().map(|(p, _, c)| (*p, *c)))
+    {
         h.update(format!("file {name} {}\n", hex::encode(Sha256::digest(content.as_bytes()))));
     }
     let digest = hex::encode(h.finalize());
@@ -116,7 +122,13 @@ pub fn build(ui: &Ui, name: &str, opts: &BuildOptions) -> Result<ImageArtifacts,
     result
 }
 
-fn build_into(task: &crate::ui::Task, root: &Path, id: &str, name: &str, opts: &BuildOptions) -> Result<ImageArtifacts, ImageError> {
+fn build_into(
+    task: &crate::ui::Task,
+    root: &Path,
+    id: &str,
+    name: &str,
+    opts: &BuildOptions,
+) -> Result<ImageArtifacts, ImageError> {
     let tmp = TempEntry::create(root, id)?;
     let rootfs = tmp.dir.join("rootfs");
     let log = tmp.dir.join("mmdebstrap.log");
@@ -157,7 +169,10 @@ fn build_into(task: &crate::ui::Task, root: &Path, id: &str, name: &str, opts: &
         "mkfs.ext4",
     )?;
     task.stage("qemu-img convert (qcow2)");
-    run(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(tmp.dir.join(cache::DISK)), "qemu-img convert")?;
+    run(
+        Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(tmp.dir.join(cache::DISK)),
+        "qemu-img convert",
+    )?;
     remove_file(&raw)?;
     std::fs::remove_dir_all(&rootfs).map_err(|e| ImageError::io(format!("remove {}", rootfs.display()), e))?;
     let _ = std::fs::remove_file(&log);
@@ -209,11 +224,15 @@ pub fn find_in_path(tool: &str) -> Option<PathBuf> {
 }
 
 fn check_free_space(dir: &Path) -> Result<(), ImageError> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| ImageError::io(format!("statvfs {}", dir.display()), e.into()))?;
+    let st =
+        nix::sys::statvfs::statvfs(dir).map_err(|e| ImageError::io(format!("statvfs {}", dir.display()), e.into()))?;
     #[allow(clippy::unnecessary_cast)] // the field types differ between libc targets
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
     if free < MIN_FREE_BYTES {
-        return Err(ImageError::DiskFull { path: dir.to_path_buf(), detail: format!("{} MiB free, the build needs {} MiB", free >> 20, MIN_FREE_BYTES >> 20) });
+        return Err(ImageError::DiskFull {
+            path: dir.to_path_buf(),
+            detail: format!("{} MiB free, the build needs {} MiB", free >> 20, MIN_FREE_BYTES >> 20),
+        });
     }
     Ok(())
 }
@@ -346,19 +365,24 @@ fn customize_rootfs(rootfs: &Path) -> Result<(), ImageError> {
     }
     // openssh-server's postinst generated host keys; each node gets its own from the seed instead.
     let ssh_dir = rootfs.join("etc/ssh");
-    for item in std::fs::read_dir(&ssh_dir).map_err(|e| ImageError::io(format!("read {}", ssh_dir.display()), e))?.flatten() {
+    for item in
+        std::fs::read_dir(&ssh_dir).map_err(|e| ImageError::io(format!("read {}", ssh_dir.display()), e))?.flatten()
+    {
         if item.file_name().to_string_lossy().starts_with("ssh_host_") {
             remove_file(&item.path())?;
         }
     }
     // Without systemd there are no poweroff/reboot commands; busybox's talk to busybox init (PID 1).
     // nc/httpd/wget are what the suites use from busybox.
-    for (dir, applets) in [("sbin", &["poweroff", "reboot", "halt"][..]), ("usr/local/bin", &["nc", "httpd", "wget"][..])] {
+    for (dir, applets) in
+        [("sbin", &["poweroff", "reboot", "halt"][..]), ("usr/local/bin", &["nc", "httpd", "wget"][..])]
+    {
         std::fs::create_dir_all(rootfs.join(dir)).map_err(|e| ImageError::io(format!("create {dir}"), e))?;
         for applet in applets {
             let link = rootfs.join(dir).join(applet);
             if link.symlink_metadata().is_err() {
-                std::os::unix::fs::symlink("/bin/busybox", &link).map_err(|e| ImageError::io(format!("symlink {}", link.display()), e))?;
+                std::os::unix::fs::symlink("/bin/busybox", &link)
+                    .map_err(|e| ImageError::io(format!("symlink {}", link.display()), e))?;
             }
         }
     }
@@ -439,8 +463,9 @@ pub fn resolve_modules(modules_dep: &str, builtin: &str, wanted: &[&str]) -> Res
         if !seen.insert(name.to_string()) || builtin.contains(name) {
             return Ok(());
         }
-        let (path, requires) =
-            deps.get(name).ok_or_else(|| ImageError::Recipe(format!("kernel module {name} is neither a module nor built in")))?;
+        let (path, requires) = deps
+            .get(name)
+            .ok_or_else(|| ImageError::Recipe(format!("kernel module {name} is neither a module nor built in")))?;
         // modules.dep lists dependencies so that loading them last-to-first satisfies each one's own deps.
         for dep in requires.iter().rev() {
             visit(&module_name(dep), deps, builtin, seen, order, module_name)?;
@@ -459,7 +484,8 @@ fn build_initramfs(rootfs: &Path, release: &str) -> Result<Vec<u8>, ImageError> 
     let modules_dep = read_to_string(&moddir.join("modules.dep"))?;
     let builtin = read_to_string(&moddir.join("modules.builtin")).unwrap_or_default();
     let modules = resolve_modules(&modules_dep, &builtin, INITRAMFS_MODULES)?;
-    let busybox = std::fs::read(rootfs.join("bin/busybox")).map_err(|e| ImageError::io("read the guest's /bin/busybox".to_string(), e))?;
+    let busybox = std::fs::read(rootfs.join("bin/busybox"))
+        .map_err(|e| ImageError::io("read the guest's /bin/busybox".to_string(), e))?;
 
     let mut w = CpioWriter::new();
     for d in ["bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules"] {
@@ -514,7 +540,9 @@ fn write(path: &Path, data: &[u8]) -> Result<(), ImageError> {
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), ImageError> {
-    std::fs::copy(from, to).map(|_| ()).map_err(|e| ImageError::io(format!("copy {} to {}", from.display(), to.display()), e))
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| ImageError::io(format!("copy {} to {}", from.display(), to.display()), e))
 }
 
 fn remove_file(path: &Path) -> Result<(), ImageError> {
@@ -523,7 +551,8 @@ fn remove_file(path: &Path) -> Result<(), ImageError> {
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| ImageError::io(format!("chmod {}", path.display()), e))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ImageError::io(format!("chmod {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -545,7 +574,14 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drive
         let names: Vec<&str> = order.iter().map(|p| p.rsplit('/').next().unwrap()).collect();
         assert_eq!(
             names,
-            ["virtio_ring.ko", "virtio.ko", "virtio_pci_modern_dev.ko", "virtio_pci_legacy_dev.ko", "virtio_pci.ko", "virtio_blk.ko"]
+            [
+                "virtio_ring.ko",
+                "virtio.ko",
+                "virtio_pci_modern_dev.ko",
+                "virtio_pci_legacy_dev.ko",
+                "virtio_pci.ko",
+                "virtio_blk.ko"
+            ]
         );
     }
 
@@ -587,7 +623,10 @@ Components: main
         let one_line = "# comment\ndeb http://mirror.invalid/debian bookworm main contrib\ndeb [arch=amd64] http://x.invalid/ cloud-sdk-bookworm main\ndeb-src http://mirror.invalid/debian bookworm main\ndeb http://mirror.invalid/debian-security bookworm-security main\n";
         assert_eq!(
             parse_one_line_sources(one_line),
-            ["deb http://mirror.invalid/debian bookworm main contrib", "deb http://mirror.invalid/debian-security bookworm-security main"]
+            [
+                "deb http://mirror.invalid/debian bookworm main contrib",
+                "deb http://mirror.invalid/debian-security bookworm-security main"
+            ]
         );
     }
 

@@ -47,7 +47,10 @@ pub enum Source {
         packages: Vec<String>,
         kernel_release: String,
     },
-    Url { url: String, sha256: String },
+    Url {
+        url: String,
+        sha256: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +117,7 @@ pub fn list(root: &Path) -> Result<Vec<Entry>, ImageError> {
             entries.push(entry);
         }
     }
-    entries.sort_by(|a, b| {
-        (a.manifest.created_unix, &a.manifest.id).cmp(&(b.manifest.created_unix, &b.manifest.id))
-    });
+    entries.sort_by(|a, b| (a.manifest.created_unix, &a.manifest.id).cmp(&(b.manifest.created_unix, &b.manifest.id)));
     Ok(entries)
 }
 
@@ -141,7 +142,8 @@ impl TempEntry {
     /// entry first, ours is dropped and theirs (identical inputs) is returned.
     pub fn commit(mut self, manifest: &Manifest) -> Result<Entry, ImageError> {
         let path = self.dir.join(MANIFEST);
-        let json = serde_json::to_vec_pretty(manifest).map_err(|source| ImageError::Manifest { path: path.clone(), source })?;
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|source| ImageError::Manifest { path: path.clone(), source })?;
         std::fs::write(&path, json).map_err(|e| ImageError::io(format!("write {}", path.display()), e))?;
         let dest = self.root.join(&self.id);
         match std::fs::rename(&self.dir, &dest) {
@@ -152,7 +154,9 @@ impl TempEntry {
             Err(e) if dest.join(MANIFEST).exists() => {
                 // Lost a race with an identical build/download: use the winner's entry; Drop removes ours.
                 let _ = e;
-                lookup(&self.root, &self.id)?.ok_or_else(|| ImageError::io(format!("rename to {}", dest.display()), std::io::Error::other("entry vanished")))
+                lookup(&self.root, &self.id)?.ok_or_else(|| {
+                    ImageError::io(format!("rename to {}", dest.display()), std::io::Error::other("entry vanished"))
+                })
             }
             Err(e) => Err(ImageError::io(format!("rename {} to {}", self.dir.display(), dest.display()), e)),
         }

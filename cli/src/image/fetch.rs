@@ -16,7 +16,8 @@ pub async fn fetch(ui: &Ui, url: &str, sha256: &str) -> Result<ImageArtifacts, I
     if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ImageError::BadSha256(sha256.to_string()));
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| ImageError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| ImageError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ImageError::BadUrl { url: url.to_string(), reason: "only http and https are supported".into() });
     }
@@ -29,7 +30,8 @@ pub async fn fetch(ui: &Ui, url: &str, sha256: &str) -> Result<ImageArtifacts, I
         return Err(ImageError::MissingTool { tool: "qemu-img".into(), package: "qemu-utils".into() });
     }
     tokio::fs::create_dir_all(&root).await.map_err(|e| ImageError::io(format!("create {}", root.display()), e))?;
-    let name = parsed.path_segments().and_then(|mut s| s.next_back()).filter(|s| !s.is_empty()).unwrap_or("image").to_string();
+    let name =
+        parsed.path_segments().and_then(|mut s| s.next_back()).filter(|s| !s.is_empty()).unwrap_or("image").to_string();
 
     // The partial file is named by the expected hash so an interrupted download of the same image resumes.
     let part = root.join(format!(".part-{expected}"));
@@ -155,7 +157,9 @@ fn to_qcow2(src: &Path, dest: &Path) -> Result<(), ImageError> {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| ImageError::Recipe(format!("qemu-img info printed something that is not JSON: {e}")))?;
     if info.get("backing-filename").is_some() {
-        return Err(ImageError::Recipe("the downloaded image has a backing file; only standalone images are accepted".into()));
+        return Err(ImageError::Recipe(
+            "the downloaded image has a backing file; only standalone images are accepted".into(),
+        ));
     }
     match info.get("format").and_then(|f| f.as_str()) {
         Some("qcow2") => std::fs::rename(src, dest).map_err(|e| ImageError::io(format!("rename {}", src.display()), e)),

@@ -125,7 +125,10 @@ pub async fn ensure(ui: &Ui, r: &ImageRef) -> Result<ImageArtifacts, ImageError>
         ImageRef::Named(name) => {
             let ui = ui.clone();
             let name = name.clone();
-            let opts = BuildOptions { force: false, mirror: std::env::var("TESTBED_DEBIAN_MIRROR").ok().filter(|m| !m.is_empty()) };
+            let opts = BuildOptions {
+                force: false,
+                mirror: std::env::var("TESTBED_DEBIAN_MIRROR").ok().filter(|m| !m.is_empty()),
+            };
             tokio::task::spawn_blocking(move || build::build(&ui, &name, &opts))
                 .await
                 .map_err(|e| ImageError::Recipe(format!("image build task failed: {e}")))?
@@ -169,7 +172,6 @@ pub enum ImageCommand {
 
 #[derive(Serialize)]
 struct ListedImage<'a> {
-    id: &'a str,
     name: &'a str,
     source: &'a cache::Source,
     created_unix: u64,
@@ -199,7 +201,6 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
                 let listed: Vec<ListedImage<'_>> = entries
                     .iter()
                     .map(|e| ListedImage {
-                        id: &e.manifest.id,
                         name: &e.manifest.name,
                         source: &e.manifest.source,
                         created_unix: e.manifest.created_unix,
@@ -207,25 +208,33 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
                         artifacts: e.manifest.artifacts(&e.dir),
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&listed).map_err(CliError::infra)?);
+                out(&serde_json::to_string_pretty(&listed).map_err(CliError::infra)?);
             } else if entries.is_empty() {
                 ui.info(format!("no cached images in {}", root.display()));
             } else {
-                println!("{:<28} {:<24} {:>9}  SOURCE", "ID", "NAME", "SIZE");
+                let mut table = format!("{:<28} {:<24} {:>9}  SOURCE", "ID", "NAME", "SIZE");
                 for e in &entries {
                     let source = match &e.manifest.source {
                         cache::Source::Built { kernel_release, .. } => format!("built (kernel {kernel_release})"),
                         cache::Source::Url { url, .. } => url.clone(),
                     };
-                    println!("{:<28} {:<24} {:>6} MB  {source}", e.manifest.id, e.manifest.name, e.manifest.size_bytes >> 20);
+                    table.push_str(&format!(
+                        "\n{:<28} {:<24} {:>6} MB  {source}",
+                        e.manifest.id,
+                        e.manifest.name,
+                        e.manifest.size_bytes >> 20
+                    ));
                 }
+                out(&table);
             }
             Ok(())
         }
         ImageCommand::Rm { id_or_name } => {
             let root = cache::cache_root()?;
-            let doomed: Vec<cache::Entry> =
-                cache::list(&root)?.into_iter().filter(|e| e.manifest.id == id_or_name || e.manifest.name == id_or_name).collect();
+            let doomed: Vec<cache::Entry> = cache::list(&root)?
+                .into_iter()
+                .filter(|e| e.manifest.id == id_or_name || e.manifest.name == id_or_name)
+                .collect();
             if doomed.is_empty() {
                 return Err(ImageError::NotCached(id_or_name).into());
             }
@@ -237,7 +246,7 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
                 removed.push(e.manifest.id);
             }
             if ui.is_json() {
-                println!("{}", serde_json::json!({ "removed": removed }));
+                out(&serde_json::json!({ "removed": removed }).to_string());
             }
             Ok(())
         }
@@ -246,15 +255,20 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
 
 fn print_artifacts(ui: &Ui, a: &ImageArtifacts) -> CliResult {
     if ui.is_json() {
-        println!("{}", serde_json::to_string_pretty(a).map_err(CliError::infra)?);
+        out(&serde_json::to_string_pretty(a).map_err(CliError::infra)?);
     } else {
-        println!("id:      {}", a.id);
-        println!("disk:    {}", a.disk.display());
+        let mut text = format!("id:      {}\ndisk:    {}", a.id, a.disk.display());
         if let (Some(k), Some(i)) = (&a.kernel, &a.initrd) {
-            println!("kernel:  {}", k.display());
-            println!("initrd:  {}", i.display());
-            println!("cmdline: {}", a.cmdline);
+            text.push_str(&format!("\nkernel:  {}\ninitrd:  {}\ncmdline: {}", k.display(), i.display(), a.cmdline));
         }
+        out(&text);
     }
     Ok(())
+}
+
+/// Data on stdout. A closed pipe (`| head`) is the reader's choice, not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
 }

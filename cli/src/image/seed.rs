@@ -123,13 +123,16 @@ pub fn write_seed(path: &Path, seed: &SeedConfig) -> Result<(), ImageError> {
 fn validate(seed: &SeedConfig) -> Result<(), ImageError> {
     let bad = |what: String| Err(ImageError::Seed(what));
     let h = &seed.hostname;
-    if h.is_empty() || h.len() > 63 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || h.starts_with('-') {
+    if h.is_empty() || h.len() > 63 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || h.starts_with('-')
+    {
         return bad(format!("hostname {h:?} is not a DNS label"));
     }
     if !seed.host_key_ed25519_private.contains("BEGIN OPENSSH PRIVATE KEY") {
         return bad("host_key_ed25519_private is not an OpenSSH private key".into());
     }
-    if !seed.host_key_ed25519_public.trim().starts_with("ssh-ed25519 ") || seed.host_key_ed25519_public.trim().contains('\n') {
+    if !seed.host_key_ed25519_public.trim().starts_with("ssh-ed25519 ")
+        || seed.host_key_ed25519_public.trim().contains('\n')
+    {
         return bad("host_key_ed25519_public is not one `ssh-ed25519 ...` line".into());
     }
     if seed.authorized_keys.is_empty() {
@@ -139,7 +142,9 @@ fn validate(seed: &SeedConfig) -> Result<(), ImageError> {
         return bad(format!("authorized key {k:?} must be exactly one line"));
     }
     for n in &seed.nics {
-        let valid_name = !n.name.is_empty() && n.name.len() <= 15 && n.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let valid_name = !n.name.is_empty()
+            && n.name.len() <= 15
+            && n.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_name || n.name == "eth0" {
             return bad(format!("NIC name {:?} must be an interface name other than eth0 (management)", n.name));
         }
@@ -191,8 +196,20 @@ mod tests {
             host_key_ed25519_public: PUB.into(),
             authorized_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBB client".into()],
             nics: vec![
-                SeedNic { name: "eth1".into(), mac: "52:54:00:AA:00:01".into(), address: Ipv4Addr::new(192, 168, 77, 2), prefix_len: 24, mtu: 1500 },
-                SeedNic { name: "eth2".into(), mac: "52:54:00:aa:00:02".into(), address: Ipv4Addr::new(10, 9, 0, 2), prefix_len: 16, mtu: 9000 },
+                SeedNic {
+                    name: "eth1".into(),
+                    mac: "52:54:00:AA:00:01".into(),
+                    address: Ipv4Addr::new(192, 168, 77, 2),
+                    prefix_len: 24,
+                    mtu: 1500,
+                },
+                SeedNic {
+                    name: "eth2".into(),
+                    mac: "52:54:00:aa:00:02".into(),
+                    address: Ipv4Addr::new(10, 9, 0, 2),
+                    prefix_len: 16,
+                    mtu: 9000,
+                },
             ],
         }
     }
@@ -240,7 +257,10 @@ mod tests {
     fn testbed_files_are_plain_lines() {
         let files = render(&seed()).unwrap();
         assert_eq!(file(&files, "testbed/hostname"), "node-1\n");
-        assert_eq!(file(&files, "testbed/nics"), "52:54:00:aa:00:01 eth1 192.168.77.2/24 1500\n52:54:00:aa:00:02 eth2 10.9.0.2/16 9000\n");
+        assert_eq!(
+            file(&files, "testbed/nics"),
+            "52:54:00:aa:00:01 eth1 192.168.77.2/24 1500\n52:54:00:aa:00:02 eth2 10.9.0.2/16 9000\n"
+        );
         assert_eq!(file(&files, "testbed/ssh_host_ed25519_key"), PRIV);
         assert_eq!(file(&files, "testbed/ssh_host_ed25519_key.pub"), format!("{PUB}\n"));
     }
