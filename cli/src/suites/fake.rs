@@ -1,1 +1,406 @@
-//! placeholder
+//! A scripted in-memory cluster for unit tests only: it answers the suite's commands the way a healthy lab
+//! would (or with one injected fault), so the runner, statuses, exit codes and reports are tested without VMs.
+//! Real behaviour is tested by `tests/conformance_e2e.rs` against real QEMU VMs.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testbed_api::{
+    ApplyResponse, Backend, ContainerState, ContainerStatus, ExecRequest, ExecResponse, NodeSpec, NodeStatus,
+    ObservedNetwork, PodPhase, PodSpec, PodStatus, QosClass,
+};
+
+use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
+use super::overlay;
+use super::probe;
+use crate::plan::{ClusterPlan, ImageRef, Impairment, NetworkPlan, NicPlan, NodePlan, Plan, PodPlan};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Pod->pod traffic is masqueraded behind the node's cni0 address.
+    pub snat: bool,
+    /// Every agent and SSH call fails.
+    pub agent_down: bool,
+    /// node1's agent reports no route to node2's pods.
+    pub missing_route: bool,
+}
+
+#[derive(Default)]
+struct State {
+    specs: BTreeMap<String, NodeSpec>,
+    /// pod name -> (node, spec, status)
+    pods: BTreeMap<String, (String, PodSpec, PodStatus)>,
+    next_host: BTreeMap<String, u32>,
+    tcp_message: Option<String>,
+    /// Every pod ever created (to check the suite removes what it makes).
+    created: Vec<String>,
+}
+
+pub struct FakeCluster {
+    plan: Plan,
+    pub faults: Faults,
+    state: RefCell<State>,
+}
+
+fn nic(node: usize) -> NicPlan {
+    NicPlan {
+        network: "underlay".into(),
+        guest_interface: "eth1".into(),
+        tap: format!("tbt-n{node}"),
+        mac: format!("52:54:00:00:00:0{node}"),
+        ip: Ipv4Addr::new(192, 168, 50, 10 + node as u8),
+        prefix_len: 24,
+        mtu: 1500,
+    }
+}
+
+pub fn plan(nodes: usize, backend: Backend) -> Plan {
+    Plan {
+        version: 1,
+        lab: "fake".into(),
+        topology_hash: "0".repeat(64),
+        netns: "tb-fake".into(),
+        networks: vec![NetworkPlan {
+            name: "underlay".into(),
+            bridge: "tbb-fake".into(),
+            cidr: "192.168.50.0/24".parse().expect("cidr"),
+            mtu: 1500,
+            impair: Impairment::default(),
+        }],
+        nodes: (1..=nodes)
+            .map(|i| NodePlan {
+                name: format!("node{i}"),
+                index: i - 1,
+                cpus: 1,
+                memory_mib: 1024,
+                image: ImageRef::Named("debian-12".into()),
+                kernel_args: vec![],
+                ssh_port: 2200 + i as u16,
+                nics: vec![nic(i)],
+                pod_subnet: format!("10.244.{}.0/24", i - 1).parse().expect("subnet"),
+                vtep_mac: format!("0e:00:00:00:00:0{i}"),
+            })
+            .collect(),
+        cluster: ClusterPlan { pod_cidr: "10.244.0.0/16".parse().expect("cidr"), node_subnet_prefix: 24, backend },
+        pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
+    }
+}
+
+fn ok(stdout: impl Into<String>) -> ExecResponse {
+    ExecResponse { exit_code: 0, stdout: stdout.into(), stderr: String::new(), timed_out: false }
+}
+
+fn fail(stderr: &str) -> ExecResponse {
+    ExecResponse { exit_code: 1, stdout: String::new(), stderr: stderr.into(), timed_out: false }
+}
+
+/// The first IPv4 address in `s` after `after`.
+fn ip_after(s: &str, after: &str) -> Option<Ipv4Addr> {
+    let rest = &s[s.find(after)? + after.len()..];
+    rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).find_map(|t| t.parse().ok())
+}
+
+fn inode(s: &str) -> u64 {
+    s.bytes().fold(4026531840u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
+impl FakeCluster {
+    pub fn new(plan: Plan, faults: Faults) -> Self {
+        let c = FakeCluster { plan, faults, state: RefCell::new(State::default()) };
+        // The topology's own pods, as `up` would have created them.
+        for p in c.plan.pods.clone() {
+            c.insert_pod(&p.node, &p.spec);
+        }
+        c.state.borrow_mut().created.clear();
+        c
+    }
+
+    /// Pods the suite created and did not remove.
+    pub fn leftover_test_pods(&self) -> Vec<String> {
+        self.state.borrow().pods.keys().filter(|p| p.starts_with("tb-")).cloned().collect()
+    }
+
+    pub fn created(&self) -> Vec<String> {
+        self.state.borrow().created.clone()
+    }
+
+    pub fn backend_of(&self, node: &str) -> Option<Backend> {
+        self.state.borrow().specs.get(node).map(|s| s.backend)
+    }
+
+    fn down(&self, node: &str, step: &str) -> Result<(), ClusterError> {
+        if self.faults.agent_down {
+            Err(ClusterError::new(node, step, "connection refused"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn insert_pod(&self, node: &str, spec: &PodSpec) -> PodStatus {
+        let mut st = self.state.borrow_mut();
+        let subnet = self.plan.node(node).map(|n| n.pod_subnet).expect("node in plan");
+        let host = st.next_host.entry(node.into()).or_insert(2);
+        let ip = Ipv4Addr::from(u32::from(subnet.network()) + *host);
+        *host += 1;
+        let oom = spec.name == super::conformance::POD_MEM;
+        let status = PodStatus {
+            name: spec.name.clone(),
+            phase: if oom { PodPhase::Failed } else { PodPhase::Running },
+            qos_class: QosClass::BestEffort,
+            ip: Some(ip),
+            infra_pid: Some(100),
+            host_veth: Some(format!("veth{:08x}", inode(&spec.name) as u32)),
+            cgroup: format!("/sys/fs/cgroup/testbed/pod-{}", spec.name),
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerStatus {
+                    name: c.name.clone(),
+                    state: if oom {
+                        ContainerState::Terminated { exit_code: 137, reason: "OOMKilled".into() }
+                    } else {
+                        ContainerState::Running { pid: 200 }
+                    },
+                    restart_count: 0,
+                    cgroup: format!("/sys/fs/cgroup/testbed/pod-{}/{}", spec.name, c.name),
+                })
+                .collect(),
+        };
+        st.pods.insert(spec.name.clone(), (node.into(), spec.clone(), status.clone()));
+        st.created.push(spec.name.clone());
+        status
+    }
+
+    fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<(String, String)> {
+        self.state.borrow().pods.values().find(|(_, _, s)| s.ip == Some(ip)).map(|(n, _, s)| (n.clone(), s.name.clone()))
+    }
+
+    fn node_of_ip(&self, ip: Ipv4Addr) -> Option<String> {
+        self.plan.nodes.iter().find(|n| n.pod_subnet.contains(&ip) || n.nics[0].ip == ip).map(|n| n.name.clone())
+    }
+
+    fn backend(&self) -> Backend {
+        self.state.borrow().specs.values().next().map_or(self.plan.cluster.backend, |s| s.backend)
+    }
+
+    /// Whether traffic from `src_node` reaches `ip`.
+    fn reachable(&self, src_node: &str, ip: Ipv4Addr) -> bool {
+        match self.node_of_ip(ip) {
+            Some(n) if n == src_node => true,
+            Some(n) if self.plan.node(&n).is_some_and(|p| p.nics[0].ip == ip) => {
+                // A node's underlay address answers from anywhere on the segment... but the reply to a pod
+                // address on another node needs the overlay.
+                self.backend() != Backend::None
+            }
+            Some(_) => self.backend() != Backend::None,
+            None => false,
+        }
+    }
+
+    fn ping(&self, src_node: &str, script: &str) -> ExecResponse {
+        let Some(ip) = ip_after(script, "-W 2 ") else { return fail("ping: usage") };
+        let mtu = self.backend().pod_mtu(1500);
+        if let Some(size) = script.split("-s ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|s| s.parse::<u32>().ok()) {
+            if size + 28 > mtu {
+                return fail(&format!("ping: local error: message too long, mtu={mtu}"));
+            }
+        }
+        if self.reachable(src_node, ip) {
+            ok(format!("PING {ip}\n64 bytes from {ip}: icmp_seq=1 ttl=63 time=0.5 ms\n"))
+        } else {
+            fail("2 packets transmitted, 0 received")
+        }
+    }
+
+    fn http(&self, src_node: &str, src_ip: Option<Ipv4Addr>, script: &str, self_pod: Option<&str>) -> ExecResponse {
+        let Some(ip) = ip_after(script, "http://") else { return fail("wget: bad url") };
+        if ip == Ipv4Addr::LOCALHOST {
+            return ok(format!("{}\n", self_pod.unwrap_or("")));
+        }
+        if !self.reachable(src_node, ip) {
+            return fail("wget: download timed out");
+        }
+        let Some((node, pod)) = self.pod_by_ip(ip) else { return fail("wget: can't connect") };
+        if script.contains("/cgi-bin/peer") {
+            let seen = match src_ip {
+                Some(_) if self.faults.snat => self.plan.node(&node).map(|n| Ipv4Addr::from(u32::from(n.pod_subnet.network()) + 1)),
+                other => other,
+            };
+            return ok(format!("[::ffff:{}]\n", seen.map(|i| i.to_string()).unwrap_or_default()));
+        }
+        if script.contains("/big") {
+            return ok(format!("{}  -\n", probe::seq_sha256(probe::BIG_LINES)));
+        }
+        ok(format!("{pod}\n"))
+    }
+
+    fn network_of(&self, spec: &NodeSpec) -> ObservedNetwork {
+        let mut routes = vec![format!("{} dev cni0 proto kernel scope link", spec.pod_subnet)];
+        if !(self.faults.missing_route && spec.node_name == "node1") {
+            routes.extend(overlay::expected_routes(spec).iter().map(|r| format!("{} {}", r.dest, r.tokens.join(" "))));
+        }
+        let vx = spec.backend == Backend::Vxlan;
+        ObservedNetwork {
+            links: vec!["cni0 UP".into()],
+            routes,
+            neighbours: if vx {
+                spec.peers.iter().map(|p| format!("{} lladdr {} PERMANENT", p.pod_subnet.network(), p.vtep_mac)).collect()
+            } else {
+                vec![]
+            },
+            fdb: if vx { spec.peers.iter().map(|p| format!("{} dst {} self permanent", p.vtep_mac, p.underlay_ip)).collect() } else { vec![] },
+        }
+    }
+}
+
+impl Cluster for FakeCluster {
+    fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn facts(&self) -> LabFacts {
+        LabFacts { qemu_version: Some("7.2.0".into()), accelerator: Some("tcg".into()) }
+    }
+
+    fn serial_log(&self, _node: &str) -> Option<PathBuf> {
+        None
+    }
+
+    async fn node_exec(&self, node: &str, command: &str) -> Result<NodeExec, ClusterError> {
+        self.down(node, "ssh")?;
+        let r = if command.contains("readlink") {
+            ok(format!("net:[1]\npid:[2]\nuts:[3]\nipc:[4]\nmnt:[5]\n{node}\n"))
+        } else if command.contains("hairpin_mode") {
+            ok("1\n")
+        } else if command.contains("cpu.max") {
+            ok("20000 100000\n67108864\n64\n")
+        } else if command.contains("echo T0") {
+            ok("T0 1000000000\nusage_usec 100\nnr_throttled 1\nT1 4000000000\nusage_usec 600100\nnr_throttled 30\n")
+        } else if command.contains("memory.events") {
+            ok("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+        } else if command.starts_with("ip route del") {
+            ok("")
+        } else if let Some(dest) = command.strip_prefix("ip route show ") {
+            ok(format!("{dest} via 10.244.1.0 dev flannel.1 onlink\n"))
+        } else if command.contains("ping ") {
+            let p = self.ping(node, command);
+            if p.exit_code != 0 || !command.contains("wget") {
+                p
+            } else {
+                let h = self.http(node, None, command, None);
+                ExecResponse { stdout: format!("{}{}", p.stdout, h.stdout), ..h }
+            }
+        } else {
+            ok(format!("fake output of `{command}`\n"))
+        };
+        Ok(NodeExec { exit_code: r.exit_code, stdout: r.stdout, stderr: r.stderr })
+    }
+
+    async fn apply(&self, node: &str, spec: &NodeSpec) -> Result<ApplyResponse, ClusterError> {
+        self.down(node, "PUT /v1/node")?;
+        let old = self.state.borrow_mut().specs.insert(node.into(), spec.clone());
+        Ok(ApplyResponse { changes: if old.as_ref() == Some(spec) { vec![] } else { vec![format!("backend {}", spec.backend)] } })
+    }
+
+    async fn node_status(&self, node: &str) -> Result<NodeStatus, ClusterError> {
+        self.down(node, "GET /v1/node")?;
+        let spec = self.state.borrow().specs.get(node).cloned();
+        let network = spec.as_ref().map(|s| self.network_of(s)).unwrap_or(ObservedNetwork {
+            links: vec![],
+            routes: vec![],
+            neighbours: vec![],
+            fdb: vec![],
+        });
+        Ok(NodeStatus {
+            node_name: node.into(),
+            agent_version: "0.1.0".into(),
+            kernel: "6.1.0-fake".into(),
+            cgroup_version: "v2".into(),
+            converged: true,
+            last_error: None,
+            drift_repairs: 0,
+            network,
+            pods: vec![],
+            spec,
+        })
+    }
+
+    async fn create_pod(&self, node: &str, spec: &PodSpec) -> Result<PodStatus, ClusterError> {
+        self.down(node, "POST /v1/pods")?;
+        if let Some((_, existing, st)) = self.state.borrow().pods.get(&spec.name) {
+            return if existing == spec { Ok(st.clone()) } else { Err(ClusterError::new(node, "POST /v1/pods", "409 conflict")) };
+        }
+        Ok(self.insert_pod(node, spec))
+    }
+
+    async fn get_pod(&self, node: &str, pod: &str) -> Result<PodStatus, ClusterError> {
+        self.down(node, "GET /v1/pods")?;
+        let st = self.state.borrow();
+        match st.pods.get(pod) {
+            Some((n, _, s)) if n == node => Ok(s.clone()),
+            _ => Err(ClusterError::new(node, &format!("GET /v1/pods/{pod}"), "404 not found")),
+        }
+    }
+
+    async fn delete_pod(&self, node: &str, pod: &str) -> Result<(), ClusterError> {
+        self.down(node, "DELETE /v1/pods")?;
+        match self.state.borrow_mut().pods.remove(pod) {
+            Some(_) => Ok(()),
+            None => Err(ClusterError::new(node, &format!("DELETE /v1/pods/{pod}"), "404 not found")),
+        }
+    }
+
+    async fn pod_exec(&self, node: &str, pod: &str, req: &ExecRequest) -> Result<ExecResponse, ClusterError> {
+        self.down(node, "exec")?;
+        let own_ip = self.state.borrow().pods.get(pod).and_then(|p| p.2.ip);
+        let script = req.command.last().cloned().unwrap_or_default();
+        let container = req.container.clone().unwrap_or_else(|| "infra".into());
+        if script.contains("readlink") {
+            // net/uts/ipc are the pod's, pid/mnt the container's.
+            let (p, pc) = (inode(pod), inode(&format!("{pod}/{container}")));
+            return Ok(ok(format!("net:[{p}]\npid:[{pc}]\nuts:[{}]\nipc:[{}]\nmnt:[{}]\n{pod}\n", p + 1, p + 2, pc + 1)));
+        }
+        if script.contains("ip -o link show eth0") {
+            return Ok(ok(format!("2: eth0@if9: <BROADCAST,UP> mtu {} qdisc noqueue", self.backend().pod_mtu(1500))));
+        }
+        if script.contains("ip -4 -o addr show") {
+            let ip = own_ip.map(|i| i.to_string()).unwrap_or_default();
+            return Ok(ok(format!("1: lo    inet 127.0.0.1/8 scope host lo\n3: eth0    inet {ip}/24 brd x scope global eth0\n")));
+        }
+        if script.contains("busybox nc -l") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Ok(ok(self.state.borrow_mut().tcp_message.take().unwrap_or_default()));
+        }
+        if script.contains("| busybox nc") {
+            let Some(ip) = ip_after(&script, "| busybox nc ") else { return Ok(fail("nc: usage")) };
+            if !self.reachable(node, ip) {
+                return Ok(fail("nc: can't connect"));
+            }
+            let msg = script.split("echo ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("");
+            self.state.borrow_mut().tcp_message = Some(format!("{msg}\n"));
+            return Ok(ok(""));
+        }
+        if script.contains("iperf3 -s") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Ok(ok(r#"{"start":{"connected":[{"remote_host":"10.244.0.2"}]},"end":{"sum":{"packets":42,"lost_packets":0}}}"#));
+        }
+        if script.contains("iperf3 -c") {
+            let ip = ip_after(&script, "-c ");
+            return Ok(if ip.is_some_and(|ip| self.reachable(node, ip)) { ok("{}") } else { fail("iperf3: unable to connect") });
+        }
+        if script.contains("ping ") {
+            return Ok(self.ping(node, &script));
+        }
+        if script.contains("timeout 5 bash -c") {
+            let ip = ip_after(&script, "/dev/tcp/");
+            return Ok(if ip.is_some_and(|ip| self.reachable(node, ip)) { ok("") } else { fail("connection refused") });
+        }
+        if script.contains("wget") {
+            return Ok(self.http(node, own_ip, &script, Some(pod)));
+        }
+        Ok(fail(&format!("fake cluster does not know `{script}`")))
+    }
+}

@@ -1,1 +1,317 @@
-//! placeholder
+//! Suite-level unit tests against the fake cluster: statuses, exit codes, cleanup, reports.
+
+use std::path::Path;
+
+use testbed_api::results::{CheckStatus, RunOutcome, SuiteResults};
+use testbed_api::Backend;
+
+use super::declared::parse_declared_tests;
+use super::fake::{plan, FakeCluster, Faults};
+use super::{outcome_to_result, parse_backends, report, run_conformance};
+use crate::ui::{OutputFormat, Ui};
+
+fn ui() -> Ui {
+    Ui::new(OutputFormat::Json, true)
+}
+
+async fn run(c: &FakeCluster, backends: &[Backend], filter: Option<&str>) -> SuiteResults {
+    run_conformance(c, &ui(), backends, filter.map(str::to_string), &[]).await
+}
+
+fn failures(r: &SuiteResults) -> Vec<String> {
+    r.checks
+        .iter()
+        .filter(|c| !matches!(c.status, CheckStatus::Pass | CheckStatus::Skip))
+        .map(|c| format!("{} {}: {:?} {:?}", c.status, c.name, c.message, c.details))
+        .collect()
+}
+
+fn exit_code(r: &SuiteResults) -> u8 {
+    outcome_to_result(r, Path::new("out")).err().map_or(0, |e| e.exit_code())
+}
+
+#[tokio::test]
+async fn healthy_lab_passes_every_check_and_cleans_up() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let r = run(&c, &[Backend::Vxlan], None).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    assert_eq!(r.outcome(), RunOutcome::Passed);
+    assert_eq!(exit_code(&r), 0);
+    assert!(r.summary.total >= 35, "only {} checks", r.summary.total);
+    assert_eq!(r.summary.skipped, 0, "two nodes on vxlan: nothing to skip");
+    assert!(r.checks.iter().any(|c| c.name == "[pod-network] vxlan pod->pod cross-node: tcp"));
+    assert!(r.checks.iter().any(|c| c.name == "[cgroups] memory limit enforced: OOM kill"));
+    assert!(c.leftover_test_pods().is_empty(), "left behind: {:?}", c.leftover_test_pods());
+    assert!(c.created().iter().any(|p| p == "tb-c-b1"));
+    assert_eq!(r.metadata.backends, vec![Backend::Vxlan]);
+    assert_eq!(r.metadata.kernel.as_deref(), Some("6.1.0-fake"));
+    assert_eq!(r.metadata.accelerator.as_deref(), Some("tcg"));
+}
+
+#[tokio::test]
+async fn all_backends_switch_in_turn_and_restore_the_topologys() {
+    let c = FakeCluster::new(plan(2, Backend::HostGw), Faults::default());
+    let r = run(&c, &Backend::ALL, None).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    for b in Backend::ALL {
+        assert!(r.checks.iter().any(|c| c.backend == Some(b) && c.group == "pod-network"), "no checks for {b}");
+    }
+    // Backend-independent checks run once.
+    assert_eq!(r.checks.iter().filter(|c| c.name == "[sandbox] a pod has exactly one IP").count(), 1);
+    let none_cross = r.checks.iter().find(|c| c.name == "[pod-network] none pod->pod cross-node: icmp").expect("present");
+    assert_eq!(none_cross.status, CheckStatus::Skip);
+    assert!(r.checks.iter().any(|c| c.name == "[setup] host-gw restore the topology's backend"));
+    assert_eq!(c.backend_of("node1"), Some(Backend::HostGw));
+    // The MTU checks follow the backend's overhead.
+    assert!(r.checks.iter().any(|c| c.name == "[mtu] vxlan cross-node DF ping at the overlay MTU (1450) passes"));
+    assert!(r.checks.iter().any(|c| c.name == "[mtu] udp cross-node DF ping at the overlay MTU (1472) passes"));
+}
+
+#[tokio::test]
+async fn single_node_skips_cross_node_checks() {
+    let c = FakeCluster::new(plan(1, Backend::Vxlan), Faults::default());
+    let r = run(&c, &[Backend::Vxlan], None).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    let skipped: Vec<&str> = r.checks.iter().filter(|c| c.status == CheckStatus::Skip).map(|c| c.name.as_str()).collect();
+    assert!(skipped.iter().all(|n| n.contains("cross-node") || n.contains("re-applies") || n.contains("drift")), "{skipped:?}");
+    assert!(skipped.len() >= 8, "{skipped:?}");
+}
+
+#[tokio::test]
+async fn snat_fails_the_no_snat_check_with_exit_1() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { snat: true, ..Faults::default() });
+    let r = run(&c, &[Backend::Vxlan], None).await;
+    let bad = failures(&r);
+    assert_eq!(bad.len(), 2, "{bad:#?}");
+    assert!(bad.iter().all(|b| b.contains("no SNAT")), "{bad:#?}");
+    let check = r.checks.iter().find(|c| c.name == "[pod-network] vxlan no SNAT pod->pod cross-node").expect("ran");
+    assert!(check.message.as_deref().is_some_and(|m| m.contains("(SNAT)")), "{check:?}");
+    assert_eq!(r.outcome(), RunOutcome::Failed);
+    assert_eq!(exit_code(&r), 1);
+    assert!(c.leftover_test_pods().is_empty(), "pods must be removed after failures too");
+}
+
+#[tokio::test]
+async fn missing_overlay_route_fails_the_state_check() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { missing_route: true, ..Faults::default() });
+    let r = run(&c, &[Backend::Vxlan], Some("[overlay]")).await;
+    let check = r.checks.iter().find(|c| c.name == "[overlay] vxlan control state on node1 matches the plan").expect("ran");
+    assert_eq!(check.status, CheckStatus::Fail);
+    assert!(check.message.as_deref().is_some_and(|m| m.contains("missing route to 10.244.1.0/24")), "{check:?}");
+    let other = r.checks.iter().find(|c| c.name == "[overlay] vxlan control state on node2 matches the plan").expect("ran");
+    assert_eq!(other.status, CheckStatus::Pass);
+}
+
+#[tokio::test]
+async fn dead_agent_is_an_infrastructure_error_with_exit_3() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { agent_down: true, ..Faults::default() });
+    let r = run(&c, &[Backend::Vxlan], None).await;
+    assert_eq!(r.outcome(), RunOutcome::InfraError);
+    assert_eq!(exit_code(&r), 3);
+    let setup = &r.checks[0];
+    assert_eq!(setup.status, CheckStatus::Error);
+    assert!(setup.message.as_deref().is_some_and(|m| m.contains("connection refused")), "{setup:?}");
+    // Nothing else can run once the backend cannot even be applied.
+    assert_eq!(r.checks.len(), 1);
+}
+
+#[tokio::test]
+async fn filter_selects_checks_but_setup_always_runs() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let r = run(&c, &[Backend::Vxlan], Some("cross-node: ")).await;
+    let names: Vec<&str> = r.checks.iter().filter(|c| c.group != "setup").map(|c| c.name.as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().all(|n| n.contains("cross-node: ")));
+    assert_eq!(r.checks.iter().filter(|c| c.group == "setup").count(), 3);
+    let none = run(&c, &[Backend::Vxlan], Some("no such check")).await;
+    assert!(super::filter_matched_nothing(Some("no such check"), &none.checks));
+    assert!(!super::filter_matched_nothing(Some("cross-node: "), &r.checks));
+}
+
+#[tokio::test]
+async fn declared_tests_levels_expectations_and_stop_on_error() {
+    let c = FakeCluster::new(plan(2, Backend::None), Faults::default());
+    let yaml = r#"
+- {name: node2 reaches web, from: 'node:node2', to: 'pod:web', kind: http, port: 8080}
+- {name: web isolated from node2 pods, from: 'pod:web', to: 'ip:10.244.1.9', kind: ping, expect: fail}
+- {name: web reaches node2 port 22, from: 'pod:web', to: 'node:node2', kind: tcp, port: 22, level: warning}
+- {name: web reaches a far address, from: 'pod:web', to: 'ip:10.99.0.1', kind: ping, retry: {attempts: 2, wait: 10ms}, stop_on_error: true}
+- {name: never runs, from: 'pod:web', to: 'pod:web', kind: ping}
+"#;
+    let tests = parse_declared_tests(&serde_yaml::from_str(yaml).expect("yaml")).expect("valid");
+    let r = run_conformance(&c, &ui(), &[Backend::None], Some("[declared]".into()), &tests).await;
+    let status = |name: &str| {
+        r.checks.iter().find(|c| c.name == format!("[declared] none {name}")).map(|c| c.status).expect(name)
+    };
+    assert_eq!(status("node2 reaches web"), CheckStatus::Pass);
+    assert_eq!(status("web isolated from node2 pods"), CheckStatus::Pass);
+    assert_eq!(status("web reaches node2 port 22"), CheckStatus::Warn);
+    assert_eq!(status("web reaches a far address"), CheckStatus::Fail);
+    assert_eq!(status("never runs"), CheckStatus::Skip);
+    assert_eq!(r.outcome(), RunOutcome::Failed);
+    let details = r.checks.iter().find(|c| c.name.ends_with("far address")).and_then(|c| c.details.clone());
+    assert!(details.is_some_and(|d| d.contains("attempt 2")));
+}
+
+#[test]
+fn backend_argument() {
+    assert_eq!(parse_backends(None), Ok(None));
+    assert_eq!(parse_backends(Some("all")), Ok(Some(Backend::ALL.to_vec())));
+    assert_eq!(parse_backends(Some("host-gw")), Ok(Some(vec![Backend::HostGw])));
+    assert!(parse_backends(Some("geneve")).is_err());
+}
+
+/// A small XML well-formedness check: balanced tags, quoted attributes, only the five predefined entities,
+/// no raw `<`/`&` in text, no control characters.
+fn well_formed(xml: &str) -> Result<(), String> {
+    fn text_ok(t: &str) -> Result<(), String> {
+        if t.contains('<') {
+            return Err(format!("raw < in `{t}`"));
+        }
+        if let Some(c) = t.chars().find(|c| (*c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r')) {
+            return Err(format!("control character {:?}", c));
+        }
+        let mut rest = t;
+        while let Some(i) = rest.find('&') {
+            rest = &rest[i..];
+            if !["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"].iter().any(|e| rest.starts_with(e)) {
+                return Err(format!("bad entity at `{}`", &rest[..rest.len().min(10)]));
+            }
+            rest = &rest[1..];
+        }
+        Ok(())
+    }
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = xml.strip_prefix("<?xml version=\"1.0\" encoding=\"UTF-8\"?>").ok_or("no XML declaration")?;
+    let mut roots = 0;
+    while let Some(i) = rest.find('<') {
+        text_ok(&rest[..i])?;
+        if stack.is_empty() && !rest[..i].trim().is_empty() {
+            return Err("text outside the root".into());
+        }
+        rest = &rest[i + 1..];
+        let end = rest.find('>').ok_or("unclosed tag")?;
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            let open = stack.pop().ok_or(format!("</{name}> without an open tag"))?;
+            if open != name.trim() {
+                return Err(format!("</{name}> closes <{open}>"));
+            }
+            continue;
+        }
+        let self_closing = tag.ends_with('/');
+        let body = tag.trim_end_matches('/');
+        let name_end = body.find(char::is_whitespace).unwrap_or(body.len());
+        let name = &body[..name_end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("bad tag name `{name}`"));
+        }
+        let mut attrs = body[name_end..].trim();
+        while !attrs.is_empty() {
+            let eq = attrs.find('=').ok_or(format!("attribute without value in <{name}>"))?;
+            let value = attrs[eq + 1..].strip_prefix('"').ok_or(format!("unquoted attribute in <{name}>"))?;
+            let close = value.find('"').ok_or("unterminated attribute")?;
+            text_ok(&value[..close])?;
+            attrs = value[close + 1..].trim_start();
+        }
+        if stack.is_empty() {
+            roots += 1;
+        }
+        if !self_closing {
+            stack.push(name.to_string());
+        }
+    }
+    text_ok(rest)?;
+    if !rest.trim().is_empty() || !stack.is_empty() || roots != 1 {
+        return Err(format!("unbalanced: open {stack:?}, roots {roots}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_xml_checker_rejects_broken_xml() {
+    let d = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
+    assert!(well_formed(&format!("{d}<a><b x=\"1\"/>t &amp; u</a>")).is_ok());
+    assert!(well_formed(&format!("{d}<a><b></a>")).is_err());
+    assert!(well_formed(&format!("{d}<a x=1></a>")).is_err());
+    assert!(well_formed(&format!("{d}<a>&nbsp;</a>")).is_err());
+    assert!(well_formed(&format!("{d}<a>\u{1}</a>")).is_err());
+    assert!(well_formed(&format!("{d}<a></a><a></a>")).is_err());
+}
+
+/// Results with every status and hostile characters in names and messages.
+async fn tricky_results() -> SuiteResults {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { snat: true, ..Faults::default() });
+    let mut r = run(&c, &[Backend::Vxlan], None).await;
+    let first = &mut r.checks[1];
+    first.name = "[x] <b>&\"quoted\" 'name' | pipe".into();
+    first.status = CheckStatus::Warn;
+    first.message = Some("warn <i>\u{7} & | more".into());
+    let second = &mut r.checks[2];
+    second.status = CheckStatus::Error;
+    second.message = Some("ssh died ]]> <!-- -->".into());
+    r.summary = testbed_api::results::Summary::of(&r.checks);
+    r
+}
+
+#[tokio::test]
+async fn junit_is_well_formed_and_lists_every_check() {
+    let r = tricky_results().await;
+    let x = report::junit(&r);
+    well_formed(&x).map_err(|e| format!("{e}\n{x}")).expect("well-formed junit");
+    for c in &r.checks {
+        assert!(x.contains(&format!("name=\"{}\"", report::xml_escape(&c.name))), "{} missing", c.name);
+    }
+    assert_eq!(x.matches("<testcase ").count(), r.checks.len());
+    assert_eq!(x.matches("<failure ").count(), r.summary.failed);
+    assert_eq!(x.matches("<error ").count(), r.summary.errors);
+    assert_eq!(x.matches("<skipped ").count(), r.summary.skipped);
+    assert!(x.contains(&format!("failures=\"{}\"", r.summary.failed)));
+}
+
+#[tokio::test]
+async fn markdown_and_html_contain_every_check_problems_first() {
+    let r = tricky_results().await;
+    let md = report::markdown(&r).expect("markdown");
+    let html = report::html(&r).expect("html");
+    for c in &r.checks {
+        assert!(md.contains(&c.name.replace('|', "\\|")) || md.contains(&c.name), "md lacks {}", c.name);
+        let escaped = c.name.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#x27;");
+        assert!(html.contains(&escaped), "html lacks {escaped}");
+    }
+    assert!(md.starts_with("# testbed conformance: INFRASTRUCTURE ERROR"), "{}", &md[..80]);
+    let problems_at = md.find("## Failures, errors and warnings").expect("problems section");
+    assert!(problems_at < md.find("## All checks").expect("all checks"));
+    assert!(!html.contains("<b>&"), "html must escape check names");
+    for external in ["<link", "<script", "src=", "href=", "@import", "url("] {
+        assert!(!html.contains(external), "report.html must be self-contained, found `{external}`");
+    }
+    assert!(html.contains("<svg") && html.contains("<rect class=\"pass\""));
+}
+
+#[tokio::test]
+async fn results_json_round_trips_and_report_rerenders() {
+    let r = tricky_results().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    report::write_all(dir.path(), &r).expect("write");
+    for f in ["results.json", "junit.xml", "report.md", "report.html"] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    let back = report::load(dir.path()).expect("load");
+    assert_eq!(back, r);
+    std::fs::remove_file(dir.path().join("report.html")).expect("rm");
+    report::write_renders(dir.path(), &back).expect("re-render");
+    assert!(dir.path().join("report.html").is_file());
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).expect("read")).expect("json");
+    assert_eq!(doc["schema_version"], 1);
+    assert!(doc["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["status"].is_string() && c["name"].is_string())));
+
+    let mut newer = doc.clone();
+    newer["schema_version"] = 99.into();
+    std::fs::write(dir.path().join("results.json"), newer.to_string()).expect("write");
+    assert!(matches!(report::load(dir.path()), Err(report::ReportError::Schema { found: 99, .. })));
+    std::fs::write(dir.path().join("results.json"), "{not json").expect("write");
+    assert!(matches!(report::load(dir.path()), Err(report::ReportError::Parse { .. })));
+}
