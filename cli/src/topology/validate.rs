@@ -329,7 +329,7 @@ fn check_nodes(
                         "{} is too small for node `{name}` (node {index} gets host address {needed}; node i gets {FIRST_HOST_OFFSET} + i, so {} nodes need a /{} or larger)",
                         net.cidr,
                         t.nodes.len(),
-                        prefix_for(FIRST_HOST_OFFSET as u64 + t.nodes.len() as u64)
+                        prefix_for(FIRST_HOST_OFFSET as u64 + t.nodes.len() as u64 - 1)
                     ),
                 ));
             }
@@ -339,9 +339,9 @@ fn check_nodes(
     Ok(out)
 }
 
-/// Longest prefix whose network holds host offsets up to `highest_offset - 1` below its broadcast address.
-fn prefix_for(needed: u64) -> u8 {
-    (2..=30u8).rev().find(|p| (1u64 << (32 - p)) - 1 > needed).unwrap_or(2)
+/// Longest prefix whose network has host offset `highest` below its broadcast address.
+fn prefix_for(highest: u64) -> u8 {
+    (2..=30u8).rev().find(|p| (1u64 << (32 - p)) - 1 > highest).unwrap_or(2)
 }
 
 fn check_image(ctx: &Ctx<'_>, path: &FieldPath, img: &ImageDef) -> Result<ImageRef, TopologyError> {
