@@ -72,16 +72,17 @@ pub trait Cluster {
     ) -> impl Future<Output = Result<ExecResponse, ClusterError>>;
 }
 
-/// The nodes of a plan, in topology order, as the checks address them.
+/// The nodes of a plan, in topology order, as the checks address them. The underlay address and MTU come from
+/// the NodeSpec the agents get, so the suites and the agents agree on which NIC carries the overlay.
 pub fn nodes_of(plan: &Plan) -> Vec<NodeInfo> {
     plan.nodes
         .iter()
         .map(|n| {
-            let nic = n.nics.first();
+            let spec = plan.node_spec(n, plan.cluster.backend);
             NodeInfo {
                 name: n.name.clone(),
-                underlay_ip: nic.map_or(Ipv4Addr::UNSPECIFIED, |n| n.ip),
-                underlay_mtu: nic.map_or(1500, |n| n.mtu),
+                underlay_ip: spec.underlay.address,
+                underlay_mtu: spec.underlay.mtu,
                 pod_subnet: n.pod_subnet,
             }
         })

@@ -11,11 +11,11 @@ const HTML_TEMPLATE: &str = include_str!("../../../templates/report/report.html.
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a results.json document: {source}")]
+    #[error("{}: not a results.json document", path.display())]
     Parse { path: PathBuf, source: serde_json::Error },
-    #[error("{path}: schema_version {found} is newer than this testbed understands ({RESULTS_SCHEMA_VERSION})")]
+    #[error("{}: schema_version {found} is newer than this testbed understands ({RESULTS_SCHEMA_VERSION})", path.display())]
     Schema { path: PathBuf, found: u64 },
     #[error("rendering {template}: {message}")]
     Render { template: &'static str, message: String },
