@@ -42,7 +42,8 @@ pub struct AccelChoice {
     pub reason: String,
 }
 
-pub const PROBE_MARKER: &str = "TESTBED-PROBE-OK";
+/// Printed by the image's initramfs in probe mode (the IMAGE module owns both ends of that contract).
+pub const PROBE_MARKER: &str = crate::image::PROBE_OK;
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// `TESTBED_ACCEL=kvm|tcg` skips the probe (CI on hosts known to lack KVM; debugging).
@@ -123,7 +124,7 @@ pub fn probe(kernel: &Path, initrd: Option<&Path>, cmdline: &str, timeout: Durat
     let boot = qemu::Boot {
         kernel: Some(kernel.to_path_buf()),
         initrd: initrd.map(Path::to_path_buf),
-        cmdline: format!("{cmdline} testbed.probe=1"),
+        cmdline: format!("{cmdline} {}", crate::image::PROBE_ARG),
     };
     let mut args = qemu::machine_args(Accel::Kvm);
     args.extend(["-m".into(), "256".into(), "-smp".into(), "1".into(), "-no-reboot".into()]);

@@ -1,0 +1,242 @@
+//! End to end for the lab lifecycle on real QEMU VMs: `up` of the default topology, `exec` across nodes over
+//! the underlay, `status`, idempotent `up`, `down`; then nothing of the lab may remain (QEMU by recorded PID,
+//! netns, lab directory). Also: invalid input creates nothing (exit 2), and `down` cleans up after an `up`
+//! that was SIGKILLed mid-way. VM tests need root and qemu-system-x86_64 (skipped otherwise; CI runs them).
+//!
+//! The agent: `$TESTBED_AGENT`, else the static build in target/x86_64-unknown-linux-gnu (built here if
+//! missing). Each test uses its own lab name and state dir, so a user's labs are never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn testbed(state_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_testbed"));
+    c.env("TESTBED_STATE_DIR", state_dir);
+    c
+}
+
+fn can_run_vms() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !(root && qemu) {
+        eprintln!("skipped: needs root and qemu-system-x86_64");
+    }
+    root && qemu
+}
+
+/// Makes sure a static agent exists where `testbed` looks for it (or `$TESTBED_AGENT` is set).
+fn ensure_agent() {
+    if std::env::var_os("TESTBED_AGENT").is_some() {
+        return;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = workspace.join("target/x86_64-unknown-linux-gnu");
+    if ["release", "debug"].iter().any(|p| target.join(p).join("testbed-agent").is_file()) {
+        return;
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&workspace)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "-p", "testbed-agent", "--release", "--target", "x86_64-unknown-linux-gnu"])
+        .status()
+        .expect("run cargo to build the static agent");
+    assert!(status.success(), "building the static agent failed");
+}
+
+fn show(what: &str, out: &Output) -> String {
+    format!(
+        "--- {what}: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The default topology under a test-only lab name.
+fn topology_copy(dir: &Path, lab: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.yaml");
+    let text = std::fs::read_to_string(&src).expect("topologies/default.yaml");
+    let renamed: Vec<String> =
+        text.lines().map(|l| if l.starts_with("name:") { format!("name: {lab}") } else { l.to_string() }).collect();
+    let path = dir.join(format!("{lab}.yaml"));
+    std::fs::write(&path, renamed.join("\n") + "\n").expect("write topology copy");
+    path
+}
+
+fn netns_exists(name: &str) -> bool {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(name))
+}
+
+fn proc_start_time(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    if fields.next() == Some("Z") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// (pid, start time) of every VM the lab's state records.
+fn recorded_vms(state_dir: &Path, lab: &str) -> Vec<(u64, u64)> {
+    let Ok(bytes) = std::fs::read(state_dir.join(lab).join("state.json")) else { return Vec::new() };
+    let state: serde_json::Value = serde_json::from_slice(&bytes).expect("state.json is JSON");
+    state["nodes"]
+        .as_object()
+        .map(|nodes| {
+            nodes
+                .values()
+                .filter_map(|n| Some((n["pid"].as_u64()?, n["pid_start_time"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the lab even when an assertion fails halfway.
+struct LabGuard {
+    state_dir: PathBuf,
+    lab: String,
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = testbed(&self.state_dir).args(["down", "--lab", &self.lab]).output();
+    }
+}
+
+fn assert_nothing_left(state_dir: &Path, lab: &str, vms: &[(u64, u64)]) {
+    for (pid, start) in vms {
+        assert_ne!(proc_start_time(*pid), Some(*start), "QEMU pid {pid} of lab {lab} still runs");
+    }
+    assert!(!netns_exists(&format!("tb-{lab}")), "netns tb-{lab} remains");
+    assert!(!state_dir.join(lab).exists(), "lab directory remains");
+}
+
+#[test]
+fn up_exec_status_down_leaves_nothing() {
+    if !can_run_vms() {
+        return;
+    }
+    ensure_agent();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let lab = "e2e-lab";
+    let topo = topology_copy(tmp.path(), lab);
+    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+
+    let started = Instant::now();
+    let up = testbed(&state_dir).arg("up").arg(&topo).output().expect("run up");
+    assert!(up.status.success(), "{}", show("up", &up));
+    eprintln!("up of 2 nodes: {:.1} s", started.elapsed().as_secs_f64());
+    let vms = recorded_vms(&state_dir, lab);
+    assert_eq!(vms.len(), 2, "two recorded VMs");
+    for (pid, start) in &vms {
+        assert_eq!(proc_start_time(*pid), Some(*start), "recorded VM {pid} runs");
+    }
+    assert!(netns_exists(&format!("tb-{lab}")));
+
+    // node1 -> node2 over the underlay bridge in the lab netns.
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join(lab).join("plan.json")).expect("plan.json")).expect("json");
+    let node2_ip = plan["nodes"][1]["nics"][0]["ip"].as_str().expect("node2 underlay ip").to_string();
+    let ping = testbed(&state_dir)
+        .args(["exec", "--lab", lab, "node1", "--", "ping", "-c", "3", "-W", "2", &node2_ip])
+        .output()
+        .expect("run exec");
+    assert!(ping.status.success(), "{}", show("exec ping", &ping));
+    assert!(String::from_utf8_lossy(&ping.stdout).contains("3 received"), "{}", show("exec ping", &ping));
+
+    // The remote exit code is testbed's exit code.
+    let code = testbed(&state_dir).args(["exec", "--lab", lab, "node2", "--", "exit 7"]).output().expect("exec");
+    assert_eq!(code.status.code(), Some(7), "{}", show("exec exit 7", &code));
+
+    let status = testbed(&state_dir).args(["status", "--lab", lab, "--output", "json"]).output().expect("status");
+    assert!(status.status.success(), "{}", show("status", &status));
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(doc["lab"], lab);
+    assert!(doc["accelerator"] == "kvm" || doc["accelerator"] == "tcg", "{doc}");
+    assert_eq!(doc["healthy"], true, "{doc:#}");
+    assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(2));
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        assert_eq!(n["alive"], true, "{n}");
+        assert_eq!(n["agent"]["healthy"], true, "{n}");
+    }
+
+    // A second `up` of a healthy lab changes nothing.
+    let again = testbed(&state_dir).arg("up").arg(&topo).output().expect("up again");
+    assert!(again.status.success(), "{}", show("second up", &again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"), "{}", show("second up", &again));
+    assert_eq!(recorded_vms(&state_dir, lab), vms, "the same VMs");
+
+    // `down` works from the lab directory alone: the topology file is gone.
+    std::fs::remove_file(&topo).expect("remove topology");
+    let down = testbed(&state_dir).args(["down", "--lab", lab]).output().expect("down");
+    assert!(down.status.success(), "{}", show("down", &down));
+    assert_nothing_left(&state_dir, lab, &vms);
+    let down2 = testbed(&state_dir).args(["down", "--lab", lab]).output().expect("down again");
+    assert!(down2.status.success(), "{}", show("second down", &down2));
+}
+
+#[test]
+fn invalid_topology_exits_2_and_creates_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let topo = tmp.path().join("bad.yaml");
+    std::fs::write(&topo, "name: e2e-bad\nnodes:\n  node1: {memory: lots}\n").expect("write");
+    let before = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    let out = testbed(&state_dir).arg("up").arg(&topo).output().expect("run up");
+    assert_eq!(out.status.code(), Some(2), "{}", show("up invalid", &out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml:"), "{}", show("up invalid", &out));
+    assert!(!state_dir.exists() || std::fs::read_dir(&state_dir).expect("read").next().is_none(), "state created");
+    let after = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    assert_eq!(before, after, "a netns appeared");
+    assert!(!netns_exists("tb-e2e-bad"));
+}
+
+#[test]
+fn down_cleans_up_after_up_was_sigkilled() {
+    if !can_run_vms() {
+        return;
+    }
+    ensure_agent();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let lab = "e2e-kill";
+    let topo = topology_copy(tmp.path(), lab);
+    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+
+    let mut up = testbed(&state_dir)
+        .arg("up")
+        .arg(&topo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn up");
+    // Wait until both VMs run (recorded in state.json), then kill `up` without a chance to clean up.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let vms = loop {
+        let vms = recorded_vms(&state_dir, lab);
+        if vms.len() == 2 {
+            break vms;
+        }
+        assert!(Instant::now() < deadline, "VMs not recorded within 120 s");
+        if let Ok(Some(st)) = up.try_wait() {
+            panic!("up ended before the VMs were recorded: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    up.kill().expect("SIGKILL up");
+    let _ = up.wait();
+    for (pid, start) in &vms {
+        assert_eq!(proc_start_time(*pid), Some(*start), "the VMs outlive the killed CLI");
+    }
+    // Also kill one VM behind testbed's back: down must cope with a dead recorded PID.
+    let (dead, _) = vms[0];
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead as i32), nix::sys::signal::Signal::SIGKILL);
+
+    let down = testbed(&state_dir).args(["down", "--lab", lab]).output().expect("down");
+    assert!(down.status.success(), "{}", show("down", &down));
+    assert_nothing_left(&state_dir, lab, &vms);
+}
