@@ -218,9 +218,10 @@ pub fn build(
         })
         .collect();
 
-    let mut subnets = checked.cluster.pod_cidr.subnets(checked.cluster.node_subnet_prefix).map_err(|_| {
-        TopologyError::invalid(file, 1, 1, "cluster.node_subnet_prefix", "cannot divide the pod CIDR")
-    })?;
+    let mut subnets =
+        checked.cluster.pod_cidr.subnets(checked.cluster.node_subnet_prefix).map_err(|_| {
+            TopologyError::invalid(file, 1, 1, "cluster.node_subnet_prefix", "cannot divide the pod CIDR")
+        })?;
     let mut nodes = Vec::with_capacity(checked.nodes.len());
     for (index, n) in checked.nodes.iter().enumerate() {
         let pod_subnet = subnets.next().ok_or_else(|| {
@@ -273,7 +274,11 @@ pub fn build(
 pub fn render_text(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "lab {}  netns {}  plan v{}  topology sha256 {}", plan.lab, plan.netns, plan.version, plan.topology_hash);
+    let _ = writeln!(
+        s,
+        "lab {}  netns {}  plan v{}  topology sha256 {}",
+        plan.lab, plan.netns, plan.version, plan.topology_hash
+    );
     let _ = writeln!(
         s,
         "cluster: pod_cidr {}  node subnets /{}  backend {}",
@@ -282,7 +287,15 @@ pub fn render_text(plan: &Plan) -> String {
     let _ = writeln!(s, "\nnetworks:");
     let _ = writeln!(s, "  {:<16} {:<14} {:<18} {:>5}  impairment", "NAME", "BRIDGE", "CIDR", "MTU");
     for n in &plan.networks {
-        let _ = writeln!(s, "  {:<16} {:<14} {:<18} {:>5}  {}", n.name, n.bridge, n.cidr.to_string(), n.mtu, impairment_text(&n.impair));
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<14} {:<18} {:>5}  {}",
+            n.name,
+            n.bridge,
+            n.cidr.to_string(),
+            n.mtu,
+            impairment_text(&n.impair)
+        );
     }
     let _ = writeln!(s, "\nnodes:");
     let _ = writeln!(
@@ -309,7 +322,11 @@ pub fn render_text(plan: &Plan) -> String {
         );
     }
     let _ = writeln!(s, "\nnics:");
-    let _ = writeln!(s, "  {:<16} {:<6} {:<16} {:<14} {:<17} {:<18} {:>5}", "NODE", "GUEST", "NETWORK", "TAP", "MAC", "ADDRESS", "MTU");
+    let _ = writeln!(
+        s,
+        "  {:<16} {:<6} {:<16} {:<14} {:<17} {:<18} {:>5}",
+        "NODE", "GUEST", "NETWORK", "TAP", "MAC", "ADDRESS", "MTU"
+    );
     for n in &plan.nodes {
         for nic in &n.nics {
             let _ = writeln!(

@@ -165,13 +165,15 @@ impl Locator {
         let mut best = node.pos();
         for seg in &path.0 {
             let next = match (node, seg) {
-                (Node::Map(_, entries), Seg::Key(k)) => entries.iter().find(|(key, _, _)| key == k).map(|(_, kp, v)| {
-                    let at = match v {
-                        Node::Leaf(p) => *p,
-                        _ => *kp,
-                    };
-                    (at, v)
-                }),
+                (Node::Map(_, entries), Seg::Key(k)) => {
+                    entries.iter().find(|(key, _, _)| key == k).map(|(_, kp, v)| {
+                        let at = match v {
+                            Node::Leaf(p) => *p,
+                            _ => *kp,
+                        };
+                        (at, v)
+                    })
+                }
                 (Node::Seq(_, items), Seg::Index(i)) => items.get(*i).map(|v| (v.pos(), v)),
                 _ => None,
             };
@@ -202,7 +204,9 @@ impl Locator {
         let mut node = self.root.as_ref()?;
         for seg in &path.0 {
             node = match (node, seg) {
-                (Node::Map(_, entries), Seg::Key(k)) => entries.iter().find(|(key, _, _)| key == k).map(|(_, _, v)| v)?,
+                (Node::Map(_, entries), Seg::Key(k)) => {
+                    entries.iter().find(|(key, _, _)| key == k).map(|(_, _, v)| v)?
+                }
                 (Node::Seq(_, items), Seg::Index(i)) => items.get(*i)?,
                 _ => return None,
             };
@@ -217,7 +221,12 @@ fn build(
     it: &mut std::iter::Peekable<std::vec::IntoIter<(Event, Pos)>>,
     path: &FieldPath,
 ) -> Result<Node, LocateError> {
-    let eof = |path: &FieldPath| LocateError { syntax: true, pos, path: path.clone(), message: "unexpected end of YAML".into() };
+    let eof = |path: &FieldPath| LocateError {
+        syntax: true,
+        pos,
+        path: path.clone(),
+        message: "unexpected end of YAML".into(),
+    };
     match ev {
         Event::MappingStart(..) => {
             let mut entries: Vec<(String, Pos, Node)> = Vec::new();

@@ -50,7 +50,13 @@ pub enum TopologyError {
 }
 
 impl TopologyError {
-    pub fn invalid(file: &Path, line: usize, column: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn invalid(
+        file: &Path,
+        line: usize,
+        column: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         TopologyError::Invalid { file: file.to_path_buf(), line, column, field: field.into(), message: message.into() }
     }
 }

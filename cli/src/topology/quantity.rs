@@ -54,7 +54,10 @@ pub fn cpu_millis(s: &str) -> Result<u64, String> {
     let millis = match unit {
         "m" => {
             if num.contains('.') {
-                return Err(format!("\"{s}\": millicores must be whole (use {}m)", num.split('.').next().unwrap_or("0")));
+                return Err(format!(
+                    "\"{s}\": millicores must be whole (use {}m)",
+                    num.split('.').next().unwrap_or("0")
+                ));
             }
             scaled_ceil(num, 1)
         }

@@ -379,10 +379,7 @@ fn bad_topologies_are_rejected_at_the_right_place() {
 #[test]
 fn error_display_names_file_line_column_and_field() {
     let e = plan_of(&base_with("node1: {}", "node1: {memory: 12Q}")).expect_err("invalid");
-    assert_eq!(
-        e.to_string(),
-        "t.yaml:3:19: nodes.node1.memory: \"12Q\" is not a memory size (use 512M, 1G, 1Gi)"
-    );
+    assert_eq!(e.to_string(), "t.yaml:3:19: nodes.node1.memory: \"12Q\" is not a memory size (use 512M, 1G, 1Gi)");
 }
 
 #[test]
@@ -435,17 +432,36 @@ fn json_schema_file_is_current() {
     );
 }
 
-/// A topology with `nodes` nodes on `nets` networks (all on each), a pod CIDR and subnet prefix.
-fn generated(lab: &str, nodes: usize, nets: usize, pod_cidr: &str, prefix: u8, backend: &str) -> String {
+/// A topology with `nodes` nodes on `nets` networks, `underlay` carrying the overlay; node i is also on
+/// network j when bit j of `masks[i]` is set (and on every network when all bits are).
+struct Gen<'a> {
+    lab: &'a str,
+    nodes: usize,
+    nets: usize,
+    underlay: usize,
+    masks: &'a [u8],
+    pod_cidr: &'a str,
+    prefix: u8,
+    backend: &'a str,
+}
+
+fn generated(g: &Gen<'_>) -> String {
+    let Gen { lab, nodes, nets, underlay, masks, pod_cidr, prefix, backend } = *g;
     let mut s = format!("name: {lab}\nnodes:\n");
-    for i in 0..nodes {
-        s += &format!("  n{i}: {{}}\n");
+    for (i, mask) in masks.iter().enumerate().take(nodes) {
+        if *mask == u8::MAX {
+            s += &format!("  n{i}: {{}}\n");
+        } else {
+            let on: Vec<String> =
+                (0..nets).filter(|&j| j == underlay || mask & (1 << j) != 0).map(|j| format!("net{j}")).collect();
+            s += &format!("  n{i}: {{networks: [{}]}}\n", on.join(", "));
+        }
     }
     s += "networks:\n";
     for j in 0..nets {
         s += &format!("  net{j}: {{cidr: 192.168.{}.0/24}}\n", 100 + j);
     }
-    s += &format!("cluster: {{pod_cidr: {pod_cidr}, node_subnet_prefix: {prefix}, backend: {backend}}}\n");
+    s += &format!("cluster: {{pod_cidr: {pod_cidr}, node_subnet_prefix: {prefix}, backend: {backend}, underlay: net{underlay}}}\n");
     s
 }
 
@@ -460,10 +476,13 @@ proptest! {
         cidr_prefix in 8u8..=20,
         extra in 1u8..=9,
         backend in prop::sample::select(vec!["vxlan", "host-gw", "udp", "none"]),
+        underlay_pick in 0usize..8,
+        masks in prop::collection::vec(prop_oneof![Just(u8::MAX), any::<u8>()], 32),
     ) {
         let prefix = (cidr_prefix + extra).min(29);
         let pod_cidr = format!("44.0.0.0/{cidr_prefix}");
-        let src = generated(&lab, nodes, nets, &pod_cidr, prefix, backend);
+        let underlay = underlay_pick % nets;
+        let src = generated(&Gen { lab: &lab, nodes, nets, underlay, masks: &masks, pod_cidr: &pod_cidr, prefix, backend });
         let result = plan_of(&src);
         let fits = (1u64 << (prefix - cidr_prefix)) >= nodes as u64;
         prop_assert_eq!(result.is_ok(), fits, "{:?}", result.as_ref().err().map(ToString::to_string));
@@ -490,7 +509,11 @@ proptest! {
             for net in &plan.networks {
                 prop_assert!(!net.cidr.contains(&n.pod_subnet.network()) && !n.pod_subnet.contains(&net.cidr.network()));
             }
-            prop_assert_eq!(n.nics.len(), nets);
+            let mask = masks[n.index];
+            let expected = if mask == u8::MAX { nets } else { (0..nets).filter(|&j| j == underlay || mask & (1 << j) != 0).count() };
+            prop_assert_eq!(n.nics.len(), expected);
+            prop_assert_eq!(&n.nics[0].network, &format!("net{underlay}"), "the underlay NIC comes first");
+            prop_assert_eq!(&n.nics[0].guest_interface, "eth1");
             for nic in &n.nics {
                 prop_assert!(ips.insert(nic.ip));
                 prop_assert!(macs.insert(nic.mac.clone()));
@@ -544,7 +567,8 @@ fn appending_a_node_changes_nothing_for_the_others() {
 
 #[test]
 fn nodes_on_some_networks_keep_their_index_based_addresses() {
-    let src = format!("{BASE}  lan: {{cidr: 192.168.51.0/24}}\n").replacen("node1: {}", "node1: {networks: [underlay]}", 1);
+    let src =
+        format!("{BASE}  lan: {{cidr: 192.168.51.0/24}}\n").replacen("node1: {}", "node1: {networks: [underlay]}", 1);
     let plan = plan_of(&src).expect("valid");
     assert_eq!(plan.nodes[0].nics.len(), 1);
     let n2: Vec<_> = plan.nodes[1].nics.iter().map(|n| (n.guest_interface.as_str(), n.ip.to_string())).collect();

@@ -146,7 +146,9 @@ pub fn check(t: &Topology, file: &Path, loc: &Locator) -> Result<Checked, Topolo
 
 fn check_networks(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedNetwork>, TopologyError> {
     if t.networks.is_empty() {
-        return Err(ctx.at(&root().key("networks"), "at least one network is needed (e.g. underlay: {cidr: 192.168.50.0/24})"));
+        return Err(
+            ctx.at(&root().key("networks"), "at least one network is needed (e.g. underlay: {cidr: 192.168.50.0/24})")
+        );
     }
     if t.networks.len() > MAX_NETWORKS {
         return Err(ctx.at(&root().key("networks"), format!("at most {MAX_NETWORKS} networks are supported")));
@@ -194,7 +196,11 @@ fn check_impair(ctx: &Ctx<'_>, path: &FieldPath, d: &ImpairDef) -> Result<Impair
     Ok(Impairment { delay_ms, jitter_ms, loss_percent, rate_mbit })
 }
 
-fn check_cluster(ctx: &Ctx<'_>, t: &Topology, networks: &[CheckedNetwork]) -> Result<(ClusterPlan, usize), TopologyError> {
+fn check_cluster(
+    ctx: &Ctx<'_>,
+    t: &Topology,
+    networks: &[CheckedNetwork],
+) -> Result<(ClusterPlan, usize), TopologyError> {
     let path = root().key("cluster");
     let pod_cidr_text = t.cluster.pod_cidr.as_deref().unwrap_or(DEFAULT_POD_CIDR);
     let pod_cidr = parse_cidr(ctx, &path.key("pod_cidr"), pod_cidr_text)?;
@@ -217,7 +223,10 @@ fn check_cluster(ctx: &Ctx<'_>, t: &Topology, networks: &[CheckedNetwork]) -> Re
     let underlay = match &t.cluster.underlay {
         None => 0,
         Some(name) => t.networks.position(name).ok_or_else(|| {
-            ctx.at(&path.key("underlay"), format!("unknown network `{name}` (networks: {})", names(t.networks.iter().map(|(k, _)| k))))
+            ctx.at(
+                &path.key("underlay"),
+                format!("unknown network `{name}` (networks: {})", names(t.networks.iter().map(|(k, _)| k))),
+            )
         })?,
     };
     Ok((ClusterPlan { pod_cidr, node_subnet_prefix: prefix, backend }, underlay))
@@ -228,7 +237,12 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// A node field with the default applied, and the path the value came from (for error positions).
-fn pick<'a, T>(node: &'a Option<T>, default: &'a Option<T>, node_path: FieldPath, field: &str) -> Option<(&'a T, FieldPath)> {
+fn pick<'a, T>(
+    node: &'a Option<T>,
+    default: &'a Option<T>,
+    node_path: FieldPath,
+    field: &str,
+) -> Option<(&'a T, FieldPath)> {
     match (node, default) {
         (Some(v), _) => Some((v, node_path.key(field))),
         (None, Some(v)) => Some((v, root().key("defaults").key(field))),
@@ -246,7 +260,9 @@ fn check_nodes(
         return Err(ctx.at(&root().key("nodes"), "at least one node is needed (e.g. node1: {})"));
     }
     if t.nodes.len() > MAX_NODES {
-        return Err(ctx.at(&root().key("nodes"), format!("at most {MAX_NODES} nodes per lab ({} given)", t.nodes.len())));
+        return Err(
+            ctx.at(&root().key("nodes"), format!("at most {MAX_NODES} nodes per lab ({} given)", t.nodes.len()))
+        );
     }
     let d = &t.defaults;
     let mut out = Vec::new();
@@ -282,7 +298,12 @@ fn check_nodes(
             Some((args, p)) => {
                 for (i, a) in args.iter().enumerate() {
                     if a.is_empty() || a.chars().any(char::is_whitespace) {
-                        return Err(ctx.at(&p.index(i), format!("\"{a}\" must be one non-empty argument without spaces (one list item per argument)")));
+                        return Err(ctx.at(
+                            &p.index(i),
+                            format!(
+                                "\"{a}\" must be one non-empty argument without spaces (one list item per argument)"
+                            ),
+                        ));
                     }
                 }
                 args.clone()
@@ -300,7 +321,10 @@ fn check_nodes(
                 for (i, net) in list.iter().enumerate() {
                     let p = path.key("networks").index(i);
                     let n = t.networks.position(net).ok_or_else(|| {
-                        ctx.at(&p, format!("unknown network `{net}` (networks: {})", names(t.networks.iter().map(|(k, _)| k))))
+                        ctx.at(
+                            &p,
+                            format!("unknown network `{net}` (networks: {})", names(t.networks.iter().map(|(k, _)| k))),
+                        )
                     })?;
                     if idx.contains(&n) {
                         return Err(ctx.at(&p, format!("network `{net}` is listed twice")));
@@ -376,7 +400,8 @@ fn check_subnet_capacity(
 ) -> Result<(), TopologyError> {
     let available = 1u64 << (cluster.node_subnet_prefix - cluster.pod_cidr.prefix_len());
     if (nodes.len() as u64) > available {
-        let path = if t.cluster.pod_cidr.is_some() { root().key("cluster").key("pod_cidr") } else { root().key("cluster") };
+        let path =
+            if t.cluster.pod_cidr.is_some() { root().key("cluster").key("pod_cidr") } else { root().key("cluster") };
         return Err(ctx.at(
             &path,
             format!(
