@@ -101,6 +101,10 @@ impl LabDir {
     pub fn known_hosts(&self) -> PathBuf {
         self.root.join("known_hosts")
     }
+    /// The agent binary padded to whole sectors, attached read-only to every VM as /dev/vdc.
+    pub fn agent_disk(&self) -> PathBuf {
+        self.root.join("agent.img")
+    }
     pub fn lock_path(&self) -> PathBuf {
         self.root.join("lock")
     }

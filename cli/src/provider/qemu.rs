@@ -114,6 +114,9 @@ pub struct VmConfig {
     pub qmp_socket: PathBuf,
     pub ssh_port: u16,
     pub nics: Vec<VmNic>,
+    /// Read-only raw disk holding the agent binary (guest /dev/vdc), copied into place over SSH: a virtio
+    /// read is far faster than streaming the binary through SSH and user networking under TCG.
+    pub agent_disk: Option<PathBuf>,
 }
 
 /// PCI slots are fixed so that guest device order never depends on option order: management NIC first
@@ -137,6 +140,14 @@ pub fn vm_args(cfg: &VmConfig) -> Vec<String> {
         "-device".into(),
         format!("virtio-blk-pci,drive=seed,addr={:#x}", DISK_SLOT_BASE + 1),
     ]);
+    if let Some(agent) = &cfg.agent_disk {
+        a.extend([
+            "-drive".into(),
+            format!("if=none,id=agent,file={},format=raw,readonly=on", opt_path(agent)),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=agent,addr={:#x}", DISK_SLOT_BASE + 2),
+        ]);
+    }
     a.extend([
         "-netdev".into(),
         format!("user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22", cfg.ssh_port),
@@ -302,6 +313,7 @@ mod tests {
             qmp_socket: "/l/n1/qmp.sock".into(),
             ssh_port: 2201,
             nics: vec![VmNic { mac: "52:54:00:00:00:01".into(), fd: 7 }],
+            agent_disk: Some("/l/agent.img".into()),
         }
     }
 
@@ -322,6 +334,8 @@ mod tests {
             "virtio-blk-pci,drive=disk0,addr=0x18",
             "file=/l/n1/seed.img,format=raw,readonly=on",
             "virtio-blk-pci,drive=seed,addr=0x19",
+            "file=/l/agent.img,format=raw,readonly=on",
+            "virtio-blk-pci,drive=agent,addr=0x1a",
             "-serial file:/l/n1/serial.log",
             "-qmp unix:/l/n1/qmp.sock,server=on,wait=off",
             "-pidfile /l/n1/qemu.pid -daemonize",

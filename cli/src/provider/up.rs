@@ -180,6 +180,8 @@ struct Ctx {
     images: Vec<(ImageRef, ImageArtifacts)>,
     accel: AccelChoice,
     agent_binary: PathBuf,
+    /// Byte size of the agent binary inside the agent disk (the rest is padding).
+    agent_size: u64,
     client_pub: String,
     state: Mutex<LabState>,
     netem_in_guest: bool,
@@ -342,6 +344,7 @@ async fn converge(
 
     // Fail fast on a missing agent before any VM boots.
     let agent_binary = ssh::locate_agent_binary().map_err(UpError::AgentBinary)?;
+    let agent_size = write_agent_disk(&agent_binary, &dir.agent_disk())?;
 
     let mut images: Vec<(ImageRef, ImageArtifacts)> = Vec::new();
     for node in &plan.nodes {
@@ -427,6 +430,7 @@ async fn converge(
         images,
         accel,
         agent_binary,
+        agent_size,
         client_pub,
         state: Mutex::new(state),
         netem_in_guest,
@@ -475,6 +479,25 @@ async fn converge(
         seconds: started.elapsed().as_secs_f64(),
         nodes,
     })
+}
+
+/// Where the guest's supervisor expects the agent (guest boot contract).
+const AGENT_GUEST_PATH: &str = "/usr/local/bin/testbed-agent";
+
+/// Writes `<lab>/agent.img`: the agent binary padded to 512-byte sectors (QEMU raw disks are whole sectors).
+/// Written beside and renamed, so VMs still running keep reading the previous version. Returns the size.
+fn write_agent_disk(agent: &Path, disk: &Path) -> Result<u64, UpError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UpError::LabDir(LabDirError::Io { path, source })
+    };
+    let mut bytes = std::fs::read(agent).map_err(io(agent))?;
+    let size = bytes.len() as u64;
+    bytes.resize(bytes.len().div_ceil(512) * 512, 0);
+    let tmp = disk.with_extension("img.tmp");
+    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, disk).map_err(io(disk))?;
+    Ok(size)
 }
 
 /// The node's host key pair, generated once and kept in the node directory (0600) so re-`up` reuses it.
@@ -546,6 +569,17 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
         .map_err(|e| ctx.node_err(&name, "ssh", e))?;
 
     stages.enter("agent");
+    if !reused {
+        // Fast path: copy the agent from its virtio disk; push_agent then finds the same sha256 and skips the
+        // upload. Any failure here only means push_agent uploads it over SSH.
+        let copy = format!(
+            "mkdir -p /usr/local/bin && head -c {} /dev/vdc > /usr/local/bin/.testbed-agent.vdc && \
+             chmod 755 /usr/local/bin/.testbed-agent.vdc && mv -f /usr/local/bin/.testbed-agent.vdc {}",
+            ctx.agent_size,
+            AGENT_GUEST_PATH
+        );
+        let _ = session.exec(&copy, None).await;
+    }
     let agent = ssh::push_agent(&session, &ctx.agent_binary)
         .await
         .map_err(|e| ctx.node_err(&name, "agent", e))?
@@ -641,6 +675,7 @@ fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(u32,
             .zip(&taps)
             .map(|(nic, fd)| qemu::VmNic { mac: nic.mac.clone(), fd: fd.as_raw_fd() })
             .collect(),
+        agent_disk: Some(ctx.dir.agent_disk()),
     };
     let pid = qemu::launch(&cfg, &ctx.dir.qemu_log(name)).map_err(|e| ctx.node_err(name, "boot", e))?;
     // Our copies of the tap fds close here; QEMU holds its own.
