@@ -253,6 +253,15 @@ async fn vxlan_pods_talk_across_nodes_and_drift_is_repaired() {
     );
     assert_ping(pa, ipb);
     assert_idempotent(&lab, Backend::Vxlan).await;
+
+    // The peer leaves: its neighbour, FDB entry and route go.
+    let mut alone = lab.spec(0, Backend::Vxlan);
+    alone.peers.clear();
+    let removed = a.net().apply(&alone).await.expect("apply");
+    assert_eq!(removed.len(), 3, "{removed:#?}");
+    let obs = a.net().observe().await.expect("observe");
+    assert!(obs.routes.iter().all(|r| !r.contains("flannel.1")), "{obs:#?}");
+    assert!(obs.neighbours.is_empty() && obs.fdb.is_empty(), "{obs:#?}");
 }
 
 #[tokio::test]
@@ -291,6 +300,13 @@ async fn udp_pods_talk_across_nodes_through_the_userspace_forwarder() {
     // A large ping crosses the forwarder whole (pod MTU 1472 = underlay 1500 - 28).
     let out = run(&["nsenter", "-t", &pa.to_string(), "-n", "ping", "-c", "1", "-W", "2", "-s", "1400", "-M", "do", &ipb.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Drift: flannel0 deleted under the forwarder. The forwarder notices; the next apply restarts it.
+    a.ip(&["link", "del", "flannel0"]);
+    let repaired = a.net().apply(&lab.spec(0, Backend::Udp)).await.expect("apply");
+    assert!(repaired[0].starts_with("udp forwarder started"), "{repaired:#?}");
+    assert_ping(pa, ipb);
+    assert_idempotent(&lab, Backend::Udp).await;
 }
 
 #[tokio::test]

@@ -38,8 +38,10 @@ impl UdpForwarder {
             .map_err(|e| NetError::io(format!("bind udp {local}:{UDP_PORT}"), e))?;
         sock.set_nonblocking(true).map_err(|e| NetError::io("udp socket non-blocking".into(), e))?;
         let sock = Arc::new(sock);
-        let (stop_rx, stop_tx) =
-            nix::unistd::pipe().map_err(|e| NetError::io("stop pipe".into(), e.into()))?;
+        // CLOEXEC: a child the agent spawns (an infra process) must not inherit the write end, or closing
+        // ours would never wake the threads.
+        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| NetError::io("stop pipe".into(), e.into()))?;
         let stop_rx = Arc::new(stop_rx);
         let peers = Arc::new(RwLock::new(peers));
         let alive = Arc::new(AtomicBool::new(true));
