@@ -484,21 +484,32 @@ impl Session {
         run_channel(self.inner.port, command, &mut read, &write, stdin).await
     }
 
-    /// [`exec`](Self::exec) bounded by `timeout`; on expiry the remote command is sent SIGKILL (where sshd supports
-    /// signals) and the channel is closed.
+    /// [`exec`](Self::exec) bounded by `timeout`; on expiry the remote command and everything it started are
+    /// killed and [`SshError::ExecTimeout`] is returned.
+    ///
+    /// OpenSSH ignores the SSH "signal" request ("session signalling requires privilege separation" in 9.2), so
+    /// the command runs under a wrapper shell that records its PID. sshd puts every non-pty session in its own
+    /// session (setsid), so that PID is also the process group to kill.
     pub async fn exec_timeout(
         &self,
         command: &str,
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<ExecOutput, SshError> {
-        let (mut read, write) = self.open_exec(command).await?;
+        let pid_file = format!("/tmp/.testbed-exec-{:016x}.pid", rand::random::<u64>());
+        let wrapped =
+            format!("echo $$ > {pid_file}; sh -c {}; rc=$?; rm -f {pid_file}; exit $rc", shell_quote(command));
+        let (mut read, write) = self.open_exec(&wrapped).await?;
         match tokio::time::timeout(timeout, run_channel(self.inner.port, command, &mut read, &write, stdin)).await {
             Ok(result) => result,
             Err(_) => {
-                // Best effort: the session is still usable even if the server ignores both.
-                let _ = write.signal(Sig::KILL).await;
                 let _ = write.close().await;
+                let kill = format!(
+                    "pid=$(cat {pid_file} 2>/dev/null) && [ -n \"$pid\" ] && kill -KILL -- -\"$pid\" 2>/dev/null; \
+                     rm -f {pid_file}; exit 0"
+                );
+                // Best effort: the timeout is the error to report, a failed kill would only hide it.
+                let _ = self.exec(&kill, None).await;
                 Err(SshError::ExecTimeout { port: self.inner.port, command: command.to_string(), timeout })
             }
         }
@@ -859,15 +870,16 @@ mod tests {
             );
             let config_path = dir.path().join("sshd_config");
             std::fs::write(&config_path, config).expect("write sshd_config");
-            let log = std::fs::File::create(dir.path().join("sshd.log")).expect("create sshd.log");
+            // -E: log to a file (with -e, debug lines would leak into the sessions' stderr).
             let child = std::process::Command::new(SSHD)
                 .arg("-D")
-                .arg("-e")
+                .arg("-E")
+                .arg(dir.path().join("sshd.log"))
                 .arg("-f")
                 .arg(&config_path)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(log)
+                .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn sshd");
             let mut sshd = Sshd { child, port, dir, host, client_key };
@@ -1055,8 +1067,25 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..8).collect::<Vec<_>>());
 
-        let err = session.exec_timeout("sleep 30", None, Duration::from_millis(500)).await.expect_err("timeout");
+        // Within its time: same output and status as exec.
+        let out = session.exec_timeout("cat; echo err >&2; exit 5", Some(b"in\n"), Duration::from_secs(20)).await;
+        let out = out.expect("exec_timeout in time");
+        assert_eq!((out.stdout_lossy().as_str(), out.stderr_lossy().as_str(), out.exit_code), ("in\n", "err\n", 5));
+
+        let tag = rand::random::<u16>();
+        let (fg, bg) = (format!("sleep 30.{tag}1"), format!("sleep 30.{tag}2"));
+        let err = session
+            .exec_timeout(&format!("{bg} & {fg}; wait"), None, Duration::from_millis(500))
+            .await
+            .expect_err("timeout");
         assert!(matches!(err, SshError::ExecTimeout { .. }), "{err}");
+        // The timed-out command and its children are killed, not left running on the node.
+        let start = Instant::now();
+        let alive = format!("pgrep -f '^({fg}|{bg})$'");
+        while session.exec(&alive, None).await.expect("pgrep").exit_code == 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "`{fg}`/`{bg}` still run after exec_timeout");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // The session survives a timed-out command.
         let out = session.exec("true", None).await.expect("after timeout");
         assert_eq!(out.exit_code, 0);
@@ -1492,6 +1521,11 @@ mod guest_tests {
         let text = out.stdout_lossy();
         assert!(text.starts_with(&sha256_hex(&data)), "{text}");
         assert!(text.trim_end().ends_with("640"), "{text}");
+        // Again, now that boot-time work in the guest is over.
+        let t = Instant::now();
+        session.upload(&data, "/root/blob", 0o640).await.expect("upload again");
+        let took = t.elapsed();
+        eprintln!("upload 5 MiB again: {took:?} ({:.1} MiB/s)", 5.0 / took.as_secs_f64());
 
         // Forward to a server listening on the guest's loopback only.
         session
