@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo test -p testbed image::boot_test -- --ignored --nocapture --test-threads 1
-//! TESTBED_BOOT_RUNS=5 cargo test -p testbed image::boot_test::bench_boot_to_ssh -- --ignored --nocapture
+//! TESTBED_BOOT_RUNS=5 [TESTBED_BOOT_CPU=max,la57=off] cargo test -p testbed image::boot_test::bench_boot_to_ssh -- --ignored --nocapture
 //! ```
 
 use std::net::Ipv4Addr;
@@ -91,6 +91,8 @@ fn boot(a: &ImageArtifacts, node: &Node) -> Vm {
     let serial = node.dir.path().join("serial.log");
     let child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-smp", "1", "-m", "512", "-nodefaults", "-no-user-config", "-display", "none"])
+        // TESTBED_BOOT_CPU compares CPU models (QEMU's default qemu64 vs the provider's `max,la57=off`).
+        .args(std::env::var("TESTBED_BOOT_CPU").map(|cpu| vec!["-cpu".to_string(), cpu]).unwrap_or_default())
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .arg("-kernel")
