@@ -98,15 +98,6 @@ impl AgentClient {
         self
     }
 
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     pub async fn health(&self) -> Result<Health, AgentError> {
         self.call(Method::GET, "/healthz", None::<&()>, HEALTH_TIMEOUT).await
     }
@@ -310,7 +301,8 @@ mod tests {
             }
             ("DELETE", "/v1/pods/web") => Some(("204 No Content", String::new())),
             ("GET", "/v1/node") => Some(("500 Internal Server Error", "<html>boom</html>".into())),
-            ("GET", "/v1/pods") => None,
+            ("GET", "/v1/pods") => Some(("200 OK", "[]".into())),
+            ("GET", "/slow") => None,
             _ => Some(("404 Not Found", r#"{"message":"no route"}"#.into())),
         }
     }
@@ -329,6 +321,7 @@ mod tests {
         };
         assert_eq!(agent.exec("web", &req).await.expect("exec").stdout, "echo hi");
         agent.delete_pod("web").await.expect("204 is success");
+        assert!(agent.list_pods().await.expect("list").is_empty());
 
         let err = agent.get_pod("missing").await.expect_err("404");
         assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
@@ -357,7 +350,7 @@ mod tests {
         let agent = AgentClient::new("node-c", port).with_node("node-d");
         let start = std::time::Instant::now();
         let err = agent
-            .call::<(), Vec<PodStatus>>(Method::GET, "/v1/pods", None, Duration::from_secs(1))
+            .call::<(), Vec<PodStatus>>(Method::GET, "/slow", None, Duration::from_secs(1))
             .await
             .expect_err("hangs");
         assert!(err.is_timeout(), "{err}");
