@@ -43,7 +43,7 @@ pub enum LabError {
     Ssh {
         node: String,
         #[source]
-        source: SshError,
+        source: Box<SshError>,
     },
 }
 
@@ -152,7 +152,7 @@ impl Lab {
         let (port, host_key) = self.node_endpoint(node)?;
         ssh::Session::connect(port, &self.paths.client_key(), &host_key, deadline)
             .await
-            .map_err(|source| LabError::Ssh { node: node.to_string(), source })
+            .map_err(|source| LabError::Ssh { node: node.to_string(), source: Box::new(source) })
     }
 
     /// SSH session plus agent client (through a forward of the agent port) for one node.
@@ -161,7 +161,7 @@ impl Lab {
         let port = session
             .forward(testbed_api::AGENT_PORT)
             .await
-            .map_err(|source| LabError::Ssh { node: node.to_string(), source })?;
+            .map_err(|source| LabError::Ssh { node: node.to_string(), source: Box::new(source) })?;
         Ok(ConnectedNode { name: node.to_string(), agent: AgentClient::new(node, port), session })
     }
 

@@ -242,9 +242,15 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
             }
         }
     }
-    let previous = dir.read_state().ok().flatten();
+    let mut previous = dir.read_state().ok().flatten();
+    let netns_present = net.netns_exists(&plan.netns).unwrap_or(false);
+    if let (Some(state), false) = (previous.as_mut(), netns_present) {
+        // The netns (and the taps the VMs were attached to) is gone: their underlay is dead for good, so the
+        // VMs are replaced rather than reused.
+        stop_recorded_vms(state);
+    }
     if let Some(state) = &previous {
-        if lab_is_healthy(&dir, &plan, state).await {
+        if netns_present && lab_is_healthy(&dir, &plan, state).await {
             ui.info(format!("lab `{}` is already up and healthy ({} nodes); nothing to do", plan.lab, plan.nodes.len()));
             return Ok(UpOutcome {
                 lab: plan.lab.clone(),
@@ -305,6 +311,17 @@ fn rollback_summary(t: &Teardown) -> String {
         t.netns_deleted.as_deref().unwrap_or("(none)"),
         if t.dir_removed { "removed" } else { "(none)" }
     )
+}
+
+/// Stops the VMs a state records (only while their start time matches) and forgets their PIDs.
+fn stop_recorded_vms(state: &mut LabState) {
+    for ns in state.nodes.values_mut() {
+        if let (Some(pid), Some(start)) = (ns.pid, ns.pid_start_time) {
+            procs::terminate(pid, start, Duration::from_secs(3));
+        }
+        ns.pid = None;
+        ns.pid_start_time = None;
+    }
 }
 
 /// Every node's VM alive and its agent answering.
