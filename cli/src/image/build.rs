@@ -110,6 +110,7 @@ pub fn build(ui: &Ui, name: &str, opts: &BuildOptions) -> Result<ImageArtifacts,
     }
     preflight()?;
     std::fs::create_dir_all(&root).map_err(|e| ImageError::io(format!("create {}", root.display()), e))?;
+    cache::sweep_stale(&root);
     check_free_space(&root)?;
 
     let task = ui.task(&format!("image {name}"));
@@ -190,7 +191,7 @@ fn build_into(
         // Replace the previous build of the same inputs: move it aside first so the rename below succeeds.
         let old = root.join(id);
         if old.exists() {
-            let trash = root.join(format!(".tmp-old-{id}-{}", std::process::id()));
+            let trash = root.join(format!(".tmp-old-{id}-{}-0", std::process::id()));
             std::fs::rename(&old, &trash).map_err(|e| ImageError::io(format!("rename {}", old.display()), e))?;
             let _ = std::fs::remove_dir_all(&trash);
         }

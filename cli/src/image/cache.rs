@@ -171,6 +171,23 @@ impl Drop for TempEntry {
     }
 }
 
+/// Removes temp entries left by testbed processes that no longer run (killed mid-build, power loss).
+/// Their names end in `-<pid>-<nonce>`; an entry of a live process is left alone.
+pub fn sweep_stale(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else { return };
+    for item in rd.flatten() {
+        let name = item.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".tmp-") else { continue };
+        let mut parts = rest.rsplitn(3, '-');
+        let (_nonce, pid) = (parts.next(), parts.next().and_then(|p| p.parse::<u32>().ok()));
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(item.path());
+            }
+        }
+    }
+}
+
 /// Total bytes of regular files under `dir` (not following symlinks).
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
@@ -223,6 +240,18 @@ mod tests {
         drop(t);
         assert!(!tmp.exists(), "an abandoned entry leaves nothing behind");
         assert_eq!(list(root.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn stale_temp_entries_of_dead_processes_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let live = TempEntry::create(root.path(), "a").unwrap();
+        // PIDs are below 2^22 on Linux; this one cannot be running.
+        let dead = root.path().join(".tmp-debian-12-abc-99999999-0badf00d");
+        std::fs::create_dir(&dead).unwrap();
+        sweep_stale(root.path());
+        assert!(live.dir.exists());
+        assert!(!dead.exists());
     }
 
     #[test]

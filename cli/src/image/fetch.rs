@@ -41,6 +41,7 @@ pub async fn fetch(ui: &Ui, url: &str, sha256: &str) -> Result<ImageArtifacts, I
         return Err(ImageError::ChecksumMismatch { url: url.to_string(), expected, actual });
     }
 
+    cache::sweep_stale(&root);
     let tmp = TempEntry::create(&root, &id)?;
     let disk = tmp.dir.join(cache::DISK);
     let moved = to_qcow2(&part, &disk);

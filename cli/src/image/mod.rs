@@ -61,7 +61,7 @@ pub enum ImageError {
     NoAptSource,
     #[error("cannot find a cache directory: set TESTBED_CACHE_DIR, XDG_CACHE_HOME or HOME")]
     NoCacheDir,
-    #[error("not enough disk space in {}: {detail} (the partial build was removed)", path.display())]
+    #[error("not enough disk space in {}: {detail} (nothing was left in the cache)", path.display())]
     DiskFull { path: PathBuf, detail: String },
     #[error("{what} failed ({status}):\n{output}")]
     CommandFailed { what: String, status: String, output: String },
