@@ -165,10 +165,10 @@ async fn tcp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod) -> CheckOutcome {
 
 /// iperf3 UDP from `from` to `to` with `len`-byte datagrams; some must arrive, from the client's pod IP.
 async fn udp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, len: u32) -> CheckOutcome {
-    let server_cmd = probe::iperf_server(IPERF_PORT, 40);
+    let server_cmd = probe::iperf_server(IPERF_PORT, 60);
     let client_cmd = probe::iperf_udp_client(to.ip, IPERF_PORT, len);
     let (server, client) =
-        futures::join!(pexec(c, to, None, &server_cmd, 50), pexec(c, from, None, &client_cmd, 50));
+        futures::join!(pexec(c, to, None, &server_cmd, 70), pexec(c, from, None, &client_cmd, 70));
     let (server, client) = (server?, client?);
     let ev = format!("{}\n{}", evidence(&server_cmd, &server), evidence(&client_cmd, &client));
     if client.exit_code != 0 {
@@ -257,7 +257,7 @@ async fn df_above_mtu<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, mtu: u32)
 }
 
 async fn big_tcp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod) -> CheckOutcome {
-    let cmd = format!("{} | sha256sum", probe::http_get(to.ip, "/big"));
+    let cmd = format!("{} | sha256sum", probe::http_get_within(to.ip, "/big", 40));
     let r = pexec(c, from, None, &cmd, 60).await?;
     let ev = evidence(&cmd, &r);
     let want = probe::seq_sha256(probe::BIG_LINES);
@@ -375,7 +375,7 @@ async fn shared_netns<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
 }
 
 async fn localhost<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
-    let cmd = format!("busybox wget -q -T 5 -O - http://127.0.0.1:{HTTP_PORT}/");
+    let cmd = format!("timeout 5 busybox wget -q -O - http://127.0.0.1:{HTTP_PORT}/");
     let r = pexec(c, p, Some("side"), &cmd, 20).await?;
     let ev = succeeded("side -> web over 127.0.0.1", &cmd, &r)?;
     if r.stdout.trim() != p.name {
@@ -457,7 +457,7 @@ async fn wait_running<C: Cluster>(c: &C, node: &str, name: &str) -> Result<TestP
 
 /// The pod's httpd answers on 127.0.0.1 (a readiness probe: Running is not serving yet).
 async fn wait_serving<C: Cluster>(c: &C, p: &TestPod) -> Result<(), CheckError> {
-    let cmd = probe::retrying(&format!("busybox wget -q -T 2 -O /dev/null http://127.0.0.1:{HTTP_PORT}/"), 100);
+    let cmd = probe::retrying(&format!("timeout 2 busybox wget -q -O /dev/null http://127.0.0.1:{HTTP_PORT}/"), 100);
     let r = pexec(c, p, None, &cmd, 60).await?;
     if r.exit_code != 0 {
         return Err(CheckError::Infra(format!("pod {} never served HTTP\n{}", p.name, evidence(&cmd, &r))));

@@ -202,7 +202,7 @@ fn probe_command(kind: Kind, ip: Ipv4Addr, port: Option<u16>) -> String {
         Kind::Ping => probe::ping(ip, 1),
         // bash's /dev/tcp: connect and close, whatever the server speaks.
         Kind::Tcp => format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'"),
-        Kind::Http => format!("busybox wget -q -T 5 -O /dev/null http://{ip}:{port}/"),
+        Kind::Http => format!("timeout 5 busybox wget -q -O /dev/null http://{ip}:{port}/"),
     }
 }
 

@@ -38,8 +38,13 @@ pub fn ping_df(ip: Ipv4Addr, payload: u32) -> String {
     format!("ping -n -M do -s {payload} -c 2 -W 2 {ip}")
 }
 
+/// `timeout` rather than wget's own `-T`: Debian 12's busybox-static 1.35 wget segfaults whenever `-T` is given.
 pub fn http_get(ip: Ipv4Addr, path: &str) -> String {
-    format!("busybox wget -q -T 5 -O - http://{ip}:{HTTP_PORT}{path}")
+    http_get_within(ip, path, 5)
+}
+
+pub fn http_get_within(ip: Ipv4Addr, path: &str, secs: u32) -> String {
+    format!("timeout {secs} busybox wget -q -O - http://{ip}:{HTTP_PORT}{path}")
 }
 
 /// Retries `cmd` (a server that is still starting) up to `attempts` times, 0.3 s apart.
@@ -65,11 +70,13 @@ pub fn iperf_server(port: u16, timeout_s: u32) -> String {
 }
 
 /// A 1-second UDP iperf3 run at 1 Mbit/s with datagrams of `len` bytes; prints the JSON of the first attempt
-/// that connects (the server may still be starting).
+/// that connects (the server may still be starting). iperf3 3.12 with `-J` can exit 0 on "connection refused",
+/// so success is judged by the absence of an `"error"` key.
 pub fn iperf_udp_client(ip: Ipv4Addr, port: u16, len: u32) -> String {
     format!(
-        "i=0; while [ $i -lt 40 ]; do out=$(iperf3 -c {ip} -p {port} -u -b 1M -t 1 -l {len} -J 2>&1) && \
-         {{ echo \"$out\"; exit 0; }}; i=$((i+1)); sleep 0.3; done; echo \"$out\"; exit 1"
+        "i=0; while [ $i -lt 60 ]; do out=$(iperf3 -c {ip} -p {port} -u -b 1M -t 1 -l {len} -J 2>&1); \
+         case \"$out\" in *'\"error\"'*) ;; *) echo \"$out\"; exit 0;; esac; i=$((i+1)); sleep 0.5; done; \
+         echo \"$out\"; exit 1"
     )
 }
 
