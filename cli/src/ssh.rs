@@ -22,6 +22,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCerti
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use sha2::{Digest as _, Sha256};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -37,6 +38,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// while the guest has no network yet; a fresh connection beats waiting out that backoff. Doubles after every
 /// silent attempt (up to ATTEMPT_TIMEOUT) so a guest that is merely slow still gets through.
 const FIRST_BANNER_TIMEOUT: Duration = Duration::from_secs(4);
+/// sshd allows 10 session channels per connection (MaxSessions); 8 leaves room for the sessions of timed-out
+/// commands that sshd keeps until their process group is killed.
+const MAX_CONCURRENT_EXECS: usize = 8;
 /// Keepalive so a dead guest is noticed within ~30 s instead of hanging a suite.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_MAX: usize = 6;
@@ -78,6 +82,8 @@ pub enum SshError {
     },
     #[error("SSH 127.0.0.1:{port}: `{command}` did not finish within {timeout:?}")]
     ExecTimeout { port: u16, command: String, timeout: Duration },
+    #[error("SSH 127.0.0.1:{port}: the session is closing")]
+    SessionClosed { port: u16 },
     #[error("SSH 127.0.0.1:{port}: `{command}` ended without an exit status")]
     NoExitStatus { port: u16, command: String },
     #[error("SSH 127.0.0.1:{port}: {step} failed with exit code {exit_code}: {stderr}")]
@@ -266,6 +272,9 @@ struct Inner {
     port: u16,
     /// Listener tasks of `forward()`; aborted when the last Session clone goes away.
     forwards: Mutex<Vec<AbortHandle>>,
+    /// Bounds concurrent exec channels below sshd's MaxSessions (10 per connection): beyond it sshd refuses
+    /// the channel, so callers queue here instead of failing.
+    exec_slots: Semaphore,
 }
 
 impl Drop for Inner {
@@ -376,7 +385,14 @@ impl Attempt<'_> {
             // The host key matched, so this sshd has our seed: a refusal is a configuration error, not boot noise.
             return Err(AttemptError::Fatal(SshError::AuthRefused { port, key: self.key_path.to_path_buf() }));
         }
-        Ok(Session { inner: Arc::new(Inner { handle, port, forwards: Mutex::new(Vec::new()) }) })
+        Ok(Session {
+            inner: Arc::new(Inner {
+                handle,
+                port,
+                forwards: Mutex::new(Vec::new()),
+                exec_slots: Semaphore::new(MAX_CONCURRENT_EXECS),
+            }),
+        })
     }
 }
 
@@ -480,6 +496,7 @@ impl Session {
 
     /// Runs `command` through the guest's shell; writes `stdin` (if any) and then EOF; collects everything.
     pub async fn exec(&self, command: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, SshError> {
+        let _slot = self.exec_slot().await?;
         let (mut read, write) = self.open_exec(command).await?;
         run_channel(self.inner.port, command, &mut read, &write, stdin).await
     }
@@ -499,11 +516,13 @@ impl Session {
         let pid_file = format!("/tmp/.testbed-exec-{:016x}.pid", rand::random::<u64>());
         let wrapped =
             format!("echo $$ > {pid_file}; sh -c {}; rc=$?; rm -f {pid_file}; exit $rc", shell_quote(command));
+        let slot = self.exec_slot().await?;
         let (mut read, write) = self.open_exec(&wrapped).await?;
         match tokio::time::timeout(timeout, run_channel(self.inner.port, command, &mut read, &write, stdin)).await {
             Ok(result) => result,
             Err(_) => {
                 let _ = write.close().await;
+                drop(slot);
                 let kill = format!(
                     "pid=$(cat {pid_file} 2>/dev/null) && [ -n \"$pid\" ] && kill -KILL -- -\"$pid\" 2>/dev/null; \
                      rm -f {pid_file}; exit 0"
@@ -527,6 +546,11 @@ impl Session {
             });
         }
         Ok(out)
+    }
+
+    async fn exec_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SshError> {
+        // Nothing closes the semaphore today; if something ever does, the session is going away.
+        self.inner.exec_slots.acquire().await.map_err(|_| SshError::SessionClosed { port: self.inner.port })
     }
 
     async fn open_exec(&self, command: &str) -> Result<(ChannelReadHalf, ChannelWriteHalf<client::Msg>), SshError> {
@@ -1053,11 +1077,11 @@ mod tests {
         assert_eq!(out.stdout.len(), data.len());
         assert!(out.stdout == data);
 
-        // Many concurrent execs over one shared session (the suites do this).
+        // Many concurrent execs over one shared session (the suites do this): more than sshd's MaxSessions (10).
         let mut tasks = JoinSet::new();
-        for i in 0..8 {
+        for i in 0..24 {
             let s = session.clone();
-            tasks.spawn(async move { s.exec(&format!("echo {i}"), None).await });
+            tasks.spawn(async move { s.exec(&format!("sleep 0.3; echo {i}"), None).await });
         }
         let mut seen = Vec::new();
         while let Some(done) = tasks.join_next().await {
@@ -1065,7 +1089,7 @@ mod tests {
             seen.push(out.stdout_lossy().trim().parse::<u32>().expect("number"));
         }
         seen.sort_unstable();
-        assert_eq!(seen, (0..8).collect::<Vec<_>>());
+        assert_eq!(seen, (0..24).collect::<Vec<_>>());
 
         // Within its time: same output and status as exec.
         let out = session.exec_timeout("cat; echo err >&2; exit 5", Some(b"in\n"), Duration::from_secs(20)).await;
