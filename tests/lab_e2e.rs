@@ -240,3 +240,57 @@ fn down_cleans_up_after_up_was_sigkilled() {
     assert!(down.status.success(), "{}", show("down", &down));
     assert_nothing_left(&state_dir, lab, &vms);
 }
+
+/// Benchmark, not a timed test: `up` of 2 and 3 nodes (default topology, plus node3) until every agent is
+/// ready, then `down`. Prints seconds and the per-node stage times. Run:
+/// `cargo test -p testbed --test lab_e2e -- --ignored --nocapture bench_up`
+#[test]
+#[ignore]
+fn bench_up_2_and_3_nodes() {
+    if !can_run_vms() {
+        return;
+    }
+    ensure_agent();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let mut report = Vec::new();
+    for nodes in [2usize, 3] {
+        let lab = format!("bench-{nodes}");
+        let topo = topology_copy(tmp.path(), &lab);
+        if nodes == 3 {
+            let text = std::fs::read_to_string(&topo).expect("read");
+            let text = text.replace("  node2: {}\n", "  node2: {}\n  node3: {}\n");
+            assert!(text.contains("node3"), "default topology layout changed");
+            std::fs::write(&topo, text).expect("write");
+        }
+        let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.clone() };
+        let started = Instant::now();
+        let up = testbed(&state_dir).args(["up", "--output", "json"]).arg(&topo).output().expect("up");
+        let wall = started.elapsed().as_secs_f64();
+        assert!(up.status.success(), "{}", show("up", &up));
+        let doc: serde_json::Value = serde_json::from_slice(&up.stdout).expect("up json");
+        let stages: Vec<String> = doc["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                let s: Vec<String> = n["stage_seconds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| format!("{} {:.1}", p[0].as_str().unwrap_or("?"), p[1].as_f64().unwrap_or(0.0)))
+                    .collect();
+                format!("{}: {}", n["name"].as_str().unwrap_or("?"), s.join(", "))
+            })
+            .collect();
+        report.push(format!(
+            "{nodes} nodes ({}): up {wall:.1} s wall, {:.1} s in testbed\n    {}",
+            doc["accelerator"].as_str().unwrap_or("?"),
+            doc["seconds"].as_f64().unwrap_or(0.0),
+            stages.join("\n    ")
+        ));
+        let down = testbed(&state_dir).args(["down", "--lab", &lab]).output().expect("down");
+        assert!(down.status.success(), "{}", show("down", &down));
+    }
+    eprintln!("BENCH up to all agents ready:\n{}", report.join("\n"));
+}
