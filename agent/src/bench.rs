@@ -1,16 +1,384 @@
-//! Pod creation benchmark (filled in below).
-use anyhow::Result;
+//! `testbed-agent bench`: what one pod costs on this kernel. Three measurements, all inside a private network
+//! and mount namespace of the benchmark process (nothing reaches the host's network or its /run/netns):
+//!
+//! 1. testbed sandboxes: `Agent::create_sandbox` per pod (pod + infra cgroups, infra process with new
+//!    net/UTS/IPC/PID namespaces, veth into cni0, address, default route), N = 100 and 1000.
+//! 2. the reference: per pod `ip netns add` and one call of the CNI `bridge` plugin with `host-local` IPAM
+//!    (Debian containernetworking-plugins), the way a CRI runtime runs them; bridge and IPAM store private.
+//! 3. full pods through the HTTP API of a `testbed-agent serve` child (one `sleep` container each), and that
+//!    agent's VmRSS with 100 pods.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use testbed_api::{Backend, ContainerSpec, NodeSpec, PodSpec, RestartPolicy, UnderlaySpec};
+
+use crate::runtime::{Agent, Config};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Pod counts to measure (each round starts from an empty node).
+    #[arg(long = "pods", default_values_t = [100usize, 1000])]
+    pub pods: Vec<usize>,
+    /// Run the reference CNI plugins for rounds up to this many pods (0 = skip the reference).
     #[arg(long, default_value_t = 100)]
-    pub pods: usize,
+    pub reference_max: usize,
+    /// Directory of the reference CNI plugins.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub cni_path: PathBuf,
+    /// Pods created through the HTTP API for the RSS figure (0 = skip).
+    #[arg(long, default_value_t = 100)]
+    pub api_pods: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
+/// Moves the (still single-threaded) benchmark into new network and mount namespaces, with `lo` up and a
+/// private tmpfs on /run/netns, so everything it creates disappears with it.
 pub fn isolate() -> Result<()> {
-    anyhow::bail!("not built yet")
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNET|CLONE_NEWNS)")?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("make mounts private")?;
+    std::fs::create_dir_all("/run/netns").context("create /run/netns")?;
+    mount(Some("tmpfs"), "/run/netns", Some("tmpfs"), MsFlags::empty(), Some("mode=755"))
+        .context("private tmpfs on /run/netns")?;
+    run_cmd(Command::new("ip").args(["link", "set", "lo", "up"]))
 }
 
-pub async fn run(_args: BenchArgs) -> Result<()> {
-    anyhow::bail!("not built yet")
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn node_spec() -> NodeSpec {
+    #[allow(clippy::unwrap_used)] // constant, valid literals
+    NodeSpec {
+        node_name: "bench".into(),
+        underlay: UnderlaySpec { interface: "lo".into(), address: [127, 0, 0, 1].into(), prefix_len: 8, mtu: 1500 },
+        pod_cidr: "10.244.0.0/16".parse().unwrap(),
+        pod_subnet: "10.244.0.0/20".parse().unwrap(),
+        backend: Backend::None,
+        vtep_mac: "02:00:00:00:00:01".into(),
+        peers: vec![],
+    }
+}
+
+fn pod_spec(i: usize) -> PodSpec {
+    PodSpec {
+        name: format!("bench-{i}"),
+        containers: vec![ContainerSpec {
+            name: "c".into(),
+            command: vec!["sleep".into(), "100000".into()],
+            env: Default::default(),
+            resources: Default::default(),
+            pids_limit: None,
+        }],
+        restart_policy: RestartPolicy::Always,
+        share_process_namespace: false,
+        host_network: false,
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Round {
+    pods: usize,
+    total_ms: f64,
+    per_pod_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn round(pods: usize, total: Duration, mut each: Vec<Duration>) -> Round {
+    each.sort();
+    let pick = |q: f64| each.get(((each.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| ms(*d));
+    Round {
+        pods,
+        total_ms: ms(total),
+        per_pod_ms: ms(total) / pods.max(1) as f64,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct Report {
+    kernel: String,
+    cgroup_version: String,
+    testbed_sandbox: Vec<Round>,
+    reference_netns_add: Vec<Round>,
+    reference_cni_add: Vec<Round>,
+    api_full_pod: Option<Round>,
+    agent_rss_kib_idle: Option<u64>,
+    agent_rss_kib_with_pods: Option<u64>,
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("testbed-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    let result = bench_all(&args, &tmp).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    let report = result?;
+    println!("{}", render(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn bench_all(args: &BenchArgs, tmp: &Path) -> Result<Report> {
+    let cgroup_name = format!("tbbench-{}", std::process::id());
+    let cgroups = crate::cgroups::detect(&cgroup_name)?;
+    let mut report = Report {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
+        cgroup_version: cgroups.version().into(),
+        ..Default::default()
+    };
+    let cfg = Config { state_dir: tmp.join("agent"), exe: PathBuf::from("/proc/self/exe"), kill_grace: Duration::ZERO };
+    let agent = Agent::new(cfg, cgroups).await.context("agent runtime")?;
+    agent.apply_node(node_spec()).await.context("apply the bench NodeSpec")?;
+
+    for &n in &args.pods {
+        let specs: Vec<PodSpec> = (0..n).map(pod_spec).collect();
+        let mut sandboxes = Vec::with_capacity(n);
+        let mut each = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for spec in &specs {
+            let t = Instant::now();
+            let sb = agent.create_sandbox(spec).await.with_context(|| format!("sandbox of {}", spec.name));
+            each.push(t.elapsed());
+            match sb {
+                Ok(sb) => sandboxes.push(sb),
+                Err(e) => {
+                    destroy(&agent, &specs, &sandboxes).await;
+                    return Err(e);
+                }
+            }
+        }
+        let r = round(n, t0.elapsed(), each);
+        eprintln!("testbed sandbox x{n}: {:.3} ms/pod", r.per_pod_ms);
+        report.testbed_sandbox.push(r);
+        destroy(&agent, &specs, &sandboxes).await;
+
+        if n <= args.reference_max {
+            let (netns, cni) = reference(args, tmp, n)?;
+            eprintln!(
+                "reference x{n}: ip netns add {:.3} ms/pod, CNI bridge ADD {:.3} ms/pod",
+                netns.per_pod_ms, cni.per_pod_ms
+            );
+            report.reference_netns_add.push(netns);
+            report.reference_cni_add.push(cni);
+        }
+    }
+    drop(agent);
+    remove_root(&cgroup_name);
+    if args.api_pods > 0 {
+        api_round(args.api_pods, tmp, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// Removes the benchmark's cgroup root (the agent leaves its root in place on purpose).
+fn remove_root(name: &str) {
+    for dir in ["/sys/fs/cgroup".to_string(), "/sys/fs/cgroup/cpu".into(), "/sys/fs/cgroup/pids".into()] {
+        let _ = std::fs::remove_dir(Path::new(&dir).join(name));
+    }
+    if let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") {
+        for line in own.lines() {
+            let mut it = line.splitn(3, ':');
+            if let (Some(_), Some(ctrls), Some(path)) = (it.next(), it.next(), it.next()) {
+                for c in ctrls.split(',').filter(|c| !c.is_empty()) {
+                    let _ = std::fs::remove_dir(
+                        Path::new("/sys/fs/cgroup").join(c).join(path.trim_start_matches('/')).join(name),
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn destroy(agent: &Agent, specs: &[PodSpec], sandboxes: &[crate::runtime::Sandbox]) {
+    for (spec, sb) in specs.iter().zip(sandboxes) {
+        agent.destroy_sandbox(spec, sb).await;
+    }
+}
+
+/// `ip netns add` + CNI bridge ADD per pod, then removal. Returns (netns add, plugin ADD) rounds.
+fn reference(args: &BenchArgs, tmp: &Path, n: usize) -> Result<(Round, Round)> {
+    let plugin = args.cni_path.join("bridge");
+    if !plugin.exists() {
+        bail!("{} not found (apt-get install containernetworking-plugins)", plugin.display());
+    }
+    let netconf = serde_json::json!({
+        "cniVersion": "0.4.0", "name": "tbbench", "type": "bridge", "bridge": "cnibench0",
+        "isGateway": true, "ipMasq": false, "hairpinMode": true,
+        "ipam": {"type": "host-local", "subnet": "10.88.0.0/20", "dataDir": tmp.join("cni-ipam")}
+    })
+    .to_string();
+    let names: Vec<String> = (0..n).map(|i| format!("tbref-{i}")).collect();
+    let result = (|| -> Result<(Round, Round)> {
+        let mut each_ns = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for name in &names {
+            let t = Instant::now();
+            run_cmd(Command::new("ip").args(["netns", "add", name]))?;
+            each_ns.push(t.elapsed());
+        }
+        let netns = round(n, t0.elapsed(), each_ns);
+        let mut each = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for name in &names {
+            let t = Instant::now();
+            let mut child = Command::new(&plugin)
+                .env_clear()
+                .env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", name)
+                .env("CNI_NETNS", format!("/run/netns/{name}"))
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", &args.cni_path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("run {}", plugin.display()))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(netconf.as_bytes())?;
+            }
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!("CNI bridge ADD {name}: {}", String::from_utf8_lossy(&out.stdout));
+            }
+            each.push(t.elapsed());
+        }
+        Ok((netns, round(n, t0.elapsed(), each)))
+    })();
+    for name in &names {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+    }
+    let _ = Command::new("ip").args(["link", "del", "cnibench0"]).stderr(Stdio::null()).status();
+    let _ = std::fs::remove_dir_all(tmp.join("cni-ipam"));
+    result
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Minimal HTTP/1.1 client for the agent child (Connection: close).
+fn http(method: &str, path: &str, body: &str) -> Result<u16> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", testbed_api::AGENT_PORT))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    if code >= 400 {
+        bail!("{method} {path}: {resp}");
+    }
+    Ok(code)
+}
+
+/// Full pods (sandbox + one container) through a `serve` child, and its RSS.
+fn api_round(n: usize, tmp: &Path, report: &mut Report) -> Result<()> {
+    let state = tmp.join("serve");
+    let cgroup_name = format!("tbbench-serve-{}", std::process::id());
+    let mut child = Command::new("/proc/self/exe")
+        .args(["serve", "--kill-grace-secs", "0", "--cgroup-name", &cgroup_name, "--state-dir"])
+        .arg(&state)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("start testbed-agent serve")?;
+    let pid = child.id();
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http("GET", "/healthz", "").is_err() {
+            if Instant::now() > deadline {
+                bail!("agent child did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        http("PUT", "/v1/node", &serde_json::to_string(&node_spec())?)?;
+        report.agent_rss_kib_idle = vm_rss_kib(pid);
+        let mut each = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for i in 0..n {
+            let t = Instant::now();
+            http("POST", "/v1/pods", &serde_json::to_string(&pod_spec(i))?)?;
+            each.push(t.elapsed());
+        }
+        let r = round(n, t0.elapsed(), each);
+        eprintln!("full pod via API x{n}: {:.3} ms/pod", r.per_pod_ms);
+        report.api_full_pod = Some(r);
+        std::thread::sleep(Duration::from_secs(1));
+        report.agent_rss_kib_with_pods = vm_rss_kib(pid);
+        for i in 0..n {
+            http("DELETE", &format!("/v1/pods/bench-{i}"), "")?;
+        }
+        Ok(())
+    })();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT);
+    let _ = child.wait();
+    remove_root(&cgroup_name);
+    result
+}
+
+fn render(r: &Report) -> String {
+    let mut out = format!("kernel {}, cgroup {}\n", r.kernel, r.cgroup_version);
+    out += "pods   testbed sandbox ms/pod (p50/p99)   CNI bridge ADD ms/pod   +ip netns add ms/pod   speed-up\n";
+    for t in &r.testbed_sandbox {
+        let refr = r.reference_cni_add.iter().zip(&r.reference_netns_add).find(|(c, _)| c.pods == t.pods);
+        let (cni, ns, ratio) = match refr {
+            Some((c, n)) => (
+                format!("{:.3}", c.per_pod_ms),
+                format!("{:.3}", n.per_pod_ms),
+                format!(
+                    "{:.1}x ({:.1}x with netns add)",
+                    c.per_pod_ms / t.per_pod_ms,
+                    (c.per_pod_ms + n.per_pod_ms) / t.per_pod_ms
+                ),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        out += &format!(
+            "{:<6} {:>8.3} ({:.3}/{:.3}){:>10} {:>22} {:>22}   {}\n",
+            t.pods, t.per_pod_ms, t.p50_ms, t.p99_ms, "", cni, ns, ratio
+        );
+    }
+    if let (Some(a), Some(b)) = (r.testbed_sandbox.first(), r.testbed_sandbox.last()) {
+        if a.pods != b.pods {
+            out += &format!("per-pod cost {} vs {} pods: {:.2}x\n", b.pods, a.pods, b.per_pod_ms / a.per_pod_ms);
+        }
+    }
+    if let Some(api) = &r.api_full_pod {
+        out += &format!(
+            "full pod through the API (sandbox + 1 container): {:.3} ms/pod (x{})\n",
+            api.per_pod_ms, api.pods
+        );
+    }
+    if let (Some(idle), Some(full)) = (r.agent_rss_kib_idle, r.agent_rss_kib_with_pods) {
+        out += &format!(
+            "agent VmRSS: {idle} KiB idle, {full} KiB with {} pods\n",
+            r.api_full_pod.as_ref().map_or(0, |a| a.pods)
+        );
+    }
+    out
 }

@@ -1,11 +1,12 @@
 //! `testbed-agent`: runs in every guest and converges the node's kernel to a NodeSpec; runs pods.
 //!
-//! Subcommands: `serve` (the HTTP API), and hidden ones the agent runs itself: `infra` (a pod's namespace
-//! holder), `run-container` (container and exec launcher), `bench` (pod creation benchmark).
+//! Subcommands: `serve` (the HTTP API), and hidden ones: `run-container` (container and exec launcher, run
+//! by the agent itself) and `bench` (pod creation benchmark).
 
 mod bench;
 mod cgroups;
 mod exec;
+mod infra;
 mod launcher;
 mod net;
 mod phase;
@@ -33,12 +34,6 @@ struct Cli {
 enum Command {
     /// Serve the agent API on a loopback address.
     Serve(ServeArgs),
-    /// Infra process of a pod (started by the agent).
-    #[command(hide = true)]
-    Infra {
-        #[arg(long)]
-        pod: String,
-    },
     /// Container / exec launcher (started by the agent).
     #[command(hide = true, name = "run-container")]
     RunContainer(launcher::LauncherArgs),
@@ -69,7 +64,6 @@ const EXIT_INFRA: i32 = 3;
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Infra { pod: _ } => sandbox::infra_main(),
         Command::RunContainer(args) => match launcher::run(&args) {
             Ok(code) => code,
             Err(e) => {

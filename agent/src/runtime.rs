@@ -135,6 +135,8 @@ pub struct Agent {
     cfg: Config,
     net: Network,
     cgroups: Box<dyn Cgroups>,
+    /// The infra program, executed from this memfd for every pod.
+    infra_image: std::os::fd::OwnedFd,
     node: Mutex<NodeState>,
     /// Serialises kernel network convergence (PUT /v1/node and the periodic reconcile).
     apply_lock: tokio::sync::Mutex<()>,
@@ -170,10 +172,12 @@ impl Agent {
             .map_err(io(format!("create {}", cfg.state_dir.display())))?;
         cgroups.init()?;
         let net = Network::new(&cfg.state_dir).await?;
+        let infra_image = crate::infra::memfd().map_err(io("memfd for the infra program"))?;
         Ok(Arc::new(Agent {
             cfg,
             net,
             cgroups,
+            infra_image,
             node: Mutex::new(NodeState::default()),
             apply_lock: tokio::sync::Mutex::new(()),
             pods: Mutex::new(BTreeMap::new()),
@@ -535,17 +539,25 @@ impl Agent {
 
     async fn create_sandbox_steps(&self, spec: &PodSpec) -> Result<Sandbox> {
         let name = &spec.name;
+        let t0 = Instant::now();
         self.cgroups.create(&pod_cgroup(name), &pod_limits(spec), true)?;
         self.cgroups.create(&infra_cgroup(name), &CgroupLimits { cpu_shares: 2, ..Default::default() }, false)?;
-        let infra_pid = sandbox::spawn_infra(&self.cfg.exe, name, spec.host_network)?;
-        let joined = self.cgroups.add_pid(&infra_cgroup(name), infra_pid);
-        let attached = match joined {
-            Err(e) => Err(AgentError::from(e)),
-            Ok(()) if spec.host_network => Ok((lock(&self.node).spec.as_ref().map(|s| s.underlay.address), None)),
-            Ok(()) => {
-                self.net.attach_pod(name, infra_pid).await.map(|a| (Some(a.ip), Some(a.host_veth))).map_err(Into::into)
-            }
+        let t1 = Instant::now();
+        let procs = self.cgroups.procs_files(&infra_cgroup(name));
+        let infra_pid = sandbox::spawn_infra(&self.infra_image, name, spec.host_network, &procs)?;
+        let t2 = Instant::now();
+        let attached: Result<_> = if spec.host_network {
+            Ok((lock(&self.node).spec.as_ref().map(|s| s.underlay.address), None))
+        } else {
+            self.net.attach_pod(name, infra_pid).await.map(|a| (Some(a.ip), Some(a.host_veth))).map_err(Into::into)
         };
+        tracing::debug!(
+            pod = %name,
+            cgroups_us = (t1 - t0).as_micros() as u64,
+            infra_us = (t2 - t1).as_micros() as u64,
+            attach_us = t2.elapsed().as_micros() as u64,
+            "sandbox created"
+        );
         match attached {
             Ok((ip, host_veth)) => Ok(Sandbox { infra_pid, ip, host_veth }),
             Err(e) => {

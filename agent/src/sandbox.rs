@@ -2,11 +2,11 @@
 //! belongs to a process this agent started (PIDs are reused; we never signal a stranger).
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -21,18 +21,29 @@ pub enum SandboxError {
     Clone { pod: String, source: nix::Error },
     #[error("pod {pod}: the infra process exited at once ({status:?})")]
     DiedAtStart { pod: String, status: WaitStatus },
+    #[error("pod {pod}: cannot open its infra cgroup: {source}")]
+    Cgroup { pod: String, source: std::io::Error },
     #[error("pod {pod}: name or path contains a NUL byte")]
     Nul { pod: String },
 }
 
-/// Starts `<exe> infra --pod NAME` as PID 1 of new PID and IPC namespaces, plus new network and UTS
-/// namespaces unless `host_network` (Kubernetes hostNetwork shares the node's net and UTS namespaces; its
-/// IPC stays private since hostIPC is a separate switch). The hostname is set before exec and CLONE_VFORK
-/// holds us until then, so the namespaces are complete when this returns.
-pub fn spawn_infra(exe: &Path, pod: &str, host_network: bool) -> Result<u32, SandboxError> {
+/// Starts the infra program (`crate::infra`, from the memfd `image`) as PID 1 of new PID and IPC
+/// namespaces, plus new network and UTS namespaces unless `host_network` (Kubernetes hostNetwork shares the
+/// node's net and UTS namespaces; its IPC stays private since hostIPC is a separate switch). The hostname is
+/// set before exec and CLONE_VFORK holds us until then, so the namespaces are complete when this returns.
+/// The infra process joins `cgroup_procs` (passed as fds 3..) itself, which keeps the slow, RCU-synchronised
+/// cgroup migration off the caller's path.
+///
+/// Like posix_spawn, the child shares our memory (CLONE_VM) and runs on a stack of its own until exec: no
+/// page tables are copied and the agent's pages are not made copy-on-write for every pod.
+pub fn spawn_infra(
+    image: &OwnedFd,
+    pod: &str,
+    host_network: bool,
+    cgroup_procs: &[PathBuf],
+) -> Result<u32, SandboxError> {
     let nul = |_| SandboxError::Nul { pod: pod.to_string() };
-    let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(nul)?;
-    let args: Vec<CString> = ["testbed-agent", INFRA_ROLE, "--pod", pod]
+    let args: Vec<CString> = ["testbed-infra", INFRA_ROLE, "--pod", pod]
         .iter()
         .map(|a| CString::new(*a))
         .collect::<Result<_, _>>()
@@ -41,65 +52,61 @@ pub fn spawn_infra(exe: &Path, pod: &str, host_network: bool) -> Result<u32, San
     argv.push(std::ptr::null());
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let hostname = pod.as_bytes();
+    if cgroup_procs.len() > 3 {
+        return Err(SandboxError::Cgroup {
+            pod: pod.to_string(),
+            source: std::io::Error::other("more than 3 hierarchies"),
+        });
+    }
+    let procs: Vec<OwnedFd> = cgroup_procs
+        .iter()
+        .map(|p| std::fs::OpenOptions::new().write(true).open(p).map(OwnedFd::from))
+        .collect::<Result<_, _>>()
+        .map_err(|source| SandboxError::Cgroup { pod: pod.to_string(), source })?;
+    let proc_fds: Vec<libc::c_int> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    let image_fd = image.as_raw_fd();
 
-    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_VFORK;
+    let mut flags =
+        CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_VFORK | CloneFlags::CLONE_VM;
     if !host_network {
         flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
     }
-    // The child only makes raw syscalls (async-signal-safe) on its own copy of memory, then execs.
+    // The child only makes raw syscalls on data prepared here (we are suspended until it execs). Its fd table
+    // is its own copy, so the dup2s do not touch ours.
     let child = Box::new(|| -> isize {
         // SAFETY: plain syscalls on buffers prepared before clone.
         unsafe {
             if !host_network && libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
                 return 126;
             }
-            libc::execve(exe_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            for (i, fd) in proc_fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                    return 125;
+                }
+            }
+            libc::syscall(
+                libc::SYS_execveat,
+                image_fd,
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
         }
         127
     });
     let mut stack = vec![0u8; 64 * 1024];
-    // SAFETY: the callback needs little stack and execs or exits; no locks are taken in the child.
-    let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
-        .map_err(|source| SandboxError::Clone { pod: pod.to_string(), source })?;
+    // No signal handler of ours may run in the child while it shares our memory: block all signals around
+    // clone (the child inherits the mask; the infra program only blocks SIGCHLD and needs nothing else).
+    let mut old = SigSet::empty();
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old));
+    // SAFETY: the callback needs little stack and execs or exits; it takes no locks and does not allocate.
+    let cloned = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) };
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    let pid = cloned.map_err(|source| SandboxError::Clone { pod: pod.to_string(), source })?;
     match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
         Ok(WaitStatus::StillAlive) | Err(_) => Ok(pid.as_raw() as u32),
         Ok(status) => Err(SandboxError::DiedAtStart { pod: pod.to_string(), status }),
-    }
-}
-
-extern "C" fn on_sigchld(_: libc::c_int) {}
-extern "C" fn on_term(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(0) }
-}
-
-/// Body of the infra process: PID 1 of the pod's PID namespace. It reaps whatever gets re-parented to it
-/// (processes of containers that share this PID namespace) and otherwise sleeps.
-pub fn infra_main() -> ! {
-    let mut chld = SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    // SAFETY: handlers only call async-signal-safe functions.
-    unsafe {
-        let _ = sigaction(
-            Signal::SIGCHLD,
-            &SigAction::new(SigHandler::Handler(on_sigchld), SaFlags::empty(), SigSet::empty()),
-        );
-        let _ = sigaction(
-            Signal::SIGTERM,
-            &SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty()),
-        );
-        let _ =
-            sigaction(Signal::SIGINT, &SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty()));
-    }
-    // Block SIGCHLD outside sigsuspend so a child dying between the reap loop and the sleep is not missed.
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None);
-    loop {
-        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            if status == WaitStatus::StillAlive {
-                break;
-            }
-        }
-        let _ = SigSet::empty().suspend();
     }
 }
 

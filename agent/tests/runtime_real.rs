@@ -319,6 +319,13 @@ fn pods_namespaces_exec_and_delete() {
     assert_eq!(ns(s1, "pid"), ns(s["infra_pid"].as_u64().unwrap(), "pid"));
     let r = exec("shared", json!({"container": "one", "command": ["sh", "-c", "cat /proc/*/cmdline | tr '\\0' ' '"]}));
     assert!(r["stdout"].as_str().unwrap().contains("sleep 1002"), "{r}");
+    // An orphan in the shared PID namespace is re-parented to the infra process, which reaps it.
+    exec("shared", json!({"container": "one", "command": ["sh", "-c", "sleep 0.2 & exit 0"]}));
+    std::thread::sleep(Duration::from_millis(800));
+    let r = exec("shared", json!({"container": "one", "command": ["sh", "-c", "cat /proc/[0-9]*/stat"]}));
+    let zombies: Vec<&str> = r["stdout"].as_str().unwrap().lines().filter(|l| l.contains(") Z ")).collect();
+    assert!(zombies.is_empty(), "zombies in the pod: {zombies:?}");
+    assert_eq!(std::fs::read_to_string(format!("/proc/{}/comm", s["infra_pid"])).unwrap().trim(), "memfd:tb-infra");
 
     // hostNetwork pod: the node's network namespace.
     let h = create(json!({"name": "host", "host_network": true, "containers": [container("c", &["sleep", "1000"])]}));

@@ -56,13 +56,6 @@ pub trait Cgroups: Send + Sync {
     fn remove(&self, rel: &str) -> Result<()>;
     /// Absolute directory shown to users (v1: the memory hierarchy's).
     fn display_path(&self, rel: &str) -> String;
-
-    fn add_pid(&self, rel: &str, pid: u32) -> Result<()> {
-        for file in self.procs_files(rel) {
-            write_file(&file, &pid.to_string())?;
-        }
-        Ok(())
-    }
 }
 
 /// Picks v2 when the unified hierarchy with controllers is mounted at /sys/fs/cgroup, else v1.

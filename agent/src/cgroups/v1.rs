@@ -14,6 +14,7 @@ pub struct CgroupsV1 {
 
 impl CgroupsV1 {
     /// Roots given directly (tests point them at a temp dir).
+    #[cfg(test)]
     pub fn with_roots(cpu: PathBuf, memory: PathBuf, pids: PathBuf) -> CgroupsV1 {
         CgroupsV1 { cpu, memory, pids }
     }
