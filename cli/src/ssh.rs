@@ -1536,6 +1536,14 @@ mod guest_tests {
         assert_eq!(out.stdout_lossy().trim(), "sshtest");
         assert_eq!(out.exit_code, 3);
 
+        let err = session.exec_timeout("sleep 40.5", None, Duration::from_secs(2)).await.expect_err("timeout");
+        assert!(matches!(err, SshError::ExecTimeout { .. }), "{err}");
+        let start = Instant::now();
+        while session.exec("pgrep -f '^sleep 40.5$'", None).await.expect("pgrep").exit_code == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed-out command still runs in the guest");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
         let data: Vec<u8> = (0..5 * 1024 * 1024).map(|_| rand::random::<u8>()).collect();
         let t = Instant::now();
         session.upload(&data, "/root/blob", 0o640).await.expect("upload");
