@@ -74,18 +74,21 @@ impl LabSelector {
     /// The lab's directory (which may not exist: `down` is idempotent). None only when no lab was named and
     /// none exists.
     pub fn resolve(&self) -> Result<Option<LabDir>, LabError> {
-        let root = labdir::state_root()?;
+        self.resolve_in(&labdir::state_root()?)
+    }
+
+    fn resolve_in(&self, root: &std::path::Path) -> Result<Option<LabDir>, LabError> {
         if let Some(name) = &self.lab {
-            return Ok(Some(LabDir::new(&root, name)));
+            return Ok(Some(LabDir::new(root, name)));
         }
         if let Some(file) = &self.topology {
             let plan = topology::load_plan(file)?;
-            return Ok(Some(LabDir::new(&root, &plan.lab)));
+            return Ok(Some(LabDir::new(root, &plan.lab)));
         }
-        let labs = labdir::list_labs(&root)?;
+        let labs = labdir::list_labs(root)?;
         match labs.as_slice() {
             [] => Ok(None),
-            [one] => Ok(Some(LabDir::new(&root, one))),
+            [one] => Ok(Some(LabDir::new(root, one))),
             _ => Err(LabError::Ambiguous(labs)),
         }
     }
@@ -189,5 +192,30 @@ impl Lab {
 impl ConnectedLab {
     pub fn node(&self, name: &str) -> Option<&ConnectedNode> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_by_name_file_or_the_only_lab() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let auto = LabSelector::default();
+        assert!(auto.resolve_in(root).unwrap().is_none());
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        assert_eq!(auto.resolve_in(root).unwrap().unwrap().name, "a");
+        std::fs::create_dir_all(root.join("b")).unwrap();
+        assert!(matches!(auto.resolve_in(root), Err(LabError::Ambiguous(v)) if v == ["a", "b"]));
+        let named = LabSelector { lab: Some("zz".into()), topology: None };
+        assert_eq!(named.resolve_in(root).unwrap().unwrap().root, root.join("zz"));
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.yaml");
+        let by_file = LabSelector { lab: None, topology: Some(file) };
+        assert_eq!(by_file.resolve_in(root).unwrap().unwrap().name, "default");
+        let bad = LabSelector { lab: None, topology: Some(root.join("missing.yaml")) };
+        let err = bad.resolve_in(root).unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
     }
 }
