@@ -69,7 +69,7 @@ pub enum SshError {
     Key { what: String, message: String },
     #[error("host key of 127.0.0.1:{port} is not the pinned one: expected `{expected}`, got `{got}`")]
     HostKeyMismatch { port: u16, expected: String, got: String },
-    #[error("no SSH session to 127.0.0.1:{port} within {waited:?} ({attempts} attempts); last error: {last}")]
+    #[error("no SSH session to 127.0.0.1:{port} within {waited:.1?} ({attempts} attempts); last error: {last}")]
     ConnectTimeout { port: u16, waited: Duration, attempts: u32, last: String },
     #[error("127.0.0.1:{port} refused public-key authentication of {USER} with {}", key.display())]
     AuthRefused { port: u16, key: PathBuf },
@@ -97,7 +97,7 @@ pub enum SshError {
     },
     #[error("agent binary: {0}")]
     AgentBinary(String),
-    #[error("agent on 127.0.0.1:{port} did not become healthy within {waited:?}: {last}\n--- tail of {log_file} ---\n{log_tail}")]
+    #[error("agent on 127.0.0.1:{port} did not become healthy within {waited:.1?}: {last}\n--- tail of {log_file} ---\n{log_tail}")]
     AgentNotHealthy { port: u16, waited: Duration, last: Box<AgentError>, log_file: String, log_tail: String },
 }
 
@@ -709,9 +709,16 @@ async fn push_agent_with(
     layout: AgentLayout<'_>,
     start_deadline: Duration,
 ) -> Result<AgentClient, SshError> {
-    let binary = tokio::fs::read(agent_binary).await.map_err(io_err("read", agent_binary))?;
-    check_static_elf(agent_binary, &binary)?;
-    let local_sha = sha256_hex(&binary);
+    // Reading and hashing ~100 MB (a debug agent) is blocking work: keep it off the async workers.
+    let path = agent_binary.to_path_buf();
+    let (binary, local_sha) = tokio::task::spawn_blocking(move || {
+        let binary = std::fs::read(&path).map_err(io_err("read", &path))?;
+        check_static_elf(&path, &binary)?;
+        let sha = sha256_hex(&binary);
+        Ok::<_, SshError>((binary, sha))
+    })
+    .await
+    .map_err(|e| SshError::AgentBinary(format!("{}: hashing task failed: {e}", agent_binary.display())))??;
     let remote_bin = shell_quote(layout.binary);
     let stamp = shell_quote(&format!("{}.sha256", layout.binary));
     // sha256sum of a large binary takes seconds in a TCG guest; a stamp written after each upload (and checked
