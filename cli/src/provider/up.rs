@@ -498,6 +498,33 @@ async fn converge(
     })
 }
 
+/// What testbed's guest init prints on the serial console once sshd runs (templates/guest/testbed-init).
+const SSHD_STARTED: &str = "testbed-init: sshd started";
+/// How long to wait for that line before trying SSH anyway (an image whose init says something else).
+const SSHD_MARKER_WAIT: Duration = Duration::from_secs(90);
+
+/// Waits until the guest says sshd runs, and fails at once if QEMU dies meanwhile. Connecting earlier costs
+/// seconds: slirp accepts the host side immediately and then retries its SYN to the not-yet-networked guest
+/// with exponential backoff.
+async fn wait_for_sshd(ctx: &Ctx, node: &NodePlan) -> Result<(), UpError> {
+    let serial = ctx.dir.serial_log(&node.name);
+    let until = Instant::now() + SSHD_MARKER_WAIT.min(ctx.remaining());
+    let recorded = ctx.node_state(&node.name).and_then(|s| s.pid.zip(s.pid_start_time));
+    while Instant::now() < until {
+        if std::fs::read(&serial).is_ok_and(|b| b.windows(SSHD_STARTED.len()).any(|w| w == SSHD_STARTED.as_bytes())) {
+            return Ok(());
+        }
+        if let Some((pid, start)) = recorded {
+            if !procs::is_same_process(pid, start) {
+                let qemu_log = qemu::tail(&ctx.dir.qemu_log(&node.name), 1000);
+                return Err(ctx.node_err(&node.name, "boot", format!("QEMU (pid {pid}) exited while the guest booted {qemu_log}")));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// Where the guest's supervisor expects the agent (guest boot contract).
 const AGENT_GUEST_PATH: &str = "/usr/local/bin/testbed-agent";
 
@@ -581,6 +608,9 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
     }
 
     stages.enter("ssh");
+    if !reused && ctx.artifacts(&node.image).is_some_and(|a| a.kernel.is_some()) {
+        wait_for_sshd(ctx, node).await?;
+    }
     let session = ssh::Session::connect(node.ssh_port, &ctx.dir.client_key(), &ns.host_key_public, ctx.remaining())
         .await
         .map_err(|e| ctx.node_err(&name, "ssh", e))?;
