@@ -57,6 +57,8 @@ pub struct DeclaredTest {
     pub wait: Duration,
     pub level: Level,
     pub stop_on_error: bool,
+    /// Backends the test applies to (e.g. a cross-node test makes no sense with `none`); empty = all.
+    pub backends: Vec<Backend>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +87,8 @@ struct RawTest {
     level: Option<String>,
     #[serde(default)]
     stop_on_error: bool,
+    #[serde(default)]
+    backends: Vec<String>,
 }
 
 /// `500ms`, `2s`, `1m`, or a number of seconds.
@@ -180,6 +184,12 @@ pub fn parse_declared_tests(value: &serde_yaml::Value) -> Result<Vec<DeclaredTes
                 (attempts, wait)
             }
         };
+        let backends = raw
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(j, b)| b.parse::<Backend>().map_err(|m| err(at(&format!("backends[{j}]")), m)))
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(DeclaredTest {
             name: raw.name,
             from,
@@ -191,6 +201,7 @@ pub fn parse_declared_tests(value: &serde_yaml::Value) -> Result<Vec<DeclaredTes
             wait,
             level,
             stop_on_error: raw.stop_on_error,
+            backends,
         });
     }
     Ok(out)
@@ -257,6 +268,11 @@ async fn run_one<C: Cluster>(c: &C, t: &DeclaredTest) -> CheckOutcome {
 pub async fn run_declared<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, tests: &[DeclaredTest]) {
     let mut stopped_by: Option<&str> = None;
     for t in tests {
+        if !t.backends.is_empty() && !t.backends.contains(&backend) {
+            let only: Vec<&str> = t.backends.iter().map(|b| b.as_str()).collect();
+            r.record("declared", Some(backend), &t.name, CheckStatus::Skip, &format!("only for backends {}", only.join(", ")));
+            continue;
+        }
         if let Some(by) = stopped_by {
             r.record("declared", Some(backend), &t.name, CheckStatus::Skip, &format!("stopped: `{by}` failed and has stop_on_error"));
             continue;
@@ -292,6 +308,8 @@ mod tests {
         assert_eq!((t[1].attempts, t[1].level, t[1].port), (1, Level::Error, None));
         assert_eq!(t[1].to, Target::Ip(Ipv4Addr::new(10, 0, 0, 1)));
         assert!(parse("~").expect("null").is_empty());
+        let t = parse("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping, backends: [vxlan, host-gw]}").expect("valid");
+        assert_eq!(t[0].backends, vec![Backend::Vxlan, Backend::HostGw]);
     }
 
     #[test]
@@ -321,6 +339,7 @@ mod tests {
         let e = parse("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping}\n- {name: a, from: 'node:n1', to: 'pod:w', kind: ping}")
             .expect_err("duplicate");
         assert_eq!(e.path, "tests[1].name");
+        assert_eq!(path("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping, backends: [vxlan, geneve]}"), "tests[0].backends[1]");
         let e = parse("- {name: a, to: 'pod:w', kind: ping}").expect_err("missing from");
         assert!(e.message.contains("from"), "{e}");
     }

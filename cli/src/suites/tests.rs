@@ -138,6 +138,12 @@ async fn declared_tests_levels_expectations_and_stop_on_error() {
 - {name: web reaches a far address, from: 'pod:web', to: 'ip:10.99.0.1', kind: ping, retry: {attempts: 2, wait: 10ms}, stop_on_error: true}
 - {name: never runs, from: 'pod:web', to: 'pod:web', kind: ping}
 "#;
+    let only_vxlan = "- {name: cross, from: 'pod:web', to: 'node:node2', kind: ping, backends: [vxlan]}";
+    let t = parse_declared_tests(&serde_yaml::from_str(only_vxlan).expect("yaml")).expect("valid");
+    let r = run_conformance(&c, &ui(), &[Backend::None], Some("[declared]".into()), &t).await;
+    let cross = r.checks.iter().find(|c| c.name == "[declared] none cross").expect("recorded");
+    assert_eq!(cross.status, CheckStatus::Skip);
+    assert_eq!(cross.message.as_deref(), Some("only for backends vxlan"));
     let tests = parse_declared_tests(&serde_yaml::from_str(yaml).expect("yaml")).expect("valid");
     let r = run_conformance(&c, &ui(), &[Backend::None], Some("[declared]".into()), &tests).await;
     let status = |name: &str| {
