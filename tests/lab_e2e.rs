@@ -85,12 +85,7 @@ fn recorded_vms(state_dir: &Path, lab: &str) -> Vec<(u64, u64)> {
     let state: serde_json::Value = serde_json::from_slice(&bytes).expect("state.json is JSON");
     state["nodes"]
         .as_object()
-        .map(|nodes| {
-            nodes
-                .values()
-                .filter_map(|n| Some((n["pid"].as_u64()?, n["pid_start_time"].as_u64()?)))
-                .collect()
-        })
+        .map(|nodes| nodes.values().filter_map(|n| Some((n["pid"].as_u64()?, n["pid_start_time"].as_u64()?))).collect())
         .unwrap_or_default()
 }
 
@@ -139,7 +134,8 @@ fn up_exec_status_down_leaves_nothing() {
 
     // node1 -> node2 over the underlay bridge in the lab netns.
     let plan: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join(lab).join("plan.json")).expect("plan.json")).expect("json");
+        serde_json::from_slice(&std::fs::read(state_dir.join(lab).join("plan.json")).expect("plan.json"))
+            .expect("json");
     let node2_ip = plan["nodes"][1]["nics"][0]["ip"].as_str().expect("node2 underlay ip").to_string();
     let ping = testbed(&state_dir)
         .args(["exec", "--lab", lab, "node1", "--", "ping", "-c", "3", "-W", "2", &node2_ip])
@@ -207,13 +203,8 @@ fn down_cleans_up_after_up_was_sigkilled() {
     let topo = topology_copy(tmp.path(), lab);
     let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
 
-    let mut up = testbed(&state_dir)
-        .arg("up")
-        .arg(&topo)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn up");
+    let mut up =
+        testbed(&state_dir).arg("up").arg(&topo).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn up");
     // Wait until both VMs run (recorded in state.json), then kill `up` without a chance to clean up.
     let deadline = Instant::now() + Duration::from_secs(120);
     let vms = loop {

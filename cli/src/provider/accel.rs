@@ -57,7 +57,12 @@ pub fn forced() -> Option<Accel> {
 
 /// Whether /dev/kvm can be opened read-write (necessary, not sufficient).
 pub fn kvm_device_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map(|_| ()).map_err(|e| format!("/dev/kvm: {e}"))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm: {e}"))
 }
 
 fn cache_file(cache_root: &Path, qemu_version: &str, kernel: &Path) -> PathBuf {

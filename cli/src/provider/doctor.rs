@@ -94,7 +94,9 @@ pub fn run_checks() -> Vec<Check> {
     }
     match tool_version("qemu-img", "--version") {
         Some(v) => checks.push(check("qemu-img", Status::Ok, v, None)),
-        None => checks.push(check("qemu-img", Status::Fail, "qemu-img not found", Some("apt-get install -y qemu-utils"))),
+        None => {
+            checks.push(check("qemu-img", Status::Fail, "qemu-img not found", Some("apt-get install -y qemu-utils")))
+        }
     }
 
     // KVM: the device, then a real boot of the probe guest.
@@ -193,7 +195,9 @@ fn netns_checks() -> Vec<Check> {
         Ok(())
     })();
     match body {
-        Ok(()) => out.push(check("netns", Status::Ok, "created a netns, bridge and tap, opened the tap, deleted all", None)),
+        Ok(()) => {
+            out.push(check("netns", Status::Ok, "created a netns, bridge and tap, opened the tap, deleted all", None))
+        }
         Err(e) => out.push(check("netns", Status::Fail, e.to_string(), Some("run as root"))),
     }
     let probe = Impairment { delay_ms: 1.0, ..Default::default() };

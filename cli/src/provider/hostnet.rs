@@ -163,16 +163,14 @@ impl HostNet for IpHostNet {
     fn open_tap(&self, netns: &str, tap: &str) -> Result<OwnedFd, HostNetError> {
         let (ns, name) = (netns.to_string(), tap.to_string());
         // A throwaway thread: setns changes only the calling thread's namespace, and this one exits right after.
-        std::thread::spawn(move || open_tap_in(&ns, &name))
-            .join()
-            .unwrap_or_else(|_| {
-                Err(HostNetError::Tap {
-                    netns: netns.to_string(),
-                    tap: tap.to_string(),
-                    step: "thread",
-                    source: std::io::Error::other("tap thread panicked"),
-                })
+        std::thread::spawn(move || open_tap_in(&ns, &name)).join().unwrap_or_else(|_| {
+            Err(HostNetError::Tap {
+                netns: netns.to_string(),
+                tap: tap.to_string(),
+                step: "thread",
+                source: std::io::Error::other("tap thread panicked"),
             })
+        })
     }
 }
 
@@ -194,8 +192,7 @@ fn open_tap_in(netns: &str, tap: &str) -> Result<OwnedFd, HostNetError> {
         move |source: std::io::Error| HostNetError::Tap { netns: netns.to_string(), tap: tap.to_string(), step, source }
     };
     let ns = File::open(format!("/run/netns/{netns}")).map_err(err("open netns"))?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| err("setns")(std::io::Error::from(e)))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| err("setns")(std::io::Error::from(e)))?;
     let tun = OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(err("open /dev/net/tun"))?;
     if tap.len() >= libc::IFNAMSIZ {
         return Err(err("name")(std::io::Error::other("tap name longer than 15 bytes")));

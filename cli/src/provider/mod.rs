@@ -94,7 +94,11 @@ pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
             outcome.lab, outcome.seconds, outcome.accelerator, outcome.accelerator_reason
         );
         for n in &outcome.nodes {
-            let _ = writeln!(out, "  {:<12} ssh 127.0.0.1:{}  testbed ssh --lab {} {}", n.name, n.ssh_port, outcome.lab, n.name);
+            let _ = writeln!(
+                out,
+                "  {:<12} ssh 127.0.0.1:{}  testbed ssh --lab {} {}",
+                n.name, n.ssh_port, outcome.lab, n.name
+            );
         }
     }
     Ok(())

@@ -29,7 +29,9 @@ pub enum QemuError {
 
 /// `$TESTBED_QEMU` or `qemu-system-x86_64` from PATH.
 pub fn qemu_binary() -> PathBuf {
-    std::env::var_os("TESTBED_QEMU").filter(|v| !v.is_empty()).map_or_else(|| "qemu-system-x86_64".into(), PathBuf::from)
+    std::env::var_os("TESTBED_QEMU")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| "qemu-system-x86_64".into(), PathBuf::from)
 }
 
 /// `7.2.22` from `QEMU emulator version 7.2.22 (Debian ...)`.

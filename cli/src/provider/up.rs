@@ -32,7 +32,9 @@ pub struct UpOptions {
 pub enum UpError {
     #[error(transparent)]
     LabDir(#[from] LabDirError),
-    #[error("lab `{lab}` is already up from a different topology (its plan differs); run `testbed down --lab {lab}` first")]
+    #[error(
+        "lab `{lab}` is already up from a different topology (its plan differs); run `testbed down --lab {lab}` first"
+    )]
     PlanChanged { lab: String },
     #[error("image {image}: {source}")]
     Image {
@@ -251,7 +253,11 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
     }
     if let Some(state) = &previous {
         if netns_present && lab_is_healthy(&dir, &plan, state).await {
-            ui.info(format!("lab `{}` is already up and healthy ({} nodes); nothing to do", plan.lab, plan.nodes.len()));
+            ui.info(format!(
+                "lab `{}` is already up and healthy ({} nodes); nothing to do",
+                plan.lab,
+                plan.nodes.len()
+            ));
             return Ok(UpOutcome {
                 lab: plan.lab.clone(),
                 dir: dir.root.clone(),
@@ -474,18 +480,19 @@ async fn converge(
         }
     });
     let timeout = opts.timeout;
-    let nodes = match tokio::time::timeout(timeout + Duration::from_secs(5), futures::future::try_join_all(pipelines)).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(UpError::Node {
-                node: "(all)".into(),
-                stage: "ready",
-                message: format!("not ready within --timeout {} s", timeout.as_secs()),
-                serial_log: None,
-                serial_tail: String::new(),
-            })
-        }
-    };
+    let nodes =
+        match tokio::time::timeout(timeout + Duration::from_secs(5), futures::future::try_join_all(pipelines)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(UpError::Node {
+                    node: "(all)".into(),
+                    stage: "ready",
+                    message: format!("not ready within --timeout {} s", timeout.as_secs()),
+                    serial_log: None,
+                    serial_tail: String::new(),
+                })
+            }
+        };
     let st = ctx.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(UpOutcome {
         lab: plan.lab.clone(),
@@ -517,7 +524,11 @@ async fn wait_for_sshd(ctx: &Ctx, node: &NodePlan) -> Result<(), UpError> {
         if let Some((pid, start)) = recorded {
             if !procs::is_same_process(pid, start) {
                 let qemu_log = qemu::tail(&ctx.dir.qemu_log(&node.name), 1000);
-                return Err(ctx.node_err(&node.name, "boot", format!("QEMU (pid {pid}) exited while the guest booted {qemu_log}")));
+                return Err(ctx.node_err(
+                    &node.name,
+                    "boot",
+                    format!("QEMU (pid {pid}) exited while the guest booted {qemu_log}"),
+                ));
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -622,8 +633,7 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
         let copy = format!(
             "mkdir -p /usr/local/bin && head -c {} /dev/vdc > /usr/local/bin/.testbed-agent.vdc && \
              chmod 755 /usr/local/bin/.testbed-agent.vdc && mv -f /usr/local/bin/.testbed-agent.vdc {}",
-            ctx.agent_size,
-            AGENT_GUEST_PATH
+            ctx.agent_size, AGENT_GUEST_PATH
         );
         let _ = session.exec(&copy, None).await;
     }
@@ -641,8 +651,12 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
             if nw.impair.is_none() {
                 continue;
             }
-            let cmd = format!("tc qdisc replace dev {} root netem {}", nic.guest_interface, netem_args(&nw.impair).join(" "));
-            session.exec_checked("netem in the guest", &cmd, None).await.map_err(|e| ctx.node_err(&name, "network", e))?;
+            let cmd =
+                format!("tc qdisc replace dev {} root netem {}", nic.guest_interface, netem_args(&nw.impair).join(" "));
+            session
+                .exec_checked("netem in the guest", &cmd, None)
+                .await
+                .map_err(|e| ctx.node_err(&name, "network", e))?;
         }
     }
     for pod in ctx.plan.pods.iter().filter(|p| p.node == name) {
@@ -660,7 +674,8 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
 fn prepare_disks(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(), UpError> {
     let name = &node.name;
     let node_dir = ctx.dir.node_dir(name);
-    std::fs::create_dir_all(&node_dir).map_err(|e| ctx.node_err(name, "disk", format!("{}: {e}", node_dir.display())))?;
+    std::fs::create_dir_all(&node_dir)
+        .map_err(|e| ctx.node_err(name, "disk", format!("{}: {e}", node_dir.display())))?;
     let private = std::fs::read_to_string(ctx.dir.host_key(name))
         .map_err(|e| ctx.node_err(name, "disk", format!("host key: {e}")))?;
     let public = ctx.node_state(name).map(|s| s.host_key_public).unwrap_or_default();
