@@ -238,7 +238,9 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
     let _lock = dir.lock()?;
     if dir.plan_path().exists() {
         // A plan.json that cannot be read is a leftover of a broken up: converge over it.
-        if let Ok(previous) = dir.read_plan() {
+        if let Ok(mut previous) = dir.read_plan() {
+            // Only the resolved plan matters: a comment edited in the topology changes the hash, nothing else.
+            previous.topology_hash.clone_from(&plan.topology_hash);
             if previous != plan {
                 return Err(UpError::PlanChanged { lab: plan.lab.clone() });
             }
