@@ -321,3 +321,27 @@ async fn results_json_round_trips_and_report_rerenders() {
     std::fs::write(dir.path().join("results.json"), "{not json").expect("write");
     assert!(matches!(report::load(dir.path()), Err(report::ReportError::Parse { .. })));
 }
+
+#[tokio::test]
+async fn debug_bundle_has_every_nodes_state_and_reports_dead_nodes() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let _ = run(&c, &[Backend::Vxlan], Some("nothing")).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let problems = super::debug::collect(&c, dir.path()).await;
+    assert!(problems.is_empty(), "{problems:?}");
+    for node in ["node1", "node2"] {
+        for f in ["node-status.json", "ip-link.txt", "ip-route.txt", "ip-neigh.txt", "bridge-fdb.txt", "agent-log.txt"] {
+            assert!(dir.path().join(node).join(f).is_file(), "{node}/{f}");
+        }
+    }
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("node1/node-status.json")).expect("read")).expect("json");
+    assert_eq!(st["spec"]["backend"], "vxlan");
+
+    let dead = FakeCluster::new(plan(1, Backend::Vxlan), Faults { agent_down: true, ..Faults::default() });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let problems = super::debug::collect(&dead, dir.path()).await;
+    assert!(!problems.is_empty());
+    let errors = std::fs::read_to_string(dir.path().join("node1/errors.txt")).expect("errors.txt");
+    assert!(errors.contains("connection refused"), "{errors}");
+}
