@@ -255,6 +255,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
     }
     if let Some(state) = &previous {
         if netns_present && lab_is_healthy(&dir, &plan, state).await {
+            dir.write_plan(&plan)?;
             ui.info(format!(
                 "lab `{}` is already up and healthy ({} nodes); nothing to do",
                 plan.lab,
