@@ -188,6 +188,16 @@ pub fn sweep_stale(root: &Path) {
     }
 }
 
+/// The PID of a process whose command line names a file in `dir` (a QEMU booting that image), if any.
+pub fn user_of(dir: &Path) -> Option<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+    })
+}
+
 /// Total bytes of regular files under `dir` (not following symlinks).
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
@@ -252,6 +262,27 @@ mod tests {
         sweep_stale(root.path());
         assert!(live.dir.exists());
         assert!(!dead.exists());
+    }
+
+    #[test]
+    fn a_process_naming_the_image_dir_is_its_user() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("img-in-use");
+        let mut child =
+            std::process::Command::new("sh").args(["-c", "sleep 30"]).arg(dir.join("disk.qcow2")).spawn().unwrap();
+        // Between fork and exec the child still has our command line: poll briefly.
+        let mut found = None;
+        for _ in 0..200 {
+            found = user_of(&dir);
+            if found.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, Some(child.id()));
+        assert_eq!(user_of(&root.path().join("nobody-uses-this")), None);
     }
 
     #[test]
