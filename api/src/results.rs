@@ -117,8 +117,78 @@ pub enum RunOutcome {
     InfraError,
 }
 
+/// One performance figure (perf suite): the samples of repeated runs and their statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// `tcp-1`, `tcp-4`, `udp`, `latency`.
+    pub kind: String,
+    /// `underlay node->node` (the baseline), `pod->pod same-node`, `pod->pod cross-node`.
+    pub path: String,
+    /// None for the underlay baseline, which does not depend on the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    /// `Mbit/s` or `ms`.
+    pub unit: String,
+    /// One value per measured run (warm-up runs excluded).
+    pub samples: Vec<f64>,
+    pub stats: Stats,
+    /// Median divided by the baseline's median of the same kind measured in the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_to_baseline: Option<f64>,
+    /// Mean CPU use reported by iperf3 on the sending and receiving hosts, percent of one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_sender_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_receiver_percent: Option<f64>,
+    /// Extra facts (UDP loss, TCP retransmits, MTU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+/// Median, extremes, mean and a 95 % confidence interval of the mean (Student's t; None below 2 samples).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub n: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci95_low: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci95_high: Option<f64>,
+}
+
+/// Two-sided 95 % Student's t quantiles for 1..=30 degrees of freedom; 1.96 beyond.
+const T95: [f64; 30] = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
+    2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+];
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Stats {
+        let n = samples.len();
+        if n == 0 {
+            return Stats::default();
+        }
+        let mut v = samples.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let (ci95_low, ci95_high) = if n >= 2 {
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            let t = T95.get(n - 2).copied().unwrap_or(1.96);
+            let half = t * (var / n as f64).sqrt();
+            (Some(mean - half), Some(mean + half))
+        } else {
+            (None, None)
+        };
+        Stats { n, median, min: v[0], max: v[n - 1], mean, ci95_low, ci95_high }
+    }
+}
+
 /// `results.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuiteResults {
     pub schema_version: u32,
     /// `conformance` or `perf`.
@@ -130,6 +200,9 @@ pub struct SuiteResults {
     pub metadata: RunMetadata,
     pub summary: Summary,
     pub checks: Vec<CheckResult>,
+    /// Perf suite only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<Measurement>,
 }
 
 impl SuiteResults {
@@ -171,6 +244,7 @@ mod tests {
             metadata: RunMetadata::default(),
             summary: Summary::of(&checks),
             checks,
+            measurements: vec![],
         }
     }
 
@@ -181,6 +255,20 @@ mod tests {
         assert_eq!(results(vec![check("a", Pass), check("b", Fail)]).outcome(), RunOutcome::Failed);
         assert_eq!(results(vec![check("a", Error), check("b", Fail)]).outcome(), RunOutcome::InfraError);
         assert_eq!(results(vec![]).outcome(), RunOutcome::Passed);
+    }
+
+    #[test]
+    fn stats_median_extremes_and_interval() {
+        let s = Stats::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.n, s.median, s.min, s.max, s.mean), (3, 2.0, 1.0, 3.0, 2.0));
+        // sd 1, t(2) 4.303: half width 4.303 / sqrt(3)
+        let half = 4.303 / 3f64.sqrt();
+        assert!((s.ci95_high.expect("ci") - (2.0 + half)).abs() < 1e-9);
+        assert!((s.ci95_low.expect("ci") - (2.0 - half)).abs() < 1e-9);
+        assert_eq!(Stats::of(&[1.0, 2.0, 3.0, 10.0]).median, 2.5);
+        let one = Stats::of(&[5.0]);
+        assert_eq!((one.median, one.ci95_low), (5.0, None));
+        assert_eq!(Stats::of(&[]).n, 0);
     }
 
     #[test]

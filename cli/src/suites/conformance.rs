@@ -50,11 +50,11 @@ struct Fixture {
     b1: Option<TestPod>,
 }
 
-fn container(name: &str, command: Vec<String>) -> ContainerSpec {
+pub(super) fn container(name: &str, command: Vec<String>) -> ContainerSpec {
     ContainerSpec { name: name.into(), command, env: Default::default(), resources: Resources::default(), pids_limit: None }
 }
 
-fn pod(name: &str, containers: Vec<ContainerSpec>, restart_policy: RestartPolicy) -> PodSpec {
+pub(super) fn pod(name: &str, containers: Vec<ContainerSpec>, restart_policy: RestartPolicy) -> PodSpec {
     PodSpec { name: name.into(), containers, restart_policy, share_process_namespace: false, host_network: false }
 }
 
@@ -81,7 +81,7 @@ pub fn mem_pod() -> PodSpec {
     pod(POD_MEM, vec![c], RestartPolicy::Never)
 }
 
-fn evidence(cmd: &str, r: &ExecResponse) -> String {
+pub(super) fn evidence(cmd: &str, r: &ExecResponse) -> String {
     let mut s = format!("$ {cmd}\nexit {}{}", r.exit_code, if r.timed_out { " (timed out)" } else { "" });
     for (label, text) in [("stdout", &r.stdout), ("stderr", &r.stderr)] {
         let t = text.trim();
@@ -94,7 +94,7 @@ fn evidence(cmd: &str, r: &ExecResponse) -> String {
     s
 }
 
-async fn pexec<C: Cluster>(
+pub(super) async fn pexec<C: Cluster>(
     c: &C,
     p: &TestPod,
     container: Option<&str>,
@@ -110,7 +110,7 @@ async fn pexec<C: Cluster>(
     c.pod_exec(&p.node, &p.name, &req).await
 }
 
-async fn nexec<C: Cluster>(c: &C, node: &str, script: &str) -> Result<ExecResponse, ClusterError> {
+pub(super) async fn nexec<C: Cluster>(c: &C, node: &str, script: &str) -> Result<ExecResponse, ClusterError> {
     let o = c.node_exec(node, script).await?;
     Ok(ExecResponse { exit_code: o.exit_code, stdout: o.stdout, stderr: o.stderr, timed_out: false })
 }
@@ -418,7 +418,7 @@ async fn hostname<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
 }
 
 /// Creates a pod the suite owns and remembers it for cleanup.
-async fn create_tracked<C: Cluster>(
+pub(super) async fn create_tracked<C: Cluster>(
     c: &C,
     node: &str,
     spec: &PodSpec,
@@ -435,7 +435,7 @@ fn all_running(st: &PodStatus) -> bool {
         && st.containers.iter().all(|c| matches!(c.state, ContainerState::Running { .. }))
 }
 
-async fn wait_running<C: Cluster>(c: &C, node: &str, name: &str) -> Result<TestPod, CheckError> {
+pub(super) async fn wait_running<C: Cluster>(c: &C, node: &str, name: &str) -> Result<TestPod, CheckError> {
     let deadline = Instant::now() + POD_READY_TIMEOUT;
     loop {
         let st = c.get_pod(node, name).await?;
@@ -521,7 +521,7 @@ async fn setup<C: Cluster>(c: &C, created: &RefCell<Vec<(String, String)>>) -> R
 }
 
 /// Deletes every pod the suite created (also after failures), and any leftover of an interrupted run.
-async fn cleanup<C: Cluster>(c: &C, created: &RefCell<Vec<(String, String)>>) -> CheckOutcome {
+pub(super) async fn cleanup<C: Cluster>(c: &C, created: &RefCell<Vec<(String, String)>>) -> CheckOutcome {
     let pods: Vec<(String, String)> = created.borrow_mut().drain(..).collect();
     let mut errors = Vec::new();
     for (node, name) in &pods {

@@ -151,6 +151,7 @@ pub async fn run_conformance<C: Cluster>(
         },
         summary: Summary::of(&checks),
         checks,
+        measurements: Vec::new(),
     }
 }
 

@@ -69,15 +69,63 @@ pub fn iperf_server(port: u16, timeout_s: u32) -> String {
     format!("timeout {timeout_s} iperf3 -s -1 -p {port} -J")
 }
 
-/// A 1-second UDP iperf3 run at 1 Mbit/s with datagrams of `len` bytes; prints the JSON of the first attempt
-/// that connects (the server may still be starting). iperf3 3.12 with `-J` can exit 0 on "connection refused",
-/// so success is judged by the absence of an `"error"` key.
+/// A 1-second UDP iperf3 run at 1 Mbit/s with datagrams of `len` bytes.
 pub fn iperf_udp_client(ip: Ipv4Addr, port: u16, len: u32) -> String {
+    iperf_client(ip, port, &format!("-u -b 1M -t 1 -l {len}"))
+}
+
+/// An iperf3 client with `args`; prints the JSON of the first attempt that connects (the server may still be
+/// starting). iperf3 3.12 with `-J` can exit 0 on "connection refused", so success is judged by the absence
+/// of an `"error"` key.
+pub fn iperf_client(ip: Ipv4Addr, port: u16, args: &str) -> String {
     format!(
-        "i=0; while [ $i -lt 60 ]; do out=$(iperf3 -c {ip} -p {port} -u -b 1M -t 1 -l {len} -J 2>&1); \
+        "i=0; while [ $i -lt 60 ]; do out=$(iperf3 -c {ip} -p {port} {args} -J 2>&1); \
          case \"$out\" in *'\"error\"'*) ;; *) echo \"$out\"; exit 0;; esac; i=$((i+1)); sleep 0.5; done; \
          echo \"$out\"; exit 1"
     )
+}
+
+/// What one iperf3 client run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IperfRun {
+    /// Received throughput (UDP: sent rate minus losses).
+    pub mbps: f64,
+    pub cpu_sender: Option<f64>,
+    pub cpu_receiver: Option<f64>,
+    pub retransmits: Option<u64>,
+    pub lost_percent: Option<f64>,
+}
+
+pub fn parse_iperf_client(json: &str, udp: bool) -> Result<IperfRun, String> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).map_err(|e| format!("iperf3 JSON: {e}"))?;
+    if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+        return Err(format!("iperf3: {err}"));
+    }
+    let end = &v["end"];
+    let cpu = &end["cpu_utilization_percent"];
+    let (mbps, retransmits, lost_percent) = if udp {
+        let bps = end["sum"]["bits_per_second"].as_f64().ok_or("iperf3 JSON: no end.sum.bits_per_second")?;
+        let lost = end["sum"]["lost_percent"].as_f64().unwrap_or(0.0);
+        (bps * (1.0 - lost / 100.0) / 1e6, None, Some(lost))
+    } else {
+        let bps = end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .ok_or("iperf3 JSON: no end.sum_received.bits_per_second")?;
+        (bps / 1e6, end["sum_sent"]["retransmits"].as_u64(), None)
+    };
+    Ok(IperfRun {
+        mbps,
+        cpu_sender: cpu["host_total"].as_f64(),
+        cpu_receiver: cpu["remote_total"].as_f64(),
+        retransmits,
+        lost_percent,
+    })
+}
+
+/// Average RTT in ms from ping's summary (`rtt min/avg/max/mdev = 0.1/0.2/0.3/0.1 ms`).
+pub fn parse_ping_avg(out: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.contains("min/avg/max"))?;
+    line.split('=').nth(1)?.trim().split('/').nth(1)?.parse().ok()
 }
 
 /// sha256 (hex) of what `seq 1 n` prints.
@@ -190,6 +238,21 @@ mod tests {
         // `seq 1 3 | sha256sum` and `seq 1 200000 | sha256sum` on Debian 12
         assert_eq!(seq_sha256(3), "14c5e74c4b96ccef41cd94db73a9ec3348038ac094feca4fd897cecffa07cdae");
         assert_eq!(seq_sha256(BIG_LINES), "5af7b95208fdcff454bab3f5eddf567a688a3796c703d4fef91072e38645c062");
+    }
+
+    #[test]
+    fn parses_iperf_client_and_ping() {
+        let tcp = r#"{"end":{"sum_sent":{"retransmits":3},"sum_received":{"bits_per_second":8.5e8},
+            "cpu_utilization_percent":{"host_total":40.5,"remote_total":20.25}}}"#;
+        let r = parse_iperf_client(tcp, false).expect("tcp");
+        assert_eq!((r.mbps, r.retransmits, r.cpu_sender, r.cpu_receiver), (850.0, Some(3), Some(40.5), Some(20.25)));
+        let udp = r#"{"end":{"sum":{"bits_per_second":2e8,"lost_percent":25.0}}}"#;
+        let r = parse_iperf_client(udp, true).expect("udp");
+        assert_eq!((r.mbps, r.lost_percent), (150.0, Some(25.0)));
+        assert!(parse_iperf_client(r#"{"error":"unable to connect"}"#, false).is_err());
+        let ping = "--- 10.0.0.1 ping statistics ---\n20 packets transmitted, 20 received\nrtt min/avg/max/mdev = 0.101/0.250/0.900/0.050 ms\n";
+        assert_eq!(parse_ping_avg(ping), Some(0.25));
+        assert_eq!(parse_ping_avg("100% packet loss"), None);
     }
 
     #[test]
