@@ -631,6 +631,17 @@ Components: main
         );
     }
 
+    /// The provider waits for this exact console line; the init script must print it after starting sshd.
+    #[test]
+    fn init_announces_sshd_on_the_console() {
+        let (prefix, message) = super::super::SSHD_STARTED.split_once(": ").unwrap();
+        assert_eq!(prefix, "testbed-init");
+        assert!(TESTBED_INIT.contains(r#"log() { echo "testbed-init: $*" >/dev/console; }"#));
+        let sshd = TESTBED_INIT.find("/usr/sbin/sshd").unwrap();
+        let announce = TESTBED_INIT.find(&format!("log \"{message}\"")).unwrap();
+        assert!(announce > sshd);
+    }
+
     #[test]
     fn image_id_is_stable_and_names_are_checked() {
         let a = image_id(DEBIAN_12).unwrap();

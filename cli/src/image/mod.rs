@@ -29,6 +29,9 @@ pub use build::BuildOptions;
 pub const PROBE_ARG: &str = "testbed.probe=1";
 /// What the initramfs prints on ttyS0 in probe mode before powering off.
 pub const PROBE_OK: &str = "TESTBED-PROBE-OK";
+/// The serial-console line testbed's init prints once sshd listens; the provider waits for it before its first
+/// SSH attempt (earlier attempts only meet QEMU's user-network SYN backoff).
+pub const SSHD_STARTED: &str = "testbed-init: sshd started";
 
 /// What the provider boots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
