@@ -155,7 +155,17 @@ pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
             let agent = if alive {
                 match lab.connect_node(&n.name, Duration::from_secs(5)).await {
                     Ok(c) => match c.agent.health().await {
-                        Ok(h) => json!({"healthy": true, "version": h.agent_version}),
+                        Ok(h) => match c.agent.node_status().await {
+                            Ok(ns) => json!({
+                                "healthy": true,
+                                "version": h.agent_version,
+                                "converged": ns.converged,
+                                "last_error": ns.last_error,
+                                "pods": ns.pods.len(),
+                                "kernel": ns.kernel,
+                            }),
+                            Err(e) => json!({"healthy": true, "version": h.agent_version, "error": e.to_string()}),
+                        },
                         Err(e) => json!({"healthy": false, "error": e.to_string()}),
                     },
                     Err(e) => json!({"healthy": false, "error": e.to_string()}),
@@ -206,7 +216,16 @@ pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
     let _ = writeln!(out, "{:<12} {:>8} {:<6} {:>6} {:<16} AGENT", "NODE", "PID", "ALIVE", "SSH", "UNDERLAY");
     for n in &nodes {
         let agent = if n["agent"]["healthy"] == json!(true) {
-            format!("healthy {}", n["agent"]["version"].as_str().unwrap_or_default())
+            let converged = match n["agent"]["converged"].as_bool() {
+                Some(true) => "converged".to_string(),
+                Some(false) => format!("NOT converged: {}", n["agent"]["last_error"].as_str().unwrap_or("pending")),
+                None => "no node status".to_string(),
+            };
+            format!(
+                "healthy {}, {converged}, {} pod(s)",
+                n["agent"]["version"].as_str().unwrap_or_default(),
+                n["agent"]["pods"].as_u64().unwrap_or(0)
+            )
         } else {
             format!("DOWN: {}", n["agent"]["error"].as_str().unwrap_or_default())
         };
