@@ -274,7 +274,8 @@ mod tests {
     #[test]
     fn summary_counts_each_status() {
         use CheckStatus::*;
-        let s = Summary::of(&[check("a", Pass), check("b", Pass), check("c", Fail), check("d", Warn), check("e", Error)]);
+        let s =
+            Summary::of(&[check("a", Pass), check("b", Pass), check("c", Fail), check("d", Warn), check("e", Error)]);
         assert_eq!((s.total, s.passed, s.failed, s.skipped, s.warned, s.errors), (5, 2, 1, 0, 1, 1));
     }
 

@@ -51,7 +51,13 @@ struct Fixture {
 }
 
 pub(super) fn container(name: &str, command: Vec<String>) -> ContainerSpec {
-    ContainerSpec { name: name.into(), command, env: Default::default(), resources: Resources::default(), pids_limit: None }
+    ContainerSpec {
+        name: name.into(),
+        command,
+        env: Default::default(),
+        resources: Resources::default(),
+        pids_limit: None,
+    }
 }
 
 pub(super) fn pod(name: &str, containers: Vec<ContainerSpec>, restart_policy: RestartPolicy) -> PodSpec {
@@ -150,15 +156,17 @@ async fn tcp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod) -> CheckOutcome {
     let message = format!("tb-hello-from-{}", from.name);
     let server_cmd = probe::tcp_server(TCP_PORT, 30);
     let client_cmd = probe::tcp_client(to.ip, TCP_PORT, &message);
-    let (server, client) =
-        futures::join!(pexec(c, to, None, &server_cmd, 40), pexec(c, from, None, &client_cmd, 40));
+    let (server, client) = futures::join!(pexec(c, to, None, &server_cmd, 40), pexec(c, from, None, &client_cmd, 40));
     let (server, client) = (server?, client?);
     let ev = format!("{}\n{}", evidence(&server_cmd, &server), evidence(&client_cmd, &client));
     if client.exit_code != 0 {
         return Err(CheckError::Fail(format!("client could not connect to {}:{TCP_PORT}\n{ev}", to.ip)));
     }
     if server.stdout.trim() != message {
-        return Err(CheckError::Fail(format!("server received `{}`, expected `{message}`\n{ev}", server.stdout.trim())));
+        return Err(CheckError::Fail(format!(
+            "server received `{}`, expected `{message}`\n{ev}",
+            server.stdout.trim()
+        )));
     }
     Ok(ev)
 }
@@ -167,8 +175,7 @@ async fn tcp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod) -> CheckOutcome {
 async fn udp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, len: u32) -> CheckOutcome {
     let server_cmd = probe::iperf_server(IPERF_PORT, 60);
     let client_cmd = probe::iperf_udp_client(to.ip, IPERF_PORT, len);
-    let (server, client) =
-        futures::join!(pexec(c, to, None, &server_cmd, 70), pexec(c, from, None, &client_cmd, 70));
+    let (server, client) = futures::join!(pexec(c, to, None, &server_cmd, 70), pexec(c, from, None, &client_cmd, 70));
     let (server, client) = (server?, client?);
     let ev = format!("{}\n{}", evidence(&server_cmd, &server), evidence(&client_cmd, &client));
     if client.exit_code != 0 {
@@ -192,7 +199,9 @@ async fn no_snat<C: Cluster>(c: &C, from: &TestPod, to: &TestPod) -> CheckOutcom
     }
     match probe::parse_remote_addr(&r.stdout) {
         Some(seen) if seen == from.ip => Ok(format!("server saw {seen}\n{ev}")),
-        Some(seen) => Err(CheckError::Fail(format!("server saw {seen}, not the client pod IP {} (SNAT)\n{ev}", from.ip))),
+        Some(seen) => {
+            Err(CheckError::Fail(format!("server saw {seen}, not the client pod IP {} (SNAT)\n{ev}", from.ip)))
+        }
         None => Err(CheckError::Fail(format!("cannot read the peer address from `{}`\n{ev}", r.stdout.trim()))),
     }
 }
@@ -268,7 +277,8 @@ async fn big_tcp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod) -> CheckOutcom
 }
 
 async fn hairpin<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
-    let veth = p.status.host_veth.clone().ok_or_else(|| CheckError::Fail(format!("{} reports no host veth", p.name)))?;
+    let veth =
+        p.status.host_veth.clone().ok_or_else(|| CheckError::Fail(format!("{} reports no host veth", p.name)))?;
     let cmd = format!("cat /sys/class/net/{veth}/brport/hairpin_mode");
     let r = nexec(c, &p.node, &cmd).await?;
     if r.stdout.trim() != "1" {
@@ -312,7 +322,13 @@ async fn retry_ping<C: Cluster>(c: &C, from: &TestPod, to: Ipv4Addr, within: Dur
     }
 }
 
-async fn peer_reapply<C: Cluster>(c: &C, peer: &NodeInfo, backend: Backend, a1: &TestPod, b1: &TestPod) -> CheckOutcome {
+async fn peer_reapply<C: Cluster>(
+    c: &C,
+    peer: &NodeInfo,
+    backend: Backend,
+    a1: &TestPod,
+    b1: &TestPod,
+) -> CheckOutcome {
     let plan = c.plan();
     let np = plan.node(&peer.name).ok_or_else(|| CheckError::Infra(format!("node {} not in plan", peer.name)))?;
     let resp = c.apply(&peer.name, &plan.node_spec(np, backend)).await?;
@@ -357,7 +373,8 @@ async fn drift<C: Cluster>(c: &C, a: &NodeInfo, backend: Backend, a1: &TestPod, 
 async fn ns_of<C: Cluster>(c: &C, p: &TestPod, container: &str) -> Result<probe::NsIds, CheckError> {
     let cmd = probe::ns_script();
     let r = pexec(c, p, Some(container), &cmd, 20).await?;
-    probe::parse_ns(&r.stdout).map_err(|e| CheckError::Fail(format!("{}/{container}: {e}\n{}", p.name, evidence(&cmd, &r))))
+    probe::parse_ns(&r.stdout)
+        .map_err(|e| CheckError::Fail(format!("{}/{container}: {e}\n{}", p.name, evidence(&cmd, &r))))
 }
 
 async fn host_ns<C: Cluster>(c: &C, node: &str) -> Result<probe::NsIds, CheckError> {
@@ -583,9 +600,7 @@ async fn cpu_enforced<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(Stri
     }
     let p = wait_running(c, node, POD_CPU).await?;
     let cg = p.status.containers.first().map(|c| c.cgroup.clone()).unwrap_or_default();
-    let cmd = format!(
-        "echo T0 $(date +%s%N); cat {cg}/cpu.stat; sleep 3; echo T1 $(date +%s%N); cat {cg}/cpu.stat"
-    );
+    let cmd = format!("echo T0 $(date +%s%N); cat {cg}/cpu.stat; sleep 3; echo T1 $(date +%s%N); cat {cg}/cpu.stat");
     let r = nexec(c, node, &cmd).await?;
     let ev = evidence(&cmd, &r);
     let parsed = (|| {
@@ -623,7 +638,10 @@ async fn oom_kill<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(String, 
             break st;
         }
         if Instant::now() > deadline {
-            return Err(CheckError::Fail(format!("the memory hog was not killed within {} s: {st:?}", POD_READY_TIMEOUT.as_secs())));
+            return Err(CheckError::Fail(format!(
+                "the memory hog was not killed within {} s: {st:?}",
+                POD_READY_TIMEOUT.as_secs()
+            )));
         }
         tokio::time::sleep(POLL).await;
     };
@@ -663,17 +681,10 @@ fn skip_cross(backend: Backend, f: &Fixture) -> Option<String> {
 }
 
 /// One backend: switch, set up pods, run every check, clean up. `once` adds the backend-independent checks.
-pub async fn run_backend<C: Cluster>(
-    c: &C,
-    r: &mut Runner,
-    backend: Backend,
-    once: bool,
-    declared: &[DeclaredTest],
-) {
+pub async fn run_backend<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, once: bool, declared: &[DeclaredTest]) {
     let b = Some(backend);
-    let switched = r
-        .run_setup("setup", b, "apply NodeSpec to every node and converge", switch_backend(c, backend))
-        .await;
+    let switched =
+        r.run_setup("setup", b, "apply NodeSpec to every node and converge", switch_backend(c, backend)).await;
     if switched != CheckStatus::Pass {
         return;
     }
@@ -737,17 +748,53 @@ async fn checks<C: Cluster>(
 
     let mtu = backend.pod_mtu(f.a.underlay_mtu);
     let g = "mtu";
-    r.run(g, b, &format!("cross-node DF ping at the overlay MTU ({mtu}) passes"), e, gated(skip, df_at_mtu(c, a1, b1, mtu))).await;
-    r.run(g, b, &format!("cross-node DF ping above the overlay MTU ({}) fails cleanly", mtu + 1), e, gated(skip, df_above_mtu(c, a1, b1, mtu))).await;
+    r.run(
+        g,
+        b,
+        &format!("cross-node DF ping at the overlay MTU ({mtu}) passes"),
+        e,
+        gated(skip, df_at_mtu(c, a1, b1, mtu)),
+    )
+    .await;
+    r.run(
+        g,
+        b,
+        &format!("cross-node DF ping above the overlay MTU ({}) fails cleanly", mtu + 1),
+        e,
+        gated(skip, df_above_mtu(c, a1, b1, mtu)),
+    )
+    .await;
     r.run(g, b, "cross-node TCP payload of 1.3 MB arrives whole (sha256)", e, gated(skip, big_tcp(c, a1, b1))).await;
-    r.run(g, b, "cross-node UDP datagram larger than the MTU arrives (fragmented)", e, gated(skip, udp(c, a1, b1, 3000))).await;
+    r.run(
+        g,
+        b,
+        "cross-node UDP datagram larger than the MTU arrives (fragmented)",
+        e,
+        gated(skip, udp(c, a1, b1, 3000)),
+    )
+    .await;
 
     let g = "overlay";
     for n in &c.plan().nodes {
-        r.run(g, b, &format!("control state on {} matches the plan", n.name), e, overlay_state(c, &n.name, backend)).await;
+        r.run(g, b, &format!("control state on {} matches the plan", n.name), e, overlay_state(c, &n.name, backend))
+            .await;
     }
-    r.run(g, b, &format!("connectivity after {} re-applies its spec", nb.name), e, gated(skip, peer_reapply(c, nb, backend, a1, b1))).await;
-    r.run(g, b, &format!("drift: a deleted route on {} is repaired within 10 s", f.a.name), e, gated(skip, drift(c, &f.a, backend, a1, b1))).await;
+    r.run(
+        g,
+        b,
+        &format!("connectivity after {} re-applies its spec", nb.name),
+        e,
+        gated(skip, peer_reapply(c, nb, backend, a1, b1)),
+    )
+    .await;
+    r.run(
+        g,
+        b,
+        &format!("drift: a deleted route on {} is repaired within 10 s", f.a.name),
+        e,
+        gated(skip, drift(c, &f.a, backend, a1, b1)),
+    )
+    .await;
 
     if once {
         let g = "sandbox";
@@ -756,7 +803,8 @@ async fn checks<C: Cluster>(
         r.run(g, None, "a pod has exactly one IP", e, one_ip(c, a1)).await;
         r.run(g, None, "hostname is the pod name", e, hostname(c, a1)).await;
         for kind in ["pid", "uts", "ipc", "mnt", "net"] {
-            r.run(g, None, &format!("pods and the host do not share the {kind} namespace"), e, isolation(c, f, kind)).await;
+            r.run(g, None, &format!("pods and the host do not share the {kind} namespace"), e, isolation(c, f, kind))
+                .await;
         }
         let g = "cgroups";
         let node = f.a.name.as_str();

@@ -134,7 +134,8 @@ pub fn parse_declared_tests(value: &serde_yaml::Value) -> Result<Vec<DeclaredTes
     let mut out: Vec<DeclaredTest> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let at = |f: &str| format!("tests[{i}].{f}");
-        let raw: RawTest = serde_yaml::from_value(item.clone()).map_err(|e| err(format!("tests[{i}]"), e.to_string()))?;
+        let raw: RawTest =
+            serde_yaml::from_value(item.clone()).map_err(|e| err(format!("tests[{i}]"), e.to_string()))?;
         if raw.name.trim().is_empty() {
             return Err(err(at("name"), "must not be empty"));
         }
@@ -157,7 +158,10 @@ pub fn parse_declared_tests(value: &serde_yaml::Value) -> Result<Vec<DeclaredTes
             (Kind::Tcp, None) => return Err(err(at("port"), "tcp needs a port")),
             (Kind::Http, None) => Some(80),
             (_, Some(p)) => Some(
-                u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| err(at("port"), format!("{p} is not 1..=65535")))?,
+                u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| err(at("port"), format!("{p} is not 1..=65535")))?,
             ),
         };
         let expect_pass = match raw.expect.as_deref() {
@@ -248,7 +252,8 @@ async fn run_one<C: Cluster>(c: &C, t: &DeclaredTest) -> CheckOutcome {
                 (o.exit_code, format!("{}{}", o.stdout, o.stderr))
             }
             Source::Pod(p) => {
-                let req = ExecRequest { container: None, command: probe::sh(&cmd), stdin: None, timeout_secs: Some(30) };
+                let req =
+                    ExecRequest { container: None, command: probe::sh(&cmd), stdin: None, timeout_secs: Some(30) };
                 let o = c.pod_exec(&pod_node(plan, p)?, p, &req).await?;
                 (o.exit_code, format!("{}{}", o.stdout, o.stderr))
             }
@@ -270,11 +275,23 @@ pub async fn run_declared<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, t
     for t in tests {
         if !t.backends.is_empty() && !t.backends.contains(&backend) {
             let only: Vec<&str> = t.backends.iter().map(|b| b.as_str()).collect();
-            r.record("declared", Some(backend), &t.name, CheckStatus::Skip, &format!("only for backends {}", only.join(", ")));
+            r.record(
+                "declared",
+                Some(backend),
+                &t.name,
+                CheckStatus::Skip,
+                &format!("only for backends {}", only.join(", ")),
+            );
             continue;
         }
         if let Some(by) = stopped_by {
-            r.record("declared", Some(backend), &t.name, CheckStatus::Skip, &format!("stopped: `{by}` failed and has stop_on_error"));
+            r.record(
+                "declared",
+                Some(backend),
+                &t.name,
+                CheckStatus::Skip,
+                &format!("stopped: `{by}` failed and has stop_on_error"),
+            );
             continue;
         }
         let st = r.run("declared", Some(backend), &t.name, t.level, run_one(c, t)).await;
@@ -308,7 +325,8 @@ mod tests {
         assert_eq!((t[1].attempts, t[1].level, t[1].port), (1, Level::Error, None));
         assert_eq!(t[1].to, Target::Ip(Ipv4Addr::new(10, 0, 0, 1)));
         assert!(parse("~").expect("null").is_empty());
-        let t = parse("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping, backends: [vxlan, host-gw]}").expect("valid");
+        let t =
+            parse("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping, backends: [vxlan, host-gw]}").expect("valid");
         assert_eq!(t[0].backends, vec![Backend::Vxlan, Backend::HostGw]);
     }
 
@@ -339,7 +357,10 @@ mod tests {
         let e = parse("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping}\n- {name: a, from: 'node:n1', to: 'pod:w', kind: ping}")
             .expect_err("duplicate");
         assert_eq!(e.path, "tests[1].name");
-        assert_eq!(path("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping, backends: [vxlan, geneve]}"), "tests[0].backends[1]");
+        assert_eq!(
+            path("- {name: a, from: 'node:n1', to: 'pod:w', kind: ping, backends: [vxlan, geneve]}"),
+            "tests[0].backends[1]"
+        );
         let e = parse("- {name: a, to: 'pod:w', kind: ping}").expect_err("missing from");
         assert!(e.message.contains("from"), "{e}");
     }

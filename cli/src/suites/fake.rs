@@ -175,7 +175,12 @@ impl FakeCluster {
     }
 
     fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<(String, String)> {
-        self.state.borrow().pods.values().find(|(_, _, s)| s.ip == Some(ip)).map(|(n, _, s)| (n.clone(), s.name.clone()))
+        self.state
+            .borrow()
+            .pods
+            .values()
+            .find(|(_, _, s)| s.ip == Some(ip))
+            .map(|(n, _, s)| (n.clone(), s.name.clone()))
     }
 
     fn node_of_ip(&self, ip: Ipv4Addr) -> Option<String> {
@@ -203,13 +208,17 @@ impl FakeCluster {
     fn ping(&self, src_node: &str, script: &str) -> ExecResponse {
         let Some(ip) = ip_after(script, "-W 2 ") else { return fail("ping: usage") };
         let mtu = self.backend().pod_mtu(1500);
-        if let Some(size) = script.split("-s ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|s| s.parse::<u32>().ok()) {
+        if let Some(size) =
+            script.split("-s ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|s| s.parse::<u32>().ok())
+        {
             if size + 28 > mtu {
                 return fail(&format!("ping: local error: message too long, mtu={mtu}"));
             }
         }
         if self.reachable(src_node, ip) {
-            ok(format!("PING {ip}\n64 bytes from {ip}: icmp_seq=1 ttl=63 time=0.5 ms\n"))
+            ok(format!(
+                "PING {ip}\n64 bytes from {ip}: icmp_seq=1 ttl=63 time=0.5 ms\nrtt min/avg/max/mdev = 0.4/0.5/0.6/0.1 ms\n"
+            ))
         } else {
             fail("2 packets transmitted, 0 received")
         }
@@ -226,7 +235,9 @@ impl FakeCluster {
         let Some((node, pod)) = self.pod_by_ip(ip) else { return fail("wget: can't connect") };
         if script.contains("/cgi-bin/peer") {
             let seen = match src_ip {
-                Some(_) if self.faults.snat => self.plan.node(&node).map(|n| Ipv4Addr::from(u32::from(n.pod_subnet.network()) + 1)),
+                Some(_) if self.faults.snat => {
+                    self.plan.node(&node).map(|n| Ipv4Addr::from(u32::from(n.pod_subnet.network()) + 1))
+                }
                 other => other,
             };
             return ok(format!("[::ffff:{}]\n", seen.map(|i| i.to_string()).unwrap_or_default()));
@@ -235,6 +246,27 @@ impl FakeCluster {
             return ok(format!("{}  -\n", probe::seq_sha256(probe::BIG_LINES)));
         }
         ok(format!("{pod}\n"))
+    }
+
+    /// iperf3 client JSON: underlay 800, same-node 600, cross-node 300 Mbit/s.
+    fn iperf_client(&self, src_node: &str, script: &str) -> ExecResponse {
+        let Some(ip) = ip_after(script, "-c ") else { return fail("iperf3: usage") };
+        if !self.reachable(src_node, ip) {
+            return ok(r#"{"error":"unable to connect to server: No route to host"}"#);
+        }
+        let underlay = self.plan.nodes.iter().any(|n| n.nics[0].ip == ip);
+        let mbps = if underlay {
+            800.0
+        } else if self.node_of_ip(ip).as_deref() == Some(src_node) {
+            600.0
+        } else {
+            300.0
+        };
+        let bps = mbps * 1e6;
+        ok(format!(
+            r#"{{"end":{{"sum":{{"bits_per_second":{bps},"lost_percent":0.0}},"sum_sent":{{"retransmits":0}},
+            "sum_received":{{"bits_per_second":{bps}}},"cpu_utilization_percent":{{"host_total":50.0,"remote_total":25.0}}}}}}"#
+        ))
     }
 
     fn network_of(&self, spec: &NodeSpec) -> ObservedNetwork {
@@ -247,11 +279,18 @@ impl FakeCluster {
             links: vec!["cni0 UP".into()],
             routes,
             neighbours: if vx {
-                spec.peers.iter().map(|p| format!("{} lladdr {} PERMANENT", p.pod_subnet.network(), p.vtep_mac)).collect()
+                spec.peers
+                    .iter()
+                    .map(|p| format!("{} lladdr {} PERMANENT", p.pod_subnet.network(), p.vtep_mac))
+                    .collect()
             } else {
                 vec![]
             },
-            fdb: if vx { spec.peers.iter().map(|p| format!("{} dst {} self permanent", p.vtep_mac, p.underlay_ip)).collect() } else { vec![] },
+            fdb: if vx {
+                spec.peers.iter().map(|p| format!("{} dst {} self permanent", p.vtep_mac, p.underlay_ip)).collect()
+            } else {
+                vec![]
+            },
         }
     }
 }
@@ -281,6 +320,10 @@ impl Cluster for FakeCluster {
             ok("T0 1000000000\nusage_usec 100\nnr_throttled 1\nT1 4000000000\nusage_usec 600100\nnr_throttled 30\n")
         } else if command.contains("memory.events") {
             ok("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
+        } else if command.contains("iperf3 -c") {
+            self.iperf_client(node, command)
+        } else if command.contains("iperf3 -s") {
+            ok("{}")
         } else if command.starts_with("ip route del") {
             ok("")
         } else if let Some(dest) = command.strip_prefix("ip route show ") {
@@ -302,7 +345,9 @@ impl Cluster for FakeCluster {
     async fn apply(&self, node: &str, spec: &NodeSpec) -> Result<ApplyResponse, ClusterError> {
         self.down(node, "PUT /v1/node")?;
         let old = self.state.borrow_mut().specs.insert(node.into(), spec.clone());
-        Ok(ApplyResponse { changes: if old.as_ref() == Some(spec) { vec![] } else { vec![format!("backend {}", spec.backend)] } })
+        Ok(ApplyResponse {
+            changes: if old.as_ref() == Some(spec) { vec![] } else { vec![format!("backend {}", spec.backend)] },
+        })
     }
 
     async fn node_status(&self, node: &str) -> Result<NodeStatus, ClusterError> {
@@ -331,7 +376,11 @@ impl Cluster for FakeCluster {
     async fn create_pod(&self, node: &str, spec: &PodSpec) -> Result<PodStatus, ClusterError> {
         self.down(node, "POST /v1/pods")?;
         if let Some((_, existing, st)) = self.state.borrow().pods.get(&spec.name) {
-            return if existing == spec { Ok(st.clone()) } else { Err(ClusterError::new(node, "POST /v1/pods", "409 conflict")) };
+            return if existing == spec {
+                Ok(st.clone())
+            } else {
+                Err(ClusterError::new(node, "POST /v1/pods", "409 conflict"))
+            };
         }
         Ok(self.insert_pod(node, spec))
     }
@@ -361,14 +410,21 @@ impl Cluster for FakeCluster {
         if script.contains("readlink") {
             // net/uts/ipc are the pod's, pid/mnt the container's.
             let (p, pc) = (inode(pod), inode(&format!("{pod}/{container}")));
-            return Ok(ok(format!("net:[{p}]\npid:[{pc}]\nuts:[{}]\nipc:[{}]\nmnt:[{}]\n{pod}\n", p + 1, p + 2, pc + 1)));
+            return Ok(ok(format!(
+                "net:[{p}]\npid:[{pc}]\nuts:[{}]\nipc:[{}]\nmnt:[{}]\n{pod}\n",
+                p + 1,
+                p + 2,
+                pc + 1
+            )));
         }
         if script.contains("ip -o link show eth0") {
             return Ok(ok(format!("2: eth0@if9: <BROADCAST,UP> mtu {} qdisc noqueue", self.backend().pod_mtu(1500))));
         }
         if script.contains("ip -4 -o addr show") {
             let ip = own_ip.map(|i| i.to_string()).unwrap_or_default();
-            return Ok(ok(format!("1: lo    inet 127.0.0.1/8 scope host lo\n3: eth0    inet {ip}/24 brd x scope global eth0\n")));
+            return Ok(ok(format!(
+                "1: lo    inet 127.0.0.1/8 scope host lo\n3: eth0    inet {ip}/24 brd x scope global eth0\n"
+            )));
         }
         if script.contains("busybox nc -l") {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -385,11 +441,12 @@ impl Cluster for FakeCluster {
         }
         if script.contains("iperf3 -s") {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            return Ok(ok(r#"{"start":{"connected":[{"remote_host":"10.244.0.2"}]},"end":{"sum":{"packets":42,"lost_packets":0}}}"#));
+            return Ok(ok(
+                r#"{"start":{"connected":[{"remote_host":"10.244.0.2"}]},"end":{"sum":{"packets":42,"lost_packets":0}}}"#,
+            ));
         }
         if script.contains("iperf3 -c") {
-            let ip = ip_after(&script, "-c ");
-            return Ok(if ip.is_some_and(|ip| self.reachable(node, ip)) { ok("{}") } else { fail("iperf3: unable to connect") });
+            return Ok(self.iperf_client(node, &script));
         }
         if script.contains("ping ") {
             return Ok(self.ping(node, &script));

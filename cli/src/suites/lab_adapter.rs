@@ -59,7 +59,11 @@ impl Cluster for ConnectedLab {
     }
 
     async fn get_pod(&self, name: &str, pod: &str) -> Result<PodStatus, ClusterError> {
-        node(self, name)?.agent.get_pod(pod).await.map_err(|e| ClusterError::new(name, &format!("GET /v1/pods/{pod}"), e))
+        node(self, name)?
+            .agent
+            .get_pod(pod)
+            .await
+            .map_err(|e| ClusterError::new(name, &format!("GET /v1/pods/{pod}"), e))
     }
 
     async fn delete_pod(&self, name: &str, pod: &str) -> Result<(), ClusterError> {

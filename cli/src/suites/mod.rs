@@ -7,13 +7,14 @@ mod cluster;
 mod conformance;
 mod debug;
 pub mod declared;
+#[cfg(test)]
+mod fake;
 mod lab_adapter;
 mod overlay;
+mod perf;
 mod probe;
 mod report;
 mod runner;
-#[cfg(test)]
-mod fake;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +37,7 @@ use runner::Runner;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Suite to run: conformance (perf is not built yet).
+    /// Suite to run: conformance or perf.
     pub suite: String,
     #[command(flatten)]
     pub lab: LabSelector,
@@ -50,6 +51,18 @@ pub struct RunArgs {
     /// Run only the checks whose full name contains this text (e.g. `cross-node`, `[cgroups]`).
     #[arg(long, value_name = "SUBSTR")]
     pub filter: Option<String>,
+    /// perf: measured runs per figure (after the warm-up).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub repeats: u32,
+    /// perf: discarded warm-up runs per figure.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub warmup: u32,
+    /// perf: seconds per iperf3 run (ping runs send 5 packets a second for as long).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    pub duration: u32,
+    /// perf: parallel TCP streams of the multi-stream figure.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub streams: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,11 +118,7 @@ pub async fn run_conformance<C: Cluster>(
 ) -> SuiteResults {
     let started = now_rfc3339();
     let clock = Instant::now();
-    let plan = c.plan();
-    let kernel = match plan.nodes.first() {
-        Some(n) => c.node_status(&n.name).await.ok().map(|s| s.kernel),
-        None => None,
-    };
+    let kernel = kernel_of(c).await;
     let mut r = Runner::new(filter);
     for (i, &b) in backends.iter().enumerate() {
         r.set_task(Some(ui.task(&format!("conformance {b}"))));
@@ -125,17 +134,34 @@ pub async fn run_conformance<C: Cluster>(
             }
         }
     }
-    // Leave the lab on the backend its topology asked for.
-    let home = plan.cluster.backend;
+    restore_backend(c, &mut r, backends).await;
+    finish(c, "conformance", backends, started, clock, kernel, r.into_checks(), Vec::new())
+}
+
+/// Leaves the lab on the backend its topology asked for.
+async fn restore_backend<C: Cluster>(c: &C, r: &mut Runner, backends: &[Backend]) {
+    let home = c.plan().cluster.backend;
     if backends.last().is_some_and(|b| *b != home) {
-        r.run_setup("setup", Some(home), "restore the topology's backend", conformance::switch_backend(c, home))
-            .await;
+        r.run_setup("setup", Some(home), "restore the topology's backend", conformance::switch_backend(c, home)).await;
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish<C: Cluster>(
+    c: &C,
+    suite: &str,
+    backends: &[Backend],
+    started: String,
+    clock: Instant,
+    kernel: Option<String>,
+    checks: Vec<CheckResult>,
+    measurements: Vec<testbed_api::results::Measurement>,
+) -> SuiteResults {
+    let plan = c.plan();
     let facts = c.facts();
-    let checks = r.into_checks();
     SuiteResults {
         schema_version: RESULTS_SCHEMA_VERSION,
-        suite: "conformance".into(),
+        suite: suite.into(),
         started,
         finished: now_rfc3339(),
         duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -151,8 +177,41 @@ pub async fn run_conformance<C: Cluster>(
         },
         summary: Summary::of(&checks),
         checks,
-        measurements: Vec::new(),
+        measurements,
     }
+}
+
+async fn kernel_of<C: Cluster>(c: &C) -> Option<String> {
+    match c.plan().nodes.first() {
+        Some(n) => c.node_status(&n.name).await.ok().map(|s| s.kernel),
+        None => None,
+    }
+}
+
+/// Runs the perf suite on `c` for each backend in turn.
+pub async fn run_perf<C: Cluster>(
+    c: &C,
+    ui: &Ui,
+    backends: &[Backend],
+    filter: Option<String>,
+    opts: &perf::PerfOptions,
+) -> SuiteResults {
+    let started = now_rfc3339();
+    let clock = Instant::now();
+    let kernel = kernel_of(c).await;
+    let mut r = Runner::new(filter);
+    let measurements = std::cell::RefCell::new(Vec::new());
+    for (i, &b) in backends.iter().enumerate() {
+        r.set_task(Some(ui.task(&format!("perf {b}"))));
+        perf::run_backend(c, &mut r, b, i == 0, opts, &measurements).await;
+        if let Some(t) = r.set_task(None) {
+            t.finish("done");
+        }
+    }
+    restore_backend(c, &mut r, backends).await;
+    let mut ms = measurements.into_inner();
+    perf::add_ratios(&mut ms);
+    finish(c, "perf", backends, started, clock, kernel, r.into_checks(), ms)
 }
 
 fn default_out_dir(lab: &str) -> PathBuf {
@@ -167,8 +226,7 @@ fn filter_matched_nothing(filter: Option<&str>, checks: &[CheckResult]) -> bool 
 
 pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
     match a.suite.as_str() {
-        "conformance" => {}
-        "perf" => return Err(CliError::infra(anyhow!("the perf suite is not built yet in this version of testbed"))),
+        "conformance" | "perf" => {}
         other => return Err(CliError::bad_input(anyhow!("unknown suite `{other}` (expected conformance or perf)"))),
     }
     let backends = parse_backends(a.backend.as_deref()).map_err(|e| CliError::bad_input(anyhow!(e)))?;
@@ -190,7 +248,13 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
     let backends = backends.unwrap_or_else(|| vec![lab.plan.cluster.backend]);
     let out = a.out.clone().unwrap_or_else(|| default_out_dir(&lab.plan.lab));
     let connected = lab.connect(ui).await?;
-    let results = run_conformance(&connected, ui, &backends, a.filter.clone(), &declared).await;
+    let results = if a.suite == "perf" {
+        let opts =
+            perf::PerfOptions { repeats: a.repeats, warmup: a.warmup, duration_s: a.duration, streams: a.streams };
+        run_perf(&connected, ui, &backends, a.filter.clone(), &opts).await
+    } else {
+        run_conformance(&connected, ui, &backends, a.filter.clone(), &declared).await
+    };
     if filter_matched_nothing(a.filter.as_deref(), &results.checks) {
         return Err(CliError::bad_input(anyhow!("--filter `{}` matched no check", a.filter.unwrap_or_default())));
     }

@@ -77,7 +77,12 @@ pub fn mismatches(spec: &NodeSpec, seen: &ObservedNetwork) -> Vec<String> {
             }
         }
         if seen.neighbours.len() > spec.peers.len() {
-            out.push(format!("{} neighbours for {} peers: {:?}", seen.neighbours.len(), spec.peers.len(), seen.neighbours));
+            out.push(format!(
+                "{} neighbours for {} peers: {:?}",
+                seen.neighbours.len(),
+                spec.peers.len(),
+                seen.neighbours
+            ));
         }
         if seen.fdb.len() > spec.peers.len() {
             out.push(format!("{} FDB entries for {} peers: {:?}", seen.fdb.len(), spec.peers.len(), seen.fdb));
@@ -102,7 +107,12 @@ mod tests {
     fn spec(backend: Backend) -> NodeSpec {
         NodeSpec {
             node_name: "node1".into(),
-            underlay: UnderlaySpec { interface: "eth1".into(), address: "192.168.50.11".parse().unwrap(), prefix_len: 24, mtu: 1500 },
+            underlay: UnderlaySpec {
+                interface: "eth1".into(),
+                address: "192.168.50.11".parse().unwrap(),
+                prefix_len: 24,
+                mtu: 1500,
+            },
             pod_cidr: "10.244.0.0/16".parse().unwrap(),
             pod_subnet: "10.244.0.0/24".parse().unwrap(),
             backend,
@@ -124,7 +134,10 @@ mod tests {
     #[test]
     fn vxlan_exact_state_matches() {
         let s = seen(
-            &["10.244.0.0/24 dev cni0 proto kernel scope link src 10.244.0.1", "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink"],
+            &[
+                "10.244.0.0/24 dev cni0 proto kernel scope link src 10.244.0.1",
+                "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink",
+            ],
             &["10.244.1.0 lladdr 0E:00:00:00:00:02 PERMANENT"],
             &["0e:00:00:00:00:02 dst 192.168.50.12 self permanent"],
         );
@@ -133,7 +146,8 @@ mod tests {
 
     #[test]
     fn vxlan_missing_and_extra_state_is_reported() {
-        let s = seen(&["10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink"], &[], &["0e:00:00:00:00:02 dst 192.168.50.99"]);
+        let s =
+            seen(&["10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink"], &[], &["0e:00:00:00:00:02 dst 192.168.50.99"]);
         let m = mismatches(&spec(Backend::Vxlan), &s);
         assert!(m.iter().any(|x| x.starts_with("missing route to 10.244.1.0/24")), "{m:?}");
         assert!(m.iter().any(|x| x.starts_with("unexpected route to 10.244.7.0/24")), "{m:?}");

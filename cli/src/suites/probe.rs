@@ -273,7 +273,8 @@ mod tests {
 
     #[test]
     fn parses_iperf_and_keyed_files() {
-        let j = r#"{"start":{"connected":[{"remote_host":"10.244.0.3"}]},"end":{"sum":{"packets":42,"lost_packets":1}}}"#;
+        let j =
+            r#"{"start":{"connected":[{"remote_host":"10.244.0.3"}]},"end":{"sum":{"packets":42,"lost_packets":1}}}"#;
         let r = parse_iperf_udp_server(j).expect("parse");
         assert_eq!((r.packets, r.lost, r.remote_host.as_deref()), (42, 1, Some("10.244.0.3")));
         assert!(parse_iperf_udp_server(r#"{"error":"unable to connect"}"#).is_err());

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use testbed_api::results::{CheckResult, CheckStatus, RunOutcome, SuiteResults, RESULTS_SCHEMA_VERSION};
+use testbed_api::results::{CheckResult, CheckStatus, Measurement, RunOutcome, SuiteResults, RESULTS_SCHEMA_VERSION};
 
 const MD_TEMPLATE: &str = include_str!("../../../templates/report/report.md.tera");
 const HTML_TEMPLATE: &str = include_str!("../../../templates/report/report.html.tera");
@@ -190,7 +190,41 @@ struct BackendView<'a> {
 }
 
 #[derive(Serialize)]
+struct PerfRow {
+    path: String,
+    backend: String,
+    kind: String,
+    unit: String,
+    median: String,
+    min: String,
+    max: String,
+    ci95: String,
+    n: usize,
+    ratio: String,
+    cpu: String,
+    details: String,
+}
+
+#[derive(Serialize)]
+struct Bar {
+    label: String,
+    value: String,
+    y: usize,
+    width: f64,
+}
+
+#[derive(Serialize)]
+struct Chart {
+    kind: String,
+    unit: String,
+    height: usize,
+    bars: Vec<Bar>,
+}
+
+#[derive(Serialize)]
 struct View<'a> {
+    perf: Vec<PerfRow>,
+    charts: Vec<Chart>,
     r: &'a SuiteResults,
     verdict: &'static str,
     duration_s: String,
@@ -226,6 +260,74 @@ fn verdict(results: &SuiteResults) -> &'static str {
     }
 }
 
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
+    let label = |m: &Measurement| match m.backend {
+        Some(b) => format!("{} ({b})", m.path),
+        None => m.path.clone(),
+    };
+    let rows = results
+        .measurements
+        .iter()
+        .map(|m| PerfRow {
+            path: m.path.clone(),
+            backend: m.backend.map_or_else(|| "-".into(), |b| b.to_string()),
+            kind: m.kind.clone(),
+            unit: m.unit.clone(),
+            median: num(m.stats.median),
+            min: num(m.stats.min),
+            max: num(m.stats.max),
+            ci95: match (m.stats.ci95_low, m.stats.ci95_high) {
+                (Some(l), Some(h)) => format!("{} .. {}", num(l), num(h)),
+                _ => "-".into(),
+            },
+            n: m.stats.n,
+            ratio: m.ratio_to_baseline.map_or_else(|| "-".into(), |r| format!("{r:.2}")),
+            cpu: match (m.cpu_sender_percent, m.cpu_receiver_percent) {
+                (Some(s), Some(r)) => format!("{s:.0}% / {r:.0}%"),
+                _ => "-".into(),
+            },
+            details: m.details.clone().unwrap_or_default(),
+        })
+        .collect();
+    let mut kinds: Vec<&str> = Vec::new();
+    for m in &results.measurements {
+        if !kinds.contains(&m.kind.as_str()) {
+            kinds.push(&m.kind);
+        }
+    }
+    let charts = kinds
+        .into_iter()
+        .map(|kind| {
+            let ms: Vec<&Measurement> = results.measurements.iter().filter(|m| m.kind == kind).collect();
+            let top = ms.iter().map(|m| m.stats.median).fold(0.0, f64::max);
+            Chart {
+                kind: kind.to_string(),
+                unit: ms.first().map(|m| m.unit.clone()).unwrap_or_default(),
+                height: ms.len() * BAR_PITCH + 4,
+                bars: ms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| Bar {
+                        label: label(m),
+                        value: num(m.stats.median),
+                        y: i * BAR_PITCH,
+                        width: if top > 0.0 { BAR_WIDTH * m.stats.median / top } else { 0.0 },
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    (rows, charts)
+}
+
 fn view(results: &SuiteResults) -> View<'_> {
     let severity = |s: CheckStatus| match s {
         CheckStatus::Error => 0,
@@ -233,8 +335,11 @@ fn view(results: &SuiteResults) -> View<'_> {
         CheckStatus::Warn => 2,
         _ => 3,
     };
-    let mut problems: Vec<&CheckResult> =
-        results.checks.iter().filter(|c| matches!(c.status, CheckStatus::Fail | CheckStatus::Error | CheckStatus::Warn)).collect();
+    let mut problems: Vec<&CheckResult> = results
+        .checks
+        .iter()
+        .filter(|c| matches!(c.status, CheckStatus::Fail | CheckStatus::Error | CheckStatus::Warn))
+        .collect();
     problems.sort_by_key(|c| severity(c.status));
     let groups: Vec<BackendView<'_>> = suites_of(results)
         .into_iter()
@@ -242,18 +347,19 @@ fn view(results: &SuiteResults) -> View<'_> {
         .map(|(i, (name, checks))| {
             let total = checks.len();
             let mut x = 0.0;
-            let segments = [CheckStatus::Pass, CheckStatus::Warn, CheckStatus::Skip, CheckStatus::Fail, CheckStatus::Error]
-                .into_iter()
-                .filter_map(|st| {
-                    let count = checks.iter().filter(|c| c.status == st).count();
-                    (count > 0).then(|| {
-                        let width = BAR_WIDTH * count as f64 / total.max(1) as f64;
-                        let seg = Segment { status: st.as_str(), count, x, width };
-                        x += width;
-                        seg
+            let segments =
+                [CheckStatus::Pass, CheckStatus::Warn, CheckStatus::Skip, CheckStatus::Fail, CheckStatus::Error]
+                    .into_iter()
+                    .filter_map(|st| {
+                        let count = checks.iter().filter(|c| c.status == st).count();
+                        (count > 0).then(|| {
+                            let width = BAR_WIDTH * count as f64 / total.max(1) as f64;
+                            let seg = Segment { status: st.as_str(), count, x, width };
+                            x += width;
+                            seg
+                        })
                     })
-                })
-                .collect();
+                    .collect();
             // Problems first inside each group too.
             let mut sorted = checks.clone();
             sorted.sort_by_key(|c| severity(c.status));
@@ -268,7 +374,10 @@ fn view(results: &SuiteResults) -> View<'_> {
             }
         })
         .collect();
+    let (perf, charts) = perf_view(results);
     View {
+        perf,
+        charts,
         r: results,
         verdict: verdict(results),
         duration_s: format!("{:.1}", results.duration_ms as f64 / 1000.0),
@@ -283,7 +392,8 @@ fn view(results: &SuiteResults) -> View<'_> {
 fn render(name: &'static str, template: &str, results: &SuiteResults) -> Result<String, ReportError> {
     let mut tera = tera::Tera::default();
     // The .html name turns on tera's autoescaping; the markdown template escapes what it needs itself.
-    tera.add_raw_template(name, template).map_err(|e| ReportError::Render { template: name, message: format!("{e:?}") })?;
+    tera.add_raw_template(name, template)
+        .map_err(|e| ReportError::Render { template: name, message: format!("{e:?}") })?;
     let ctx = tera::Context::from_serialize(view(results))
         .map_err(|e| ReportError::Render { template: name, message: e.to_string() })?;
     tera.render(name, &ctx).map_err(|e| ReportError::Render { template: name, message: format!("{e:?}") })

@@ -58,7 +58,8 @@ async fn all_backends_switch_in_turn_and_restore_the_topologys() {
     }
     // Backend-independent checks run once.
     assert_eq!(r.checks.iter().filter(|c| c.name == "[sandbox] a pod has exactly one IP").count(), 1);
-    let none_cross = r.checks.iter().find(|c| c.name == "[pod-network] none pod->pod cross-node: icmp").expect("present");
+    let none_cross =
+        r.checks.iter().find(|c| c.name == "[pod-network] none pod->pod cross-node: icmp").expect("present");
     assert_eq!(none_cross.status, CheckStatus::Skip);
     assert!(r.checks.iter().any(|c| c.name == "[setup] host-gw restore the topology's backend"));
     assert_eq!(c.backend_of("node1"), Some(Backend::HostGw));
@@ -72,8 +73,12 @@ async fn single_node_skips_cross_node_checks() {
     let c = FakeCluster::new(plan(1, Backend::Vxlan), Faults::default());
     let r = run(&c, &[Backend::Vxlan], None).await;
     assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
-    let skipped: Vec<&str> = r.checks.iter().filter(|c| c.status == CheckStatus::Skip).map(|c| c.name.as_str()).collect();
-    assert!(skipped.iter().all(|n| n.contains("cross-node") || n.contains("re-applies") || n.contains("drift")), "{skipped:?}");
+    let skipped: Vec<&str> =
+        r.checks.iter().filter(|c| c.status == CheckStatus::Skip).map(|c| c.name.as_str()).collect();
+    assert!(
+        skipped.iter().all(|n| n.contains("cross-node") || n.contains("re-applies") || n.contains("drift")),
+        "{skipped:?}"
+    );
     assert!(skipped.len() >= 8, "{skipped:?}");
 }
 
@@ -95,10 +100,12 @@ async fn snat_fails_the_no_snat_check_with_exit_1() {
 async fn missing_overlay_route_fails_the_state_check() {
     let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { missing_route: true, ..Faults::default() });
     let r = run(&c, &[Backend::Vxlan], Some("[overlay]")).await;
-    let check = r.checks.iter().find(|c| c.name == "[overlay] vxlan control state on node1 matches the plan").expect("ran");
+    let check =
+        r.checks.iter().find(|c| c.name == "[overlay] vxlan control state on node1 matches the plan").expect("ran");
     assert_eq!(check.status, CheckStatus::Fail);
     assert!(check.message.as_deref().is_some_and(|m| m.contains("missing route to 10.244.1.0/24")), "{check:?}");
-    let other = r.checks.iter().find(|c| c.name == "[overlay] vxlan control state on node2 matches the plan").expect("ran");
+    let other =
+        r.checks.iter().find(|c| c.name == "[overlay] vxlan control state on node2 matches the plan").expect("ran");
     assert_eq!(other.status, CheckStatus::Pass);
 }
 
@@ -283,7 +290,13 @@ async fn markdown_and_html_contain_every_check_problems_first() {
     let html = report::html(&r).expect("html");
     for c in &r.checks {
         assert!(md.contains(&c.name.replace('|', "\\|")) || md.contains(&c.name), "md lacks {}", c.name);
-        let escaped = c.name.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#x27;");
+        let escaped = c
+            .name
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#x27;");
         assert!(html.contains(&escaped), "html lacks {escaped}");
     }
     assert!(md.starts_with("# testbed conformance: INFRASTRUCTURE ERROR"), "{}", &md[..80]);
@@ -312,7 +325,9 @@ async fn results_json_round_trips_and_report_rerenders() {
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).expect("read")).expect("json");
     assert_eq!(doc["schema_version"], 1);
-    assert!(doc["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["status"].is_string() && c["name"].is_string())));
+    assert!(doc["checks"]
+        .as_array()
+        .is_some_and(|c| c.iter().all(|c| c["status"].is_string() && c["name"].is_string())));
 
     let mut newer = doc.clone();
     newer["schema_version"] = 99.into();
@@ -330,7 +345,8 @@ async fn debug_bundle_has_every_nodes_state_and_reports_dead_nodes() {
     let problems = super::debug::collect(&c, dir.path()).await;
     assert!(problems.is_empty(), "{problems:?}");
     for node in ["node1", "node2"] {
-        for f in ["node-status.json", "ip-link.txt", "ip-route.txt", "ip-neigh.txt", "bridge-fdb.txt", "agent-log.txt"] {
+        for f in ["node-status.json", "ip-link.txt", "ip-route.txt", "ip-neigh.txt", "bridge-fdb.txt", "agent-log.txt"]
+        {
             assert!(dir.path().join(node).join(f).is_file(), "{node}/{f}");
         }
     }
@@ -344,4 +360,35 @@ async fn debug_bundle_has_every_nodes_state_and_reports_dead_nodes() {
     assert!(!problems.is_empty());
     let errors = std::fs::read_to_string(dir.path().join("node1/errors.txt")).expect("errors.txt");
     assert!(errors.contains("connection refused"), "{errors}");
+}
+
+#[tokio::test]
+async fn perf_measures_every_path_with_ratios_to_the_baseline() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let opts = super::perf::PerfOptions { repeats: 3, warmup: 1, duration_s: 1, streams: 4 };
+    let r = super::run_perf(&c, &ui(), &[Backend::Vxlan, Backend::None], None, &opts).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    assert_eq!(r.suite, "perf");
+    let find = |path: &str, kind: &str, b: Option<Backend>| {
+        r.measurements
+            .iter()
+            .find(|m| m.path == path && m.kind == kind && m.backend == b)
+            .unwrap_or_else(|| panic!("{path} {kind} {b:?}"))
+    };
+    let base = find("underlay node->node", "tcp-1", None);
+    assert_eq!((base.stats.n, base.stats.median, base.unit.as_str()), (3, 800.0, "Mbit/s"));
+    assert_eq!(base.ratio_to_baseline, None);
+    let cross = find("pod->pod cross-node", "tcp-4", Some(Backend::Vxlan));
+    assert_eq!(cross.ratio_to_baseline, Some(300.0 / 800.0));
+    assert_eq!(cross.cpu_sender_percent, Some(50.0));
+    assert_eq!(find("pod->pod same-node", "latency", Some(Backend::None)).stats.median, 0.5);
+    // No cross-node figures without pod routing; the baseline is measured once.
+    assert!(r.measurements.iter().all(|m| !(m.backend == Some(Backend::None) && m.path.contains("cross"))));
+    assert_eq!(r.measurements.iter().filter(|m| m.backend.is_none()).count(), 4);
+    assert!(c.leftover_test_pods().is_empty());
+    let md = report::markdown(&r).expect("md");
+    let html = report::html(&r).expect("html");
+    assert!(md.contains("## Performance") && md.contains("pod->pod cross-node"), "{md}");
+    assert!(html.contains("<h2>Performance</h2>") && html.contains("class=\"bar\""));
+    well_formed(&report::junit(&r)).expect("junit");
 }
