@@ -801,6 +801,61 @@ mod tests {
     }
 
     #[test]
+    fn agent_disk_is_whole_sectors_and_keeps_the_exact_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let agent = tmp.path().join("agent");
+        std::fs::write(&agent, vec![7u8; 1000]).unwrap();
+        let disk = tmp.path().join("agent.img");
+        assert_eq!(write_agent_disk(&agent, &disk).unwrap(), 1000);
+        let bytes = std::fs::read(&disk).unwrap();
+        assert_eq!(bytes.len(), 1024);
+        assert!(bytes[..1000].iter().all(|b| *b == 7) && bytes[1000..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn node_host_key_is_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "k");
+        let first = node_host_key(&dir, "node1").unwrap();
+        assert!(first.starts_with("ssh-ed25519 "));
+        let mode = std::fs::metadata(dir.host_key("node1")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(node_host_key(&dir, "node1").unwrap(), first);
+        assert_ne!(node_host_key(&dir, "node2").unwrap(), first);
+    }
+
+    #[test]
+    fn stopping_recorded_vms_forgets_pids_and_spares_strangers() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start = procs::start_time(pid).unwrap();
+        let node = |pid, start| NodeState {
+            pid: Some(pid),
+            pid_start_time: Some(start),
+            ssh_port: 1,
+            accelerator: accel::Accel::Tcg,
+            host_key_public: String::new(),
+            image_id: String::new(),
+            stage: "ready".into(),
+        };
+        let mut state = LabState {
+            lab: "x".into(),
+            accelerator: accel::Accel::Tcg,
+            accelerator_reason: String::new(),
+            qemu_version: String::new(),
+            created_at: String::new(),
+            // node2 records our own PID with a wrong start time: a recycled PID that must not be signalled.
+            nodes: [("node1".to_string(), node(pid, start)), ("node2".to_string(), node(std::process::id(), 1))]
+                .into_iter()
+                .collect(),
+        };
+        stop_recorded_vms(&mut state);
+        assert!(state.nodes.values().all(|n| n.pid.is_none() && n.pid_start_time.is_none()));
+        assert!(!child.wait().unwrap().success());
+    }
+
+    #[test]
     fn network_is_built_netns_then_bridges_then_taps_with_netem() {
         let net = FakeHostNet::default();
         let guest = setup_network(&test_plan(), &net).unwrap();
