@@ -151,6 +151,7 @@ async fn bench_all(args: &BenchArgs, tmp: &Path) -> Result<Report> {
     let agent = Agent::new(cfg, cgroups).await.context("agent runtime")?;
     agent.apply_node(node_spec()).await.context("apply the bench NodeSpec")?;
 
+    let baseline = live_netns().unwrap_or(0);
     for &n in &args.pods {
         let specs: Vec<PodSpec> = (0..n).map(pod_spec).collect();
         let mut sandboxes = Vec::with_capacity(n);
@@ -172,6 +173,7 @@ async fn bench_all(args: &BenchArgs, tmp: &Path) -> Result<Report> {
         eprintln!("testbed sandbox x{n}: {:.3} ms/pod", r.per_pod_ms);
         report.testbed_sandbox.push(r);
         destroy(&agent, &specs, &sandboxes).await;
+        settle(baseline).await;
 
         if n <= args.reference_max {
             let (netns, cni) = reference(args, tmp, n)?;
@@ -181,6 +183,7 @@ async fn bench_all(args: &BenchArgs, tmp: &Path) -> Result<Report> {
             );
             report.reference_netns_add.push(netns);
             report.reference_cni_add.push(cni);
+            settle(baseline).await;
         }
     }
     drop(agent);
@@ -189,6 +192,25 @@ async fn bench_all(args: &BenchArgs, tmp: &Path) -> Result<Report> {
         api_round(args.api_pods, tmp, &mut report)?;
     }
     Ok(report)
+}
+
+/// Network namespaces the kernel still holds (active `net_namespace` slab objects): destroyed namespaces are
+/// cleaned up asynchronously, and a round must not pay for the previous round's cleanup.
+fn live_netns() -> Option<u64> {
+    let slab = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    slab.lines().find(|l| l.starts_with("net_namespace ")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// Waits (at most 2 minutes) until the kernel has freed the namespaces of the last round.
+async fn settle(baseline: u64) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(120) {
+        match live_netns() {
+            Some(n) if n > baseline + 8 => tokio::time::sleep(Duration::from_millis(250)).await,
+            _ => break,
+        }
+    }
+    eprintln!("settled in {:.1} s", t0.elapsed().as_secs_f64());
 }
 
 /// Removes the benchmark's cgroup root (the agent leaves its root in place on purpose).

@@ -382,7 +382,31 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.recreate_lost_sandboxes().await;
             self.reconcile_once().await;
+        }
+    }
+
+    /// A pod whose infra process died has lost its namespaces: like the kubelet on a sandbox change, kill
+    /// the pod's containers and create the pod again from its spec (restart counts start over).
+    async fn recreate_lost_sandboxes(self: &Arc<Self>) {
+        let lost: Vec<PodSpec> = lock(&self.pods)
+            .values()
+            .filter(|p| !p.deleting.load(Ordering::Relaxed))
+            .filter(|p| {
+                lock(&p.record).infra_pid.is_some_and(|pid| !sandbox::is_ours(pid, INFRA_ROLE, &p.spec.name, None))
+            })
+            .map(|p| p.spec.clone())
+            .collect();
+        for spec in lost {
+            tracing::warn!(pod = %spec.name, "infra process gone: recreating the pod");
+            if let Err(e) = self.delete_pod(&spec.name).await {
+                tracing::error!(pod = %spec.name, "removing the broken pod: {e}");
+                continue;
+            }
+            if let Err(e) = self.create_pod(spec.clone()).await {
+                tracing::error!(pod = %spec.name, "recreating: {e}");
+            }
         }
     }
 

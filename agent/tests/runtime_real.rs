@@ -447,5 +447,14 @@ fn restart_policies_readoption_and_drift() {
     assert!(node["drift_repairs"].as_u64().unwrap() >= 1, "{node}");
     let r = exec("keep", json!({"command": ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]}));
     assert!(r["stdout"].as_str().unwrap().contains(st["ip"].as_str().unwrap()), "{r}");
+
+    // A killed infra process: the pod is created again with a new sandbox.
+    let old_infra = st["infra_pid"].as_u64().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_infra as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let st = wait_pod("keep", 20, |s| {
+        s["infra_pid"].as_u64().is_some_and(|p| p != old_infra) && s["containers"][0]["state"]["state"] == "running"
+    });
+    let r = exec("keep", json!({"command": ["hostname"]}));
+    assert_eq!(r["stdout"], "keep\n", "{st}");
     drop(agent);
 }
