@@ -508,8 +508,8 @@ async fn converge(
     })
 }
 
-/// What testbed's guest init prints on the serial console once sshd runs (templates/guest/testbed-init).
-const SSHD_STARTED: &str = "testbed-init: sshd started";
+/// What testbed's guest init prints on the serial console once sshd runs (the IMAGE module owns the text).
+use crate::image::SSHD_STARTED;
 /// How long to wait for that line before trying SSH anyway (an image whose init says something else).
 const SSHD_MARKER_WAIT: Duration = Duration::from_secs(90);
 
