@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::image::{self, ImageArtifacts, ImageError};
+// SSHD_STARTED: what testbed's guest init prints on the serial console once sshd runs.
+use crate::image::{self, ImageArtifacts, ImageError, SSHD_STARTED};
 use crate::plan::{ImageRef, NodePlan, Plan};
 use crate::ssh::{self, SshError};
 use crate::ui::Ui;
@@ -508,8 +509,6 @@ async fn converge(
     })
 }
 
-/// What testbed's guest init prints on the serial console once sshd runs (the IMAGE module owns the text).
-use crate::image::SSHD_STARTED;
 /// How long to wait for that line before trying SSH anyway (an image whose init says something else).
 const SSHD_MARKER_WAIT: Duration = Duration::from_secs(90);
 
