@@ -102,7 +102,11 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match runtime.block_on(dispatch(cli, &ui)) {
+    let result = runtime.block_on(dispatch(cli, &ui));
+    // Blocking work still running after a failure (an image build thread, say) must not hold the exit back:
+    // every owned resource has been rolled back by then, so what is left is only waiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if ui.is_json() {
