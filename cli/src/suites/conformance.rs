@@ -744,7 +744,7 @@ async fn checks<C: Cluster>(
     r.run(net, b, "pod->node cross-node", e, gated(skip, pod_to_node(c, a1, nb))).await;
     r.run(net, b, "no SNAT pod->pod same-node", e, no_snat(c, a1, a2)).await;
     r.run(net, b, "no SNAT pod->pod cross-node", e, gated(skip, no_snat(c, a1, b1))).await;
-    r.run(net, b, "hairpin: pod reaches its own IP via the bridge", e, hairpin(c, a1)).await;
+    r.run(net, b, "hairpin: bridge port hairpin on, pod reaches its own IP", e, hairpin(c, a1)).await;
 
     let mtu = backend.pod_mtu(f.a.underlay_mtu);
     let g = "mtu";
