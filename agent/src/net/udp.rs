@@ -36,7 +36,6 @@ impl UdpForwarder {
         let tun = Arc::new(open_tun(TUN_DEV)?);
         let sock = UdpSocket::bind(SocketAddrV4::new(local, UDP_PORT))
             .map_err(|e| NetError::io(format!("bind udp {local}:{UDP_PORT}"), e))?;
-        sock.set_nonblocking(true).map_err(|e| NetError::io("udp socket non-blocking".into(), e))?;
         let sock = Arc::new(sock);
         // CLOEXEC: a child the agent spawns (an infra process) must not inherit the write end, or closing
         // ours would never wake the threads.
@@ -169,8 +168,12 @@ fn tun_to_udp(tun: &File, sock: &UdpSocket, stop: &OwnedFd, peers: &RwLock<PeerT
 fn udp_to_tun(tun: &File, sock: &UdpSocket, stop: &OwnedFd, alive: &AtomicBool) {
     let mut buf = vec![0u8; MAX_PACKET];
     loop {
-        match sock.recv_from(&mut buf) {
-            Ok((n, _)) if n >= 20 && buf[0] >> 4 == 4 => {
+        // The socket stays blocking so that sends wait for buffer space under load instead of dropping;
+        // only this receive is non-blocking (MSG_DONTWAIT), to fall back to poll with the stop pipe.
+        match nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
+            .map_err(std::io::Error::from)
+        {
+            Ok(n) if n >= 20 && buf[0] >> 4 == 4 => {
                 // The TUN may refuse a packet (e.g. device down); that is a drop, not a reason to stop.
                 let _ = (&*tun).write(&buf[..n]);
             }
