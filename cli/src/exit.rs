@@ -44,7 +44,3 @@ impl CliError {
 
 pub type CliResult<T = ()> = Result<T, CliError>;
 
-/// For a command whose implementation has not landed yet: says so and exits 3, never a fake success.
-pub fn not_built(what: &str) -> CliError {
-    CliError::Infra(anyhow::anyhow!("`{what}` is not built yet in this version of testbed"))
-}

@@ -109,7 +109,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if ui.is_json() {
+            // A failed suite has already printed its results document; a second document would break parsers.
+            if ui.is_json() && !matches!(e, CliError::TestsFailed(_)) {
                 let doc = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
                 println!("{doc}");
             }

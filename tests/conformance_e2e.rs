@@ -1,0 +1,110 @@
+//! End to end: boot real VMs from the bundled topologies, run the conformance suite, check its outputs, and
+//! check that `down` leaves nothing behind. Runs as root with QEMU installed (tests/run.sh); skipped otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn testbed() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_testbed"))
+}
+
+fn can_run_vms() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !(root && qemu) {
+        eprintln!("skipped: needs root and qemu-system-x86_64 (run tests/run.sh)");
+    }
+    root && qemu
+}
+
+fn show(what: &str, out: &Output) {
+    eprintln!(
+        "--- {what}: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A copy of a bundled topology under a test-only lab name, so a user's own lab of that name is never touched.
+fn topology_copy(dir: &Path, bundled: &str, lab: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("topologies").join(bundled);
+    let text = std::fs::read_to_string(&src).expect("bundled topology");
+    let renamed: String = text
+        .lines()
+        .map(|l| if l.starts_with("name:") { format!("name: {lab}") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.join(bundled);
+    std::fs::write(&path, renamed + "\n").expect("write topology copy");
+    path
+}
+
+/// Tears the lab down even when an assertion fails halfway.
+struct LabGuard {
+    topology: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = testbed().env("TESTBED_STATE_DIR", &self.state_dir).arg("down").arg("-t").arg(&self.topology).output();
+    }
+}
+
+fn conformance_on(bundled: &str, lab: &str) {
+    if !can_run_vms() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let topology = topology_copy(tmp.path(), bundled, lab);
+    let guard = LabGuard { topology: topology.clone(), state_dir: state_dir.clone() };
+    let run = |args: &[&str]| {
+        let out = testbed().env("TESTBED_STATE_DIR", &state_dir).args(args).output().expect("run testbed");
+        show(&args.join(" "), &out);
+        out
+    };
+    let topo = topology.to_str().expect("utf-8 path");
+
+    let up = run(&["up", topo]);
+    assert!(up.status.success(), "up failed");
+
+    let results = tmp.path().join("results");
+    let res = results.to_str().expect("utf-8 path");
+    let conf = run(&["run", "conformance", "-t", topo, "--out", res]);
+    for file in ["results.json", "junit.xml", "report.md", "report.html"] {
+        assert!(results.join(file).is_file(), "{file} missing from {}", results.display());
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("results.json")).expect("read results.json"))
+            .expect("results.json is JSON");
+    let checks = doc["checks"].as_array().expect("results.json has checks");
+    assert!(checks.len() >= 20, "only {} checks ran", checks.len());
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c["status"] == "fail" || c["status"] == "error")
+        .map(|c| format!("{}: {}", c["name"], c["message"]))
+        .collect();
+    assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
+    assert_eq!(conf.status.code(), Some(0), "conformance exit code");
+
+    drop(guard);
+    let status = run(&["status", "-t", topo, "-o", "json"]);
+    assert_ne!(status.status.code(), Some(0), "status must fail once the lab is gone");
+    let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&format!("tb-{lab}")),
+        "lab netns left behind"
+    );
+}
+
+#[test]
+fn conformance_default_vxlan() {
+    conformance_on("default.yaml", "e2e-vx");
+}
+
+#[test]
+fn conformance_three_node_host_gw() {
+    conformance_on("three-node-host-gw.yaml", "e2e-hgw");
+}
