@@ -72,6 +72,24 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|source| CgroupError::Io { path: path.to_path_buf(), source })
 }
 
+/// Writes `value` unless the file already holds it. Some writes are costly in the kernel: any write to
+/// cpu.max / cpu.cfs_quota_us walks every task group (tg_set_cfs_bandwidth), which made pod creation
+/// quadratic in the number of pods when every new cgroup got its (default) "unlimited" written again.
+/// `unlimited` marks a value meaning "no limit", which the kernel spells in several ways.
+pub(crate) fn set_file(path: &Path, value: &str, unlimited: bool) -> Result<()> {
+    if let Ok(current) = std::fs::read_to_string(path) {
+        let current = current.trim();
+        let current_unlimited = current == "max"
+            || current == "-1"
+            || current.starts_with("max ") && value.ends_with(current.trim_start_matches("max "))
+            || current.parse::<u64>().is_ok_and(|v| v >= 1 << 62);
+        if current == value || unlimited && current_unlimited {
+            return Ok(());
+        }
+    }
+    write_file(path, value)
+}
+
 pub(crate) fn read_file(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| CgroupError::Io { path: path.to_path_buf(), source })
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{keyed_value, mkdir, read_file, rmdir, write_file, CgroupError, CgroupLimits, Cgroups, Result};
+use super::{keyed_value, mkdir, read_file, rmdir, set_file, CgroupError, CgroupLimits, Cgroups, Result};
 
 pub struct CgroupsV1 {
     cpu: PathBuf,
@@ -68,18 +68,19 @@ impl Cgroups for CgroupsV1 {
     fn create(&self, rel: &str, limits: &CgroupLimits, _parent_of_children: bool) -> Result<()> {
         let cpu = self.cpu.join(rel);
         mkdir(&cpu)?;
-        write_file(&cpu.join("cpu.cfs_period_us"), &super::CPU_PERIOD_US.to_string())?;
+        set_file(&cpu.join("cpu.cfs_period_us"), &super::CPU_PERIOD_US.to_string(), false)?;
         let quota = limits.cpu_quota_us.map_or_else(|| "-1".to_string(), |q| q.to_string());
-        write_file(&cpu.join("cpu.cfs_quota_us"), &quota)?;
-        write_file(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string())?;
+        set_file(&cpu.join("cpu.cfs_quota_us"), &quota, limits.cpu_quota_us.is_none())?;
+        set_file(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string(), false)?;
         let memory = self.memory.join(rel);
         mkdir(&memory)?;
-        // -1 = unlimited; an existing cgroup may carry an older limit, so always write.
+        // -1 = unlimited (read back as a huge number).
         let mem = limits.memory_max.map_or_else(|| "-1".to_string(), |m| m.to_string());
-        write_file(&memory.join("memory.limit_in_bytes"), &mem)?;
+        set_file(&memory.join("memory.limit_in_bytes"), &mem, limits.memory_max.is_none())?;
         let pids = self.pids.join(rel);
         mkdir(&pids)?;
-        write_file(&pids.join("pids.max"), &limits.pids_max.map_or_else(|| "max".into(), |p| p.to_string()))
+        let max = limits.pids_max.map_or_else(|| "max".into(), |p| p.to_string());
+        set_file(&pids.join("pids.max"), &max, limits.pids_max.is_none())
     }
 
     fn procs_files(&self, rel: &str) -> Vec<PathBuf> {
@@ -134,12 +135,19 @@ mod tests {
             CgroupLimits { cpu_quota_us: Some(25_000), cpu_shares: 256, memory_max: Some(16 << 20), pids_max: None };
         cg.create("pod-a", &limits, true).unwrap();
         let r = |d: &Path, f: &str| std::fs::read_to_string(d.join("pod-a").join(f)).unwrap();
+        let r2 = |d: &Path, pod: &str, f: &str| std::fs::read_to_string(d.join(pod).join(f)).unwrap();
         assert_eq!(r(&c, "cpu.cfs_quota_us"), "25000");
         assert_eq!(r(&c, "cpu.cfs_period_us"), "100000");
         assert_eq!(r(&c, "cpu.shares"), "256");
         assert_eq!(r(&m, "memory.limit_in_bytes"), "16777216");
         assert_eq!(r(&p, "pids.max"), "max");
         assert_eq!(cg.procs_files("pod-a").len(), 3);
+        // Unlimited values the kernel already holds (in its own spelling) are not written again.
+        std::fs::create_dir_all(m.join("pod-b")).unwrap();
+        std::fs::write(m.join("pod-b/memory.limit_in_bytes"), "9223372036854771712").unwrap();
+        cg.create("pod-b", &CgroupLimits { cpu_shares: 2, ..Default::default() }, false).unwrap();
+        assert_eq!(r2(&m, "pod-b", "memory.limit_in_bytes"), "9223372036854771712");
+        assert_eq!(r2(&c, "pod-b", "cpu.cfs_quota_us"), "-1");
         std::fs::write(m.join("pod-a/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").unwrap();
         assert_eq!(cg.oom_kills("pod-a").unwrap(), 1);
     }

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{keyed_value, mkdir, read_file, rmdir, write_file, CgroupLimits, Cgroups, Result, CPU_PERIOD_US};
+use super::{
+    keyed_value, mkdir, read_file, rmdir, set_file, write_file, CgroupLimits, Cgroups, Result, CPU_PERIOD_US,
+};
 use crate::qos::shares_to_weight;
 
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -53,10 +55,12 @@ impl Cgroups for CgroupsV2 {
         let dir = self.dir(rel);
         mkdir(&dir)?;
         let quota = limits.cpu_quota_us.map_or_else(|| "max".to_string(), |q| q.to_string());
-        write_file(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
-        write_file(&dir.join("cpu.weight"), &shares_to_weight(limits.cpu_shares).to_string())?;
-        write_file(&dir.join("memory.max"), &limits.memory_max.map_or_else(|| "max".into(), |m| m.to_string()))?;
-        write_file(&dir.join("pids.max"), &limits.pids_max.map_or_else(|| "max".into(), |p| p.to_string()))?;
+        set_file(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"), limits.cpu_quota_us.is_none())?;
+        set_file(&dir.join("cpu.weight"), &shares_to_weight(limits.cpu_shares).to_string(), false)?;
+        let memory = limits.memory_max.map_or_else(|| "max".into(), |m| m.to_string());
+        set_file(&dir.join("memory.max"), &memory, limits.memory_max.is_none())?;
+        let pids = limits.pids_max.map_or_else(|| "max".into(), |p| p.to_string());
+        set_file(&dir.join("pids.max"), &pids, limits.pids_max.is_none())?;
         if parent_of_children {
             self.enable_controllers(&dir)?;
         }
