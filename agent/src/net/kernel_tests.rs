@@ -5,7 +5,8 @@
 //! /run/netns and would otherwise compete for CPU in the timing-sensitive pings.
 //!
 //! Run: `cargo test -p testbed-agent net::kernel_tests -- --test-threads=1`
-//! Bench: `cargo test --release -p testbed-agent net::kernel_tests::bench -- --ignored --nocapture`
+//! Benches (ignored): `cargo test --release -p testbed-agent net::kernel_tests::bench -- --ignored --nocapture`
+//! (`BENCH_PODS=200` for more pods in bench_attach_pod; bench_backends_iperf3 needs iperf3).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -445,4 +446,32 @@ async fn bench_attach_pod() {
         repair.as_secs_f64() * 1e3,
         detach.as_secs_f64() * 1e3 / n as f64,
     );
+}
+
+/// Pod-to-pod TCP throughput across the two emulated nodes per backend (iperf3, 3 s). Figures only; the
+/// namespaces share one CPU pool, so they compare backends' per-packet cost rather than predict VM numbers.
+#[tokio::test]
+#[ignore]
+async fn bench_backends_iperf3() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::new().await;
+    lab.apply_all(Backend::HostGw).await;
+    let [(pa, _), (pb, ipb)] = pod_pair(&mut lab).await;
+    for backend in [Backend::HostGw, Backend::Vxlan, Backend::Udp] {
+        lab.apply_all(backend).await;
+        assert_ping(pa, ipb);
+        // A fresh one-shot server per run (`-1` exits after one client); Lab's Drop kills it if it lingers.
+        let server = Command::new("nsenter")
+            .args(["-t", &pb.to_string(), "-n", "iperf3", "-s", "-1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("iperf3 server");
+        lab.pods.push(server);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = sh(&["nsenter", "-t", &pa.to_string(), "-n", "iperf3", "-c", &ipb.to_string(), "-t", "3", "-J"]);
+        let json: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
+        let bps = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+        println!("{backend}: {:.0} Mbit/s pod->pod across nodes", bps / 1e6);
+    }
 }
