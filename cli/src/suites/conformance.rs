@@ -600,17 +600,22 @@ async fn cpu_enforced<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(Stri
     }
     let p = wait_running(c, node, POD_CPU).await?;
     let cg = p.status.containers.first().map(|c| c.cgroup.clone()).unwrap_or_default();
-    let cmd = format!("echo T0 $(date +%s%N); cat {cg}/cpu.stat; sleep 3; echo T1 $(date +%s%N); cat {cg}/cpu.stat");
+    // Each sample is read and timestamped by bash builtins, with no process start in between: under TCG a
+    // fork+exec costs 0.1-0.5 s, which would skew the measured window against the usage counters.
+    let cmd = format!(
+        "read -r -d '' a < {cg}/cpu.stat; t0=$EPOCHREALTIME; sleep 3; read -r -d '' b < {cg}/cpu.stat; \
+         t1=$EPOCHREALTIME; printf 'T0 %s\\n%s\\nT1 %s\\n%s\\n' \"$t0\" \"$a\" \"$t1\" \"$b\""
+    );
     let r = nexec(c, node, &cmd).await?;
     let ev = evidence(&cmd, &r);
     let parsed = (|| {
         let (first, second) = r.stdout.split_once("T1 ")?;
-        let t0: u64 = first.lines().next()?.strip_prefix("T0 ")?.trim().parse().ok()?;
-        let t1: u64 = second.lines().next()?.trim().parse().ok()?;
+        let t0 = epoch_micros(first.lines().next()?.strip_prefix("T0 ")?)?;
+        let t1 = epoch_micros(second.lines().next()?)?;
         let u0 = probe::flat_keyed(first, "usage_usec")?;
         let u1 = probe::flat_keyed(second, "usage_usec")?;
         let thr = probe::flat_keyed(second, "nr_throttled")?;
-        Some(((t1.saturating_sub(t0)) / 1000, u1.saturating_sub(u0), thr))
+        Some((t1.saturating_sub(t0), u1.saturating_sub(u0), thr))
     })();
     let Some((wall_us, used_us, throttled)) = parsed else {
         return Err(CheckError::Fail(format!("cannot read cpu.stat\n{ev}")));
@@ -627,6 +632,12 @@ async fn cpu_enforced<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(Stri
         return Err(CheckError::Fail(format!("over quota: {summary}\n{ev}")));
     }
     Ok(format!("{summary}\n{ev}"))
+}
+
+/// bash's `$EPOCHREALTIME` (`1700000000.123456`) as microseconds.
+fn epoch_micros(s: &str) -> Option<u64> {
+    let (secs, micros) = s.trim().split_once('.')?;
+    Some(secs.parse::<u64>().ok()? * 1_000_000 + micros.parse::<u64>().ok()?)
 }
 
 async fn oom_kill<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(String, String)>>) -> CheckOutcome {
