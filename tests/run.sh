@@ -15,5 +15,13 @@ RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked -p testbed-agent --target x86_64-unknown-linux-gnu
 export TESTBED_AGENT="$PWD/target/x86_64-unknown-linux-gnu/release/testbed-agent"
 
+# On CI, build the guest image from Debian packages into a fresh cache, as a new machine would; people
+# running the tests keep their cached image.
+if [ "${CI:-}" = "true" ] && [ -z "${TESTBED_CACHE_DIR:-}" ]; then
+  TESTBED_CACHE_DIR="$(mktemp -d /var/tmp/testbed-ci-cache.XXXXXX)"
+  export TESTBED_CACHE_DIR
+  trap 'rm -rf "$TESTBED_CACHE_DIR"' EXIT
+fi
+
 # VM tests share two cores: one test binary at a time, tests inside a binary one at a time.
 cargo test --workspace --locked -- --test-threads=1
