@@ -91,6 +91,70 @@ pub struct PodPlan {
     pub spec: PodSpec,
 }
 
+/// Where a declared test's probe runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestSource {
+    /// Inside a pod of the topology's `pods:` (its network namespace).
+    Pod(String),
+    /// On a node, in the guest's root network namespace.
+    Node(String),
+}
+
+/// What a declared test's probe aims at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestTarget {
+    /// A pod of the topology's `pods:`, at the IP its agent reports when the test runs.
+    Pod(String),
+    /// A node's underlay address.
+    Node(String),
+    Ip(Ipv4Addr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestKind {
+    Ping,
+    /// A TCP connect, whatever the server speaks.
+    Tcp,
+    /// `GET /`, any 2xx.
+    Http,
+}
+
+/// How much a failing declared test matters: `Warning` records `warn` and does not fail the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestLevel {
+    #[default]
+    Error,
+    Warning,
+}
+
+/// A test from the topology's `tests:` (docs/tests.md), checked and resolved. The conformance suite runs it once
+/// per backend, after its built-in checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredTest {
+    /// Unique in the topology; the check is `[declared] <backend> <name>`.
+    pub name: String,
+    pub from: TestSource,
+    pub to: TestTarget,
+    pub kind: TestKind,
+    /// tcp: always set; http: default 80; ping: none.
+    pub port: Option<u16>,
+    /// True: the probe must succeed; false: it must fail (an isolation test).
+    pub expect_pass: bool,
+    /// At least 1.
+    pub attempts: u32,
+    /// Pause between attempts.
+    pub wait_ms: u64,
+    pub level: TestLevel,
+    /// When this test fails, the remaining declared tests of the backend are skipped.
+    pub stop_on_error: bool,
+    /// Backends the test applies to (a cross-node test makes no sense with `none`); empty = every backend.
+    pub backends: Vec<Backend>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Plan format version, bumped when fields change meaning.
@@ -104,11 +168,28 @@ pub struct Plan {
     pub nodes: Vec<NodePlan>,
     pub cluster: ClusterPlan,
     pub pods: Vec<PodPlan>,
+    /// The topology's declared tests (absent from plan.json files written before they were planned).
+    #[serde(default)]
+    pub tests: Vec<DeclaredTest>,
 }
 
 impl Plan {
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// True when both plans build the same lab: they differ at most in the topology's bytes (comments) and in
+    /// the declared tests, which the suites read when they run and which change nothing that `up` creates.
+    pub fn same_lab(&self, other: &Plan) -> bool {
+        // Destructured so that a new field must be classified here.
+        let Plan { version, lab, topology_hash: _, netns, networks, nodes, cluster, pods, tests: _ } = self;
+        *version == other.version
+            && *lab == other.lab
+            && *netns == other.netns
+            && *networks == other.networks
+            && *nodes == other.nodes
+            && *cluster == other.cluster
+            && *pods == other.pods
     }
 
     /// The NodeSpec the agent on `node` must converge to, for `backend` (the suites switch backends on a
@@ -267,6 +348,7 @@ pub fn build(
         nodes,
         cluster: checked.cluster.clone(),
         pods: checked.pods.clone(),
+        tests: checked.tests.clone(),
     })
 }
 

@@ -242,6 +242,8 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
         if let Ok(mut previous) = dir.read_plan() {
             // Only the resolved plan matters: a comment edited in the topology changes the hash, nothing else.
             previous.topology_hash.clone_from(&plan.topology_hash);
+            // Declared tests only feed `run`: a changed `tests:` is recorded, not a reason to rebuild.
+            previous.tests.clone_from(&plan.tests);
             if previous != plan {
                 return Err(UpError::PlanChanged { lab: plan.lab.clone() });
             }
@@ -796,6 +798,7 @@ mod tests {
                 backend: testbed_api::Backend::Vxlan,
             },
             pods: vec![],
+            tests: vec![],
         }
     }
 

@@ -86,6 +86,7 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
             .collect(),
         cluster: ClusterPlan { pod_cidr: "10.244.0.0/16".parse().expect("cidr"), node_subnet_prefix: 24, backend },
         pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
+        tests: Vec::new(),
     }
 }
 

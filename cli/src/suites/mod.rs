@@ -6,7 +6,7 @@
 mod cluster;
 mod conformance;
 mod debug;
-pub mod declared;
+mod declared;
 #[cfg(test)]
 mod fake;
 mod lab_adapter;
@@ -28,6 +28,7 @@ use testbed_api::results::{
 use testbed_api::Backend;
 
 use crate::exit::{CliError, CliResult};
+use crate::plan::Plan;
 use crate::provider::labdir::now_rfc3339;
 use crate::provider::{Lab, LabSelector};
 use crate::ui::Ui;
@@ -224,27 +225,32 @@ fn filter_matched_nothing(filter: Option<&str>, checks: &[CheckResult]) -> bool 
     filter.is_some() && !checks.iter().any(|c| c.group != "setup")
 }
 
+/// The declared tests to run: those `up` recorded in plan.json, or, when the lab is chosen with `-t FILE` and
+/// the file still describes the running lab, the file's own (so edited tests run without another `up`).
+fn declared_tests(ui: &Ui, sel: &LabSelector, recorded: &Plan) -> Result<Vec<DeclaredTest>, CliError> {
+    let Some(file) = &sel.topology else { return Ok(recorded.tests.clone()) };
+    let current = crate::topology::load_plan(file).map_err(CliError::bad_input)?;
+    if current.same_lab(recorded) {
+        return Ok(current.tests);
+    }
+    if current.tests != recorded.tests {
+        ui.info(format!(
+            "{} no longer describes lab {} (run `testbed up` again): running the declared tests recorded at up",
+            file.display(),
+            recorded.lab
+        ));
+    }
+    Ok(recorded.tests.clone())
+}
+
 pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
     match a.suite.as_str() {
         "conformance" | "perf" => {}
         other => return Err(CliError::bad_input(anyhow!("unknown suite `{other}` (expected conformance or perf)"))),
     }
     let backends = parse_backends(a.backend.as_deref()).map_err(|e| CliError::bad_input(anyhow!(e)))?;
-    let declared = match &a.lab.topology {
-        Some(file) => {
-            let loaded = crate::topology::load(file).map_err(CliError::bad_input)?;
-            match &loaded.topology.tests {
-                Some(v) => declared::parse_declared_tests(v)
-                    .map_err(|e| CliError::bad_input(anyhow!("{}: {e}", file.display())))?,
-                None => Vec::new(),
-            }
-        }
-        None => Vec::new(),
-    };
     let lab = Lab::open(&a.lab)?;
-    if a.lab.topology.is_none() {
-        ui.info("declared tests (the topology's `tests:`) run only when the lab is chosen with -t FILE");
-    }
+    let declared = declared_tests(ui, &a.lab, &lab.plan)?;
     let backends = backends.unwrap_or_else(|| vec![lab.plan.cluster.backend]);
     let out = a.out.clone().unwrap_or_else(|| default_out_dir(&lab.plan.lab));
     let connected = lab.connect(ui).await?;

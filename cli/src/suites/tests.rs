@@ -5,7 +5,7 @@ use std::path::Path;
 use testbed_api::results::{CheckStatus, RunOutcome, SuiteResults};
 use testbed_api::Backend;
 
-use super::declared::parse_declared_tests;
+use super::declared::DeclaredTest;
 use super::fake::{plan, FakeCluster, Faults};
 use super::{outcome_to_result, parse_backends, report, run_conformance};
 use crate::ui::{OutputFormat, Ui};
@@ -135,6 +135,18 @@ async fn filter_selects_checks_but_setup_always_runs() {
     assert!(!super::filter_matched_nothing(Some("cross-node: "), &r.checks));
 }
 
+/// The declared tests of a topology matching the fake cluster's plan (pod `web` on node1), through the real
+/// loader: YAML, validation, plan.
+fn declared(tests_yaml: &str) -> Vec<DeclaredTest> {
+    let src = format!(
+        "name: t\nnodes: {{node1: {{}}, node2: {{}}}}\nnetworks: {{underlay: {{cidr: 192.168.50.0/24}}}}\n\
+         pods: [{{name: web, node: node1, containers: [{{name: web, command: [sh]}}]}}]\ntests:\n{tests_yaml}"
+    );
+    let path = Path::new("t.yaml");
+    let topology = crate::topology::parse(path, src.as_bytes()).expect("parses");
+    crate::plan::build(&topology, src.as_bytes(), path).expect("valid").tests
+}
+
 #[tokio::test]
 async fn declared_tests_levels_expectations_and_stop_on_error() {
     let c = FakeCluster::new(plan(2, Backend::None), Faults::default());
@@ -146,12 +158,12 @@ async fn declared_tests_levels_expectations_and_stop_on_error() {
 - {name: never runs, from: 'pod:web', to: 'pod:web', kind: ping}
 "#;
     let only_vxlan = "- {name: cross, from: 'pod:web', to: 'node:node2', kind: ping, backends: [vxlan]}";
-    let t = parse_declared_tests(&serde_yaml::from_str(only_vxlan).expect("yaml")).expect("valid");
+    let t = declared(only_vxlan);
     let r = run_conformance(&c, &ui(), &[Backend::None], Some("[declared]".into()), &t).await;
     let cross = r.checks.iter().find(|c| c.name == "[declared] none cross").expect("recorded");
     assert_eq!(cross.status, CheckStatus::Skip);
     assert_eq!(cross.message.as_deref(), Some("only for backends vxlan"));
-    let tests = parse_declared_tests(&serde_yaml::from_str(yaml).expect("yaml")).expect("valid");
+    let tests = declared(yaml);
     let r = run_conformance(&c, &ui(), &[Backend::None], Some("[declared]".into()), &tests).await;
     let status = |name: &str| {
         r.checks.iter().find(|c| c.name == format!("[declared] none {name}")).map(|c| c.status).expect(name)

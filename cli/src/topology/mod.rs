@@ -75,24 +75,11 @@ impl fmt::Display for TopologyError {
     }
 }
 
-/// A topology read from a file, checked and planned.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    pub topology: Topology,
-    pub plan: Plan,
-}
-
 /// Reads, validates and plans a topology file. This is what `up` and every other command use.
 pub fn load_plan(path: &Path) -> Result<Plan, TopologyError> {
-    load(path).map(|l| l.plan)
-}
-
-/// Like `load_plan`, keeping the parsed topology too (its reserved `tests:` section, for example).
-pub fn load(path: &Path) -> Result<Loaded, TopologyError> {
     let bytes = std::fs::read(path).map_err(|source| TopologyError::Read { file: path.to_path_buf(), source })?;
     let topology = parse(path, &bytes)?;
-    let plan = plan::build(&topology, &bytes, path)?;
-    Ok(Loaded { topology, plan })
+    plan::build(&topology, &bytes, path)
 }
 
 /// Parses the YAML into the model: syntax, unknown fields, duplicate keys and types. `file` only names the

@@ -138,10 +138,9 @@ pub struct Topology {
     /// Pods created on `up`, after the cluster network is applied.
     #[serde(default)]
     pub pods: Vec<PodDef>,
-    /// Reserved for test definitions; accepted and not interpreted yet.
+    /// Checks the conformance suite runs once per backend, after its own (docs/tests.md).
     #[serde(default)]
-    #[schemars(with = "Option<Vec<serde_json::Value>>")]
-    pub tests: Option<serde_yaml::Value>,
+    pub tests: Option<Vec<TestDef>>,
 }
 
 /// Where a node's disk, kernel and initrd come from.
@@ -287,4 +286,65 @@ pub struct AmountsDef {
     pub cpu: Option<Scalar>,
     /// Kubernetes memory quantity: `64Mi`, `1Gi`, `128M`, `1000`.
     pub memory: Option<Scalar>,
+}
+
+/// One declared test: a probe from a pod or node to a pod, node or address, expected to pass or to fail.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestDef {
+    /// Unique in the file; the check is named `[declared] <backend> <name>`.
+    pub name: String,
+    /// Where the probe runs: `pod:<name>` (a pod of `pods:`) or `node:<name>`.
+    pub from: String,
+    /// What it probes: `pod:<name>` (a pod of `pods:`), `node:<name>` (its underlay address) or `ip:<IPv4>`.
+    pub to: String,
+    pub kind: TestKindDef,
+    /// tcp: required; http: default 80; ping: not allowed.
+    pub port: Option<u32>,
+    /// `pass` (default) or `fail` (an isolation test: the probe must fail).
+    pub expect: Option<ExpectDef>,
+    /// Without it the probe runs once.
+    pub retry: Option<RetryDef>,
+    /// `error` (default) or `warning` (a failure is `warn` and does not fail the run).
+    pub level: Option<LevelDef>,
+    /// When this test fails, the remaining declared tests are skipped.
+    #[serde(default)]
+    pub stop_on_error: bool,
+    /// Only with these backends (skipped with the others); default: every backend.
+    #[serde(default)]
+    pub backends: Vec<BackendDef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TestKindDef {
+    /// One ICMP echo.
+    Ping,
+    /// A TCP connect, whatever the server speaks.
+    Tcp,
+    /// `GET /` answered with any 2xx.
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpectDef {
+    Pass,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LevelDef {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDef {
+    /// Attempts in all (1..=100, default 3).
+    pub attempts: Option<u32>,
+    /// Pause between attempts: `500ms`, `2s`, `1m`, or a number of seconds (default 1s, at most 10m).
+    pub wait: Option<Scalar>,
 }

@@ -114,6 +114,26 @@ pub fn duration_ms(s: &str) -> Result<f64, String> {
     Ok(ms)
 }
 
+/// Longest pause between the attempts of a declared test.
+pub const MAX_WAIT_MS: u64 = 600_000;
+
+/// A pause between test attempts in milliseconds: `500ms`, `2s`, `1m`, or a bare number of seconds.
+pub fn wait_ms(s: &str) -> Result<u64, String> {
+    let bad = || format!("\"{s}\" is not a duration (use 500ms, 2s or 1m)");
+    let (num, unit) = split_number(s.trim());
+    let scale: u128 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        _ => return Err(bad()),
+    };
+    let ms = scaled_ceil(num, scale).ok_or_else(bad)?;
+    if ms > u128::from(MAX_WAIT_MS) {
+        return Err(format!("\"{s}\" is longer than 10m"));
+    }
+    u64::try_from(ms).map_err(|_| bad())
+}
+
 /// A loss percentage: `0.1%`, `5%`, `0`.
 pub fn percent(s: &str) -> Result<f64, String> {
     let bad = || format!("\"{s}\" is not a percentage (use 0.1% or 5%)");
@@ -204,5 +224,19 @@ mod tests {
         assert_eq!(rate_mbit("2000kbit"), Ok(2));
         assert!(rate_mbit("1500kbit").is_err());
         assert!(rate_mbit("100").is_err());
+    }
+
+    #[test]
+    fn test_waits() {
+        assert_eq!(wait_ms("500ms"), Ok(500));
+        assert_eq!(wait_ms("2s"), Ok(2000));
+        assert_eq!(wait_ms("1m"), Ok(60_000));
+        assert_eq!(wait_ms("2"), Ok(2000));
+        assert_eq!(wait_ms("0.25"), Ok(250));
+        assert_eq!(wait_ms("0"), Ok(0));
+        assert!(wait_ms("3h").unwrap_err().contains("not a duration"));
+        assert!(wait_ms("11m").unwrap_err().contains("longer than 10m"));
+        assert!(wait_ms("-1s").is_err());
+        assert!(wait_ms("ms").is_err());
     }
 }

@@ -90,7 +90,17 @@ pods:
           limits: {cpu: 1, memory: 128M}
         pids_limit: 64
 tests:
-  - {anything: goes}
+  - {name: a reaches web, from: "node:a", to: "pod:web", kind: http, port: 5201, retry: {attempts: 4, wait: 500ms}}
+  - name: web isolated
+    from: pod:web
+    to: ip:203.0.113.9
+    kind: tcp
+    port: 443
+    expect: fail
+    level: warning
+    stop_on_error: true
+    backends: [vxlan, host-gw]
+  - {name: b pings a, from: "node:b", to: "node:a", kind: ping, retry: {}}
 "#;
     let plan = plan_of(src).expect("valid");
     let a = &plan.nodes[0];
@@ -121,8 +131,69 @@ tests:
     assert_eq!(c.resources.limits.cpu_millis, Some(1000));
     assert_eq!(c.resources.limits.memory_bytes, Some(128_000_000));
     assert_eq!(c.pids_limit, Some(64));
-    let t = parse(Path::new(FILE), src.as_bytes()).expect("parses");
-    assert!(t.tests.is_some());
+    use crate::plan::{DeclaredTest, TestKind, TestLevel, TestSource, TestTarget};
+    assert_eq!(
+        plan.tests,
+        vec![
+            DeclaredTest {
+                name: "a reaches web".into(),
+                from: TestSource::Node("a".into()),
+                to: TestTarget::Pod("web".into()),
+                kind: TestKind::Http,
+                port: Some(5201),
+                expect_pass: true,
+                attempts: 4,
+                wait_ms: 500,
+                level: TestLevel::Error,
+                stop_on_error: false,
+                backends: vec![],
+            },
+            DeclaredTest {
+                name: "web isolated".into(),
+                from: TestSource::Pod("web".into()),
+                to: TestTarget::Ip("203.0.113.9".parse().expect("ip")),
+                kind: TestKind::Tcp,
+                port: Some(443),
+                expect_pass: false,
+                attempts: 1,
+                wait_ms: 1000,
+                level: TestLevel::Warning,
+                stop_on_error: true,
+                backends: vec![testbed_api::Backend::Vxlan, testbed_api::Backend::HostGw],
+            },
+            DeclaredTest {
+                name: "b pings a".into(),
+                from: TestSource::Node("b".into()),
+                to: TestTarget::Node("a".into()),
+                kind: TestKind::Ping,
+                port: None,
+                expect_pass: true,
+                attempts: 3,
+                wait_ms: 1000,
+                level: TestLevel::Error,
+                stop_on_error: false,
+                backends: vec![],
+            },
+        ]
+    );
+    // plan.json carries the tests, and files written before they were planned still load.
+    let json = serde_json::to_value(&plan).expect("serializes");
+    assert_eq!(json["tests"][1]["to"], serde_json::json!({"ip": "203.0.113.9"}));
+    assert_eq!(serde_json::from_value::<Plan>(json.clone()).expect("round trip"), plan);
+    let mut old = json;
+    old.as_object_mut().expect("object").remove("tests");
+    assert!(serde_json::from_value::<Plan>(old).expect("old plan.json").tests.is_empty());
+}
+
+#[test]
+fn declared_tests_do_not_change_the_lab() {
+    let with = plan_of(&format!("{BASE}tests:\n  - {{name: p, from: 'node:node1', to: 'node:node2', kind: ping}}\n"))
+        .expect("valid");
+    let without = plan_of(&format!("{BASE}tests:\n")).expect("an empty tests: is none");
+    assert_eq!((with.tests.len(), without.tests.len()), (1, 0));
+    assert!(with.same_lab(&without));
+    let other = plan_of(&base_with("node2: {}", "node2: {cpus: 2}")).expect("valid");
+    assert!(!other.same_lab(&without));
 }
 
 /// Replaces `from` (which must occur in BASE) with `to`.
@@ -342,6 +413,118 @@ fn bad_cases() -> Vec<(&'static str, String, usize, usize, &'static str, &'stati
             "greater than 0",
         ),
         ("two documents", format!("{BASE}---\nname: other\n"), 7, 1, "", "exactly one YAML document"),
+        (
+            "tests not a list",
+            format!("{BASE}tests: {{name: a}}\n"),
+            7,
+            8,
+            "tests",
+            "invalid type: map, expected a sequence",
+        ),
+        (
+            "unknown test kind",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'node:node1', to: 'pod:web', kind: http}}\n  - {{name: b, from: 'node:node1', to: 'pod:web', kind: udp}}\n"),
+            11,
+            56,
+            "tests[1].kind",
+            "unknown variant `udp`, expected one of `ping`, `tcp`, `http`",
+        ),
+        (
+            "unknown test field",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'node:node1', to: 'pod:web', kinds: ping}}\n"),
+            10,
+            50,
+            "tests[0].kinds",
+            "unknown field `kinds`",
+        ),
+        (
+            "test from an unknown pod",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - name: a\n    from: pod:tb-c-a1\n    to: node:node2\n    kind: ping\n"),
+            11,
+            11,
+            "tests[0].from",
+            "unknown pod `tb-c-a1` (pods: web)",
+        ),
+        (
+            "test to an unknown node",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node3', kind: ping}}\n"),
+            10,
+            36,
+            "tests[0].to",
+            "unknown node `node3` (nodes: node1, node2)",
+        ),
+        (
+            "test to a pod without pods",
+            format!("{BASE}tests:\n  - {{name: a, from: 'node:node1', to: 'pod:web', kind: ping}}\n"),
+            8,
+            39,
+            "tests[0].to",
+            "unknown pod `web` (the topology declares no pods)",
+        ),
+        (
+            "test target syntax",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'ip:10.0.0.300', kind: ping}}\n"),
+            10,
+            36,
+            "tests[0].to",
+            "is not pod:<name>, node:<name> or ip:<IPv4 address>",
+        ),
+        (
+            "tcp test without port",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node2', kind: tcp}}\n"),
+            10,
+            5,
+            "tests[0].port",
+            "needs a port",
+        ),
+        (
+            "ping test with port",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node2', kind: ping, port: 22}}\n"),
+            10,
+            68,
+            "tests[0].port",
+            "ping takes no port",
+        ),
+        (
+            "duplicate test name",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node2', kind: ping}}\n  - {{name: a, from: 'pod:web', to: 'node:node1', kind: ping}}\n"),
+            11,
+            12,
+            "tests[1].name",
+            "duplicate test name `a` (also tests[0])",
+        ),
+        (
+            "test retry wait",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node2', kind: ping, retry: {{attempts: 2, wait: 3h}}}}\n"),
+            10,
+            89,
+            "tests[0].retry.wait",
+            "\"3h\" is not a duration",
+        ),
+        (
+            "test retry attempts",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node2', kind: ping, retry: {{attempts: 0}}}}\n"),
+            10,
+            80,
+            "tests[0].retry.attempts",
+            "0 is outside 1..=100",
+        ),
+        (
+            "test backend",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node2', kind: ping, backends: [vxlan, geneve]}}\n"),
+            10,
+            80,
+            "tests[0].backends[1]",
+            "unknown variant `geneve`",
+        ),
+        (
+            "test level",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, command: [sh]}}]}}\ntests:\n  - {{name: a, from: 'pod:web', to: 'node:node2', kind: ping, level: fatal}}\n"),
+            10,
+            69,
+            "tests[0].level",
+            "unknown variant `fatal`, expected `error` or `warning`",
+        ),
     ]
 }
 

@@ -9,10 +9,15 @@ use testbed_api::validate::{is_dns_label, validate_pod};
 use testbed_api::{Backend, ContainerSpec, PodSpec, ResourceAmounts, Resources, RestartPolicy};
 
 use super::locate::{FieldPath, Locator};
-use super::model::{AmountsDef, BackendDef, ImageDef, ImpairDef, NodeDef, RestartPolicyDef, Scalar, Topology};
+use super::model::{
+    AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
+    TestKindDef, Topology,
+};
 use super::quantity;
 use super::TopologyError;
-use crate::plan::{ClusterPlan, ImageRef, Impairment, PodPlan};
+use crate::plan::{
+    ClusterPlan, DeclaredTest, ImageRef, Impairment, PodPlan, TestKind, TestLevel, TestSource, TestTarget,
+};
 
 /// Longest lab name: keeps `tb-<lab>` and lab directory names short and readable.
 pub const MAX_LAB_NAME: usize = 24;
@@ -63,6 +68,7 @@ pub struct Checked {
     pub nodes: Vec<CheckedNode>,
     pub cluster: ClusterPlan,
     pub pods: Vec<PodPlan>,
+    pub tests: Vec<DeclaredTest>,
 }
 
 struct Ctx<'a> {
@@ -141,7 +147,8 @@ pub fn check(t: &Topology, file: &Path, loc: &Locator) -> Result<Checked, Topolo
     let nodes = check_nodes(&ctx, t, &networks, underlay)?;
     check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
     let pods = check_pods(&ctx, t)?;
-    Ok(Checked { lab: t.name.clone(), networks, nodes, cluster, pods })
+    let tests = check_tests(&ctx, t)?;
+    Ok(Checked { lab: t.name.clone(), networks, nodes, cluster, pods, tests })
 }
 
 fn check_networks(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedNetwork>, TopologyError> {
@@ -214,12 +221,7 @@ fn check_cluster(
             format!("{prefix} must be longer than the pod CIDR's /{} and at most 29", pod_cidr.prefix_len()),
         ));
     }
-    let backend = match t.cluster.backend.unwrap_or(BackendDef::Vxlan) {
-        BackendDef::Vxlan => Backend::Vxlan,
-        BackendDef::HostGw => Backend::HostGw,
-        BackendDef::Udp => Backend::Udp,
-        BackendDef::None => Backend::None,
-    };
+    let backend = backend_of(t.cluster.backend.unwrap_or(BackendDef::Vxlan));
     let underlay = match &t.cluster.underlay {
         None => 0,
         Some(name) => t.networks.position(name).ok_or_else(|| {
@@ -230,6 +232,15 @@ fn check_cluster(
         })?,
     };
     Ok((ClusterPlan { pod_cidr, node_subnet_prefix: prefix, backend }, underlay))
+}
+
+fn backend_of(b: BackendDef) -> Backend {
+    match b {
+        BackendDef::Vxlan => Backend::Vxlan,
+        BackendDef::HostGw => Backend::HostGw,
+        BackendDef::Udp => Backend::Udp,
+        BackendDef::None => Backend::None,
+    }
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
@@ -472,6 +483,128 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<PodPlan>, TopologyError
         out.push(PodPlan { node: pod.node.clone(), spec });
     }
     Ok(out)
+}
+
+/// Most attempts of one declared test.
+pub const MAX_TEST_ATTEMPTS: u32 = 100;
+/// Longest declared test name (it is part of a JUnit testcase name).
+pub const MAX_TEST_NAME: usize = 100;
+
+/// What `pod:<name>` may name: a pod of `pods:` (the suites' own pods come and go with each backend).
+fn known_pod(ctx: &Ctx<'_>, t: &Topology, path: &FieldPath, name: &str) -> Result<String, TopologyError> {
+    if t.pods.iter().any(|p| p.name == name) {
+        return Ok(name.to_string());
+    }
+    let known = if t.pods.is_empty() {
+        "the topology declares no pods".to_string()
+    } else {
+        format!("pods: {}", names(t.pods.iter().map(|p| p.name.as_str())))
+    };
+    Err(ctx.at(path, format!("unknown pod `{name}` ({known})")))
+}
+
+fn known_node(ctx: &Ctx<'_>, t: &Topology, path: &FieldPath, name: &str) -> Result<String, TopologyError> {
+    if t.nodes.get(name).is_some() {
+        return Ok(name.to_string());
+    }
+    Err(ctx.at(path, format!("unknown node `{name}` (nodes: {})", names(t.nodes.iter().map(|(k, _)| k)))))
+}
+
+fn check_tests(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<DeclaredTest>, TopologyError> {
+    let mut out: Vec<DeclaredTest> = Vec::new();
+    for (i, def) in t.tests.iter().flatten().enumerate() {
+        out.push(check_test(ctx, t, &root().key("tests").index(i), def, &out)?);
+    }
+    Ok(out)
+}
+
+fn check_test(
+    ctx: &Ctx<'_>,
+    t: &Topology,
+    path: &FieldPath,
+    def: &TestDef,
+    earlier: &[DeclaredTest],
+) -> Result<DeclaredTest, TopologyError> {
+    let name = def.name.trim();
+    if name.is_empty() || name.len() > MAX_TEST_NAME || name.chars().any(char::is_control) {
+        return Err(ctx.at(&path.key("name"), format!("must be one line of 1..={MAX_TEST_NAME} characters")));
+    }
+    if let Some(j) = earlier.iter().position(|e| e.name == name) {
+        return Err(ctx.at(&path.key("name"), format!("duplicate test name `{name}` (also tests[{j}])")));
+    }
+    let from_path = path.key("from");
+    let from = match def.from.split_once(':') {
+        Some(("pod", n)) if !n.is_empty() => TestSource::Pod(known_pod(ctx, t, &from_path, n)?),
+        Some(("node", n)) if !n.is_empty() => TestSource::Node(known_node(ctx, t, &from_path, n)?),
+        _ => return Err(ctx.at(&from_path, format!("`{}` is not pod:<name> or node:<name>", def.from))),
+    };
+    let to_path = path.key("to");
+    let bad_to = || ctx.at(&to_path, format!("`{}` is not pod:<name>, node:<name> or ip:<IPv4 address>", def.to));
+    let to = match def.to.split_once(':') {
+        Some(("pod", n)) if !n.is_empty() => TestTarget::Pod(known_pod(ctx, t, &to_path, n)?),
+        Some(("node", n)) if !n.is_empty() => TestTarget::Node(known_node(ctx, t, &to_path, n)?),
+        Some(("ip", a)) => TestTarget::Ip(a.parse().map_err(|_| bad_to())?),
+        _ => return Err(bad_to()),
+    };
+    let kind = match def.kind {
+        TestKindDef::Ping => TestKind::Ping,
+        TestKindDef::Tcp => TestKind::Tcp,
+        TestKindDef::Http => TestKind::Http,
+    };
+    let port_path = path.key("port");
+    let port = match (kind, def.port) {
+        (TestKind::Ping, Some(_)) => return Err(ctx.at(&port_path, "ping takes no port")),
+        (TestKind::Ping, None) => None,
+        (TestKind::Tcp, None) => return Err(ctx.at(&port_path, "a tcp test needs a port")),
+        (TestKind::Http, None) => Some(80),
+        (_, Some(p)) => Some(
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| ctx.at(&port_path, format!("{p} is outside 1..=65535")))?,
+        ),
+    };
+    let (attempts, wait_ms) = match &def.retry {
+        None => (1, 1000),
+        Some(r) => {
+            let attempts = r.attempts.unwrap_or(3);
+            if !(1..=MAX_TEST_ATTEMPTS).contains(&attempts) {
+                return Err(ctx.at(
+                    &path.key("retry").key("attempts"),
+                    format!("{attempts} is outside 1..={MAX_TEST_ATTEMPTS}"),
+                ));
+            }
+            let wait = match &r.wait {
+                Some(w) => quantity::wait_ms(&w.0).map_err(|m| ctx.at(&path.key("retry").key("wait"), m))?,
+                None => 1000,
+            };
+            (attempts, wait)
+        }
+    };
+    let mut backends = Vec::new();
+    for (j, b) in def.backends.iter().enumerate() {
+        let b = backend_of(*b);
+        if backends.contains(&b) {
+            return Err(ctx.at(&path.key("backends").index(j), format!("backend `{b}` is listed twice")));
+        }
+        backends.push(b);
+    }
+    Ok(DeclaredTest {
+        name: name.to_string(),
+        from,
+        to,
+        kind,
+        port,
+        expect_pass: def.expect != Some(ExpectDef::Fail),
+        attempts,
+        wait_ms,
+        level: match def.level {
+            None | Some(LevelDef::Error) => TestLevel::Error,
+            Some(LevelDef::Warning) => TestLevel::Warning,
+        },
+        stop_on_error: def.stop_on_error,
+        backends,
+    })
 }
 
 /// Host address `FIRST_HOST_OFFSET + index` of `net`.
