@@ -600,18 +600,19 @@ async fn cpu_enforced<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(Stri
     }
     let p = wait_running(c, node, POD_CPU).await?;
     let cg = p.status.containers.first().map(|c| c.cgroup.clone()).unwrap_or_default();
-    // Each sample is read and timestamped by bash builtins, with no process start in between: under TCG a
-    // fork+exec costs 0.1-0.5 s, which would skew the measured window against the usage counters.
+    // Each sample is read and timestamped by shell builtins (`read`: the first line of cpu.stat is usage_usec;
+    // /proc/uptime gives the time), with no process start in between: under TCG a fork+exec costs 0.1-0.5 s,
+    // which would skew the measured window against the usage counters.
     let cmd = format!(
-        "read -r -d '' a < {cg}/cpu.stat; t0=$EPOCHREALTIME; sleep 3; read -r -d '' b < {cg}/cpu.stat; \
-         t1=$EPOCHREALTIME; printf 'T0 %s\\n%s\\nT1 %s\\n%s\\n' \"$t0\" \"$a\" \"$t1\" \"$b\""
+        "read u0 < {cg}/cpu.stat; read t0 _ < /proc/uptime; sleep 3; read u1 < {cg}/cpu.stat; \
+         read t1 _ < /proc/uptime; echo \"T0 $t0\"; echo \"$u0\"; echo \"T1 $t1\"; echo \"$u1\"; cat {cg}/cpu.stat"
     );
     let r = nexec(c, node, &cmd).await?;
     let ev = evidence(&cmd, &r);
     let parsed = (|| {
         let (first, second) = r.stdout.split_once("T1 ")?;
-        let t0 = epoch_micros(first.lines().next()?.strip_prefix("T0 ")?)?;
-        let t1 = epoch_micros(second.lines().next()?)?;
+        let t0 = uptime_micros(first.lines().next()?.strip_prefix("T0 ")?)?;
+        let t1 = uptime_micros(second.lines().next()?)?;
         let u0 = probe::flat_keyed(first, "usage_usec")?;
         let u1 = probe::flat_keyed(second, "usage_usec")?;
         let thr = probe::flat_keyed(second, "nr_throttled")?;
@@ -634,10 +635,10 @@ async fn cpu_enforced<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(Stri
     Ok(format!("{summary}\n{ev}"))
 }
 
-/// bash's `$EPOCHREALTIME` (`1700000000.123456`) as microseconds.
-fn epoch_micros(s: &str) -> Option<u64> {
-    let (secs, micros) = s.trim().split_once('.')?;
-    Some(secs.parse::<u64>().ok()? * 1_000_000 + micros.parse::<u64>().ok()?)
+/// Seconds with a fraction (`/proc/uptime`'s `12345.67`) as microseconds.
+fn uptime_micros(s: &str) -> Option<u64> {
+    let secs: f64 = s.trim().parse().ok()?;
+    Some((secs * 1e6).round() as u64)
 }
 
 async fn oom_kill<C: Cluster>(c: &C, node: &str, created: &RefCell<Vec<(String, String)>>) -> CheckOutcome {
