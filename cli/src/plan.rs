@@ -438,6 +438,51 @@ pub fn render_text(plan: &Plan) -> String {
             );
         }
     }
+    if !plan.tests.is_empty() {
+        let _ = writeln!(s, "\ntests:");
+        for t in &plan.tests {
+            let _ = writeln!(s, "  {:<32} {}", t.name, test_text(t));
+        }
+    }
+    s
+}
+
+/// `node:node2 -> pod:web http :8080, 5 attempts, warning, only vxlan, host-gw`.
+fn test_text(t: &DeclaredTest) -> String {
+    let from = match &t.from {
+        TestSource::Pod(p) => format!("pod:{p}"),
+        TestSource::Node(n) => format!("node:{n}"),
+    };
+    let to = match &t.to {
+        TestTarget::Pod(p) => format!("pod:{p}"),
+        TestTarget::Node(n) => format!("node:{n}"),
+        TestTarget::Ip(ip) => format!("ip:{ip}"),
+    };
+    let kind = match t.kind {
+        TestKind::Ping => "ping",
+        TestKind::Tcp => "tcp",
+        TestKind::Http => "http",
+    };
+    let mut s = format!("{from} -> {to} {kind}");
+    if let Some(p) = t.port {
+        s += &format!(" :{p}");
+    }
+    if !t.expect_pass {
+        s += ", must fail";
+    }
+    if t.attempts > 1 {
+        s += &format!(", {} attempts {}ms apart", t.attempts, t.wait_ms);
+    }
+    if t.level == TestLevel::Warning {
+        s += ", warning";
+    }
+    if t.stop_on_error {
+        s += ", stop on error";
+    }
+    if !t.backends.is_empty() {
+        let b: Vec<&str> = t.backends.iter().map(|b| b.as_str()).collect();
+        s += &format!(", only {}", b.join(", "));
+    }
     s
 }
 

@@ -166,18 +166,22 @@ pub fn cmd_validate(ui: &Ui, args: ValidateArgs) -> CliResult {
             "nodes": plan.nodes.len(),
             "networks": plan.networks.len(),
             "pods": plan.pods.len(),
+            "tests": plan.tests.len(),
             "backend": plan.cluster.backend,
             "topology_hash": plan.topology_hash,
         });
         println!("{doc}");
     } else {
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
         println!(
-            "ok: {}: lab {}, {} node{}, backend {}",
+            "ok: {}: lab {}, {} node{}, backend {}, {} declared test{}",
             args.file.display(),
             plan.lab,
             plan.nodes.len(),
-            if plan.nodes.len() == 1 { "" } else { "s" },
-            plan.cluster.backend
+            plural(plan.nodes.len()),
+            plan.cluster.backend,
+            plan.tests.len(),
+            plural(plan.tests.len())
         );
     }
     Ok(())
