@@ -44,7 +44,7 @@ pub const RECONCILE_PERIOD: Duration = Duration::from_secs(3);
 
 pub struct Config {
     pub state_dir: PathBuf,
-    /// Binary re-executed as infra process and launcher (`/proc/self/exe`: the running agent, even after the
+    /// Binary re-executed as container launcher (`/proc/self/exe`: the running agent, even after the
     /// file on disk has been replaced by a push).
     pub exe: PathBuf,
     /// SIGTERM -> SIGKILL grace when deleting a pod.

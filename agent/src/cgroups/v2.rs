@@ -4,9 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    keyed_value, mkdir, read_file, rmdir, set_file, write_file, CgroupLimits, Cgroups, Result, CPU_PERIOD_US,
-};
+use super::{keyed_value, mkdir, read_file, rmdir, set_file, write_file, CgroupLimits, Cgroups, Result, CPU_PERIOD_US};
 use crate::qos::shares_to_weight;
 
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
