@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Pods created through the HTTP API for the RSS figure (0 = skip).
     #[arg(long, default_value_t = 100)]
     pub api_pods: usize,
+    /// Diagnostic: turn IPv6 off for new interfaces of the benchmark's node namespace (testbed and reference
+    /// alike), to see what the per-veth IPv6 routes cost.
+    #[arg(long)]
+    pub no_ipv6: bool,
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -126,6 +130,10 @@ struct Report {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.no_ipv6 {
+        // /proc/sys/net is the namespace of the writer: this is the benchmark's own namespace.
+        std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").context("disable IPv6 by default")?;
+    }
     let tmp = std::env::temp_dir().join(format!("testbed-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     let result = bench_all(&args, &tmp).await;
