@@ -52,8 +52,9 @@ struct ServeArgs {
     /// Name of the agent's cgroup subtree (tests use a private one).
     #[arg(long, default_value = "testbed", hide = true)]
     cgroup_name: String,
-    /// Seconds between SIGTERM and SIGKILL when a pod is deleted.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds between SIGTERM and SIGKILL when a pod is deleted without `?grace_period_secs` (Kubernetes'
+    /// default terminationGracePeriodSeconds).
+    #[arg(long, default_value_t = 30)]
     kill_grace_secs: u64,
 }
 

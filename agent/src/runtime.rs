@@ -47,7 +47,7 @@ pub struct Config {
     /// Binary re-executed as container launcher (`/proc/self/exe`: the running agent, even after the
     /// file on disk has been replaced by a push).
     pub exe: PathBuf,
-    /// SIGTERM -> SIGKILL grace when deleting a pod.
+    /// SIGTERM -> SIGKILL grace when a pod is deleted without one (`?grace_period_secs`).
     pub kill_grace: Duration,
 }
 
@@ -400,7 +400,7 @@ impl Agent {
             .collect();
         for spec in lost {
             tracing::warn!(pod = %spec.name, "infra process gone: recreating the pod");
-            if let Err(e) = self.delete_pod(&spec.name).await {
+            if let Err(e) = self.delete_pod(&spec.name, None).await {
                 tracing::error!(pod = %spec.name, "removing the broken pod: {e}");
                 continue;
             }
@@ -746,13 +746,14 @@ impl Agent {
         std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(255)
     }
 
-    pub async fn delete_pod(self: &Arc<Self>, name: &str) -> Result<()> {
+    /// `grace`: SIGTERM -> SIGKILL delay (`None`: the configured default).
+    pub async fn delete_pod(self: &Arc<Self>, name: &str, grace: Option<Duration>) -> Result<()> {
         let pod = self.find(name)?;
         if pod.deleting.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         pod.wake.notify_waiters();
-        self.stop_containers(&pod).await;
+        self.stop_containers(&pod, grace.unwrap_or(self.cfg.kill_grace)).await;
         let record = lock(&pod.record).clone();
         self.teardown(&record).await;
         lock(&self.pods).remove(name);
@@ -761,7 +762,7 @@ impl Agent {
 
     /// SIGTERM to every launcher (forwarded to the container), SIGKILL after the grace period. Killing a
     /// launcher kills its container (PDEATHSIG), and with it the container's PID namespace.
-    async fn stop_containers(&self, pod: &Pod) {
+    async fn stop_containers(&self, pod: &Pod, grace: Duration) {
         let (targets, container_pids): (Vec<(String, u32)>, Vec<u32>) = {
             let rec = lock(&pod.record);
             let launchers = rec.containers.iter().filter_map(|c| c.launcher_pid.map(|p| (c.name.clone(), p))).collect();
@@ -773,7 +774,7 @@ impl Agent {
         }
         let mut tasks = std::mem::take(&mut *lock(&pod.tasks));
         let all = futures::future::join_all(tasks.iter_mut());
-        if tokio::time::timeout(self.cfg.kill_grace, all).await.is_err() {
+        if tokio::time::timeout(grace, all).await.is_err() {
             for (c, pid) in &targets {
                 sandbox::signal_ours(*pid, LAUNCHER_ROLE, &pod.spec.name, Some(c), Signal::SIGKILL);
             }

@@ -2,15 +2,17 @@
 //! extractor so that every error, malformed JSON included, is an `ApiError` body.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use testbed_api::ApiError;
+use testbed_api::{ApiError, DeletePodOptions};
 
 use crate::net::NetError;
 use crate::runtime::{Agent, AgentError};
@@ -77,8 +79,15 @@ async fn get_pod(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> R
     Ok(Json(agent.get_pod(&name)?))
 }
 
-async fn delete_pod(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<StatusCode, AgentError> {
-    agent.delete_pod(&name).await?;
+async fn delete_pod(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    query: Result<Query<DeletePodOptions>, QueryRejection>,
+) -> Result<StatusCode, AgentError> {
+    let Query(opts) = query.map_err(|e| {
+        AgentError::Invalid(ApiError { field: Some("grace_period_secs".into()), message: e.body_text() })
+    })?;
+    agent.delete_pod(&name, opts.grace_period_secs.map(Duration::from_secs)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

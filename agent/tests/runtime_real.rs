@@ -352,6 +352,20 @@ fn pods_namespaces_exec_and_delete() {
     let out = Command::new("ip").args(["-br", "link"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&veth), "veth {veth} still exists");
     assert!(!agent.state_dir.path().join("pods/a.json").exists());
+
+    // Grace period (kubectl --grace-period): `sleep` is PID 1 of its PID namespace and ignores SIGTERM, so
+    // it dies by SIGKILL only when the grace period ends; 0 kills at once (the agent's default here is 1 s).
+    assert_eq!(http("DELETE", "/v1/pods/b?grace_period_secs=soon", None).0, 400);
+    let b1 = running_pid(&b, 0);
+    let t = Instant::now();
+    assert_eq!(http("DELETE", "/v1/pods/b?grace_period_secs=0", None).0, 204);
+    assert!(t.elapsed() < Duration::from_secs(1), "grace 0 waited {:?}", t.elapsed());
+    assert!(!alive(b1), "pid {b1} still runs");
+    let h1 = running_pid(&h, 0);
+    let t = Instant::now();
+    assert_eq!(http("DELETE", "/v1/pods/host?grace_period_secs=2", None).0, 204);
+    assert!(t.elapsed() >= Duration::from_secs(2), "grace 2 ended after {:?}", t.elapsed());
+    assert!(!alive(h1), "pid {h1} still runs");
     drop(agent);
 }
 

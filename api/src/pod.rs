@@ -132,3 +132,13 @@ pub struct ExecResponse {
     pub stderr: String,
     pub timed_out: bool,
 }
+
+/// Query of `DELETE /v1/pods/{pod}[?grace_period_secs=N]`: as `kubectl delete --grace-period`, containers get
+/// SIGTERM and are SIGKILLed when they are still running N seconds later (0 = at once). Without it the agent's
+/// default applies (30 s, Kubernetes' `terminationGracePeriodSeconds`). A container whose PID 1 ignores
+/// SIGTERM (`sleep` as PID 1 of its PID namespace does) takes the whole grace period. Answer: 204.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletePodOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_secs: Option<u64>,
+}

@@ -122,8 +122,12 @@ impl AgentClient {
         self.call(Method::GET, "/v1/pods", None::<&()>, DEFAULT_TIMEOUT).await
     }
 
-    pub async fn delete_pod(&self, name: &str) -> Result<(), AgentError> {
-        let endpoint = format!("/v1/pods/{}", path_segment(name));
+    /// `grace`: SIGTERM -> SIGKILL delay for the pod's containers (`None`: the agent's default, 30 s).
+    pub async fn delete_pod(&self, name: &str, grace: Option<Duration>) -> Result<(), AgentError> {
+        let mut endpoint = format!("/v1/pods/{}", path_segment(name));
+        if let Some(grace) = grace {
+            endpoint += &format!("?grace_period_secs={}", grace.as_secs());
+        }
         self.send(Method::DELETE, &endpoint, None::<&()>, APPLY_TIMEOUT).await.map(|_| ())
     }
 
@@ -299,7 +303,7 @@ mod tests {
                 };
                 Some(("200 OK", serde_json::to_string(&resp).expect("json")))
             }
-            ("DELETE", "/v1/pods/web") => Some(("204 No Content", String::new())),
+            ("DELETE", "/v1/pods/web" | "/v1/pods/web?grace_period_secs=0") => Some(("204 No Content", String::new())),
             ("GET", "/v1/node") => Some(("500 Internal Server Error", "<html>boom</html>".into())),
             ("GET", "/v1/pods") => Some(("200 OK", "[]".into())),
             ("GET", "/slow") => None,
@@ -320,7 +324,8 @@ mod tests {
             timeout_secs: Some(1),
         };
         assert_eq!(agent.exec("web", &req).await.expect("exec").stdout, "echo hi");
-        agent.delete_pod("web").await.expect("204 is success");
+        agent.delete_pod("web", None).await.expect("204 is success");
+        agent.delete_pod("web", Some(Duration::ZERO)).await.expect("grace 0");
         assert!(agent.list_pods().await.expect("list").is_empty());
 
         let err = agent.get_pod("missing").await.expect_err("404");

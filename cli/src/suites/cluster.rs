@@ -63,7 +63,13 @@ pub trait Cluster {
     fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus, ClusterError>>;
     fn create_pod(&self, node: &str, spec: &PodSpec) -> impl Future<Output = Result<PodStatus, ClusterError>>;
     fn get_pod(&self, node: &str, pod: &str) -> impl Future<Output = Result<PodStatus, ClusterError>>;
-    fn delete_pod(&self, node: &str, pod: &str) -> impl Future<Output = Result<(), ClusterError>>;
+    /// `grace`: SIGTERM -> SIGKILL delay (`None`: the agent's default, 30 s as Kubernetes).
+    fn delete_pod(
+        &self,
+        node: &str,
+        pod: &str,
+        grace: Option<std::time::Duration>,
+    ) -> impl Future<Output = Result<(), ClusterError>>;
     fn pod_exec(
         &self,
         node: &str,

@@ -542,7 +542,8 @@ pub(super) async fn cleanup<C: Cluster>(c: &C, created: &RefCell<Vec<(String, St
     let pods: Vec<(String, String)> = created.borrow_mut().drain(..).collect();
     let mut errors = Vec::new();
     for (node, name) in &pods {
-        if let Err(e) = c.delete_pod(node, name).await {
+        // The suite's own throw-away pods (`sleep` as PID 1 ignores SIGTERM): no grace period.
+        if let Err(e) = c.delete_pod(node, name, Some(Duration::ZERO)).await {
             errors.push(e.to_string());
         }
     }
@@ -558,7 +559,7 @@ async fn remove_leftovers<C: Cluster>(c: &C) {
     for n in &c.plan().nodes {
         for name in [POD_A1, POD_A2, POD_B1, POD_CPU, POD_MEM] {
             if c.get_pod(&n.name, name).await.is_ok() {
-                let _ = c.delete_pod(&n.name, name).await;
+                let _ = c.delete_pod(&n.name, name, Some(Duration::ZERO)).await;
             }
         }
     }

@@ -395,7 +395,7 @@ impl Cluster for FakeCluster {
         }
     }
 
-    async fn delete_pod(&self, node: &str, pod: &str) -> Result<(), ClusterError> {
+    async fn delete_pod(&self, node: &str, pod: &str, _grace: Option<Duration>) -> Result<(), ClusterError> {
         self.down(node, "DELETE /v1/pods")?;
         match self.state.borrow_mut().pods.remove(pod) {
             Some(_) => Ok(()),

@@ -66,10 +66,10 @@ impl Cluster for ConnectedLab {
             .map_err(|e| ClusterError::new(name, &format!("GET /v1/pods/{pod}"), e))
     }
 
-    async fn delete_pod(&self, name: &str, pod: &str) -> Result<(), ClusterError> {
+    async fn delete_pod(&self, name: &str, pod: &str, grace: Option<Duration>) -> Result<(), ClusterError> {
         node(self, name)?
             .agent
-            .delete_pod(pod)
+            .delete_pod(pod, grace)
             .await
             .map_err(|e| ClusterError::new(name, &format!("DELETE /v1/pods/{pod}"), e))
     }

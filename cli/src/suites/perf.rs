@@ -214,7 +214,7 @@ pub async fn run_backend<C: Cluster>(
         }
         for (node, name) in &wanted {
             if c.get_pod(node, name).await.is_ok() {
-                let _ = c.delete_pod(node, name).await;
+                let _ = c.delete_pod(node, name, Some(std::time::Duration::ZERO)).await;
             }
             create_tracked(c, node, &sleeper(name), &created).await?;
         }
