@@ -317,8 +317,9 @@ impl Cluster for FakeCluster {
             ok("1\n")
         } else if command.contains("cpu.max") {
             ok("20000 100000\n67108864\n64\n")
-        } else if command.contains("echo T0") {
-            ok("T0 1000000000\nusage_usec 100\nnr_throttled 1\nT1 4000000000\nusage_usec 600100\nnr_throttled 30\n")
+        } else if command.contains("/proc/uptime") {
+            // 3 s of /proc/uptime, 0.6 s of CPU: exactly the 200m quota.
+            ok("T0 1000.00\nusage_usec 100\nnr_throttled 1\nT1 1003.00\nusage_usec 600100\nnr_throttled 30\n")
         } else if command.contains("memory.events") {
             ok("low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n")
         } else if command.contains("iperf3 -c") {
