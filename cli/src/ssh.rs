@@ -813,41 +813,51 @@ fn check_static_elf(path: &Path, bytes: &[u8]) -> Result<(), SshError> {
     Ok(())
 }
 
-/// Finds the static `testbed-agent`: `$TESTBED_AGENT`, then next to the running `testbed`, then this workspace's
-/// `target/x86_64-unknown-linux-gnu/{release,debug}/` (the newer of the two when both exist).
+/// Finds the static `testbed-agent`: `$TESTBED_AGENT` (which must be static), else the first static one of: next
+/// to the running `testbed`, then this workspace's `target/x86_64-unknown-linux-gnu/{release,debug}/` (newer
+/// first). A dynamic build in the way (`target/debug/testbed-agent` beside a debug `testbed`) is passed over.
 pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
-    let chosen = if let Some(path) = std::env::var_os("TESTBED_AGENT") {
+    if let Some(path) = std::env::var_os("TESTBED_AGENT") {
         let path = PathBuf::from(path);
         if !path.is_file() {
             return Err(SshError::AgentBinary(format!("$TESTBED_AGENT={} is not a file", path.display())));
         }
-        path
-    } else {
-        let beside_exe = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("testbed-agent")))
-            .filter(|p| p.is_file());
-        let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-gnu");
-        let built = ["release", "debug"]
-            .iter()
-            .map(|profile| workspace_target.join(profile).join("testbed-agent"))
-            .filter_map(|p| std::fs::metadata(&p).ok().and_then(|m| m.modified().ok()).map(|t| (t, p)))
-            .max_by_key(|(t, _)| *t)
-            .map(|(_, p)| p);
-        match beside_exe.or(built) {
-            Some(path) => path,
-            None => {
-                return Err(SshError::AgentBinary(format!(
-                    "no testbed-agent found ($TESTBED_AGENT unset, none next to the testbed executable, none in {}); \
-                     build it with: {AGENT_BUILD_HINT}",
-                    workspace_target.display()
-                )))
-            }
+        check_static_elf(&path, &read_elf_head(&path)?)?;
+        return Ok(path);
+    }
+    let beside_exe =
+        std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("testbed-agent")));
+    let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-gnu");
+    let mut built: Vec<(std::time::SystemTime, PathBuf)> = ["release", "debug"]
+        .iter()
+        .map(|profile| workspace_target.join(profile).join("testbed-agent"))
+        .filter_map(|p| std::fs::metadata(&p).ok().and_then(|m| m.modified().ok()).map(|t| (t, p)))
+        .collect();
+    built.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut passed_over = Vec::new();
+    for path in beside_exe.into_iter().chain(built.into_iter().map(|(_, p)| p)).filter(|p| p.is_file()) {
+        match read_elf_head(&path).and_then(|head| check_static_elf(&path, &head)) {
+            Ok(()) => return Ok(path),
+            Err(e) => passed_over.push(e.to_string()),
         }
-    };
-    let bytes = std::fs::read(&chosen).map_err(io_err("read", &chosen))?;
-    check_static_elf(&chosen, &bytes)?;
-    Ok(chosen)
+    }
+    let found = if passed_over.is_empty() { String::new() } else { format!(" (passed over: {})", passed_over.join("; ")) };
+    Err(SshError::AgentBinary(format!(
+        "no static testbed-agent found ($TESTBED_AGENT unset, none next to the testbed executable, none in {}){found}; \
+         build it with: {AGENT_BUILD_HINT}",
+        workspace_target.display()
+    )))
+}
+
+/// The start of an ELF file, enough for its header and program headers (linkers put them first), without
+/// reading a 100 MB debug build whole.
+fn read_elf_head(path: &Path) -> Result<Vec<u8>, SshError> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(64 * 1024);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map_err(io_err("read", path))?;
+    Ok(head)
 }
 
 #[cfg(test)]
