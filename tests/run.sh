@@ -24,4 +24,4 @@ if [ "${CI:-}" = "true" ] && [ -z "${TESTBED_CACHE_DIR:-}" ]; then
 fi
 
 # VM tests share two cores: one test binary at a time, tests inside a binary one at a time.
-cargo test --workspace --locked -- --test-threads=1
+cargo test --workspace --locked --no-fail-fast -- --test-threads=1
