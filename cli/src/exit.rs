@@ -14,6 +14,9 @@ pub enum CliError {
     /// A suite ran and at least one check failed. Exit 1.
     #[error("{0}")]
     TestsFailed(String),
+    /// A suite ran but some checks could not (a node or agent unreachable); its results say which. Exit 3.
+    #[error("{0}")]
+    SuiteIncomplete(String),
 }
 
 impl CliError {
@@ -29,15 +32,21 @@ impl CliError {
         match self {
             CliError::TestsFailed(_) => 1,
             CliError::BadInput(_) => 2,
-            CliError::Infra(_) => 3,
+            CliError::Infra(_) | CliError::SuiteIncomplete(_) => 3,
         }
+    }
+
+    /// True when the command already printed its own result document (a suite's results), so no error
+    /// document may follow it on stdout.
+    pub fn results_printed(&self) -> bool {
+        matches!(self, CliError::TestsFailed(_) | CliError::SuiteIncomplete(_))
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             CliError::TestsFailed(_) => "tests-failed",
             CliError::BadInput(_) => "bad-input",
-            CliError::Infra(_) => "infrastructure",
+            CliError::Infra(_) | CliError::SuiteIncomplete(_) => "infrastructure",
         }
     }
 }

@@ -104,13 +104,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(dispatch(cli, &ui));
     // Blocking work still running after a failure (an image build thread, say) must not hold the exit back:
-    // every owned resource has been rolled back by then, so what is left is only waiting.
+    // the command has already cleaned up what it owns, and such a thread only writes into a temporary
+    // directory that the next run sweeps.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A failed suite has already printed its results document; a second document would break parsers.
-            if ui.is_json() && !matches!(e, CliError::TestsFailed(_)) {
+            if ui.is_json() && !e.results_printed() {
                 let doc = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
                 println!("{doc}");
             }

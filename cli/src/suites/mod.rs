@@ -1,4 +1,4 @@
-//! Suites (conformance; perf later) and their reports: `testbed run` and `testbed report`.
+//! Suites (conformance, perf) and their reports: `testbed run` and `testbed report`.
 //!
 //! The suites drive a lab only through the `Cluster` trait (SSH node commands + the agents' API), so the runner,
 //! the result model and the renderers are unit-tested against a fake cluster; `lab_adapter` is the real one.
@@ -100,7 +100,7 @@ pub fn outcome_to_result(results: &SuiteResults, out: &Path) -> CliResult {
         RunOutcome::InfraError => {
             let first = results.checks.iter().find(|c| c.status == CheckStatus::Error);
             let why = first.map(|c| format!("{}: {}", c.name, c.message.as_deref().unwrap_or(""))).unwrap_or_default();
-            Err(CliError::infra(anyhow!("{} could not run completely ({why}); {counts}", results.suite)))
+            Err(CliError::SuiteIncomplete(format!("{} could not run completely ({why}); {counts}", results.suite)))
         }
     }
 }
