@@ -33,6 +33,8 @@ pub enum LabError {
     NoLabs(PathBuf),
     #[error("several labs exist ({}); choose one with --lab NAME", .0.join(", "))]
     Ambiguous(Vec<String>),
+    #[error("`{0}` is not a lab name (lowercase letters, digits and '-', starting with a letter, at most {max})", max = crate::topology::validate::MAX_LAB_NAME)]
+    BadName(String),
     #[error("no lab named `{name}` (no directory {dir})")]
     NotFound { name: String, dir: PathBuf },
     #[error("lab `{0}` has no state.json: its `up` did not get far; remove it with `testbed down --lab {0}`")]
@@ -56,6 +58,7 @@ impl LabError {
                 | LabError::NotFound { .. }
                 | LabError::UnknownNode { .. }
                 | LabError::NoLabs(_)
+                | LabError::BadName(_)
         )
     }
 }
@@ -79,6 +82,10 @@ impl LabSelector {
 
     fn resolve_in(&self, root: &std::path::Path) -> Result<Option<LabDir>, LabError> {
         if let Some(name) = &self.lab {
+            // The name becomes a path under the state root (and `down` removes it): only lab names pass.
+            if !crate::topology::validate::is_lab_name(name) {
+                return Err(LabError::BadName(name.clone()));
+            }
             return Ok(Some(LabDir::new(root, name)));
         }
         if let Some(file) = &self.topology {
@@ -206,8 +213,10 @@ mod tests {
         let auto = LabSelector::default();
         assert!(auto.resolve_in(root).unwrap().is_none());
         std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::write(root.join("a/lock"), "").unwrap();
         assert_eq!(auto.resolve_in(root).unwrap().unwrap().name, "a");
         std::fs::create_dir_all(root.join("b")).unwrap();
+        std::fs::write(root.join("b/plan.json"), "{}").unwrap();
         assert!(matches!(auto.resolve_in(root), Err(LabError::Ambiguous(v)) if v == ["a", "b"]));
         let named = LabSelector { lab: Some("zz".into()), topology: None };
         assert_eq!(named.resolve_in(root).unwrap().unwrap().root, root.join("zz"));
@@ -217,5 +226,15 @@ mod tests {
         let bad = LabSelector { lab: None, topology: Some(root.join("missing.yaml")) };
         let err = bad.resolve_in(root).unwrap_err();
         assert!(err.is_bad_input(), "{err}");
+    }
+
+    #[test]
+    fn lab_names_that_are_paths_are_bad_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["../victim", "/", "", ".", "..", "a/b", "UPPER", "x".repeat(25).as_str()] {
+            let sel = LabSelector { lab: Some(name.to_string()), topology: None };
+            let err = sel.resolve_in(tmp.path()).unwrap_err();
+            assert!(matches!(err, LabError::BadName(_)) && err.is_bad_input(), "{name:?}: {err}");
+        }
     }
 }

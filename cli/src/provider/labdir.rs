@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
+use crate::topology::validate::is_lab_name;
 
 use super::accel::Accel;
 
@@ -25,6 +26,8 @@ pub enum LabDirError {
     Busy { lab: String, path: PathBuf },
     #[error("cannot find a home or state directory: set TESTBED_STATE_DIR")]
     NoStateDir,
+    #[error("refusing to remove {path}: not a lab directory (a valid lab name directly under {state_root})")]
+    NotALabDir { path: PathBuf, state_root: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LabDirError + '_ {
@@ -55,7 +58,8 @@ pub fn cache_root() -> Result<PathBuf, LabDirError> {
     Ok(PathBuf::from(home).join(".cache/testbed"))
 }
 
-/// Names of the labs that have a directory under the state root.
+/// Names of the labs under the state root: directories with a valid lab name that hold `plan.json` or `lock`
+/// (anything else in a shared state directory is not ours and is never selected, let alone removed).
 pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
@@ -65,8 +69,13 @@ pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {
     let mut labs = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io(root))?;
-        if entry.file_type().map_err(io(root))?.is_dir() {
-            labs.push(entry.file_name().to_string_lossy().into_owned());
+        if !entry.file_type().map_err(io(root))?.is_dir() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let path = entry.path();
+        if is_lab_name(&name) && (path.join("plan.json").exists() || path.join("lock").exists()) {
+            labs.push(name);
         }
     }
     labs.sort();
@@ -78,11 +87,15 @@ pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {
 pub struct LabDir {
     pub name: String,
     pub root: PathBuf,
+    /// The state root `root` lives directly under (checked again by `remove`).
+    pub state_root: PathBuf,
 }
 
 impl LabDir {
+    /// `lab` must be a valid lab name (callers check user input with `is_lab_name` first and report bad
+    /// input); `remove` refuses a directory whose name is not one.
     pub fn new(state_root: &Path, lab: &str) -> LabDir {
-        LabDir { name: lab.to_string(), root: state_root.join(lab) }
+        LabDir { name: lab.to_string(), root: state_root.join(lab), state_root: state_root.to_path_buf() }
     }
 
     pub fn exists(&self) -> bool {
@@ -187,8 +200,14 @@ impl LabDir {
         Err(LabDirError::Busy { lab: self.name.clone(), path })
     }
 
-    /// Removes the whole directory (`down`, rollback). Missing is fine.
+    /// Removes the whole directory (`down`, rollback). Missing is fine. Refuses anything that is not a direct
+    /// child of the state root with a valid lab name: this is the one `remove_dir_all` of the lab lifecycle.
     pub fn remove(&self) -> Result<(), LabDirError> {
+        let direct_child = self.root.parent() == Some(self.state_root.as_path())
+            && self.root.file_name().and_then(|n| n.to_str()) == Some(self.name.as_str());
+        if !direct_child || !is_lab_name(&self.name) {
+            return Err(LabDirError::NotALabDir { path: self.root.clone(), state_root: self.state_root.clone() });
+        }
         match fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -307,7 +326,43 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         assert!(list_labs(&tmp.path().join("nope")).unwrap().is_empty());
         fs::create_dir_all(tmp.path().join("b")).unwrap();
+        fs::write(tmp.path().join("b/lock"), "").unwrap();
         fs::create_dir_all(tmp.path().join("a")).unwrap();
+        fs::write(tmp.path().join("a/plan.json"), "{}").unwrap();
         assert_eq!(list_labs(tmp.path()).unwrap(), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn list_labs_skips_foreign_and_invalid_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Not a lab: no plan.json or lock.
+        fs::create_dir_all(tmp.path().join("photos")).unwrap();
+        // Invalid names, even with a lock.
+        for bad in ["Upper", "-x", "a_b"] {
+            fs::create_dir_all(tmp.path().join(bad)).unwrap();
+            fs::write(tmp.path().join(bad).join("lock"), "").unwrap();
+        }
+        assert!(list_labs(tmp.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn remove_refuses_anything_but_a_named_child_of_the_state_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let victim = tmp.path().join("victim");
+        fs::create_dir_all(&victim).unwrap();
+        fs::create_dir_all(&state).unwrap();
+        for name in ["../victim", "", "/", ".", "Victim"] {
+            let dir = LabDir::new(&state, name);
+            assert!(matches!(dir.remove(), Err(LabDirError::NotALabDir { .. })), "{name:?}");
+        }
+        // A hand-built LabDir pointing elsewhere is refused as well.
+        let forged = LabDir { name: "victim".into(), root: victim.clone(), state_root: state.clone() };
+        assert!(matches!(forged.remove(), Err(LabDirError::NotALabDir { .. })));
+        assert!(victim.is_dir() && state.is_dir());
+        let ok = LabDir::new(&state, "lab1");
+        ok.create().unwrap();
+        ok.remove().unwrap();
+        assert!(!ok.exists() && state.is_dir());
     }
 }

@@ -131,6 +131,12 @@ fn is_name(s: &str, max: usize) -> bool {
     is_dns_label(s, max) && s.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
+/// Whether `s` is a valid lab name (the rule of the topology's `name:`). `--lab` and lab directories use it
+/// too, so a name can never be a path (`..`, `/`, empty).
+pub fn is_lab_name(s: &str) -> bool {
+    is_name(s, MAX_LAB_NAME)
+}
+
 pub fn check(t: &Topology, file: &Path, loc: &Locator) -> Result<Checked, TopologyError> {
     let ctx = Ctx { file, loc };
     if !is_name(&t.name, MAX_LAB_NAME) {
