@@ -819,7 +819,7 @@ impl Agent {
         rels.push(infra_cgroup(name));
         rels.push(pod_cgroup(name));
         for rel in rels {
-            if let Err(e) = self.cgroups.remove(&rel) {
+            if let Err(e) = crate::cgroups::remove_when_empty(self.cgroups.as_ref(), &rel).await {
                 tracing::error!(pod = %name, "remove cgroup: {e}");
             }
         }

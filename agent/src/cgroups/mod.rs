@@ -23,6 +23,9 @@ pub enum CgroupError {
     Parse { path: PathBuf, value: String },
     #[error("cgroup v1: no `{0}` hierarchy is mounted")]
     MissingController(&'static str),
+    /// rmdir refused because a process is still inside (a killed process leaves only once it is reaped).
+    #[error("cgroup {path}: still has processes")]
+    Busy { path: PathBuf },
 }
 
 pub type Result<T> = std::result::Result<T, CgroupError>;
@@ -52,7 +55,8 @@ pub trait Cgroups: Send + Sync {
     fn procs_files(&self, rel: &str) -> Vec<PathBuf>;
     /// OOM kills counted in `rel` so far.
     fn oom_kills(&self, rel: &str) -> Result<u64>;
-    /// Removes `rel`; missing is fine. Fails while processes are still inside.
+    /// Removes `rel`; missing is fine. One attempt: `CgroupError::Busy` while processes are still inside
+    /// (`remove_when_empty` retries without blocking the runtime).
     fn remove(&self, rel: &str) -> Result<()>;
     /// Absolute directory shown to users (v1: the memory hierarchy's).
     fn display_path(&self, rel: &str) -> String;
@@ -102,18 +106,32 @@ pub(crate) fn mkdir(path: &Path) -> Result<()> {
     }
 }
 
-/// rmdir, retried briefly: a cgroup stays busy until its last (just killed) process has been reaped.
+/// One rmdir; EBUSY (processes still inside) becomes `CgroupError::Busy` so the caller can retry.
 pub(crate) fn rmdir(path: &Path) -> Result<()> {
-    let mut attempt = 0;
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(CgroupError::Busy { path: path.to_path_buf() }),
+        Err(source) => Err(CgroupError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// How often and how long `remove_when_empty` retries a busy cgroup (50 x 20 ms = 1 s).
+const REMOVE_ATTEMPTS: u32 = 50;
+const REMOVE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Removes `rel`, retrying for up to 1 s while it is busy: a cgroup stays busy until its last (just killed)
+/// process has been reaped. Waits with the async timer, so the agent's single runtime thread keeps serving
+/// the API, the supervisors and the reconcile meanwhile.
+pub async fn remove_when_empty(cgroups: &dyn Cgroups, rel: &str) -> Result<()> {
+    let mut attempt = 1;
     loop {
-        match std::fs::remove_dir(path) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 50 => {
+        match cgroups.remove(rel) {
+            Err(CgroupError::Busy { .. }) if attempt < REMOVE_ATTEMPTS => {
                 attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                tokio::time::sleep(REMOVE_RETRY).await;
             }
-            Err(source) => return Err(CgroupError::Io { path: path.to_path_buf(), source }),
+            other => return other,
         }
     }
 }
@@ -135,6 +153,83 @@ pub(crate) fn keyed_value(path: &Path, key: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    /// A cgroup that stays busy for the first `busy_for` removal attempts.
+    struct BusyCgroup {
+        busy_for: u32,
+        attempts: AtomicU32,
+    }
+
+    impl Cgroups for BusyCgroup {
+        fn version(&self) -> &'static str {
+            "fake"
+        }
+        fn init(&self) -> Result<()> {
+            Ok(())
+        }
+        fn create(&self, _: &str, _: &CgroupLimits, _: bool) -> Result<()> {
+            Ok(())
+        }
+        fn procs_files(&self, _: &str) -> Vec<PathBuf> {
+            vec![]
+        }
+        fn oom_kills(&self, _: &str) -> Result<u64> {
+            Ok(0)
+        }
+        fn remove(&self, rel: &str) -> Result<()> {
+            if self.attempts.fetch_add(1, Ordering::SeqCst) < self.busy_for {
+                return Err(CgroupError::Busy { path: PathBuf::from(rel) });
+            }
+            Ok(())
+        }
+        fn display_path(&self, rel: &str) -> String {
+            rel.to_string()
+        }
+    }
+
+    /// A busy cgroup is retried with the async timer: on a current-thread runtime (as the agent's), other
+    /// tasks keep running while the removal waits.
+    #[tokio::test(flavor = "current_thread")]
+    async fn busy_cgroup_removal_does_not_block_the_runtime() {
+        let cg = Arc::new(BusyCgroup { busy_for: 10, attempts: AtomicU32::new(0) });
+        let ticks = Arc::new(AtomicU32::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        let before = ticks.load(Ordering::SeqCst);
+        remove_when_empty(cg.as_ref(), "pod-x").await.unwrap();
+        assert_eq!(cg.attempts.load(Ordering::SeqCst), 11);
+        // 10 retries x 20 ms: the 5 ms ticker got its turn at every retry (a blocking sleep would starve it).
+        assert!(ticks.load(Ordering::SeqCst) - before >= 5, "the runtime was blocked");
+        ticker.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn removal_gives_up_on_a_cgroup_that_stays_busy() {
+        let cg = BusyCgroup { busy_for: u32::MAX, attempts: AtomicU32::new(0) };
+        let err = remove_when_empty(&cg, "pod-x").await.unwrap_err();
+        assert!(matches!(err, CgroupError::Busy { .. }), "{err}");
+        assert_eq!(cg.attempts.load(Ordering::SeqCst), REMOVE_ATTEMPTS);
+    }
+
+    #[test]
+    fn rmdir_reports_missing_as_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("pod-a");
+        std::fs::create_dir(&cg).unwrap();
+        rmdir(&cg).unwrap();
+        rmdir(&cg).unwrap();
+        assert!(!cg.exists());
+    }
 
     #[test]
     fn keyed_value_reads_counters() {
