@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::qemu;
+use super::{procs, qemu};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,13 +135,11 @@ pub fn probe(kernel: &Path, initrd: Option<&Path>, cmdline: &str, timeout: Durat
     args.extend(["-m".into(), "256".into(), "-smp".into(), "1".into(), "-no-reboot".into()]);
     args.extend(boot.args());
     args.extend(["-serial".into(), format!("file:{}", serial.display())]);
-    let mut child = match Command::new(qemu::qemu_binary())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
+    // Tied to this thread: a probe guest hanging under nested KVM must not outlive `up`/`doctor` (Ctrl-C, exit,
+    // panic); the guard kills it on every return path below.
+    let mut child = match procs::TiedChild::spawn(
+        Command::new(qemu::qemu_binary()).args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()),
+    ) {
         Ok(c) => c,
         Err(e) => return tcg(format!("cannot start QEMU for the KVM probe: {e}")),
     };
@@ -159,7 +157,7 @@ pub fn probe(kernel: &Path, initrd: Option<&Path>, cmdline: &str, timeout: Durat
                 continue;
             }
             let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
+            if let Some(mut e) = child.take_stderr() {
                 let _ = e.read_to_string(&mut err);
             }
             break tcg(format!("KVM probe QEMU exited ({status}) without {PROBE_MARKER}: {}", err.trim()));
@@ -169,8 +167,7 @@ pub fn probe(kernel: &Path, initrd: Option<&Path>, cmdline: &str, timeout: Durat
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     outcome
 }
 

@@ -60,9 +60,94 @@ pub fn terminate(pid: u32, recorded_start: u64, grace: Duration) -> bool {
     true
 }
 
+/// A child process tied to us: SIGKILLed by the kernel when the spawning thread dies (PR_SET_PDEATHSIG, which
+/// also covers Ctrl-C and `exit`), and killed and reaped when this guard is dropped (an early return, a panic).
+/// Only for short-lived helpers such as the KVM probe, never for the daemonized node VMs, which must outlive
+/// the CLI. The kill is by PID of a child we have not reaped yet, so the PID cannot have been reused.
+#[derive(Debug)]
+pub struct TiedChild {
+    child: std::process::Child,
+}
+
+impl TiedChild {
+    pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<TiedChild> {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl: then nobody would ever send the signal.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        Ok(TiedChild { child: cmd.spawn()? })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+}
+
+impl Drop for TiedChild {
+    fn drop(&mut self) {
+        // Both fail harmlessly when the child has already exited and been reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tied_child_is_killed_on_drop() {
+        let child = TiedChild::spawn(std::process::Command::new("sleep").arg("30")).unwrap();
+        let pid = child.id();
+        let st = start_time(pid).unwrap();
+        drop(child);
+        assert!(!is_same_process(pid, st), "sleep {pid} survived the guard");
+    }
+
+    #[test]
+    fn tied_child_dies_with_the_spawning_thread() {
+        // The guard is leaked (as on Ctrl-C, where no destructor runs); the kernel's PDEATHSIG must still kill
+        // the child once the thread that spawned it is gone.
+        let pid = std::thread::spawn(|| {
+            let child = TiedChild::spawn(std::process::Command::new("sleep").arg("30")).unwrap();
+            let pid = child.id();
+            std::mem::forget(child);
+            pid
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut status = 0;
+        // Reap it ourselves (the leaked Child never will): waitpid returns once SIGKILL has landed.
+        while Instant::now() < deadline {
+            // SAFETY: waitpid on our own child.
+            let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            if r == pid as libc::pid_t {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL, "status {status:#x}");
+    }
 
     #[test]
     fn parses_start_time_with_odd_comm() {
