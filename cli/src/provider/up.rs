@@ -57,6 +57,8 @@ pub enum UpError {
     Node { node: String, stage: &'static str, message: String, serial_log: Option<PathBuf>, serial_tail: String },
     #[error("interrupted")]
     Interrupted,
+    #[error("stopped: another step of this `up` failed")]
+    Cancelled,
     #[error("internal task failed: {0}")]
     Task(String),
 }
@@ -189,6 +191,8 @@ struct Ctx {
     state: Mutex<LabState>,
     netem_in_guest: bool,
     deadline: Instant,
+    /// Tracks the pipelines' blocking work so a rollback can wait for it (see `InFlight`).
+    inflight: InFlight,
 }
 
 impl Ctx {
@@ -230,6 +234,43 @@ fn image_label(r: &ImageRef) -> String {
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, UpError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| UpError::Task(e.to_string()))
+}
+
+/// The blocking work of one `up` that makes lab resources (netns, disks, QEMU launches). A rollback must not
+/// look at what exists while any of it still runs: a blocking task keeps going when the future awaiting it is
+/// dropped (a failed sibling node, Ctrl-C), so it could launch a QEMU or re-create a node directory after
+/// teardown. Each task holds a read guard for as long as it runs; `settle` takes the write side, which both
+/// refuses new work and waits for the running work to end.
+#[derive(Clone, Default)]
+struct InFlight {
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// The write guard once settled, kept so nothing can start afterwards.
+    settled: Arc<Mutex<Option<tokio::sync::OwnedRwLockWriteGuard<()>>>>,
+}
+
+impl InFlight {
+    /// Runs `f` on the blocking pool, tracked; `Cancelled` without running it once `settle` has begun.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, UpError> {
+        let guard = self.gate.clone().try_read_owned().map_err(|_| UpError::Cancelled)?;
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(guard);
+            out
+        })
+        .await
+        .map_err(|e| UpError::Task(e.to_string()))
+    }
+
+    /// True once `settle` has begun: blocking work checks it before making anything new.
+    fn is_cancelled(&self) -> bool {
+        self.gate.try_read().is_err()
+    }
+
+    /// Refuses new work and returns once every started task has finished.
+    async fn settle(&self) {
+        let guard = self.gate.clone().write_owned().await;
+        *self.settled.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+    }
 }
 
 /// `up` of `plan`, with the real host network.
@@ -286,7 +327,8 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
         }
     }
 
-    let work = converge(ui, plan.clone(), dir.clone(), previous, opts, net.clone(), started);
+    let inflight = InFlight::default();
+    let work = converge(ui, plan.clone(), dir.clone(), previous, opts, net.clone(), started, inflight.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let result = tokio::select! {
         r = work => r,
@@ -295,6 +337,11 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
             Err(UpError::Interrupted)
         }
     };
+    // Whatever happened, no disk preparation or QEMU launch of this run may still be under way once `up`
+    // returns (or rolls back): the rollback below would miss it, and `--keep` should show a settled lab.
+    if result.is_err() {
+        inflight.settle().await;
+    }
     match result {
         Ok(outcome) => Ok(outcome),
         Err(e) if opts.keep => {
@@ -303,8 +350,6 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
         }
         Err(e) => {
             ui.info(format!("`up` failed; removing what it made in lab `{}`", plan.lab));
-            // Let a QEMU that was daemonizing when the failure hit write its pidfile, so teardown finds it.
-            tokio::time::sleep(Duration::from_millis(300)).await;
             let dir2 = dir.clone();
             match blocking(move || down::teardown(&dir2, net.as_ref())).await {
                 Ok(Ok(t)) => ui.info(rollback_summary(&t)),
@@ -368,6 +413,7 @@ async fn converge(
     opts: &UpOptions,
     net: Arc<dyn HostNet>,
     started: Instant,
+    inflight: InFlight,
 ) -> Result<UpOutcome, UpError> {
     dir.write_plan(&plan)?;
 
@@ -444,7 +490,8 @@ async fn converge(
 
     let plan2 = plan.clone();
     let net2 = net.clone();
-    let netem_in_guest = blocking(move || setup_network(&plan2, net2.as_ref()))
+    let netem_in_guest = inflight
+        .blocking(move || setup_network(&plan2, net2.as_ref()))
         .await?
         .map_err(|source| UpError::Net { netns: plan.netns.clone(), source })?;
     if netem_in_guest {
@@ -464,6 +511,7 @@ async fn converge(
         state: Mutex::new(state),
         netem_in_guest,
         deadline: Instant::now() + opts.timeout,
+        inflight,
     });
     let pipelines = plan.nodes.iter().map(|n| {
         let ctx = ctx.clone();
@@ -600,7 +648,7 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
         let c = ctx.clone();
         let n = node.clone();
         let art2 = art.clone();
-        blocking(move || prepare_disks(&c, &n, &art2)).await??;
+        ctx.inflight.blocking(move || prepare_disks(&c, &n, &art2)).await??;
         ctx.save_state(|s| {
             if let Some(x) = s.nodes.get_mut(&name) {
                 x.stage = "boot".into();
@@ -610,16 +658,9 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
         stages.enter("boot");
         let c = ctx.clone();
         let n = node.clone();
-        let (new_pid, start) = blocking(move || launch_node(&c, &n, &art)).await??;
+        // launch_node records the PID itself: this future may be dropped while the launch runs.
+        let new_pid = ctx.inflight.blocking(move || launch_node(&c, &n, &art)).await??;
         pid = Some(new_pid);
-        ctx.save_state(|s| {
-            if let Some(x) = s.nodes.get_mut(&name) {
-                x.pid = Some(new_pid);
-                x.pid_start_time = Some(start);
-                x.accelerator = ctx.accel.accel;
-                x.stage = "ssh".into();
-            }
-        })?;
     }
 
     stages.enter("ssh");
@@ -677,6 +718,10 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
 /// Seed (keys, hostname, NICs) and a fresh overlay on the image's base disk.
 fn prepare_disks(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(), UpError> {
     let name = &node.name;
+    // Queued before a sibling failed: the rollback is about to remove the lab directory.
+    if ctx.inflight.is_cancelled() {
+        return Err(UpError::Cancelled);
+    }
     let node_dir = ctx.dir.node_dir(name);
     std::fs::create_dir_all(&node_dir)
         .map_err(|e| ctx.node_err(name, "disk", format!("{}: {e}", node_dir.display())))?;
@@ -705,9 +750,13 @@ fn prepare_disks(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(),
     Ok(())
 }
 
-/// Opens the node's taps and starts its QEMU; returns (pid, start time).
-fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(u32, u64), UpError> {
+/// Opens the node's taps, starts its QEMU and records its PID and start time in state.json (here, on the
+/// blocking thread, so that a rollback finds the VM even when the caller has stopped waiting); returns the PID.
+fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<u32, UpError> {
     let name = &node.name;
+    if ctx.inflight.is_cancelled() {
+        return Err(UpError::Cancelled);
+    }
     // QEMU would fail later with a vaguer message; name the node and the port now.
     TcpListener::bind(("127.0.0.1", node.ssh_port)).map_err(|e| {
         ctx.node_err(name, "boot", format!("SSH port 127.0.0.1:{} is not free ({e}); stop what uses it", node.ssh_port))
@@ -748,7 +797,15 @@ fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(u32,
     drop(taps);
     let start = procs::start_time(pid)
         .ok_or_else(|| ctx.node_err(name, "boot", format!("QEMU (pid {pid}) exited right after starting")))?;
-    Ok((pid, start))
+    ctx.save_state(|s| {
+        if let Some(x) = s.nodes.get_mut(name) {
+            x.pid = Some(pid);
+            x.pid_start_time = Some(start);
+            x.accelerator = ctx.accel.accel;
+            x.stage = "ssh".into();
+        }
+    })?;
+    Ok(pid)
 }
 
 #[cfg(test)]
@@ -874,6 +931,45 @@ mod tests {
                 "netem tb-t tb-t-n2 delay 5ms",
             ]
         );
+    }
+
+    /// The bug this guards against: `up` is interrupted while the netns is being built on a blocking thread;
+    /// the rollback must wait for that thread, or it runs first and the netns is created afterwards and leaks.
+    #[tokio::test]
+    async fn rollback_waits_for_blocking_work_of_an_interrupted_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "t");
+        dir.create().unwrap();
+        dir.write_plan(&test_plan()).unwrap();
+        let net = Arc::new(FakeHostNet::default());
+        let inflight = InFlight::default();
+        let (n2, i2) = (net.clone(), inflight.clone());
+        let slow_setup = async move {
+            i2.blocking(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                setup_network(&test_plan(), n2.as_ref())
+            })
+            .await
+        };
+        // Ctrl-C arrives while the setup runs: the awaiting future is dropped, the thread is not.
+        assert!(tokio::time::timeout(Duration::from_millis(20), slow_setup).await.is_err());
+        inflight.settle().await;
+        assert!(net.netns_exists("tb-t").unwrap(), "settle returned before the setup finished");
+        // Nothing new starts after settle.
+        let late = inflight.blocking(|| panic!("ran after settle")).await;
+        assert!(matches!(late, Err(UpError::Cancelled)));
+        assert!(inflight.is_cancelled());
+        let t = down::teardown(&dir, net.as_ref()).unwrap();
+        assert_eq!(t.netns_deleted.as_deref(), Some("tb-t"));
+        assert!(net.namespaces.lock().unwrap().is_empty() && !dir.exists());
+    }
+
+    #[tokio::test]
+    async fn settle_without_work_returns_at_once() {
+        let inflight = InFlight::default();
+        assert!(!inflight.is_cancelled());
+        assert_eq!(inflight.blocking(|| 7).await.unwrap(), 7);
+        tokio::time::timeout(Duration::from_secs(1), inflight.settle()).await.unwrap();
     }
 
     #[test]
