@@ -8,7 +8,7 @@
 //! /proc/<pid>/cmdline), watches adopted launchers by polling /proc and reads their exit status from the exit
 //! file they write. A pod whose infra process is gone is torn down and created again from its spec.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -141,6 +141,30 @@ pub struct Agent {
     /// Serialises kernel network convergence (PUT /v1/node and the periodic reconcile).
     apply_lock: tokio::sync::Mutex<()>,
     pods: Mutex<BTreeMap<String, Arc<Pod>>>,
+    /// One async lock per pod name, held for the whole of a create, a delete, or the delete + create of a
+    /// lost sandbox: those steps of one pod never interleave (a create racing a delete left a live pod no
+    /// API could see), and a second DELETE waits for the first one to finish. Entries exist only while
+    /// someone holds or waits for them.
+    name_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a pod name's lock (`Agent::lock_name`); forgets the lock on drop when nobody else waits for it.
+struct NameGuard<'a> {
+    agent: &'a Agent,
+    name: String,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        let mut locks = lock(&self.agent.name_locks);
+        self.guard.take();
+        // Clones are only made under `name_locks`: the map's and ours left means no one else waits.
+        if Arc::strong_count(&self.mutex) == 2 {
+            locks.remove(&self.name);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +205,7 @@ impl Agent {
             node: Mutex::new(NodeState::default()),
             apply_lock: tokio::sync::Mutex::new(()),
             pods: Mutex::new(BTreeMap::new()),
+            name_locks: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -193,6 +218,13 @@ impl Agent {
     /// Logs and exit files of the pod's containers.
     fn pod_dir(&self, pod: &str) -> PathBuf {
         self.cfg.state_dir.join("pods").join(pod)
+    }
+
+    /// Waits for, then holds, the lock of pod name `name` (see `name_locks`).
+    async fn lock_name(&self, name: &str) -> NameGuard<'_> {
+        let mutex = lock(&self.name_locks).entry(name.to_string()).or_default().clone();
+        let guard = mutex.clone().lock_owned().await;
+        NameGuard { agent: self, name: name.to_string(), mutex, guard: Some(guard) }
     }
 
     pub fn exe(&self) -> &Path {
@@ -399,12 +431,17 @@ impl Agent {
             .map(|p| p.spec.clone())
             .collect();
         for spec in lost {
-            tracing::warn!(pod = %spec.name, "infra process gone: recreating the pod");
-            if let Err(e) = self.delete_pod(&spec.name, None).await {
-                tracing::error!(pod = %spec.name, "removing the broken pod: {e}");
+            // Under the name lock, and only if the pod is still the one found broken: a DELETE that came
+            // first must not see its pod come back.
+            let _name = self.lock_name(&spec.name).await;
+            let Ok(pod) = self.find(&spec.name) else { continue };
+            let infra = lock(&pod.record).infra_pid;
+            if pod.spec != spec || infra.is_none_or(|pid| sandbox::is_ours(pid, INFRA_ROLE, &spec.name, None)) {
                 continue;
             }
-            if let Err(e) = self.create_pod(spec.clone()).await {
+            tracing::warn!(pod = %spec.name, "infra process gone: recreating the pod");
+            self.delete_locked(&pod, self.cfg.kill_grace).await;
+            if let Err(e) = self.create_locked(spec.clone()).await {
                 tracing::error!(pod = %spec.name, "recreating: {e}");
             }
         }
@@ -466,6 +503,12 @@ impl Agent {
     /// Creates the pod. Ok((true, status)) when created, Ok((false, status)) when an identical pod exists.
     pub async fn create_pod(self: &Arc<Self>, spec: PodSpec) -> Result<(bool, PodStatus)> {
         testbed_api::validate::validate_pod(&spec).map_err(AgentError::Invalid)?;
+        let _name = self.lock_name(&spec.name).await;
+        self.create_locked(spec).await
+    }
+
+    /// `create_pod` for a caller that holds the name lock.
+    async fn create_locked(self: &Arc<Self>, spec: PodSpec) -> Result<(bool, PodStatus)> {
         if !spec.host_network && lock(&self.node).spec.is_none() {
             return Err(AgentError::Conflict(
                 "no NodeSpec applied yet (PUT /v1/node first); only hostNetwork pods can run before".into(),
@@ -473,10 +516,8 @@ impl Agent {
         }
         let pod = {
             let mut pods = lock(&self.pods);
+            // No delete of this name runs now (we hold its lock): an existing pod is a live one.
             if let Some(existing) = pods.get(&spec.name) {
-                if existing.deleting.load(Ordering::Relaxed) {
-                    return Err(AgentError::Conflict(format!("pod `{}` is being deleted", spec.name)));
-                }
                 if existing.spec == spec {
                     let existing = existing.clone();
                     drop(pods);
@@ -746,18 +787,30 @@ impl Agent {
         std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(255)
     }
 
-    /// `grace`: SIGTERM -> SIGKILL delay (`None`: the configured default).
+    /// `grace`: SIGTERM -> SIGKILL delay (`None`: the configured default). Ok means the pod is gone: a
+    /// DELETE that arrives while another one runs waits for it (name lock) and then answers Ok too.
     pub async fn delete_pod(self: &Arc<Self>, name: &str, grace: Option<Duration>) -> Result<()> {
-        let pod = self.find(name)?;
-        if pod.deleting.swap(true, Ordering::SeqCst) {
-            return Ok(());
+        let existed = lock(&self.pods).contains_key(name);
+        let _name = self.lock_name(name).await;
+        match self.find(name) {
+            Ok(pod) => {
+                self.delete_locked(&pod, grace.unwrap_or(self.cfg.kill_grace)).await;
+                Ok(())
+            }
+            // Deleted by the request we waited for.
+            Err(_) if existed => Ok(()),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Stops and removes `pod`; the caller holds its name lock.
+    async fn delete_locked(&self, pod: &Pod, grace: Duration) {
+        pod.deleting.store(true, Ordering::SeqCst);
         pod.wake.notify_waiters();
-        self.stop_containers(&pod, grace.unwrap_or(self.cfg.kill_grace)).await;
+        self.stop_containers(pod, grace).await;
         let record = lock(&pod.record).clone();
         self.teardown(&record).await;
-        lock(&self.pods).remove(name);
-        Ok(())
+        lock(&self.pods).remove(&pod.spec.name);
     }
 
     /// SIGTERM to every launcher (forwarded to the container), SIGKILL after the grace period. Killing a

@@ -62,8 +62,18 @@ async fn get_node(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     Json(agent.node_status().await)
 }
 
+/// Runs a mutating request on a task of its own and waits for it. hyper drops a handler's future when the
+/// client goes away (a CLI timeout, Ctrl-C, a dropped SSH forward); a create or delete stopped half-way
+/// would leave processes, veths, IPs and cgroups behind, so the work always runs to its end.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, AgentError>> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::spawn(work).await.map_err(|e| AgentError::Failed(format!("request task: {e}")))?
+}
+
 async fn put_node(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<impl IntoResponse, AgentError> {
-    Ok(Json(agent.apply_node(parse(&body)?).await?))
+    let spec = parse(&body)?;
+    Ok(Json(to_completion(async move { agent.apply_node(spec).await }).await?))
 }
 
 async fn list_pods(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
@@ -71,7 +81,8 @@ async fn list_pods(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
 }
 
 async fn create_pod(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<impl IntoResponse, AgentError> {
-    let (created, status) = agent.create_pod(parse(&body)?).await?;
+    let spec = parse(&body)?;
+    let (created, status) = to_completion(async move { agent.create_pod(spec).await }).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(status)))
 }
 
@@ -87,7 +98,8 @@ async fn delete_pod(
     let Query(opts) = query.map_err(|e| {
         AgentError::Invalid(ApiError { field: Some("grace_period_secs".into()), message: e.body_text() })
     })?;
-    agent.delete_pod(&name, opts.grace_period_secs.map(Duration::from_secs)).await?;
+    let grace = opts.grace_period_secs.map(Duration::from_secs);
+    to_completion(async move { agent.delete_pod(&name, grace).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

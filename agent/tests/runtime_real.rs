@@ -472,3 +472,93 @@ fn restart_policies_readoption_and_drift() {
     assert_eq!(r["stdout"], "keep\n", "{st}");
     drop(agent);
 }
+
+/// Sends a request and hangs up without reading the answer (a CLI that timed out or was interrupted).
+fn send_and_hang_up(method: &str, path: &str, body: Option<Value>) {
+    let mut s = TcpStream::connect(("127.0.0.1", 7070)).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Let the agent start on it, then close: the handler would be cancelled mid-way.
+    std::thread::sleep(Duration::from_millis(100));
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+}
+
+/// PIDs of live infra processes of `pod` (found through /proc, not through the API).
+fn infra_pids_of(pod: &str) -> Vec<u64> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else { continue };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let argv: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+        if argv.len() >= 4 && argv[1] == b"infra" && argv[2] == b"--pod" && argv[3] == pod.as_bytes() {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn cancelled_and_concurrent_requests() {
+    require_root!();
+    let agent = TestAgent::start("cancel");
+    agent.apply_node();
+    let sleeper = |name: &str| json!({"name": name, "containers": [container("c", &["sleep", "1000"])]});
+
+    // A DELETE whose client hangs up during the grace period still deletes the pod; a later DELETE waits
+    // for it instead of answering 204 at once, and the name can be used again.
+    let p = create(sleeper("gone"));
+    let (pid, infra) = (running_pid(&p, 0), p["infra_pid"].as_u64().unwrap());
+    send_and_hang_up("DELETE", "/v1/pods/gone?grace_period_secs=2", None);
+    assert_eq!(http("DELETE", "/v1/pods/gone", None).0, 204);
+    assert_eq!(http("GET", "/v1/pods/gone", None).0, 404);
+    assert!(!alive(pid) && !alive(infra), "the pod's processes survived a cancelled DELETE");
+    assert!(!PathBuf::from(p["cgroup"].as_str().unwrap()).exists());
+    let again = create(sleeper("gone"));
+    assert_eq!(again["phase"], "Running", "{again}");
+
+    // A second DELETE during the first one's grace period answers only once the pod is gone.
+    let first = std::thread::spawn(|| http("DELETE", "/v1/pods/gone?grace_period_secs=2", None).0);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = running_pid(&again, 0);
+    assert_eq!(http("DELETE", "/v1/pods/gone", None).0, 204);
+    assert!(!alive(pid), "204 came while the container still ran");
+    assert_eq!(http("GET", "/v1/pods/gone", None).0, 404);
+    assert_eq!(first.join().unwrap(), 204);
+
+    // A create whose client hangs up still ends with a complete, running pod (not a Pending ghost).
+    send_and_hang_up("POST", "/v1/pods", Some(sleeper("orphan")));
+    let st = wait_pod("orphan", 10, |s| s["phase"] == "Running");
+    let infra = st["infra_pid"].as_u64().unwrap();
+    assert_eq!(infra_pids_of("orphan"), vec![infra]);
+    assert_eq!(http("DELETE", "/v1/pods/orphan", None).0, 204);
+    assert!(!alive(infra));
+
+    // A create racing a delete of the same name: whatever the order, no pod lives on that the API does not
+    // show, and a pod the API shows is complete.
+    for (i, delay_ms) in [0u64, 1, 3, 6, 10, 20].into_iter().enumerate() {
+        let name = format!("race{i}");
+        let spec = sleeper(&name);
+        let creator = std::thread::spawn(move || http("POST", "/v1/pods", Some(spec)).0);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let deleted = http("DELETE", &format!("/v1/pods/{name}?grace_period_secs=0"), None).0;
+        let created = creator.join().unwrap();
+        assert!(deleted == 204 || deleted == 404, "DELETE {name}: {deleted}");
+        assert!(created == 201 || created == 409, "POST {name}: {created}");
+        let (code, st) = http("GET", &format!("/v1/pods/{name}"), None);
+        let live = infra_pids_of(&name);
+        if code == 404 {
+            assert!(live.is_empty(), "{name}: infra {live:?} lives on, invisible to the API");
+        } else {
+            assert_eq!(st["phase"], "Running", "{st}");
+            assert_eq!(live, vec![st["infra_pid"].as_u64().unwrap()], "{st}");
+            assert_eq!(http("DELETE", &format!("/v1/pods/{name}?grace_period_secs=0"), None).0, 204);
+        }
+    }
+    drop(agent);
+}
+
