@@ -188,13 +188,54 @@ pub fn sweep_stale(root: &Path) {
     }
 }
 
-/// The PID of a process whose command line names a file in `dir` (a QEMU booting that image), if any.
-pub fn user_of(dir: &Path) -> Option<u32> {
+/// A process that uses a cached image (see `user_of`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUser {
+    pub pid: u32,
+    /// `lab `L` node `N`` when its command line names a lab's node directory, else its command name.
+    pub what: String,
+}
+
+impl std::fmt::Display for ImageUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.what, self.pid)
+    }
+}
+
+/// A process that has a file in `dir` open or names one on its command line. A VM booted from a URL image
+/// names only its overlay; QEMU keeps the overlay's backing file (the cached base disk) open, so the open
+/// file descriptors are what finds it. Built images are also named on the command line (`-kernel`).
+pub fn user_of(dir: &Path) -> Option<ImageUser> {
     let needle = dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
         let pid: u32 = p.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+        let cmdline = String::from_utf8_lossy(&std::fs::read(p.path().join("cmdline")).ok()?).replace('\0', " ");
+        let holds_open = || {
+            std::fs::read_dir(p.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(dir)))
+        };
+        if !cmdline.contains(&needle) && !holds_open() {
+            return None;
+        }
+        let what = lab_node_of(&cmdline).unwrap_or_else(|| {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            format!("process `{}`", comm.trim())
+        });
+        Some(ImageUser { pid, what })
+    })
+}
+
+/// `lab `L` node `N`` from a QEMU command line of a lab VM, whose disks live in `<state>/<lab>/nodes/<node>/`.
+fn lab_node_of(cmdline: &str) -> Option<String> {
+    cmdline.split([' ', ',', '=']).find_map(|word| {
+        let path = Path::new(word);
+        let node_dir = path.ancestors().find(|a| a.parent().and_then(Path::file_name) == Some("nodes".as_ref()))?;
+        let node = node_dir.file_name()?.to_str()?;
+        let lab = node_dir.parent()?.parent()?.file_name()?.to_str()?;
+        Some(format!("lab `{lab}` node `{node}`"))
     })
 }
 
@@ -264,25 +305,59 @@ mod tests {
         assert!(!dead.exists());
     }
 
+    /// Polls `user_of` (between fork and exec the child still looks like us).
+    fn wait_for_user(dir: &Path, pid: u32) -> Option<ImageUser> {
+        for _ in 0..200 {
+            if let Some(u) = user_of(dir).filter(|u| u.pid == pid) {
+                return Some(u);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
+    }
+
     #[test]
     fn a_process_naming_the_image_dir_is_its_user() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("img-in-use");
-        let mut child =
-            std::process::Command::new("sh").args(["-c", "sleep 30"]).arg(dir.join("disk.qcow2")).spawn().unwrap();
-        // Between fork and exec the child still has our command line: poll briefly.
-        let mut found = None;
-        for _ in 0..200 {
-            found = user_of(&dir);
-            if found.is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let arg = root.path().join("labs/demo/nodes/node1/overlay.qcow2");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30", "x"])
+            .arg(dir.join("disk.qcow2"))
+            .arg(format!("file={}", arg.display()))
+            .spawn()
+            .unwrap();
+        let found = wait_for_user(&dir, child.id());
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(found, Some(child.id()));
+        let found = found.expect("user not found");
+        assert_eq!(found.what, "lab `demo` node `node1`");
         assert_eq!(user_of(&root.path().join("nobody-uses-this")), None);
+    }
+
+    /// A URL image's base disk appears only as the overlay's backing file, which QEMU holds open.
+    #[test]
+    fn a_process_holding_a_file_open_is_its_user() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("img-open");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DISK), b"base").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::fs::File::open(dir.join(DISK)).unwrap())
+            .spawn()
+            .unwrap();
+        let found = wait_for_user(&dir, child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.map(|u| u.what), Some("process `sleep`".to_string()));
+    }
+
+    #[test]
+    fn lab_and_node_from_a_qemu_command_line() {
+        let cmd = "qemu-system-x86_64 -name tb-a-b -drive file=/s/labs/my-lab/nodes/n-2/overlay.qcow2,if=virtio";
+        assert_eq!(lab_node_of(cmd).as_deref(), Some("lab `my-lab` node `n-2`"));
+        assert_eq!(lab_node_of("sleep 30"), None);
     }
 
     #[test]

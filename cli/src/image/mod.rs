@@ -84,8 +84,8 @@ pub enum ImageError {
     ChecksumMismatch { url: String, expected: String, actual: String },
     #[error("no cached image with id or name {0:?} (see `testbed image list`)")]
     NotCached(String),
-    #[error("image {id} is in use by process {pid} (a running lab's VM); run `testbed down` first")]
-    InUse { id: String, pid: u32 },
+    #[error("image {id} is in use by {user}; run `testbed down` for that lab first")]
+    InUse { id: String, user: cache::ImageUser },
     #[error("seed disk: {0}")]
     Seed(String),
     #[error("template {name}: {detail}")]
@@ -247,8 +247,8 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
             // A running VM reads its base through the overlay's backing file; removing it under the VM would
             // break the node on its next read of an unwritten block.
             for e in &doomed {
-                if let Some(pid) = cache::user_of(&e.dir) {
-                    return Err(ImageError::InUse { id: e.manifest.id.clone(), pid }.into());
+                if let Some(user) = cache::user_of(&e.dir) {
+                    return Err(ImageError::InUse { id: e.manifest.id.clone(), user }.into());
                 }
             }
             let mut removed = Vec::new();
