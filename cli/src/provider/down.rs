@@ -16,6 +16,8 @@ pub enum DownError {
     Net(#[from] HostNetError),
     #[error("QEMU of node {node} (pid {pid}) is still running after SIGKILL")]
     Survivor { node: String, pid: u32 },
+    #[error("stopping QEMU of node {node} (pid {pid}) failed unexpectedly ({message}); the lab directory is kept: run `testbed down` again")]
+    StopPanicked { node: String, pid: u32, message: String },
 }
 
 /// What a teardown did, for the user and the tests.
@@ -33,9 +35,29 @@ impl Teardown {
     }
 }
 
-/// The lab's netns: from plan.json, else derived from the lab name. Only `tb-` names are ever touched.
+/// The lab's netns, `tb-<lab>` (the plan's rule). Derived from the lab's own name, never read from plan.json:
+/// a corrupted or hand-edited plan must not make `down` delete another lab's namespace.
 pub fn netns_of(dir: &LabDir) -> String {
-    dir.read_plan().map(|p| p.netns).ok().filter(|n| n.starts_with("tb-")).unwrap_or_else(|| format!("tb-{}", dir.name))
+    format!("tb-{}", dir.name)
+}
+
+/// The marker a QEMU of `node` has on its command line: its disks, serial log and pidfile live in this
+/// directory. The trailing slash keeps `node1` from matching `node10`.
+fn node_marker(dir: &LabDir, node: &str) -> String {
+    format!("{}/", dir.node_dir(node).display())
+}
+
+/// True when `pid` looks like this node's QEMU: after a host reboot, start ticks restart, so a recorded
+/// (pid, start time) alone could match a stranger.
+fn runs_node(dir: &LabDir, node: &str, pid: u32) -> bool {
+    let marker = node_marker(dir, node);
+    procs::cmdline(pid).is_some_and(|c| c.contains(&marker) && c.contains("qemu"))
+}
+
+/// The recorded VM of `node` is still running: same PID, same start time, and a QEMU command line naming
+/// the node's directory.
+pub fn is_node_vm(dir: &LabDir, node: &str, pid: u32, start: u64) -> bool {
+    procs::is_same_process(pid, start) && runs_node(dir, node, pid)
 }
 
 /// A QEMU process of this lab's node, found by state or pidfile: (pid, start time).
@@ -44,7 +66,7 @@ fn node_processes(dir: &LabDir) -> Vec<(String, u32, u64)> {
     if let Ok(Some(state)) = dir.read_state() {
         for (node, ns) in &state.nodes {
             if let (Some(pid), Some(start)) = (ns.pid, ns.pid_start_time) {
-                if procs::is_same_process(pid, start) {
+                if is_node_vm(dir, node, pid, start) {
                     found.push((node.clone(), pid, start));
                 }
             }
@@ -60,9 +82,7 @@ fn node_processes(dir: &LabDir) -> Vec<(String, u32, u64)> {
             if found.iter().any(|(_, p, _)| *p == pid) {
                 continue;
             }
-            let marker = dir.node_dir(&node).display().to_string();
-            let ours = procs::cmdline(pid).is_some_and(|c| c.contains(&marker) && c.contains("qemu"));
-            if let (true, Some(start)) = (ours, procs::start_time(pid)) {
+            if let (true, Some(start)) = (runs_node(dir, &node, pid), procs::start_time(pid)) {
                 found.push((node, pid, start));
             }
         }
@@ -82,26 +102,44 @@ fn stop_vm(qmp: &Path, pid: u32, start: u64) -> bool {
     !procs::is_same_process(pid, start)
 }
 
+/// Stops every VM in parallel with `stop`. Any VM not known to be gone (survivor or a stop thread that
+/// panicked) is an error: the caller must then keep the netns and directory so `down` can be retried.
+fn stop_all(
+    vms: &[(String, u32, u64)],
+    stop: impl Fn(&str, u32, u64) -> bool + Sync,
+) -> Result<Vec<(String, u32)>, DownError> {
+    let stop = &stop;
+    let results: Vec<Result<bool, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            vms.iter().map(|(node, pid, start)| s.spawn(move || stop(node, *pid, *start))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().map_err(|p| {
+                    p.downcast_ref::<&str>()
+                        .map(|m| m.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into())
+                })
+            })
+            .collect()
+    });
+    let mut stopped = Vec::new();
+    for ((node, pid, _), result) in vms.iter().zip(results) {
+        match result {
+            Ok(true) => stopped.push((node.clone(), *pid)),
+            Ok(false) => return Err(DownError::Survivor { node: node.clone(), pid: *pid }),
+            Err(message) => return Err(DownError::StopPanicked { node: node.clone(), pid: *pid, message }),
+        }
+    }
+    Ok(stopped)
+}
+
 /// Removes everything of the lab; idempotent (a second call finds nothing and does nothing).
 pub fn teardown(dir: &LabDir, net: &dyn HostNet) -> Result<Teardown, DownError> {
     let mut report = Teardown::default();
     let vms = node_processes(dir);
-    let results: Vec<(String, u32, bool)> = std::thread::scope(|s| {
-        let handles: Vec<_> = vms
-            .iter()
-            .map(|(node, pid, start)| {
-                let qmp = dir.qmp_socket(node);
-                s.spawn(move || (node.clone(), *pid, stop_vm(&qmp, *pid, *start)))
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
-    for (node, pid, gone) in results {
-        if !gone {
-            return Err(DownError::Survivor { node, pid });
-        }
-        report.stopped.push((node, pid));
-    }
+    report.stopped = stop_all(&vms, |node, pid, start| stop_vm(&dir.qmp_socket(node), pid, start))?;
     let netns = netns_of(dir);
     if net.netns_exists(&netns)? {
         net.delete_netns(&netns)?;
@@ -117,6 +155,7 @@ pub fn teardown(dir: &LabDir, net: &dyn HostNet) -> Result<Teardown, DownError> 
 #[cfg(test)]
 mod tests {
     use super::super::hostnet::fake::FakeHostNet;
+    use super::super::labdir::{LabState, NodeState};
     use super::*;
 
     #[test]
@@ -133,6 +172,64 @@ mod tests {
         assert!(net.netns_exists("tb-other").unwrap());
         let second = teardown(&dir, &net).unwrap();
         assert!(second.is_noop());
+    }
+
+    #[test]
+    fn netns_comes_from_the_lab_name_not_the_plan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "mine");
+        dir.create().unwrap();
+        let mut plan = super::super::up::tests::test_plan();
+        plan.netns = "tb-other".into();
+        dir.write_plan(&plan).unwrap();
+        let net = FakeHostNet::default();
+        net.create_netns("tb-other").unwrap();
+        let t = teardown(&dir, &net).unwrap();
+        assert_eq!(t.netns_deleted, None);
+        assert!(net.netns_exists("tb-other").unwrap());
+    }
+
+    #[test]
+    fn a_panicked_stop_keeps_the_netns_and_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "p");
+        dir.create().unwrap();
+        let vms = vec![("n1".to_string(), 11, 1), ("n2".to_string(), 22, 2)];
+        let err = stop_all(&vms, |node, _, _| if node == "n2" { panic!("qmp exploded") } else { true }).unwrap_err();
+        assert!(
+            matches!(&err, DownError::StopPanicked { node, pid: 22, message } if node == "n2" && message.contains("qmp exploded")),
+            "{err}"
+        );
+        let err = stop_all(&vms, |node, _, _| node != "n1").unwrap_err();
+        assert!(matches!(err, DownError::Survivor { pid: 11, .. }));
+        assert_eq!(stop_all(&vms, |_, _, _| true).unwrap(), vec![("n1".to_string(), 11), ("n2".to_string(), 22)]);
+    }
+
+    #[test]
+    fn recorded_pid_with_matching_start_time_but_foreign_command_line_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "demo3");
+        dir.create().unwrap();
+        let me = std::process::id();
+        let node = NodeState {
+            pid: Some(me),
+            pid_start_time: procs::start_time(me),
+            ssh_port: 1,
+            accelerator: super::super::accel::Accel::Tcg,
+            host_key_public: String::new(),
+            image_id: String::new(),
+            stage: "ready".into(),
+        };
+        let state = LabState {
+            lab: "demo3".into(),
+            accelerator: super::super::accel::Accel::Tcg,
+            accelerator_reason: String::new(),
+            qemu_version: String::new(),
+            created_at: String::new(),
+            nodes: [("n1".to_string(), node)].into_iter().collect(),
+        };
+        dir.write_state(&state).unwrap();
+        assert!(node_processes(&dir).is_empty());
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
         async move {
             let ns = lab.state.nodes.get(&n.name);
             let alive = ns.is_some_and(|s| match (s.pid, s.pid_start_time) {
-                (Some(pid), Some(st)) => procs::is_same_process(pid, st),
+                (Some(pid), Some(st)) => down::is_node_vm(&lab.paths, &n.name, pid, st),
                 _ => false,
             });
             let agent = if alive {

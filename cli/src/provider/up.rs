@@ -295,7 +295,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
     if let (Some(state), false) = (previous.as_mut(), netns_present) {
         // The netns (and the taps the VMs were attached to) is gone: their underlay is dead for good, so the
         // VMs are replaced rather than reused.
-        stop_recorded_vms(state);
+        stop_recorded_vms(&dir, state);
     }
     if let Some(state) = &previous {
         if netns_present && lab_is_healthy(&dir, &plan, state).await {
@@ -370,11 +370,14 @@ fn rollback_summary(t: &Teardown) -> String {
     )
 }
 
-/// Stops the VMs a state records (only while their start time matches) and forgets their PIDs.
-fn stop_recorded_vms(state: &mut LabState) {
-    for ns in state.nodes.values_mut() {
+/// Stops the VMs a state records (only while they are still this lab's, see `down::is_node_vm`) and
+/// forgets their PIDs.
+fn stop_recorded_vms(dir: &LabDir, state: &mut LabState) {
+    for (node, ns) in state.nodes.iter_mut() {
         if let (Some(pid), Some(start)) = (ns.pid, ns.pid_start_time) {
-            procs::terminate(pid, start, Duration::from_secs(3));
+            if down::is_node_vm(dir, node, pid, start) {
+                procs::terminate(pid, start, Duration::from_secs(3));
+            }
         }
         ns.pid = None;
         ns.pid_start_time = None;
@@ -385,7 +388,7 @@ fn stop_recorded_vms(state: &mut LabState) {
 async fn lab_is_healthy(dir: &LabDir, plan: &Plan, state: &LabState) -> bool {
     let all_alive = plan.nodes.iter().all(|n| {
         state.nodes.get(&n.name).is_some_and(|s| match (s.pid, s.pid_start_time) {
-            (Some(pid), Some(st)) => procs::is_same_process(pid, st) && s.stage == "ready",
+            (Some(pid), Some(st)) => down::is_node_vm(dir, &n.name, pid, st) && s.stage == "ready",
             _ => false,
         })
     });
@@ -460,7 +463,7 @@ async fn converge(
         known.push((node.ssh_port, host_public.clone()));
         let prev = previous.as_ref().and_then(|s| s.nodes.get(&node.name));
         let live = prev.filter(|p| match (p.pid, p.pid_start_time) {
-            (Some(pid), Some(st)) => procs::is_same_process(pid, st),
+            (Some(pid), Some(st)) => down::is_node_vm(&dir, &node.name, pid, st),
             _ => false,
         });
         let image_id = images.iter().find(|(r, _)| *r == node.image).map(|(_, a)| a.id.clone()).unwrap_or_default();
@@ -809,7 +812,7 @@ fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<u32, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::hostnet::fake::FakeHostNet;
     use super::*;
     use crate::plan::{ClusterPlan, Impairment, NetworkPlan, NicPlan};
@@ -886,9 +889,29 @@ mod tests {
 
     #[test]
     fn stopping_recorded_vms_forgets_pids_and_spares_strangers() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        use std::os::unix::process::CommandExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "x");
+        // Looks like node1's QEMU: argv names the node directory (argv[0] is free text for `sleep`).
+        let mut child = std::process::Command::new("sleep")
+            .arg0(format!("qemu-system-x86_64 {}/serial.log", dir.node_dir("node1").display()))
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
-        let start = procs::start_time(pid).unwrap();
+        // A live process with the right PID and start time but not a QEMU of this lab (a reboot recycled both).
+        let mut stranger = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let stranger_start = procs::start_time(stranger.id()).unwrap();
+        let mut start = None;
+        for _ in 0..200 {
+            // Between fork and exec the child still has our command line.
+            if procs::cmdline(pid).is_some_and(|c| c.contains("qemu-system")) {
+                start = procs::start_time(pid);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let start = start.unwrap();
         let node = |pid, start| NodeState {
             pid: Some(pid),
             pid_start_time: Some(start),
@@ -905,13 +928,20 @@ mod tests {
             qemu_version: String::new(),
             created_at: String::new(),
             // node2 records our own PID with a wrong start time: a recycled PID that must not be signalled.
-            nodes: [("node1".to_string(), node(pid, start)), ("node2".to_string(), node(std::process::id(), 1))]
-                .into_iter()
-                .collect(),
+            nodes: [
+                ("node1".to_string(), node(pid, start)),
+                ("node2".to_string(), node(std::process::id(), 1)),
+                ("node3".to_string(), node(stranger.id(), stranger_start)),
+            ]
+            .into_iter()
+            .collect(),
         };
-        stop_recorded_vms(&mut state);
+        stop_recorded_vms(&dir, &mut state);
         assert!(state.nodes.values().all(|n| n.pid.is_none() && n.pid_start_time.is_none()));
         assert!(!child.wait().unwrap().success());
+        assert!(stranger.try_wait().unwrap().is_none(), "a stranger was signalled");
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
     }
 
     #[test]
