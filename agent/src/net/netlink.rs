@@ -372,7 +372,13 @@ impl Kernel for NetlinkKernel {
             Action::DeleteLink(name) => self.delete_link(name).await?,
             Action::CreateLink(l) => {
                 let msg = match &l.kind {
-                    LinkKind::Bridge => LinkBridge::new(&l.name).mtu(l.mtu).up().build(),
+                    LinkKind::Bridge => {
+                        let mut b = LinkBridge::new(&l.name).mtu(l.mtu).up();
+                        if let Some(mac) = l.mac {
+                            b = b.address(mac.to_vec());
+                        }
+                        b.build()
+                    }
                     LinkKind::Vxlan { vni, port, local, dev, learning } => {
                         let dev_index = self.require_index(dev).await?;
                         let mut b = LinkVxlan::new(&l.name, *vni)

@@ -34,6 +34,12 @@ pub fn parse_mac(s: &str) -> Result<Mac, NetError> {
     Ok(mac)
 }
 
+/// `0a:58:` followed by the IPv4 address: locally administered, unicast, unique per node subnet.
+pub fn gateway_mac(ip: Ipv4Addr) -> Mac {
+    let [a, b, c, d] = ip.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
 pub fn fmt_mac(mac: &Mac) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -173,7 +179,10 @@ impl Desired {
             name: BRIDGE.into(),
             kind: LinkKind::Bridge,
             mtu: spec.backend.pod_mtu(under.mtu),
-            mac: None,
+            // A bridge without an address of its own takes the lowest MAC of its ports, so it changed whenever
+            // a pod came or went and long-lived pods kept a stale gateway entry until it re-resolved (seconds
+            // of loss). A fixed MAC from the gateway IP (0a:58 + IPv4, as the CNI plugins derive theirs) stays.
+            mac: Some(gateway_mac(gateway)),
             addrs: vec![net(gateway, subnet.prefix_len())?],
         }];
         let mut routes = Vec::new();
@@ -571,7 +580,7 @@ mod tests {
             out,
             vec![
                 "sysctl net.ipv4.ip_forward=1",
-                "link add cni0 type bridge mtu 1450 up",
+                "link add cni0 type bridge address 0a:58:0a:f4:01:01 mtu 1450 up",
                 "addr add 10.244.1.1/24 dev cni0",
                 "link add flannel.1 type vxlan id 1 dstport 8472 local 192.168.50.1 dev eth1 nolearning address 02:00:00:00:00:01 mtu 1450 up",
                 "addr add 10.244.1.0/32 dev flannel.1",
@@ -656,7 +665,7 @@ mod tests {
             out,
             vec![
                 "sysctl net.ipv4.ip_forward=1",
-                "link add cni0 type bridge mtu 1472 up",
+                "link add cni0 type bridge address 0a:58:0a:f4:01:01 mtu 1472 up",
                 "addr add 10.244.1.1/24 dev cni0",
                 "link set flannel0 mtu 1472 up",
                 "addr add 10.244.1.0/16 dev flannel0",
