@@ -7,6 +7,7 @@
 //!   <id>/vmlinuz, initrd.img   direct-boot kernel + initramfs (built images only)
 //!   .tmp-<id>-<pid>-<nonce>/   an entry being built or downloaded; renamed to <id>/ when complete
 //!   .part-<sha256>             a download in progress (kept to resume with a Range request)
+//!   .accel/<key>.json          cached KVM probe outcomes (see `accel_cache_dir`)
 //! ```
 //!
 //! An entry appears by `rename(2)` of a complete directory, so readers never see a half-written image.
@@ -34,6 +35,13 @@ pub fn cache_root() -> Result<PathBuf, ImageError> {
         Some(home) => Ok(PathBuf::from(home).join(".cache/testbed/images")),
         None => Err(ImageError::NoCacheDir),
     }
+}
+
+/// Where the KVM probe outcomes are cached (`provider::accel`): `<cache_root>/.accel`. The one cache rule
+/// is `cache_root`'s; living inside it means one variable moves the whole cache, and the dot keeps `image
+/// list`/`rm` from ever taking it for an image.
+pub fn accel_cache_dir() -> Result<PathBuf, ImageError> {
+    Ok(cache_root()?.join(".accel"))
 }
 
 /// How an image came to be.
@@ -358,6 +366,15 @@ mod tests {
         let cmd = "qemu-system-x86_64 -name tb-a-b -drive file=/s/labs/my-lab/nodes/n-2/overlay.qcow2,if=virtio";
         assert_eq!(lab_node_of(cmd).as_deref(), Some("lab `my-lab` node `n-2`"));
         assert_eq!(lab_node_of("sleep 30"), None);
+    }
+
+    #[test]
+    fn accel_cache_is_inside_the_one_cache_root_and_never_an_image() {
+        assert_eq!(accel_cache_dir().unwrap(), cache_root().unwrap().join(".accel"));
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(".accel")).unwrap();
+        std::fs::write(root.path().join(".accel/0123.json"), br#"{"accel":"tcg","reason":"x"}"#).unwrap();
+        assert!(list(root.path()).unwrap().is_empty());
     }
 
     #[test]

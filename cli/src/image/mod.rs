@@ -24,6 +24,7 @@ use crate::plan::ImageRef;
 use crate::ui::Ui;
 
 pub use build::BuildOptions;
+pub use cache::{accel_cache_dir, cache_root};
 
 /// The kernel argument that selects probe mode in the initramfs.
 pub const PROBE_ARG: &str = "testbed.probe=1";

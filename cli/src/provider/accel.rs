@@ -65,7 +65,8 @@ pub fn kvm_device_usable() -> Result<(), String> {
         .map_err(|e| format!("/dev/kvm: {e}"))
 }
 
-fn cache_file(cache_root: &Path, qemu_version: &str, kernel: &Path) -> PathBuf {
+/// The cached outcome's file in `dir` (`image::cache::accel_cache_dir`).
+fn cache_file(dir: &Path, qemu_version: &str, kernel: &Path) -> PathBuf {
     let mut h = Sha256::new();
     h.update(qemu_version.as_bytes());
     h.update(b"\0");
@@ -76,13 +77,13 @@ fn cache_file(cache_root: &Path, qemu_version: &str, kernel: &Path) -> PathBuf {
     if let Ok(u) = nix::sys::utsname::uname() {
         h.update(u.release().as_encoded_bytes());
     }
-    cache_root.join("accel").join(format!("{}.json", &hex::encode(h.finalize())[..16]))
+    dir.join(format!("{}.json", &hex::encode(h.finalize())[..16]))
 }
 
 /// The cached choice when there is one, else a fresh probe (then cached). `kernel: None` (firmware-booted
 /// cloud image) cannot be probed cheaply: TCG unless forced.
 pub fn choose(
-    cache_root: &Path,
+    cache_dir: &Path,
     qemu_version: &str,
     kernel: Option<&Path>,
     initrd: Option<&Path>,
@@ -94,18 +95,18 @@ pub fn choose(
     let Some(kernel) = kernel else {
         return AccelChoice { accel: Accel::Tcg, reason: "image has no kernel to probe KVM with".into() };
     };
-    let file = cache_file(cache_root, qemu_version, kernel);
+    let file = cache_file(cache_dir, qemu_version, kernel);
     if let Some(c) = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<AccelChoice>(&b).ok()) {
         return AccelChoice { accel: c.accel, reason: format!("{} (cached)", c.reason) };
     }
     let choice = probe(kernel, initrd, cmdline, PROBE_TIMEOUT);
-    store(cache_root, qemu_version, kernel, &choice);
+    store(cache_dir, qemu_version, kernel, &choice);
     choice
 }
 
 /// Caches a probe outcome (best effort: an unwritable cache only costs a probe next time).
-pub fn store(cache_root: &Path, qemu_version: &str, kernel: &Path, choice: &AccelChoice) {
-    let file = cache_file(cache_root, qemu_version, kernel);
+pub fn store(cache_dir: &Path, qemu_version: &str, kernel: &Path, choice: &AccelChoice) {
+    let file = cache_file(cache_dir, qemu_version, kernel);
     if let Some(dir) = file.parent() {
         if std::fs::create_dir_all(dir).is_ok() {
             if let Ok(body) = serde_json::to_vec_pretty(choice) {

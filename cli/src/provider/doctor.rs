@@ -41,20 +41,9 @@ fn tool_version(program: &str, arg: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&text).lines().next().unwrap_or_default().trim().to_string())
 }
 
-/// Image cache root, same rule as the image module (`$TESTBED_CACHE_DIR` | XDG | ~/.cache/testbed/images).
-fn image_cache_root() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("TESTBED_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("testbed/images"));
-    }
-    std::env::var_os("HOME").filter(|d| !d.is_empty()).map(|h| PathBuf::from(h).join(".cache/testbed/images"))
-}
-
 /// A cached image with a direct-boot kernel: (id, kernel, initrd, cmdline).
 fn cached_bootable_image() -> Option<(String, PathBuf, PathBuf, String)> {
-    let root = image_cache_root()?;
+    let root = crate::image::cache_root().ok()?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&root).ok()?.flatten() {
         let dir = entry.path();
@@ -106,8 +95,8 @@ pub fn run_checks() -> Vec<Check> {
             (Some((id, kernel, initrd, cmdline)), Ok(_)) => {
                 let c = accel::probe(&kernel, Some(&initrd), &cmdline, accel::PROBE_TIMEOUT);
                 // Remember the fresh outcome for `up`.
-                if let (Ok(root), Ok(v)) = (labdir::cache_root(), &qemu_version) {
-                    accel::store(&root, v, &kernel, &c);
+                if let (Ok(dir), Ok(v)) = (crate::image::accel_cache_dir(), &qemu_version) {
+                    accel::store(&dir, v, &kernel, &c);
                 }
                 let status = if c.accel == Accel::Kvm { Status::Ok } else { Status::Warn };
                 checks.push(check("kvm", status, format!("probe with image {id}: {} ({})", c.accel, c.reason), None));
@@ -161,7 +150,7 @@ pub fn run_checks() -> Vec<Check> {
         Ok(p) => checks.push(check("agent", Status::Ok, p.display().to_string(), None)),
         Err(e) => checks.push(check("agent", Status::Warn, e.to_string(), Some(crate::ssh::AGENT_BUILD_HINT))),
     }
-    for (name, dir) in [("disk-cache", labdir::cache_root().ok()), ("disk-state", labdir::state_root().ok())] {
+    for (name, dir) in [("disk-cache", crate::image::cache_root().ok()), ("disk-state", labdir::state_root().ok())] {
         let Some(dir) = dir else { continue };
         match free_bytes(&dir) {
             Some(b) if b >= MIN_FREE => {
@@ -185,6 +174,8 @@ fn netns_checks() -> Vec<Check> {
     let ns = format!("tb-doctor-{}", std::process::id());
     let mut out = Vec::new();
     if let Err(e) = net.create_netns(&ns) {
+        // create_netns removes what it added on error; this also catches a leftover of an earlier doctor.
+        let _ = net.delete_netns(&ns);
         out.push(check("netns", Status::Fail, format!("cannot create a network namespace: {e}"), Some("run as root")));
         return out;
     }

@@ -110,8 +110,7 @@ fn stop_all(
 ) -> Result<Vec<(String, u32)>, DownError> {
     let stop = &stop;
     let results: Vec<Result<bool, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            vms.iter().map(|(node, pid, start)| s.spawn(move || stop(node, *pid, *start))).collect();
+        let handles: Vec<_> = vms.iter().map(|(node, pid, start)| s.spawn(move || stop(node, *pid, *start))).collect();
         handles
             .into_iter()
             .map(|h| {

@@ -94,6 +94,25 @@ pub fn netem_args(impair: &Impairment) -> Vec<String> {
     args
 }
 
+/// `ip netns add` (unless it `exists`) and `lo up`, through `ip`. A namespace this call added is deleted
+/// again when bringing `lo` up fails, so an error never leaves a namespace behind for the caller to find.
+fn create_netns_with(
+    netns: &str,
+    exists: bool,
+    ip: &dyn Fn(&[&str]) -> Result<String, HostNetError>,
+) -> Result<(), HostNetError> {
+    if !exists {
+        ip(&["netns", "add", netns])?;
+    }
+    if let Err(e) = ip(&["-n", netns, "link", "set", "lo", "up"]) {
+        if !exists {
+            let _ = ip(&["netns", "delete", netns]);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 impl HostNet for IpHostNet {
     fn netns_exists(&self, netns: &str) -> Result<bool, HostNetError> {
         let list = run("ip", &["netns", "list"])?;
@@ -101,11 +120,7 @@ impl HostNet for IpHostNet {
     }
 
     fn create_netns(&self, netns: &str) -> Result<(), HostNetError> {
-        if !self.netns_exists(netns)? {
-            run("ip", &["netns", "add", netns])?;
-        }
-        run("ip", &["-n", netns, "link", "set", "lo", "up"])?;
-        Ok(())
+        create_netns_with(netns, self.netns_exists(netns)?, &|args| run("ip", args))
     }
 
     fn delete_netns(&self, netns: &str) -> Result<(), HostNetError> {
@@ -275,6 +290,24 @@ mod tests {
         assert_eq!(netem_args(&j), ["loss", "0.5%"]);
     }
 
+    #[test]
+    fn netns_added_is_deleted_when_lo_up_fails() {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let ip = |args: &[&str]| -> Result<String, HostNetError> {
+            calls.lock().unwrap().push(args.join(" "));
+            if args.contains(&"lo") {
+                return Err(HostNetError::Command { command: "ip ... lo up".into(), stderr: "boom".into() });
+            }
+            Ok(String::new())
+        };
+        assert!(create_netns_with("tb-x", false, &ip).is_err());
+        assert_eq!(*calls.lock().unwrap(), ["netns add tb-x", "-n tb-x link set lo up", "netns delete tb-x"]);
+        // A namespace that existed before is not ours to delete.
+        calls.lock().unwrap().clear();
+        assert!(create_netns_with("tb-x", true, &ip).is_err());
+        assert_eq!(*calls.lock().unwrap(), ["-n tb-x link set lo up"]);
+    }
+
     /// Real kernel objects: needs root and iproute2; skipped otherwise.
     #[test]
     fn real_netns_bridge_tap_netem_roundtrip() {
@@ -284,8 +317,9 @@ mod tests {
         }
         let net = IpHostNet;
         let ns = format!("tb-ut-{}", std::process::id());
-        net.create_netns(&ns).unwrap();
+        // Created inside the guard: a panic at any step still reaches the delete below.
         let result = std::panic::catch_unwind(|| {
+            net.create_netns(&ns).unwrap();
             net.ensure_bridge(&ns, "tbut-br", 1400).unwrap();
             net.ensure_bridge(&ns, "tbut-br", 1400).unwrap();
             net.ensure_tap(&ns, "tbut-tap", "tbut-br", 1400).unwrap();

@@ -46,18 +46,6 @@ pub fn state_root() -> Result<PathBuf, LabDirError> {
     Ok(PathBuf::from(home).join(".local/state/testbed/labs"))
 }
 
-/// `$TESTBED_CACHE_DIR`, else `$XDG_CACHE_HOME/testbed`, else `~/.cache/testbed` (same rule as the image cache).
-pub fn cache_root() -> Result<PathBuf, LabDirError> {
-    if let Some(d) = std::env::var_os("TESTBED_CACHE_DIR").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(d).join("testbed"));
-    }
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(LabDirError::NoStateDir)?;
-    Ok(PathBuf::from(home).join(".cache/testbed"))
-}
-
 /// Names of the labs under the state root: directories with a valid lab name that hold `plan.json` or `lock`
 /// (anything else in a shared state directory is not ours and is never selected, let alone removed).
 pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {

@@ -435,7 +435,8 @@ async fn converge(
         images.push((node.image.clone(), art));
     }
 
-    let cache = labdir::cache_root()?;
+    let cache =
+        image::accel_cache_dir().map_err(|source| UpError::Image { image: "(cache directory)".into(), source })?;
     let first = images.first().map(|(_, a)| a.clone());
     let (qemu_version, accel) = blocking(move || {
         let version = qemu::version();
