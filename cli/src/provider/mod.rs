@@ -200,8 +200,10 @@ pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
         "healthy": healthy,
         "nodes": nodes,
     });
+    let verdict = status_verdict(&lab.plan.lab, &nodes);
     if ui.is_json() {
-        return print_json(&doc);
+        print_json(&doc)?;
+        return verdict;
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
@@ -240,7 +242,26 @@ pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
             agent
         );
     }
-    Ok(())
+    verdict
+}
+
+/// `status` exits 3 when a node's VM is dead or its agent does not answer (scripts rely on the code), 0 when
+/// every node is healthy. The report is already on stdout, so the error must not add a second document.
+fn status_verdict(lab: &str, nodes: &[serde_json::Value]) -> CliResult {
+    let sick: Vec<String> = nodes
+        .iter()
+        .filter(|n| n["agent"]["healthy"] != json!(true))
+        .map(|n| {
+            let why = if n["alive"] == json!(true) { "agent not healthy" } else { "VM not running" };
+            format!("{} ({why})", n["name"].as_str().unwrap_or("?"))
+        })
+        .collect();
+    if sick.is_empty() {
+        Ok(())
+    } else {
+        // SuiteIncomplete: exit 3 with the results already printed (no error document follows on stdout).
+        Err(CliError::SuiteIncomplete(format!("lab `{lab}` is not healthy: {}", sick.join(", "))))
+    }
 }
 
 pub async fn cmd_ssh(_ui: &Ui, a: SshArgs) -> CliResult {
@@ -299,5 +320,22 @@ pub async fn cmd_doctor(ui: &Ui, _a: DoctorArgs) -> CliResult {
         Ok(())
     } else {
         Err(CliError::infra(anyhow!("this host cannot run labs: {} missing", failed.join(", "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_exits_3_for_a_dead_vm_or_sick_agent_and_0_when_all_healthy() {
+        let node = |name: &str, alive: bool, healthy: bool| json!({"name": name, "alive": alive, "agent": {"healthy": healthy}});
+        assert!(status_verdict("l", &[node("a", true, true), node("b", true, true)]).is_ok());
+        let err =
+            status_verdict("l", &[node("a", true, true), node("b", false, false), node("c", true, false)]).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert!(err.results_printed(), "no second JSON document after the status report");
+        let text = err.to_string();
+        assert!(text.contains("b (VM not running)") && text.contains("c (agent not healthy)"), "{text}");
     }
 }
