@@ -226,15 +226,21 @@ impl Plan {
     }
 }
 
-/// Version of the plan format written to plan.json.
-pub const PLAN_VERSION: u32 = 1;
+/// Version of the plan format written to plan.json. 2: SSH ports moved below the ephemeral range.
+pub const PLAN_VERSION: u32 = 2;
 /// SSH ports: each lab owns a block of `MAX_NODES` ports starting at `SSH_PORT_BASE + slot * MAX_NODES`,
-/// slot = hash(lab) % `SSH_PORT_SLOTS`. Two labs may hash to one slot; the provider checks that a port is
-/// free before it starts QEMU and fails with a clear message otherwise.
-pub const SSH_PORT_BASE: u16 = 20000;
-pub const SSH_PORT_SLOTS: u64 = 1000;
+/// slot = hash(lab) % `SSH_PORT_SLOTS`, so every port is in 10000..=32399: below Linux's ephemeral range
+/// (32768-60999), where any outgoing connection on the host could be holding the port. Two labs may hash to
+/// one slot; the provider checks that a port is free before it starts QEMU and fails with a clear message.
+pub const SSH_PORT_BASE: u16 = 10000;
+pub const SSH_PORT_SLOTS: u64 = 700;
 /// The MAC byte that stands in for the network index in VTEP MACs (networks are numbered 0..8).
 const VTEP_MAC_MARKER: u8 = 0xff;
+
+const _: () = assert!(
+    SSH_PORT_BASE as u64 + SSH_PORT_SLOTS * crate::topology::validate::MAX_NODES as u64 <= 32768,
+    "SSH port blocks must stay below the ephemeral port range"
+);
 
 /// Per-lab values derived from the lab name alone.
 struct LabIds {

@@ -35,7 +35,7 @@ networks:
 #[test]
 fn minimal_topology_plans_with_defaults() {
     let plan = plan_of(BASE).expect("valid");
-    assert_eq!(plan.version, 1);
+    assert_eq!(plan.version, 2);
     assert_eq!(plan.lab, "lab");
     assert_eq!(plan.netns, "tb-lab");
     assert_eq!(plan.nodes.len(), 2);
@@ -685,7 +685,7 @@ proptest! {
         }
         for n in &plan.nodes {
             prop_assert!(ports.insert(n.ssh_port));
-            prop_assert!(n.ssh_port >= 20000);
+            prop_assert!((10000..32768).contains(&n.ssh_port), "{} not below the ephemeral range", n.ssh_port);
             prop_assert!(macs.insert(n.vtep_mac.clone()));
             prop_assert!(plan.cluster.pod_cidr.contains(&n.pod_subnet));
             prop_assert_eq!(n.pod_subnet.prefix_len(), prefix);
@@ -732,7 +732,7 @@ fn plan_is_pinned_across_versions() {
     let plan = load_plan(&topologies_dir().join("default.yaml")).expect("default");
     assert_eq!(plan.networks[0].bridge, "tb37a8ee-br0");
     let n = &plan.nodes[1];
-    assert_eq!(n.ssh_port, 24769);
+    assert_eq!(n.ssh_port, 17969);
     assert_eq!(n.nics[0].tap, "tb37a8ee-n1e1");
     assert_eq!(n.nics[0].mac, "52:54:c1:ce:00:01");
     assert_eq!(n.vtep_mac, "52:54:c1:ce:ff:01");
