@@ -20,6 +20,8 @@ fn can_run_vms() -> bool {
     let root = nix::unistd::Uid::effective().is_root();
     let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
     if !(root && qemu) {
+        // CI must not go green without VM coverage.
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but this host cannot run VMs (root, QEMU)");
         eprintln!("skipped: needs root and qemu-system-x86_64");
     }
     root && qemu
@@ -191,6 +193,29 @@ fn invalid_topology_exits_2_and_creates_nothing() {
     assert!(!netns_exists("tb-e2e-bad"));
 }
 
+/// `--lab` is a name, never a path: `down` must not delete anything outside the state dir, nor the state dir
+/// itself, nor a directory in it that is not a lab. Needs no VM and no root.
+#[test]
+fn down_refuses_lab_names_that_are_paths() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let victim = tmp.path().join("victim");
+    let foreign = state_dir.join("photos");
+    std::fs::create_dir_all(&victim).expect("victim");
+    std::fs::create_dir_all(&foreign).expect("foreign dir in the state dir");
+    for bad in ["../victim", "/", "", "..", "photos/..", "Victim"] {
+        let out = testbed(&state_dir).args(["down", "--lab", bad]).output().expect("down");
+        assert_eq!(out.status.code(), Some(2), "{}", show(&format!("down --lab {bad:?}"), &out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not a lab name"), "{}", show("down", &out));
+        let st = testbed(&state_dir).args(["status", "--lab", bad]).output().expect("status");
+        assert_eq!(st.status.code(), Some(2), "{}", show(&format!("status --lab {bad:?}"), &st));
+    }
+    // Without --lab, a directory that is not a lab (no plan.json, no lock) is not "the only lab".
+    let out = testbed(&state_dir).arg("down").output().expect("down");
+    assert!(out.status.success(), "{}", show("down with no lab", &out));
+    assert!(victim.is_dir() && foreign.is_dir() && state_dir.is_dir(), "something outside a lab was removed");
+}
+
 #[test]
 fn down_cleans_up_after_up_was_sigkilled() {
     if !can_run_vms() {
@@ -223,9 +248,22 @@ fn down_cleans_up_after_up_was_sigkilled() {
     for (pid, start) in &vms {
         assert_eq!(proc_start_time(*pid), Some(*start), "the VMs outlive the killed CLI");
     }
-    // Also kill one VM behind testbed's back: down must cope with a dead recorded PID.
-    let (dead, _) = vms[0];
+    // Also kill one VM behind testbed's back: down must cope with a dead recorded PID. Signalled only while it
+    // is still that process (same start time), never a recycled PID.
+    let (dead, dead_start) = vms[0];
+    assert_eq!(proc_start_time(dead), Some(dead_start), "VM {dead} changed under us");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead as i32), nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc_start_time(dead) == Some(dead_start) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // `status` of a lab with a dead VM: the report (one JSON document), and exit 3.
+    let status = testbed(&state_dir).args(["status", "--lab", lab, "--output", "json"]).output().expect("status");
+    assert_eq!(status.status.code(), Some(3), "{}", show("status with a dead VM", &status));
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("one status JSON document");
+    assert_eq!(doc["healthy"], false, "{doc:#}");
+    assert!(doc["nodes"].as_array().into_iter().flatten().any(|n| n["alive"] == false), "{doc:#}");
 
     let down = testbed(&state_dir).args(["down", "--lab", lab]).output().expect("down");
     assert!(down.status.success(), "{}", show("down", &down));

@@ -89,10 +89,6 @@ impl TiedChild {
         Ok(TiedChild { child: cmd.spawn()? })
     }
 
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
         self.child.try_wait()
     }
@@ -117,7 +113,7 @@ mod tests {
     #[test]
     fn tied_child_is_killed_on_drop() {
         let child = TiedChild::spawn(std::process::Command::new("sleep").arg("30")).unwrap();
-        let pid = child.id();
+        let pid = child.child.id();
         let st = start_time(pid).unwrap();
         drop(child);
         assert!(!is_same_process(pid, st), "sleep {pid} survived the guard");
@@ -129,7 +125,7 @@ mod tests {
         // the child once the thread that spawned it is gone.
         let pid = std::thread::spawn(|| {
             let child = TiedChild::spawn(std::process::Command::new("sleep").arg("30")).unwrap();
-            let pid = child.id();
+            let pid = child.child.id();
             std::mem::forget(child);
             pid
         })
