@@ -328,7 +328,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
     }
 
     let inflight = InFlight::default();
-    let work = converge(ui, plan.clone(), dir.clone(), previous, opts, net.clone(), started, inflight.clone());
+    let work = converge(ui, plan.clone(), dir.clone(), previous, opts, net.clone(), inflight.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let result = tokio::select! {
         r = work => r,
@@ -343,7 +343,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
         inflight.settle().await;
     }
     match result {
-        Ok(outcome) => Ok(outcome),
+        Ok(outcome) => Ok(UpOutcome { seconds: started.elapsed().as_secs_f64(), ..outcome }),
         Err(e) if opts.keep => {
             ui.info(format!("keeping the failed lab for inspection (--keep): {}", dir.root.display()));
             Err(e)
@@ -415,7 +415,6 @@ async fn converge(
     previous: Option<LabState>,
     opts: &UpOptions,
     net: Arc<dyn HostNet>,
-    started: Instant,
     inflight: InFlight,
 ) -> Result<UpOutcome, UpError> {
     dir.write_plan(&plan)?;
@@ -558,7 +557,8 @@ async fn converge(
         already_up: false,
         accelerator: st.accelerator,
         accelerator_reason: st.accelerator_reason.clone(),
-        seconds: started.elapsed().as_secs_f64(),
+        // Filled in by `up`, which started the clock.
+        seconds: 0.0,
         nodes,
     })
 }
