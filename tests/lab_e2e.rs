@@ -270,6 +270,52 @@ fn down_cleans_up_after_up_was_sigkilled() {
     assert_nothing_left(&state_dir, lab, &vms);
 }
 
+/// QEMU processes whose command line names `dir` (the test's own state dir, so never someone else's VM).
+fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let cmd = String::from_utf8_lossy(&std::fs::read(p.path().join("cmdline")).ok()?).replace('\0', " ");
+            (cmd.contains("qemu") && cmd.contains(&needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGTERM while the first QEMU is being launched: `up` must wait for every launch still under way before
+/// it rolls back, so no VM, netns or lab directory survives it.
+#[test]
+fn interrupted_up_rolls_back_everything() {
+    if !can_run_vms() {
+        return;
+    }
+    ensure_agent();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state_dir = tmp.path().join("state");
+    let lab = "e2e-intr";
+    let topo = topology_copy(tmp.path(), lab);
+    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+    let mut up = testbed(&state_dir).arg("up").arg(&topo).stdout(Stdio::null()).spawn().expect("spawn up");
+    // qemu.log is created right before QEMU is started: the launch is under way.
+    let launching = state_dir.join(lab).join("nodes/node1/qemu.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !launching.exists() {
+        assert!(Instant::now() < deadline, "no launch within 120 s");
+        if let Ok(Some(st)) = up.try_wait() {
+            panic!("up ended before launching: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let status = up.wait().expect("wait up");
+    assert_eq!(status.code(), Some(3), "an interrupted up is an infrastructure failure");
+    assert!(qemus_under(&state_dir).is_empty(), "QEMU left running: {:?}", qemus_under(&state_dir));
+    assert!(!netns_exists(&format!("tb-{lab}")), "netns tb-{lab} remains");
+    assert!(!state_dir.join(lab).exists(), "lab directory remains");
+}
+
 /// Benchmark, not a timed test: `up` of 2 and 3 nodes (default topology, plus node3) until every agent is
 /// ready, then `down`. Prints seconds and the per-node stage times. Run:
 /// `cargo test -p testbed --test lab_e2e -- --ignored --nocapture bench_up`
