@@ -14,9 +14,10 @@ pub enum CliError {
     /// A suite ran and at least one check failed. Exit 1.
     #[error("{0}")]
     TestsFailed(String),
-    /// A suite ran but some checks could not (a node or agent unreachable); its results say which. Exit 3.
+    /// The command ran and printed its report (a suite's results, a lab's status), and that report shows an
+    /// infrastructure failure (a node or agent unreachable). Exit 3, with no second document after it.
     #[error("{0}")]
-    SuiteIncomplete(String),
+    InfraReported(String),
 }
 
 impl CliError {
@@ -32,21 +33,21 @@ impl CliError {
         match self {
             CliError::TestsFailed(_) => 1,
             CliError::BadInput(_) => 2,
-            CliError::Infra(_) | CliError::SuiteIncomplete(_) => 3,
+            CliError::Infra(_) | CliError::InfraReported(_) => 3,
         }
     }
 
     /// True when the command already printed its own result document (a suite's results), so no error
     /// document may follow it on stdout.
     pub fn results_printed(&self) -> bool {
-        matches!(self, CliError::TestsFailed(_) | CliError::SuiteIncomplete(_))
+        matches!(self, CliError::TestsFailed(_) | CliError::InfraReported(_))
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             CliError::TestsFailed(_) => "tests-failed",
             CliError::BadInput(_) => "bad-input",
-            CliError::Infra(_) | CliError::SuiteIncomplete(_) => "infrastructure",
+            CliError::Infra(_) | CliError::InfraReported(_) => "infrastructure",
         }
     }
 }

@@ -833,7 +833,7 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
         .map(|profile| workspace_target.join(profile).join("testbed-agent"))
         .filter_map(|p| std::fs::metadata(&p).ok().and_then(|m| m.modified().ok()).map(|t| (t, p)))
         .collect();
-    built.sort_by(|a, b| b.0.cmp(&a.0));
+    built.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     let mut passed_over = Vec::new();
     for path in beside_exe.into_iter().chain(built.into_iter().map(|(_, p)| p)).filter(|p| p.is_file()) {
         match read_elf_head(&path).and_then(|head| check_static_elf(&path, &head)) {

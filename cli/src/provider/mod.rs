@@ -259,8 +259,8 @@ fn status_verdict(lab: &str, nodes: &[serde_json::Value]) -> CliResult {
     if sick.is_empty() {
         Ok(())
     } else {
-        // SuiteIncomplete: exit 3 with the results already printed (no error document follows on stdout).
-        Err(CliError::SuiteIncomplete(format!("lab `{lab}` is not healthy: {}", sick.join(", "))))
+        // InfraReported: exit 3 with the results already printed (no error document follows on stdout).
+        Err(CliError::InfraReported(format!("lab `{lab}` is not healthy: {}", sick.join(", "))))
     }
 }
 

@@ -100,7 +100,7 @@ pub fn outcome_to_result(results: &SuiteResults, out: &Path) -> CliResult {
         RunOutcome::InfraError => {
             let first = results.checks.iter().find(|c| c.status == CheckStatus::Error);
             let why = first.map(|c| format!("{}: {}", c.name, c.message.as_deref().unwrap_or(""))).unwrap_or_default();
-            Err(CliError::SuiteIncomplete(format!("{} could not run completely ({why}); {counts}", results.suite)))
+            Err(CliError::InfraReported(format!("{} could not run completely ({why}); {counts}", results.suite)))
         }
     }
 }
