@@ -4,19 +4,22 @@
 //!
 //! All kernel work runs on one dedicated thread with a current-thread tokio runtime and a single rtnetlink
 //! connection (`Worker`): requests are serialised, which is what the reconcile needs anyway, and the thread
-//! can live in another network namespace (tests run two "nodes" in one process that way). Work inside a
-//! pod's netns runs on a short-lived thread that `setns`'s there and opens its own connection.
+//! can live in another network namespace (tests run two "nodes" in one process that way). Pod attachment,
+//! the per-pod hot path, uses synchronous batching sockets instead (`rawlink.rs`): one in the node's netns,
+//! and one per pod opened inside the pod's netns by the worker itself (a netlink socket stays bound to the
+//! namespace it was made in), so attaching a pod costs four netlink round trips and no thread.
 
 mod ipam;
 mod netlink;
 mod plan;
+mod rawlink;
 mod udp;
 
 #[cfg(test)]
 mod kernel_tests;
 
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -27,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use ipam::Ipam;
 use netlink::NetlinkKernel;
+use rawlink::RtSocket;
 use plan::{fmt_mac, kind_name, LinkKind, BRIDGE, TUN_DEV, VXLAN_DEV};
 use udp::UdpForwarder;
 
@@ -160,6 +164,16 @@ pub fn host_veth_name(pod: &str) -> String {
 
 struct Worker {
     kernel: NetlinkKernel,
+    /// Synchronous batching socket in the node netns for the pod hot path.
+    node_sock: RtSocket,
+    /// The worker thread's (node) netns, to return to after opening a socket inside a pod's.
+    home_ns: OwnedFd,
+    /// /proc/sys/net/ipv6/conf of the node netns (None: no IPv6 in this kernel). Per-device files are opened
+    /// relative to it: a lookup from /proc/sys/net walks a dentry chain with one entry per network
+    /// namespace (every pod has one), which made each open O(pods).
+    ipv6_conf: Option<std::fs::File>,
+    /// cni0's ifindex; forgotten on every apply (which may recreate cni0) and when a create with it fails.
+    bridge: Option<u32>,
     ipam: Ipam,
     spec: Option<NodeSpec>,
     udp: Option<UdpForwarder>,
@@ -172,7 +186,8 @@ impl Worker {
         rx: mpsc::UnboundedReceiver<Request>,
         ready: oneshot::Sender<Result<(), NetError>>,
     ) {
-        let setup = || -> Result<(tokio::runtime::Runtime, NetlinkKernel), NetError> {
+        type Setup = (tokio::runtime::Runtime, NetlinkKernel, RtSocket, OwnedFd, Option<std::fs::File>);
+        let setup = || -> Result<Setup, NetError> {
             if let Some(fd) = &netns {
                 nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| NetError::io("setns into the node netns".into(), e.into()))?;
@@ -184,9 +199,17 @@ impl Worker {
             let _guard = rt.enter();
             let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::io("netlink socket".into(), e))?;
             rt.spawn(conn);
-            Ok((rt, NetlinkKernel { handle }))
+            let node_sock = RtSocket::new().map_err(|e| NetError::io("netlink socket".into(), e))?;
+            let home = std::fs::File::open("/proc/thread-self/ns/net")
+                .map_err(|e| NetError::io("open /proc/thread-self/ns/net".into(), e))?;
+            let ipv6_conf = match std::fs::File::open(netlink::IPV6_CONF) {
+                Ok(dir) => Some(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(NetError::io(format!("open {}", netlink::IPV6_CONF), e)),
+            };
+            Ok((rt, NetlinkKernel { handle }, node_sock, OwnedFd::from(home), ipv6_conf))
         };
-        let (rt, kernel) = match setup() {
+        let (rt, kernel, node_sock, home_ns, ipv6_conf) = match setup() {
             Ok(ok) => ok,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -194,7 +217,7 @@ impl Worker {
             }
         };
         let _ = ready.send(Ok(()));
-        let mut worker = Worker { kernel, ipam, spec: None, udp: None };
+        let mut worker = Worker { kernel, node_sock, home_ns, ipv6_conf, bridge: None, ipam, spec: None, udp: None };
         rt.block_on(worker.serve(rx));
     }
 
@@ -214,6 +237,7 @@ impl Worker {
         if self.kernel.link_index(&spec.underlay.interface).await?.is_none() {
             return Err(NetError::NoSuchLink(format!("{} (underlay.interface)", spec.underlay.interface)));
         }
+        self.bridge = None;
         let mut changes = self.converge_udp(&spec).await?;
         // Remember the spec before converging: pods can attach to what is already there even if a later
         // step fails, and the next periodic apply retries.
@@ -328,28 +352,47 @@ impl Worker {
         let ip = self.ipam.allocate(pod, subnet)?;
         let host_veth = host_veth_name(pod);
         let addr = Ipv4Net::new(ip, subnet.prefix_len()).map_err(|e| NetError::Ipam(e.to_string()))?;
-        let pod_side = |netns: OwnedFd| {
-            in_netns(netns, move |handle| async move { netlink::configure_pod_side(&handle, addr, gateway).await })
-        };
         let with_pod = |e: NetError| match e {
             NetError::Netlink { step, source } => NetError::Netlink { step: format!("pod {pod}: {step}"), source },
             other => other,
         };
-        if self.kernel.link_index(&host_veth).await?.is_some() {
+        let mut pod_sock = RtSocket::open_in(netns.as_fd(), self.home_ns.as_fd())?;
+        if !self.create_veth(&host_veth, &netns, mtu).await.map_err(with_pod)? {
+            // The host veth exists: an earlier attach of this pod (agent restart, repair).
             let bridge = self.kernel.bridge_index().await?;
             self.kernel.enslave(&host_veth, bridge).await?;
-            let again = netns.try_clone().map_err(|e| NetError::io(format!("pod {pod}: dup netns fd"), e))?;
-            match pod_side(again).await {
+            match netlink::configure_pod_side(&mut pod_sock, addr, gateway) {
                 Ok(()) => return Ok(PodAttachment { ip, host_veth }),
                 // The veth's peer lives in another netns (an earlier infra process of a pod with this
                 // name): replace the pair.
                 Err(NetError::NoSuchLink(_)) => self.kernel.delete_pod_veth(&host_veth).await?,
                 Err(e) => return Err(with_pod(e)),
             }
+            if !self.create_veth(&host_veth, &netns, mtu).await.map_err(with_pod)? {
+                return Err(with_pod(NetError::Repair(format!("{host_veth} exists again right after its deletion"))));
+            }
         }
-        self.kernel.create_pod_veth(&host_veth, &netns, mtu).await.map_err(with_pod)?;
-        pod_side(netns).await.map_err(with_pod)?;
+        netlink::configure_pod_side(&mut pod_sock, addr, gateway).map_err(with_pod)?;
         Ok(PodAttachment { ip, host_veth })
+    }
+
+    /// The veth pair into cni0 (see `netlink::create_pod_veth`); false if the host end exists. Retries once
+    /// with a fresh cni0 index when the cached one may be stale.
+    async fn create_veth(&mut self, host_veth: &str, netns: &OwnedFd, mtu: u32) -> Result<bool, NetError> {
+        if let Some(bridge) = self.bridge {
+            match netlink::create_pod_veth(&mut self.node_sock, self.ipv6_conf.as_ref(), host_veth, netns, mtu, bridge) {
+                Ok(created) => return Ok(created),
+                Err(e) => {
+                    tracing::debug!("create {host_veth} with cached {BRIDGE} index {bridge}: {e}; looking it up again");
+                    self.bridge = None;
+                    // A half-made pair (e.g. hairpin refused) must not turn the retry into "exists".
+                    self.kernel.delete_pod_veth(host_veth).await?;
+                }
+            }
+        }
+        let bridge = self.kernel.bridge_index().await?;
+        self.bridge = Some(bridge);
+        netlink::create_pod_veth(&mut self.node_sock, self.ipv6_conf.as_ref(), host_veth, netns, mtu, bridge)
     }
 
     async fn detach(&mut self, pod: &str) -> Result<(), NetError> {
@@ -391,38 +434,4 @@ impl Worker {
         }
         Ok(lines)
     }
-}
-
-/// Runs `f` on a fresh thread inside the network namespace `netns`, with its own current-thread runtime and
-/// rtnetlink connection (rtnetlink's own `NetworkNamespace` helpers fork inside tokio; this does not).
-async fn in_netns<F, Fut, T>(netns: OwnedFd, f: F) -> Result<T, NetError>
-where
-    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, NetError>>,
-    T: Send + 'static,
-{
-    let (tx, rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("net-podns".into())
-        .spawn(move || {
-            let run = || -> Result<T, NetError> {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NetError::io("setns into the pod netns".into(), e.into()))?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-                    .map_err(|e| NetError::io("pod netns runtime".into(), e))?;
-                rt.block_on(async {
-                    let (conn, handle, _) =
-                        rtnetlink::new_connection().map_err(|e| NetError::io("pod netlink socket".into(), e))?;
-                    let conn = tokio::spawn(conn);
-                    let out = f(handle).await;
-                    conn.abort();
-                    out
-                })
-            };
-            let _ = tx.send(run());
-        })
-        .map_err(|e| NetError::io("spawn pod netns thread".into(), e))?;
-    rx.await.map_err(|_| NetError::WorkerGone)?
 }

@@ -1,4 +1,5 @@
-//! The real kernel behind the planner, over one rtnetlink connection, plus the per-pod veth work.
+//! The real kernel behind the planner, over one rtnetlink connection, plus the per-pod veth work (over the
+//! synchronous batching socket of `rawlink.rs`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -16,10 +17,11 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::plan::{Action, Fdb, Kernel, KernelState, LinkKind, LinkState, Mac, Neighbour, NeighbourState, Route, RouteState, BRIDGE, VXLAN_DEV};
+use super::rawlink::{Mode, Req, RtSocket};
 use super::NetError;
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -180,22 +182,6 @@ impl NetlinkKernel {
             gone_ok(self.handle.link().del(index).execute().await).map_err(nl(format!("delete link {name}")))?;
         }
         Ok(())
-    }
-
-    /// Creates the host/pod veth pair with the pod end (`eth0`) born inside the pod's netns, the host end
-    /// enslaved to cni0 and up, all in one request; then hairpin on the bridge port.
-    pub async fn create_pod_veth(&self, host: &str, netns: &OwnedFd, mtu: u32) -> Result<(), NetError> {
-        let bridge = self.require_index(BRIDGE).await?;
-        let peer = LinkMessageBuilder::<LinkUnspec>::new().name("eth0").mtu(mtu).setns_by_fd(netns.as_raw_fd()).build();
-        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(host)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .mtu(mtu)
-            .controller(bridge)
-            .up()
-            .build();
-        self.handle.link().add(msg).execute().await.map_err(nl(format!("create veth {host}")))?;
-        self.hairpin(host).await
     }
 
     /// Master cni0 and up, then hairpin: for a veth found detached or down.
@@ -463,16 +449,85 @@ impl Kernel for NetlinkKernel {
     }
 }
 
-/// Inside the pod's netns (the calling thread must have `setns`'d there): lo up; eth0 address, up; default
-/// route via the bridge. Idempotent.
-pub async fn configure_pod_side(handle: &Handle, addr: Ipv4Net, gateway: Ipv4Addr) -> Result<(), NetError> {
-    let k = NetlinkKernel { handle: handle.clone() };
+/// Creates the host/pod veth pair over the synchronous socket `node` (node netns): the pod end is born as
+/// `eth0` inside the pod's netns, the host end enslaved to cni0 (`bridge`) but still down, hairpin on, in one
+/// batch. Then IPv6 is turned off on the host end before it goes up: the cluster is IPv4-only, and a veth
+/// with IPv6 adds a link-local and a multicast route to the node's IPv6 FIB, which every later netdev event
+/// walks (that made attaching a pod O(pods)). `Ok(false)`: a link with that name exists already.
+pub fn create_pod_veth(
+    node: &mut RtSocket,
+    ipv6_conf: Option<&std::fs::File>,
+    host: &str,
+    netns: &OwnedFd,
+    mtu: u32,
+    bridge: u32,
+) -> Result<bool, NetError> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new().name("eth0").mtu(mtu).setns_by_fd(netns.as_raw_fd()).build();
+    let create = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(host)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(mtu)
+        .controller(bridge)
+        .build();
+    let hairpin = LinkBridgePort::new(0).name(host).hairpin(true).build();
+    let created = node.batch(&[
+        Req::new(RouteNetlinkMessage::NewLink(create), Mode::CreateNew, format!("create veth {host}")),
+        Req::new(RouteNetlinkMessage::NewLink(hairpin), Mode::Plain, format!("set {host} hairpin on")),
+    ]);
+    match created {
+        Err(NetError::Netlink { source, .. }) if errno(&source) == Some(libc::EEXIST) => return Ok(false),
+        other => other?,
+    };
+    if let Some(conf) = ipv6_conf {
+        disable_ipv6(conf, host)?;
+    }
+    let up = LinkUnspec::new_with_name(host).up().build();
+    node.batch(&[Req::new(RouteNetlinkMessage::SetLink(up), Mode::Plain, format!("set {host} up"))])?;
+    Ok(true)
+}
+
+pub const IPV6_CONF: &str = "/proc/sys/net/ipv6/conf";
+
+/// `net.ipv6.conf.<dev>.disable_ipv6 = 1`, through `conf`, an open IPV6_CONF directory of the node netns.
+fn disable_ipv6(conf: &std::fs::File, dev: &str) -> Result<(), NetError> {
+    // The open directory as a path: the lookup starts there instead of at /proc/sys/net.
+    let path = format!("/proc/thread-self/fd/{}/{dev}/disable_ipv6", conf.as_raw_fd());
+    std::fs::write(&path, "1").map_err(|e| NetError::io(format!("write {IPV6_CONF}/{dev}/disable_ipv6"), e))
+}
+
+/// Inside the pod's netns, over a socket opened there: lo up; eth0 address, up; default route via the
+/// bridge. Two batches (eth0's index is needed for the second). Idempotent. `NoSuchLink("eth0")` when the
+/// pod has no eth0.
+pub fn configure_pod_side(pod: &mut RtSocket, addr: Ipv4Net, gateway: Ipv4Addr) -> Result<(), NetError> {
     // Loopback is ifindex 1 in every network namespace (LOOPBACK_IFINDEX).
-    handle.link().set(LinkUnspec::new_with_index(1).up().build()).execute().await.map_err(nl("pod: set lo up"))?;
-    let eth0 = k.require_index("eth0").await?;
-    exists_ok(handle.address().add(eth0, IpAddr::V4(addr.addr()), addr.prefix_len()).execute().await)
-        .map_err(nl(format!("pod: addr add {addr} dev eth0")))?;
-    handle.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await.map_err(nl("pod: set eth0 up"))?;
+    let lo_up = LinkUnspec::new_with_index(1).up().build();
+    let mut get_eth0 = LinkMessage::default();
+    get_eth0.attributes.push(LinkAttribute::IfName("eth0".into()));
+    let replies = match pod.batch(&[
+        Req::new(RouteNetlinkMessage::SetLink(lo_up), Mode::Plain, "pod: set lo up"),
+        Req::new(RouteNetlinkMessage::GetLink(get_eth0), Mode::Plain, "pod: get link eth0"),
+    ]) {
+        Err(NetError::Netlink { source, .. }) if errno(&source) == Some(libc::ENODEV) => {
+            return Err(NetError::NoSuchLink("eth0".into()))
+        }
+        other => other?,
+    };
+    let eth0 = match replies.get(1) {
+        Some(Some(RouteNetlinkMessage::NewLink(m))) => m.header.index,
+        _ => return Err(NetError::NoSuchLink("eth0".into())),
+    };
+    let mut address = AddressMessage::default();
+    address.header.family = AddressFamily::Inet;
+    address.header.prefix_len = addr.prefix_len();
+    address.header.index = eth0;
+    address.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+    address.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+    let up = LinkUnspec::new_with_index(eth0).up().build();
     let default = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(eth0).gateway(gateway).build();
-    exists_ok(handle.route().add(default).execute().await).map_err(nl(format!("pod: route add default via {gateway}")))
+    pod.batch(&[
+        Req::new(RouteNetlinkMessage::NewAddress(address), Mode::Create, format!("pod: addr add {addr} dev eth0")),
+        Req::new(RouteNetlinkMessage::SetLink(up), Mode::Plain, "pod: set eth0 up"),
+        Req::new(RouteNetlinkMessage::NewRoute(default), Mode::Create, format!("pod: route add default via {gateway}")),
+    ])?;
+    Ok(())
 }
