@@ -263,6 +263,7 @@ impl Agent {
     pub async fn restore(self: &Arc<Self>) {
         match std::fs::read(self.node_file()) {
             Ok(data) => match serde_json::from_slice::<NodeSpec>(&data) {
+                // On failure apply_node keeps the spec, so the periodic reconcile retries it.
                 Ok(spec) => {
                     if let Err(e) = self.apply_node(spec).await {
                         tracing::error!("re-applying the stored NodeSpec: {e}");
@@ -329,23 +330,38 @@ impl Agent {
         }
     }
 
+    /// PUT /v1/node. A spec that fails validation is refused (400) before anything is touched. A valid spec
+    /// becomes the node's desired state even when converging the kernel to it fails part-way (say the
+    /// underlay interface is not there yet): it is stored (memory and node.json), the error is returned and
+    /// kept in NodeStatus.last_error with converged = false, and the periodic reconcile keeps converging
+    /// toward it. No rollback: the network worker already works from the new spec after a partial failure,
+    /// and keeping one desired spec on both sides is what stops the two from flip-flopping.
     pub async fn apply_node(&self, spec: NodeSpec) -> Result<ApplyResponse> {
         testbed_api::validate::validate_node(&spec).map_err(AgentError::Invalid)?;
         let _guard = self.apply_lock.lock().await;
         let result = self.net.apply(&spec).await;
+        if let Err(e @ NetError::InvalidInput(_)) = result {
+            // Refused as a whole: the spec is not taken on.
+            return Err(e.into());
+        }
+        let stored = write_json_atomic(&self.node_file(), &spec);
         let mut node = lock(&self.node);
+        node.spec = Some(spec);
         match result {
             Ok(changes) => {
-                write_json_atomic(&self.node_file(), &spec)?;
-                node.spec = Some(spec);
                 node.converged = true;
                 node.last_error = None;
+                stored?;
                 Ok(ApplyResponse { changes })
             }
             Err(e) => {
                 node.converged = false;
-                node.last_error = Some(e.to_string());
-                Err(e.into())
+                node.last_error = Some(format!("apply: {e}"));
+                Err(AgentError::Failed(format!(
+                    "the NodeSpec is stored but the node did not converge to it ({e}); the agent keeps retrying \
+                     every {} s (see last_error in GET /v1/node)",
+                    RECONCILE_PERIOD.as_secs()
+                )))
             }
         }
     }

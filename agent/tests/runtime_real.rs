@@ -474,7 +474,7 @@ fn restart_policies_readoption_and_drift() {
 }
 
 /// Sends a request and hangs up without reading the answer (a CLI that timed out or was interrupted).
-fn send_and_hang_up(method: &str, path: &str, body: Option<Value>) {
+fn send_and_hang_up(method: &str, path: &str, body: Option<Value>, after: Duration) {
     let mut s = TcpStream::connect(("127.0.0.1", 7070)).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
@@ -484,7 +484,7 @@ fn send_and_hang_up(method: &str, path: &str, body: Option<Value>) {
     )
     .unwrap();
     // Let the agent start on it, then close: the handler would be cancelled mid-way.
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(after);
     s.shutdown(std::net::Shutdown::Both).unwrap();
 }
 
@@ -509,13 +509,16 @@ fn cancelled_and_concurrent_requests() {
     agent.apply_node();
     let sleeper = |name: &str| json!({"name": name, "containers": [container("c", &["sleep", "1000"])]});
 
-    // A DELETE whose client hangs up during the grace period still deletes the pod; a later DELETE waits
-    // for it instead of answering 204 at once, and the name can be used again.
+    // A DELETE whose client hangs up during the grace period still deletes the pod, and the name can be
+    // used again.
     let p = create(sleeper("gone"));
     let (pid, infra) = (running_pid(&p, 0), p["infra_pid"].as_u64().unwrap());
-    send_and_hang_up("DELETE", "/v1/pods/gone?grace_period_secs=2", None);
-    assert_eq!(http("DELETE", "/v1/pods/gone", None).0, 204);
-    assert_eq!(http("GET", "/v1/pods/gone", None).0, 404);
+    send_and_hang_up("DELETE", "/v1/pods/gone?grace_period_secs=1", None, Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http("GET", "/v1/pods/gone", None).0 != 404 {
+        assert!(Instant::now() < deadline, "a cancelled DELETE left the pod behind");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(!alive(pid) && !alive(infra), "the pod's processes survived a cancelled DELETE");
     assert!(!PathBuf::from(p["cgroup"].as_str().unwrap()).exists());
     let again = create(sleeper("gone"));
@@ -530,9 +533,11 @@ fn cancelled_and_concurrent_requests() {
     assert_eq!(http("GET", "/v1/pods/gone", None).0, 404);
     assert_eq!(first.join().unwrap(), 204);
 
-    // A create whose client hangs up still ends with a complete, running pod (not a Pending ghost).
-    send_and_hang_up("POST", "/v1/pods", Some(sleeper("orphan")));
-    let st = wait_pod("orphan", 10, |s| s["phase"] == "Running");
+    // A create whose client hangs up still ends with a complete, running pod (not a Pending ghost). Many
+    // containers make the create last long enough to be cut.
+    let many: Vec<Value> = (0..30).map(|i| container(&format!("c{i}"), &["sleep", "1000"])).collect();
+    send_and_hang_up("POST", "/v1/pods", Some(json!({"name": "orphan", "containers": many})), Duration::from_millis(30));
+    let st = wait_pod("orphan", 20, |s| s["phase"] == "Running");
     let infra = st["infra_pid"].as_u64().unwrap();
     assert_eq!(infra_pids_of("orphan"), vec![infra]);
     assert_eq!(http("DELETE", "/v1/pods/orphan", None).0, 204);
@@ -562,3 +567,38 @@ fn cancelled_and_concurrent_requests() {
     drop(agent);
 }
 
+#[test]
+fn failed_apply_is_kept_and_retried() {
+    require_root!();
+    let mut agent = TestAgent::start("retry");
+    // Valid, but its underlay interface does not exist yet: 500, and the spec is the node's desired state.
+    let mut spec = node_spec();
+    spec["underlay"]["interface"] = json!("tbretry0");
+    let (code, body) = http("PUT", "/v1/node", Some(spec));
+    assert_eq!(code, 500, "{body}");
+    let (_, node) = http("GET", "/v1/node", None);
+    assert_eq!(node["spec"]["underlay"]["interface"], "tbretry0", "{node}");
+    assert_eq!(node["converged"], false, "{node}");
+    assert!(node["last_error"].as_str().unwrap().contains("tbretry0"), "{node}");
+    // Still so after an agent restart (the stored spec failed again at start) ...
+    agent.kill();
+    agent.spawn();
+    let (_, node) = http("GET", "/v1/node", None);
+    assert_eq!(node["spec"]["underlay"]["interface"], "tbretry0", "{node}");
+    // ... and the periodic reconcile converges once the interface appears (in this test's own netns).
+    let ok = Command::new("ip").args(["link", "add", "tbretry0", "type", "veth", "peer", "name", "tbretry1"]).status().unwrap().success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, node) = http("GET", "/v1/node", None);
+        if node["converged"] == true {
+            assert!(node["last_error"].is_null(), "{node}");
+            assert!(node["network"]["links"].to_string().contains("cni0"), "{node}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never converged: {node}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    create(json!({"name": "p", "containers": [container("c", &["sleep", "1000"])]}));
+    drop(agent);
+}
