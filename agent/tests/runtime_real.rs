@@ -536,7 +536,12 @@ fn cancelled_and_concurrent_requests() {
     // A create whose client hangs up still ends with a complete, running pod (not a Pending ghost). Many
     // containers make the create last long enough to be cut.
     let many: Vec<Value> = (0..30).map(|i| container(&format!("c{i}"), &["sleep", "1000"])).collect();
-    send_and_hang_up("POST", "/v1/pods", Some(json!({"name": "orphan", "containers": many})), Duration::from_millis(30));
+    send_and_hang_up(
+        "POST",
+        "/v1/pods",
+        Some(json!({"name": "orphan", "containers": many})),
+        Duration::from_millis(30),
+    );
     let st = wait_pod("orphan", 20, |s| s["phase"] == "Running");
     let infra = st["infra_pid"].as_u64().unwrap();
     assert_eq!(infra_pids_of("orphan"), vec![infra]);
@@ -586,7 +591,11 @@ fn failed_apply_is_kept_and_retried() {
     let (_, node) = http("GET", "/v1/node", None);
     assert_eq!(node["spec"]["underlay"]["interface"], "tbretry0", "{node}");
     // ... and the periodic reconcile converges once the interface appears (in this test's own netns).
-    let ok = Command::new("ip").args(["link", "add", "tbretry0", "type", "veth", "peer", "name", "tbretry1"]).status().unwrap().success();
+    let ok = Command::new("ip")
+        .args(["link", "add", "tbretry0", "type", "veth", "peer", "name", "tbretry1"])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -1,7 +1,9 @@
 //! Checks both sides run on specs: the CLI before sending, the agent before touching the kernel.
 //! Errors name the field as a path so a 4xx tells exactly what is wrong.
 
-use crate::{ApiError, NodeSpec, PodSpec};
+use ipnet::Ipv4Net;
+
+use crate::{ApiError, Backend, NodeSpec, PodSpec};
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ApiError {
     ApiError { field: Some(field.into()), message: message.into() }
@@ -59,48 +61,111 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Everything the agent can check before touching the kernel: a spec that passes must not be refused by the
+/// kernel half-way (overlapping routes, an off-link host-gw gateway, a multicast VTEP MAC), which would
+/// leave the node half-changed.
 pub fn validate_node(spec: &NodeSpec) -> Result<(), ApiError> {
-    if spec.node_name.is_empty() {
-        return Err(err("node_name", "must not be empty"));
+    if !is_dns_label(&spec.node_name, 63) {
+        return Err(err("node_name", format!("`{}` is not a DNS label (a-z, 0-9, '-', at most 63)", spec.node_name)));
     }
     if !(576..=9000).contains(&spec.underlay.mtu) {
         return Err(err("underlay.mtu", format!("{} is outside 576..=9000", spec.underlay.mtu)));
     }
-    if spec.underlay.prefix_len > 32 {
-        return Err(err("underlay.prefix_len", "must be at most 32"));
-    }
+    let underlay_net = Ipv4Net::new(spec.underlay.address, spec.underlay.prefix_len)
+        .map_err(|_| err("underlay.prefix_len", "must be at most 32"))?;
     if !spec.pod_cidr.contains(&spec.pod_subnet) {
         return Err(err("pod_subnet", format!("{} is not inside pod_cidr {}", spec.pod_subnet, spec.pod_cidr)));
     }
     if spec.pod_subnet.prefix_len() > 29 {
         return Err(err("pod_subnet", "must be /29 or larger"));
     }
-    if !is_mac(&spec.vtep_mac) {
-        return Err(err("vtep_mac", format!("`{}` is not a MAC address", spec.vtep_mac)));
-    }
+    vtep_mac("vtep_mac", &spec.vtep_mac)?;
     for (i, p) in spec.peers.iter().enumerate() {
+        let at = |f: &str| format!("peers[{i}].{f}");
+        let earlier = &spec.peers[..i];
+        if !is_dns_label(&p.name, 63) {
+            return Err(err(at("name"), format!("`{}` is not a DNS label", p.name)));
+        }
+        if p.name == spec.node_name {
+            return Err(err(at("name"), format!("`{}` is this node's own name", p.name)));
+        }
+        if earlier.iter().any(|q| q.name == p.name) {
+            return Err(err(at("name"), format!("duplicate peer name `{}`", p.name)));
+        }
+        if p.underlay_ip == spec.underlay.address {
+            return Err(err(at("underlay_ip"), format!("{} is this node's own underlay address", p.underlay_ip)));
+        }
+        if let Some(q) = earlier.iter().find(|q| q.underlay_ip == p.underlay_ip) {
+            return Err(err(at("underlay_ip"), format!("{} is also the address of peer `{}`", p.underlay_ip, q.name)));
+        }
+        // host-gw routes go straight to the peer: the kernel refuses a gateway that is not on-link.
+        if spec.backend == Backend::HostGw && !underlay_net.contains(&p.underlay_ip) {
+            return Err(err(
+                at("underlay_ip"),
+                format!(
+                    "{} is outside the underlay subnet {} (host-gw needs every peer on-link)",
+                    p.underlay_ip,
+                    underlay_net.trunc()
+                ),
+            ));
+        }
         if !spec.pod_cidr.contains(&p.pod_subnet) {
-            return Err(err(format!("peers[{i}].pod_subnet"), "not inside pod_cidr"));
+            return Err(err(at("pod_subnet"), "not inside pod_cidr"));
         }
-        if p.pod_subnet == spec.pod_subnet || spec.peers[..i].iter().any(|q| q.pod_subnet == p.pod_subnet) {
-            return Err(err(format!("peers[{i}].pod_subnet"), format!("{} is used twice", p.pod_subnet)));
+        if overlap(p.pod_subnet, spec.pod_subnet) {
+            return Err(err(
+                at("pod_subnet"),
+                format!("{} overlaps this node's pod_subnet {}", p.pod_subnet, spec.pod_subnet),
+            ));
         }
-        if !is_mac(&p.vtep_mac) {
-            return Err(err(format!("peers[{i}].vtep_mac"), format!("`{}` is not a MAC address", p.vtep_mac)));
+        if let Some(q) = earlier.iter().find(|q| overlap(q.pod_subnet, p.pod_subnet)) {
+            return Err(err(
+                at("pod_subnet"),
+                format!("{} overlaps {} of peer `{}`", p.pod_subnet, q.pod_subnet, q.name),
+            ));
         }
+        vtep_mac(&at("vtep_mac"), &p.vtep_mac)?;
     }
     Ok(())
 }
 
-fn is_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+/// Two CIDR blocks overlap exactly when one contains the other.
+fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b) || b.contains(&a)
+}
+
+/// A unicast MAC the kernel accepts for a vxlan device and as an FDB/neighbour address: not zero, and
+/// not multicast (which includes broadcast).
+fn vtep_mac(field: &str, s: &str) -> Result<(), ApiError> {
+    let Some(bytes) = parse_mac(s) else {
+        return Err(err(field, format!("`{s}` is not a MAC address")));
+    };
+    if bytes == [0; 6] {
+        return Err(err(field, format!("`{s}` is the zero MAC address")));
+    }
+    if bytes[0] & 1 == 1 {
+        return Err(err(field, format!("`{s}` is a multicast or broadcast MAC address, not a unicast one")));
+    }
+    Ok(())
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ContainerSpec, Resources, RestartPolicy};
+    use crate::{ContainerSpec, PeerSpec, Resources, RestartPolicy, UnderlaySpec};
 
     fn pod() -> PodSpec {
         PodSpec {
@@ -131,5 +196,112 @@ mod tests {
         let mut p = pod();
         p.name = "Web".into();
         assert_eq!(validate_pod(&p).unwrap_err().field.as_deref(), Some("name"));
+    }
+
+    fn node(backend: Backend) -> NodeSpec {
+        NodeSpec {
+            node_name: "n1".into(),
+            underlay: UnderlaySpec {
+                interface: "eth1".into(),
+                address: "192.168.50.1".parse().unwrap(),
+                prefix_len: 24,
+                mtu: 1500,
+            },
+            pod_cidr: "10.244.0.0/16".parse().unwrap(),
+            pod_subnet: "10.244.1.0/24".parse().unwrap(),
+            backend,
+            vtep_mac: "02:00:00:00:00:01".into(),
+            peers: (2..4u8)
+                .map(|i| PeerSpec {
+                    name: format!("n{i}"),
+                    underlay_ip: format!("192.168.50.{i}").parse().unwrap(),
+                    pod_subnet: format!("10.244.{i}.0/24").parse().unwrap(),
+                    vtep_mac: format!("02:00:00:00:00:{i:02x}"),
+                })
+                .collect(),
+        }
+    }
+
+    /// The field the error names, after `change` is applied to a valid spec.
+    fn field_of(backend: Backend, change: impl FnOnce(&mut NodeSpec)) -> Option<String> {
+        let mut s = node(backend);
+        change(&mut s);
+        validate_node(&s).err().map(|e| e.field.unwrap_or_default())
+    }
+
+    #[test]
+    fn valid_node_specs_pass() {
+        for b in Backend::ALL {
+            assert_eq!(validate_node(&node(b)), Ok(()), "{b}");
+        }
+        // Peers on another subnet are fine for the encapsulating backends.
+        let mut s = node(Backend::Vxlan);
+        s.peers[1].underlay_ip = "172.16.0.9".parse().unwrap();
+        assert_eq!(validate_node(&s), Ok(()));
+    }
+
+    #[test]
+    fn pod_subnets_must_not_overlap() {
+        let f = |c: fn(&mut NodeSpec)| field_of(Backend::Vxlan, c);
+        // Equal, contained and containing, against this node and against an earlier peer.
+        assert_eq!(
+            f(|s| s.peers[0].pod_subnet = "10.244.1.0/24".parse().unwrap()).as_deref(),
+            Some("peers[0].pod_subnet")
+        );
+        assert_eq!(
+            f(|s| s.peers[0].pod_subnet = "10.244.1.128/25".parse().unwrap()).as_deref(),
+            Some("peers[0].pod_subnet")
+        );
+        assert_eq!(
+            f(|s| s.peers[0].pod_subnet = "10.244.0.0/23".parse().unwrap()).as_deref(),
+            Some("peers[0].pod_subnet")
+        );
+        assert_eq!(
+            f(|s| s.peers[1].pod_subnet = "10.244.2.64/26".parse().unwrap()).as_deref(),
+            Some("peers[1].pod_subnet")
+        );
+        assert_eq!(
+            f(|s| s.peers[1].pod_subnet = "10.244.2.0/23".parse().unwrap()).as_deref(),
+            Some("peers[1].pod_subnet")
+        );
+        assert_eq!(f(|s| s.peers[1].pod_subnet = "10.244.4.0/24".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn peer_addresses_and_names() {
+        let hostgw = |c: fn(&mut NodeSpec)| field_of(Backend::HostGw, c);
+        assert_eq!(
+            hostgw(|s| s.peers[0].underlay_ip = "192.168.51.2".parse().unwrap()).as_deref(),
+            Some("peers[0].underlay_ip")
+        );
+        assert_eq!(hostgw(|s| s.underlay.prefix_len = 32).as_deref(), Some("peers[0].underlay_ip"));
+        assert_eq!(hostgw(|s| s.underlay.prefix_len = 33).as_deref(), Some("underlay.prefix_len"));
+        let vx = |c: fn(&mut NodeSpec)| field_of(Backend::Vxlan, c);
+        assert_eq!(
+            vx(|s| s.peers[1].underlay_ip = "192.168.50.1".parse().unwrap()).as_deref(),
+            Some("peers[1].underlay_ip")
+        );
+        assert_eq!(
+            vx(|s| s.peers[1].underlay_ip = "192.168.50.2".parse().unwrap()).as_deref(),
+            Some("peers[1].underlay_ip")
+        );
+        assert_eq!(vx(|s| s.peers[1].name = "n2".into()).as_deref(), Some("peers[1].name"));
+        assert_eq!(vx(|s| s.peers[0].name = "n1".into()).as_deref(), Some("peers[0].name"));
+        assert_eq!(vx(|s| s.peers[0].name = "N2".into()).as_deref(), Some("peers[0].name"));
+        assert_eq!(vx(|s| s.node_name = "node_1".into()).as_deref(), Some("node_name"));
+        assert_eq!(vx(|s| s.node_name = String::new()).as_deref(), Some("node_name"));
+    }
+
+    #[test]
+    fn vtep_macs_must_be_unicast() {
+        let vx = |c: fn(&mut NodeSpec)| field_of(Backend::Vxlan, c);
+        assert_eq!(vx(|s| s.vtep_mac = "00:00:00:00:00:00".into()).as_deref(), Some("vtep_mac"));
+        assert_eq!(vx(|s| s.vtep_mac = "ff:ff:ff:ff:ff:ff".into()).as_deref(), Some("vtep_mac"));
+        assert_eq!(vx(|s| s.vtep_mac = "01:00:5e:00:00:01".into()).as_deref(), Some("vtep_mac"));
+        assert_eq!(vx(|s| s.vtep_mac = "02:00:00:00:00".into()).as_deref(), Some("vtep_mac"));
+        assert_eq!(vx(|s| s.vtep_mac = "02:00:00:00:00:01:02".into()).as_deref(), Some("vtep_mac"));
+        assert_eq!(vx(|s| s.peers[1].vtep_mac = "33:33:00:00:00:01".into()).as_deref(), Some("peers[1].vtep_mac"));
+        assert_eq!(vx(|s| s.peers[0].vtep_mac = "00:00:00:00:00:00".into()).as_deref(), Some("peers[0].vtep_mac"));
+        assert_eq!(vx(|s| s.vtep_mac = "0a:1B:2c:3D:4e:5F".into()), None);
     }
 }
