@@ -706,15 +706,20 @@ impl Agent {
             let mut reader = tokio::io::BufReader::new(out);
             let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
             if !matches!(read, Ok(Ok(n)) if n > 0) {
-                let _ = child.start_kill();
-                let status = child.wait().await;
-                return Err(AgentError::Failed(format!(
-                    "launcher for {}/{} did not start the container ({status:?}); see the agent log",
-                    spec.name, c.name
-                )));
+                line.clear();
             }
         }
-        let pid: u32 = line.trim().parse().unwrap_or_default();
+        let Some(pid) = parse_container_pid(&line) else {
+            // Signals only our own launcher (the Child), never a PID read from the pipe.
+            let _ = child.start_kill();
+            let status = child.wait().await;
+            return Err(AgentError::Failed(format!(
+                "launcher for {}/{} did not start the container (it reported {:?}, then {status:?}); see the agent log",
+                spec.name,
+                c.name,
+                line.trim()
+            )));
+        };
         {
             let mut rec = lock(&pod.record);
             let cr = &mut rec.containers[idx];
@@ -897,6 +902,12 @@ impl Agent {
     }
 }
 
+/// The container PID a launcher reports on its first stdout line; None for anything but a positive number
+/// (a PID 0 would make every later check and signal aim at the wrong process).
+fn parse_container_pid(line: &str) -> Option<u32> {
+    line.trim().parse().ok().filter(|pid| *pid > 0)
+}
+
 /// Exit code of a launcher we spawned (128+signal when the launcher itself was killed).
 async fn wait_child(mut child: tokio::process::Child) -> i32 {
     match child.wait().await {
@@ -921,4 +932,18 @@ async fn kill_and_wait(pid: u32, role: &str, pod: &str, container: Option<&str>)
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tracing::warn!(pid, "process did not exit after SIGKILL");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_pid_line_must_be_a_positive_number() {
+        assert_eq!(parse_container_pid("4242\n"), Some(4242));
+        assert_eq!(parse_container_pid(" 7 "), Some(7));
+        for garbage in ["", "\n", "0\n", "-3", "pid 12", "12abc", "99999999999"] {
+            assert_eq!(parse_container_pid(garbage), None, "{garbage:?}");
+        }
+    }
 }
