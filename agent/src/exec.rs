@@ -77,6 +77,8 @@ async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> R
         .kill_on_drop(true)
         .process_group(0);
     let mut child = cmd.spawn().map_err(|source| AgentError::Io { what: "spawn exec launcher".into(), source })?;
+    // Declared after `child`, so dropped before it when the request is cancelled.
+    let mut group = GroupKiller(child.id().map(|pid| pid as i32));
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), req.stdin.clone()) {
         tokio::spawn(async move {
             let _ = stdin.write_all(data.as_bytes()).await;
@@ -87,10 +89,15 @@ async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> R
     let stderr = child.stderr.take().map(read_capped);
     let timeout = req.timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => (status, false),
+        Ok(status) => {
+            // The launcher is reaped: its PID, the group ID, may now be reused. Background children the
+            // command left behind on a normal exit are its business, as with `kubectl exec`.
+            group.disarm();
+            (status, false)
+        }
         Err(_) => {
-            // Killing the launcher kills the command too (PDEATHSIG).
-            let _ = child.start_kill();
+            // The whole group: the command and anything it started in the background (`cmd &`).
+            group.kill();
             (child.wait().await, true)
         }
     };
@@ -109,6 +116,30 @@ async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> R
     use std::os::unix::process::ExitStatusExt;
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     Ok(ExecResponse { exit_code, stdout, stderr, timed_out })
+}
+
+/// SIGKILLs an exec's process group: the launcher leads it (`process_group(0)`) and the command and its
+/// background children are in it (exec mode calls no setsid). Armed from spawn until the launcher has been
+/// waited for, so it covers the timeout and a request dropped because its client went away; the group is
+/// killed while the launcher is not yet reaped, when the group ID cannot belong to anyone else.
+struct GroupKiller(Option<i32>);
+
+impl GroupKiller {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Resolves the container of an exec request to its running process.

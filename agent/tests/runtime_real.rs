@@ -611,3 +611,54 @@ fn failed_apply_is_kept_and_retried() {
     create(json!({"name": "p", "containers": [container("c", &["sleep", "1000"])]}));
     drop(agent);
 }
+
+/// PIDs whose argv is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u64> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u64>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want) && alive(*pid))
+        .collect()
+}
+
+#[test]
+fn exec_timeout_and_hang_up_kill_the_whole_command() {
+    require_root!();
+    let agent = TestAgent::start("execkill");
+    agent.apply_node();
+    create(json!({"name": "x", "containers": [container("c", &["sleep", "1000"])]}));
+
+    // A timed-out exec kills the command's background children too (they would hold its pipes open).
+    let r = exec("x", json!({"command": ["sh", "-c", "sleep 3001 & echo $!; sleep 3002"], "timeout_secs": 1}));
+    assert_eq!(r["timed_out"], true, "{r}");
+    let bg: u64 = r["stdout"].as_str().unwrap().trim().parse().unwrap_or_else(|_| panic!("no background pid: {r}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(bg) {
+        assert!(Instant::now() < deadline, "background child {bg} of a timed-out exec survived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // An exec whose client hangs up is killed with its children.
+    let body = json!({"command": ["sh", "-c", "sleep 3003 & sleep 3004"]}).to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", 7070)).unwrap();
+    write!(s, "POST /v1/pods/x/exec HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids_running(&["sleep", "3003"]).is_empty() || pids_running(&["sleep", "3004"]).is_empty() {
+        assert!(Instant::now() < deadline, "the exec did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = [pids_running(&["sleep", "3003"]), pids_running(&["sleep", "3004"])].concat();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec processes {left:?} outlived their request");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(agent);
+}
