@@ -60,6 +60,10 @@ pub enum LaunchError {
     Io { what: String, source: std::io::Error },
     #[error("command contains a NUL byte")]
     Nul,
+    #[error("PID {pid} is no longer {what}")]
+    NotOurs { pid: u32, what: String },
+    #[error("the launcher died before the container started")]
+    ParentGone,
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> LaunchError {
@@ -100,6 +104,17 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         (None, false) => None,
     };
     let mnt_ns = args.join_pid.map(|target| open(format!("/proc/{target}/ns/mnt"))).transpose()?;
+    // The agent checked these PIDs before starting us, but a PID can be reused since. The fds now pin the
+    // namespaces of whoever had the PID when they were opened; if the PID still belongs to ours after the
+    // open, it did at the open too (a PID is never handed back to a process that died).
+    if !crate::sandbox::is_ours(infra, crate::sandbox::INFRA_ROLE, &args.pod, None) {
+        return Err(LaunchError::NotOurs { pid: infra, what: format!("the infra process of pod {}", args.pod) });
+    }
+    if let Some(target) = args.join_pid {
+        if !in_cgroup(target, &args.cgroup_procs) {
+            return Err(LaunchError::NotOurs { pid: target, what: "in the container's cgroup".into() });
+        }
+    }
     let log = match &args.log {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -131,22 +146,49 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         setns(ns, CloneFlags::CLONE_NEWNS).map_err(sys("setns mnt"))?;
     }
 
+    // The child watches this pipe to learn whether we died before its PDEATHSIG was armed (both ends are
+    // close-on-exec: the command inherits neither).
+    let (alive_r, alive_w) = std::io::pipe().map_err(|source| LaunchError::Io { what: "pipe".into(), source })?;
     // SAFETY: this process is single-threaded.
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let err = child(args, &argv, log.as_ref());
+            drop(alive_w);
+            let err = child(args, &argv, log.as_ref(), &alive_r);
             eprintln!("testbed-agent run-container: {err}");
             // SAFETY: leave without running the parent's atexit state.
             unsafe { libc::_exit(127) }
         }
-        ForkResult::Parent { child } => parent(args, child),
+        ForkResult::Parent { child } => {
+            drop(alive_r);
+            let code = parent(args, child);
+            drop(alive_w);
+            code
+        }
     }
 }
 
-fn child(args: &LauncherArgs, argv: &[CString], log: Option<&File>) -> LaunchError {
+/// False once every write end of the pipe is closed, i.e. the launcher (its only other holder) is gone.
+fn parent_alive(alive: &impl AsRawFd) -> bool {
+    let mut pfd = libc::pollfd { fd: alive.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout. The launcher never writes: any event means hang-up.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
+}
+
+/// Whether `pid` is listed in the first of `procs` (cgroup.procs files of one cgroup, one per hierarchy).
+fn in_cgroup(pid: u32, procs: &[PathBuf]) -> bool {
+    let Some(file) = procs.first() else { return false };
+    std::fs::read_to_string(file).is_ok_and(|list| list.lines().any(|l| l.trim() == pid.to_string()))
+}
+
+fn child(args: &LauncherArgs, argv: &[CString], log: Option<&File>, alive: &impl AsRawFd) -> LaunchError {
     // The container must not outlive its launcher: the agent kills launchers, and we forward to the child.
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return sys("prctl PDEATHSIG")(e);
+    }
+    // PDEATHSIG only fires for a death after it was set. getppid() cannot tell (we are in another PID
+    // namespace than our parent, so it reads 0 either way): the pipe can.
+    if !parent_alive(alive) {
+        return LaunchError::ParentGone;
     }
     if !args.exec {
         if let Err(e) = container_mounts() {
@@ -220,4 +262,28 @@ fn parent(args: &LauncherArgs, child: Pid) -> Result<i32, LaunchError> {
     }
     let _ = std::io::Write::flush(&mut std::io::stderr());
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_liveness_follows_the_pipe() {
+        let (r, w) = std::io::pipe().unwrap();
+        assert!(parent_alive(&r));
+        drop(w);
+        assert!(!parent_alive(&r));
+    }
+
+    #[test]
+    fn cgroup_membership_is_read_from_cgroup_procs() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        std::fs::write(&procs, "12\n345\n").unwrap();
+        assert!(in_cgroup(345, std::slice::from_ref(&procs)));
+        assert!(!in_cgroup(34, std::slice::from_ref(&procs)));
+        assert!(!in_cgroup(345, &[]));
+        assert!(!in_cgroup(345, &[dir.path().join("missing")]));
+    }
 }

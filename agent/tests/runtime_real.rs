@@ -662,3 +662,16 @@ fn exec_timeout_and_hang_up_kill_the_whole_command() {
     }
     drop(agent);
 }
+
+#[test]
+fn launcher_refuses_a_pid_that_is_not_the_pods_infra() {
+    require_root!();
+    // As if the infra process had died and its PID gone to a stranger (here: this test process).
+    let out = Command::new(env!("CARGO_BIN_EXE_testbed-agent"))
+        .args(["run-container", "--exec", "--pod", "x", "--infra-pid", &std::process::id().to_string(), "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "{stderr}");
+    assert!(stderr.contains("is no longer the infra process of pod x"), "{stderr}");
+}
