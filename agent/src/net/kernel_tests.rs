@@ -375,9 +375,12 @@ async fn pods_attach_idempotently_detach_and_repair() {
     assert!(inside.contains("10.244.1.2/24") && inside.contains("mtu 1500"), "{inside}");
     let route = sh(&["nsenter", "-t", &p1.to_string(), "-n", "ip", "route", "show", "default"]);
     assert!(route.contains("via 10.244.1.1 dev eth0"), "{route}");
-    // IPv4-only: the host end has no IPv6 (no per-veth routes in the node's IPv6 FIB).
+    // IPv4-only: the host end has no IPv6 (no per-veth routes in the node's IPv6 FIB) ...
     let v6 = a.ip(&["-6", "route", "show", "table", "all", "dev", &a1.host_veth]);
     assert!(v6.trim().is_empty(), "{v6}");
+    // ... and the pod's eth0 generates no IPv6 address (no DAD/RS/MLD multicast flooded by the bridge).
+    let v6 = sh(&["nsenter", "-t", &p1.to_string(), "-n", "ip", "-6", "addr", "show", "eth0"]);
+    assert!(!v6.contains("inet6"), "{v6}");
     // Same node: pod -> pod and pod -> bridge.
     assert_ping(p1, a2.ip);
     assert_ping(p1, Ipv4Addr::new(10, 244, 1, 1));

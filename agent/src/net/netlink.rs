@@ -9,7 +9,8 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState as NudState,
@@ -522,9 +523,18 @@ pub fn configure_pod_side(pod: &mut RtSocket, addr: Ipv4Net, gateway: Ipv4Addr) 
     address.header.index = eth0;
     address.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
     address.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+    // IPv4-only cluster: no IPv6 address generation on eth0 (set while it is still down), so the pod sends
+    // no DAD, router solicitation or MLD multicast, which the bridge would flood to every other pod (that
+    // made each new pod cost O(pods) in softirq and workqueue time).
+    let mut no_v6 = LinkMessage::default();
+    no_v6.header.index = eth0;
+    no_v6.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])]));
     let up = LinkUnspec::new_with_index(eth0).up().build();
     let default = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(eth0).gateway(gateway).build();
     pod.batch(&[
+        Req::new(RouteNetlinkMessage::SetLink(no_v6), Mode::Plain, "pod: eth0 addrgenmode none"),
         Req::new(RouteNetlinkMessage::NewAddress(address), Mode::Create, format!("pod: addr add {addr} dev eth0")),
         Req::new(RouteNetlinkMessage::SetLink(up), Mode::Plain, "pod: set eth0 up"),
         Req::new(RouteNetlinkMessage::NewRoute(default), Mode::Create, format!("pod: route add default via {gateway}")),
