@@ -4,7 +4,8 @@
 //! 1. testbed sandboxes: `Agent::create_sandbox` per pod (pod + infra cgroups, infra process with new
 //!    net/UTS/IPC/PID namespaces, veth into cni0, address, default route), N = 100 and 1000.
 //! 2. the reference: per pod `ip netns add` and one call of the CNI `bridge` plugin with `host-local` IPAM
-//!    (Debian containernetworking-plugins), the way a CRI runtime runs them; bridge and IPAM store private.
+//!    (Debian containernetworking-plugins), the way a CRI runtime runs them; bridge and IPAM store private;
+//!    plus the same pod + infra cgroups the agent makes (same code), so both sides do the same work.
 //! 3. full pods through the HTTP API of a `testbed-agent serve` child (one `sleep` container each), and that
 //!    agent's VmRSS with 100 pods.
 
@@ -124,6 +125,7 @@ struct Report {
     testbed_sandbox: Vec<Round>,
     reference_netns_add: Vec<Round>,
     reference_cni_add: Vec<Round>,
+    reference_cgroups: Vec<Round>,
     api_full_pod: Option<Round>,
     agent_rss_kib_idle: Option<u64>,
     agent_rss_kib_with_pods: Option<u64>,
@@ -184,13 +186,14 @@ async fn bench_all(args: &BenchArgs, tmp: &Path) -> Result<Report> {
         settle(baseline).await;
 
         if n <= args.reference_max {
-            let (netns, cni) = reference(args, tmp, n)?;
+            let (netns, cni, cgroups) = reference(args, tmp, n)?;
             eprintln!(
-                "reference x{n}: ip netns add {:.3} ms/pod, CNI bridge ADD {:.3} ms/pod",
-                netns.per_pod_ms, cni.per_pod_ms
+                "reference x{n}: ip netns add {:.3} ms/pod, CNI bridge ADD {:.3} ms/pod, cgroups {:.3} ms/pod",
+                netns.per_pod_ms, cni.per_pod_ms, cgroups.per_pod_ms
             );
             report.reference_netns_add.push(netns);
             report.reference_cni_add.push(cni);
+            report.reference_cgroups.push(cgroups);
             settle(baseline).await;
         }
     }
@@ -246,8 +249,9 @@ async fn destroy(agent: &Agent, specs: &[PodSpec], sandboxes: &[crate::runtime::
     }
 }
 
-/// `ip netns add` + CNI bridge ADD per pod, then removal. Returns (netns add, plugin ADD) rounds.
-fn reference(args: &BenchArgs, tmp: &Path, n: usize) -> Result<(Round, Round)> {
+/// `ip netns add` + CNI bridge ADD + pod cgroups per pod, then removal. Returns (netns add, plugin ADD,
+/// cgroups) rounds.
+fn reference(args: &BenchArgs, tmp: &Path, n: usize) -> Result<(Round, Round, Round)> {
     let plugin = args.cni_path.join("bridge");
     if !plugin.exists() {
         bail!("{} not found (apt-get install containernetworking-plugins)", plugin.display());
@@ -259,7 +263,20 @@ fn reference(args: &BenchArgs, tmp: &Path, n: usize) -> Result<(Round, Round)> {
     })
     .to_string();
     let names: Vec<String> = (0..n).map(|i| format!("tbref-{i}")).collect();
-    let result = (|| -> Result<(Round, Round)> {
+    let cgroup_root = format!("tbbench-ref-{}", std::process::id());
+    let cgroups = crate::cgroups::detect(&cgroup_root)?;
+    cgroups.init()?;
+    let infra_limits = crate::cgroups::CgroupLimits { cpu_shares: 2, ..Default::default() };
+    let result = (|| -> Result<(Round, Round, Round)> {
+        let mut each_cg = Vec::with_capacity(n);
+        let t0 = Instant::now();
+        for (i, name) in names.iter().enumerate() {
+            let t = Instant::now();
+            cgroups.create(&format!("pod-{name}"), &crate::qos::pod_limits(&pod_spec(i)), true)?;
+            cgroups.create(&format!("pod-{name}/_infra"), &infra_limits, false)?;
+            each_cg.push(t.elapsed());
+        }
+        let cgroup_round = round(n, t0.elapsed(), each_cg);
         let mut each_ns = Vec::with_capacity(n);
         let t0 = Instant::now();
         for name in &names {
@@ -293,8 +310,13 @@ fn reference(args: &BenchArgs, tmp: &Path, n: usize) -> Result<(Round, Round)> {
             }
             each.push(t.elapsed());
         }
-        Ok((netns, round(n, t0.elapsed(), each)))
+        Ok((netns, round(n, t0.elapsed(), each), cgroup_round))
     })();
+    for name in &names {
+        let _ = cgroups.remove(&format!("pod-{name}/_infra"));
+        let _ = cgroups.remove(&format!("pod-{name}"));
+    }
+    remove_root(&cgroup_root);
     for name in &names {
         let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
     }
@@ -373,17 +395,21 @@ fn api_round(n: usize, tmp: &Path, report: &mut Report) -> Result<()> {
 
 fn render(r: &Report) -> String {
     let mut out = format!("kernel {}, cgroup {}\n", r.kernel, r.cgroup_version);
-    out += "pods   testbed sandbox ms/pod (p50/p99)   CNI bridge ADD ms/pod   +ip netns add ms/pod   speed-up\n";
+    out += "pods   testbed sandbox ms/pod (p50/p99)   CNI bridge ADD ms/pod   +ip netns add +cgroups ms/pod   speed-up\n";
     for t in &r.testbed_sandbox {
-        let refr = r.reference_cni_add.iter().zip(&r.reference_netns_add).find(|(c, _)| c.pods == t.pods);
+        let refr = r
+            .reference_cni_add
+            .iter()
+            .zip(r.reference_netns_add.iter().zip(&r.reference_cgroups))
+            .find(|(c, _)| c.pods == t.pods);
         let (cni, ns, ratio) = match refr {
-            Some((c, n)) => (
+            Some((c, (n, g))) => (
                 format!("{:.3}", c.per_pod_ms),
-                format!("{:.3}", n.per_pod_ms),
+                format!("{:.3} +{:.3}", n.per_pod_ms, g.per_pod_ms),
                 format!(
-                    "{:.1}x ({:.1}x with netns add)",
+                    "{:.1}x ({:.1}x for the same work: netns + CNI + cgroups)",
                     c.per_pod_ms / t.per_pod_ms,
-                    (c.per_pod_ms + n.per_pod_ms) / t.per_pod_ms
+                    (c.per_pod_ms + n.per_pod_ms + g.per_pod_ms) / t.per_pod_ms
                 ),
             ),
             None => ("-".into(), "-".into(), "-".into()),
