@@ -234,14 +234,16 @@ impl Worker {
     }
 
     async fn apply(&mut self, spec: NodeSpec) -> Result<Vec<String>, NetError> {
+        // Input the planner refuses is refused before anything changes, so the node stays as it was.
+        plan::Desired::from_spec(&spec)?;
+        // From here the spec is the target even if a step fails, as the runtime keeps it too: pods attach to
+        // the subnet being converged to, and the next periodic apply retries the failed step.
+        self.spec = Some(spec.clone());
         if self.kernel.link_index(&spec.underlay.interface).await?.is_none() {
             return Err(NetError::NoSuchLink(format!("{} (underlay.interface)", spec.underlay.interface)));
         }
         self.bridge = None;
         let mut changes = self.converge_udp(&spec).await?;
-        // Remember the spec before converging: pods can attach to what is already there even if a later
-        // step fails, and the next periodic apply retries.
-        self.spec = Some(spec.clone());
         changes.extend(plan::converge(&mut self.kernel, &spec).await?);
         Ok(changes)
     }
