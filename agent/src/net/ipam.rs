@@ -6,6 +6,11 @@
 //! exist with its content lost (empty). `open` keeps such an IP as taken by an unknown owner: at worst an
 //! address leaks, it is never handed out twice. A file that never made it to disk belongs to a pod whose
 //! state file (written the same way, later) did not either, so that pod is created again from scratch.
+//!
+//! Allocation goes round the subnet from the address after the last one handed out (`last_reserved_ip`, as
+//! host-local does) instead of taking the lowest free one: a pod deleted and another created at once must not
+//! get the same IP with a new MAC, or peers whose neighbour caches still hold the old MAC drop its traffic for
+//! seconds. Losing that file in a crash only restarts the walk at `.2`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -16,11 +21,15 @@ use ipnet::Ipv4Net;
 
 use super::NetError;
 
+/// File (not an IP, so never taken for an allocation) holding the last address handed out.
+const LAST_RESERVED: &str = "last_reserved_ip";
+
 pub struct Ipam {
     dir: PathBuf,
     /// Mirror of the directory, loaded once, so allocation needs no directory scan.
     by_ip: BTreeMap<Ipv4Addr, String>,
     by_pod: HashMap<String, Ipv4Addr>,
+    last_reserved: Option<Ipv4Addr>,
 }
 
 impl Ipam {
@@ -44,15 +53,17 @@ impl Ipam {
         }
         // An empty owner (content lost in a crash) stays taken in `by_ip` but belongs to no pod.
         let by_pod = by_ip.iter().filter(|(_, p)| !p.is_empty()).map(|(ip, p)| (p.clone(), *ip)).collect();
-        Ok(Ipam { dir: dir.to_path_buf(), by_ip, by_pod })
+        let last_reserved =
+            std::fs::read_to_string(dir.join(LAST_RESERVED)).ok().and_then(|s| s.trim().parse::<Ipv4Addr>().ok());
+        Ok(Ipam { dir: dir.to_path_buf(), by_ip, by_pod, last_reserved })
     }
 
     pub fn lookup(&self, pod: &str) -> Option<Ipv4Addr> {
         self.by_pod.get(pod).copied()
     }
 
-    /// The pod's IP: its existing one if it lies in `subnet`, else the lowest free address from `.2` up
-    /// (`.0` is flannel's device address, `.1` the bridge, the last the broadcast address).
+    /// The pod's IP: its existing one if it lies in `subnet`, else the next free address after the last one
+    /// handed out, going round `.2 ..= broadcast-1` (`.0` is flannel's device address, `.1` the bridge).
     pub fn allocate(&mut self, pod: &str, subnet: Ipv4Net) -> Result<Ipv4Addr, NetError> {
         if let Some(ip) = self.lookup(pod) {
             if subnet.contains(&ip) {
@@ -62,23 +73,21 @@ impl Ipam {
         }
         let first = u32::from(subnet.network()) + 2;
         let last = u32::from(subnet.broadcast()).saturating_sub(1);
-        // Walk the taken addresses in order alongside the candidates: the first gap is the lowest free one
-        // (no map lookup per candidate).
-        let mut taken = self.by_ip.range(Ipv4Addr::from(first)..=Ipv4Addr::from(last)).map(|(ip, _)| u32::from(*ip)).peekable();
-        let mut n = first;
-        while n <= last {
-            if taken.peek() == Some(&n) {
-                taken.next();
-                n += 1;
+        let start = match self.last_reserved.map(u32::from) {
+            Some(prev) if (first..last).contains(&prev) => prev + 1,
+            _ => first,
+        };
+        for n in (start..=last).chain(first..start) {
+            let ip = Ipv4Addr::from(n);
+            if self.by_ip.contains_key(&ip) || !self.claim(ip, pod)? {
                 continue;
             }
-            let ip = Ipv4Addr::from(n);
-            if self.claim(ip, pod)? {
-                self.by_ip.insert(ip, pod.to_string());
-                self.by_pod.insert(pod.to_string(), ip);
-                return Ok(ip);
-            }
-            n += 1;
+            self.by_ip.insert(ip, pod.to_string());
+            self.by_pod.insert(pod.to_string(), ip);
+            self.last_reserved = Some(ip);
+            // Best effort: losing it only restarts the walk at `.2` (see the module comment).
+            let _ = std::fs::write(self.dir.join(LAST_RESERVED), ip.to_string());
+            return Ok(ip);
         }
         Err(NetError::Ipam(format!("no free address left in {subnet} for pod {pod}")))
     }
@@ -141,7 +150,24 @@ mod tests {
         assert_eq!(ipam.allocate("b", subnet()).unwrap(), b);
         assert_eq!(ipam.release("a").unwrap(), Some(Ipv4Addr::new(10, 244, 1, 2)));
         assert_eq!(ipam.release("a").unwrap(), None);
-        assert_eq!(ipam.allocate("c", subnet()).unwrap(), Ipv4Addr::new(10, 244, 1, 2));
+        // The walk goes on after the last address handed out, also across a restart: a freed address is not
+        // reused at once.
+        assert_eq!(ipam.allocate("c", subnet()).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
+    }
+
+    #[test]
+    fn allocation_goes_round_the_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ipam = Ipam::open(dir.path()).unwrap();
+        // /29: .2 ..= .6 are usable.
+        for i in 0..5 {
+            ipam.allocate(&format!("p{i}"), subnet()).unwrap();
+        }
+        ipam.release("p1").unwrap();
+        ipam.release("p3").unwrap();
+        assert_eq!(ipam.allocate("x", subnet()).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(ipam.allocate("y", subnet()).unwrap(), Ipv4Addr::new(10, 244, 1, 5));
+        assert!(matches!(ipam.allocate("z", subnet()), Err(NetError::Ipam(_))));
     }
 
     #[test]

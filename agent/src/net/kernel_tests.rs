@@ -393,21 +393,22 @@ async fn pods_attach_idempotently_detach_and_repair() {
     assert!(net.repair_pods(&pods).await.expect("repair").is_empty());
     assert_ping(p1, a2.ip);
 
-    // Detach frees the IP for the next pod and removes the veth.
+    // Detach releases the IP and removes the veth; the next pod gets the next address, not the one just
+    // freed (peers may still cache it with the old MAC).
     net.detach_pod("web").await.expect("detach");
     net.detach_pod("web").await.expect("detach twice");
     assert!(!a.ip(&["-br", "link"]).contains(&a1.host_veth));
     let p3 = lab.spawn_pod();
     let net = lab.nodes[0].net();
-    assert_eq!(net.attach_pod("cache", p3).await.expect("attach cache").ip, Ipv4Addr::new(10, 244, 1, 2));
+    assert_eq!(net.attach_pod("cache", p3).await.expect("attach cache").ip, Ipv4Addr::new(10, 244, 1, 4));
 
     // A new infra process for an existing pod name (the old one still alive): the pair moves to it.
     let p4 = lab.spawn_pod();
     let net = lab.nodes[0].net();
     let moved = net.attach_pod("cache", p4).await.expect("attach cache to new infra");
-    assert_eq!(moved.ip, Ipv4Addr::new(10, 244, 1, 2));
+    assert_eq!(moved.ip, Ipv4Addr::new(10, 244, 1, 4));
     let inside = sh(&["nsenter", "-t", &p4.to_string(), "-n", "ip", "-4", "addr", "show", "eth0"]);
-    assert!(inside.contains("10.244.1.2/24"), "{inside}");
+    assert!(inside.contains("10.244.1.4/24"), "{inside}");
     assert_ping(p4, a2.ip);
 
     // Agent restart: a new Network over the same state dir gives "db" its IP again.
