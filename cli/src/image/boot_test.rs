@@ -87,19 +87,26 @@ fn prepare(a: &ImageArtifacts) -> Node {
     Node { port: free_port(), client_key, host_pub, dir }
 }
 
-fn boot(a: &ImageArtifacts, node: &Node) -> Vm {
-    let serial = node.dir.path().join("serial.log");
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-smp", "1", "-m", "512", "-nodefaults", "-no-user-config", "-display", "none"])
-        // TESTBED_BOOT_CPU compares CPU models (QEMU's default qemu64 vs the provider's `max,la57=off`).
-        .args(std::env::var("TESTBED_BOOT_CPU").map(|cpu| vec!["-cpu".to_string(), cpu]).unwrap_or_default())
+/// A TCG guest booted straight into the image's kernel and initramfs, its console in `serial`.
+fn direct_boot(a: &ImageArtifacts, serial: &Path, memory_mib: u32, cmdline: &str) -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-smp", "1", "-m", &memory_mib.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .arg("-kernel")
         .arg(a.kernel.as_ref().unwrap())
         .arg("-initrd")
         .arg(a.initrd.as_ref().unwrap())
-        .args(["-append", &a.cmdline])
+        .args(["-append", cmdline]);
+    qemu
+}
+
+fn boot(a: &ImageArtifacts, node: &Node) -> Vm {
+    let serial = node.dir.path().join("serial.log");
+    let child = direct_boot(a, &serial, 512, &a.cmdline)
+        // TESTBED_BOOT_CPU compares CPU models (QEMU's default qemu64 vs the provider's `max,la57=off`).
+        .args(std::env::var("TESTBED_BOOT_CPU").map(|cpu| vec!["-cpu".to_string(), cpu]).unwrap_or_default())
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=qcow2", node.dir.path().join("overlay.qcow2").display()))
         .arg("-drive")
@@ -204,15 +211,7 @@ fn probe_mode_prints_ok_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.log");
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-smp", "1", "-m", "256", "-nodefaults", "-no-user-config", "-display", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-kernel")
-        .arg(a.kernel.as_ref().unwrap())
-        .arg("-initrd")
-        .arg(a.initrd.as_ref().unwrap())
-        .args(["-append", &probe_cmdline(&a)])
+    let mut child = direct_boot(&a, &serial, 256, &probe_cmdline(&a.cmdline))
         .stdin(Stdio::null())
         .spawn()
         .unwrap();

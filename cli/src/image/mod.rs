@@ -48,9 +48,10 @@ pub struct ImageArtifacts {
     pub cmdline: String,
 }
 
-/// Kernel arguments that make a built image's initramfs print [`PROBE_OK`] and power off at once.
-pub fn probe_cmdline(artifacts: &ImageArtifacts) -> String {
-    format!("{} {PROBE_ARG}", artifacts.cmdline)
+/// Kernel arguments that make a built image's initramfs print [`PROBE_OK`] and power off at once, given the
+/// image's own command line.
+pub fn probe_cmdline(image_cmdline: &str) -> String {
+    format!("{image_cmdline} {PROBE_ARG}")
 }
 
 #[derive(Debug, thiserror::Error)]

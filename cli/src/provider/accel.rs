@@ -130,7 +130,7 @@ pub fn probe(kernel: &Path, initrd: Option<&Path>, cmdline: &str, timeout: Durat
     let boot = qemu::Boot {
         kernel: Some(kernel.to_path_buf()),
         initrd: initrd.map(Path::to_path_buf),
-        cmdline: format!("{cmdline} {}", crate::image::PROBE_ARG),
+        cmdline: crate::image::probe_cmdline(cmdline),
     };
     let mut args = qemu::machine_args(Accel::Kvm);
     args.extend(["-m".into(), "256".into(), "-smp".into(), "1".into(), "-no-reboot".into()]);
