@@ -93,10 +93,7 @@ fn conformance_on(bundled: &str, lab: &str) {
     let status = run(&["status", "-t", topo, "-o", "json"]);
     assert_ne!(status.status.code(), Some(0), "status must fail once the lab is gone");
     let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
-    assert!(
-        !String::from_utf8_lossy(&netns.stdout).contains(&format!("tb-{lab}")),
-        "lab netns left behind"
-    );
+    assert!(!String::from_utf8_lossy(&netns.stdout).contains(&format!("tb-{lab}")), "lab netns left behind");
 }
 
 #[test]

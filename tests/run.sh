@@ -13,6 +13,11 @@ if [ "$(id -u)" -ne 0 ]; then
   export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo --preserve-env=TESTBED_AGENT,TESTBED_CACHE_DIR,CI,RUST_BACKTRACE"
 fi
 
+# Lints first (workspace lints live in Cargo.toml): formatting, and clippy with warnings as errors, which also
+# catches dead code. Skipped only where the toolchain has no rustfmt/clippy component.
+if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi
+if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets --locked -- -D warnings; fi
+
 # The agent runs inside the guests, which have no Rust runtime: a static glibc binary.
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked -p testbed-agent --target x86_64-unknown-linux-gnu

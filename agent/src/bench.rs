@@ -6,7 +6,10 @@
 //! 2. the reference: per pod `ip netns add` and one call of the CNI `bridge` plugin with `host-local` IPAM
 //!    (Debian containernetworking-plugins), the way a CRI runtime runs them; bridge and IPAM store private;
 //!    plus the same pod + infra cgroups the agent makes (same code), so both sides do the same work.
-//! 3. full pods through the HTTP API of a `testbed-agent serve` child (one `sleep` container each), and that
+//! 3. the floor: only the network kernel work every implementation must do per pod (a fresh netns held by an
+//!    fd, no process; the agent's own netlink batches for the veth pair into cni0 and the pod side), to show
+//!    how much of a pod's cost is left to any runtime code at all.
+//! 4. full pods through the HTTP API of a `testbed-agent serve` child (one `sleep` container each), and that
 //!    agent's VmRSS with 100 pods.
 
 use std::io::{Read, Write};
@@ -126,6 +129,7 @@ struct Report {
     reference_netns_add: Vec<Round>,
     reference_cni_add: Vec<Round>,
     reference_cgroups: Vec<Round>,
+    kernel_floor: Vec<Round>,
     api_full_pod: Option<Round>,
     agent_rss_kib_idle: Option<u64>,
     agent_rss_kib_with_pods: Option<u64>,
@@ -138,7 +142,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     let tmp = std::env::temp_dir().join(format!("testbed-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    // Both IPAM stores (the agent's and host-local's) on one private tmpfs, as the agent's default /run is:
+    // the comparison is of the code, not of the disk. It goes away with the benchmark's mount namespace.
+    mount(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::empty(), Some("mode=700"))
+        .with_context(|| format!("private tmpfs on {}", tmp.display()))?;
     let result = bench_all(&args, &tmp).await;
+    let _ = nix::mount::umount(&tmp);
     let _ = std::fs::remove_dir_all(&tmp);
     let report = result?;
     println!("{}", render(&report));
@@ -185,6 +194,11 @@ async fn bench_all(args: &BenchArgs, tmp: &Path) -> Result<Report> {
         destroy(&agent, &specs, &sandboxes).await;
         settle(baseline).await;
 
+        let floor = kernel_floor(n)?;
+        eprintln!("kernel floor x{n}: {:.3} ms/pod", floor.per_pod_ms);
+        report.kernel_floor.push(floor);
+        settle(baseline).await;
+
         if n <= args.reference_max {
             let (netns, cni, cgroups) = reference(args, tmp, n)?;
             eprintln!(
@@ -212,12 +226,19 @@ fn live_netns() -> Option<u64> {
     slab.lines().find(|l| l.starts_with("net_namespace ")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
-/// Waits (at most 2 minutes) until the kernel has freed the namespaces of the last round.
+/// Waits until the kernel has freed the namespaces of the last round, or stopped freeing them for 2 s (a few
+/// can linger for minutes without costing anything), at most 2 minutes.
 async fn settle(baseline: u64) {
     let t0 = Instant::now();
+    let (mut last, mut since) = (None, Instant::now());
     while t0.elapsed() < Duration::from_secs(120) {
         match live_netns() {
-            Some(n) if n > baseline + 8 => tokio::time::sleep(Duration::from_millis(250)).await,
+            Some(n) if n > baseline + 8 && since.elapsed() < Duration::from_secs(2) => {
+                if last != Some(n) {
+                    (last, since) = (Some(n), Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
             _ => break,
         }
     }
@@ -247,6 +268,55 @@ async fn destroy(agent: &Agent, specs: &[PodSpec], sandboxes: &[crate::runtime::
     for (spec, sb) in specs.iter().zip(sandboxes) {
         agent.destroy_sandbox(spec, sb).await;
     }
+}
+
+/// Per pod: unshare(CLONE_NEWNET) on a thread of its own (the new netns is kept by an fd), then the agent's
+/// `create_pod_veth` and `configure_pod_side` batches. No process, no UTS/IPC/PID namespace, no cgroup, no
+/// IPAM: what is left of a pod when everything but the network kernel work is taken away.
+fn kernel_floor(n: usize) -> Result<Round> {
+    use crate::net::{netlink, rawlink::RtSocket};
+    use std::os::fd::{AsFd, OwnedFd};
+
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<Round> {
+                let open_ns = || -> Result<OwnedFd> {
+                    Ok(std::fs::File::open("/proc/thread-self/ns/net").context("open own netns")?.into())
+                };
+                let home = open_ns()?;
+                let bridge = nix::net::if_::if_nametoindex("cni0").context("cni0 ifindex")?;
+                let ipv6_conf = std::fs::File::open(netlink::IPV6_CONF).ok();
+                let mut node = RtSocket::new().context("netlink socket")?;
+                let gateway = std::net::Ipv4Addr::new(10, 244, 0, 1);
+                let mut hosts = Vec::with_capacity(n);
+                let mut namespaces = Vec::with_capacity(n);
+                let mut each = Vec::with_capacity(n);
+                let t0 = Instant::now();
+                let made = (0..n).try_for_each(|i| -> Result<()> {
+                    let t = Instant::now();
+                    unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+                    let ns = open_ns();
+                    nix::sched::setns(&home, CloneFlags::CLONE_NEWNET).context("setns back")?;
+                    let ns = ns?;
+                    let host = format!("vfloor{i}");
+                    netlink::create_pod_veth(&mut node, ipv6_conf.as_ref(), &host, &ns, 1500, bridge)?;
+                    hosts.push(host);
+                    let mut pod = RtSocket::open_in(ns.as_fd(), home.as_fd())?;
+                    let ip = std::net::Ipv4Addr::from(u32::from(gateway) + 1 + i as u32);
+                    netlink::configure_pod_side(&mut pod, ipnet::Ipv4Net::new(ip, 20)?, gateway)?;
+                    namespaces.push(ns);
+                    each.push(t.elapsed());
+                    Ok(())
+                });
+                let r = round(n, t0.elapsed(), each);
+                for host in &hosts {
+                    let _ = Command::new("ip").args(["link", "del", host]).stderr(Stdio::null()).status();
+                }
+                made.map(|()| r)
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("kernel floor thread panicked"))
+    })
 }
 
 /// `ip netns add` + CNI bridge ADD + pod cgroups per pod, then removal. Returns (netns add, plugin ADD,
@@ -395,7 +465,8 @@ fn api_round(n: usize, tmp: &Path, report: &mut Report) -> Result<()> {
 
 fn render(r: &Report) -> String {
     let mut out = format!("kernel {}, cgroup {}\n", r.kernel, r.cgroup_version);
-    out += "pods   testbed sandbox ms/pod (p50/p99)   CNI bridge ADD ms/pod   +ip netns add +cgroups ms/pod   speed-up\n";
+    out +=
+        "pods   testbed sandbox ms/pod (p50/p99)   CNI bridge ADD ms/pod   +ip netns add +cgroups ms/pod   speed-up\n";
     for t in &r.testbed_sandbox {
         let refr = r
             .reference_cni_add
@@ -418,6 +489,19 @@ fn render(r: &Report) -> String {
             "{:<6} {:>8.3} ({:.3}/{:.3}){:>10} {:>22} {:>22}   {}\n",
             t.pods, t.per_pod_ms, t.p50_ms, t.p99_ms, "", cni, ns, ratio
         );
+    }
+    for f in &r.kernel_floor {
+        out +=
+            &format!("{:<6} kernel floor (netns + veth + pod side, nothing else): {:.3} ms/pod", f.pods, f.per_pod_ms);
+        match r.reference_cni_add.iter().find(|c| c.pods == f.pods) {
+            Some(c) => {
+                out += &format!(
+                    "; CNI ADD / floor = {:.1}x, the most any agent could reach\n",
+                    c.per_pod_ms / f.per_pod_ms
+                )
+            }
+            None => out += "\n",
+        }
     }
     if let (Some(a), Some(b)) = (r.testbed_sandbox.first(), r.testbed_sandbox.last()) {
         if a.pods != b.pods {

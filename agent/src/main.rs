@@ -47,7 +47,10 @@ struct ServeArgs {
     /// Loopback address to listen on (the CLI reaches it through SSH forwarding).
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], testbed_api::AGENT_PORT)))]
     listen: SocketAddr,
-    #[arg(long, default_value = "/var/lib/testbed-agent")]
+    /// Pod records and IP leases. On tmpfs by default: they describe processes, namespaces and veths that die
+    /// with the kernel, so after a reboot they could only leak addresses (host-local's well-known leak with
+    /// its on-disk store); tmpfs also keeps ext4 journal commits off the pod creation path.
+    #[arg(long, default_value = "/run/testbed-agent")]
     state_dir: PathBuf,
     /// Name of the agent's cgroup subtree (tests use a private one).
     #[arg(long, default_value = "testbed", hide = true)]
@@ -128,7 +131,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let agent = runtime::Agent::new(cfg, cgroups).await.context("starting the runtime")?;
     agent.restore().await;
     tokio::spawn(Arc::clone(&agent).reconcile_loop());
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, state_dir = %args.state_dir.display(), "testbed-agent serving");
     axum::serve(listener, server::router(agent))
         .with_graceful_shutdown(async {

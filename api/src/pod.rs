@@ -79,10 +79,17 @@ pub enum QosClass {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum ContainerState {
-    Waiting { reason: String },
-    Running { pid: u32 },
+    Waiting {
+        reason: String,
+    },
+    Running {
+        pid: u32,
+    },
     /// `reason` is `Completed`, `Error` or `OOMKilled` (from the cgroup's memory.events).
-    Terminated { exit_code: i32, reason: String },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,7 @@ pub enum AgentError {
 
 impl AgentError {
     /// HTTP status of an answered request (None for transport failures).
+    #[cfg(test)]
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             AgentError::Api { status, .. } | AgentError::BadBody { status, .. } => Some(*status),
@@ -51,6 +52,7 @@ impl AgentError {
     }
 
     /// The agent's error body on 4xx/5xx.
+    #[cfg(test)]
     pub fn api_error(&self) -> Option<&ApiError> {
         match self {
             AgentError::Api { body, .. } => Some(body),
@@ -58,6 +60,7 @@ impl AgentError {
         }
     }
 
+    #[cfg(test)]
     pub fn is_timeout(&self) -> bool {
         matches!(self, AgentError::Transport { source, .. } if source.is_timeout())
     }
@@ -118,6 +121,7 @@ impl AgentClient {
         self.call(Method::GET, &format!("/v1/pods/{}", path_segment(name)), None::<&()>, DEFAULT_TIMEOUT).await
     }
 
+    #[cfg(test)]
     pub async fn list_pods(&self) -> Result<Vec<PodStatus>, AgentError> {
         self.call(Method::GET, "/v1/pods", None::<&()>, DEFAULT_TIMEOUT).await
     }

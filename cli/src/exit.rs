@@ -53,4 +53,3 @@ impl CliError {
 }
 
 pub type CliResult<T = ()> = Result<T, CliError>;
-

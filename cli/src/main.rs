@@ -55,9 +55,7 @@ enum Command {
     /// Check this host: QEMU, a real KVM probe, mmdebstrap, network namespaces, free disk.
     Doctor(provider::DoctorArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
 }
@@ -79,9 +77,7 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
             clap_complete::generate(shell, &mut Cli::command(), "testbed", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
-            .map_err(CliError::infra),
+        Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(CliError::infra),
     }
 }
 

@@ -825,8 +825,7 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
         check_static_elf(&path, &read_elf_head(&path)?)?;
         return Ok(path);
     }
-    let beside_exe =
-        std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("testbed-agent")));
+    let beside_exe = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("testbed-agent")));
     let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-gnu");
     let mut built: Vec<(std::time::SystemTime, PathBuf)> = ["release", "debug"]
         .iter()
@@ -841,7 +840,8 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
             Err(e) => passed_over.push(e.to_string()),
         }
     }
-    let found = if passed_over.is_empty() { String::new() } else { format!(" (passed over: {})", passed_over.join("; ")) };
+    let found =
+        if passed_over.is_empty() { String::new() } else { format!(" (passed over: {})", passed_over.join("; ")) };
     Err(SshError::AgentBinary(format!(
         "no static testbed-agent found ($TESTBED_AGENT unset, none next to the testbed executable, none in {}){found}; \
          build it with: {AGENT_BUILD_HINT}",
@@ -854,9 +854,7 @@ pub fn locate_agent_binary() -> Result<PathBuf, SshError> {
 fn read_elf_head(path: &Path) -> Result<Vec<u8>, SshError> {
     use std::io::Read as _;
     let mut head = Vec::with_capacity(64 * 1024);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
-        .map_err(io_err("read", path))?;
+    std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_end(&mut head)).map_err(io_err("read", path))?;
     Ok(head)
 }
 

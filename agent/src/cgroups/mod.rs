@@ -94,14 +94,25 @@ pub(crate) fn set_file(path: &Path, value: &str, unlimited: bool) -> Result<()> 
     write_file(path, value)
 }
 
+/// `set_file` for a limit of a cgroup that `mkdir` may just have made: a new cgroup holds the kernel's
+/// defaults, so writing `kernel_default` there is skipped without reading the file first (each read or write
+/// is an open, a kernfs lookup and a close: most of a pod's cgroup cost once the directories exist).
+pub(crate) fn set_limit(path: &Path, value: &str, unlimited: bool, fresh: bool, kernel_default: &str) -> Result<()> {
+    if fresh && value == kernel_default {
+        return Ok(());
+    }
+    set_file(path, value, unlimited)
+}
+
 pub(crate) fn read_file(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| CgroupError::Io { path: path.to_path_buf(), source })
 }
 
-pub(crate) fn mkdir(path: &Path) -> Result<()> {
+/// Creates `path`; true if it is new, false if it existed.
+pub(crate) fn mkdir(path: &Path) -> Result<bool> {
     match std::fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(source) => Err(CgroupError::Io { path: path.to_path_buf(), source }),
     }
 }

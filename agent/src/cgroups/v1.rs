@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{keyed_value, mkdir, read_file, rmdir, set_file, CgroupError, CgroupLimits, Cgroups, Result};
+use super::{keyed_value, mkdir, read_file, rmdir, set_limit, CgroupError, CgroupLimits, Cgroups, Result};
 
 pub struct CgroupsV1 {
     cpu: PathBuf,
@@ -67,20 +67,21 @@ impl Cgroups for CgroupsV1 {
 
     fn create(&self, rel: &str, limits: &CgroupLimits, _parent_of_children: bool) -> Result<()> {
         let cpu = self.cpu.join(rel);
-        mkdir(&cpu)?;
-        set_file(&cpu.join("cpu.cfs_period_us"), &super::CPU_PERIOD_US.to_string(), false)?;
+        let fresh = mkdir(&cpu)?;
+        let period = super::CPU_PERIOD_US.to_string();
+        set_limit(&cpu.join("cpu.cfs_period_us"), &period, false, fresh, "100000")?;
         let quota = limits.cpu_quota_us.map_or_else(|| "-1".to_string(), |q| q.to_string());
-        set_file(&cpu.join("cpu.cfs_quota_us"), &quota, limits.cpu_quota_us.is_none())?;
-        set_file(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string(), false)?;
+        set_limit(&cpu.join("cpu.cfs_quota_us"), &quota, limits.cpu_quota_us.is_none(), fresh, "-1")?;
+        set_limit(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string(), false, fresh, "1024")?;
         let memory = self.memory.join(rel);
-        mkdir(&memory)?;
+        let fresh = mkdir(&memory)?;
         // -1 = unlimited (read back as a huge number).
         let mem = limits.memory_max.map_or_else(|| "-1".to_string(), |m| m.to_string());
-        set_file(&memory.join("memory.limit_in_bytes"), &mem, limits.memory_max.is_none())?;
+        set_limit(&memory.join("memory.limit_in_bytes"), &mem, limits.memory_max.is_none(), fresh, "-1")?;
         let pids = self.pids.join(rel);
-        mkdir(&pids)?;
+        let fresh = mkdir(&pids)?;
         let max = limits.pids_max.map_or_else(|| "max".into(), |p| p.to_string());
-        set_file(&pids.join("pids.max"), &max, limits.pids_max.is_none())
+        set_limit(&pids.join("pids.max"), &max, limits.pids_max.is_none(), fresh, "max")
     }
 
     fn procs_files(&self, rel: &str) -> Vec<PathBuf> {
@@ -137,17 +138,19 @@ mod tests {
         let r = |d: &Path, f: &str| std::fs::read_to_string(d.join("pod-a").join(f)).unwrap();
         let r2 = |d: &Path, pod: &str, f: &str| std::fs::read_to_string(d.join(pod).join(f)).unwrap();
         assert_eq!(r(&c, "cpu.cfs_quota_us"), "25000");
-        assert_eq!(r(&c, "cpu.cfs_period_us"), "100000");
         assert_eq!(r(&c, "cpu.shares"), "256");
         assert_eq!(r(&m, "memory.limit_in_bytes"), "16777216");
-        assert_eq!(r(&p, "pids.max"), "max");
+        // A new cgroup holds the kernel's defaults: they are not written (nor read) again.
+        assert!(!c.join("pod-a/cpu.cfs_period_us").exists());
+        assert!(!p.join("pod-a/pids.max").exists());
         assert_eq!(cg.procs_files("pod-a").len(), 3);
         // Unlimited values the kernel already holds (in its own spelling) are not written again.
         std::fs::create_dir_all(m.join("pod-b")).unwrap();
         std::fs::write(m.join("pod-b/memory.limit_in_bytes"), "9223372036854771712").unwrap();
         cg.create("pod-b", &CgroupLimits { cpu_shares: 2, ..Default::default() }, false).unwrap();
         assert_eq!(r2(&m, "pod-b", "memory.limit_in_bytes"), "9223372036854771712");
-        assert_eq!(r2(&c, "pod-b", "cpu.cfs_quota_us"), "-1");
+        assert!(!c.join("pod-b/cpu.cfs_quota_us").exists());
+        assert_eq!(r2(&c, "pod-b", "cpu.shares"), "2");
         std::fs::write(m.join("pod-a/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n").unwrap();
         assert_eq!(cg.oom_kills("pod-a").unwrap(), 1);
     }

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{keyed_value, mkdir, read_file, rmdir, set_file, write_file, CgroupLimits, Cgroups, Result, CPU_PERIOD_US};
+use super::{
+    keyed_value, mkdir, read_file, rmdir, set_limit, write_file, CgroupLimits, Cgroups, Result, CPU_PERIOD_US,
+};
 use crate::qos::shares_to_weight;
 
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -51,14 +53,16 @@ impl Cgroups for CgroupsV2 {
 
     fn create(&self, rel: &str, limits: &CgroupLimits, parent_of_children: bool) -> Result<()> {
         let dir = self.dir(rel);
-        mkdir(&dir)?;
+        let fresh = mkdir(&dir)?;
         let quota = limits.cpu_quota_us.map_or_else(|| "max".to_string(), |q| q.to_string());
-        set_file(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"), limits.cpu_quota_us.is_none())?;
-        set_file(&dir.join("cpu.weight"), &shares_to_weight(limits.cpu_shares).to_string(), false)?;
+        let cpu_max = format!("{quota} {CPU_PERIOD_US}");
+        set_limit(&dir.join("cpu.max"), &cpu_max, limits.cpu_quota_us.is_none(), fresh, "max 100000")?;
+        let weight = shares_to_weight(limits.cpu_shares).to_string();
+        set_limit(&dir.join("cpu.weight"), &weight, false, fresh, "100")?;
         let memory = limits.memory_max.map_or_else(|| "max".into(), |m| m.to_string());
-        set_file(&dir.join("memory.max"), &memory, limits.memory_max.is_none())?;
+        set_limit(&dir.join("memory.max"), &memory, limits.memory_max.is_none(), fresh, "max")?;
         let pids = limits.pids_max.map_or_else(|| "max".into(), |p| p.to_string());
-        set_file(&dir.join("pids.max"), &pids, limits.pids_max.is_none())?;
+        set_limit(&dir.join("pids.max"), &pids, limits.pids_max.is_none(), fresh, "max")?;
         if parent_of_children {
             self.enable_controllers(&dir)?;
         }
@@ -107,15 +111,22 @@ mod tests {
         cg.create("pod-web", &CgroupLimits { cpu_shares: 2, ..Default::default() }, true).unwrap();
         cg.create("pod-web/srv", &limits, false).unwrap();
         let pod = tmp.path().join("testbed/pod-web");
-        assert_eq!(read(&pod, "cpu.max"), "max 100000");
         assert_eq!(read(&pod, "cpu.weight"), "1");
-        assert_eq!(read(&pod, "memory.max"), "max");
+        // A new cgroup holds the kernel's defaults: they are not written (nor read) again.
+        for default in ["cpu.max", "memory.max", "pids.max"] {
+            assert!(!pod.join(default).exists(), "{default} written");
+        }
         let srv = pod.join("srv");
         assert_eq!(read(&srv, "cpu.max"), "50000 100000");
         assert_eq!(read(&srv, "cpu.weight"), "20");
         assert_eq!(read(&srv, "memory.max"), "67108864");
         assert_eq!(read(&srv, "pids.max"), "32");
         assert_eq!(cg.procs_files("pod-web/srv"), vec![srv.join("cgroup.procs")]);
+        // An existing cgroup (agent restart) is converged: a changed limit is written back to its value, the
+        // default included.
+        std::fs::write(pod.join("memory.max"), "1048576").unwrap();
+        cg.create("pod-web", &CgroupLimits { cpu_shares: 2, ..Default::default() }, true).unwrap();
+        assert_eq!(read(&pod, "memory.max"), "max");
         assert_eq!(cg.display_path("pod-web"), pod.display().to_string());
     }
 }

@@ -76,9 +76,8 @@ impl Lab {
         let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{seq}", std::process::id());
         let mut lab = Lab { nodes: Vec::new(), pods: Vec::new() };
-        for (i, (subnet, mac)) in [("10.244.1.0/24", "02:42:0a:00:00:01"), ("10.244.2.0/24", "02:42:0a:00:00:02")]
-            .into_iter()
-            .enumerate()
+        for (i, (subnet, mac)) in
+            [("10.244.1.0/24", "02:42:0a:00:00:01"), ("10.244.2.0/24", "02:42:0a:00:00:02")].into_iter().enumerate()
         {
             let ns = format!("tbnet-{}-{tag}", ["a", "b"][i]);
             sh(&["ip", "netns", "add", &ns]);
@@ -140,11 +139,7 @@ impl Lab {
 
     /// Starts an infra-like process in a new netns and returns its pid once the netns exists.
     fn spawn_pod(&mut self) -> u32 {
-        let child = Command::new("unshare")
-            .args(["-n", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("unshare");
+        let child = Command::new("unshare").args(["-n", "sleep", "600"]).stdin(Stdio::null()).spawn().expect("unshare");
         let pid = child.id();
         self.pods.push(child);
         let mine = std::fs::read_link("/proc/self/ns/net").expect("own netns");
@@ -222,7 +217,9 @@ async fn vxlan_pods_talk_across_nodes_and_drift_is_repaired() {
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     let first = lab.apply_all(Backend::Vxlan).await;
-    assert!(first[0].iter().any(|l| l.starts_with("link add flannel.1 type vxlan id 1 dstport 8472 local 192.168.77.1")));
+    assert!(first[0]
+        .iter()
+        .any(|l| l.starts_with("link add flannel.1 type vxlan id 1 dstport 8472 local 192.168.77.1")));
     let [(pa, _), (pb, ipb)] = pod_pair(&mut lab).await;
     assert_ping(pa, ipb);
     assert_ping(pb, Ipv4Addr::new(10, 244, 1, 2));
@@ -299,7 +296,22 @@ async fn udp_pods_talk_across_nodes_through_the_userspace_forwarder() {
     assert!(tun.contains("mtu 1472") && tun.contains("tun"), "{tun}");
     assert!(a.ip(&["addr", "show", "flannel0"]).contains("10.244.1.0/16"));
     // A large ping crosses the forwarder whole (pod MTU 1472 = underlay 1500 - 28).
-    let out = run(&["nsenter", "-t", &pa.to_string(), "-n", "ping", "-c", "1", "-W", "2", "-s", "1400", "-M", "do", &ipb.to_string()]);
+    let out = run(&[
+        "nsenter",
+        "-t",
+        &pa.to_string(),
+        "-n",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-s",
+        "1400",
+        "-M",
+        "do",
+        &ipb.to_string(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Drift: flannel0 deleted under the forwarder. The forwarder notices; the next apply restarts it.

@@ -10,9 +10,9 @@
 //! namespace it was made in), so attaching a pod costs four netlink round trips and no thread.
 
 mod ipam;
-mod netlink;
+pub(crate) mod netlink;
 mod plan;
-mod rawlink;
+pub(crate) mod rawlink;
 mod udp;
 
 #[cfg(test)]
@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use ipam::Ipam;
 use netlink::NetlinkKernel;
-use rawlink::RtSocket;
 use plan::{fmt_mac, kind_name, LinkKind, BRIDGE, TUN_DEV, VXLAN_DEV};
+use rawlink::RtSocket;
 use udp::UdpForwarder;
 
 /// Errors of the networking module. `InvalidInput` is the caller's fault (maps to 4xx); the rest are node faults.
@@ -197,7 +197,8 @@ impl Worker {
                 .build()
                 .map_err(|e| NetError::io("net-worker runtime".into(), e))?;
             let _guard = rt.enter();
-            let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetError::io("netlink socket".into(), e))?;
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|e| NetError::io("netlink socket".into(), e))?;
             rt.spawn(conn);
             let node_sock = RtSocket::new().map_err(|e| NetError::io("netlink socket".into(), e))?;
             let home = std::fs::File::open("/proc/thread-self/ns/net")
@@ -261,9 +262,7 @@ impl Worker {
         let peers: udp::PeerTable = spec.peers.iter().map(|p| (p.pod_subnet.trunc(), p.underlay_ip)).collect();
         let healthy = match &self.udp {
             Some(f) => {
-                f.is_alive()
-                    && f.local == spec.underlay.address
-                    && self.kernel.link_index(TUN_DEV).await?.is_some()
+                f.is_alive() && f.local == spec.underlay.address && self.kernel.link_index(TUN_DEV).await?.is_some()
             }
             None => false,
         };
@@ -290,7 +289,11 @@ impl Worker {
         let managed = |name: &str| name == BRIDGE || name == VXLAN_DEV || name == TUN_DEV || name.starts_with("veth");
         let names = links.iter().map(|l| (l.index, l.name.clone())).collect();
         // Without a spec, report routes into the whole private 10/8 range pods normally live in.
-        let pod_cidr = self.spec.as_ref().map(|s| s.pod_cidr).unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default());
+        let pod_cidr = self
+            .spec
+            .as_ref()
+            .map(|s| s.pod_cidr)
+            .unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default());
         let routes = self.kernel.routes(pod_cidr, &names).await?;
         let (neighbours, fdb) = match links.iter().find(|l| l.name == VXLAN_DEV) {
             Some(vx) => self.kernel.neighbours_and_fdb(VXLAN_DEV, vx.index).await?,
@@ -301,13 +304,8 @@ impl Worker {
                 .iter()
                 .filter(|l| managed(&l.name))
                 .map(|l| {
-                    let mut line = format!(
-                        "{} {} mtu {} {}",
-                        l.name,
-                        if l.up { "UP" } else { "DOWN" },
-                        l.mtu,
-                        kind_name(&l.kind)
-                    );
+                    let mut line =
+                        format!("{} {} mtu {} {}", l.name, if l.up { "UP" } else { "DOWN" }, l.mtu, kind_name(&l.kind));
                     if let LinkKind::Vxlan { vni, port, local, dev, learning } = &l.kind {
                         line += &format!(" id {vni} dstport {port} local {local} dev {dev}");
                         if !learning {
@@ -382,7 +380,8 @@ impl Worker {
     /// with a fresh cni0 index when the cached one may be stale.
     async fn create_veth(&mut self, host_veth: &str, netns: &OwnedFd, mtu: u32) -> Result<bool, NetError> {
         if let Some(bridge) = self.bridge {
-            match netlink::create_pod_veth(&mut self.node_sock, self.ipv6_conf.as_ref(), host_veth, netns, mtu, bridge) {
+            match netlink::create_pod_veth(&mut self.node_sock, self.ipv6_conf.as_ref(), host_veth, netns, mtu, bridge)
+            {
                 Ok(created) => return Ok(created),
                 Err(e) => {
                     tracing::debug!("create {host_veth} with cached {BRIDGE} index {bridge}: {e}; looking it up again");
@@ -412,7 +411,10 @@ impl Worker {
         for (pod, pid) in pods {
             let name = host_veth_name(pod);
             let repaired = match links.iter().find(|l| l.name == name) {
-                None => self.attach(pod, *pid).await.map(|a| Some(format!("pod {pod}: recreated {} ({})", a.host_veth, a.ip))),
+                None => self
+                    .attach(pod, *pid)
+                    .await
+                    .map(|a| Some(format!("pod {pod}: recreated {} ({})", a.host_veth, a.ip))),
                 Some(l) if l.master.as_deref() != Some(BRIDGE) || !l.up => {
                     let result = match self.kernel.bridge_index().await {
                         Ok(bridge) => self.kernel.enslave(&name, bridge).await,

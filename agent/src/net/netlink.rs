@@ -21,7 +21,10 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use super::plan::{Action, Fdb, Kernel, KernelState, LinkKind, LinkState, Mac, Neighbour, NeighbourState, Route, RouteState, BRIDGE, VXLAN_DEV};
+use super::plan::{
+    Action, Fdb, Kernel, KernelState, LinkKind, LinkState, Mac, Neighbour, NeighbourState, Route, RouteState, BRIDGE,
+    VXLAN_DEV,
+};
 use super::rawlink::{Mode, Req, RtSocket};
 use super::NetError;
 
@@ -81,14 +84,8 @@ impl NetlinkKernel {
         let names: HashMap<u32, String> =
             msgs.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n.to_string()))).collect();
         let mut addrs: HashMap<u32, Vec<Ipv4Net>> = HashMap::new();
-        let addr_msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("dump addresses"))?;
+        let addr_msgs: Vec<AddressMessage> =
+            self.handle.address().get().execute().try_collect().await.map_err(nl("dump addresses"))?;
         for m in addr_msgs {
             if m.header.family != AddressFamily::Inet {
                 continue;
@@ -216,7 +213,11 @@ fn link_name(m: &LinkMessage) -> Option<&str> {
     })
 }
 
-fn link_state(m: &LinkMessage, names: &HashMap<u32, String>, addrs: &mut HashMap<u32, Vec<Ipv4Net>>) -> Option<LinkState> {
+fn link_state(
+    m: &LinkMessage,
+    names: &HashMap<u32, String>,
+    addrs: &mut HashMap<u32, Vec<Ipv4Net>>,
+) -> Option<LinkState> {
     let name = link_name(m)?.to_string();
     let mut mtu = 0;
     let mut mac = None;
@@ -252,12 +253,19 @@ fn link_kind(infos: &[LinkInfo], names: &HashMap<u32, String>) -> LinkKind {
             LinkInfo::Kind(InfoKind::Veth) => kind = LinkKind::Veth,
             // The data attribute (below) fills in the details; a vxlan without it compares unequal to any spec.
             LinkInfo::Kind(InfoKind::Vxlan) if !matches!(kind, LinkKind::Vxlan { .. }) => {
-                kind = LinkKind::Vxlan { vni: 0, port: 0, local: Ipv4Addr::UNSPECIFIED, dev: String::new(), learning: true };
+                kind = LinkKind::Vxlan {
+                    vni: 0,
+                    port: 0,
+                    local: Ipv4Addr::UNSPECIFIED,
+                    dev: String::new(),
+                    learning: true,
+                };
             }
             LinkInfo::Kind(InfoKind::Vxlan) => {}
             LinkInfo::Kind(other) => kind = LinkKind::Other(other.to_string()),
             LinkInfo::Data(InfoData::Vxlan(data)) => {
-                let (mut vni, mut port, mut local, mut dev, mut learning) = (0, 0, Ipv4Addr::UNSPECIFIED, String::new(), true);
+                let (mut vni, mut port, mut local, mut dev, mut learning) =
+                    (0, 0, Ipv4Addr::UNSPECIFIED, String::new(), true);
                 for d in data {
                     match d {
                         InfoVxlan::Id(v) => vni = *v,
@@ -320,10 +328,9 @@ fn neighbour_message(family: AddressFamily, index: u32, ip: Ipv4Addr, mac: Optio
 
 impl Kernel for NetlinkKernel {
     async fn snapshot(&mut self, pod_cidr: Ipv4Net) -> Result<KernelState, NetError> {
-        let ip_forward = std::fs::read_to_string(IP_FORWARD)
-            .map_err(|e| NetError::io(format!("read {IP_FORWARD}"), e))?
-            .trim()
-            == "1";
+        let ip_forward =
+            std::fs::read_to_string(IP_FORWARD).map_err(|e| NetError::io(format!("read {IP_FORWARD}"), e))?.trim()
+                == "1";
         let links = self.links().await?;
         let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
         let routes = self.routes(pod_cidr, &names).await?;
@@ -383,7 +390,10 @@ impl Kernel for NetlinkKernel {
                     // flannel0 belongs to the udp forwarder's fd (see udp.rs); if it is missing here the
                     // forwarder could not create it.
                     LinkKind::Tun | LinkKind::Veth | LinkKind::Other(_) => {
-                        return Err(NetError::NoSuchLink(format!("{} (created by its owner, not by reconcile)", l.name)))
+                        return Err(NetError::NoSuchLink(format!(
+                            "{} (created by its owner, not by reconcile)",
+                            l.name
+                        )))
                     }
                 };
                 h.link().add(msg).execute().await.map_err(nl(step))?;

@@ -28,8 +28,8 @@ pub fn parse_mac(s: &str) -> Result<Mac, NetError> {
         return Err(NetError::InvalidInput(format!("`{s}` is not a MAC address")));
     }
     for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16)
-            .map_err(|_| NetError::InvalidInput(format!("`{s}` is not a MAC address")))?;
+        *byte =
+            u8::from_str_radix(part, 16).map_err(|_| NetError::InvalidInput(format!("`{s}` is not a MAC address")))?;
     }
     Ok(mac)
 }
@@ -49,7 +49,13 @@ pub fn fmt_mac(mac: &Mac) -> String {
 pub enum LinkKind {
     Bridge,
     /// `dev` is the underlay interface by name (resolved from its index when observed).
-    Vxlan { vni: u32, port: u16, local: Ipv4Addr, dev: String, learning: bool },
+    Vxlan {
+        vni: u32,
+        port: u16,
+        local: Ipv4Addr,
+        dev: String,
+        learning: bool,
+    },
     Tun,
     Veth,
     Other(String),
@@ -270,9 +276,20 @@ pub enum Action {
     DeleteLink(String),
     /// Creates the link with MTU and MAC, up; addresses follow as `AddAddress`.
     CreateLink(LinkSpec),
-    SetLink { name: String, mtu: Option<u32>, mac: Option<Mac>, up: bool },
-    DeleteAddress { dev: String, addr: Ipv4Net },
-    AddAddress { dev: String, addr: Ipv4Net },
+    SetLink {
+        name: String,
+        mtu: Option<u32>,
+        mac: Option<Mac>,
+        up: bool,
+    },
+    DeleteAddress {
+        dev: String,
+        addr: Ipv4Net,
+    },
+    AddAddress {
+        dev: String,
+        addr: Ipv4Net,
+    },
     /// Add or replace (flannel's `NeighSet`).
     SetNeighbour(Neighbour),
     SetFdb(Fdb),
@@ -315,7 +332,9 @@ impl std::fmt::Display for Action {
             Action::SetNeighbour(n) => {
                 write!(f, "neigh replace {} lladdr {} dev {} nud permanent", n.ip, fmt_mac(&n.mac), n.dev)
             }
-            Action::SetFdb(e) => write!(f, "fdb replace {} dst {} dev {} self permanent", fmt_mac(&e.mac), e.dst, e.dev),
+            Action::SetFdb(e) => {
+                write!(f, "fdb replace {} dst {} dev {} self permanent", fmt_mac(&e.mac), e.dst, e.dev)
+            }
             Action::AddRoute(r) => write!(f, "route add {r}"),
         }
     }
@@ -552,7 +571,12 @@ mod tests {
     fn spec(backend: Backend, peers: usize) -> NodeSpec {
         NodeSpec {
             node_name: "a".into(),
-            underlay: UnderlaySpec { interface: "eth1".into(), address: "192.168.50.1".parse().unwrap(), prefix_len: 24, mtu: 1500 },
+            underlay: UnderlaySpec {
+                interface: "eth1".into(),
+                address: "192.168.50.1".parse().unwrap(),
+                prefix_len: 24,
+                mtu: 1500,
+            },
             pod_cidr: "10.244.0.0/16".parse().unwrap(),
             pod_subnet: "10.244.1.0/24".parse().unwrap(),
             backend,

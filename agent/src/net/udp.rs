@@ -39,15 +39,16 @@ impl UdpForwarder {
         let sock = Arc::new(sock);
         // CLOEXEC: a child the agent spawns (an infra process) must not inherit the write end, or closing
         // ours would never wake the threads.
-        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| NetError::io("stop pipe".into(), e.into()))?;
+        let (stop_rx, stop_tx) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| NetError::io("stop pipe".into(), e.into()))?;
         let stop_rx = Arc::new(stop_rx);
         let peers = Arc::new(RwLock::new(peers));
         let alive = Arc::new(AtomicBool::new(true));
 
         let mut threads = Vec::new();
         {
-            let (tun, sock, stop, peers, alive) = (tun.clone(), sock.clone(), stop_rx.clone(), peers.clone(), alive.clone());
+            let (tun, sock, stop, peers, alive) =
+                (tun.clone(), sock.clone(), stop_rx.clone(), peers.clone(), alive.clone());
             threads.push(spawn("udp-tun-rx", move || tun_to_udp(&tun, &sock, &stop, &peers, &alive))?);
         }
         {

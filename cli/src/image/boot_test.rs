@@ -211,10 +211,7 @@ fn probe_mode_prints_ok_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
     let serial = dir.path().join("serial.log");
     let start = Instant::now();
-    let mut child = direct_boot(&a, &serial, 256, &probe_cmdline(&a.cmdline))
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = direct_boot(&a, &serial, 256, &probe_cmdline(&a.cmdline)).stdin(Stdio::null()).spawn().unwrap();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;

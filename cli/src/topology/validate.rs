@@ -575,10 +575,8 @@ fn check_test(
         Some(r) => {
             let attempts = r.attempts.unwrap_or(3);
             if !(1..=MAX_TEST_ATTEMPTS).contains(&attempts) {
-                return Err(ctx.at(
-                    &path.key("retry").key("attempts"),
-                    format!("{attempts} is outside 1..={MAX_TEST_ATTEMPTS}"),
-                ));
+                return Err(ctx
+                    .at(&path.key("retry").key("attempts"), format!("{attempts} is outside 1..={MAX_TEST_ATTEMPTS}")));
             }
             let wait = match &r.wait {
                 Some(w) => quantity::wait_ms(&w.0).map_err(|m| ctx.at(&path.key("retry").key("wait"), m))?,
