@@ -195,7 +195,7 @@ impl Agent {
         std::fs::create_dir_all(cfg.state_dir.join("pods"))
             .map_err(io(format!("create {}", cfg.state_dir.display())))?;
         cgroups.init()?;
-        let net = Network::new(&cfg.state_dir).await?;
+        let net = Network::new(&cfg.state_dir, |pid, pod| sandbox::is_ours(pid, INFRA_ROLE, pod, None)).await?;
         let infra_image = crate::infra::memfd().map_err(io("memfd for the infra program"))?;
         Ok(Arc::new(Agent {
             cfg,

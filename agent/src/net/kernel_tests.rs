@@ -65,6 +65,11 @@ impl Node {
     }
 }
 
+/// The tests' infra processes are `sleep`s (see `Lab::spawn_pod`).
+fn is_test_pod(pid: u32, _pod: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+}
+
 /// Two nodes and their pods; Drop removes all of it.
 struct Lab {
     nodes: Vec<Node>,
@@ -100,7 +105,7 @@ impl Lab {
         }
         for n in &mut lab.nodes {
             let path = PathBuf::from(format!("/run/netns/{}", n.ns));
-            n.net = Some(Network::start(n.state.path(), Some(path)).await.expect("network start"));
+            n.net = Some(Network::start(n.state.path(), Some(path), is_test_pod).await.expect("network start"));
         }
         lab
     }
@@ -139,7 +144,11 @@ impl Lab {
 
     /// Starts an infra-like process in a new netns and returns its pid once the netns exists.
     fn spawn_pod(&mut self) -> u32 {
-        let child = Command::new("unshare").args(["-n", "sleep", "600"]).stdin(Stdio::null()).spawn().expect("unshare");
+        self.spawn_in_netns(&["sleep", "600"])
+    }
+
+    fn spawn_in_netns(&mut self, argv: &[&str]) -> u32 {
+        let child = Command::new("unshare").arg("-n").args(argv).stdin(Stdio::null()).spawn().expect("unshare");
         let pid = child.id();
         self.pods.push(child);
         let mine = std::fs::read_link("/proc/self/ns/net").expect("own netns");
@@ -203,6 +212,28 @@ async fn pod_pair(lab: &mut Lab) -> [(u32, Ipv4Addr); 2] {
     assert_eq!(a.ip, Ipv4Addr::new(10, 244, 1, 2));
     assert_eq!(b.ip, Ipv4Addr::new(10, 244, 2, 2));
     [(pa, a.ip), (pb, b.ip)]
+}
+
+#[tokio::test]
+async fn a_process_that_is_not_the_pods_infra_is_never_wired_up() {
+    require_root!();
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::new().await;
+    lab.apply_all(Backend::None).await;
+    // What a reused PID looks like: a live process in a netns of its own that is not the pod's infra.
+    let stranger = lab.spawn_in_netns(&["tail", "-f", "/dev/null"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{stranger}/comm")).map_or(true, |c| c.trim() != "tail") {
+        assert!(Instant::now() < deadline, "tail never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let err = lab.nodes[0].net().attach_pod("pa", stranger).await.expect_err("attached a stranger");
+    assert!(matches!(err, super::NetError::InfraGone(_, pid) if pid == stranger), "{err}");
+    assert!(!lab.nodes[0].ip(&["link", "show"]).contains(&host_veth_name("pa")));
+    // Nothing was leased either: the real infra gets the first address.
+    let pa = lab.spawn_pod();
+    let a = lab.nodes[0].net().attach_pod("pa", pa).await.expect("attach pa");
+    assert_eq!(a.ip, Ipv4Addr::new(10, 244, 1, 2));
 }
 
 async fn assert_idempotent(lab: &Lab, backend: Backend) {
@@ -427,7 +458,7 @@ async fn pods_attach_idempotently_detach_and_repair() {
     let node = &mut lab.nodes[0];
     node.net.take();
     let path = PathBuf::from(format!("/run/netns/{}", node.ns));
-    node.net = Some(Network::start(node.state.path(), Some(path)).await.expect("restart"));
+    node.net = Some(Network::start(node.state.path(), Some(path), is_test_pod).await.expect("restart"));
     let spec = lab.spec(0, Backend::HostGw);
     assert!(lab.nodes[0].net().apply(&spec).await.expect("apply").is_empty());
     assert_eq!(lab.nodes[0].net().attach_pod("db", p2).await.expect("attach db").ip, a2.ip);

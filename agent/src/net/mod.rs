@@ -43,6 +43,8 @@ pub enum NetError {
     InvalidInput(String),
     #[error("network interface {0} does not exist")]
     NoSuchLink(String),
+    #[error("pod {0}: its infra process {1} is gone")]
+    InfraGone(String, u32),
     #[error("pod IP allocation: {0}")]
     Ipam(String),
     #[error("{step}: {source}")]
@@ -78,6 +80,10 @@ enum Request {
     Repair(Vec<(String, u32)>, Reply<Vec<String>>),
 }
 
+/// Tells whether `pid` is still the infra process of `pod`. Asked after the pod's netns was opened through
+/// /proc/<pid>, so a PID that a stranger reused after our infra died is never wired up as the pod.
+pub type InfraCheck = fn(pid: u32, pod: &str) -> bool;
+
 /// Handle to the node's network state. Send + Sync; share it in an Arc.
 pub struct Network {
     /// `None` only while dropping (closing the channel stops the worker).
@@ -86,13 +92,13 @@ pub struct Network {
 }
 
 impl Network {
-    pub async fn new(state_dir: &Path) -> Result<Network, NetError> {
-        Network::start(state_dir, None).await
+    pub async fn new(state_dir: &Path, infra_check: InfraCheck) -> Result<Network, NetError> {
+        Network::start(state_dir, None, infra_check).await
     }
 
     /// Like `new`, with all node-side kernel work inside the network namespace at `netns` (e.g.
     /// `/run/netns/x`); the tests emulate nodes this way.
-    pub async fn start(state_dir: &Path, netns: Option<PathBuf>) -> Result<Network, NetError> {
+    pub async fn start(state_dir: &Path, netns: Option<PathBuf>, infra_check: InfraCheck) -> Result<Network, NetError> {
         let ipam = Ipam::open(&state_dir.join("ipam"))?;
         let ns_fd = match &netns {
             Some(path) => Some(OwnedFd::from(
@@ -104,7 +110,7 @@ impl Network {
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("net-worker".into())
-            .spawn(move || Worker::run(ns_fd, ipam, rx, ready_tx))
+            .spawn(move || Worker::run(ns_fd, ipam, infra_check, rx, ready_tx))
             .map_err(|e| NetError::io("spawn net-worker thread".into(), e))?;
         ready_rx.await.map_err(|_| NetError::WorkerGone)??;
         Ok(Network { tx: Some(tx), worker: Mutex::new(Some(thread)) })
@@ -175,6 +181,7 @@ struct Worker {
     /// cni0's ifindex; forgotten on every apply (which may recreate cni0) and when a create with it fails.
     bridge: Option<u32>,
     ipam: Ipam,
+    infra_check: InfraCheck,
     spec: Option<NodeSpec>,
     udp: Option<UdpForwarder>,
 }
@@ -183,6 +190,7 @@ impl Worker {
     fn run(
         netns: Option<OwnedFd>,
         ipam: Ipam,
+        infra_check: InfraCheck,
         rx: mpsc::UnboundedReceiver<Request>,
         ready: oneshot::Sender<Result<(), NetError>>,
     ) {
@@ -218,7 +226,8 @@ impl Worker {
             }
         };
         let _ = ready.send(Ok(()));
-        let mut worker = Worker { kernel, node_sock, home_ns, ipv6_conf, bridge: None, ipam, spec: None, udp: None };
+        let mut worker =
+            Worker { kernel, node_sock, home_ns, ipv6_conf, bridge: None, ipam, infra_check, spec: None, udp: None };
         rt.block_on(worker.serve(rx));
     }
 
@@ -349,6 +358,9 @@ impl Worker {
         let netns = OwnedFd::from(
             std::fs::File::open(&ns_path).map_err(|e| NetError::io(format!("pod {pod}: open {ns_path}"), e))?,
         );
+        if !(self.infra_check)(infra_pid, pod) {
+            return Err(NetError::InfraGone(pod.to_string(), infra_pid));
+        }
         let ip = self.ipam.allocate(pod, subnet)?;
         let host_veth = host_veth_name(pod);
         let addr = Ipv4Net::new(ip, subnet.prefix_len()).map_err(|e| NetError::Ipam(e.to_string()))?;
