@@ -227,8 +227,9 @@ async fn a_process_that_is_not_the_pods_infra_is_never_wired_up() {
         assert!(Instant::now() < deadline, "tail never started");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let err = lab.nodes[0].net().attach_pod("pa", stranger).await.expect_err("attached a stranger");
-    assert!(matches!(err, super::NetError::InfraGone(_, pid) if pid == stranger), "{err}");
+    // The repair pass re-plugs pods from their recorded infra PIDs: the stranger is refused.
+    let err = lab.nodes[0].net().repair_pods(&[("pa".into(), stranger)]).await.expect_err("wired up a stranger");
+    assert!(err.to_string().contains(&format!("its infra process {stranger} is gone")), "{err}");
     assert!(!lab.nodes[0].ip(&["link", "show"]).contains(&host_veth_name("pa")));
     // Nothing was leased either: the real infra gets the first address.
     let pa = lab.spawn_pod();

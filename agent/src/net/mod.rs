@@ -80,8 +80,8 @@ enum Request {
     Repair(Vec<(String, u32)>, Reply<Vec<String>>),
 }
 
-/// Tells whether `pid` is still the infra process of `pod`. Asked after the pod's netns was opened through
-/// /proc/<pid>, so a PID that a stranger reused after our infra died is never wired up as the pod.
+/// Tells whether `pid` is still the infra process of `pod`. `repair_pods` asks it after a pod's netns was opened
+/// through /proc/<pid>, so a PID that a stranger reused after our infra died is never wired up as the pod.
 pub type InfraCheck = fn(pid: u32, pod: &str) -> bool;
 
 /// Handle to the node's network state. Send + Sync; share it in an Arc.
@@ -135,6 +135,8 @@ impl Network {
     }
 
     /// Idempotent: same pod -> same IP; veth `veth<hash>` in cni0 with hairpin on, `eth0` in the pod.
+    /// `infra_pid` must be the caller's own child, not yet reaped, so that it cannot have been reused. (It is
+    /// not checked with `InfraCheck` here: right after a vfork+exec, /proc/<pid>/cmdline is briefly empty.)
     pub async fn attach_pod(&self, pod: &str, infra_pid: u32) -> Result<PodAttachment, NetError> {
         self.call(|r| Request::Attach(pod.to_string(), infra_pid, r)).await
     }
@@ -236,7 +238,7 @@ impl Worker {
             match req {
                 Request::Apply(spec, r) => drop(r.send(self.apply(*spec).await)),
                 Request::Observe(r) => drop(r.send(self.observe().await)),
-                Request::Attach(pod, pid, r) => drop(r.send(self.attach(&pod, pid).await)),
+                Request::Attach(pod, pid, r) => drop(r.send(self.attach(&pod, pid, false).await)),
                 Request::Detach(pod, r) => drop(r.send(self.detach(&pod).await)),
                 Request::Repair(pods, r) => drop(r.send(self.repair(&pods).await)),
             }
@@ -349,7 +351,8 @@ impl Worker {
         self.spec.as_ref().ok_or_else(|| NetError::NotReady("no NodeSpec applied yet (PUT /v1/node first)".into()))
     }
 
-    async fn attach(&mut self, pod: &str, infra_pid: u32) -> Result<PodAttachment, NetError> {
+    /// `check`: ask `infra_check` whether `infra_pid` is still the pod's infra (PIDs from records).
+    async fn attach(&mut self, pod: &str, infra_pid: u32, check: bool) -> Result<PodAttachment, NetError> {
         let spec = self.spec()?;
         let subnet = spec.pod_subnet.trunc();
         let mtu = spec.backend.pod_mtu(spec.underlay.mtu);
@@ -358,7 +361,7 @@ impl Worker {
         let netns = OwnedFd::from(
             std::fs::File::open(&ns_path).map_err(|e| NetError::io(format!("pod {pod}: open {ns_path}"), e))?,
         );
-        if !(self.infra_check)(infra_pid, pod) {
+        if check && !(self.infra_check)(infra_pid, pod) {
             return Err(NetError::InfraGone(pod.to_string(), infra_pid));
         }
         let ip = self.ipam.allocate(pod, subnet)?;
@@ -424,7 +427,7 @@ impl Worker {
             let name = host_veth_name(pod);
             let repaired = match links.iter().find(|l| l.name == name) {
                 None => self
-                    .attach(pod, *pid)
+                    .attach(pod, *pid, true)
                     .await
                     .map(|a| Some(format!("pod {pod}: recreated {} ({})", a.host_veth, a.ip))),
                 Some(l) if l.master.as_deref() != Some(BRIDGE) || !l.up => {
