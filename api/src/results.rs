@@ -80,6 +80,15 @@ pub struct RunMetadata {
     pub testbed_version: String,
     /// Host name of the machine that ran the suite.
     pub host: String,
+    /// The host's CPU model (/proc/cpuinfo), which bounds every figure under TCG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu: Option<String>,
+    /// vCPUs and memory of each node, e.g. `node-a 1 vCPU 512 MiB`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// `iperf3 --version` in the guests (perf suite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iperf3_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +149,11 @@ pub struct Measurement {
     pub cpu_sender_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_receiver_percent: Option<f64>,
-    /// Extra facts (UDP loss, TCP retransmits, MTU).
+    /// MTU of the sender's interface on this path: the underlay's for the baseline, the backend's pod MTU
+    /// (underlay - 50 for vxlan, - 28 for udp) for pod paths. Throughput scales with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Extra facts (UDP loss, TCP retransmits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<String>,
 }

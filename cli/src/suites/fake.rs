@@ -326,6 +326,8 @@ impl Cluster for FakeCluster {
             self.iperf_client(node, command)
         } else if command.contains("iperf3 -s") {
             ok("{}")
+        } else if command == "iperf3 --version" {
+            ok("iperf 3.12 (cJSON 1.7.15)\nLinux node 6.1.0 #1 SMP x86_64\n")
         } else if command.starts_with("ip route del") {
             ok("")
         } else if let Some(dest) = command.strip_prefix("ip route show ") {

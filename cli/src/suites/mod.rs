@@ -109,6 +109,11 @@ fn host_name() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
 }
 
+fn host_cpu() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()))
+}
+
 /// Runs the conformance suite on `c` for each backend in turn and returns the results document.
 pub async fn run_conformance<C: Cluster>(
     c: &C,
@@ -175,6 +180,9 @@ fn finish<C: Cluster>(
             backends: backends.to_vec(),
             testbed_version: env!("CARGO_PKG_VERSION").into(),
             host: host_name(),
+            host_cpu: host_cpu(),
+            nodes: plan.nodes.iter().map(|n| format!("{} {} vCPU {} MiB", n.name, n.cpus, n.memory_mib)).collect(),
+            iperf3_version: None,
         },
         summary: Summary::of(&checks),
         checks,
@@ -212,7 +220,9 @@ pub async fn run_perf<C: Cluster>(
     restore_backend(c, &mut r, backends).await;
     let mut ms = measurements.into_inner();
     perf::add_ratios(&mut ms);
-    finish(c, "perf", backends, started, clock, kernel, r.into_checks(), ms)
+    let mut results = finish(c, "perf", backends, started, clock, kernel, r.into_checks(), ms);
+    results.metadata.iperf3_version = perf::iperf3_version(c).await;
+    results
 }
 
 fn default_out_dir(lab: &str) -> PathBuf {

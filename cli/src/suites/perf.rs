@@ -54,20 +54,28 @@ impl Kind {
 /// Where a command runs: in a pod (its network namespace) or on a node.
 #[derive(Clone, Copy)]
 enum End<'a> {
-    Pod(&'a TestPod),
+    /// A pod and the MTU of its eth0.
+    Pod(&'a TestPod, u32),
     Node(&'a NodeInfo),
 }
 
 impl End<'_> {
+    fn mtu(&self) -> u32 {
+        match self {
+            End::Pod(_, mtu) => *mtu,
+            End::Node(n) => n.underlay_mtu,
+        }
+    }
+
     fn ip(&self) -> Ipv4Addr {
         match self {
-            End::Pod(p) => p.ip,
+            End::Pod(p, _) => p.ip,
             End::Node(n) => n.underlay_ip,
         }
     }
     async fn run<C: Cluster>(&self, c: &C, script: &str, timeout: u64) -> Result<ExecResponse, ClusterError> {
         match self {
-            End::Pod(p) => pexec(c, p, None, script, timeout).await,
+            End::Pod(p, _) => pexec(c, p, None, script, timeout).await,
             End::Node(n) => nexec(c, &n.name, script).await,
         }
     }
@@ -153,6 +161,7 @@ async fn measure<C: Cluster>(c: &C, f: Figure<'_>, o: &PerfOptions, out: &RefCel
         ratio_to_baseline: None,
         cpu_sender_percent: mean(&cpu_s),
         cpu_receiver_percent: mean(&cpu_r),
+        mtu: Some(from.mtu()),
         details: (!notes.is_empty()).then(|| notes.join(", ")),
     };
     let summary = format!(
@@ -185,6 +194,13 @@ fn sleeper(name: &str) -> testbed_api::PodSpec {
 pub const PERF_PODS: [&str; 3] = ["tb-p-a1", "tb-p-a2", "tb-p-b1"];
 
 /// One backend: switch, pods, measurements, cleanup. `first` adds the underlay baseline.
+/// `iperf3 --version`'s first line on the first node, for results.json.
+pub async fn iperf3_version<C: Cluster>(c: &C) -> Option<String> {
+    let node = c.plan().nodes.first()?;
+    let out = c.node_exec(&node.name, "iperf3 --version").await.ok()?;
+    out.stdout.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+}
+
 pub async fn run_backend<C: Cluster>(
     c: &C,
     r: &mut Runner,
@@ -225,6 +241,7 @@ pub async fn run_backend<C: Cluster>(
     })
     .await;
     let kinds = [Kind::Tcp1, Kind::TcpN(o.streams), Kind::Udp, Kind::Latency];
+    let pod_mtu = backend.pod_mtu(na.underlay_mtu);
     if pods.len() >= 2 {
         if first {
             for k in kinds {
@@ -269,7 +286,13 @@ pub async fn run_backend<C: Cluster>(
                 Level::Error,
                 measure(
                     c,
-                    Figure { kind: k, path, backend: b, from: End::Pod(&pods[0]), to: End::Pod(&pods[1]) },
+                    Figure {
+                        kind: k,
+                        path,
+                        backend: b,
+                        from: End::Pod(&pods[0], pod_mtu),
+                        to: End::Pod(&pods[1], pod_mtu),
+                    },
                     o,
                     out,
                 ),
@@ -288,7 +311,13 @@ pub async fn run_backend<C: Cluster>(
                         Level::Error,
                         measure(
                             c,
-                            Figure { kind: k, path, backend: b, from: End::Pod(&pods[0]), to: End::Pod(p) },
+                            Figure {
+                                kind: k,
+                                path,
+                                backend: b,
+                                from: End::Pod(&pods[0], pod_mtu),
+                                to: End::Pod(p, pod_mtu),
+                            },
                             o,
                             out,
                         ),

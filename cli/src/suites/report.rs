@@ -202,6 +202,7 @@ struct PerfRow {
     n: usize,
     ratio: String,
     cpu: String,
+    mtu: String,
     details: String,
 }
 
@@ -294,6 +295,7 @@ fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
                 (Some(s), Some(r)) => format!("{s:.0}% / {r:.0}%"),
                 _ => "-".into(),
             },
+            mtu: m.mtu.map_or_else(|| "-".into(), |v| v.to_string()),
             details: m.details.clone().unwrap_or_default(),
         })
         .collect();

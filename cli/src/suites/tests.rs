@@ -393,7 +393,13 @@ async fn perf_measures_every_path_with_ratios_to_the_baseline() {
     let cross = find("pod->pod cross-node", "tcp-4", Some(Backend::Vxlan));
     assert_eq!(cross.ratio_to_baseline, Some(300.0 / 800.0));
     assert_eq!(cross.cpu_sender_percent, Some(50.0));
+    // The path MTU: the underlay's for the baseline, the backend's pod MTU for pods.
+    assert_eq!(base.mtu, Some(1500));
+    assert_eq!(cross.mtu, Some(1450));
     assert_eq!(find("pod->pod same-node", "latency", Some(Backend::None)).stats.median, 0.5);
+    assert_eq!(find("pod->pod same-node", "tcp-1", Some(Backend::None)).mtu, Some(1500));
+    assert_eq!(r.metadata.iperf3_version.as_deref(), Some("iperf 3.12 (cJSON 1.7.15)"));
+    assert_eq!(r.metadata.nodes.len(), 2);
     // No cross-node figures without pod routing; the baseline is measured once.
     assert!(r.measurements.iter().all(|m| !(m.backend == Some(Backend::None) && m.path.contains("cross"))));
     assert_eq!(r.measurements.iter().filter(|m| m.backend.is_none()).count(), 4);
@@ -401,6 +407,7 @@ async fn perf_measures_every_path_with_ratios_to_the_baseline() {
     let md = report::markdown(&r).expect("md");
     let html = report::html(&r).expect("html");
     assert!(md.contains("## Performance") && md.contains("pod->pod cross-node"), "{md}");
+    assert!(md.contains("| MTU |") && md.contains("iperf 3.12"), "{md}");
     assert!(html.contains("<h2>Performance</h2>") && html.contains("class=\"bar\""));
     well_formed(&report::junit(&r)).expect("junit");
 }
