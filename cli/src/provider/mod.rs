@@ -57,6 +57,10 @@ pub struct SshArgs {
     pub lab: LabSelector,
     /// Node name.
     pub node: String,
+    /// A command to run instead of a login shell, as with ssh: its words are joined and given to the node's
+    /// shell, and its exit code is testbed's.
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -269,7 +273,7 @@ pub async fn cmd_ssh(_ui: &Ui, a: SshArgs) -> CliResult {
     let lab = Lab::open(&a.lab)?;
     let (port, _) = lab.node_endpoint(&a.node)?;
     let mut cmd =
-        crate::ssh::interactive_ssh_command::<&str>(port, &lab.paths.client_key(), &lab.paths.known_hosts(), &[]);
+        crate::ssh::interactive_ssh_command(port, &lab.paths.client_key(), &lab.paths.known_hosts(), &a.command);
     // Replaces this process: the terminal belongs to ssh, and its exit code is ours.
     let err = cmd.exec();
     Err(CliError::infra(anyhow!("cannot run ssh (apt-get install -y openssh-client): {err}")))
