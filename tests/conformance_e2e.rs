@@ -1,5 +1,5 @@
-//! End to end: boot real VMs from the bundled topologies, run the conformance suite, check its outputs, and
-//! check that `down` leaves nothing behind. Runs as root with QEMU installed (tests/run.sh); skipped otherwise.
+//! End to end: boot real VMs from the bundled topologies, run the conformance suite (and, on the default
+//! topology, a short perf run), check their outputs, and check that `down` leaves nothing behind. Runs as root with QEMU installed (tests/run.sh); skipped otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -52,7 +52,41 @@ impl Drop for LabGuard {
     }
 }
 
-fn conformance_on(bundled: &str, lab: &str) {
+/// A one-repeat perf run: every path measured with real iperf3 and ping, with ratios, MTU and metadata.
+fn perf_smoke(run: &dyn Fn(&[&str]) -> Output, topo: &str, out: &Path) {
+    let res = out.to_str().expect("utf-8 path");
+    let perf = run(&["run", "perf", "-t", topo, "--repeats", "1", "--warmup", "0", "--duration", "1", "--out", res]);
+    assert_eq!(perf.status.code(), Some(0), "perf exit code");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("read perf results.json"))
+            .expect("perf results.json is JSON");
+    assert_eq!(doc["suite"], "perf");
+    assert!(doc["metadata"]["accelerator"].is_string(), "accelerator missing: {}", doc["metadata"]);
+    assert!(
+        doc["metadata"]["iperf3_version"].as_str().is_some_and(|v| v.starts_with("iperf 3")),
+        "{}",
+        doc["metadata"]
+    );
+    let ms = doc["measurements"].as_array().expect("measurements");
+    for (path, kind) in [
+        ("underlay node->node", "tcp-1"),
+        ("pod->pod same-node", "tcp-1"),
+        ("pod->pod cross-node", "tcp-1"),
+        ("pod->pod cross-node", "latency"),
+    ] {
+        let m = ms
+            .iter()
+            .find(|m| m["path"] == path && m["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {path} {kind} in {ms:#?}"));
+        assert!(m["stats"]["median"].as_f64().is_some_and(|v| v > 0.0), "{m}");
+        assert!(m["mtu"].as_u64().is_some(), "{m}");
+        if path != "underlay node->node" {
+            assert!(m["ratio_to_baseline"].as_f64().is_some_and(|r| r > 0.0), "{m}");
+        }
+    }
+}
+
+fn conformance_on(bundled: &str, lab: &str, with_perf: bool) {
     if !can_run_vms() {
         return;
     }
@@ -88,6 +122,9 @@ fn conformance_on(bundled: &str, lab: &str) {
         .collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
     assert_eq!(conf.status.code(), Some(0), "conformance exit code");
+    if with_perf {
+        perf_smoke(&run, topo, &tmp.path().join("perf"));
+    }
 
     drop(guard);
     let status = run(&["status", "-t", topo, "-o", "json"]);
@@ -98,10 +135,10 @@ fn conformance_on(bundled: &str, lab: &str) {
 
 #[test]
 fn conformance_default_vxlan() {
-    conformance_on("default.yaml", "e2e-vx");
+    conformance_on("default.yaml", "e2e-vx", true);
 }
 
 #[test]
 fn conformance_three_node_host_gw() {
-    conformance_on("three-node-host-gw.yaml", "e2e-hgw");
+    conformance_on("three-node-host-gw.yaml", "e2e-hgw", false);
 }
