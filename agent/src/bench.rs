@@ -1,4 +1,4 @@
-//! `testbed-agent bench`: what one pod costs on this kernel. Three measurements, all inside a private network
+//! `testbed-agent bench`: what one pod costs on this kernel. Four measurements, all inside a private network
 //! and mount namespace of the benchmark process (nothing reaches the host's network or its /run/netns):
 //!
 //! 1. testbed sandboxes: `Agent::create_sandbox` per pod (pod + infra cgroups, infra process with new
@@ -144,8 +144,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     // Both IPAM stores (the agent's and host-local's) on one private tmpfs, as the agent's default /run is:
     // the comparison is of the code, not of the disk. It goes away with the benchmark's mount namespace.
-    mount(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::empty(), Some("mode=700"))
-        .with_context(|| format!("private tmpfs on {}", tmp.display()))?;
+    if let Err(e) = mount(Some("tmpfs"), &tmp, Some("tmpfs"), MsFlags::empty(), Some("mode=700")) {
+        let _ = std::fs::remove_dir(&tmp);
+        return Err(e).with_context(|| format!("private tmpfs on {}", tmp.display()));
+    }
     let result = bench_all(&args, &tmp).await;
     let _ = nix::mount::umount(&tmp);
     let _ = std::fs::remove_dir_all(&tmp);
@@ -183,7 +185,12 @@ async fn sandbox_rounds(
     cgroups: Box<dyn crate::cgroups::Cgroups>,
     report: &mut Report,
 ) -> Result<()> {
-    let cfg = Config { state_dir: tmp.join("agent"), exe: PathBuf::from("/proc/self/exe"), kill_grace: Duration::ZERO };
+    let cfg = Config {
+        state_dir: tmp.join("agent"),
+        lease_dir: tmp.join("agent").join("ipam"),
+        exe: PathBuf::from("/proc/self/exe"),
+        kill_grace: Duration::ZERO,
+    };
     let agent = Agent::new(cfg, cgroups).await.context("agent runtime")?;
     agent.apply_node(node_spec()).await.context("apply the bench NodeSpec")?;
 
@@ -238,21 +245,23 @@ fn live_netns() -> Option<u64> {
     slab.lines().find(|l| l.starts_with("net_namespace ")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
-/// Waits until the kernel has freed the namespaces of the last round, or stopped freeing them for 2 s (a few
-/// can linger for minutes without costing anything), at most 2 minutes.
+/// Waits until the kernel has freed the namespaces of the last round, or has freed none for 10 s (it frees
+/// them in batches, so a shorter pause is not the end; a few can linger for minutes without costing anything),
+/// at most 2 minutes.
 async fn settle(baseline: u64) {
     let t0 = Instant::now();
     let (mut last, mut since) = (None, Instant::now());
     while t0.elapsed() < Duration::from_secs(120) {
-        match live_netns() {
-            Some(n) if n > baseline + 8 && since.elapsed() < Duration::from_secs(2) => {
-                if last != Some(n) {
-                    (last, since) = (Some(n), Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            _ => break,
+        let Some(n) = live_netns() else { break };
+        if n <= baseline + 8 {
+            break;
         }
+        if last != Some(n) {
+            (last, since) = (Some(n), Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("settled in {:.1} s", t0.elapsed().as_secs_f64());
 }

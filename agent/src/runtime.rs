@@ -44,6 +44,8 @@ pub const RECONCILE_PERIOD: Duration = Duration::from_secs(3);
 
 pub struct Config {
     pub state_dir: PathBuf,
+    /// Where the IPAM keeps its leases (one file per address).
+    pub lease_dir: PathBuf,
     /// Binary re-executed as container launcher (`/proc/self/exe`: the running agent, even after the
     /// file on disk has been replaced by a push).
     pub exe: PathBuf,
@@ -195,7 +197,7 @@ impl Agent {
         std::fs::create_dir_all(cfg.state_dir.join("pods"))
             .map_err(io(format!("create {}", cfg.state_dir.display())))?;
         cgroups.init()?;
-        let net = Network::new(&cfg.state_dir, |pid, pod| sandbox::is_ours(pid, INFRA_ROLE, pod, None)).await?;
+        let net = Network::new(&cfg.lease_dir, |pid, pod| sandbox::is_ours(pid, INFRA_ROLE, pod, None)).await?;
         let infra_image = crate::infra::memfd().map_err(io("memfd for the infra program"))?;
         Ok(Arc::new(Agent {
             cfg,

@@ -234,6 +234,10 @@ pub fn interactive_ssh_command<S: AsRef<OsStr>>(
         cmd.arg("-o").arg(opt);
     }
     cmd.arg(format!("{USER}@127.0.0.1"));
+    if !extra_args.is_empty() {
+        // ssh parses options after the host too: a command starting with `-` must not become one.
+        cmd.arg("--");
+    }
     cmd.args(extra_args);
     cmd
 }

@@ -105,7 +105,9 @@ impl Lab {
         }
         for n in &mut lab.nodes {
             let path = PathBuf::from(format!("/run/netns/{}", n.ns));
-            n.net = Some(Network::start(n.state.path(), Some(path), is_test_pod).await.expect("network start"));
+            n.net = Some(
+                Network::start(&n.state.path().join("ipam"), Some(path), is_test_pod).await.expect("network start"),
+            );
         }
         lab
     }
@@ -459,7 +461,7 @@ async fn pods_attach_idempotently_detach_and_repair() {
     let node = &mut lab.nodes[0];
     node.net.take();
     let path = PathBuf::from(format!("/run/netns/{}", node.ns));
-    node.net = Some(Network::start(node.state.path(), Some(path), is_test_pod).await.expect("restart"));
+    node.net = Some(Network::start(&node.state.path().join("ipam"), Some(path), is_test_pod).await.expect("restart"));
     let spec = lab.spec(0, Backend::HostGw);
     assert!(lab.nodes[0].net().apply(&spec).await.expect("apply").is_empty());
     assert_eq!(lab.nodes[0].net().attach_pod("db", p2).await.expect("attach db").ip, a2.ip);

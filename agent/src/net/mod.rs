@@ -43,8 +43,9 @@ pub enum NetError {
     InvalidInput(String),
     #[error("network interface {0} does not exist")]
     NoSuchLink(String),
-    #[error("pod {0}: its infra process {1} is gone")]
-    InfraGone(String, u32),
+    /// Callers name the pod.
+    #[error("its infra process {0} is gone")]
+    InfraGone(u32),
     #[error("pod IP allocation: {0}")]
     Ipam(String),
     #[error("{step}: {source}")]
@@ -92,14 +93,15 @@ pub struct Network {
 }
 
 impl Network {
-    pub async fn new(state_dir: &Path, infra_check: InfraCheck) -> Result<Network, NetError> {
-        Network::start(state_dir, None, infra_check).await
+    /// `lease_dir`: where the IPAM keeps its leases.
+    pub async fn new(lease_dir: &Path, infra_check: InfraCheck) -> Result<Network, NetError> {
+        Network::start(lease_dir, None, infra_check).await
     }
 
     /// Like `new`, with all node-side kernel work inside the network namespace at `netns` (e.g.
     /// `/run/netns/x`); the tests emulate nodes this way.
-    pub async fn start(state_dir: &Path, netns: Option<PathBuf>, infra_check: InfraCheck) -> Result<Network, NetError> {
-        let ipam = Ipam::open(&state_dir.join("ipam"))?;
+    pub async fn start(lease_dir: &Path, netns: Option<PathBuf>, infra_check: InfraCheck) -> Result<Network, NetError> {
+        let ipam = Ipam::open(lease_dir)?;
         let ns_fd = match &netns {
             Some(path) => Some(OwnedFd::from(
                 std::fs::File::open(path).map_err(|e| NetError::io(format!("open {}", path.display()), e))?,
@@ -362,7 +364,7 @@ impl Worker {
             std::fs::File::open(&ns_path).map_err(|e| NetError::io(format!("pod {pod}: open {ns_path}"), e))?,
         );
         if check && !(self.infra_check)(infra_pid, pod) {
-            return Err(NetError::InfraGone(pod.to_string(), infra_pid));
+            return Err(NetError::InfraGone(infra_pid));
         }
         let ip = self.ipam.allocate(pod, subnet)?;
         let host_veth = host_veth_name(pod);

@@ -193,7 +193,6 @@ fn sleeper(name: &str) -> testbed_api::PodSpec {
 
 pub const PERF_PODS: [&str; 3] = ["tb-p-a1", "tb-p-a2", "tb-p-b1"];
 
-/// One backend: switch, pods, measurements, cleanup. `first` adds the underlay baseline.
 /// `iperf3 --version`'s first line on the first node, for results.json.
 pub async fn iperf3_version<C: Cluster>(c: &C) -> Option<String> {
     let node = c.plan().nodes.first()?;
@@ -201,6 +200,7 @@ pub async fn iperf3_version<C: Cluster>(c: &C) -> Option<String> {
     out.stdout.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
 }
 
+/// One backend: switch, pods, measurements, cleanup. `first` adds the underlay baseline.
 pub async fn run_backend<C: Cluster>(
     c: &C,
     r: &mut Runner,

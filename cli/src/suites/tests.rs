@@ -341,6 +341,16 @@ async fn results_json_round_trips_and_report_rerenders() {
         .as_array()
         .is_some_and(|c| c.iter().all(|c| c["status"].is_string() && c["name"].is_string())));
 
+    // A results.json written before host_cpu, nodes and iperf3_version existed still loads and renders.
+    let mut older = doc.clone();
+    let meta = older["metadata"].as_object_mut().expect("metadata object");
+    for field in ["host_cpu", "nodes", "iperf3_version"] {
+        meta.remove(field);
+    }
+    std::fs::write(dir.path().join("results.json"), older.to_string()).expect("write");
+    let old = report::load(dir.path()).expect("load an older results.json");
+    report::write_renders(dir.path(), &old).expect("re-render an older results.json");
+
     let mut newer = doc.clone();
     newer["schema_version"] = 99.into();
     std::fs::write(dir.path().join("results.json"), newer.to_string()).expect("write");
