@@ -192,7 +192,9 @@ impl Stats {
             let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
             let t = T95.get(n - 2).copied().unwrap_or(1.96);
             let half = t * (var / n as f64).sqrt();
-            (Some(mean - half), Some(mean + half))
+            // Every figure (throughput, latency) is non-negative: with few, spread samples Student's interval
+            // reaches below 0, which says "anything down to nothing" and is shown as 0.
+            (Some((mean - half).max(0.0)), Some(mean + half))
         } else {
             (None, None)
         };
@@ -277,7 +279,10 @@ mod tests {
         // sd 1, t(2) 4.303: half width 4.303 / sqrt(3)
         let half = 4.303 / 3f64.sqrt();
         assert!((s.ci95_high.expect("ci") - (2.0 + half)).abs() < 1e-9);
-        assert!((s.ci95_low.expect("ci") - (2.0 - half)).abs() < 1e-9);
+        // 2 - 2.48 would be below 0, which no throughput or latency can be.
+        assert_eq!(s.ci95_low, Some(0.0));
+        let s = Stats::of(&[10.0, 12.0, 11.0]);
+        assert!((s.ci95_low.expect("ci") - (11.0 - half)).abs() < 1e-9);
         assert_eq!(Stats::of(&[1.0, 2.0, 3.0, 10.0]).median, 2.5);
         let one = Stats::of(&[5.0]);
         assert_eq!((one.median, one.ci95_low), (5.0, None));
