@@ -126,6 +126,7 @@ struct Report {
     kernel: String,
     cgroup_version: String,
     testbed_sandbox: Vec<Round>,
+    testbed_teardown: Vec<Round>,
     reference_netns_add: Vec<Round>,
     reference_cni_add: Vec<Round>,
     reference_cgroups: Vec<Round>,
@@ -207,7 +208,7 @@ async fn sandbox_rounds(
             match sb {
                 Ok(sb) => sandboxes.push(sb),
                 Err(e) => {
-                    destroy(&agent, &specs, &sandboxes).await;
+                    let _ = destroy(&agent, &specs, &sandboxes).await;
                     return Err(e);
                 }
             }
@@ -215,7 +216,9 @@ async fn sandbox_rounds(
         let r = round(n, t0.elapsed(), each);
         eprintln!("testbed sandbox x{n}: {:.3} ms/pod", r.per_pod_ms);
         report.testbed_sandbox.push(r);
-        destroy(&agent, &specs, &sandboxes).await;
+        let teardown = destroy(&agent, &specs, &sandboxes).await;
+        eprintln!("testbed teardown x{n}: {:.3} ms/pod", teardown.per_pod_ms);
+        report.testbed_teardown.push(teardown);
         settle(baseline).await;
 
         let floor = kernel_floor(n)?;
@@ -285,10 +288,16 @@ fn remove_root(name: &str) {
     }
 }
 
-async fn destroy(agent: &Agent, specs: &[PodSpec], sandboxes: &[crate::runtime::Sandbox]) {
+/// Removes the sandboxes one by one, timed.
+async fn destroy(agent: &Agent, specs: &[PodSpec], sandboxes: &[crate::runtime::Sandbox]) -> Round {
+    let mut each = Vec::with_capacity(sandboxes.len());
+    let t0 = Instant::now();
     for (spec, sb) in specs.iter().zip(sandboxes) {
+        let t = Instant::now();
         agent.destroy_sandbox(spec, sb).await;
+        each.push(t.elapsed());
     }
+    round(sandboxes.len(), t0.elapsed(), each)
 }
 
 /// Per pod: unshare(CLONE_NEWNET) on a thread of its own (the new netns is kept by an fd), then the agent's
@@ -523,6 +532,12 @@ fn render(r: &Report) -> String {
             }
             None => out += "\n",
         }
+    }
+    for t in &r.testbed_teardown {
+        out += &format!(
+            "{:<6} teardown (kill infra, veth, lease, cgroups): {:.3} ms/pod (p50 {:.3})\n",
+            t.pods, t.per_pod_ms, t.p50_ms
+        );
     }
     if let (Some(a), Some(b)) = (r.testbed_sandbox.first(), r.testbed_sandbox.last()) {
         if a.pods != b.pods {
