@@ -41,6 +41,8 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A container that ran this long before exiting restarts without backoff history.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 pub const RECONCILE_PERIOD: Duration = Duration::from_secs(3);
+/// How long a SIGKILLed process may take to exit (it can be stuck in uninterruptible sleep) before we go on.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Config {
     pub state_dir: PathBuf,
@@ -922,18 +924,32 @@ async fn wait_child(mut child: tokio::process::Child) -> i32 {
 /// our children; launchers are reaped by their tokio `Child` (or by init, when adopted).
 async fn kill_and_wait(pid: u32, role: &str, pod: &str, container: Option<&str>) {
     let reap = role == INFRA_ROLE;
-    sandbox::signal_ours(pid, role, pod, container, Signal::SIGKILL);
-    for _ in 0..1000 {
-        // A zombie has an empty cmdline, so "not ours any more" also covers "exited, not yet reaped".
-        if !sandbox::is_ours(pid, role, pod, container) {
-            if reap {
-                sandbox::try_reap(pid);
+    match sandbox::PidFd::open(pid) {
+        Ok(None) => return,
+        Ok(Some(fd)) => {
+            // Checked after opening: from here on the pidfd names exactly the process that was checked. A
+            // zombie has an empty cmdline, so "not ours" also covers "exited, not yet reaped".
+            if sandbox::is_ours(pid, role, pod, container) {
+                fd.kill();
+                match tokio::time::timeout(KILL_WAIT, fd.exited()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(pid, "waiting on the pidfd: {e}"),
+                    Err(_) => tracing::warn!(pid, "process did not exit within {KILL_WAIT:?} of SIGKILL"),
+                }
             }
-            return;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // No pidfd (a kernel before 5.3): signal by PID after the check, and poll /proc.
+        Err(_) => {
+            sandbox::signal_ours(pid, role, pod, container, Signal::SIGKILL);
+            let t0 = std::time::Instant::now();
+            while sandbox::is_ours(pid, role, pod, container) && t0.elapsed() < KILL_WAIT {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
-    tracing::warn!(pid, "process did not exit after SIGKILL");
+    if reap {
+        sandbox::try_reap(pid);
+    }
 }
 
 #[cfg(test)]

@@ -146,6 +146,39 @@ pub fn signal_ours(pid: u32, role: &str, pod: &str, container: Option<&str>, sig
     true
 }
 
+/// A pidfd (Linux 5.3+): names one process for good, so a signal through it cannot reach a process that
+/// reused the PID, and it becomes readable when that process exits, which replaces polling /proc.
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    /// Ok(None): no such process (already reaped).
+    pub fn open(pid: u32) -> std::io::Result<Option<PidFd>> {
+        // SAFETY: pidfd_open takes a PID and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            return if err.raw_os_error() == Some(libc::ESRCH) { Ok(None) } else { Err(err) };
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        Ok(Some(PidFd(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as libc::c_int) })))
+    }
+
+    pub fn kill(&self) {
+        // SAFETY: plain syscall on an fd we own; a process that has exited already yields ESRCH, which is fine.
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+        };
+    }
+
+    /// Resolves when the process has exited (zombie or reaped).
+    pub async fn exited(self) -> std::io::Result<()> {
+        // SAFETY: an OwnedFd stays open and names the same pidfd until the AsyncFd (its owner) drops it.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(self.0, tokio::io::Interest::READABLE) }?;
+        fd.readable().await?.retain_ready();
+        Ok(())
+    }
+}
+
 /// Reaps `pid` if it is our child and has exited (no-op for adopted processes, which init reaps).
 pub fn try_reap(pid: u32) -> bool {
     !matches!(waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive))
