@@ -65,14 +65,17 @@ pub fn kvm_device_usable() -> Result<(), String> {
         .map_err(|e| format!("/dev/kvm: {e}"))
 }
 
-/// The cached outcome's file in `dir` (`image::cache::accel_cache_dir`).
+/// The cached outcome's file in `dir` (`image::cache::accel_cache_dir`). Keyed by the kernel's content, not
+/// its path: every image build lands in a new directory, and a rebuild with the same kernel package must not
+/// pay the probe (up to 8 s when KVM hangs) again.
 fn cache_file(dir: &Path, qemu_version: &str, kernel: &Path) -> PathBuf {
     let mut h = Sha256::new();
     h.update(qemu_version.as_bytes());
     h.update(b"\0");
-    h.update(kernel.as_os_str().as_encoded_bytes());
-    if let Ok(m) = std::fs::metadata(kernel) {
-        h.update(m.len().to_le_bytes());
+    let hashed = std::fs::File::open(kernel).and_then(|mut f| std::io::copy(&mut f, &mut h));
+    if hashed.is_err() {
+        // Unreadable (the probe will say why): the path keeps distinct kernels apart.
+        h.update(kernel.as_os_str().as_encoded_bytes());
     }
     if let Ok(u) = nix::sys::utsname::uname() {
         h.update(u.release().as_encoded_bytes());
@@ -183,12 +186,20 @@ mod tests {
     }
 
     #[test]
-    fn cache_key_depends_on_qemu_version_and_kernel() {
-        let root = Path::new("/c");
-        let a = cache_file(root, "7.2", Path::new("/k1"));
-        assert_eq!(a, cache_file(root, "7.2", Path::new("/k1")));
-        assert_ne!(a, cache_file(root, "8.0", Path::new("/k1")));
-        assert_ne!(a, cache_file(root, "7.2", Path::new("/k2")));
+    fn cache_key_depends_on_qemu_version_and_kernel_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let (k1, k1_copy, k2) = (root.join("img-a/vmlinuz"), root.join("img-b/vmlinuz"), root.join("img-c/vmlinuz"));
+        for (k, content) in [(&k1, "kernel one"), (&k1_copy, "kernel one"), (&k2, "kernel two")] {
+            std::fs::create_dir_all(k.parent().unwrap()).unwrap();
+            std::fs::write(k, content).unwrap();
+        }
+        let a = cache_file(root, "7.2", &k1);
+        // The same kernel in another image's directory shares the outcome.
+        assert_eq!(a, cache_file(root, "7.2", &k1_copy));
+        assert_ne!(a, cache_file(root, "8.0", &k1));
+        assert_ne!(a, cache_file(root, "7.2", &k2));
+        assert_ne!(cache_file(root, "7.2", Path::new("/missing/1")), cache_file(root, "7.2", Path::new("/missing/2")));
     }
 
     #[test]
