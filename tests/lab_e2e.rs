@@ -161,6 +161,29 @@ fn up_exec_status_down_leaves_nothing() {
         assert_eq!(n["alive"], true, "{n}");
         assert_eq!(n["agent"]["healthy"], true, "{n}");
     }
+    // The topology's pods (web on node1, client on node2) are listed with their phase and IP.
+    let pods: Vec<(String, String, bool)> = doc["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| n["agent"]["pod_status"].as_array().cloned().unwrap_or_default())
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or("").to_string(),
+                p["phase"].as_str().unwrap_or("").to_string(),
+                p["ip"].is_string(),
+            )
+        })
+        .collect();
+    assert!(pods.contains(&("web".into(), "Running".into(), true)), "{pods:?}");
+    assert!(pods.contains(&("client".into(), "Running".into(), true)), "{pods:?}");
+    let text = testbed(&state_dir).args(["status", "--lab", lab]).output().expect("status");
+    let text_out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text_out.contains("POD") && text_out.lines().any(|l| l.starts_with("web ") && l.contains("Running")),
+        "{}",
+        show("status", &text)
+    );
 
     // A second `up` of a healthy lab changes nothing.
     let again = testbed(&state_dir).arg("up").arg(&topo).output().expect("up again");

@@ -166,6 +166,7 @@ pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
                                 "converged": ns.converged,
                                 "last_error": ns.last_error,
                                 "pods": ns.pods.len(),
+                                "pod_status": ns.pods,
                                 "kernel": ns.kernel,
                             }),
                             Err(e) => json!({"healthy": true, "version": h.agent_version, "error": e.to_string()}),
@@ -245,6 +246,30 @@ pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
             n["underlay_ip"].as_str().unwrap_or("-"),
             agent
         );
+    }
+    let pods: Vec<(&str, &serde_json::Value)> = nodes
+        .iter()
+        .flat_map(|n| {
+            let node = n["name"].as_str().unwrap_or_default();
+            n["agent"]["pod_status"].as_array().into_iter().flatten().map(move |p| (node, p))
+        })
+        .collect();
+    if !pods.is_empty() {
+        let _ = writeln!(out, "\n{:<24} {:<12} {:<10} {:<16} {:>8}  QOS", "POD", "NODE", "PHASE", "IP", "RESTARTS");
+        for (node, p) in pods {
+            let restarts: u64 =
+                p["containers"].as_array().into_iter().flatten().filter_map(|c| c["restart_count"].as_u64()).sum();
+            let _ = writeln!(
+                out,
+                "{:<24} {:<12} {:<10} {:<16} {:>8}  {}",
+                p["name"].as_str().unwrap_or_default(),
+                node,
+                p["phase"].as_str().unwrap_or("?"),
+                p["ip"].as_str().unwrap_or("-"),
+                restarts,
+                p["qos_class"].as_str().unwrap_or("?")
+            );
+        }
     }
     verdict
 }
