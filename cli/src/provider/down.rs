@@ -41,17 +41,13 @@ pub fn netns_of(dir: &LabDir) -> String {
     format!("tb-{}", dir.name)
 }
 
-/// The marker a QEMU of `node` has on its command line: its disks, serial log and pidfile live in this
-/// directory. The trailing slash keeps `node1` from matching `node10`.
-fn node_marker(dir: &LabDir, node: &str) -> String {
-    format!("{}/", dir.node_dir(node).display())
-}
-
-/// True when `pid` looks like this node's QEMU: after a host reboot, start ticks restart, so a recorded
-/// (pid, start time) alone could match a stranger.
+/// True when `pid` is this node's QEMU: its argv holds `-pidfile <node dir>/qemu.pid`, which every VM we
+/// launch has (whatever the QEMU binary is called, `TESTBED_QEMU`) and no other process does, not even one
+/// that merely mentions the path (`less .../qemu.log`). After a host reboot start ticks restart, so a
+/// recorded (pid, start time) alone could match a stranger.
 fn runs_node(dir: &LabDir, node: &str, pid: u32) -> bool {
-    let marker = node_marker(dir, node);
-    procs::cmdline(pid).is_some_and(|c| c.contains(&marker) && c.contains("qemu"))
+    let pidfile = dir.pidfile(node).display().to_string();
+    procs::argv(pid).is_some_and(|argv| argv.windows(2).any(|w| w[0] == "-pidfile" && w[1] == pidfile))
 }
 
 /// The recorded VM of `node` is still running: same PID, same start time, and a QEMU command line naming
@@ -229,6 +225,36 @@ mod tests {
         };
         dir.write_state(&state).unwrap();
         assert!(node_processes(&dir).is_empty());
+    }
+
+    #[test]
+    fn a_vm_is_recognised_by_its_pidfile_argument_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "demo4");
+        std::fs::create_dir_all(dir.node_dir("n1")).unwrap();
+        let pidfile = dir.pidfile("n1").display().to_string();
+        let log = dir.node_dir("n1").join("qemu.log").display().to_string();
+        // Stand-ins named anything but qemu: one launched as a VM is (`-pidfile <path>`), one that only
+        // mentions the node's files is not.
+        let spawn = |args: &[&str]| {
+            // `; exit`: the shell stays (with this argv) instead of exec'ing sleep.
+            std::process::Command::new("sh").arg("-c").arg("sleep 30; exit 0").arg("vm").args(args).spawn().unwrap()
+        };
+        let mut vm = spawn(&["-name", "n1", "-pidfile", &pidfile]);
+        let mut viewer = spawn(&["less", &log, &pidfile]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while procs::argv(vm.id()).is_none_or(|a| !a.contains(&pidfile)) {
+            assert!(std::time::Instant::now() < deadline, "stand-in did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (vm_ok, viewer_ok) = (runs_node(&dir, "n1", vm.id()), runs_node(&dir, "n1", viewer.id()));
+        let (other_node, other_lab) =
+            (runs_node(&dir, "n10", vm.id()), runs_node(&LabDir::new(tmp.path(), "demo5"), "n1", vm.id()));
+        for c in [&mut vm, &mut viewer] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(vm_ok && !viewer_ok && !other_node && !other_lab);
     }
 
     #[test]

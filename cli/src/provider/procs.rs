@@ -24,10 +24,13 @@ pub fn is_same_process(pid: u32, recorded_start: u64) -> bool {
     !zombie && parse_start_time(&stat) == Some(recorded_start)
 }
 
-/// The process's argv joined by spaces (to recognise a QEMU of this lab when only its pidfile is known).
-pub fn cmdline(pid: u32) -> Option<String> {
+/// The argument vector of `pid` (None when it is gone or a zombie).
+pub fn argv(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(raw.split(|b| *b == 0).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" "))
+    if raw.is_empty() {
+        return None;
+    }
+    Some(raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
 }
 
 /// Reads a QEMU pidfile.
@@ -158,7 +161,7 @@ mod tests {
         let st = start_time(me).unwrap();
         assert!(is_same_process(me, st));
         assert!(!is_same_process(me, st + 1));
-        assert!(cmdline(me).is_some());
+        assert!(argv(me).is_some_and(|a| !a.is_empty()));
     }
 
     #[test]

@@ -890,13 +890,13 @@ pub(crate) mod tests {
 
     #[test]
     fn stopping_recorded_vms_forgets_pids_and_spares_strangers() {
-        use std::os::unix::process::CommandExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = LabDir::new(tmp.path(), "x");
-        // Looks like node1's QEMU: argv names the node directory (argv[0] is free text for `sleep`).
-        let mut child = std::process::Command::new("sleep")
-            .arg0(format!("qemu-system-x86_64 {}/serial.log", dir.node_dir("node1").display()))
-            .arg("30")
+        // Looks like node1's QEMU: `-pidfile <node1 dir>/qemu.pid` in its argv (a shell that stays, with
+        // that argv, while it waits for sleep).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; exit 0", "qemu-system-x86_64", "-pidfile"])
+            .arg(dir.pidfile("node1"))
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -906,7 +906,7 @@ pub(crate) mod tests {
         let mut start = None;
         for _ in 0..200 {
             // Between fork and exec the child still has our command line.
-            if procs::cmdline(pid).is_some_and(|c| c.contains("qemu-system")) {
+            if procs::argv(pid).is_some_and(|a| a.iter().any(|x| x.contains("qemu-system"))) {
                 start = procs::start_time(pid);
                 break;
             }
