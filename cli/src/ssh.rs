@@ -221,8 +221,10 @@ pub fn interactive_ssh_command<S: AsRef<OsStr>>(
 ) -> std::process::Command {
     let mut cmd = std::process::Command::new("ssh");
     cmd.arg("-i").arg(key).arg("-p").arg(port.to_string());
-    let mut kh = std::ffi::OsString::from("UserKnownHostsFile=");
+    // ssh splits this option's value at spaces: quoted, a state directory like `/home/Jo Doe/...` still works.
+    let mut kh = std::ffi::OsString::from("UserKnownHostsFile=\"");
     kh.push(known_hosts);
+    kh.push("\"");
     cmd.arg("-o").arg(kh);
     for opt in [
         "StrictHostKeyChecking=yes",
@@ -1015,11 +1017,11 @@ mod tests {
         for want in [
             "-i /lab/id_ed25519",
             "-p 2222",
-            "-o UserKnownHostsFile=/lab/known_hosts",
+            "-o UserKnownHostsFile=\"/lab/known_hosts\"",
             "-o StrictHostKeyChecking=yes",
             "-o IdentitiesOnly=yes",
             "-o LogLevel=ERROR",
-            "root@127.0.0.1 uname -a",
+            "root@127.0.0.1 -- uname -a",
         ] {
             assert!(joined.contains(want), "missing `{want}` in `{joined}`");
         }
@@ -1032,7 +1034,9 @@ mod tests {
             eprintln!("SKIP: no system ssh (openssh-client)");
             return;
         }
-        let known_hosts = sshd.dir.path().join("known_hosts");
+        // A space in the path, as in a home directory like `/home/Jo Doe`.
+        let known_hosts = sshd.dir.path().join("lab dir").join("known_hosts");
+        std::fs::create_dir_all(known_hosts.parent().expect("parent")).expect("mkdir");
         write_known_hosts(&known_hosts, &[(sshd.port, sshd.host.host_public_openssh.clone())]).expect("known_hosts");
         let out = interactive_ssh_command(sshd.port, &sshd.client_key, &known_hosts, &["echo", "via-system-ssh"])
             .stdin(Stdio::null())

@@ -168,10 +168,11 @@ pub fn run_checks() -> Vec<Check> {
     checks
 }
 
-/// Creates and deletes a throwaway `tb-doctor-<pid>` netns with a bridge and a tap; tries netem on the tap.
+/// Creates and deletes a throwaway `tbdoctor-<pid>` netns with a bridge and a tap; tries netem on the tap. Lab
+/// namespaces are `tb-<lab>`: no lab can own this name, so doctor never adopts (and deletes) a lab's netns.
 fn netns_checks() -> Vec<Check> {
     let net = IpHostNet;
-    let ns = format!("tb-doctor-{}", std::process::id());
+    let ns = format!("tbdoctor-{}", std::process::id());
     let mut out = Vec::new();
     if let Err(e) = net.create_netns(&ns) {
         // create_netns removes what it added on error; this also catches a leftover of an earlier doctor.

@@ -330,12 +330,13 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, net: Arc<dyn HostNet>) ->
     let inflight = InFlight::default();
     let work = converge(ui, plan.clone(), dir.clone(), previous, opts, net.clone(), inflight.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // A dropped SSH session sends SIGHUP: roll back as for Ctrl-C instead of dying with VMs left running.
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let result = tokio::select! {
         r = work => r,
         _ = tokio::signal::ctrl_c() => Err(UpError::Interrupted),
-        _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
-            Err(UpError::Interrupted)
-        }
+        _ = signalled(sigterm.as_mut()) => Err(UpError::Interrupted),
+        _ = signalled(sighup.as_mut()) => Err(UpError::Interrupted),
     };
     // Whatever happened, no disk preparation or QEMU launch of this run may still be under way once `up`
     // returns (or rolls back): the rollback below would miss it, and `--keep` should show a settled lab.
@@ -381,6 +382,16 @@ fn stop_recorded_vms(dir: &LabDir, state: &mut LabState) {
         }
         ns.pid = None;
         ns.pid_start_time = None;
+    }
+}
+
+/// Resolves when `signal` arrives (never when it could not be installed).
+async fn signalled(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
