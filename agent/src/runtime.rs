@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use testbed_api::{
     ApiError, ApplyResponse, ContainerState, ContainerStatus, Health, NodeSpec, NodeStatus, ObservedNetwork, PodPhase,
-    PodSpec, PodStatus, QosClass,
+    PodSpec, PodStatus, QosClass, RestartPolicy,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -98,6 +98,39 @@ struct PodRecord {
     ip: Option<Ipv4Addr>,
     host_veth: Option<String>,
     containers: Vec<ContainerRecord>,
+    /// The sandbox is gone and the pod stays in its final phase (see `settle_after_lost_sandbox`).
+    #[serde(default)]
+    sandbox_lost: bool,
+}
+
+impl PodRecord {
+    /// The kubelet's rule for a pod whose sandbox is gone (computePodActions): a pod that has finished, or a
+    /// restartPolicy Never pod whose containers have run, is not started again. Its containers that were
+    /// running end as Terminated (137, Error) and the pod keeps its final phase. Returns the launchers still
+    /// recorded (container, PID), to be stopped, or None when the pod is to be recreated instead.
+    fn settle_after_lost_sandbox(&mut self) -> Option<Vec<(String, u32)>> {
+        let policy = self.spec.restart_policy;
+        let finished = matches!(
+            pod_phase(policy, self.containers.iter().map(|c| &c.state)),
+            PodPhase::Succeeded | PodPhase::Failed
+        );
+        let ran =
+            self.containers.iter().any(|c| c.restart_count > 0 || !matches!(c.state, ContainerState::Waiting { .. }));
+        if !(finished || policy == RestartPolicy::Never && ran) {
+            return None;
+        }
+        let mut launchers = Vec::new();
+        for c in &mut self.containers {
+            if matches!(c.state, ContainerState::Running { .. }) {
+                c.state = ContainerState::Terminated { exit_code: 137, reason: "Error".into() };
+            }
+            if let Some(pid) = c.launcher_pid.take() {
+                launchers.push((c.name.clone(), pid));
+            }
+        }
+        self.sandbox_lost = true;
+        Some(launchers)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,18 +332,23 @@ impl Agent {
         }
     }
 
-    async fn readopt(self: &Arc<Self>, record: PodRecord) {
+    async fn readopt(self: &Arc<Self>, mut record: PodRecord) {
         let name = record.spec.name.clone();
         let alive = record.infra_pid.is_some_and(|pid| sandbox::is_ours(pid, INFRA_ROLE, &name, None));
-        if !alive {
-            tracing::warn!(pod = %name, "infra process gone while the agent was down: recreating the pod");
-            self.teardown(&record).await;
-            if let Err(e) = self.create_pod(record.spec).await {
-                tracing::error!(pod = %name, "recreating: {e}");
+        if !alive && !record.sandbox_lost {
+            if let Some(launchers) = record.settle_after_lost_sandbox() {
+                tracing::warn!(pod = %name, "infra process gone while the agent was down: the pod has run and stays finished");
+                self.stop_lost_sandbox(&record.spec, &launchers).await;
+            } else {
+                tracing::warn!(pod = %name, "infra process gone while the agent was down: recreating the pod");
+                self.teardown(&record).await;
+                if let Err(e) = self.create_pod(record.spec).await {
+                    tracing::error!(pod = %name, "recreating: {e}");
+                }
+                return;
             }
-            return;
         }
-        tracing::info!(pod = %name, infra = ?record.infra_pid, "re-adopted pod");
+        tracing::info!(pod = %name, infra = ?record.infra_pid, lost = record.sandbox_lost, "re-adopted pod");
         let pod = Arc::new(Pod {
             qos: qos_class(&record.spec),
             spec: record.spec.clone(),
@@ -320,6 +358,11 @@ impl Agent {
             tasks: Mutex::new(Vec::new()),
         });
         lock(&self.pods).insert(name.clone(), pod.clone());
+        if record.sandbox_lost {
+            // Finished for good: nothing is started, the record (now settled) is kept until DELETE.
+            self.persist(&pod);
+            return;
+        }
         for (idx, c) in record.containers.iter().enumerate() {
             let start = match (&c.state, c.launcher_pid) {
                 (_, Some(pid)) => Start::Adopted(pid),
@@ -412,7 +455,10 @@ impl Agent {
         let attached: Vec<(String, u32)> = lock(&self.pods)
             .values()
             .filter(|p| !p.spec.host_network && !p.deleting.load(Ordering::Relaxed))
-            .filter_map(|p| lock(&p.record).infra_pid.map(|pid| (p.spec.name.clone(), pid)))
+            .filter_map(|p| {
+                let rec = lock(&p.record);
+                rec.infra_pid.filter(|_| !rec.sandbox_lost).map(|pid| (p.spec.name.clone(), pid))
+            })
             .collect();
         if !attached.is_empty() {
             match self.net.repair_pods(&attached).await {
@@ -446,7 +492,9 @@ impl Agent {
             .values()
             .filter(|p| !p.deleting.load(Ordering::Relaxed))
             .filter(|p| {
-                lock(&p.record).infra_pid.is_some_and(|pid| !sandbox::is_ours(pid, INFRA_ROLE, &p.spec.name, None))
+                let rec = lock(&p.record);
+                !rec.sandbox_lost
+                    && rec.infra_pid.is_some_and(|pid| !sandbox::is_ours(pid, INFRA_ROLE, &p.spec.name, None))
             })
             .map(|p| p.spec.clone())
             .collect();
@@ -457,6 +505,13 @@ impl Agent {
             let Ok(pod) = self.find(&spec.name) else { continue };
             let infra = lock(&pod.record).infra_pid;
             if pod.spec != spec || infra.is_none_or(|pid| sandbox::is_ours(pid, INFRA_ROLE, &spec.name, None)) {
+                continue;
+            }
+            let settled = lock(&pod.record).settle_after_lost_sandbox();
+            if let Some(launchers) = settled {
+                tracing::warn!(pod = %spec.name, "infra process gone: the pod has run and stays finished");
+                self.persist(&pod);
+                self.stop_lost_sandbox(&spec, &launchers).await;
                 continue;
             }
             tracing::warn!(pod = %spec.name, "infra process gone: recreating the pod");
@@ -561,6 +616,7 @@ impl Agent {
                         oom_baseline: 0,
                     })
                     .collect(),
+                sandbox_lost: false,
             };
             let pod = Arc::new(Pod {
                 qos: qos_class(&spec),
@@ -614,8 +670,14 @@ impl Agent {
         let name = &spec.name;
         let result = self.create_sandbox_steps(spec).await;
         if result.is_err() {
-            let record =
-                PodRecord { spec: spec.clone(), infra_pid: None, ip: None, host_veth: None, containers: vec![] };
+            let record = PodRecord {
+                spec: spec.clone(),
+                infra_pid: None,
+                ip: None,
+                host_veth: None,
+                containers: vec![],
+                sandbox_lost: false,
+            };
             self.teardown(&record).await;
             tracing::debug!(pod = %name, "sandbox creation failed and was undone");
         }
@@ -646,7 +708,9 @@ impl Agent {
         match attached {
             Ok((ip, host_veth)) => Ok(Sandbox { infra_pid, ip, host_veth }),
             Err(e) => {
-                kill_and_wait(infra_pid, INFRA_ROLE, name, None).await;
+                // Our own child, not reaped yet: its PID cannot have been reused, and right after vfork+exec
+                // its cmdline may still read empty, so it is killed without the identity check.
+                kill_own_child(infra_pid).await;
                 Err(e)
             }
         }
@@ -660,6 +724,7 @@ impl Agent {
             ip: sb.ip,
             host_veth: sb.host_veth.clone(),
             containers: vec![],
+            sandbox_lost: false,
         };
         self.teardown(&record).await;
     }
@@ -878,6 +943,19 @@ impl Agent {
 
     /// Undoes whatever exists of a pod: launchers, infra process, network attachment, cgroups, state files.
     /// Every step runs even when an earlier one failed; failures are logged.
+    /// What is left of a finished pod whose sandbox is gone: its launchers (with their containers) and its
+    /// network (the lease goes back to the pool). Cgroups, record and logs stay until the pod is deleted.
+    async fn stop_lost_sandbox(&self, spec: &PodSpec, launchers: &[(String, u32)]) {
+        for (container, pid) in launchers {
+            kill_and_wait(*pid, LAUNCHER_ROLE, &spec.name, Some(container)).await;
+        }
+        if !spec.host_network {
+            if let Err(e) = self.net.detach_pod(&spec.name).await {
+                tracing::error!(pod = %spec.name, "detach: {e}");
+            }
+        }
+    }
+
     async fn teardown(&self, record: &PodRecord) {
         let name = &record.spec.name;
         for c in &record.containers {
@@ -917,6 +995,24 @@ async fn wait_child(mut child: tokio::process::Child) -> i32 {
     match child.wait().await {
         Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         Err(_) => 255,
+    }
+}
+
+/// SIGKILLs our unreaped child `pid`, waits for it to exit (at most KILL_WAIT) and reaps it.
+async fn kill_own_child(pid: u32) {
+    if let Ok(Some(fd)) = sandbox::PidFd::open(pid) {
+        fd.kill();
+        if tokio::time::timeout(KILL_WAIT, fd.exited()).await.is_err() {
+            tracing::warn!(pid, "process did not exit within {KILL_WAIT:?} of SIGKILL");
+        }
+        sandbox::try_reap(pid);
+        return;
+    }
+    // No pidfd (a kernel before 5.3).
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let t0 = std::time::Instant::now();
+    while !sandbox::try_reap(pid) && t0.elapsed() < KILL_WAIT {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -470,6 +470,35 @@ fn restart_policies_readoption_and_drift() {
     });
     let r = exec("keep", json!({"command": ["hostname"]}));
     assert_eq!(r["stdout"], "keep\n", "{st}");
+
+    // As the kubelet: a finished pod whose sandbox dies is not run again, and a restartPolicy Never pod whose
+    // container runs ends Failed instead of being started over. The agent restarts in between, too.
+    let once =
+        create(json!({"name": "once", "restart_policy": "Never", "containers": [container("c", &["sleep", "1000"])]}));
+    let (once_infra, once_pid) = (once["infra_pid"].as_u64().unwrap(), running_pid(&once, 0));
+    let ok_infra = wait_pod("ok", 1, |s| s["phase"] == "Succeeded")["infra_pid"].as_u64().unwrap();
+    for pid in [ok_infra, once_infra] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    let st = wait_pod("once", 20, |s| s["phase"] == "Failed");
+    assert_eq!(st["containers"][0]["state"]["exit_code"], 137, "{st}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(once_pid) {
+        assert!(Instant::now() < deadline, "the container of a lost Never pod still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.kill();
+    agent.spawn();
+    // Two reconcile periods later both are still as they ended, with no new sandbox.
+    std::thread::sleep(Duration::from_secs(7));
+    for (name, phase, infra) in [("ok", "Succeeded", ok_infra), ("once", "Failed", once_infra)] {
+        let (_, st) = http("GET", &format!("/v1/pods/{name}"), None);
+        assert_eq!(st["phase"], phase, "{st}");
+        assert_eq!(st["infra_pid"].as_u64(), Some(infra), "{name} got a new sandbox: {st}");
+        assert_eq!(st["containers"][0]["restart_count"], 0, "{st}");
+    }
+    let (_, node) = http("GET", "/v1/node", None);
+    assert_eq!(node["converged"], true, "finished pods must not keep the node from converging: {node}");
     drop(agent);
 }
 
