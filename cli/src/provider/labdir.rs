@@ -28,6 +28,8 @@ pub enum LabDirError {
     NoStateDir,
     #[error("refusing to remove {path}: not a lab directory (a valid lab name directly under {state_root})")]
     NotALabDir { path: PathBuf, state_root: PathBuf },
+    #[error("{path} exists but testbed did not make it (no plan.json, state.json or lock in it): refusing to use or remove it; move it away or set TESTBED_STATE_DIR")]
+    Foreign { path: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LabDirError + '_ {
@@ -160,8 +162,21 @@ impl LabDir {
         write_json_atomic(&self.state_path(), state)
     }
 
+    /// Refuses a directory at the lab's path that testbed did not make: one with files but none of ours. With a
+    /// shared TESTBED_STATE_DIR, `up` or `down` of a lab named like it would otherwise take it over or delete it.
+    fn check_ours(&self) -> Result<(), LabDirError> {
+        let Ok(mut entries) = fs::read_dir(&self.root) else { return Ok(()) };
+        let ours = ["plan.json", "state.json", "lock"].iter().any(|f| self.root.join(f).exists());
+        if ours || entries.next().is_none() {
+            Ok(())
+        } else {
+            Err(LabDirError::Foreign { path: self.root.clone() })
+        }
+    }
+
     /// Takes the lab's lock without waiting (a second `up`/`down` fails at once with `Busy`).
     pub fn lock(&self) -> Result<LabLock, LabDirError> {
+        self.check_ours()?;
         self.create()?;
         let path = self.lock_path();
         // `down` removes the directory (and the lock file) while holding the lock: whoever was waiting may then
@@ -196,6 +211,7 @@ impl LabDir {
         if !direct_child || !is_lab_name(&self.name) {
             return Err(LabDirError::NotALabDir { path: self.root.clone(), state_root: self.state_root.clone() });
         }
+        self.check_ours()?;
         match fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -344,6 +360,18 @@ mod tests {
             let dir = LabDir::new(&state, name);
             assert!(matches!(dir.remove(), Err(LabDirError::NotALabDir { .. })), "{name:?}");
         }
+        // A directory with a lab's name that testbed did not make is neither locked nor removed.
+        let foreign = LabDir::new(&state, "backups");
+        fs::create_dir_all(foreign.root.join("2025")).unwrap();
+        fs::write(foreign.root.join("notes.txt"), "keep me").unwrap();
+        assert!(matches!(foreign.lock(), Err(LabDirError::Foreign { .. })));
+        assert!(matches!(foreign.remove(), Err(LabDirError::Foreign { .. })));
+        assert!(foreign.root.join("notes.txt").exists() && !foreign.root.join("lock").exists());
+        // An empty one is fine to take.
+        let empty = LabDir::new(&state, "fresh");
+        fs::create_dir_all(&empty.root).unwrap();
+        drop(empty.lock().unwrap());
+        empty.remove().unwrap();
         // A hand-built LabDir pointing elsewhere is refused as well.
         let forged = LabDir { name: "victim".into(), root: victim.clone(), state_root: state.clone() };
         assert!(matches!(forged.remove(), Err(LabDirError::NotALabDir { .. })));
