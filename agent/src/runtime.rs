@@ -41,6 +41,8 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A container that ran this long before exiting restarts without backoff history.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 pub const RECONCILE_PERIOD: Duration = Duration::from_secs(3);
+/// Waiting reason of the containers of a pod whose sandbox could not be made again (the kubelet's name for it).
+const SANDBOX_ERROR: &str = "CreatePodSandboxError";
 /// How long a SIGKILLed process may take to exit (it can be stuck in uninterruptible sleep) before we go on.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -342,8 +344,9 @@ impl Agent {
             } else {
                 tracing::warn!(pod = %name, "infra process gone while the agent was down: recreating the pod");
                 self.teardown(&record).await;
-                if let Err(e) = self.create_pod(record.spec).await {
-                    tracing::error!(pod = %name, "recreating: {e}");
+                if let Err(e) = self.create_pod(record.spec.clone()).await {
+                    tracing::error!(pod = %name, "recreating: {e}; retrying every {RECONCILE_PERIOD:?}");
+                    self.keep_pending(record.spec);
                 }
                 return;
             }
@@ -481,6 +484,7 @@ impl Agent {
         loop {
             tick.tick().await;
             self.recreate_lost_sandboxes().await;
+            self.retry_pending_sandboxes().await;
             self.reconcile_once().await;
         }
     }
@@ -517,7 +521,72 @@ impl Agent {
             tracing::warn!(pod = %spec.name, "infra process gone: recreating the pod");
             self.delete_locked(&pod, self.cfg.kill_grace).await;
             if let Err(e) = self.create_locked(spec.clone()).await {
-                tracing::error!(pod = %spec.name, "recreating: {e}");
+                tracing::error!(pod = %spec.name, "recreating: {e}; retrying every {RECONCILE_PERIOD:?}");
+                self.keep_pending(spec);
+            }
+        }
+    }
+
+    /// A pod the agent must bring back (after a reboot or a lost sandbox) but could not, say because the
+    /// network was not ready: kept visible as Pending, its containers waiting with `SANDBOX_ERROR`, and
+    /// retried by the reconcile loop, instead of vanishing with nobody left to retry it.
+    fn keep_pending(&self, spec: PodSpec) {
+        let record = PodRecord {
+            spec: spec.clone(),
+            infra_pid: None,
+            ip: None,
+            host_veth: None,
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| ContainerRecord {
+                    name: c.name.clone(),
+                    state: ContainerState::Waiting { reason: SANDBOX_ERROR.into() },
+                    restart_count: 0,
+                    launcher_pid: None,
+                    oom_baseline: 0,
+                })
+                .collect(),
+            sandbox_lost: false,
+        };
+        let pod = Arc::new(Pod {
+            qos: qos_class(&spec),
+            spec: spec.clone(),
+            record: Mutex::new(record),
+            deleting: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        lock(&self.pods).insert(spec.name.clone(), pod.clone());
+        self.persist(&pod);
+    }
+
+    /// Tries again to create the pods `keep_pending` holds.
+    async fn retry_pending_sandboxes(self: &Arc<Self>) {
+        let waiting = |p: &Pod| {
+            let rec = lock(&p.record);
+            rec.infra_pid.is_none()
+                && rec
+                    .containers
+                    .iter()
+                    .all(|c| matches!(&c.state, ContainerState::Waiting { reason } if reason == SANDBOX_ERROR))
+        };
+        let pending: Vec<Arc<Pod>> =
+            lock(&self.pods).values().filter(|p| !p.deleting.load(Ordering::Relaxed) && waiting(p)).cloned().collect();
+        for pod in pending {
+            let _name = self.lock_name(&pod.spec.name).await;
+            // Still the same pending pod (no DELETE or POST of this name got in first)?
+            let same = self.find(&pod.spec.name).is_ok_and(|p| Arc::ptr_eq(&p, &pod));
+            if !same || !waiting(&pod) {
+                continue;
+            }
+            lock(&self.pods).remove(&pod.spec.name);
+            match self.create_locked(pod.spec.clone()).await {
+                Ok(_) => tracing::info!(pod = %pod.spec.name, "recreated"),
+                Err(e) => {
+                    tracing::debug!(pod = %pod.spec.name, "recreating: {e}");
+                    self.keep_pending(pod.spec.clone());
+                }
             }
         }
     }

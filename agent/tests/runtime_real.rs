@@ -499,6 +499,19 @@ fn restart_policies_readoption_and_drift() {
     }
     let (_, node) = http("GET", "/v1/node", None);
     assert_eq!(node["converged"], true, "finished pods must not keep the node from converging: {node}");
+
+    // A pod that cannot be brought back at once (here: the agent restarts without its NodeSpec while the
+    // pod's infra is gone) stays Pending and visible, and is created as soon as that can work.
+    let infra = wait_pod("keep", 1, |_| true)["infra_pid"].as_u64().unwrap();
+    agent.kill();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(infra as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::fs::remove_file(agent.state_dir.path().join("node.json")).unwrap();
+    agent.spawn();
+    let st = wait_pod("keep", 10, |s| s["phase"] == "Pending");
+    assert_eq!(st["containers"][0]["state"]["reason"], "CreatePodSandboxError", "{st}");
+    agent.apply_node();
+    let st = wait_pod("keep", 20, |s| s["containers"][0]["state"]["state"] == "running");
+    assert_ne!(st["infra_pid"].as_u64(), Some(infra), "{st}");
     drop(agent);
 }
 
