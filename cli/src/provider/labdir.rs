@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -108,8 +107,11 @@ impl LabDir {
     pub fn agent_disk(&self) -> PathBuf {
         self.root.join("agent.img")
     }
+    /// Next to the lab's directory, never inside it, and never removed: `down` deletes the directory while
+    /// holding the lock, and a lock file inside it could be unlinked (and a new one locked by a second `up`)
+    /// while the first holder still runs.
     pub fn lock_path(&self) -> PathBuf {
-        self.root.join("lock")
+        self.state_root.join(format!(".{}.lock", self.name))
     }
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.root.join("nodes").join(node)
@@ -166,6 +168,7 @@ impl LabDir {
     /// shared TESTBED_STATE_DIR, `up` or `down` of a lab named like it would otherwise take it over or delete it.
     fn check_ours(&self) -> Result<(), LabDirError> {
         let Ok(mut entries) = fs::read_dir(&self.root) else { return Ok(()) };
+        // `lock` inside: a lab made by an earlier version, which kept its lock there.
         let ours = ["plan.json", "state.json", "lock"].iter().any(|f| self.root.join(f).exists());
         if ours || entries.next().is_none() {
             Ok(())
@@ -174,33 +177,24 @@ impl LabDir {
         }
     }
 
-    /// Takes the lab's lock without waiting (a second `up`/`down` fails at once with `Busy`).
+    /// Takes the lab's lock without waiting (a second `up`/`down` fails at once with `Busy`), and makes the
+    /// lab's directory.
     pub fn lock(&self) -> Result<LabLock, LabDirError> {
         self.check_ours()?;
-        self.create()?;
+        fs::create_dir_all(&self.state_root).map_err(io(&self.state_root))?;
         let path = self.lock_path();
-        // `down` removes the directory (and the lock file) while holding the lock: whoever was waiting may then
-        // hold a lock on an unlinked file. Re-check that the locked file is still the one at `path`.
-        for _ in 0..5 {
-            let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
-            // SAFETY: flock on an fd we own; no memory is shared with the kernel.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc != 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    return Err(LabDirError::Busy { lab: self.name.clone(), path });
-                }
-                return Err(io(&path)(err));
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        // SAFETY: flock on an fd we own; no memory is shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(LabDirError::Busy { lab: self.name.clone(), path });
             }
-            let held = file.metadata().map_err(io(&path))?;
-            match fs::metadata(&path) {
-                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
-                    return Ok(LabLock { _file: file });
-                }
-                _ => self.create()?,
-            }
+            return Err(io(&path)(err));
         }
-        Err(LabDirError::Busy { lab: self.name.clone(), path })
+        self.create()?;
+        Ok(LabLock { _file: file })
     }
 
     /// Removes the whole directory (`down`, rollback). Missing is fine. Refuses anything that is not a direct
@@ -315,14 +309,17 @@ mod tests {
     }
 
     #[test]
-    fn lock_survives_directory_removal_by_holder() {
+    fn lock_outlives_the_directory_it_guards() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = LabDir::new(tmp.path(), "l2");
         let held = dir.lock().unwrap();
+        assert!(dir.exists());
         dir.remove().unwrap();
+        // The holder removed the directory: the lock is still held, so a second `up` cannot slip in.
+        assert!(matches!(dir.lock(), Err(LabDirError::Busy { .. })));
         drop(held);
         let _fresh = dir.lock().unwrap();
-        assert!(dir.lock_path().exists());
+        assert!(dir.lock_path().exists() && !dir.lock_path().starts_with(&dir.root));
     }
 
     #[test]

@@ -117,8 +117,9 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
         return Ok(());
     };
     let net = hostnet::IpHostNet;
-    // Without a directory there is nothing to lock; only a leftover netns carrying the lab's name may remain.
-    let _lock = if dir.exists() { Some(dir.lock().map_err(CliError::infra)?) } else { None };
+    // Always under the lock (it lives outside the directory), so an `up` starting now cannot have its new
+    // directory removed by this `down`.
+    let _lock = dir.lock().map_err(CliError::infra)?;
     let d = dir.clone();
     let t = tokio::task::spawn_blocking(move || down::teardown(&d, &net))
         .await
