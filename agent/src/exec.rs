@@ -76,7 +76,9 @@ async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> R
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|source| AgentError::Io { what: "spawn exec launcher".into(), source })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| AgentError::Io { what: format!("pod {}: spawn the exec launcher", t.pod), source })?;
     // Declared after `child`, so dropped before it when the request is cancelled.
     let mut group = GroupKiller(child.id().map(|pid| pid as i32));
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), req.stdin.clone()) {
@@ -101,7 +103,8 @@ async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> R
             (child.wait().await, true)
         }
     };
-    let status = status.map_err(|source| AgentError::Io { what: "wait for exec launcher".into(), source })?;
+    let status = status
+        .map_err(|source| AgentError::Io { what: format!("pod {}: wait for the exec launcher", t.pod), source })?;
     let collect = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
         let Some(mut h) = h else { return String::new() };
         match tokio::time::timeout(PIPE_DRAIN, &mut h).await {

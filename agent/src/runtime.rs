@@ -805,8 +805,9 @@ impl Agent {
         let rel = container_cgroup(&spec.name, &c.name);
         self.cgroups.create(&rel, &container_limits(c), false)?;
         let baseline = self.cgroups.oom_kills(&rel).unwrap_or(0);
-        let infra_pid =
-            lock(&pod.record).infra_pid.ok_or_else(|| AgentError::Failed("pod has no infra process".into()))?;
+        let infra_pid = lock(&pod.record)
+            .infra_pid
+            .ok_or_else(|| AgentError::Failed(format!("pod {}: no infra process", spec.name)))?;
         let dir = self.pod_dir(&spec.name);
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let exit_file = dir.join(format!("{}.exit", c.name));

@@ -138,11 +138,18 @@ pub fn is_running(pid: u32) -> bool {
 }
 
 /// Sends `signal` to `pid` when it is ours; returns whether it was.
+/// Through a pidfd opened before the check, so the signal reaches exactly the process that was checked (an
+/// adopted launcher is reaped by init at any moment, and its PID may be reused); by PID where the kernel has
+/// no pidfd.
 pub fn signal_ours(pid: u32, role: &str, pod: &str, container: Option<&str>, signal: Signal) -> bool {
-    if !is_ours(pid, role, pod, container) {
+    let fd = PidFd::open(pid);
+    if matches!(fd, Ok(None)) || !is_ours(pid, role, pod, container) {
         return false;
     }
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+    match fd {
+        Ok(Some(fd)) => fd.signal(signal),
+        _ => drop(nix::sys::signal::kill(Pid::from_raw(pid as i32), signal)),
+    }
     true
 }
 
@@ -164,9 +171,19 @@ impl PidFd {
     }
 
     pub fn kill(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    pub fn signal(&self, signal: Signal) {
         // SAFETY: plain syscall on an fd we own; a process that has exited already yields ESRCH, which is fine.
         unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<u8>(),
+                0,
+            )
         };
     }
 
