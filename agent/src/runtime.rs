@@ -155,6 +155,39 @@ struct Pod {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+impl Pod {
+    /// A pod without a sandbox yet, its containers waiting with `reason`.
+    fn pending(spec: PodSpec, reason: &str) -> Arc<Pod> {
+        let containers = spec
+            .containers
+            .iter()
+            .map(|c| ContainerRecord {
+                name: c.name.clone(),
+                state: ContainerState::Waiting { reason: reason.into() },
+                restart_count: 0,
+                launcher_pid: None,
+                oom_baseline: 0,
+            })
+            .collect();
+        let record = PodRecord {
+            spec: spec.clone(),
+            infra_pid: None,
+            ip: None,
+            host_veth: None,
+            containers,
+            sandbox_lost: false,
+        };
+        Arc::new(Pod {
+            qos: qos_class(&spec),
+            spec,
+            record: Mutex::new(record),
+            deleting: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+}
+
 /// How a container supervisor begins.
 enum Start {
     Fresh,
@@ -531,33 +564,8 @@ impl Agent {
     /// network was not ready: kept visible as Pending, its containers waiting with `SANDBOX_ERROR`, and
     /// retried by the reconcile loop, instead of vanishing with nobody left to retry it.
     fn keep_pending(&self, spec: PodSpec) {
-        let record = PodRecord {
-            spec: spec.clone(),
-            infra_pid: None,
-            ip: None,
-            host_veth: None,
-            containers: spec
-                .containers
-                .iter()
-                .map(|c| ContainerRecord {
-                    name: c.name.clone(),
-                    state: ContainerState::Waiting { reason: SANDBOX_ERROR.into() },
-                    restart_count: 0,
-                    launcher_pid: None,
-                    oom_baseline: 0,
-                })
-                .collect(),
-            sandbox_lost: false,
-        };
-        let pod = Arc::new(Pod {
-            qos: qos_class(&spec),
-            spec: spec.clone(),
-            record: Mutex::new(record),
-            deleting: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
-            tasks: Mutex::new(Vec::new()),
-        });
-        lock(&self.pods).insert(spec.name.clone(), pod.clone());
+        let pod = Pod::pending(spec, SANDBOX_ERROR);
+        lock(&self.pods).insert(pod.spec.name.clone(), pod.clone());
         self.persist(&pod);
     }
 
@@ -669,32 +677,7 @@ impl Agent {
                 }
                 return Err(AgentError::Conflict(format!("pod `{}` exists with a different spec", spec.name)));
             }
-            let record = PodRecord {
-                spec: spec.clone(),
-                infra_pid: None,
-                ip: None,
-                host_veth: None,
-                containers: spec
-                    .containers
-                    .iter()
-                    .map(|c| ContainerRecord {
-                        name: c.name.clone(),
-                        state: ContainerState::Waiting { reason: "ContainerCreating".into() },
-                        restart_count: 0,
-                        launcher_pid: None,
-                        oom_baseline: 0,
-                    })
-                    .collect(),
-                sandbox_lost: false,
-            };
-            let pod = Arc::new(Pod {
-                qos: qos_class(&spec),
-                spec: spec.clone(),
-                record: Mutex::new(record),
-                deleting: AtomicBool::new(false),
-                wake: tokio::sync::Notify::new(),
-                tasks: Mutex::new(Vec::new()),
-            });
+            let pod = Pod::pending(spec.clone(), "ContainerCreating");
             pods.insert(spec.name.clone(), pod.clone());
             pod
         };
