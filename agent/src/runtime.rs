@@ -994,8 +994,6 @@ impl Agent {
         }
     }
 
-    /// Undoes whatever exists of a pod: launchers, infra process, network attachment, cgroups, state files.
-    /// Every step runs even when an earlier one failed; failures are logged.
     /// What is left of a finished pod whose sandbox is gone: its launchers (with their containers) and its
     /// network (the lease goes back to the pool). Cgroups, record and logs stay until the pod is deleted.
     async fn stop_lost_sandbox(&self, spec: &PodSpec, launchers: &[(String, u32)]) {
@@ -1009,6 +1007,8 @@ impl Agent {
         }
     }
 
+    /// Undoes whatever exists of a pod: launchers, infra process, network attachment, cgroups, state files.
+    /// Every step runs even when an earlier one failed; failures are logged.
     async fn teardown(&self, record: &PodRecord) {
         let name = &record.spec.name;
         for c in &record.containers {
@@ -1051,52 +1051,46 @@ async fn wait_child(mut child: tokio::process::Child) -> i32 {
     }
 }
 
-/// SIGKILLs our unreaped child `pid`, waits for it to exit (at most KILL_WAIT) and reaps it.
-async fn kill_own_child(pid: u32) {
-    if let Ok(Some(fd)) = sandbox::PidFd::open(pid) {
-        fd.kill();
-        if tokio::time::timeout(KILL_WAIT, fd.exited()).await.is_err() {
-            tracing::warn!(pid, "process did not exit within {KILL_WAIT:?} of SIGKILL");
+/// SIGKILLs the process `fd` names and waits, at most KILL_WAIT, until it has exited. Without a pidfd (a
+/// kernel before 5.3) it signals `pid` and polls `gone` instead.
+async fn kill_then_wait(pid: u32, fd: Option<sandbox::PidFd>, gone: impl Fn() -> bool) {
+    let Some(fd) = fd else {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let t0 = std::time::Instant::now();
+        while !gone() && t0.elapsed() < KILL_WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        sandbox::try_reap(pid);
         return;
+    };
+    fd.kill();
+    match tokio::time::timeout(KILL_WAIT, fd.exited()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(pid, "waiting on the pidfd: {e}"),
+        Err(_) => tracing::warn!(pid, "process did not exit within {KILL_WAIT:?} of SIGKILL"),
     }
-    // No pidfd (a kernel before 5.3).
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-    let t0 = std::time::Instant::now();
-    while !sandbox::try_reap(pid) && t0.elapsed() < KILL_WAIT {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+}
+
+/// SIGKILLs our unreaped child `pid`, waits for it to exit and reaps it.
+async fn kill_own_child(pid: u32) {
+    let fd = sandbox::PidFd::open(pid).ok().flatten();
+    kill_then_wait(pid, fd, || sandbox::try_reap(pid)).await;
+    sandbox::try_reap(pid);
 }
 
 /// SIGKILLs `pid` if it is ours and waits until it is gone. Infra processes are reaped here when they are
 /// our children; launchers are reaped by their tokio `Child` (or by init, when adopted).
 async fn kill_and_wait(pid: u32, role: &str, pod: &str, container: Option<&str>) {
-    let reap = role == INFRA_ROLE;
-    match sandbox::PidFd::open(pid) {
+    let fd = match sandbox::PidFd::open(pid) {
         Ok(None) => return,
-        Ok(Some(fd)) => {
-            // Checked after opening: from here on the pidfd names exactly the process that was checked. A
-            // zombie has an empty cmdline, so "not ours" also covers "exited, not yet reaped".
-            if sandbox::is_ours(pid, role, pod, container) {
-                fd.kill();
-                match tokio::time::timeout(KILL_WAIT, fd.exited()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(pid, "waiting on the pidfd: {e}"),
-                    Err(_) => tracing::warn!(pid, "process did not exit within {KILL_WAIT:?} of SIGKILL"),
-                }
-            }
-        }
-        // No pidfd (a kernel before 5.3): signal by PID after the check, and poll /proc.
-        Err(_) => {
-            sandbox::signal_ours(pid, role, pod, container, Signal::SIGKILL);
-            let t0 = std::time::Instant::now();
-            while sandbox::is_ours(pid, role, pod, container) && t0.elapsed() < KILL_WAIT {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
+        Ok(Some(fd)) => Some(fd),
+        Err(_) => None,
+    };
+    // Checked after opening: from here on the pidfd names exactly the process that was checked. A zombie has
+    // an empty cmdline, so "not ours" also covers "exited, not yet reaped".
+    if sandbox::is_ours(pid, role, pod, container) {
+        kill_then_wait(pid, fd, || !sandbox::is_ours(pid, role, pod, container)).await;
     }
-    if reap {
+    if role == INFRA_ROLE {
         sandbox::try_reap(pid);
     }
 }

@@ -137,10 +137,9 @@ pub fn is_running(pid: u32) -> bool {
     !matches!(state, None | Some('Z') | Some('X'))
 }
 
-/// Sends `signal` to `pid` when it is ours; returns whether it was.
-/// Through a pidfd opened before the check, so the signal reaches exactly the process that was checked (an
-/// adopted launcher is reaped by init at any moment, and its PID may be reused); by PID where the kernel has
-/// no pidfd.
+/// Sends `signal` to `pid` when it is ours; returns whether it was. Through a pidfd opened before the check,
+/// so the signal reaches exactly the process that was checked (an adopted launcher is reaped by init at any
+/// moment, and its PID may be reused); by PID where the kernel has no pidfd.
 pub fn signal_ours(pid: u32, role: &str, pod: &str, container: Option<&str>, signal: Signal) -> bool {
     let fd = PidFd::open(pid);
     if matches!(fd, Ok(None)) || !is_ours(pid, role, pod, container) {
