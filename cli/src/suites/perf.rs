@@ -200,6 +200,28 @@ pub async fn iperf3_version<C: Cluster>(c: &C) -> Option<String> {
     out.stdout.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
 }
 
+/// Every kind of figure over `path`: measured between `ends`, or each one recorded as skipped with the reason.
+async fn run_path<C: Cluster>(
+    c: &C,
+    r: &mut Runner,
+    o: &PerfOptions,
+    out: &RefCell<Vec<Measurement>>,
+    path: &str,
+    backend: Option<Backend>,
+    ends: Result<(End<'_>, End<'_>), &str>,
+) {
+    for kind in [Kind::Tcp1, Kind::TcpN(o.streams), Kind::Udp, Kind::Latency] {
+        let name = format!("{path}: {}", kind.name());
+        match ends {
+            Ok((from, to)) => {
+                let figure = Figure { kind, path, backend, from, to };
+                r.run("perf", backend, &name, Level::Error, measure(c, figure, o, out)).await
+            }
+            Err(why) => r.run("perf", backend, &name, Level::Error, async { Err(CheckError::Skip(why.into())) }).await,
+        };
+    }
+}
+
 /// One backend: switch, pods, measurements, cleanup. `first` adds the underlay baseline.
 pub async fn run_backend<C: Cluster>(
     c: &C,
@@ -240,100 +262,20 @@ pub async fn run_backend<C: Cluster>(
         Ok(pods.iter().map(|p| format!("{}@{} {}", p.name, p.node, p.ip)).collect::<Vec<_>>().join(", "))
     })
     .await;
-    let kinds = [Kind::Tcp1, Kind::TcpN(o.streams), Kind::Udp, Kind::Latency];
     let pod_mtu = backend.pod_mtu(na.underlay_mtu);
     if pods.len() >= 2 {
         if first {
-            for k in kinds {
-                let name = format!("{BASELINE_PATH}: {}", k.name());
-                match nb {
-                    Some(nb) => {
-                        r.run(
-                            "perf",
-                            None,
-                            &name,
-                            Level::Error,
-                            measure(
-                                c,
-                                Figure {
-                                    kind: k,
-                                    path: BASELINE_PATH,
-                                    backend: None,
-                                    from: End::Node(na),
-                                    to: End::Node(nb),
-                                },
-                                o,
-                                out,
-                            ),
-                        )
-                        .await
-                    }
-                    None => {
-                        r.run("perf", None, &name, Level::Error, async {
-                            Err(CheckError::Skip("the lab has a single node".into()))
-                        })
-                        .await
-                    }
-                };
-            }
+            let ends = nb.map(|nb| (End::Node(na), End::Node(nb))).ok_or("the lab has a single node");
+            run_path(c, r, o, out, BASELINE_PATH, None, ends).await;
         }
-        let path = "pod->pod same-node";
-        for k in kinds {
-            r.run(
-                "perf",
-                b,
-                &format!("{path}: {}", k.name()),
-                Level::Error,
-                measure(
-                    c,
-                    Figure {
-                        kind: k,
-                        path,
-                        backend: b,
-                        from: End::Pod(&pods[0], pod_mtu),
-                        to: End::Pod(&pods[1], pod_mtu),
-                    },
-                    o,
-                    out,
-                ),
-            )
-            .await;
-        }
-        let path = "pod->pod cross-node";
-        for k in kinds {
-            let name = format!("{path}: {}", k.name());
-            match pods.get(2) {
-                Some(p) if backend != Backend::None => {
-                    r.run(
-                        "perf",
-                        b,
-                        &name,
-                        Level::Error,
-                        measure(
-                            c,
-                            Figure {
-                                kind: k,
-                                path,
-                                backend: b,
-                                from: End::Pod(&pods[0], pod_mtu),
-                                to: End::Pod(p, pod_mtu),
-                            },
-                            o,
-                            out,
-                        ),
-                    )
-                    .await
-                }
-                _ => {
-                    let why = if pods.len() < 3 {
-                        "the lab has a single node"
-                    } else {
-                        "backend none routes no pod traffic between nodes"
-                    };
-                    r.run("perf", b, &name, Level::Error, async { Err(CheckError::Skip(why.into())) }).await
-                }
-            };
-        }
+        let same = (End::Pod(&pods[0], pod_mtu), End::Pod(&pods[1], pod_mtu));
+        run_path(c, r, o, out, "pod->pod same-node", b, Ok(same)).await;
+        let cross = match pods.get(2) {
+            Some(p) if backend != Backend::None => Ok((End::Pod(&pods[0], pod_mtu), End::Pod(p, pod_mtu))),
+            Some(_) => Err("backend none routes no pod traffic between nodes"),
+            None => Err("the lab has a single node"),
+        };
+        run_path(c, r, o, out, "pod->pod cross-node", b, cross).await;
     }
     r.run_setup("setup", b, "perf pods removed", cleanup(c, &created)).await;
 }
