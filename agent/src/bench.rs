@@ -317,7 +317,9 @@ fn kernel_floor(n: usize) -> Result<Round> {
                 let bridge = nix::net::if_::if_nametoindex("cni0").context("cni0 ifindex")?;
                 let ipv6_conf = std::fs::File::open(netlink::IPV6_CONF).ok();
                 let mut node = RtSocket::new().context("netlink socket")?;
-                let gateway = std::net::Ipv4Addr::new(10, 244, 0, 1);
+                // The bench node's own pod subnet and gateway, as the agent's round used them.
+                let subnet = node_spec().pod_subnet;
+                let gateway = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 1);
                 let mut hosts = Vec::with_capacity(n);
                 let mut namespaces = Vec::with_capacity(n);
                 let mut each = Vec::with_capacity(n);
@@ -333,7 +335,7 @@ fn kernel_floor(n: usize) -> Result<Round> {
                     hosts.push(host);
                     let mut pod = RtSocket::open_in(ns.as_fd(), home.as_fd())?;
                     let ip = std::net::Ipv4Addr::from(u32::from(gateway) + 1 + i as u32);
-                    netlink::configure_pod_side(&mut pod, ipnet::Ipv4Net::new(ip, 20)?, gateway)?;
+                    netlink::configure_pod_side(&mut pod, ipnet::Ipv4Net::new(ip, subnet.prefix_len())?, gateway)?;
                     namespaces.push(ns);
                     each.push(t.elapsed());
                     Ok(())
