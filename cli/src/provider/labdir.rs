@@ -47,8 +47,14 @@ pub fn state_root() -> Result<PathBuf, LabDirError> {
     Ok(PathBuf::from(home).join(".local/state/testbed/labs"))
 }
 
-/// Names of the labs under the state root: directories with a valid lab name that hold `plan.json` or `lock`
-/// (anything else in a shared state directory is not ours and is never selected, let alone removed).
+/// Whether `dir` holds what `up` writes into a lab directory: plan.json or state.json, or `lock`, where labs
+/// made by earlier versions kept their lock.
+fn made_by_testbed(dir: &Path) -> bool {
+    ["plan.json", "state.json", "lock"].iter().any(|f| dir.join(f).exists())
+}
+
+/// Names of the labs under the state root: directories with a valid lab name that testbed made (anything
+/// else in a shared state directory is not ours and is never selected, let alone removed).
 pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
@@ -62,8 +68,7 @@ pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {
             continue;
         }
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-        let path = entry.path();
-        if is_lab_name(&name) && (path.join("plan.json").exists() || path.join("lock").exists()) {
+        if is_lab_name(&name) && made_by_testbed(&entry.path()) {
             labs.push(name);
         }
     }
@@ -168,9 +173,7 @@ impl LabDir {
     /// shared TESTBED_STATE_DIR, `up` or `down` of a lab named like it would otherwise take it over or delete it.
     fn check_ours(&self) -> Result<(), LabDirError> {
         let Ok(mut entries) = fs::read_dir(&self.root) else { return Ok(()) };
-        // `lock` inside: a lab made by an earlier version, which kept its lock there.
-        let ours = ["plan.json", "state.json", "lock"].iter().any(|f| self.root.join(f).exists());
-        if ours || entries.next().is_none() {
+        if made_by_testbed(&self.root) || entries.next().is_none() {
             Ok(())
         } else {
             Err(LabDirError::Foreign { path: self.root.clone() })

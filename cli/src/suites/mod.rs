@@ -131,7 +131,7 @@ pub async fn run_conformance<C: Cluster>(
         let before = r.checks().len();
         conformance::run_backend(c, &mut r, b, i == 0, declared).await;
         // This backend's checks and the backend-independent ones that ran with it (on the first backend).
-        let mine: Vec<&CheckResult> = r.checks()[before..].iter().collect();
+        let mine = &r.checks()[before..];
         let (total, bad) =
             (mine.len(), mine.iter().filter(|x| matches!(x.status, CheckStatus::Fail | CheckStatus::Error)).count());
         if let Some(t) = r.set_task(None) {
