@@ -16,10 +16,8 @@ if ! command -v cargo >/dev/null; then
   exit 3
 fi
 
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update
-# shellcheck disable=SC2046
-$sudo apt-get install -y --no-install-recommends $(grep -v '^#' tests/packages.txt)
+# The packages of tests/packages.txt, with a QEMU that agrees with one the machine already has.
+bash tests/install-packages.sh
 
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked -p testbed-agent --target x86_64-unknown-linux-gnu
