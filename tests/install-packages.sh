@@ -43,8 +43,8 @@ archive_of() {
 # The Debian mirror this machine already uses for its release (apt's own parse of the sources, both formats).
 debian_mirror() {
   local codename="$1"
-  apt-get indextargets --format '$(SITE) $(RELEASE) $(ORIGIN)' 'Created-By: Packages' 2>/dev/null \
-    | awk -v c="$codename" '$2 == c && $3 == "Debian" { print $1; exit }'
+  apt-get indextargets --format '$(SITE)|$(RELEASE)|$(ORIGIN)' 'Created-By: Packages' 2>/dev/null \
+    | awk -F'|' -v c="$codename" '$2 == c && $3 == "Debian" { print $1; exit }'
 }
 
 # Writes a deb822 source for SUITE from MIRROR and refreshes the index.

@@ -81,12 +81,14 @@ pub fn run_checks() -> Vec<Check> {
         Ok(v) => checks.push(check("qemu", Status::Ok, format!("{} {v}", qemu_bin.display()), None)),
         Err(e) => checks.push(check("qemu", Status::Fail, e.to_string(), Some("apt-get install -y qemu-system-x86"))),
     }
-    match tool_version("qemu-img", "--version") {
-        Some(v) => checks.push(check("qemu-img", Status::Ok, v, None)),
+    let qemu_img = tool_version("qemu-img", "--version");
+    match &qemu_img {
+        Some(v) => checks.push(check("qemu-img", Status::Ok, v.clone(), None)),
         None => {
             checks.push(check("qemu-img", Status::Fail, "qemu-img not found", Some("apt-get install -y qemu-utils")))
         }
     }
+    checks.push(super::doctor_qemu::check(qemu_img.as_deref(), qemu_version.as_deref().ok()));
 
     // KVM: the device, then a real boot of the probe guest.
     match accel::kvm_device_usable() {

@@ -6,6 +6,7 @@
 
 pub mod accel;
 pub mod doctor;
+mod doctor_qemu;
 pub mod down;
 pub mod hostnet;
 pub mod lab;
@@ -83,7 +84,20 @@ fn print_json(value: &serde_json::Value) -> CliResult {
     writeln!(out, "{value:#}").map_err(CliError::infra)
 }
 
+/// `up` and `down` make and remove network namespaces, bridges and taps, which only root may: say so before
+/// anything is made, instead of failing half-way with EPERM.
+fn require_root(command: &str) -> CliResult {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(CliError::bad_input(anyhow!(
+        "`testbed {command}` needs root (it creates and removes network namespaces, bridges and taps): \
+         run it as root or with sudo (`sudo testbed {command} ...`)"
+    )))
+}
+
 pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
+    require_root("up")?;
     let plan = crate::topology::load_plan(&a.file).map_err(CliError::bad_input)?;
     let opts = up::UpOptions { keep: a.keep, timeout: Duration::from_secs(a.timeout) };
     let outcome = up::up(ui, plan, &opts, Arc::new(hostnet::IpHostNet)).await?;
@@ -109,6 +123,7 @@ pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
 }
 
 pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
+    require_root("down")?;
     let Some(dir) = a.lab.resolve()? else {
         ui.info("no lab; nothing to do");
         if ui.is_json() {
