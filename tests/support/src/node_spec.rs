@@ -92,4 +92,16 @@ mod tests {
             testbed_api::validate::validate_node(&spec).unwrap_or_else(|e| panic!("{spec:?}: {e:?}"));
         }
     }
+
+    /// The agent's runtime tests send this spec as JSON: it must stay the document they used to write by hand.
+    #[test]
+    fn loopback_spec_serializes_to_the_agent_tests_document() {
+        let want = serde_json::json!({
+            "node_name": "n1",
+            "underlay": {"interface": "lo", "address": "127.0.0.1", "prefix_len": 8, "mtu": 1500},
+            "pod_cidr": "10.244.0.0/16", "pod_subnet": "10.244.1.0/24",
+            "backend": "none", "vtep_mac": "02:00:00:00:00:01", "peers": []
+        });
+        assert_eq!(serde_json::to_value(loopback_node_spec()).expect("serialize"), want);
+    }
 }
