@@ -4,40 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use testbed_test_support::host::can_run_vms;
+use testbed_test_support::lab::{netns_exists, show, topology_copy};
+
 fn testbed() -> Command {
     Command::new(env!("CARGO_BIN_EXE_testbed"))
-}
-
-fn can_run_vms() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !(root && qemu) {
-        eprintln!("skipped: needs root and qemu-system-x86_64 (run tests/run.sh)");
-    }
-    root && qemu
-}
-
-fn show(what: &str, out: &Output) {
-    eprintln!(
-        "--- {what}: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A copy of a bundled topology under a test-only lab name, so a user's own lab of that name is never touched.
-fn topology_copy(dir: &Path, bundled: &str, lab: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("topologies").join(bundled);
-    let text = std::fs::read_to_string(&src).expect("bundled topology");
-    let renamed: String = text
-        .lines()
-        .map(|l| if l.starts_with("name:") { format!("name: {lab}") } else { l.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = dir.join(bundled);
-    std::fs::write(&path, renamed + "\n").expect("write topology copy");
-    path
 }
 
 /// Tears the lab down even when an assertion fails halfway.
@@ -96,7 +67,7 @@ fn conformance_on(bundled: &str, lab: &str, with_perf: bool) {
     let guard = LabGuard { topology: topology.clone(), state_dir: state_dir.clone() };
     let run = |args: &[&str]| {
         let out = testbed().env("TESTBED_STATE_DIR", &state_dir).args(args).output().expect("run testbed");
-        show(&args.join(" "), &out);
+        eprintln!("{}", show(&args.join(" "), &out));
         out
     };
     let topo = topology.to_str().expect("utf-8 path");
@@ -129,8 +100,7 @@ fn conformance_on(bundled: &str, lab: &str, with_perf: bool) {
     drop(guard);
     let status = run(&["status", "-t", topo, "-o", "json"]);
     assert_ne!(status.status.code(), Some(0), "status must fail once the lab is gone");
-    let netns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
-    assert!(!String::from_utf8_lossy(&netns.stdout).contains(&format!("tb-{lab}")), "lab netns left behind");
+    assert!(!netns_exists(&format!("tb-{lab}")), "lab netns left behind");
 }
 
 #[test]

@@ -7,24 +7,16 @@
 //! missing). Each test uses its own lab name and state dir, so a user's labs are never touched.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use testbed_test_support::host::can_run_vms;
+use testbed_test_support::lab::{netns_exists, show, topology_copy};
 
 fn testbed(state_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_testbed"));
     c.env("TESTBED_STATE_DIR", state_dir);
     c
-}
-
-fn can_run_vms() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !(root && qemu) {
-        // CI must not go green without VM coverage.
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but this host cannot run VMs (root, QEMU)");
-        eprintln!("skipped: needs root and qemu-system-x86_64");
-    }
-    root && qemu
 }
 
 /// Makes sure a static agent exists where `testbed` looks for it (or `$TESTBED_AGENT` is set).
@@ -44,31 +36,6 @@ fn ensure_agent() {
         .status()
         .expect("run cargo to build the static agent");
     assert!(status.success(), "building the static agent failed");
-}
-
-fn show(what: &str, out: &Output) -> String {
-    format!(
-        "--- {what}: {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The default topology under a test-only lab name.
-fn topology_copy(dir: &Path, lab: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.yaml");
-    let text = std::fs::read_to_string(&src).expect("topologies/default.yaml");
-    let renamed: Vec<String> =
-        text.lines().map(|l| if l.starts_with("name:") { format!("name: {lab}") } else { l.to_string() }).collect();
-    let path = dir.join(format!("{lab}.yaml"));
-    std::fs::write(&path, renamed.join("\n") + "\n").expect("write topology copy");
-    path
-}
-
-fn netns_exists(name: &str) -> bool {
-    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(name))
 }
 
 fn proc_start_time(pid: u64) -> Option<u64> {
@@ -120,7 +87,7 @@ fn up_exec_status_down_leaves_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state_dir = tmp.path().join("state");
     let lab = "e2e-lab";
-    let topo = topology_copy(tmp.path(), lab);
+    let topo = topology_copy(tmp.path(), "default.yaml", lab);
     let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
 
     let started = Instant::now();
@@ -248,7 +215,7 @@ fn down_cleans_up_after_up_was_sigkilled() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state_dir = tmp.path().join("state");
     let lab = "e2e-kill";
-    let topo = topology_copy(tmp.path(), lab);
+    let topo = topology_copy(tmp.path(), "default.yaml", lab);
     let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
 
     let mut up =
@@ -318,7 +285,7 @@ fn interrupted_up_rolls_back_everything() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state_dir = tmp.path().join("state");
     let lab = "e2e-intr";
-    let topo = topology_copy(tmp.path(), lab);
+    let topo = topology_copy(tmp.path(), "default.yaml", lab);
     let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
     let mut up = testbed(&state_dir).arg("up").arg(&topo).stdout(Stdio::null()).spawn().expect("spawn up");
     // qemu.log is created right before QEMU is started: the launch is under way.
@@ -354,7 +321,7 @@ fn bench_up_2_and_3_nodes() {
     let mut report = Vec::new();
     for nodes in [2usize, 3] {
         let lab = format!("bench-{nodes}");
-        let topo = topology_copy(tmp.path(), &lab);
+        let topo = topology_copy(tmp.path(), "default.yaml", &lab);
         if nodes == 3 {
             let text = std::fs::read_to_string(&topo).expect("read");
             let text = text.replace("  node2: {}\n", "  node2: {}\n  node3: {}\n");

@@ -9,6 +9,7 @@ mod debug;
 mod declared;
 #[cfg(test)]
 mod fake;
+mod harness;
 mod lab_adapter;
 mod overlay;
 mod perf;
@@ -150,7 +151,7 @@ pub async fn run_conformance<C: Cluster>(
 async fn restore_backend<C: Cluster>(c: &C, r: &mut Runner, backends: &[Backend]) {
     let home = c.plan().cluster.backend;
     if backends.last().is_some_and(|b| *b != home) {
-        r.run_setup("setup", Some(home), "restore the topology's backend", conformance::switch_backend(c, home)).await;
+        r.run_setup("setup", Some(home), "restore the topology's backend", harness::switch_backend(c, home)).await;
     }
 }
 

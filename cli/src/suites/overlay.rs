@@ -102,28 +102,11 @@ pub fn mismatches(spec: &NodeSpec, seen: &ObservedNetwork) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use testbed_api::{PeerSpec, UnderlaySpec};
+    use testbed_test_support::node_spec::sample_node_spec;
 
+    /// node1 of a two-node lab: its one peer is node2 (192.168.50.12, 10.244.1.0/24, 0e:00:00:00:00:02).
     fn spec(backend: Backend) -> NodeSpec {
-        NodeSpec {
-            node_name: "node1".into(),
-            underlay: UnderlaySpec {
-                interface: "eth1".into(),
-                address: "192.168.50.11".parse().unwrap(),
-                prefix_len: 24,
-                mtu: 1500,
-            },
-            pod_cidr: "10.244.0.0/16".parse().unwrap(),
-            pod_subnet: "10.244.0.0/24".parse().unwrap(),
-            backend,
-            vtep_mac: "0e:00:00:00:00:01".into(),
-            peers: vec![PeerSpec {
-                name: "node2".into(),
-                underlay_ip: "192.168.50.12".parse().unwrap(),
-                pod_subnet: "10.244.1.0/24".parse().unwrap(),
-                vtep_mac: "0e:00:00:00:00:02".into(),
-            }],
-        }
+        sample_node_spec(1, 2, backend)
     }
 
     fn seen(routes: &[&str], neigh: &[&str], fdb: &[&str]) -> ObservedNetwork {

@@ -9,10 +9,12 @@ use testbed_api::results::{CheckStatus, Measurement, Stats};
 use testbed_api::{Backend, ExecResponse};
 
 use super::cluster::{nodes_of, Cluster, ClusterError, NodeInfo};
-use super::conformance::{self, cleanup, container, create_tracked, nexec, pexec, pod, wait_running, TestPod};
+use super::harness::{
+    cleanup, create_tracked, evidence, nexec, pexec, remove_leftover, sleeper_pod, switch_backend, wait_running,
+    TestPod,
+};
 use super::probe;
 use super::runner::{CheckError, CheckOutcome, Level, Runner};
-use testbed_api::RestartPolicy;
 
 pub const PERF_PORT: u16 = 5210;
 pub const BASELINE_PATH: &str = "underlay node->node";
@@ -100,7 +102,7 @@ async fn one_run<C: Cluster>(
         let cmd = format!("ping -n -q -c {count} -i 0.2 -W 2 {}", to.ip());
         let r = from.run(c, &cmd, u64::from(d) + 30).await?;
         let avg = probe::parse_ping_avg(&r.stdout)
-            .ok_or_else(|| CheckError::Fail(format!("no RTT summary\n{}", conformance::evidence(&cmd, &r))))?;
+            .ok_or_else(|| CheckError::Fail(format!("no RTT summary\n{}", evidence(&cmd, &r))))?;
         return Ok(Sample { value: avg, cpu: (None, None), note: String::new() });
     }
     let args = match kind {
@@ -115,7 +117,7 @@ async fn one_run<C: Cluster>(
     let (s, cl) = futures::join!(to.run(c, &server, limit), from.run(c, &client, limit));
     let (_s, cl) = (s?, cl?);
     let run = probe::parse_iperf_client(&cl.stdout, kind == Kind::Udp)
-        .map_err(|e| CheckError::Fail(format!("{e}\n{}", conformance::evidence(&client, &cl))))?;
+        .map_err(|e| CheckError::Fail(format!("{e}\n{}", evidence(&client, &cl))))?;
     let note = match (run.retransmits, run.lost_percent) {
         (Some(r), _) => format!("{r} retransmits"),
         (_, Some(l)) => format!("{l:.2}% lost"),
@@ -187,10 +189,6 @@ pub fn add_ratios(ms: &mut [Measurement]) {
     }
 }
 
-fn sleeper(name: &str) -> testbed_api::PodSpec {
-    pod(name, vec![container("main", vec!["sleep".into(), "infinity".into()])], RestartPolicy::Always)
-}
-
 pub const PERF_PODS: [&str; 3] = ["tb-p-a1", "tb-p-a2", "tb-p-b1"];
 
 /// `iperf3 --version`'s first line on the first node, for results.json.
@@ -232,8 +230,7 @@ pub async fn run_backend<C: Cluster>(
     out: &RefCell<Vec<Measurement>>,
 ) {
     let b = Some(backend);
-    if r.run_setup("setup", b, "apply NodeSpec to every node and converge", conformance::switch_backend(c, backend))
-        .await
+    if r.run_setup("setup", b, "apply NodeSpec to every node and converge", switch_backend(c, backend)).await
         != CheckStatus::Pass
     {
         return;
@@ -251,10 +248,8 @@ pub async fn run_backend<C: Cluster>(
             wanted.push((nb.name.clone(), PERF_PODS[2]));
         }
         for (node, name) in &wanted {
-            if c.get_pod(node, name).await.is_ok() {
-                let _ = c.delete_pod(node, name, Some(std::time::Duration::ZERO)).await;
-            }
-            create_tracked(c, node, &sleeper(name), &created).await?;
+            remove_leftover(c, node, name).await;
+            create_tracked(c, node, &sleeper_pod(name), &created).await?;
         }
         for (node, name) in &wanted {
             pods.push(wait_running(c, node, name).await?);

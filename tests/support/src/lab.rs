@@ -1,0 +1,38 @@
+//! Helpers for the end-to-end tests, which drive labs through the `testbed` binary: bundled topologies under
+//! test-only lab names, the output of a failed command, what a lab leaves in the host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace's root directory (this crate lives in tests/support).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A copy of the bundled topology `bundled` (a file in topologies/) renamed to lab `lab`, written to
+/// `dir/<lab>.yaml`: a test-only lab name, so a user's own lab of the bundled name is never touched.
+pub fn topology_copy(dir: &Path, bundled: &str, lab: &str) -> PathBuf {
+    let src = workspace_root().join("topologies").join(bundled);
+    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    let renamed: Vec<String> =
+        text.lines().map(|l| if l.starts_with("name:") { format!("name: {lab}") } else { l.to_string() }).collect();
+    let path = dir.join(format!("{lab}.yaml"));
+    std::fs::write(&path, renamed.join("\n") + "\n").expect("write topology copy");
+    path
+}
+
+/// A finished command's status, stdout and stderr, for an assertion message.
+pub fn show(what: &str, out: &Output) -> String {
+    format!(
+        "--- {what}: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// True when the host has a network namespace called `name` (a lab's is `tb-<lab>`).
+pub fn netns_exists(name: &str) -> bool {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(name))
+}
