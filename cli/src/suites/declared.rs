@@ -32,6 +32,30 @@ fn pod_node(plan: &crate::plan::Plan, pod: &str) -> Result<String, CheckError> {
         .ok_or_else(|| CheckError::Fail(format!("pod `{pod}` is not in the topology's pods")))
 }
 
+/// How a probe ended, from its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeEnd {
+    Reached,
+    NotReached,
+    /// The probe itself did not work (126/127: the tool is missing or not executable; a signal; the exec
+    /// timeout). An `expect: fail` test must not pass on this: "blocked" would be indistinguishable from
+    /// "probe broken".
+    Broken,
+}
+
+/// Only the codes each probe gives when its target does not answer count as "not reached".
+fn probe_end(kind: TestKind, code: i32) -> ProbeEnd {
+    match (kind, code) {
+        (_, 0) => ProbeEnd::Reached,
+        // iputils ping: 1 no reply, 2 an error sending (no route, ICMP unreachable). Probes name IPs, so 2
+        // cannot be a failed name lookup.
+        (TestKind::Ping, 1 | 2) => ProbeEnd::NotReached,
+        // bash /dev/tcp: 1 refused or unreachable; busybox wget: 1 for any failed fetch; timeout(1): 124.
+        (TestKind::Tcp | TestKind::Http, 1 | 124) => ProbeEnd::NotReached,
+        _ => ProbeEnd::Broken,
+    }
+}
+
 async fn run_one<C: Cluster>(c: &C, t: &DeclaredTest) -> CheckOutcome {
     let plan = c.plan();
     let ip = match &t.to {
@@ -49,21 +73,33 @@ async fn run_one<C: Cluster>(c: &C, t: &DeclaredTest) -> CheckOutcome {
     let cmd = probe_command(t.kind, ip, t.port);
     let mut last = String::new();
     for attempt in 1..=t.attempts {
-        let (code, out) = match &t.from {
+        let (code, out, killed) = match &t.from {
             TestSource::Node(n) => {
                 let o = c.node_exec(n, &cmd).await?;
-                (o.exit_code, format!("{}{}", o.stdout, o.stderr))
+                (o.exit_code, format!("{}{}", o.stdout, o.stderr), false)
             }
             TestSource::Pod(p) => {
                 let req =
                     ExecRequest { container: None, command: probe::sh(&cmd), stdin: None, timeout_secs: Some(30) };
                 let o = c.pod_exec(&pod_node(plan, p)?, p, &req).await?;
-                (o.exit_code, format!("{}{}", o.stdout, o.stderr))
+                (o.exit_code, format!("{}{}", o.stdout, o.stderr), o.timed_out)
             }
         };
         last = format!("attempt {attempt}: $ {cmd}\nexit {code}\n{}", out.trim());
-        if (code == 0) == t.expect_pass {
-            return Ok(last);
+        let end = if killed { ProbeEnd::Broken } else { probe_end(t.kind, code) };
+        match end {
+            ProbeEnd::Broken if attempt == t.attempts => {
+                let why = if killed { "was killed by the exec timeout" } else { "failed" };
+                return Err(CheckError::Infra(format!(
+                    "the probe itself {why} (exit {code} is neither a reply nor a refusal/timeout)\n{last}"
+                )));
+            }
+            ProbeEnd::Broken => {}
+            end => {
+                if (end == ProbeEnd::Reached) == t.expect_pass {
+                    return Ok(last);
+                }
+            }
         }
         if attempt < t.attempts {
             tokio::time::sleep(Duration::from_millis(t.wait_ms)).await;

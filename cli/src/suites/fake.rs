@@ -26,6 +26,8 @@ pub struct Faults {
     pub agent_down: bool,
     /// node1's agent reports no route to node2's pods.
     pub missing_route: bool,
+    /// `ping` is not installed anywhere: the shell answers 127.
+    pub ping_missing: bool,
 }
 
 #[derive(Default)]
@@ -35,6 +37,8 @@ struct State {
     pods: BTreeMap<String, (String, PodSpec, PodStatus)>,
     next_host: BTreeMap<String, u32>,
     tcp_message: Option<String>,
+    /// The source address the last iperf3 client's packets carry, as its server will report it.
+    iperf_peer: Option<Ipv4Addr>,
     /// Every pod ever created (to check the suite removes what it makes).
     created: Vec<String>,
 }
@@ -207,6 +211,10 @@ impl FakeCluster {
     }
 
     fn ping(&self, src_node: &str, script: &str) -> ExecResponse {
+        if self.faults.ping_missing {
+            let stderr = "sh: 1: ping: not found\n".into();
+            return ExecResponse { exit_code: 127, stdout: String::new(), stderr, timed_out: false };
+        }
         let Some(ip) = ip_after(script, "-W 2 ") else { return fail("ping: usage") };
         let mtu = self.backend().pod_mtu(1500);
         if let Some(size) =
@@ -235,18 +243,24 @@ impl FakeCluster {
         }
         let Some((node, pod)) = self.pod_by_ip(ip) else { return fail("wget: can't connect") };
         if script.contains("/cgi-bin/peer") {
-            let seen = match src_ip {
-                Some(_) if self.faults.snat => {
-                    self.plan.node(&node).map(|n| Ipv4Addr::from(u32::from(n.pod_subnet.network()) + 1))
-                }
-                other => other,
-            };
+            let seen = self.seen_source(src_ip, &node);
             return ok(format!("[::ffff:{}]\n", seen.map(|i| i.to_string()).unwrap_or_default()));
         }
         if script.contains("/big") {
             return ok(format!("{}  -\n", probe::seq_sha256(probe::BIG_LINES)));
         }
         ok(format!("{pod}\n"))
+    }
+
+    /// The source address a server on `dst_node` sees for a pod client at `src_ip`: with the SNAT fault, the
+    /// destination node's cni0 address.
+    fn seen_source(&self, src_ip: Option<Ipv4Addr>, dst_node: &str) -> Option<Ipv4Addr> {
+        match src_ip {
+            Some(_) if self.faults.snat => {
+                self.plan.node(dst_node).map(|n| Ipv4Addr::from(u32::from(n.pod_subnet.network()) + 1))
+            }
+            other => other,
+        }
     }
 
     /// iperf3 client JSON: underlay 800, same-node 600, cross-node 300 Mbit/s.
@@ -444,12 +458,17 @@ impl Cluster for FakeCluster {
             return Ok(ok(""));
         }
         if script.contains("iperf3 -s") {
+            // The client runs meanwhile and records the source address its packets carry.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            return Ok(ok(
-                r#"{"start":{"connected":[{"remote_host":"10.244.0.2"}]},"end":{"sum":{"packets":42,"lost_packets":0}}}"#,
-            ));
+            let peer = self.state.borrow_mut().iperf_peer.take().map(|i| i.to_string()).unwrap_or_default();
+            return Ok(ok(format!(
+                r#"{{"start":{{"connected":[{{"remote_host":"{peer}"}}]}},"end":{{"sum":{{"packets":42,"lost_packets":0}}}}}}"#
+            )));
         }
         if script.contains("iperf3 -c") {
+            if let Some((dst_node, _)) = ip_after(&script, "-c ").and_then(|ip| self.pod_by_ip(ip)) {
+                self.state.borrow_mut().iperf_peer = self.seen_source(own_ip, &dst_node);
+            }
             return Ok(self.iperf_client(node, &script));
         }
         if script.contains("ping ") {

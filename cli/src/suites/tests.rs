@@ -87,8 +87,12 @@ async fn snat_fails_the_no_snat_check_with_exit_1() {
     let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { snat: true, ..Faults::default() });
     let r = run(&c, &[Backend::Vxlan], None).await;
     let bad = failures(&r);
-    assert_eq!(bad.len(), 2, "{bad:#?}");
-    assert!(bad.iter().all(|b| b.contains("no SNAT")), "{bad:#?}");
+    // HTTP (the CGI's REMOTE_ADDR) and UDP (the iperf3 server's peer, in the pod-network and the MTU checks)
+    // all see the masquerading address.
+    assert_eq!(bad.len(), 5, "{bad:#?}");
+    assert!(bad.iter().all(|b| b.contains("(SNAT)")), "{bad:#?}");
+    assert_eq!(bad.iter().filter(|b| b.contains("no SNAT")).count(), 2, "{bad:#?}");
+    assert_eq!(bad.iter().filter(|b| b.contains(": udp")).count(), 2, "{bad:#?}");
     let check = r.checks.iter().find(|c| c.name == "[pod-network] vxlan no SNAT pod->pod cross-node").expect("ran");
     assert!(check.message.as_deref().is_some_and(|m| m.contains("(SNAT)")), "{check:?}");
     assert_eq!(r.outcome(), RunOutcome::Failed);
@@ -176,6 +180,28 @@ async fn declared_tests_levels_expectations_and_stop_on_error() {
     assert_eq!(r.outcome(), RunOutcome::Failed);
     let details = r.checks.iter().find(|c| c.name.ends_with("far address")).and_then(|c| c.details.clone());
     assert!(details.is_some_and(|d| d.contains("attempt 2")));
+}
+
+/// `expect: fail` passes on "not reached" only: a probe whose tool is missing (exit 127) is an error, both
+/// ways round, never a pass.
+#[tokio::test]
+async fn declared_expect_fail_does_not_pass_when_the_probe_is_broken() {
+    let yaml = "- {name: blocked, from: 'pod:web', to: 'ip:10.99.0.1', kind: ping, expect: fail}\n\
+                - {name: open, from: 'pod:web', to: 'node:node1', kind: ping}";
+    let tests = declared(yaml);
+    let status = |r: &SuiteResults, name: &str| {
+        r.checks.iter().find(|c| c.name == format!("[declared] none {name}")).map(|c| c.status).expect(name)
+    };
+    let healthy = FakeCluster::new(plan(2, Backend::None), Faults::default());
+    let r = run_conformance(&healthy, &ui(), &[Backend::None], Some("[declared]".into()), &tests).await;
+    assert_eq!(status(&r, "blocked"), CheckStatus::Pass);
+    assert_eq!(status(&r, "open"), CheckStatus::Pass);
+    let broken = FakeCluster::new(plan(2, Backend::None), Faults { ping_missing: true, ..Faults::default() });
+    let r = run_conformance(&broken, &ui(), &[Backend::None], Some("[declared]".into()), &tests).await;
+    assert_eq!(status(&r, "blocked"), CheckStatus::Error);
+    assert_eq!(status(&r, "open"), CheckStatus::Error);
+    let details = r.checks.iter().find(|c| c.name.ends_with("blocked")).and_then(|c| c.message.clone());
+    assert!(details.is_some_and(|d| d.contains("exit 127")), "{:?}", r.checks);
 }
 
 #[test]

@@ -75,7 +75,8 @@ async fn tcp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod) -> CheckOutcome {
     Ok(ev)
 }
 
-/// iperf3 UDP from `from` to `to` with `len`-byte datagrams; some must arrive, from the client's pod IP.
+/// iperf3 UDP from `from` to `to` with `len`-byte datagrams; some must arrive, and the server must have seen
+/// them come from the client's own pod IP (no SNAT for UDP either).
 pub(super) async fn udp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, len: u32) -> CheckOutcome {
     let server_cmd = probe::iperf_server(IPERF_PORT, 60);
     let client_cmd = probe::iperf_udp_client(to.ip, IPERF_PORT, len);
@@ -90,7 +91,15 @@ pub(super) async fn udp<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, len: u3
     if arrived == 0 {
         return Err(CheckError::Fail(format!("none of {} {len}-byte datagrams arrived\n{ev}", got.packets)));
     }
-    Ok(format!("{arrived}/{} datagrams of {len} bytes arrived (peer seen as {:?})", got.packets, got.remote_host))
+    let seen = got.remote_host.as_deref().and_then(|h| h.trim_start_matches("::ffff:").parse::<Ipv4Addr>().ok());
+    if seen != Some(from.ip) {
+        return Err(CheckError::Fail(format!(
+            "datagrams arrived from {}, not the client pod IP {} (SNAT)\n{ev}",
+            got.remote_host.as_deref().unwrap_or("an address iperf3 did not report"),
+            from.ip
+        )));
+    }
+    Ok(format!("{arrived}/{} datagrams of {len} bytes arrived from {}", got.packets, from.ip))
 }
 
 /// The server's CGI reports the client address it saw: it must be the client pod's own IP.
