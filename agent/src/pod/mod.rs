@@ -25,11 +25,17 @@ use testbed_api::{
 };
 use tokio::io::AsyncBufReadExt;
 
+pub mod exec;
+pub mod infra;
+pub mod launcher;
+mod phase;
+pub mod sandbox;
+
 use crate::cgroups::{CgroupError, CgroupLimits, Cgroups};
 use crate::net::{NetError, Network};
-use crate::phase::{pod_phase, should_restart, terminated_reason};
 use crate::qos::{container_limits, pod_limits, qos_class};
-use crate::sandbox::{self, SandboxError, INFRA_ROLE, LAUNCHER_ROLE};
+use phase::{pod_phase, should_restart, terminated_reason};
+use sandbox::{SandboxError, INFRA_ROLE, LAUNCHER_ROLE};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Containers get this PATH (plus their spec's env), not the agent's environment.
@@ -268,7 +274,7 @@ impl Agent {
             .map_err(io(format!("create {}", cfg.state_dir.display())))?;
         cgroups.init()?;
         let net = Network::new(&cfg.lease_dir, |pid, pod| sandbox::is_ours(pid, INFRA_ROLE, pod, None)).await?;
-        let infra_image = crate::infra::memfd().map_err(io("memfd for the infra program"))?;
+        let infra_image = infra::memfd().map_err(io("memfd for the infra program"))?;
         Ok(Arc::new(Agent {
             cfg,
             net,
@@ -304,11 +310,11 @@ impl Agent {
     }
 
     /// The namespaces (and container process and cgroup) an exec into `pod` enters.
-    pub fn exec_target(&self, pod: &str, container: Option<&str>) -> Result<crate::exec::ExecTarget> {
+    pub fn exec_target(&self, pod: &str, container: Option<&str>) -> Result<exec::ExecTarget> {
         let p = self.find(pod)?;
         let rec = lock(&p.record);
         let infra_pid = rec.infra_pid.ok_or_else(|| AgentError::Conflict(format!("pod `{pod}` has no sandbox yet")))?;
-        let mut target = crate::exec::ExecTarget { pod: pod.to_string(), infra_pid, container: None, env: vec![] };
+        let mut target = exec::ExecTarget { pod: pod.to_string(), infra_pid, container: None, env: vec![] };
         if let Some(name) = container {
             let idx = p.spec.containers.iter().position(|c| c.name == name).ok_or_else(|| {
                 AgentError::Invalid(ApiError {
@@ -316,7 +322,7 @@ impl Agent {
                     message: format!("pod `{pod}` has no container `{name}`"),
                 })
             })?;
-            let pid = crate::exec::container_pid(&rec.containers[idx].state)
+            let pid = exec::container_pid(&rec.containers[idx].state)
                 .ok_or_else(|| AgentError::Conflict(format!("container `{name}` of pod `{pod}` is not running")))?;
             let procs = self.cgroups.procs_files(&container_cgroup(pod, name));
             target.container = Some((name.to_string(), pid, procs));
@@ -962,7 +968,7 @@ impl Agent {
         let (targets, container_pids): (Vec<(String, u32)>, Vec<u32>) = {
             let rec = lock(&pod.record);
             let launchers = rec.containers.iter().filter_map(|c| c.launcher_pid.map(|p| (c.name.clone(), p))).collect();
-            let pids = rec.containers.iter().filter_map(|c| crate::exec::container_pid(&c.state)).collect();
+            let pids = rec.containers.iter().filter_map(|c| exec::container_pid(&c.state)).collect();
             (launchers, pids)
         };
         for (c, pid) in &targets {

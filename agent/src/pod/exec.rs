@@ -8,8 +8,8 @@ use std::time::Duration;
 use testbed_api::{ApiError, ContainerState, ExecRequest, ExecResponse};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::{Agent, AgentError};
-use crate::sandbox::{INFRA_ROLE, LAUNCHER_ROLE};
+use super::sandbox::{INFRA_ROLE, LAUNCHER_ROLE};
+use super::{Agent, AgentError};
 
 /// Each of stdout and stderr is cut at this size; the rest is read and dropped so the command never blocks.
 pub const OUTPUT_CAP: usize = 4 << 20;
@@ -35,7 +35,7 @@ impl Agent {
             }));
         }
         let target = self.exec_target(pod, req.container.as_deref())?;
-        if !crate::sandbox::is_ours(target.infra_pid, INFRA_ROLE, pod, None) {
+        if !super::sandbox::is_ours(target.infra_pid, INFRA_ROLE, pod, None) {
             return Err(AgentError::Conflict(format!("pod `{pod}` has no running sandbox")));
         }
         run_exec(self.exe(), &target, &req).await
