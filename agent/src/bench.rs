@@ -22,7 +22,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use testbed_api::{Backend, ContainerSpec, NodeSpec, PodSpec, RestartPolicy, UnderlaySpec};
 
-use crate::runtime::{Agent, Config};
+use crate::pod::{Agent, Config};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -289,7 +289,7 @@ fn remove_root(name: &str) {
 }
 
 /// Removes the sandboxes one by one, timed.
-async fn destroy(agent: &Agent, specs: &[PodSpec], sandboxes: &[crate::runtime::Sandbox]) -> Round {
+async fn destroy(agent: &Agent, specs: &[PodSpec], sandboxes: &[crate::pod::Sandbox]) -> Round {
     let mut each = Vec::with_capacity(sandboxes.len());
     let t0 = Instant::now();
     for (spec, sb) in specs.iter().zip(sandboxes) {

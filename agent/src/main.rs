@@ -5,14 +5,9 @@
 
 mod bench;
 mod cgroups;
-mod exec;
-mod infra;
-mod launcher;
 mod net;
-mod phase;
+mod pod;
 mod qos;
-mod runtime;
-mod sandbox;
 mod server;
 
 use std::net::SocketAddr;
@@ -36,7 +31,7 @@ enum Command {
     Serve(ServeArgs),
     /// Container / exec launcher (started by the agent).
     #[command(hide = true, name = "run-container")]
-    RunContainer(launcher::LauncherArgs),
+    RunContainer(pod::launcher::LauncherArgs),
     /// Pod creation benchmark against the reference CNI plugins (runs in a private network namespace).
     #[command(hide = true)]
     Bench(bench::BenchArgs),
@@ -72,7 +67,7 @@ const EXIT_INFRA: i32 = 3;
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::RunContainer(args) => match launcher::run(&args) {
+        Command::RunContainer(args) => match pod::launcher::run(&args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("testbed-agent run-container {}: {e}", args.pod);
@@ -127,13 +122,13 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cgroups = cgroups::detect(&args.cgroup_name).context("cgroups")?;
-    let cfg = runtime::Config {
+    let cfg = pod::Config {
         lease_dir: args.lease_dir.clone().unwrap_or_else(|| args.state_dir.join("ipam")),
         state_dir: args.state_dir.clone(),
         exe: PathBuf::from("/proc/self/exe"),
         kill_grace: Duration::from_secs(args.kill_grace_secs),
     };
-    let agent = runtime::Agent::new(cfg, cgroups).await.context("starting the runtime")?;
+    let agent = pod::Agent::new(cfg, cgroups).await.context("starting the runtime")?;
     agent.restore().await;
     tokio::spawn(Arc::clone(&agent).reconcile_loop());
     let listener =

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use testbed_api::{ApiError, DeletePodOptions};
 
 use crate::net::NetError;
-use crate::runtime::{Agent, AgentError};
+use crate::pod::{Agent, AgentError};
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {

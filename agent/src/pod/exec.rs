@@ -5,11 +5,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testbed_api::{ApiError, ContainerState, ExecRequest, ExecResponse};
+use testbed_api::{ApiError, ExecRequest, ExecResponse};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::{Agent, AgentError};
-use crate::sandbox::{INFRA_ROLE, LAUNCHER_ROLE};
+use super::processes::{PodProcess, DEFAULT_PATH};
+use super::record::container_pid;
+use super::sandbox::LAUNCHER_ROLE;
+use super::{container_cgroup, lock, Agent, AgentError};
 
 /// Each of stdout and stderr is cut at this size; the rest is read and dropped so the command never blocks.
 pub const OUTPUT_CAP: usize = 4 << 20;
@@ -35,10 +37,32 @@ impl Agent {
             }));
         }
         let target = self.exec_target(pod, req.container.as_deref())?;
-        if !crate::sandbox::is_ours(target.infra_pid, INFRA_ROLE, pod, None) {
+        if !self.processes.is_ours(target.infra_pid, PodProcess::Infra { pod }) {
             return Err(AgentError::Conflict(format!("pod `{pod}` has no running sandbox")));
         }
-        run_exec(self.exe(), &target, &req).await
+        run_exec(&self.cfg.exe, &target, &req).await
+    }
+
+    /// The namespaces (and container process and cgroup) an exec into `pod` enters.
+    pub fn exec_target(&self, pod: &str, container: Option<&str>) -> Result<ExecTarget, AgentError> {
+        let p = self.find(pod)?;
+        let rec = lock(&p.record);
+        let infra_pid = rec.infra_pid.ok_or_else(|| AgentError::Conflict(format!("pod `{pod}` has no sandbox yet")))?;
+        let mut target = ExecTarget { pod: pod.to_string(), infra_pid, container: None, env: vec![] };
+        if let Some(name) = container {
+            let idx = p.spec.containers.iter().position(|c| c.name == name).ok_or_else(|| {
+                AgentError::Invalid(ApiError {
+                    field: Some("container".into()),
+                    message: format!("pod `{pod}` has no container `{name}`"),
+                })
+            })?;
+            let pid = container_pid(&rec.containers[idx].state)
+                .ok_or_else(|| AgentError::Conflict(format!("container `{name}` of pod `{pod}` is not running")))?;
+            let procs = self.cgroups.procs_files(&container_cgroup(pod, name));
+            target.container = Some((name.to_string(), pid, procs));
+            target.env = p.spec.containers[idx].env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        Ok(target)
     }
 }
 
@@ -69,7 +93,7 @@ async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> R
         }
     }
     cmd.arg("--").args(&req.command);
-    cmd.env_clear().env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.env_clear().env("PATH", DEFAULT_PATH);
     cmd.envs(t.env.iter().map(|(k, v)| (k, v)));
     cmd.stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
@@ -142,13 +166,5 @@ impl GroupKiller {
 impl Drop for GroupKiller {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Resolves the container of an exec request to its running process.
-pub fn container_pid(state: &ContainerState) -> Option<u32> {
-    match state {
-        ContainerState::Running { pid } if *pid > 0 => Some(*pid),
-        _ => None,
     }
 }

@@ -27,7 +27,7 @@ pub enum SandboxError {
     Nul { pod: String },
 }
 
-/// Starts the infra program (`crate::infra`, from the memfd `image`) as PID 1 of new PID and IPC
+/// Starts the infra program (`super::infra`, from the memfd `image`) as PID 1 of new PID and IPC
 /// namespaces, plus new network and UTS namespaces unless `host_network` (Kubernetes hostNetwork shares the
 /// node's net and UTS namespaces; its IPC stays private since hostIPC is a separate switch). The hostname is
 /// set before exec and CLONE_VFORK holds us until then, so the namespaces are complete when this returns.

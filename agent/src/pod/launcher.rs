@@ -107,7 +107,7 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     // The agent checked these PIDs before starting us, but a PID can be reused since. The fds now pin the
     // namespaces of whoever had the PID when they were opened; if the PID still belongs to ours after the
     // open, it did at the open too (a PID is never handed back to a process that died).
-    if !crate::sandbox::is_ours(infra, crate::sandbox::INFRA_ROLE, &args.pod, None) {
+    if !super::sandbox::is_ours(infra, super::sandbox::INFRA_ROLE, &args.pod, None) {
         return Err(LaunchError::NotOurs { pid: infra, what: format!("the infra process of pod {}", args.pod) });
     }
     if let Some(target) = args.join_pid {

@@ -1,0 +1,113 @@
+//! Container supervision: wait for a container to exit, record how it ended and restart it as the pod's
+//! restartPolicy says, with the kubelet's doubling back-off.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use testbed_api::ContainerState;
+use tokio::time::Instant;
+
+use super::phase::{should_restart, terminated_reason};
+use super::processes::{ExitFuture, PodProcess};
+use super::record::Pod;
+use super::{container_cgroup, lock, Agent};
+
+pub(super) const RESTART_BACKOFF_START: Duration = Duration::from_secs(1);
+pub(super) const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A container that ran this long before exiting restarts without backoff history.
+pub(super) const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// How often the exit of a launcher left by a previous agent (not our child) is checked for.
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
+/// Exit code recorded when a container could not be started, or an adopted launcher left no exit file.
+pub(super) const START_FAILED: i32 = 128;
+const EXIT_UNKNOWN: i32 = 255;
+
+/// How a container supervisor begins.
+pub(super) enum Start {
+    Fresh,
+    /// A launcher we just started: what resolves when it exits.
+    Started(ExitFuture),
+    /// A launcher left by a previous agent (maybe already gone).
+    Adopted(u32),
+}
+
+impl Agent {
+    pub(super) fn mark_terminated(&self, pod: &Pod, idx: usize, exit_code: i32, reason: &str) {
+        {
+            let mut rec = lock(&pod.record);
+            let cr = &mut rec.containers[idx];
+            cr.state = ContainerState::Terminated { exit_code, reason: reason.into() };
+            cr.launcher_pid = None;
+        }
+        self.persist(pod);
+    }
+
+    pub(super) fn spawn_supervisor(self: &Arc<Self>, pod: &Arc<Pod>, idx: usize, start: Start) {
+        let handle = tokio::spawn(self.clone().supervise(pod.clone(), idx, start));
+        lock(&pod.tasks).push(handle);
+    }
+
+    /// Watches one container and restarts it according to the pod's restart policy, with the kubelet's
+    /// doubling back-off (1 s .. 30 s here).
+    async fn supervise(self: Arc<Self>, pod: Arc<Pod>, idx: usize, mut start: Start) {
+        let name = pod.spec.containers[idx].name.clone();
+        let rel = container_cgroup(&pod.spec.name, &name);
+        let mut backoff = RESTART_BACKOFF_START;
+        loop {
+            let started = Instant::now();
+            let exit = match std::mem::replace(&mut start, Start::Fresh) {
+                Start::Adopted(launcher) => Some(self.wait_adopted(&pod, &name, launcher).await),
+                Start::Started(exit) => Some(exit.await),
+                Start::Fresh => {
+                    if pod.deleting.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match self.start_container(&pod, idx).await {
+                        Ok(exit) => Some(exit.await),
+                        Err(e) => {
+                            tracing::error!(pod = %pod.spec.name, container = %name, "start: {e}");
+                            self.mark_terminated(&pod, idx, START_FAILED, "StartError");
+                            None
+                        }
+                    }
+                }
+            };
+            let code = match exit {
+                Some(code) => {
+                    let baseline = lock(&pod.record).containers[idx].oom_baseline;
+                    let oom = self.cgroups.oom_kills(&rel).map(|n| n > baseline).unwrap_or(false);
+                    self.mark_terminated(&pod, idx, code, terminated_reason(code, oom));
+                    tracing::info!(pod = %pod.spec.name, container = %name, code, oom, "container exited");
+                    code
+                }
+                None => START_FAILED,
+            };
+            if pod.deleting.load(Ordering::Relaxed) || !should_restart(pod.spec.restart_policy, code) {
+                return;
+            }
+            if started.elapsed() >= BACKOFF_RESET_AFTER {
+                backoff = RESTART_BACKOFF_START;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = pod.wake.notified() => {}
+            }
+            if pod.deleting.load(Ordering::Relaxed) {
+                return;
+            }
+            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            lock(&pod.record).containers[idx].restart_count += 1;
+        }
+    }
+
+    /// Waits for a launcher we did not start (previous agent) and reads the exit status it wrote.
+    async fn wait_adopted(&self, pod: &Pod, container: &str, launcher: u32) -> i32 {
+        let which = PodProcess::Launcher { pod: &pod.spec.name, container };
+        while self.processes.is_ours(launcher, which) {
+            tokio::time::sleep(ADOPTED_POLL).await;
+        }
+        let file = self.pod_dir(&pod.spec.name).join(format!("{container}.exit"));
+        std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(EXIT_UNKNOWN)
+    }
+}
