@@ -1,7 +1,6 @@
 //! Semantic checks of a parsed topology, all before anything is created. Every error is pinned to the
 //! offending key or value in the file. The result, `Checked`, holds the resolved values the planner needs.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
@@ -609,9 +608,4 @@ fn check_test(
         stop_on_error: def.stop_on_error,
         backends,
     })
-}
-
-/// Host address `FIRST_HOST_OFFSET + index` of `net`.
-pub fn host_address(net: &Ipv4Net, index: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()) + FIRST_HOST_OFFSET + index as u32)
 }
