@@ -1,21 +1,13 @@
-//! Resolving a topology into the Plan: every address, MAC, subnet, port and name.
-
-use sha2::Digest;
+//! Resolving a checked topology into the Plan: every address, MAC, subnet, port and name.
 
 use super::names::{host_address, LabIds};
-use super::{NetworkPlan, NicPlan, NodePlan, Plan, PLAN_VERSION};
-use crate::topology::locate::Locator;
-use crate::topology::{validate, Topology, TopologyError};
+use super::{ClusterPlan, NetworkPlan, NicPlan, NodePlan, Plan, PodPlan, PLAN_VERSION};
+use crate::topology::CheckedTopology;
 
-/// Resolves a parsed topology into the Plan: validates it (errors point into `source`, named `file`), then
-/// assigns every address, MAC, subnet, port and name. Same bytes in, same plan out.
-pub fn build(topology: &Topology, source: &[u8], file: &std::path::Path) -> Result<Plan, TopologyError> {
-    let text = String::from_utf8_lossy(source);
-    let locator = Locator::parse(&text).map_err(|e| {
-        let field = e.path.to_string();
-        TopologyError::invalid(file, e.pos.line, e.pos.column, field, e.message)
-    })?;
-    let checked = validate::check(topology, file, &locator)?;
+/// Assigns every address, MAC, subnet, port and name of a checked topology. Same topology in, same plan out.
+/// It cannot fail: the checks guarantee the room it needs (node subnets in the pod CIDR, host addresses in
+/// every network).
+pub fn build(checked: &CheckedTopology) -> Plan {
     let ids = LabIds::of(&checked.lab);
 
     let networks: Vec<NetworkPlan> = checked
@@ -31,55 +23,61 @@ pub fn build(topology: &Topology, source: &[u8], file: &std::path::Path) -> Resu
         })
         .collect();
 
-    let mut subnets =
-        checked.cluster.pod_cidr.subnets(checked.cluster.node_subnet_prefix).map_err(|_| {
-            TopologyError::invalid(file, 1, 1, "cluster.node_subnet_prefix", "cannot divide the pod CIDR")
-        })?;
-    let mut nodes = Vec::with_capacity(checked.nodes.len());
-    for (index, n) in checked.nodes.iter().enumerate() {
-        let pod_subnet = subnets.next().ok_or_else(|| {
-            TopologyError::invalid(file, 1, 1, "cluster.pod_cidr", "too few node subnets for the nodes")
-        })?;
-        let nics = n
-            .networks
-            .iter()
-            .enumerate()
-            .map(|(k, &net)| {
-                let network = &checked.networks[net];
-                NicPlan {
-                    network: network.name.clone(),
-                    guest_interface: format!("eth{}", k + 1),
-                    tap: ids.tap_name(index, k + 1),
-                    mac: ids.nic_mac(net, index),
-                    ip: host_address(&network.cidr, index),
-                    prefix_len: network.cidr.prefix_len(),
-                    mtu: network.mtu,
-                }
-            })
-            .collect();
-        nodes.push(NodePlan {
-            name: n.name.clone(),
-            index,
-            cpus: n.cpus,
-            memory_mib: n.memory_mib,
-            image: n.image.clone(),
-            kernel_args: n.kernel_args.clone(),
-            ssh_port: ids.ssh_port(index),
-            nics,
-            pod_subnet,
-            vtep_mac: ids.vtep_mac(index),
-        });
-    }
+    let cluster = &checked.cluster;
+    let mut subnets = cluster
+        .pod_cidr
+        .subnets(cluster.node_subnet_prefix)
+        .expect("checked: the node subnet prefix is longer than the pod CIDR's and at most 29");
+    let nodes = checked
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(index, n)| {
+            let nics = n
+                .networks
+                .iter()
+                .enumerate()
+                .map(|(k, &net)| {
+                    let network = &checked.networks[net];
+                    NicPlan {
+                        network: network.name.clone(),
+                        guest_interface: format!("eth{}", k + 1),
+                        tap: ids.tap_name(index, k + 1),
+                        mac: ids.nic_mac(net, index),
+                        ip: host_address(&network.cidr, index),
+                        prefix_len: network.cidr.prefix_len(),
+                        mtu: network.mtu,
+                    }
+                })
+                .collect();
+            NodePlan {
+                name: n.name.clone(),
+                index,
+                cpus: n.cpus,
+                memory_mib: n.memory_mib,
+                image: n.image.clone(),
+                kernel_args: n.kernel_args.clone(),
+                ssh_port: ids.ssh_port(index),
+                nics,
+                pod_subnet: subnets.next().expect("checked: the pod CIDR holds a node subnet per node"),
+                vtep_mac: ids.vtep_mac(index),
+            }
+        })
+        .collect();
 
-    Ok(Plan {
+    Plan {
         version: PLAN_VERSION,
         lab: checked.lab.clone(),
-        topology_hash: hex::encode(sha2::Sha256::digest(source)),
+        topology_hash: checked.source_sha256.clone(),
         netns: format!("tb-{}", checked.lab),
         networks,
         nodes,
-        cluster: checked.cluster.clone(),
-        pods: checked.pods.clone(),
+        cluster: ClusterPlan {
+            pod_cidr: cluster.pod_cidr,
+            node_subnet_prefix: cluster.node_subnet_prefix,
+            backend: cluster.backend,
+        },
+        pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
         tests: checked.tests.clone(),
-    })
+    }
 }

@@ -1,43 +1,51 @@
-//! The Plan: everything about a lab resolved from its topology, deterministically (same file, same plan).
-//! Providers, the agent specs and the suites read only the Plan, never the raw topology.
+//! The Plan: everything about a lab resolved from its checked topology, deterministically (same file, same
+//! plan), and the `plan` command. Providers, the agent specs and the suites read only the Plan, never the
+//! topology. The dependency runs one way: the plan reads `crate::topology`'s checked model; the topology
+//! module does not know the plan.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use testbed_api::{Backend, NodeSpec, PeerSpec, PodSpec, UnderlaySpec};
 
+use crate::exit::{CliError, CliResult};
+use crate::topology::{self, TopologyError};
+use crate::ui::Ui;
+
 mod build;
 mod names;
 mod render;
+#[cfg(test)]
+mod tests;
 
 pub use build::build;
 pub use render::render_text;
+// The declared values a plan carries unchanged, defined with the checked topology they come from; named here
+// too because they are part of the plan's contract (plan.json, the suites).
+pub use crate::topology::checked::{DeclaredTest, ImageRef, Impairment, TestKind, TestLevel, TestSource, TestTarget};
 
-/// Where a node's disk, kernel and initrd come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ImageRef {
-    /// An image testbed builds from Debian packages, e.g. `debian-12`.
-    Named(String),
-    /// A downloaded disk image verified against its sha256 before use.
-    Url { url: String, sha256: String },
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Topology file (YAML).
+    pub file: PathBuf,
 }
 
-/// Link impairments applied with tc netem on every tap of the network.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Impairment {
-    pub delay_ms: f64,
-    pub jitter_ms: f64,
-    pub loss_percent: f64,
-    /// Rate limit in Mbit/s, none when absent.
-    pub rate_mbit: Option<u64>,
+/// Reads, checks and plans a topology file. This is what `up` and every other command use.
+pub fn load(path: &Path) -> Result<Plan, TopologyError> {
+    topology::load(path).map(|checked| build(&checked))
 }
 
-impl Impairment {
-    pub fn is_none(&self) -> bool {
-        self.delay_ms == 0.0 && self.jitter_ms == 0.0 && self.loss_percent == 0.0 && self.rate_mbit.is_none()
+pub fn cmd_plan(ui: &Ui, args: PlanArgs) -> CliResult {
+    let plan = load(&args.file).map_err(CliError::bad_input)?;
+    if ui.is_json() {
+        let doc = serde_json::to_string_pretty(&plan).map_err(CliError::infra)?;
+        println!("{doc}");
+    } else {
+        print!("{}", render_text(&plan));
     }
+    Ok(())
 }
 
 /// One underlay L2 segment: a Linux bridge inside the lab's network namespace.
@@ -96,70 +104,6 @@ pub struct ClusterPlan {
 pub struct PodPlan {
     pub node: String,
     pub spec: PodSpec,
-}
-
-/// Where a declared test's probe runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TestSource {
-    /// Inside a pod of the topology's `pods:` (its network namespace).
-    Pod(String),
-    /// On a node, in the guest's root network namespace.
-    Node(String),
-}
-
-/// What a declared test's probe aims at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TestTarget {
-    /// A pod of the topology's `pods:`, at the IP its agent reports when the test runs.
-    Pod(String),
-    /// A node's underlay address.
-    Node(String),
-    Ip(Ipv4Addr),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TestKind {
-    Ping,
-    /// A TCP connect, whatever the server speaks.
-    Tcp,
-    /// `GET /`, any 2xx.
-    Http,
-}
-
-/// How much a failing declared test matters: `Warning` records `warn` and does not fail the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TestLevel {
-    #[default]
-    Error,
-    Warning,
-}
-
-/// A test from the topology's `tests:` (docs/tests.md), checked and resolved. The conformance suite runs it once
-/// per backend, after its built-in checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeclaredTest {
-    /// Unique in the topology; the check is `[declared] <backend> <name>`.
-    pub name: String,
-    pub from: TestSource,
-    pub to: TestTarget,
-    pub kind: TestKind,
-    /// tcp: always set; http: default 80; ping: none.
-    pub port: Option<u16>,
-    /// True: the probe must succeed; false: it must fail (an isolation test).
-    pub expect_pass: bool,
-    /// At least 1.
-    pub attempts: u32,
-    /// Pause between attempts.
-    pub wait_ms: u64,
-    pub level: TestLevel,
-    /// When this test fails, the remaining declared tests of the backend are skipped.
-    pub stop_on_error: bool,
-    /// Backends the test applies to (a cross-node test makes no sense with `none`); empty = every backend.
-    pub backends: Vec<Backend>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
