@@ -2,6 +2,11 @@
 //! sends (NodeSpec, PodSpec), what the agent reports back (NodeStatus, PodStatus), exec, and errors.
 //! This crate does no I/O so both sides (and tests) can use it freely.
 
+// Every public item documented: this crate is the contract between the CLI and the agent (and, next, the
+// control plane), read by people who do not read the code behind it. (`[lints] workspace = true` in
+// Cargo.toml cannot be combined with crate-local lints, so the lint is set here.)
+#![warn(missing_docs)]
+
 pub mod node;
 pub mod pod;
 pub mod results;
@@ -21,6 +26,7 @@ pub struct ApiError {
     /// The offending field as a path (`pods[0].containers[1].resources.limits.memory`), when one is to blame.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The error itself, for a person: what is wrong and, where it helps, what would be accepted.
     pub message: String,
 }
 

@@ -22,8 +22,10 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Every backend, e.g. to list the choices or to run a suite over all of them.
     pub const ALL: [Backend; 4] = [Backend::Vxlan, Backend::HostGw, Backend::Udp, Backend::None];
 
+    /// The name used in topology files, on the command line and in results (`host-gw`, not `HostGw`).
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Vxlan => "vxlan",
@@ -64,16 +66,22 @@ impl std::str::FromStr for Backend {
 pub struct UnderlaySpec {
     /// Guest interface name, e.g. `eth1` (the first NIC is QEMU's management network).
     pub interface: String,
+    /// Address the agent puts on `interface`; peers route pod traffic to it.
     pub address: Ipv4Addr,
+    /// Prefix length of the underlay network (the address's on-link range).
     pub prefix_len: u8,
+    /// MTU of the underlay NIC; pod MTUs derive from it (`Backend::pod_mtu`).
     pub mtu: u32,
 }
 
 /// Another node as this node must know it to route pod traffic to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerSpec {
+    /// The peer's node name, as in its own `NodeSpec::node_name`.
     pub name: String,
+    /// The peer's address on the underlay: next hop (host-gw), VXLAN or UDP tunnel endpoint.
     pub underlay_ip: Ipv4Addr,
+    /// The peer's pod subnet, routed towards `underlay_ip` by the backend.
     pub pod_subnet: Ipv4Net,
     /// MAC of the peer's `flannel.1`; planned up front (flannel learns it from the peer's lease).
     pub vtep_mac: String,
@@ -82,21 +90,27 @@ pub struct PeerSpec {
 /// Desired network state of one node. `PUT /v1/node` with this body; the agent converges the kernel to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
+    /// Name of the node the spec is for; the agent reports it back in `NodeStatus::node_name`.
     pub node_name: String,
+    /// The NIC that carries cross-node pod traffic.
     pub underlay: UnderlaySpec,
     /// Cluster-wide pod CIDR (routes for the udp backend, no-SNAT checks).
     pub pod_cidr: Ipv4Net,
     /// This node's pod subnet; `.1` goes on `cni0`, pods get addresses from `.2` up.
     pub pod_subnet: Ipv4Net,
+    /// How pod traffic crosses nodes; re-applying with another backend switches a running node.
     pub backend: Backend,
     /// MAC for this node's `flannel.1` (vxlan backend).
     pub vtep_mac: String,
+    /// Every other node of the lab: the agent converges its routes (and VXLAN entries) to exactly these.
     pub peers: Vec<PeerSpec>,
 }
 
 /// Answer to `PUT /v1/node`: what the reconcile changed. Empty when the kernel already matched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyResponse {
+    /// One line per kernel object the reconcile added, changed or removed; the suites show them as evidence
+    /// that a re-apply changed nothing.
     pub changes: Vec<String>,
 }
 
@@ -116,8 +130,11 @@ pub struct ObservedNetwork {
 /// `GET /v1/node`: the node as the agent sees it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
+    /// The node name of the spec last applied (the guest's hostname before any spec).
     pub node_name: String,
+    /// Version of the agent binary answering, as `testbed status` shows it.
     pub agent_version: String,
+    /// Kernel release (`uname -r`) of the guest, recorded in suite results.
     pub kernel: String,
     /// `v2` or `v1`.
     pub cgroup_version: String,
@@ -129,13 +146,17 @@ pub struct NodeStatus {
     pub last_error: Option<String>,
     /// How many periodic reconciles repaired drift since the agent started.
     pub drift_repairs: u64,
+    /// The agent's managed kernel objects, read back from netlink.
     pub network: ObservedNetwork,
+    /// Every pod on the node, as `GET /v1/pods` would list them.
     pub pods: Vec<PodStatus>,
 }
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok` whenever the agent answers at all: its readiness is the answer itself.
     pub status: String,
+    /// Version of the agent binary answering, as `testbed status` shows it.
     pub agent_version: String,
 }

@@ -5,11 +5,15 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+/// When the agent starts a container again after it exits, as Kubernetes' `restartPolicy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
+    /// Restart after every exit (the default, like a Deployment's pods).
     #[default]
     Always,
+    /// Restart only after a non-zero exit; exit 0 leaves the container terminated.
     OnFailure,
+    /// Never restart: the pod ends Succeeded or Failed once every container has exited.
     Never,
 }
 
@@ -19,25 +23,35 @@ pub struct ResourceAmounts {
     /// CPU in millicores (`500m` = 500, `2` = 2000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
+    /// Memory in bytes (`64Mi` = 67108864, `128M` = 128000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
 }
 
+/// Requests and limits of one container, with Kubernetes' meaning: they map to cgroup weights, quotas and
+/// `memory.max`, and together decide the pod's `QosClass`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
+    /// What the container asks for: the CPU request sets its cgroup's CPU weight (shares); both count for
+    /// the QoS class.
     #[serde(default)]
     pub requests: ResourceAmounts,
+    /// Caps the kernel enforces: the CPU limit becomes a CFS quota, the memory limit `memory.max`.
     #[serde(default)]
     pub limits: ResourceAmounts,
 }
 
+/// One process of a pod, in its own cgroup and (unless the pod shares it) its own PID namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
+    /// DNS label, unique in the pod; names its cgroup and `exec`'s target.
     pub name: String,
     /// argv; resolved with the guest's PATH.
     pub command: Vec<String>,
+    /// Environment variables the process starts with.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// CPU and memory requests and limits.
     #[serde(default)]
     pub resources: Resources,
     /// `pids.max` for the container's cgroup.
@@ -48,8 +62,11 @@ pub struct ContainerSpec {
 /// `POST /v1/pods` with this body creates a pod; the name is the key (re-posting an identical spec is a no-op).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSpec {
+    /// DNS label, unique on the node: the key of the pod for every later request.
     pub name: String,
+    /// At least one; each runs in its own cgroup below the pod's.
     pub containers: Vec<ContainerSpec>,
+    /// What happens when a container exits.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
     /// Containers share one PID namespace (the infra process's) instead of one each.
@@ -60,51 +77,75 @@ pub struct PodSpec {
     pub host_network: bool,
 }
 
+/// Where a pod is in its life, computed from its containers the way the kubelet computes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PodPhase {
+    /// A container has not started yet (its sandbox or process is still being created).
     Pending,
+    /// Containers are running, or waiting to be restarted.
     Running,
+    /// Every container exited with 0 and none will be restarted.
     Succeeded,
+    /// Every container exited, at least one with a non-zero code, and none will be restarted.
     Failed,
 }
 
 /// Kubernetes QoS class, derived from requests and limits the way the kubelet derives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QosClass {
+    /// Every container has CPU and memory limits and requests equal to them (unset requests default to the
+    /// limits): the last to be reclaimed.
     Guaranteed,
+    /// Some request or limit is set, but not the Guaranteed way.
     Burstable,
+    /// No requests or limits at all: the first to be reclaimed under pressure.
     BestEffort,
 }
 
+/// One container's state, as Kubernetes reports it (`state` in JSON: `waiting`, `running`, `terminated`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum ContainerState {
+    /// Not running yet, or between restarts.
     Waiting {
+        /// Why, in Kubernetes' words, e.g. `ContainerCreating`.
         reason: String,
     },
+    /// The process is alive.
     Running {
+        /// Its PID as the agent sees it (the guest's root PID namespace).
         pid: u32,
     },
     /// `reason` is `Completed`, `Error` or `OOMKilled` (from the cgroup's memory.events).
     Terminated {
+        /// The process's exit code, or 128 + the signal that killed it.
         exit_code: i32,
+        /// `Completed`, `Error` or `OOMKilled`.
         reason: String,
     },
 }
 
+/// One container of `PodStatus`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
+    /// The container's name from the spec.
     pub name: String,
+    /// Current state.
     pub state: ContainerState,
+    /// How many times the agent started the container again after it exited.
     pub restart_count: u32,
     /// Absolute cgroup directory of the container, e.g. `/sys/fs/cgroup/testbed/pod-web/srv`.
     pub cgroup: String,
 }
 
+/// `GET /v1/pods/{pod}`: a pod as the agent sees it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodStatus {
+    /// The pod's name from the spec.
     pub name: String,
+    /// Phase derived from the containers' states and the restart policy.
     pub phase: PodPhase,
+    /// QoS class derived from the containers' requests and limits.
     pub qos_class: QosClass,
     /// None for hostNetwork pods until the node IP is known, and before the sandbox exists.
     pub ip: Option<Ipv4Addr>,
@@ -112,7 +153,9 @@ pub struct PodStatus {
     pub infra_pid: Option<u32>,
     /// Host-side veth name in `cni0`.
     pub host_veth: Option<String>,
+    /// Absolute cgroup directory of the pod, parent of its containers' cgroups.
     pub cgroup: String,
+    /// One entry per container of the spec, in its order.
     pub containers: Vec<ContainerStatus>,
 }
 
@@ -120,8 +163,11 @@ pub struct PodStatus {
 /// container's PID and mount namespaces and cgroup when `container` is set).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
+    /// Container whose PID and mount namespaces and cgroup the command joins; without one it runs in the
+    /// pod's shared namespaces only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// argv, resolved with the guest's PATH; must name a program.
     pub command: Vec<String>,
     /// Bytes written to the command's stdin, then closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,12 +177,16 @@ pub struct ExecRequest {
     pub timeout_secs: Option<u64>,
 }
 
+/// Answer to an exec: the command's exit and its whole output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecResponse {
     /// Exit code, or 128+signal when killed; `timed_out` tells a timeout kill apart.
     pub exit_code: i32,
+    /// Everything the command wrote to stdout, as UTF-8 (invalid bytes replaced).
     pub stdout: String,
+    /// Everything the command wrote to stderr, as UTF-8 (invalid bytes replaced).
     pub stderr: String,
+    /// True when the agent killed the command at `timeout_secs`.
     pub timed_out: bool,
 }
 
@@ -146,6 +196,7 @@ pub struct ExecResponse {
 /// SIGTERM (`sleep` as PID 1 of its PID namespace does) takes the whole grace period. Answer: 204.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletePodOptions {
+    /// Seconds between SIGTERM and SIGKILL; none takes the agent's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period_secs: Option<u64>,
 }

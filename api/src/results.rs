@@ -12,6 +12,7 @@ pub const RESULTS_SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckStatus {
+    /// The check ran and the system behaved as expected.
     Pass,
     /// The check ran and the system under test misbehaved.
     Fail,
@@ -24,6 +25,7 @@ pub enum CheckStatus {
 }
 
 impl CheckStatus {
+    /// The lowercase name used in results.json and the reports.
     pub fn as_str(self) -> &'static str {
         match self {
             CheckStatus::Pass => "pass",
@@ -51,7 +53,9 @@ pub struct CheckResult {
     /// The backend active while the check ran; None for checks that do not depend on it (cgroups, namespaces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
+    /// Outcome; decides the run's exit code with the others (`RunOutcome`).
     pub status: CheckStatus,
+    /// Wall time the check took, in milliseconds.
     pub duration_ms: u64,
     /// Why it failed, was skipped or warned; one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,12 +68,14 @@ pub struct CheckResult {
 /// Where and with what the suite ran.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMetadata {
+    /// Name of the lab the suite ran against.
     pub lab: String,
     /// sha256 of the topology file (from the plan).
     pub topology_hash: String,
     /// Guest kernel release as the agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// Version of the host's QEMU that ran the guests (it affects every figure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_version: Option<String>,
     /// `kvm` or `tcg`.
@@ -77,6 +83,7 @@ pub struct RunMetadata {
     pub accelerator: Option<String>,
     /// Backends the run covered, in order.
     pub backends: Vec<Backend>,
+    /// Version of the `testbed` binary that ran the suite.
     pub testbed_version: String,
     /// Host name of the machine that ran the suite.
     pub host: String,
@@ -91,17 +98,25 @@ pub struct RunMetadata {
     pub iperf3_version: Option<String>,
 }
 
+/// How many checks ended in each status; `total` is the sum of the others.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
+    /// Number of checks in the run.
     pub total: usize,
+    /// Checks with status `pass`.
     pub passed: usize,
+    /// Checks with status `fail`.
     pub failed: usize,
+    /// Checks with status `skip`.
     pub skipped: usize,
+    /// Checks with status `warn`.
     pub warned: usize,
+    /// Checks with status `error` (infrastructure failures).
     pub errors: usize,
 }
 
 impl Summary {
+    /// Counts the statuses of `checks`.
     pub fn of(checks: &[CheckResult]) -> Summary {
         let count = |s: CheckStatus| checks.iter().filter(|c| c.status == s).count();
         Summary {
@@ -140,6 +155,7 @@ pub struct Measurement {
     pub unit: String,
     /// One value per measured run (warm-up runs excluded).
     pub samples: Vec<f64>,
+    /// Statistics of `samples`.
     pub stats: Stats,
     /// Median divided by the baseline's median of the same kind measured in the same run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +163,7 @@ pub struct Measurement {
     /// Mean CPU use reported by iperf3 on the sending and receiving hosts, percent of one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_sender_percent: Option<f64>,
+    /// Same as `cpu_sender_percent`, on the receiving host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_receiver_percent: Option<f64>,
     /// MTU of the sender's interface on this path: the underlay's for the baseline, the backend's pod MTU
@@ -161,13 +178,21 @@ pub struct Measurement {
 /// Median, extremes, mean and a 95 % confidence interval of the mean (Student's t; None below 2 samples).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Number of samples.
     pub n: usize,
+    /// Middle sample (the mean of the two middle ones for an even count): one slow run does not move it,
+    /// so `ratio_to_baseline` compares medians.
     pub median: f64,
+    /// Smallest sample.
     pub min: f64,
+    /// Largest sample.
     pub max: f64,
+    /// Arithmetic mean of the samples.
     pub mean: f64,
+    /// Lower end of the interval, clamped to 0 (no figure here is negative).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci95_low: Option<f64>,
+    /// Upper end of the interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci95_high: Option<f64>,
 }
@@ -179,6 +204,7 @@ const T95: [f64; 30] = [
 ];
 
 impl Stats {
+    /// Statistics of `samples` in any order; all zero for none.
     pub fn of(samples: &[f64]) -> Stats {
         let n = samples.len();
         if n == 0 {
@@ -205,15 +231,21 @@ impl Stats {
 /// `results.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuiteResults {
+    /// `RESULTS_SCHEMA_VERSION` of the program that wrote the document: which meaning its fields have.
     pub schema_version: u32,
     /// `conformance` or `perf`.
     pub suite: String,
     /// RFC 3339, UTC.
     pub started: String,
+    /// RFC 3339, UTC.
     pub finished: String,
+    /// Wall time from `started` to `finished`.
     pub duration_ms: u64,
+    /// Where and with what the suite ran.
     pub metadata: RunMetadata,
+    /// Counts of `checks` by status.
     pub summary: Summary,
+    /// Every check, in the order it ran.
     pub checks: Vec<CheckResult>,
     /// Perf suite only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -18,6 +18,9 @@ pub fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
+/// Everything the agent can check before creating a pod: names are unique DNS labels, every container
+/// names a program, requests do not exceed limits, and limits are usable (CPU above 0, memory at least
+/// 1Mi, pids above 0).
 pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
     if !is_dns_label(&pod.name, 63) {
         return Err(err("name", format!("`{}` is not a DNS label (a-z, 0-9, '-', at most 63)", pod.name)));

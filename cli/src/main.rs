@@ -49,7 +49,7 @@ enum Command {
     /// Check a topology file; exit 2 with file:line:column and the field when it is wrong.
     Validate(topology::ValidateArgs),
     /// Print the fully resolved plan of a topology.
-    Plan(topology::PlanArgs),
+    Plan(plan::PlanArgs),
     /// Build, fetch, list and remove guest images.
     Image(image::ImageArgs),
     /// Check this host: QEMU, a real KVM probe, mmdebstrap, network namespaces, free disk.
@@ -70,7 +70,7 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
         Command::Run(a) => suites::cmd_run(ui, a).await,
         Command::Report(a) => suites::cmd_report(ui, a).await,
         Command::Validate(a) => topology::cmd_validate(ui, a),
-        Command::Plan(a) => topology::cmd_plan(ui, a),
+        Command::Plan(a) => plan::cmd_plan(ui, a),
         Command::Image(a) => image::cmd_image(ui, a).await,
         Command::Doctor(a) => provider::cmd_doctor(ui, a).await,
         Command::Completions { shell } => {

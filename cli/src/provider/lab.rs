@@ -89,8 +89,8 @@ impl LabSelector {
             return Ok(Some(LabDir::new(root, name)));
         }
         if let Some(file) = &self.topology {
-            let plan = topology::load_plan(file)?;
-            return Ok(Some(LabDir::new(root, &plan.lab)));
+            let checked = topology::load(file)?;
+            return Ok(Some(LabDir::new(root, &checked.lab)));
         }
         let labs = labdir::list_labs(root)?;
         match labs.as_slice() {

@@ -242,7 +242,7 @@ fn filter_matched_nothing(filter: Option<&str>, checks: &[CheckResult]) -> bool 
 /// the file still describes the running lab, the file's own (so edited tests run without another `up`).
 fn declared_tests(ui: &Ui, sel: &LabSelector, recorded: &Plan) -> Result<Vec<DeclaredTest>, CliError> {
     let Some(file) = &sel.topology else { return Ok(recorded.tests.clone()) };
-    let current = crate::topology::load_plan(file).map_err(CliError::bad_input)?;
+    let current = crate::plan::load(file).map_err(CliError::bad_input)?;
     if current.same_lab(recorded) {
         return Ok(current.tests);
     }

@@ -147,8 +147,8 @@ fn declared(tests_yaml: &str) -> Vec<DeclaredTest> {
          pods: [{{name: web, node: node1, containers: [{{name: web, command: [sh]}}]}}]\ntests:\n{tests_yaml}"
     );
     let path = Path::new("t.yaml");
-    let topology = crate::topology::parse(path, src.as_bytes()).expect("parses");
-    crate::plan::build(&topology, src.as_bytes(), path).expect("valid").tests
+    let topology = crate::topology::check_source(path, src.as_bytes()).expect("valid");
+    crate::plan::build(&topology).tests
 }
 
 #[tokio::test]

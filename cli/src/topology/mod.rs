@@ -1,10 +1,12 @@
-//! Topology file: model, parsing with positions, validation, and the `validate` / `plan` commands.
+//! Topology file: model, parsing with positions, validation, and the `validate` command.
 //! (owner: foundation)
 //!
 //! Loading goes: serde_yaml into the typed model (syntax, unknown fields, wrong types; positions from
 //! serde_yaml), then a position index of the same text (`locate`), then semantic checks (`validate`) whose
-//! errors are pinned to the offending key or value, then the deterministic planner (`crate::plan::build`).
+//! errors are pinned to the offending key or value. The result is the checked model (`checked`), which the
+//! planner (`crate::plan`) turns into a Plan; this module does not know the plan.
 
+pub mod checked;
 pub mod locate;
 pub mod model;
 pub mod quantity;
@@ -14,19 +16,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::exit::{CliError, CliResult};
-use crate::plan::{self, Plan};
 use crate::ui::Ui;
 
+pub use checked::CheckedTopology;
 pub use model::Topology;
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// Topology file (YAML).
-    pub file: PathBuf,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct PlanArgs {
     /// Topology file (YAML).
     pub file: PathBuf,
 }
@@ -75,11 +71,22 @@ impl fmt::Display for TopologyError {
     }
 }
 
-/// Reads, validates and plans a topology file. This is what `up` and every other command use.
-pub fn load_plan(path: &Path) -> Result<Plan, TopologyError> {
+/// Reads and checks a topology file (`crate::plan::load` plans it too, which is what `up` and the other
+/// commands use).
+pub fn load(path: &Path) -> Result<CheckedTopology, TopologyError> {
     let bytes = std::fs::read(path).map_err(|source| TopologyError::Read { file: path.to_path_buf(), source })?;
-    let topology = parse(path, &bytes)?;
-    plan::build(&topology, &bytes, path)
+    check_source(path, &bytes)
+}
+
+/// Parses and checks a topology's bytes. `file` only names the source in errors.
+pub fn check_source(file: &Path, bytes: &[u8]) -> Result<CheckedTopology, TopologyError> {
+    let topology = parse(file, bytes)?;
+    let text = String::from_utf8_lossy(bytes);
+    let locator = locate::Locator::parse(&text).map_err(|e| {
+        let field = e.path.to_string();
+        TopologyError::invalid(file, e.pos.line, e.pos.column, field, e.message)
+    })?;
+    validate::check(&topology, file, bytes, &locator)
 }
 
 /// Parses the YAML into the model: syntax, unknown fields, duplicate keys and types. `file` only names the
@@ -157,18 +164,19 @@ fn strip_position(raw: &str) -> String {
 }
 
 pub fn cmd_validate(ui: &Ui, args: ValidateArgs) -> CliResult {
-    let plan = load_plan(&args.file).map_err(CliError::bad_input)?;
+    // A checked topology always plans (the checks cover everything the planner assumes), so checking is enough.
+    let topology = load(&args.file).map_err(CliError::bad_input)?;
     if ui.is_json() {
         let doc = serde_json::json!({
             "valid": true,
             "file": args.file.display().to_string(),
-            "lab": plan.lab,
-            "nodes": plan.nodes.len(),
-            "networks": plan.networks.len(),
-            "pods": plan.pods.len(),
-            "tests": plan.tests.len(),
-            "backend": plan.cluster.backend,
-            "topology_hash": plan.topology_hash,
+            "lab": topology.lab,
+            "nodes": topology.nodes.len(),
+            "networks": topology.networks.len(),
+            "pods": topology.pods.len(),
+            "tests": topology.tests.len(),
+            "backend": topology.cluster.backend,
+            "topology_hash": topology.source_sha256,
         });
         println!("{doc}");
     } else {
@@ -176,27 +184,16 @@ pub fn cmd_validate(ui: &Ui, args: ValidateArgs) -> CliResult {
         println!(
             "ok: {}: lab {}, {} node{}, backend {}, {} declared test{}",
             args.file.display(),
-            plan.lab,
-            plan.nodes.len(),
-            plural(plan.nodes.len()),
-            plan.cluster.backend,
-            plan.tests.len(),
-            plural(plan.tests.len())
+            topology.lab,
+            topology.nodes.len(),
+            plural(topology.nodes.len()),
+            topology.cluster.backend,
+            topology.tests.len(),
+            plural(topology.tests.len())
         );
     }
     Ok(())
 }
 
-pub fn cmd_plan(ui: &Ui, args: PlanArgs) -> CliResult {
-    let plan = load_plan(&args.file).map_err(CliError::bad_input)?;
-    if ui.is_json() {
-        let doc = serde_json::to_string_pretty(&plan).map_err(CliError::infra)?;
-        println!("{doc}");
-    } else {
-        print!("{}", plan::render_text(&plan));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

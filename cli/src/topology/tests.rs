@@ -1,19 +1,17 @@
-//! Tests of parsing, validation positions and planning.
+//! Tests of parsing, validation positions and the checked model. The planner's tests (`crate::plan::tests`)
+//! share this module's topologies and helpers.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use proptest::prelude::*;
-
+use super::checked::ImageRef;
 use super::*;
-use crate::plan::{ImageRef, Plan};
 
 const FILE: &str = "t.yaml";
 
-fn plan_of(src: &str) -> Result<Plan, TopologyError> {
-    let path = Path::new(FILE);
-    let t = parse(path, src.as_bytes())?;
-    crate::plan::build(&t, src.as_bytes(), path)
+/// Checks `src` as if it were the file `t.yaml`.
+pub(crate) fn checked_of(src: &str) -> Result<CheckedTopology, TopologyError> {
+    check_source(Path::new(FILE), src.as_bytes())
 }
 
 /// (line, column, field, message) of an error.
@@ -24,7 +22,7 @@ fn where_and_what(e: &TopologyError) -> (usize, usize, String, String) {
     }
 }
 
-const BASE: &str = "name: lab
+pub(crate) const BASE: &str = "name: lab
 nodes:
   node1: {}
   node2: {}
@@ -33,34 +31,23 @@ networks:
 ";
 
 #[test]
-fn minimal_topology_plans_with_defaults() {
-    let plan = plan_of(BASE).expect("valid");
-    assert_eq!(plan.version, 2);
-    assert_eq!(plan.lab, "lab");
-    assert_eq!(plan.netns, "tb-lab");
-    assert_eq!(plan.nodes.len(), 2);
-    let n1 = &plan.nodes[0];
-    assert_eq!((n1.name.as_str(), n1.index, n1.cpus, n1.memory_mib), ("node1", 0, 1, 512));
+fn minimal_topology_gets_the_defaults() {
+    let t = checked_of(BASE).expect("valid");
+    assert_eq!(t.lab, "lab");
+    assert_eq!(t.source_sha256.len(), 64);
+    let n1 = &t.nodes[0];
+    assert_eq!((n1.name.as_str(), n1.cpus, n1.memory_mib), ("node1", 1, 512));
     assert_eq!(n1.image, ImageRef::Named("debian-12".into()));
-    assert_eq!(n1.nics[0].ip.to_string(), "192.168.50.11");
-    assert_eq!(plan.nodes[1].nics[0].ip.to_string(), "192.168.50.12");
-    assert_eq!(n1.nics[0].guest_interface, "eth1");
-    assert_eq!(n1.pod_subnet.to_string(), "10.244.0.0/24");
-    assert_eq!(plan.nodes[1].pod_subnet.to_string(), "10.244.1.0/24");
-    assert_eq!(plan.cluster.backend, testbed_api::Backend::Vxlan);
-    assert_eq!(plan.nodes[1].ssh_port, n1.ssh_port + 1);
-    assert_eq!(plan.topology_hash.len(), 64);
-    // The plan feeds the agent: the NodeSpec it makes passes the agent's own validation.
-    for n in &plan.nodes {
-        let spec = plan.node_spec(n, plan.cluster.backend);
-        testbed_api::validate::validate_node(&spec).expect("node spec valid");
-        assert_eq!(spec.peers.len(), 1);
-    }
+    assert!(n1.kernel_args.is_empty());
+    assert_eq!(n1.networks, vec![0]);
+    assert_eq!((t.networks[0].mtu, t.networks[0].impair.is_none()), (1500, true));
+    assert_eq!(t.cluster.pod_cidr.to_string(), "10.244.0.0/16");
+    assert_eq!((t.cluster.node_subnet_prefix, t.cluster.backend), (24, testbed_api::Backend::Vxlan));
+    assert!(t.pods.is_empty() && t.tests.is_empty());
 }
 
-#[test]
-fn full_topology_parses_every_field() {
-    let src = r#"name: full
+/// A topology that sets every field once.
+pub(crate) const FULL: &str = r#"name: full
 defaults:
   cpus: 2
   memory: 1G
@@ -102,25 +89,27 @@ tests:
     backends: [vxlan, host-gw]
   - {name: b pings a, from: "node:b", to: "node:a", kind: ping, retry: {}}
 "#;
-    let plan = plan_of(src).expect("valid");
-    let a = &plan.nodes[0];
-    let b = &plan.nodes[1];
+
+#[test]
+fn full_topology_parses_every_field() {
+    let checked = checked_of(FULL).expect("valid");
+    let a = &checked.nodes[0];
+    let b = &checked.nodes[1];
     assert_eq!((a.cpus, a.memory_mib, b.cpus, b.memory_mib), (2, 768, 1, 1024));
     assert_eq!(a.kernel_args, vec!["quiet"]);
     assert_eq!(b.kernel_args, vec!["console=ttyS0", "loglevel=3"]);
     assert!(matches!(&b.image, ImageRef::Url { sha256, .. } if sha256.starts_with("abcdef")));
-    // The underlay (wan) is always the first NIC, whatever order the node lists its networks in.
-    let nets: Vec<_> = a.nics.iter().map(|n| (n.network.as_str(), n.guest_interface.as_str(), n.mtu)).collect();
-    assert_eq!(nets, vec![("wan", "eth1", 1500), ("lan", "eth2", 9000)]);
-    assert_eq!(a.nics[0].ip.to_string(), "192.168.61.11");
-    assert_eq!(a.nics[0].prefix_len, 26);
-    let wan = &plan.networks[1];
+    // The underlay (wan) comes first, whatever order the node lists its networks in.
+    assert_eq!(a.networks, vec![1, 0]);
+    assert_eq!(checked.networks[0].mtu, 9000);
+    let wan = &checked.networks[1];
+    assert_eq!(wan.cidr.to_string(), "192.168.61.0/26");
     assert_eq!((wan.impair.delay_ms, wan.impair.jitter_ms, wan.impair.loss_percent), (5.0, 1.0, 0.1));
     assert_eq!(wan.impair.rate_mbit, Some(100));
-    assert_eq!(plan.cluster.node_subnet_prefix, 26);
-    assert_eq!(b.pod_subnet.to_string(), "10.250.0.64/26");
-    assert_eq!(plan.cluster.backend, testbed_api::Backend::HostGw);
-    let pod = &plan.pods[0];
+    assert_eq!(checked.cluster.pod_cidr.to_string(), "10.250.0.0/20");
+    assert_eq!(checked.cluster.node_subnet_prefix, 26);
+    assert_eq!(checked.cluster.backend, testbed_api::Backend::HostGw);
+    let pod = &checked.pods[0];
     assert_eq!(pod.node, "b");
     assert_eq!(pod.spec.restart_policy, testbed_api::RestartPolicy::OnFailure);
     assert!(pod.spec.share_process_namespace);
@@ -131,9 +120,9 @@ tests:
     assert_eq!(c.resources.limits.cpu_millis, Some(1000));
     assert_eq!(c.resources.limits.memory_bytes, Some(128_000_000));
     assert_eq!(c.pids_limit, Some(64));
-    use crate::plan::{DeclaredTest, TestKind, TestLevel, TestSource, TestTarget};
+    use super::checked::{DeclaredTest, TestKind, TestLevel, TestSource, TestTarget};
     assert_eq!(
-        plan.tests,
+        checked.tests,
         vec![
             DeclaredTest {
                 name: "a reaches web".into(),
@@ -176,28 +165,10 @@ tests:
             },
         ]
     );
-    // plan.json carries the tests, and files written before they were planned still load.
-    let json = serde_json::to_value(&plan).expect("serializes");
-    assert_eq!(json["tests"][1]["to"], serde_json::json!({"ip": "203.0.113.9"}));
-    assert_eq!(serde_json::from_value::<Plan>(json.clone()).expect("round trip"), plan);
-    let mut old = json;
-    old.as_object_mut().expect("object").remove("tests");
-    assert!(serde_json::from_value::<Plan>(old).expect("old plan.json").tests.is_empty());
-}
-
-#[test]
-fn declared_tests_do_not_change_the_lab() {
-    let with = plan_of(&format!("{BASE}tests:\n  - {{name: p, from: 'node:node1', to: 'node:node2', kind: ping}}\n"))
-        .expect("valid");
-    let without = plan_of(&format!("{BASE}tests:\n")).expect("an empty tests: is none");
-    assert_eq!((with.tests.len(), without.tests.len()), (1, 0));
-    assert!(with.same_lab(&without));
-    let other = plan_of(&base_with("node2: {}", "node2: {cpus: 2}")).expect("valid");
-    assert!(!other.same_lab(&without));
 }
 
 /// Replaces `from` (which must occur in BASE) with `to`.
-fn base_with(from: &str, to: &str) -> String {
+pub(crate) fn base_with(from: &str, to: &str) -> String {
     assert!(BASE.contains(from), "{from}");
     BASE.replacen(from, to, 1)
 }
@@ -537,7 +508,7 @@ fn text_at(src: &str, line: usize, column: usize) -> &str {
 fn bad_topologies_are_rejected_at_the_right_place() {
     let mut failures = Vec::new();
     for (case, src, line, column, field, msg) in bad_cases() {
-        match plan_of(&src) {
+        match checked_of(&src) {
             Ok(_) => failures.push(format!("{case}: accepted\n{src}")),
             Err(e) => {
                 let got = where_and_what(&e);
@@ -561,23 +532,24 @@ fn bad_topologies_are_rejected_at_the_right_place() {
 
 #[test]
 fn error_display_names_file_line_column_and_field() {
-    let e = plan_of(&base_with("node1: {}", "node1: {memory: 12Q}")).expect_err("invalid");
+    let e = checked_of(&base_with("node1: {}", "node1: {memory: 12Q}")).expect_err("invalid");
     assert_eq!(e.to_string(), "t.yaml:3:19: nodes.node1.memory: \"12Q\" is not a memory size (use 512M, 1G, 1Gi)");
 }
 
 #[test]
 fn unreadable_file_is_a_read_error() {
-    let e = load_plan(Path::new("/nonexistent/topology.yaml")).expect_err("missing");
+    let e = load(Path::new("/nonexistent/topology.yaml")).expect_err("missing");
     assert!(matches!(e, TopologyError::Read { .. }));
     assert!(e.to_string().starts_with("/nonexistent/topology.yaml: cannot read"), "{e}");
 }
 
-fn topologies_dir() -> PathBuf {
+/// The bundled topologies (`topologies/*.yaml`).
+pub(crate) fn topologies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies")
 }
 
 #[test]
-fn every_bundled_topology_validates_and_plans() {
+fn every_bundled_topology_is_valid_and_small() {
     let mut seen = 0;
     let mut labs = BTreeSet::new();
     for entry in std::fs::read_dir(topologies_dir()).expect("topologies/") {
@@ -585,20 +557,14 @@ fn every_bundled_topology_validates_and_plans() {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
-        let plan = load_plan(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert!(labs.insert(plan.lab.clone()), "two bundled topologies share lab name {}", plan.lab);
-        for n in &plan.nodes {
+        let checked = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(labs.insert(checked.lab.clone()), "two bundled topologies share lab name {}", checked.lab);
+        for n in &checked.nodes {
             assert!(n.memory_mib <= 512 && n.cpus == 1, "{}: keep bundled labs small", path.display());
-            testbed_api::validate::validate_node(&plan.node_spec(n, plan.cluster.backend)).expect("node spec");
         }
         seen += 1;
     }
     assert!(seen >= 3, "expected the bundled topologies, found {seen}");
-    let default = load_plan(&topologies_dir().join("default.yaml")).expect("default");
-    assert_eq!(default.nodes.len(), 2);
-    assert_eq!(default.networks[0].cidr.to_string(), "192.168.50.0/24");
-    let gw = load_plan(&topologies_dir().join("three-node-host-gw.yaml")).expect("host-gw");
-    assert_eq!((gw.nodes.len(), gw.cluster.backend), (3, testbed_api::Backend::HostGw));
 }
 
 #[test]
@@ -614,146 +580,10 @@ fn json_schema_file_is_current() {
         "docs/topology.schema.json is stale: run `TESTBED_BLESS=1 cargo test -p testbed json_schema_file_is_current`"
     );
 }
-
-/// A topology with `nodes` nodes on `nets` networks, `underlay` carrying the overlay; node i is also on
-/// network j when bit j of `masks[i]` is set (and on every network when all bits are).
-struct Gen<'a> {
-    lab: &'a str,
-    nodes: usize,
-    nets: usize,
-    underlay: usize,
-    masks: &'a [u8],
-    pod_cidr: &'a str,
-    prefix: u8,
-    backend: &'a str,
-}
-
-fn generated(g: &Gen<'_>) -> String {
-    let Gen { lab, nodes, nets, underlay, masks, pod_cidr, prefix, backend } = *g;
-    let mut s = format!("name: {lab}\nnodes:\n");
-    for (i, mask) in masks.iter().enumerate().take(nodes) {
-        if *mask == u8::MAX {
-            s += &format!("  n{i}: {{}}\n");
-        } else {
-            let on: Vec<String> =
-                (0..nets).filter(|&j| j == underlay || mask & (1 << j) != 0).map(|j| format!("net{j}")).collect();
-            s += &format!("  n{i}: {{networks: [{}]}}\n", on.join(", "));
-        }
-    }
-    s += "networks:\n";
-    for j in 0..nets {
-        s += &format!("  net{j}: {{cidr: 192.168.{}.0/24}}\n", 100 + j);
-    }
-    s += &format!("cluster: {{pod_cidr: {pod_cidr}, node_subnet_prefix: {prefix}, backend: {backend}, underlay: net{underlay}}}\n");
-    s
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn plans_are_unique_bounded_and_stable(
-        lab in "[a-z][a-z0-9-]{0,22}[a-z0-9]",
-        nodes in 1usize..=32,
-        nets in 1usize..=8,
-        cidr_prefix in 8u8..=20,
-        extra in 1u8..=9,
-        backend in prop::sample::select(vec!["vxlan", "host-gw", "udp", "none"]),
-        underlay_pick in 0usize..8,
-        masks in prop::collection::vec(prop_oneof![Just(u8::MAX), any::<u8>()], 32),
-    ) {
-        let prefix = (cidr_prefix + extra).min(29);
-        let pod_cidr = format!("44.0.0.0/{cidr_prefix}");
-        let underlay = underlay_pick % nets;
-        let src = generated(&Gen { lab: &lab, nodes, nets, underlay, masks: &masks, pod_cidr: &pod_cidr, prefix, backend });
-        let result = plan_of(&src);
-        let fits = (1u64 << (prefix - cidr_prefix)) >= nodes as u64;
-        prop_assert_eq!(result.is_ok(), fits, "{:?}", result.as_ref().err().map(ToString::to_string));
-        let Ok(plan) = result else { return Ok(()) };
-
-        // Stable: the same bytes give the same plan.
-        prop_assert_eq!(&plan, &plan_of(&src).expect("again"));
-
-        let mut ips = BTreeSet::new();
-        let mut macs = BTreeSet::new();
-        let mut taps = BTreeSet::new();
-        let mut ports = BTreeSet::new();
-        let mut subnets = Vec::new();
-        for b in &plan.networks {
-            prop_assert!(b.bridge.len() <= 15, "{}", b.bridge);
-            prop_assert!(taps.insert(b.bridge.clone()));
-        }
-        for n in &plan.nodes {
-            prop_assert!(ports.insert(n.ssh_port));
-            prop_assert!((10000..32768).contains(&n.ssh_port), "{} not below the ephemeral range", n.ssh_port);
-            prop_assert!(macs.insert(n.vtep_mac.clone()));
-            prop_assert!(plan.cluster.pod_cidr.contains(&n.pod_subnet));
-            prop_assert_eq!(n.pod_subnet.prefix_len(), prefix);
-            for net in &plan.networks {
-                prop_assert!(!net.cidr.contains(&n.pod_subnet.network()) && !n.pod_subnet.contains(&net.cidr.network()));
-            }
-            let mask = masks[n.index];
-            let expected = if mask == u8::MAX { nets } else { (0..nets).filter(|&j| j == underlay || mask & (1 << j) != 0).count() };
-            prop_assert_eq!(n.nics.len(), expected);
-            prop_assert_eq!(&n.nics[0].network, &format!("net{underlay}"), "the underlay NIC comes first");
-            prop_assert_eq!(&n.nics[0].guest_interface, "eth1");
-            for nic in &n.nics {
-                prop_assert!(ips.insert(nic.ip));
-                prop_assert!(macs.insert(nic.mac.clone()));
-                prop_assert!(nic.tap.len() <= 15, "{}", nic.tap);
-                prop_assert!(taps.insert(nic.tap.clone()));
-                let net = plan.networks.iter().find(|x| x.name == nic.network).expect("network");
-                prop_assert!(net.cidr.contains(&nic.ip) && nic.ip != net.cidr.network() && nic.ip != net.cidr.broadcast());
-                let first = u8::from_str_radix(&nic.mac[..2], 16).expect("hex");
-                prop_assert_eq!(first & 0b11, 0b10, "locally administered unicast");
-            }
-            subnets.push(n.pod_subnet);
-        }
-        for (i, a) in subnets.iter().enumerate() {
-            for b in &subnets[i + 1..] {
-                prop_assert!(!a.contains(&b.network()) && !b.contains(&a.network()), "{} overlaps {}", a, b);
-            }
-        }
-    }
-}
-
 /// The JSON schema of topology files as committed in docs/topology.schema.json (for editors' YAML support).
 fn schema_json() -> String {
     let mut schema = schemars::schema_for!(Topology);
     schema.insert("title".into(), "testbed topology".into());
     let text = serde_json::to_string_pretty(&schema).expect("schema serializes");
     text + "\n"
-}
-
-#[test]
-fn plan_is_pinned_across_versions() {
-    // Golden values: a change here moves every existing lab's names, MACs and ports, so it must be deliberate
-    // (and bump PLAN_VERSION).
-    let plan = load_plan(&topologies_dir().join("default.yaml")).expect("default");
-    assert_eq!(plan.networks[0].bridge, "tb37a8ee-br0");
-    let n = &plan.nodes[1];
-    assert_eq!(n.ssh_port, 17969);
-    assert_eq!(n.nics[0].tap, "tb37a8ee-n1e1");
-    assert_eq!(n.nics[0].mac, "52:54:c1:ce:00:01");
-    assert_eq!(n.vtep_mac, "52:54:c1:ce:ff:01");
-    assert_eq!(n.nics[0].ip.to_string(), "192.168.50.12");
-    assert_eq!(n.pod_subnet.to_string(), "10.244.1.0/24");
-}
-
-#[test]
-fn appending_a_node_changes_nothing_for_the_others() {
-    let before = plan_of(BASE).expect("valid");
-    let after = plan_of(&base_with("node2: {}", "node2: {}\n  node3: {}")).expect("valid");
-    assert_eq!(before.nodes[..], after.nodes[..2]);
-    assert_ne!(before.topology_hash, after.topology_hash);
-}
-
-#[test]
-fn nodes_on_some_networks_keep_their_index_based_addresses() {
-    let src =
-        format!("{BASE}  lan: {{cidr: 192.168.51.0/24}}\n").replacen("node1: {}", "node1: {networks: [underlay]}", 1);
-    let plan = plan_of(&src).expect("valid");
-    assert_eq!(plan.nodes[0].nics.len(), 1);
-    let n2: Vec<_> = plan.nodes[1].nics.iter().map(|n| (n.guest_interface.as_str(), n.ip.to_string())).collect();
-    assert_eq!(n2, vec![("eth1", "192.168.50.12".to_string()), ("eth2", "192.168.51.12".to_string())]);
 }

@@ -1,13 +1,17 @@
 //! Semantic checks of a parsed topology, all before anything is created. Every error is pinned to the
-//! offending key or value in the file. The result, `Checked`, holds the resolved values the planner needs.
+//! offending key or value in the file. The result is the checked model (`checked::CheckedTopology`).
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
+use sha2::Digest;
 use testbed_api::validate::{is_dns_label, validate_pod};
 use testbed_api::{Backend, ContainerSpec, PodSpec, ResourceAmounts, Resources, RestartPolicy};
 
+use super::checked::{
+    CheckedCluster, CheckedNetwork, CheckedNode, CheckedPod, CheckedTopology, DeclaredTest, ImageRef, Impairment,
+    TestKind, TestLevel, TestSource, TestTarget,
+};
 use super::locate::{FieldPath, Locator};
 use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
@@ -15,9 +19,6 @@ use super::model::{
 };
 use super::quantity;
 use super::TopologyError;
-use crate::plan::{
-    ClusterPlan, DeclaredTest, ImageRef, Impairment, PodPlan, TestKind, TestLevel, TestSource, TestTarget,
-};
 
 /// Longest lab name: keeps `tb-<lab>` and lab directory names short and readable.
 pub const MAX_LAB_NAME: usize = 24;
@@ -38,38 +39,6 @@ pub const DEFAULT_NODE_SUBNET_PREFIX: u8 = 24;
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
 pub const DEFAULT_IMAGE: &str = "debian-12";
 pub const DEFAULT_MTU: u32 = 1500;
-
-/// A network with its values resolved.
-#[derive(Debug, Clone)]
-pub struct CheckedNetwork {
-    pub name: String,
-    pub cidr: Ipv4Net,
-    pub mtu: u32,
-    pub impair: Impairment,
-}
-
-/// A node with defaults applied.
-#[derive(Debug, Clone)]
-pub struct CheckedNode {
-    pub name: String,
-    pub cpus: u32,
-    pub memory_mib: u64,
-    pub image: ImageRef,
-    pub kernel_args: Vec<String>,
-    /// Indices into `Checked::networks`: the cluster underlay first, then the others in file order.
-    pub networks: Vec<usize>,
-}
-
-/// A topology that passed every check, with every value parsed.
-#[derive(Debug, Clone)]
-pub struct Checked {
-    pub lab: String,
-    pub networks: Vec<CheckedNetwork>,
-    pub nodes: Vec<CheckedNode>,
-    pub cluster: ClusterPlan,
-    pub pods: Vec<PodPlan>,
-    pub tests: Vec<DeclaredTest>,
-}
 
 struct Ctx<'a> {
     file: &'a Path,
@@ -137,7 +106,9 @@ pub fn is_lab_name(s: &str) -> bool {
     is_name(s, MAX_LAB_NAME)
 }
 
-pub fn check(t: &Topology, file: &Path, loc: &Locator) -> Result<Checked, TopologyError> {
+/// Checks a parsed topology against the file it came from: `source` is its bytes (hashed into the result)
+/// and `loc` their position index, which pins every error to a line and column of `file`.
+pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<CheckedTopology, TopologyError> {
     let ctx = Ctx { file, loc };
     if !is_name(&t.name, MAX_LAB_NAME) {
         return Err(ctx.at(
@@ -154,7 +125,8 @@ pub fn check(t: &Topology, file: &Path, loc: &Locator) -> Result<Checked, Topolo
     check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
     let pods = check_pods(&ctx, t)?;
     let tests = check_tests(&ctx, t)?;
-    Ok(Checked { lab: t.name.clone(), networks, nodes, cluster, pods, tests })
+    let source_sha256 = hex::encode(sha2::Sha256::digest(source));
+    Ok(CheckedTopology { lab: t.name.clone(), source_sha256, networks, nodes, cluster, pods, tests })
 }
 
 fn check_networks(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedNetwork>, TopologyError> {
@@ -213,7 +185,7 @@ fn check_cluster(
     ctx: &Ctx<'_>,
     t: &Topology,
     networks: &[CheckedNetwork],
-) -> Result<(ClusterPlan, usize), TopologyError> {
+) -> Result<(CheckedCluster, usize), TopologyError> {
     let path = root().key("cluster");
     let pod_cidr_text = t.cluster.pod_cidr.as_deref().unwrap_or(DEFAULT_POD_CIDR);
     let pod_cidr = parse_cidr(ctx, &path.key("pod_cidr"), pod_cidr_text)?;
@@ -237,7 +209,7 @@ fn check_cluster(
             )
         })?,
     };
-    Ok((ClusterPlan { pod_cidr, node_subnet_prefix: prefix, backend }, underlay))
+    Ok((CheckedCluster { pod_cidr, node_subnet_prefix: prefix, backend }, underlay))
 }
 
 fn backend_of(b: BackendDef) -> Backend {
@@ -412,7 +384,7 @@ fn check_image(ctx: &Ctx<'_>, path: &FieldPath, img: &ImageDef) -> Result<ImageR
 fn check_subnet_capacity(
     ctx: &Ctx<'_>,
     t: &Topology,
-    cluster: &ClusterPlan,
+    cluster: &CheckedCluster,
     nodes: &[CheckedNode],
 ) -> Result<(), TopologyError> {
     let available = 1u64 << (cluster.node_subnet_prefix - cluster.pod_cidr.prefix_len());
@@ -444,8 +416,8 @@ fn amounts(ctx: &Ctx<'_>, path: &FieldPath, a: &AmountsDef) -> Result<ResourceAm
     Ok(ResourceAmounts { cpu_millis, memory_bytes })
 }
 
-fn check_pods(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<PodPlan>, TopologyError> {
-    let mut out: Vec<PodPlan> = Vec::new();
+fn check_pods(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedPod>, TopologyError> {
+    let mut out: Vec<CheckedPod> = Vec::new();
     for (i, pod) in t.pods.iter().enumerate() {
         let path = root().key("pods").index(i);
         if t.nodes.get(&pod.node).is_none() {
@@ -486,7 +458,7 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<PodPlan>, TopologyError
             let field = e.field.as_deref().map_or_else(|| path.clone(), |f| path.join_dotted(f));
             ctx.at(&field, e.message)
         })?;
-        out.push(PodPlan { node: pod.node.clone(), spec });
+        out.push(CheckedPod { node: pod.node.clone(), spec });
     }
     Ok(out)
 }
@@ -609,9 +581,4 @@ fn check_test(
         stop_on_error: def.stop_on_error,
         backends,
     })
-}
-
-/// Host address `FIRST_HOST_OFFSET + index` of `net`.
-pub fn host_address(net: &Ipv4Net, index: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()) + FIRST_HOST_OFFSET + index as u32)
 }

@@ -1,0 +1,158 @@
+//! The plan as tables for people (`testbed plan FILE` without `-o json`).
+
+use std::fmt::Write;
+
+use super::{DeclaredTest, ImageRef, Impairment, Plan, TestKind, TestLevel, TestSource, TestTarget};
+
+/// The plan as tables for people (`testbed plan FILE`).
+pub fn render_text(plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "lab {}  netns {}  plan v{}  topology sha256 {}",
+        plan.lab, plan.netns, plan.version, plan.topology_hash
+    );
+    let _ = writeln!(
+        s,
+        "cluster: pod_cidr {}  node subnets /{}  backend {}",
+        plan.cluster.pod_cidr, plan.cluster.node_subnet_prefix, plan.cluster.backend
+    );
+    let _ = writeln!(s, "\nnetworks:");
+    let _ = writeln!(s, "  {:<16} {:<14} {:<18} {:>5}  impairment", "NAME", "BRIDGE", "CIDR", "MTU");
+    for n in &plan.networks {
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<14} {:<18} {:>5}  {}",
+            n.name,
+            n.bridge,
+            n.cidr.to_string(),
+            n.mtu,
+            impairment_text(&n.impair)
+        );
+    }
+    let _ = writeln!(s, "\nnodes:");
+    let _ = writeln!(
+        s,
+        "  {:<3} {:<16} {:>4} {:>7} {:>6}  {:<18} {:<17} IMAGE",
+        "#", "NAME", "CPUS", "MEMORY", "SSH", "POD SUBNET", "VTEP MAC"
+    );
+    for n in &plan.nodes {
+        let image = match &n.image {
+            ImageRef::Named(name) => name.clone(),
+            ImageRef::Url { url, .. } => url.clone(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<3} {:<16} {:>4} {:>6}M {:>6}  {:<18} {:<17} {}",
+            n.index,
+            n.name,
+            n.cpus,
+            n.memory_mib,
+            n.ssh_port,
+            n.pod_subnet.to_string(),
+            n.vtep_mac,
+            image
+        );
+    }
+    let _ = writeln!(s, "\nnics:");
+    let _ = writeln!(
+        s,
+        "  {:<16} {:<6} {:<16} {:<14} {:<17} {:<18} {:>5}",
+        "NODE", "GUEST", "NETWORK", "TAP", "MAC", "ADDRESS", "MTU"
+    );
+    for n in &plan.nodes {
+        for nic in &n.nics {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<6} {:<16} {:<14} {:<17} {:<18} {:>5}",
+                n.name,
+                nic.guest_interface,
+                nic.network,
+                nic.tap,
+                nic.mac,
+                format!("{}/{}", nic.ip, nic.prefix_len),
+                nic.mtu
+            );
+        }
+    }
+    if !plan.pods.is_empty() {
+        let _ = writeln!(s, "\npods:");
+        for p in &plan.pods {
+            let names: Vec<&str> = p.spec.containers.iter().map(|c| c.name.as_str()).collect();
+            let _ = writeln!(
+                s,
+                "  {:<20} on {:<16} containers: {}{}",
+                p.spec.name,
+                p.node,
+                names.join(", "),
+                if p.spec.host_network { "  (host network)" } else { "" }
+            );
+        }
+    }
+    if !plan.tests.is_empty() {
+        let _ = writeln!(s, "\ntests:");
+        for t in &plan.tests {
+            let _ = writeln!(s, "  {:<32} {}", t.name, test_text(t));
+        }
+    }
+    s
+}
+
+/// `node:node2 -> pod:web http :8080, 5 attempts, warning, only vxlan, host-gw`.
+fn test_text(t: &DeclaredTest) -> String {
+    let from = match &t.from {
+        TestSource::Pod(p) => format!("pod:{p}"),
+        TestSource::Node(n) => format!("node:{n}"),
+    };
+    let to = match &t.to {
+        TestTarget::Pod(p) => format!("pod:{p}"),
+        TestTarget::Node(n) => format!("node:{n}"),
+        TestTarget::Ip(ip) => format!("ip:{ip}"),
+    };
+    let kind = match t.kind {
+        TestKind::Ping => "ping",
+        TestKind::Tcp => "tcp",
+        TestKind::Http => "http",
+    };
+    let mut s = format!("{from} -> {to} {kind}");
+    if let Some(p) = t.port {
+        s += &format!(" :{p}");
+    }
+    if !t.expect_pass {
+        s += ", must fail";
+    }
+    if t.attempts > 1 {
+        s += &format!(", {} attempts {}ms apart", t.attempts, t.wait_ms);
+    }
+    if t.level == TestLevel::Warning {
+        s += ", warning";
+    }
+    if t.stop_on_error {
+        s += ", stop on error";
+    }
+    if !t.backends.is_empty() {
+        let b: Vec<&str> = t.backends.iter().map(|b| b.as_str()).collect();
+        s += &format!(", only {}", b.join(", "));
+    }
+    s
+}
+
+fn impairment_text(i: &Impairment) -> String {
+    if i.is_none() {
+        return "none".into();
+    }
+    let mut parts = Vec::new();
+    if i.delay_ms > 0.0 {
+        parts.push(format!("delay {}ms", i.delay_ms));
+    }
+    if i.jitter_ms > 0.0 {
+        parts.push(format!("jitter {}ms", i.jitter_ms));
+    }
+    if i.loss_percent > 0.0 {
+        parts.push(format!("loss {}%", i.loss_percent));
+    }
+    if let Some(r) = i.rate_mbit {
+        parts.push(format!("rate {r}mbit"));
+    }
+    parts.join(", ")
+}
