@@ -5,17 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// Moves the calling thread (and everything it spawns) into a fresh network namespace with `lo` up.
 fn private_netns() {
@@ -115,52 +111,12 @@ fn cgroup_roots(name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn try_http(method: &str, path: &str, body: Option<Value>) -> std::io::Result<(u16, Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", 7070))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let code: u16 = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let head_end = resp.find("\r\n\r\n").map_or(resp.len(), |i| i + 4);
-    let head = &resp[..head_end];
-    let mut payload = resp[head_end..].to_string();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        payload = dechunk(&payload);
-    }
-    Ok((code, serde_json::from_str(&payload).unwrap_or(Value::Null)))
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    out
-}
-
-fn http(method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    try_http(method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
+use testbed_test_support::agent_http::{request as http, send_and_hang_up, try_request as try_http};
+use testbed_test_support::host::is_root;
+use testbed_test_support::node_spec::loopback_node_spec;
 
 fn node_spec() -> Value {
-    json!({
-        "node_name": "n1",
-        "underlay": {"interface": "lo", "address": "127.0.0.1", "prefix_len": 8, "mtu": 1500},
-        "pod_cidr": "10.244.0.0/16", "pod_subnet": "10.244.1.0/24",
-        "backend": "none", "vtep_mac": "02:00:00:00:00:01", "peers": []
-    })
+    serde_json::to_value(loopback_node_spec()).expect("a NodeSpec serializes")
 }
 
 fn container(name: &str, cmd: &[&str]) -> Value {
@@ -513,21 +469,6 @@ fn restart_policies_readoption_and_drift() {
     let st = wait_pod("keep", 20, |s| s["containers"][0]["state"]["state"] == "running");
     assert_ne!(st["infra_pid"].as_u64(), Some(infra), "{st}");
     drop(agent);
-}
-
-/// Sends a request and hangs up without reading the answer (a CLI that timed out or was interrupted).
-fn send_and_hang_up(method: &str, path: &str, body: Option<Value>, after: Duration) {
-    let mut s = TcpStream::connect(("127.0.0.1", 7070)).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    // Let the agent start on it, then close: the handler would be cancelled mid-way.
-    std::thread::sleep(after);
-    s.shutdown(std::net::Shutdown::Both).unwrap();
 }
 
 /// PIDs of live infra processes of `pod` (found through /proc, not through the API).

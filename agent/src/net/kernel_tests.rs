@@ -21,9 +21,7 @@ use super::{host_veth_name, Network};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+use testbed_test_support::host::is_root;
 
 macro_rules! require_root {
     () => {
