@@ -28,6 +28,13 @@ pub struct Faults {
     pub missing_route: bool,
     /// `ping` is not installed anywhere: the shell answers 127.
     pub ping_missing: bool,
+    /// Every node keeps a flannel.1 whatever its backend (a stale device after a switch).
+    pub stale_vxlan_link: bool,
+    /// Re-applying an unchanged spec makes the agent change something anyway.
+    pub reapply_not_idempotent: bool,
+    /// The agent's overhead formula is 10 bytes short: pods and the overlay get an MTU 10 bytes too big (the
+    /// underlay still fragments the encapsulated packets, so traffic flows).
+    pub mtu_too_big: bool,
 }
 
 #[derive(Default)]
@@ -216,7 +223,7 @@ impl FakeCluster {
             return ExecResponse { exit_code: 127, stdout: String::new(), stderr, timed_out: false };
         }
         let Some(ip) = ip_after(script, "-W 2 ") else { return fail("ping: usage") };
-        let mtu = self.backend().pod_mtu(1500);
+        let mtu = self.pod_mtu();
         if let Some(size) =
             script.split("-s ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|s| s.parse::<u32>().ok())
         {
@@ -250,6 +257,11 @@ impl FakeCluster {
             return ok(format!("{}  -\n", probe::seq_sha256(probe::BIG_LINES)));
         }
         ok(format!("{pod}\n"))
+    }
+
+    /// The pod and overlay MTU the fake agent configures (on a 1500-byte underlay).
+    fn pod_mtu(&self) -> u32 {
+        self.backend().pod_mtu(1500) + if self.faults.mtu_too_big { 10 } else { 0 }
     }
 
     /// The source address a server on `dst_node` sees for a pod client at `src_ip`: with the SNAT fault, the
@@ -290,8 +302,21 @@ impl FakeCluster {
             routes.extend(overlay::expected_routes(spec).iter().map(|r| format!("{} {}", r.dest, r.tokens.join(" "))));
         }
         let vx = spec.backend == Backend::Vxlan;
+        let mtu = spec.backend.pod_mtu(spec.underlay.mtu);
+        let mut links = vec![format!("cni0 UP mtu {mtu} bridge")];
+        if vx || self.faults.stale_vxlan_link {
+            links.push(format!(
+                "flannel.1 UP mtu {} vxlan id 1 dstport 8472 local {} dev {} nolearning",
+                Backend::Vxlan.pod_mtu(spec.underlay.mtu),
+                spec.underlay.address,
+                spec.underlay.interface
+            ));
+        }
+        if spec.backend == Backend::Udp {
+            links.push(format!("flannel0 UP mtu {mtu} tun"));
+        }
         ObservedNetwork {
-            links: vec!["cni0 UP".into()],
+            links,
             routes,
             neighbours: if vx {
                 spec.peers
@@ -363,9 +388,8 @@ impl Cluster for FakeCluster {
     async fn apply(&self, node: &str, spec: &NodeSpec) -> Result<ApplyResponse, ClusterError> {
         self.down(node, "PUT /v1/node")?;
         let old = self.state.borrow_mut().specs.insert(node.into(), spec.clone());
-        Ok(ApplyResponse {
-            changes: if old.as_ref() == Some(spec) { vec![] } else { vec![format!("backend {}", spec.backend)] },
-        })
+        let changed = old.as_ref() != Some(spec) || self.faults.reapply_not_idempotent;
+        Ok(ApplyResponse { changes: if changed { vec![format!("backend {}", spec.backend)] } else { vec![] } })
     }
 
     async fn node_status(&self, node: &str) -> Result<NodeStatus, ClusterError> {
@@ -436,7 +460,7 @@ impl Cluster for FakeCluster {
             )));
         }
         if script.contains("ip -o link show eth0") {
-            return Ok(ok(format!("2: eth0@if9: <BROADCAST,UP> mtu {} qdisc noqueue", self.backend().pod_mtu(1500))));
+            return Ok(ok(format!("2: eth0@if9: <BROADCAST,UP> mtu {} qdisc noqueue", self.pod_mtu())));
         }
         if script.contains("ip -4 -o addr show") {
             let ip = own_ip.map(|i| i.to_string()).unwrap_or_default();

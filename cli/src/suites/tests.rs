@@ -101,6 +101,37 @@ async fn snat_fails_the_no_snat_check_with_exit_1() {
 }
 
 #[tokio::test]
+async fn stale_overlay_device_and_non_idempotent_reapply_fail_the_overlay_checks() {
+    let stale = FakeCluster::new(plan(2, Backend::HostGw), Faults { stale_vxlan_link: true, ..Faults::default() });
+    let r = run(&stale, &[Backend::HostGw], Some("[overlay]")).await;
+    let bad = failures(&r);
+    assert_eq!(bad.len(), 2, "{bad:#?}");
+    assert!(
+        bad.iter().all(|b| b.contains("control state") && b.contains("stale link of the vxlan backend")),
+        "{bad:#?}"
+    );
+    let churn = FakeCluster::new(plan(2, Backend::Vxlan), Faults { reapply_not_idempotent: true, ..Faults::default() });
+    let r = run(&churn, &[Backend::Vxlan], Some("[overlay]")).await;
+    let bad = failures(&r);
+    assert_eq!(bad.len(), 1, "{bad:#?}");
+    assert!(bad[0].contains("re-applying the unchanged spec on node2 changed"), "{bad:#?}");
+}
+
+/// An agent whose overhead formula is wrong gives pods an MTU above what the encapsulation leaves: every MTU
+/// check must see it, because their expectation comes from header sizes, not from the agent's formula.
+#[tokio::test]
+async fn a_wrong_overlay_mtu_fails_the_mtu_checks() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { mtu_too_big: true, ..Faults::default() });
+    let r = run(&c, &[Backend::Vxlan], Some("[mtu]")).await;
+    let bad = failures(&r);
+    assert!(bad.iter().any(|b| b.contains("at the overlay MTU (1450)") && b.contains("1460")), "{bad:#?}");
+    assert!(bad.iter().any(|b| b.contains("at the pod's eth0") && b.contains("got through")), "{bad:#?}");
+    assert!(bad.iter().any(|b| b.contains("overlay route") && b.contains("got through")), "{bad:#?}");
+    let healthy = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    assert!(failures(&run(&healthy, &[Backend::Vxlan], Some("[mtu]")).await).is_empty());
+}
+
+#[tokio::test]
 async fn missing_overlay_route_fails_the_state_check() {
     let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { missing_route: true, ..Faults::default() });
     let r = run(&c, &[Backend::Vxlan], Some("[overlay]")).await;

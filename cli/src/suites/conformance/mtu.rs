@@ -1,10 +1,15 @@
-//! The `mtu` group: across nodes, a DF packet of exactly the pod MTU passes and one byte more fails cleanly, and
-//! payloads larger than the MTU (a 1.3 MB TCP transfer, a fragmented UDP datagram) arrive whole.
+//! The `mtu` group. The expected MTU comes from the backend's header sizes (`overlay::overlay_mtu`), not from
+//! the agent's formula, so a wrong overhead is caught. Across nodes a DF packet of exactly that size passes
+//! (proving the pod MTU is not above what the path carries, and not below the expected value); one byte more
+//! is refused with the MTU named, both at the pod's own eth0 and on the node's route to the remote pods (the
+//! overlay device: flannel.1, flannel0, or eth1 for host-gw); payloads larger than the MTU (a 1.3 MB TCP
+//! transfer, a fragmented UDP datagram) arrive whole.
 
 use testbed_api::Backend;
 
-use super::super::cluster::Cluster;
-use super::super::harness::{evidence, pexec, TestPod};
+use super::super::cluster::{Cluster, NodeInfo};
+use super::super::harness::{evidence, nexec, pexec, TestPod};
+use super::super::overlay::overlay_mtu;
 use super::super::probe;
 use super::super::runner::{CheckError, CheckOutcome, Level, Runner};
 use super::fixture::Fixture;
@@ -15,7 +20,7 @@ use super::pod_network::{pod_cmd, udp};
 pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, f: &Fixture, skip: Option<&str>) {
     let (g, b, e) = ("mtu", Some(backend), Level::Error);
     let (a1, b1) = (&f.a1, f.cross_pod());
-    let mtu = backend.pod_mtu(f.a.underlay_mtu);
+    let mtu = overlay_mtu(backend, f.a.underlay_mtu);
     r.run(
         g,
         b,
@@ -27,9 +32,21 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, f: 
     r.run(
         g,
         b,
-        &format!("cross-node DF ping above the overlay MTU ({}) fails cleanly", mtu + 1),
+        &format!("cross-node DF ping above the overlay MTU ({}) is refused at the pod's eth0 (mtu={mtu})", mtu + 1),
         e,
         gated(skip, df_above_mtu(c, a1, b1, mtu)),
+    )
+    .await;
+    r.run(
+        g,
+        b,
+        &format!(
+            "cross-node DF ping above the overlay MTU ({}) from {} is refused by its overlay route (mtu={mtu})",
+            mtu + 1,
+            f.a.name
+        ),
+        e,
+        gated(skip, node_route_refuses_above_mtu(c, &f.a, b1, mtu)),
     )
     .await;
     r.run(g, b, "cross-node TCP payload of 1.3 MB arrives whole (sha256)", e, gated(skip, big_tcp(c, a1, b1))).await;
@@ -52,15 +69,35 @@ async fn df_at_mtu<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, mtu: u32) ->
     pod_cmd(c, from, &format!("DF ping of a {mtu}-byte packet"), &probe::ping_df(to.ip, mtu - 28)).await
 }
 
+/// The pod's own interface refuses the packet before it leaves (EMSGSIZE): what a pod sees when it ignores
+/// its MTU. It must fail at once and name the expected MTU, not hang or pass.
 async fn df_above_mtu<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, mtu: u32) -> CheckOutcome {
     let cmd = probe::ping_df(to.ip, mtu - 27);
     let r = pexec(c, from, None, &cmd, 30).await?;
-    let ev = evidence(&cmd, &r);
-    if r.exit_code == 0 || r.stdout.contains(" bytes from ") {
+    refused_naming_mtu(&cmd, &r.exit_code, &format!("{}{}", r.stdout, r.stderr), r.timed_out, mtu)
+}
+
+/// From the node's root namespace, whose own underlay NIC would take a bigger packet, the route to the remote
+/// pods goes through the overlay device: the refusal comes from that device's MTU, so an overlay device set
+/// larger than its encapsulation allows (or a route through the wrong device) is caught here.
+async fn node_route_refuses_above_mtu<C: Cluster>(c: &C, node: &NodeInfo, to: &TestPod, mtu: u32) -> CheckOutcome {
+    let cmd = probe::ping_df(to.ip, mtu - 27);
+    let r = nexec(c, &node.name, &cmd).await?;
+    refused_naming_mtu(&cmd, &r.exit_code, &format!("{}{}", r.stdout, r.stderr), false, mtu)
+}
+
+fn refused_naming_mtu(cmd: &str, code: &i32, out: &str, timed_out: bool, mtu: u32) -> CheckOutcome {
+    let ev = format!("$ {cmd}\nexit {code}\n{}", out.trim());
+    if *code == 0 || out.contains(" bytes from ") {
         return Err(CheckError::Fail(format!("a {}-byte DF packet got through an MTU of {mtu}\n{ev}", mtu + 1)));
     }
-    if r.timed_out {
+    if timed_out {
         return Err(CheckError::Fail(format!("ping hung instead of failing\n{ev}")));
+    }
+    // iputils: "ping: local error: message too long, mtu=1450" (or "Frag needed and DF set (mtu = 1450)").
+    let named = out.contains(&format!("mtu={mtu}")) || out.contains(&format!("mtu = {mtu}"));
+    if !named {
+        return Err(CheckError::Fail(format!("refused, but not for an MTU of {mtu}\n{ev}")));
     }
     Ok(ev)
 }

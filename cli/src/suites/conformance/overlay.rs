@@ -29,7 +29,7 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, f: 
     r.run(
         g,
         b,
-        &format!("connectivity after {} re-applies its spec", nb.name),
+        &format!("{} re-applies its unchanged spec: no change, connectivity kept", nb.name),
         e,
         gated(skip, peer_reapply(c, nb, backend, a1, b1)),
     )
@@ -51,7 +51,8 @@ async fn overlay_state<C: Cluster>(c: &C, node: &str, backend: Backend) -> Check
     let st = c.node_status(node).await?;
     let m = mismatches(&spec, &st.network);
     let seen = format!(
-        "routes:\n{}\nneighbours:\n{}\nfdb:\n{}",
+        "links:\n{}\nroutes:\n{}\nneighbours:\n{}\nfdb:\n{}",
+        st.network.links.join("\n"),
         st.network.routes.join("\n"),
         st.network.neighbours.join("\n"),
         st.network.fdb.join("\n")
@@ -87,9 +88,17 @@ async fn peer_reapply<C: Cluster>(
 ) -> CheckOutcome {
     let plan = c.plan();
     let np = plan.node(&peer.name).ok_or_else(|| CheckError::Infra(format!("node {} not in plan", peer.name)))?;
+    // The peer already runs exactly this spec: re-applying it must change nothing (the agent is idempotent),
+    // and traffic must still flow afterwards.
     let resp = c.apply(&peer.name, &plan.node_spec(np, backend)).await?;
+    if !resp.changes.is_empty() {
+        return Err(CheckError::Fail(format!(
+            "re-applying the unchanged spec on {} changed: {:?}",
+            peer.name, resp.changes
+        )));
+    }
     let ping = retry_ping(c, a1, b1.ip, Duration::from_secs(15)).await?;
-    Ok(format!("re-apply on {} changed: {:?}\n{ping}", peer.name, resp.changes))
+    Ok(format!("re-apply of the unchanged spec on {} changed nothing\n{ping}", peer.name))
 }
 
 /// Deletes the route to the peer's pods on node A behind the agent's back and waits for the agent to put it back.
