@@ -1,11 +1,10 @@
 //! `testbed`: emulate a whole container cluster on real QEMU VMs.
 
-mod agent_client;
 mod exit;
+mod guest;
 mod image;
 mod plan;
 mod provider;
-mod ssh;
 mod suites;
 mod topology;
 mod ui;

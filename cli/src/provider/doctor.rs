@@ -148,9 +148,11 @@ pub fn run_checks() -> Vec<Check> {
             Some("apt-get install -y openssh-client"),
         )),
     }
-    match crate::ssh::locate_agent_binary() {
+    match crate::guest::agent_deploy::locate_agent_binary() {
         Ok(p) => checks.push(check("agent", Status::Ok, p.display().to_string(), None)),
-        Err(e) => checks.push(check("agent", Status::Warn, e.to_string(), Some(crate::ssh::AGENT_BUILD_HINT))),
+        Err(e) => {
+            checks.push(check("agent", Status::Warn, e.to_string(), Some(crate::guest::agent_deploy::AGENT_BUILD_HINT)))
+        }
     }
     for (name, dir) in [("disk-cache", crate::image::cache_root().ok()), ("disk-state", labdir::state_root().ok())] {
         let Some(dir) = dir else { continue };

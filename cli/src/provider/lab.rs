@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::agent_client::AgentClient;
+use crate::guest::{self as ssh, AgentClient, SshError};
 use crate::plan::Plan;
-use crate::ssh::{self, SshError};
 use crate::topology::{self, TopologyError};
 use crate::ui::Ui;
 

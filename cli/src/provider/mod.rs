@@ -313,8 +313,12 @@ pub async fn cmd_ssh(_ui: &Ui, a: SshArgs) -> CliResult {
     use std::os::unix::process::CommandExt;
     let lab = Lab::open(&a.lab)?;
     let (port, _) = lab.node_endpoint(&a.node)?;
-    let mut cmd =
-        crate::ssh::interactive_ssh_command(port, &lab.paths.client_key(), &lab.paths.known_hosts(), &a.command);
+    let mut cmd = crate::guest::interactive::interactive_ssh_command(
+        port,
+        &lab.paths.client_key(),
+        &lab.paths.known_hosts(),
+        &a.command,
+    );
     // Replaces this process: the terminal belongs to ssh, and its exit code is ours.
     let err = cmd.exec();
     Err(CliError::infra(anyhow!("cannot run ssh (apt-get install -y openssh-client): {err}")))
@@ -325,7 +329,7 @@ pub async fn cmd_exec(_ui: &Ui, a: ExecArgs) -> CliResult {
     let session = lab.session(&a.node, Duration::from_secs(30)).await?;
     let command = match a.command.as_slice() {
         [one] => one.clone(),
-        many => many.iter().map(|s| crate::ssh::shell_quote(s)).collect::<Vec<_>>().join(" "),
+        many => many.iter().map(|s| crate::guest::shell_quote(s)).collect::<Vec<_>>().join(" "),
     };
     let out = session
         .exec(&command, None)

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // SSHD_STARTED: what testbed's guest init prints on the serial console once sshd runs.
+use crate::guest::agent_deploy::{self, AgentDeployError};
+use crate::guest::keys;
+use crate::guest::{Session, SshError};
 use crate::image::{self, ImageArtifacts, ImageError, SSHD_STARTED};
 use crate::plan::{ImageRef, NodePlan, Plan};
-use crate::ssh::{self, SshError};
 use crate::ui::Ui;
 
 use super::accel::{self, AccelChoice};
@@ -46,7 +48,7 @@ pub enum UpError {
     #[error("SSH keys: {0}")]
     Keys(#[source] SshError),
     #[error("{0}")]
-    AgentBinary(#[source] SshError),
+    AgentBinary(#[source] AgentDeployError),
     #[error("host network (netns {netns}): {source}")]
     Net {
         netns: String,
@@ -431,8 +433,8 @@ async fn converge(
     dir.write_plan(&plan)?;
 
     // Fail fast on a missing agent before any VM boots.
-    let agent_binary = ssh::locate_agent_binary().map_err(UpError::AgentBinary)?;
-    let agent_size = write_agent_disk(&agent_binary, &dir.agent_disk())?;
+    let agent_binary = agent_deploy::locate_agent_binary().map_err(UpError::AgentBinary)?;
+    let agent_size = agent_deploy::write_agent_disk(&agent_binary, &dir.agent_disk()).map_err(UpError::AgentBinary)?;
 
     let mut images: Vec<(ImageRef, ImageArtifacts)> = Vec::new();
     for node in &plan.nodes {
@@ -461,7 +463,7 @@ async fn converge(
     ui.info(format!("accelerator: {} ({})", accel.accel, accel.reason));
 
     // Keys: one client key per lab; one host key per node, generated on the host, pinned by the client.
-    let client_key = ssh::generate_client_key(&dir.root).map_err(UpError::Keys)?;
+    let client_key = keys::generate_client_key(&dir.root).map_err(UpError::Keys)?;
     let client_pub_path = client_key.with_file_name("id_ed25519.pub");
     let client_pub = std::fs::read_to_string(&client_pub_path)
         .map_err(|source| LabDirError::Io { path: client_pub_path.clone(), source })?
@@ -491,7 +493,7 @@ async fn converge(
             },
         );
     }
-    ssh::write_known_hosts(&dir.known_hosts(), &known).map_err(UpError::Keys)?;
+    keys::write_known_hosts(&dir.known_hosts(), &known).map_err(UpError::Keys)?;
     let state = LabState {
         lab: plan.lab.clone(),
         accelerator: accel.accel,
@@ -603,25 +605,6 @@ async fn wait_for_sshd(ctx: &Ctx, node: &NodePlan) -> Result<(), UpError> {
     Ok(())
 }
 
-/// Where the guest's supervisor expects the agent (guest boot contract).
-const AGENT_GUEST_PATH: &str = "/usr/local/bin/testbed-agent";
-
-/// Writes `<lab>/agent.img`: the agent binary padded to 512-byte sectors (QEMU raw disks are whole sectors).
-/// Written beside and renamed, so VMs still running keep reading the previous version. Returns the size.
-fn write_agent_disk(agent: &Path, disk: &Path) -> Result<u64, UpError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| UpError::LabDir(LabDirError::Io { path, source })
-    };
-    let mut bytes = std::fs::read(agent).map_err(io(agent))?;
-    let size = bytes.len() as u64;
-    bytes.resize(bytes.len().div_ceil(512) * 512, 0);
-    let tmp = disk.with_extension("img.tmp");
-    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, disk).map_err(io(disk))?;
-    Ok(size)
-}
-
 /// The node's host key pair, generated once and kept in the node directory (0600) so re-`up` reuses it.
 fn node_host_key(dir: &LabDir, node: &str) -> Result<String, UpError> {
     let private = dir.host_key(node);
@@ -629,7 +612,7 @@ fn node_host_key(dir: &LabDir, node: &str) -> Result<String, UpError> {
     if let (Ok(_), Ok(p)) = (std::fs::metadata(&private), std::fs::read_to_string(&public)) {
         return Ok(p.trim().to_string());
     }
-    let keys = ssh::generate_host_key().map_err(UpError::Keys)?;
+    let keys = keys::generate_host_key().map_err(UpError::Keys)?;
     let node_dir = dir.node_dir(node);
     std::fs::create_dir_all(&node_dir).map_err(|source| LabDirError::Io { path: node_dir.clone(), source })?;
     write_private(&private, keys.host_private_openssh.as_bytes())?;
@@ -682,25 +665,16 @@ async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) 
     if !reused && ctx.artifacts(&node.image).is_some_and(|a| a.kernel.is_some()) {
         wait_for_sshd(ctx, node).await?;
     }
-    let session = ssh::Session::connect(node.ssh_port, &ctx.dir.client_key(), &ns.host_key_public, ctx.remaining())
+    let session = Session::connect(node.ssh_port, &ctx.dir.client_key(), &ns.host_key_public, ctx.remaining())
         .await
         .map_err(|e| ctx.node_err(&name, "ssh", e))?;
 
     stages.enter("agent");
-    if !reused {
-        // Fast path: copy the agent from its virtio disk; push_agent then finds the same sha256 and skips the
-        // upload. Any failure here only means push_agent uploads it over SSH.
-        let copy = format!(
-            "mkdir -p /usr/local/bin && head -c {} /dev/vdc > /usr/local/bin/.testbed-agent.vdc && \
-             chmod 755 /usr/local/bin/.testbed-agent.vdc && mv -f /usr/local/bin/.testbed-agent.vdc {}",
-            ctx.agent_size, AGENT_GUEST_PATH
-        );
-        let _ = session.exec(&copy, None).await;
-    }
-    let agent = ssh::push_agent(&session, &ctx.agent_binary)
+    // A reused VM booted with the agent disk of an earlier `up`, which may hold another build.
+    let from_disk = (!reused).then_some(ctx.agent_size);
+    let agent = agent_deploy::deploy(&session, &name, &ctx.agent_binary, from_disk)
         .await
-        .map_err(|e| ctx.node_err(&name, "agent", e))?
-        .with_node(name.clone());
+        .map_err(|e| ctx.node_err(&name, "agent", e))?;
 
     stages.enter("network");
     let spec = ctx.plan.node_spec(node, ctx.plan.cluster.backend);
@@ -872,18 +846,6 @@ pub(crate) mod tests {
             pods: vec![],
             tests: vec![],
         }
-    }
-
-    #[test]
-    fn agent_disk_is_whole_sectors_and_keeps_the_exact_size() {
-        let tmp = tempfile::tempdir().unwrap();
-        let agent = tmp.path().join("agent");
-        std::fs::write(&agent, vec![7u8; 1000]).unwrap();
-        let disk = tmp.path().join("agent.img");
-        assert_eq!(write_agent_disk(&agent, &disk).unwrap(), 1000);
-        let bytes = std::fs::read(&disk).unwrap();
-        assert_eq!(bytes.len(), 1024);
-        assert!(bytes[..1000].iter().all(|b| *b == 7) && bytes[1000..].iter().all(|b| *b == 0));
     }
 
     #[test]
