@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::guest::agent_deploy::AgentDeployError;
+use crate::guest::SshError;
 use crate::image::ImageError;
 use crate::plan::Plan;
 use crate::provider::Provider;
@@ -15,8 +17,6 @@ use super::dir::{self as labdir, LabDir, LabDirError};
 use super::handle::Lab;
 use super::state::{Accel, LabState, NodeState, Stage};
 use super::teardown::teardown;
-use crate::guest::agent_deploy::AgentDeployError;
-use crate::guest::SshError;
 
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -118,6 +118,7 @@ pub struct UpNode {
     pub stage_seconds: Vec<(Stage, f64)>,
 }
 
+/// Runs `f` on the blocking pool (untracked: for work that makes nothing a rollback must wait for).
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, UpError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| UpError::Task(e.to_string()))
 }
@@ -136,6 +137,7 @@ pub struct InFlight {
 
 impl InFlight {
     /// Runs `f` on the blocking pool, tracked; `Cancelled` without running it once `settle` has begun.
+    /// Runs `f` on the blocking pool (untracked: for work that makes nothing a rollback must wait for).
     pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, UpError> {
         let guard = self.gate.clone().try_read_owned().map_err(|_| UpError::Cancelled)?;
         tokio::task::spawn_blocking(move || {
@@ -159,22 +161,12 @@ impl InFlight {
     }
 }
 
+/// `up` of `plan` with `provider` (see the module doc).
 pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provider>) -> Result<UpOutcome, UpError> {
     let started = Instant::now();
     let dir = LabDir::new(&labdir::state_root()?, &plan.lab);
     let _lock = dir.lock()?;
-    if dir.plan_path().exists() {
-        // A plan.json that cannot be read is a leftover of a broken up: converge over it.
-        if let Ok(mut previous) = dir.read_plan() {
-            // Only the resolved plan matters: a comment edited in the topology changes the hash, nothing else.
-            previous.topology_hash.clone_from(&plan.topology_hash);
-            // Declared tests only feed `run`: a changed `tests:` is recorded, not a reason to rebuild.
-            previous.tests.clone_from(&plan.tests);
-            if previous != plan {
-                return Err(UpError::PlanChanged { lab: plan.lab.clone() });
-            }
-        }
-    }
+    check_plan_unchanged(&dir, &plan)?;
     let mut previous = dir.read_state().ok().flatten();
     let host_resources_present = provider.host_resources_exist(&plan);
     if let (Some(state), false) = (previous.as_mut(), host_resources_present) {
@@ -191,25 +183,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
                 plan.lab,
                 plan.nodes.len()
             ));
-            return Ok(UpOutcome {
-                lab: plan.lab.clone(),
-                dir: dir.root.clone(),
-                already_up: true,
-                accelerator: state.accelerator,
-                accelerator_reason: state.accelerator_reason.clone(),
-                seconds: started.elapsed().as_secs_f64(),
-                nodes: plan
-                    .nodes
-                    .iter()
-                    .map(|n| UpNode {
-                        name: n.name.clone(),
-                        pid: state.nodes.get(&n.name).and_then(|s| s.pid),
-                        ssh_port: n.ssh_port,
-                        reused: true,
-                        stage_seconds: Vec::new(),
-                    })
-                    .collect(),
-            });
+            return Ok(already_up(&dir, &plan, state, started));
         }
     }
 
@@ -236,15 +210,57 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
             Err(e)
         }
         Err(e) => {
-            ui.info(format!("`up` failed; removing what it made in lab `{}`", plan.lab));
-            let dir2 = dir.clone();
-            match blocking(move || teardown(&dir2, provider.as_ref())).await {
-                Ok(Ok(t)) => ui.info(t.rollback_summary()),
-                Ok(Err(te)) => ui.info(format!("rollback incomplete: {te}; run `testbed down --lab {}`", plan.lab)),
-                Err(te) => ui.info(format!("rollback incomplete: {te}; run `testbed down --lab {}`", plan.lab)),
-            }
+            roll_back(ui, &dir, provider).await;
             Err(e)
         }
+    }
+}
+
+/// A lab that is up from another topology is not ours to change: `down` first.
+fn check_plan_unchanged(dir: &LabDir, plan: &Plan) -> Result<(), UpError> {
+    // A plan.json that cannot be read is a leftover of a broken up: converge over it.
+    let Ok(mut previous) = dir.read_plan() else { return Ok(()) };
+    // Only the resolved plan matters: a comment edited in the topology changes the hash, nothing else.
+    previous.topology_hash.clone_from(&plan.topology_hash);
+    // Declared tests only feed `run`: a changed `tests:` is recorded, not a reason to rebuild.
+    previous.tests.clone_from(&plan.tests);
+    if previous != *plan {
+        return Err(UpError::PlanChanged { lab: plan.lab.clone() });
+    }
+    Ok(())
+}
+
+/// The outcome of an `up` that found the lab healthy and did nothing.
+fn already_up(dir: &LabDir, plan: &Plan, state: &LabState, started: Instant) -> UpOutcome {
+    UpOutcome {
+        lab: plan.lab.clone(),
+        dir: dir.root.clone(),
+        already_up: true,
+        accelerator: state.accelerator,
+        accelerator_reason: state.accelerator_reason.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        nodes: plan
+            .nodes
+            .iter()
+            .map(|n| UpNode {
+                name: n.name.clone(),
+                pid: state.nodes.get(&n.name).and_then(|s| s.pid),
+                ssh_port: n.ssh_port,
+                reused: true,
+                stage_seconds: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// Removes what the failed `up` made; a rollback that fails says how to finish it.
+async fn roll_back(ui: &Ui, dir: &LabDir, provider: Arc<dyn Provider>) {
+    ui.info(format!("`up` failed; removing what it made in lab `{}`", dir.name));
+    let d = dir.clone();
+    match blocking(move || teardown(&d, provider.as_ref())).await {
+        Ok(Ok(t)) => ui.info(t.rollback_summary()),
+        Ok(Err(e)) => ui.info(format!("rollback incomplete: {e}; run `testbed down --lab {}`", dir.name)),
+        Err(e) => ui.info(format!("rollback incomplete: {e}; run `testbed down --lab {}`", dir.name)),
     }
 }
 

@@ -44,6 +44,15 @@ impl Ctx {
         self.dir.write_state(&st)
     }
 
+    /// Records that `node` reached `stage`.
+    pub(super) fn record_stage(&self, node: &str, stage: Stage) -> Result<(), LabDirError> {
+        self.save_state(|s| {
+            if let Some(x) = s.nodes.get_mut(node) {
+                x.stage = stage;
+            }
+        })
+    }
+
     pub(super) fn node_state(&self, node: &str) -> Option<NodeState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).nodes.get(node).cloned()
     }

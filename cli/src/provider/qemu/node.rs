@@ -104,11 +104,7 @@ pub(super) async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate:
     for pod in ctx.plan.pods.iter().filter(|p| p.node == name) {
         agent.create_pod(&pod.spec).await.map_err(|e| ctx.node_err(&name, Stage::Pods, e))?;
     }
-    ctx.save_state(|s| {
-        if let Some(x) = s.nodes.get_mut(&name) {
-            x.stage = Stage::Ready;
-        }
-    })?;
+    ctx.record_stage(&name, Stage::Ready)?;
     Ok(UpNode { name, pid, ssh_port: node.ssh_port, reused, stage_seconds: stages.finish() })
 }
 
@@ -119,11 +115,7 @@ async fn start_vm(ctx: &Arc<Ctx>, node: &NodePlan, stages: &mut Stages<'_>) -> R
     let art = ctx.artifacts(&node.image).cloned().ok_or_else(|| ctx.node_err(name, Stage::Disk, "no image"))?;
     let (c, n, a) = (ctx.clone(), node.clone(), art.clone());
     ctx.inflight.blocking(move || prepare_disks(&c, &n, &a)).await??;
-    ctx.save_state(|s| {
-        if let Some(x) = s.nodes.get_mut(name) {
-            x.stage = Stage::Boot;
-        }
-    })?;
+    ctx.record_stage(name, Stage::Boot)?;
 
     stages.enter(Stage::Boot);
     let (c, n) = (ctx.clone(), node.clone());
