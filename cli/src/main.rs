@@ -1,11 +1,12 @@
 //! `testbed`: emulate a whole container cluster on real QEMU VMs.
 
-mod agent_client;
+mod commands;
 mod exit;
+mod guest;
 mod image;
+mod lab;
 mod plan;
 mod provider;
-mod ssh;
 mod suites;
 mod topology;
 mod ui;
@@ -33,15 +34,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Boot every node of a topology as a QEMU VM, start the agents and apply the cluster network.
-    Up(provider::UpArgs),
+    Up(commands::UpArgs),
     /// Remove everything a lab's `up` made, from the lab directory alone.
-    Down(provider::DownArgs),
+    Down(commands::DownArgs),
     /// Show the lab's nodes, PIDs, ports, accelerator and agent health.
-    Status(provider::StatusArgs),
+    Status(commands::StatusArgs),
     /// Open an interactive shell on a node.
-    Ssh(provider::SshArgs),
+    Ssh(commands::SshArgs),
     /// Run a command on a node and return its exit code.
-    Exec(provider::ExecArgs),
+    Exec(commands::ExecArgs),
     /// Run a suite (conformance, perf) against a running lab and write results.
     Run(suites::RunArgs),
     /// Render report.md, report.html and junit.xml again from a results.json.
@@ -53,7 +54,7 @@ enum Command {
     /// Build, fetch, list and remove guest images.
     Image(image::ImageArgs),
     /// Check this host: QEMU, a real KVM probe, mmdebstrap, network namespaces, free disk.
-    Doctor(provider::DoctorArgs),
+    Doctor(commands::DoctorArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -62,17 +63,17 @@ enum Command {
 
 async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
     match cli.command {
-        Command::Up(a) => provider::cmd_up(ui, a).await,
-        Command::Down(a) => provider::cmd_down(ui, a).await,
-        Command::Status(a) => provider::cmd_status(ui, a).await,
-        Command::Ssh(a) => provider::cmd_ssh(ui, a).await,
-        Command::Exec(a) => provider::cmd_exec(ui, a).await,
+        Command::Up(a) => commands::cmd_up(ui, a).await,
+        Command::Down(a) => commands::cmd_down(ui, a).await,
+        Command::Status(a) => commands::cmd_status(ui, a).await,
+        Command::Ssh(a) => commands::cmd_ssh(ui, a).await,
+        Command::Exec(a) => commands::cmd_exec(ui, a).await,
         Command::Run(a) => suites::cmd_run(ui, a).await,
         Command::Report(a) => suites::cmd_report(ui, a).await,
         Command::Validate(a) => topology::cmd_validate(ui, a),
         Command::Plan(a) => plan::cmd_plan(ui, a),
         Command::Image(a) => image::cmd_image(ui, a).await,
-        Command::Doctor(a) => provider::cmd_doctor(ui, a).await,
+        Command::Doctor(a) => commands::cmd_doctor(ui, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "testbed", &mut std::io::stdout());
             Ok(())

@@ -7,8 +7,8 @@ use std::time::Duration;
 use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus, PodSpec, PodStatus};
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
+use crate::lab::{ConnectedLab, ConnectedNode};
 use crate::plan::Plan;
-use crate::provider::lab::{ConnectedLab, ConnectedNode};
 
 /// Node commands the suites run are short; a hung SSH channel must not hang the suite.
 const NODE_EXEC_TIMEOUT: Duration = Duration::from_secs(120);

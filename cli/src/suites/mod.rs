@@ -29,9 +29,8 @@ use testbed_api::results::{
 use testbed_api::Backend;
 
 use crate::exit::{CliError, CliResult};
+use crate::lab::{now_rfc3339, Lab, LabSelector};
 use crate::plan::Plan;
-use crate::provider::labdir::now_rfc3339;
-use crate::provider::{Lab, LabSelector};
 use crate::ui::Ui;
 use cluster::Cluster;
 use declared::DeclaredTest;

@@ -1,38 +1,23 @@
-//! Teardown from the lab directory alone: VMs by recorded PID (only while their start time matches), the lab
-//! netns (its taps and bridges go with it), then the directory. Used by `down` and by `up`'s rollback.
+//! The lab's QEMU processes: which of them still run (the one liveness check), and stopping them. A recorded
+//! PID is only trusted while its start time matches and its command line names the node's directory, so `down`
+//! never signals a stranger that inherited the PID.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::hostnet::{HostNet, HostNetError};
-use super::labdir::{LabDir, LabDirError};
-use super::{procs, qemu};
+use crate::lab::{LabDir, NodeState, RecordedProcess};
+
+use super::hostnet::HostNetError;
+use super::{procs, vm};
 
 #[derive(Debug, thiserror::Error)]
-pub enum DownError {
-    #[error(transparent)]
-    LabDir(#[from] LabDirError),
+pub enum StopError {
     #[error("deleting the lab's network namespace: {0}")]
     Net(#[from] HostNetError),
     #[error("QEMU of node {node} (pid {pid}) is still running after SIGKILL")]
     Survivor { node: String, pid: u32 },
     #[error("stopping QEMU of node {node} (pid {pid}) failed unexpectedly ({message}); the lab directory is kept: run `testbed down` again")]
     StopPanicked { node: String, pid: u32, message: String },
-}
-
-/// What a teardown did, for the user and the tests.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Teardown {
-    /// (node, pid) of the VMs that were stopped.
-    pub stopped: Vec<(String, u32)>,
-    pub netns_deleted: Option<String>,
-    pub dir_removed: bool,
-}
-
-impl Teardown {
-    pub fn is_noop(&self) -> bool {
-        self.stopped.is_empty() && self.netns_deleted.is_none() && !self.dir_removed
-    }
 }
 
 /// The lab's netns, `tb-<lab>` (the plan's rule). Derived from the lab's own name, never read from plan.json:
@@ -50,21 +35,23 @@ fn runs_node(dir: &LabDir, node: &str, pid: u32) -> bool {
     procs::argv(pid).is_some_and(|argv| argv.windows(2).any(|w| w[0] == "-pidfile" && w[1] == pidfile))
 }
 
-/// The recorded VM of `node` is still running: same PID, same start time, and a QEMU command line naming
-/// the node's directory.
-pub fn is_node_vm(dir: &LabDir, node: &str, pid: u32, start: u64) -> bool {
-    procs::is_same_process(pid, start) && runs_node(dir, node, pid)
+/// The one liveness check: the VM `state` records for `node` is still running, with the same PID and start
+/// time and a QEMU command line naming the node's directory.
+pub fn is_running(dir: &LabDir, node: &str, state: &NodeState) -> bool {
+    state.process().is_some_and(|p| is_node_vm(dir, node, p))
+}
+
+fn is_node_vm(dir: &LabDir, node: &str, p: RecordedProcess) -> bool {
+    procs::is_same_process(p.pid, p.start_time) && runs_node(dir, node, p.pid)
 }
 
 /// A QEMU process of this lab's node, found by state or pidfile: (pid, start time).
-fn node_processes(dir: &LabDir) -> Vec<(String, u32, u64)> {
+pub fn node_processes(dir: &LabDir) -> Vec<(String, u32, u64)> {
     let mut found: Vec<(String, u32, u64)> = Vec::new();
     if let Ok(Some(state)) = dir.read_state() {
         for (node, ns) in &state.nodes {
-            if let (Some(pid), Some(start)) = (ns.pid, ns.pid_start_time) {
-                if is_node_vm(dir, node, pid, start) {
-                    found.push((node.clone(), pid, start));
-                }
+            if let Some(p) = ns.process().filter(|p| is_node_vm(dir, node, *p)) {
+                found.push((node.clone(), p.pid, p.start_time));
             }
         }
     }
@@ -87,8 +74,8 @@ fn node_processes(dir: &LabDir) -> Vec<(String, u32, u64)> {
 }
 
 /// Stops one VM: QMP `quit` (clean), then SIGTERM, then SIGKILL.
-fn stop_vm(qmp: &Path, pid: u32, start: u64) -> bool {
-    if qemu::qmp_quit(qmp).is_ok() {
+pub fn stop_vm(qmp: &Path, pid: u32, start: u64) -> bool {
+    if vm::qmp_quit(qmp).is_ok() {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline && procs::is_same_process(pid, start) {
             std::thread::sleep(Duration::from_millis(50));
@@ -100,10 +87,10 @@ fn stop_vm(qmp: &Path, pid: u32, start: u64) -> bool {
 
 /// Stops every VM in parallel with `stop`. Any VM not known to be gone (survivor or a stop thread that
 /// panicked) is an error: the caller must then keep the netns and directory so `down` can be retried.
-fn stop_all(
+pub fn stop_all(
     vms: &[(String, u32, u64)],
     stop: impl Fn(&str, u32, u64) -> bool + Sync,
-) -> Result<Vec<(String, u32)>, DownError> {
+) -> Result<Vec<(String, u32)>, StopError> {
     let stop = &stop;
     let results: Vec<Result<bool, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = vms.iter().map(|(node, pid, start)| s.spawn(move || stop(node, *pid, *start))).collect();
@@ -123,66 +110,19 @@ fn stop_all(
     for ((node, pid, _), result) in vms.iter().zip(results) {
         match result {
             Ok(true) => stopped.push((node.clone(), *pid)),
-            Ok(false) => return Err(DownError::Survivor { node: node.clone(), pid: *pid }),
-            Err(message) => return Err(DownError::StopPanicked { node: node.clone(), pid: *pid, message }),
+            Ok(false) => return Err(StopError::Survivor { node: node.clone(), pid: *pid }),
+            Err(message) => return Err(StopError::StopPanicked { node: node.clone(), pid: *pid, message }),
         }
     }
     Ok(stopped)
 }
 
-/// Removes everything of the lab; idempotent (a second call finds nothing and does nothing).
-pub fn teardown(dir: &LabDir, net: &dyn HostNet) -> Result<Teardown, DownError> {
-    let mut report = Teardown::default();
-    let vms = node_processes(dir);
-    report.stopped = stop_all(&vms, |node, pid, start| stop_vm(&dir.qmp_socket(node), pid, start))?;
-    let netns = netns_of(dir);
-    if net.netns_exists(&netns)? {
-        net.delete_netns(&netns)?;
-        report.netns_deleted = Some(netns);
-    }
-    if dir.exists() {
-        dir.remove()?;
-        report.dir_removed = true;
-    }
-    Ok(report)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::hostnet::fake::FakeHostNet;
-    use super::super::labdir::{LabState, NodeState};
     use super::*;
-
-    #[test]
-    fn teardown_is_idempotent_and_only_touches_the_labs_netns() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "demo");
-        dir.create().unwrap();
-        let net = FakeHostNet::default();
-        net.create_netns("tb-demo").unwrap();
-        net.create_netns("tb-other").unwrap();
-        let first = teardown(&dir, &net).unwrap();
-        assert_eq!(first.netns_deleted.as_deref(), Some("tb-demo"));
-        assert!(first.dir_removed && !dir.exists());
-        assert!(net.netns_exists("tb-other").unwrap());
-        let second = teardown(&dir, &net).unwrap();
-        assert!(second.is_noop());
-    }
-
-    #[test]
-    fn netns_comes_from_the_lab_name_not_the_plan() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "mine");
-        dir.create().unwrap();
-        let mut plan = super::super::up::tests::test_plan();
-        plan.netns = "tb-other".into();
-        dir.write_plan(&plan).unwrap();
-        let net = FakeHostNet::default();
-        net.create_netns("tb-other").unwrap();
-        let t = teardown(&dir, &net).unwrap();
-        assert_eq!(t.netns_deleted, None);
-        assert!(net.netns_exists("tb-other").unwrap());
-    }
+    use crate::lab::{Accel, LabState, Stage};
+    use crate::provider::qemu::hostnet::fake::FakeHostNet;
+    use crate::provider::qemu::QemuProvider;
 
     #[test]
     fn a_panicked_stop_keeps_the_netns_and_directory() {
@@ -192,11 +132,11 @@ mod tests {
         let vms = vec![("n1".to_string(), 11, 1), ("n2".to_string(), 22, 2)];
         let err = stop_all(&vms, |node, _, _| if node == "n2" { panic!("qmp exploded") } else { true }).unwrap_err();
         assert!(
-            matches!(&err, DownError::StopPanicked { node, pid: 22, message } if node == "n2" && message.contains("qmp exploded")),
+            matches!(&err, StopError::StopPanicked { node, pid: 22, message } if node == "n2" && message.contains("qmp exploded")),
             "{err}"
         );
         let err = stop_all(&vms, |node, _, _| node != "n1").unwrap_err();
-        assert!(matches!(err, DownError::Survivor { pid: 11, .. }));
+        assert!(matches!(err, StopError::Survivor { pid: 11, .. }));
         assert_eq!(stop_all(&vms, |_, _, _| true).unwrap(), vec![("n1".to_string(), 11), ("n2".to_string(), 22)]);
     }
 
@@ -210,14 +150,14 @@ mod tests {
             pid: Some(me),
             pid_start_time: procs::start_time(me),
             ssh_port: 1,
-            accelerator: super::super::accel::Accel::Tcg,
+            accelerator: Accel::Tcg,
             host_key_public: String::new(),
             image_id: String::new(),
-            stage: "ready".into(),
+            stage: Stage::Ready,
         };
         let state = LabState {
             lab: "demo3".into(),
-            accelerator: super::super::accel::Accel::Tcg,
+            accelerator: Accel::Tcg,
             accelerator_reason: String::new(),
             qemu_version: String::new(),
             created_at: String::new(),
@@ -265,5 +205,65 @@ mod tests {
         // Our own test process: alive, but its command line does not name the node directory.
         std::fs::write(dir.pidfile("n1"), std::process::id().to_string()).unwrap();
         assert!(node_processes(&dir).is_empty());
+    }
+
+    #[test]
+    fn stopping_the_machines_stops_recorded_vms_and_spares_strangers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "x");
+        // Looks like node1's QEMU: `-pidfile <node1 dir>/qemu.pid` in its argv (a shell that stays, with
+        // that argv, while it waits for sleep).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; exit 0", "qemu-system-x86_64", "-pidfile"])
+            .arg(dir.pidfile("node1"))
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // A live process with the right PID and start time but not a QEMU of this lab (a reboot recycled both).
+        let mut stranger = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let stranger_start = procs::start_time(stranger.id()).unwrap();
+        let mut start = None;
+        for _ in 0..200 {
+            // Between fork and exec the child still has our command line.
+            if procs::argv(pid).is_some_and(|a| a.iter().any(|x| x.contains("qemu-system"))) {
+                start = procs::start_time(pid);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let start = start.unwrap();
+        let node = |pid, start| NodeState {
+            pid: Some(pid),
+            pid_start_time: Some(start),
+            ssh_port: 1,
+            accelerator: Accel::Tcg,
+            host_key_public: String::new(),
+            image_id: String::new(),
+            stage: Stage::Ready,
+        };
+        let state = LabState {
+            lab: "x".into(),
+            accelerator: Accel::Tcg,
+            accelerator_reason: String::new(),
+            qemu_version: String::new(),
+            created_at: String::new(),
+            // node2 records our own PID with a wrong start time: a recycled PID that must not be signalled.
+            nodes: [
+                ("node1".to_string(), node(pid, start)),
+                ("node2".to_string(), node(std::process::id(), 1)),
+                ("node3".to_string(), node(stranger.id(), stranger_start)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        dir.create().unwrap();
+        dir.write_state(&state).unwrap();
+        let provider = QemuProvider::new(std::sync::Arc::new(FakeHostNet::default()));
+        let stopped = crate::provider::Provider::stop_machines(&provider, &dir).unwrap();
+        assert_eq!(stopped, vec![("node1".to_string(), pid)]);
+        assert!(!child.wait().unwrap().success());
+        assert!(stranger.try_wait().unwrap().is_none(), "a stranger was signalled");
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
     }
 }

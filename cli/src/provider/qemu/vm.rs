@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::accel::Accel;
+use crate::lab::Accel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {

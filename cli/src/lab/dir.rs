@@ -1,19 +1,17 @@
 //! The lab directory: where a lab's plan, state, keys, disks and logs live, and the lock that serialises
 //! `up`/`down` of one lab. `down` needs nothing but this directory.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::plan::Plan;
 use crate::topology::validate::is_lab_name;
 
-use super::accel::Accel;
+use super::state::LabState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabDirError {
@@ -76,7 +74,8 @@ pub fn list_labs(root: &Path) -> Result<Vec<String>, LabDirError> {
     Ok(labs)
 }
 
-/// Paths inside one lab's directory (layout fixed by INTERFACES.md).
+/// Paths inside one lab's directory. `down` needs nothing but this directory, so everything a lab's machines
+/// use lives here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabDir {
     pub name: String,
@@ -223,35 +222,6 @@ pub struct LabLock {
     _file: File,
 }
 
-/// What `up` started, so that `down`/`status` can find it again without the topology file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LabState {
-    pub lab: String,
-    pub accelerator: Accel,
-    /// Why that accelerator (probe outcome or override).
-    pub accelerator_reason: String,
-    pub qemu_version: String,
-    /// RFC 3339 UTC.
-    pub created_at: String,
-    pub nodes: BTreeMap<String, NodeState>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeState {
-    /// QEMU's PID (host netns) once launched.
-    pub pid: Option<u32>,
-    /// Field 22 of /proc/<pid>/stat at launch: a PID is ours only while this still matches (PID reuse).
-    pub pid_start_time: Option<u64>,
-    pub ssh_port: u16,
-    pub accelerator: Accel,
-    /// The host key the guest was given and the client pins.
-    pub host_key_public: String,
-    /// Image id (content hash) the node's overlay is backed by.
-    pub image_id: String,
-    /// Last stage reached: disk, boot, ssh, agent, network, ready.
-    pub stage: String,
-}
-
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LabDirError> {
     let bytes = fs::read(path).map_err(io(path))?;
     serde_json::from_slice(&bytes).map_err(|source| LabDirError::Json { path: path.to_path_buf(), source })
@@ -268,38 +238,9 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), LabDirE
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Current time as RFC 3339 UTC (`2026-11-23T13:20:05Z`), without a date crate.
-pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    rfc3339(secs)
-}
-
-fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let rem = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_440_005), "2026-11-23T13:20:05Z");
-    }
 
     #[test]
     fn second_lock_is_busy_and_released_on_drop() {

@@ -7,9 +7,11 @@ use serde::Serialize;
 
 use crate::plan::Impairment;
 
-use super::accel::{self, Accel};
+use super::accel;
 use super::hostnet::{HostNet, HostNetError, IpHostNet};
-use super::{labdir, qemu};
+use super::vm;
+use crate::lab::dir as labdir;
+use crate::lab::Accel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,8 +77,8 @@ const MIN_FREE: u64 = 4 << 30;
 
 pub fn run_checks() -> Vec<Check> {
     let mut checks = Vec::new();
-    let qemu_bin = qemu::qemu_binary();
-    let qemu_version = qemu::version();
+    let qemu_bin = vm::qemu_binary();
+    let qemu_version = vm::version();
     match &qemu_version {
         Ok(v) => checks.push(check("qemu", Status::Ok, format!("{} {v}", qemu_bin.display()), None)),
         Err(e) => checks.push(check("qemu", Status::Fail, e.to_string(), Some("apt-get install -y qemu-system-x86"))),
@@ -88,7 +90,7 @@ pub fn run_checks() -> Vec<Check> {
             checks.push(check("qemu-img", Status::Fail, "qemu-img not found", Some("apt-get install -y qemu-utils")))
         }
     }
-    checks.push(super::doctor_qemu::check(qemu_img.as_deref(), qemu_version.as_deref().ok()));
+    checks.push(super::doctor_packages::check(qemu_img.as_deref(), qemu_version.as_deref().ok()));
 
     // KVM: the device, then a real boot of the probe guest.
     match accel::kvm_device_usable() {
@@ -148,9 +150,11 @@ pub fn run_checks() -> Vec<Check> {
             Some("apt-get install -y openssh-client"),
         )),
     }
-    match crate::ssh::locate_agent_binary() {
+    match crate::guest::agent_deploy::locate_agent_binary() {
         Ok(p) => checks.push(check("agent", Status::Ok, p.display().to_string(), None)),
-        Err(e) => checks.push(check("agent", Status::Warn, e.to_string(), Some(crate::ssh::AGENT_BUILD_HINT))),
+        Err(e) => {
+            checks.push(check("agent", Status::Warn, e.to_string(), Some(crate::guest::agent_deploy::AGENT_BUILD_HINT)))
+        }
     }
     for (name, dir) in [("disk-cache", crate::image::cache_root().ok()), ("disk-state", labdir::state_root().ok())] {
         let Some(dir) = dir else { continue };

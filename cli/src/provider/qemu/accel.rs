@@ -11,29 +11,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{procs, qemu};
+use crate::lab::Accel;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use super::{procs, vm};
 
 /// What was chosen and why (recorded in the lab state and shown by `status`/`doctor`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,19 +110,19 @@ pub fn probe(kernel: &Path, initrd: Option<&Path>, cmdline: &str, timeout: Durat
         Err(e) => return tcg(format!("probe temp dir: {e}")),
     };
     let serial = dir.path().join("serial.log");
-    let boot = qemu::Boot {
+    let boot = vm::Boot {
         kernel: Some(kernel.to_path_buf()),
         initrd: initrd.map(Path::to_path_buf),
         cmdline: crate::image::probe_cmdline(cmdline),
     };
-    let mut args = qemu::machine_args(Accel::Kvm);
+    let mut args = vm::machine_args(Accel::Kvm);
     args.extend(["-m".into(), "256".into(), "-smp".into(), "1".into(), "-no-reboot".into()]);
     args.extend(boot.args());
     args.extend(["-serial".into(), format!("file:{}", serial.display())]);
     // Tied to this thread: a probe guest hanging under nested KVM must not outlive `up`/`doctor` (Ctrl-C, exit,
     // panic); the guard kills it on every return path below.
     let mut child = match procs::TiedChild::spawn(
-        Command::new(qemu::qemu_binary()).args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()),
+        Command::new(vm::qemu_binary()).args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()),
     ) {
         Ok(c) => c,
         Err(e) => return tcg(format!("cannot start QEMU for the KVM probe: {e}")),

@@ -1,0 +1,219 @@
+//! The lab commands: `up`, `down`, `status`, `ssh`, `exec` and `doctor`. Each handler only parses, calls the
+//! lab layer (`crate::lab`) with the provider, and prints.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use serde_json::json;
+
+use crate::exit::{CliError, CliResult};
+use crate::guest::{interactive, shell_quote};
+use crate::lab::{self, Lab, LabSelector};
+use crate::provider::{self, qemu::doctor};
+use crate::ui::Ui;
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Topology file (YAML); its `name:` is the lab's name.
+    pub file: PathBuf,
+    /// On failure, keep the VMs, netns and lab directory for inspection (remove them with `down`).
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds allowed for all nodes to boot and get a ready agent (image builds not included).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SshArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+    /// Node name.
+    pub node: String,
+    /// A command to run instead of a login shell, as with ssh: its words are joined and given to the node's
+    /// shell, and its exit code is testbed's.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+    /// Node name.
+    pub node: String,
+    /// The command. One argument is handed to the guest's shell as is (pipes work); several are quoted
+    /// one by one.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {}
+
+fn print_json(value: &serde_json::Value) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value:#}").map_err(CliError::infra)
+}
+
+/// `up` and `down` make and remove network namespaces, bridges and taps, which only root may: say so before
+/// anything is made, instead of failing half-way with EPERM.
+fn require_root(command: &str) -> CliResult {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(CliError::bad_input(anyhow!(
+        "`testbed {command}` needs root (it creates and removes network namespaces, bridges and taps): \
+         run it as root or with sudo (`sudo testbed {command} ...`)"
+    )))
+}
+
+pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
+    require_root("up")?;
+    let plan = crate::topology::load_plan(&a.file).map_err(CliError::bad_input)?;
+    let opts = lab::UpOptions { keep: a.keep, timeout: Duration::from_secs(a.timeout) };
+    let outcome = lab::up(ui, plan, &opts, provider::default_provider()).await?;
+    if ui.is_json() {
+        return print_json(&serde_json::to_value(&outcome).map_err(CliError::infra)?);
+    }
+    if !outcome.already_up {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "lab {} up in {:.1} s (accelerator {}: {})",
+            outcome.lab, outcome.seconds, outcome.accelerator, outcome.accelerator_reason
+        );
+        for n in &outcome.nodes {
+            let _ = writeln!(
+                out,
+                "  {:<12} ssh 127.0.0.1:{}  testbed ssh --lab {} {}",
+                n.name, n.ssh_port, outcome.lab, n.name
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
+    require_root("down")?;
+    let Some(dir) = a.lab.resolve()? else {
+        ui.info("no lab; nothing to do");
+        if ui.is_json() {
+            return print_json(&json!({"lab": null, "removed": false}));
+        }
+        return Ok(());
+    };
+    let provider = provider::default_provider();
+    // Always under the lock (it lives outside the directory), so an `up` starting now cannot have its new
+    // directory removed by this `down`.
+    let _lock = dir.lock().map_err(CliError::infra)?;
+    let d = dir.clone();
+    let t = tokio::task::spawn_blocking(move || lab::teardown(&d, provider.as_ref()))
+        .await
+        .map_err(CliError::infra)?
+        .map_err(CliError::infra)?;
+    if ui.is_json() {
+        return print_json(&json!({
+            "lab": dir.name,
+            "stopped": t.stopped.iter().map(|(n, p)| json!({"node": n, "pid": p})).collect::<Vec<_>>(),
+            "netns_deleted": t.netns_deleted,
+            "dir_removed": t.dir_removed,
+        }));
+    }
+    if t.is_noop() {
+        ui.info(format!("lab `{}`: nothing left to remove", dir.name));
+    } else {
+        ui.info(format!(
+            "lab `{}` down: {} VM(s) stopped, netns {}, directory {}",
+            dir.name,
+            t.stopped.len(),
+            t.netns_deleted.as_deref().unwrap_or("(already gone)"),
+            if t.dir_removed { "removed" } else { "(already gone)" }
+        ));
+    }
+    Ok(())
+}
+
+pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
+    let lab = Lab::open(&a.lab)?;
+    let status = lab::status::collect(&lab, provider::default_provider().as_ref()).await;
+    if ui.is_json() {
+        print_json(&serde_json::to_value(&status).map_err(CliError::infra)?)?;
+    } else {
+        let _ = status.write_text(&mut std::io::stdout().lock());
+    }
+    status.verdict()
+}
+
+pub async fn cmd_ssh(_ui: &Ui, a: SshArgs) -> CliResult {
+    use std::os::unix::process::CommandExt;
+    let lab = Lab::open(&a.lab)?;
+    let (port, _) = lab.node_endpoint(&a.node)?;
+    let mut cmd =
+        interactive::interactive_ssh_command(port, &lab.paths.client_key(), &lab.paths.known_hosts(), &a.command);
+    // Replaces this process: the terminal belongs to ssh, and its exit code is ours.
+    let err = cmd.exec();
+    Err(CliError::infra(anyhow!("cannot run ssh (apt-get install -y openssh-client): {err}")))
+}
+
+pub async fn cmd_exec(_ui: &Ui, a: ExecArgs) -> CliResult {
+    let lab = Lab::open(&a.lab)?;
+    let session = lab.session(&a.node, Duration::from_secs(30)).await?;
+    let command = match a.command.as_slice() {
+        [one] => one.clone(),
+        many => many.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" "),
+    };
+    let out = session
+        .exec(&command, None)
+        .await
+        .map_err(|e| CliError::infra(anyhow!("node {}: exec `{command}`: {e}", a.node)))?;
+    let _ = std::io::stdout().write_all(&out.stdout);
+    let _ = std::io::stderr().write_all(&out.stderr);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    if out.exit_code != 0 {
+        // The remote command's exit code is testbed's (like `ssh host cmd`), beyond the 0-3 classes.
+        std::process::exit(out.exit_code.clamp(1, 255));
+    }
+    Ok(())
+}
+
+pub async fn cmd_doctor(ui: &Ui, _a: DoctorArgs) -> CliResult {
+    let checks = tokio::task::spawn_blocking(doctor::run_checks).await.map_err(CliError::infra)?;
+    let failed: Vec<&str> = checks.iter().filter(|c| c.status == doctor::Status::Fail).map(|c| c.name).collect();
+    if ui.is_json() {
+        print_json(&json!({"ok": failed.is_empty(), "checks": checks}))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for c in &checks {
+            let tag = match c.status {
+                doctor::Status::Ok => "ok  ",
+                doctor::Status::Warn => "warn",
+                doctor::Status::Fail => "FAIL",
+            };
+            let _ = writeln!(out, "{tag} {:<11} {}", c.name, c.detail);
+            if let (Some(fix), true) = (&c.fix, c.status != doctor::Status::Ok) {
+                let _ = writeln!(out, "     {:<11} fix: {fix}", "");
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::infra(anyhow!("this host cannot run labs: {} missing", failed.join(", "))))
+    }
+}

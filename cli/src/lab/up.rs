@@ -1,0 +1,344 @@
+//! `up`, whatever the provider: lock the lab, refuse a changed plan, leave a healthy lab alone, let the provider
+//! converge the nodes, and on failure or interruption (Ctrl-C, SIGTERM, SIGHUP) wait for its blocking work and
+//! tear down everything it made (unless --keep). Errors name the node, the stage and the serial log.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::guest::agent_deploy::AgentDeployError;
+use crate::guest::SshError;
+use crate::image::ImageError;
+use crate::plan::Plan;
+use crate::provider::Provider;
+use crate::ui::Ui;
+
+use super::dir::{self as labdir, LabDir, LabDirError};
+use super::handle::Lab;
+use super::state::{Accel, LabState, NodeState, Stage};
+use super::teardown::teardown;
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Leave whatever was made in place when `up` fails (for debugging).
+    pub keep: bool,
+    /// Budget for booting every node to a ready agent (image builds not included).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    LabDir(#[from] LabDirError),
+    #[error(
+        "lab `{lab}` is already up from a different topology (its plan differs); run `testbed down --lab {lab}` first"
+    )]
+    PlanChanged { lab: String },
+    #[error("image {image}: {source}")]
+    Image {
+        image: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error("SSH keys: {0}")]
+    Keys(#[source] SshError),
+    #[error("{0}")]
+    AgentBinary(#[source] AgentDeployError),
+    #[error("host network (netns {netns}): {source}")]
+    Net {
+        netns: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("node {node}: {stage}: {message}{}", serial_hint(.serial_log, .serial_tail))]
+    Node { node: String, stage: Stage, message: String, serial_log: Option<PathBuf>, serial_tail: String },
+    #[error("interrupted")]
+    Interrupted,
+    #[error("stopped: another step of this `up` failed")]
+    Cancelled,
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn serial_hint(log: &Option<PathBuf>, tail: &str) -> String {
+    match log {
+        None => String::new(),
+        Some(p) if tail.is_empty() => format!("\n  serial log: {} (empty)", p.display()),
+        Some(p) => format!("\n  serial log: {}; last lines:\n{}", p.display(), indent(tail)),
+    }
+}
+
+fn indent(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(15);
+    lines[start..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+impl UpError {
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            UpError::PlanChanged { .. } => true,
+            UpError::Image { source, .. } => source.is_bad_input(),
+            _ => false,
+        }
+    }
+}
+
+impl From<UpError> for crate::exit::CliError {
+    fn from(e: UpError) -> Self {
+        if e.is_bad_input() {
+            crate::exit::CliError::bad_input(e)
+        } else {
+            crate::exit::CliError::infra(e)
+        }
+    }
+}
+
+/// What `up` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpOutcome {
+    pub lab: String,
+    pub dir: PathBuf,
+    /// True when the lab was already up and healthy: nothing was done.
+    pub already_up: bool,
+    pub accelerator: Accel,
+    pub accelerator_reason: String,
+    pub seconds: f64,
+    pub nodes: Vec<UpNode>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpNode {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub ssh_port: u16,
+    /// Reused a running VM instead of booting one.
+    pub reused: bool,
+    /// Seconds spent in each stage (disk, boot, ssh, agent, network), in order.
+    pub stage_seconds: Vec<(Stage, f64)>,
+}
+
+/// Runs `f` on the blocking pool (untracked: for work that makes nothing a rollback must wait for).
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, UpError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| UpError::Task(e.to_string()))
+}
+
+/// The blocking work of one `up` that makes lab resources (netns, disks, QEMU launches). A rollback must not
+/// look at what exists while any of it still runs: a blocking task keeps going when the future awaiting it is
+/// dropped (a failed sibling node, Ctrl-C), so it could launch a QEMU or re-create a node directory after
+/// teardown. Each task holds a read guard for as long as it runs; `settle` takes the write side, which both
+/// refuses new work and waits for the running work to end.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// The write guard once settled, kept so nothing can start afterwards.
+    settled: Arc<Mutex<Option<tokio::sync::OwnedRwLockWriteGuard<()>>>>,
+}
+
+impl InFlight {
+    /// Runs `f` on the blocking pool, tracked; `Cancelled` without running it once `settle` has begun.
+    /// Runs `f` on the blocking pool (untracked: for work that makes nothing a rollback must wait for).
+    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, UpError> {
+        let guard = self.gate.clone().try_read_owned().map_err(|_| UpError::Cancelled)?;
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(guard);
+            out
+        })
+        .await
+        .map_err(|e| UpError::Task(e.to_string()))
+    }
+
+    /// True once `settle` has begun: blocking work checks it before making anything new.
+    pub fn is_cancelled(&self) -> bool {
+        self.gate.try_read().is_err()
+    }
+
+    /// Refuses new work and returns once every started task has finished.
+    pub async fn settle(&self) {
+        let guard = self.gate.clone().write_owned().await;
+        *self.settled.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+    }
+}
+
+/// `up` of `plan` with `provider` (see the module doc).
+pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provider>) -> Result<UpOutcome, UpError> {
+    let started = Instant::now();
+    let dir = LabDir::new(&labdir::state_root()?, &plan.lab);
+    let _lock = dir.lock()?;
+    check_plan_unchanged(&dir, &plan)?;
+    let mut previous = dir.read_state().ok().flatten();
+    let host_resources_present = provider.host_resources_exist(&plan);
+    if let (Some(state), false) = (previous.as_mut(), host_resources_present) {
+        // What the machines were attached to (QEMU: the netns and its taps) is gone: their underlay is dead for
+        // good, so they are replaced rather than reused. A machine that survives the stop is not reused either.
+        let _ = provider.stop_machines(&dir);
+        state.nodes.values_mut().for_each(NodeState::forget_process);
+    }
+    if let Some(state) = &previous {
+        if host_resources_present && lab_is_healthy(&dir, &plan, state, provider.as_ref()).await {
+            dir.write_plan(&plan)?;
+            ui.info(format!(
+                "lab `{}` is already up and healthy ({} nodes); nothing to do",
+                plan.lab,
+                plan.nodes.len()
+            ));
+            return Ok(already_up(&dir, &plan, state, started));
+        }
+    }
+
+    let inflight = InFlight::default();
+    let work = provider.converge(ui, plan.clone(), dir.clone(), previous, opts, inflight.clone());
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // A dropped SSH session sends SIGHUP: roll back as for Ctrl-C instead of dying with VMs left running.
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let result = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(UpError::Interrupted),
+        _ = signalled(sigterm.as_mut()) => Err(UpError::Interrupted),
+        _ = signalled(sighup.as_mut()) => Err(UpError::Interrupted),
+    };
+    // Whatever happened, no disk preparation or QEMU launch of this run may still be under way once `up`
+    // returns (or rolls back): the rollback below would miss it, and `--keep` should show a settled lab.
+    if result.is_err() {
+        inflight.settle().await;
+    }
+    match result {
+        Ok(outcome) => Ok(UpOutcome { seconds: started.elapsed().as_secs_f64(), ..outcome }),
+        Err(e) if opts.keep => {
+            ui.info(format!("keeping the failed lab for inspection (--keep): {}", dir.root.display()));
+            Err(e)
+        }
+        Err(e) => {
+            roll_back(ui, &dir, provider).await;
+            Err(e)
+        }
+    }
+}
+
+/// A lab that is up from another topology is not ours to change: `down` first.
+fn check_plan_unchanged(dir: &LabDir, plan: &Plan) -> Result<(), UpError> {
+    // A plan.json that cannot be read is a leftover of a broken up: converge over it.
+    let Ok(mut previous) = dir.read_plan() else { return Ok(()) };
+    // Only the resolved plan matters: a comment edited in the topology changes the hash, nothing else.
+    previous.topology_hash.clone_from(&plan.topology_hash);
+    // Declared tests only feed `run`: a changed `tests:` is recorded, not a reason to rebuild.
+    previous.tests.clone_from(&plan.tests);
+    if previous != *plan {
+        return Err(UpError::PlanChanged { lab: plan.lab.clone() });
+    }
+    Ok(())
+}
+
+/// The outcome of an `up` that found the lab healthy and did nothing.
+fn already_up(dir: &LabDir, plan: &Plan, state: &LabState, started: Instant) -> UpOutcome {
+    UpOutcome {
+        lab: plan.lab.clone(),
+        dir: dir.root.clone(),
+        already_up: true,
+        accelerator: state.accelerator,
+        accelerator_reason: state.accelerator_reason.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        nodes: plan
+            .nodes
+            .iter()
+            .map(|n| UpNode {
+                name: n.name.clone(),
+                pid: state.nodes.get(&n.name).and_then(|s| s.pid),
+                ssh_port: n.ssh_port,
+                reused: true,
+                stage_seconds: Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// Removes what the failed `up` made; a rollback that fails says how to finish it.
+async fn roll_back(ui: &Ui, dir: &LabDir, provider: Arc<dyn Provider>) {
+    ui.info(format!("`up` failed; removing what it made in lab `{}`", dir.name));
+    let d = dir.clone();
+    match blocking(move || teardown(&d, provider.as_ref())).await {
+        Ok(Ok(t)) => ui.info(t.rollback_summary()),
+        Ok(Err(e)) => ui.info(format!("rollback incomplete: {e}; run `testbed down --lab {}`", dir.name)),
+        Err(e) => ui.info(format!("rollback incomplete: {e}; run `testbed down --lab {}`", dir.name)),
+    }
+}
+
+/// Resolves when `signal` arrives (never when it could not be installed).
+async fn signalled(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Every node's VM alive and its agent answering.
+async fn lab_is_healthy(dir: &LabDir, plan: &Plan, state: &LabState, provider: &dyn Provider) -> bool {
+    let all_alive = plan.nodes.iter().all(|n| {
+        state.nodes.get(&n.name).is_some_and(|s| s.stage == Stage::Ready && provider.is_running(dir, &n.name, s))
+    });
+    if !all_alive {
+        return false;
+    }
+    let Ok(lab) = Lab::open_dir(dir.clone()) else { return false };
+    let checks = plan.nodes.iter().map(|n| {
+        let lab = &lab;
+        async move {
+            match lab.connect_node(&n.name, Duration::from_secs(5)).await {
+                Ok(c) => c.agent.health().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    });
+    futures::future::join_all(checks).await.into_iter().all(|ok| ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::fixtures::test_plan;
+    use crate::provider::qemu::hostnet::fake::FakeHostNet;
+    use crate::provider::qemu::hostnet::HostNet as _;
+    use crate::provider::qemu::QemuProvider;
+
+    /// The bug this guards against: `up` is interrupted while the netns is being built on a blocking thread;
+    /// the rollback must wait for that thread, or it runs first and the netns is created afterwards and leaks.
+    #[tokio::test]
+    async fn rollback_waits_for_blocking_work_of_an_interrupted_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "t");
+        dir.create().unwrap();
+        dir.write_plan(&test_plan()).unwrap();
+        let net = Arc::new(FakeHostNet::default());
+        let inflight = InFlight::default();
+        let (n2, i2) = (net.clone(), inflight.clone());
+        let slow_setup = async move {
+            i2.blocking(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                n2.create_netns(&test_plan().netns)
+            })
+            .await
+        };
+        // Ctrl-C arrives while the setup runs: the awaiting future is dropped, the thread is not.
+        assert!(tokio::time::timeout(Duration::from_millis(20), slow_setup).await.is_err());
+        inflight.settle().await;
+        assert!(net.netns_exists("tb-t").unwrap(), "settle returned before the setup finished");
+        // Nothing new starts after settle.
+        let late = inflight.blocking(|| panic!("ran after settle")).await;
+        assert!(matches!(late, Err(UpError::Cancelled)));
+        assert!(inflight.is_cancelled());
+        let t = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
+        assert_eq!(t.netns_deleted.as_deref(), Some("tb-t"));
+        assert!(net.namespaces.lock().unwrap().is_empty() && !dir.exists());
+    }
+
+    #[tokio::test]
+    async fn settle_without_work_returns_at_once() {
+        let inflight = InFlight::default();
+        assert!(!inflight.is_cancelled());
+        assert_eq!(inflight.blocking(|| 7).await.unwrap(), 7);
+        tokio::time::timeout(Duration::from_secs(1), inflight.settle()).await.unwrap();
+    }
+}
