@@ -1,5 +1,5 @@
-//! The HTTP/JSON API (INTERFACES.md "Agent HTTP API"). Bodies are parsed here rather than with axum's `Json`
-//! extractor so that every error, malformed JSON included, is an `ApiError` body.
+//! The HTTP/JSON API (docs/architecture.md, "The agent's HTTP API"). Bodies are parsed here rather than with
+//! axum's `Json` extractor so that every error, malformed JSON included, is an `ApiError` body.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -84,7 +84,7 @@ fn require_root(command: &str) -> CliResult {
 
 pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
     require_root("up")?;
-    let plan = crate::topology::load_plan(&a.file).map_err(CliError::bad_input)?;
+    let plan = crate::plan::load(&a.file).map_err(CliError::bad_input)?;
     let opts = lab::UpOptions { keep: a.keep, timeout: Duration::from_secs(a.timeout) };
     let outcome = lab::up(ui, plan, &opts, provider::default_provider()).await?;
     if ui.is_json() {
