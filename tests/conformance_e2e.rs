@@ -106,9 +106,10 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool) {
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
     let skipped = unexpected_skips(checks);
     assert!(skipped.is_empty(), "checks skipped on a backend that must run them:\n{}", skipped.join("\n"));
-    let none_skips = checks.iter().filter(|c| c["status"] == "skip").count();
-    let per_backend = checks.iter().filter(|c| c["backend"] == "vxlan").count();
-    assert!(none_skips < per_backend / 2, "{none_skips} skips: most of the none backend's checks did not run");
+    // The none backend skips its cross-node checks only: most of its checks still run.
+    let none = checks.iter().filter(|c| c["backend"] == "none");
+    let (none_total, none_skips) = none.fold((0, 0), |(t, k), c| (t + 1, k + usize::from(c["status"] == "skip")));
+    assert!(none_skips * 2 <= none_total, "{none_skips} of the none backend's {none_total} checks skipped");
     assert_eq!(conf.status.code(), Some(0), "conformance exit code");
     if with_perf {
         perf_smoke(&run, topo, &tmp.path().join("perf"));

@@ -437,6 +437,20 @@ async fn pods_attach_idempotently_detach_and_repair() {
     assert!(net.repair_pods(&pods).await.expect("repair").is_empty());
     assert_ping(p1, a2.ip);
 
+    // A backend switch changes the pod MTU: repair takes both ends of the existing pods' veths along (a pod
+    // left at 1500 on a 1450 path would black-hole its full-size packets), and back again.
+    for (backend, mtu) in [(Backend::Vxlan, 1450), (Backend::HostGw, 1500)] {
+        lab.apply_all(backend).await;
+        let lines = net.repair_pods(&pods).await.expect("repair after a switch");
+        let want = format!("pod web: MTU {} -> {mtu} (eth0 and {})", 2950 - mtu, a1.host_veth);
+        assert!(lines.contains(&want), "{backend}: {lines:?}");
+        let inside = sh(&["nsenter", "-t", &p1.to_string(), "-n", "ip", "link", "show", "eth0"]);
+        assert!(inside.contains(&format!("mtu {mtu} ")), "{backend}: {inside}");
+        assert!(a.ip(&["link", "show", &a1.host_veth]).contains(&format!("mtu {mtu} ")), "{backend}");
+        assert!(net.repair_pods(&pods).await.expect("repair").is_empty(), "{backend}: repaired twice");
+    }
+    assert_ping(p1, a2.ip);
+
     // Detach releases the IP and removes the veth; the next pod gets the next address, not the one just
     // freed (peers may still cache it with the old MAC).
     net.detach_pod("web").await.expect("detach");

@@ -420,7 +420,7 @@ impl Worker {
     }
 
     async fn repair(&mut self, pods: &[(String, u32)]) -> Result<Vec<String>, NetError> {
-        self.spec()?;
+        let mtu = self.spec().map(|s| s.backend.pod_mtu(s.underlay.mtu))?;
         let links = self.kernel.links().await?;
         let mut lines = Vec::new();
         let mut failed = Vec::new();
@@ -432,6 +432,7 @@ impl Worker {
                     .attach(pod, *pid, true)
                     .await
                     .map(|a| Some(format!("pod {pod}: recreated {} ({})", a.host_veth, a.ip))),
+                Some(l) if l.mtu != mtu => self.set_pod_mtu(pod, *pid, &name, l.mtu, mtu).await.map(Some),
                 Some(l) if l.master.as_deref() != Some(BRIDGE) || !l.up => {
                     let result = match self.kernel.bridge_index().await {
                         Ok(bridge) => self.kernel.enslave(&name, bridge).await,
@@ -454,5 +455,34 @@ impl Worker {
             return Err(NetError::Repair(failed.join("; ")));
         }
         Ok(lines)
+    }
+
+    /// A backend switch changes the pod MTU; the veths of pods made before it keep the old one, which
+    /// black-holes a pod's full-size packets when the new MTU is smaller. Both ends follow: the pod's eth0 first
+    /// when the MTU shrinks (the pod never sends what its host end would drop), last when it grows.
+    async fn set_pod_mtu(
+        &mut self,
+        pod: &str,
+        pid: u32,
+        host_veth: &str,
+        from: u32,
+        to: u32,
+    ) -> Result<String, NetError> {
+        let ns_path = format!("/proc/{pid}/ns/net");
+        let netns = OwnedFd::from(
+            std::fs::File::open(&ns_path).map_err(|e| NetError::io(format!("pod {pod}: open {ns_path}"), e))?,
+        );
+        if !(self.infra_check)(pid, pod) {
+            return Err(NetError::InfraGone(pid));
+        }
+        let mut pod_sock = RtSocket::open_in(netns.as_fd(), self.home_ns.as_fd())?;
+        if to < from {
+            netlink::set_pod_eth0_mtu(&mut pod_sock, to)?;
+            self.kernel.set_mtu(host_veth, to).await?;
+        } else {
+            self.kernel.set_mtu(host_veth, to).await?;
+            netlink::set_pod_eth0_mtu(&mut pod_sock, to)?;
+        }
+        Ok(format!("pod {pod}: MTU {from} -> {to} (eth0 and {host_veth})"))
     }
 }

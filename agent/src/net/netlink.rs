@@ -197,6 +197,12 @@ impl NetlinkKernel {
         self.handle.link().set_port(port).execute().await.map_err(nl(format!("set {host} hairpin on")))
     }
 
+    /// Sets a link's MTU (a pod's host veth, when a backend switch changed the pod MTU).
+    pub async fn set_mtu(&self, name: &str, mtu: u32) -> Result<(), NetError> {
+        let set = LinkUnspec::new_with_name(name).mtu(mtu).build();
+        self.handle.link().set(set).execute().await.map_err(nl(format!("set {name} mtu {mtu}")))
+    }
+
     pub async fn bridge_index(&self) -> Result<u32, NetError> {
         self.require_index(BRIDGE).await
     }
@@ -504,6 +510,13 @@ fn disable_ipv6(conf: &std::fs::File, dev: &str) -> Result<(), NetError> {
     // The open directory as a path: the lookup starts there instead of at /proc/sys/net.
     let path = format!("/proc/thread-self/fd/{}/{dev}/disable_ipv6", conf.as_raw_fd());
     std::fs::write(&path, "1").map_err(|e| NetError::io(format!("write {IPV6_CONF}/{dev}/disable_ipv6"), e))
+}
+
+/// Inside the pod's netns, over a socket opened there: eth0's MTU.
+pub fn set_pod_eth0_mtu(pod: &mut RtSocket, mtu: u32) -> Result<(), NetError> {
+    let set = LinkUnspec::new_with_name("eth0").mtu(mtu).build();
+    pod.batch(&[Req::new(RouteNetlinkMessage::SetLink(set), Mode::Plain, format!("pod: set eth0 mtu {mtu}"))])?;
+    Ok(())
 }
 
 /// Inside the pod's netns, over a socket opened there: lo up; eth0 address, up; default route via the

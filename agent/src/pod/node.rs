@@ -32,10 +32,22 @@ impl Agent {
     pub async fn apply_node(&self, spec: NodeSpec) -> Result<ApplyResponse> {
         testbed_api::validate::validate_node(&spec).map_err(AgentError::Invalid)?;
         let _guard = self.apply_lock.lock().await;
-        let result = self.net.apply(&spec).await;
+        let mut result = self.net.apply(&spec).await;
         if let Err(e @ NetError::InvalidInput(_)) = result {
             // Refused as a whole: the spec is not taken on.
             return Err(e.into());
+        }
+        // Existing pods follow a change of the pod MTU (a backend switch) now, not at the next reconcile:
+        // the caller's next packets may already be full-size. A pod that cannot be repaired now (its infra
+        // just died) is the reconcile loop's to retry; it does not fail the node's apply.
+        if let Ok(changes) = &mut result {
+            let attached = self.attached_pods();
+            if !changes.is_empty() && !attached.is_empty() {
+                match self.net.repair_pods(&attached).await {
+                    Ok(repairs) => changes.extend(repairs),
+                    Err(e) => tracing::warn!(error = %e, "pods not yet repaired after the apply"),
+                }
+            }
         }
         let stored = write_json_atomic(&self.node_file(), &spec);
         let mut node = lock(&self.node);
@@ -57,6 +69,18 @@ impl Agent {
                 )))
             }
         }
+    }
+
+    /// Pods with a network sandbox of their own that is alive: (name, infra PID).
+    fn attached_pods(&self) -> Vec<(String, u32)> {
+        lock(&self.pods)
+            .values()
+            .filter(|p| !p.spec.host_network && !p.deleting.load(Ordering::Relaxed))
+            .filter_map(|p| {
+                let rec = lock(&p.record);
+                rec.infra_pid.filter(|_| !rec.sandbox_lost).map(|pid| (p.spec.name.clone(), pid))
+            })
+            .collect()
     }
 
     pub async fn node_status(&self) -> NodeStatus {
@@ -98,14 +122,7 @@ impl Agent {
             Ok(changes) => repairs.extend(changes),
             Err(e) => error = Some(format!("apply: {e}")),
         }
-        let attached: Vec<(String, u32)> = lock(&self.pods)
-            .values()
-            .filter(|p| !p.spec.host_network && !p.deleting.load(Ordering::Relaxed))
-            .filter_map(|p| {
-                let rec = lock(&p.record);
-                rec.infra_pid.filter(|_| !rec.sandbox_lost).map(|pid| (p.spec.name.clone(), pid))
-            })
-            .collect();
+        let attached = self.attached_pods();
         if !attached.is_empty() {
             match self.net.repair_pods(&attached).await {
                 Ok(changes) => repairs.extend(changes),
