@@ -3,11 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use chart::num;
 use serde::Serialize;
 use testbed_api::results::{CheckResult, CheckStatus, Measurement, RunOutcome, SuiteResults, RESULTS_SCHEMA_VERSION};
 
-const MD_TEMPLATE: &str = include_str!("../../../templates/report/report.md.tera");
-const HTML_TEMPLATE: &str = include_str!("../../../templates/report/report.html.tera");
+mod chart;
+
+const MD_TEMPLATE: &str = include_str!("../../../../templates/report/report.md.tera");
+const HTML_TEMPLATE: &str = include_str!("../../../../templates/report/report.html.tera");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -211,7 +214,12 @@ struct Bar {
     label: String,
     value: String,
     y: usize,
+    /// The median's bar, in pixels.
     width: f64,
+    /// The 95 % interval of the mean, in pixels; None below 2 samples.
+    whisker: Option<chart::Whisker>,
+    /// Where the value's text starts: right of the bar and of the whisker.
+    text_x: f64,
 }
 
 #[derive(Serialize)]
@@ -261,14 +269,6 @@ fn verdict(results: &SuiteResults) -> &'static str {
     }
 }
 
-fn num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
 fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
     let label = |m: &Measurement| match m.backend {
         Some(b) => format!("{} ({b})", m.path),
@@ -309,7 +309,8 @@ fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
         .into_iter()
         .map(|kind| {
             let ms: Vec<&Measurement> = results.measurements.iter().filter(|m| m.kind == kind).collect();
-            let top = ms.iter().map(|m| m.stats.median).fold(0.0, f64::max);
+            // The scale covers the intervals too: a whisker longer than the longest bar stays inside the chart.
+            let scale = chart::Scale::from_zero(ms.iter().flat_map(|m| chart::extent(&m.stats)), BAR_WIDTH);
             Chart {
                 kind: kind.to_string(),
                 unit: ms.first().map(|m| m.unit.clone()).unwrap_or_default(),
@@ -317,11 +318,17 @@ fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
                 bars: ms
                     .iter()
                     .enumerate()
-                    .map(|(i, m)| Bar {
-                        label: label(m),
-                        value: num(m.stats.median),
-                        y: i * BAR_PITCH,
-                        width: if top > 0.0 { BAR_WIDTH * m.stats.median / top } else { 0.0 },
+                    .map(|(i, m)| {
+                        let width = scale.at(m.stats.median);
+                        let whisker = chart::whisker(&m.stats, &scale);
+                        Bar {
+                            label: label(m),
+                            value: num(m.stats.median),
+                            y: i * BAR_PITCH,
+                            width,
+                            whisker,
+                            text_x: whisker.map_or(width, |w| w.hi.max(width)),
+                        }
                     })
                     .collect(),
             }
