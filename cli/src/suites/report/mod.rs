@@ -8,6 +8,16 @@ use serde::Serialize;
 use testbed_api::results::{CheckResult, CheckStatus, Measurement, RunOutcome, SuiteResults, RESULTS_SCHEMA_VERSION};
 
 mod chart;
+#[cfg(test)]
+mod cli_tests;
+mod command;
+pub mod compare;
+pub mod compare_view;
+#[cfg(test)]
+mod fixtures;
+pub mod history;
+
+pub use command::{cmd_compare, cmd_history};
 
 const MD_TEMPLATE: &str = include_str!("../../../../templates/report/report.md.tera");
 const HTML_TEMPLATE: &str = include_str!("../../../../templates/report/report.html.tera");
@@ -56,7 +66,7 @@ pub fn write_renders(dir: &Path, results: &SuiteResults) -> Result<(), ReportErr
     write(dir, "report.html", &html(results)?)
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> Result<(), ReportError> {
+pub(super) fn write(dir: &Path, name: &str, text: &str) -> Result<(), ReportError> {
     let path = dir.join(name);
     // Write then rename: a reader never sees half a report.
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -398,20 +408,26 @@ fn view(results: &SuiteResults) -> View<'_> {
     }
 }
 
-fn render(name: &'static str, template: &str, results: &SuiteResults) -> Result<String, ReportError> {
+/// Renders `view` with `template`; `name` (ending in .html or .md) picks tera's escaping and names errors.
+fn render_view<T: Serialize>(name: &'static str, template: &str, view: &T) -> Result<String, ReportError> {
     let mut tera = tera::Tera::default();
-    // The .html name turns on tera's autoescaping; the markdown template escapes what it needs itself.
+    // The .html name turns on tera's autoescaping; the markdown templates escape what they need themselves.
     tera.add_raw_template(name, template)
         .map_err(|e| ReportError::Render { template: name, message: format!("{e:?}") })?;
-    let ctx = tera::Context::from_serialize(view(results))
+    let ctx = tera::Context::from_serialize(view)
         .map_err(|e| ReportError::Render { template: name, message: e.to_string() })?;
     tera.render(name, &ctx).map_err(|e| ReportError::Render { template: name, message: format!("{e:?}") })
 }
 
 pub fn markdown(results: &SuiteResults) -> Result<String, ReportError> {
-    render("report.md", MD_TEMPLATE, results)
+    render_view("report.md", MD_TEMPLATE, &view(results))
 }
 
 pub fn html(results: &SuiteResults) -> Result<String, ReportError> {
-    render("report.html", HTML_TEMPLATE, results)
+    html_with(HTML_TEMPLATE, results)
+}
+
+/// `html` with another template: the browser test renders deliberately broken ones.
+pub fn html_with(template: &str, results: &SuiteResults) -> Result<String, ReportError> {
+    render_view("report.html", template, &view(results))
 }
