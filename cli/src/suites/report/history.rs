@@ -123,6 +123,9 @@ fn view(runs: &[(String, SuiteResults)]) -> Result<View, HistoryError> {
             let values: Vec<f64> = series.iter().flat_map(|(_, _, m)| chart::extent(&m.stats)).collect();
             let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            // Some room above and below, so that the extreme whisker caps do not sit on the chart's frame.
+            let pad = if hi > lo { (hi - lo) * 0.08 } else { 0.0 };
+            let (lo, hi) = ((lo - pad).max(0.0), hi + pad);
             let scale = Scale::new(lo, hi, PLOT_H);
             let y = |v: f64| TOP + PLOT_H - scale.at(v);
             let points: Vec<Point> = series

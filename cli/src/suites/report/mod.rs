@@ -7,6 +7,8 @@ use chart::num;
 use serde::Serialize;
 use testbed_api::results::{CheckResult, CheckStatus, Measurement, RunOutcome, SuiteResults, RESULTS_SCHEMA_VERSION};
 
+#[cfg(test)]
+mod browser_tests;
 mod chart;
 #[cfg(test)]
 mod cli_tests;
