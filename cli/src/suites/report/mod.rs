@@ -11,6 +11,8 @@ use testbed_api::results::{CheckResult, CheckStatus, Measurement, RunOutcome, Su
 mod browser_tests;
 mod chart;
 #[cfg(test)]
+mod ci_tests;
+#[cfg(test)]
 mod cli_tests;
 mod command;
 pub mod compare;
