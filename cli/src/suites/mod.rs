@@ -67,9 +67,38 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").args(["dir", "compare", "history"]).required(true)))]
 pub struct ReportArgs {
-    /// Directory holding results.json.
-    pub dir: PathBuf,
+    /// Directory holding results.json: render its junit.xml, report.md and report.html again.
+    pub dir: Option<PathBuf>,
+    /// Compare the perf figures of two runs (directories holding results.json) and write compare.md,
+    /// compare.html and compare.json. Exit 1 when a figure got worse beyond noise and tolerance or went
+    /// missing, 2 when the runs are not comparable (topology, accelerator, kernel or testbed version differ).
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    pub compare: Option<Vec<PathBuf>>,
+    /// --compare: a change of the median up to PCT percent is never a regression (nor an improvement)
+    /// [default: 5].
+    #[arg(long, value_name = "PCT", value_parser = parse_tolerance)]
+    pub tolerance: Option<f64>,
+    /// --compare: compare runs whose topology, accelerator, kernel or testbed version differ anyway.
+    #[arg(long)]
+    pub allow_mismatch: bool,
+    /// Write history.html: a trend chart per perf figure over these runs (directories holding results.json).
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    pub history: Option<Vec<PathBuf>>,
+    /// Where --compare writes its files [default: NEW] and --history its page [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `--tolerance` when not given: TCG figures of clean back-to-back runs agree within a few percent.
+const DEFAULT_TOLERANCE: f64 = 5.0;
+
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage between 0 and 1000")),
+    }
 }
 
 /// Which backends `--backend` asks for; None means the plan's own.
@@ -294,18 +323,42 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
 }
 
 pub async fn cmd_report(ui: &Ui, a: ReportArgs) -> CliResult {
-    let results = report::load(&a.dir).map_err(|e| match e {
+    if let Some([old, new]) = a.compare.as_deref() {
+        return report::cmd_compare(
+            ui,
+            old,
+            new,
+            a.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            a.allow_mismatch,
+            a.out.as_deref(),
+        );
+    }
+    // clap's `requires` does not fire inside the required mode group, so the mode-specific options are checked
+    // here: an option that would be silently ignored is bad input.
+    if a.tolerance.is_some() || a.allow_mismatch {
+        return Err(CliError::bad_input(anyhow!("--tolerance and --allow-mismatch go with --compare")));
+    }
+    if let Some(dirs) = &a.history {
+        return report::cmd_history(ui, dirs, a.out.as_deref());
+    }
+    if a.out.is_some() {
+        return Err(CliError::bad_input(anyhow!("--out goes with --compare or --history; DIR is rendered in place")));
+    }
+    let Some(dir) = a.dir else {
+        return Err(CliError::bad_input(anyhow!("give DIR, --compare OLD NEW or --history DIR...")));
+    };
+    let results = report::load(&dir).map_err(|e| match e {
         report::ReportError::Io { .. } | report::ReportError::Parse { .. } | report::ReportError::Schema { .. } => {
             CliError::bad_input(e)
         }
         report::ReportError::Render { .. } => CliError::infra(e),
     })?;
-    report::write_renders(&a.dir, &results).map_err(CliError::infra)?;
+    report::write_renders(&dir, &results).map_err(CliError::infra)?;
     if ui.is_json() {
         let doc = serde_json::to_string(&results).map_err(CliError::infra)?;
         println!("{doc}");
     } else {
-        ui.info(format!("rendered junit.xml, report.md, report.html in {}", a.dir.display()));
+        ui.info(format!("rendered junit.xml, report.md, report.html in {}", dir.display()));
     }
     Ok(())
 }

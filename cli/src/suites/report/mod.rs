@@ -3,11 +3,28 @@
 
 use std::path::{Path, PathBuf};
 
+use chart::num;
 use serde::Serialize;
 use testbed_api::results::{CheckResult, CheckStatus, Measurement, RunOutcome, SuiteResults, RESULTS_SCHEMA_VERSION};
 
-const MD_TEMPLATE: &str = include_str!("../../../templates/report/report.md.tera");
-const HTML_TEMPLATE: &str = include_str!("../../../templates/report/report.html.tera");
+#[cfg(test)]
+mod browser_tests;
+mod chart;
+#[cfg(test)]
+mod ci_tests;
+#[cfg(test)]
+mod cli_tests;
+mod command;
+pub mod compare;
+pub mod compare_view;
+#[cfg(test)]
+mod fixtures;
+pub mod history;
+
+pub use command::{cmd_compare, cmd_history};
+
+const MD_TEMPLATE: &str = include_str!("../../../../templates/report/report.md.tera");
+const HTML_TEMPLATE: &str = include_str!("../../../../templates/report/report.html.tera");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -53,7 +70,7 @@ pub fn write_renders(dir: &Path, results: &SuiteResults) -> Result<(), ReportErr
     write(dir, "report.html", &html(results)?)
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> Result<(), ReportError> {
+pub(super) fn write(dir: &Path, name: &str, text: &str) -> Result<(), ReportError> {
     let path = dir.join(name);
     // Write then rename: a reader never sees half a report.
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -211,7 +228,12 @@ struct Bar {
     label: String,
     value: String,
     y: usize,
+    /// The median's bar, in pixels.
     width: f64,
+    /// The 95 % interval of the mean, in pixels; None below 2 samples.
+    whisker: Option<chart::Whisker>,
+    /// Where the value's text starts: right of the bar and of the whisker.
+    text_x: f64,
 }
 
 #[derive(Serialize)]
@@ -261,14 +283,6 @@ fn verdict(results: &SuiteResults) -> &'static str {
     }
 }
 
-fn num(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
 fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
     let label = |m: &Measurement| match m.backend {
         Some(b) => format!("{} ({b})", m.path),
@@ -309,7 +323,8 @@ fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
         .into_iter()
         .map(|kind| {
             let ms: Vec<&Measurement> = results.measurements.iter().filter(|m| m.kind == kind).collect();
-            let top = ms.iter().map(|m| m.stats.median).fold(0.0, f64::max);
+            // The scale covers the intervals too: a whisker longer than the longest bar stays inside the chart.
+            let scale = chart::Scale::from_zero(ms.iter().flat_map(|m| chart::extent(&m.stats)), BAR_WIDTH);
             Chart {
                 kind: kind.to_string(),
                 unit: ms.first().map(|m| m.unit.clone()).unwrap_or_default(),
@@ -317,11 +332,17 @@ fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
                 bars: ms
                     .iter()
                     .enumerate()
-                    .map(|(i, m)| Bar {
-                        label: label(m),
-                        value: num(m.stats.median),
-                        y: i * BAR_PITCH,
-                        width: if top > 0.0 { BAR_WIDTH * m.stats.median / top } else { 0.0 },
+                    .map(|(i, m)| {
+                        let width = scale.at(m.stats.median);
+                        let whisker = chart::whisker(&m.stats, &scale);
+                        Bar {
+                            label: label(m),
+                            value: num(m.stats.median),
+                            y: i * BAR_PITCH,
+                            width,
+                            whisker,
+                            text_x: whisker.map_or(width, |w| w.hi.max(width)),
+                        }
                     })
                     .collect(),
             }
@@ -391,20 +412,26 @@ fn view(results: &SuiteResults) -> View<'_> {
     }
 }
 
-fn render(name: &'static str, template: &str, results: &SuiteResults) -> Result<String, ReportError> {
+/// Renders `view` with `template`; `name` (ending in .html or .md) picks tera's escaping and names errors.
+fn render_view<T: Serialize>(name: &'static str, template: &str, view: &T) -> Result<String, ReportError> {
     let mut tera = tera::Tera::default();
-    // The .html name turns on tera's autoescaping; the markdown template escapes what it needs itself.
+    // The .html name turns on tera's autoescaping; the markdown templates escape what they need themselves.
     tera.add_raw_template(name, template)
         .map_err(|e| ReportError::Render { template: name, message: format!("{e:?}") })?;
-    let ctx = tera::Context::from_serialize(view(results))
+    let ctx = tera::Context::from_serialize(view)
         .map_err(|e| ReportError::Render { template: name, message: e.to_string() })?;
     tera.render(name, &ctx).map_err(|e| ReportError::Render { template: name, message: format!("{e:?}") })
 }
 
 pub fn markdown(results: &SuiteResults) -> Result<String, ReportError> {
-    render("report.md", MD_TEMPLATE, results)
+    render_view("report.md", MD_TEMPLATE, &view(results))
 }
 
 pub fn html(results: &SuiteResults) -> Result<String, ReportError> {
-    render("report.html", HTML_TEMPLATE, results)
+    html_with(HTML_TEMPLATE, results)
+}
+
+/// `html` with another template: the browser test renders deliberately broken ones.
+pub fn html_with(template: &str, results: &SuiteResults) -> Result<String, ReportError> {
+    render_view("report.html", template, &view(results))
 }
