@@ -45,7 +45,8 @@ enum Command {
     Exec(commands::ExecArgs),
     /// Run a suite (conformance, perf) against a running lab and write results.
     Run(suites::RunArgs),
-    /// Render report.md, report.html and junit.xml again from a results.json.
+    /// Render a run's reports again (report.md, report.html, junit.xml), compare two runs (--compare, the
+    /// nightly gate) or draw the trend of many (--history).
     Report(suites::ReportArgs),
     /// Check a topology file; exit 2 with file:line:column and the field when it is wrong.
     Validate(topology::ValidateArgs),
