@@ -134,6 +134,7 @@ struct Report {
     api_full_pod: Option<Round>,
     agent_rss_kib_idle: Option<u64>,
     agent_rss_kib_with_pods: Option<u64>,
+    footprint_with_pods: Option<Footprint>,
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -432,6 +433,67 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// Proportional set size (shared pages divided among their users): the memory a process adds, so that the
+/// sum over the agent, its launchers and infra processes counts the shared agent binary once, not per process.
+fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// What the agent keeps per node and per pod: the `serve` process plus every process it leaves running for
+/// the pods (container launchers run the agent's own binary, infra processes its memfd `pause`), by PSS.
+/// The containers' own processes are the pods' workload and are counted apart.
+#[derive(Debug, Default, serde::Serialize)]
+struct Footprint {
+    agent_pss_kib: u64,
+    launchers: usize,
+    launchers_pss_kib: u64,
+    infra: usize,
+    infra_pss_kib: u64,
+    workload: usize,
+    workload_pss_kib: u64,
+}
+
+impl Footprint {
+    fn kept_kib(&self) -> u64 {
+        self.agent_pss_kib + self.launchers_pss_kib + self.infra_pss_kib
+    }
+}
+
+fn footprint(agent: u32) -> Footprint {
+    let mut parent = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The field after the parenthesised command name (which may hold spaces) is the state, then the ppid.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent.insert(pid, ppid);
+        }
+    }
+    let descends = |mut pid: u32| loop {
+        match parent.get(&pid) {
+            Some(&p) if p == agent => return true,
+            Some(&p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    };
+    let agent_exe = std::fs::read_link(format!("/proc/{agent}/exe")).ok();
+    let mut f = Footprint { agent_pss_kib: pss_kib(agent).unwrap_or(0), ..Default::default() };
+    for &pid in parent.keys().filter(|&&p| descends(p)) {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let pss = pss_kib(pid).unwrap_or(0);
+        if exe.is_some() && exe == agent_exe {
+            (f.launchers, f.launchers_pss_kib) = (f.launchers + 1, f.launchers_pss_kib + pss);
+        } else if exe.as_ref().is_some_and(|e| e.to_string_lossy().contains("memfd:")) {
+            (f.infra, f.infra_pss_kib) = (f.infra + 1, f.infra_pss_kib + pss);
+        } else {
+            (f.workload, f.workload_pss_kib) = (f.workload + 1, f.workload_pss_kib + pss);
+        }
+    }
+    f
+}
+
 /// Minimal HTTP/1.1 client for the agent child (Connection: close).
 fn http(method: &str, path: &str, body: &str) -> Result<u16> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", testbed_api::AGENT_PORT))?;
@@ -484,6 +546,7 @@ fn api_round(n: usize, tmp: &Path, report: &mut Report) -> Result<()> {
         report.api_full_pod = Some(r);
         std::thread::sleep(Duration::from_secs(1));
         report.agent_rss_kib_with_pods = vm_rss_kib(pid);
+        report.footprint_with_pods = Some(footprint(pid));
         for i in 0..n {
             http("DELETE", &format!("/v1/pods/bench-{i}"), "")?;
         }
@@ -556,6 +619,20 @@ fn render(r: &Report) -> String {
         out += &format!(
             "agent VmRSS: {idle} KiB idle, {full} KiB with {} pods\n",
             r.api_full_pod.as_ref().map_or(0, |a| a.pods)
+        );
+    }
+    if let Some(f) = &r.footprint_with_pods {
+        out += &format!(
+            "kept by the agent (PSS): {} KiB = serve {} + {} launchers {} + {} infra {}; workload not counted: \
+             {} processes {} KiB\n",
+            f.kept_kib(),
+            f.agent_pss_kib,
+            f.launchers,
+            f.launchers_pss_kib,
+            f.infra,
+            f.infra_pss_kib,
+            f.workload,
+            f.workload_pss_kib
         );
     }
     out
