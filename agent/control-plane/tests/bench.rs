@@ -89,6 +89,7 @@ fn create_latency_and_memory() {
                 .body(Full::new(Bytes::from(body)))
                 .expect("request");
             let t = Instant::now();
+            send.ready().await.expect("connection ready");
             let resp = send.send_request(req).await.expect("create");
             let status = resp.status();
             let _ = resp.into_body().collect().await.expect("body");
