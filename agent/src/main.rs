@@ -1,6 +1,7 @@
 //! `testbed-agent`: runs in every guest and converges the node's kernel to a NodeSpec; runs pods.
 //!
-//! Subcommands: `serve` (the HTTP API), and hidden ones: `run-container` (container and exec launcher, run
+//! Subcommands: `serve` (the HTTP API), `apiserver` (the cluster control plane's API server, on a
+//! control-plane node: one static binary reaches every guest through the existing fast path), and hidden ones: `run-container` (container and exec launcher, run
 //! by the agent itself) and `bench` (pod creation benchmark).
 
 mod bench;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Serve the agent API on a loopback address.
     Serve(ServeArgs),
+    /// Serve the cluster API (Kubernetes wire format) over etcd, on a control-plane node.
+    Apiserver(ApiserverArgs),
     /// Container / exec launcher (started by the agent).
     #[command(hide = true, name = "run-container")]
     RunContainer(pod::launcher::LauncherArgs),
@@ -60,6 +63,26 @@ struct ServeArgs {
     kill_grace_secs: u64,
 }
 
+#[derive(clap::Args)]
+struct ApiserverArgs {
+    /// Address to listen on: the node's underlay IP in a lab. Unspecified addresses (0.0.0.0) are refused so
+    /// that nothing listens on the management NIC.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// etcd's client URL.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    etcd: String,
+    /// File holding the lab's bearer token (generated at `up`); every request must carry it.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// The server's certificate (PEM, signed by the lab CA): kubectl sends its token only over TLS.
+    #[arg(long)]
+    tls_cert_file: PathBuf,
+    /// The server's private key (PEM).
+    #[arg(long)]
+    tls_key_file: PathBuf,
+}
+
 /// Exit codes shared with the CLI: 2 bad input, 3 infrastructure failure.
 const EXIT_BAD_INPUT: i32 = 2;
 const EXIT_INFRA: i32 = 3;
@@ -81,6 +104,14 @@ fn main() {
                 std::process::exit(EXIT_BAD_INPUT);
             }
             run_async(serve(args))
+        }
+        Command::Apiserver(args) => {
+            init_tracing();
+            if args.listen.ip().is_unspecified() {
+                eprintln!("testbed-agent apiserver: refusing to listen on {} (give the node's address)", args.listen);
+                std::process::exit(EXIT_BAD_INPUT);
+            }
+            run_async(apiserver(args))
         }
         Command::Bench(args) => {
             init_tracing();
@@ -140,5 +171,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await
         .context("http server")?;
+    Ok(())
+}
+
+async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the token file {}", args.token_file.display()))?;
+    let token = token.trim().to_string();
+    anyhow::ensure!(!token.is_empty(), "the token file {} is empty", args.token_file.display());
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (cert_pem, key_pem) = (read(&args.tls_cert_file)?, read(&args.tls_key_file)?);
+    let config = testbed_control_plane::Config { listen: args.listen, etcd: args.etcd, token, cert_pem, key_pem };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    testbed_control_plane::serve(config, shutdown).await?;
     Ok(())
 }

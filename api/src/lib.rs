@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod node;
+pub mod objects;
 pub mod pod;
 pub mod results;
 pub mod validate;

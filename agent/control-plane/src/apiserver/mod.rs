@@ -1,0 +1,214 @@
+//! The API server: Kubernetes REST paths over the store, with bearer-token authentication on every request.
+//!
+//! Paths are parsed here rather than by the router: `/api/v1/namespaces/NS` (an object) and
+//! `/api/v1/namespaces/NS/pods` (a collection) share a prefix that a path-pattern router cannot tell apart
+//! without backtracking.
+
+mod discovery;
+mod objects;
+mod status;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+pub use status::ApiError;
+
+use crate::resources::{Resource, INITIAL_NAMESPACES, RESOURCES};
+use crate::store::Store;
+
+/// What every request handler shares.
+pub struct Server<S> {
+    store: S,
+    token: String,
+}
+
+/// The object (or collection) a request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The resource.
+    pub resource: &'static Resource,
+    /// From `/namespaces/NS/...`; none for cluster-scoped resources and for lists across namespaces.
+    pub namespace: Option<String>,
+    /// The object's name; none for the collection.
+    pub name: Option<String>,
+    /// `status` for the status subresource.
+    pub subresource: Option<String>,
+}
+
+impl<S: Store> Server<S> {
+    /// A server over `store` that admits requests carrying `Authorization: Bearer <token>`.
+    pub fn new(store: S, token: String) -> Arc<Self> {
+        Arc::new(Self { store, token })
+    }
+
+    /// Creates the namespaces every cluster starts with (`default`, `kube-system`, `kube-node-lease`) unless
+    /// they exist.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        let res = &RESOURCES[0];
+        for ns in INITIAL_NAMESPACES {
+            let obj = serde_json::json!({"metadata": {"name": ns}});
+            match self.create(&Target::collection(res, None), obj, None).await {
+                Ok(_) => {}
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Target {
+    fn collection(resource: &'static Resource, namespace: Option<&str>) -> Self {
+        Self { resource, namespace: namespace.map(str::to_string), name: None, subresource: None }
+    }
+
+    /// Parses the part of a path after `/api` (`v1/...`) or `/apis` (`GROUP/VERSION/...`); `Ok(None)` for a
+    /// group version's discovery document.
+    fn parse(group: &str, version: &str, rest: &[&str]) -> Result<Option<Self>, ApiError> {
+        let unknown =
+            || ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
+        let (namespace, rest) = match rest {
+            [] => return Ok(None),
+            ["namespaces", ns, plural, more @ ..]
+                if Resource::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+            {
+                (Some(ns.to_string()), std::iter::once(*plural).chain(more.iter().copied()).collect::<Vec<_>>())
+            }
+            _ => (None, rest.to_vec()),
+        };
+        let resource = Resource::find(group, version, rest[0]).ok_or_else(unknown)?;
+        let (name, subresource) = match rest[1..] {
+            [] => (None, None),
+            [name] => (Some(name.to_string()), None),
+            [name, "status"] if resource.has_status => (Some(name.to_string()), Some("status".to_string())),
+            _ => return Err(unknown()),
+        };
+        if resource.namespaced && namespace.is_none() && name.is_some() {
+            return Err(unknown());
+        }
+        Ok(Some(Self { resource, namespace, name, subresource }))
+    }
+}
+
+/// The axum router: discovery, the resources, and the token check in front of everything.
+pub fn router<S: Store>(server: Arc<Server<S>>) -> Router {
+    Router::new()
+        .fallback(dispatch::<S>)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&server), authenticate::<S>))
+        .with_state(server)
+}
+
+/// 401 unless the request carries the lab's token. Compared in constant time: the API is reachable from
+/// every node of the lab.
+async fn authenticate<S: Store>(State(server): State<Arc<Server<S>>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = server.token.as_bytes();
+    let same = given.len() == expected.len() && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same || expected.is_empty() {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response();
+    }
+    next.run(req).await
+}
+
+async fn dispatch<S: Store>(
+    State(server): State<Arc<Server<S>>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match route(&server, &method, &uri, &query, &headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route<S: Store>(
+    server: &Server<S>,
+    method: &Method,
+    uri: &Uri,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return discovery::serve(uri.path()).ok_or_else(not_found),
+    };
+    let Some(target) = Target::parse(group, version, rest)? else {
+        return discovery::group_version(group, version).ok_or_else(not_found);
+    };
+    let field_validation = query.get("fieldValidation").map(String::as_str);
+    let json = |v: serde_json::Value, code: StatusCode| (code, axum::Json(v)).into_response();
+    match (method.clone(), target.name.is_some()) {
+        (Method::GET, false) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            server.watch(&target, query).await
+        }
+        (Method::GET, false) => Ok(json(server.list(&target, query).await?, StatusCode::OK)),
+        (Method::GET, true) => Ok(json(server.get(&target).await?, StatusCode::OK)),
+        (Method::POST, false) => {
+            let obj = parse_body(&body)?;
+            let (obj, warnings) = server.create(&target, obj, field_validation).await?;
+            Ok(with_warnings(json(obj, StatusCode::CREATED), &warnings))
+        }
+        (Method::PUT, true) => {
+            let obj = parse_body(&body)?;
+            let (obj, warnings) = server.update(&target, obj, field_validation).await?;
+            Ok(with_warnings(json(obj, StatusCode::OK), &warnings))
+        }
+        (Method::PATCH, true) => {
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let patch = parse_body(&body)?;
+            let (obj, warnings) = server.patch(&target, content_type, patch, field_validation).await?;
+            Ok(with_warnings(json(obj, StatusCode::OK), &warnings))
+        }
+        (Method::DELETE, true) => {
+            let options = if body.is_empty() { serde_json::Value::Null } else { parse_body(&body)? };
+            Ok(json(server.delete(&target, &options).await?, StatusCode::OK))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource: {method}"),
+        )),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
+}
+
+fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))
+}
+
+/// Kubernetes' `Warning` headers (code 299), which kubectl prints: unknown fields dropped under the default
+/// field validation.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests;

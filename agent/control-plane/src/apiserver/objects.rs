@@ -1,0 +1,389 @@
+//! Create, get, update (PUT and JSON merge patch) and delete of one object, with Kubernetes' rules:
+//! server-set metadata, `resourceVersion` as the etcd `mod_revision` with compare-and-swap writes, the status
+//! subresource, and validation before anything is stored.
+
+use axum::http::StatusCode;
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, Server, Target};
+use crate::meta::{new_uid, now_rfc3339};
+use crate::resources::{Kind, Resource, RESOURCES};
+use crate::store::{KeyValue, Store, StoreError};
+use crate::validation::check;
+
+/// Attempts of a write without a resourceVersion precondition (an unconditional PUT, a merge patch, a delete)
+/// that lost a race with another writer: each retry reads the object again, as the Kubernetes API server does.
+const RETRIES: usize = 5;
+
+/// An object and the `Warning`s for its answer.
+pub type WithWarnings = (Value, Vec<String>);
+
+impl<S: Store> Server<S> {
+    pub(super) async fn get(&self, target: &Target) -> Result<Value, ApiError> {
+        object_from(&self.current(target).await?)
+    }
+
+    pub(super) async fn create(
+        &self,
+        target: &Target,
+        obj: Value,
+        field_validation: Option<&str>,
+    ) -> Result<WithWarnings, ApiError> {
+        let res = target.resource;
+        let obj = prepare(target, obj)?;
+        let name = meta_str(&obj, "name").to_string();
+        if !meta_str(&obj, "resourceVersion").is_empty() {
+            return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+        }
+        let (mut obj, warnings) = validated(res, &name, obj, field_validation)?;
+        let namespace = meta_str(&obj, "namespace").to_string();
+        if res.namespaced {
+            let ns = &RESOURCES[0];
+            if self
+                .store
+                .get(&ns.key(None, &namespace))
+                .await
+                .map_err(|e| ApiError::from_store(ns, &namespace, e))?
+                .is_none()
+            {
+                return Err(ApiError::not_found(ns, &namespace));
+            }
+        }
+        let meta = metadata(&mut obj);
+        meta.insert("uid".into(), json!(new_uid()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        meta.insert("generation".into(), json!(1));
+        // Status is the node's to write (through /status); a new object starts from the server's default.
+        match res.kind {
+            Kind::Pod => set(&mut obj, "status", json!({"phase": "Pending"})),
+            Kind::Namespace => set(&mut obj, "status", json!({"phase": "Active"})),
+            Kind::Node | Kind::Lease => {}
+        }
+        let key = res.key(Some(&namespace), &name);
+        let rev = self.store.create(&key, encode(&obj)?).await.map_err(|e| ApiError::from_store(res, &name, e))?;
+        set_resource_version(&mut obj, rev);
+        Ok((obj, warnings))
+    }
+
+    pub(super) async fn update(
+        &self,
+        target: &Target,
+        obj: Value,
+        field_validation: Option<&str>,
+    ) -> Result<WithWarnings, ApiError> {
+        let explicit = !meta_str(&obj, "resourceVersion").is_empty();
+        self.update_with(target, field_validation, explicit, |_| Ok(obj.clone())).await
+    }
+
+    /// JSON merge patch (RFC 7386). Strategic merge patch (kubectl apply/edit/patch's default for built-in
+    /// kinds) needs each list field's merge key from the Kubernetes schemas, and server-side apply needs
+    /// managed fields: both are refused with 415 so clients can fall back to `--type=merge`.
+    pub(super) async fn patch(
+        &self,
+        target: &Target,
+        content_type: &str,
+        patch: Value,
+        field_validation: Option<&str>,
+    ) -> Result<WithWarnings, ApiError> {
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        if media != "application/merge-patch+json" {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format ({media}): only application/merge-patch+json is accepted (kubectl patch --type=merge)"),
+            ));
+        }
+        let explicit =
+            patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+        self.update_with(target, field_validation, explicit, |old| Ok(merge_patch(old.clone(), &patch))).await
+    }
+
+    pub(super) async fn delete(&self, target: &Target, options: &Value) -> Result<Value, ApiError> {
+        let (res, name) = (target.resource, target.name.as_deref().unwrap_or(""));
+        let precondition = |f: &str| options.pointer(&format!("/preconditions/{f}")).and_then(Value::as_str);
+        for attempt in 0.. {
+            let kv = self.current(target).await?;
+            let obj = object_from(&kv)?;
+            for (field, actual) in
+                [("resourceVersion", meta_str(&obj, "resourceVersion")), ("uid", meta_str(&obj, "uid"))]
+            {
+                if let Some(wanted) = precondition(field) {
+                    if wanted != actual {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "Conflict",
+                            format!("Precondition failed: {field} in precondition: {wanted}, {field} in object meta: {actual}"),
+                        )
+                        .on(res, name));
+                    }
+                }
+            }
+            if res.kind == Kind::Namespace {
+                self.check_namespace_empty(name).await?;
+            }
+            match self.store.delete(&kv.key, kv.mod_revision).await {
+                Ok(_) => return Ok(obj),
+                Err(StoreError::Conflict { .. }) if precondition("resourceVersion").is_none() && attempt < RETRIES => {}
+                Err(e) => return Err(ApiError::from_store(res, name, e)),
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    /// Namespaces are deleted only once empty: deleting what is in them (Kubernetes' namespace controller)
+    /// is a controller of a later slice, and leaving orphans behind would be worse than refusing.
+    async fn check_namespace_empty(&self, ns: &str) -> Result<(), ApiError> {
+        for res in RESOURCES.iter().filter(|r| r.namespaced) {
+            let (items, _) =
+                self.store.list(&res.prefix(Some(ns))).await.map_err(|e| ApiError::from_store(res, ns, e))?;
+            if !items.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!("namespace \"{ns}\" still holds {} {}: delete them first", items.len(), res.plural),
+                )
+                .on(&RESOURCES[0], ns));
+            }
+        }
+        Ok(())
+    }
+
+    async fn current(&self, target: &Target) -> Result<KeyValue, ApiError> {
+        let (res, name) = (target.resource, target.name.as_deref().unwrap_or(""));
+        let key = res.key(target.namespace.as_deref(), name);
+        self.store
+            .get(&key)
+            .await
+            .map_err(|e| ApiError::from_store(res, name, e))?
+            .ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// Reads the object, builds its new version with `make`, and writes it if the object did not change in
+    /// between; retried when it did and the caller gave no resourceVersion of its own.
+    async fn update_with(
+        &self,
+        target: &Target,
+        field_validation: Option<&str>,
+        explicit_version: bool,
+        make: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<WithWarnings, ApiError> {
+        let (res, name) = (target.resource, target.name.as_deref().unwrap_or(""));
+        for attempt in 0.. {
+            let kv = self.current(target).await?;
+            let old = object_from(&kv)?;
+            let new = make(&old)?;
+            match self.replace(target, &kv, old, new, field_validation).await {
+                Err(e) if e.code == StatusCode::CONFLICT && !explicit_version && attempt < RETRIES => {}
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    async fn replace(
+        &self,
+        target: &Target,
+        current: &KeyValue,
+        old: Value,
+        new: Value,
+        field_validation: Option<&str>,
+    ) -> Result<WithWarnings, ApiError> {
+        let (res, name) = (target.resource, target.name.as_deref().unwrap_or(""));
+        let new = prepare(target, new)?;
+        let given = meta_str(&new, "resourceVersion");
+        if !given.is_empty() {
+            let given: i64 = given.parse().map_err(|_| {
+                ApiError::bad_request(format!("metadata.resourceVersion: \"{given}\" is not a resource version"))
+            })?;
+            if given != current.mod_revision && !cfg!(feature = "fault-ignore-resource-version") {
+                return Err(ApiError::conflict(res, name));
+            }
+        }
+        let (new, warnings) = validated(res, name, new, field_validation)?;
+        let mut merged = carry_server_fields(res, &old, new, target.subresource.as_deref());
+        let mut unchanged = old.clone();
+        metadata(&mut unchanged).remove("resourceVersion");
+        if merged == unchanged {
+            // A no-op write keeps the resourceVersion, as in Kubernetes: watchers see nothing.
+            return Ok((old, warnings));
+        }
+        let rev = self
+            .store
+            .update(&current.key, encode(&merged)?, current.mod_revision)
+            .await
+            .map_err(|e| ApiError::from_store(res, name, e))?;
+        set_resource_version(&mut merged, rev);
+        Ok((merged, warnings))
+    }
+}
+
+/// A stored object as served: its JSON with `metadata.resourceVersion` = the key's `mod_revision`.
+pub(super) fn object_from(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("stored object {}: {e}", kv.key))
+    })?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+pub(super) fn set_resource_version(obj: &mut Value, rev: i64) {
+    metadata(obj).insert("resourceVersion".into(), json!(rev.to_string()));
+}
+
+/// Checks the request's object against the URL (kind, name, namespace) and fills what the URL implies.
+fn prepare(target: &Target, mut obj: Value) -> Result<Value, ApiError> {
+    let res = target.resource;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    for (field, expected) in [("apiVersion", res.api_version()), ("kind", res.kind_name.to_string())] {
+        match obj.get(field).and_then(Value::as_str) {
+            Some(given) if given != expected => {
+                return Err(ApiError::bad_request(format!(
+                    "the {field} in the data ({given}) does not match the expected {field} ({expected})"
+                )));
+            }
+            _ => set(&mut obj, field, json!(expected)),
+        }
+    }
+    let name = meta_str(&obj, "name").to_string();
+    if let Some(url_name) = &target.name {
+        if name.is_empty() {
+            metadata(&mut obj).insert("name".into(), json!(url_name));
+        } else if &name != url_name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({name}) does not match the name on the URL ({url_name})"
+            )));
+        }
+    }
+    let ns = meta_str(&obj, "namespace").to_string();
+    match (&target.namespace, res.namespaced) {
+        (Some(url_ns), true) if ns.is_empty() => {
+            metadata(&mut obj).insert("namespace".into(), json!(url_ns));
+        }
+        (Some(url_ns), true) if &ns != url_ns => {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        (None, true) => return Err(ApiError::bad_request("a namespaced object must be created in a namespace")),
+        (_, false) => {
+            metadata(&mut obj).remove("namespace");
+        }
+        _ => {}
+    }
+    Ok(obj)
+}
+
+/// Decodes and checks the object; unknown fields fail under `fieldValidation=Strict` (kubectl's default),
+/// are dropped silently under `Ignore`, and are dropped with a warning otherwise.
+fn validated(res: &Resource, name: &str, obj: Value, field_validation: Option<&str>) -> Result<WithWarnings, ApiError> {
+    let checked = check(res.kind, obj).map_err(|e| ApiError::invalid(res, name, e))?;
+    let unknown: Vec<String> = checked.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    match field_validation {
+        Some("Strict") if !unknown.is_empty() => {
+            Err(ApiError::bad_request(format!("strict decoding error: {}", unknown.join(", "))).on(res, name))
+        }
+        Some("Ignore") => Ok((checked.object, Vec::new())),
+        _ => Ok((checked.object, unknown)),
+    }
+}
+
+/// What the client cannot change through a write: uid, creation time, generation (bumped when the spec
+/// changes) and, through the main resource, the status (through `/status`, only the status changes).
+fn carry_server_fields(res: &Resource, old: &Value, new: Value, subresource: Option<&str>) -> Value {
+    let mut out = if subresource == Some("status") {
+        let mut out = old.clone();
+        match new.get("status") {
+            Some(status) => set(&mut out, "status", status.clone()),
+            None => remove(&mut out, "status"),
+        }
+        out
+    } else {
+        let mut out = new;
+        if res.has_status {
+            match old.get("status") {
+                Some(status) => set(&mut out, "status", status.clone()),
+                None => remove(&mut out, "status"),
+            }
+        }
+        out
+    };
+    let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+    let spec_changed = old.get("spec") != out.get("spec");
+    let meta = metadata(&mut out);
+    for field in ["uid", "creationTimestamp"] {
+        match old.pointer(&format!("/metadata/{field}")) {
+            Some(v) => meta.insert(field.into(), v.clone()),
+            None => meta.remove(field),
+        };
+    }
+    meta.insert("generation".into(), json!(generation + i64::from(spec_changed)));
+    meta.remove("resourceVersion");
+    out
+}
+
+/// RFC 7386: objects merge key by key, `null` deletes, anything else replaces.
+fn merge_patch(mut target: Value, patch: &Value) -> Value {
+    let Value::Object(fields) = patch else { return patch.clone() };
+    if !target.is_object() {
+        target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = &mut target {
+        for (k, v) in fields {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                let merged = merge_patch(t.remove(k).unwrap_or(Value::Null), v);
+                t.insert(k.clone(), merged);
+            }
+        }
+    }
+    target
+}
+
+fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut obj = obj.clone();
+    metadata(&mut obj).remove("resourceVersion");
+    serde_json::to_vec(&obj)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
+}
+
+pub(super) fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or("")
+}
+
+/// `obj.metadata` as a map, created when missing (callers have checked `obj` is an object).
+fn metadata(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        set(obj, "metadata", json!({}));
+    }
+    match obj.get_mut("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => unreachable!("metadata was just made an object"),
+    }
+}
+
+fn set(obj: &mut Value, field: &str, value: Value) {
+    if let Value::Object(m) = obj {
+        m.insert(field.into(), value);
+    }
+}
+
+fn remove(obj: &mut Value, field: &str) {
+    if let Value::Object(m) = obj {
+        m.remove(field);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        let patch = json!({"a": "z", "c": {"f": null}, "l": [3]});
+        assert_eq!(super::merge_patch(doc, &patch), json!({"a": "z", "c": {"d": "e"}, "l": [3]}));
+    }
+}

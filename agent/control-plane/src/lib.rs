@@ -1,0 +1,67 @@
+//! testbed's cluster control plane: an API server speaking the Kubernetes wire format (REST paths,
+//! discovery, list/watch with resourceVersion, Status errors, JSON merge patch) for Namespace, Node, Pod and
+//! Lease, stored in etcd. Runs as `testbed-agent apiserver` on a lab's control-plane node; kubectl and
+//! kube-rs clients talk to it with the kubeconfig [`kubeconfig`] writes.
+//!
+//! Layout: `store` (etcd, behind the `Store` trait with an in-memory fake for tests), `apiserver` (paths,
+//! objects, watch, discovery, Status errors), `validation` (schemas and checks), `resources` (what is
+//! served and where it is kept).
+
+pub mod apiserver;
+mod kubeconfig;
+mod meta;
+pub mod resources;
+pub mod store;
+pub mod tls;
+pub mod validation;
+
+use std::net::SocketAddr;
+
+pub use kubeconfig::kubeconfig;
+
+/// How `testbed-agent apiserver` runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to serve on: in a lab, the node's underlay IP (never the management NIC).
+    pub listen: SocketAddr,
+    /// etcd's client URL, e.g. `http://127.0.0.1:2379`.
+    pub etcd: String,
+    /// The lab's bearer token; every request must carry it.
+    pub token: String,
+    /// The server's certificate chain, PEM (signed by the lab CA of [`tls::Credentials`]).
+    pub cert_pem: Vec<u8>,
+    /// The server's private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The certificate or key.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The listening socket.
+    #[error("listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// Creating the initial namespaces (etcd unreachable, most likely).
+    #[error("bootstrap: {0}")]
+    Bootstrap(apiserver::ApiError),
+    /// The HTTP server itself.
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+}
+
+/// Serves the API until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let acceptor = tls::acceptor(&config.cert_pem, &config.key_pem)?;
+    let server = apiserver::Server::new(store::etcd::Etcd::new(&config.etcd), config.token);
+    server.bootstrap().await.map_err(ServeError::Bootstrap)?;
+    let listen_err = |e| ServeError::Listen(config.listen, e);
+    let tcp = tokio::net::TcpListener::bind(config.listen).await.map_err(listen_err)?;
+    let listener = tls::TlsListener::new(tcp, acceptor).map_err(listen_err)?;
+    tracing::info!(listen = %config.listen, etcd = %config.etcd, "apiserver serving");
+    axum::serve(listener, apiserver::router(server)).with_graceful_shutdown(shutdown).await.map_err(ServeError::Http)
+}

@@ -1,0 +1,121 @@
+//! The resources the server serves: their REST names, API group and version, scope, and etcd keys.
+
+/// The object kinds the server knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `v1 Namespace`.
+    Namespace,
+    /// `v1 Node`.
+    Node,
+    /// `v1 Pod`.
+    Pod,
+    /// `coordination.k8s.io/v1 Lease`.
+    Lease,
+}
+
+/// One REST resource.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resource {
+    /// The kind of its objects.
+    pub kind: Kind,
+    /// API group; empty for the core group (`/api/v1`).
+    pub group: &'static str,
+    /// API version within the group.
+    pub version: &'static str,
+    /// The path segment: `pods`.
+    pub plural: &'static str,
+    /// `pod`, for discovery.
+    pub singular: &'static str,
+    /// `Pod`.
+    pub kind_name: &'static str,
+    /// Objects live in a namespace.
+    pub namespaced: bool,
+    /// kubectl's short names (`po`).
+    pub short_names: &'static [&'static str],
+    /// Has a `status` written through the `/status` subresource (a PUT of the object keeps the old status).
+    pub has_status: bool,
+}
+
+/// Everything served, in discovery order.
+pub const RESOURCES: &[Resource] = &[
+    Resource {
+        kind: Kind::Namespace,
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        singular: "namespace",
+        kind_name: "Namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        has_status: true,
+    },
+    Resource {
+        kind: Kind::Node,
+        group: "",
+        version: "v1",
+        plural: "nodes",
+        singular: "node",
+        kind_name: "Node",
+        namespaced: false,
+        short_names: &["no"],
+        has_status: true,
+    },
+    Resource {
+        kind: Kind::Pod,
+        group: "",
+        version: "v1",
+        plural: "pods",
+        singular: "pod",
+        kind_name: "Pod",
+        namespaced: true,
+        short_names: &["po"],
+        has_status: true,
+    },
+    Resource {
+        kind: Kind::Lease,
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        singular: "lease",
+        kind_name: "Lease",
+        namespaced: true,
+        short_names: &[],
+        has_status: false,
+    },
+];
+
+/// Namespaces that exist from the start, as in Kubernetes.
+pub const INITIAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-node-lease"];
+
+/// Every key lives under this prefix, as in Kubernetes, so the etcd can hold other data beside it.
+pub const KEY_PREFIX: &str = "/registry/";
+
+impl Resource {
+    /// The resource `plural` of `group`/`version`.
+    pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+        RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    }
+
+    /// `v1` or `coordination.k8s.io/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The etcd prefix of the objects in `namespace` (all namespaces for `None`), ending in '/' so that
+    /// namespace `a` does not see namespace `ab`.
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{KEY_PREFIX}{}/{ns}/", self.plural),
+            _ => format!("{KEY_PREFIX}{}/", self.plural),
+        }
+    }
+
+    /// The etcd key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.prefix(namespace))
+    }
+}
