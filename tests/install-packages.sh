@@ -112,6 +112,15 @@ if [ -n "$qemu_suite" ]; then
   done < <(installed_qemu)
 fi
 
+# Package scripts must not start services: openssh-server would start a system sshd and etcd-server an etcd
+# (testbed runs its own, in guests and tests). policy-rc.d says no for the length of this install only.
+policy=/usr/sbin/policy-rc.d
+if ! $print_plan && [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$policy" >/dev/null
+  "${as_root[@]}" chmod +x "$policy"
+  trap '"${as_root[@]}" rm -f "$policy"' EXIT
+fi
+
 install=(apt-get install -y --no-install-recommends)
 if $print_plan; then
   [ -n "$qemu_suite" ] && echo "${install[*]} -t $qemu_suite ${qemu[*]}"
