@@ -4,9 +4,9 @@
 
 use testbed_api::results::SampleConditions;
 
-/// A sample is disturbed when the host spent more than this many CPUs on other work. Set from quiet runs on
-/// the 2-CPU host of docs/benchmarks.md (other work there stayed below 0.1 CPU: kernel threads, the shell);
-/// one compiler process is a whole CPU, so anything competing for real crosses it.
+/// A sample is disturbed when the host spent more than this many CPUs on other work. What is left on an
+/// idle lab host (kernel threads, an editor) is a few hundredths; one compiler process is a whole CPU, so
+/// anything that competes with two single-vCPU guests for real crosses it.
 pub const DISTURBED_OTHER_CPUS: f64 = 0.25;
 /// A sample is disturbed when steal (host or guest) or host iowait exceeded this share of CPU time.
 pub const DISTURBED_STEAL_IOWAIT_PERCENT: f64 = 5.0;
