@@ -369,6 +369,13 @@ async fn measure_paths<C: Cluster>(
     let mut before = checkpoint(c, &nodes).await;
     for round in 0..o.warmup + o.repeats {
         for f in figures.iter_mut().filter(|f| f.error.is_none()) {
+            r.stage(&format!(
+                "[perf] {backend} {}: {} (round {} of {})",
+                f.path.name,
+                f.kind.name(),
+                round + 1,
+                o.warmup + o.repeats
+            ));
             let started = Instant::now();
             let sample = one_run(c, f.kind, f.from, f.to, o).await;
             let after = checkpoint(c, &nodes).await;

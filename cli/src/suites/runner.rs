@@ -64,6 +64,13 @@ impl Runner {
         std::mem::replace(&mut self.task, task)
     }
 
+    /// Shows what runs now on the progress line (the perf rounds run outside `run`).
+    pub fn stage(&self, what: &str) {
+        if let Some(t) = &self.task {
+            t.stage(what);
+        }
+    }
+
     pub fn full_name(group: &str, backend: Option<Backend>, name: &str) -> String {
         match backend {
             Some(b) => format!("[{group}] {b} {name}"),
