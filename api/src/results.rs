@@ -66,7 +66,7 @@ pub struct CheckResult {
 }
 
 /// Where and with what the suite ran.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunMetadata {
     /// Name of the lab the suite ran against.
     pub lab: String,
@@ -96,6 +96,40 @@ pub struct RunMetadata {
     /// `iperf3 --version` in the guests (perf suite).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iperf3_version: Option<String>,
+    /// Logical CPUs of the host (what the QEMU threads of every node share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpus: Option<u32>,
+    /// How the perf suite measured (perf suite only): two runs compare only under the same settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf_settings: Option<PerfSettings>,
+}
+
+/// The perf suite's measuring settings, as the run used them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerfSettings {
+    /// Measured rounds; every figure gets one sample per round.
+    pub repeats: u32,
+    /// Discarded rounds before the measured ones.
+    pub warmup_rounds: u32,
+    /// Seconds each iperf3 run measures (ping runs last as long).
+    pub duration_s: u32,
+    /// Seconds iperf3 runs before it starts measuring (`--omit`: TCP slow start, neighbour resolution).
+    pub omit_s: u32,
+    /// Parallel streams of the `tcp-N` figure.
+    pub streams: u32,
+    /// The rate every UDP run offers; a UDP figure is the rate received at this offer.
+    pub udp_offered_mbps: f64,
+    /// Loss above which a UDP figure is flagged `loss` (percent): it then measures drops, not the path.
+    pub udp_loss_bound_percent: f64,
+    /// A figure whose 95 % interval is wider than this share of its median on either side is flagged
+    /// `wide_interval` (percent).
+    pub wide_interval_percent: f64,
+    /// A sample is `disturbed` when the host spent more than this many CPUs on work other than the lab's QEMU
+    /// processes and testbed itself.
+    pub disturbed_other_cpus: f64,
+    /// A sample is `disturbed` when the host's or a guest's steal, or the host's iowait, exceeded this
+    /// share of its CPU time (percent).
+    pub disturbed_steal_iowait_percent: f64,
 }
 
 /// How many checks ended in each status; `total` is the sum of the others.
@@ -146,9 +180,11 @@ pub enum RunOutcome {
 pub struct Measurement {
     /// `tcp-1`, `tcp-4`, `udp`, `latency`.
     pub kind: String,
-    /// `underlay node->node` (the baseline), `pod->pod same-node`, `pod->pod cross-node`.
+    /// `underlay node->node` (the cross-node baseline), `underlay node->self` (the same-node baseline: a node
+    /// to its own underlay address, over its loopback), `pod->pod same-node`, `pod->pod cross-node`.
     pub path: String,
-    /// None for the underlay baseline, which does not depend on the backend.
+    /// The backend active while the figure was measured. The baselines do not depend on it but are measured
+    /// with every backend, in the same rounds as the figures they divide (older runs: None, measured once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
     /// `Mbit/s` or `ms`.
@@ -157,22 +193,95 @@ pub struct Measurement {
     pub samples: Vec<f64>,
     /// Statistics of `samples`.
     pub stats: Stats,
-    /// Median divided by the baseline's median of the same kind measured in the same run.
+    /// Median divided by the median of `baseline` (same kind, same backend, same rounds). For latency a
+    /// ratio above 1 is slower than the baseline; for throughput below 1 is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio_to_baseline: Option<f64>,
+    /// The path `ratio_to_baseline` divides by: `underlay node->self` for same-node paths, `underlay
+    /// node->node` for cross-node ones (older runs: absent, always the cross-node baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     /// Mean CPU use reported by iperf3 on the sending and receiving hosts, percent of one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_sender_percent: Option<f64>,
     /// Same as `cpu_sender_percent`, on the receiving host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_receiver_percent: Option<f64>,
-    /// MTU of the sender's interface on this path: the underlay's for the baseline, the backend's pod MTU
-    /// (underlay - 50 for vxlan, - 28 for udp) for pod paths. Throughput scales with it.
+    /// MTU of the sender's interface on this path, read from the interface the sender's route to the
+    /// receiver uses (`ip route get`, `ip link`) before the rounds: the underlay NIC's for the cross-node
+    /// baseline, `lo`'s for the same-node one, the pod's eth0 for pod paths. Throughput scales with it.
+    /// (Runs before the `conditions` field existed computed it from the plan.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
-    /// Extra facts (UDP loss, TCP retransmits).
+    /// Extra facts (UDP loss, TCP retransmits, ping loss).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<String>,
+    /// UDP only: the rate each run offered (`iperf3 -b`); the figure is what arrived at that offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_offered_mbps: Option<f64>,
+    /// One entry per sample, in `samples` order: what the host and the guests did while it ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<SampleConditions>,
+    /// Why the figure should not be compared as it is; empty for a clean figure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<PerfFlag>,
+}
+
+/// Why a perf figure is not fit to compare (the thresholds are in `PerfSettings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PerfFlag {
+    /// The 95 % interval of the mean reaches further from the median than `wide_interval_percent` (or there
+    /// is a single sample): another run's figure can differ by that much with nothing changed.
+    WideInterval,
+    /// At least one sample ran while the host or a guest was disturbed (`SampleConditions::disturbed`).
+    DisturbedHost,
+    /// Packets were lost: a ping lost echoes (its RTT average covers only the survivors), or a UDP run lost
+    /// more than `udp_loss_bound_percent` (it measured drops at the offered rate).
+    Loss,
+    /// The baseline this figure's ratio divides by is flagged itself, so the ratio is as doubtful.
+    BaselineFlagged,
+}
+
+impl PerfFlag {
+    /// The snake_case name used in results.json and the reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerfFlag::WideInterval => "wide_interval",
+            PerfFlag::DisturbedHost => "disturbed_host",
+            PerfFlag::Loss => "loss",
+            PerfFlag::BaselineFlagged => "baseline_flagged",
+        }
+    }
+}
+
+/// What the host and the guests did while one perf sample ran, from counters read before and after it.
+/// A field is None when its counter could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SampleConditions {
+    /// The host's 1-minute load average at the end of the sample (/proc/loadavg). For reading only: it
+    /// lags by a minute and counts the lab's own QEMU threads, so no flag depends on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_load1: Option<f64>,
+    /// CPUs the host spent on anything but the lab's QEMU processes and testbed itself (/proc/stat minus
+    /// their /proc/PID/stat), averaged over the sample: other people's work competing with the guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_other_cpus: Option<f64>,
+    /// Share of the host's CPU time stolen by the hypervisor under it (/proc/stat `steal`), percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_steal_percent: Option<f64>,
+    /// Share of the host's CPU time idle waiting for I/O (/proc/stat `iowait`), percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_iowait_percent: Option<f64>,
+    /// Highest steal share among the guests the figure runs on (the guest's /proc/stat), percent. TCG has
+    /// no steal clock, so it is 0 there; it counts under KVM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_steal_percent: Option<f64>,
+    /// Ping echoes or UDP datagrams lost in the sample, percent (None for TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_percent: Option<f64>,
+    /// A threshold of `PerfSettings` was crossed: the sample ran on a disturbed host.
+    pub disturbed: bool,
 }
 
 /// Median, extremes, mean and a 95 % confidence interval of the mean (Student's t; None below 2 samples).
@@ -225,6 +334,13 @@ impl Stats {
             (None, None)
         };
         Stats { n, median, min: v[0], max: v[n - 1], mean, ci95_low, ci95_high }
+    }
+
+    /// How far the 95 % interval reaches from the median, as a share of the median (the larger side); None
+    /// without an interval (fewer than 2 samples) or with a zero median.
+    pub fn interval_reach(&self) -> Option<f64> {
+        let (low, high) = (self.ci95_low?, self.ci95_high?);
+        (self.median > 0.0).then(|| (self.median - low).max(high - self.median) / self.median)
     }
 }
 
@@ -316,6 +432,10 @@ mod tests {
         let s = Stats::of(&[10.0, 12.0, 11.0]);
         assert!((s.ci95_low.expect("ci") - (11.0 - half)).abs() < 1e-9);
         assert_eq!(Stats::of(&[1.0, 2.0, 3.0, 10.0]).median, 2.5);
+        // The interval of [10, 11, 12] reaches 2.48 / 11 from the median on both sides.
+        let reach = Stats::of(&[10.0, 12.0, 11.0]).interval_reach().expect("reach");
+        assert!((reach - half / 11.0).abs() < 1e-9, "{reach}");
+        assert_eq!(Stats::of(&[5.0]).interval_reach(), None);
         let one = Stats::of(&[5.0]);
         assert_eq!((one.median, one.ci95_low), (5.0, None));
         assert_eq!(Stats::of(&[]).n, 0);

@@ -58,6 +58,10 @@ pub trait Cluster {
     /// The node's serial console log on the host, copied into the debug bundle.
     fn serial_log(&self, node: &str) -> Option<PathBuf>;
 
+    /// The host's CPU counters and the lab's own share of them, for telling a disturbed sample (perf);
+    /// None when they cannot be read.
+    fn host_counters(&self) -> Option<super::hostload::HostCounters>;
+
     fn node_exec(&self, node: &str, command: &str) -> impl Future<Output = Result<NodeExec, ClusterError>>;
     fn apply(&self, node: &str, spec: &NodeSpec) -> impl Future<Output = Result<ApplyResponse, ClusterError>>;
     fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus, ClusterError>>;

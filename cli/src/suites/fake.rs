@@ -14,6 +14,7 @@ use testbed_api::{
 };
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
+use super::hostload::{self, HostCounters};
 use super::overlay;
 use super::probe;
 use crate::plan::{ClusterPlan, ImageRef, Impairment, NetworkPlan, NicPlan, NodePlan, Plan, PodPlan};
@@ -35,6 +36,14 @@ pub struct Faults {
     /// The agent's overhead formula is 10 bytes short: pods and the overlay get an MTU 10 bytes too big (the
     /// underlay still fragments the encapsulated packets, so traffic flows).
     pub mtu_too_big: bool,
+    /// Pings lose one echo in four.
+    pub ping_loss: bool,
+    /// Something else keeps the host busy (0.9 of its 2 CPUs) during every sample.
+    pub busy_host: bool,
+    /// iperf3 throughput swings between 0.5x and 1.5x of the usual from one run to the next.
+    pub noisy_throughput: bool,
+    /// The pods' eth0 has this MTU whatever the backend's pod MTU is.
+    pub pod_mtu: Option<u32>,
 }
 
 #[derive(Default)]
@@ -48,6 +57,10 @@ struct State {
     iperf_peer: Option<Ipv4Addr>,
     /// Every pod ever created (to check the suite removes what it makes).
     created: Vec<String>,
+    /// Reads of the host's and of the guests' CPU counters so far (each read advances the clock).
+    host_reads: u64,
+    guest_reads: u64,
+    iperf_runs: u64,
 }
 
 pub struct FakeCluster {
@@ -113,6 +126,11 @@ fn fail(stderr: &str) -> ExecResponse {
 fn ip_after(s: &str, after: &str) -> Option<Ipv4Addr> {
     let rest = &s[s.find(after)? + after.len()..];
     rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).find_map(|t| t.parse().ok())
+}
+
+/// The destination of the suite's `ip -o route get DST && ip -o link show`.
+fn route_get(script: &str) -> Option<Ipv4Addr> {
+    script.contains("ip -o route get").then(|| ip_after(script, "route get ")).flatten()
 }
 
 fn inode(s: &str) -> u64 {
@@ -231,13 +249,24 @@ impl FakeCluster {
                 return fail(&format!("ping: local error: message too long, mtu={mtu}"));
             }
         }
-        if self.reachable(src_node, ip) {
-            ok(format!(
-                "PING {ip}\n64 bytes from {ip}: icmp_seq=1 ttl=63 time=0.5 ms\nrtt min/avg/max/mdev = 0.4/0.5/0.6/0.1 ms\n"
-            ))
-        } else {
-            fail("2 packets transmitted, 0 received")
+        if !self.reachable(src_node, ip) {
+            return fail("2 packets transmitted, 0 received");
         }
+        let count: u32 =
+            script.split("-c ").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap_or(1);
+        // The first echo pays for neighbour resolution.
+        let mut out = format!("PING {ip}\n64 bytes from {ip}: icmp_seq=1 ttl=63 time=3.0 ms\n");
+        let mut received = 1;
+        for seq in 2..=count {
+            if !(self.faults.ping_loss && seq % 4 == 0) {
+                out.push_str(&format!("64 bytes from {ip}: icmp_seq={seq} ttl=63 time=0.5 ms\n"));
+                received += 1;
+            }
+        }
+        out.push_str(&format!(
+            "{count} packets transmitted, {received} received\nrtt min/avg/max/mdev = 0.4/0.5/0.6/0.1 ms\n"
+        ));
+        ok(out)
     }
 
     fn http(&self, src_node: &str, src_ip: Option<Ipv4Addr>, script: &str, self_pod: Option<&str>) -> ExecResponse {
@@ -261,7 +290,8 @@ impl FakeCluster {
 
     /// The pod and overlay MTU the fake agent configures (on a 1500-byte underlay).
     fn pod_mtu(&self) -> u32 {
-        self.backend().pod_mtu(1500) + if self.faults.mtu_too_big { 10 } else { 0 }
+        let planned = self.backend().pod_mtu(1500) + if self.faults.mtu_too_big { 10 } else { 0 };
+        self.faults.pod_mtu.unwrap_or(planned)
     }
 
     /// The source address a server on `dst_node` sees for a pod client at `src_ip`: with the SNAT fault, the
@@ -289,7 +319,15 @@ impl FakeCluster {
         } else {
             300.0
         };
-        let bps = mbps * 1e6;
+        let swing = if self.faults.noisy_throughput {
+            let mut st = self.state.borrow_mut();
+            st.iperf_runs += 1;
+            // A cycle of 5 (prime to the 12 iperf3 figures of a round): every figure swings between rounds.
+            [0.5, 1.5, 1.0, 0.7, 1.3][(st.iperf_runs % 5) as usize]
+        } else {
+            1.0
+        };
+        let bps = mbps * swing * 1e6;
         ok(format!(
             r#"{{"end":{{"sum":{{"bits_per_second":{bps},"lost_percent":0.0}},"sum_sent":{{"retransmits":0}},
             "sum_received":{{"bits_per_second":{bps}}},"cpu_utilization_percent":{{"host_total":50.0,"remote_total":25.0}}}}}}"#
@@ -348,9 +386,35 @@ impl Cluster for FakeCluster {
         None
     }
 
+    /// 2 CPUs, 100 ticks each between reads; the lab uses 100 of the 200, other work 0 (or 180 when busy).
+    fn host_counters(&self) -> Option<HostCounters> {
+        let n = {
+            let mut st = self.state.borrow_mut();
+            st.host_reads += 1;
+            st.host_reads
+        };
+        let other = if self.faults.busy_host { 90 } else { 0 };
+        let (busy, lab) = (n * (100 + other), n * 100);
+        let stat = format!("cpu  {busy} 0 0 {} 0 0 0 0 0 0\ncpu0 0\ncpu1 0\n", n * 200 - busy);
+        hostload::host_counters(&stat, "0.50 0.40 0.30 1/100 1\n", &[]).map(|h| HostCounters { lab_ticks: lab, ..h })
+    }
+
     async fn node_exec(&self, node: &str, command: &str) -> Result<NodeExec, ClusterError> {
         self.down(node, "ssh")?;
-        let r = if command.contains("readlink") {
+        let r = if command == "head -1 /proc/stat" {
+            let n = {
+                let mut st = self.state.borrow_mut();
+                st.guest_reads += 1;
+                st.guest_reads
+            };
+            ok(format!("cpu  {} 0 0 {} 0 0 0 0 0 0\n", n * 50, n * 50))
+        } else if let Some(dst) = route_get(command) {
+            let dev = if self.plan.nodes.iter().any(|n| n.name == node && n.nics[0].ip == dst) { "lo" } else { "eth1" };
+            ok(format!(
+                "{dst} dev {dev} src 192.168.50.11 uid 0\n1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue\n\
+                 2: eth1: <BROADCAST,UP> mtu 1500 qdisc fq_codel\n"
+            ))
+        } else if command.contains("readlink") {
             ok(format!("net:[1]\npid:[2]\nuts:[3]\nipc:[4]\nmnt:[5]\n{node}\n"))
         } else if command.contains("hairpin_mode") {
             ok("1\n")
@@ -457,6 +521,13 @@ impl Cluster for FakeCluster {
                 p + 1,
                 p + 2,
                 pc + 1
+            )));
+        }
+        if let Some(dst) = route_get(&script) {
+            let mtu = self.pod_mtu();
+            return Ok(ok(format!(
+                "{dst} dev eth0 src 10.244.0.2 uid 0\n1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue\n\
+                 3: eth0@if9: <BROADCAST,UP> mtu {mtu} qdisc noqueue\n"
             )));
         }
         if script.contains("ip -o link show eth0") {

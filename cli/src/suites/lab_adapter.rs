@@ -7,6 +7,7 @@ use std::time::Duration;
 use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus, PodSpec, PodStatus};
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
+use super::hostload::{self, HostCounters};
 use crate::lab::{ConnectedLab, ConnectedNode};
 use crate::plan::Plan;
 
@@ -31,6 +32,16 @@ impl Cluster for ConnectedLab {
 
     fn serial_log(&self, node: &str) -> Option<PathBuf> {
         Some(self.lab.paths.serial_log(node)).filter(|p| p.is_file())
+    }
+
+    fn host_counters(&self) -> Option<HostCounters> {
+        let read = |p: String| std::fs::read_to_string(p).ok();
+        // The lab's QEMU processes (every thread: vCPUs, I/O) and testbed itself (the SSH client) are the
+        // measurement's own work; everything else on the host competes with it.
+        let pids = self.lab.state.nodes.values().filter_map(|n| n.pid);
+        let mut lab: Vec<String> = pids.filter_map(|pid| read(format!("/proc/{pid}/stat"))).collect();
+        lab.extend(read("/proc/self/stat".into()));
+        hostload::host_counters(&read("/proc/stat".into())?, &read("/proc/loadavg".into()).unwrap_or_default(), &lab)
     }
 
     async fn node_exec(&self, name: &str, command: &str) -> Result<NodeExec, ClusterError> {

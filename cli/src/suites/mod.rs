@@ -10,6 +10,7 @@ mod declared;
 #[cfg(test)]
 mod fake;
 mod harness;
+mod hostload;
 mod lab_adapter;
 mod overlay;
 mod perf;
@@ -52,14 +53,15 @@ pub struct RunArgs {
     /// Run only the checks whose full name contains this text (e.g. `cross-node`, `[cgroups]`).
     #[arg(long, value_name = "SUBSTR")]
     pub filter: Option<String>,
-    /// perf: measured runs per figure (after the warm-up).
+    /// perf: measured rounds; each round takes one sample of every figure of a backend.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeats: u32,
-    /// perf: discarded warm-up runs per figure.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=10))]
+    /// perf: discarded warm-up rounds before the measured ones (every iperf3 run also omits its first second).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub warmup: u32,
-    /// perf: seconds per iperf3 run (ping runs send 5 packets a second for as long).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=120))]
+    /// perf: seconds each iperf3 run measures, after its omitted first second (ping runs send 5 echoes a
+    /// second for as long). 4 keeps `--backend all` near 20 minutes under TCG.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=120))]
     pub duration: u32,
     /// perf: parallel TCP streams of the multi-stream figure.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
@@ -214,6 +216,8 @@ fn finish<C: Cluster>(
             host_cpu: host_cpu(),
             nodes: plan.nodes.iter().map(|n| format!("{} {} vCPU {} MiB", n.name, n.cpus, n.memory_mib)).collect(),
             iperf3_version: None,
+            host_cpus: std::thread::available_parallelism().ok().and_then(|n| u32::try_from(n.get()).ok()),
+            perf_settings: None,
         },
         summary: Summary::of(&checks),
         checks,
@@ -240,19 +244,18 @@ pub async fn run_perf<C: Cluster>(
     let clock = Instant::now();
     let kernel = kernel_of(c).await;
     let mut r = Runner::new(filter);
-    let measurements = std::cell::RefCell::new(Vec::new());
-    for (i, &b) in backends.iter().enumerate() {
+    let mut measurements = Vec::new();
+    for &b in backends {
         r.set_task(Some(ui.task(&format!("perf {b}"))));
-        perf::run_backend(c, &mut r, b, i == 0, opts, &measurements).await;
+        perf::run_backend(c, &mut r, b, opts, &mut measurements).await;
         if let Some(t) = r.set_task(None) {
             t.finish("done");
         }
     }
     restore_backend(c, &mut r, backends).await;
-    let mut ms = measurements.into_inner();
-    perf::add_ratios(&mut ms);
-    let mut results = finish(c, "perf", backends, started, clock, kernel, r.into_checks(), ms);
+    let mut results = finish(c, "perf", backends, started, clock, kernel, r.into_checks(), measurements);
     results.metadata.iperf3_version = perf::iperf3_version(c).await;
+    results.metadata.perf_settings = Some(opts.settings());
     results
 }
 

@@ -1,11 +1,18 @@
-//! The perf suite: iperf3 TCP (1 and N streams), UDP and ping latency for the underlay (node->node, the
-//! baseline), pod->pod on one node and pod->pod across nodes, per backend. Warm-up runs are discarded; the
-//! measured repeats give median/min/max and a 95 % interval; ratios are to the baseline of the same run.
+//! The perf suite: iperf3 TCP (1 and N streams), UDP and ping latency, per backend, over four paths: the
+//! cross-node baseline (node->node on the underlay), the same-node baseline (a node to its own underlay
+//! address, over its loopback), pod->pod on one node and pod->pod across nodes. Each pod path's ratio divides
+//! by the baseline of its own kind of path, measured with the same backend in the same rounds.
+//!
+//! Samples are taken in rounds: each round measures every figure of the backend once. A disturbance of the
+//! host (someone's compile) then lands on one sample of many figures, which the median shrugs off, instead
+//! of on every sample of one figure. Around every sample the host's and the guests' counters are read
+//! (`hostload`), and a figure is flagged when a sample ran disturbed, when its interval is too wide to
+//! compare, or when it lost packets.
 
-use std::cell::RefCell;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
-use testbed_api::results::{CheckStatus, Measurement, Stats};
+use testbed_api::results::{CheckStatus, Measurement, PerfFlag, PerfSettings, SampleConditions, Stats};
 use testbed_api::{Backend, ExecResponse};
 
 use super::cluster::{nodes_of, Cluster, ClusterError, NodeInfo};
@@ -13,11 +20,24 @@ use super::harness::{
     cleanup, create_tracked, evidence, nexec, pexec, remove_leftover, sleeper_pod, switch_backend, wait_running,
     TestPod,
 };
+use super::hostload::{self, Checkpoint, CpuTimes};
 use super::probe;
 use super::runner::{CheckError, CheckOutcome, Level, Runner};
 
 pub const PERF_PORT: u16 = 5210;
-pub const BASELINE_PATH: &str = "underlay node->node";
+pub const BASELINE_CROSS: &str = "underlay node->node";
+pub const BASELINE_SELF: &str = "underlay node->self";
+const SAME_NODE: &str = "pod->pod same-node";
+const CROSS_NODE: &str = "pod->pod cross-node";
+/// Seconds each iperf3 run sends before it measures: TCP slow start and neighbour resolution stay out of
+/// every sample, which a discarded warm-up run per figure would otherwise have to pay for.
+pub const OMIT_S: u32 = 1;
+/// Under TCG an unlimited UDP sender only measures its own drops, so UDP offers a fixed rate: 300 Mbit/s is
+/// below what the baselines carry and above what the slower backends do; the loss next to it tells which.
+pub const UDP_OFFERED_MBPS: f64 = 300.0;
+pub const UDP_LOSS_BOUND_PERCENT: f64 = 1.0;
+/// Two runs are meant to agree within +-10 %; a figure whose own interval reaches further cannot show that.
+pub const WIDE_INTERVAL_PERCENT: f64 = 10.0;
 
 #[derive(Debug, Clone, Copy)]
 pub struct PerfOptions {
@@ -25,6 +45,23 @@ pub struct PerfOptions {
     pub warmup: u32,
     pub duration_s: u32,
     pub streams: u32,
+}
+
+impl PerfOptions {
+    pub fn settings(&self) -> PerfSettings {
+        PerfSettings {
+            repeats: self.repeats,
+            warmup_rounds: self.warmup,
+            duration_s: self.duration_s,
+            omit_s: OMIT_S,
+            streams: self.streams,
+            udp_offered_mbps: UDP_OFFERED_MBPS,
+            udp_loss_bound_percent: UDP_LOSS_BOUND_PERCENT,
+            wide_interval_percent: WIDE_INTERVAL_PERCENT,
+            disturbed_other_cpus: hostload::DISTURBED_OTHER_CPUS,
+            disturbed_steal_iowait_percent: hostload::DISTURBED_STEAL_IOWAIT_PERCENT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,37 +93,55 @@ impl Kind {
 /// Where a command runs: in a pod (its network namespace) or on a node.
 #[derive(Clone, Copy)]
 enum End<'a> {
-    /// A pod and the MTU of its eth0.
-    Pod(&'a TestPod, u32),
+    Pod(&'a TestPod),
     Node(&'a NodeInfo),
 }
 
 impl End<'_> {
-    fn mtu(&self) -> u32 {
-        match self {
-            End::Pod(_, mtu) => *mtu,
-            End::Node(n) => n.underlay_mtu,
-        }
-    }
-
     fn ip(&self) -> Ipv4Addr {
         match self {
-            End::Pod(p, _) => p.ip,
+            End::Pod(p) => p.ip,
             End::Node(n) => n.underlay_ip,
+        }
+    }
+    fn node(&self) -> &str {
+        match self {
+            End::Pod(p) => &p.node,
+            End::Node(n) => &n.name,
         }
     }
     async fn run<C: Cluster>(&self, c: &C, script: &str, timeout: u64) -> Result<ExecResponse, ClusterError> {
         match self {
-            End::Pod(p, _) => pexec(c, p, None, script, timeout).await,
+            End::Pod(p) => pexec(c, p, None, script, timeout).await,
             End::Node(n) => nexec(c, &n.name, script).await,
         }
     }
+}
+
+/// A path between two ends and the baseline its ratios divide by (None: it is a baseline).
+struct PathSpec<'a> {
+    name: &'static str,
+    ends: Result<(End<'a>, End<'a>), &'static str>,
+    baseline: Option<&'static str>,
 }
 
 struct Sample {
     value: f64,
     cpu: (Option<f64>, Option<f64>),
     note: String,
+    loss: Option<f64>,
+}
+
+/// One figure while its rounds run.
+struct Figure<'a> {
+    kind: Kind,
+    path: &'a PathSpec<'a>,
+    from: End<'a>,
+    to: End<'a>,
+    mtu: Option<u32>,
+    samples: Vec<(Sample, SampleConditions)>,
+    error: Option<CheckError>,
+    took: Duration,
 }
 
 async fn one_run<C: Cluster>(
@@ -98,22 +153,26 @@ async fn one_run<C: Cluster>(
 ) -> Result<Sample, CheckError> {
     let d = o.duration_s;
     if kind == Kind::Latency {
-        let count = (d * 5).max(5);
-        let cmd = format!("ping -n -q -c {count} -i 0.2 -W 2 {}", to.ip());
+        // One more echo than measured: the first answer is left out (neighbour resolution).
+        let count = (d * 5).max(5) + 1;
+        let cmd = format!("ping -n -c {count} -i 0.2 -W 2 {}", to.ip());
         let r = from.run(c, &cmd, u64::from(d) + 30).await?;
-        let avg = probe::parse_ping_avg(&r.stdout)
-            .ok_or_else(|| CheckError::Fail(format!("no RTT summary\n{}", evidence(&cmd, &r))))?;
-        return Ok(Sample { value: avg, cpu: (None, None), note: String::new() });
+        let run = probe::parse_ping(&r.stdout).filter(|_| r.exit_code == 0 && !r.timed_out);
+        let Some((run, avg)) = run.and_then(|p| p.mean_after_first_ms().map(|a| (p, a))) else {
+            return Err(CheckError::Fail(format!("ping failed (exit {})\n{}", r.exit_code, evidence(&cmd, &r))));
+        };
+        let loss = run.loss_percent();
+        let note = if loss > 0.0 { format!("{loss:.1}% lost") } else { String::new() };
+        return Ok(Sample { value: avg, cpu: (None, None), note, loss: Some(loss) });
     }
     let args = match kind {
-        Kind::Tcp1 => format!("-t {d} -P 1"),
-        Kind::TcpN(n) => format!("-t {d} -P {n}"),
-        // A fixed offered load: under TCG an unlimited UDP sender only measures its own drops.
-        _ => format!("-t {d} -u -b 300M -l 1200"),
+        Kind::Tcp1 => format!("-t {d} -O {OMIT_S} -P 1"),
+        Kind::TcpN(n) => format!("-t {d} -O {OMIT_S} -P {n}"),
+        _ => format!("-t {d} -O {OMIT_S} -u -b {UDP_OFFERED_MBPS}M -l 1200"),
     };
-    let server = format!("timeout {} iperf3 -s -1 -p {PERF_PORT} -J", d + 60);
+    let server = format!("timeout {} iperf3 -s -1 -p {PERF_PORT} -J", d + OMIT_S + 60);
     let client = probe::iperf_client(to.ip(), PERF_PORT, &args);
-    let limit = u64::from(d) + 70;
+    let limit = u64::from(d + OMIT_S) + 70;
     let (s, cl) = futures::join!(to.run(c, &server, limit), from.run(c, &client, limit));
     let (_s, cl) = (s?, cl?);
     let run = probe::parse_iperf_client(&cl.stdout, kind == Kind::Udp)
@@ -123,70 +182,126 @@ async fn one_run<C: Cluster>(
         (_, Some(l)) => format!("{l:.2}% lost"),
         _ => String::new(),
     };
-    Ok(Sample { value: run.mbps, cpu: (run.cpu_sender, run.cpu_receiver), note })
+    Ok(Sample { value: run.mbps, cpu: (run.cpu_sender, run.cpu_receiver), note, loss: run.lost_percent })
+}
+
+/// The host's counters and each of `nodes`' /proc/stat, read together between two samples.
+async fn checkpoint<C: Cluster>(c: &C, nodes: &[String]) -> Checkpoint {
+    let reads = nodes.iter().map(|n| async move {
+        let out = c.node_exec(n, "head -1 /proc/stat").await.ok()?;
+        CpuTimes::parse(&out.stdout).map(|t| (n.clone(), t))
+    });
+    let guests = futures::future::join_all(reads).await.into_iter().flatten().collect();
+    Checkpoint { host: c.host_counters(), guests }
+}
+
+/// The MTU of the interface `from` sends to `to` through, read on `from`.
+async fn path_mtu<C: Cluster>(c: &C, from: End<'_>, to: End<'_>) -> Result<u32, CheckError> {
+    let cmd = probe::route_mtu_script(to.ip());
+    let r = from.run(c, &cmd, 30).await?;
+    probe::route_mtu(&r.stdout)
+        .map(|(_, mtu)| mtu)
+        .ok_or_else(|| CheckError::Fail(format!("no route MTU towards {}\n{}", to.ip(), evidence(&cmd, &r))))
 }
 
 fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-/// One figure to measure: what, over which path, between which ends.
-struct Figure<'a> {
-    kind: Kind,
-    path: &'a str,
-    backend: Option<Backend>,
-    from: End<'a>,
-    to: End<'a>,
+/// A figure's own flags (`BaselineFlagged` is added with the ratios).
+fn flags_of(kind: Kind, stats: &Stats, conditions: &[SampleConditions]) -> Vec<PerfFlag> {
+    let mut flags = Vec::new();
+    if stats.interval_reach().is_none_or(|r| r * 100.0 > WIDE_INTERVAL_PERCENT) {
+        flags.push(PerfFlag::WideInterval);
+    }
+    if conditions.iter().any(|c| c.disturbed) {
+        flags.push(PerfFlag::DisturbedHost);
+    }
+    let losses: Vec<f64> = conditions.iter().filter_map(|c| c.loss_percent).collect();
+    let lossy = match kind {
+        Kind::Latency => losses.iter().any(|l| *l > 0.0),
+        _ => Stats::of(&losses).median > UDP_LOSS_BOUND_PERCENT,
+    };
+    if lossy {
+        flags.push(PerfFlag::Loss);
+    }
+    flags
 }
 
-async fn measure<C: Cluster>(c: &C, f: Figure<'_>, o: &PerfOptions, out: &RefCell<Vec<Measurement>>) -> CheckOutcome {
-    let Figure { kind, path, backend, from, to } = f;
-    let mut samples = Vec::new();
-    for i in 0..o.warmup + o.repeats {
-        let s = one_run(c, kind, from, to, o).await?;
-        if i >= o.warmup {
-            samples.push(s);
-        }
-    }
-    let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+fn measurement(f: &Figure<'_>, backend: Backend) -> Measurement {
+    let values: Vec<f64> = f.samples.iter().map(|(s, _)| s.value).collect();
     let stats = Stats::of(&values);
-    let cpu_s: Vec<f64> = samples.iter().filter_map(|s| s.cpu.0).collect();
-    let cpu_r: Vec<f64> = samples.iter().filter_map(|s| s.cpu.1).collect();
-    let notes: Vec<&str> = samples.iter().map(|s| s.note.as_str()).filter(|n| !n.is_empty()).collect();
-    let m = Measurement {
-        kind: kind.name(),
-        path: path.into(),
-        backend,
-        unit: kind.unit().into(),
+    let conditions: Vec<SampleConditions> = f.samples.iter().map(|(_, c)| c.clone()).collect();
+    let cpu_s: Vec<f64> = f.samples.iter().filter_map(|(s, _)| s.cpu.0).collect();
+    let cpu_r: Vec<f64> = f.samples.iter().filter_map(|(s, _)| s.cpu.1).collect();
+    let notes: Vec<&str> = f.samples.iter().map(|(s, _)| s.note.as_str()).filter(|n| !n.is_empty()).collect();
+    Measurement {
+        kind: f.kind.name(),
+        path: f.path.name.into(),
+        backend: Some(backend),
+        unit: f.kind.unit().into(),
         samples: values,
-        stats,
         ratio_to_baseline: None,
+        baseline: f.path.baseline.map(str::to_string),
         cpu_sender_percent: mean(&cpu_s),
         cpu_receiver_percent: mean(&cpu_r),
-        mtu: Some(from.mtu()),
+        mtu: f.mtu,
         details: (!notes.is_empty()).then(|| notes.join(", ")),
-    };
+        udp_offered_mbps: (f.kind == Kind::Udp).then_some(UDP_OFFERED_MBPS),
+        flags: flags_of(f.kind, &stats, &conditions),
+        stats,
+        conditions,
+    }
+}
+
+/// Each figure's ratio to its baseline (same kind, same backend); a flagged baseline flags the ratio.
+pub fn add_ratios(ms: &mut [Measurement]) {
+    let base: Vec<(String, String, Option<Backend>, f64, bool)> = ms
+        .iter()
+        .filter(|m| m.baseline.is_none())
+        .map(|m| (m.path.clone(), m.kind.clone(), m.backend, m.stats.median, !m.flags.is_empty()))
+        .collect();
+    for m in ms.iter_mut() {
+        let Some(want) = m.baseline.as_deref() else { continue };
+        let Some((.., median, flagged)) =
+            base.iter().find(|(p, k, b, ..)| p == want && *k == m.kind && *b == m.backend)
+        else {
+            continue;
+        };
+        m.ratio_to_baseline = (*median > 0.0).then(|| m.stats.median / median);
+        if *flagged {
+            m.flags.push(PerfFlag::BaselineFlagged);
+        }
+    }
+}
+
+/// The check of a measured figure: passes when clean, warns (the run still passes) when flagged.
+fn outcome_of(m: &Measurement) -> (Level, CheckOutcome) {
+    let disturbed = m.conditions.iter().filter(|c| c.disturbed).count();
     let summary = format!(
-        "median {:.2} {} (min {:.2}, max {:.2}, n {}) {} -> {}",
+        "median {:.3} {} (min {:.3}, max {:.3}, n {}), ratio {} to {}, {disturbed} disturbed samples",
         m.stats.median,
         m.unit,
         m.stats.min,
         m.stats.max,
         m.stats.n,
-        from.ip(),
-        to.ip()
+        m.ratio_to_baseline.map_or_else(|| "-".into(), |r| format!("{r:.3}")),
+        m.baseline.as_deref().unwrap_or("-"),
     );
-    out.borrow_mut().push(m);
-    Ok(summary)
-}
-
-/// Ratio of each measurement's median to the baseline's median of the same kind.
-pub fn add_ratios(ms: &mut [Measurement]) {
-    let base: Vec<(String, f64)> =
-        ms.iter().filter(|m| m.path == BASELINE_PATH).map(|m| (m.kind.clone(), m.stats.median)).collect();
-    for m in ms.iter_mut().filter(|m| m.path != BASELINE_PATH) {
-        m.ratio_to_baseline = base.iter().find(|(k, v)| *k == m.kind && *v > 0.0).map(|(_, v)| m.stats.median / v);
+    if m.flags.is_empty() {
+        return (Level::Error, Ok(summary));
     }
+    let reach = m.stats.interval_reach().map_or_else(|| "no interval".into(), |r| format!("+-{:.0}%", r * 100.0));
+    let names: Vec<String> = m
+        .flags
+        .iter()
+        .map(|f| match f {
+            PerfFlag::WideInterval => format!("wide_interval ({reach})"),
+            PerfFlag::DisturbedHost => format!("disturbed_host ({disturbed} of {} samples)", m.stats.n),
+            other => other.as_str().to_string(),
+        })
+        .collect();
+    (Level::Warning, Err(CheckError::Fail(format!("flagged: {}\n{summary}", names.join(", ")))))
 }
 
 pub const PERF_PODS: [&str; 3] = ["tb-p-a1", "tb-p-a2", "tb-p-b1"];
@@ -198,36 +313,108 @@ pub async fn iperf3_version<C: Cluster>(c: &C) -> Option<String> {
     out.stdout.lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
 }
 
-/// Every kind of figure over `path`: measured between `ends`, or each one recorded as skipped with the reason.
-async fn run_path<C: Cluster>(
+const KINDS: usize = 4;
+
+fn kinds(o: &PerfOptions) -> [Kind; KINDS] {
+    [Kind::Tcp1, Kind::TcpN(o.streams), Kind::Udp, Kind::Latency]
+}
+
+/// Measures every selected figure of `paths` in interleaved rounds and records one check per figure.
+async fn measure_paths<C: Cluster>(
     c: &C,
     r: &mut Runner,
     o: &PerfOptions,
-    out: &RefCell<Vec<Measurement>>,
-    path: &str,
-    backend: Option<Backend>,
-    ends: Result<(End<'_>, End<'_>), &str>,
-) {
-    for kind in [Kind::Tcp1, Kind::TcpN(o.streams), Kind::Udp, Kind::Latency] {
-        let name = format!("{path}: {}", kind.name());
-        match ends {
-            Ok((from, to)) => {
-                let figure = Figure { kind, path, backend, from, to };
-                r.run("perf", backend, &name, Level::Error, measure(c, figure, o, out)).await
+    backend: Backend,
+    paths: &[PathSpec<'_>],
+) -> Vec<Measurement> {
+    let b = Some(backend);
+    let mut figures: Vec<Figure<'_>> = Vec::new();
+    for path in paths {
+        for kind in kinds(o) {
+            let name = format!("{}: {}", path.name, kind.name());
+            match path.ends {
+                Err(why) => r.record("perf", b, &name, CheckStatus::Skip, why),
+                Ok((from, to)) if r.selected(&Runner::full_name("perf", b, &name)) => figures.push(Figure {
+                    kind,
+                    path,
+                    from,
+                    to,
+                    mtu: None,
+                    samples: Vec::new(),
+                    error: None,
+                    took: Duration::ZERO,
+                }),
+                Ok(_) => {}
             }
-            Err(why) => r.run("perf", backend, &name, Level::Error, async { Err(CheckError::Skip(why.into())) }).await,
-        };
+        }
     }
+    // Read once per path, from the interface itself: what the plan says the MTU should be is not evidence.
+    for path in paths {
+        let Ok((from, to)) = path.ends else { continue };
+        if !figures.iter().any(|f| std::ptr::eq(f.path, path)) {
+            continue;
+        }
+        let mtu = path_mtu(c, from, to).await;
+        for f in figures.iter_mut().filter(|f| std::ptr::eq(f.path, path)) {
+            match &mtu {
+                Ok(m) => f.mtu = Some(*m),
+                Err(e) => f.error = Some(e.clone()),
+            }
+        }
+    }
+    let mut nodes: Vec<String> =
+        figures.iter().flat_map(|f| [f.from.node().to_string(), f.to.node().to_string()]).collect();
+    nodes.sort();
+    nodes.dedup();
+    let mut before = checkpoint(c, &nodes).await;
+    for round in 0..o.warmup + o.repeats {
+        for f in figures.iter_mut().filter(|f| f.error.is_none()) {
+            r.stage(&format!(
+                "[perf] {backend} {}: {} (round {} of {})",
+                f.path.name,
+                f.kind.name(),
+                round + 1,
+                o.warmup + o.repeats
+            ));
+            let started = Instant::now();
+            let sample = one_run(c, f.kind, f.from, f.to, o).await;
+            let after = checkpoint(c, &nodes).await;
+            f.took += started.elapsed();
+            match sample {
+                Ok(s) if round >= o.warmup => {
+                    let cond = hostload::conditions(&before, &after, &[f.from.node(), f.to.node()], s.loss);
+                    f.samples.push((s, cond));
+                }
+                Ok(_) => {}
+                Err(e) => f.error = Some(e),
+            }
+            before = after;
+        }
+    }
+    let mut done: Vec<(Measurement, Duration)> = Vec::new();
+    for f in figures.iter_mut() {
+        let name = format!("{}: {}", f.path.name, f.kind.name());
+        match f.error.take() {
+            Some(e) => r.record_outcome("perf", b, &name, Level::Error, Err(e), f.took),
+            None => done.push((measurement(f, backend), f.took)),
+        }
+    }
+    let mut ms: Vec<Measurement> = done.iter().map(|(m, _)| m.clone()).collect();
+    add_ratios(&mut ms);
+    for (m, (_, took)) in ms.iter().zip(&done) {
+        let (level, outcome) = outcome_of(m);
+        r.record_outcome("perf", b, &format!("{}: {}", m.path, m.kind), level, outcome, *took);
+    }
+    ms
 }
 
-/// One backend: switch, pods, measurements, cleanup. `first` adds the underlay baseline.
+/// One backend: switch, pods, measurements, cleanup.
 pub async fn run_backend<C: Cluster>(
     c: &C,
     r: &mut Runner,
     backend: Backend,
-    first: bool,
     o: &PerfOptions,
-    out: &RefCell<Vec<Measurement>>,
+    out: &mut Vec<Measurement>,
 ) {
     let b = Some(backend);
     if r.run_setup("setup", b, "apply NodeSpec to every node and converge", switch_backend(c, backend)).await
@@ -240,7 +427,7 @@ pub async fn run_backend<C: Cluster>(
         r.record("setup", b, "perf pods running", CheckStatus::Error, "the plan has no nodes");
         return;
     };
-    let created = RefCell::new(Vec::new());
+    let created = std::cell::RefCell::new(Vec::new());
     let mut pods: Vec<TestPod> = Vec::new();
     r.run_setup("setup", b, "perf pods running", async {
         let mut wanted = vec![(na.name.clone(), PERF_PODS[0]), (na.name.clone(), PERF_PODS[1])];
@@ -257,20 +444,35 @@ pub async fn run_backend<C: Cluster>(
         Ok(pods.iter().map(|p| format!("{}@{} {}", p.name, p.node, p.ip)).collect::<Vec<_>>().join(", "))
     })
     .await;
-    let pod_mtu = backend.pod_mtu(na.underlay_mtu);
     if pods.len() >= 2 {
-        if first {
-            let ends = nb.map(|nb| (End::Node(na), End::Node(nb))).ok_or("the lab has a single node");
-            run_path(c, r, o, out, BASELINE_PATH, None, ends).await;
-        }
-        let same = (End::Pod(&pods[0], pod_mtu), End::Pod(&pods[1], pod_mtu));
-        run_path(c, r, o, out, "pod->pod same-node", b, Ok(same)).await;
-        let cross = match pods.get(2) {
-            Some(p) if backend != Backend::None => Ok((End::Pod(&pods[0], pod_mtu), End::Pod(p, pod_mtu))),
-            Some(_) => Err("backend none routes no pod traffic between nodes"),
-            None => Err("the lab has a single node"),
-        };
-        run_path(c, r, o, out, "pod->pod cross-node", b, cross).await;
+        let none = backend == Backend::None;
+        let paths = [
+            PathSpec {
+                name: BASELINE_CROSS,
+                ends: match nb {
+                    _ if none => Err("nothing to divide: backend none has no cross-node pod figures"),
+                    Some(nb) => Ok((End::Node(na), End::Node(nb))),
+                    None => Err("the lab has a single node"),
+                },
+                baseline: None,
+            },
+            PathSpec { name: BASELINE_SELF, ends: Ok((End::Node(na), End::Node(na))), baseline: None },
+            PathSpec {
+                name: SAME_NODE,
+                ends: Ok((End::Pod(&pods[0]), End::Pod(&pods[1]))),
+                baseline: Some(BASELINE_SELF),
+            },
+            PathSpec {
+                name: CROSS_NODE,
+                ends: match pods.get(2) {
+                    _ if none => Err("backend none routes no pod traffic between nodes"),
+                    Some(p) => Ok((End::Pod(&pods[0]), End::Pod(p))),
+                    None => Err("the lab has a single node"),
+                },
+                baseline: Some(BASELINE_CROSS),
+            },
+        ];
+        out.extend(measure_paths(c, r, o, backend, &paths).await);
     }
     r.run_setup("setup", b, "perf pods removed", cleanup(c, &created)).await;
 }

@@ -122,10 +122,55 @@ pub fn parse_iperf_client(json: &str, udp: bool) -> Result<IperfRun, String> {
     })
 }
 
-/// Average RTT in ms from ping's summary (`rtt min/avg/max/mdev = 0.1/0.2/0.3/0.1 ms`).
-pub fn parse_ping_avg(out: &str) -> Option<f64> {
-    let line = out.lines().find(|l| l.contains("min/avg/max"))?;
-    line.split('=').nth(1)?.trim().split('/').nth(1)?.parse().ok()
+/// What one ping run saw: echoes sent and answered, and the RTT of each answer in arrival order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PingRun {
+    pub transmitted: u32,
+    pub received: u32,
+    pub rtts_ms: Vec<f64>,
+}
+
+impl PingRun {
+    /// Echoes lost, percent of those sent.
+    pub fn loss_percent(&self) -> f64 {
+        100.0 * f64::from(self.transmitted.saturating_sub(self.received)) / f64::from(self.transmitted.max(1))
+    }
+
+    /// Mean RTT without the first answer, which pays for neighbour resolution (and, under TCG, translating
+    /// the path's code); all of them when there are fewer than two.
+    pub fn mean_after_first_ms(&self) -> Option<f64> {
+        let rest = if self.rtts_ms.len() >= 2 { &self.rtts_ms[1..] } else { &self.rtts_ms[..] };
+        (!rest.is_empty()).then(|| rest.iter().sum::<f64>() / rest.len() as f64)
+    }
+}
+
+/// A ping's per-reply lines (`... time=0.512 ms`) and its `N packets transmitted, M received` summary.
+pub fn parse_ping(out: &str) -> Option<PingRun> {
+    let summary = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let count = |word: &str| -> Option<u32> {
+        let t: Vec<&str> = summary.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
+        t.iter().position(|x| *x == word).and_then(|i| i.checked_sub(1)).and_then(|i| t[i].parse().ok())
+    };
+    let rtts_ms =
+        out.lines().filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
+    Some(PingRun { transmitted: count("packets")?, received: count("received")?, rtts_ms })
+}
+
+/// Prints the route from here to `dst` and every link, for `route_mtu`.
+pub fn route_mtu_script(dst: Ipv4Addr) -> String {
+    format!("ip -o route get {dst} && ip -o link show")
+}
+
+/// The interface `ip -o route get` chose and its MTU from the `ip -o link show` lines that follow.
+pub fn route_mtu(out: &str) -> Option<(String, u32)> {
+    let mut lines = out.lines();
+    let route: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let dev = route.iter().position(|t| *t == "dev").and_then(|i| route.get(i + 1))?.to_string();
+    let mtu = lines.find_map(|l| {
+        let name = l.split_whitespace().nth(1)?.trim_end_matches(':');
+        (name.split('@').next() == Some(dev.as_str())).then(|| link_mtu(l)).flatten()
+    })?;
+    Some((dev, mtu))
 }
 
 /// sha256 (hex) of what `seq 1 n` prints.
@@ -250,9 +295,28 @@ mod tests {
         let r = parse_iperf_client(udp, true).expect("udp");
         assert_eq!((r.mbps, r.lost_percent), (150.0, Some(25.0)));
         assert!(parse_iperf_client(r#"{"error":"unable to connect"}"#, false).is_err());
-        let ping = "--- 10.0.0.1 ping statistics ---\n20 packets transmitted, 20 received\nrtt min/avg/max/mdev = 0.101/0.250/0.900/0.050 ms\n";
-        assert_eq!(parse_ping_avg(ping), Some(0.25));
-        assert_eq!(parse_ping_avg("100% packet loss"), None);
+    }
+
+    #[test]
+    fn parses_ping_replies_loss_and_the_route_mtu() {
+        let out = "PING 10.0.0.1 (10.0.0.1) 56(84) bytes of data.\n64 bytes from 10.0.0.1: icmp_seq=1 ttl=64 time=3.00 ms\n\
+                   64 bytes from 10.0.0.1: icmp_seq=2 ttl=64 time=0.5 ms\n64 bytes from 10.0.0.1: icmp_seq=4 ttl=64 time=0.7 ms\n\
+                   --- 10.0.0.1 ping statistics ---\n4 packets transmitted, 3 received, 25% packet loss, time 603ms\n";
+        let p = parse_ping(out).expect("ping");
+        assert_eq!((p.transmitted, p.received, p.rtts_ms.len()), (4, 3, 3));
+        assert_eq!(p.loss_percent(), 25.0);
+        // The first reply (neighbour resolution) is left out.
+        assert!((p.mean_after_first_ms().expect("mean") - 0.6).abs() < 1e-9);
+        let none = parse_ping("3 packets transmitted, 0 received, +3 errors, 100% packet loss").expect("summary");
+        assert_eq!((none.received, none.loss_percent(), none.mean_after_first_ms()), (0, 100.0, None));
+        assert_eq!(parse_ping("ping: connect: Network is unreachable"), None);
+        let r = "10.244.1.2 dev eth0 src 10.244.0.2 uid 0 \\    cache \n1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue\n\
+                 3: eth0@if7: <BROADCAST,UP> mtu 1400 qdisc noqueue\n";
+        assert_eq!(route_mtu(r), Some(("eth0".into(), 1400)));
+        let local =
+            "local 192.168.50.11 dev lo table local src 192.168.50.11 uid 0\n1: lo: <LOOPBACK> mtu 65536 qdisc\n";
+        assert_eq!(route_mtu(local), Some(("lo".into(), 65536)));
+        assert_eq!(route_mtu("RTNETLINK answers: Network is unreachable"), None);
     }
 
     #[test]

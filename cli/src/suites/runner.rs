@@ -14,7 +14,7 @@ use crate::ui::Task;
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Why a check did not pass.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CheckError {
     /// The system under test misbehaved.
     Fail(String),
@@ -64,6 +64,13 @@ impl Runner {
         std::mem::replace(&mut self.task, task)
     }
 
+    /// Shows what runs now on the progress line (the perf rounds run outside `run`).
+    pub fn stage(&self, what: &str) {
+        if let Some(t) = &self.task {
+            t.stage(what);
+        }
+    }
+
     pub fn full_name(group: &str, backend: Option<Backend>, name: &str) -> String {
         match backend {
             Some(b) => format!("[{group}] {b} {name}"),
@@ -97,7 +104,36 @@ impl Runner {
             Ok(o) => o,
             Err(_) => Err(CheckError::Infra(format!("check did not finish within {} s", self.timeout.as_secs()))),
         };
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Some(self.push(group, backend, full, level, outcome, started.elapsed()))
+    }
+
+    /// Records a check whose work already ran elsewhere (the perf suite measures its figures in interleaved
+    /// rounds, then records one check per figure): `took` is the time spent on it.
+    pub fn record_outcome(
+        &mut self,
+        group: &str,
+        backend: Option<Backend>,
+        name: &str,
+        level: Level,
+        outcome: CheckOutcome,
+        took: Duration,
+    ) {
+        let full = Self::full_name(group, backend, name);
+        if self.selected(&full) {
+            self.push(group, backend, full, level, outcome, took);
+        }
+    }
+
+    fn push(
+        &mut self,
+        group: &str,
+        backend: Option<Backend>,
+        full: String,
+        level: Level,
+        outcome: CheckOutcome,
+        took: Duration,
+    ) -> CheckStatus {
+        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         let (status, message, details) = match outcome {
             Ok(details) => (CheckStatus::Pass, None, details),
             Err(CheckError::Fail(m)) if level == Level::Warning => (CheckStatus::Warn, Some(m), String::new()),
@@ -122,7 +158,7 @@ impl Runner {
             message,
             details,
         });
-        Some(status)
+        status
     }
 
     /// Runs a setup or cleanup step: never filtered out (the selected checks need it), recorded like a check.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use testbed_api::results::{CheckStatus, RunOutcome, SuiteResults};
+use testbed_api::results::{CheckStatus, Measurement, PerfFlag, RunOutcome, SuiteResults};
 use testbed_api::Backend;
 
 use super::declared::DeclaredTest;
@@ -441,40 +441,121 @@ async fn debug_bundle_has_every_nodes_state_and_reports_dead_nodes() {
     assert!(errors.contains("connection refused"), "{errors}");
 }
 
+async fn perf(c: &FakeCluster, backends: &[Backend], repeats: u32) -> SuiteResults {
+    let opts = super::perf::PerfOptions { repeats, warmup: 1, duration_s: 1, streams: 4 };
+    super::run_perf(c, &ui(), backends, None, &opts).await
+}
+
+fn figure<'a>(r: &'a SuiteResults, path: &str, kind: &str, b: Backend) -> &'a Measurement {
+    r.measurements
+        .iter()
+        .find(|m| m.path == path && m.kind == kind && m.backend == Some(b))
+        .unwrap_or_else(|| panic!("{path} {kind} {b:?}"))
+}
+
 #[tokio::test]
-async fn perf_measures_every_path_with_ratios_to_the_baseline() {
+async fn perf_measures_every_path_with_ratios_to_its_own_baseline() {
     let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
-    let opts = super::perf::PerfOptions { repeats: 3, warmup: 1, duration_s: 1, streams: 4 };
-    let r = super::run_perf(&c, &ui(), &[Backend::Vxlan, Backend::None], None, &opts).await;
+    let r = perf(&c, &[Backend::Vxlan, Backend::None], 3).await;
     assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
     assert_eq!(r.suite, "perf");
-    let find = |path: &str, kind: &str, b: Option<Backend>| {
-        r.measurements
-            .iter()
-            .find(|m| m.path == path && m.kind == kind && m.backend == b)
-            .unwrap_or_else(|| panic!("{path} {kind} {b:?}"))
-    };
-    let base = find("underlay node->node", "tcp-1", None);
+    let base = figure(&r, "underlay node->node", "tcp-1", Backend::Vxlan);
     assert_eq!((base.stats.n, base.stats.median, base.unit.as_str()), (3, 800.0, "Mbit/s"));
-    assert_eq!(base.ratio_to_baseline, None);
-    let cross = find("pod->pod cross-node", "tcp-4", Some(Backend::Vxlan));
+    assert_eq!((base.ratio_to_baseline, base.baseline.as_deref()), (None, None));
+    let cross = figure(&r, "pod->pod cross-node", "tcp-4", Backend::Vxlan);
     assert_eq!(cross.ratio_to_baseline, Some(300.0 / 800.0));
+    assert_eq!(cross.baseline.as_deref(), Some("underlay node->node"));
     assert_eq!(cross.cpu_sender_percent, Some(50.0));
-    // The path MTU: the underlay's for the baseline, the backend's pod MTU for pods.
+    // Same-node pods divide by the node talking to itself (the fake answers 800 there too, 600 pod->pod).
+    let same = figure(&r, "pod->pod same-node", "tcp-1", Backend::Vxlan);
+    assert_eq!((same.baseline.as_deref(), same.ratio_to_baseline), (Some("underlay node->self"), Some(0.75)));
+    // MTUs as the interfaces report them: the underlay NIC, lo, the pod's eth0.
     assert_eq!(base.mtu, Some(1500));
+    assert_eq!(figure(&r, "underlay node->self", "tcp-1", Backend::Vxlan).mtu, Some(65536));
     assert_eq!(cross.mtu, Some(1450));
-    assert_eq!(find("pod->pod same-node", "latency", Some(Backend::None)).stats.median, 0.5);
-    assert_eq!(find("pod->pod same-node", "tcp-1", Some(Backend::None)).mtu, Some(1500));
+    assert_eq!(figure(&r, "pod->pod same-node", "tcp-1", Backend::None).mtu, Some(1500));
+    // Ping: the first echo (3 ms, neighbour resolution) is left out.
+    let lat = figure(&r, "pod->pod same-node", "latency", Backend::None);
+    assert_eq!((lat.stats.median, lat.conditions[0].loss_percent), (0.5, Some(0.0)));
+    let udp = figure(&r, "pod->pod cross-node", "udp", Backend::Vxlan);
+    assert_eq!(udp.udp_offered_mbps, Some(300.0));
+    // A quiet host and steady figures: nothing flagged, every sample's conditions recorded.
+    assert!(r.measurements.iter().all(|m| m.flags.is_empty()), "{:#?}", r.measurements);
+    assert!(r.measurements.iter().all(|m| m.conditions.len() == 3 && m.conditions.iter().all(|c| !c.disturbed)));
+    assert_eq!(cross.conditions[0].host_other_cpus, Some(0.0));
+    assert_eq!(cross.conditions[0].guest_steal_percent, Some(0.0));
     assert_eq!(r.metadata.iperf3_version.as_deref(), Some("iperf 3.12 (cJSON 1.7.15)"));
+    assert_eq!(r.metadata.perf_settings.as_ref().map(|s| (s.repeats, s.omit_s)), Some((3, 1)));
     assert_eq!(r.metadata.nodes.len(), 2);
-    // No cross-node figures without pod routing; the baseline is measured once.
-    assert!(r.measurements.iter().all(|m| !(m.backend == Some(Backend::None) && m.path.contains("cross"))));
-    assert_eq!(r.measurements.iter().filter(|m| m.backend.is_none()).count(), 4);
+    // The baselines are measured with every backend, next to the figures they divide; none has no
+    // cross-node figures, so no cross-node baseline either.
+    for (b, n) in [(Backend::Vxlan, 16), (Backend::None, 8)] {
+        assert_eq!(r.measurements.iter().filter(|m| m.backend == Some(b)).count(), n, "{b}");
+    }
+    assert!(r.measurements.iter().all(|m| !(m.backend == Some(Backend::None) && m.path.contains("node->node"))));
     assert!(c.leftover_test_pods().is_empty());
     let md = report::markdown(&r).expect("md");
     let html = report::html(&r).expect("html");
     assert!(md.contains("## Performance") && md.contains("pod->pod cross-node"), "{md}");
     assert!(md.contains("| MTU |") && md.contains("iperf 3.12"), "{md}");
+    assert!(md.contains("x of underlay node->self"), "{md}");
     assert!(html.contains("<h2>Performance</h2>") && html.contains("class=\"bar\""));
     well_formed(&report::junit(&r)).expect("junit");
+}
+
+#[tokio::test]
+async fn perf_flags_ping_loss_and_the_real_interface_mtu() {
+    let faults = Faults { ping_loss: true, pod_mtu: Some(1400), ..Faults::default() };
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), faults);
+    let r = perf(&c, &[Backend::Vxlan], 3).await;
+    let lat = figure(&r, "pod->pod cross-node", "latency", Backend::Vxlan);
+    // The baseline's pings lose echoes too, so its ratio is flagged with it.
+    assert_eq!(lat.flags, vec![PerfFlag::Loss, PerfFlag::BaselineFlagged]);
+    // 6 echoes a sample (1 s of 5 a second, plus the discarded first), the 4th lost.
+    assert!(lat.conditions.iter().all(|c| c.loss_percent == Some(100.0 / 6.0)), "{:?}", lat.conditions);
+    // The survivors' RTT is still the figure, but the check says it is not to be trusted as is.
+    let check = r.checks.iter().find(|c| c.name == "[perf] vxlan pod->pod cross-node: latency").expect("ran");
+    assert_eq!(check.status, CheckStatus::Warn);
+    assert!(check.message.as_deref().is_some_and(|m| m.contains("loss")), "{check:?}");
+    // Warnings do not fail the run.
+    assert_eq!(r.outcome(), RunOutcome::Passed);
+    // The plan says 1450 for vxlan; the interface says 1400, and the figure reports what it measured through.
+    assert_eq!(figure(&r, "pod->pod cross-node", "tcp-1", Backend::Vxlan).mtu, Some(1400));
+
+    // No echo answered at all: the latency figure fails instead of averaging nothing.
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { ping_missing: true, ..Faults::default() });
+    let r = perf(&c, &[Backend::Vxlan], 1).await;
+    let check = r.checks.iter().find(|c| c.name == "[perf] vxlan pod->pod same-node: latency").expect("ran");
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert!(r.measurements.iter().all(|m| m.kind != "latency"));
+}
+
+#[tokio::test]
+async fn perf_flags_a_disturbed_host_and_a_wide_interval() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { busy_host: true, ..Faults::default() });
+    let r = perf(&c, &[Backend::Vxlan], 3).await;
+    for m in &r.measurements {
+        assert!(m.flags.contains(&PerfFlag::DisturbedHost), "{m:?}");
+        assert!(m.conditions.iter().all(|c| c.disturbed && c.host_other_cpus == Some(0.9)), "{m:?}");
+    }
+    // A flagged baseline flags the ratios divided by it.
+    let cross = figure(&r, "pod->pod cross-node", "tcp-1", Backend::Vxlan);
+    assert!(cross.flags.contains(&PerfFlag::BaselineFlagged), "{cross:?}");
+    let md = report::markdown(&r).expect("md");
+    assert!(md.contains("disturbed_host"), "{md}");
+    let json = serde_json::to_value(&r).expect("json");
+    assert_eq!(json["measurements"][0]["flags"][0], "disturbed_host");
+    assert_eq!(json["measurements"][0]["conditions"][0]["disturbed"], true);
+
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { noisy_throughput: true, ..Faults::default() });
+    let r = perf(&c, &[Backend::Vxlan], 3).await;
+    let tcp = figure(&r, "pod->pod cross-node", "tcp-1", Backend::Vxlan);
+    assert_eq!(tcp.flags, vec![PerfFlag::WideInterval, PerfFlag::BaselineFlagged], "{tcp:?}");
+    assert!(tcp.stats.interval_reach().is_some_and(|x| x > 0.1));
+    // Latency stayed steady: not flagged.
+    assert!(figure(&r, "pod->pod cross-node", "latency", Backend::Vxlan).flags.is_empty());
+    // One sample has no interval at all: nothing to compare with.
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let r = perf(&c, &[Backend::Vxlan], 1).await;
+    assert!(r.measurements.iter().all(|m| m.flags.contains(&PerfFlag::WideInterval)));
 }

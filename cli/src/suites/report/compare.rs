@@ -384,10 +384,14 @@ pub(crate) mod tests {
             samples: samples.to_vec(),
             stats: Stats::of(samples),
             ratio_to_baseline: None,
+            baseline: None,
             cpu_sender_percent: None,
             cpu_receiver_percent: None,
             mtu: None,
             details: None,
+            udp_offered_mbps: None,
+            conditions: Vec::new(),
+            flags: Vec::new(),
         }
     }
 

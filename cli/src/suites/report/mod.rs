@@ -221,6 +221,8 @@ struct PerfRow {
     cpu: String,
     mtu: String,
     details: String,
+    /// `PerfFlag` names, or empty for a clean figure.
+    flags: String,
 }
 
 #[derive(Serialize)]
@@ -304,13 +306,22 @@ fn perf_view(results: &SuiteResults) -> (Vec<PerfRow>, Vec<Chart>) {
                 _ => "-".into(),
             },
             n: m.stats.n,
-            ratio: m.ratio_to_baseline.map_or_else(|| "-".into(), |r| format!("{r:.2}")),
+            // Which baseline a ratio divides by is part of what it means.
+            ratio: match (m.ratio_to_baseline, &m.baseline) {
+                (Some(r), Some(b)) => format!("{r:.2}x of {b}"),
+                (Some(r), None) => format!("{r:.2}"),
+                _ => "-".into(),
+            },
             cpu: match (m.cpu_sender_percent, m.cpu_receiver_percent) {
                 (Some(s), Some(r)) => format!("{s:.0}% / {r:.0}%"),
                 _ => "-".into(),
             },
             mtu: m.mtu.map_or_else(|| "-".into(), |v| v.to_string()),
-            details: m.details.clone().unwrap_or_default(),
+            details: match m.udp_offered_mbps {
+                Some(o) => format!("offered {o} Mbit/s; {}", m.details.clone().unwrap_or_default()),
+                None => m.details.clone().unwrap_or_default(),
+            },
+            flags: m.flags.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "),
         })
         .collect();
     let mut kinds: Vec<&str> = Vec::new();
