@@ -4,6 +4,7 @@
 
 pub mod dir;
 pub mod handle;
+pub mod provider;
 pub mod select;
 pub mod state;
 pub mod status;
@@ -15,6 +16,7 @@ pub(crate) mod fixtures;
 
 pub use dir::{LabDir, LabDirError};
 pub use handle::{ConnectedLab, ConnectedNode, Lab};
+pub use provider::{Provider, ProviderError};
 pub use select::LabSelector;
 pub use state::{now_rfc3339, Accel, LabState, NodeState, RecordedProcess, Stage};
 pub use teardown::teardown;

@@ -3,9 +3,8 @@
 //! is the directory removed, so a failed stop leaves everything `down` needs to try again. Used by `down` and
 //! by `up`'s rollback.
 
-use crate::provider::{Provider, ProviderError};
-
 use super::dir::{LabDir, LabDirError};
+use super::provider::{Provider, ProviderError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TeardownError {
@@ -50,46 +49,4 @@ pub fn teardown(dir: &LabDir, provider: &dyn Provider) -> Result<Teardown, Teard
         dir.remove()?;
     }
     Ok(Teardown { stopped, netns_deleted, dir_removed })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::lab::fixtures::test_plan;
-    use crate::provider::qemu::hostnet::fake::FakeHostNet;
-    use crate::provider::qemu::hostnet::HostNet as _;
-    use crate::provider::qemu::QemuProvider;
-
-    #[test]
-    fn teardown_is_idempotent_and_only_touches_the_labs_netns() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "demo");
-        dir.create().unwrap();
-        let net = Arc::new(FakeHostNet::default());
-        net.create_netns("tb-demo").unwrap();
-        net.create_netns("tb-other").unwrap();
-        let first = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert_eq!(first.netns_deleted.as_deref(), Some("tb-demo"));
-        assert!(first.dir_removed && !dir.exists());
-        assert!(net.netns_exists("tb-other").unwrap());
-        let second = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert!(second.is_noop());
-    }
-
-    #[test]
-    fn netns_comes_from_the_lab_name_not_the_plan() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "mine");
-        dir.create().unwrap();
-        let mut plan = test_plan();
-        plan.netns = "tb-other".into();
-        dir.write_plan(&plan).unwrap();
-        let net = Arc::new(FakeHostNet::default());
-        net.create_netns("tb-other").unwrap();
-        let t = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert_eq!(t.netns_deleted, None);
-        assert!(net.netns_exists("tb-other").unwrap());
-    }
 }

@@ -10,11 +10,11 @@ use crate::guest::agent_deploy::AgentDeployError;
 use crate::guest::SshError;
 use crate::image::ImageError;
 use crate::plan::Plan;
-use crate::provider::Provider;
 use crate::ui::Ui;
 
 use super::dir::{self as labdir, LabDir, LabDirError};
 use super::handle::Lab;
+use super::provider::Provider;
 use super::state::{Accel, LabState, NodeState, Stage};
 use super::teardown::teardown;
 
@@ -298,41 +298,6 @@ async fn lab_is_healthy(dir: &LabDir, plan: &Plan, state: &LabState, provider: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::fixtures::test_plan;
-    use crate::provider::qemu::hostnet::fake::FakeHostNet;
-    use crate::provider::qemu::hostnet::HostNet as _;
-    use crate::provider::qemu::QemuProvider;
-
-    /// The bug this guards against: `up` is interrupted while the netns is being built on a blocking thread;
-    /// the rollback must wait for that thread, or it runs first and the netns is created afterwards and leaks.
-    #[tokio::test]
-    async fn rollback_waits_for_blocking_work_of_an_interrupted_up() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "t");
-        dir.create().unwrap();
-        dir.write_plan(&test_plan()).unwrap();
-        let net = Arc::new(FakeHostNet::default());
-        let inflight = InFlight::default();
-        let (n2, i2) = (net.clone(), inflight.clone());
-        let slow_setup = async move {
-            i2.blocking(move || {
-                std::thread::sleep(Duration::from_millis(300));
-                n2.create_netns(&test_plan().netns)
-            })
-            .await
-        };
-        // Ctrl-C arrives while the setup runs: the awaiting future is dropped, the thread is not.
-        assert!(tokio::time::timeout(Duration::from_millis(20), slow_setup).await.is_err());
-        inflight.settle().await;
-        assert!(net.netns_exists("tb-t").unwrap(), "settle returned before the setup finished");
-        // Nothing new starts after settle.
-        let late = inflight.blocking(|| panic!("ran after settle")).await;
-        assert!(matches!(late, Err(UpError::Cancelled)));
-        assert!(inflight.is_cancelled());
-        let t = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert_eq!(t.netns_deleted.as_deref(), Some("tb-t"));
-        assert!(net.namespaces.lock().unwrap().is_empty() && !dir.exists());
-    }
 
     #[tokio::test]
     async fn settle_without_work_returns_at_once() {
