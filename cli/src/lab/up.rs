@@ -1,5 +1,5 @@
-//! `up`, whatever the provider: lock the lab, refuse a changed plan, leave a healthy lab alone, let the provider
-//! converge the nodes, and on failure or interruption (Ctrl-C, SIGTERM, SIGHUP) wait for its blocking work and
+//! `up`, whatever the provider: lock the lab, refuse a changed plan, leave a healthy lab alone, converge the
+//! nodes (`converge.rs`), and on failure or interruption (Ctrl-C, SIGTERM, SIGHUP) wait for its blocking work and
 //! tear down everything it made (unless --keep). Errors name the node, the stage and the serial log.
 
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use crate::image::ImageError;
 use crate::plan::Plan;
 use crate::ui::Ui;
 
+use super::converge::converge;
 use super::dir::{self as labdir, LabDir, LabDirError};
 use super::handle::Lab;
 use super::provider::Provider;
@@ -75,6 +76,17 @@ fn indent(text: &str) -> String {
 }
 
 impl UpError {
+    /// `node` failed in `stage`; once its guest had started, the error carries the end of its serial log.
+    pub fn node(dir: &LabDir, node: &str, stage: Stage, message: impl ToString) -> UpError {
+        let serial = dir.serial_log(node);
+        let (serial_log, serial_tail) = if stage.guest_started() && serial.exists() {
+            (Some(serial.clone()), labdir::log_tail(&serial, 3000))
+        } else {
+            (None, String::new())
+        };
+        UpError::Node { node: node.to_string(), stage, message: message.to_string(), serial_log, serial_tail }
+    }
+
     pub fn is_bad_input(&self) -> bool {
         match self {
             UpError::PlanChanged { .. } => true,
@@ -188,7 +200,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
     }
 
     let inflight = InFlight::default();
-    let work = provider.converge(ui, plan.clone(), dir.clone(), previous, opts, inflight.clone());
+    let work = converge(ui, plan.clone(), dir.clone(), previous, opts, provider.as_ref(), inflight.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     // A dropped SSH session sends SIGHUP: roll back as for Ctrl-C instead of dying with VMs left running.
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();

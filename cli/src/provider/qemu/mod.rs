@@ -1,8 +1,8 @@
 //! The QEMU provider: one daemonized QEMU per node in the host netns, its underlay NICs tap fds opened in the
 //! lab's own netns, SSH through QEMU's user-mode `hostfwd` on 127.0.0.1.
 //!
-//! Layout: `converge` (up's work: images, accelerator, keys, state, host network) and `node` (one node's
-//! pipeline), `vm` (command line, launch, overlays, QMP), `accel` (KVM probe), `hostnet` (netns, bridges, taps,
+//! Layout: `converge` (up's lab-wide work: agent disk, images, accelerator, host keys, state, host network) and
+//! `node` (one node's machine, up to a reachable sshd), `vm` (command line, launch, overlays, QMP), `accel` (KVM probe), `hostnet` (netns, bridges, taps,
 //! netem behind a trait), `machines` (which VMs still run, stopping them), `procs` (PIDs safely), `doctor`.
 
 pub mod accel;
@@ -19,9 +19,8 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::lab::{InFlight, LabDir, LabState, NodeState, Provider, ProviderError, UpError, UpOptions, UpOutcome};
+use crate::lab::{LabDir, NodeState, PreparedLab, Provider, ProviderError, UpContext, UpError};
 use crate::plan::Plan;
-use crate::ui::Ui;
 
 use hostnet::HostNet;
 
@@ -37,16 +36,8 @@ impl QemuProvider {
 }
 
 impl Provider for QemuProvider {
-    fn converge<'a>(
-        &'a self,
-        ui: &'a Ui,
-        plan: Plan,
-        dir: LabDir,
-        previous: Option<LabState>,
-        opts: &'a UpOptions,
-        inflight: InFlight,
-    ) -> BoxFuture<'a, Result<UpOutcome, UpError>> {
-        Box::pin(converge::converge(ui, plan, dir, previous, opts, self.net.clone(), inflight))
+    fn prepare<'a>(&'a self, lab: &'a UpContext) -> BoxFuture<'a, Result<PreparedLab, UpError>> {
+        Box::pin(converge::prepare(lab, self.net.clone()))
     }
 
     fn is_running(&self, dir: &LabDir, node: &str, state: &NodeState) -> bool {
@@ -81,7 +72,7 @@ mod tests {
 
     use super::*;
     use crate::lab::fixtures::test_plan;
-    use crate::lab::teardown;
+    use crate::lab::{teardown, InFlight};
     use hostnet::fake::FakeHostNet;
 
     /// The bug this guards against: `up` is interrupted while the netns is being built on a blocking thread;
