@@ -29,5 +29,5 @@ pub use provider::{Machines, PreparedLab, Provider, ProviderError, ReachableNode
 pub use recorder::StateRecorder;
 pub use select::LabSelector;
 pub use state::{now_rfc3339, Accel, LabState, NodeState, RecordedProcess, Stage};
-pub use teardown::teardown;
+pub use teardown::{teardown, DownReport};
 pub use up::{blocking, up, InFlight, UpError, UpOptions};

@@ -3,6 +3,8 @@
 //! is the directory removed, so a failed stop leaves everything `down` needs to try again. Used by `down` and
 //! by `up`'s rollback.
 
+use serde::Serialize;
+
 use super::dir::{LabDir, LabDirError};
 use super::provider::{Provider, ProviderError};
 
@@ -49,4 +51,58 @@ pub fn teardown(dir: &LabDir, provider: &dyn Provider) -> Result<Teardown, Teard
         dir.remove()?;
     }
     Ok(Teardown { stopped, netns_deleted, dir_removed })
+}
+
+/// `down -o json`. A contract for scripts, like `status -o json`: the field names and shapes must not change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum DownReport {
+    /// No lab was found, so nothing was done; `lab` is always null.
+    NoLab { lab: Option<String>, removed: bool },
+    /// What the teardown of `lab` did.
+    TornDown { lab: String, stopped: Vec<StoppedMachine>, netns_deleted: Option<String>, dir_removed: bool },
+}
+
+/// One machine `down` stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoppedMachine {
+    pub node: String,
+    pub pid: u32,
+}
+
+impl DownReport {
+    pub fn no_lab() -> Self {
+        DownReport::NoLab { lab: None, removed: false }
+    }
+
+    pub fn torn_down(lab: &str, t: &Teardown) -> Self {
+        DownReport::TornDown {
+            lab: lab.to_string(),
+            stopped: t.stopped.iter().map(|(node, pid)| StoppedMachine { node: node.clone(), pid: *pid }).collect(),
+            netns_deleted: t.netns_deleted.clone(),
+            dir_removed: t.dir_removed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn down_report_keeps_its_json_fields() {
+        assert_eq!(serde_json::to_value(DownReport::no_lab()).unwrap(), json!({"lab": null, "removed": false}));
+        let t = Teardown { stopped: vec![("node1".into(), 42)], netns_deleted: Some("tb-x".into()), dir_removed: true };
+        assert_eq!(
+            serde_json::to_value(DownReport::torn_down("x", &t)).unwrap(),
+            json!({
+                "lab": "x",
+                "stopped": [{"node": "node1", "pid": 42}],
+                "netns_deleted": "tb-x",
+                "dir_removed": true,
+            })
+        );
+    }
 }
