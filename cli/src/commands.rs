@@ -113,7 +113,7 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
     let Some(dir) = a.lab.resolve()? else {
         ui.info("no lab; nothing to do");
         if ui.is_json() {
-            return print_json(&json!({"lab": null, "removed": false}));
+            return print_json(&serde_json::to_value(lab::DownReport::no_lab()).map_err(CliError::infra)?);
         }
         return Ok(());
     };
@@ -127,12 +127,7 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
         .map_err(CliError::infra)?
         .map_err(CliError::infra)?;
     if ui.is_json() {
-        return print_json(&json!({
-            "lab": dir.name,
-            "stopped": t.stopped.iter().map(|(n, p)| json!({"node": n, "pid": p})).collect::<Vec<_>>(),
-            "netns_deleted": t.netns_deleted,
-            "dir_removed": t.dir_removed,
-        }));
+        return print_json(&serde_json::to_value(lab::DownReport::torn_down(&dir.name, &t)).map_err(CliError::infra)?);
     }
     if t.is_noop() {
         ui.info(format!("lab `{}`: nothing left to remove", dir.name));

@@ -216,6 +216,20 @@ impl LabDir {
     }
 }
 
+/// The last `max` bytes of a log in the lab directory (a serial console, QEMU's stderr), trimmed; empty when
+/// it cannot be read.
+pub fn log_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek};
+    let Ok(mut f) = File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    if len > max {
+        let _ = f.seek(std::io::SeekFrom::Start(len - max));
+    }
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
 /// Held for the duration of `up`/`down`; the kernel releases the flock when the process dies, even by SIGKILL.
 #[derive(Debug)]
 pub struct LabLock {

@@ -1,9 +1,18 @@
-//! A lab: its directory (`dir`: paths, lock, plan.json and state.json), what it records (`state`), choosing
-//! one (`select`), opening and connecting to a running one (`handle`), and its lifecycle whatever the provider:
-//! `up`, `teardown` and `status`.
+//! A lab: its directory (`dir`: paths, lock, plan.json and state.json), what it records (`state`, written as it
+//! changes during `up` by `recorder`), its SSH keys (`keys`), choosing one (`select`), opening and connecting to
+//! a running one (`handle`), and its lifecycle whatever the provider: `up` (its frame in `up`, the work in
+//! `converge`, one node after its machine is reachable in `node_setup`, timed by `progress`), `teardown` and
+//! `status`. What it needs from a provider is the contract in `provider`; the implementations live in
+//! `crate::provider` and depend on this module, never the other way round.
 
+mod converge;
 pub mod dir;
 pub mod handle;
+pub mod keys;
+pub mod node_setup;
+pub mod progress;
+pub mod provider;
+pub mod recorder;
 pub mod select;
 pub mod state;
 pub mod status;
@@ -13,9 +22,12 @@ pub mod up;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-pub use dir::{LabDir, LabDirError};
+pub use dir::LabDir;
 pub use handle::{ConnectedLab, ConnectedNode, Lab};
+pub use progress::NodeProgress;
+pub use provider::{Machines, PreparedLab, Provider, ProviderError, ReachableNode, SshEndpoint, UpContext};
+pub use recorder::StateRecorder;
 pub use select::LabSelector;
 pub use state::{now_rfc3339, Accel, LabState, NodeState, RecordedProcess, Stage};
-pub use teardown::teardown;
-pub use up::{blocking, up, InFlight, UpError, UpNode, UpOptions, UpOutcome};
+pub use teardown::{teardown, DownReport};
+pub use up::{blocking, up, InFlight, UpError, UpOptions};

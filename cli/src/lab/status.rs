@@ -8,11 +8,10 @@ use std::time::Duration;
 use serde::Serialize;
 use testbed_api::{Backend, PodStatus};
 
-use crate::exit::{CliError, CliResult};
-use crate::provider::Provider;
-
 use super::handle::Lab;
+use super::provider::Provider;
 use super::state::{Accel, Stage};
+use crate::exit::{CliError, CliResult};
 
 /// How long `status` waits for each node's sshd: the VM is up, so this is short.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(5);

@@ -3,9 +3,10 @@
 //! is the directory removed, so a failed stop leaves everything `down` needs to try again. Used by `down` and
 //! by `up`'s rollback.
 
-use crate::provider::{Provider, ProviderError};
+use serde::Serialize;
 
 use super::dir::{LabDir, LabDirError};
+use super::provider::{Provider, ProviderError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TeardownError {
@@ -52,44 +53,56 @@ pub fn teardown(dir: &LabDir, provider: &dyn Provider) -> Result<Teardown, Teard
     Ok(Teardown { stopped, netns_deleted, dir_removed })
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
+/// `down -o json`. A contract for scripts, like `status -o json`: the field names and shapes must not change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum DownReport {
+    /// No lab was found, so nothing was done; `lab` is always null.
+    NoLab { lab: Option<String>, removed: bool },
+    /// What the teardown of `lab` did.
+    TornDown { lab: String, stopped: Vec<StoppedMachine>, netns_deleted: Option<String>, dir_removed: bool },
+}
 
-    use super::*;
-    use crate::lab::fixtures::test_plan;
-    use crate::provider::qemu::hostnet::fake::FakeHostNet;
-    use crate::provider::qemu::hostnet::HostNet as _;
-    use crate::provider::qemu::QemuProvider;
+/// One machine `down` stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoppedMachine {
+    pub node: String,
+    pub pid: u32,
+}
 
-    #[test]
-    fn teardown_is_idempotent_and_only_touches_the_labs_netns() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "demo");
-        dir.create().unwrap();
-        let net = Arc::new(FakeHostNet::default());
-        net.create_netns("tb-demo").unwrap();
-        net.create_netns("tb-other").unwrap();
-        let first = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert_eq!(first.netns_deleted.as_deref(), Some("tb-demo"));
-        assert!(first.dir_removed && !dir.exists());
-        assert!(net.netns_exists("tb-other").unwrap());
-        let second = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert!(second.is_noop());
+impl DownReport {
+    pub fn no_lab() -> Self {
+        DownReport::NoLab { lab: None, removed: false }
     }
 
+    pub fn torn_down(lab: &str, t: &Teardown) -> Self {
+        DownReport::TornDown {
+            lab: lab.to_string(),
+            stopped: t.stopped.iter().map(|(node, pid)| StoppedMachine { node: node.clone(), pid: *pid }).collect(),
+            netns_deleted: t.netns_deleted.clone(),
+            dir_removed: t.dir_removed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
     #[test]
-    fn netns_comes_from_the_lab_name_not_the_plan() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "mine");
-        dir.create().unwrap();
-        let mut plan = test_plan();
-        plan.netns = "tb-other".into();
-        dir.write_plan(&plan).unwrap();
-        let net = Arc::new(FakeHostNet::default());
-        net.create_netns("tb-other").unwrap();
-        let t = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert_eq!(t.netns_deleted, None);
-        assert!(net.netns_exists("tb-other").unwrap());
+    fn down_report_keeps_its_json_fields() {
+        assert_eq!(serde_json::to_value(DownReport::no_lab()).unwrap(), json!({"lab": null, "removed": false}));
+        let t = Teardown { stopped: vec![("node1".into(), 42)], netns_deleted: Some("tb-x".into()), dir_removed: true };
+        assert_eq!(
+            serde_json::to_value(DownReport::torn_down("x", &t)).unwrap(),
+            json!({
+                "lab": "x",
+                "stopped": [{"node": "node1", "pid": 42}],
+                "netns_deleted": "tb-x",
+                "dir_removed": true,
+            })
+        );
     }
 }

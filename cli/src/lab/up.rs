@@ -1,5 +1,5 @@
-//! `up`, whatever the provider: lock the lab, refuse a changed plan, leave a healthy lab alone, let the provider
-//! converge the nodes, and on failure or interruption (Ctrl-C, SIGTERM, SIGHUP) wait for its blocking work and
+//! `up`, whatever the provider: lock the lab, refuse a changed plan, leave a healthy lab alone, converge the
+//! nodes (`converge.rs`), and on failure or interruption (Ctrl-C, SIGTERM, SIGHUP) wait for its blocking work and
 //! tear down everything it made (unless --keep). Errors name the node, the stage and the serial log.
 
 use std::path::PathBuf;
@@ -10,11 +10,12 @@ use crate::guest::agent_deploy::AgentDeployError;
 use crate::guest::SshError;
 use crate::image::ImageError;
 use crate::plan::Plan;
-use crate::provider::Provider;
 use crate::ui::Ui;
 
+use super::converge::converge;
 use super::dir::{self as labdir, LabDir, LabDirError};
 use super::handle::Lab;
+use super::provider::Provider;
 use super::state::{Accel, LabState, NodeState, Stage};
 use super::teardown::teardown;
 
@@ -75,6 +76,17 @@ fn indent(text: &str) -> String {
 }
 
 impl UpError {
+    /// `node` failed in `stage`; once its guest had started, the error carries the end of its serial log.
+    pub fn node(dir: &LabDir, node: &str, stage: Stage, message: impl ToString) -> UpError {
+        let serial = dir.serial_log(node);
+        let (serial_log, serial_tail) = if stage.guest_started() && serial.exists() {
+            (Some(serial.clone()), labdir::log_tail(&serial, 3000))
+        } else {
+            (None, String::new())
+        };
+        UpError::Node { node: node.to_string(), stage, message: message.to_string(), serial_log, serial_tail }
+    }
+
     pub fn is_bad_input(&self) -> bool {
         match self {
             UpError::PlanChanged { .. } => true,
@@ -188,7 +200,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
     }
 
     let inflight = InFlight::default();
-    let work = provider.converge(ui, plan.clone(), dir.clone(), previous, opts, inflight.clone());
+    let work = converge(ui, plan.clone(), dir.clone(), previous, opts, provider.as_ref(), inflight.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     // A dropped SSH session sends SIGHUP: roll back as for Ctrl-C instead of dying with VMs left running.
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -298,41 +310,6 @@ async fn lab_is_healthy(dir: &LabDir, plan: &Plan, state: &LabState, provider: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::fixtures::test_plan;
-    use crate::provider::qemu::hostnet::fake::FakeHostNet;
-    use crate::provider::qemu::hostnet::HostNet as _;
-    use crate::provider::qemu::QemuProvider;
-
-    /// The bug this guards against: `up` is interrupted while the netns is being built on a blocking thread;
-    /// the rollback must wait for that thread, or it runs first and the netns is created afterwards and leaks.
-    #[tokio::test]
-    async fn rollback_waits_for_blocking_work_of_an_interrupted_up() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = LabDir::new(tmp.path(), "t");
-        dir.create().unwrap();
-        dir.write_plan(&test_plan()).unwrap();
-        let net = Arc::new(FakeHostNet::default());
-        let inflight = InFlight::default();
-        let (n2, i2) = (net.clone(), inflight.clone());
-        let slow_setup = async move {
-            i2.blocking(move || {
-                std::thread::sleep(Duration::from_millis(300));
-                n2.create_netns(&test_plan().netns)
-            })
-            .await
-        };
-        // Ctrl-C arrives while the setup runs: the awaiting future is dropped, the thread is not.
-        assert!(tokio::time::timeout(Duration::from_millis(20), slow_setup).await.is_err());
-        inflight.settle().await;
-        assert!(net.netns_exists("tb-t").unwrap(), "settle returned before the setup finished");
-        // Nothing new starts after settle.
-        let late = inflight.blocking(|| panic!("ran after settle")).await;
-        assert!(matches!(late, Err(UpError::Cancelled)));
-        assert!(inflight.is_cancelled());
-        let t = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
-        assert_eq!(t.netns_deleted.as_deref(), Some("tb-t"));
-        assert!(net.namespaces.lock().unwrap().is_empty() && !dir.exists());
-    }
 
     #[tokio::test]
     async fn settle_without_work_returns_at_once() {

@@ -1,60 +1,13 @@
-//! Providers: what makes and runs a lab's machines. The lab layer (`crate::lab`) owns the lab directory, its
-//! state, lock, `up`'s lock/rollback frame, teardown order and status; a provider owns the machines and the
-//! host resources they need. QEMU is the one provider today; another one is another folder here with a type
-//! that implements [`Provider`], chosen in [`for_lab`].
+//! Providers: what makes and runs a lab's machines, each one a folder here with a type that implements the lab
+//! layer's [`Provider`] contract. The lab layer (`crate::lab`) owns the lab directory, its state, lock, `up`'s
+//! lock/rollback frame, teardown order and status; a provider owns the machines and the host resources they
+//! need. QEMU is the one provider today, chosen in [`default_provider`].
 
 pub mod qemu;
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-
-use crate::lab::{InFlight, LabDir, LabState, NodeState, UpError, UpOptions, UpOutcome};
-use crate::plan::Plan;
-use crate::ui::Ui;
-
-/// A provider's own failure, kept as it is so that its message reaches the user unchanged.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct ProviderError(Box<dyn std::error::Error + Send + Sync>);
-
-impl ProviderError {
-    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        ProviderError(Box::new(e))
-    }
-}
-
-/// What a provider must do for the lab layer.
-pub trait Provider: Send + Sync {
-    /// Brings every node of `plan` to a running machine with a healthy agent and the plan's pods, reusing the
-    /// machines `previous` records that still run. Everything it starts is recorded in the lab directory as soon
-    /// as it exists, so that [`stop_machines`](Self::stop_machines) finds it even when this future is dropped;
-    /// blocking work that makes resources runs through `inflight`, so that a rollback can wait for it.
-    fn converge<'a>(
-        &'a self,
-        ui: &'a Ui,
-        plan: Plan,
-        dir: LabDir,
-        previous: Option<LabState>,
-        opts: &'a UpOptions,
-        inflight: InFlight,
-    ) -> BoxFuture<'a, Result<UpOutcome, UpError>>;
-
-    /// Whether the machine `state` records for `node` still runs and is still this lab's.
-    fn is_running(&self, dir: &LabDir, node: &str, state: &NodeState) -> bool;
-
-    /// Whether what the lab's machines are attached to on the host (QEMU: the lab's netns) still exists; when it
-    /// does not, `up` replaces the machines instead of reusing them.
-    fn host_resources_exist(&self, plan: &Plan) -> bool;
-
-    /// Stops every machine of the lab that still runs, found from the lab directory alone (no topology, no
-    /// plan needed); returns (node, pid) of each. Any machine that may still run is an error.
-    fn stop_machines(&self, dir: &LabDir) -> Result<Vec<(String, u32)>, ProviderError>;
-
-    /// Removes what the provider made for the lab outside its directory; returns its name when something was
-    /// removed. Idempotent.
-    fn remove_host_resources(&self, dir: &LabDir) -> Result<Option<String>, ProviderError>;
-}
+use crate::lab::Provider;
 
 /// The provider of every lab: QEMU on this host, the only one so far. Once there is a second one, `up` takes
 /// it from the command line and the lab's state records it for `down` and `status`.

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 
+use crate::lab::node_setup::netem_args;
 use crate::plan::Impairment;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,27 +72,6 @@ fn link_exists(netns: &str, dev: &str) -> Result<bool, HostNetError> {
         Err(HostNetError::Command { stderr, .. }) if stderr.contains("does not exist") => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// The netem arguments for an impairment (`delay 10ms 2ms loss 1% rate 100mbit`); empty when none.
-pub fn netem_args(impair: &Impairment) -> Vec<String> {
-    let mut args = Vec::new();
-    if impair.delay_ms > 0.0 || impair.jitter_ms > 0.0 {
-        args.push("delay".into());
-        args.push(format!("{}ms", impair.delay_ms));
-        if impair.jitter_ms > 0.0 {
-            args.push(format!("{}ms", impair.jitter_ms));
-        }
-    }
-    if impair.loss_percent > 0.0 {
-        args.push("loss".into());
-        args.push(format!("{}%", impair.loss_percent));
-    }
-    if let Some(rate) = impair.rate_mbit {
-        args.push("rate".into());
-        args.push(format!("{rate}mbit"));
-    }
-    args
 }
 
 /// `ip netns add` (unless it `exists`) and `lo up`, through `ip`. A namespace this call added is deleted
@@ -280,15 +260,6 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn netem_args_cover_each_field() {
-        assert!(netem_args(&Impairment::default()).is_empty());
-        let i = Impairment { delay_ms: 10.0, jitter_ms: 2.5, loss_percent: 1.0, rate_mbit: Some(100) };
-        assert_eq!(netem_args(&i), ["delay", "10ms", "2.5ms", "loss", "1%", "rate", "100mbit"]);
-        let j = Impairment { loss_percent: 0.5, ..Default::default() };
-        assert_eq!(netem_args(&j), ["loss", "0.5%"]);
-    }
 
     #[test]
     fn netns_added_is_deleted_when_lo_up_fails() {

@@ -259,7 +259,7 @@ mod tests {
         dir.create().unwrap();
         dir.write_state(&state).unwrap();
         let provider = QemuProvider::new(std::sync::Arc::new(FakeHostNet::default()));
-        let stopped = crate::provider::Provider::stop_machines(&provider, &dir).unwrap();
+        let stopped = crate::lab::Provider::stop_machines(&provider, &dir).unwrap();
         assert_eq!(stopped, vec![("node1".to_string(), pid)]);
         assert!(!child.wait().unwrap().success());
         assert!(stranger.try_wait().unwrap().is_none(), "a stranger was signalled");

@@ -1,8 +1,8 @@
 //! The QEMU provider: one daemonized QEMU per node in the host netns, its underlay NICs tap fds opened in the
 //! lab's own netns, SSH through QEMU's user-mode `hostfwd` on 127.0.0.1.
 //!
-//! Layout: `converge` (up's work: images, accelerator, keys, state, host network) and `node` (one node's
-//! pipeline), `vm` (command line, launch, overlays, QMP), `accel` (KVM probe), `hostnet` (netns, bridges, taps,
+//! Layout: `converge` (up's lab-wide work: agent disk, images, accelerator, host keys, state, host network) and
+//! `node` (one node's machine, up to a reachable sshd), `vm` (command line, launch, overlays, QMP), `accel` (KVM probe), `hostnet` (netns, bridges, taps,
 //! netem behind a trait), `machines` (which VMs still run, stopping them), `procs` (PIDs safely), `doctor`.
 
 pub mod accel;
@@ -19,11 +19,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::lab::{InFlight, LabDir, LabState, NodeState, UpError, UpOptions, UpOutcome};
+use crate::lab::{LabDir, NodeState, PreparedLab, Provider, ProviderError, UpContext, UpError};
 use crate::plan::Plan;
-use crate::ui::Ui;
 
-use super::{Provider, ProviderError};
 use hostnet::HostNet;
 
 /// QEMU VMs on this host, with the lab's network built through `net`.
@@ -38,16 +36,8 @@ impl QemuProvider {
 }
 
 impl Provider for QemuProvider {
-    fn converge<'a>(
-        &'a self,
-        ui: &'a Ui,
-        plan: Plan,
-        dir: LabDir,
-        previous: Option<LabState>,
-        opts: &'a UpOptions,
-        inflight: InFlight,
-    ) -> BoxFuture<'a, Result<UpOutcome, UpError>> {
-        Box::pin(converge::converge(ui, plan, dir, previous, opts, self.net.clone(), inflight))
+    fn prepare<'a>(&'a self, lab: &'a UpContext) -> BoxFuture<'a, Result<PreparedLab, UpError>> {
+        Box::pin(converge::prepare(lab, self.net.clone()))
     }
 
     fn is_running(&self, dir: &LabDir, node: &str, state: &NodeState) -> bool {
@@ -72,5 +62,78 @@ impl Provider for QemuProvider {
         }
         self.net.delete_netns(&netns).map_err(gone)?;
         Ok(Some(netns))
+    }
+}
+
+/// The lab layer's `up` rollback and teardown with this provider: what they must leave of the lab's netns.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lab::fixtures::test_plan;
+    use crate::lab::{teardown, InFlight};
+    use hostnet::fake::FakeHostNet;
+
+    /// The bug this guards against: `up` is interrupted while the netns is being built on a blocking thread;
+    /// the rollback must wait for that thread, or it runs first and the netns is created afterwards and leaks.
+    #[tokio::test]
+    async fn rollback_waits_for_blocking_work_of_an_interrupted_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "t");
+        dir.create().unwrap();
+        dir.write_plan(&test_plan()).unwrap();
+        let net = Arc::new(FakeHostNet::default());
+        let inflight = InFlight::default();
+        let (n2, i2) = (net.clone(), inflight.clone());
+        let slow_setup = async move {
+            i2.blocking(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                n2.create_netns(&test_plan().netns)
+            })
+            .await
+        };
+        // Ctrl-C arrives while the setup runs: the awaiting future is dropped, the thread is not.
+        assert!(tokio::time::timeout(Duration::from_millis(20), slow_setup).await.is_err());
+        inflight.settle().await;
+        assert!(net.netns_exists("tb-t").unwrap(), "settle returned before the setup finished");
+        // Nothing new starts after settle.
+        let late = inflight.blocking(|| panic!("ran after settle")).await;
+        assert!(matches!(late, Err(UpError::Cancelled)));
+        assert!(inflight.is_cancelled());
+        let t = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
+        assert_eq!(t.netns_deleted.as_deref(), Some("tb-t"));
+        assert!(net.namespaces.lock().unwrap().is_empty() && !dir.exists());
+    }
+
+    #[test]
+    fn teardown_is_idempotent_and_only_touches_the_labs_netns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "demo");
+        dir.create().unwrap();
+        let net = Arc::new(FakeHostNet::default());
+        net.create_netns("tb-demo").unwrap();
+        net.create_netns("tb-other").unwrap();
+        let first = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
+        assert_eq!(first.netns_deleted.as_deref(), Some("tb-demo"));
+        assert!(first.dir_removed && !dir.exists());
+        assert!(net.netns_exists("tb-other").unwrap());
+        let second = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
+        assert!(second.is_noop());
+    }
+
+    #[test]
+    fn netns_comes_from_the_lab_name_not_the_plan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LabDir::new(tmp.path(), "mine");
+        dir.create().unwrap();
+        let mut plan = test_plan();
+        plan.netns = "tb-other".into();
+        dir.write_plan(&plan).unwrap();
+        let net = Arc::new(FakeHostNet::default());
+        net.create_netns("tb-other").unwrap();
+        let t = teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
+        assert_eq!(t.netns_deleted, None);
+        assert!(net.netns_exists("tb-other").unwrap());
     }
 }

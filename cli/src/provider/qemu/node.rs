@@ -1,50 +1,21 @@
-//! One node's way to a ready agent: disks, QEMU launch, waiting for sshd, the agent, the node's network and
-//! pods. Every node runs this concurrently; what they share is in [`Ctx`].
+//! One node's machine, made reachable: disks, QEMU launch, waiting for sshd (the lab layer does the rest).
+//! Every node runs this concurrently; what they share is in [`Ctx`].
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::guest::{agent_deploy, Session};
+use futures::future::BoxFuture;
+
 // SSHD_STARTED: what testbed's guest init prints on the serial console once sshd runs.
 use crate::image::{self, ImageArtifacts, SSHD_STARTED};
-use crate::lab::{Stage, UpError, UpNode};
+use crate::lab::dir::log_tail;
+use crate::lab::{Machines, NodeProgress, ReachableNode, SshEndpoint, Stage, StateRecorder, UpError};
 use crate::plan::NodePlan;
 
 use super::converge::Ctx;
-use super::hostnet::netem_args;
 use super::{procs, vm};
-
-/// Times the stages of one node's pipeline and names them on its progress line.
-struct Stages<'a> {
-    task: &'a crate::ui::Task,
-    current: Option<(Stage, Instant)>,
-    done: Vec<(Stage, f64)>,
-}
-
-impl<'a> Stages<'a> {
-    fn new(task: &'a crate::ui::Task) -> Self {
-        Stages { task, current: None, done: Vec::new() }
-    }
-
-    fn enter(&mut self, stage: Stage) {
-        self.close();
-        self.task.stage(stage.as_str());
-        self.current = Some((stage, Instant::now()));
-    }
-
-    fn close(&mut self) {
-        if let Some((stage, t)) = self.current.take() {
-            self.done.push((stage, (t.elapsed().as_secs_f64() * 10.0).round() / 10.0));
-        }
-    }
-
-    fn finish(mut self) -> Vec<(Stage, f64)> {
-        self.close();
-        self.done
-    }
-}
 
 /// How long to wait for that line before trying SSH anyway (an image whose init says something else).
 const SSHD_MARKER_WAIT: Duration = Duration::from_secs(90);
@@ -52,18 +23,19 @@ const SSHD_MARKER_WAIT: Duration = Duration::from_secs(90);
 /// Waits until the guest says sshd runs, and fails at once if QEMU dies meanwhile. Connecting earlier costs
 /// seconds: slirp accepts the host side immediately and then retries its SYN to the not-yet-networked guest
 /// with exponential backoff.
-async fn wait_for_sshd(ctx: &Ctx, node: &NodePlan) -> Result<(), UpError> {
+async fn wait_for_sshd(ctx: &Ctx, node: &NodePlan, state: &StateRecorder) -> Result<(), UpError> {
     let serial = ctx.dir.serial_log(&node.name);
     let until = Instant::now() + SSHD_MARKER_WAIT.min(ctx.remaining());
-    let recorded = ctx.node_state(&node.name).and_then(|s| s.process());
+    let recorded = state.node(&node.name).and_then(|s| s.process());
     while Instant::now() < until {
         if std::fs::read(&serial).is_ok_and(|b| b.windows(SSHD_STARTED.len()).any(|w| w == SSHD_STARTED.as_bytes())) {
             return Ok(());
         }
         if let Some(p) = recorded {
             if !procs::is_same_process(p.pid, p.start_time) {
-                let qemu_log = vm::tail(&ctx.dir.qemu_log(&node.name), 1000);
-                return Err(ctx.node_err(
+                let qemu_log = log_tail(&ctx.dir.qemu_log(&node.name), 1000);
+                return Err(UpError::node(
+                    &ctx.dir,
                     &node.name,
                     Stage::Boot,
                     format!("QEMU (pid {}) exited while the guest booted {qemu_log}", p.pid),
@@ -75,85 +47,66 @@ async fn wait_for_sshd(ctx: &Ctx, node: &NodePlan) -> Result<(), UpError> {
     Ok(())
 }
 
-/// Brings one node from its recorded state to ready: a VM (reused when it still runs), SSH, the agent, the
-/// node's network and its pods.
-pub(super) async fn node_pipeline(ctx: &Arc<Ctx>, node: &NodePlan, task: &crate::ui::Task) -> Result<UpNode, UpError> {
-    let name = node.name.clone();
-    let ns = ctx.node_state(&name).ok_or_else(|| ctx.node_err(&name, Stage::Disk, "node missing from the state"))?;
+impl Machines for Ctx {
+    fn reach<'a>(
+        self: Arc<Self>,
+        node: &'a NodePlan,
+        state: &'a Arc<StateRecorder>,
+        progress: &'a mut NodeProgress,
+    ) -> BoxFuture<'a, Result<ReachableNode, UpError>> {
+        Box::pin(reach(self, node, state, progress))
+    }
+}
+
+/// Brings one node from its recorded state to a booted VM (reused when it still runs) whose sshd is up.
+async fn reach(
+    ctx: Arc<Ctx>,
+    node: &NodePlan,
+    state: &Arc<StateRecorder>,
+    progress: &mut NodeProgress,
+) -> Result<ReachableNode, UpError> {
+    let name = &node.name;
+    let ns =
+        state.node(name).ok_or_else(|| UpError::node(&ctx.dir, name, Stage::Disk, "node missing from the state"))?;
     let reused = ns.pid.is_some();
-    let mut stages = Stages::new(task);
-    let pid = if reused { ns.pid } else { Some(start_vm(ctx, node, &mut stages).await?) };
+    let pid = if reused { ns.pid } else { Some(start_vm(&ctx, node, state, progress).await?) };
 
-    stages.enter(Stage::Ssh);
+    progress.enter(Stage::Ssh);
     if !reused && ctx.artifacts(&node.image).is_some_and(|a| a.kernel.is_some()) {
-        wait_for_sshd(ctx, node).await?;
+        wait_for_sshd(&ctx, node, state).await?;
     }
-    let session = Session::connect(node.ssh_port, &ctx.dir.client_key(), &ns.host_key_public, ctx.remaining())
-        .await
-        .map_err(|e| ctx.node_err(&name, Stage::Ssh, e))?;
-
-    stages.enter(Stage::Agent);
-    // A reused VM booted with the agent disk of an earlier `up`, which may hold another build.
-    let from_disk = (!reused).then_some(ctx.agent_size);
-    let agent = agent_deploy::deploy(&session, &name, &ctx.agent_binary, from_disk)
-        .await
-        .map_err(|e| ctx.node_err(&name, Stage::Agent, e))?;
-
-    stages.enter(Stage::Network);
-    apply_network(ctx, node, &session, &agent).await?;
-    for pod in ctx.plan.pods.iter().filter(|p| p.node == name) {
-        agent.create_pod(&pod.spec).await.map_err(|e| ctx.node_err(&name, Stage::Pods, e))?;
-    }
-    ctx.record_stage(&name, Stage::Ready)?;
-    Ok(UpNode { name, pid, ssh_port: node.ssh_port, reused, stage_seconds: stages.finish() })
+    Ok(ReachableNode {
+        pid,
+        reused,
+        ssh: SshEndpoint { port: node.ssh_port, host_key: ns.host_key_public },
+        // A reused VM booted with the agent disk of an earlier `up`, which may hold another build.
+        agent_disk_size: (!reused).then_some(ctx.agent_size),
+    })
 }
 
 /// Disks, then the QEMU launch; returns the VM's PID.
-async fn start_vm(ctx: &Arc<Ctx>, node: &NodePlan, stages: &mut Stages<'_>) -> Result<u32, UpError> {
-    let name = &node.name;
-    stages.enter(Stage::Disk);
-    let art = ctx.artifacts(&node.image).cloned().ok_or_else(|| ctx.node_err(name, Stage::Disk, "no image"))?;
-    let (c, n, a) = (ctx.clone(), node.clone(), art.clone());
-    ctx.inflight.blocking(move || prepare_disks(&c, &n, &a)).await??;
-    ctx.record_stage(name, Stage::Boot)?;
-
-    stages.enter(Stage::Boot);
-    let (c, n) = (ctx.clone(), node.clone());
-    // launch_node records the PID itself: this future may be dropped while the launch runs.
-    ctx.inflight.blocking(move || launch_node(&c, &n, &art)).await?
-}
-
-/// The node's NodeSpec through its agent, and the links' impairments inside the guest when the host kernel
-/// has no netem.
-async fn apply_network(
-    ctx: &Ctx,
+async fn start_vm(
+    ctx: &Arc<Ctx>,
     node: &NodePlan,
-    session: &Session,
-    agent: &crate::guest::AgentClient,
-) -> Result<(), UpError> {
+    state: &Arc<StateRecorder>,
+    progress: &mut NodeProgress,
+) -> Result<u32, UpError> {
     let name = &node.name;
-    let spec = ctx.plan.node_spec(node, ctx.plan.cluster.backend);
-    agent.apply_node(&spec).await.map_err(|e| ctx.node_err(name, Stage::Network, e))?;
-    if !ctx.netem_in_guest {
-        return Ok(());
-    }
-    for nic in &node.nics {
-        let Some(nw) = ctx.plan.networks.iter().find(|n| n.name == nic.network) else { continue };
-        if nw.impair.is_none() {
-            continue;
-        }
-        let cmd =
-            format!("tc qdisc replace dev {} root netem {}", nic.guest_interface, netem_args(&nw.impair).join(" "));
-        session
-            .exec_checked("netem in the guest", &cmd, None)
-            .await
-            .map_err(|e| ctx.node_err(name, Stage::Network, e))?;
-    }
-    Ok(())
+    progress.enter(Stage::Disk);
+    let art =
+        ctx.artifacts(&node.image).cloned().ok_or_else(|| UpError::node(&ctx.dir, name, Stage::Disk, "no image"))?;
+    let (c, s, n, a) = (ctx.clone(), state.clone(), node.clone(), art.clone());
+    ctx.inflight.blocking(move || prepare_disks(&c, &s, &n, &a)).await??;
+    state.record_stage(name, Stage::Boot)?;
+
+    progress.enter(Stage::Boot);
+    let (c, s, n) = (ctx.clone(), state.clone(), node.clone());
+    // launch_node records the PID itself: this future may be dropped while the launch runs.
+    ctx.inflight.blocking(move || launch_node(&c, &s, &n, &art)).await?
 }
 
 /// Seed (keys, hostname, NICs) and a fresh overlay on the image's base disk.
-fn prepare_disks(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(), UpError> {
+fn prepare_disks(ctx: &Ctx, state: &StateRecorder, node: &NodePlan, art: &ImageArtifacts) -> Result<(), UpError> {
     let name = &node.name;
     // Queued before a sibling failed: the rollback is about to remove the lab directory.
     if ctx.inflight.is_cancelled() {
@@ -161,10 +114,10 @@ fn prepare_disks(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(),
     }
     let node_dir = ctx.dir.node_dir(name);
     std::fs::create_dir_all(&node_dir)
-        .map_err(|e| ctx.node_err(name, Stage::Disk, format!("{}: {e}", node_dir.display())))?;
+        .map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, format!("{}: {e}", node_dir.display())))?;
     let private = std::fs::read_to_string(ctx.dir.host_key(name))
-        .map_err(|e| ctx.node_err(name, Stage::Disk, format!("host key: {e}")))?;
-    let public = ctx.node_state(name).map(|s| s.host_key_public).unwrap_or_default();
+        .map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, format!("host key: {e}")))?;
+    let public = state.node(name).map(|s| s.host_key_public).unwrap_or_default();
     let seed = image::seed::SeedConfig {
         hostname: name.clone(),
         host_key_ed25519_private: private,
@@ -182,21 +135,22 @@ fn prepare_disks(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<(),
             })
             .collect(),
     };
-    image::seed::write_seed(&ctx.dir.seed(name), &seed).map_err(|e| ctx.node_err(name, Stage::Disk, e))?;
-    vm::create_overlay(&art.disk, &ctx.dir.overlay(name)).map_err(|e| ctx.node_err(name, Stage::Disk, e))?;
+    image::seed::write_seed(&ctx.dir.seed(name), &seed).map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, e))?;
+    vm::create_overlay(&art.disk, &ctx.dir.overlay(name)).map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, e))?;
     Ok(())
 }
 
 /// Opens the node's taps, starts its QEMU and records its PID and start time in state.json (here, on the
 /// blocking thread, so that a rollback finds the VM even when the caller has stopped waiting); returns the PID.
-fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<u32, UpError> {
+fn launch_node(ctx: &Ctx, state: &StateRecorder, node: &NodePlan, art: &ImageArtifacts) -> Result<u32, UpError> {
     let name = &node.name;
     if ctx.inflight.is_cancelled() {
         return Err(UpError::Cancelled);
     }
     // QEMU would fail later with a vaguer message; name the node and the port now.
     TcpListener::bind(("127.0.0.1", node.ssh_port)).map_err(|e| {
-        ctx.node_err(
+        UpError::node(
+            &ctx.dir,
             name,
             Stage::Boot,
             format!("SSH port 127.0.0.1:{} is not free ({e}); stop what uses it", node.ssh_port),
@@ -205,7 +159,9 @@ fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<u32, 
     let taps: Vec<OwnedFd> = node
         .nics
         .iter()
-        .map(|nic| ctx.net.open_tap(&ctx.plan.netns, &nic.tap).map_err(|e| ctx.node_err(name, Stage::Boot, e)))
+        .map(|nic| {
+            ctx.net.open_tap(&ctx.plan.netns, &nic.tap).map_err(|e| UpError::node(&ctx.dir, name, Stage::Boot, e))
+        })
         .collect::<Result<_, _>>()?;
     let mut cmdline = art.cmdline.clone();
     for a in &node.kernel_args {
@@ -233,12 +189,13 @@ fn launch_node(ctx: &Ctx, node: &NodePlan, art: &ImageArtifacts) -> Result<u32, 
             .collect(),
         agent_disk: Some(ctx.dir.agent_disk()),
     };
-    let pid = vm::launch(&cfg, &ctx.dir.qemu_log(name)).map_err(|e| ctx.node_err(name, Stage::Boot, e))?;
+    let pid = vm::launch(&cfg, &ctx.dir.qemu_log(name)).map_err(|e| UpError::node(&ctx.dir, name, Stage::Boot, e))?;
     // Our copies of the tap fds close here; QEMU holds its own.
     drop(taps);
-    let start = procs::start_time(pid)
-        .ok_or_else(|| ctx.node_err(name, Stage::Boot, format!("QEMU (pid {pid}) exited right after starting")))?;
-    ctx.save_state(|s| {
+    let start = procs::start_time(pid).ok_or_else(|| {
+        UpError::node(&ctx.dir, name, Stage::Boot, format!("QEMU (pid {pid}) exited right after starting"))
+    })?;
+    state.save(|s| {
         if let Some(x) = s.nodes.get_mut(name) {
             x.pid = Some(pid);
             x.pid_start_time = Some(start);

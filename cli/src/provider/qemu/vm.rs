@@ -1,7 +1,7 @@
 //! QEMU command lines, launch, overlays and QMP. One QEMU per node, daemonized (it outlives the CLI), in the
 //! host network namespace; its underlay NICs are tap fds opened in the lab netns (see hostnet.rs).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::lab::dir::log_tail;
 use crate::lab::Accel;
 
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +224,7 @@ pub fn launch(cfg: &VmConfig, log: &Path) -> Result<u32, QemuError> {
             node: cfg.node.clone(),
             status: status.to_string(),
             log: log.to_path_buf(),
-            tail: tail(log, 2000),
+            tail: log_tail(log, 2000),
         });
     }
     let text = std::fs::read_to_string(&cfg.pidfile).map_err(io(&cfg.pidfile))?;
@@ -231,19 +232,6 @@ pub fn launch(cfg: &VmConfig, log: &Path) -> Result<u32, QemuError> {
         path: cfg.pidfile.clone(),
         source: std::io::Error::other(format!("not a PID: {text:?}")),
     })
-}
-
-/// The last `max` bytes of a text file (for error messages that point at logs).
-pub fn tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut buf = Vec::new();
-    if len > max {
-        use std::io::Seek;
-        let _ = f.seek(std::io::SeekFrom::Start(len - max));
-    }
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).trim().to_string()
 }
 
 /// `qemu-img create -f qcow2 -F qcow2 -b <base> <overlay>` (replaces an existing overlay).

@@ -1,0 +1,101 @@
+//! `up`'s work inside the lab layer's lock and rollback frame (`up.rs`), the same for every provider: the
+//! agent binary and the lab's client key, the provider's lab-wide preparation, then every node at once: the
+//! provider makes its machine reachable and `node_setup` does the rest.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::guest::agent_deploy;
+use crate::plan::Plan;
+use crate::ui::Ui;
+
+use super::dir::LabDir;
+use super::keys;
+use super::node_setup::{self, NodeSetup};
+use super::progress::NodeProgress;
+use super::provider::{Provider, UpContext};
+use super::recorder::StateRecorder;
+use super::state::{LabState, Stage};
+use super::up::{InFlight, UpError, UpNode, UpOptions, UpOutcome};
+
+pub(super) async fn converge(
+    ui: &Ui,
+    plan: Plan,
+    dir: LabDir,
+    previous: Option<LabState>,
+    opts: &UpOptions,
+    provider: &dyn Provider,
+    inflight: InFlight,
+) -> Result<UpOutcome, UpError> {
+    dir.write_plan(&plan)?;
+    // Fail fast on a missing agent before any machine starts.
+    let agent_binary = agent_deploy::locate_agent_binary().map_err(UpError::AgentBinary)?;
+    let client_public_key = keys::client_public_key(&dir)?;
+    let ctx = UpContext {
+        ui: ui.clone(),
+        plan: plan.clone(),
+        dir: dir.clone(),
+        previous,
+        agent_binary,
+        client_public_key,
+        deadline: Instant::now() + opts.timeout,
+        inflight,
+    };
+    let prepared = provider.prepare(&ctx).await?;
+    keys::write_known_hosts(&dir, plan.nodes.iter().filter_map(|n| prepared.state.nodes.get(&n.name)))?;
+    let setup = Arc::new(NodeSetup {
+        ctx,
+        impairments_in_guest: prepared.impairments_in_guest,
+        state: Arc::new(StateRecorder::new(dir.clone(), prepared.state)),
+    });
+    let nodes = bring_up_nodes(&setup, prepared.machines, opts.timeout).await?;
+    let st = setup.state.snapshot();
+    Ok(UpOutcome {
+        lab: plan.lab.clone(),
+        dir: dir.root.clone(),
+        already_up: false,
+        accelerator: st.accelerator,
+        accelerator_reason: st.accelerator_reason.clone(),
+        // Filled in by `up`, which started the clock.
+        seconds: 0.0,
+        nodes,
+    })
+}
+
+/// Every node at once, bounded by `timeout` (plus a margin for the nodes' own deadline errors).
+async fn bring_up_nodes(
+    setup: &Arc<NodeSetup>,
+    machines: Arc<dyn super::provider::Machines>,
+    timeout: Duration,
+) -> Result<Vec<UpNode>, UpError> {
+    let nodes = setup.ctx.plan.nodes.iter().map(|node| {
+        let (setup, machines) = (setup.clone(), machines.clone());
+        async move {
+            let mut progress = NodeProgress::new(setup.ctx.ui.task(&node.name));
+            let result = node_setup::bring_up(&setup, machines, node, &mut progress).await;
+            let task = progress.task();
+            match &result {
+                Ok(n) => task.finish(format!(
+                    "ready: ssh 127.0.0.1:{} pid {}{} [{}]",
+                    n.ssh_port,
+                    n.pid.map_or_else(|| "?".into(), |p| p.to_string()),
+                    if n.reused { " (reused)" } else { "" },
+                    n.stage_seconds.iter().map(|(s, t)| format!("{s} {t:.1}s")).collect::<Vec<_>>().join(", ")
+                )),
+                Err(UpError::Node { stage, message, .. }) => task.fail(format!("{stage}: {message}")),
+                Err(e) => task.fail(e.to_string()),
+            }
+            result
+        }
+    });
+    match tokio::time::timeout(timeout + Duration::from_secs(5), futures::future::try_join_all(nodes)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpError::Node {
+            node: "(all)".into(),
+            stage: Stage::Ready,
+            message: format!("not ready within --timeout {} s", timeout.as_secs()),
+            serial_log: None,
+            serial_tail: String::new(),
+        }),
+    }
+}

@@ -1,0 +1,123 @@
+//! One node from a reachable machine to ready, the same for every provider: SSH with the pinned host key, the
+//! agent, the node's NodeSpec (and the links' impairments inside the guest when the host could not apply
+//! them), and the topology's pods on it. Errors name the node and the stage.
+
+use std::sync::Arc;
+
+use crate::guest::{agent_deploy, AgentClient, Session};
+use crate::plan::{Impairment, NodePlan};
+
+use super::progress::NodeProgress;
+use super::provider::{Machines, UpContext};
+use super::recorder::StateRecorder;
+use super::state::Stage;
+use super::up::{UpError, UpNode};
+
+/// What every node's setup shares.
+pub(super) struct NodeSetup {
+    pub(super) ctx: UpContext,
+    pub(super) impairments_in_guest: bool,
+    pub(super) state: Arc<StateRecorder>,
+}
+
+/// Brings `node` to ready: its machine through `machines`, then the agent, its network and its pods.
+pub(super) async fn bring_up(
+    setup: &NodeSetup,
+    machines: Arc<dyn Machines>,
+    node: &NodePlan,
+    progress: &mut NodeProgress,
+) -> Result<UpNode, UpError> {
+    let name = &node.name;
+    let dir = &setup.ctx.dir;
+    let machine = machines.reach(node, &setup.state, progress).await?;
+    setup.state.record_endpoint(name, &machine.ssh)?;
+
+    progress.enter(Stage::Ssh);
+    let session = Session::connect(machine.ssh.port, &dir.client_key(), &machine.ssh.host_key, setup.ctx.remaining())
+        .await
+        .map_err(|e| UpError::node(dir, name, Stage::Ssh, e))?;
+
+    progress.enter(Stage::Agent);
+    let agent = agent_deploy::deploy(&session, name, &setup.ctx.agent_binary, machine.agent_disk_size)
+        .await
+        .map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
+
+    progress.enter(Stage::Network);
+    apply_network(setup, node, &session, &agent).await?;
+    for pod in setup.ctx.plan.pods.iter().filter(|p| p.node == *name) {
+        agent.create_pod(&pod.spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
+    }
+    setup.state.record_stage(name, Stage::Ready)?;
+    Ok(UpNode {
+        name: name.clone(),
+        pid: machine.pid,
+        ssh_port: machine.ssh.port,
+        reused: machine.reused,
+        stage_seconds: progress.finish(),
+    })
+}
+
+/// The node's NodeSpec through its agent, and the links' impairments inside the guest when the host could not
+/// apply them.
+async fn apply_network(
+    setup: &NodeSetup,
+    node: &NodePlan,
+    session: &Session,
+    agent: &AgentClient,
+) -> Result<(), UpError> {
+    let (plan, dir, name) = (&setup.ctx.plan, &setup.ctx.dir, &node.name);
+    let spec = plan.node_spec(node, plan.cluster.backend);
+    agent.apply_node(&spec).await.map_err(|e| UpError::node(dir, name, Stage::Network, e))?;
+    if !setup.impairments_in_guest {
+        return Ok(());
+    }
+    for nic in &node.nics {
+        let Some(nw) = plan.networks.iter().find(|n| n.name == nic.network) else { continue };
+        if nw.impair.is_none() {
+            continue;
+        }
+        let cmd =
+            format!("tc qdisc replace dev {} root netem {}", nic.guest_interface, netem_args(&nw.impair).join(" "));
+        session
+            .exec_checked("netem in the guest", &cmd, None)
+            .await
+            .map_err(|e| UpError::node(dir, name, Stage::Network, e))?;
+    }
+    Ok(())
+}
+
+/// The netem arguments for an impairment (`delay 10ms 2ms loss 1% rate 100mbit`); empty when none. The same on
+/// the host (a provider's taps) and inside a guest.
+pub fn netem_args(impair: &Impairment) -> Vec<String> {
+    let mut args = Vec::new();
+    if impair.delay_ms > 0.0 || impair.jitter_ms > 0.0 {
+        args.push("delay".into());
+        args.push(format!("{}ms", impair.delay_ms));
+        if impair.jitter_ms > 0.0 {
+            args.push(format!("{}ms", impair.jitter_ms));
+        }
+    }
+    if impair.loss_percent > 0.0 {
+        args.push("loss".into());
+        args.push(format!("{}%", impair.loss_percent));
+    }
+    if let Some(rate) = impair.rate_mbit {
+        args.push("rate".into());
+        args.push(format!("{rate}mbit"));
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netem_args_cover_each_field() {
+        assert!(netem_args(&Impairment::default()).is_empty());
+        let i = Impairment { delay_ms: 10.0, jitter_ms: 2.5, loss_percent: 1.0, rate_mbit: Some(100) };
+        assert_eq!(netem_args(&i), ["delay", "10ms", "2.5ms", "loss", "1%", "rate", "100mbit"]);
+        let j = Impairment { loss_percent: 0.5, ..Default::default() };
+        assert_eq!(netem_args(&j), ["loss", "0.5%"]);
+    }
+}
