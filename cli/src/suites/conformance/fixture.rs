@@ -107,7 +107,8 @@ pub(super) async fn remove_leftovers<C: Cluster>(c: &C) {
 pub(super) async fn cleanup_checked<C: Cluster>(c: &C, created: &CreatedPods) -> CheckOutcome {
     // Where each pod's traces are, as the agent reported them before the delete.
     let mut before: Vec<(String, PodStatus)> = Vec::new();
-    for (node, name) in created.borrow().iter() {
+    let pods: Vec<(String, String)> = created.borrow().clone();
+    for (node, name) in &pods {
         if let Ok(st) = c.get_pod(node, name).await {
             before.push((node.clone(), st));
         }
