@@ -27,7 +27,10 @@ impl IntoResponse for AgentError {
         };
         let body = match self {
             AgentError::Invalid(api) => api,
-            other => ApiError { field: None, message: other.to_string() },
+            AgentError::Leaked { ref leaks, .. } => {
+                ApiError { field: None, message: self.to_string(), leaked: leaks.clone() }
+            }
+            other => ApiError { field: None, message: other.to_string(), leaked: vec![] },
         };
         if status.is_server_error() {
             tracing::error!("{body}");
@@ -37,8 +40,9 @@ impl IntoResponse for AgentError {
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AgentError::Invalid(ApiError { field: None, message: format!("invalid JSON body: {e}") }))
+    serde_json::from_slice(body).map_err(|e| {
+        AgentError::Invalid(ApiError { field: None, message: format!("invalid JSON body: {e}"), leaked: vec![] })
+    })
 }
 
 pub fn router(agent: Arc<Agent>) -> Router {
@@ -49,7 +53,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/pods/{name}", get(get_pod).delete(delete_pod))
         .route("/v1/pods/{name}/exec", post(exec))
         .fallback(|| async {
-            (StatusCode::NOT_FOUND, Json(ApiError { field: None, message: "no such endpoint".into() }))
+            (StatusCode::NOT_FOUND, Json(ApiError { field: None, message: "no such endpoint".into(), leaked: vec![] }))
         })
         .with_state(agent)
 }
@@ -96,7 +100,11 @@ async fn delete_pod(
     query: Result<Query<DeletePodOptions>, QueryRejection>,
 ) -> Result<StatusCode, AgentError> {
     let Query(opts) = query.map_err(|e| {
-        AgentError::Invalid(ApiError { field: Some("grace_period_secs".into()), message: e.body_text() })
+        AgentError::Invalid(ApiError {
+            field: Some("grace_period_secs".into()),
+            message: e.body_text(),
+            leaked: vec![],
+        })
     })?;
     let grace = opts.grace_period_secs.map(Duration::from_secs);
     to_completion(async move { agent.delete_pod(&name, grace).await }).await?;

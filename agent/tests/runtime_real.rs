@@ -325,6 +325,88 @@ fn pods_namespaces_exec_and_delete() {
     drop(agent);
 }
 
+/// `readlink /proc/self/ns/<kind>` in the exec'd command, for these kinds.
+const EXEC_NS: [&str; 6] = ["net", "uts", "ipc", "pid", "mnt", "cgroup"];
+
+#[test]
+fn exec_into_a_container_reads_the_container_itself() {
+    require_root!();
+    let agent = TestAgent::start("execns");
+    agent.apply_node();
+    // `rogue` leaves the pod's network and UTS namespaces (the fault the sandbox checks must see); exec used
+    // to join the infra's whatever container was named, and reported the pod's instead.
+    let rogue = ["unshare", "-n", "-u", "sh", "-c", "hostname rogue; exec sleep 1000"];
+    let p =
+        create(json!({"name": "p", "containers": [container("ok", &["sleep", "1000"]), container("rogue", &rogue)]}));
+    let infra = p["infra_pid"].as_u64().unwrap();
+    let script = format!("readlink {}; hostname", EXEC_NS.map(|k| format!("/proc/self/ns/{k}")).join(" "));
+    // The container is reported running once its process exists, maybe before its shell set the hostname.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while exec("p", json!({"container": "rogue", "command": ["hostname"]}))["stdout"] != "rogue\n" {
+        assert!(Instant::now() < deadline, "rogue never set its hostname");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (idx, name, hostname) in [(0, "ok", "p"), (1, "rogue", "rogue")] {
+        let pid = running_pid(&p, idx);
+        let r = exec("p", json!({"container": name, "command": ["sh", "-c", script]}));
+        let lines: Vec<&str> = r["stdout"].as_str().unwrap().lines().collect();
+        for (i, kind) in EXEC_NS.iter().enumerate() {
+            assert_eq!(Path::new(lines[i]), ns(pid, kind), "exec into {name}: {kind}\n{r}");
+        }
+        assert_eq!(lines[EXEC_NS.len()], hostname, "{r}");
+    }
+    let rogue_pid = running_pid(&p, 1);
+    assert_ne!(ns(rogue_pid, "net"), ns(infra, "net"), "the fault is in place");
+    assert_eq!(ns(running_pid(&p, 0), "net"), ns(infra, "net"));
+    drop(agent);
+}
+
+#[test]
+fn a_delete_that_leaks_answers_500_and_the_reconcile_finishes_it() {
+    require_root!();
+    let agent = TestAgent::start("leak");
+    agent.apply_node();
+    let p = create(json!({"name": "leaky", "containers": [container("c", &["sleep", "1000"])]}));
+    let (ip, veth) = (p["ip"].as_str().unwrap(), p["host_veth"].as_str().unwrap());
+    let cgroup = PathBuf::from(p["containers"][0]["cgroup"].as_str().unwrap());
+    // Faults: a directory where the lease file was (its removal fails), and a process the agent did not start
+    // in the container's cgroup (rmdir fails while it is there).
+    let lease = agent.state_dir.path().join("ipam").join(ip);
+    std::fs::remove_file(&lease).unwrap();
+    std::fs::create_dir_all(lease.join("x")).unwrap();
+    let mut stray = Command::new("sleep").arg("1000").spawn().unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), stray.id().to_string()).unwrap();
+
+    let (code, body) = http("DELETE", "/v1/pods/leaky?grace_period_secs=0", None);
+    assert_eq!(code, 500, "{body}");
+    let leaked: Vec<(&str, &str)> = body["leaked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap(), l["name"].as_str().unwrap()))
+        .collect();
+    assert!(leaked.contains(&("lease", ip)) && leaked.contains(&("cgroup", cgroup.to_str().unwrap())), "{body}");
+    assert!(!leaked.iter().any(|(kind, _)| *kind == "veth"), "the veth was removed: {body}");
+    let out = Command::new("ip").args(["-br", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(veth));
+    assert_eq!(http("GET", "/v1/pods/leaky", None).0, 404);
+    let spec = json!({"name": "leaky", "containers": [container("c", &["sleep", "1000"])]});
+    assert_eq!(http("POST", "/v1/pods", Some(spec.clone())).0, 409, "the name is taken until nothing is left");
+
+    // The faults go; the reconcile loop (3 s) finishes the teardown without another request.
+    stray.kill().unwrap();
+    stray.wait().unwrap();
+    std::fs::remove_dir_all(&lease).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cgroup.exists() || std::fs::read_dir(agent.state_dir.path().join("teardown")).unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "the unfinished teardown was not finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http("DELETE", "/v1/pods/leaky", None).0, 404);
+    create(spec);
+    drop(agent);
+}
+
 #[test]
 fn limits_oom_and_throttling() {
     require_root!();

@@ -29,6 +29,9 @@ pub struct ApiError {
     pub field: Option<String>,
     /// The error itself, for a person: what is wrong and, where it helps, what would be accepted.
     pub message: String,
+    /// What a `DELETE /v1/pods/{pod}` that failed left on the node (empty, and absent in JSON, otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaked: Vec<Leak>,
 }
 
 impl std::fmt::Display for ApiError {

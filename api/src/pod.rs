@@ -159,12 +159,13 @@ pub struct PodStatus {
     pub containers: Vec<ContainerStatus>,
 }
 
-/// `POST /v1/pods/{pod}/exec`: run a command inside a pod (its network, UTS and IPC namespaces; and the named
-/// container's PID and mount namespaces and cgroup when `container` is set).
+/// `POST /v1/pods/{pod}/exec`: run a command inside a pod: in its network, UTS and IPC namespaces (the infra
+/// process's), or, when `container` is set, in every namespace of that container's process (network, UTS,
+/// IPC, PID, mount, cgroup) and its cgroup, so the command sees what the container sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
-    /// Container whose PID and mount namespaces and cgroup the command joins; without one it runs in the
-    /// pod's shared namespaces only.
+    /// Container whose namespaces and cgroup the command joins; without one it runs in the pod's shared
+    /// namespaces (network, UTS, IPC) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// argv, resolved with the guest's PATH; must name a program.
@@ -193,10 +194,49 @@ pub struct ExecResponse {
 /// Query of `DELETE /v1/pods/{pod}[?grace_period_secs=N]`: as `kubectl delete --grace-period`, containers get
 /// SIGTERM and are SIGKILLed when they are still running N seconds later (0 = at once). Without it the agent's
 /// default applies (30 s, Kubernetes' `terminationGracePeriodSeconds`). A container whose PID 1 ignores
-/// SIGTERM (`sleep` as PID 1 of its PID namespace does) takes the whole grace period. Answer: 204.
+/// SIGTERM (`sleep` as PID 1 of its PID namespace does) takes the whole grace period. Answer: 204 once the
+/// processes, host veth, IP lease, cgroups and state of the pod are gone. When some of them could not be
+/// removed the answer is 500 with `ApiError::leaked` naming each one: the pod is gone from the API (404 on
+/// GET) but the agent keeps its teardown and retries it on every reconcile pass (3 s), on a repeated DELETE
+/// (which answers 204 once nothing is left) and before a POST of the same name (409 while something is left).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletePodOptions {
     /// Seconds between SIGTERM and SIGKILL; none takes the agent's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period_secs: Option<u64>,
+}
+
+/// Kind of a `Leak`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakKind {
+    /// The pod's host-side veth (in the node's network namespace).
+    Veth,
+    /// The pod's IP lease (the address stays allocated).
+    Lease,
+    /// A cgroup of the pod or one of its containers.
+    Cgroup,
+}
+
+/// One thing a pod deletion could not remove, in `ApiError::leaked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leak {
+    /// What it is.
+    pub kind: LeakKind,
+    /// Which one: the veth name, the leased address (or the pod, when the address is unknown), the cgroup's
+    /// absolute directory.
+    pub name: String,
+    /// Why its removal failed.
+    pub error: String,
+}
+
+impl std::fmt::Display for Leak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            LeakKind::Veth => "veth",
+            LeakKind::Lease => "lease",
+            LeakKind::Cgroup => "cgroup",
+        };
+        write!(f, "{kind} {} ({})", self.name, self.error)
+    }
 }

@@ -6,7 +6,7 @@ use ipnet::Ipv4Net;
 use crate::{ApiError, Backend, NodeSpec, PodSpec};
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-    ApiError { field: Some(field.into()), message: message.into() }
+    ApiError { field: Some(field.into()), message: message.into(), leaked: vec![] }
 }
 
 /// A DNS-1123 label (Kubernetes pod and container names), at most `max` characters.

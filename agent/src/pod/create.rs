@@ -29,6 +29,10 @@ impl Agent {
                 "no NodeSpec applied yet (PUT /v1/node first); only hostNetwork pods can run before".into(),
             ));
         }
+        // A deleted pod of this name may have left a veth, lease or cgroup that the new one would trip on.
+        if let Err(e) = self.finish_teardown(&spec.name).await {
+            return Err(AgentError::Conflict(format!("a deleted pod of this name is not fully removed yet: {e}")));
+        }
         let pod = {
             let mut pods = lock(&self.pods);
             // No delete of this name runs now (we hold its lock): an existing pod is a live one.
@@ -85,8 +89,11 @@ impl Agent {
         let name = &spec.name;
         let result = self.create_sandbox_steps(spec).await;
         if result.is_err() {
-            self.teardown(&PodRecord::without_sandbox(spec)).await;
-            tracing::debug!(pod = %name, "sandbox creation failed and was undone");
+            // What the undo leaves is retried like a deleted pod's; the creation's own error is the answer.
+            match self.teardown_or_keep(&PodRecord::without_sandbox(spec)).await {
+                Ok(()) => tracing::debug!(pod = %name, "sandbox creation failed and was undone"),
+                Err(e) => tracing::error!(pod = %name, "sandbox creation failed; undoing it: {e}"),
+            }
         }
         result
     }
@@ -131,7 +138,9 @@ impl Agent {
             host_veth: sb.host_veth.clone(),
             ..PodRecord::without_sandbox(spec)
         };
-        self.teardown(&record).await;
+        if let Err(e) = self.teardown_or_keep(&record).await {
+            tracing::error!(pod = %spec.name, "benchmark sandbox: {e}");
+        }
     }
 
     /// Starts the launcher of container `idx` and waits until it reports the container's PID; returns what

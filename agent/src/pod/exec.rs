@@ -1,5 +1,6 @@
-//! `POST /v1/pods/{pod}/exec`: runs a command through the launcher in exec mode (the pod's net/UTS/IPC
-//! namespaces; with `container`, also its PID and mount namespaces and cgroup) and captures its output.
+//! `POST /v1/pods/{pod}/exec`: runs a command through the launcher in exec mode and captures its output.
+//! Without `container` it runs in the pod's net/UTS/IPC namespaces (the infra's); with one, in every namespace
+//! of that container's process and in its cgroup (`launcher::namespace_sources`).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ impl Agent {
             return Err(AgentError::Invalid(ApiError {
                 field: Some("command".into()),
                 message: "command must name a program".into(),
+                leaked: vec![],
             }));
         }
         let target = self.exec_target(pod, req.container.as_deref())?;
@@ -54,6 +56,7 @@ impl Agent {
                 AgentError::Invalid(ApiError {
                     field: Some("container".into()),
                     message: format!("pod `{pod}` has no container `{name}`"),
+                    leaked: vec![],
                 })
             })?;
             let pid = container_pid(&rec.containers[idx].state)

@@ -1,8 +1,8 @@
 //! Fakes of the kernel for the pod runtime's unit tests: `FakeProcesses` keeps processes as entries of a
 //! table (who each PID is, which are alive) and launchers exit as the test scripts them; `FakeCgroups` makes
-//! every cgroup operation succeed. Neither needs root.
+//! every cgroup operation succeed except removing the cgroups a test holds busy. Neither needs root.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -195,8 +195,26 @@ impl PodProcesses for FakeProcesses {
     }
 }
 
-/// Cgroups that always exist and never count an OOM kill.
-pub struct FakeCgroups;
+/// Cgroups that always exist and never count an OOM kill. A test can hold cgroups busy (a process the
+/// agent did not kill is inside): removing them, or a parent of them, fails as rmdir does. Clones share the
+/// set.
+#[derive(Clone, Default)]
+pub struct FakeCgroups(Arc<Mutex<BTreeSet<String>>>);
+
+impl FakeCgroups {
+    fn busy(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `rel` cannot be removed until `release`.
+    pub fn hold(&self, rel: &str) {
+        self.busy().insert(rel.into());
+    }
+
+    pub fn release(&self, rel: &str) {
+        self.busy().remove(rel);
+    }
+}
 
 impl Cgroups for FakeCgroups {
     fn version(&self) -> &'static str {
@@ -214,7 +232,11 @@ impl Cgroups for FakeCgroups {
     fn oom_kills(&self, _: &str) -> cgroups::Result<u64> {
         Ok(0)
     }
-    fn remove(&self, _: &str) -> cgroups::Result<()> {
+    fn remove(&self, rel: &str) -> cgroups::Result<()> {
+        let below = format!("{rel}/");
+        if self.busy().iter().any(|b| b == rel || b.starts_with(&below)) {
+            return Err(cgroups::CgroupError::Busy { path: PathBuf::from(rel) });
+        }
         Ok(())
     }
     fn display_path(&self, rel: &str) -> String {

@@ -5,8 +5,11 @@
 //! a fresh /proc, and execs the command. It then waits and exits with the child's status, writing it to an
 //! exit file too so a restarted agent (no longer our parent) still learns it.
 //!
-//! In exec mode (`--exec`) the child keeps the launcher's stdio; with `--join-pid` it also enters that
-//! container's PID and mount namespaces.
+//! In exec mode (`--exec`) the child keeps the launcher's stdio. Without `--join-pid` it runs in the pod's
+//! IPC, UTS and network namespaces (the infra's); with `--join-pid` it enters every namespace of that
+//! container's process instead (`namespace_sources`): an exec into a container reads the container itself,
+//! so a container that is not where the pod's other processes are (say it unshared its own network
+//! namespace) shows as such instead of the infra's view being reported under its name.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -33,7 +36,7 @@ pub struct LauncherArgs {
     /// Join the infra's PID namespace instead of creating one (shareProcessNamespace).
     #[arg(long)]
     pub share_pid: bool,
-    /// Exec into this running container: join its PID and mount namespaces.
+    /// Exec into this running container: join all of its namespaces (not the infra's).
     #[arg(long)]
     pub join_pid: Option<u32>,
     /// cgroup.procs files to join (one per hierarchy).
@@ -95,15 +98,10 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         .map_err(|_| LaunchError::Nul)?;
     let infra = args.infra_pid;
     // Open every namespace first: once we have moved, /proc paths may mean something else.
-    let ipc = open(format!("/proc/{infra}/ns/ipc"))?;
-    let uts = open(format!("/proc/{infra}/ns/uts"))?;
-    let net = open(format!("/proc/{infra}/ns/net"))?;
-    let pid_ns = match (args.join_pid, args.share_pid) {
-        (Some(target), _) => Some(open(format!("/proc/{target}/ns/pid"))?),
-        (None, true) => Some(open(format!("/proc/{infra}/ns/pid"))?),
-        (None, false) => None,
-    };
-    let mnt_ns = args.join_pid.map(|target| open(format!("/proc/{target}/ns/mnt"))).transpose()?;
+    let namespaces: Vec<(Ns, File)> = namespace_sources(args)
+        .into_iter()
+        .map(|(ns, pid)| Ok((ns, open(format!("/proc/{pid}/ns/{}", ns.proc_name()))?)))
+        .collect::<Result<_, LaunchError>>()?;
     // The agent checked these PIDs before starting us, but a PID can be reused since. The fds now pin the
     // namespaces of whoever had the PID when they were opened; if the PID still belongs to ours after the
     // open, it did at the open too (a PID is never handed back to a process that died).
@@ -130,20 +128,19 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         std::fs::write(procs, &me)
             .map_err(|source| LaunchError::Io { what: format!("join {}", procs.display()), source })?;
     }
-    setns(&ipc, CloneFlags::CLONE_NEWIPC).map_err(sys("setns ipc"))?;
-    setns(&uts, CloneFlags::CLONE_NEWUTS).map_err(sys("setns uts"))?;
-    setns(&net, CloneFlags::CLONE_NEWNET).map_err(sys("setns net"))?;
-
-    if args.exec && pid_ns.is_none() {
+    // In `namespace_sources` order, mount last as nsenter does; a PID namespace applies to the child forked
+    // below, not to us.
+    let mut joined_pid = false;
+    for (ns, fd) in &namespaces {
+        setns(fd, ns.flag()).map_err(sys(format!("setns {}", ns.proc_name())))?;
+        joined_pid |= *ns == Ns::Pid;
+    }
+    if args.exec && !joined_pid {
         // Plain exec into the pod: no PID namespace to enter, so no fork is needed.
         return Err(exec(&argv));
     }
-    match &pid_ns {
-        Some(ns) => setns(ns, CloneFlags::CLONE_NEWPID).map_err(sys("setns pid"))?,
-        None => unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare pid"))?,
-    }
-    if let Some(ns) = &mnt_ns {
-        setns(ns, CloneFlags::CLONE_NEWNS).map_err(sys("setns mnt"))?;
+    if !joined_pid {
+        unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare pid"))?;
     }
 
     // The child watches this pipe to learn whether we died before its PDEATHSIG was armed (both ends are
@@ -165,6 +162,57 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
             code
         }
     }
+}
+
+/// A namespace the launcher enters, in the order it enters them (`namespace_sources`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    Cgroup,
+    Ipc,
+    Uts,
+    Net,
+    Pid,
+    Mnt,
+}
+
+impl Ns {
+    fn proc_name(self) -> &'static str {
+        match self {
+            Ns::Cgroup => "cgroup",
+            Ns::Ipc => "ipc",
+            Ns::Uts => "uts",
+            Ns::Net => "net",
+            Ns::Pid => "pid",
+            Ns::Mnt => "mnt",
+        }
+    }
+
+    fn flag(self) -> CloneFlags {
+        match self {
+            Ns::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            Ns::Ipc => CloneFlags::CLONE_NEWIPC,
+            Ns::Uts => CloneFlags::CLONE_NEWUTS,
+            Ns::Net => CloneFlags::CLONE_NEWNET,
+            Ns::Pid => CloneFlags::CLONE_NEWPID,
+            Ns::Mnt => CloneFlags::CLONE_NEWNS,
+        }
+    }
+}
+
+/// Which process's namespaces the launcher enters, in order. A container (and an exec into the pod as a
+/// whole) gets the pod's IPC, UTS and network namespaces from the infra process, and with
+/// shareProcessNamespace its PID namespace too. An exec into a named container (`--join-pid`) takes every
+/// namespace from that container's process, cgroup namespace included: the command must see what the
+/// container sees, not what the pod was meant to give it.
+fn namespace_sources(args: &LauncherArgs) -> Vec<(Ns, u32)> {
+    if let Some(target) = args.join_pid {
+        return [Ns::Cgroup, Ns::Ipc, Ns::Uts, Ns::Net, Ns::Pid, Ns::Mnt].into_iter().map(|ns| (ns, target)).collect();
+    }
+    let mut from_infra = vec![Ns::Ipc, Ns::Uts, Ns::Net];
+    if args.share_pid {
+        from_infra.push(Ns::Pid);
+    }
+    from_infra.into_iter().map(|ns| (ns, args.infra_pid)).collect()
 }
 
 /// False once every write end of the pipe is closed, i.e. the launcher (its only other holder) is gone.
@@ -267,6 +315,34 @@ fn parent(args: &LauncherArgs, child: Pid) -> Result<i32, LaunchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(join_pid: Option<u32>, share_pid: bool) -> LauncherArgs {
+        LauncherArgs {
+            pod: "p".into(),
+            container: Some("c".into()),
+            infra_pid: 10,
+            share_pid,
+            join_pid,
+            cgroup_procs: vec![],
+            log: None,
+            exit_file: None,
+            exec: join_pid.is_some(),
+            command: vec!["true".into()],
+        }
+    }
+
+    #[test]
+    fn exec_into_a_container_enters_that_containers_own_namespaces() {
+        // The bug this guards against: an exec naming a container joined the infra's net/UTS/IPC namespaces,
+        // so a container that had left them was reported as sharing them.
+        let all = [Ns::Cgroup, Ns::Ipc, Ns::Uts, Ns::Net, Ns::Pid, Ns::Mnt];
+        assert_eq!(namespace_sources(&args(Some(42), false)), all.map(|ns| (ns, 42)).to_vec());
+        assert_eq!(namespace_sources(&args(Some(42), true)), all.map(|ns| (ns, 42)).to_vec());
+        // A container being started, and an exec into the pod as a whole, get the pod's from the infra.
+        let pod = [Ns::Ipc, Ns::Uts, Ns::Net].map(|ns| (ns, 10)).to_vec();
+        assert_eq!(namespace_sources(&args(None, false)), pod);
+        assert_eq!(namespace_sources(&args(None, true)), [pod, vec![(Ns::Pid, 10)]].concat());
+    }
 
     #[test]
     fn parent_liveness_follows_the_pipe() {

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use testbed_api::{ApiError, ContainerStatus, Health, PodPhase, PodSpec, PodStatus};
+use testbed_api::{ApiError, ContainerStatus, Health, Leak, PodPhase, PodSpec, PodStatus};
 
 use crate::cgroups::{CgroupError, Cgroups};
 use crate::net::{NetError, Network};
@@ -76,6 +76,13 @@ pub enum AgentError {
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
     Failed(String),
+    /// A deleted pod's teardown left these behind; the agent keeps retrying it (`teardown::Unfinished`).
+    #[error(
+        "pod `{pod}` is stopped but not fully removed: {}; the agent retries every {} s, and a DELETE retries at once",
+        leaks.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        RECONCILE_PERIOD.as_secs()
+    )]
+    Leaked { pod: String, leaks: Vec<Leak> },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -99,6 +106,9 @@ pub struct Agent {
     /// API could see), and a second DELETE waits for the first one to finish. Entries exist only while
     /// someone holds or waits for them.
     name_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deleted pods whose teardown left something behind (no longer in `pods`), by name; persisted in
+    /// state_dir/teardown so an agent restart keeps retrying them too.
+    unfinished: Mutex<BTreeMap<String, teardown::Unfinished>>,
 }
 
 /// Holds a pod name's lock (`Agent::lock_name`); forgets the lock on drop when nobody else waits for it.
@@ -147,8 +157,10 @@ impl Agent {
         cgroups: Box<dyn Cgroups>,
         processes: Box<dyn PodProcesses>,
     ) -> Result<Arc<Agent>> {
-        std::fs::create_dir_all(cfg.state_dir.join("pods"))
-            .map_err(io(format!("create {}", cfg.state_dir.display())))?;
+        for dir in ["pods", teardown::UNFINISHED_DIR] {
+            std::fs::create_dir_all(cfg.state_dir.join(dir))
+                .map_err(io(format!("create {}", cfg.state_dir.display())))?;
+        }
         cgroups.init()?;
         let net =
             Network::new(&cfg.lease_dir, |pid, pod| sandbox::is_ours(pid, sandbox::INFRA_ROLE, pod, None)).await?;
@@ -161,6 +173,7 @@ impl Agent {
             apply_lock: tokio::sync::Mutex::new(()),
             pods: Mutex::new(BTreeMap::new()),
             name_locks: Mutex::new(HashMap::new()),
+            unfinished: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -223,16 +236,16 @@ impl Agent {
         self.create_locked(spec).await
     }
 
-    /// `grace`: SIGTERM -> SIGKILL delay (`None`: the configured default). Ok means the pod is gone: a
-    /// DELETE that arrives while another one runs waits for it (name lock) and then answers Ok too.
+    /// `grace`: SIGTERM -> SIGKILL delay (`None`: the configured default). Ok means the pod is gone, all of
+    /// it: a teardown that leaves something behind is `AgentError::Leaked` (and is retried, see
+    /// `teardown::Unfinished`). A DELETE that arrives while another one runs waits for it (name lock) and then
+    /// answers as that one ended; one of a pod whose teardown is unfinished retries it now.
     pub async fn delete_pod(self: &Arc<Self>, name: &str, grace: Option<Duration>) -> Result<()> {
-        let existed = lock(&self.pods).contains_key(name);
+        let existed = lock(&self.pods).contains_key(name) || lock(&self.unfinished).contains_key(name);
         let _name = self.lock_name(name).await;
         match self.find(name) {
-            Ok(pod) => {
-                self.delete_locked(&pod, grace.unwrap_or(self.cfg.kill_grace)).await;
-                Ok(())
-            }
+            Ok(pod) => self.delete_locked(&pod, grace.unwrap_or(self.cfg.kill_grace)).await,
+            Err(_) if lock(&self.unfinished).contains_key(name) => self.finish_teardown(name).await,
             // Deleted by the request we waited for.
             Err(_) if existed => Ok(()),
             Err(e) => Err(e),

@@ -143,6 +143,7 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.finish_teardowns().await;
             self.recreate_lost_sandboxes().await;
             self.retry_pending_sandboxes().await;
             self.reconcile_once().await;

@@ -48,7 +48,10 @@ impl Agent {
                 continue;
             }
             tracing::warn!(pod = %spec.name, "infra process gone: recreating the pod");
-            self.delete_locked(&pod, self.cfg.kill_grace).await;
+            if let Err(e) = self.delete_locked(&pod, self.cfg.kill_grace).await {
+                // create_locked retries the teardown first and refuses while something is left.
+                tracing::error!(pod = %spec.name, "removing the lost sandbox: {e}");
+            }
             if let Err(e) = self.create_locked(spec.clone()).await {
                 tracing::error!(pod = %spec.name, "recreating: {e}; retrying every {RECONCILE_PERIOD:?}");
                 self.keep_pending(spec);

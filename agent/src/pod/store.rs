@@ -37,7 +37,8 @@ impl Agent {
         self.cfg.state_dir.join("pods").join(pod)
     }
 
-    /// Re-applies the stored NodeSpec and re-adopts the stored pods (agent start).
+    /// Re-applies the stored NodeSpec, re-adopts the stored pods and takes back the unfinished teardowns
+    /// (agent start).
     pub async fn restore(self: &Arc<Self>) {
         match std::fs::read(self.node_file()) {
             Ok(data) => match serde_json::from_slice::<NodeSpec>(&data) {
@@ -52,6 +53,7 @@ impl Agent {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::error!("{}: {e}", self.node_file().display()),
         }
+        self.load_unfinished();
         let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join("pods")) else { return };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -84,7 +86,9 @@ impl Agent {
                 self.stop_lost_sandbox(&record.spec, &launchers).await;
             } else {
                 tracing::warn!(pod = %name, "infra process gone while the agent was down: recreating the pod");
-                self.teardown(&record).await;
+                if let Err(e) = self.teardown_or_keep(&record).await {
+                    tracing::error!(pod = %name, "removing what is left of the lost sandbox: {e}");
+                }
                 if let Err(e) = self.create_pod(record.spec.clone()).await {
                     tracing::error!(pod = %name, "recreating: {e}; retrying every {RECONCILE_PERIOD:?}");
                     self.keep_pending(record.spec);

@@ -1,15 +1,32 @@
 //! Pod deletion and teardown: stop the containers (SIGTERM, SIGKILL after the grace period), kill the infra
-//! process, detach the network, remove cgroups and state files.
+//! process, detach the network, remove cgroups and state files. A teardown that cannot remove the veth, the
+//! lease or a cgroup is not a success: the pod leaves the API, but its record stays as `Unfinished` (memory
+//! and state_dir/teardown) and the teardown is retried until nothing is left.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use testbed_api::PodSpec;
+use serde::{Deserialize, Serialize};
+use testbed_api::{Leak, LeakKind, PodSpec};
 
 use super::processes::PodProcess;
 use super::record::{container_pid, Pod, PodRecord};
-use super::{container_cgroup, infra_cgroup, lock, pod_cgroup, Agent};
+use super::store::write_json_atomic;
+use super::{container_cgroup, infra_cgroup, lock, pod_cgroup, Agent, AgentError, Result};
+use crate::net::NetError;
+
+/// Directory below state_dir of the `Unfinished` teardowns, one `<pod>.json` each: apart from `pods/`, whose
+/// records are pods to re-adopt, and where a pod of the same name may be kept Pending meanwhile.
+pub(super) const UNFINISHED_DIR: &str = "teardown";
+
+/// A deleted pod whose teardown left something behind: what is needed to retry it, and what is left.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Unfinished {
+    record: PodRecord,
+    leaks: Vec<Leak>,
+}
 
 /// How long supervisors may take to stop after their launchers were SIGKILLed, before they are aborted.
 const SUPERVISOR_STOP_WAIT: Duration = Duration::from_secs(10);
@@ -18,14 +35,78 @@ const CONTAINER_EXIT_POLL: Duration = Duration::from_millis(5);
 const CONTAINER_EXIT_POLLS: u32 = 400;
 
 impl Agent {
-    /// Stops and removes `pod`; the caller holds its name lock.
-    pub(super) async fn delete_locked(&self, pod: &Pod, grace: Duration) {
+    /// Stops and removes `pod`; the caller holds its name lock. The pod leaves `pods` either way; what its
+    /// teardown could not remove is `AgentError::Leaked` and stays to be retried.
+    pub(super) async fn delete_locked(&self, pod: &Pod, grace: Duration) -> Result<()> {
         pod.deleting.store(true, Ordering::SeqCst);
         pod.wake.notify_waiters();
         self.stop_containers(pod, grace).await;
         let record = lock(&pod.record).clone();
-        self.teardown(&record).await;
+        let result = self.teardown_or_keep(&record).await;
         lock(&self.pods).remove(&pod.spec.name);
+        result
+    }
+
+    /// Tears down what `record` describes; when something is left, keeps the record as `Unfinished` (memory
+    /// and disk) and answers `Leaked`, otherwise forgets any earlier unfinished teardown of the name.
+    pub(super) async fn teardown_or_keep(&self, record: &PodRecord) -> Result<()> {
+        let name = &record.spec.name;
+        let leaks = self.teardown(record).await;
+        let file = self.unfinished_file(name);
+        if leaks.is_empty() {
+            lock(&self.unfinished).remove(name);
+            let _ = std::fs::remove_file(file);
+            return Ok(());
+        }
+        tracing::error!(pod = %name, ?leaks, "teardown left these behind; retrying every reconcile pass");
+        let entry = Unfinished { record: record.clone(), leaks: leaks.clone() };
+        if let Err(e) = write_json_atomic(&file, &entry) {
+            tracing::error!(pod = %name, "persisting the unfinished teardown: {e}");
+        }
+        lock(&self.unfinished).insert(name.clone(), entry);
+        Err(AgentError::Leaked { pod: name.clone(), leaks })
+    }
+
+    fn unfinished_file(&self, pod: &str) -> std::path::PathBuf {
+        self.cfg.state_dir.join(UNFINISHED_DIR).join(format!("{pod}.json"))
+    }
+
+    /// Retries the unfinished teardown of `name`, if there is one; the caller holds the name lock.
+    pub(super) async fn finish_teardown(&self, name: &str) -> Result<()> {
+        let entry = lock(&self.unfinished).get(name).cloned();
+        match entry {
+            Some(entry) => self.teardown_or_keep(&entry.record).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reconcile pass: retries every unfinished teardown.
+    pub(super) async fn finish_teardowns(self: &Arc<Self>) {
+        let names: Vec<String> = lock(&self.unfinished).keys().cloned().collect();
+        for name in names {
+            let _name = self.lock_name(&name).await;
+            match self.finish_teardown(&name).await {
+                Ok(()) => tracing::info!(pod = %name, "unfinished teardown completed"),
+                Err(e) => tracing::debug!(pod = %name, "{e}"),
+            }
+        }
+    }
+
+    /// Reads back the unfinished teardowns a previous agent left (agent start), for the reconcile to retry.
+    pub(super) fn load_unfinished(&self) {
+        let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join(UNFINISHED_DIR)) else { return };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&path).map(|d| serde_json::from_slice::<Unfinished>(&d)) {
+                Ok(Ok(entry)) => {
+                    lock(&self.unfinished).insert(entry.record.spec.name.clone(), entry);
+                }
+                Ok(Err(e)) => tracing::error!("{}: {e}; ignoring it", path.display()),
+                Err(e) => tracing::error!("{}: {e}", path.display()),
+            }
+        }
     }
 
     /// SIGTERM to every launcher (forwarded to the container), SIGKILL after the grace period. Killing a
@@ -81,9 +162,12 @@ impl Agent {
     }
 
     /// Undoes whatever exists of a pod: launchers, infra process, network attachment, cgroups, state files.
-    /// Every step runs even when an earlier one failed; failures are logged.
-    pub(super) async fn teardown(&self, record: &PodRecord) {
+    /// Every step runs even when an earlier one failed; returns what could not be removed. Each step is
+    /// idempotent (a missing veth, lease or cgroup is fine, a PID is checked before it is killed), which is
+    /// what lets an unfinished teardown simply run again.
+    pub(super) async fn teardown(&self, record: &PodRecord) -> Vec<Leak> {
         let name = &record.spec.name;
+        let mut leaks = Vec::new();
         for c in &record.containers {
             if let Some(pid) = c.launcher_pid {
                 self.processes.kill(pid, PodProcess::Launcher { pod: name, container: &c.name }).await;
@@ -94,7 +178,7 @@ impl Agent {
         }
         if !record.spec.host_network {
             if let Err(e) = self.net.detach_pod(name).await {
-                tracing::error!(pod = %name, "detach: {e}");
+                leaks.extend(network_leaks(record, &e));
             }
         }
         let mut rels: Vec<String> = record.spec.containers.iter().map(|c| container_cgroup(name, &c.name)).collect();
@@ -102,10 +186,29 @@ impl Agent {
         rels.push(pod_cgroup(name));
         for rel in rels {
             if let Err(e) = crate::cgroups::remove_when_empty(self.cgroups.as_ref(), &rel).await {
-                tracing::error!(pod = %name, "remove cgroup: {e}");
+                let path = self.cgroups.display_path(&rel);
+                leaks.push(Leak { kind: LeakKind::Cgroup, name: path, error: e.to_string() });
             }
         }
         let _ = std::fs::remove_file(self.pod_file(name));
         let _ = std::fs::remove_dir_all(self.pod_dir(name));
+        leaks
     }
+}
+
+/// What a failed `detach_pod` left: it removes the veth, then releases the lease. Only the release does file
+/// I/O (`NetError::Io`), so any other error stopped it at the veth, before the release: the lease is kept
+/// too, rightly, as the address may still be in use behind the veth.
+fn network_leaks(record: &PodRecord, e: &NetError) -> Vec<Leak> {
+    let name = &record.spec.name;
+    let lease = Leak {
+        kind: LeakKind::Lease,
+        name: record.ip.map_or_else(|| format!("of pod {name}"), |ip| ip.to_string()),
+        error: e.to_string(),
+    };
+    if matches!(e, NetError::Io { .. }) {
+        return vec![lease];
+    }
+    let veth = record.host_veth.clone().unwrap_or_else(|| crate::net::host_veth_name(name));
+    vec![Leak { kind: LeakKind::Veth, name: veth, error: e.to_string() }, lease]
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testbed_api::{ContainerSpec, ContainerState, PodPhase, PodSpec, PodStatus, RestartPolicy};
+use testbed_api::{ContainerSpec, ContainerState, LeakKind, PodPhase, PodSpec, PodStatus, RestartPolicy};
 
 use super::fake::{FakeCgroups, FakeProcesses, Run};
 use super::processes::{PodProcess, PodProcesses};
@@ -20,20 +20,26 @@ use super::{Agent, AgentError, Config};
 struct Harness {
     agent: Arc<Agent>,
     fake: FakeProcesses,
-    _dir: tempfile::TempDir,
+    cgroups: FakeCgroups,
+    dir: tempfile::TempDir,
+}
+
+/// An agent on `dir` (a second one on the same dir is the agent after a restart).
+async fn agent_on(dir: &std::path::Path, fake: &FakeProcesses, cgroups: &FakeCgroups) -> Arc<Agent> {
+    let cfg = Config {
+        state_dir: dir.join("state"),
+        lease_dir: dir.join("ipam"),
+        exe: PathBuf::from("/nonexistent/testbed-agent"),
+        kill_grace: Duration::from_secs(1),
+    };
+    Agent::with_processes(cfg, Box::new(cgroups.clone()), Box::new(fake.clone())).await.unwrap()
 }
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeProcesses::default();
-    let cfg = Config {
-        state_dir: dir.path().join("state"),
-        lease_dir: dir.path().join("ipam"),
-        exe: PathBuf::from("/nonexistent/testbed-agent"),
-        kill_grace: Duration::from_secs(1),
-    };
-    let agent = Agent::with_processes(cfg, Box::new(FakeCgroups), Box::new(fake.clone())).await.unwrap();
-    Harness { agent, fake, _dir: dir }
+    let (fake, cgroups) = (FakeProcesses::default(), FakeCgroups::default());
+    let agent = agent_on(dir.path(), &fake, &cgroups).await;
+    Harness { agent, fake, cgroups, dir }
 }
 
 fn pod(name: &str, policy: RestartPolicy, containers: &[&str]) -> PodSpec {
@@ -246,6 +252,42 @@ async fn delete_stops_every_process_and_nothing_restarts() {
     assert!(!h.agent.pod_file("gone").exists());
     tokio::time::sleep(secs(60)).await;
     assert_eq!(h.fake.launches("app").len(), 1, "a deleted pod's container came back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_teardown_that_leaks_fails_the_delete_and_is_finished_later() {
+    let h = harness().await;
+    h.agent.create_pod(pod("leaky", RestartPolicy::Always, &["app"])).await.unwrap();
+    // A process the agent did not start sits in the container's cgroup: rmdir fails, for its parent too.
+    h.cgroups.hold("pod-leaky/app");
+    let Err(AgentError::Leaked { pod: leaked_pod, leaks }) = h.agent.delete_pod("leaky", Some(secs(0))).await else {
+        panic!("a teardown that left cgroups behind answered success")
+    };
+    assert_eq!(leaked_pod, "leaky");
+    let left: Vec<(LeakKind, &str)> = leaks.iter().map(|l| (l.kind, l.name.as_str())).collect();
+    assert_eq!(left, vec![(LeakKind::Cgroup, "pod-leaky/app"), (LeakKind::Cgroup, "pod-leaky")]);
+    let message = AgentError::Leaked { pod: leaked_pod, leaks }.to_string();
+    assert!(message.contains("cgroup pod-leaky/app (cgroup pod-leaky/app: still has processes)"), "{message}");
+    // The pod is gone from the API, but its name stays taken and a repeated DELETE retries (and fails again).
+    assert!(matches!(h.agent.get_pod("leaky"), Err(AgentError::NotFound(_))));
+    assert!(matches!(
+        h.agent.create_pod(pod("leaky", RestartPolicy::Always, &["app"])).await,
+        Err(AgentError::Conflict(_))
+    ));
+    assert!(matches!(h.agent.delete_pod("leaky", None).await, Err(AgentError::Leaked { .. })));
+
+    // An agent restart keeps the unfinished teardown; its reconcile pass finishes it once nothing holds on.
+    let restarted = agent_on(h.dir.path(), &h.fake, &h.cgroups).await;
+    restarted.restore().await;
+    assert!(restarted.get_pod("leaky").is_err(), "an unfinished teardown is not a pod to re-adopt");
+    restarted.finish_teardowns().await;
+    assert!(matches!(restarted.delete_pod("leaky", None).await, Err(AgentError::Leaked { .. })));
+    h.cgroups.release("pod-leaky/app");
+    restarted.finish_teardowns().await;
+    assert!(matches!(restarted.delete_pod("leaky", None).await, Err(AgentError::NotFound(_))));
+    assert!(std::fs::read_dir(h.dir.path().join("state/teardown")).unwrap().next().is_none());
+    // And the name is free again.
+    restarted.create_pod(pod("leaky", RestartPolicy::Always, &["app"])).await.unwrap();
 }
 
 // ---- re-adoption after an agent restart -----------------------------------------------------------------

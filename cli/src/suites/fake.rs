@@ -44,6 +44,13 @@ pub struct Faults {
     pub noisy_throughput: bool,
     /// The pods' eth0 has this MTU whatever the backend's pod MTU is.
     pub pod_mtu: Option<u32>,
+    /// Every pod's `side` container has left the pod's network and UTS namespaces (hostname `rogue`).
+    pub rogue_sidecar: bool,
+    /// The agent before issue 12: an exec naming a container runs in the infra's net/UTS/IPC namespaces
+    /// (and the container's PID and mount ones), whatever the container's own are.
+    pub exec_joins_infra: bool,
+    /// The agent before issue 12: a DELETE answers success but leaves the pod's veth on the node.
+    pub leaky_teardown: bool,
 }
 
 #[derive(Default)]
@@ -61,6 +68,11 @@ struct State {
     host_reads: u64,
     guest_reads: u64,
     iperf_runs: u64,
+    last_pid: u32,
+    /// Which pod's infra (container None) or container each PID is.
+    pids: BTreeMap<u32, (String, Option<String>)>,
+    /// Veths of deleted pods still on their node (`leaky_teardown`): pod -> (node, veth).
+    leftover_veths: BTreeMap<String, (String, String)>,
 }
 
 pub struct FakeCluster {
@@ -176,23 +188,32 @@ impl FakeCluster {
         let ip = Ipv4Addr::from(u32::from(subnet.network()) + *host);
         *host += 1;
         let oom = spec.name == super::conformance::POD_MEM;
+        let mut new_pid = |container: Option<&str>| {
+            st.last_pid += 1;
+            let pid = 1000 + st.last_pid;
+            st.pids.insert(pid, (spec.name.clone(), container.map(str::to_string)));
+            pid
+        };
+        let infra_pid = new_pid(None);
+        let container_pids: Vec<u32> = spec.containers.iter().map(|c| new_pid(Some(&c.name))).collect();
         let status = PodStatus {
             name: spec.name.clone(),
             phase: if oom { PodPhase::Failed } else { PodPhase::Running },
             qos_class: QosClass::BestEffort,
             ip: Some(ip),
-            infra_pid: Some(100),
+            infra_pid: Some(infra_pid),
             host_veth: Some(format!("veth{:08x}", inode(&spec.name) as u32)),
             cgroup: format!("/sys/fs/cgroup/testbed/pod-{}", spec.name),
             containers: spec
                 .containers
                 .iter()
-                .map(|c| ContainerStatus {
+                .zip(container_pids)
+                .map(|(c, pid)| ContainerStatus {
                     name: c.name.clone(),
                     state: if oom {
                         ContainerState::Terminated { exit_code: 137, reason: "OOMKilled".into() }
                     } else {
-                        ContainerState::Running { pid: 200 }
+                        ContainerState::Running { pid }
                     },
                     restart_count: 0,
                     cgroup: format!("/sys/fs/cgroup/testbed/pod-{}/{}", spec.name, c.name),
@@ -202,6 +223,45 @@ impl FakeCluster {
         st.pods.insert(spec.name.clone(), (node.into(), spec.clone(), status.clone()));
         st.created.push(spec.name.clone());
         status
+    }
+
+    /// `readlink` of the net, pid, uts, ipc and mnt namespaces of a pod's infra (`container` None) or
+    /// container process, and its hostname: net/uts/ipc are the pod's, pid/mnt the container's, except for a
+    /// `rogue_sidecar`.
+    fn ns_of(&self, pod: &str, container: Option<&str>) -> (Vec<String>, String) {
+        let (p, pc) = (inode(pod), inode(&format!("{pod}/{}", container.unwrap_or("infra"))));
+        let rogue = self.faults.rogue_sidecar && container == Some("side");
+        let (net, uts, hostname) = if rogue { (pc + 7, pc + 8, "rogue") } else { (p, p + 1, pod) };
+        let ids = vec![
+            format!("net:[{net}]"),
+            format!("pid:[{pc}]"),
+            format!("uts:[{uts}]"),
+            format!("ipc:[{}]", p + 2),
+            format!("mnt:[{}]", pc + 1),
+        ];
+        (ids, hostname.to_string())
+    }
+
+    /// `readlink /proc/<pid>/ns/<kind> ...` on a node: one line per link of a known PID, in order.
+    fn proc_ns(&self, command: &str) -> ExecResponse {
+        let mut lines = Vec::new();
+        let mut missing = false;
+        for link in command.split_whitespace().filter_map(|w| w.strip_prefix("/proc/")) {
+            let Some((pid, kind)) = link.split_once("/ns/") else { continue };
+            let who = pid.parse().ok().and_then(|pid: u32| self.state.borrow().pids.get(&pid).cloned());
+            let Some((pod, container)) = who else {
+                missing = true;
+                continue;
+            };
+            let (ids, _) = self.ns_of(&pod, container.as_deref());
+            lines.extend(ids.into_iter().filter(|id| id.starts_with(&format!("{kind}:["))));
+        }
+        let r = ok(lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+        if missing {
+            ExecResponse { exit_code: 1, stderr: "readlink: No such file or directory\n".into(), ..r }
+        } else {
+            r
+        }
     }
 
     fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<(String, String)> {
@@ -414,6 +474,12 @@ impl Cluster for FakeCluster {
                 "{dst} dev {dev} src 192.168.50.11 uid 0\n1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue\n\
                  2: eth1: <BROADCAST,UP> mtu 1500 qdisc fq_codel\n"
             ))
+        } else if command.contains("readlink /proc/") && !command.contains("/proc/self/") {
+            self.proc_ns(command)
+        } else if command.contains("/run/testbed-agent/leases") {
+            let left = self.state.borrow().leftover_veths.clone();
+            let veths = left.values().filter(|(n, v)| n == node && command.contains(v.as_str()));
+            ok(veths.map(|(_, v)| format!("veth {v}\n")).collect::<String>())
         } else if command.contains("readlink") {
             ok(format!("net:[1]\npid:[2]\nuts:[3]\nipc:[4]\nmnt:[5]\n{node}\n"))
         } else if command.contains("hairpin_mode") {
@@ -502,8 +568,15 @@ impl Cluster for FakeCluster {
 
     async fn delete_pod(&self, node: &str, pod: &str, _grace: Option<Duration>) -> Result<(), ClusterError> {
         self.down(node, "DELETE /v1/pods")?;
-        match self.state.borrow_mut().pods.remove(pod) {
-            Some(_) => Ok(()),
+        let mut st = self.state.borrow_mut();
+        match st.pods.remove(pod) {
+            Some((_, _, status)) => {
+                if self.faults.leaky_teardown {
+                    let veth = status.host_veth.unwrap_or_default();
+                    st.leftover_veths.insert(pod.to_string(), (node.to_string(), veth));
+                }
+                Ok(())
+            }
             None => Err(ClusterError::new(node, &format!("DELETE /v1/pods/{pod}"), "404 not found")),
         }
     }
@@ -512,16 +585,17 @@ impl Cluster for FakeCluster {
         self.down(node, "exec")?;
         let own_ip = self.state.borrow().pods.get(pod).and_then(|p| p.2.ip);
         let script = req.command.last().cloned().unwrap_or_default();
-        let container = req.container.clone().unwrap_or_else(|| "infra".into());
         if script.contains("readlink") {
-            // net/uts/ipc are the pod's, pid/mnt the container's.
-            let (p, pc) = (inode(pod), inode(&format!("{pod}/{container}")));
-            return Ok(ok(format!(
-                "net:[{p}]\npid:[{pc}]\nuts:[{}]\nipc:[{}]\nmnt:[{}]\n{pod}\n",
-                p + 1,
-                p + 2,
-                pc + 1
-            )));
+            let container = req.container.as_deref();
+            let (mut ids, mut hostname) = self.ns_of(pod, container);
+            if self.faults.exec_joins_infra && container.is_some() {
+                let (infra, infra_hostname) = self.ns_of(pod, None);
+                for kind in [0, 2, 3] {
+                    ids[kind] = infra[kind].clone();
+                }
+                hostname = infra_hostname;
+            }
+            return Ok(ok(format!("{}\n{hostname}\n", ids.join("\n"))));
         }
         if let Some(dst) = route_get(&script) {
             let mtu = self.pod_mtu();

@@ -144,6 +144,59 @@ async fn missing_overlay_route_fails_the_state_check() {
     assert_eq!(other.status, CheckStatus::Pass);
 }
 
+/// The status of the check named `name`, and its message and details.
+fn check(r: &SuiteResults, name: &str) -> (CheckStatus, String) {
+    let c = r.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} did not run"));
+    (c.status, format!("{}\n{}", c.message.as_deref().unwrap_or(""), c.details.as_deref().unwrap_or("")))
+}
+
+const SHARED_NETNS: &str = "[sandbox] containers of a pod share one network namespace";
+const HOSTNAME: &str = "[sandbox] hostname is the pod name";
+
+#[tokio::test]
+async fn a_container_outside_the_pods_namespaces_fails_the_sandbox_checks() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { rogue_sidecar: true, ..Faults::default() });
+    let r = run(&c, &[Backend::Vxlan], Some("[sandbox]")).await;
+    let (status, msg) = check(&r, SHARED_NETNS);
+    assert_eq!(status, CheckStatus::Fail, "{msg}");
+    assert!(msg.contains("side not in the pod's net namespace"), "{msg}");
+    let (status, msg) = check(&r, HOSTNAME);
+    assert_eq!(status, CheckStatus::Fail, "{msg}");
+    assert!(msg.contains("side has `rogue`"), "{msg}");
+    assert_eq!(failures(&r).len(), 2, "{:#?}", failures(&r));
+}
+
+#[tokio::test]
+async fn an_exec_that_reads_the_infra_instead_of_the_container_fails_the_sandbox_checks() {
+    // The agent before issue 12 with a container that left the pod's namespaces: every exec into it read the
+    // infra's, so both checks passed. The node's view of the container's process tells them apart.
+    let faults = Faults { rogue_sidecar: true, exec_joins_infra: true, ..Faults::default() };
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), faults);
+    let r = run(&c, &[Backend::Vxlan], Some("[sandbox]")).await;
+    for name in [SHARED_NETNS, HOSTNAME] {
+        let (status, msg) = check(&r, name);
+        assert_eq!(status, CheckStatus::Fail, "{name}: {msg}");
+        assert!(msg.contains("an exec into tb-c-a1/side does not run in the container's namespaces"), "{msg}");
+    }
+    // With every container where it belongs, that agent's exec gave the right answers.
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { exec_joins_infra: true, ..Faults::default() });
+    let r = run(&c, &[Backend::Vxlan], Some("[sandbox]")).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+}
+
+#[tokio::test]
+async fn a_teardown_that_leaves_a_veth_fails_test_pods_removed() {
+    let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { leaky_teardown: true, ..Faults::default() });
+    let r = run(&c, &[Backend::Vxlan], Some("[pod-network] vxlan pod->pod same-node: icmp")).await;
+    let (status, msg) = check(&r, "[setup] vxlan test pods removed");
+    assert_eq!(status, CheckStatus::Fail, "{msg}");
+    assert!(msg.contains("answered success but left behind"), "{msg}");
+    for pod in ["tb-c-a1", "tb-c-a2", "tb-c-b1"] {
+        assert!(msg.contains(&format!("{pod} veth veth")), "{pod}: {msg}");
+    }
+    assert_eq!(r.outcome(), RunOutcome::Failed);
+}
+
 #[tokio::test]
 async fn dead_agent_is_an_infrastructure_error_with_exit_3() {
     let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { agent_down: true, ..Faults::default() });

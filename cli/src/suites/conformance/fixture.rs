@@ -1,19 +1,23 @@
 //! The conformance suite's own test pods: web servers a1 and a2 on the first node and b1 on the second, each
 //! serving its name over HTTP, set up before a backend's checks and shared by all of them.
 
-use testbed_api::{PodSpec, RestartPolicy};
+use testbed_api::{PodSpec, PodStatus, RestartPolicy};
 
 use super::super::cluster::{nodes_of, Cluster, NodeInfo};
 use super::super::harness::{
-    container, create_tracked, evidence, pexec, pod, remove_leftover, wait_running, CreatedPods, TestPod,
+    cleanup, container, create_tracked, evidence, nexec, pexec, pod, remove_leftover, wait_running, CreatedPods,
+    TestPod,
 };
 use super::super::probe::{self, HTTP_PORT};
-use super::super::runner::CheckError;
+use super::super::runner::{CheckError, CheckOutcome};
 use super::cgroups::{POD_CPU, POD_MEM};
 
 const POD_A1: &str = "tb-c-a1";
 const POD_A2: &str = "tb-c-a2";
 const POD_B1: &str = "tb-c-b1";
+/// Where the guests' agents keep their IP leases, one file per address holding the pod's name
+/// (`--lease-dir` in templates/guest/testbed-agent.service).
+const GUEST_LEASE_DIR: &str = "/run/testbed-agent/leases";
 
 /// The test pods of one backend's run, and the nodes they run on (b and b1 only on a lab of two nodes or more).
 pub(super) struct Fixture {
@@ -94,4 +98,44 @@ pub(super) async fn remove_leftovers<C: Cluster>(c: &C) {
             remove_leftover(c, &n.name, name).await;
         }
     }
+}
+
+/// Deletes the suite's pods (`cleanup`), then looks on each node for anything of them the agent should have
+/// removed: the host veth, an IP lease, the pod's cgroup (its containers' are below it). Read on the node
+/// itself, so an agent that answers success while leaking is caught, not only one that admits it (a DELETE
+/// answering 500 with the leaks is an error already).
+pub(super) async fn cleanup_checked<C: Cluster>(c: &C, created: &CreatedPods) -> CheckOutcome {
+    // Where each pod's traces are, as the agent reported them before the delete.
+    let mut before: Vec<(String, PodStatus)> = Vec::new();
+    let pods: Vec<(String, String)> = created.borrow().clone();
+    for (node, name) in &pods {
+        if let Ok(st) = c.get_pod(node, name).await {
+            before.push((node.clone(), st));
+        }
+    }
+    let removed = cleanup(c, created).await;
+    let mut left = Vec::new();
+    for (node, st) in &before {
+        let cmd = leftovers_script(st);
+        let r = nexec(c, node, &cmd).await?;
+        left.extend(r.stdout.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{node}: {} {l}", st.name)));
+    }
+    match (left.is_empty(), removed) {
+        (true, removed) => removed.map(|ev| format!("{ev}; no veth, lease or cgroup of them left on the nodes")),
+        (false, Ok(_)) => {
+            Err(CheckError::Fail(format!("the agents answered success but left behind:\n{}", left.join("\n"))))
+        }
+        (false, Err(e)) => Err(CheckError::Fail(format!("left behind:\n{}\n{e:?}", left.join("\n")))),
+    }
+}
+
+/// Prints `veth NAME`, `lease FILE`, `cgroup DIR` for each trace of the pod still on its node.
+fn leftovers_script(st: &PodStatus) -> String {
+    let mut cmd = String::new();
+    if let Some(veth) = &st.host_veth {
+        cmd.push_str(&format!("ip link show dev {veth} >/dev/null 2>&1 && echo 'veth {veth}'; "));
+    }
+    cmd.push_str(&format!("grep -lx '{}' {GUEST_LEASE_DIR}/* 2>/dev/null | sed 's/^/lease /'; ", st.name));
+    cmd.push_str(&format!("[ -d '{}' ] && echo 'cgroup {}'; true", st.cgroup, st.cgroup));
+    cmd
 }

@@ -18,9 +18,9 @@ use testbed_api::Backend;
 
 use super::cluster::Cluster;
 use super::declared::{run_declared, DeclaredTest};
-use super::harness::{cleanup, switch_backend, CreatedPods};
+use super::harness::{switch_backend, CreatedPods};
 use super::runner::{CheckError, CheckOutcome, Runner};
-use fixture::{remove_leftovers, setup, Fixture};
+use fixture::{cleanup_checked, remove_leftovers, setup, Fixture};
 
 /// The fake cluster answers the suite's own pods the way a lab would (a web pod serves, the memory hog is killed).
 #[cfg(test)]
@@ -70,7 +70,7 @@ pub async fn run_backend<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, on
         checks(c, r, backend, once, f, &created).await;
         run_declared(c, r, backend, declared).await;
     }
-    r.run_setup("setup", b, "test pods removed", cleanup(c, &created)).await;
+    r.run_setup("setup", b, "test pods removed", cleanup_checked(c, &created)).await;
 }
 
 /// Every check group of one backend, in report order. `once` adds the backend-independent groups.

@@ -1,6 +1,13 @@
 //! The `sandbox` group: the containers of a pod share one network namespace and talk over localhost, a pod
 //! has one IP and its own hostname, and pods share no namespace with each other or the host.
 //! Backend-independent: runs once, on the first backend.
+//!
+//! What a container shares is read twice: inside it (an exec naming it, which runs in the container's own
+//! namespaces) and on the node (`/proc/<pid>/ns/*` of the container's and the infra's processes, which no
+//! agent code stands between). The two must agree, so an exec that reads the infra instead of the container
+//! fails the check rather than passing it for a container that is elsewhere.
+
+use testbed_api::ContainerState;
 
 use super::super::cluster::Cluster;
 use super::super::harness::{evidence, nexec, pexec, succeeded, TestPod};
@@ -33,12 +40,101 @@ async fn host_ns<C: Cluster>(c: &C, node: &str) -> Result<probe::NsIds, CheckErr
     probe::parse_ns(&r.stdout).map_err(|e| CheckError::Fail(format!("node {node}: {e}")))
 }
 
-async fn shared_netns<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
-    let (web, side) = (ns_of(c, p, "web").await?, ns_of(c, p, "side").await?);
-    if web.get("net") != side.get("net") {
-        return Err(CheckError::Fail(format!("web is in {} but side in {}", web.get("net"), side.get("net"))));
+/// A process of the pod as the node sees it: its PID and namespaces.
+struct NodeView {
+    who: String,
+    pid: u32,
+    ns: Vec<String>,
+}
+
+impl NodeView {
+    fn get(&self, kind: &str) -> &str {
+        probe::NS_KINDS.iter().position(|k| *k == kind).and_then(|i| self.ns.get(i)).map_or("", String::as_str)
     }
-    Ok(format!("both containers in {}", web.get("net")))
+}
+
+/// The infra's and each container's namespaces, read on the node from /proc/<pid>/ns (infra first).
+async fn node_views<C: Cluster>(c: &C, p: &TestPod) -> Result<Vec<NodeView>, CheckError> {
+    let st = c.get_pod(&p.node, &p.name).await?;
+    let infra = st.infra_pid.ok_or_else(|| CheckError::Fail(format!("pod {} reports no infra process", p.name)))?;
+    let mut procs = vec![("infra".to_string(), infra)];
+    for ct in &st.containers {
+        match ct.state {
+            ContainerState::Running { pid } => procs.push((ct.name.clone(), pid)),
+            ref other => return Err(CheckError::Fail(format!("{}/{} is not running: {other:?}", p.name, ct.name))),
+        }
+    }
+    let links: Vec<String> =
+        procs.iter().flat_map(|(_, pid)| probe::NS_KINDS.iter().map(move |k| format!("/proc/{pid}/ns/{k}"))).collect();
+    let cmd = format!("readlink {}", links.join(" "));
+    let r = nexec(c, &p.node, &cmd).await?;
+    let lines: Vec<&str> = r.stdout.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if r.exit_code != 0 || lines.len() != links.len() {
+        return Err(CheckError::Fail(format!(
+            "node {}: cannot read the pod's namespaces\n{}",
+            p.node,
+            evidence(&cmd, &r)
+        )));
+    }
+    let n = probe::NS_KINDS.len();
+    Ok(procs
+        .into_iter()
+        .zip(lines.chunks(n))
+        .map(|((who, pid), ns)| NodeView { who, pid, ns: ns.iter().map(|s| s.to_string()).collect() })
+        .collect())
+}
+
+/// Reads each container's namespaces and hostname through an exec naming it, and checks that the exec ran
+/// where the container's process is (every namespace the node shows for it). Returns the node's views (infra
+/// first) and each container's hostname.
+async fn inside_containers<C: Cluster>(c: &C, p: &TestPod) -> Result<(Vec<NodeView>, Vec<String>), CheckError> {
+    let views = node_views(c, p).await?;
+    let mut hostnames = Vec::new();
+    for v in &views[1..] {
+        let inside = ns_of(c, p, &v.who).await?;
+        for kind in probe::NS_KINDS {
+            if inside.get(kind) != v.get(kind) {
+                return Err(CheckError::Fail(format!(
+                    "an exec into {}/{} does not run in the container's namespaces: it is in {}, the container's \
+                     process {} in {}",
+                    p.name,
+                    v.who,
+                    inside.get(kind),
+                    v.pid,
+                    v.get(kind)
+                )));
+            }
+        }
+        hostnames.push(inside.hostname);
+    }
+    Ok((views, hostnames))
+}
+
+/// `who pid: kind` of every view, for a report.
+fn listing(views: &[NodeView], kind: &str) -> String {
+    views.iter().map(|v| format!("{} (pid {}): {}", v.who, v.pid, v.get(kind))).collect::<Vec<_>>().join(", ")
+}
+
+/// Every container in the infra's `kind` namespace.
+fn all_in_infras(views: &[NodeView], kind: &str) -> CheckOutcome {
+    let infra = views[0].get(kind);
+    let out: Vec<&str> = views[1..].iter().filter(|v| v.get(kind) != infra).map(|v| v.who.as_str()).collect();
+    if !out.is_empty() {
+        return Err(CheckError::Fail(format!(
+            "{} not in the pod's {kind} namespace\n{}",
+            out.join(", "),
+            listing(views, kind)
+        )));
+    }
+    Ok(listing(views, kind))
+}
+
+async fn shared_netns<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
+    let (views, _) = inside_containers(c, p).await?;
+    if views.len() < 3 {
+        return Err(CheckError::Infra(format!("pod {} needs two containers for this check", p.name)));
+    }
+    all_in_infras(&views, "net")
 }
 
 async fn localhost<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
@@ -77,9 +173,16 @@ async fn isolation<C: Cluster>(c: &C, f: &Fixture, kind: &str) -> CheckOutcome {
 }
 
 async fn hostname<C: Cluster>(c: &C, p: &TestPod) -> CheckOutcome {
-    let ns = ns_of(c, p, "web").await?;
-    if ns.hostname != p.name {
-        return Err(CheckError::Fail(format!("hostname is `{}`, expected `{}`", ns.hostname, p.name)));
+    let (views, hostnames) = inside_containers(c, p).await?;
+    let wrong: Vec<String> = views[1..]
+        .iter()
+        .zip(&hostnames)
+        .filter(|(_, h)| **h != p.name)
+        .map(|(v, h)| format!("{} has `{h}`", v.who))
+        .collect();
+    if !wrong.is_empty() {
+        return Err(CheckError::Fail(format!("hostname should be `{}`: {}", p.name, wrong.join(", "))));
     }
-    Ok(format!("hostname {}", ns.hostname))
+    let uts = all_in_infras(&views, "uts")?;
+    Ok(format!("hostname {} in every container\n{uts}", p.name))
 }
