@@ -200,9 +200,9 @@ pub async fn cmd_doctor(ui: &Ui, _a: DoctorArgs) -> CliResult {
                 doctor::Status::Warn => "warn",
                 doctor::Status::Fail => "FAIL",
             };
-            let _ = writeln!(out, "{tag} {:<11} {}", c.name, c.detail);
+            let _ = writeln!(out, "{tag} {:<13} {}", c.name, c.detail);
             if let (Some(fix), true) = (&c.fix, c.status != doctor::Status::Ok) {
-                let _ = writeln!(out, "     {:<11} fix: {fix}", "");
+                let _ = writeln!(out, "     {:<13} fix: {fix}", "");
             }
         }
     }
