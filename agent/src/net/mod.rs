@@ -353,12 +353,9 @@ impl Worker {
         self.spec.as_ref().ok_or_else(|| NetError::NotReady("no NodeSpec applied yet (PUT /v1/node first)".into()))
     }
 
-    /// `check`: ask `infra_check` whether `infra_pid` is still the pod's infra (PIDs from records).
-    async fn attach(&mut self, pod: &str, infra_pid: u32, check: bool) -> Result<PodAttachment, NetError> {
-        let spec = self.spec()?;
-        let subnet = spec.pod_subnet.trunc();
-        let mtu = spec.backend.pod_mtu(spec.underlay.mtu);
-        let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    /// The pod's network namespace through its infra process. Opened before the check, so that the fd is the
+    /// namespace of the process that `infra_check` then vouches for, even if the PID is reused right after.
+    fn open_pod_netns(&self, pod: &str, infra_pid: u32, check: bool) -> Result<OwnedFd, NetError> {
         let ns_path = format!("/proc/{infra_pid}/ns/net");
         let netns = OwnedFd::from(
             std::fs::File::open(&ns_path).map_err(|e| NetError::io(format!("pod {pod}: open {ns_path}"), e))?,
@@ -366,6 +363,16 @@ impl Worker {
         if check && !(self.infra_check)(infra_pid, pod) {
             return Err(NetError::InfraGone(infra_pid));
         }
+        Ok(netns)
+    }
+
+    /// `check`: ask `infra_check` whether `infra_pid` is still the pod's infra (PIDs from records).
+    async fn attach(&mut self, pod: &str, infra_pid: u32, check: bool) -> Result<PodAttachment, NetError> {
+        let spec = self.spec()?;
+        let subnet = spec.pod_subnet.trunc();
+        let mtu = spec.backend.pod_mtu(spec.underlay.mtu);
+        let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        let netns = self.open_pod_netns(pod, infra_pid, check)?;
         let ip = self.ipam.allocate(pod, subnet)?;
         let host_veth = host_veth_name(pod);
         let addr = Ipv4Net::new(ip, subnet.prefix_len()).map_err(|e| NetError::Ipam(e.to_string()))?;
@@ -468,13 +475,7 @@ impl Worker {
         from: u32,
         to: u32,
     ) -> Result<String, NetError> {
-        let ns_path = format!("/proc/{pid}/ns/net");
-        let netns = OwnedFd::from(
-            std::fs::File::open(&ns_path).map_err(|e| NetError::io(format!("pod {pod}: open {ns_path}"), e))?,
-        );
-        if !(self.infra_check)(pid, pod) {
-            return Err(NetError::InfraGone(pid));
-        }
+        let netns = self.open_pod_netns(pod, pid, true)?;
         let mut pod_sock = RtSocket::open_in(netns.as_fd(), self.home_ns.as_fd())?;
         if to < from {
             netlink::set_pod_eth0_mtu(&mut pod_sock, to)?;

@@ -74,7 +74,7 @@ async fn df_at_mtu<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, mtu: u32) ->
 async fn df_above_mtu<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, mtu: u32) -> CheckOutcome {
     let cmd = probe::ping_df(to.ip, mtu - 27);
     let r = pexec(c, from, None, &cmd, 30).await?;
-    refused_naming_mtu(&cmd, &r.exit_code, &format!("{}{}", r.stdout, r.stderr), r.timed_out, mtu)
+    refused_naming_mtu(&cmd, r.exit_code, &format!("{}{}", r.stdout, r.stderr), r.timed_out, mtu)
 }
 
 /// From the node's root namespace, whose own underlay NIC would take a bigger packet, the route to the remote
@@ -83,12 +83,12 @@ async fn df_above_mtu<C: Cluster>(c: &C, from: &TestPod, to: &TestPod, mtu: u32)
 async fn node_route_refuses_above_mtu<C: Cluster>(c: &C, node: &NodeInfo, to: &TestPod, mtu: u32) -> CheckOutcome {
     let cmd = probe::ping_df(to.ip, mtu - 27);
     let r = nexec(c, &node.name, &cmd).await?;
-    refused_naming_mtu(&cmd, &r.exit_code, &format!("{}{}", r.stdout, r.stderr), false, mtu)
+    refused_naming_mtu(&cmd, r.exit_code, &format!("{}{}", r.stdout, r.stderr), false, mtu)
 }
 
-fn refused_naming_mtu(cmd: &str, code: &i32, out: &str, timed_out: bool, mtu: u32) -> CheckOutcome {
+fn refused_naming_mtu(cmd: &str, code: i32, out: &str, timed_out: bool, mtu: u32) -> CheckOutcome {
     let ev = format!("$ {cmd}\nexit {code}\n{}", out.trim());
-    if *code == 0 || out.contains(" bytes from ") {
+    if code == 0 || out.contains(" bytes from ") {
         return Err(CheckError::Fail(format!("a {}-byte DF packet got through an MTU of {mtu}\n{ev}", mtu + 1)));
     }
     if timed_out {
