@@ -7,12 +7,14 @@
 // Cargo.toml cannot be combined with crate-local lints, so the lint is set here.)
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod node;
 pub mod objects;
 pub mod pod;
 pub mod results;
 pub mod validate;
 
+pub use cluster::ControlPlaneJoin;
 pub use node::*;
 pub use pod::*;
 
