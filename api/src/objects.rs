@@ -118,6 +118,12 @@ pub struct NodeStatus {
     /// `Ready` and the pressure conditions, as the kubelet reports them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// What the node has: `cpu` (cores) and `memory` (`Ki`), as the kubelet reads them from the machine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, String>,
+    /// What pods may use of it (testbed reserves nothing, so the same as `capacity`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocatable: BTreeMap<String, String>,
 }
 
 /// One entry of a Node's `status.addresses`.
@@ -250,6 +256,74 @@ pub struct PodStatus {
     /// A sentence about the phase, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// One entry per container of the spec, in its order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+/// One entry of a Pod's `status.containerStatuses`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name from the spec.
+    pub name: String,
+    /// The container runs (testbed has no readiness probes: running is ready).
+    #[serde(default)]
+    pub ready: bool,
+    /// How many times the node's agent started the container again after it exited.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// The image as the spec names it (testbed runs the guest's programs, see [`Container::image`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Exactly one of `waiting`, `running`, `terminated`.
+    #[serde(default)]
+    pub state: ContainerState,
+}
+
+/// `state` of a [`ContainerStatus`]: one of its fields is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    /// Not running yet, or between restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<ContainerStateWaiting>,
+    /// The process is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<ContainerStateRunning>,
+    /// The process exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<ContainerStateTerminated>,
+}
+
+/// `state.waiting` of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateWaiting {
+    /// `ContainerCreating`, `CrashLoopBackOff`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `state.running` of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateRunning {
+    /// RFC 3339 time the node's agent first saw it running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// `state.terminated` of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateTerminated {
+    /// The exit code, or 128 + the signal that killed it.
+    #[serde(default)]
+    pub exit_code: i32,
+    /// `Completed`, `Error` or `OOMKilled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `coordination.k8s.io/v1 Lease`: a holder and a renewal time (node heartbeats, subnet leases).

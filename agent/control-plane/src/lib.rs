@@ -8,6 +8,7 @@
 //! served and where it is kept).
 
 pub mod apiserver;
+pub mod client;
 mod kubeconfig;
 mod meta;
 pub mod resources;

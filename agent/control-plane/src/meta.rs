@@ -17,6 +17,14 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
+/// Now as RFC 3339 in UTC with microseconds (`2026-11-29T08:00:00.123456Z`), Kubernetes' `MicroTime`
+/// (a Lease's `renewTime`).
+pub fn now_rfc3339_micro() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let whole = rfc3339(now.as_secs());
+    format!("{}.{:06}Z", whole.trim_end_matches('Z'), now.subsec_micros())
+}
+
 fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;

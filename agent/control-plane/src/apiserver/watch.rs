@@ -115,8 +115,8 @@ fn event_line(event: Event, filter: &Filter) -> Option<bytes::Bytes> {
 }
 
 /// `labelSelector` (equality: `a=b`, `a==b`, `a!=b`, existence: `a`, `!a`) and `fieldSelector`
-/// (`metadata.name`, `metadata.namespace`, with `=`/`==`/`!=`): what kubectl's `-l`, `--field-selector` and
-/// its wait-for-deletion use. Set-based selectors (`in`, `notin`) are refused with 400.
+/// (`metadata.name`, `metadata.namespace`, and a pod's `spec.nodeName`, with `=`/`==`/`!=`): what kubectl's
+/// `-l`, `--field-selector` and its wait-for-deletion use, and what a node agent watches its pods with. Set-based selectors (`in`, `notin`) are refused with 400.
 #[derive(Debug, Default, Clone)]
 struct Filter {
     labels: Vec<Requirement>,
@@ -147,6 +147,8 @@ impl Filter {
         let field = |k: &str| match k {
             "metadata.name" => Some(meta_str(obj, "name")),
             "metadata.namespace" => Some(meta_str(obj, "namespace")),
+            // An unbound pod has none: it matches `spec.nodeName=` (Kubernetes' "not yet scheduled").
+            "spec.nodeName" => Some(obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("")),
             _ => None,
         };
         self.labels.iter().all(|r| r.holds(label)) && self.fields.iter().all(|r| r.holds(field))
@@ -155,7 +157,7 @@ impl Filter {
 
 impl Requirement {
     fn parse(term: &str, fields: bool) -> Option<Self> {
-        let known = |k: &str| !fields || matches!(k, "metadata.name" | "metadata.namespace");
+        let known = |k: &str| !fields || matches!(k, "metadata.name" | "metadata.namespace" | "spec.nodeName");
         let req = if let Some((k, v)) = term.split_once("!=") {
             Self::NotEquals(k.trim().into(), v.trim().into())
         } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
