@@ -6,6 +6,7 @@
 
 mod bench;
 mod cgroups;
+mod kubelet;
 mod net;
 mod pod;
 mod qos;
@@ -162,10 +163,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let agent = pod::Agent::new(cfg, cgroups).await.context("starting the runtime")?;
     agent.restore().await;
     tokio::spawn(Arc::clone(&agent).reconcile_loop());
+    // After the restore: the loop then finds the pods it created running again and leaves them be.
+    let kubelet = kubelet::Kubelet::new(Arc::clone(&agent), &args.state_dir).context("control-plane state")?;
+    kubelet.resume();
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, state_dir = %args.state_dir.display(), "testbed-agent serving");
-    axum::serve(listener, server::router(agent))
+    axum::serve(listener, server::router(agent, kubelet))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -14,8 +14,22 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use testbed_api::{ApiError, DeletePodOptions};
 
+use crate::kubelet::{Kubelet, KubeletError};
 use crate::net::NetError;
 use crate::pod::{Agent, AgentError};
+
+impl IntoResponse for KubeletError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            KubeletError::Invalid(_) => StatusCode::BAD_REQUEST,
+            KubeletError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!("{self}");
+        }
+        (status, Json(ApiError { field: None, message: self.to_string(), leaked: vec![] })).into_response()
+    }
+}
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
@@ -45,8 +59,13 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
     })
 }
 
-pub fn router(agent: Arc<Agent>) -> Router {
+pub fn router(agent: Arc<Agent>, kubelet: Arc<Kubelet>) -> Router {
+    // The control-plane routes have the kubelet as their state; merged, they share the fallback.
+    let control_plane = Router::new()
+        .route("/v1/control-plane", get(get_control_plane).put(put_control_plane).delete(delete_control_plane))
+        .with_state(kubelet);
     Router::new()
+        .merge(control_plane)
         .route("/healthz", get(health))
         .route("/v1/node", get(get_node).put(put_node))
         .route("/v1/pods", get(list_pods).post(create_pod))
@@ -60,6 +79,22 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 async fn health(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     Json(agent.health())
+}
+
+async fn get_control_plane(State(kubelet): State<Arc<Kubelet>>) -> impl IntoResponse {
+    Json(kubelet.status())
+}
+
+/// Stores the join and follows it; answers the loop's state (not yet connected, usually).
+async fn put_control_plane(State(kubelet): State<Arc<Kubelet>>, body: Bytes) -> Result<impl IntoResponse, Response> {
+    let join = parse(&body).map_err(IntoResponse::into_response)?;
+    kubelet.join(join).map_err(IntoResponse::into_response)?;
+    Ok(Json(kubelet.status()))
+}
+
+async fn delete_control_plane(State(kubelet): State<Arc<Kubelet>>) -> Result<StatusCode, KubeletError> {
+    kubelet.leave()?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_node(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

@@ -17,3 +17,26 @@ pub struct ControlPlaneJoin {
     /// The name of this node's Node object (the topology's node name).
     pub node_name: String,
 }
+
+/// `GET /v1/control-plane`: whether the agent follows a lab's API server and how that goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlaneStatus {
+    /// A join is stored and the follow loop runs (`PUT` starts it, `DELETE` stops it).
+    pub following: bool,
+    /// The Node object the agent keeps (the join's `node_name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The API server the loop last talked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The loop's last request to the API server succeeded.
+    pub connected: bool,
+    /// Why the loop last lost the API server (kept until it is reached again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the node Lease's last renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    /// API pods bound to this node that the agent runs (node-local pods are not counted).
+    pub pods: usize,
+}

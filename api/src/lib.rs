@@ -14,7 +14,7 @@ pub mod pod;
 pub mod results;
 pub mod validate;
 
-pub use cluster::ControlPlaneJoin;
+pub use cluster::{ControlPlaneJoin, ControlPlaneStatus};
 pub use node::*;
 pub use pod::*;
 

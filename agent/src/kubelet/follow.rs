@@ -1,0 +1,304 @@
+//! The follow loop: one session per connection to the API server. A session registers the Node, renews the
+//! Lease, lists and watches the pods bound here (`list_watch` re-lists after a 410), converges the node's
+//! pods to them (`diff::plan`; creates and deletes run in tasks of their own, so they finish even when the
+//! session ends) and writes pod status back when it changes. Any API error ends the session; pods and
+//! network stay as they are, and the next session, after a capped back-off, registers and lists again,
+//! which applies whatever changed meanwhile.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use testbed_api::objects::{NodeStatus, Pod, PodStatus};
+use testbed_api::{ControlPlaneStatus, PodPhase};
+use testbed_control_plane::client::{list_watch, now_rfc3339, paths, Change, Client, ClientError, WatchEvent};
+
+use super::diff::{self, Action, Owner, PodKey, Wanted};
+use super::node::{self, Machine, NodeView};
+use super::owned::Owned;
+use super::status::{self, Note};
+use super::{lock, tasks::Tasks};
+use crate::pod::Agent;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// A control plane that is down is asked again at least this often (the kubelet's cap is 7 s for its
+/// node status; 10 s keeps a lab that lost its API server quiet without slowing its return much).
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the runtime's pod states are compared with what the API was told (a container that exited,
+/// a restart). An in-memory read; writes happen only on a change.
+const STATUS_SYNC: Duration = Duration::from_millis(500);
+/// A full pass even without events: retries failed creates and catches a pod that was moved to another
+/// node by an update (the watch's field selector then no longer shows it at all).
+const RESYNC: Duration = Duration::from_secs(30);
+/// Status writes in flight at once (100 pods turning Running together).
+const WRITERS: usize = 8;
+
+/// What a loop is given.
+pub struct Follower {
+    pub agent: Arc<Agent>,
+    pub api: Arc<Client>,
+    pub node: String,
+    pub owned: Arc<Owned>,
+    pub shared: Arc<Mutex<ControlPlaneStatus>>,
+    pub tasks: Tasks,
+}
+
+impl Follower {
+    pub fn into_loop(self) -> Loop {
+        Loop {
+            f: self,
+            machine: Machine::read(),
+            pods: BTreeMap::new(),
+            blocked: HashMap::new(),
+            written: HashMap::new(),
+            node_status: None,
+            node_written: None,
+            node_spec: None,
+            host_ip: None,
+            reached: false,
+        }
+    }
+}
+
+pub struct Loop {
+    f: Follower,
+    machine: Machine,
+    /// The API pods bound here, as last listed or watched.
+    pods: BTreeMap<PodKey, Pod>,
+    blocked: HashMap<PodKey, String>,
+    /// The status last written per pod (uid, status).
+    written: HashMap<PodKey, (String, PodStatus)>,
+    /// The Node status last written, and when (a new session writes it at once).
+    node_status: Option<NodeStatus>,
+    node_written: Option<Instant>,
+    node_spec: Option<testbed_api::objects::NodeSpec>,
+    host_ip: Option<String>,
+    reached: bool,
+}
+
+impl Loop {
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let error = match self.session().await {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            tracing::warn!(error = %error, "control plane: session ended; pods and network stay as they are");
+            {
+                let mut s = lock(&self.f.shared);
+                s.connected = false;
+                s.last_error = Some(error.to_string());
+            }
+            if std::mem::take(&mut self.reached) {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn session(&mut self) -> Result<std::convert::Infallible, ClientError> {
+        self.node_spec = None;
+        self.node_written = None;
+        self.node_heartbeat().await?;
+        self.renew_lease().await?;
+        self.reached = true;
+        {
+            let mut s = lock(&self.f.shared);
+            s.connected = true;
+            s.last_error = None;
+            s.server = Some(self.f.api.server().to_string());
+        }
+        let selector = format!("spec.nodeName={}", self.f.node);
+        let mut changes = list_watch::<Pod>(self.f.api.clone(), &paths::pods(None), &[("fieldSelector", &selector)]);
+        let done = self.f.tasks.done.clone();
+        let mut lease = tokio::time::interval(node::LEASE_RENEW);
+        let mut sync = tokio::time::interval(STATUS_SYNC);
+        let mut resync = tokio::time::interval(RESYNC);
+        for tick in [&mut lease, &mut sync, &mut resync] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.reset();
+        }
+        loop {
+            tokio::select! {
+                change = changes.next() => {
+                    match change {
+                        Some(Ok(change)) => self.apply(change),
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(ClientError::Unreachable("the pod watch ended".into())),
+                    }
+                    self.reconcile();
+                }
+                _ = done.notified() => {
+                    self.reconcile();
+                    self.sync_statuses().await?;
+                }
+                _ = lease.tick() => {
+                    self.renew_lease().await?;
+                    self.node_heartbeat().await?;
+                }
+                _ = sync.tick() => self.sync_statuses().await?,
+                _ = resync.tick() => self.reconcile(),
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change<Pod>) {
+        let key = |p: &Pod| PodKey {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone(),
+        };
+        match change {
+            Change::Listed(pods) => self.pods = pods.into_iter().map(|p| (key(&p), p)).collect(),
+            Change::Event(WatchEvent::Added(p) | WatchEvent::Modified(p)) => {
+                if p.spec.node_name.as_deref() == Some(self.f.node.as_str()) {
+                    self.pods.insert(key(&p), p);
+                } else {
+                    self.pods.remove(&key(&p));
+                }
+            }
+            Change::Event(WatchEvent::Deleted(p)) => {
+                let k = key(&p);
+                if self.pods.get(&k).is_some_and(|mine| mine.metadata.uid == p.metadata.uid) {
+                    self.pods.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Decides and starts the creates and deletes that bring the node to the API's pods.
+    fn reconcile(&mut self) {
+        let owned = self.f.owned.snapshot();
+        let wanted: BTreeMap<PodKey, Wanted> = self
+            .pods
+            .iter()
+            .filter(|(k, p)| {
+                // A finished pod is not started again (the kubelet's rule), unless the node still runs it.
+                let finished =
+                    matches!(p.status.as_ref().and_then(|s| s.phase), Some(PodPhase::Succeeded | PodPhase::Failed));
+                !finished || owned.get(&k.name).is_some_and(|o| o.key == **k)
+            })
+            .map(|(k, p)| {
+                let grace_secs = p.spec.termination_grace_period_seconds.and_then(|g| u64::try_from(g).ok());
+                let wanted =
+                    Wanted { uid: p.metadata.uid.clone().unwrap_or_default(), spec: p.to_agent_spec(), grace_secs };
+                (k.clone(), wanted)
+            })
+            .collect();
+        let on_node: BTreeSet<String> = self.f.agent.list_pods().into_iter().map(|p| p.name).collect();
+        let busy = self.f.tasks.busy();
+        let rejected: HashSet<String> = self.f.tasks.rejected().into_keys().collect();
+        let actions = diff::plan(&diff::Inputs {
+            wanted: &wanted,
+            owned: &owned,
+            on_node: &on_node,
+            busy: &busy,
+            rejected: &rejected,
+        });
+        self.blocked.clear();
+        for action in actions {
+            match action {
+                Action::Create { key, wanted } => {
+                    let owner = Owner { key, uid: wanted.uid.clone(), grace_secs: wanted.grace_secs };
+                    self.f.tasks.create(&self.f.agent, &self.f.owned, owner, wanted);
+                }
+                Action::Delete { name, grace_secs } => {
+                    self.f.tasks.delete(&self.f.agent, &self.f.owned, name, grace_secs)
+                }
+                Action::Blocked { key, reason } => {
+                    self.blocked.insert(key, reason);
+                }
+            }
+        }
+        lock(&self.f.shared).pods = owned.len();
+    }
+
+    /// Writes the status of every pod whose computed status differs from the one last written.
+    async fn sync_statuses(&mut self) -> Result<(), ClientError> {
+        let node_pods: HashMap<String, testbed_api::PodStatus> =
+            self.f.agent.list_pods().into_iter().map(|p| (p.name.clone(), p)).collect();
+        let owned = self.f.owned.snapshot();
+        let rejected = self.f.tasks.rejected();
+        let now = now_rfc3339();
+        let mut writes = Vec::new();
+        for (key, pod) in &self.pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let ours = owned.get(&key.name).is_some_and(|o| o.key == *key && o.uid == uid);
+            let on_node = if ours { node_pods.get(&key.name) } else { None };
+            let note = match (rejected.get(&uid), self.blocked.get(key)) {
+                (Some(m), _) => Some(Note::Rejected(m.clone())),
+                (None, Some(m)) => Some(Note::Blocked(m.clone())),
+                (None, None) => None,
+            };
+            let prev = self.written.get(key).filter(|(u, _)| *u == uid).map(|(_, s)| s).or(pod.status.as_ref());
+            let Some(new) = status::compute(pod, on_node, note.as_ref(), self.host_ip.as_deref(), prev, &now) else {
+                continue;
+            };
+            if prev != Some(&new) {
+                writes.push((key.clone(), uid, new));
+            }
+        }
+        let api = &self.f.api;
+        let results: Vec<_> = futures::stream::iter(writes)
+            .map(|(key, uid, new)| async move {
+                let r = api.patch_pod_status(&key.namespace, &key.name, &status::patch_body(&new)).await;
+                (key, uid, new, r)
+            })
+            .buffer_unordered(WRITERS)
+            .collect()
+            .await;
+        for (key, uid, new, result) in results {
+            match result {
+                Ok(_) => {
+                    self.written.insert(key, (uid, new));
+                }
+                // Deleted meanwhile: the watch tells.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let pods = &self.pods;
+        self.written.retain(|k, _| pods.contains_key(k));
+        Ok(())
+    }
+
+    async fn renew_lease(&mut self) -> Result<(), ClientError> {
+        let at = node::renew_lease(&self.f.api, &self.f.node).await?;
+        lock(&self.f.shared).last_heartbeat = Some(at);
+        Ok(())
+    }
+
+    /// Registers the Node when its spec is not known to be current, and writes its status when it changed
+    /// or `NODE_STATUS_PERIOD` passed.
+    async fn node_heartbeat(&mut self) -> Result<(), ClientError> {
+        let st = self.f.agent.node_status().await;
+        let view = NodeView {
+            name: &self.f.node,
+            spec: st.spec.as_ref(),
+            converged: st.converged,
+            last_error: st.last_error.as_deref(),
+        };
+        self.host_ip = st.spec.as_ref().map(|s| s.underlay.address.to_string());
+        let spec = node::spec_of(&view);
+        if self.node_spec.as_ref() != Some(&spec) {
+            let held = node::register(&self.f.api, &self.f.node, &spec).await?;
+            self.node_spec = Some(spec);
+            // What the API holds dates the Ready condition's last transition.
+            if self.node_status.is_none() {
+                self.node_status = held;
+            }
+        }
+        let prev = self.node_status.as_ref();
+        let new = node::status_of(&view, &self.machine, prev, &now_rfc3339());
+        let due = self.node_written.is_none_or(|at| at.elapsed() >= node::NODE_STATUS_PERIOD)
+            || prev.is_none_or(|p| node::changed(p, &new));
+        if due {
+            self.f.api.patch_node_status(&self.f.node, &serde_json::to_value(&new).unwrap_or_default()).await?;
+            self.node_status = Some(new);
+            self.node_written = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
