@@ -1,0 +1,213 @@
+//! The kubelet role with the real parts (`kubelet_lab`): API pods become real pods on the node through the
+//! follow loop, their status reaches the API, deletion removes them; with the API server away pods stay and
+//! the changes made meanwhile apply when it is back; an agent restart disturbs nothing. Skipped unless root.
+//! `kubelet_create_to_running_latency` (ignored: a benchmark) measures API create -> Running.
+
+#![allow(clippy::unwrap_used)]
+
+mod kubelet_lab;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use testbed_api::objects::{Container, Lease, Node, ObjectMeta, Pod, PodSpec};
+use testbed_api::PodPhase;
+use testbed_control_plane::client::{list_watch, paths, Change, Client, WatchEvent};
+use testbed_test_support::agent_http::request as http;
+use testbed_test_support::host::is_root;
+
+use kubelet_lab::{wait_for, Cluster, API_PORT, NODE, SIDE_API_PORT};
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn api_pod(name: &str) -> Pod {
+    Pod {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        metadata: ObjectMeta { name: name.into(), namespace: Some("default".into()), ..Default::default() },
+        spec: PodSpec {
+            containers: vec![Container {
+                name: "main".into(),
+                command: vec!["sleep".into(), "3600".into()],
+                ..Default::default()
+            }],
+            node_name: Some(NODE.into()),
+            termination_grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+fn get_pod(c: &Cluster, api: &Client, name: &str) -> Option<Pod> {
+    c.rt.block_on(api.get::<Pod>(&paths::pod("default", name))).ok()
+}
+
+/// Waits until the API pod's status satisfies `done`; answers it.
+fn wait_api_pod(c: &Cluster, api: &Client, name: &str, done: impl Fn(&Pod) -> bool) -> Pod {
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        last = get_pod(c, api, name);
+        if last.as_ref().is_some_and(&done) {
+            return last.unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("API pod {name}: not as expected within 30 s: {last:?}\nagent log:\n{}", c.agent_log());
+}
+
+fn running(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| s.phase == Some(PodPhase::Running) && s.pod_ip.is_some())
+}
+
+fn node_pod(name: &str) -> (u16, Value) {
+    http("GET", &format!("/v1/pods/{name}"), None)
+}
+
+fn control_plane() -> Value {
+    http("GET", "/v1/control-plane", None).1
+}
+
+#[test]
+fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
+    require_root!();
+    let c = Cluster::start("kbl-run");
+    let api = c.client(API_PORT);
+    let static_pod = json!({"name": "static", "containers": [{"name": "c", "command": ["sleep", "3600"]}]});
+    let (code, body) = http("POST", "/v1/pods", Some(static_pod));
+    assert_eq!(code, 201, "{body}");
+    let static_infra = body["infra_pid"].clone();
+
+    c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("web"))).unwrap();
+    let web = wait_api_pod(&c, &api, "web", running);
+    let st = web.status.unwrap();
+    let (code, on_node) = node_pod("web");
+    assert_eq!(code, 200, "{on_node}");
+    assert_eq!(on_node["ip"].as_str(), st.pod_ip.as_deref(), "podIP is the node pod's address");
+    assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "True", "{:?}", st.conditions);
+    assert!(st.container_statuses[0].state.running.is_some(), "{:?}", st.container_statuses);
+
+    // The Node, its Lease and the loop's own state.
+    let node: Node = c.rt.block_on(api.get(&paths::node(NODE))).unwrap();
+    let ns = node.status.unwrap();
+    assert_eq!(node.spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
+    assert!(ns.addresses.iter().any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"), "{:?}", ns.addresses);
+    assert_eq!(ns.conditions[0].status, "True", "{:?}", ns.conditions);
+    assert!(ns.capacity.contains_key("cpu") && ns.capacity.contains_key("memory"), "{:?}", ns.capacity);
+    let lease: Lease = c.rt.block_on(api.get(&paths::lease("kube-node-lease", NODE))).unwrap();
+    assert_eq!((lease.spec.holder_identity.as_deref(), lease.spec.lease_duration_seconds), (Some(NODE), Some(40)));
+    assert!(lease.spec.renew_time.is_some());
+    let cp = control_plane();
+    assert_eq!(
+        (cp["following"].as_bool(), cp["connected"].as_bool(), cp["pods"].as_u64()),
+        (Some(true), Some(true), Some(1)),
+        "{cp}"
+    );
+
+    // An API pod named like the node-local pod is refused a place; the node-local pod is untouched.
+    c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("static"))).unwrap();
+    let blocked = wait_api_pod(&c, &api, "static", |p| p.status.as_ref().is_some_and(|s| s.message.is_some()));
+    assert!(blocked.status.unwrap().message.unwrap().contains("node-local"));
+
+    c.rt.block_on(api.delete(&paths::pod("default", "web"))).unwrap();
+    wait_for("web leaving the node", 30, || node_pod("web").0 == 404);
+    c.rt.block_on(api.delete(&paths::pod("default", "static"))).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, still) = node_pod("static");
+    assert_eq!((code, &still["infra_pid"]), (200, &static_infra), "the node-local pod stays as it was");
+}
+
+#[test]
+fn api_down_pods_stay_and_changes_apply_when_it_returns() {
+    require_root!();
+    let mut c = Cluster::start("kbl-down");
+    let api = c.client(API_PORT);
+    let side = c.client(SIDE_API_PORT);
+    c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("a"))).unwrap();
+    wait_api_pod(&c, &api, "a", running);
+    let a_infra = node_pod("a").1["infra_pid"].clone();
+
+    c.apiserver.kill();
+    wait_for("the loop noticing", 30, || control_plane()["connected"] == json!(false));
+    assert!(control_plane()["last_error"].is_string());
+    // Meanwhile, through an API server the node does not follow: b created, a deleted.
+    c.rt.block_on(side.create(&paths::pods(Some("default")), &api_pod("b"))).unwrap();
+    c.rt.block_on(side.delete(&paths::pod("default", "a"))).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(node_pod("a").1["infra_pid"], a_infra, "a keeps running while the API is away");
+    assert_eq!(node_pod("b").0, 404);
+
+    c.apiserver = c.start_apiserver(API_PORT);
+    wait_api_pod(&c, &side, "b", running);
+    wait_for("a leaving the node", 30, || node_pod("a").0 == 404);
+
+    // An agent restart: the stored join is followed again and b is left as it runs.
+    let before = node_pod("b").1;
+    let rv = get_pod(&c, &side, "b").unwrap().metadata.resource_version;
+    c.agent.kill();
+    c.start_agent();
+    wait_for("the restarted agent following", 30, || control_plane()["connected"] == json!(true));
+    std::thread::sleep(Duration::from_secs(2));
+    let after = node_pod("b").1;
+    assert_eq!((&after["infra_pid"], &after["containers"]), (&before["infra_pid"], &before["containers"]));
+    assert_eq!(get_pod(&c, &side, "b").unwrap().metadata.resource_version, rv, "no status rewrite either");
+}
+
+/// `cargo test -p testbed-agent --test kubelet_real -- --ignored --nocapture latency`, as root;
+/// `TESTBED_KUBELET_PODS` pods (100 by default) created through the API in one burst, each timed from its
+/// create request to the watch event that shows it Running with a podIP.
+#[test]
+#[ignore = "benchmark"]
+fn kubelet_create_to_running_latency() {
+    require_root!();
+    let n: usize = std::env::var("TESTBED_KUBELET_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let c = Cluster::start("kbl-bench");
+    let api = c.client(API_PORT);
+    let latencies = c.rt.block_on(async {
+        let mut changes = list_watch::<Pod>(api.clone(), &paths::pods(None), &[]);
+        assert!(matches!(changes.next().await, Some(Ok(Change::Listed(_)))));
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (creator, sent_by_creator) = (api.clone(), sent.clone());
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for i in 0..n {
+                let name = format!("p{i}");
+                sent_by_creator.lock().unwrap().insert(name.clone(), Instant::now());
+                creator.create(&paths::pods(Some("default")), &api_pod(&name)).await.unwrap();
+            }
+        });
+        let mut seen = HashMap::new();
+        while seen.len() < n {
+            let change = tokio::time::timeout(Duration::from_secs(120), changes.next()).await.expect("progress");
+            if let Some(Ok(Change::Event(WatchEvent::Modified(p)))) = change {
+                if running(&p) && !seen.contains_key(&p.metadata.name) {
+                    let t0 = sent.lock().unwrap()[&p.metadata.name];
+                    seen.insert(p.metadata.name.clone(), t0.elapsed());
+                }
+            }
+        }
+        eprintln!("{n} pods Running {:.2} s after the first create", start.elapsed().as_secs_f64());
+        let mut l: Vec<Duration> = seen.into_values().collect();
+        l.sort();
+        l
+    });
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    eprintln!(
+        "API create -> Running, {n} pods: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        latencies[latencies.len() - 1].as_secs_f64() * 1e3
+    );
+}
