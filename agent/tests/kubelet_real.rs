@@ -121,12 +121,24 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
     let blocked = wait_api_pod(&c, &api, "static", |p| p.status.as_ref().is_some_and(|s| s.message.is_some()));
     assert!(blocked.status.unwrap().message.unwrap().contains("node-local"));
 
+    // A join that cannot be followed is refused and the loop goes on with the one it has.
+    let bad = json!({"servers": ["https://127.0.0.1:1"], "ca_pem": "no PEM", "token": "t", "node_name": NODE});
+    assert_eq!(http("PUT", "/v1/control-plane", Some(bad)).0, 400);
+    assert_eq!(control_plane()["connected"], json!(true));
+
     c.rt.block_on(api.delete(&paths::pod("default", "web"))).unwrap();
     wait_for("web leaving the node", 30, || node_pod("web").0 == 404);
     c.rt.block_on(api.delete(&paths::pod("default", "static"))).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let (code, still) = node_pod("static");
     assert_eq!((code, &still["infra_pid"]), (200, &static_infra), "the node-local pod stays as it was");
+
+    // Leaving: no loop, and an API pod created now stays off the node.
+    assert_eq!(http("DELETE", "/v1/control-plane", None).0, 204);
+    assert_eq!(control_plane()["following"], json!(false));
+    c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("late"))).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node_pod("late").0, 404);
 }
 
 #[test]
@@ -165,14 +177,16 @@ fn api_down_pods_stay_and_changes_apply_when_it_returns() {
     assert_eq!(get_pod(&c, &side, "b").unwrap().metadata.resource_version, rv, "no status rewrite either");
 }
 
-/// `cargo test -p testbed-agent --test kubelet_real -- --ignored --nocapture latency`, as root;
-/// `TESTBED_KUBELET_PODS` pods (100 by default) created through the API in one burst, each timed from its
-/// create request to the watch event that shows it Running with a podIP.
+/// `cargo test --release -p testbed-agent --test kubelet_real -- --ignored --nocapture latency`, as root;
+/// `TESTBED_KUBELET_PODS` pods (100 by default) created through the API in one burst (or one at a time, each
+/// after the previous one runs, with `TESTBED_KUBELET_ONE_BY_ONE=1`), each timed from its create request to
+/// the watch event that shows it Running with a podIP.
 #[test]
 #[ignore = "benchmark"]
 fn kubelet_create_to_running_latency() {
     require_root!();
     let n: usize = std::env::var("TESTBED_KUBELET_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let one_by_one = std::env::var("TESTBED_KUBELET_ONE_BY_ONE").is_ok_and(|v| v == "1");
     let c = Cluster::start("kbl-bench");
     let api = c.client(API_PORT);
     let latencies = c.rt.block_on(async {
@@ -181,8 +195,12 @@ fn kubelet_create_to_running_latency() {
         let sent = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
         let (creator, sent_by_creator) = (api.clone(), sent.clone());
         let start = Instant::now();
+        let (ran, mut next_please) = tokio::sync::mpsc::unbounded_channel::<()>();
         tokio::spawn(async move {
             for i in 0..n {
+                if one_by_one && i > 0 {
+                    next_please.recv().await;
+                }
                 let name = format!("p{i}");
                 sent_by_creator.lock().unwrap().insert(name.clone(), Instant::now());
                 creator.create(&paths::pods(Some("default")), &api_pod(&name)).await.unwrap();
@@ -195,6 +213,7 @@ fn kubelet_create_to_running_latency() {
                 if running(&p) && !seen.contains_key(&p.metadata.name) {
                     let t0 = sent.lock().unwrap()[&p.metadata.name];
                     seen.insert(p.metadata.name.clone(), t0.elapsed());
+                    let _ = ran.send(());
                 }
             }
         }
@@ -205,7 +224,8 @@ fn kubelet_create_to_running_latency() {
     });
     let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
     eprintln!(
-        "API create -> Running, {n} pods: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "API create -> Running, {n} pods {}: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        if one_by_one { "one by one" } else { "in a burst" },
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         latencies[latencies.len() - 1].as_secs_f64() * 1e3
