@@ -114,7 +114,18 @@ fn kubeconfig_path(args: &ClientArgs) -> Result<PathBuf, ClusterError> {
 }
 
 async fn connect(args: &ClientArgs) -> Result<Client, ClusterError> {
-    let path = kubeconfig_path(args)?;
+    client_of(&kubeconfig_path(args)?).await
+}
+
+/// A client of the API server a kubeconfig names.
+pub async fn client_of(path: &std::path::Path) -> Result<Client, ClusterError> {
+    let path = path.to_path_buf();
+    if !path.exists() {
+        return Err(ClusterError::Kubeconfig {
+            path,
+            message: "no such file (the lab's control plane is not up)".into(),
+        });
+    }
     let bad = |message: String| ClusterError::Kubeconfig { path: path.clone(), message };
     let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| bad(e.to_string()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
