@@ -1,5 +1,6 @@
 //! `testbed`: emulate a whole container cluster on real QEMU VMs.
 
+mod cluster;
 mod commands;
 mod exit;
 mod guest;
@@ -21,7 +22,8 @@ use crate::ui::{OutputFormat, Ui};
 #[derive(Debug, Parser)]
 #[command(name = "testbed", version, about = "Emulate a whole container cluster on real QEMU VMs", long_about = None)]
 struct Cli {
-    /// Output format: text for people, json for machines (data on stdout, nothing else).
+    /// Output format: text for people, json for machines (data on stdout, nothing else); `get` also takes
+    /// wide and yaml.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
     /// No progress or informational lines.
@@ -43,6 +45,14 @@ enum Command {
     Ssh(commands::SshArgs),
     /// Run a command on a node and return its exit code.
     Exec(commands::ExecArgs),
+    /// List objects of the lab's control plane (nodes, pods, leases, namespaces), as kubectl would.
+    Get(cluster::GetArgs),
+    /// Create or update the objects of Kubernetes-style YAML files in the lab's control plane.
+    Apply(cluster::ApplyArgs),
+    /// Delete objects from the lab's control plane.
+    Delete(cluster::DeleteArgs),
+    /// Show objects of the lab's control plane in detail.
+    Describe(cluster::DescribeArgs),
     /// Run a suite (conformance, perf) against a running lab and write results.
     Run(suites::RunArgs),
     /// Render a run's reports again (report.md, report.html, junit.xml), compare two runs (--compare, the
@@ -69,6 +79,10 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
         Command::Status(a) => commands::cmd_status(ui, a).await,
         Command::Ssh(a) => commands::cmd_ssh(ui, a).await,
         Command::Exec(a) => commands::cmd_exec(ui, a).await,
+        Command::Get(a) => cluster::cmd_get(ui, a).await,
+        Command::Apply(a) => cluster::cmd_apply(ui, a).await,
+        Command::Delete(a) => cluster::cmd_delete(ui, a).await,
+        Command::Describe(a) => cluster::cmd_describe(ui, a).await,
         Command::Run(a) => suites::cmd_run(ui, a).await,
         Command::Report(a) => suites::cmd_report(ui, a).await,
         Command::Validate(a) => topology::cmd_validate(ui, a),
@@ -92,6 +106,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    if matches!(cli.output, OutputFormat::Wide | OutputFormat::Yaml) && !matches!(cli.command, Command::Get(_)) {
+        eprintln!("error: --output wide and --output yaml apply to `testbed get` only");
+        return ExitCode::from(2);
+    }
     let ui = Ui::new(cli.output, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -11,6 +11,10 @@ pub enum OutputFormat {
     #[default]
     Text,
     Json,
+    /// Text with each kind's extra columns (`testbed get` only).
+    Wide,
+    /// Objects as YAML (`testbed get` only).
+    Yaml,
 }
 
 #[derive(Debug, Clone)]

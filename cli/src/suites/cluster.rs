@@ -62,6 +62,9 @@ pub trait Cluster {
     /// None when they cannot be read.
     fn host_counters(&self) -> Option<super::hostload::HostCounters>;
 
+    /// A client of the lab's API server (its kubeconfig), or why there is none.
+    fn api(&self) -> impl Future<Output = Result<kube::Client, ClusterError>>;
+
     fn node_exec(&self, node: &str, command: &str) -> impl Future<Output = Result<NodeExec, ClusterError>>;
     fn apply(&self, node: &str, spec: &NodeSpec) -> impl Future<Output = Result<ApplyResponse, ClusterError>>;
     fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus, ClusterError>>;

@@ -51,6 +51,8 @@ pub struct Faults {
     pub exec_joins_infra: bool,
     /// The agent before issue 12: a DELETE answers success but leaves the pod's veth on the node.
     pub leaky_teardown: bool,
+    /// What the agents' following of the API leaves out.
+    pub kubelet: super::fake_api::KubeletFaults,
 }
 
 #[derive(Default)]
@@ -79,6 +81,10 @@ pub struct FakeCluster {
     plan: Plan,
     pub faults: Faults,
     state: RefCell<State>,
+    /// The control plane, started on the first `api()`.
+    api: tokio::sync::OnceCell<kube::Client>,
+    /// Pods the fake kubelet runs for the API.
+    api_pods: super::fake_api::ApiPods,
 }
 
 fn nic(node: usize) -> NicPlan {
@@ -151,7 +157,13 @@ fn inode(s: &str) -> u64 {
 
 impl FakeCluster {
     pub fn new(plan: Plan, faults: Faults) -> Self {
-        let c = FakeCluster { plan, faults, state: RefCell::new(State::default()) };
+        let c = FakeCluster {
+            plan,
+            faults,
+            state: RefCell::new(State::default()),
+            api: tokio::sync::OnceCell::new(),
+            api_pods: Default::default(),
+        };
         // The topology's own pods, as `up` would have created them.
         for p in c.plan.pods.clone() {
             c.insert_pod(&p.node, &p.spec);
@@ -560,10 +572,21 @@ impl Cluster for FakeCluster {
     async fn get_pod(&self, node: &str, pod: &str) -> Result<PodStatus, ClusterError> {
         self.down(node, "GET /v1/pods")?;
         let st = self.state.borrow();
-        match st.pods.get(pod) {
-            Some((n, _, s)) if n == node => Ok(s.clone()),
+        let from_api = self.api_pods.lock().ok().and_then(|p| p.get(pod).cloned());
+        match (st.pods.get(pod), from_api) {
+            (Some((n, _, s)), _) if n == node => Ok(s.clone()),
+            (_, Some((n, ip))) if n == node => {
+                Ok(PodStatus { name: pod.to_string(), ip: Some(ip), ..api_pod_status() })
+            }
             _ => Err(ClusterError::new(node, &format!("GET /v1/pods/{pod}"), "404 not found")),
         }
+    }
+
+    async fn api(&self) -> Result<kube::Client, ClusterError> {
+        let start =
+            super::fake_api::start(super::cluster::nodes_of(&self.plan), self.faults.kubelet, self.api_pods.clone());
+        let client = self.api.get_or_try_init(|| start).await;
+        client.cloned().map_err(|e| ClusterError::new("control-plane", "start the fake API server", e))
     }
 
     async fn delete_pod(&self, node: &str, pod: &str, _grace: Option<Duration>) -> Result<(), ClusterError> {
@@ -651,5 +674,19 @@ impl Cluster for FakeCluster {
             return Ok(self.http(node, own_ip, &script, Some(pod)));
         }
         Ok(fail(&format!("fake cluster does not know `{script}`")))
+    }
+}
+
+/// What the agent reports for a pod the fake kubelet runs for the API (its name and IP are filled in).
+fn api_pod_status() -> PodStatus {
+    PodStatus {
+        name: String::new(),
+        phase: PodPhase::Running,
+        qos_class: QosClass::BestEffort,
+        ip: None,
+        infra_pid: None,
+        host_veth: None,
+        cgroup: String::new(),
+        containers: Vec::new(),
     }
 }

@@ -44,6 +44,12 @@ impl Cluster for ConnectedLab {
         hostload::host_counters(&read("/proc/stat".into())?, &read("/proc/loadavg".into()).unwrap_or_default(), &lab)
     }
 
+    async fn api(&self) -> Result<kube::Client, ClusterError> {
+        crate::cluster::client_of(&self.lab.paths.root.join("kubeconfig"))
+            .await
+            .map_err(|e| ClusterError::new("control-plane", "connect to the API server", e))
+    }
+
     async fn node_exec(&self, name: &str, command: &str) -> Result<NodeExec, ClusterError> {
         let o = node(self, name)?
             .session

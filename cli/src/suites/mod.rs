@@ -9,6 +9,8 @@ mod debug;
 mod declared;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod fake_api;
 mod harness;
 mod hostload;
 mod lab_adapter;

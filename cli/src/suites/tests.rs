@@ -612,3 +612,28 @@ async fn perf_flags_a_disturbed_host_and_a_wide_interval() {
     let r = perf(&c, &[Backend::Vxlan], 1).await;
     assert!(r.measurements.iter().all(|m| m.flags.contains(&PerfFlag::WideInterval)));
 }
+
+const API_POD: &str = "[control-plane] a pod created through the API on node2 runs there and leaves when deleted";
+const NODES_READY: &str = "[control-plane] every node is registered and Ready, with a Lease renewed within 40 s";
+
+#[tokio::test]
+async fn the_control_plane_checks_pass_on_a_healthy_api_and_fail_when_agents_stop_following_it() {
+    let healthy = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let r = run(&healthy, &[Backend::Vxlan], Some("[control-plane]")).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    assert_eq!(r.checks.iter().filter(|c| c.group == "control-plane").count(), 5, "{:#?}", r.checks);
+
+    let kubelet = super::fake_api::KubeletFaults { ignores_pods: true, ..Default::default() };
+    let ignoring = FakeCluster::new(plan(2, Backend::Vxlan), Faults { kubelet, ..Faults::default() });
+    let r = run(&ignoring, &[Backend::Vxlan], Some(API_POD)).await;
+    let (status, msg) = check(&r, API_POD);
+    assert_eq!(status, CheckStatus::Fail, "{msg}");
+    assert!(msg.contains("is not Running with an IP in the API"), "{msg}");
+
+    let kubelet = super::fake_api::KubeletFaults { stale_leases: true, ..Default::default() };
+    let stale = FakeCluster::new(plan(2, Backend::Vxlan), Faults { kubelet, ..Faults::default() });
+    let r = run(&stale, &[Backend::Vxlan], Some(NODES_READY)).await;
+    let (status, msg) = check(&r, NODES_READY);
+    assert_eq!(status, CheckStatus::Fail, "{msg}");
+    assert!(msg.contains("node1: its Lease was last renewed 120 s ago"), "{msg}");
+}

@@ -3,7 +3,8 @@
 //! in-memory fake and run against the real etcd in a lab.
 
 pub mod etcd;
-#[cfg(test)]
+// The in-memory fake also serves other crates' unit tests (the CLI's fake cluster), through a feature.
+#[cfg(any(test, feature = "memory-store"))]
 pub mod memory;
 
 use std::future::Future;

@@ -2,9 +2,10 @@
 //! named checks against them, remove the pods. Backend-independent checks (namespaces, cgroups) run once.
 //!
 //! One file per check group, in the order the report lists them: `pod_network`, `mtu`, `overlay`, then the
-//! backend-independent `sandbox` and `cgroups`; `fixture` holds the test pods they share.
+//! backend-independent `sandbox`, `cgroups` and `control_plane`; `fixture` holds the test pods they share.
 
 mod cgroups;
+mod control_plane;
 mod fixture;
 mod mtu;
 mod overlay;
@@ -83,5 +84,6 @@ async fn checks<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, once: bool,
     if once {
         sandbox::run(c, r, f).await;
         cgroups::run(c, r, f, created).await;
+        control_plane::run(c, r).await;
     }
 }

@@ -1,0 +1,119 @@
+//! `testbed apply -f FILE`: create each object of the files, or bring an existing one to what the file says
+//! (a replace at the version read, so a concurrent change is a conflict, not lost). Every file is read and
+//! checked before anything is sent.
+
+use std::path::PathBuf;
+
+use kube::api::{DynamicObject, PostParams};
+use serde_json::Value;
+
+use crate::exit::CliResult;
+use crate::ui::Ui;
+
+use super::documents::{self, Document};
+use super::{api, connect, print_outcomes, run, ClientArgs, ClusterError, Outcome};
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Files of objects (multi-document YAML or JSON; `-`: standard input).
+    #[arg(long = "filename", short = 'f', value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+pub async fn cmd_apply(ui: &Ui, args: ApplyArgs) -> CliResult {
+    run(apply(ui, args)).await
+}
+
+async fn apply(ui: &Ui, args: ApplyArgs) -> Result<(), ClusterError> {
+    let mut docs = Vec::new();
+    for file in &args.files {
+        docs.extend(documents::read(file)?);
+    }
+    let client = connect(&args.client).await?;
+    let mut done = Vec::new();
+    for doc in docs {
+        let namespace = namespace_of(&doc, args.client.namespace.as_deref())?;
+        let mut object = doc.object.clone();
+        if doc.kind.namespaced() {
+            object.metadata.namespace = Some(namespace.clone());
+        }
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let what = format!("{}: {}/{name}", doc.at, doc.kind.singular());
+        let api = api(&client, doc.kind, Some(&namespace));
+        let action = match api.create(&PostParams::default(), &object).await {
+            Ok(_) => "created",
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let existing = api.get(&name).await.map_err(|e| ClusterError::from_kube(&what, e))?;
+                if is_subset(&to_value(&object), &to_value(&existing)) {
+                    "unchanged"
+                } else {
+                    object.metadata.resource_version = existing.metadata.resource_version;
+                    api.replace(&name, &PostParams::default(), &object)
+                        .await
+                        .map_err(|e| ClusterError::from_kube(&what, e))?;
+                    "configured"
+                }
+            }
+            Err(e) => return Err(ClusterError::from_kube(&what, e)),
+        };
+        let namespace = doc.kind.namespaced().then_some(namespace);
+        done.push(Outcome { kind: doc.kind, namespace, name, action });
+    }
+    print_outcomes(ui, &done);
+    Ok(())
+}
+
+/// The document's namespace, which must agree with `-n` when both are given (as kubectl requires).
+fn namespace_of(doc: &Document, flag: Option<&str>) -> Result<String, ClusterError> {
+    match (doc.object.metadata.namespace.as_deref(), flag) {
+        (Some(own), Some(flag)) if own != flag => Err(ClusterError::Document(format!(
+            "{}: the object's namespace `{own}` does not match --namespace `{flag}`",
+            doc.at
+        ))),
+        (Some(own), _) => Ok(own.to_string()),
+        (None, flag) => Ok(flag.unwrap_or("default").to_string()),
+    }
+}
+
+fn to_value(object: &DynamicObject) -> Value {
+    serde_json::to_value(object).unwrap_or_default()
+}
+
+/// Whether everything `wanted` sets is already so in `current` (fields the server added do not count).
+fn is_subset(wanted: &Value, current: &Value) -> bool {
+    match (wanted, current) {
+        (Value::Object(w), Value::Object(c)) => w.iter().all(|(k, v)| c.get(k).is_some_and(|cv| is_subset(v, cv))),
+        (Value::Array(w), Value::Array(c)) => w.len() == c.len() && w.iter().zip(c).all(|(a, b)| is_subset(a, b)),
+        _ => wanted == current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_object_is_unchanged_when_the_server_only_added_fields() {
+        let wanted = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"c": [{"n": 1}]}});
+        let current = json!({"metadata": {"name": "a", "labels": {"x": "1"}, "resourceVersion": "5"},
+                             "spec": {"c": [{"n": 1, "d": 2}]}, "status": {}});
+        assert!(is_subset(&wanted, &current));
+        let changed = json!({"metadata": {"name": "a", "labels": {"x": "2"}}});
+        assert!(!is_subset(&changed, &current));
+        let longer = json!({"spec": {"c": [{"n": 1}, {"n": 2}]}});
+        assert!(!is_subset(&longer, &current));
+    }
+
+    #[test]
+    fn the_flag_and_the_document_must_agree_on_the_namespace() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\n";
+        let doc = documents::parse(std::path::Path::new("f.yaml"), text).unwrap().remove(0);
+        assert_eq!(namespace_of(&doc, None).unwrap(), "a");
+        assert_eq!(namespace_of(&doc, Some("a")).unwrap(), "a");
+        let err = namespace_of(&doc, Some("b")).unwrap_err().to_string();
+        assert_eq!(err, "f.yaml:1: the object's namespace `a` does not match --namespace `b`");
+    }
+}

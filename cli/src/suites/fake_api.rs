@@ -1,0 +1,130 @@
+//! The fake cluster's control plane, for unit tests only: the real API server of `testbed-control-plane`
+//! over its in-memory store (etcd's semantics, no etcd), served on loopback TLS, plus a scripted kubelet
+//! that registers every node with a Lease and runs the pods bound to a node (status Running with an IP of
+//! the node's subnet) until they are deleted. Faults switch parts of the kubelet off.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Client;
+use testbed_control_plane::store::memory::Memory;
+use testbed_control_plane::tls::Credentials;
+
+use super::cluster::NodeInfo;
+
+/// API pods the fake kubelet runs: name -> (node, IP).
+pub type ApiPods = Arc<Mutex<BTreeMap<String, (String, Ipv4Addr)>>>;
+
+/// What the fake kubelet leaves out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KubeletFaults {
+    /// Pods bound to a node are never started (an agent that does not follow the API).
+    pub ignores_pods: bool,
+    /// Node Leases were last renewed two minutes ago (agents whose heartbeat stopped).
+    pub stale_leases: bool,
+}
+
+/// Starts the API server and the kubelet; returns a client of the server.
+pub async fn start(nodes: Vec<NodeInfo>, faults: KubeletFaults, pods: ApiPods) -> Result<Client, String> {
+    let creds = Credentials::generate(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]).map_err(|e| e.to_string())?;
+    let acceptor = testbed_control_plane::tls::acceptor(creds.cert_pem.as_bytes(), creds.key_pem.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let server = testbed_control_plane::apiserver::Server::new(Memory::default(), creds.token.clone());
+    server.bootstrap().await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(|e| e.to_string())?;
+    let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+    let listener = testbed_control_plane::tls::TlsListener::new(tcp, acceptor).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, testbed_control_plane::apiserver::router(server)).await;
+    });
+    let kubeconfig =
+        testbed_control_plane::kubeconfig("fake", &format!("https://127.0.0.1:{port}"), &creds.ca_pem, &creds.token);
+    let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_str(&kubeconfig).map_err(|e| e.to_string())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(|e| e.to_string())?;
+    let client = Client::try_from(config).map_err(|e| e.to_string())?;
+    register(&client, &nodes, faults).await?;
+    if !faults.ignores_pods {
+        tokio::spawn(run_pods(client.clone(), nodes, pods));
+    }
+    Ok(client)
+}
+
+async fn register(client: &Client, nodes: &[NodeInfo], faults: KubeletFaults) -> Result<(), String> {
+    let renewed =
+        if faults.stale_leases { Timestamp::now() - SignedDuration::from_secs(120) } else { Timestamp::now() };
+    for n in nodes {
+        let node = Node {
+            metadata: ObjectMeta { name: Some(n.name.clone()), ..Default::default() },
+            spec: Some(NodeSpec { pod_cidr: Some(n.pod_subnet.to_string()), ..Default::default() }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress { type_: "InternalIP".into(), address: n.underlay_ip.to_string() }]),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        Api::<Node>::all(client.clone()).create(&PostParams::default(), &node).await.map_err(|e| e.to_string())?;
+        let status = serde_json::json!({"status": node.status});
+        Api::<Node>::all(client.clone())
+            .patch_status(&n.name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .map_err(|e| e.to_string())?;
+        let lease = Lease {
+            metadata: ObjectMeta { name: Some(n.name.clone()), ..Default::default() },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(n.name.clone()),
+                renew_time: Some(MicroTime(renewed)),
+                ..Default::default()
+            }),
+        };
+        Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
+            .create(&PostParams::default(), &lease)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Polls the pods: a new one bound to a node is "started" (status Running, an IP of the node's subnet); one
+/// deleted from the API leaves the node.
+async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
+    let api: Api<Pod> = Api::all(client.clone());
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(list) = api.list(&ListParams::default()).await else { continue };
+        let mut seen = Vec::new();
+        for pod in list.items {
+            let (Some(name), Some(ns)) = (pod.metadata.name.clone(), pod.metadata.namespace.clone()) else { continue };
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+            seen.push(name.clone());
+            let Some(info) = nodes.iter().find(|n| n.name == node) else { continue };
+            if running.lock().map(|r| r.contains_key(&name)).unwrap_or(true) {
+                continue;
+            }
+            let ip = info.pod_subnet.hosts().nth(200).unwrap_or(info.pod_subnet.addr());
+            let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip.to_string()}});
+            let patched = Api::<Pod>::namespaced(client.clone(), &ns)
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                .await;
+            if patched.is_ok() {
+                if let Ok(mut r) = running.lock() {
+                    r.insert(name, (node, ip));
+                }
+            }
+        }
+        if let Ok(mut r) = running.lock() {
+            r.retain(|name, _| seen.contains(name));
+        }
+    }
+}
