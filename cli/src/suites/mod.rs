@@ -66,6 +66,14 @@ pub struct RunArgs {
     /// perf: parallel TCP streams of the multi-stream figure.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub streams: u32,
+    /// perf: the loss bound, percent: a UDP figure that lost more is flagged `loss`, and the `udp-max` figures
+    /// are the highest rate whose loss stayed at most this.
+    #[arg(long, value_name = "PCT", default_value_t = perf::UDP_LOSS_BOUND_PERCENT, value_parser = parse_percent)]
+    pub udp_loss_bound: f64,
+    /// perf: probes (iperf3 UDP runs of 2 s) per `udp-max` search, one search per path and round; 0 leaves
+    /// the `udp-max` figures out.
+    #[arg(long, value_name = "N", default_value_t = perf::UDP_PROBES, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub udp_probes: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -314,8 +322,11 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
     let out = a.out.clone().unwrap_or_else(|| default_out_dir(&lab.plan.lab));
     let connected = lab.connect(ui).await?;
     let results = if a.suite == "perf" {
-        let opts =
-            perf::PerfOptions { repeats: a.repeats, warmup: a.warmup, duration_s: a.duration, streams: a.streams };
+        let opts = perf::PerfOptions {
+            udp_loss_bound: a.udp_loss_bound,
+            udp_probes: a.udp_probes,
+            ..perf::PerfOptions::new(a.repeats, a.warmup, a.duration, a.streams)
+        };
         run_perf(&connected, ui, &backends, a.filter.clone(), &opts).await
     } else {
         run_conformance(&connected, ui, &backends, a.filter.clone(), &declared).await
