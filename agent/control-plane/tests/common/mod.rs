@@ -43,6 +43,8 @@ pub fn start_etcd(dir: &Path) -> (Killed, String) {
 }
 
 /// Waits (up to 20 s) until etcd answers a list; the panic shows etcd's log from `dir`.
+// Each test file compiles this module on its own, and not every one starts its own API server.
+#[allow(dead_code)]
 pub fn wait_for_etcd(rt: &tokio::runtime::Runtime, etcd: &Etcd, dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while rt.block_on(etcd.list("/")).is_err() {
@@ -54,6 +56,8 @@ pub fn wait_for_etcd(rt: &tokio::runtime::Runtime, etcd: &Etcd, dir: &Path) {
 
 /// An API server's configuration over `etcd_url` on a free loopback port, with fresh credentials for
 /// 127.0.0.1 (the CA and token a client needs), and the port.
+// Each test file compiles this module on its own, and not every one starts its own API server.
+#[allow(dead_code)]
 pub fn server_config(etcd_url: String) -> (testbed_control_plane::Config, Credentials, u16) {
     let creds = Credentials::generate(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]).expect("credentials");
     let port = free_port();
