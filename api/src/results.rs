@@ -119,8 +119,15 @@ pub struct PerfSettings {
     pub streams: u32,
     /// The rate every UDP run offers; a UDP figure is the rate received at this offer.
     pub udp_offered_mbps: f64,
-    /// Loss above which a UDP figure is flagged `loss` (percent): it then measures drops, not the path.
+    /// Loss above which a UDP figure is flagged `loss` (percent): it then measures drops, not the path. Also
+    /// the bound of the `udp-max` figures: the highest rate whose loss stayed at most this.
     pub udp_loss_bound_percent: f64,
+    /// Probes per `udp-max` search (0: no `udp-max` figures; older runs: absent, 0).
+    #[serde(default)]
+    pub udp_search_probes: u32,
+    /// Seconds each probe of a `udp-max` search measures.
+    #[serde(default)]
+    pub udp_probe_s: u32,
     /// A figure whose 95 % interval is wider than this share of its median on either side is flagged
     /// `wide_interval` (percent).
     pub wide_interval_percent: f64,

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use testbed_control_plane::store::etcd::Etcd;
 use testbed_control_plane::store::Store;
-use testbed_control_plane::tls::Credentials;
 
 const PODS: usize = 1000;
 
@@ -39,18 +37,8 @@ fn create_latency_and_memory() {
     let (etcd_process, etcd_url) = common::start_etcd(dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let etcd = Etcd::new(&etcd_url);
-    while rt.block_on(etcd.list("/")).is_err() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let creds = Credentials::generate(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]).expect("credentials");
-    let port = common::free_port();
-    let config = testbed_control_plane::Config {
-        listen: (Ipv4Addr::LOCALHOST, port).into(),
-        etcd: etcd_url,
-        token: creds.token.clone(),
-        cert_pem: creds.cert_pem.clone().into_bytes(),
-        key_pem: creds.key_pem.clone().into_bytes(),
-    };
+    common::wait_for_etcd(&rt, &etcd, dir.path());
+    let (config, creds, port) = common::server_config(etcd_url);
     rt.spawn(testbed_control_plane::serve(config, std::future::pending()));
     let mut latencies = rt.block_on(async {
         // A TLS client trusting the lab CA, as kubectl with the generated kubeconfig.

@@ -4,8 +4,7 @@
 //! failing against a server that ignores resourceVersion.
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,11 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testbed_control_plane::store::etcd::Etcd;
 use testbed_control_plane::store::Store;
-use testbed_control_plane::tls::Credentials;
 
 mod common;
 
-use common::{free_port, start_etcd, Killed};
+use common::{server_config, start_etcd, wait_for_etcd, Killed};
 
 struct Lab {
     _dir: tempfile::TempDir,
@@ -35,20 +33,8 @@ impl Lab {
         let (etcd_process, etcd_url) = start_etcd(&root);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
         let etcd = Etcd::new(&etcd_url);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while rt.block_on(etcd.list("/")).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not come up: {}", log(&root.join("etcd.log")));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let creds = Credentials::generate(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]).expect("credentials");
-        let port = free_port();
-        let config = testbed_control_plane::Config {
-            listen: (Ipv4Addr::LOCALHOST, port).into(),
-            etcd: etcd_url,
-            token: creds.token.clone(),
-            cert_pem: creds.cert_pem.clone().into_bytes(),
-            key_pem: creds.key_pem.clone().into_bytes(),
-        };
+        wait_for_etcd(&rt, &etcd, &root);
+        let (config, creds, port) = server_config(etcd_url);
         rt.spawn(async move {
             if let Err(e) = testbed_control_plane::serve(config, std::future::pending()).await {
                 panic!("apiserver: {e}");
@@ -99,10 +85,6 @@ impl Lab {
         std::fs::write(&path, text).expect("write");
         path.to_string_lossy().into_owned()
     }
-}
-
-fn log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 fn json(text: &str) -> Value {

@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// perf: parallel TCP streams of the multi-stream figure.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
     pub streams: u32,
+    /// perf: the loss bound, percent: a UDP figure that lost more is flagged `loss`, and the `udp-max` figures
+    /// are the highest rate whose loss stayed at most this.
+    #[arg(long, value_name = "PCT", default_value_t = perf::UDP_LOSS_BOUND_PERCENT, value_parser = parse_percent)]
+    pub udp_loss_bound: f64,
+    /// perf: probes (iperf3 UDP runs of 2 s) per `udp-max` search, one search per path and round; 0 leaves
+    /// the `udp-max` figures out.
+    #[arg(long, value_name = "N", default_value_t = perf::UDP_PROBES, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub udp_probes: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,13 +85,19 @@ pub struct ReportArgs {
     pub dir: Option<PathBuf>,
     /// Compare the perf figures of two runs (directories holding results.json) and write compare.md,
     /// compare.html and compare.json. Exit 1 when a figure got worse beyond noise and tolerance or went
-    /// missing, 2 when the runs are not comparable (topology, accelerator, kernel or testbed version differ).
+    /// missing, or when the comparison is inconclusive (see --max-unstable); 2 when the runs are not
+    /// comparable (topology, accelerator, kernel or testbed version differ). A figure flagged wide_interval or
+    /// disturbed_host in either run is `unstable`: never worse nor better.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     pub compare: Option<Vec<PathBuf>>,
     /// --compare: a change of the median up to PCT percent is never a regression (nor an improvement)
     /// [default: 5].
     #[arg(long, value_name = "PCT", value_parser = parse_tolerance)]
     pub tolerance: Option<f64>,
+    /// --compare: the comparison is inconclusive (exit 1) when more than PCT percent of the figures in both runs
+    /// are unstable or have too few samples, or when all of them are [default: 50].
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub max_unstable: Option<f64>,
     /// --compare: compare runs whose topology, accelerator, kernel or testbed version differ anyway.
     #[arg(long)]
     pub allow_mismatch: bool,
@@ -97,6 +111,15 @@ pub struct ReportArgs {
 
 /// `--tolerance` when not given: TCG figures of clean back-to-back runs agree within a few percent.
 const DEFAULT_TOLERANCE: f64 = 5.0;
+/// `--max-unstable` when not given: a night that could verify at most half of its figures proves little.
+const DEFAULT_MAX_UNSTABLE: f64 = 50.0;
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage between 0 and 100")),
+    }
+}
 
 fn parse_tolerance(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -301,8 +324,11 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
     let out = a.out.clone().unwrap_or_else(|| default_out_dir(&lab.plan.lab));
     let connected = lab.connect(ui).await?;
     let results = if a.suite == "perf" {
-        let opts =
-            perf::PerfOptions { repeats: a.repeats, warmup: a.warmup, duration_s: a.duration, streams: a.streams };
+        let opts = perf::PerfOptions {
+            udp_loss_bound: a.udp_loss_bound,
+            udp_probes: a.udp_probes,
+            ..perf::PerfOptions::new(a.repeats, a.warmup, a.duration, a.streams)
+        };
         run_perf(&connected, ui, &backends, a.filter.clone(), &opts).await
     } else {
         run_conformance(&connected, ui, &backends, a.filter.clone(), &declared).await
@@ -329,19 +355,17 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
 
 pub async fn cmd_report(ui: &Ui, a: ReportArgs) -> CliResult {
     if let Some([old, new]) = a.compare.as_deref() {
-        return report::cmd_compare(
-            ui,
-            old,
-            new,
-            a.tolerance.unwrap_or(DEFAULT_TOLERANCE),
-            a.allow_mismatch,
-            a.out.as_deref(),
-        );
+        let gate = report::compare::Gate {
+            tolerance_percent: a.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            max_unstable_percent: a.max_unstable.unwrap_or(DEFAULT_MAX_UNSTABLE),
+            allow_mismatch: a.allow_mismatch,
+        };
+        return report::cmd_compare(ui, old, new, gate, a.out.as_deref());
     }
     // clap's `requires` does not fire inside the required mode group, so the mode-specific options are checked
     // here: an option that would be silently ignored is bad input.
-    if a.tolerance.is_some() || a.allow_mismatch {
-        return Err(CliError::bad_input(anyhow!("--tolerance and --allow-mismatch go with --compare")));
+    if a.tolerance.is_some() || a.max_unstable.is_some() || a.allow_mismatch {
+        return Err(CliError::bad_input(anyhow!("--tolerance, --max-unstable and --allow-mismatch go with --compare")));
     }
     if let Some(dirs) = &a.history {
         return report::cmd_history(ui, dirs, a.out.as_deref());

@@ -124,6 +124,31 @@ mod tests {
     use crate::provider::qemu::hostnet::fake::FakeHostNet;
     use crate::provider::qemu::QemuProvider;
 
+    /// A Ready TCG node whose QEMU was recorded as `pid`, started at `start` (clock ticks after boot).
+    fn node_state(pid: u32, start: Option<u64>) -> NodeState {
+        NodeState {
+            pid: Some(pid),
+            pid_start_time: start,
+            ssh_port: 1,
+            accelerator: Accel::Tcg,
+            host_key_public: String::new(),
+            image_id: String::new(),
+            stage: Stage::Ready,
+        }
+    }
+
+    /// Lab `lab`'s state.json with these nodes.
+    fn lab_state(lab: &str, nodes: Vec<(&str, NodeState)>) -> LabState {
+        LabState {
+            lab: lab.into(),
+            accelerator: Accel::Tcg,
+            accelerator_reason: String::new(),
+            qemu_version: String::new(),
+            created_at: String::new(),
+            nodes: nodes.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+        }
+    }
+
     #[test]
     fn a_panicked_stop_keeps_the_netns_and_directory() {
         let tmp = tempfile::tempdir().unwrap();
@@ -146,24 +171,7 @@ mod tests {
         let dir = LabDir::new(tmp.path(), "demo3");
         dir.create().unwrap();
         let me = std::process::id();
-        let node = NodeState {
-            pid: Some(me),
-            pid_start_time: procs::start_time(me),
-            ssh_port: 1,
-            accelerator: Accel::Tcg,
-            host_key_public: String::new(),
-            image_id: String::new(),
-            stage: Stage::Ready,
-        };
-        let state = LabState {
-            lab: "demo3".into(),
-            accelerator: Accel::Tcg,
-            accelerator_reason: String::new(),
-            qemu_version: String::new(),
-            created_at: String::new(),
-            nodes: [("n1".to_string(), node)].into_iter().collect(),
-        };
-        dir.write_state(&state).unwrap();
+        dir.write_state(&lab_state("demo3", vec![("n1", node_state(me, procs::start_time(me)))])).unwrap();
         assert!(node_processes(&dir).is_empty());
     }
 
@@ -231,31 +239,16 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let start = start.unwrap();
-        let node = |pid, start| NodeState {
-            pid: Some(pid),
-            pid_start_time: Some(start),
-            ssh_port: 1,
-            accelerator: Accel::Tcg,
-            host_key_public: String::new(),
-            image_id: String::new(),
-            stage: Stage::Ready,
-        };
-        let state = LabState {
-            lab: "x".into(),
-            accelerator: Accel::Tcg,
-            accelerator_reason: String::new(),
-            qemu_version: String::new(),
-            created_at: String::new(),
-            // node2 records our own PID with a wrong start time: a recycled PID that must not be signalled.
-            nodes: [
-                ("node1".to_string(), node(pid, start)),
-                ("node2".to_string(), node(std::process::id(), 1)),
-                ("node3".to_string(), node(stranger.id(), stranger_start)),
-            ]
-            .into_iter()
-            .collect(),
-        };
+        assert!(start.is_some(), "the stand-in QEMU did not start");
+        let state = lab_state(
+            "x",
+            vec![
+                ("node1", node_state(pid, start)),
+                // Our own PID with a wrong start time: a recycled PID that must not be signalled.
+                ("node2", node_state(std::process::id(), Some(1))),
+                ("node3", node_state(stranger.id(), Some(stranger_start))),
+            ],
+        );
         dir.create().unwrap();
         dir.write_state(&state).unwrap();
         let provider = QemuProvider::new(std::sync::Arc::new(FakeHostNet::default()));

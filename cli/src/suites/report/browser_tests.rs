@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::compare::{compare, Comparison, Run};
+use super::compare::{compare, Comparison, Gate, Run};
 use super::fixtures::{later, perf_run, REGRESSED};
 use super::{compare_view, history};
 
@@ -150,7 +150,8 @@ fn layouts(chromium: &Path, pages: Vec<(&'static str, String)>) -> Vec<(&'static
 fn comparison(factor: impl Fn(&str) -> f64) -> Comparison {
     let (old, new) = (perf_run(), later(2, factor));
     let run = |dir: &str, results| Run { dir: dir.into(), results };
-    compare(&run("results/nightly-1", &old), &run("results/nightly-2", &new), 5.0, false).expect("compare")
+    let gate = Gate { tolerance_percent: 5.0, max_unstable_percent: 50.0, allow_mismatch: false };
+    compare(&run("results/nightly-1", &old), &run("results/nightly-2", &new), gate).expect("compare")
 }
 
 fn history_runs() -> Vec<(String, testbed_api::results::SuiteResults)> {

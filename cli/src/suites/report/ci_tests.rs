@@ -15,6 +15,8 @@ const DOC: &str = include_str!("../../../../docs/ci.md");
 
 /// What the jobs grep for in compare.json to tell "not comparable" from other bad input (both exit 2).
 const NOT_COMPARABLE: &str = r#""outcome": "not-comparable""#;
+/// What the jobs grep for to tell an inconclusive night from a regression (both exit 1).
+const INCONCLUSIVE: &str = r#""outcome": "inconclusive""#;
 
 /// The fenced ```yaml blocks of a markdown document.
 fn yaml_blocks(md: &str) -> Vec<String> {
@@ -67,7 +69,7 @@ fn resolve(line: &str, root: &Path) -> Vec<String> {
     let mut words = line.split_whitespace().skip(1).peekable();
     while let Some(w) = words.next() {
         assert!(!w.contains('$') && !w.contains('"'), "`{line}`: the test resolves plain words only");
-        if w == "--tolerance" {
+        if w == "--tolerance" || w == "--max-unstable" {
             out.push(w.to_string());
             out.extend(words.next().map(str::to_string));
         } else if w.starts_with('-') || w == "report" {
@@ -146,6 +148,7 @@ fn both_jobs_parse_and_do_what_the_doc_says() {
         }
         let script = scripts.join("\n");
         assert!(script.contains(NOT_COMPARABLE), "{name}: the job must tell not-comparable from bad input");
+        assert!(script.contains(INCONCLUSIVE), "{name}: the job must tell inconclusive from a regression");
         assert!(script.contains("/dev/kvm"), "{name}: says whether the runner has KVM");
     }
 }
@@ -192,5 +195,13 @@ fn the_jobs_report_commands_run_as_written_and_gate() {
         assert_eq!(run_line(compare, root), 2, "{name}: `{compare}` on another kernel");
         let json = std::fs::read_to_string(root.join("results/perf/compare.json")).expect("compare.json");
         assert!(json.contains(NOT_COMPARABLE), "{json}");
+
+        // A night whose every figure ran on a disturbed host: exit 1, and compare.json says inconclusive.
+        let mut d = later(7, |_| 1.0);
+        d.measurements.iter_mut().for_each(|m| m.flags = vec![testbed_api::results::PerfFlag::DisturbedHost]);
+        write_run(&root.join("results/perf"), &d);
+        assert_eq!(run_line(compare, root), 1, "{name}: `{compare}` on a disturbed night");
+        let json = std::fs::read_to_string(root.join("results/perf/compare.json")).expect("compare.json");
+        assert!(json.contains(INCONCLUSIVE), "{json}");
     }
 }

@@ -1,6 +1,8 @@
 //! `testbed report --compare` and `--history` end to end, in process, on real results.json fixtures: the files
 //! they write and the exit codes a CI job gates on.
 
+use testbed_api::results::{Measurement, PerfFlag};
+
 use super::fixtures::{later, perf_run, testbed, write_run, REGRESSED};
 
 fn path(p: &std::path::Path) -> &str {
@@ -50,6 +52,43 @@ fn compare_exits_0_within_noise_1_on_a_regression_2_when_not_comparable() {
     let out = tmp.path().join("cmp");
     assert_eq!(testbed(&["report", "--compare", path(&old), path(&same), "--out", path(&out)]), 0);
     assert!(out.join("compare.json").is_file());
+}
+
+#[test]
+fn compare_does_not_gate_on_unstable_figures_and_fails_when_nothing_is_trustworthy() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (old, one, all) = (tmp.path().join("old"), tmp.path().join("one"), tmp.path().join("all"));
+    write_run(&old, &perf_run());
+    // The regressed figure's samples ran on a disturbed host: it is not called worse, the rest passes.
+    let mut r = later(3, |name| if name == REGRESSED { 0.7 } else { 1.0 });
+    let disturbed = |m: &mut Measurement| m.flags = vec![PerfFlag::DisturbedHost];
+    r.measurements
+        .iter_mut()
+        .filter(|m| format!("{} {} {}", opt(m.backend), m.path, m.kind) == REGRESSED)
+        .for_each(disturbed);
+    write_run(&one, &r);
+    assert_eq!(testbed(&["report", "--compare", path(&old), path(&one)]), 0);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join("compare.json")).expect("compare.json")).expect("json");
+    let f = json["figures"].as_array().expect("figures").iter().find(|f| f["verdict"] == "unstable").expect("one");
+    assert_eq!((&f["unstable"][0], &f["indication"]), (&"disturbed_host in NEW".into(), &"worse".into()), "{f}");
+    let md = std::fs::read_to_string(one.join("compare.md")).expect("compare.md");
+    assert!(md.contains("| -30.0 % | unstable: disturbed_host in NEW (the rule says worse) |"), "{md}");
+    assert!(std::fs::read_to_string(one.join("compare.html")).expect("html").contains("g class=\"new unstable\""));
+    // Every figure disturbed: the gate cannot say "no regression" and fails (1), as inconclusive.
+    let mut r = later(4, |_| 1.0);
+    r.measurements.iter_mut().for_each(disturbed);
+    write_run(&all, &r);
+    assert_eq!(testbed(&["report", "--compare", path(&old), path(&all)]), 1);
+    let json = std::fs::read_to_string(all.join("compare.json")).expect("compare.json");
+    assert!(json.contains("\"outcome\": \"inconclusive\""), "{json}");
+    assert!(std::fs::read_to_string(all.join("compare.md")).expect("md").contains("INCONCLUSIVE"));
+    assert_eq!(testbed(&["report", "--compare", path(&old), path(&all), "--max-unstable", "101"]), 2);
+    assert_eq!(testbed(&["report", path(&all), "--max-unstable", "10"]), 2, "--max-unstable needs --compare");
+}
+
+fn opt(b: Option<testbed_api::Backend>) -> String {
+    b.map(|b| b.to_string()).unwrap_or_default()
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! The command edge of `testbed report --compare` and `--history`: loads the runs, writes the outputs and maps
-//! the outcome to the exit codes (0 fine, 1 a figure regressed, 2 bad input or runs not comparable, 3 writing
-//! failed).
+//! the outcome to the exit codes (0 fine, 1 a figure regressed or too few figures were trustworthy to tell, 2 bad
+//! input or runs not comparable, 3 writing failed).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 
-use super::compare::{self, Outcome, Run};
+use super::compare::{self, Gate, Outcome, Run, Verdict};
 use super::{compare_view, history, load, write, ReportError};
 use crate::exit::{CliError, CliResult};
 use crate::ui::Ui;
@@ -26,18 +26,10 @@ fn write_out(dir: &Path, name: &str, text: &str) -> CliResult {
 }
 
 /// `--compare OLD NEW`: writes compare.md, compare.html and compare.json into `out` (default NEW).
-pub fn cmd_compare(
-    ui: &Ui,
-    old_dir: &Path,
-    new_dir: &Path,
-    tolerance: f64,
-    allow_mismatch: bool,
-    out: Option<&Path>,
-) -> CliResult {
+pub fn cmd_compare(ui: &Ui, old_dir: &Path, new_dir: &Path, gate: Gate, out: Option<&Path>) -> CliResult {
     let (old, new) = (load(old_dir).map_err(classify)?, load(new_dir).map_err(classify)?);
     let run = |dir: &Path, results| Run { dir: dir.display().to_string(), results };
-    let c = compare::compare(&run(old_dir, &old), &run(new_dir, &new), tolerance, allow_mismatch)
-        .map_err(CliError::bad_input)?;
+    let c = compare::compare(&run(old_dir, &old), &run(new_dir, &new), gate).map_err(CliError::bad_input)?;
     let out = out.unwrap_or(new_dir);
     let json = compare_view::json(&c).map_err(CliError::infra)?;
     write_out(out, "compare.json", &json)?;
@@ -63,25 +55,38 @@ pub fn cmd_compare(
     if ui.is_json() {
         print!("{json}");
     } else {
-        for f in c.figures.iter().filter(|f| f.verdict.regressed() || f.verdict == compare::Verdict::Better) {
+        // Unstable figures the rule alone would call worse or better are listed too: a human may want to look.
+        let telling = |f: &&compare::Figure| {
+            f.verdict.regressed()
+                || f.verdict == Verdict::Better
+                || matches!(f.indication, Some(Verdict::Worse | Verdict::Better))
+        };
+        for f in c.figures.iter().filter(telling) {
             let change = f.change_percent.map_or_else(|| "-".into(), |p| format!("{p:+.1} %"));
-            ui.info(format!("{}: {} {change}", compare_view::verdict_name(f.verdict), f.name()));
+            ui.info(format!("{}: {change} {}", f.name(), compare_view::verdict_text(f)));
         }
     }
     let k = &c.counts;
     let summary = format!(
-        "{} worse, {} missing, {} better, {} within noise, {} too few samples, {} new (tolerance {} %); report: {}",
+        "{} worse, {} missing, {} better, {} within noise, {} too few samples, {} unstable, {} new (tolerance {} %, \
+         at most {} % unverified); report: {}",
         k.worse,
         k.missing,
         k.better,
         k.within_noise,
         k.too_few_samples,
+        k.unstable,
         k.new,
         c.tolerance_percent,
+        c.max_unstable_percent,
         report.display()
     );
     match c.outcome {
         Outcome::Regressed => Err(CliError::TestsFailed(format!("perf regressed: {summary}"))),
+        Outcome::Inconclusive => Err(CliError::TestsFailed(format!(
+            "perf gate inconclusive: too few figures were trustworthy (flagged unstable in either run, or too few \
+             samples) to tell a regression from noise: {summary}"
+        ))),
         _ => {
             ui.info(summary);
             Ok(())

@@ -6,19 +6,31 @@
 //! Non-overlapping intervals is a deliberately strict test (stricter than a two-sample t-test at 5 %): a gate that
 //! cries wolf on noise gets switched off. The tolerance keeps real but small changes (a 2 % shift measured very
 //! precisely) from failing the nightly.
+//!
+//! A figure the perf suite flagged `wide_interval` or `disturbed_host` in either run is `unstable`: its interval
+//! or its samples say nothing trustworthy about the path, so it is neither worse nor better, whatever the
+//! numbers. The rule alone would have said something (`indication`), which the reports show for a human to
+//! look at. A comparison where too few figures are trustworthy is `inconclusive` and fails the gate: a night
+//! whose every figure ran on a disturbed host must neither pass as "no regression" nor become the next baseline.
 
 use serde::Serialize;
-use testbed_api::results::{Measurement, Stats, SuiteResults};
+use testbed_api::results::{Measurement, PerfFlag, Stats, SuiteResults};
 use testbed_api::Backend;
-
-use super::chart;
 
 /// The statistical rule, word for word as the reports state it.
 pub const RULE: &str = "A figure is worse (or better) when the 95 % confidence intervals of the mean of OLD and NEW \
 do not overlap AND the median changed by more than the tolerance, both in the worse (better) direction; otherwise \
 it is within noise. Throughput (Mbit/s) is better higher; latency (ms) and loss (%) are better lower. A figure with \
-fewer than 2 samples on either side has no interval and is too-few-samples (reported, not gated). A figure of OLD \
+fewer than 2 samples on either side has no interval and is too-few-samples. A figure flagged wide_interval or \
+disturbed_host in either run is unstable: neither worse nor better, whatever the numbers (the rule's indication is \
+shown). Too-few-samples and unstable figures are unverified; when every figure present in both runs is unverified, \
+or more than the max-unstable share of them, the comparison is inconclusive and fails the gate. A figure of OLD \
 that NEW lacks is missing and fails the gate like a regression.";
+
+/// The perf flags that make a figure unfit to compare: its interval is too wide to tell a change from noise,
+/// or a sample ran while other work competed for the CPUs. `loss` changes what a figure means but is the
+/// same in both runs of a steady path, and `baseline_flagged` is about the ratio, which is not compared.
+pub const UNSTABLE_FLAGS: [PerfFlag; 2] = [PerfFlag::WideInterval, PerfFlag::DisturbedHost];
 
 /// Which way a figure improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +60,8 @@ pub enum Verdict {
     Worse,
     WithinNoise,
     TooFewSamples,
+    /// Flagged (`UNSTABLE_FLAGS`) in either run: not compared (`Figure::unstable` says why).
+    Unstable,
     /// In OLD, not in NEW: the figure could not be measured any more.
     Missing,
     /// In NEW only (a new backend or kind): nothing to compare with.
@@ -58,6 +72,11 @@ impl Verdict {
     /// True for the verdicts that fail the gate (exit 1).
     pub fn regressed(self) -> bool {
         matches!(self, Verdict::Worse | Verdict::Missing)
+    }
+
+    /// True for the verdicts of a figure present in both runs that the rule could not decide on.
+    pub fn unverified(self) -> bool {
+        matches!(self, Verdict::TooFewSamples | Verdict::Unstable)
     }
 }
 
@@ -95,9 +114,32 @@ pub struct Figure {
     /// (NEW median - OLD median) / OLD median, percent; None when a side is absent or OLD's median is 0.
     pub change_percent: Option<f64>,
     pub verdict: Verdict,
+    /// Why an `unstable` figure is not compared: `disturbed_host in NEW`, `wide_interval in OLD`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unstable: Vec<String>,
+    /// An `unstable` figure's verdict by the rule alone, were it trusted (better, worse, within-noise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indication: Option<Verdict>,
 }
 
 impl Figure {
+    /// The figure of `m` with no verdict yet (`New`), OLD and NEW to be filled in.
+    fn of(m: &Measurement, better: Better) -> Figure {
+        Figure {
+            kind: m.kind.clone(),
+            path: m.path.clone(),
+            backend: m.backend,
+            unit: m.unit.clone(),
+            better,
+            old: None,
+            new: None,
+            change_percent: None,
+            verdict: Verdict::New,
+            unstable: Vec::new(),
+            indication: None,
+        }
+    }
+
     /// `vxlan pod->pod cross-node tcp-1`, `underlay node->node latency`.
     pub fn name(&self) -> String {
         name(&self.kind, &self.path, self.backend)
@@ -139,6 +181,7 @@ pub struct Counts {
     pub worse: usize,
     pub within_noise: usize,
     pub too_few_samples: usize,
+    pub unstable: usize,
     pub missing: usize,
     pub new: usize,
 }
@@ -151,6 +194,9 @@ pub enum Outcome {
     Ok,
     /// At least one figure is worse or missing. Exit 1.
     Regressed,
+    /// Nothing regressed, but too few figures were verified (`RULE`) for that to mean anything. Exit 1: a
+    /// nightly must not pass (nor become the next baseline) on figures it could not trust.
+    Inconclusive,
     /// A blocking field differs and the caller did not ask to compare anyway. Exit 2.
     NotComparable,
 }
@@ -161,6 +207,9 @@ pub struct Comparison {
     pub old: RunRef,
     pub new: RunRef,
     pub tolerance_percent: f64,
+    /// The share of compared figures (present in both runs) that may be unverified before the comparison is
+    /// inconclusive, percent.
+    pub max_unstable_percent: f64,
     pub rule: &'static str,
     pub mismatches: Vec<Mismatch>,
     /// True when blocking mismatches were overridden (`--allow-mismatch`).
@@ -277,44 +326,49 @@ pub fn verdict(old: &Side, new: &Side, better: Better, tolerance_percent: f64) -
     }
 }
 
-/// Compares `new` against `old`. `allow_mismatch` compares runs whose blocking metadata differ anyway.
-pub fn compare(
-    old: &Run<'_>,
-    new: &Run<'_>,
-    tolerance_percent: f64,
-    allow_mismatch: bool,
-) -> Result<Comparison, CompareError> {
+/// What the gate was asked: the tolerance, the share of unverified figures it accepts, and whether runs with
+/// blocking metadata differences are compared anyway (`--allow-mismatch`).
+#[derive(Debug, Clone, Copy)]
+pub struct Gate {
+    pub tolerance_percent: f64,
+    pub max_unstable_percent: f64,
+    pub allow_mismatch: bool,
+}
+
+/// Why `m` is unfit to compare, one entry per unstable flag: `disturbed_host in NEW`.
+fn unstable_reasons(side: &str, m: &Measurement) -> Vec<String> {
+    UNSTABLE_FLAGS.iter().filter(|f| m.flags.contains(f)).map(|f| format!("{} in {side}", f.as_str())).collect()
+}
+
+/// The figure `key` of OLD (`m`) against NEW (`other`, None when NEW lacks it).
+fn figure_of(m: &Measurement, better: Better, other: Option<&Measurement>, tolerance_percent: f64) -> Figure {
+    let o = Side::from(&m.stats);
+    let mut f = Figure { old: Some(o), verdict: Verdict::Missing, ..Figure::of(m, better) };
+    let Some(other) = other else { return f };
+    let n = Side::from(&other.stats);
+    f.new = Some(n);
+    f.change_percent = (o.median != 0.0).then(|| (n.median - o.median) / o.median * 100.0);
+    let by_rule = verdict(&o, &n, better, tolerance_percent);
+    f.unstable = [unstable_reasons("OLD", m), unstable_reasons("NEW", other)].concat();
+    (f.verdict, f.indication) = match by_rule {
+        Verdict::TooFewSamples => (by_rule, None),
+        _ if !f.unstable.is_empty() => (Verdict::Unstable, Some(by_rule)),
+        _ => (by_rule, None),
+    };
+    f
+}
+
+/// Compares `new` against `old` under `gate`.
+pub fn compare(old: &Run<'_>, new: &Run<'_>, gate: Gate) -> Result<Comparison, CompareError> {
     let (of, nf) = (old.figures()?, new.figures()?);
     let mut figures = Vec::new();
     for (key, m, better) in &of {
         let other = nf.iter().find(|(k, _, _)| k == key).map(|(_, n, _)| *n);
-        let (o, n) = (Side::from(&m.stats), other.map(|n| Side::from(&n.stats)));
-        let verdict = n.map_or(Verdict::Missing, |n| verdict(&o, &n, *better, tolerance_percent));
-        figures.push(Figure {
-            kind: m.kind.clone(),
-            path: m.path.clone(),
-            backend: m.backend,
-            unit: m.unit.clone(),
-            better: *better,
-            old: Some(o),
-            new: n,
-            change_percent: n.filter(|_| o.median != 0.0).map(|n| (n.median - o.median) / o.median * 100.0),
-            verdict,
-        });
+        figures.push(figure_of(m, *better, other, gate.tolerance_percent));
     }
     for (key, m, better) in &nf {
         if !of.iter().any(|(k, _, _)| k == key) {
-            figures.push(Figure {
-                kind: m.kind.clone(),
-                path: m.path.clone(),
-                backend: m.backend,
-                unit: m.unit.clone(),
-                better: *better,
-                old: None,
-                new: Some(Side::from(&m.stats)),
-                change_percent: None,
-                verdict: Verdict::New,
-            });
+            figures.push(Figure { new: Some(Side::from(&m.stats)), ..Figure::of(m, *better) });
         }
     }
     let mut counts = Counts::default();
@@ -324,224 +378,40 @@ pub fn compare(
             Verdict::Worse => &mut counts.worse,
             Verdict::WithinNoise => &mut counts.within_noise,
             Verdict::TooFewSamples => &mut counts.too_few_samples,
+            Verdict::Unstable => &mut counts.unstable,
             Verdict::Missing => &mut counts.missing,
             Verdict::New => &mut counts.new,
         } += 1;
     }
     let mismatches = mismatches(old.results, new.results);
     let blocked = mismatches.iter().any(|m| m.blocking);
-    let outcome = if blocked && !allow_mismatch {
+    let outcome = if blocked && !gate.allow_mismatch {
         Outcome::NotComparable
     } else if figures.iter().any(|f| f.verdict.regressed()) {
         Outcome::Regressed
+    } else if inconclusive(&figures, gate.max_unstable_percent) {
+        Outcome::Inconclusive
     } else {
         Outcome::Ok
     };
     Ok(Comparison {
         old: old.reference(),
         new: new.reference(),
-        tolerance_percent,
+        tolerance_percent: gate.tolerance_percent,
+        max_unstable_percent: gate.max_unstable_percent,
         rule: RULE,
         mismatches,
-        compared_anyway: blocked && allow_mismatch,
+        compared_anyway: blocked && gate.allow_mismatch,
         figures,
         counts,
         outcome,
     })
 }
 
-/// The compare chart's x axis: percent of OLD's median, wide enough for every interval, median and the
-/// tolerance band.
-pub fn relative_scale(c: &Comparison, px: f64) -> chart::Scale {
-    let mut lo = 100.0 - c.tolerance_percent;
-    let mut hi = 100.0 + c.tolerance_percent;
-    for f in &c.figures {
-        let Some(base) = f.old.map(|o| o.median).filter(|m| *m != 0.0) else { continue };
-        for s in [f.old, f.new].into_iter().flatten() {
-            for v in [Some(s.median), s.ci95_low, s.ci95_high].into_iter().flatten() {
-                let pct = v / base * 100.0;
-                lo = lo.min(pct);
-                hi = hi.max(pct);
-            }
-        }
-    }
-    // A little room on both sides so that end caps are not drawn on the chart's edge.
-    let pad = (hi - lo) * 0.04;
-    chart::Scale::new(lo - pad, hi + pad, px)
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use testbed_api::results::{RunMetadata, Summary, RESULTS_SCHEMA_VERSION};
-
-    pub(crate) fn measurement(kind: &str, path: &str, backend: Option<Backend>, samples: &[f64]) -> Measurement {
-        Measurement {
-            kind: kind.into(),
-            path: path.into(),
-            backend,
-            unit: if kind == "latency" { "ms" } else { "Mbit/s" }.into(),
-            samples: samples.to_vec(),
-            stats: Stats::of(samples),
-            ratio_to_baseline: None,
-            baseline: None,
-            cpu_sender_percent: None,
-            cpu_receiver_percent: None,
-            mtu: None,
-            details: None,
-            udp_offered_mbps: None,
-            conditions: Vec::new(),
-            flags: Vec::new(),
-        }
-    }
-
-    pub(crate) fn run(ms: Vec<Measurement>) -> SuiteResults {
-        SuiteResults {
-            schema_version: RESULTS_SCHEMA_VERSION,
-            suite: "perf".into(),
-            started: "2026-01-01T00:00:00Z".into(),
-            finished: "2026-01-01T00:10:00Z".into(),
-            duration_ms: 600_000,
-            metadata: RunMetadata {
-                lab: "default".into(),
-                topology_hash: "abc".into(),
-                kernel: Some("6.1.0-28-amd64".into()),
-                accelerator: Some("tcg".into()),
-                testbed_version: "0.1.0".into(),
-                ..RunMetadata::default()
-            },
-            summary: Summary::default(),
-            checks: vec![],
-            measurements: ms,
-        }
-    }
-
-    fn cmp(old: &SuiteResults, new: &SuiteResults, tol: f64, anyway: bool) -> Comparison {
-        let o = Run { dir: "old".into(), results: old };
-        let n = Run { dir: "new".into(), results: new };
-        compare(&o, &n, tol, anyway).expect("compare")
-    }
-
-    const X: &str = "pod->pod cross-node";
-
-    #[test]
-    fn verdicts_follow_the_rule_in_both_directions() {
-        let tcp = |s: &[f64]| measurement("tcp-1", X, Some(Backend::Vxlan), s);
-        let lat = |s: &[f64]| measurement("latency", X, Some(Backend::Vxlan), s);
-        let old = run(vec![tcp(&[100.0, 101.0, 99.0]), lat(&[1.0, 1.01, 0.99])]);
-        // Throughput down 20 % and latency up 20 %, both far outside the intervals: both worse.
-        let worse = run(vec![tcp(&[80.0, 81.0, 79.0]), lat(&[1.2, 1.21, 1.19])]);
-        let c = cmp(&old, &worse, 5.0, false);
-        assert_eq!(c.figures.iter().map(|f| f.verdict).collect::<Vec<_>>(), [Verdict::Worse, Verdict::Worse]);
-        assert_eq!(c.outcome, Outcome::Regressed);
-        assert!((c.figures[0].change_percent.expect("change") + 20.0).abs() < 1e-9);
-        // The mirror image is better, and passes.
-        let better = run(vec![tcp(&[120.0, 121.0, 119.0]), lat(&[0.8, 0.81, 0.79])]);
-        let c = cmp(&old, &better, 5.0, false);
-        assert_eq!(c.figures.iter().map(|f| f.verdict).collect::<Vec<_>>(), [Verdict::Better, Verdict::Better]);
-        assert_eq!(c.outcome, Outcome::Ok);
-    }
-
-    #[test]
-    fn overlap_or_tolerance_keeps_a_change_within_noise() {
-        let tcp = |s: &[f64]| measurement("tcp-1", X, None, s);
-        // -20 % median, but the spread is so wide that the intervals overlap.
-        let c = cmp(&run(vec![tcp(&[100.0, 50.0, 150.0])]), &run(vec![tcp(&[80.0, 40.0, 120.0])]), 5.0, false);
-        assert_eq!((c.figures[0].verdict, c.outcome), (Verdict::WithinNoise, Outcome::Ok));
-        // -3 %, measured precisely (no overlap), but inside a 5 % tolerance; with 2 % it is worse.
-        let (old, new) = (run(vec![tcp(&[100.0, 100.1, 99.9])]), run(vec![tcp(&[97.0, 97.1, 96.9])]));
-        assert_eq!(cmp(&old, &new, 5.0, false).figures[0].verdict, Verdict::WithinNoise);
-        assert_eq!(cmp(&old, &new, 2.0, false).figures[0].verdict, Verdict::Worse);
-    }
-
-    #[test]
-    fn medians_against_the_intervals_claim_nothing() {
-        // NEW's interval lies above OLD's but its median moved down (one huge sample): contradictory data.
-        let old = Side { median: 100.0, ci95_low: Some(95.0), ci95_high: Some(105.0), n: 3 };
-        let new = Side { median: 90.0, ci95_low: Some(106.0), ci95_high: Some(400.0), n: 3 };
-        assert_eq!(verdict(&old, &new, Better::Higher, 5.0), Verdict::WithinNoise);
-    }
-
-    #[test]
-    fn missing_figures_fail_new_ones_and_single_samples_do_not() {
-        let old = run(vec![
-            measurement("tcp-1", X, Some(Backend::Vxlan), &[100.0, 101.0]),
-            measurement("udp", X, Some(Backend::Vxlan), &[50.0]),
-        ]);
-        let new = run(vec![
-            measurement("udp", X, Some(Backend::Vxlan), &[10.0]),
-            measurement("tcp-1", X, Some(Backend::HostGw), &[100.0, 101.0]),
-        ]);
-        let c = cmp(&old, &new, 5.0, false);
-        let v: Vec<(String, Verdict)> = c.figures.iter().map(|f| (f.name(), f.verdict)).collect();
-        assert_eq!(
-            v,
-            [
-                ("vxlan pod->pod cross-node tcp-1".to_string(), Verdict::Missing),
-                ("vxlan pod->pod cross-node udp".to_string(), Verdict::TooFewSamples),
-                ("host-gw pod->pod cross-node tcp-1".to_string(), Verdict::New),
-            ]
-        );
-        assert_eq!((c.counts.missing, c.counts.too_few_samples, c.counts.new), (1, 1, 1));
-        assert_eq!(c.outcome, Outcome::Regressed);
-    }
-
-    #[test]
-    fn a_different_kernel_is_not_comparable_unless_told() {
-        let old = run(vec![measurement("tcp-1", X, None, &[100.0, 101.0, 99.0])]);
-        let mut new = run(vec![measurement("tcp-1", X, None, &[50.0, 51.0, 49.0])]);
-        new.metadata.kernel = Some("6.12.0-1-amd64".into());
-        new.metadata.host = "elsewhere".into();
-        let c = cmp(&old, &new, 5.0, false);
-        assert_eq!(c.outcome, Outcome::NotComparable);
-        let fields: Vec<(&str, bool)> = c.mismatches.iter().map(|m| (m.field, m.blocking)).collect();
-        assert_eq!(fields, [("metadata.kernel", true), ("metadata.host", false)]);
-        // Compared anyway, the halved throughput is a regression.
-        let c = cmp(&old, &new, 5.0, true);
-        assert_eq!((c.outcome, c.compared_anyway), (Outcome::Regressed, true));
-        // A host alone does not block.
-        new.metadata.kernel = old.metadata.kernel.clone();
-        new.measurements = old.measurements.clone();
-        assert_eq!(cmp(&old, &new, 5.0, false).outcome, Outcome::Ok);
-        for field in ["topology_hash", "accelerator", "testbed_version"] {
-            let mut other = old.clone();
-            match field {
-                "topology_hash" => other.metadata.topology_hash = "def".into(),
-                "accelerator" => other.metadata.accelerator = Some("kvm".into()),
-                _ => other.metadata.testbed_version = "0.2.0".into(),
-            }
-            assert_eq!(cmp(&old, &other, 5.0, false).outcome, Outcome::NotComparable, "{field}");
-        }
-    }
-
-    #[test]
-    fn errors_name_the_file_and_the_field() {
-        let mut m = measurement("tcp-1", X, None, &[1.0, 2.0]);
-        m.unit = "furlongs".into();
-        let bad = run(vec![measurement("latency", X, None, &[1.0, 2.0]), m]);
-        let good = run(vec![measurement("tcp-1", X, None, &[1.0, 2.0])]);
-        let o = Run { dir: "runs/old/".into(), results: &good };
-        let n = Run { dir: "runs/new".into(), results: &bad };
-        let e = compare(&o, &n, 5.0, false).expect_err("unknown unit").to_string();
-        assert!(e.starts_with("runs/new/results.json: measurements[1].unit `furlongs`"), "{e}");
-        let dup = run(vec![good.measurements[0].clone(), good.measurements[0].clone()]);
-        let e = compare(&o, &Run { dir: "d".into(), results: &dup }, 5.0, false).expect_err("dup").to_string();
-        assert!(e.contains("d/results.json: measurements[1] (pod->pod cross-node tcp-1) appears twice"), "{e}");
-        let none = run(vec![]);
-        let e = compare(&Run { dir: "c".into(), results: &none }, &n, 5.0, false).expect_err("none").to_string();
-        assert!(e.contains("c/results.json: no measurements"), "{e}");
-    }
-
-    #[test]
-    fn the_relative_axis_covers_every_interval_and_the_tolerance() {
-        let old = run(vec![measurement("tcp-1", X, None, &[100.0, 110.0, 90.0])]);
-        let new = run(vec![measurement("tcp-1", X, None, &[10.0, 300.0, 20.0])]);
-        let c = cmp(&old, &new, 5.0, false);
-        let s = relative_scale(&c, 400.0);
-        let n = c.figures[0].new.expect("new");
-        for v in [n.ci95_low.expect("lo"), n.ci95_high.expect("hi"), n.median] {
-            let x = s.at(v);
-            assert!((0.0..=400.0).contains(&x), "{v} -> {x}");
-        }
-    }
+/// True when none of the figures present in both runs was verified, or more than `max_percent` of them were
+/// not (`RULE`). Without any figure in both runs nothing was verified either.
+fn inconclusive(figures: &[Figure], max_percent: f64) -> bool {
+    let compared = figures.iter().filter(|f| f.old.is_some() && f.new.is_some()).count();
+    let unverified = figures.iter().filter(|f| f.verdict.unverified()).count();
+    compared == unverified || unverified as f64 * 100.0 > max_percent * compared as f64
 }

@@ -25,7 +25,8 @@ struct Row {
     old: String,
     new: String,
     change: String,
-    verdict: &'static str,
+    /// The verdict, and for an unstable figure why and what the rule alone indicated.
+    verdict: String,
     regressed: bool,
 }
 
@@ -83,6 +84,7 @@ pub fn verdict_name(v: Verdict) -> &'static str {
         Verdict::Worse => "worse",
         Verdict::WithinNoise => "within noise",
         Verdict::TooFewSamples => "too few samples",
+        Verdict::Unstable => "unstable",
         Verdict::Missing => "missing",
         Verdict::New => "new",
     }
@@ -102,6 +104,16 @@ fn change_text(f: &Figure) -> String {
     f.change_percent.map_or_else(|| "-".into(), |c| format!("{c:+.1} %"))
 }
 
+/// `worse`; `unstable: disturbed_host in NEW (the rule says worse)`.
+pub fn verdict_text(f: &Figure) -> String {
+    match f.indication {
+        Some(i) if f.verdict == Verdict::Unstable => {
+            format!("unstable: {} (the rule says {})", f.unstable.join(", "), verdict_name(i))
+        }
+        _ => verdict_name(f.verdict).to_string(),
+    }
+}
+
 fn row(f: &Figure) -> Row {
     Row {
         name: f.name(),
@@ -114,7 +126,7 @@ fn row(f: &Figure) -> Row {
         old: side_text(&f.old),
         new: side_text(&f.new),
         change: change_text(f),
-        verdict: verdict_name(f.verdict),
+        verdict: verdict_text(f),
         regressed: f.verdict.regressed(),
     }
 }
@@ -127,7 +139,7 @@ fn mark(s: &Side, base: f64, scale: &Scale) -> Mark {
 }
 
 fn view(c: &Comparison) -> View<'_> {
-    let scale = super::compare::relative_scale(c, PLOT);
+    let scale = relative_scale(c, PLOT);
     let mut kinds: Vec<&str> = Vec::new();
     for f in &c.figures {
         if !kinds.contains(&f.kind.as_str()) {
@@ -156,6 +168,7 @@ fn view(c: &Comparison) -> View<'_> {
                         verdict: match f.verdict {
                             Verdict::Better => "better",
                             Verdict::Worse | Verdict::Missing => "worse",
+                            Verdict::Unstable => "unstable",
                             _ => "noise",
                         },
                     }
@@ -180,6 +193,7 @@ fn view(c: &Comparison) -> View<'_> {
     let (banner, banner_class) = match c.outcome {
         Outcome::Ok => ("NO REGRESSION", "ok"),
         Outcome::Regressed => ("REGRESSED", "worse"),
+        Outcome::Inconclusive => ("INCONCLUSIVE", "incomparable"),
         Outcome::NotComparable => ("NOT COMPARABLE", "incomparable"),
     };
     View {
@@ -195,6 +209,26 @@ fn view(c: &Comparison) -> View<'_> {
         hundred,
         plot: PLOT,
     }
+}
+
+/// The compare chart's x axis: percent of OLD's median, wide enough for every interval, median and the
+/// tolerance band.
+pub fn relative_scale(c: &Comparison, px: f64) -> Scale {
+    let mut lo = 100.0 - c.tolerance_percent;
+    let mut hi = 100.0 + c.tolerance_percent;
+    for f in &c.figures {
+        let Some(base) = f.old.map(|o| o.median).filter(|m| *m != 0.0) else { continue };
+        for s in [f.old, f.new].into_iter().flatten() {
+            for v in [Some(s.median), s.ci95_low, s.ci95_high].into_iter().flatten() {
+                let pct = v / base * 100.0;
+                lo = lo.min(pct);
+                hi = hi.max(pct);
+            }
+        }
+    }
+    // A little room on both sides so that end caps are not drawn on the chart's edge.
+    let pad = (hi - lo) * 0.04;
+    Scale::new(lo - pad, hi + pad, px)
 }
 
 /// The value at pixel `px` of `scale` (the inverse of `Scale::at`), for the axis labels.

@@ -26,7 +26,7 @@ pub fn perf_run() -> SuiteResults {
     RUN.get_or_init(|| {
         let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
         let ui = Ui::new(OutputFormat::Json, true);
-        let opts = PerfOptions { repeats: 3, warmup: 0, duration_s: 1, streams: 4 };
+        let opts = PerfOptions::new(3, 0, 1, 4);
         let mut r = block_on(crate::suites::run_perf(&c, &ui, &[Backend::Vxlan, Backend::HostGw], None, &opts));
         assert!(r.measurements.len() >= 20, "the fake perf run measured {} figures", r.measurements.len());
         r.started = "2026-01-01T02:00:00Z".into();

@@ -218,15 +218,13 @@ pub fn html_with(template: &str, runs: &[(String, SuiteResults)]) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suites::report::compare::tests::{measurement, run};
+    use crate::suites::report::compare_tests::{run, Fig};
     use testbed_api::Backend;
-
-    const X: &str = "pod->pod cross-node";
 
     fn nightly(day: u32, tcp: &[f64]) -> (String, SuiteResults) {
         let mut r = run(vec![
-            measurement("tcp-1", X, Some(Backend::Vxlan), tcp),
-            measurement("latency", X, Some(Backend::Vxlan), &[1.0, 1.1, 0.9]),
+            Fig::new("tcp-1", tcp).backend(Backend::Vxlan).build(),
+            Fig::new("latency", &[1.0, 1.1, 0.9]).backend(Backend::Vxlan).build(),
         ]);
         r.started = format!("2026-01-{day:02}T02:00:00Z");
         (format!("runs/{day}"), r)

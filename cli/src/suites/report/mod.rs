@@ -16,6 +16,8 @@ mod ci_tests;
 mod cli_tests;
 mod command;
 pub mod compare;
+#[cfg(test)]
+mod compare_tests;
 pub mod compare_view;
 #[cfg(test)]
 mod fixtures;
