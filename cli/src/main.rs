@@ -43,6 +43,11 @@ enum Command {
     Ssh(commands::SshArgs),
     /// Run a command on a node and return its exit code.
     Exec(commands::ExecArgs),
+    /// Print the path of the lab's kubeconfig (kubectl reaches the lab's API server with it).
+    Kubeconfig(commands::KubeconfigArgs),
+    /// Forward 127.0.0.1:PORT to the lab's API server over SSH (`up` starts it; `down` stops it).
+    #[command(hide = true, name = "forward-api")]
+    ForwardApi(commands::ForwardApiArgs),
     /// Run a suite (conformance, perf) against a running lab and write results.
     Run(suites::RunArgs),
     /// Render a run's reports again (report.md, report.html, junit.xml), compare two runs (--compare, the
@@ -69,6 +74,8 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
         Command::Status(a) => commands::cmd_status(ui, a).await,
         Command::Ssh(a) => commands::cmd_ssh(ui, a).await,
         Command::Exec(a) => commands::cmd_exec(ui, a).await,
+        Command::Kubeconfig(a) => commands::cmd_kubeconfig(ui, a).await,
+        Command::ForwardApi(a) => commands::cmd_forward_api(ui, a).await,
         Command::Run(a) => suites::cmd_run(ui, a).await,
         Command::Report(a) => suites::cmd_report(ui, a).await,
         Command::Validate(a) => topology::cmd_validate(ui, a),

@@ -105,6 +105,9 @@ pub struct ClusterPlan {
 
 /// The API server's port on a control-plane node's underlay address (Kubernetes' secure port).
 pub const API_PORT: u16 = 6443;
+/// etcd's client and peer ports on a control-plane node's underlay address (etcd's registered ports).
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
 
 /// A user pod from the topology, placed on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
