@@ -30,8 +30,10 @@ use super::handle::Lab;
 pub const SUBCOMMAND: &str = "forward-api";
 /// How long `up` waits for a new forwarder to say which port it listens on.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// One SSH connection attempt of the forwarder (the VMs are up by the time kubectl connects).
-const CONNECT_DEADLINE: Duration = Duration::from_secs(20);
+/// The first SSH connection, made while the VMs boot.
+const FIRST_CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+/// Later ones (the VMs are up; a member that does not answer soon is skipped for the next one).
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
@@ -180,8 +182,15 @@ pub async fn run(lab: Lab, port: u16) -> Result<(), ForwarderError> {
     let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let members: Vec<(String, Ipv4Addr)> =
         lab.plan.control_plane_members().iter().map(|(n, ip)| (n.name.clone(), *ip)).collect();
-    let paths = Arc::new(Paths { lab, members, sessions: tokio::sync::Mutex::new(Vec::new()) });
+    let sessions = members.iter().map(|_| tokio::sync::Mutex::new(None)).collect();
+    let paths = Arc::new(Paths { lab, members, sessions });
     eprintln!("forward-api: 127.0.0.1:{port} -> {:?} port {API_PORT}", paths.members);
+    // Connect to the first member now, while `up` still brings the nodes up: its handshake is then off the
+    // path of `up`'s first probe of the API.
+    if !paths.members.is_empty() {
+        let early = paths.clone();
+        tokio::spawn(async move { early.session(0, FIRST_CONNECT_DEADLINE).await });
+    }
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -196,18 +205,19 @@ pub async fn run(lab: Lab, port: u16) -> Result<(), ForwarderError> {
     }
 }
 
-/// The control-plane members and an SSH session to each that has been needed so far.
+/// The control-plane members and an SSH session to each that has been needed so far (one lock per member:
+/// a member that is slow to connect holds up only its own connections).
 struct Paths {
     lab: Lab,
     members: Vec<(String, Ipv4Addr)>,
-    sessions: tokio::sync::Mutex<Vec<Option<Session>>>,
+    sessions: Vec<tokio::sync::Mutex<Option<Session>>>,
 }
 
 impl Paths {
     /// Carries one client connection to the first member whose API port takes it.
     async fn pump(&self, mut tcp: TcpStream) {
         for i in 0..self.members.len() {
-            let Some(session) = self.session(i).await else { continue };
+            let Some(session) = self.session(i, CONNECT_DEADLINE).await else { continue };
             let (node, ip) = &self.members[i];
             match session.connect_tcp(&ip.to_string(), API_PORT).await {
                 Ok(mut remote) => {
@@ -221,21 +231,20 @@ impl Paths {
     }
 
     /// The session to member `i`, connecting (again) when there is none or it has closed.
-    async fn session(&self, i: usize) -> Option<Session> {
-        let mut sessions = self.sessions.lock().await;
-        sessions.resize(self.members.len(), None);
-        if let Some(s) = sessions[i].as_ref().filter(|s| !s.is_closed()) {
+    async fn session(&self, i: usize, deadline: Duration) -> Option<Session> {
+        let mut slot = self.sessions[i].lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Some(s.clone());
         }
         let node = &self.members[i].0;
-        match self.lab.session(node, CONNECT_DEADLINE).await {
+        match self.lab.session(node, deadline).await {
             Ok(s) => {
-                sessions[i] = Some(s.clone());
+                *slot = Some(s.clone());
                 Some(s)
             }
             Err(e) => {
                 eprintln!("forward-api: {node}: {e}");
-                sessions[i] = None;
+                *slot = None;
                 None
             }
         }
