@@ -44,10 +44,16 @@ impl Drop for LabGuard {
     }
 }
 
+/// kubectl with the lab's kubeconfig; its discovery cache in the test's directory, not the user's.
+fn kubectl_command(kubeconfig: &Path) -> Command {
+    let tmp = kubeconfig.ancestors().nth(3).expect("<tmp>/state/<lab>/kubeconfig");
+    let mut c = Command::new("kubectl");
+    c.arg("--kubeconfig").arg(kubeconfig).arg("--cache-dir").arg(tmp.join("kube-cache"));
+    c
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
+    let mut child = kubectl_command(kubeconfig)
         .arg("--request-timeout=20s")
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -118,9 +124,7 @@ fn default_lab_serves_kubectl_and_down_leaves_nothing() {
     assert!(created.status.success(), "{}", show("create -f", &created));
 
     // A watch started now sees a Lease created after it.
-    let mut watch = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+    let mut watch = kubectl_command(&kubeconfig)
         .args(["get", "leases", "-n", "cp-e2e", "-w", "-o", "name"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

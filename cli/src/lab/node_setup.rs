@@ -48,23 +48,28 @@ pub(super) async fn bring_up(
 
     progress.enter(Stage::Agent);
     let plan = &setup.ctx.plan;
-    // etcd and the API server start while the agent is deployed: under TCG both wait mostly on the guest.
+    // etcd and the API server start beside the node's own setup (nothing of it waits for them): under TCG
+    // both wait mostly on the guest.
     let launch = async {
         match plan.cluster.control_plane.contains(name) {
             true => control_plane::launch(&session, plan, node, &setup.credentials).await,
             false => Ok(()),
         }
     };
-    let (agent, launched) =
-        tokio::join!(agent_deploy::deploy(&session, name, &setup.ctx.agent_binary, machine.agent_disk_size), launch);
-    let agent = agent.map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
+    let setup_node = async {
+        let agent = agent_deploy::deploy(&session, name, &setup.ctx.agent_binary, machine.agent_disk_size)
+            .await
+            .map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
+        progress.enter(Stage::Network);
+        apply_network(setup, node, &session, &agent).await?;
+        for pod in plan.pods.iter().filter(|p| p.node == *name) {
+            agent.create_pod(&pod.spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
+        }
+        Ok::<_, UpError>(agent)
+    };
+    let (launched, agent) = tokio::join!(launch, setup_node);
+    let agent = agent?;
     launched.map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
-
-    progress.enter(Stage::Network);
-    apply_network(setup, node, &session, &agent).await?;
-    for pod in setup.ctx.plan.pods.iter().filter(|p| p.node == *name) {
-        agent.create_pod(&pod.spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
-    }
     setup.state.record_stage(name, Stage::Ready)?;
     let up = UpNode {
         name: name.clone(),
