@@ -49,10 +49,8 @@ pub(super) async fn converge(
     let prepared = provider.prepare(&ctx).await?;
     keys::write_known_hosts(&dir, plan.nodes.iter().filter_map(|n| prepared.state.nodes.get(&n.name)))?;
     let credentials = control_plane::credentials(&dir, &plan)?;
-    // A forwarder left from an earlier `up` may hold sessions to machines that are being replaced: a new one.
-    // It connects to the nodes only when the first client (the readiness probe below) does.
-    forwarder::stop(&dir)?;
-    let fwd = forwarder::ensure(&dir).await?;
+    // The forwarder starts now and connects to the first control-plane node while the VMs boot.
+    let fwd = forwarder::restart(&dir).await?;
     let deadline = ctx.deadline;
     let setup = Arc::new(NodeSetup {
         ctx,

@@ -131,6 +131,19 @@ pub async fn ensure(dir: &LabDir) -> Result<ForwarderRecord, ForwarderError> {
     spawn(dir, 0).await
 }
 
+/// A new forwarder in place of the lab's current one (on its port when it is still free): a re-converging `up`
+/// may replace machines whose sessions and host keys the old one holds.
+pub async fn restart(dir: &LabDir) -> Result<ForwarderRecord, ForwarderError> {
+    let previous = read_record(dir);
+    stop(dir)?;
+    if let Some(rec) = previous {
+        if let Ok(rec) = spawn(dir, rec.port).await {
+            return Ok(rec);
+        }
+    }
+    spawn(dir, 0).await
+}
+
 /// Starts a detached forwarder for the lab (its own process group: Ctrl-C in `up`'s terminal does not reach
 /// it), reads the port it listens on from its first line of output, and records it.
 async fn spawn(dir: &LabDir, port: u16) -> Result<ForwarderRecord, ForwarderError> {
