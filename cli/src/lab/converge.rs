@@ -61,11 +61,17 @@ pub(super) async fn converge(
     let (nodes, connected): (Vec<UpNode>, Vec<ConnectedNode>) =
         bring_up_nodes(&setup, prepared.machines, opts.timeout).await?.into_iter().unzip();
     let nodes_ready = Instant::now();
-    control_plane::wait_ready(fwd.port, &credentials, deadline).await?;
+    let task = ui.task("control-plane");
+    task.stage(format!("waiting for the API server through 127.0.0.1:{}", fwd.port));
+    if let Err(e) = control_plane::wait_ready(fwd.port, &credentials, deadline).await {
+        task.fail(e.to_string());
+        return Err(e.into());
+    }
     let kubeconfig = control_plane::write_kubeconfig(&dir, fwd.port, &credentials)?;
     let agents: Vec<_> = connected.iter().map(|c| (c.name.clone(), c.agent.clone())).collect();
     control_plane::join_agents(ui, &plan, &credentials, &agents).await?;
     let control_plane_wait = nodes_ready.elapsed().as_secs_f64();
+    task.finish(format!("API ready {control_plane_wait:.1} s after the nodes; kubeconfig {}", kubeconfig.display()));
     let st = setup.state.snapshot();
     Ok(UpOutcome {
         lab: plan.lab.clone(),
