@@ -25,23 +25,19 @@ const ETCD_RETENTION: &str = "1h";
 /// Between readiness probes of the API through the forwarder.
 const PROBE_PAUSE: Duration = Duration::from_millis(250);
 
+/// Each message carries its cause's text, so no variant names a `source`: `{:#}` would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot {action} {}: {error}", path.display())]
+    Io { action: &'static str, path: PathBuf, error: std::io::Error },
     #[error("generating the lab's credentials: {0}")]
-    Credentials(#[from] testbed_control_plane::tls::TlsError),
+    Credentials(testbed_control_plane::tls::TlsError),
     #[error("starting etcd and the API server: {0}")]
-    Launch(#[source] SshError),
+    Launch(SshError),
     #[error("the API server did not answer through 127.0.0.1:{port} within {waited:.0?}: {last}")]
     NotReady { port: u16, waited: Duration, last: String },
     #[error("{0}")]
-    Join(#[source] Box<crate::guest::agent_client::AgentError>),
+    Join(Box<crate::guest::agent_client::AgentError>),
 }
 
 /// The lab's control-plane credentials: made at the first `up`, kept in the lab directory (0600) so that a
@@ -56,12 +52,8 @@ pub fn credentials(dir: &LabDir, plan: &Plan) -> Result<Credentials, ControlPlan
     // loopback, where the forwarder listens (`localhost` is added by `generate`).
     let mut ips: Vec<IpAddr> = plan.control_plane_members().iter().map(|(_, ip)| IpAddr::V4(*ip)).collect();
     ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let creds = Credentials::generate(&ips)?;
-    std::fs::create_dir_all(&d).map_err(|source| ControlPlaneError::Io {
-        action: "create",
-        path: d.clone(),
-        source,
-    })?;
+    let creds = Credentials::generate(&ips).map_err(ControlPlaneError::Credentials)?;
+    std::fs::create_dir_all(&d).map_err(|error| ControlPlaneError::Io { action: "create", path: d.clone(), error })?;
     for (path, text) in files.iter().zip([&creds.ca_pem, &creds.cert_pem, &creds.key_pem, &creds.token]) {
         write_private(path, text)?;
     }
@@ -72,7 +64,7 @@ pub fn credentials(dir: &LabDir, plan: &Plan) -> Result<Credentials, ControlPlan
 pub fn write_private(path: &std::path::Path, text: &str) -> Result<(), ControlPlaneError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let io = |source| ControlPlaneError::Io { action: "write", path: path.to_path_buf(), source };
+    let io = |error| ControlPlaneError::Io { action: "write", path: path.to_path_buf(), error };
     let tmp = path.with_extension("tmp");
     let mut f =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;

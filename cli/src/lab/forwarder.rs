@@ -37,19 +37,16 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
-    #[error("API forwarder: cannot {action}: {source}")]
-    Io {
-        action: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is in the message and not a `source`: `{:#}` would print it twice.
+    #[error("API forwarder: cannot {action}: {error}")]
+    Io { action: String, error: std::io::Error },
     #[error("API forwarder did not start: {0}")]
     NotStarted(String),
 }
 
 fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ForwarderError {
     let action = action.into();
-    move |source| ForwarderError::Io { action, source }
+    move |error| ForwarderError::Io { action, error }
 }
 
 /// What `up` recorded about the running forwarder.

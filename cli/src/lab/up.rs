@@ -54,7 +54,7 @@ pub enum UpError {
     #[error("node {node}: {stage}: {message}{}", serial_hint(.serial_log, .serial_tail))]
     Node { node: String, stage: Stage, message: String, serial_log: Option<PathBuf>, serial_tail: String },
     #[error("control plane: {0}")]
-    ControlPlane(#[source] Box<super::control_plane::ControlPlaneError>),
+    ControlPlane(Box<super::control_plane::ControlPlaneError>),
     #[error(transparent)]
     Forwarder(#[from] super::forwarder::ForwarderError),
     #[error("interrupted")]
