@@ -1,4 +1,5 @@
-//! The lab commands: `up`, `down`, `status`, `ssh`, `exec` and `doctor`. Each handler only parses, calls the
+//! The lab commands: `up`, `down`, `status`, `ssh`, `exec`, `kubeconfig` and `doctor` (and the hidden
+//! `forward-api` that `up` leaves running for kubectl). Each handler only parses, calls the
 //! lab layer (`crate::lab`) with the provider, and prints.
 
 use std::io::Write;
@@ -63,6 +64,25 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct KubeconfigArgs {
+    #[command(flatten)]
+    pub lab: LabSelector,
+    /// Print the file's content instead of its path.
+    #[arg(long)]
+    pub content: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ForwardApiArgs {
+    /// The lab whose API server to forward to.
+    #[arg(long)]
+    pub lab: String,
+    /// Port on 127.0.0.1 to listen on (0: any free port); printed on stdout once listening.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct DoctorArgs {}
 
 fn print_json(value: &serde_json::Value) -> CliResult {
@@ -105,7 +125,41 @@ pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
             );
         }
     }
+    if let (Some(kubeconfig), false) = (&outcome.kubeconfig, ui.is_json()) {
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "  API server   https://127.0.0.1:{}  kubectl --kubeconfig {} get ns",
+            outcome.api_port.unwrap_or(0),
+            kubeconfig.display()
+        );
+    }
     Ok(())
+}
+
+/// `testbed kubeconfig`: where the lab's kubeconfig is (or what it says, with `--content`).
+pub async fn cmd_kubeconfig(_ui: &Ui, a: KubeconfigArgs) -> CliResult {
+    let lab = Lab::open(&a.lab)?;
+    let path = lab::control_plane::kubeconfig_path(&lab.paths);
+    if !path.is_file() {
+        return Err(CliError::infra(anyhow!(
+            "lab `{}` has no kubeconfig ({} is missing): its `up` did not finish; run `testbed up` again",
+            lab.plan.lab,
+            path.display()
+        )));
+    }
+    let mut out = std::io::stdout().lock();
+    if a.content {
+        let text = std::fs::read(&path).map_err(CliError::infra)?;
+        out.write_all(&text).map_err(CliError::infra)
+    } else {
+        writeln!(out, "{}", path.display()).map_err(CliError::infra)
+    }
+}
+
+/// The forwarder process `up` starts (see `lab::forwarder`).
+pub async fn cmd_forward_api(_ui: &Ui, a: ForwardApiArgs) -> CliResult {
+    let lab = Lab::open(&LabSelector { lab: Some(a.lab), topology: None })?;
+    lab::forwarder::run(lab, a.port).await.map_err(CliError::infra)
 }
 
 pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
@@ -133,8 +187,9 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
         ui.info(format!("lab `{}`: nothing left to remove", dir.name));
     } else {
         ui.info(format!(
-            "lab `{}` down: {} VM(s) stopped, netns {}, directory {}",
+            "lab `{}` down: API forwarder {}, {} VM(s) stopped, netns {}, directory {}",
             dir.name,
+            t.forwarder_stopped.map_or_else(|| "(not running)".into(), |pid| format!("pid {pid} stopped")),
             t.stopped.len(),
             t.netns_deleted.as_deref().unwrap_or("(already gone)"),
             if t.dir_removed { "removed" } else { "(already gone)" }

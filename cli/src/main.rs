@@ -53,6 +53,11 @@ enum Command {
     Delete(cluster::DeleteArgs),
     /// Show objects of the lab's control plane in detail.
     Describe(cluster::DescribeArgs),
+    /// Print the path of the lab's kubeconfig (kubectl reaches the lab's API server with it).
+    Kubeconfig(commands::KubeconfigArgs),
+    /// Forward 127.0.0.1:PORT to the lab's API server over SSH (`up` starts it; `down` stops it).
+    #[command(hide = true, name = "forward-api")]
+    ForwardApi(commands::ForwardApiArgs),
     /// Run a suite (conformance, perf) against a running lab and write results.
     Run(suites::RunArgs),
     /// Render a run's reports again (report.md, report.html, junit.xml), compare two runs (--compare, the
@@ -83,6 +88,8 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
         Command::Apply(a) => cluster::cmd_apply(ui, a).await,
         Command::Delete(a) => cluster::cmd_delete(ui, a).await,
         Command::Describe(a) => cluster::cmd_describe(ui, a).await,
+        Command::Kubeconfig(a) => commands::cmd_kubeconfig(ui, a).await,
+        Command::ForwardApi(a) => commands::cmd_forward_api(ui, a).await,
         Command::Run(a) => suites::cmd_run(ui, a).await,
         Command::Report(a) => suites::cmd_report(ui, a).await,
         Command::Validate(a) => topology::cmd_validate(ui, a),

@@ -106,7 +106,7 @@ fn kubeconfig_path(args: &ClientArgs) -> Result<PathBuf, ClusterError> {
         return Ok(path.clone());
     }
     let dir = args.lab.resolve_existing()?;
-    let path = dir.root.join("kubeconfig");
+    let path = crate::lab::control_plane::kubeconfig_path(&dir);
     if !path.exists() {
         return Err(ClusterError::NoKubeconfig { lab: dir.name, path });
     }

@@ -8,7 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use testbed_api::{
-    ApiError, ApplyResponse, ExecRequest, ExecResponse, Health, NodeSpec, NodeStatus, PodSpec, PodStatus,
+    ApiError, ApplyResponse, ControlPlaneJoin, ExecRequest, ExecResponse, Health, NodeSpec, NodeStatus, PodSpec,
+    PodStatus,
 };
 
 /// Most calls are quick; this bounds a hung agent or a stalled forward.
@@ -66,6 +67,16 @@ impl AgentError {
     }
 }
 
+/// What an agent did with [`AgentClient::join_control_plane`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// It follows the lab's API server from now on.
+    Joined,
+    /// It has no `/v1/control-plane` endpoint (404): an agent built before agents followed the API. The lab
+    /// works as before, driven by the CLI alone.
+    NotSupported,
+}
+
 /// Client for one node's agent. Cheap to clone (reqwest shares its connection pool).
 #[derive(Clone)]
 pub struct AgentClient {
@@ -107,6 +118,16 @@ impl AgentClient {
 
     pub async fn apply_node(&self, spec: &NodeSpec) -> Result<ApplyResponse, AgentError> {
         self.call(Method::PUT, "/v1/node", Some(spec), APPLY_TIMEOUT).await
+    }
+
+    /// Hands the agent the lab's API servers and credentials (`PUT /v1/control-plane`).
+    pub async fn join_control_plane(&self, join: &ControlPlaneJoin) -> Result<JoinOutcome, AgentError> {
+        match self.send(Method::PUT, "/v1/control-plane", Some(join), DEFAULT_TIMEOUT).await {
+            Ok(_) => Ok(JoinOutcome::Joined),
+            Err(AgentError::Api { status: StatusCode::NOT_FOUND, .. })
+            | Err(AgentError::BadBody { status: StatusCode::NOT_FOUND, .. }) => Ok(JoinOutcome::NotSupported),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn node_status(&self) -> Result<NodeStatus, AgentError> {
@@ -309,6 +330,15 @@ mod tests {
             }
             ("DELETE", "/v1/pods/web" | "/v1/pods/web?grace_period_secs=0") => Some(("204 No Content", String::new())),
             ("GET", "/v1/node") => Some(("500 Internal Server Error", "<html>boom</html>".into())),
+            ("PUT", "/v1/control-plane") if body.contains("\"node_name\":\"node-a\"") => {
+                Some(("204 No Content", String::new()))
+            }
+            ("PUT", "/v1/control-plane") if body.contains("\"node_name\":\"old\"") => {
+                Some(("404 Not Found", String::new()))
+            }
+            ("PUT", "/v1/control-plane") => {
+                Some(("400 Bad Request", r#"{"message":"bad token","field":"token"}"#.into()))
+            }
             ("GET", "/v1/pods") => Some(("200 OK", "[]".into())),
             ("GET", "/slow") => None,
             _ => Some(("404 Not Found", r#"{"message":"no route"}"#.into())),
@@ -341,6 +371,20 @@ mod tests {
         // The pod name is one path segment, whatever it contains.
         let err = agent.exec("a/b", &req).await.expect_err("400");
         assert_eq!(err.api_error().and_then(|e| e.field.as_deref()), Some("pod"));
+
+        // Joining the control plane: done, not known to an older agent (404, axum's empty body), refused.
+        let mut join = ControlPlaneJoin {
+            servers: vec!["https://192.168.50.11:6443".into()],
+            ca_pem: "PEM".into(),
+            token: "t".into(),
+            node_name: "node-a".into(),
+        };
+        assert_eq!(agent.join_control_plane(&join).await.expect("joined"), JoinOutcome::Joined);
+        join.node_name = "old".into();
+        assert_eq!(agent.join_control_plane(&join).await.expect("404"), JoinOutcome::NotSupported);
+        join.node_name = "other".into();
+        let err = agent.join_control_plane(&join).await.expect_err("400");
+        assert_eq!(err.api_error().and_then(|e| e.field.as_deref()), Some("token"));
 
         let err = agent.node_status().await.expect_err("500 html");
         assert!(matches!(err, AgentError::BadBody { .. }), "{err}");

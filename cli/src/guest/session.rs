@@ -325,6 +325,11 @@ impl Session {
         }
     }
 
+    /// True once the connection is gone (the guest rebooted or died): a new session is needed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.handle.is_closed()
+    }
+
     /// The forwarded SSH port this session is connected to.
     pub fn port(&self) -> u16 {
         self.inner.port
@@ -437,6 +442,23 @@ impl Session {
             tasks.push(task.abort_handle());
         }
         Ok(local_port)
+    }
+}
+
+impl Session {
+    /// A TCP connection made by the guest's sshd to `host:port` (a direct-tcpip channel): what [`forward`]
+    /// does per connection, for an address other than the guest's loopback (the API server listens on the
+    /// node's underlay address only).
+    ///
+    /// [`forward`]: Self::forward
+    pub async fn connect_tcp(&self, host: &str, port: u16) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        let channel = self
+            .inner
+            .handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(self.protocol(format!("open a channel to {host}:{port}")))?;
+        Ok(channel.into_stream())
     }
 }
 

@@ -176,7 +176,8 @@ fn guest_follows_the_boot_contract() {
     eprintln!("SSH ready after {secs:.1} s");
     let script = "hostname; ip -br addr show eth1; ip -o link show eth1; echo routes:; ip route; ip -6 route; cat /sys/fs/cgroup/cgroup.subtree_control; \
                   modprobe br_netfilter && echo modprobe-ok; ps -o args= -p 1; pgrep -f testbed-agent-supervisor >/dev/null && echo supervisor-ok; \
-                  for t in ip bridge tc ss ping iperf3 nc httpd wget ps dd ethtool nsenter unshare modprobe; do command -v $t >/dev/null || echo missing $t; done";
+                  pgrep -x etcd >/dev/null && echo etcd-runs-unasked; \
+                  for t in ip bridge tc ss ping iperf3 nc httpd wget ps dd ethtool nsenter unshare modprobe etcd; do command -v $t >/dev/null || echo missing $t; done";
     let out = ssh(&node, script);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -190,6 +191,8 @@ fn guest_follows_the_boot_contract() {
     assert!(text.contains("cpu memory pids"), "cgroup controllers: {text}");
     assert!(text.contains("modprobe-ok") && text.contains("supervisor-ok"), "{text}");
     assert!(!text.contains("missing"), "{text}");
+    // etcd is in the image for the control-plane nodes, where `up` starts it; nothing starts it at boot.
+    assert!(!text.contains("etcd-runs-unasked"), "{text}");
 
     // The supervisor starts an agent once the file exists and restarts it after it exits.
     let fake_agent = "printf '#!/bin/sh\\necho started >>/tmp/agent-runs\\nexec sleep 1000\\n' >/usr/local/bin/testbed-agent.tmp && \

@@ -40,6 +40,10 @@ pub const PACKAGES: &[&str] = &[
     "ethtool",
     "util-linux",
     "coreutils",
+    // The control plane's store (etcd 3.4 in bookworm). mmdebstrap keeps package scripts from starting
+    // services while it installs (it moves policy-rc.d and start-stop-daemon aside), and busybox init runs no
+    // init scripts: etcd runs only where `up` starts it, under `testbed-service`.
+    "etcd-server",
 ];
 
 /// Loaded by the initramfs, in this order after dependency resolution, so that /dev/vda appears.
@@ -51,6 +55,7 @@ const INITRAMFS_APPLETS: &[&str] =
 const INITRAMFS_INIT: &str = include_str!("../../../templates/guest/initramfs-init");
 const TESTBED_INIT: &str = include_str!("../../../templates/guest/testbed-init");
 const SUPERVISOR: &str = include_str!("../../../templates/guest/testbed-agent-supervisor");
+const SERVICE: &str = include_str!("../../../templates/guest/testbed-service");
 const INITTAB: &str = include_str!("../../../templates/guest/inittab");
 const SSHD_CONFIG: &str = include_str!("../../../templates/guest/sshd_config");
 
@@ -58,6 +63,7 @@ const SSHD_CONFIG: &str = include_str!("../../../templates/guest/sshd_config");
 const GUEST_FILES: &[(&str, u32, &str)] = &[
     ("sbin/testbed-init", 0o755, TESTBED_INIT),
     ("usr/local/sbin/testbed-agent-supervisor", 0o755, SUPERVISOR),
+    ("usr/local/sbin/testbed-service", 0o755, SERVICE),
     ("etc/inittab", 0o644, INITTAB),
     ("etc/ssh/sshd_config.d/testbed.conf", 0o644, SSHD_CONFIG),
 ];

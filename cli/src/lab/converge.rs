@@ -1,6 +1,8 @@
 //! `up`'s work inside the lab layer's lock and rollback frame (`up.rs`), the same for every provider: the
-//! agent binary and the lab's client key, the provider's lab-wide preparation, then every node at once: the
-//! provider makes its machine reachable and `node_setup` does the rest.
+//! agent binary and the lab's client key, the provider's lab-wide preparation, the control plane's credentials
+//! and the host's forwarder to its API, then every node at once (the provider makes its machine reachable and
+//! `node_setup` does the rest, starting etcd and the API server on the control-plane nodes), and last the
+//! control plane: answering, a kubeconfig, every agent joined.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +11,10 @@ use crate::guest::agent_deploy;
 use crate::plan::Plan;
 use crate::ui::Ui;
 
+use super::control_plane;
 use super::dir::LabDir;
+use super::forwarder;
+use super::handle::ConnectedNode;
 use super::keys;
 use super::node_setup::{self, NodeSetup};
 use super::progress::NodeProgress;
@@ -43,12 +48,30 @@ pub(super) async fn converge(
     };
     let prepared = provider.prepare(&ctx).await?;
     keys::write_known_hosts(&dir, plan.nodes.iter().filter_map(|n| prepared.state.nodes.get(&n.name)))?;
+    let credentials = control_plane::credentials(&dir, &plan)?;
+    // The forwarder starts now and connects to the first control-plane node while the VMs boot.
+    let fwd = forwarder::restart(&dir).await?;
+    let deadline = ctx.deadline;
     let setup = Arc::new(NodeSetup {
         ctx,
         impairments_in_guest: prepared.impairments_in_guest,
         state: Arc::new(StateRecorder::new(dir.clone(), prepared.state)),
+        credentials: credentials.clone(),
     });
-    let nodes = bring_up_nodes(&setup, prepared.machines, opts.timeout).await?;
+    let (nodes, connected): (Vec<UpNode>, Vec<ConnectedNode>) =
+        bring_up_nodes(&setup, prepared.machines, opts.timeout).await?.into_iter().unzip();
+    let nodes_ready = Instant::now();
+    let task = ui.task("control-plane");
+    task.stage(format!("waiting for the API server through 127.0.0.1:{}", fwd.port));
+    if let Err(e) = control_plane::wait_ready(fwd.port, &credentials, deadline).await {
+        task.fail(e.to_string());
+        return Err(e.into());
+    }
+    let kubeconfig = control_plane::write_kubeconfig(&dir, fwd.port, &credentials)?;
+    let agents: Vec<_> = connected.iter().map(|c| (c.name.clone(), c.agent.clone())).collect();
+    control_plane::join_agents(ui, &plan, &credentials, &agents).await?;
+    let control_plane_wait = nodes_ready.elapsed().as_secs_f64();
+    task.finish(format!("API ready {control_plane_wait:.1} s after the nodes; kubeconfig {}", kubeconfig.display()));
     let st = setup.state.snapshot();
     Ok(UpOutcome {
         lab: plan.lab.clone(),
@@ -59,6 +82,9 @@ pub(super) async fn converge(
         // Filled in by `up`, which started the clock.
         seconds: 0.0,
         nodes,
+        kubeconfig: Some(kubeconfig),
+        api_port: Some(fwd.port),
+        control_plane_wait_seconds: control_plane_wait,
     })
 }
 
@@ -67,7 +93,7 @@ async fn bring_up_nodes(
     setup: &Arc<NodeSetup>,
     machines: Arc<dyn super::provider::Machines>,
     timeout: Duration,
-) -> Result<Vec<UpNode>, UpError> {
+) -> Result<Vec<(UpNode, ConnectedNode)>, UpError> {
     let nodes = setup.ctx.plan.nodes.iter().map(|node| {
         let (setup, machines) = (setup.clone(), machines.clone());
         async move {
@@ -75,7 +101,7 @@ async fn bring_up_nodes(
             let result = node_setup::bring_up(&setup, machines, node, &mut progress).await;
             let task = progress.task();
             match &result {
-                Ok(n) => task.finish(format!(
+                Ok((n, _)) => task.finish(format!(
                     "ready: ssh 127.0.0.1:{} pid {}{} [{}]",
                     n.ssh_port,
                     n.pid.map_or_else(|| "?".into(), |p| p.to_string()),

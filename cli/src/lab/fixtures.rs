@@ -42,6 +42,7 @@ pub fn test_plan() -> Plan {
             pod_cidr: "10.244.0.0/16".parse().unwrap(),
             node_subnet_prefix: 24,
             backend: testbed_api::Backend::Vxlan,
+            control_plane: vec!["node1".into()],
         },
         pods: vec![],
         tests: vec![],

@@ -5,8 +5,10 @@
 //! `status`. What it needs from a provider is the contract in `provider`; the implementations live in
 //! `crate::provider` and depend on this module, never the other way round.
 
+pub mod control_plane;
 mod converge;
 pub mod dir;
+pub mod forwarder;
 pub mod handle;
 pub mod keys;
 pub mod node_setup;

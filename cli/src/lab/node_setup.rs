@@ -1,12 +1,17 @@
 //! One node from a reachable machine to ready, the same for every provider: SSH with the pinned host key, the
-//! agent, the node's NodeSpec (and the links' impairments inside the guest when the host could not apply
-//! them), and the topology's pods on it. Errors name the node and the stage.
+//! agent (and on a control-plane node, etcd and the API server, started meanwhile), the node's NodeSpec (and
+//! the links' impairments inside the guest when the host could not apply them), and the topology's pods on
+//! it. Errors name the node and the stage.
 
 use std::sync::Arc;
+
+use testbed_control_plane::tls::Credentials;
 
 use crate::guest::{agent_deploy, AgentClient, Session};
 use crate::plan::{Impairment, NodePlan};
 
+use super::control_plane;
+use super::handle::ConnectedNode;
 use super::progress::NodeProgress;
 use super::provider::{Machines, UpContext};
 use super::recorder::StateRecorder;
@@ -18,15 +23,19 @@ pub(super) struct NodeSetup {
     pub(super) ctx: UpContext,
     pub(super) impairments_in_guest: bool,
     pub(super) state: Arc<StateRecorder>,
+    /// The lab's control-plane credentials, installed on the control-plane nodes.
+    pub(super) credentials: Credentials,
 }
 
-/// Brings `node` to ready: its machine through `machines`, then the agent, its network and its pods.
+/// Brings `node` to ready: its machine through `machines`, then the agent, its network and its pods. Returns
+/// the node's connection too (the agent client lives as long as its session), for the lab-wide steps after
+/// every node is ready.
 pub(super) async fn bring_up(
     setup: &NodeSetup,
     machines: Arc<dyn Machines>,
     node: &NodePlan,
     progress: &mut NodeProgress,
-) -> Result<UpNode, UpError> {
+) -> Result<(UpNode, ConnectedNode), UpError> {
     let name = &node.name;
     let dir = &setup.ctx.dir;
     let machine = machines.reach(node, &setup.state, progress).await?;
@@ -38,23 +47,38 @@ pub(super) async fn bring_up(
         .map_err(|e| UpError::node(dir, name, Stage::Ssh, e))?;
 
     progress.enter(Stage::Agent);
-    let agent = agent_deploy::deploy(&session, name, &setup.ctx.agent_binary, machine.agent_disk_size)
-        .await
-        .map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
-
-    progress.enter(Stage::Network);
-    apply_network(setup, node, &session, &agent).await?;
-    for pod in setup.ctx.plan.pods.iter().filter(|p| p.node == *name) {
-        agent.create_pod(&pod.spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
-    }
+    let plan = &setup.ctx.plan;
+    // etcd and the API server start beside the node's own setup (nothing of it waits for them): under TCG
+    // both wait mostly on the guest.
+    let launch = async {
+        match plan.cluster.control_plane.contains(name) {
+            true => control_plane::launch(&session, plan, node, &setup.credentials).await,
+            false => Ok(()),
+        }
+    };
+    let setup_node = async {
+        let agent = agent_deploy::deploy(&session, name, &setup.ctx.agent_binary, machine.agent_disk_size)
+            .await
+            .map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
+        progress.enter(Stage::Network);
+        apply_network(setup, node, &session, &agent).await?;
+        for pod in plan.pods.iter().filter(|p| p.node == *name) {
+            agent.create_pod(&pod.spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
+        }
+        Ok::<_, UpError>(agent)
+    };
+    let (launched, agent) = tokio::join!(launch, setup_node);
+    let agent = agent?;
+    launched.map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
     setup.state.record_stage(name, Stage::Ready)?;
-    Ok(UpNode {
+    let up = UpNode {
         name: name.clone(),
         pid: machine.pid,
         ssh_port: machine.ssh.port,
         reused: machine.reused,
         stage_seconds: progress.finish(),
-    })
+    };
+    Ok((up, ConnectedNode { name: name.clone(), session, agent }))
 }
 
 /// The node's NodeSpec through its agent, and the links' impairments inside the guest when the host could not

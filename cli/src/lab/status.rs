@@ -29,6 +29,25 @@ pub struct LabStatus {
     /// Every node's agent answers.
     pub healthy: bool,
     pub nodes: Vec<NodeReport>,
+    pub control_plane: ControlPlaneReport,
+}
+
+/// Where the lab's control plane runs and how the host reaches it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlPlaneReport {
+    pub nodes: Vec<String>,
+    /// The API forwarder `up` started (absent before `up` got that far).
+    pub forwarder: Option<ForwarderReport>,
+    pub kubeconfig: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwarderReport {
+    pub pid: u32,
+    /// Its port on the host's 127.0.0.1.
+    pub port: u16,
+    /// Still running (and still this lab's forwarder).
+    pub running: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +127,15 @@ pub async fn collect(lab: &Lab, provider: &dyn Provider) -> LabStatus {
         created_at: lab.state.created_at.clone(),
         healthy: nodes.iter().all(|n| n.agent.healthy),
         nodes,
+        control_plane: ControlPlaneReport {
+            nodes: lab.plan.cluster.control_plane.clone(),
+            forwarder: super::forwarder::read_record(&lab.paths).map(|r| ForwarderReport {
+                pid: r.pid,
+                port: r.port,
+                running: super::forwarder::is_running(&lab.paths, &r),
+            }),
+            kubeconfig: super::control_plane::kubeconfig_path(&lab.paths),
+        },
     }
 }
 
@@ -163,6 +191,17 @@ impl LabStatus {
             self.qemu_version,
             self.created_at
         )?;
+        let cp = &self.control_plane;
+        let forwarder = match &cp.forwarder {
+            Some(f) => format!(
+                "API 127.0.0.1:{} via forwarder pid {} ({})",
+                f.port,
+                f.pid,
+                if f.running { "running" } else { "NOT running: `testbed up` starts it again" }
+            ),
+            None => "no API forwarder".into(),
+        };
+        writeln!(out, "control plane {}  {forwarder}  kubeconfig {}", cp.nodes.join(","), cp.kubeconfig.display())?;
         writeln!(out, "{:<12} {:>8} {:<6} {:>6} {:<16} AGENT", "NODE", "PID", "ALIVE", "SSH", "UNDERLAY")?;
         for n in &self.nodes {
             writeln!(
@@ -266,6 +305,11 @@ mod tests {
             created_at: String::new(),
             healthy: nodes.iter().all(|n| n.agent.healthy),
             nodes,
+            control_plane: ControlPlaneReport {
+                nodes: vec!["a".into()],
+                forwarder: Some(ForwarderReport { pid: 7, port: 40000, running: false }),
+                kubeconfig: PathBuf::from("/x/kubeconfig"),
+            },
         }
     }
 

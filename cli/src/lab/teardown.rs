@@ -14,6 +14,8 @@ pub enum TeardownError {
     LabDir(#[from] LabDirError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Forwarder(#[from] super::forwarder::ForwarderError),
 }
 
 /// What a teardown did, for the user and the tests.
@@ -24,11 +26,13 @@ pub struct Teardown {
     /// The host-side resource the provider removed (QEMU: the lab's netns).
     pub netns_deleted: Option<String>,
     pub dir_removed: bool,
+    /// The PID of the API forwarder that was stopped.
+    pub forwarder_stopped: Option<u32>,
 }
 
 impl Teardown {
     pub fn is_noop(&self) -> bool {
-        self.stopped.is_empty() && self.netns_deleted.is_none() && !self.dir_removed
+        self.stopped.is_empty() && self.netns_deleted.is_none() && !self.dir_removed && self.forwarder_stopped.is_none()
     }
 
     /// One line for `up`'s rollback.
@@ -44,13 +48,15 @@ impl Teardown {
 
 /// Removes everything of the lab; idempotent (a second call finds nothing and does nothing).
 pub fn teardown(dir: &LabDir, provider: &dyn Provider) -> Result<Teardown, TeardownError> {
+    // First the forwarder: it would otherwise keep reconnecting to machines that are going away.
+    let forwarder_stopped = super::forwarder::stop(dir)?;
     let stopped = provider.stop_machines(dir)?;
     let netns_deleted = provider.remove_host_resources(dir)?;
     let dir_removed = dir.exists();
     if dir_removed {
         dir.remove()?;
     }
-    Ok(Teardown { stopped, netns_deleted, dir_removed })
+    Ok(Teardown { stopped, netns_deleted, dir_removed, forwarder_stopped })
 }
 
 /// `down -o json`. A contract for scripts, like `status -o json`: the field names and shapes must not change.
@@ -94,7 +100,12 @@ mod tests {
     #[test]
     fn down_report_keeps_its_json_fields() {
         assert_eq!(serde_json::to_value(DownReport::no_lab()).unwrap(), json!({"lab": null, "removed": false}));
-        let t = Teardown { stopped: vec![("node1".into(), 42)], netns_deleted: Some("tb-x".into()), dir_removed: true };
+        let t = Teardown {
+            stopped: vec![("node1".into(), 42)],
+            netns_deleted: Some("tb-x".into()),
+            dir_removed: true,
+            forwarder_stopped: Some(43),
+        };
         assert_eq!(
             serde_json::to_value(DownReport::torn_down("x", &t)).unwrap(),
             json!({

@@ -53,6 +53,10 @@ pub enum UpError {
     },
     #[error("node {node}: {stage}: {message}{}", serial_hint(.serial_log, .serial_tail))]
     Node { node: String, stage: Stage, message: String, serial_log: Option<PathBuf>, serial_tail: String },
+    #[error("control plane: {0}")]
+    ControlPlane(Box<super::control_plane::ControlPlaneError>),
+    #[error(transparent)]
+    Forwarder(#[from] super::forwarder::ForwarderError),
     #[error("interrupted")]
     Interrupted,
     #[error("stopped: another step of this `up` failed")]
@@ -73,6 +77,12 @@ fn indent(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(15);
     lines[start..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+impl From<super::control_plane::ControlPlaneError> for UpError {
+    fn from(e: super::control_plane::ControlPlaneError) -> Self {
+        UpError::ControlPlane(Box::new(e))
+    }
 }
 
 impl UpError {
@@ -117,6 +127,12 @@ pub struct UpOutcome {
     pub accelerator_reason: String,
     pub seconds: f64,
     pub nodes: Vec<UpNode>,
+    /// `<lab dir>/kubeconfig`: kubectl reaches the lab's API server with it.
+    pub kubeconfig: Option<PathBuf>,
+    /// The forwarder's port on the host's 127.0.0.1 (the kubeconfig's server).
+    pub api_port: Option<u16>,
+    /// Seconds from every node ready to the API answering and every agent joined (0 when already up).
+    pub control_plane_wait_seconds: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -190,12 +206,16 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
     if let Some(state) = &previous {
         if host_resources_present && lab_is_healthy(&dir, &plan, state, provider.as_ref()).await {
             dir.write_plan(&plan)?;
+            // The nodes are fine; the host's way to the API may not be (a forwarder killed, a host reboot).
+            let (kubeconfig, port) = reach_api(&dir, &plan, Instant::now() + opts.timeout).await?;
             ui.info(format!(
                 "lab `{}` is already up and healthy ({} nodes); nothing to do",
                 plan.lab,
                 plan.nodes.len()
             ));
-            return Ok(already_up(&dir, &plan, state, started));
+            let mut outcome = already_up(&dir, &plan, state, started);
+            (outcome.kubeconfig, outcome.api_port) = (Some(kubeconfig), Some(port));
+            return Ok(outcome);
         }
     }
 
@@ -262,7 +282,19 @@ fn already_up(dir: &LabDir, plan: &Plan, state: &LabState, started: Instant) -> 
                 stage_seconds: Vec::new(),
             })
             .collect(),
+        kubeconfig: None,
+        api_port: None,
+        control_plane_wait_seconds: 0.0,
     }
+}
+
+/// The forwarder of a running lab (started again when it is gone), the API answering through it, and the
+/// kubeconfig naming its port.
+async fn reach_api(dir: &LabDir, plan: &Plan, deadline: Instant) -> Result<(PathBuf, u16), UpError> {
+    let credentials = super::control_plane::credentials(dir, plan)?;
+    let fwd = super::forwarder::ensure(dir).await?;
+    super::control_plane::wait_ready(fwd.port, &credentials, deadline).await?;
+    Ok((super::control_plane::write_kubeconfig(dir, fwd.port, &credentials)?, fwd.port))
 }
 
 /// Removes what the failed `up` made; a rollback that fails says how to finish it.

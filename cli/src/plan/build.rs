@@ -76,6 +76,7 @@ pub fn build(checked: &CheckedTopology) -> Plan {
             pod_cidr: cluster.pod_cidr,
             node_subnet_prefix: cluster.node_subnet_prefix,
             backend: cluster.backend,
+            control_plane: cluster.control_plane.clone(),
         },
         pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
         tests: checked.tests.clone(),

@@ -97,7 +97,17 @@ pub struct ClusterPlan {
     /// Prefix length of each node's pod subnet (flannel's SubnetLen, default 24).
     pub node_subnet_prefix: u8,
     pub backend: Backend,
+    /// The nodes running etcd and the API server (1 or 3), in the topology's order of
+    /// `cluster.control_plane.nodes`. Absent from plans written before the control plane (version 2).
+    #[serde(default)]
+    pub control_plane: Vec<String>,
 }
+
+/// The API server's port on a control-plane node's underlay address (Kubernetes' secure port).
+pub const API_PORT: u16 = 6443;
+/// etcd's client and peer ports on a control-plane node's underlay address (etcd's registered ports).
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
 
 /// A user pod from the topology, placed on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +137,21 @@ pub struct Plan {
 impl Plan {
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The control-plane nodes with their underlay address (where etcd and the API server listen).
+    pub fn control_plane_members(&self) -> Vec<(&NodePlan, Ipv4Addr)> {
+        self.cluster
+            .control_plane
+            .iter()
+            .filter_map(|name| self.node(name))
+            .filter_map(|n| n.nics.first().map(|nic| (n, nic.ip)))
+            .collect()
+    }
+
+    /// The API servers' URLs on the underlay, in the order of the control-plane nodes.
+    pub fn api_servers(&self) -> Vec<String> {
+        self.control_plane_members().iter().map(|(_, ip)| format!("https://{ip}:{API_PORT}")).collect()
     }
 
     /// True when both plans build the same lab: they differ at most in the topology's bytes (comments) and in
@@ -177,5 +202,6 @@ impl Plan {
     }
 }
 
-/// Version of the plan format written to plan.json. 2: SSH ports moved below the ephemeral range.
-pub const PLAN_VERSION: u32 = 2;
+/// Version of the plan format written to plan.json. 2: SSH ports moved below the ephemeral range. 3: the
+/// control plane (`cluster.control_plane`); a lab up from version 2 has none and must be brought down first.
+pub const PLAN_VERSION: u32 = 3;

@@ -17,6 +17,15 @@ pub fn render_text(plan: &Plan) -> String {
         "cluster: pod_cidr {}  node subnets /{}  backend {}",
         plan.cluster.pod_cidr, plan.cluster.node_subnet_prefix, plan.cluster.backend
     );
+    let members = plan.control_plane_members();
+    let _ = writeln!(
+        s,
+        "control plane: {} (etcd: {} member{}; API server {})",
+        members.iter().map(|(n, _)| n.name.as_str()).collect::<Vec<_>>().join(", "),
+        members.len(),
+        if members.len() == 1 { "" } else { "s" },
+        plan.api_servers().join(", ")
+    );
     let _ = writeln!(s, "\nnetworks:");
     let _ = writeln!(s, "  {:<16} {:<14} {:<18} {:>5}  impairment", "NAME", "BRIDGE", "CIDR", "MTU");
     for n in &plan.networks {

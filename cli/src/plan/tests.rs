@@ -16,7 +16,7 @@ fn plan_of(src: &str) -> Result<Plan, TopologyError> {
 #[test]
 fn minimal_topology_plans_with_defaults() {
     let plan = plan_of(BASE).expect("valid");
-    assert_eq!(plan.version, 2);
+    assert_eq!(plan.version, 3);
     assert_eq!(plan.lab, "lab");
     assert_eq!(plan.netns, "tb-lab");
     assert_eq!(plan.nodes.len(), 2);
@@ -31,6 +31,9 @@ fn minimal_topology_plans_with_defaults() {
     assert_eq!(plan.cluster.backend, testbed_api::Backend::Vxlan);
     assert_eq!(plan.nodes[1].ssh_port, n1.ssh_port + 1);
     assert_eq!(plan.topology_hash.len(), 64);
+    // The control plane defaults to the first node; its API server listens on that node's underlay address.
+    assert_eq!(plan.cluster.control_plane, ["node1"]);
+    assert_eq!(plan.api_servers(), ["https://192.168.50.11:6443"]);
     // The plan feeds the agent: the NodeSpec it makes passes the agent's own validation.
     for n in &plan.nodes {
         let spec = plan.node_spec(n, plan.cluster.backend);
@@ -231,4 +234,15 @@ fn nodes_on_some_networks_keep_their_index_based_addresses() {
     assert_eq!(plan.nodes[0].nics.len(), 1);
     let n2: Vec<_> = plan.nodes[1].nics.iter().map(|n| (n.guest_interface.as_str(), n.ip.to_string())).collect();
     assert_eq!(n2, vec![("eth1", "192.168.50.12".to_string()), ("eth2", "192.168.51.12".to_string())]);
+}
+
+#[test]
+fn three_control_plane_members_keep_their_order() {
+    let src = base_with("  node2: {}\n", "  node2: {}\n  node3: {}\n")
+        + "cluster: {control_plane: {nodes: [node3, node1, node2]}}\n";
+    let plan = plan_of(&src).expect("valid");
+    assert_eq!(plan.cluster.control_plane, ["node3", "node1", "node2"]);
+    let ips: Vec<String> = plan.control_plane_members().iter().map(|(_, ip)| ip.to_string()).collect();
+    assert_eq!(ips, ["192.168.50.13", "192.168.50.11", "192.168.50.12"]);
+    assert!(render_text(&plan).contains("control plane: node3, node1, node2 (etcd: 3 members;"));
 }

@@ -126,7 +126,12 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
                 vtep_mac: format!("0e:00:00:00:00:0{i}"),
             })
             .collect(),
-        cluster: ClusterPlan { pod_cidr: "10.244.0.0/16".parse().expect("cidr"), node_subnet_prefix: 24, backend },
+        cluster: ClusterPlan {
+            pod_cidr: "10.244.0.0/16".parse().expect("cidr"),
+            node_subnet_prefix: 24,
+            backend,
+            control_plane: vec!["node1".into()],
+        },
         pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
         tests: Vec::new(),
     }

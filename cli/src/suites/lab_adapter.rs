@@ -45,7 +45,7 @@ impl Cluster for ConnectedLab {
     }
 
     async fn api(&self) -> Result<kube::Client, ClusterError> {
-        crate::cluster::client_of(&self.lab.paths.root.join("kubeconfig"))
+        crate::cluster::client_of(&crate::lab::control_plane::kubeconfig_path(&self.lab.paths))
             .await
             .map_err(|e| ClusterError::new("control-plane", "connect to the API server", e))
     }

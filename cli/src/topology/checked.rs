@@ -60,6 +60,9 @@ pub struct CheckedCluster {
     /// Longer than the pod CIDR's prefix and at most 29.
     pub node_subnet_prefix: u8,
     pub backend: Backend,
+    /// Nodes of `nodes` running etcd and the API server, as listed: 1 or 3 of them, no repeats, each on a
+    /// built image (which has etcd).
+    pub control_plane: Vec<String>,
 }
 
 /// A pod of `pods:`, with its quantities parsed into the agent's PodSpec.

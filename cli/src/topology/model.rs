@@ -231,6 +231,15 @@ pub struct ClusterDef {
     pub backend: Option<BackendDef>,
     /// The network carrying cross-node pod traffic (default: the first network). Every node must be on it.
     pub underlay: Option<String>,
+    /// Where the control plane (etcd and the API server) runs (default: the first node).
+    pub control_plane: Option<ControlPlaneDef>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneDef {
+    /// The control-plane nodes: one, or three for an etcd cluster that survives losing a member.
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

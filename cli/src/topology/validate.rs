@@ -12,6 +12,7 @@ use super::checked::{
     CheckedCluster, CheckedNetwork, CheckedNode, CheckedPod, CheckedTopology, DeclaredTest, ImageRef, Impairment,
     TestKind, TestLevel, TestSource, TestTarget,
 };
+use super::control_plane;
 use super::locate::{FieldPath, Locator};
 use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
@@ -40,14 +41,14 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 pub const DEFAULT_IMAGE: &str = "debian-12";
 pub const DEFAULT_MTU: u32 = 1500;
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     file: &'a Path,
     loc: &'a Locator,
 }
 
 impl Ctx<'_> {
     /// An error at the value of `path`.
-    fn at(&self, path: &FieldPath, message: impl Into<String>) -> TopologyError {
+    pub(super) fn at(&self, path: &FieldPath, message: impl Into<String>) -> TopologyError {
         let pos = self.loc.locate(path);
         TopologyError::invalid(self.file, pos.line, pos.column, path.to_string(), message)
     }
@@ -59,7 +60,7 @@ impl Ctx<'_> {
     }
 }
 
-fn root() -> FieldPath {
+pub(super) fn root() -> FieldPath {
     FieldPath::root()
 }
 
@@ -120,8 +121,9 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
         ));
     }
     let networks = check_networks(&ctx, t)?;
-    let (cluster, underlay) = check_cluster(&ctx, t, &networks)?;
+    let (mut cluster, underlay) = check_cluster(&ctx, t, &networks)?;
     let nodes = check_nodes(&ctx, t, &networks, underlay)?;
+    cluster.control_plane = control_plane::check(&ctx, t, &nodes)?;
     check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
     let pods = check_pods(&ctx, t)?;
     let tests = check_tests(&ctx, t)?;
@@ -209,7 +211,8 @@ fn check_cluster(
             )
         })?,
     };
-    Ok((CheckedCluster { pod_cidr, node_subnet_prefix: prefix, backend }, underlay))
+    // The control plane is checked once the nodes are (`control_plane::check`).
+    Ok((CheckedCluster { pod_cidr, node_subnet_prefix: prefix, backend, control_plane: Vec::new() }, underlay))
 }
 
 fn backend_of(b: BackendDef) -> Backend {
@@ -221,7 +224,7 @@ fn backend_of(b: BackendDef) -> Backend {
     }
 }
 
-fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
+pub(super) fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     it.collect::<Vec<_>>().join(", ")
 }
 

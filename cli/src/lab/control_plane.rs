@@ -1,0 +1,230 @@
+//! The lab's control plane at `up`: per-lab credentials in the lab directory, etcd and the API server started on
+//! the control-plane nodes (supervised by `testbed-service` under the guests' busybox init), the wait until the
+//! API answers through the host's forwarder (`forwarder.rs`), the kubeconfig, and every agent told to follow
+//! the API. Everything listens on the nodes' underlay addresses only: nothing on the management NIC.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use testbed_api::ControlPlaneJoin;
+use testbed_control_plane::tls::Credentials;
+
+use crate::guest::agent_client::JoinOutcome;
+use crate::guest::{shell_quote, AgentClient, Session, SshError};
+use crate::plan::{NodePlan, Plan, API_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
+use crate::ui::Ui;
+
+use super::dir::LabDir;
+
+/// Where a control-plane node keeps what `up` copies to it, and etcd's data (the node's own disk).
+const GUEST_DIR: &str = "/etc/testbed/control-plane";
+const ETCD_DATA_DIR: &str = "/var/lib/testbed-etcd";
+/// etcd compacts its history older than this; a watch resumed from before it gets "too old" (410).
+const ETCD_RETENTION: &str = "1h";
+/// Between readiness probes of the API through the forwarder.
+const PROBE_PAUSE: Duration = Duration::from_millis(250);
+
+/// Each message carries its cause's text, so no variant names a `source`: `{:#}` would print it twice.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("cannot {action} {}: {error}", path.display())]
+    Io { action: &'static str, path: PathBuf, error: std::io::Error },
+    #[error("generating the lab's credentials: {0}")]
+    Credentials(testbed_control_plane::tls::TlsError),
+    #[error("starting etcd and the API server: {0}")]
+    Launch(SshError),
+    #[error("the API server did not answer through 127.0.0.1:{port} within {waited:.0?}: {last}")]
+    NotReady { port: u16, waited: Duration, last: String },
+    #[error("{0}")]
+    Join(Box<crate::guest::agent_client::AgentError>),
+}
+
+/// The lab's control-plane credentials: made at the first `up`, kept in the lab directory (0600) so that a
+/// later `up` of the same lab keeps the kubeconfig users already have.
+pub fn credentials(dir: &LabDir, plan: &Plan) -> Result<Credentials, ControlPlaneError> {
+    let d = dir.root.join("control-plane");
+    let files = ["ca.pem", "apiserver.pem", "apiserver-key.pem", "token"].map(|f| d.join(f));
+    if let [Ok(ca_pem), Ok(cert_pem), Ok(key_pem), Ok(token)] = files.clone().map(std::fs::read_to_string) {
+        return Ok(Credentials { ca_pem, cert_pem, key_pem, token });
+    }
+    // SANs: every control-plane node's underlay address (agents and peers reach it there) and the host's
+    // loopback, where the forwarder listens (`localhost` is added by `generate`).
+    let mut ips: Vec<IpAddr> = plan.control_plane_members().iter().map(|(_, ip)| IpAddr::V4(*ip)).collect();
+    ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let creds = Credentials::generate(&ips).map_err(ControlPlaneError::Credentials)?;
+    std::fs::create_dir_all(&d).map_err(|error| ControlPlaneError::Io { action: "create", path: d.clone(), error })?;
+    for (path, text) in files.iter().zip([&creds.ca_pem, &creds.cert_pem, &creds.key_pem, &creds.token]) {
+        write_private(path, text)?;
+    }
+    Ok(creds)
+}
+
+/// Writes `text` to `path`, readable by its owner only (keys, the token, the kubeconfig).
+pub fn write_private(path: &std::path::Path, text: &str) -> Result<(), ControlPlaneError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |error| ControlPlaneError::Io { action: "write", path: path.to_path_buf(), error };
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// The shell script that installs the credentials and both services' commands on control-plane node `node`
+/// and starts them. Only shell builtins write files (printf): every process start costs 0.1-0.5 s under TCG.
+fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
+    let members = plan.control_plane_members();
+    let ip = node.nics.first().map_or(Ipv4Addr::UNSPECIFIED, |n| n.ip);
+    let initial: Vec<String> =
+        members.iter().map(|(n, ip)| format!("{}=http://{ip}:{ETCD_PEER_PORT}", n.name)).collect();
+    let etcd = format!(
+        "exec etcd --name {name} --data-dir {ETCD_DATA_DIR} \
+         --listen-client-urls http://{ip}:{ETCD_CLIENT_PORT} --advertise-client-urls http://{ip}:{ETCD_CLIENT_PORT} \
+         --listen-peer-urls http://{ip}:{ETCD_PEER_PORT} --initial-advertise-peer-urls http://{ip}:{ETCD_PEER_PORT} \
+         --initial-cluster {initial} --initial-cluster-state new --initial-cluster-token tb-{lab} \
+         --auto-compaction-mode periodic --auto-compaction-retention {ETCD_RETENTION} --logger zap",
+        name = node.name,
+        initial = initial.join(","),
+        lab = plan.lab,
+    );
+    let apiserver = format!(
+        "exec /usr/local/bin/testbed-agent apiserver --listen {ip}:{API_PORT} --etcd http://{ip}:{ETCD_CLIENT_PORT} \
+         --token-file {GUEST_DIR}/token --tls-cert-file {GUEST_DIR}/apiserver.pem \
+         --tls-key-file {GUEST_DIR}/apiserver-key.pem"
+    );
+    let file = |name: &str, text: &str| format!("printf '%s' {} >{GUEST_DIR}/{name}\n", shell_quote(text));
+    let mut s = format!("set -e\numask 077\nmkdir -p {GUEST_DIR} {ETCD_DATA_DIR}\n");
+    s += &file("ca.pem", &creds.ca_pem);
+    s += &file("apiserver.pem", &creds.cert_pem);
+    s += &file("apiserver-key.pem", &creds.key_pem);
+    s += &file("token", &creds.token);
+    s += &format!("printf '%s\\n' {} >/etc/testbed/etcd.cmd\n", shell_quote(&etcd));
+    s += &format!("printf '%s\\n' {} >/etc/testbed/apiserver.cmd\n", shell_quote(&apiserver));
+    // First time: supervise both (busybox init reads inittab again on SIGHUP). Again (a re-up of a reused
+    // machine): restart the API server so that it serves with the credentials just written.
+    s += "if grep -q testbed-service /etc/inittab; then\n\
+          \x20 if [ -f /run/testbed-apiserver.pid ]; then kill \"$(cat /run/testbed-apiserver.pid)\" || true; fi\n\
+          else\n\
+          \x20 printf '%s\\n' '::respawn:/usr/local/sbin/testbed-service etcd' \
+          '::respawn:/usr/local/sbin/testbed-service apiserver' >>/etc/inittab\n\
+          \x20 kill -HUP 1\n\
+          fi\n";
+    s
+}
+
+/// Installs and starts etcd and the API server on control-plane node `node` (returns once they are started,
+/// not ready: etcd of three members waits for its peers, which other nodes' setups start meanwhile).
+pub async fn launch(
+    session: &Session,
+    plan: &Plan,
+    node: &NodePlan,
+    creds: &Credentials,
+) -> Result<(), ControlPlaneError> {
+    session
+        .exec_checked("start etcd and the API server", "sh -s", Some(launch_script(plan, node, creds).as_bytes()))
+        .await
+        .map(|_| ())
+        .map_err(ControlPlaneError::Launch)
+}
+
+/// Waits until the API server answers a read of the `default` namespace (which goes to etcd) through the
+/// forwarder on `127.0.0.1:port`, with the lab's CA and token: the same path kubectl takes.
+pub async fn wait_ready(port: u16, creds: &Credentials, deadline: Instant) -> Result<(), ControlPlaneError> {
+    let started = Instant::now();
+    let not_ready = |last: String| ControlPlaneError::NotReady { port, waited: started.elapsed(), last };
+    let ca = reqwest::Certificate::from_pem(creds.ca_pem.as_bytes()).map_err(|e| not_ready(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| not_ready(e.to_string()))?;
+    let url = format!("https://127.0.0.1:{port}/api/v1/namespaces/default");
+    loop {
+        let last = match http.get(&url).bearer_auth(&creds.token).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("answered {}", r.status()),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() + PROBE_PAUSE >= deadline {
+            return Err(not_ready(last));
+        }
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+}
+
+/// The kubeconfig `up` writes to `<lab dir>/kubeconfig`: the forwarder's local address, the lab CA, the token.
+pub fn write_kubeconfig(dir: &LabDir, port: u16, creds: &Credentials) -> Result<PathBuf, ControlPlaneError> {
+    let path = kubeconfig_path(dir);
+    let server = format!("https://127.0.0.1:{port}");
+    let text =
+        testbed_control_plane::kubeconfig(&format!("testbed-{}", dir.name), &server, &creds.ca_pem, &creds.token);
+    write_private(&path, &text)?;
+    Ok(path)
+}
+
+pub fn kubeconfig_path(dir: &LabDir) -> PathBuf {
+    dir.root.join("kubeconfig")
+}
+
+/// Tells every node's agent to follow the API servers. An agent that has no such endpoint yet (404) is
+/// named in a warning and left as it is: the lab still works, driven by the CLI.
+pub async fn join_agents(
+    ui: &Ui,
+    plan: &Plan,
+    creds: &Credentials,
+    agents: &[(String, AgentClient)],
+) -> Result<(), ControlPlaneError> {
+    let servers = plan.api_servers();
+    let joins = agents.iter().map(|(node, agent)| {
+        let join = ControlPlaneJoin {
+            servers: servers.clone(),
+            ca_pem: creds.ca_pem.clone(),
+            token: creds.token.clone(),
+            node_name: node.clone(),
+        };
+        async move { (node, agent.join_control_plane(&join).await) }
+    });
+    let mut old = Vec::new();
+    for (node, outcome) in futures::future::join_all(joins).await {
+        match outcome.map_err(|e| ControlPlaneError::Join(Box::new(e)))? {
+            JoinOutcome::Joined => {}
+            JoinOutcome::NotSupported => old.push(node.as_str()),
+        }
+    }
+    if !old.is_empty() {
+        ui.info(format!(
+            "warning: the agents of {} do not follow an API server yet (PUT /v1/control-plane answered 404); \
+             the control plane runs, the nodes are driven by the CLI as before",
+            old.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::fixtures;
+
+    #[test]
+    fn launch_script_binds_the_underlay_only_and_names_every_member() {
+        let mut plan = fixtures::test_plan();
+        plan.cluster.control_plane = vec!["node1".into(), "node2".into()];
+        let creds =
+            Credentials { ca_pem: "CA".into(), cert_pem: "CERT".into(), key_pem: "KEY".into(), token: "tok'en".into() };
+        let script = launch_script(&plan, &plan.nodes[1], &creds);
+        let ip = plan.nodes[1].nics[0].ip;
+        assert!(script.contains(&format!("--listen {ip}:6443")), "{script}");
+        assert!(script.contains(&format!("--listen-client-urls http://{ip}:2379")), "{script}");
+        assert!(script.contains(&format!("--listen-peer-urls http://{ip}:2380")), "{script}");
+        assert!(!script.contains("0.0.0.0") && !script.contains("10.0.2."), "{script}");
+        let first = plan.nodes[0].nics[0].ip;
+        assert!(script.contains(&format!("--initial-cluster node1=http://{first}:2380,node2=http://{ip}:2380")));
+        assert!(script.contains("--auto-compaction-mode periodic --auto-compaction-retention 1h"));
+        // Quoted for the shell: a quote in a value cannot end the string early.
+        assert!(script.contains(r"'tok'\''en'"), "{script}");
+    }
+}
