@@ -63,11 +63,11 @@ pub fn router(agent: Arc<Agent>, kubelet: Arc<Kubelet>) -> Router {
     // The control-plane routes have the kubelet as their state; merged, they share the fallback.
     let control_plane = Router::new()
         .route("/v1/control-plane", get(get_control_plane).put(put_control_plane).delete(delete_control_plane))
-        .with_state(kubelet);
+        .with_state(kubelet.clone());
     Router::new()
         .merge(control_plane)
         .route("/healthz", get(health))
-        .route("/v1/node", get(get_node).put(put_node))
+        .route("/v1/node", get(get_node).put(move |body: Bytes| put_node(kubelet.clone(), body)))
         .route("/v1/pods", get(list_pods).post(create_pod))
         .route("/v1/pods/{name}", get(get_pod).delete(delete_pod))
         .route("/v1/pods/{name}/exec", post(exec))
@@ -110,9 +110,10 @@ async fn to_completion<T: Send + 'static>(
     tokio::spawn(work).await.map_err(|e| AgentError::Failed(format!("request task: {e}")))?
 }
 
-async fn put_node(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<impl IntoResponse, AgentError> {
+/// Through the kubelet: while the node follows an API, the subnet leases' peers replace the spec's.
+async fn put_node(kubelet: Arc<Kubelet>, body: Bytes) -> Result<impl IntoResponse, AgentError> {
     let spec = parse(&body)?;
-    Ok(Json(to_completion(async move { agent.apply_node(spec).await }).await?))
+    Ok(Json(to_completion(async move { kubelet.apply_node(spec).await }).await?))
 }
 
 async fn list_pods(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

@@ -1,7 +1,8 @@
 //! The follow loop: one session per connection to the API server. A session registers the Node, renews the
 //! Lease, lists and watches the pods bound here (`list_watch` re-lists after a 410), converges the node's
 //! pods to them (`diff::plan`; creates and deletes run in tasks of their own, so they finish even when the
-//! session ends) and writes pod status back when it changes. Any API error ends the session; pods and
+//! session ends) and writes pod status back when it changes. It lists and watches every Node too, and hands
+//! their subnet leases to `subnets.rs` whenever one changes. Any API error ends the session; pods and
 //! network stay as they are, and the next session, after a capped back-off, registers and lists again,
 //! which applies whatever changed meanwhile.
 
@@ -10,14 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use testbed_api::objects::{NodeStatus, Pod, PodStatus};
+use testbed_api::objects::{Node, NodeStatus, Pod, PodStatus};
 use testbed_api::{ControlPlaneStatus, PodPhase};
 use testbed_control_plane::client::{list_watch, now_rfc3339, paths, Change, Client, ClientError, WatchEvent};
 
 use super::diff::{self, Action, Owner, PodKey, Wanted};
+use super::leases::{Leases, SubnetLease};
 use super::node::{self, Machine, NodeView};
 use super::owned::Owned;
 use super::status::{self, Note};
+use super::subnets::Subnets;
 use super::{lock, tasks::Tasks};
 use crate::pod::Agent;
 
@@ -42,6 +45,7 @@ pub struct Follower {
     pub owned: Arc<Owned>,
     pub shared: Arc<Mutex<ControlPlaneStatus>>,
     pub tasks: Tasks,
+    pub subnets: Arc<Subnets>,
 }
 
 impl Follower {
@@ -55,6 +59,7 @@ impl Follower {
             node_status: None,
             node_written: None,
             node_spec: None,
+            leases: None,
             host_ip: None,
             reached: false,
         }
@@ -72,7 +77,9 @@ pub struct Loop {
     /// The Node status last written, and when (a new session writes it at once).
     node_status: Option<NodeStatus>,
     node_written: Option<Instant>,
-    node_spec: Option<testbed_api::objects::NodeSpec>,
+    node_spec: Option<node::Registration>,
+    /// Every Node's subnet lease as last listed or watched (None until the first list).
+    leases: Option<Leases>,
     host_ip: Option<String>,
     reached: bool,
 }
@@ -113,6 +120,7 @@ impl Loop {
         }
         let selector = format!("spec.nodeName={}", self.f.node);
         let mut changes = list_watch::<Pod>(self.f.api.clone(), &paths::pods(None), &[("fieldSelector", &selector)]);
+        let mut nodes = list_watch::<Node>(self.f.api.clone(), &paths::nodes(), &[]);
         let done = self.f.tasks.done.clone();
         let mut lease = tokio::time::interval(node::LEASE_RENEW);
         let mut sync = tokio::time::interval(STATUS_SYNC);
@@ -131,6 +139,11 @@ impl Loop {
                     }
                     self.reconcile();
                 }
+                change = nodes.next() => match change {
+                    Some(Ok(change)) => self.apply_lease(change),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ClientError::Unreachable("the node watch ended".into())),
+                },
                 _ = done.notified() => {
                     self.reconcile();
                     self.sync_statuses().await?;
@@ -165,6 +178,26 @@ impl Loop {
                     self.pods.remove(&k);
                 }
             }
+        }
+    }
+
+    /// Keeps every Node's lease and publishes them when one changed (a Node's status heartbeat is none).
+    fn apply_lease(&mut self, change: Change<Node>) {
+        let mut leases = self.leases.clone().unwrap_or_default();
+        match change {
+            Change::Listed(nodes) => {
+                leases = nodes.iter().map(|n| (n.metadata.name.clone(), SubnetLease::of(n))).collect();
+            }
+            Change::Event(WatchEvent::Added(n) | WatchEvent::Modified(n)) => {
+                leases.insert(n.metadata.name.clone(), SubnetLease::of(&n));
+            }
+            Change::Event(WatchEvent::Deleted(n)) => {
+                leases.remove(&n.metadata.name);
+            }
+        }
+        if self.leases.as_ref() != Some(&leases) {
+            self.f.subnets.publish(leases.clone());
+            self.leases = Some(leases);
         }
     }
 
@@ -281,10 +314,10 @@ impl Loop {
             last_error: st.last_error.as_deref(),
         };
         self.host_ip = st.spec.as_ref().map(|s| s.underlay.address.to_string());
-        let spec = node::spec_of(&view);
-        if self.node_spec.as_ref() != Some(&spec) {
-            let held = node::register(&self.f.api, &self.f.node, &spec).await?;
-            self.node_spec = Some(spec);
+        let reg = node::registration(&view);
+        if self.node_spec.as_ref() != Some(&reg) {
+            let held = node::register(&self.f.api, &self.f.node, &reg).await?;
+            self.node_spec = Some(reg);
             // What the API holds dates the Ready condition's last transition.
             if self.node_status.is_none() {
                 self.node_status = held;

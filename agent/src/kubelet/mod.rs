@@ -2,25 +2,29 @@
 //! CA, token, node name), kept in `<state-dir>/kubelet/join.json` so that a restarted agent follows again;
 //! the follow loop (`follow.rs`) registers the Node, renews its Lease, runs the API pods bound to the node
 //! through the agent's own pod runtime and writes their status back. Pods of the node-local API are never
-//! touched: the loop acts only on pods it created (`owned.rs`).
+//! touched: the loop acts only on pods it created (`owned.rs`). It also watches every Node: their subnet
+//! leases (flannel's annotations, `leases.rs`) become the node's peers (`subnets.rs`).
 //!
-//! Files: `diff.rs` (what to create and delete) and `status.rs` (a pod's API status) decide without I/O;
-//! `node.rs` (Node and Lease), `tasks.rs` (creates and deletes), `follow.rs` (sessions) act.
+//! Files: `diff.rs` (what to create and delete), `status.rs` (a pod's API status) and `leases.rs` (leases
+//! to peers) decide without I/O; `node.rs` (Node and Lease), `tasks.rs` (creates and deletes),
+//! `subnets.rs` (peers applied) and `follow.rs` (sessions) act.
 
 mod diff;
 mod follow;
+mod leases;
 mod node;
 mod owned;
 mod status;
+mod subnets;
 mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use testbed_api::{ControlPlaneJoin, ControlPlaneStatus};
+use testbed_api::{ApplyResponse, ControlPlaneJoin, ControlPlaneStatus, NodeSpec};
 use testbed_control_plane::client::Client;
 
-use crate::pod::Agent;
+use crate::pod::{Agent, AgentError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
@@ -52,6 +56,7 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), KubeletError>
 struct Running {
     join: ControlPlaneJoin,
     task: tokio::task::JoinHandle<()>,
+    peers: tokio::task::JoinHandle<()>,
     shared: Arc<Mutex<ControlPlaneStatus>>,
 }
 
@@ -59,6 +64,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         // Pod creates and deletes run in tasks of their own and finish; only the loop stops.
         self.task.abort();
+        self.peers.abort();
     }
 }
 
@@ -69,6 +75,7 @@ pub struct Kubelet {
     /// must record what they did in the same place, and keep their names busy for the new loop.
     owned: Arc<owned::Owned>,
     tasks: tasks::Tasks,
+    subnets: Arc<subnets::Subnets>,
     running: Mutex<Option<Running>>,
 }
 
@@ -78,7 +85,8 @@ impl Kubelet {
         let dir = state_dir.join("kubelet");
         std::fs::create_dir_all(&dir).map_err(|e| KubeletError::State(format!("{}: {e}", dir.display())))?;
         let owned = Arc::new(owned::Owned::load(dir.join("pods.json"))?);
-        Ok(Arc::new(Self { agent, dir, owned, tasks: tasks::Tasks::default(), running: Mutex::new(None) }))
+        let subnets = subnets::Subnets::new(agent.clone());
+        Ok(Arc::new(Self { agent, dir, owned, tasks: tasks::Tasks::default(), subnets, running: Mutex::new(None) }))
     }
 
     fn join_file(&self) -> PathBuf {
@@ -114,11 +122,17 @@ impl Kubelet {
     /// Stops following and forgets the join; the pods the loop created keep running.
     pub fn leave(&self) -> Result<(), KubeletError> {
         lock(&self.running).take();
+        self.subnets.forget();
         match std::fs::remove_file(self.join_file()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(KubeletError::State(format!("{}: {e}", self.join_file().display()))),
         }
+    }
+
+    /// `PUT /v1/node`: the CLI's spec, with the subnet leases' peers while the node follows an API.
+    pub async fn apply_node(&self, spec: NodeSpec) -> Result<ApplyResponse, AgentError> {
+        self.subnets.apply_node(spec).await
     }
 
     pub fn status(&self) -> ControlPlaneStatus {
@@ -152,11 +166,13 @@ impl Kubelet {
             owned: self.owned.clone(),
             shared: shared.clone(),
             tasks: self.tasks.clone(),
+            subnets: self.subnets.clone(),
         };
         let follower = follower.into_loop();
         let task = tokio::spawn(follower.run());
-        // Replacing the old Running drops it, which stops its loop.
-        *lock(&self.running) = Some(Running { join, task, shared });
+        let peers = tokio::spawn(self.subnets.clone().run());
+        // Replacing the old Running drops it, which stops its loops.
+        *lock(&self.running) = Some(Running { join, task, peers, shared });
         Ok(())
     }
 }

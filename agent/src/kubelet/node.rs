@@ -1,5 +1,5 @@
-//! The node's own objects: its Node (registered by the agent: podCIDR from the applied NodeSpec, the
-//! underlay address, CPU and memory of the guest, the Ready condition with its heartbeat) and its Lease
+//! The node's own objects: its Node (registered by the agent: podCIDR from the applied NodeSpec and the
+//! subnet lease's annotations (`leases::annotations`), the underlay address, CPU and memory of the guest, the Ready condition with its heartbeat) and its Lease
 //! `kube-node-lease/<node>`, renewed every `LEASE_RENEW` as the kubelet does.
 
 use std::collections::BTreeMap;
@@ -46,9 +46,19 @@ pub struct NodeView<'a> {
     pub last_error: Option<&'a str>,
 }
 
-pub fn spec_of(view: &NodeView<'_>) -> NodeSpec {
+/// What the agent registers: the Node's spec and its subnet lease's annotations (none before a NodeSpec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub spec: NodeSpec,
+    pub annotations: BTreeMap<String, String>,
+}
+
+pub fn registration(view: &NodeView<'_>) -> Registration {
     let cidr = view.spec.map(|s| s.pod_subnet.to_string());
-    NodeSpec { pod_cidrs: cidr.iter().cloned().collect(), pod_cidr: cidr, unschedulable: false }
+    Registration {
+        spec: NodeSpec { pod_cidrs: cidr.iter().cloned().collect(), pod_cidr: cidr, unschedulable: false },
+        annotations: view.spec.map(super::leases::annotations).unwrap_or_default(),
+    }
 }
 
 /// The Node's status; `heartbeat` is the time to report as the Ready condition's last heartbeat.
@@ -98,12 +108,16 @@ pub fn changed(a: &NodeStatus, b: &NodeStatus) -> bool {
     strip(a) != strip(b)
 }
 
-/// Creates the Node, or brings an existing one's spec to `spec`; answers the status it holds.
-pub async fn register(api: &Client, name: &str, spec: &NodeSpec) -> Result<Option<NodeStatus>, ClientError> {
+/// Creates the Node, or brings an existing one's spec and annotations to `reg` (other annotations are
+/// left as they are); answers the status it holds.
+pub async fn register(api: &Client, name: &str, reg: &Registration) -> Result<Option<NodeStatus>, ClientError> {
+    let spec = &reg.spec;
     match api.get::<Node>(&paths::node(name)).await {
         Ok(node) => {
-            if node.spec.pod_cidr != spec.pod_cidr {
-                let patch = json!({"spec": {"podCIDR": spec.pod_cidr, "podCIDRs": spec.pod_cidrs}});
+            let held = &node.metadata.annotations;
+            if node.spec.pod_cidr != spec.pod_cidr || reg.annotations.iter().any(|(k, v)| held.get(k) != Some(v)) {
+                let patch = json!({"metadata": {"annotations": reg.annotations},
+                    "spec": {"podCIDR": spec.pod_cidr, "podCIDRs": spec.pod_cidrs}});
                 api.merge_patch::<Node>(&paths::node(name), &patch).await?;
             }
             Ok(node.status)
@@ -112,7 +126,7 @@ pub async fn register(api: &Client, name: &str, spec: &NodeSpec) -> Result<Optio
             let node = Node {
                 api_version: "v1".into(),
                 kind: "Node".into(),
-                metadata: ObjectMeta { name: name.into(), ..Default::default() },
+                metadata: ObjectMeta { name: name.into(), annotations: reg.annotations.clone(), ..Default::default() },
                 spec: spec.clone(),
                 status: None,
             };
@@ -167,7 +181,9 @@ mod tests {
         let s = status_of(&view, &machine, None, "T1");
         assert_eq!(s.addresses[0].address, spec.underlay.address.to_string());
         assert_eq!((s.capacity["cpu"].as_str(), s.allocatable["memory"].as_str()), ("2", "2000000Ki"));
-        assert_eq!(spec_of(&view).pod_cidr, Some(spec.pod_subnet.to_string()));
+        let reg = registration(&view);
+        assert_eq!(reg.spec.pod_cidr, Some(spec.pod_subnet.to_string()));
+        assert_eq!(reg.annotations[super::super::leases::PUBLIC_IP], spec.underlay.address.to_string());
         assert_eq!(s.conditions[0].status, "True");
 
         // A newer heartbeat alone is no change; a network that stopped converging is one, dated then.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use testbed_api::NodeSpec;
 use testbed_control_plane::client::Client;
 use testbed_control_plane::tls::Credentials;
 use testbed_test_support::agent_http::{request as http, try_request as try_http};
@@ -75,8 +76,16 @@ fn etcd_healthy() -> bool {
 impl Cluster {
     /// etcd, the API server, the agent with the loopback NodeSpec applied and joined to the API server.
     pub fn start(test: &str) -> Self {
+        Self::start_with(test, &loopback_node_spec(), &[])
+    }
+
+    /// The same with `spec` applied, after the `ip` commands of `setup` ran in the test's fresh network
+    /// namespace (e.g. the underlay interface `spec` names).
+    pub fn start_with(test: &str, spec: &NodeSpec, setup: &[&[&str]]) -> Self {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success());
+        for args in [&["link", "set", "lo", "up"][..]].iter().chain(setup) {
+            assert!(Command::new("ip").args(*args).status().expect("ip").success(), "ip {args:?}");
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = spawn(
             Command::new("etcd")
@@ -117,7 +126,7 @@ impl Cluster {
         c.apiserver = c.start_apiserver(API_PORT);
         c.side_apiserver = c.start_apiserver(SIDE_API_PORT);
         c.start_agent();
-        let (code, body) = http("PUT", "/v1/node", Some(serde_json::to_value(loopback_node_spec()).expect("spec")));
+        let (code, body) = http("PUT", "/v1/node", Some(serde_json::to_value(spec).expect("spec")));
         assert_eq!(code, 200, "{body}");
         let join = json!({"servers": [format!("https://127.0.0.1:{API_PORT}")], "ca_pem": c.creds.ca_pem,
             "token": c.creds.token, "node_name": NODE});

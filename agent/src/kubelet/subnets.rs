@@ -1,0 +1,104 @@
+//! Peers from the subnet leases. The follow loop publishes every Node's lease as it lists and watches
+//! them; an applier task turns the latest leases into the NodeSpec's peers and converges the kernel through
+//! `Agent::apply_node`, the path `PUT /v1/node` takes. Which source wins: once the node follows an API and
+//! has listed the Nodes, the API's peers replace the CLI's, also in a `PUT /v1/node` (the rest of the spec
+//! is the CLI's); before that, and after leaving, the CLI's spec is applied whole, so a lab whose API does
+//! not work keeps the peers `up` planned.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use testbed_api::{ApplyResponse, NodeSpec};
+use tokio::sync::watch;
+
+use super::leases::{self, Leases};
+use super::lock;
+use crate::pod::{Agent, AgentError};
+
+pub struct Subnets {
+    agent: Arc<Agent>,
+    /// The latest leases; None while the node follows no API or has not listed the Nodes yet.
+    leases: watch::Sender<Option<Arc<Leases>>>,
+    /// Held from reading the agent's spec to applying it with new peers, by the applier and by `PUT
+    /// /v1/node`: otherwise one could apply a spec the other has just replaced.
+    apply: tokio::sync::Mutex<()>,
+    /// The reason each lease was last left out for, so that each is logged once rather than per change.
+    skipped: Mutex<BTreeMap<String, String>>,
+}
+
+impl Subnets {
+    pub fn new(agent: Arc<Agent>) -> Arc<Self> {
+        let (leases, _) = watch::channel(None);
+        Arc::new(Self { agent, leases, apply: tokio::sync::Mutex::new(()), skipped: Mutex::default() })
+    }
+
+    /// The follow loop's latest view of every Node's lease.
+    pub fn publish(&self, leases: Leases) {
+        self.leases.send_replace(Some(Arc::new(leases)));
+    }
+
+    /// Back to the CLI's peers at its next `PUT /v1/node`; the kernel keeps the API's until then.
+    pub fn forget(&self) {
+        self.leases.send_replace(None);
+    }
+
+    /// `PUT /v1/node`: the spec with the API's peers when there are leases, else as given.
+    pub async fn apply_node(&self, mut spec: NodeSpec) -> Result<ApplyResponse, AgentError> {
+        let _guard = self.apply.lock().await;
+        let leases = self.leases.borrow().clone();
+        if let Some(leases) = leases {
+            // Validation of the rest of the spec comes first, as without leases.
+            testbed_api::validate::validate_node(&NodeSpec { peers: vec![], ..spec.clone() })
+                .map_err(AgentError::Invalid)?;
+            spec.peers = self.peers(&leases, &spec);
+        }
+        self.agent.apply_node(spec).await
+    }
+
+    /// Converges the kernel to each new set of leases until the loop is stopped; a burst of changes is one
+    /// apply with the latest of them.
+    pub async fn run(self: Arc<Self>) {
+        let mut rx = self.leases.subscribe();
+        loop {
+            // Applied in a task of its own: an apply stopped half-way (the loop aborted) would leave the
+            // kernel half-changed.
+            let me = self.clone();
+            let _ = tokio::spawn(async move { me.converge().await }).await;
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn converge(&self) {
+        let _guard = self.apply.lock().await;
+        let Some(leases) = self.leases.borrow().clone() else { return };
+        // No spec applied yet: the first `PUT /v1/node` takes the leases' peers.
+        let Some(mut spec) = self.agent.node_status().await.spec else { return };
+        let peers = self.peers(&leases, &spec);
+        if peers == spec.peers {
+            return;
+        }
+        let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+        tracing::info!(peers = ?names, "subnet leases: converging to new peers");
+        spec.peers = peers;
+        match self.agent.apply_node(spec).await {
+            Ok(r) if !r.changes.is_empty() => tracing::info!(changes = ?r.changes, "subnet leases applied"),
+            Ok(_) => {}
+            // The spec is stored all the same and the agent's reconcile loop retries it.
+            Err(e) => tracing::warn!(error = %e, "subnet leases: the node did not converge"),
+        }
+    }
+
+    fn peers(&self, leases: &Leases, spec: &NodeSpec) -> Vec<testbed_api::PeerSpec> {
+        let (peers, skipped) = leases::peers(leases, spec);
+        let mut logged = lock(&self.skipped);
+        for (node, reason) in &skipped {
+            if logged.get(node) != Some(reason) {
+                tracing::warn!(node = %node, reason = %reason, "subnet lease ignored");
+            }
+        }
+        *logged = skipped;
+        peers
+    }
+}
