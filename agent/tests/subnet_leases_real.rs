@@ -1,7 +1,8 @@
 //! Subnet leases with the real parts (`kubelet_lab`: etcd, the API server and the agent in the test's own
 //! network namespace, on a veth `ul0` there as the underlay): a Node created through the API as a "virtual peer"
 //! becomes the route, neighbour and FDB entry of the node's vxlan backend, a changed public-ip moves the
-//! FDB entry, a deleted Node takes them away; the API's peers win over the CLI's. Skipped unless root.
+//! FDB entry, a deleted Node takes them away; a lease wins over the CLI's plan for its node, and planned peers
+//! no lease names stay. Skipped unless root.
 //! `subnet_lease_to_kernel_latency` (ignored: a benchmark) times Node change -> kernel entry.
 
 #![allow(clippy::unwrap_used)]
@@ -125,7 +126,7 @@ fn node_leases_become_vxlan_peers_in_the_kernel() {
     let api = c.client(API_PORT);
     let log = || c.agent_log();
 
-    // The node publishes its lease; the API's peers (none yet) replace the CLI's.
+    // The node publishes its lease; the CLI's planned peer stays while no lease names it.
     wait_for("n1's lease annotations", 30, || {
         c.rt.block_on(api.get::<Node>(&paths::node(NODE))).is_ok_and(|n| {
             let a = &n.metadata.annotations;
@@ -134,7 +135,14 @@ fn node_leases_become_vxlan_peers_in_the_kernel() {
                 && a.get(BACKEND_DATA).is_some_and(|d| d.contains("02:00:00:00:00:01"))
         })
     });
-    wait_kernel(&c, "the CLI's peer replaced by the API's (none)", || route("10.244.5.0/24").is_empty());
+    assert!(route("10.244.5.0/24").contains("flannel.1"), "{}", route("10.244.5.0/24"));
+
+    // A lease for the planned peer with another underlay address overrides the plan's entry.
+    let moved = lease_node("cli-peer", "10.244.5.0/24", "192.168.77.55", "vxlan", "0e:00:00:00:00:05");
+    c.rt.block_on(api.create(&paths::nodes(), &moved)).unwrap();
+    wait_kernel(&c, "the planned peer's FDB entry moved to its lease's address", || {
+        fdb().contains("0e:00:00:00:00:05 dst 192.168.77.55 ")
+    });
 
     // A virtual peer appears through the API.
     let virt = lease_node("virt", "10.244.9.0/24", "192.168.77.9", "vxlan", "0e:00:00:00:00:09");
@@ -162,11 +170,17 @@ fn node_leases_become_vxlan_peers_in_the_kernel() {
     });
     assert!(route("10.244.7.0/24").is_empty(), "{}", route("10.244.7.0/24"));
 
-    // The CLI sends its full spec again: the API's peers stay the node's peers.
+    // The CLI sends its full spec again: the leases still win over the plan for the nodes they name.
     let (code, body) = http("PUT", "/v1/node", Some(serde_json::to_value(vxlan_spec()).unwrap()));
     assert_eq!(code, 200, "{body}");
-    assert!(route("10.244.5.0/24").is_empty(), "the CLI's peer is not applied while following");
+    assert!(fdb().contains("0e:00:00:00:00:05 dst 192.168.77.55 "), "the lease's address stays:\n{}", fdb());
     assert!(route("10.244.9.0/24").contains("flannel.1"), "{}", route("10.244.9.0/24"));
+
+    // The planned peer's Node is deleted: the node falls back to the plan's address for it.
+    c.rt.block_on(api.delete(&paths::node("cli-peer"))).unwrap();
+    wait_kernel(&c, "the planned peer back at the plan's address", || {
+        fdb().contains("0e:00:00:00:00:05 dst 192.168.77.5 ")
+    });
 
     // The Node is deleted: its entries go.
     c.rt.block_on(api.delete(&paths::node("virt"))).unwrap();
@@ -193,7 +207,7 @@ fn subnet_lease_to_kernel_latency() {
     let n: u8 = std::env::var("TESTBED_LEASE_CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let c = Cluster::start_with("sub-bench", &vxlan_spec(), UNDERLAY);
     let api = c.client(API_PORT);
-    wait_for("the CLI's peer replaced by the API's", 30, || route("10.244.5.0/24").is_empty());
+    wait_for("n1 following the API", 30, || c.rt.block_on(api.get::<Node>(&paths::node(NODE))).is_ok());
     let timed = |done: &dyn Fn() -> bool| {
         let t0 = Instant::now();
         while !done() {

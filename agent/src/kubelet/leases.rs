@@ -88,6 +88,18 @@ pub fn peers(leases: &Leases, own: &NodeSpec) -> (Vec<PeerSpec>, BTreeMap<String
             }
         }
     }
+    // The planned peers (`own.peers`) no lease names, unless one would clash with the leases' (a subnet or
+    // address a lease now holds): see subnets.rs for why they stay.
+    for planned in &own.peers {
+        if taken.iter().any(|p| p.name == planned.name) {
+            continue;
+        }
+        let mut trial = NodeSpec { peers: taken.clone(), ..own.clone() };
+        trial.peers.push(planned.clone());
+        if testbed_api::validate::validate_node(&trial).is_ok() {
+            taken.push(planned.clone());
+        }
+    }
     (taken, skipped)
 }
 
@@ -199,5 +211,26 @@ mod tests {
         assert_eq!(peers.len(), 1);
         assert!(skipped["node5"].contains("overlaps"), "{skipped:?}");
         assert!(skipped["node6"].contains("this node's pod_subnet"), "{skipped:?}");
+    }
+
+    #[test]
+    fn planned_peers_stay_unless_a_lease_names_them_or_takes_their_subnet() {
+        let own = sample_node_spec(2, 3, Backend::Vxlan);
+        // No lease yet: the plan's peers.
+        assert_eq!(peers(&Leases::new(), &own).0, own.peers);
+        // node3's lease moved its underlay address: the lease wins; node1 stays as planned.
+        let mut moved = lease(3, Backend::Vxlan);
+        moved.public_ip = Some("192.168.99.3".into());
+        let only3: Leases = [("node3".to_string(), moved)].into();
+        let (got, _) = peers(&only3, &own);
+        let names: Vec<&str> = got.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["node3", "node1"]);
+        assert_eq!(got[0].underlay_ip.to_string(), "192.168.99.3");
+        // Another node now holds node1's subnet: the planned node1 gives way.
+        let mut taker = lease(7, Backend::Vxlan);
+        taker.pod_cidr = Some(own.peers[0].pod_subnet.to_string());
+        let (got, _) = peers(&[("node7".to_string(), taker)].into(), &own);
+        let names: Vec<&str> = got.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["node7", "node3"]);
     }
 }

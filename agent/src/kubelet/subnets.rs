@@ -1,14 +1,18 @@
 //! Peers from the subnet leases. The follow loop publishes every Node's lease as it lists and watches
 //! them; an applier task turns the latest leases into the NodeSpec's peers and converges the kernel through
 //! `Agent::apply_node`, the path `PUT /v1/node` takes. Which source wins: once the node follows an API and
-//! has listed the Nodes, the API's peers replace the CLI's, also in a `PUT /v1/node` (the rest of the spec
-//! is the CLI's); before that, and after leaving, the CLI's spec is applied whole, so a lab whose API does
-//! not work keeps the peers `up` planned.
+//! has listed the Nodes, its peers are the leases' plus every peer the CLI planned that no lease names (the
+//! rest of the spec is the CLI's). A lease overrides the planned entry of its node (a moved underlay
+//! address), a node only the API knows is added, and one deleted from the API goes unless the CLI planned
+//! it. The planned peers stay as a floor because leases lag: a node that has not registered yet, or that
+//! switched backend and has not republished its annotations (every 10 s), would otherwise drop out of every
+//! other node's routes for that time. Before the first list, and after leaving, the CLI's spec is applied
+//! whole.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use testbed_api::{ApplyResponse, NodeSpec};
+use testbed_api::{ApplyResponse, NodeSpec, PeerSpec};
 use tokio::sync::watch;
 
 use super::leases::{self, Leases};
@@ -24,12 +28,20 @@ pub struct Subnets {
     apply: tokio::sync::Mutex<()>,
     /// The reason each lease was last left out for, so that each is logged once rather than per change.
     skipped: Mutex<BTreeMap<String, String>>,
+    /// The peers of the CLI's last `PUT /v1/node`; None until one arrives (the stored spec's then stand in).
+    planned: Mutex<Option<Vec<PeerSpec>>>,
 }
 
 impl Subnets {
     pub fn new(agent: Arc<Agent>) -> Arc<Self> {
         let (leases, _) = watch::channel(None);
-        Arc::new(Self { agent, leases, apply: tokio::sync::Mutex::new(()), skipped: Mutex::default() })
+        Arc::new(Self {
+            agent,
+            leases,
+            apply: tokio::sync::Mutex::new(()),
+            skipped: Mutex::default(),
+            planned: Mutex::default(),
+        })
     }
 
     /// The follow loop's latest view of every Node's lease.
@@ -42,9 +54,10 @@ impl Subnets {
         self.leases.send_replace(None);
     }
 
-    /// `PUT /v1/node`: the spec with the API's peers when there are leases, else as given.
+    /// `PUT /v1/node`: the spec with the leases' peers added when there are leases, else as given.
     pub async fn apply_node(&self, mut spec: NodeSpec) -> Result<ApplyResponse, AgentError> {
         let _guard = self.apply.lock().await;
+        *lock(&self.planned) = Some(spec.peers.clone());
         let leases = self.leases.borrow().clone();
         if let Some(leases) = leases {
             // Validation of the rest of the spec comes first, as without leases.
@@ -90,8 +103,9 @@ impl Subnets {
         }
     }
 
-    fn peers(&self, leases: &Leases, spec: &NodeSpec) -> Vec<testbed_api::PeerSpec> {
-        let (peers, skipped) = leases::peers(leases, spec);
+    fn peers(&self, leases: &Leases, spec: &NodeSpec) -> Vec<PeerSpec> {
+        let planned = lock(&self.planned).clone().unwrap_or_else(|| spec.peers.clone());
+        let (peers, skipped) = leases::peers(leases, &NodeSpec { peers: planned, ..spec.clone() });
         let mut logged = lock(&self.skipped);
         for (node, reason) in &skipped {
             if logged.get(node) != Some(reason) {
