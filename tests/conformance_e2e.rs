@@ -104,6 +104,9 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool) {
         .map(|c| format!("{}: {}", c["name"], c["message"]))
         .collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
+    // The control plane's checks ran and passed on every lab (agents following the API included).
+    let control_plane = checks.iter().filter(|c| c["group"] == "control-plane" && c["status"] == "pass").count();
+    assert_eq!(control_plane, 5, "[control-plane] checks that passed");
     let skipped = unexpected_skips(checks);
     assert!(skipped.is_empty(), "checks skipped on a backend that must run them:\n{}", skipped.join("\n"));
     // The none backend skips its cross-node checks only: most of its checks still run.
