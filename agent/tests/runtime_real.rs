@@ -89,30 +89,8 @@ impl Drop for TestAgent {
     }
 }
 
-/// Our cgroup subtree in every hierarchy (v2: one; v1: cpu, memory, pids below our own cgroup).
-fn cgroup_roots(name: &str) -> Vec<PathBuf> {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        return vec![PathBuf::from("/sys/fs/cgroup").join(name)];
-    }
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    ["cpu", "memory", "pids"]
-        .iter()
-        .map(|c| {
-            let path = own
-                .lines()
-                .find_map(|l| {
-                    let mut it = l.splitn(3, ':');
-                    let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
-                    ctrls.split(',').any(|x| x == *c).then(|| path.trim_start_matches('/').to_string())
-                })
-                .unwrap_or_default();
-            PathBuf::from("/sys/fs/cgroup").join(c).join(path).join(name)
-        })
-        .collect()
-}
-
 use testbed_test_support::agent_http::{request as http, send_and_hang_up, try_request as try_http};
-use testbed_test_support::host::is_root;
+use testbed_test_support::host::{cgroup_roots, is_root};
 use testbed_test_support::node_spec::loopback_node_spec;
 
 fn node_spec() -> Value {

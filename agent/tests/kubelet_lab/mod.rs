@@ -14,6 +14,7 @@ use testbed_api::NodeSpec;
 use testbed_control_plane::client::Client;
 use testbed_control_plane::tls::Credentials;
 use testbed_test_support::agent_http::{request as http, try_request as try_http};
+use testbed_test_support::host::cgroup_roots;
 use testbed_test_support::node_spec::loopback_node_spec;
 
 pub const NODE: &str = "n1";
@@ -199,26 +200,4 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir(root);
         }
     }
-}
-
-/// Our cgroup subtree in every hierarchy (v2: one; v1: cpu, memory, pids below our own cgroup).
-fn cgroup_roots(name: &str) -> Vec<PathBuf> {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        return vec![PathBuf::from("/sys/fs/cgroup").join(name)];
-    }
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    ["cpu", "memory", "pids"]
-        .iter()
-        .map(|c| {
-            let path = own
-                .lines()
-                .find_map(|l| {
-                    let mut it = l.splitn(3, ':');
-                    let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
-                    ctrls.split(',').any(|x| x == *c).then(|| path.trim_start_matches('/').to_string())
-                })
-                .unwrap_or_default();
-            PathBuf::from("/sys/fs/cgroup").join(c).join(path).join(name)
-        })
-        .collect()
 }

@@ -1,6 +1,7 @@
 //! What this host lets a test do. Tests that need more than it offers return early with a `skipped:` line
 //! instead of failing, except under CI (see `can_run_vms`).
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// True when the test runs as root (namespaces, cgroups, netlink).
@@ -18,4 +19,27 @@ pub fn can_run_vms() -> bool {
         eprintln!("skipped: needs root and qemu-system-x86_64 (run tests/run.sh)");
     }
     can
+}
+
+/// The test's cgroup subtree `name` in every hierarchy (v2: one; v1: cpu, memory, pids below the test
+/// process's own cgroup), for the agent's real tests to give it and remove it.
+pub fn cgroup_roots(name: &str) -> Vec<PathBuf> {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return vec![PathBuf::from("/sys/fs/cgroup").join(name)];
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    ["cpu", "memory", "pids"]
+        .iter()
+        .map(|c| {
+            let path = own
+                .lines()
+                .find_map(|l| {
+                    let mut it = l.splitn(3, ':');
+                    let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+                    ctrls.split(',').any(|x| x == *c).then(|| path.trim_start_matches('/').to_string())
+                })
+                .unwrap_or_default();
+            PathBuf::from("/sys/fs/cgroup").join(c).join(path).join(name)
+        })
+        .collect()
 }

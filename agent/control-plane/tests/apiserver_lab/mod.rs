@@ -1,6 +1,5 @@
 //! A real etcd and the API server over it on loopback, for the client's tests: the same parts a lab runs.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,7 @@ use testbed_control_plane::store::etcd::Etcd;
 use testbed_control_plane::store::Store;
 use testbed_control_plane::tls::Credentials;
 
-use crate::common::{free_port, start_etcd, Killed};
+use crate::common::{server_config, start_etcd, Killed};
 
 pub struct ApiLab {
     pub etcd: Etcd,
@@ -30,15 +29,7 @@ impl ApiLab {
             assert!(Instant::now() < deadline, "etcd did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let creds = Credentials::generate(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]).expect("credentials");
-        let port = free_port();
-        let config = testbed_control_plane::Config {
-            listen: (Ipv4Addr::LOCALHOST, port).into(),
-            etcd: etcd_url,
-            token: creds.token.clone(),
-            cert_pem: creds.cert_pem.clone().into_bytes(),
-            key_pem: creds.key_pem.clone().into_bytes(),
-        };
+        let (config, creds, port) = server_config(etcd_url);
         tokio::spawn(async move {
             if let Err(e) = testbed_control_plane::serve(config, std::future::pending()).await {
                 panic!("apiserver: {e}");
