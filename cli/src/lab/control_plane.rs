@@ -38,6 +38,8 @@ pub enum ControlPlaneError {
     NotReady { port: u16, waited: Duration, last: String },
     #[error("{0}")]
     Join(Box<crate::guest::agent_client::AgentError>),
+    #[error("the agents of {} joined the API but their Nodes are not Ready in it after {waited:.0?}: {last}", nodes.join(", "))]
+    NodesNotReady { nodes: Vec<String>, waited: Duration, last: String },
 }
 
 /// The lab's control-plane credentials: made at the first `up`, kept in the lab directory (0600) so that a
@@ -134,13 +136,7 @@ pub async fn launch(
 pub async fn wait_ready(port: u16, creds: &Credentials, deadline: Instant) -> Result<(), ControlPlaneError> {
     let started = Instant::now();
     let not_ready = |last: String| ControlPlaneError::NotReady { port, waited: started.elapsed(), last };
-    let ca = reqwest::Certificate::from_pem(creds.ca_pem.as_bytes()).map_err(|e| not_ready(e.to_string()))?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .tls_certs_only([ca])
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| not_ready(e.to_string()))?;
+    let http = api_http(creds).map_err(not_ready)?;
     let url = format!("https://127.0.0.1:{port}/api/v1/namespaces/default");
     loop {
         let last = match http.get(&url).bearer_auth(&creds.token).send().await {
@@ -153,6 +149,67 @@ pub async fn wait_ready(port: u16, creds: &Credentials, deadline: Instant) -> Re
         }
         tokio::time::sleep(PROBE_PAUSE).await;
     }
+}
+
+/// An HTTP client of the API through the forwarder: trusting the lab CA only, each request bounded.
+fn api_http(creds: &Credentials) -> Result<reqwest::Client, String> {
+    let ca = reqwest::Certificate::from_pem(creds.ca_pem.as_bytes()).map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until every node of `nodes` has registered its Node and reports it Ready, as `kind` waits for its
+/// nodes: once `up` returns, `testbed get nodes` and kubectl show the whole lab.
+pub async fn wait_nodes_ready(
+    port: u16,
+    creds: &Credentials,
+    nodes: &[String],
+    deadline: Instant,
+) -> Result<(), ControlPlaneError> {
+    let started = Instant::now();
+    let url = format!("https://127.0.0.1:{port}/api/v1/nodes");
+    let mut missing = nodes.to_vec();
+    let mut last = String::from("not asked yet");
+    let http = api_http(creds);
+    loop {
+        if let Ok(http) = &http {
+            match http.get(&url).bearer_auth(&creds.token).send().await {
+                Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
+                    Ok(list) => {
+                        missing.retain(|n| !is_ready(&list, n));
+                        last = "not Ready yet".into();
+                    }
+                    Err(e) => last = e.to_string(),
+                },
+                Ok(r) => last = format!("answered {}", r.status()),
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() + PROBE_PAUSE >= deadline {
+            let last = http.err().unwrap_or(last);
+            return Err(ControlPlaneError::NodesNotReady { nodes: missing, waited: started.elapsed(), last });
+        }
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+}
+
+/// Whether the NodeList `list` holds node `name` with condition Ready True.
+fn is_ready(list: &serde_json::Value, name: &str) -> bool {
+    list["items"].as_array().into_iter().flatten().any(|n| {
+        n["metadata"]["name"] == name
+            && n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// The kubeconfig `up` writes to `<lab dir>/kubeconfig`: the forwarder's local address, the lab CA, the token.
@@ -169,14 +226,15 @@ pub fn kubeconfig_path(dir: &LabDir) -> PathBuf {
     dir.root.join("kubeconfig")
 }
 
-/// Tells every node's agent to follow the API servers. An agent that has no such endpoint yet (404) is
-/// named in a warning and left as it is: the lab still works, driven by the CLI.
+/// Tells every node's agent to follow the API servers, and returns the nodes that do. An agent that has no
+/// such endpoint (404: a build from before it) is named in a warning and left as it is: the lab still works,
+/// driven by the CLI.
 pub async fn join_agents(
     ui: &Ui,
     plan: &Plan,
     creds: &Credentials,
     agents: &[(String, AgentClient)],
-) -> Result<(), ControlPlaneError> {
+) -> Result<Vec<String>, ControlPlaneError> {
     let servers = plan.api_servers();
     let joins = agents.iter().map(|(node, agent)| {
         let join = ControlPlaneJoin {
@@ -187,10 +245,10 @@ pub async fn join_agents(
         };
         async move { (node, agent.join_control_plane(&join).await) }
     });
-    let mut old = Vec::new();
+    let (mut old, mut joined) = (Vec::new(), Vec::new());
     for (node, outcome) in futures::future::join_all(joins).await {
         match outcome.map_err(|e| ControlPlaneError::Join(Box::new(e)))? {
-            JoinOutcome::Joined => {}
+            JoinOutcome::Joined => joined.push(node.clone()),
             JoinOutcome::NotSupported => old.push(node.as_str()),
         }
     }
@@ -201,13 +259,24 @@ pub async fn join_agents(
             old.join(", ")
         ));
     }
-    Ok(())
+    Ok(joined)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lab::fixtures;
+
+    #[test]
+    fn a_node_counts_as_ready_only_with_its_ready_condition_true() {
+        let list = serde_json::json!({"items": [
+            {"metadata": {"name": "node1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "node2"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+        ]});
+        assert!(is_ready(&list, "node1"));
+        assert!(!is_ready(&list, "node2"));
+        assert!(!is_ready(&list, "node3"));
+    }
 
     #[test]
     fn launch_script_binds_the_underlay_only_and_names_every_member() {

@@ -69,7 +69,12 @@ pub(super) async fn converge(
     }
     let kubeconfig = control_plane::write_kubeconfig(&dir, fwd.port, &credentials)?;
     let agents: Vec<_> = connected.iter().map(|c| (c.name.clone(), c.agent.clone())).collect();
-    control_plane::join_agents(ui, &plan, &credentials, &agents).await?;
+    let joined = control_plane::join_agents(ui, &plan, &credentials, &agents).await?;
+    task.stage(format!("waiting for {} to register Ready", joined.join(", ")));
+    if let Err(e) = control_plane::wait_nodes_ready(fwd.port, &credentials, &joined, deadline).await {
+        task.fail(e.to_string());
+        return Err(e.into());
+    }
     let control_plane_wait = nodes_ready.elapsed().as_secs_f64();
     task.finish(format!("API ready {control_plane_wait:.1} s after the nodes; kubeconfig {}", kubeconfig.display()));
     let st = setup.state.snapshot();

@@ -230,7 +230,14 @@ async fn api_pod<C: Cluster>(c: &C, client: &Client, node: &NodeInfo) -> CheckOu
     let name = unique("api-pod");
     let container =
         Container { name: "main".into(), command: Some(vec!["sleep".into(), "3600".into()]), ..Default::default() };
-    let spec = PodSpec { node_name: Some(node.name.clone()), containers: vec![container], ..Default::default() };
+    // `sleep` as PID 1 of its PID namespace ignores SIGTERM, so the agent waits out the grace period before
+    // SIGKILL: 2 s, not the default 30, keeps the check short without skipping the graceful path.
+    let spec = PodSpec {
+        node_name: Some(node.name.clone()),
+        containers: vec![container],
+        termination_grace_period_seconds: Some(2),
+        ..Default::default()
+    };
     let pod = Pod { metadata: meta(&name), spec: Some(spec), ..Default::default() };
     api.create(&PostParams::default(), &pod).await.map_err(api_err("create pod"))?;
     let outcome = running_then_gone(c, &api, node, &name).await;
