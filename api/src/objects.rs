@@ -124,6 +124,25 @@ pub struct NodeStatus {
     /// What pods may use of it (testbed reserves nothing, so the same as `capacity`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub allocatable: BTreeMap<String, String>,
+    /// The guest's kernel, OS and agent, as `kubectl get nodes -o wide` shows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_info: Option<NodeSystemInfo>,
+}
+
+/// A Node's `status.nodeInfo`: the part of the Kubernetes fields a testbed guest can fill in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSystemInfo {
+    /// `uname -r` of the guest.
+    pub kernel_version: String,
+    /// `PRETTY_NAME` of the guest's /etc/os-release.
+    pub os_image: String,
+    /// `linux`.
+    pub operating_system: String,
+    /// `amd64`, as Kubernetes spells the architecture.
+    pub architecture: String,
+    /// The node agent and its version (`testbed-agent/0.1.0`), where a kubelet reports its own.
+    pub kubelet_version: String,
 }
 
 /// One entry of a Node's `status.addresses`.

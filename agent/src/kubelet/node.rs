@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use testbed_api::objects::{Condition, Lease, LeaseSpec, Node, NodeAddress, NodeSpec, NodeStatus, ObjectMeta};
+use testbed_api::objects::{
+    Condition, Lease, LeaseSpec, Node, NodeAddress, NodeSpec, NodeStatus, NodeSystemInfo, ObjectMeta,
+};
 use testbed_control_plane::client::{now_rfc3339_micro, paths, Client, ClientError};
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -22,6 +24,7 @@ pub const NODE_STATUS_PERIOD: Duration = Duration::from_secs(60);
 pub struct Machine {
     pub cpus: usize,
     pub memory_kib: u64,
+    pub info: NodeSystemInfo,
 }
 
 impl Machine {
@@ -34,7 +37,21 @@ impl Machine {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        Self { cpus, memory_kib }
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let os_release = read("/etc/os-release");
+        let os_image = os_release
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default();
+        let info = NodeSystemInfo {
+            kernel_version: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            os_image,
+            operating_system: "linux".into(),
+            architecture: if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }.into(),
+            kubelet_version: format!("testbed-agent/{}", env!("CARGO_PKG_VERSION")),
+        };
+        Self { cpus, memory_kib, info }
     }
 }
 
@@ -95,6 +112,7 @@ pub fn status_of(view: &NodeView<'_>, machine: &Machine, prev: Option<&NodeStatu
         }],
         allocatable: capacity.clone(),
         capacity,
+        node_info: Some(machine.info.clone()),
     }
 }
 
@@ -176,7 +194,7 @@ mod tests {
     #[test]
     fn node_status_reports_the_spec_machine_and_readiness() {
         let spec = testbed_test_support::node_spec::sample_node_spec(1, 2, testbed_api::Backend::Vxlan);
-        let machine = Machine { cpus: 2, memory_kib: 2_000_000 };
+        let machine = Machine { cpus: 2, memory_kib: 2_000_000, info: NodeSystemInfo::default() };
         let view = NodeView { name: "node1", spec: Some(&spec), converged: true, last_error: None };
         let s = status_of(&view, &machine, None, "T1");
         assert_eq!(s.addresses[0].address, spec.underlay.address.to_string());
