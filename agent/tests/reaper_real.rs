@@ -35,14 +35,27 @@ impl TestAgent {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_testbed-agent"))
+        assert!(self.try_spawn(), "the agent did not answer /healthz");
+    }
+
+    fn try_spawn(&mut self) -> bool {
+        let Ok(child) = Command::new(env!("CARGO_BIN_EXE_testbed-agent"))
             .args(["serve", "--cgroup-name", &self.cgroup_name, "--state-dir"])
             .arg(self.state_dir.path())
             .stdin(Stdio::null())
             .spawn()
-            .unwrap();
+        else {
+            return false;
+        };
         self.child = Some(child);
-        wait_for("the agent to answer /healthz", 10, || matches!(try_http("GET", "/healthz", None), Ok((200, _))));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(try_http("GET", "/healthz", None), Ok((200, _))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Kills the agent process only (pods keep running).
@@ -56,7 +69,8 @@ impl TestAgent {
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        // A test that failed while the agent was down leaves pods running: an agent deletes them.
+        if self.child.is_some() || self.try_spawn() {
             if let Ok((200, Value::Array(pods))) = try_http("GET", "/v1/pods", None) {
                 for p in pods {
                     let name = p["name"].as_str().unwrap_or("");
@@ -114,8 +128,11 @@ fn create(name: &str, policy: &str, script: &str) -> u64 {
     let pid = st["containers"][0]["state"]["pid"].as_u64().unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let ppid = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().to_string();
-    let exe = std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap();
-    assert!(exe.to_string_lossy().contains("memfd:tb-reaper"), "the launcher of {name} is {exe:?}");
+    // The launcher reports the PID, then execs the reaper.
+    let exe = || std::fs::read_link(format!("/proc/{ppid}/exe")).unwrap_or_default();
+    wait_for(&format!("the launcher of {name} to become the reaper"), 5, || {
+        exe().to_string_lossy().contains("memfd:tb-reaper")
+    });
     let argv = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap();
     let want = format!("run-container\0--pod\0{name}\0--container\0c\0");
     assert!(argv.windows(want.len()).any(|w| w == want.as_bytes()), "{}", String::from_utf8_lossy(&argv));
@@ -149,7 +166,8 @@ fn exit_status_reaches_the_agent_across_an_agent_restart() {
     std::fs::write(&go_down, "").unwrap();
     wait_for("the container of `down` to exit", 10, || !alive(down));
     let exit_file = agent.state_dir.path().join("pods/down/c.exit");
-    wait_for("the exit file", 10, || std::fs::read_to_string(&exit_file).is_ok_and(|s| s == "7\n"));
+    wait_for("the reaper to write the exit file", 10, || exit_file.exists());
+    assert_eq!(std::fs::read_to_string(&exit_file).unwrap(), "7\n");
     agent.spawn();
     let st = wait_pod("down", |s| s["phase"] == "Failed");
     assert_eq!(st["containers"][0]["state"]["exit_code"], 7, "{st}");
