@@ -8,13 +8,16 @@ fn pss_kib(pid: u32) -> Option<u64> {
 }
 
 /// What the agent keeps per node and per pod: the `serve` process plus every process it leaves running for
-/// the pods (container launchers run the agent's own binary, infra processes its memfd `pause`), by PSS.
-/// The containers' own processes are the pods' workload and are counted apart.
+/// the pods, by PSS: container launchers while they still run the agent's own binary (an exec, or a
+/// container being started), the reapers they become (`pod::reaper`) and the infra processes (`pod::infra`),
+/// both run from memfds. The containers' own processes are the pods' workload and are counted apart.
 #[derive(Debug, Default, serde::Serialize)]
 pub(super) struct Footprint {
     pub(super) agent_pss_kib: u64,
     pub(super) launchers: usize,
     pub(super) launchers_pss_kib: u64,
+    pub(super) reapers: usize,
+    pub(super) reapers_pss_kib: u64,
     pub(super) infra: usize,
     pub(super) infra_pss_kib: u64,
     pub(super) workload: usize,
@@ -23,7 +26,7 @@ pub(super) struct Footprint {
 
 impl Footprint {
     pub(super) fn kept_kib(&self) -> u64 {
-        self.agent_pss_kib + self.launchers_pss_kib + self.infra_pss_kib
+        self.agent_pss_kib + self.launchers_pss_kib + self.reapers_pss_kib + self.infra_pss_kib
     }
 }
 
@@ -49,10 +52,13 @@ pub(super) fn footprint(agent: u32) -> Footprint {
     let mut f = Footprint { agent_pss_kib: pss_kib(agent).unwrap_or(0), ..Default::default() };
     for &pid in parent.keys().filter(|&&p| descends(p)) {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let memfd = |name: &str| exe.as_ref().is_some_and(|e| e.to_string_lossy().contains(&format!("memfd:{name}")));
         let pss = pss_kib(pid).unwrap_or(0);
         if exe.is_some() && exe == agent_exe {
             (f.launchers, f.launchers_pss_kib) = (f.launchers + 1, f.launchers_pss_kib + pss);
-        } else if exe.as_ref().is_some_and(|e| e.to_string_lossy().contains("memfd:")) {
+        } else if memfd("tb-reaper") {
+            (f.reapers, f.reapers_pss_kib) = (f.reapers + 1, f.reapers_pss_kib + pss);
+        } else if memfd("tb-infra") {
             (f.infra, f.infra_pss_kib) = (f.infra + 1, f.infra_pss_kib + pss);
         } else {
             (f.workload, f.workload_pss_kib) = (f.workload + 1, f.workload_pss_kib + pss);

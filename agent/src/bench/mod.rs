@@ -499,12 +499,14 @@ fn render(r: &Report) -> String {
     }
     if let Some(f) = &r.footprint_with_pods {
         out += &format!(
-            "kept by the agent (PSS): {} KiB = serve {} + {} launchers {} + {} infra {}; workload not counted: \
-             {} processes {} KiB\n",
+            "kept by the agent (PSS): {} KiB = serve {} + {} launchers {} + {} reapers {} + {} infra {}; workload \
+             not counted: {} processes {} KiB\n",
             f.kept_kib(),
             f.agent_pss_kib,
             f.launchers,
             f.launchers_pss_kib,
+            f.reapers,
+            f.reapers_pss_kib,
             f.infra,
             f.infra_pss_kib,
             f.workload,

@@ -95,15 +95,20 @@ pub const INFRA_ELF: [u8; 528] = [
 
 /// A sealed, close-on-exec memfd holding `INFRA_ELF`, to `execveat` from.
 pub fn memfd() -> std::io::Result<OwnedFd> {
+    sealed_memfd(c"tb-infra", &INFRA_ELF)
+}
+
+/// A sealed, close-on-exec memfd named `name` holding `image` (also the reaper's).
+pub(super) fn sealed_memfd(name: &std::ffi::CStr, image: &[u8]) -> std::io::Result<OwnedFd> {
     // SAFETY: memfd_create with a NUL-terminated name; the fd is owned below.
-    let fd = unsafe { libc::memfd_create(c"tb-infra".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh descriptor we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut file = std::fs::File::from(owned);
-    file.write_all(&INFRA_ELF)?;
+    file.write_all(image)?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: fcntl on our own fd.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {

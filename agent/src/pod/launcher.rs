@@ -2,10 +2,13 @@
 //! only be joined by a single-threaded process). It joins the pod's IPC, UTS and network namespaces through
 //! /proc/<infra>/ns/*, moves itself into the container cgroup, gets a new PID namespace (or the infra's, with
 //! shareProcessNamespace), forks so the child is PID 1 there, gives the child a private mount namespace with
-//! a fresh /proc, and execs the command. It then waits and exits with the child's status, writing it to an
-//! exit file too so a restarted agent (no longer our parent) still learns it.
+//! a fresh /proc, and execs the command. It then reports the child's PID and execs the reaper
+//! (`super::reaper`): a tiny program that waits for the child and exits with its status, writing it to an
+//! exit file too so a restarted agent (no longer our parent) still learns it. Staying resident as this
+//! binary to wait would cost some 384 KiB per container.
 //!
-//! In exec mode (`--exec`) the child keeps the launcher's stdio. Without `--join-pid` it runs in the pod's
+//! In exec mode (`--exec`) the child keeps the launcher's stdio, and the launcher stays to wait for it (an
+//! exec is short-lived and needs no exit file). Without `--join-pid` it runs in the pod's
 //! IPC, UTS and network namespaces (the infra's); with `--join-pid` it enters every namespace of that
 //! container's process instead (`namespace_sources`): an exec into a container reads the container itself,
 //! so a container that is not where the pod's other processes are (say it unshared its own network
@@ -22,6 +25,8 @@ use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup2, execvp, fork, ForkResult, Pid};
+
+use super::reaper::Reaper;
 
 #[derive(Debug, clap::Args)]
 pub struct LauncherArgs {
@@ -45,7 +50,7 @@ pub struct LauncherArgs {
     /// Container output goes here (append).
     #[arg(long)]
     pub log: Option<PathBuf>,
-    /// Where the exit status is written.
+    /// Where the exit status is written (by the reaper; required unless `--exec`).
     #[arg(long)]
     pub exit_file: Option<PathBuf>,
     /// Exec mode: keep stdio, no new namespaces of our own.
@@ -67,9 +72,11 @@ pub enum LaunchError {
     NotOurs { pid: u32, what: String },
     #[error("the launcher died before the container started")]
     ParentGone,
+    #[error("a container launcher needs --container and --exit-file")]
+    Usage,
 }
 
-fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> LaunchError {
+pub(super) fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> LaunchError {
     let what = what.into();
     move |source| LaunchError::Sys { what, source }
 }
@@ -113,6 +120,13 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
             return Err(LaunchError::NotOurs { pid: target, what: "in the container's cgroup".into() });
         }
     }
+    // A container's launcher becomes the reaper once the container runs. What it needs is ready before the
+    // fork, so that nothing after it can fail but the exec itself.
+    let reaper = match (args.exec, args.container.as_deref(), args.exit_file.as_deref()) {
+        (true, ..) => None,
+        (false, Some(container), Some(exit_file)) => Some(Reaper::new(&args.pod, container, exit_file)?),
+        (false, ..) => return Err(LaunchError::Usage),
+    };
     let log = match &args.log {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -157,9 +171,12 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         }
         ForkResult::Parent { child } => {
             drop(alive_r);
-            let code = parent(args, child);
-            drop(alive_w);
-            code
+            let Some(reaper) = reaper else {
+                let code = wait_exec(child);
+                drop(alive_w);
+                return code;
+            };
+            Err(reaper.replace_launcher(child, &alive_w))
         }
     }
 }
@@ -275,23 +292,14 @@ fn exec(argv: &[CString]) -> LaunchError {
     }
 }
 
-fn parent(args: &LauncherArgs, child: Pid) -> Result<i32, LaunchError> {
+/// Exec mode: waits for the command, forwarding SIGTERM, SIGINT and SIGHUP to it, and returns its status.
+fn wait_exec(child: Pid) -> Result<i32, LaunchError> {
     CHILD.store(child.as_raw(), Ordering::Relaxed);
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler only calls kill.
         let _ = unsafe {
             sigaction(sig, &SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty()))
         };
-    }
-    if !args.exec {
-        // Tell the agent the container's PID, then let go of its pipe.
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{child}");
-        let _ = out.flush();
-        if let Ok(null) = File::options().write(true).open("/dev/null") {
-            let _ = dup2(null.as_raw_fd(), 1);
-        }
     }
     let code = loop {
         match waitpid(child, None) {
@@ -302,12 +310,6 @@ fn parent(args: &LauncherArgs, child: Pid) -> Result<i32, LaunchError> {
             Err(e) => return Err(sys("waitpid")(e)),
         }
     };
-    if let Some(path) = &args.exit_file {
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, format!("{code}\n")).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
-    }
     let _ = std::io::Write::flush(&mut std::io::stderr());
     Ok(code)
 }

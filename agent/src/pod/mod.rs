@@ -11,6 +11,7 @@ pub mod launcher;
 mod node;
 mod phase;
 mod processes;
+mod reaper;
 mod record;
 mod recover;
 pub mod sandbox;
