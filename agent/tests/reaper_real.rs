@@ -7,102 +7,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testbed_test_support::agent_http::{request as http, try_request as try_http};
+use testbed_test_support::agent_http::request as http;
 use testbed_test_support::host::is_root;
-use testbed_test_support::node_spec::loopback_node_spec;
 
-struct TestAgent {
-    child: Option<Child>,
-    state_dir: tempfile::TempDir,
-    cgroup_name: String,
-}
+mod test_agent;
 
-impl TestAgent {
-    fn start(test: &str) -> TestAgent {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
-        let cgroup_name = format!("tbtest-{}-{test}", std::process::id());
-        let mut a = TestAgent { child: None, state_dir: tempfile::tempdir().unwrap(), cgroup_name };
-        a.spawn();
-        let (code, body) = http("PUT", "/v1/node", Some(serde_json::to_value(loopback_node_spec()).unwrap()));
-        assert_eq!(code, 200, "{body}");
-        a
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.try_spawn(), "the agent did not answer /healthz");
-    }
-
-    fn try_spawn(&mut self) -> bool {
-        let Ok(child) = Command::new(env!("CARGO_BIN_EXE_testbed-agent"))
-            .args(["serve", "--cgroup-name", &self.cgroup_name, "--state-dir"])
-            .arg(self.state_dir.path())
-            .stdin(Stdio::null())
-            .spawn()
-        else {
-            return false;
-        };
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(try_http("GET", "/healthz", None), Ok((200, _))) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    /// Kills the agent process only (pods keep running).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        // A test that failed while the agent was down leaves pods running: an agent deletes them.
-        if self.child.is_some() || self.try_spawn() {
-            if let Ok((200, Value::Array(pods))) = try_http("GET", "/v1/pods", None) {
-                for p in pods {
-                    let name = p["name"].as_str().unwrap_or("");
-                    let _ = try_http("DELETE", &format!("/v1/pods/{name}?grace_period_secs=0"), None);
-                }
-            }
-        }
-        self.kill();
-        for root in cgroup_roots(&self.cgroup_name) {
-            let _ = std::fs::remove_dir(root);
-        }
-    }
-}
-
-/// Our cgroup subtree in every hierarchy (v2: one; v1: cpu, memory, pids below our own cgroup).
-fn cgroup_roots(name: &str) -> Vec<PathBuf> {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        return vec![PathBuf::from("/sys/fs/cgroup").join(name)];
-    }
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let path_of = |ctrl: &str| {
-        own.lines().find_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
-            ctrls.split(',').any(|x| x == ctrl).then(|| path.trim_start_matches('/').to_string())
-        })
-    };
-    ["cpu", "memory", "pids"]
-        .iter()
-        .map(|c| PathBuf::from("/sys/fs/cgroup").join(c).join(path_of(c).unwrap_or_default()).join(name))
-        .collect()
-}
+use test_agent::TestAgent;
 
 fn wait_for(what: &str, secs: u64, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -155,7 +69,8 @@ fn exit_status_reaches_the_agent_across_an_agent_restart() {
         eprintln!("skipped: needs root");
         return;
     }
-    let mut agent = TestAgent::start("reaper");
+    let mut agent = TestAgent::start("reaper", &[]);
+    agent.apply_node();
     let dir = tempfile::tempdir().unwrap();
     let (go_down, go_adopted) = (dir.path().join("down"), dir.path().join("adopted"));
     let down = create("down", "Never", &exit_on(&go_down, 7));
@@ -185,7 +100,8 @@ fn a_deleted_pods_sigterm_reaches_the_container_through_the_reaper() {
         eprintln!("skipped: needs root");
         return;
     }
-    let mut agent = TestAgent::start("reaperterm");
+    let mut agent = TestAgent::start("reaperterm", &[]);
+    agent.apply_node();
     let dir = tempfile::tempdir().unwrap();
     let mark = dir.path().join("term");
     // PID 1 of its PID namespace: the signal is delivered only because the container handles it.

@@ -8,89 +8,16 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Moves the calling thread (and everything it spawns) into a fresh network namespace with `lo` up.
-fn private_netns() {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    let ok = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success();
-    assert!(ok, "ip link set lo up");
-}
+mod test_agent;
 
-struct TestAgent {
-    child: Option<Child>,
-    state_dir: tempfile::TempDir,
-    cgroup_name: String,
-}
-
-impl TestAgent {
-    fn start(test: &str) -> TestAgent {
-        private_netns();
-        let state_dir = tempfile::tempdir().unwrap();
-        let cgroup_name = format!("tbtest-{}-{test}", std::process::id());
-        let mut a = TestAgent { child: None, state_dir, cgroup_name };
-        a.spawn();
-        a
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_testbed-agent"))
-            .args(["serve", "--kill-grace-secs", "1", "--cgroup-name", &self.cgroup_name, "--state-dir"])
-            .arg(self.state_dir.path())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the agent");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok((200, _)) = try_http("GET", "/healthz", None) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("agent did not answer /healthz");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Kills the agent process only (pods keep running).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn apply_node(&self) {
-        let (code, body) = http("PUT", "/v1/node", Some(node_spec()));
-        assert_eq!(code, 200, "{body}");
-    }
-}
-
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // Delete what is left so no process or cgroup outlives the test.
-            if let Ok((200, Value::Array(pods))) = try_http("GET", "/v1/pods", None) {
-                for p in pods {
-                    let _ = try_http("DELETE", &format!("/v1/pods/{}", p["name"].as_str().unwrap_or("")), None);
-                }
-            }
-        }
-        self.kill();
-        for root in cgroup_roots(&self.cgroup_name) {
-            let _ = std::fs::remove_dir(root);
-        }
-    }
-}
-
-use testbed_test_support::agent_http::{request as http, send_and_hang_up, try_request as try_http};
-use testbed_test_support::host::{cgroup_roots, is_root};
+use test_agent::TestAgent;
+use testbed_test_support::agent_http::{request as http, send_and_hang_up};
+use testbed_test_support::host::is_root;
 use testbed_test_support::node_spec::loopback_node_spec;
 
 fn node_spec() -> Value {
@@ -174,7 +101,7 @@ macro_rules! require_root {
 #[test]
 fn pods_namespaces_exec_and_delete() {
     require_root!();
-    let agent = TestAgent::start("ns");
+    let agent = TestAgent::start("ns", &["--kill-grace-secs", "1"]);
 
     // Invalid specs are refused with the field, before anything is touched.
     let mut bad = node_spec();
@@ -309,7 +236,7 @@ const EXEC_NS: [&str; 6] = ["net", "uts", "ipc", "pid", "mnt", "cgroup"];
 #[test]
 fn exec_into_a_container_reads_the_container_itself() {
     require_root!();
-    let agent = TestAgent::start("execns");
+    let agent = TestAgent::start("execns", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     // `rogue` leaves the pod's network and UTS namespaces (the fault the sandbox checks must see); exec used
     // to join the infra's whatever container was named, and reported the pod's instead.
@@ -342,7 +269,7 @@ fn exec_into_a_container_reads_the_container_itself() {
 #[test]
 fn a_delete_that_leaks_answers_500_and_the_reconcile_finishes_it() {
     require_root!();
-    let agent = TestAgent::start("leak");
+    let agent = TestAgent::start("leak", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     let p = create(json!({"name": "leaky", "containers": [container("c", &["sleep", "1000"])]}));
     let (ip, veth) = (p["ip"].as_str().unwrap(), p["host_veth"].as_str().unwrap());
@@ -388,7 +315,7 @@ fn a_delete_that_leaks_answers_500_and_the_reconcile_finishes_it() {
 #[test]
 fn limits_oom_and_throttling() {
     require_root!();
-    let agent = TestAgent::start("limits");
+    let agent = TestAgent::start("limits", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     let mi = 1u64 << 20;
     let oom = create(json!({"name": "oom", "restart_policy": "Never", "containers": [{
@@ -426,7 +353,7 @@ fn limits_oom_and_throttling() {
 #[test]
 fn restart_policies_readoption_and_drift() {
     require_root!();
-    let mut agent = TestAgent::start("restart");
+    let mut agent = TestAgent::start("restart", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     create(json!({"name": "ok", "restart_policy": "Never", "containers": [container("c", &["true"])]}));
     let st = wait_pod("ok", 20, |s| s["phase"] == "Succeeded");
@@ -548,7 +475,7 @@ fn infra_pids_of(pod: &str) -> Vec<u64> {
 #[test]
 fn cancelled_and_concurrent_requests() {
     require_root!();
-    let agent = TestAgent::start("cancel");
+    let agent = TestAgent::start("cancel", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     let sleeper = |name: &str| json!({"name": name, "containers": [container("c", &["sleep", "1000"])]});
 
@@ -618,7 +545,7 @@ fn cancelled_and_concurrent_requests() {
 #[test]
 fn failed_apply_is_kept_and_retried() {
     require_root!();
-    let mut agent = TestAgent::start("retry");
+    let mut agent = TestAgent::start("retry", &["--kill-grace-secs", "1"]);
     // Valid, but its underlay interface does not exist yet: 500, and the spec is the node's desired state.
     let mut spec = node_spec();
     spec["underlay"]["interface"] = json!("tbretry0");
@@ -669,7 +596,7 @@ fn pids_running(argv: &[&str]) -> Vec<u64> {
 #[test]
 fn exec_timeout_and_hang_up_kill_the_whole_command() {
     require_root!();
-    let agent = TestAgent::start("execkill");
+    let agent = TestAgent::start("execkill", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     create(json!({"name": "x", "containers": [container("c", &["sleep", "1000"])]}));
 
