@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{show, topology_copy};
+use testbed_test_support::lab::{show, topology_copy, LabGuard};
 
 fn testbed(state_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_testbed"));
@@ -30,18 +30,6 @@ fn can_run() -> bool {
         eprintln!("skipped: needs kubectl");
     }
     kubectl
-}
-
-/// Removes the lab even when an assertion fails halfway.
-struct LabGuard {
-    state_dir: PathBuf,
-    lab: String,
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = testbed(&self.state_dir).args(["down", "--lab", &self.lab]).output();
-    }
 }
 
 /// kubectl with the lab's kubeconfig; its discovery cache in the test's directory, not the user's.
@@ -110,7 +98,8 @@ fn default_lab_serves_kubectl_and_down_leaves_nothing() {
     let state_dir = tmp.path().join("state");
     let lab = "cpl-e2e";
     let topo = topology_copy(tmp.path(), "default.yaml", lab);
-    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+    let _guard =
+        LabGuard { binary: env!("CARGO_BIN_EXE_testbed").into(), state_dir: state_dir.clone(), lab: lab.into() };
     let kubeconfig = up(&state_dir, &topo);
     assert_eq!(kubeconfig, state_dir.join(lab).join("kubeconfig"));
 
@@ -167,7 +156,8 @@ fn three_members_take_writes_with_one_etcd_member_down() {
     let state_dir = tmp.path().join("state");
     let lab = "cpl-e2e3";
     let topo = topology_copy(tmp.path(), "control-plane-3.yaml", lab);
-    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+    let _guard =
+        LabGuard { binary: env!("CARGO_BIN_EXE_testbed").into(), state_dir: state_dir.clone(), lab: lab.into() };
     let kubeconfig = up(&state_dir, &topo);
     let created = kubectl(&kubeconfig, &["create", "-f", "-"], Some(OBJECTS));
     assert!(created.status.success(), "{}", show("create -f", &created));

@@ -6,12 +6,12 @@
 //! The agent: `$TESTBED_AGENT`, else the static build in target/x86_64-unknown-linux-gnu (built here if
 //! missing). Each test uses its own lab name and state dir, so a user's labs are never touched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{netns_exists, show, topology_copy};
+use testbed_test_support::lab::{netns_exists, show, topology_copy, LabGuard};
 
 fn testbed(state_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_testbed"));
@@ -58,18 +58,6 @@ fn recorded_vms(state_dir: &Path, lab: &str) -> Vec<(u64, u64)> {
         .unwrap_or_default()
 }
 
-/// Removes the lab even when an assertion fails halfway.
-struct LabGuard {
-    state_dir: PathBuf,
-    lab: String,
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = testbed(&self.state_dir).args(["down", "--lab", &self.lab]).output();
-    }
-}
-
 fn assert_nothing_left(state_dir: &Path, lab: &str, vms: &[(u64, u64)]) {
     for (pid, start) in vms {
         assert_ne!(proc_start_time(*pid), Some(*start), "QEMU pid {pid} of lab {lab} still runs");
@@ -88,7 +76,8 @@ fn up_exec_status_down_leaves_nothing() {
     let state_dir = tmp.path().join("state");
     let lab = "e2e-lab";
     let topo = topology_copy(tmp.path(), "default.yaml", lab);
-    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+    let _guard =
+        LabGuard { binary: env!("CARGO_BIN_EXE_testbed").into(), state_dir: state_dir.clone(), lab: lab.into() };
 
     let started = Instant::now();
     let up = testbed(&state_dir).arg("up").arg(&topo).output().expect("run up");
@@ -216,7 +205,8 @@ fn down_cleans_up_after_up_was_sigkilled() {
     let state_dir = tmp.path().join("state");
     let lab = "e2e-kill";
     let topo = topology_copy(tmp.path(), "default.yaml", lab);
-    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+    let _guard =
+        LabGuard { binary: env!("CARGO_BIN_EXE_testbed").into(), state_dir: state_dir.clone(), lab: lab.into() };
 
     let mut up =
         testbed(&state_dir).arg("up").arg(&topo).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn up");
@@ -286,7 +276,8 @@ fn interrupted_up_rolls_back_everything() {
     let state_dir = tmp.path().join("state");
     let lab = "e2e-intr";
     let topo = topology_copy(tmp.path(), "default.yaml", lab);
-    let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.into() };
+    let _guard =
+        LabGuard { binary: env!("CARGO_BIN_EXE_testbed").into(), state_dir: state_dir.clone(), lab: lab.into() };
     let mut up = testbed(&state_dir).arg("up").arg(&topo).stdout(Stdio::null()).spawn().expect("spawn up");
     // qemu.log is created right before QEMU is started: the launch is under way.
     let launching = state_dir.join(lab).join("nodes/node1/qemu.log");
@@ -328,7 +319,8 @@ fn bench_up_2_and_3_nodes() {
             assert!(text.contains("node3"), "default topology layout changed");
             std::fs::write(&topo, text).expect("write");
         }
-        let _guard = LabGuard { state_dir: state_dir.clone(), lab: lab.clone() };
+        let _guard =
+            LabGuard { binary: env!("CARGO_BIN_EXE_testbed").into(), state_dir: state_dir.clone(), lab: lab.clone() };
         let started = Instant::now();
         let up = testbed(&state_dir).args(["up", "--output", "json"]).arg(&topo).output().expect("up");
         let wall = started.elapsed().as_secs_f64();

@@ -16,18 +16,8 @@ use testbed_api::objects::{Container, Lease, Node, ObjectMeta, Pod, PodSpec};
 use testbed_api::PodPhase;
 use testbed_control_plane::client::{list_watch, paths, Change, Client, WatchEvent};
 use testbed_test_support::agent_http::request as http;
-use testbed_test_support::host::is_root;
 
 use kubelet_lab::{wait_for, Cluster, API_PORT, NODE, SIDE_API_PORT};
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
 
 fn api_pod(name: &str) -> Pod {
     Pod {
@@ -80,7 +70,7 @@ fn control_plane() -> Value {
 
 #[test]
 fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
-    require_root!();
+    testbed_test_support::require_root!();
     let c = Cluster::start("kbl-run");
     let api = c.client(API_PORT);
     let static_pod = json!({"name": "static", "containers": [{"name": "c", "command": ["sleep", "3600"]}]});
@@ -143,7 +133,7 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
 
 #[test]
 fn api_down_pods_stay_and_changes_apply_when_it_returns() {
-    require_root!();
+    testbed_test_support::require_root!();
     let mut c = Cluster::start("kbl-down");
     let api = c.client(API_PORT);
     let side = c.client(SIDE_API_PORT);
@@ -184,7 +174,7 @@ fn api_down_pods_stay_and_changes_apply_when_it_returns() {
 #[test]
 #[ignore = "benchmark"]
 fn kubelet_create_to_running_latency() {
-    require_root!();
+    testbed_test_support::require_root!();
     let n: usize = std::env::var("TESTBED_KUBELET_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let one_by_one = std::env::var("TESTBED_KUBELET_ONE_BY_ONE").is_ok_and(|v| v == "1");
     let c = Cluster::start("kbl-bench");

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testbed_test_support::agent_http::request as http;
-use testbed_test_support::host::is_root;
 
 mod test_agent;
 
@@ -65,10 +64,7 @@ fn exit_on(go: &Path, code: i32) -> String {
 
 #[test]
 fn exit_status_reaches_the_agent_across_an_agent_restart() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed_test_support::require_root!();
     let mut agent = TestAgent::start("reaper", &[]);
     agent.apply_node();
     let dir = tempfile::tempdir().unwrap();
@@ -96,10 +92,7 @@ fn exit_status_reaches_the_agent_across_an_agent_restart() {
 
 #[test]
 fn a_deleted_pods_sigterm_reaches_the_container_through_the_reaper() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed_test_support::require_root!();
     let mut agent = TestAgent::start("reaperterm", &[]);
     agent.apply_node();
     let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@ mod test_agent;
 
 use test_agent::TestAgent;
 use testbed_test_support::agent_http::{request as http, send_and_hang_up};
-use testbed_test_support::host::is_root;
+
 use testbed_test_support::node_spec::loopback_node_spec;
 
 fn node_spec() -> Value {
@@ -89,18 +89,9 @@ fn cpu_cgroup_of(pid: u64) -> PathBuf {
     panic!("no cpu cgroup for {pid}");
 }
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
 #[test]
 fn pods_namespaces_exec_and_delete() {
-    require_root!();
+    testbed_test_support::require_root!();
     let agent = TestAgent::start("ns", &["--kill-grace-secs", "1"]);
 
     // Invalid specs are refused with the field, before anything is touched.
@@ -235,7 +226,7 @@ const EXEC_NS: [&str; 6] = ["net", "uts", "ipc", "pid", "mnt", "cgroup"];
 
 #[test]
 fn exec_into_a_container_reads_the_container_itself() {
-    require_root!();
+    testbed_test_support::require_root!();
     let agent = TestAgent::start("execns", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     // `rogue` leaves the pod's network and UTS namespaces (the fault the sandbox checks must see); exec used
@@ -268,7 +259,7 @@ fn exec_into_a_container_reads_the_container_itself() {
 
 #[test]
 fn a_delete_that_leaks_answers_500_and_the_reconcile_finishes_it() {
-    require_root!();
+    testbed_test_support::require_root!();
     let agent = TestAgent::start("leak", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     let p = create(json!({"name": "leaky", "containers": [container("c", &["sleep", "1000"])]}));
@@ -314,7 +305,7 @@ fn a_delete_that_leaks_answers_500_and_the_reconcile_finishes_it() {
 
 #[test]
 fn limits_oom_and_throttling() {
-    require_root!();
+    testbed_test_support::require_root!();
     let agent = TestAgent::start("limits", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     let mi = 1u64 << 20;
@@ -352,7 +343,7 @@ fn limits_oom_and_throttling() {
 
 #[test]
 fn restart_policies_readoption_and_drift() {
-    require_root!();
+    testbed_test_support::require_root!();
     let mut agent = TestAgent::start("restart", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     create(json!({"name": "ok", "restart_policy": "Never", "containers": [container("c", &["true"])]}));
@@ -474,7 +465,7 @@ fn infra_pids_of(pod: &str) -> Vec<u64> {
 
 #[test]
 fn cancelled_and_concurrent_requests() {
-    require_root!();
+    testbed_test_support::require_root!();
     let agent = TestAgent::start("cancel", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     let sleeper = |name: &str| json!({"name": name, "containers": [container("c", &["sleep", "1000"])]});
@@ -544,7 +535,7 @@ fn cancelled_and_concurrent_requests() {
 
 #[test]
 fn failed_apply_is_kept_and_retried() {
-    require_root!();
+    testbed_test_support::require_root!();
     let mut agent = TestAgent::start("retry", &["--kill-grace-secs", "1"]);
     // Valid, but its underlay interface does not exist yet: 500, and the spec is the node's desired state.
     let mut spec = node_spec();
@@ -595,7 +586,7 @@ fn pids_running(argv: &[&str]) -> Vec<u64> {
 
 #[test]
 fn exec_timeout_and_hang_up_kill_the_whole_command() {
-    require_root!();
+    testbed_test_support::require_root!();
     let agent = TestAgent::start("execkill", &["--kill-grace-secs", "1"]);
     agent.apply_node();
     create(json!({"name": "x", "containers": [container("c", &["sleep", "1000"])]}));
@@ -635,7 +626,7 @@ fn exec_timeout_and_hang_up_kill_the_whole_command() {
 
 #[test]
 fn launcher_refuses_a_pid_that_is_not_the_pods_infra() {
-    require_root!();
+    testbed_test_support::require_root!();
     // As if the infra process had died and its PID gone to a stranger (here: this test process).
     let out = Command::new(env!("CARGO_BIN_EXE_testbed-agent"))
         .args(["run-container", "--exec", "--pod", "x", "--infra-pid", &std::process::id().to_string(), "--", "true"])

@@ -20,7 +20,6 @@ use testbed_api::objects::{Node, NodeSpec as ApiNodeSpec, ObjectMeta};
 use testbed_api::{Backend, NodeSpec, PeerSpec, UnderlaySpec};
 use testbed_control_plane::client::{paths, Client};
 use testbed_test_support::agent_http::request as http;
-use testbed_test_support::host::is_root;
 
 use kubelet_lab::{wait_for, Cluster, API_PORT, NODE};
 
@@ -110,18 +109,9 @@ fn wait_kernel(c: &Cluster, what: &str, done: impl Fn() -> bool) {
     }
 }
 
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
 #[test]
 fn node_leases_become_vxlan_peers_in_the_kernel() {
-    require_root!();
+    testbed_test_support::require_root!();
     let c = Cluster::start_with("sub-lease", &vxlan_spec(), UNDERLAY);
     let api = c.client(API_PORT);
     let log = || c.agent_log();
@@ -203,7 +193,7 @@ fn node_leases_become_vxlan_peers_in_the_kernel() {
 #[test]
 #[ignore = "benchmark"]
 fn subnet_lease_to_kernel_latency() {
-    require_root!();
+    testbed_test_support::require_root!();
     let n: u8 = std::env::var("TESTBED_LEASE_CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let c = Cluster::start_with("sub-bench", &vxlan_spec(), UNDERLAY);
     let api = c.client(API_PORT);

@@ -22,17 +22,6 @@ use super::{host_veth_name, Network};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
 
-use testbed_test_support::host::is_root;
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (creates network namespaces)");
-            return;
-        }
-    };
-}
-
 fn run(cmd: &[&str]) -> std::process::Output {
     Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
@@ -217,7 +206,7 @@ async fn pod_pair(lab: &mut Lab) -> [(u32, Ipv4Addr); 2] {
 
 #[tokio::test]
 async fn a_process_that_is_not_the_pods_infra_is_never_wired_up() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::None).await;
@@ -246,7 +235,7 @@ async fn assert_idempotent(lab: &Lab, backend: Backend) {
 
 #[tokio::test]
 async fn vxlan_pods_talk_across_nodes_and_drift_is_repaired() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     let first = lab.apply_all(Backend::Vxlan).await;
@@ -297,7 +286,7 @@ async fn vxlan_pods_talk_across_nodes_and_drift_is_repaired() {
 
 #[tokio::test]
 async fn host_gw_pods_talk_across_nodes_and_drift_is_repaired() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::HostGw).await;
@@ -315,7 +304,7 @@ async fn host_gw_pods_talk_across_nodes_and_drift_is_repaired() {
 
 #[tokio::test]
 async fn udp_pods_talk_across_nodes_through_the_userspace_forwarder() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     let first = lab.apply_all(Backend::Udp).await;
@@ -385,7 +374,7 @@ fn tun_stats(node: &Node) -> [u64; 5] {
 
 #[tokio::test]
 async fn udp_backend_carries_tcp_whole_in_gso_units_without_loss() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::Udp).await;
@@ -433,7 +422,7 @@ async fn udp_backend_carries_tcp_whole_in_gso_units_without_loss() {
 
 #[tokio::test]
 async fn switching_backends_leaves_no_trace_of_the_old_one() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::Vxlan).await;
@@ -475,7 +464,7 @@ async fn switching_backends_leaves_no_trace_of_the_old_one() {
 
 #[tokio::test]
 async fn pods_attach_idempotently_detach_and_repair() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     let before = lab.nodes[0].net().attach_pod("early", std::process::id()).await;
@@ -560,7 +549,7 @@ async fn pods_attach_idempotently_detach_and_repair() {
 #[tokio::test]
 #[ignore]
 async fn bench_attach_pod() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::Vxlan).await;
@@ -595,7 +584,7 @@ async fn bench_attach_pod() {
 #[tokio::test]
 #[ignore]
 async fn bench_backends_iperf3() {
-    require_root!();
+    testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
     lab.apply_all(Backend::HostGw).await;

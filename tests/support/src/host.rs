@@ -43,3 +43,16 @@ pub fn cgroup_roots(name: &str) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// Returns from the test with a `skipped:` line unless it runs as root (namespaces, cgroups, netlink); under
+/// CI (`CI=true`) it fails instead, because CI runs the tests as root and must not go green without them.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::host::is_root() {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but this test does not run as root");
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}

@@ -36,3 +36,20 @@ pub fn netns_exists(name: &str) -> bool {
     let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(name))
 }
+
+/// Runs `testbed down --lab LAB` (with the test's state directory) when dropped, so that a lab is removed even
+/// when an assertion fails halfway. `binary` is the test's `env!("CARGO_BIN_EXE_testbed")`.
+pub struct LabGuard {
+    pub binary: PathBuf,
+    pub state_dir: PathBuf,
+    pub lab: String,
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.binary)
+            .env("TESTBED_STATE_DIR", &self.state_dir)
+            .args(["down", "--lab", &self.lab])
+            .output();
+    }
+}
