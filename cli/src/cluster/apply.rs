@@ -11,6 +11,7 @@ use crate::exit::CliResult;
 use crate::ui::Ui;
 
 use super::documents::{self, Document};
+use super::kinds::Served;
 use super::{api, connect, print_outcomes, run, ClientArgs, ClusterError, Outcome};
 
 #[derive(Debug, clap::Args)]

@@ -10,7 +10,7 @@ use kube::api::{DynamicObject, ListParams};
 use crate::exit::CliResult;
 use crate::ui::Ui;
 
-use super::kinds::{self, Kind, Target};
+use super::kinds::{self, Kind, Served, Target};
 use super::{api, connect, run, ClientArgs, ClusterError};
 
 #[derive(Debug, clap::Args)]

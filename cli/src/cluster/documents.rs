@@ -6,7 +6,7 @@ use std::path::Path;
 use kube::api::DynamicObject;
 use kube::core::TypeMeta;
 
-use super::kinds::Kind;
+use super::kinds::{self, Kind};
 use super::ClusterError;
 
 /// One object of a file, typed and located.
@@ -44,7 +44,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Document>, ClusterError> {
             .types
             .as_ref()
             .ok_or_else(|| ClusterError::Document(format!("{}: missing `apiVersion` and `kind`", at(first_line))))?;
-        let kind = Kind::of_type(types).map_err(|e| ClusterError::Document(format!("{}: {e}", at(first_line))))?;
+        let kind = kinds::of_type(types).map_err(|e| ClusterError::Document(format!("{}: {e}", at(first_line))))?;
         if object.metadata.name.as_deref().unwrap_or_default().is_empty() {
             return Err(ClusterError::Document(format!("{}: missing `metadata.name`", at(first_line))));
         }

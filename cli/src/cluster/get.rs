@@ -10,7 +10,7 @@ use kube::Client;
 use crate::exit::CliResult;
 use crate::ui::{OutputFormat, Ui};
 
-use super::kinds::{self, Kind, Target};
+use super::kinds::{self, Kind, Served, Target};
 use super::{api, connect, documents, print_outcomes, run, table, ClientArgs, ClusterError, Outcome};
 
 #[derive(Debug, clap::Args)]

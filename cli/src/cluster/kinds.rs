@@ -3,79 +3,61 @@
 
 use kube::api::ApiResource;
 use kube::core::{GroupVersionKind, TypeMeta};
+pub use testbed_control_plane::resources::Kind;
+use testbed_control_plane::resources::{Resource, RESOURCES};
 
-/// A kind the CLI knows how to show and send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Namespace,
-    Node,
-    Pod,
-    Lease,
-}
+/// What the CLI needs of a kind, read from the server's own table of what it serves (`RESOURCES`), so a kind
+/// the server adds is one entry there, not a second list here.
+pub trait Served: Copy {
+    fn resource(self) -> &'static Resource;
 
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Lease];
-
-    /// (group, version, kind, plural, short names)
-    fn names(self) -> (&'static str, &'static str, &'static str, &'static str, &'static [&'static str]) {
-        match self {
-            Kind::Namespace => ("", "v1", "Namespace", "namespaces", &["ns"]),
-            Kind::Node => ("", "v1", "Node", "nodes", &["no"]),
-            Kind::Pod => ("", "v1", "Pod", "pods", &["po"]),
-            Kind::Lease => ("coordination.k8s.io", "v1", "Lease", "leases", &[]),
-        }
+    /// `Pod`.
+    fn kind(self) -> &'static str {
+        self.resource().kind_name
     }
 
-    pub fn kind(self) -> &'static str {
-        self.names().2
-    }
-
-    pub fn plural(self) -> &'static str {
-        self.names().3
+    fn plural(self) -> &'static str {
+        self.resource().plural
     }
 
     /// `pod`, as kubectl prints in `pod/web created`.
-    pub fn singular(self) -> String {
-        self.kind().to_lowercase()
+    fn singular(self) -> &'static str {
+        self.resource().singular
     }
 
-    pub fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Lease)
+    fn namespaced(self) -> bool {
+        self.resource().namespaced
     }
 
-    pub fn api_version(self) -> String {
-        let (group, version, ..) = self.names();
-        if group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{group}/{version}")
-        }
+    fn api_resource(self) -> ApiResource {
+        let r = self.resource();
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(r.group, r.version, r.kind_name), r.plural)
     }
+}
 
-    pub fn api_resource(self) -> ApiResource {
-        let (group, version, kind, plural, _) = self.names();
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+impl Served for Kind {
+    fn resource(self) -> &'static Resource {
+        RESOURCES.iter().find(|r| r.kind == self).expect("RESOURCES has an entry for every Kind")
     }
+}
 
-    /// The kind a command-line name means: plural, singular, short name or Kind, any case.
-    pub fn parse(name: &str) -> Result<Kind, UnknownKind> {
-        let lower = name.to_ascii_lowercase();
-        Kind::ALL
-            .into_iter()
-            .find(|k| {
-                let (_, _, kind, plural, short) = k.names();
-                lower == plural || lower == kind.to_ascii_lowercase() || short.contains(&lower.as_str())
-            })
-            .ok_or_else(|| UnknownKind(name.to_string()))
-    }
+/// The kind a command-line name means: plural, singular, short name or Kind, any case.
+pub fn parse(name: &str) -> Result<Kind, UnknownKind> {
+    let lower = name.to_ascii_lowercase();
+    RESOURCES
+        .iter()
+        .find(|r| lower == r.plural || lower == r.singular || r.short_names.contains(&lower.as_str()))
+        .map(|r| r.kind)
+        .ok_or_else(|| UnknownKind(name.to_string()))
+}
 
-    /// The kind a document's `apiVersion` and `kind` name, exactly as the API spells them.
-    pub fn of_type(types: &TypeMeta) -> Result<Kind, UnknownKind> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.kind() == types.kind && k.api_version() == types.api_version)
-            .ok_or_else(|| UnknownKind(format!("{} {}", types.api_version, types.kind)))
-    }
+/// The kind a document's `apiVersion` and `kind` name, exactly as the API spells them.
+pub fn of_type(types: &TypeMeta) -> Result<Kind, UnknownKind> {
+    RESOURCES
+        .iter()
+        .find(|r| r.kind_name == types.kind && r.api_version() == types.api_version)
+        .map(|r| r.kind)
+        .ok_or_else(|| UnknownKind(format!("{} {}", types.api_version, types.kind)))
 }
 
 /// A kind this control plane does not serve.
@@ -84,7 +66,7 @@ impl Kind {
 pub struct UnknownKind(pub String);
 
 fn served() -> String {
-    Kind::ALL.iter().map(|k| format!("{} ({})", k.plural(), k.api_version())).collect::<Vec<_>>().join(", ")
+    RESOURCES.iter().map(|r| format!("{} ({})", r.plural, r.api_version())).collect::<Vec<_>>().join(", ")
 }
 
 /// What `get`/`delete`/`describe` were asked for: `pods`, `pods,nodes`, `pod/web`, or `pod web db`.
@@ -102,7 +84,7 @@ pub fn targets(args: &[String]) -> Result<Vec<Target>, UnknownKind> {
         let mut out: Vec<Target> = Vec::new();
         for arg in args {
             let (kind, name) = arg.split_once('/').ok_or_else(|| UnknownKind(arg.clone()))?;
-            let kind = Kind::parse(kind)?;
+            let kind = parse(kind)?;
             match out.iter_mut().find(|t| t.kind == kind) {
                 Some(t) => t.names.push(name.to_string()),
                 None => out.push(Target { kind, names: vec![name.to_string()] }),
@@ -111,7 +93,7 @@ pub fn targets(args: &[String]) -> Result<Vec<Target>, UnknownKind> {
         return Ok(out);
     }
     let names: Vec<String> = args[1..].to_vec();
-    first.split(',').map(|k| Ok(Target { kind: Kind::parse(k)?, names: names.clone() })).collect()
+    first.split(',').map(|k| Ok(Target { kind: parse(k)?, names: names.clone() })).collect()
 }
 
 #[cfg(test)]
@@ -125,12 +107,12 @@ mod tests {
     #[test]
     fn names_short_names_and_kinds_all_parse() {
         for name in ["pods", "pod", "po", "Pod", "PODS"] {
-            assert_eq!(Kind::parse(name).unwrap(), Kind::Pod, "{name}");
+            assert_eq!(parse(name).unwrap(), Kind::Pod, "{name}");
         }
-        assert_eq!(Kind::parse("ns").unwrap(), Kind::Namespace);
-        assert_eq!(Kind::parse("no").unwrap(), Kind::Node);
-        assert_eq!(Kind::parse("leases").unwrap(), Kind::Lease);
-        let err = Kind::parse("deployments").unwrap_err().to_string();
+        assert_eq!(parse("ns").unwrap(), Kind::Namespace);
+        assert_eq!(parse("no").unwrap(), Kind::Node);
+        assert_eq!(parse("leases").unwrap(), Kind::Lease);
+        let err = parse("deployments").unwrap_err().to_string();
         assert!(err.contains("`deployments`") && err.contains("leases (coordination.k8s.io/v1)"), "{err}");
     }
 
@@ -154,9 +136,9 @@ mod tests {
     #[test]
     fn documents_name_their_kind_by_api_version_and_kind() {
         let types = |v: &str, k: &str| TypeMeta { api_version: v.into(), kind: k.into() };
-        assert_eq!(Kind::of_type(&types("coordination.k8s.io/v1", "Lease")).unwrap(), Kind::Lease);
-        assert_eq!(Kind::of_type(&types("v1", "Pod")).unwrap(), Kind::Pod);
-        assert!(Kind::of_type(&types("apps/v1", "Pod")).is_err());
+        assert_eq!(of_type(&types("coordination.k8s.io/v1", "Lease")).unwrap(), Kind::Lease);
+        assert_eq!(of_type(&types("v1", "Pod")).unwrap(), Kind::Pod);
+        assert!(of_type(&types("apps/v1", "Pod")).is_err());
         assert_eq!(Kind::Lease.api_resource().plural, "leases");
     }
 }

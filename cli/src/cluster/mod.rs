@@ -22,6 +22,7 @@ use crate::lab::LabSelector;
 pub use apply::{cmd_apply, ApplyArgs};
 pub use describe::{cmd_describe, DescribeArgs};
 pub use get::{cmd_delete, cmd_get, DeleteArgs, GetArgs};
+use kinds::Served;
 pub use kinds::UnknownKind;
 
 /// Which API server a command talks to, and in which namespace.

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 
-use super::kinds::Kind;
+use super::kinds::{Kind, Served};
 
 /// The header of `kind`'s table.
 pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
