@@ -249,3 +249,21 @@ fn get_watch_prints_each_change() {
     let line = next();
     assert!(line.starts_with("lock") && line.contains("second"), "the watch printed: {line}");
 }
+
+#[test]
+fn wide_and_yaml_are_for_get_only_and_a_lab_without_a_kubeconfig_is_named() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args(args)
+            .env("TESTBED_STATE_DIR", state.path())
+            .output()
+            .expect("testbed")
+    };
+    fails_with(run(&["status", "-o", "wide"]), 2, "--output wide and --output yaml apply to `testbed get` only");
+    fails_with(run(&["plan", "topologies/default.yaml", "-o", "yaml"]), 2, "apply to `testbed get` only");
+    fails_with(run(&["get", "nodes", "--lab", "nosuch"]), 2, "no lab named `nosuch`");
+    // A lab directory whose control plane never came up: the missing kubeconfig is named.
+    std::fs::create_dir_all(state.path().join("half")).expect("lab dir");
+    fails_with(run(&["get", "pods", "--lab", "half"]), 2, "lab `half` has no kubeconfig at");
+}
