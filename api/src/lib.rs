@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod node;
 pub mod objects;
 pub mod pod;
+pub mod quantity;
 pub mod results;
 pub mod validate;
 

@@ -1,7 +1,7 @@
 //! testbed's cluster control plane: an API server speaking the Kubernetes wire format (REST paths,
-//! discovery, list/watch with resourceVersion, Status errors, JSON merge patch) for Namespace, Node, Pod and
-//! Lease, stored in etcd. Runs as `testbed-agent apiserver` on a lab's control-plane node; kubectl and
-//! kube-rs clients talk to it with the kubeconfig [`kubeconfig`] writes.
+//! discovery, list/watch with resourceVersion, Status errors, JSON merge patch) for Namespace, Node, Pod,
+//! Event, Lease, ReplicaSet and Deployment, stored in etcd. Runs as `testbed-agent apiserver` on a lab's
+//! control-plane node; kubectl and kube-rs clients talk to it with the kubeconfig [`kubeconfig`] writes.
 //!
 //! Layout: `store` (etcd, behind the `Store` trait with an in-memory fake for tests), `apiserver` (paths,
 //! objects, watch, discovery, Status errors), `validation` (schemas and checks), `resources` (what is

@@ -11,6 +11,12 @@ pub enum Kind {
     Pod,
     /// `coordination.k8s.io/v1 Lease`.
     Lease,
+    /// `v1 Event`.
+    Event,
+    /// `apps/v1 ReplicaSet`.
+    ReplicaSet,
+    /// `apps/v1 Deployment`.
+    Deployment,
 }
 
 /// One REST resource.
@@ -81,6 +87,39 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &[],
         has_status: false,
+    },
+    Resource {
+        kind: Kind::Event,
+        group: "",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind_name: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        has_status: false,
+    },
+    Resource {
+        kind: Kind::ReplicaSet,
+        group: "apps",
+        version: "v1",
+        plural: "replicasets",
+        singular: "replicaset",
+        kind_name: "ReplicaSet",
+        namespaced: true,
+        short_names: &["rs"],
+        has_status: true,
+    },
+    Resource {
+        kind: Kind::Deployment,
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        singular: "deployment",
+        kind_name: "Deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        has_status: true,
     },
 ];
 

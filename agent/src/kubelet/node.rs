@@ -109,6 +109,7 @@ pub fn status_of(view: &NodeView<'_>, machine: &Machine, prev: Option<&NodeStatu
             last_transition_time: Some(since),
             reason: Some(reason.into()),
             message: Some(message),
+            last_update_time: None,
         }],
         allocatable: capacity.clone(),
         capacity,

@@ -68,6 +68,8 @@ fn text(kind: Kind, object: &DynamicObject) -> String {
             field(&mut out, "Status", &phase);
         }),
         Kind::Lease => object.clone().try_parse::<Lease>().map(|l| lease(&mut out, &l)),
+        // Their own sections come with the controllers; the common fields above describe them meanwhile.
+        Kind::Event | Kind::ReplicaSet | Kind::Deployment => Ok(()),
     };
     if let Err(e) = parsed {
         field(&mut out, "Invalid", &e.to_string());

@@ -112,8 +112,9 @@ mod tests {
         assert_eq!(parse("ns").unwrap(), Kind::Namespace);
         assert_eq!(parse("no").unwrap(), Kind::Node);
         assert_eq!(parse("leases").unwrap(), Kind::Lease);
-        let err = parse("deployments").unwrap_err().to_string();
-        assert!(err.contains("`deployments`") && err.contains("leases (coordination.k8s.io/v1)"), "{err}");
+        assert_eq!(parse("deploy").unwrap(), Kind::Deployment);
+        let err = parse("services").unwrap_err().to_string();
+        assert!(err.contains("`services`") && err.contains("leases (coordination.k8s.io/v1)"), "{err}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `testbed get`'s tables: the columns kubectl prints for each kind (`-o wide` adds its wide columns), from
 //! the typed Kubernetes objects.
 
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
@@ -17,12 +19,16 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str>
         Kind::Node => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
         Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         Kind::Lease => vec!["NAME", "HOLDER", "AGE"],
+        Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        Kind::ReplicaSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
     });
     if wide {
         cols.extend(match kind {
             Kind::Node => vec!["INTERNAL-IP", "POD-CIDR", "KERNEL-VERSION"],
             Kind::Pod => vec!["IP", "NODE"],
-            Kind::Namespace | Kind::Lease => vec![],
+            Kind::ReplicaSet | Kind::Deployment => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+            Kind::Namespace | Kind::Lease | Kind::Event => vec![],
         });
     }
     cols
@@ -34,13 +40,18 @@ pub fn row(kind: Kind, obj: &DynamicObject, wide: bool, all_namespaces: bool, no
     if all_namespaces && kind.namespaced() {
         cells.push(obj.metadata.namespace.clone().unwrap_or_default());
     }
-    cells.push(obj.metadata.name.clone().unwrap_or_default());
+    if kind != Kind::Event {
+        cells.push(obj.metadata.name.clone().unwrap_or_default());
+    }
     let age = age(obj.metadata.creation_timestamp.as_ref(), now);
     let columns = match kind {
         Kind::Namespace => obj.clone().try_parse::<Namespace>().ok().map(|ns| namespace_row(&ns, age)),
         Kind::Node => obj.clone().try_parse::<Node>().ok().map(|n| node_row(&n, age, wide)),
         Kind::Pod => obj.clone().try_parse::<Pod>().ok().map(|p| pod_row(&p, age, wide)),
         Kind::Lease => obj.clone().try_parse::<Lease>().ok().map(|l| lease_row(&l, age)),
+        Kind::Event => obj.clone().try_parse::<Event>().ok().map(|e| event_row(&e, now)),
+        Kind::ReplicaSet => obj.clone().try_parse::<ReplicaSet>().ok().map(|rs| replica_set_row(&rs, age, wide)),
+        Kind::Deployment => obj.clone().try_parse::<Deployment>().ok().map(|d| deployment_row(&d, age, wide)),
     };
     cells.extend(columns.unwrap_or_else(|| vec!["<invalid>".to_string()]));
     cells
@@ -101,6 +112,62 @@ fn pod_row(pod: &Pod, age: String, wide: bool) -> Vec<String> {
 fn lease_row(lease: &Lease, age: String) -> Vec<String> {
     let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
     vec![holder, age]
+}
+
+fn event_row(event: &Event, now: Timestamp) -> Vec<String> {
+    let seen = event.last_timestamp.as_ref().or(event.first_timestamp.as_ref());
+    let object = &event.involved_object;
+    let kind = object.kind.as_deref().unwrap_or_default().to_lowercase();
+    vec![
+        age(seen, now),
+        event.type_.clone().unwrap_or_default(),
+        event.reason.clone().unwrap_or_default(),
+        format!("{kind}/{}", object.name.as_deref().unwrap_or_default()),
+        event.message.clone().unwrap_or_default(),
+    ]
+}
+
+fn replica_set_row(rs: &ReplicaSet, age: String, wide: bool) -> Vec<String> {
+    let spec = rs.spec.as_ref();
+    let status = rs.status.as_ref();
+    let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let current = status.map_or(0, |s| s.replicas);
+    let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let mut cells = vec![desired.to_string(), current.to_string(), ready.to_string(), age];
+    if wide {
+        cells.extend(template_columns(spec.and_then(|s| s.template.as_ref()), spec.map(|s| &s.selector)));
+    }
+    cells
+}
+
+fn deployment_row(d: &Deployment, age: String, wide: bool) -> Vec<String> {
+    let spec = d.spec.as_ref();
+    let status = d.status.as_ref();
+    let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let count = |f: fn(&k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<i32>| status.and_then(f).unwrap_or(0);
+    let ready = count(|s| s.ready_replicas);
+    let mut cells = vec![
+        format!("{ready}/{desired}"),
+        count(|s| s.updated_replicas).to_string(),
+        count(|s| s.available_replicas).to_string(),
+        age,
+    ];
+    if wide {
+        cells.extend(template_columns(spec.map(|s| &s.template), spec.map(|s| &s.selector)));
+    }
+    cells
+}
+
+/// `-o wide`'s CONTAINERS, IMAGES and SELECTOR of a ReplicaSet or Deployment.
+fn template_columns(template: Option<&PodTemplateSpec>, selector: Option<&LabelSelector>) -> [String; 3] {
+    let containers = template.and_then(|t| t.spec.as_ref()).map(|s| s.containers.as_slice()).unwrap_or_default();
+    let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+    let images: Vec<&str> = containers.iter().filter_map(|c| c.image.as_deref()).collect();
+    let selector = selector
+        .and_then(|s| s.match_labels.as_ref())
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    [or_none(names.join(",")), or_none(images.join(",")), or_none(selector)]
 }
 
 fn or_none(s: String) -> String {

@@ -10,7 +10,6 @@ pub mod checked;
 mod control_plane;
 pub mod locate;
 pub mod model;
-pub mod quantity;
 pub mod validate;
 
 use std::fmt;

@@ -18,8 +18,8 @@ use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
     TestKindDef, Topology,
 };
-use super::quantity;
 use super::TopologyError;
+use testbed_api::quantity;
 
 /// Longest lab name: keeps `tb-<lab>` and lab directory names short and readable.
 pub const MAX_LAB_NAME: usize = 24;

@@ -57,7 +57,7 @@ impl<S: Store> Server<S> {
         match res.kind {
             Kind::Pod => set(&mut obj, "status", json!({"phase": "Pending"})),
             Kind::Namespace => set(&mut obj, "status", json!({"phase": "Active"})),
-            Kind::Node | Kind::Lease => {}
+            Kind::Node | Kind::Lease | Kind::Event | Kind::ReplicaSet | Kind::Deployment => {}
         }
         let key = res.key(Some(&namespace), &name);
         let rev = self.store.create(&key, encode(&obj)?).await.map_err(|e| ApiError::from_store(res, &name, e))?;

@@ -1,5 +1,6 @@
-//! Parsers for the human-written amounts in a topology: VM memory, Kubernetes CPU and memory quantities,
-//! netem delays, loss percentages and rates. Each returns a message that says what a valid value looks like.
+//! Parsers for human-written amounts, shared by the topology (VM memory, netem delays, loss percentages,
+//! rates) and the control plane (Kubernetes CPU and memory quantities of requests and allocatable). Each
+//! returns a message that says what a valid value looks like.
 
 /// Splits `12.5Mi` into (`12.5`, `Mi`).
 fn split_number(s: &str) -> (&str, &str) {

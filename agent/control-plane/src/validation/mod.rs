@@ -6,10 +6,12 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use testbed_api::objects::{Lease, Namespace, Node, Pod};
+use testbed_api::objects::{Event, Lease, Namespace, Node, Pod};
 use testbed_api::validate::{is_dns_label, validate_pod};
 
 use crate::resources::Kind;
+
+mod workloads;
 
 /// Why an object was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +29,7 @@ pub enum ValidationError {
     },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
     ValidationError::Invalid { field: field.into(), message: message.into() }
 }
 
@@ -47,6 +49,9 @@ pub fn check(kind: Kind, object: Value) -> Result<Checked, ValidationError> {
         Kind::Node => typed(object, check_node),
         Kind::Pod => typed(object, check_pod),
         Kind::Lease => typed(object, check_lease),
+        Kind::Event => typed(object, check_event),
+        Kind::ReplicaSet => typed(object, workloads::check_replica_set),
+        Kind::Deployment => typed(object, workloads::check_deployment),
     }
 }
 
@@ -84,7 +89,7 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
-fn name(field: &str, value: &str) -> Result<(), ValidationError> {
+pub(crate) fn name(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(invalid(field, "Required value: name is required"));
     }
@@ -99,11 +104,16 @@ fn name(field: &str, value: &str) -> Result<(), ValidationError> {
 
 fn check_pod(pod: &Pod) -> Result<(), ValidationError> {
     name("metadata.name", &pod.metadata.name)?;
+    check_pod_spec(pod, "spec")
+}
+
+/// The checks of a pod's spec, with field paths under `at` (`spec`, or `spec.template.spec` for a template).
+pub(crate) fn check_pod_spec(pod: &Pod, at: &str) -> Result<(), ValidationError> {
     // The agent's own checks, with their field paths moved under the Kubernetes object's layout.
     validate_pod(&pod.to_agent_spec()).map_err(|e| {
         let field = match e.field.as_deref() {
             Some("name") | None => "metadata.name".to_string(),
-            Some(f) => format!("spec.{f}"),
+            Some(f) => format!("{at}.{f}"),
         };
         invalid(field, e.message)
     })?;
@@ -111,17 +121,47 @@ fn check_pod(pod: &Pod) -> Result<(), ValidationError> {
         for (j, env) in c.env.iter().enumerate() {
             if env.name.is_empty() || env.name.contains('=') {
                 return Err(invalid(
-                    format!("spec.containers[{i}].env[{j}].name"),
+                    format!("{at}.containers[{i}].env[{j}].name"),
                     "must be a non-empty name without '='",
                 ));
             }
         }
+        for (kind, amounts) in c.resources.iter().flat_map(|r| [("requests", &r.requests), ("limits", &r.limits)]) {
+            for (resource, quantity) in amounts {
+                let field = || format!("{at}.containers[{i}].resources.{kind}.{resource}");
+                let parsed = match resource.as_str() {
+                    "cpu" => testbed_api::quantity::cpu_millis(quantity).map(drop),
+                    "memory" => testbed_api::quantity::memory_bytes(quantity).map(drop),
+                    _ => Err("Unsupported value: only cpu and memory are supported".to_string()),
+                };
+                parsed.map_err(|m| invalid(field(), m))?;
+            }
+        }
+        for (j, port) in c.ports.iter().enumerate() {
+            if !(1..=65535).contains(&port.container_port) {
+                return Err(invalid(format!("{at}.containers[{i}].ports[{j}].containerPort"), "must be 1-65535"));
+            }
+        }
     }
     if let Some(node) = &pod.spec.node_name {
-        name("spec.nodeName", node)?;
+        name(&format!("{at}.nodeName"), node)?;
     }
     if matches!(pod.spec.termination_grace_period_seconds, Some(s) if s < 0) {
-        return Err(invalid("spec.terminationGracePeriodSeconds", "must be greater than or equal to 0"));
+        return Err(invalid(format!("{at}.terminationGracePeriodSeconds"), "must be greater than or equal to 0"));
+    }
+    Ok(())
+}
+
+fn check_event(event: &Event) -> Result<(), ValidationError> {
+    if event.metadata.name.is_empty() {
+        return Err(invalid("metadata.name", "Required value: name is required"));
+    }
+    let ns = event.metadata.namespace.as_deref();
+    if event.involved_object.namespace.is_some() && event.involved_object.namespace.as_deref() != ns {
+        return Err(invalid("involvedObject.namespace", "does not match event.namespace"));
+    }
+    if !matches!(event.type_.as_deref(), None | Some("Normal" | "Warning")) {
+        return Err(invalid("type", "Unsupported value: supported values: \"Normal\", \"Warning\""));
     }
     Ok(())
 }
@@ -171,11 +211,11 @@ mod tests {
         let c = check(
             Kind::Pod,
             pod(json!({"containers": [{"name": "srv", "image": "busybox", "command": ["sleep", "1"],
-                                      "ports": [{"containerPort": 80}]}], "dnsPolicy": "None"})),
+                                      "readinessProbe": {}}], "dnsPolicy": "None"})),
         )
         .expect("valid");
-        assert_eq!(c.unknown_fields, ["spec.containers[0].ports", "spec.dnsPolicy"]);
-        assert_eq!(c.object.pointer("/spec/containers/0/ports"), None, "unknown fields are dropped");
+        assert_eq!(c.unknown_fields, ["spec.containers[0].readinessProbe", "spec.dnsPolicy"]);
+        assert_eq!(c.object.pointer("/spec/containers/0/readinessProbe"), None, "unknown fields are dropped");
     }
 
     #[test]

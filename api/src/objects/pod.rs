@@ -1,0 +1,259 @@
+//! `v1 Pod`, its containers and status, and the pod template of ReplicaSets and Deployments.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, ObjectMeta};
+use crate::{PodPhase, RestartPolicy};
+
+/// `v1 Pod`: containers run together on one node by its agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    /// `v1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// `Pod`.
+    #[serde(default)]
+    pub kind: String,
+    /// Name, namespace, labels.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// What to run.
+    #[serde(default)]
+    pub spec: PodSpec,
+    /// Where it runs and how it is going, written by the node's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PodStatus>,
+}
+
+/// `spec` of a Pod: the Kubernetes fields that map onto testbed's own [`crate::PodSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    /// At least one.
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    /// The node the pod runs on; empty until it is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// `Always` (default), `OnFailure` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    /// The pod uses the node's network namespace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// Containers share one PID namespace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub share_process_namespace: bool,
+    /// Seconds between SIGTERM and SIGKILL at deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// The pod may only be placed on a node carrying all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// `spec.template` of a ReplicaSet or Deployment: the metadata and spec of the pods it makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateSpec {
+    /// Labels (which the owner's selector must match) and annotations of every pod.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The pods' spec.
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+/// One container of a Pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// DNS label, unique in the pod.
+    #[serde(default)]
+    pub name: String,
+    /// Kept as given and not pulled: testbed runs programs of the guest's root file system (so manifests
+    /// written for Kubernetes load unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The program and its first arguments, resolved with the guest's PATH.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// More arguments, appended to `command`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Ports the container listens on, by name (Services' `targetPort` may name one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    /// CPU and memory requests (what the scheduler reserves) and limits (what the kernel enforces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// One entry of a Container's `ports`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// An IANA service name (at most 15 characters), unique in the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// 1-65535.
+    pub container_port: i32,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// A Container's `resources`: Kubernetes quantities by resource name (`cpu: 250m`, `memory: 64Mi`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRequirements {
+    /// What the container is guaranteed; the scheduler places it only where this fits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    /// Caps the kernel enforces; a request left out defaults to the limit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// One environment variable of a Container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    /// Variable name.
+    pub name: String,
+    /// Its value (empty when absent).
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `status` of a Pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// `Pending` until the node's agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PodPhase>,
+    /// The node's underlay address.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "hostIP")]
+    pub host_ip: Option<String>,
+    /// The pod's address in its node's pod subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "podIP")]
+    pub pod_ip: Option<String>,
+    /// `Ready` and the other pod conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// A sentence about the phase, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// One entry per container of the spec, in its order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+/// One entry of a Pod's `status.containerStatuses`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name from the spec.
+    pub name: String,
+    /// The container runs (testbed has no readiness probes: running is ready).
+    #[serde(default)]
+    pub ready: bool,
+    /// How many times the node's agent started the container again after it exited.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// The image as the spec names it (testbed runs the guest's programs, see [`Container::image`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Exactly one of `waiting`, `running`, `terminated`.
+    #[serde(default)]
+    pub state: ContainerState,
+}
+
+/// `state` of a [`ContainerStatus`]: one of its fields is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    /// Not running yet, or between restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<ContainerStateWaiting>,
+    /// The process is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<ContainerStateRunning>,
+    /// The process exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<ContainerStateTerminated>,
+}
+
+/// `state.waiting` of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateWaiting {
+    /// `ContainerCreating`, `CrashLoopBackOff`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `state.running` of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateRunning {
+    /// RFC 3339 time the node's agent first saw it running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// `state.terminated` of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStateTerminated {
+    /// The exit code, or 128 + the signal that killed it.
+    #[serde(default)]
+    pub exit_code: i32,
+    /// `Completed`, `Error` or `OOMKilled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Pod {
+    /// The node agent's [`crate::PodSpec`] for this pod (`command` and `args` joined, as the runtime does),
+    /// so the control plane runs the same checks ([`crate::validate::validate_pod`]) as the CLI and the agent.
+    pub fn to_agent_spec(&self) -> crate::PodSpec {
+        let containers = self
+            .spec
+            .containers
+            .iter()
+            .map(|c| crate::ContainerSpec {
+                name: c.name.clone(),
+                command: c.command.iter().chain(&c.args).cloned().collect(),
+                env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+                resources: c.resources.as_ref().map(ResourceRequirements::to_agent).unwrap_or_default(),
+                pids_limit: None,
+            })
+            .collect();
+        crate::PodSpec {
+            name: self.metadata.name.clone(),
+            containers,
+            restart_policy: self.spec.restart_policy.unwrap_or_default(),
+            share_process_namespace: self.spec.share_process_namespace,
+            host_network: self.spec.host_network,
+        }
+    }
+}
+
+impl ResourceRequirements {
+    /// The agent's [`crate::Resources`]: cgroup weights, quotas and `memory.max`. Quantities that do not
+    /// parse are left out here; the control plane refuses them before they are stored.
+    pub fn to_agent(&self) -> crate::Resources {
+        let amounts = |m: &BTreeMap<String, String>| crate::ResourceAmounts {
+            cpu_millis: m.get("cpu").and_then(|q| crate::quantity::cpu_millis(q).ok()),
+            memory_bytes: m.get("memory").and_then(|q| crate::quantity::memory_bytes(q).ok()),
+        };
+        crate::Resources { requests: amounts(&self.requests), limits: amounts(&self.limits) }
+    }
+}
