@@ -9,6 +9,7 @@
 
 pub mod apiserver;
 pub mod client;
+pub mod controllers;
 mod kubeconfig;
 mod meta;
 pub mod resources;

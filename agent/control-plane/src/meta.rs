@@ -46,6 +46,41 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date: the inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The time of a Kubernetes `Time` or `MicroTime` in UTC (`2026-11-29T08:00:00Z`, `...00.123456Z`), as
+/// seconds since the epoch with the fraction; `None` for anything else. Controllers compare these with now:
+/// how long a pod has been Ready, when a Lease was last renewed.
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(str::parse::<u32>);
+    let (y, m, d) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+    let (time, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut time = time.splitn(3, ':').map(str::parse::<u32>);
+    let (h, min, sec) = (time.next()?.ok()?, time.next()?.ok()?, time.next()?.ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let fraction = if fraction.is_empty() { 0.0 } else { format!("0.{fraction}").parse::<f64>().ok()? };
+    let days = days_from_civil(i64::from(y), m, d);
+    Some((days * 86_400 + i64::from(h * 3600 + min * 60 + sec)) as f64 + fraction)
+}
+
+/// Seconds since the epoch now, to compare with [`parse_rfc3339`].
+pub fn now_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -53,6 +88,11 @@ mod tests {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::rfc3339(951_782_400 + 3_661), "2000-02-29T01:01:01Z");
         assert_eq!(super::rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+        assert_eq!(super::parse_rfc3339("2000-02-29T01:01:01Z"), Some(951_782_400.0 + 3_661.0));
+        assert_eq!(super::parse_rfc3339("2026-12-31T23:59:59.5Z"), Some(1_798_761_599.5));
+        assert_eq!(super::parse_rfc3339(&super::rfc3339(1_798_761_599)), Some(1_798_761_599.0));
+        assert_eq!(super::parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(super::parse_rfc3339("yesterday"), None);
         let uid = super::new_uid();
         assert_eq!((uid.len(), &uid[14..15]), (36, "4"));
     }

@@ -158,3 +158,18 @@ impl Resource {
         format!("{}{name}", self.prefix(namespace))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_served_once() {
+        let kinds =
+            [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Lease, Kind::Event, Kind::ReplicaSet, Kind::Deployment];
+        for kind in kinds {
+            assert_eq!(RESOURCES.iter().filter(|r| r.kind == kind).count(), 1, "{kind:?}");
+        }
+        assert_eq!(RESOURCES.len(), kinds.len());
+    }
+}

@@ -22,9 +22,9 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use testbed_api::objects::{Lease, Namespace, Node, ObjectMeta, Pod, Status};
+use testbed_api::objects::{Deployment, Event, Lease, Namespace, Node, ObjectMeta, Pod, ReplicaSet, Status};
 
-pub use crate::meta::{now_rfc3339, now_rfc3339_micro};
+pub use crate::meta::{now_rfc3339, now_rfc3339_micro, now_seconds, parse_rfc3339};
 pub use watch::{list_watch, Change, WatchEvent};
 
 /// A request that takes longer has lost its server (watches have their own, longer deadline).
@@ -97,7 +97,7 @@ macro_rules! object {
         }
     })*};
 }
-object!(Pod, Node, Lease, Namespace);
+object!(Pod, Node, Lease, Namespace, Event, ReplicaSet, Deployment);
 
 /// A list answer: the objects and the revision they were read at (a watch from it misses nothing).
 #[derive(Debug, Clone, PartialEq)]
