@@ -139,7 +139,7 @@ fn apply_get_describe_and_delete_round_trip_through_the_api() {
     let file = cp.write("objects.yaml", OBJECTS);
 
     let applied = ok(cp.testbed(&["apply", "-f", &file]));
-    assert_eq!(applied, "namespace/team-a created\nlease/lock created\npod/web created\n");
+    assert_eq!(applied, "namespace/team-a created\nlease.coordination.k8s.io/lock created\npod/web created\n");
     let again = ok(cp.testbed(&["apply", "-f", &file]));
     assert_eq!(again, "namespace/team-a unchanged\nlease/lock unchanged\npod/web unchanged\n");
     let changed = cp.write("changed.yaml", &OBJECTS.replace("holderIdentity: first", "holderIdentity: second"));

@@ -53,6 +53,10 @@ enum Command {
     Delete(cluster::DeleteArgs),
     /// Show objects of the lab's control plane in detail.
     Describe(cluster::DescribeArgs),
+    /// Set a Deployment's or ReplicaSet's replicas (the `scale` subresource, as `kubectl scale`).
+    Scale(cluster::ScaleArgs),
+    /// A Deployment's rollout: status, history, undo, pause, resume (as `kubectl rollout`).
+    Rollout(cluster::RolloutArgs),
     /// Print the path of the lab's kubeconfig (kubectl reaches the lab's API server with it).
     Kubeconfig(commands::KubeconfigArgs),
     /// Forward 127.0.0.1:PORT to the lab's API server over SSH (`up` starts it; `down` stops it).
@@ -88,6 +92,8 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
         Command::Apply(a) => cluster::cmd_apply(ui, a).await,
         Command::Delete(a) => cluster::cmd_delete(ui, a).await,
         Command::Describe(a) => cluster::cmd_describe(ui, a).await,
+        Command::Scale(a) => cluster::cmd_scale(ui, a).await,
+        Command::Rollout(a) => cluster::cmd_rollout(ui, a).await,
         Command::Kubeconfig(a) => commands::cmd_kubeconfig(ui, a).await,
         Command::ForwardApi(a) => commands::cmd_forward_api(ui, a).await,
         Command::Run(a) => suites::cmd_run(ui, a).await,

@@ -25,6 +25,15 @@ pub trait Served: Copy {
         self.resource().singular
     }
 
+    /// `deployment.apps`, `pod`: how kubectl names the kind in `deployment.apps/web scaled`.
+    fn qualified(self) -> String {
+        let r = self.resource();
+        match r.group {
+            "" => r.singular.to_string(),
+            group => format!("{}.{group}", r.singular),
+        }
+    }
+
     fn namespaced(self) -> bool {
         self.resource().namespaced
     }
@@ -141,5 +150,7 @@ mod tests {
         assert_eq!(of_type(&types("v1", "Pod")).unwrap(), Kind::Pod);
         assert!(of_type(&types("apps/v1", "Pod")).is_err());
         assert_eq!(Kind::Lease.api_resource().plural, "leases");
+        assert_eq!(Kind::Deployment.qualified(), "deployment.apps");
+        assert_eq!(Kind::Pod.qualified(), "pod");
     }
 }

@@ -7,6 +7,8 @@ mod describe;
 mod documents;
 mod get;
 mod kinds;
+mod rollout;
+mod scale;
 mod table;
 
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ pub use describe::{cmd_describe, DescribeArgs};
 pub use get::{cmd_delete, cmd_get, DeleteArgs, GetArgs};
 use kinds::Served;
 pub use kinds::UnknownKind;
+pub use rollout::{cmd_rollout, RolloutArgs};
+pub use scale::{cmd_scale, ScaleArgs};
 
 /// Which API server a command talks to, and in which namespace.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +64,9 @@ pub enum ClusterError {
     },
     #[error("{0} of the objects asked for failed (each is named above)")]
     Some(usize),
+    /// A rollout failed its progress deadline or did not finish in time: exit 1, like a failed check.
+    #[error("{0}")]
+    RolloutFailed(String),
 }
 
 impl ClusterError {
@@ -83,6 +90,10 @@ impl ClusterError {
     /// Exit 2 for what the user asked wrongly (an unknown kind or name, an object the server refused), 3
     /// when the control plane cannot be reached or fails.
     pub fn into_cli(self) -> CliError {
+        if let ClusterError::RolloutFailed(message) = self {
+            // Under `-o json` the status document is already out: TestsFailed adds no second one.
+            return CliError::TestsFailed(message);
+        }
         let bad_input = match &self {
             ClusterError::Lab(e) => e.is_bad_input(),
             ClusterError::Api { code, .. } => (400..500).contains(code) && ![401, 403, 429].contains(code),
@@ -91,6 +102,7 @@ impl ClusterError {
             | ClusterError::Kind(_)
             | ClusterError::Document(_)
             | ClusterError::Some(_) => true,
+            ClusterError::RolloutFailed(_) => false,
             ClusterError::Transport { .. } => false,
         };
         if bad_input {
@@ -167,7 +179,7 @@ fn print_outcomes(ui: &crate::ui::Ui, outcomes: &[Outcome]) {
         return;
     }
     for o in outcomes {
-        println!("{}/{} {}", o.kind.singular(), o.name, o.action);
+        println!("{}/{} {}", o.kind.qualified(), o.name, o.action);
     }
 }
 
