@@ -11,7 +11,7 @@ use crate::exit::CliResult;
 use crate::ui::Ui;
 
 use super::documents::{self, Document};
-use super::kinds::Served;
+use super::kinds::{Kind, Served};
 use super::{api, connect, print_outcomes, run, ClientArgs, ClusterError, Outcome};
 
 #[derive(Debug, clap::Args)]
@@ -42,28 +42,61 @@ async fn apply(ui: &Ui, args: ApplyArgs) -> Result<(), ClusterError> {
         }
         let name = object.metadata.name.clone().unwrap_or_default();
         let what = format!("{}: {}/{name}", doc.at, doc.kind.singular());
-        let api = api(&client, doc.kind, Some(&namespace));
-        let action = match api.create(&PostParams::default(), &object).await {
-            Ok(_) => "created",
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let existing = api.get(&name).await.map_err(|e| ClusterError::from_kube(&what, e))?;
-                if is_subset(&to_value(&object), &to_value(&existing)) {
-                    "unchanged"
-                } else {
-                    object.metadata.resource_version = existing.metadata.resource_version;
-                    api.replace(&name, &PostParams::default(), &object)
-                        .await
-                        .map_err(|e| ClusterError::from_kube(&what, e))?;
-                    "configured"
-                }
-            }
-            Err(e) => return Err(ClusterError::from_kube(&what, e)),
-        };
+        let action = apply_object(&client, doc.kind, &namespace, object, &what).await?;
         let namespace = doc.kind.namespaced().then_some(namespace);
         done.push(Outcome { kind: doc.kind, namespace, name, action });
     }
     print_outcomes(ui, &done);
     Ok(())
+}
+
+/// Creates `object`, or replaces the existing one at the version read when it differs from what is asked.
+async fn apply_object(
+    client: &kube::Client,
+    kind: Kind,
+    namespace: &str,
+    mut object: DynamicObject,
+    what: &str,
+) -> Result<&'static str, ClusterError> {
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let api = api(client, kind, Some(namespace));
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => Ok("created"),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let existing = api.get(&name).await.map_err(|e| ClusterError::from_kube(what, e))?;
+            if is_subset(&to_value(&object), &to_value(&existing)) {
+                return Ok("unchanged");
+            }
+            object.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &object).await.map_err(|e| ClusterError::from_kube(what, e))?;
+            Ok("configured")
+        }
+        Err(e) => Err(ClusterError::from_kube(what, e)),
+    }
+}
+
+/// The topology's Deployments, applied at `up` (each namespace made first when missing), so a running lab
+/// `up` again with a changed file gets the difference. Returns what was done to each.
+pub async fn apply_topology_objects(
+    client: &kube::Client,
+    objects: &[Value],
+) -> Result<Vec<(String, &'static str)>, ClusterError> {
+    let mut done = Vec::new();
+    for (i, value) in objects.iter().enumerate() {
+        let what = format!("deployments[{i}]");
+        let object: DynamicObject =
+            serde_json::from_value(value.clone()).map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
+        let namespace = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
+        }))
+        .map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
+        apply_object(client, Kind::Namespace, &namespace, ns, &format!("namespace/{namespace}")).await?;
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let action = apply_object(client, Kind::Deployment, &namespace, object, &what).await?;
+        done.push((format!("deployment.apps/{name}"), action));
+    }
+    Ok(done)
 }
 
 /// The document's namespace, which must agree with `-n` when both are given (as kubectl requires).

@@ -21,7 +21,7 @@ use crate::exit::{CliError, CliResult};
 use crate::lab::select::LabError;
 use crate::lab::LabSelector;
 
-pub use apply::{cmd_apply, ApplyArgs};
+pub use apply::{apply_topology_objects, cmd_apply, ApplyArgs};
 pub use describe::{cmd_describe, DescribeArgs};
 pub use get::{cmd_delete, cmd_get, DeleteArgs, GetArgs};
 use kinds::Served;

@@ -77,6 +77,7 @@ pub(super) async fn converge(
     }
     let control_plane_wait = nodes_ready.elapsed().as_secs_f64();
     task.finish(format!("API ready {control_plane_wait:.1} s after the nodes; kubeconfig {}", kubeconfig.display()));
+    super::workloads::apply(ui, &plan, &kubeconfig).await?;
     let st = setup.state.snapshot();
     Ok(UpOutcome {
         lab: plan.lab.clone(),

@@ -46,5 +46,6 @@ pub fn test_plan() -> Plan {
         },
         pods: vec![],
         tests: vec![],
+        deployments: vec![],
     }
 }

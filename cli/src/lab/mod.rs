@@ -20,6 +20,7 @@ pub mod state;
 pub mod status;
 pub mod teardown;
 pub mod up;
+mod workloads;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -57,6 +57,8 @@ pub enum UpError {
     ControlPlane(Box<super::control_plane::ControlPlaneError>),
     #[error(transparent)]
     Forwarder(#[from] super::forwarder::ForwarderError),
+    #[error("applying the topology's deployments: {0}")]
+    Workloads(#[source] crate::cluster::ClusterError),
     #[error("interrupted")]
     Interrupted,
     #[error("stopped: another step of this `up` failed")]
@@ -208,6 +210,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
             dir.write_plan(&plan)?;
             // The nodes are fine; the host's way to the API may not be (a forwarder killed, a host reboot).
             let (kubeconfig, port) = reach_api(&dir, &plan, Instant::now() + opts.timeout).await?;
+            super::workloads::apply(ui, &plan, &kubeconfig).await?;
             ui.info(format!(
                 "lab `{}` is already up and healthy ({} nodes); nothing to do",
                 plan.lab,

@@ -80,5 +80,6 @@ pub fn build(checked: &CheckedTopology) -> Plan {
         },
         pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
         tests: checked.tests.clone(),
+        deployments: checked.deployments.clone(),
     }
 }

@@ -132,6 +132,9 @@ pub struct Plan {
     /// The topology's declared tests (absent from plan.json files written before they were planned).
     #[serde(default)]
     pub tests: Vec<DeclaredTest>,
+    /// Deployments created through the API once the nodes are Ready, as the API server normalizes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<serde_json::Value>,
 }
 
 impl Plan {
@@ -154,11 +157,13 @@ impl Plan {
         self.control_plane_members().iter().map(|(_, ip)| format!("https://{ip}:{API_PORT}")).collect()
     }
 
-    /// True when both plans build the same lab: they differ at most in the topology's bytes (comments) and in
-    /// the declared tests, which the suites read when they run and which change nothing that `up` creates.
+    /// True when both plans build the same lab: they differ at most in the topology's bytes (comments), in
+    /// the declared tests, which the suites read when they run and which change nothing that `up` creates,
+    /// and in the Deployments, API objects that `up` applies to a running lab as they are now.
     pub fn same_lab(&self, other: &Plan) -> bool {
         // Destructured so that a new field must be classified here.
-        let Plan { version, lab, topology_hash: _, netns, networks, nodes, cluster, pods, tests: _ } = self;
+        let Plan { version, lab, topology_hash: _, netns, networks, nodes, cluster, pods, tests: _, deployments: _ } =
+            self;
         *version == other.version
             && *lab == other.lab
             && *netns == other.netns

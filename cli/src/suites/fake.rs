@@ -134,6 +134,7 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
         },
         pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
         tests: Vec::new(),
+        deployments: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod checked;
 mod control_plane;
+mod deployments;
 pub mod locate;
 pub mod model;
 pub mod validate;

@@ -138,6 +138,11 @@ pub struct Topology {
     /// Pods created on `up`, after the cluster network is applied.
     #[serde(default)]
     pub pods: Vec<PodDef>,
+    /// Deployments created through the control plane at `up`, once every node is Ready: each a Kubernetes
+    /// `apps/v1 Deployment` manifest (`metadata`, `spec`; `apiVersion` and `kind` may be left out), checked
+    /// here with the API server's own rules.
+    #[serde(default)]
+    pub deployments: Vec<serde_json::Value>,
     /// Checks the conformance suite runs once per backend, after its own (docs/tests.md).
     #[serde(default)]
     pub tests: Option<Vec<TestDef>>,

@@ -12,13 +12,13 @@ use super::checked::{
     CheckedCluster, CheckedNetwork, CheckedNode, CheckedPod, CheckedTopology, DeclaredTest, ImageRef, Impairment,
     TestKind, TestLevel, TestSource, TestTarget,
 };
-use super::control_plane;
 use super::locate::{FieldPath, Locator};
 use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
     TestKindDef, Topology,
 };
 use super::TopologyError;
+use super::{control_plane, deployments};
 use testbed_api::quantity;
 
 /// Longest lab name: keeps `tb-<lab>` and lab directory names short and readable.
@@ -127,8 +127,9 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
     check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
     let pods = check_pods(&ctx, t)?;
     let tests = check_tests(&ctx, t)?;
+    let deployments = deployments::check(&ctx, t)?;
     let source_sha256 = hex::encode(sha2::Sha256::digest(source));
-    Ok(CheckedTopology { lab: t.name.clone(), source_sha256, networks, nodes, cluster, pods, tests })
+    Ok(CheckedTopology { lab: t.name.clone(), source_sha256, networks, nodes, cluster, pods, tests, deployments })
 }
 
 fn check_networks(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedNetwork>, TopologyError> {

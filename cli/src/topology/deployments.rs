@@ -1,0 +1,139 @@
+//! `deployments:`: Kubernetes Deployment manifests in the topology, checked when the file is, with the API
+//! server's own validation (`testbed_control_plane::validation`), so a Deployment the lab would refuse at
+//! `up` is refused at file:line first. Fields outside the server's schema are errors here, as kubectl's
+//! strict field validation makes them.
+
+use serde_json::{json, Value};
+use testbed_control_plane::resources::Kind;
+use testbed_control_plane::validation::{check as check_object, ValidationError};
+
+use super::locate::FieldPath;
+use super::model::Topology;
+use super::validate::{root, Ctx};
+use super::TopologyError;
+
+pub(super) fn check(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<Value>, TopologyError> {
+    let mut out: Vec<Value> = Vec::new();
+    for (i, raw) in t.deployments.iter().enumerate() {
+        let at = root().key("deployments").index(i);
+        let object = with_type(ctx, &at, raw)?;
+        let checked = check_object(Kind::Deployment, object).map_err(|e| match e {
+            ValidationError::Invalid { field, message } => ctx.at(&at.join_dotted(&field), message),
+            ValidationError::Malformed(message) => {
+                // serde_path_to_error's `spec.replicas: invalid type ...`.
+                let (field, message) = message.split_once(": ").unwrap_or(("", &message));
+                ctx.at(&at.join_dotted(field), message.to_string())
+            }
+        })?;
+        if let Some(field) = checked.unknown_fields.first() {
+            return Err(ctx
+                .at(&at.join_dotted(field), "unknown field (not part of the apps/v1 Deployment that testbed serves)"));
+        }
+        let key = |v: &Value| (v["metadata"]["namespace"].clone(), v["metadata"]["name"].clone());
+        if out.iter().any(|d| key(d) == key(&checked.object)) {
+            return Err(ctx.at(
+                &at.key("metadata").key("name"),
+                "a Deployment of this name is already declared in its namespace",
+            ));
+        }
+        out.push(checked.object);
+    }
+    Ok(out)
+}
+
+/// The manifest with `apiVersion`/`kind` filled in (or checked) and the namespace defaulted.
+fn with_type(ctx: &Ctx<'_>, at: &FieldPath, raw: &Value) -> Result<Value, TopologyError> {
+    let Value::Object(fields) = raw else {
+        return Err(ctx.at(at, "expected a Deployment manifest (a mapping with metadata and spec)"));
+    };
+    let mut object = fields.clone();
+    for (field, want) in [("apiVersion", "apps/v1"), ("kind", "Deployment")] {
+        match object.get(field) {
+            None => {
+                object.insert(field.into(), json!(want));
+            }
+            Some(Value::String(s)) if s == want => {}
+            Some(other) => return Err(ctx.at(&at.key(field), format!("{other} here: deployments are `{want}`"))),
+        }
+    }
+    let meta = object.entry("metadata").or_insert_with(|| json!({}));
+    if let Value::Object(meta) = meta {
+        meta.entry("namespace").or_insert_with(|| json!("default"));
+    }
+    Ok(Value::Object(object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{checked_of, BASE};
+    use super::super::TopologyError;
+
+    const WEB: &str = "deployments:
+  - metadata: {name: web}
+    spec:
+      replicas: 3
+      selector: {matchLabels: {app: web}}
+      template:
+        metadata: {labels: {app: web}}
+        spec:
+          containers:
+            - name: srv
+              command: [sleep, 1d]
+              resources: {requests: {cpu: 100m}}
+";
+
+    fn error_of(src: &str) -> (usize, String, String) {
+        match checked_of(src) {
+            Err(TopologyError::Invalid { line, field, message, .. }) => (line, field, message),
+            other => panic!("expected an error, got {:?}", other.map(|t| t.deployments)),
+        }
+    }
+
+    #[test]
+    fn a_deployment_is_typed_defaulted_and_normalized() {
+        let t = checked_of(&format!("{BASE}{WEB}")).expect("valid");
+        let d = &t.deployments[0];
+        assert_eq!((d["apiVersion"].as_str(), d["kind"].as_str()), (Some("apps/v1"), Some("Deployment")));
+        assert_eq!(d["metadata"]["namespace"], "default");
+        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"], "100m");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_kubernetes_field() {
+        let base_lines = BASE.lines().count();
+        let cases = [
+            (
+                WEB.replace("replicas: 3", "replicas: -1"),
+                4,
+                "deployments[0].spec.replicas",
+                "greater than or equal to 0",
+            ),
+            (
+                WEB.replace("{app: web}}\n      template", "{app: db}}\n      template"),
+                7,
+                "deployments[0].spec.template.metadata.labels",
+                "selector",
+            ),
+            (
+                WEB.replace("cpu: 100m", "cpu: lots"),
+                12,
+                "deployments[0].spec.template.spec.containers[0].resources.requests.cpu",
+                "CPU quantity",
+            ),
+            (WEB.replace("replicas: 3", "replica: 3"), 4, "deployments[0].spec.replica", "unknown field"),
+            (WEB.replace("replicas: 3", "replicas: three"), 4, "deployments[0].spec.replicas", "invalid type"),
+            (
+                format!("{WEB}{}", &WEB["deployments:\n".len()..]),
+                13,
+                "deployments[1].metadata.name",
+                "already declared",
+            ),
+        ];
+        for (text, line, field, message) in cases {
+            let (at, f, m) = error_of(&format!("{BASE}{text}"));
+            assert_eq!(f, field, "{m}");
+            assert!(m.contains(message), "{field}: {m}");
+            assert_eq!(at, base_lines + line, "{field}: {m}");
+        }
+    }
+}
