@@ -176,6 +176,25 @@ fn kubectl_drives_workloads() {
     assert_eq!(deployment(&lab)["spec"]["paused"], true);
     assert_eq!(deployment(&lab)["metadata"]["generation"], 6, "every spec change bumps the generation");
 
+    // apply of a changed file, rollout restart and edit: strategic merge patches computed by kubectl
+    // (apply's with `$setElementOrder/containers`), the container merged by its name.
+    let changed = DEPLOYMENT.replace("replicas: 1", "replicas: 4").replace("1d]}", "2d], env: [{name: A, value: x}]}");
+    lab.ok(&["apply", "-f", &lab.write("deploy.yaml", DEPLOYMENT)]);
+    assert!(lab.ok(&["apply", "-f", &lab.write("deploy2.yaml", &changed)]).contains("deployment.apps/web configured"));
+    // kubectl refuses to restart a paused deployment.
+    lab.ok(&["rollout", "resume", "deployment/web"]);
+    assert!(lab.ok(&["rollout", "restart", "deployment/web"]).contains("restarted"));
+    let editor = lab.write("editor.sh", "#!/bin/sh\nsed -i 's/replicas: 4/replicas: 6/' \"$1\"\n");
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let edited = lab.command(&["edit", "deployment/web"]).env("KUBE_EDITOR", &editor).output().expect("kubectl");
+    assert!(edited.status.success(), "{}", String::from_utf8_lossy(&edited.stderr));
+    let d = deployment(&lab);
+    assert_eq!(d["spec"]["replicas"], 6);
+    let template = &d["spec"]["template"];
+    assert_eq!(template["spec"]["containers"][0]["env"][0]["name"], "A");
+    assert_eq!(template["spec"]["containers"][0]["command"][1], "2d");
+    assert!(template["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(), "{template}");
+
     // Events selected by the object they are about.
     lab.ok(&["create", "-f", &lab.write("events.yaml", EVENTS)]);
     let about_web = lab.ok(&["get", "events", "--field-selector", "involvedObject.name=web", "-o", "name"]);
