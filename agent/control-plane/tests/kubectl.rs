@@ -3,150 +3,13 @@
 //! server then holds. `cargo test --features fault-ignore-resource-version` shows the stale-replace check
 //! failing against a server that ignores resourceVersion.
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
-use testbed_control_plane::store::etcd::Etcd;
 use testbed_control_plane::store::Store;
 
 mod common;
+mod kubectl_lab;
 
-use common::{server_config, start_etcd, wait_for_etcd, Killed};
-
-struct Lab {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    kubeconfig: PathBuf,
-    etcd: Etcd,
-    rt: tokio::runtime::Runtime,
-    _etcd_process: Killed,
-}
-
-impl Lab {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().to_path_buf();
-        let (etcd_process, etcd_url) = start_etcd(&root);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-        let etcd = Etcd::new(&etcd_url);
-        wait_for_etcd(&rt, &etcd, &root);
-        let (config, creds, port) = server_config(etcd_url);
-        rt.spawn(async move {
-            if let Err(e) = testbed_control_plane::serve(config, std::future::pending()).await {
-                panic!("apiserver: {e}");
-            }
-        });
-        let server = format!("https://127.0.0.1:{port}");
-        let kubeconfig = root.join("kubeconfig");
-        std::fs::write(&kubeconfig, testbed_control_plane::kubeconfig("lab", &server, &creds.ca_pem, &creds.token))
-            .expect("kubeconfig");
-        let wrong = testbed_control_plane::kubeconfig("lab", &server, &creds.ca_pem, "not-the-token");
-        std::fs::write(root.join("wrong-kubeconfig"), wrong).expect("kubeconfig");
-        let lab = Self { _dir: dir, root, kubeconfig, etcd, rt, _etcd_process: etcd_process };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !lab.kubectl(&["get", "--raw", "/api"]).status.success() {
-            assert!(Instant::now() < deadline, "the API server did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        lab
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
-        // HOME: kubectl's discovery cache goes to the test's directory, not the user's.
-        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("HOME", &self.root);
-        cmd
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("kubectl must be installed")
-    }
-
-    /// kubectl that must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// kubectl that must fail; its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(!out.status.success(), "kubectl {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let path = self.root.join(name);
-        std::fs::write(&path, text).expect("write");
-        path.to_string_lossy().into_owned()
-    }
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// (type, name) of every watch event in a stream of JSON objects.
-fn events(text: &str) -> Vec<(String, String)> {
-    serde_json::Deserializer::from_str(text)
-        .into_iter::<Value>()
-        .map(|v| {
-            let v = v.expect("watch event JSON");
-            let kind = v["type"].as_str().unwrap_or("?").to_string();
-            (kind, v["object"]["metadata"]["name"].as_str().unwrap_or("?").to_string())
-        })
-        .collect()
-}
-
-fn pod(name: &str, container: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - {container}\n"
-    )
-}
-
-/// `kubectl get pods -w` in the background, its output collected as it comes.
-fn watch_in_background(lab: &Lab) -> (Killed, Arc<Mutex<String>>) {
-    let mut child = lab
-        .command(&["get", "pods", "-w", "--output-watch-events", "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kubectl");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let buf = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&buf);
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().expect("lock").push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    (Killed(child), buf)
-}
-
-fn wait_for(buf: &Mutex<String>, what: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let seen = events(&buf.lock().expect("lock"));
-        if what(&seen) {
-            return seen;
-        }
-        assert!(Instant::now() < deadline, "the watch saw only {seen:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pair(kind: &str, name: &str) -> (String, String) {
-    (kind.to_string(), name.to_string())
-}
+use kubectl_lab::{events, json, pair, pod, wait_for, watch_in_background, Lab};
 
 #[test]
 fn kubectl_against_real_etcd() {
@@ -187,9 +50,9 @@ fn kubectl_against_real_etcd() {
     let err = lab.fails(&["create", "-f", &bad]);
     assert!(err.contains("spec.containers[0].command"), "{err}");
     assert!(lab.fails(&["get", "pod", "bad"]).contains("NotFound"));
-    let unknown = lab.write("unknown.yaml", &pod("unk", "{name: srv, command: [sleep], ports: [{containerPort: 80}]}"));
+    let unknown = lab.write("unknown.yaml", &pod("unk", "{name: srv, command: [sleep], readinessProbe: {}}"));
     let err = lab.fails(&["create", "-f", &unknown]);
-    assert!(err.contains("unknown field \"spec.containers[0].ports\""), "{err}");
+    assert!(err.contains("unknown field \"spec.containers[0].readinessProbe\""), "{err}");
 
     // kubectl get -w sees every change from here on.
     let (_watcher, seen) = watch_in_background(&lab);
@@ -233,4 +96,126 @@ fn kubectl_against_real_etcd() {
     lab.rt.block_on(lab.etcd.compact(now)).expect("compact");
     let gone = lab.fails(&["get", "--raw", &path]);
     assert!(gone.contains("Expired") && gone.contains("too old resource version"), "{gone}");
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: srv, command: [sleep, 1d]}
+";
+
+const EVENTS: &str = "apiVersion: v1
+kind: Event
+metadata: {name: web.1}
+involvedObject: {apiVersion: apps/v1, kind: Deployment, name: web, namespace: default}
+reason: ScalingReplicaSet
+message: Scaled up replica set web-rs to 1
+type: Normal
+---
+apiVersion: v1
+kind: Event
+metadata: {name: db.1}
+involvedObject: {kind: Pod, name: db, namespace: default}
+reason: FailedScheduling
+message: no node fits
+type: Warning
+";
+
+/// A ReplicaSet `web-rs` owned by the Deployment of uid `owner`.
+fn replica_set(owner: &str) -> String {
+    let rs = DEPLOYMENT.replace("kind: Deployment", "kind: ReplicaSet").replace("name: web}", "name: web-rs");
+    rs.replacen(
+        "name: web-rs",
+        &format!(
+            "name: web-rs, ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: web, uid: {owner}, controller: true}}]}}"
+        ),
+        1,
+    )
+}
+
+fn deployment(lab: &Lab) -> Value {
+    json(&lab.ok(&["get", "deployment", "web", "-o", "json"]))
+}
+
+#[test]
+fn kubectl_drives_workloads() {
+    let lab = Lab::start();
+
+    // create -f of a Deployment and a ReplicaSet it owns; get of both kinds at once.
+    assert!(lab.ok(&["create", "-f", &lab.write("deploy.yaml", DEPLOYMENT)]).contains("deployment.apps/web created"));
+    let uid = deployment(&lab)["metadata"]["uid"].as_str().expect("uid").to_string();
+    let rs = lab.write("rs.yaml", &replica_set(&uid));
+    assert!(lab.ok(&["create", "-f", &rs]).contains("replicaset.apps/web-rs created"));
+    let table = lab.ok(&["get", "deploy,rs"]);
+    assert!(table.contains("deployment.apps/web") && table.contains("replicaset.apps/web-rs"), "{table}");
+
+    // scale (the scale subresource), strategic merge patch (kubectl's default), JSON patch, rollout.
+    assert!(lab.ok(&["scale", "deployment/web", "--replicas=3"]).contains("deployment.apps/web scaled"));
+    assert_eq!(deployment(&lab)["spec"]["replicas"], 3);
+    lab.ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"paused":true}}"#]);
+    assert_eq!(deployment(&lab)["spec"]["paused"], true);
+    lab.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":2}]"#,
+    ]);
+    assert_eq!(deployment(&lab)["spec"]["replicas"], 2);
+    assert!(lab.ok(&["rollout", "resume", "deployment/web"]).contains("resumed"));
+    assert_eq!(deployment(&lab)["spec"].get("paused"), None);
+    assert!(lab.ok(&["rollout", "pause", "deployment/web"]).contains("paused"));
+    assert_eq!(deployment(&lab)["spec"]["paused"], true);
+    assert_eq!(deployment(&lab)["metadata"]["generation"], 6, "every spec change bumps the generation");
+
+    // apply of a changed file, rollout restart and edit: strategic merge patches computed by kubectl
+    // (apply's with `$setElementOrder/containers`), the container merged by its name.
+    let changed = DEPLOYMENT.replace("replicas: 1", "replicas: 4").replace("1d]}", "2d], env: [{name: A, value: x}]}");
+    lab.ok(&["apply", "-f", &lab.write("deploy.yaml", DEPLOYMENT)]);
+    assert!(lab.ok(&["apply", "-f", &lab.write("deploy2.yaml", &changed)]).contains("deployment.apps/web configured"));
+    // kubectl refuses to restart a paused deployment.
+    lab.ok(&["rollout", "resume", "deployment/web"]);
+    assert!(lab.ok(&["rollout", "restart", "deployment/web"]).contains("restarted"));
+    let editor = lab.write("editor.sh", "#!/bin/sh\nsed -i 's/replicas: 4/replicas: 6/' \"$1\"\n");
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let edited = lab.command(&["edit", "deployment/web"]).env("KUBE_EDITOR", &editor).output().expect("kubectl");
+    assert!(edited.status.success(), "{}", String::from_utf8_lossy(&edited.stderr));
+    let d = deployment(&lab);
+    assert_eq!(d["spec"]["replicas"], 6);
+    let template = &d["spec"]["template"];
+    assert_eq!(template["spec"]["containers"][0]["env"][0]["name"], "A");
+    assert_eq!(template["spec"]["containers"][0]["command"][1], "2d");
+    assert!(template["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"].is_string(), "{template}");
+
+    // Events selected by the object they are about.
+    lab.ok(&["create", "-f", &lab.write("events.yaml", EVENTS)]);
+    let about_web = lab.ok(&["get", "events", "--field-selector", "involvedObject.name=web", "-o", "name"]);
+    assert_eq!(about_web.trim(), "event/web.1");
+
+    // Set-based label selectors, and a pod named by generateName.
+    for app in ["a", "b", "c"] {
+        lab.ok(&[
+            "create",
+            "-f",
+            &lab.write(&format!("{app}.yaml"), &pod(app, "{name: srv, command: [sleep, \"1\"]}")),
+        ]);
+    }
+    let selected = lab.ok(&["get", "pods", "-l", "app in (a,b)", "-o", "name"]);
+    assert_eq!(selected.lines().collect::<Vec<_>>(), ["pod/a", "pod/b"]);
+    let generated = pod("x", "{name: srv, command: [sleep, \"1\"]}").replace("name: x", "generateName: gen-");
+    let created = lab.ok(&["create", "-f", &lab.write("gen.yaml", &generated)]);
+    assert!(created.starts_with("pod/gen-") && created.trim().ends_with(" created"), "{created}");
+
+    // --cascade=orphan: the ReplicaSet outlives its Deployment, without the owner reference.
+    assert!(lab.ok(&["delete", "deployment", "web", "--cascade=orphan"]).contains("deployment.apps \"web\" deleted"));
+    let rs = json(&lab.ok(&["get", "rs", "web-rs", "-o", "json"]));
+    assert_eq!(rs["metadata"].get("ownerReferences"), None, "{rs}");
 }

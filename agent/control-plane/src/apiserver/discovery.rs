@@ -86,6 +86,11 @@ pub(super) fn group_version(group: &str, version: &str) -> Option<Response> {
             list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
                              "kind": r.kind_name, "verbs": ["get", "patch", "update"]}));
         }
+        if super::scale::scalable(r) {
+            list.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced,
+                             "group": "autoscaling", "version": "v1", "kind": "Scale",
+                             "verbs": ["get", "patch", "update"]}));
+        }
     }
     ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
 }

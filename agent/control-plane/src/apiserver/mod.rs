@@ -4,8 +4,13 @@
 //! `/api/v1/namespaces/NS/pods` (a collection) share a prefix that a path-pattern router cannot tell apart
 //! without backtracking.
 
+mod create;
+mod delete;
 mod discovery;
 mod objects;
+mod patch;
+mod scale;
+mod selector;
 mod status;
 mod watch;
 
@@ -39,7 +44,7 @@ pub struct Target {
     pub namespace: Option<String>,
     /// The object's name; none for the collection.
     pub name: Option<String>,
-    /// `status` for the status subresource.
+    /// `status` or `scale` for those subresources.
     pub subresource: Option<String>,
 }
 
@@ -89,6 +94,7 @@ impl Target {
             [] => (None, None),
             [name] => (Some(name.to_string()), None),
             [name, "status"] if resource.has_status => (Some(name.to_string()), Some("status".to_string())),
+            [name, "scale"] if scale::scalable(resource) => (Some(name.to_string()), Some("scale".to_string())),
             _ => return Err(unknown()),
         };
         if resource.namespaced && namespace.is_none() && name.is_some() {
@@ -155,6 +161,9 @@ async fn route<S: Store>(
         return discovery::group_version(group, version).ok_or_else(not_found);
     };
     let field_validation = query.get("fieldValidation").map(String::as_str);
+    if target.subresource.as_deref() == Some("scale") {
+        return server.scale(method, &target, headers, &body, field_validation).await;
+    }
     let json = |v: serde_json::Value, code: StatusCode| (code, axum::Json(v)).into_response();
     match (method.clone(), target.name.is_some()) {
         (Method::GET, false) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
@@ -179,7 +188,7 @@ async fn route<S: Store>(
             Ok(with_warnings(json(obj, StatusCode::OK), &warnings))
         }
         (Method::DELETE, true) => {
-            let options = if body.is_empty() { serde_json::Value::Null } else { parse_body(&body)? };
+            let options = delete::delete_options(&body, query)?;
             Ok(json(server.delete(&target, &options).await?, StatusCode::OK))
         }
         _ => Err(ApiError::new(

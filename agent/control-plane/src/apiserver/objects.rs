@@ -5,15 +5,15 @@
 use axum::http::StatusCode;
 use serde_json::{json, Map, Value};
 
+use super::patch::PatchType;
 use super::{ApiError, Server, Target};
-use crate::meta::{new_uid, now_rfc3339};
-use crate::resources::{Kind, Resource, RESOURCES};
-use crate::store::{KeyValue, Store, StoreError};
+use crate::resources::Resource;
+use crate::store::{KeyValue, Store};
 use crate::validation::check;
 
 /// Attempts of a write without a resourceVersion precondition (an unconditional PUT, a merge patch, a delete)
 /// that lost a race with another writer: each retry reads the object again, as the Kubernetes API server does.
-const RETRIES: usize = 5;
+pub(super) const RETRIES: usize = 5;
 
 /// An object and the `Warning`s for its answer.
 pub type WithWarnings = (Value, Vec<String>);
@@ -21,48 +21,6 @@ pub type WithWarnings = (Value, Vec<String>);
 impl<S: Store> Server<S> {
     pub(super) async fn get(&self, target: &Target) -> Result<Value, ApiError> {
         object_from(&self.current(target).await?)
-    }
-
-    pub(super) async fn create(
-        &self,
-        target: &Target,
-        obj: Value,
-        field_validation: Option<&str>,
-    ) -> Result<WithWarnings, ApiError> {
-        let res = target.resource;
-        let obj = prepare(target, obj)?;
-        let name = meta_str(&obj, "name").to_string();
-        if !meta_str(&obj, "resourceVersion").is_empty() {
-            return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
-        }
-        let (mut obj, warnings) = validated(res, &name, obj, field_validation)?;
-        let namespace = meta_str(&obj, "namespace").to_string();
-        if res.namespaced {
-            let ns = &RESOURCES[0];
-            if self
-                .store
-                .get(&ns.key(None, &namespace))
-                .await
-                .map_err(|e| ApiError::from_store(ns, &namespace, e))?
-                .is_none()
-            {
-                return Err(ApiError::not_found(ns, &namespace));
-            }
-        }
-        let meta = metadata(&mut obj);
-        meta.insert("uid".into(), json!(new_uid()));
-        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        meta.insert("generation".into(), json!(1));
-        // Status is the node's to write (through /status); a new object starts from the server's default.
-        match res.kind {
-            Kind::Pod => set(&mut obj, "status", json!({"phase": "Pending"})),
-            Kind::Namespace => set(&mut obj, "status", json!({"phase": "Active"})),
-            Kind::Node | Kind::Lease | Kind::Event | Kind::ReplicaSet | Kind::Deployment => {}
-        }
-        let key = res.key(Some(&namespace), &name);
-        let rev = self.store.create(&key, encode(&obj)?).await.map_err(|e| ApiError::from_store(res, &name, e))?;
-        set_resource_version(&mut obj, rev);
-        Ok((obj, warnings))
     }
 
     pub(super) async fn update(
@@ -75,9 +33,8 @@ impl<S: Store> Server<S> {
         self.update_with(target, field_validation, explicit, |_| Ok(obj.clone())).await
     }
 
-    /// JSON merge patch (RFC 7386). Strategic merge patch (kubectl apply/edit/patch's default for built-in
-    /// kinds) needs each list field's merge key from the Kubernetes schemas, and server-side apply needs
-    /// managed fields: both are refused with 415 so clients can fall back to `--type=merge`.
+    /// A PATCH in any of the [`PatchType`]s, applied to the current object (read again on a lost race when the
+    /// patch carries no resourceVersion of its own).
     pub(super) async fn patch(
         &self,
         target: &Target,
@@ -85,70 +42,12 @@ impl<S: Store> Server<S> {
         patch: Value,
         field_validation: Option<&str>,
     ) -> Result<WithWarnings, ApiError> {
-        let media = content_type.split(';').next().unwrap_or("").trim();
-        if media != "application/merge-patch+json" {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format ({media}): only application/merge-patch+json is accepted (kubectl patch --type=merge)"),
-            ));
-        }
-        let explicit =
-            patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-        self.update_with(target, field_validation, explicit, |old| Ok(merge_patch(old.clone(), &patch))).await
+        let kind = PatchType::from_content_type(content_type)?;
+        let explicit = kind.sets_resource_version(&patch);
+        self.update_with(target, field_validation, explicit, |old| kind.apply(old.clone(), &patch)).await
     }
 
-    pub(super) async fn delete(&self, target: &Target, options: &Value) -> Result<Value, ApiError> {
-        let (res, name) = (target.resource, target.name.as_deref().unwrap_or(""));
-        let precondition = |f: &str| options.pointer(&format!("/preconditions/{f}")).and_then(Value::as_str);
-        for attempt in 0.. {
-            let kv = self.current(target).await?;
-            let obj = object_from(&kv)?;
-            for (field, actual) in
-                [("resourceVersion", meta_str(&obj, "resourceVersion")), ("uid", meta_str(&obj, "uid"))]
-            {
-                if let Some(wanted) = precondition(field) {
-                    if wanted != actual {
-                        return Err(ApiError::new(
-                            StatusCode::CONFLICT,
-                            "Conflict",
-                            format!("Precondition failed: {field} in precondition: {wanted}, {field} in object meta: {actual}"),
-                        )
-                        .on(res, name));
-                    }
-                }
-            }
-            if res.kind == Kind::Namespace {
-                self.check_namespace_empty(name).await?;
-            }
-            match self.store.delete(&kv.key, kv.mod_revision).await {
-                Ok(_) => return Ok(obj),
-                Err(StoreError::Conflict { .. }) if precondition("resourceVersion").is_none() && attempt < RETRIES => {}
-                Err(e) => return Err(ApiError::from_store(res, name, e)),
-            }
-        }
-        Err(ApiError::conflict(res, name))
-    }
-
-    /// Namespaces are deleted only once empty: deleting what is in them (Kubernetes' namespace controller)
-    /// is a controller of a later slice, and leaving orphans behind would be worse than refusing.
-    async fn check_namespace_empty(&self, ns: &str) -> Result<(), ApiError> {
-        for res in RESOURCES.iter().filter(|r| r.namespaced) {
-            let (items, _) =
-                self.store.list(&res.prefix(Some(ns))).await.map_err(|e| ApiError::from_store(res, ns, e))?;
-            if !items.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    format!("namespace \"{ns}\" still holds {} {}: delete them first", items.len(), res.plural),
-                )
-                .on(&RESOURCES[0], ns));
-            }
-        }
-        Ok(())
-    }
-
-    async fn current(&self, target: &Target) -> Result<KeyValue, ApiError> {
+    pub(super) async fn current(&self, target: &Target) -> Result<KeyValue, ApiError> {
         let (res, name) = (target.resource, target.name.as_deref().unwrap_or(""));
         let key = res.key(target.namespace.as_deref(), name);
         self.store
@@ -160,7 +59,7 @@ impl<S: Store> Server<S> {
 
     /// Reads the object, builds its new version with `make`, and writes it if the object did not change in
     /// between; retried when it did and the caller gave no resourceVersion of its own.
-    async fn update_with(
+    pub(super) async fn update_with(
         &self,
         target: &Target,
         field_validation: Option<&str>,
@@ -231,7 +130,7 @@ pub(super) fn set_resource_version(obj: &mut Value, rev: i64) {
 }
 
 /// Checks the request's object against the URL (kind, name, namespace) and fills what the URL implies.
-fn prepare(target: &Target, mut obj: Value) -> Result<Value, ApiError> {
+pub(super) fn prepare(target: &Target, mut obj: Value) -> Result<Value, ApiError> {
     let res = target.resource;
     if !obj.is_object() {
         return Err(ApiError::bad_request("the body must be a JSON object"));
@@ -277,7 +176,12 @@ fn prepare(target: &Target, mut obj: Value) -> Result<Value, ApiError> {
 
 /// Decodes and checks the object; unknown fields fail under `fieldValidation=Strict` (kubectl's default),
 /// are dropped silently under `Ignore`, and are dropped with a warning otherwise.
-fn validated(res: &Resource, name: &str, obj: Value, field_validation: Option<&str>) -> Result<WithWarnings, ApiError> {
+pub(super) fn validated(
+    res: &Resource,
+    name: &str,
+    obj: Value,
+    field_validation: Option<&str>,
+) -> Result<WithWarnings, ApiError> {
     let checked = check(res.kind, obj).map_err(|e| ApiError::invalid(res, name, e))?;
     let unknown: Vec<String> = checked.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
     match field_validation {
@@ -323,26 +227,7 @@ fn carry_server_fields(res: &Resource, old: &Value, new: Value, subresource: Opt
     out
 }
 
-/// RFC 7386: objects merge key by key, `null` deletes, anything else replaces.
-fn merge_patch(mut target: Value, patch: &Value) -> Value {
-    let Value::Object(fields) = patch else { return patch.clone() };
-    if !target.is_object() {
-        target = Value::Object(Map::new());
-    }
-    if let Value::Object(t) = &mut target {
-        for (k, v) in fields {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                let merged = merge_patch(t.remove(k).unwrap_or(Value::Null), v);
-                t.insert(k.clone(), merged);
-            }
-        }
-    }
-    target
-}
-
-fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+pub(super) fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
     let mut obj = obj.clone();
     metadata(&mut obj).remove("resourceVersion");
     serde_json::to_vec(&obj)
@@ -354,7 +239,7 @@ pub(super) fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 }
 
 /// `obj.metadata` as a map, created when missing (callers have checked `obj` is an object).
-fn metadata(obj: &mut Value) -> &mut Map<String, Value> {
+pub(super) fn metadata(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         set(obj, "metadata", json!({}));
     }
@@ -364,26 +249,14 @@ fn metadata(obj: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
-fn set(obj: &mut Value, field: &str, value: Value) {
+pub(super) fn set(obj: &mut Value, field: &str, value: Value) {
     if let Value::Object(m) = obj {
         m.insert(field.into(), value);
     }
 }
 
-fn remove(obj: &mut Value, field: &str) {
+pub(super) fn remove(obj: &mut Value, field: &str) {
     if let Value::Object(m) = obj {
         m.remove(field);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    #[test]
-    fn merge_patch_follows_rfc7386() {
-        let doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
-        let patch = json!({"a": "z", "c": {"f": null}, "l": [3]});
-        assert_eq!(super::merge_patch(doc, &patch), json!({"a": "z", "c": {"d": "e"}, "l": [3]}));
     }
 }

@@ -91,7 +91,8 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 
 pub(crate) fn name(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
-        return Err(invalid(field, "Required value: name is required"));
+        let what = if field == "metadata.name" { "name or generateName" } else { "name" };
+        return Err(invalid(field, format!("Required value: {what} is required")));
     }
     if !is_dns_label(value, 63) {
         return Err(invalid(
@@ -154,7 +155,7 @@ pub(crate) fn check_pod_spec(pod: &Pod, at: &str) -> Result<(), ValidationError>
 
 fn check_event(event: &Event) -> Result<(), ValidationError> {
     if event.metadata.name.is_empty() {
-        return Err(invalid("metadata.name", "Required value: name is required"));
+        return Err(invalid("metadata.name", "Required value: name or generateName is required"));
     }
     let ns = event.metadata.namespace.as_deref();
     if event.involved_object.namespace.is_some() && event.involved_object.namespace.as_deref() != ns {

@@ -1,5 +1,10 @@
 //! The server's rules on the in-memory store: 409 on a stale write, 410 for a compacted revision, validation
-//! naming the field with nothing stored, watch resume, paths and authentication.
+//! naming the field with nothing stored, watch resume, paths and authentication; by topic in the submodules.
+
+mod create;
+mod delete;
+mod patch;
+mod workloads;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,36 +17,36 @@ use super::{router, Server, Target};
 use crate::resources::{Resource, RESOURCES};
 use crate::store::memory::Memory;
 
-const TOKEN: &str = "t0ken";
+pub(super) const TOKEN: &str = "t0ken";
 
-async fn server() -> Arc<Server<Memory>> {
+pub(super) async fn server() -> Arc<Server<Memory>> {
     let s = Server::new(Memory::default(), TOKEN.into());
     s.bootstrap().await.expect("bootstrap");
     s
 }
 
-fn pods(ns: &str) -> Target {
+pub(super) fn pods(ns: &str) -> Target {
     Target::collection(&RESOURCES[2], Some(ns))
 }
 
-fn pod_target(name: &str) -> Target {
+pub(super) fn pod_target(name: &str) -> Target {
     Target { name: Some(name.into()), ..pods("default") }
 }
 
-fn pod(name: &str) -> Value {
+pub(super) fn pod(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
            "spec": {"containers": [{"name": "srv", "command": ["sleep", "1"]}]}})
 }
 
-fn rv(obj: &Value) -> i64 {
+pub(super) fn rv(obj: &Value) -> i64 {
     obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("resourceVersion")
 }
 
-fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+pub(super) fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-async fn watch_events(
+pub(super) async fn watch_events(
     s: &Server<Memory>,
     target: &Target,
     q: &[(&str, &str)],
@@ -150,11 +155,11 @@ async fn a_watch_resumes_from_a_revision_and_a_compacted_one_is_gone() {
 }
 
 #[tokio::test]
-async fn patches_other_than_merge_are_refused() {
+async fn server_side_apply_is_refused() {
     let s = server().await;
     s.create(&pods("default"), pod("web"), None).await.expect("create");
-    let err = s.patch(&pod_target("web"), "application/strategic-merge-patch+json", json!({}), None).await;
-    assert_eq!(err.expect_err("strategic").code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let err = s.patch(&pod_target("web"), "application/apply-patch+yaml", json!({}), None).await;
+    assert_eq!(err.expect_err("server-side apply").code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
 #[test]
@@ -194,4 +199,39 @@ async fn every_request_needs_the_token() {
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
     let list: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!((list["kind"].as_str(), list["items"].as_array().map(Vec::len)), (Some("NamespaceList"), Some(3)));
+}
+
+/// The collection (or, with a name, the object) of `plural` in namespace `default`.
+pub(super) fn target(plural: &str, name: Option<&str>) -> Target {
+    let res = RESOURCES.iter().find(|r| r.plural == plural).expect("served");
+    Target { name: name.map(str::to_string), ..Target::collection(res, Some("default")) }
+}
+
+/// A Deployment (or, with `kind` ReplicaSet, a ReplicaSet) of `replicas` pods labelled `app: NAME`.
+pub(super) fn workload(kind: &str, name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name},
+           "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}},
+                                 "spec": {"containers": [{"name": "srv", "command": ["sleep", "1d"]}]}}}})
+}
+
+/// A request through the router with the token: the status and the JSON answer.
+pub(super) async fn request(
+    s: &Arc<Server<Memory>>,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", content_type)
+        .body(body.map_or_else(axum::body::Body::empty, |b| axum::body::Body::from(b.to_string())))
+        .expect("request");
+    let resp = router(Arc::clone(s)).oneshot(req).await.expect("response");
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
