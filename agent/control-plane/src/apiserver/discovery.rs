@@ -86,6 +86,10 @@ pub(super) fn group_version(group: &str, version: &str) -> Option<Response> {
             list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
                              "kind": r.kind_name, "verbs": ["get", "patch", "update"]}));
         }
+        if r.kind == crate::resources::Kind::Pod {
+            list.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding",
+                             "verbs": ["create"]}));
+        }
     }
     ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
 }
