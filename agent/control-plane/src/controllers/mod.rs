@@ -2,6 +2,7 @@
 //! any other client, and run on one control-plane member at a time.
 
 pub mod events;
+pub mod node_lifecycle;
 pub mod scheduler;
 
 use std::sync::Arc;
