@@ -24,8 +24,12 @@ use apiserver_lab::ApiLab;
 use fake_cluster::{add_node, pod, wait_for};
 
 fn start_scheduler(api: std::sync::Arc<Client>) -> tokio::task::JoinHandle<()> {
+    start_scheduler_with(api, SchedulerConfig::default())
+}
+
+fn start_scheduler_with(api: std::sync::Arc<Client>, config: SchedulerConfig) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let err = scheduler::run(Context::new(api, "test"), SchedulerConfig::default()).await;
+        let err = scheduler::run(Context::new(api, "test"), config).await;
         panic!("the scheduler stopped: {err:?}");
     })
 }
@@ -74,6 +78,36 @@ async fn thirty_pods_of_one_replica_set_spread_ten_per_node() {
         wait_for("the Scheduled event", 10, || async { events(&api, "web-7", "Scheduled").await.into_iter().next() })
             .await;
     assert_eq!(ev.message.as_deref(), Some(format!("Successfully assigned default/web-7 to {node}").as_str()));
+}
+
+#[tokio::test]
+async fn a_burst_does_not_overcommit_a_node() {
+    let lab = ApiLab::start().await;
+    let api = lab.client();
+    for n in ["n1", "n2", "n3"] {
+        add_node(&api, n, 2, &[]).await;
+    }
+    for i in 0..7 {
+        api.create(&paths::pods(Some("default")), &pod(&format!("one-cpu-{i}"), Some("rs"), Some("1"), None))
+            .await
+            .unwrap();
+    }
+    // All seven are pending when the scheduler starts: its bindings run concurrently.
+    let _scheduler = start_scheduler(api.clone());
+    let all = wait_for("six bound and one unschedulable", 15, || async {
+        let all = pods(&api).await;
+        let unschedulable = all.iter().filter(|p| scheduled(p).is_some_and(|c| c.0 == "False")).count();
+        let bound = all.iter().filter(|p| p.spec.node_name.is_some()).count();
+        (bound + unschedulable == 7).then_some(all)
+    })
+    .await;
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in all.iter().filter_map(|p| p.spec.node_name.clone()) {
+        *per_node.entry(p).or_default() += 1;
+    }
+    assert_eq!(per_node, BTreeMap::from([("n1".into(), 2), ("n2".into(), 2), ("n3".into(), 2)]));
+    let left = all.iter().find(|p| p.spec.node_name.is_none()).unwrap();
+    assert_eq!(scheduled(left).and_then(|c| c.2).as_deref(), Some("0/3 nodes are available: 3 Insufficient cpu."));
 }
 
 #[tokio::test]
@@ -155,7 +189,7 @@ async fn a_binding_sets_the_node_once_and_updates_cannot_move_a_pod() {
 
 /// `cargo test --release -p testbed-control-plane --test scheduler -- --ignored --nocapture throughput`:
 /// 1,000 pending pods (created before the scheduler starts) on 3 fake nodes, timed from the scheduler's
-/// start to the watch showing the last one bound.
+/// start to the watch showing the last one bound. `TESTBED_SCHED_PARALLEL` sets the bindings in flight (16).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run explicitly"]
 async fn throughput() {
@@ -179,8 +213,13 @@ async fn throughput() {
     println!("{PODS} pods created in {:?}", created.elapsed());
     let mut watch = list_watch::<Pod>(api.clone(), &paths::pods(None), &[]);
     assert!(matches!(watch.next().await, Some(Ok(Change::Listed(_)))));
+    let mut config = SchedulerConfig::default();
+    if let Some(n) = std::env::var("TESTBED_SCHED_PARALLEL").ok().and_then(|v| v.parse().ok()) {
+        config.parallel_binds = n;
+    }
+    let parallel = config.parallel_binds;
     let start = Instant::now();
-    let _scheduler = start_scheduler(api.clone());
+    let scheduler = start_scheduler_with(api.clone(), config);
     let mut bound = HashSet::new();
     while bound.len() < PODS {
         let change = tokio::time::timeout(Duration::from_secs(60), watch.next()).await.unwrap().unwrap().unwrap();
@@ -191,5 +230,10 @@ async fn throughput() {
         }
     }
     let took = start.elapsed();
-    println!("{PODS} pods bound in {took:?}: {:.0} pods/s", PODS as f64 / took.as_secs_f64());
+    println!(
+        "{PODS} pods bound in {took:?} ({parallel} bindings in flight): {:.0} pods/s",
+        PODS as f64 / took.as_secs_f64()
+    );
+    // Before etcd goes away with the lab.
+    scheduler.abort();
 }

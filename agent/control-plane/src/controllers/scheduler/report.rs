@@ -18,7 +18,11 @@ pub async fn bind(ctx: &Context, pod: &Pod, node: &str) -> Result<(), ClientErro
     let name = &pod.metadata.name;
     ctx.client.bind(namespace, name, node).await?;
     let message = format!("Successfully assigned {namespace}/{name} to {node}");
-    ctx.events.record(Kind::Pod, pod, COMPONENT, EventType::Normal, "Scheduled", &message).await;
+    // In a task of its own, as client-go's event broadcaster does: the next binding need not wait for it.
+    let (events, pod) = (ctx.events.clone(), pod.clone());
+    tokio::spawn(
+        async move { events.record(Kind::Pod, &pod, COMPONENT, EventType::Normal, "Scheduled", &message).await },
+    );
     Ok(())
 }
 

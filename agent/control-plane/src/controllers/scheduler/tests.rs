@@ -101,9 +101,10 @@ fn siblings_spread_then_least_allocated_then_a_stable_tie_break() {
     let mut usage = vec![filter::Usage::default(); 3];
     usage[0].add(&Demand::of(&pod("s1", &[], &[], Some("rs"))));
     usage[1].add(&Demand::of(&pod("big", &[("cpu", "3")], &[], None)));
+    usage[2].add(&Demand::of(&pod("mid", &[("cpu", "1")], &[], None)));
     let feasible: Vec<_> = nodes.iter().zip(&usage).collect();
     let web = Demand::of(&pod("web", &[], &[], Some("rs")));
-    // n1 has a sibling, n2 is busier: n3.
+    // n1 is the least allocated but holds a sibling; of the others, n3 is less allocated than n2.
     assert_eq!(score::pick(&web, "default/web", &feasible).map(|n| n.name.as_str()), Some("n3"));
     // Three empty nodes: the hash of the name decides, the same way every time, not always the first.
     let empty = vec![filter::Usage::default(); 3];
