@@ -1,6 +1,6 @@
 //! Objects of the cluster control plane in the Kubernetes wire format (JSON field names, `apiVersion`/`kind`,
 //! `metadata`, `spec`, `status`): Namespace, Node, Pod, Event, Lease (`coordination.k8s.io/v1`), ReplicaSet
-//! and Deployment (`apps/v1`) with their `Scale`, and the `Status` every error answer carries.
+//! and Deployment (`apps/v1`) with their `Scale`, and the `Status` every error answer carries, and the `Binding` the scheduler posts.
 //!
 //! They are a subset of the Kubernetes schemas: the fields testbed acts on. Standard clients (kubectl, kube-rs
 //! with k8s-openapi) read and write them unchanged; a field outside the subset is refused when the client asks
@@ -9,6 +9,7 @@
 //! small (docs/architecture.md has the measurements).
 
 mod apps;
+mod binding;
 mod cluster;
 mod coordination;
 mod event;
@@ -17,6 +18,7 @@ mod pod;
 mod status;
 
 pub use apps::*;
+pub use binding::*;
 pub use cluster::*;
 pub use coordination::*;
 pub use event::*;

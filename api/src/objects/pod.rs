@@ -53,6 +53,10 @@ pub struct PodSpec {
     /// The pod may only be placed on a node carrying all these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// The scheduler that places the pod; `default-scheduler` when left out. Other schedulers' pods are
+    /// left alone by testbed's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
 }
 
 /// `spec.template` of a ReplicaSet or Deployment: the metadata and spec of the pods it makes.

@@ -91,6 +91,10 @@ pub(super) fn group_version(group: &str, version: &str) -> Option<Response> {
                              "group": "autoscaling", "version": "v1", "kind": "Scale",
                              "verbs": ["get", "patch", "update"]}));
         }
+        if r.kind == crate::resources::Kind::Pod {
+            list.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding",
+                             "verbs": ["create"]}));
+        }
     }
     ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
 }

@@ -4,6 +4,7 @@
 //! `/api/v1/namespaces/NS/pods` (a collection) share a prefix that a path-pattern router cannot tell apart
 //! without backtracking.
 
+mod binding;
 mod create;
 mod delete;
 mod discovery;
@@ -44,7 +45,7 @@ pub struct Target {
     pub namespace: Option<String>,
     /// The object's name; none for the collection.
     pub name: Option<String>,
-    /// `status` or `scale` for those subresources.
+    /// `status`, `scale` (deployments, replicasets) or `binding` (pods): the subresource addressed.
     pub subresource: Option<String>,
 }
 
@@ -95,6 +96,9 @@ impl Target {
             [name] => (Some(name.to_string()), None),
             [name, "status"] if resource.has_status => (Some(name.to_string()), Some("status".to_string())),
             [name, "scale"] if scale::scalable(resource) => (Some(name.to_string()), Some("scale".to_string())),
+            [name, "binding"] if resource.kind == crate::resources::Kind::Pod => {
+                (Some(name.to_string()), Some("binding".to_string()))
+            }
             _ => return Err(unknown()),
         };
         if resource.namespaced && namespace.is_none() && name.is_some() {
@@ -165,6 +169,12 @@ async fn route<S: Store>(
         return server.scale(method, &target, headers, &body, field_validation).await;
     }
     let json = |v: serde_json::Value, code: StatusCode| (code, axum::Json(v)).into_response();
+    if target.subresource.as_deref() == Some("binding") {
+        return match *method {
+            Method::POST => Ok(json(server.bind(&target, parse_body(&body)?).await?, StatusCode::CREATED)),
+            _ => Err(method_not_allowed(method)),
+        };
+    }
     match (method.clone(), target.name.is_some()) {
         (Method::GET, false) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             server.watch(&target, query).await
@@ -191,12 +201,16 @@ async fn route<S: Store>(
             let options = delete::delete_options(&body, query)?;
             Ok(json(server.delete(&target, &options).await?, StatusCode::OK))
         }
-        _ => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("the server does not allow this method on the requested resource: {method}"),
-        )),
+        _ => Err(method_not_allowed(method)),
     }
+}
+
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("the server does not allow this method on the requested resource: {method}"),
+    )
 }
 
 fn not_found() -> ApiError {

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::patch::PatchType;
 use super::{ApiError, Server, Target};
-use crate::resources::Resource;
+use crate::resources::{Kind, Resource};
 use crate::store::{KeyValue, Store};
 use crate::validation::check;
 
@@ -99,6 +99,9 @@ impl<S: Store> Server<S> {
             }
         }
         let (new, warnings) = validated(res, name, new, field_validation)?;
+        if res.kind == Kind::Pod && target.subresource.is_none() {
+            super::binding::check_pod_update(target, &old, &new)?;
+        }
         let mut merged = carry_server_fields(res, &old, new, target.subresource.as_deref());
         let mut unchanged = old.clone();
         metadata(&mut unchanged).remove("resourceVersion");

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use testbed_api::objects::{Deployment, Event, Lease, Namespace, Node, ObjectMeta, Pod, ReplicaSet, Status};
+use testbed_api::objects::{Binding, Deployment, Event, Lease, Namespace, Node, ObjectMeta, Pod, ReplicaSet, Status};
 
 pub use crate::meta::{now_rfc3339, now_rfc3339_micro, now_seconds, parse_rfc3339};
 pub use watch::{list_watch, Change, WatchEvent};
@@ -256,6 +256,14 @@ impl Client {
     ) -> Result<Pod, ClientError> {
         let path = format!("{}/status", paths::pod(namespace, name));
         self.merge_patch(&path, &serde_json::json!({ "status": status })).await
+    }
+
+    /// Binds pod `name` of `namespace` to `node` (the `pods/binding` subresource): 409 when it is bound
+    /// already.
+    pub async fn bind(&self, namespace: &str, name: &str, node: &str) -> Result<(), ClientError> {
+        let path = format!("{}/binding", paths::pod(namespace, name));
+        let binding = Binding::to_node(namespace, name, node);
+        self.call::<serde_json::Value>(Method::POST, &path, Self::json(&binding)).await.map(drop)
     }
 
     /// Replaces a node's `status` (the `nodes/status` subresource), 409 when `node` is stale.

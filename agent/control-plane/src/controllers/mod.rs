@@ -2,6 +2,8 @@
 //! any other client, and run on one control-plane member at a time.
 
 pub mod events;
+pub mod node_lifecycle;
+pub mod scheduler;
 
 use std::sync::Arc;
 
