@@ -373,7 +373,7 @@ fn tun_stats(node: &Node) -> [u64; 5] {
 }
 
 #[tokio::test]
-async fn udp_backend_carries_tcp_whole_in_gso_frames_without_loss() {
+async fn udp_backend_carries_tcp_whole_in_gso_units_without_loss() {
     testbed_test_support::require_root!();
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::new().await;
@@ -384,7 +384,6 @@ async fn udp_backend_carries_tcp_whole_in_gso_frames_without_loss() {
     let rcvbuf_errors = |n: &Node| snmp(&n.ns, "Udp", "RcvbufErrors") + snmp(&n.ns, "Udp", "InErrors");
     let errors_before = [rcvbuf_errors(a), rcvbuf_errors(b)];
     let [tx_before, _, _, _, _] = tun_stats(a);
-    let (frags_before, reasm_before) = (snmp(&a.ns, "Ip", "FragCreates"), snmp(&b.ns, "Ip", "ReasmOKs"));
 
     // 32 MB of bytes that differ at every position, so that a dropped, repeated or shifted segment shows.
     const LEN: usize = 32 << 20;
@@ -408,20 +407,14 @@ async fn udp_backend_carries_tcp_whole_in_gso_frames_without_loss() {
     let (got_len, got) = server.join().expect("server");
     assert_eq!((got_len, got), (LEN, want), "the transfer arrived altered");
 
-    // GSO: the kernel handed the forwarder TCP in units larger than the pod MTU (one read each), and each unit
-    // crossed the underlay (MTU 1500) as one frame: a's kernel fragmented it, b's reassembled it.
+    // GSO: the kernel handed the forwarder TCP in units larger than the pod MTU (one read each). That each
+    // unit leaves as packets of at most the pod MTU, one per datagram, is gso_tests' part: here the UDP GSO
+    // send crosses the veth underlay unsegmented, so no counter would show the datagrams.
     let [tx_pkts, tx_bytes, _, _, tx_dropped] = tun_stats(a);
     let [_, _, rx_pkts, rx_bytes, _] = tun_stats(b);
     let reads = tx_pkts - tx_before;
     assert!(tx_bytes / tx_pkts > 1472 * 4, "flannel0 reads average {} bytes: no TSO", tx_bytes / tx_pkts);
-    let frags = snmp(&a.ns, "Ip", "FragCreates") - frags_before;
-    let frames = snmp(&b.ns, "Ip", "ReasmOKs") - reasm_before;
-    println!(
-        "{reads} TUN reads on a; {frames} frames of {frags} fragments; {rx_pkts} TUN writes on b, {} bytes on average",
-        rx_bytes / rx_pkts.max(1)
-    );
-    assert!(frames * 2 > reads, "{frames} reassembled frames for {reads} TUN reads: TCP did not cross as frames");
-    assert!(frags > frames * 4, "{frags} fragments for {frames} frames: frames smaller than a few packets");
+    println!("{reads} TUN reads on a; {rx_pkts} TUN writes on b, {} bytes on average", rx_bytes / rx_pkts.max(1));
     // Loss: the 4 MB socket buffers absorb the bursts, and the forwarder keeps up with the TUN's queue.
     assert_eq!([rcvbuf_errors(a), rcvbuf_errors(b)], errors_before, "UDP receive errors (buffer overflow)");
     assert_eq!(tx_dropped, 0, "flannel0 dropped packets the forwarder did not read in time");

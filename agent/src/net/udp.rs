@@ -1,10 +1,9 @@
 //! flannel's `udp` backend: the TUN device `flannel0` and the userspace forwarder that carries IP packets
 //! between it and UDP port 8285 of the peers. Two blocking threads (TUN -> UDP, UDP -> TUN) make the fast
 //! path: they read in a loop and only `poll` (together with a stop pipe) when a non-blocking read finds
-//! nothing. Under TCG a syscall, a copy and a checksum pass cost more than anything else, so TCP crosses in
-//! 64 KB GSO units: one TUN read and one send of a `frame` (one UDP datagram, fragmented and reassembled by
-//! the kernels) out, one receive and one TUN write in. Everything else keeps flannel's format, one IP packet per
-//! datagram, and packets from a peer that sends that format are merged per flow (`gso`) before the TUN.
+//! nothing. Under TCG a syscall and a NIC kick cost more than the bytes, so the forwarder moves TCP in 64 KB
+//! GSO units (`gso`): one TUN read and one UDP GSO send out, one drain of the socket and one TUN write per
+//! merged flow in, while every datagram on the wire stays one IP packet as flannel sends it.
 //!
 //! The TUN is not persistent: it belongs to the fd opened here, so stopping the forwarder removes `flannel0`
 //! from the kernel, and a crashed agent leaves nothing behind.
@@ -18,13 +17,11 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use ipnet::Ipv4Net;
-use nix::sys::socket::SockaddrIn;
 
 use super::plan::{TUN_DEV, UDP_PORT};
 use super::NetError;
 use gso::{VnetHdr, VNET_HDR_LEN};
 
-mod frame;
 mod gso;
 
 /// Peer pod subnets and where to send their packets.
@@ -115,8 +112,8 @@ fn open_tun(name: &str) -> Result<File, NetError> {
     if rc < 0 {
         return Err(NetError::io(format!("TUNSETIFF {name}"), std::io::Error::last_os_error()));
     }
-    // The kernel may now hand over partial checksums and TCP/IPv4 segments up to 64 KB (`frame` carries them,
-    // `gso` completes the checksums of single packets). No TSO6/USO: flannel's udp backend carries IPv4 only, and UDP is sent as the pods wrote it.
+    // The kernel may now hand over partial checksums and TCP/IPv4 segments up to 64 KB (`gso` completes and
+    // cuts them). No TSO6/USO: flannel's udp backend carries IPv4 only, and UDP is sent as the pods wrote it.
     let offload = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
     // SAFETY: TUNSETOFFLOAD takes its flags by value; the fd is an attached TUN.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD as _, offload as libc::c_ulong) };
@@ -127,8 +124,8 @@ fn open_tun(name: &str) -> Result<File, NetError> {
     Ok(file)
 }
 
-/// Larger buffers, UDP GRO and no UDP checksums. Each is an optimisation the forwarder works without (an older
-/// kernel, a lower rmem_max), so a refusal is logged and not an error.
+/// Larger buffers and UDP GRO. Each is an optimisation the forwarder works without (an older kernel, a
+/// lower rmem_max), so a refusal is logged and not an error.
 fn tune_socket(sock: &UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
     // The FORCE variants pass net.core.[rw]mem_max (the agent runs as root); the plain ones are the fallback.
@@ -140,23 +137,6 @@ fn tune_socket(sock: &UdpSocket) {
     }
     if let Err(e) = setsockopt(sock, sockopt::UdpGroSegment, &true) {
         tracing::info!("udp backend: no UDP GRO on :{UDP_PORT} ({e}); one receive per datagram");
-    }
-    // A frame is fragmented, so no NIC can checksum it: the kernel would sum 64 KB in software on both ends.
-    // IPv4 allows a zero UDP checksum, and vxlan sends none either (the inner packets carry their own).
-    let off: libc::c_int = 1;
-    // SAFETY: SO_NO_CHECK reads one int from the pointer given with its size; the socket is open.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NO_CHECK,
-            std::ptr::from_ref(&off).cast(),
-            std::mem::size_of_val(&off) as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::info!("udp backend: UDP checksums stay on :{UDP_PORT} ({e})");
     }
 }
 
@@ -186,18 +166,21 @@ fn wait_readable(fd: BorrowedFd<'_>, stop: &OwnedFd) -> bool {
 
 /// Room for one TUN read: the virtio header and the largest (GSO) IP packet.
 const MAX_PACKET: usize = 65536;
-/// UDP payload limit of one send (65535 - IP 20 - UDP 8): a frame must fit.
+/// UDP payload limit of one send (65535 - IP 20 - UDP 8), which a GSO send must respect as a whole.
 const MAX_UDP_PAYLOAD: usize = 65507;
+/// Segments per UDP GSO send (the kernel's UDP_MAX_SEGMENTS on the guests' 6.1 kernels).
+const MAX_GSO_SEGMENTS: usize = 64;
 /// How much the receiver drains from the socket before writing to the TUN: several GRO batches, so that
 /// datagrams the NIC did not coalesce still merge here.
 const RX_ARENA: usize = 4 * MAX_PACKET;
-/// Socket buffers: a 64 KB burst is ~45 datagrams or fragments, and the guest's default (208 KB) overflowed
-/// under TCG, where the forwarder thread is often descheduled for a whole tick.
+/// Socket buffers: a 64 KB burst is ~45 datagrams, and the guest's default (208 KB) overflowed under TCG,
+/// where the forwarder thread is often descheduled for a whole tick.
 const SOCK_BUF: usize = 4 << 20;
 
 fn tun_to_udp(tun: &File, sock: &UdpSocket, stop: &OwnedFd, peers: &RwLock<PeerTable>, alive: &AtomicBool) {
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
     let mut headers = Vec::new();
+    let mut gso = true;
     loop {
         match (&*tun).read(&mut buf) {
             Ok(n) if n >= VNET_HDR_LEN + 20 => {
@@ -211,25 +194,11 @@ fn tun_to_udp(tun: &File, sock: &UdpSocket, stop: &OwnedFd, peers: &RwLock<PeerT
                 };
                 // No peer owns the destination: drop, as flannel does.
                 let Some(ip) = target else { continue };
-                let to = SockaddrIn::from(SocketAddrV4::new(ip, UDP_PORT));
-                let hdr = VnetHdr::parse(&h);
-                // A failed send is a lost packet, as on any link; TCP recovers.
-                if frame::carries(&hdr) && frame::FRAME_HDR_LEN + pkt.len() <= MAX_UDP_PAYLOAD {
-                    let head = frame::header(&hdr);
-                    let _ = send(sock, &to, &[IoSlice::new(&head), IoSlice::new(pkt)]);
-                    continue;
-                }
-                match gso::prepare_out(hdr, pkt, &mut headers) {
-                    gso::Out::Whole => drop(send(sock, &to, &[IoSlice::new(pkt)])),
-                    // Only a GSO packet too large for one frame (IPv4's 64 KB less the frame header) comes
-                    // here: it leaves as the packets the kernel would have sent, one datagram each.
+                let to = SocketAddrV4::new(ip, UDP_PORT);
+                match gso::prepare_out(VnetHdr::parse(&h), pkt, &mut headers) {
+                    gso::Out::Whole => drop(sock.send_to(pkt, to)),
                     gso::Out::Segments { hlen, mss, count } => {
-                        for i in 0..count {
-                            let start = hlen + i * mss;
-                            let body = &pkt[start..(start + mss).min(pkt.len())];
-                            let head = &headers[i * hlen..(i + 1) * hlen];
-                            let _ = send(sock, &to, &[IoSlice::new(head), IoSlice::new(body)]);
-                        }
+                        send_segments(sock, to, pkt, &headers, (hlen, mss, count), &mut gso)
                     }
                     gso::Out::Drop => {}
                 }
@@ -250,13 +219,44 @@ fn tun_to_udp(tun: &File, sock: &UdpSocket, stop: &OwnedFd, peers: &RwLock<PeerT
     }
 }
 
-/// One datagram of the gathered `iov`, without copying it together first.
-fn send(sock: &UdpSocket, to: &SockaddrIn, iov: &[IoSlice<'_>]) -> nix::Result<usize> {
-    nix::sys::socket::sendmsg(sock.as_raw_fd(), iov, &[], nix::sys::socket::MsgFlags::empty(), Some(to))
+/// Sends the segments of one TUN read, one datagram each, in as few syscalls as UDP GSO allows. Without UDP
+/// GSO (`gso` turns false on the first refusal, e.g. a NIC without checksum offload) one send per segment.
+fn send_segments(
+    sock: &UdpSocket,
+    to: SocketAddrV4,
+    pkt: &[u8],
+    headers: &[u8],
+    (hlen, mss, count): (usize, usize, usize),
+    gso: &mut bool,
+) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+    let addr = SockaddrIn::from(to);
+    let seg = |i: usize| {
+        let start = hlen + i * mss;
+        [IoSlice::new(&headers[i * hlen..(i + 1) * hlen]), IoSlice::new(&pkt[start..(start + mss).min(pkt.len())])]
+    };
+    let per_send = if *gso { (MAX_UDP_PAYLOAD / (hlen + mss)).clamp(1, MAX_GSO_SEGMENTS) } else { 1 };
+    let size = (hlen + mss) as u16;
+    let mut i = 0;
+    while i < count {
+        let n = per_send.min(count - i);
+        let iov: Vec<IoSlice<'_>> = (i..i + n).flat_map(seg).collect();
+        let gso_cmsg = [ControlMessage::UdpGsoSegments(&size)];
+        let cmsgs: &[ControlMessage<'_>] = if n > 1 { &gso_cmsg } else { &[] };
+        match sendmsg(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), Some(&addr)) {
+            Err(e @ (nix::errno::Errno::EIO | nix::errno::Errno::EINVAL)) if n > 1 => {
+                tracing::warn!("udp backend: UDP GSO refused ({e}); sending one datagram per packet");
+                *gso = false;
+                return send_segments(sock, to, pkt, headers, (hlen, mss, count), gso);
+            }
+            // A failed send is a lost packet, as on any link; TCP recovers.
+            _ => i += n,
+        }
+    }
 }
 
 fn udp_to_tun(tun: &File, sock: &UdpSocket, stop: &OwnedFd, alive: &AtomicBool) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
     let mut arena = vec![0u8; RX_ARENA];
     // (start, length, datagram size): one receive, which UDP GRO may have made of several datagrams.
     let mut received: Vec<(usize, usize, usize)> = Vec::new();
@@ -297,30 +297,21 @@ fn udp_to_tun(tun: &File, sock: &UdpSocket, stop: &OwnedFd, alive: &AtomicBool) 
             }
             continue;
         }
+        merge.clear();
         for &(start, len, size) in &received {
-            for dgram in arena[start..start + len].chunks_mut(size.max(1)) {
-                // flannel's format: each datagram is one IPv4 packet; else one of our frames.
+            for dgram in arena[start..start + len].chunks(size.max(1)) {
+                // flannel's format: each datagram is one IPv4 packet.
                 if dgram.len() >= 20 && dgram[0] >> 4 == 4 {
                     merge.push(dgram);
-                } else if let Some(packet) = frame::open(dgram) {
-                    // What was merged so far goes first, so that a flow's packets keep their order.
-                    flush(tun, &mut merge);
-                    let _ = (&*tun).write(packet);
                 }
             }
         }
-        flush(tun, &mut merge);
+        merge.finish();
+        let mut start = 0;
+        for &end in &merge.ends {
+            // The TUN may refuse a packet (e.g. device down); that is a drop, not a reason to stop.
+            let _ = (&*tun).write(&merge.out[start..end]);
+            start = end;
+        }
     }
-}
-
-/// Writes what `merge` holds to the TUN and empties it.
-fn flush(tun: &File, merge: &mut gso::Coalescer) {
-    merge.finish();
-    let mut start = 0;
-    for &end in &merge.ends {
-        // The TUN may refuse a packet (e.g. device down); that is a drop, not a reason to stop.
-        let _ = (&*tun).write(&merge.out[start..end]);
-        start = end;
-    }
-    merge.clear();
 }

@@ -10,7 +10,7 @@
 
 /// Size of `struct virtio_net_hdr`, which precedes every packet on a TUN opened with `IFF_VNET_HDR`.
 pub const VNET_HDR_LEN: usize = 10;
-pub const F_NEEDS_CSUM: u8 = 1;
+const F_NEEDS_CSUM: u8 = 1;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 const TCP_FIN: u8 = 0x01;
