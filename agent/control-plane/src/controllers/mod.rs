@@ -1,13 +1,34 @@
-//! The control loops that make the cluster keep what it was told: they watch the API and write to it, like
-//! any other client, and run on one control-plane member at a time.
+//! The control loops that make the cluster keep what it was told (Kubernetes' kube-controller-manager):
+//! they watch the API and write to it like any other client, and run on one control-plane member at a
+//! time, the holder of the Lease `kube-system/testbed-controller-manager` ([`leader`]).
+//!
+//! Each loop keeps list+watch caches ([`cache`]) that feed a work queue of `namespace/name` keys
+//! ([`queue`]), reconciles a key from the caches, and (for the ReplicaSet controller) uses expectations
+//! ([`expectations`]) so a write is never repeated before its watch event arrives.
+//!
+//! The loops [`manager::run`] starts are the static list [`manager::LOOPS`], one line per loop: a loop is
+//! `pub async fn run(ctx: Context) -> Result<(), ClientError>` (or takes a config too, supplied in its
+//! line), so adding the scheduler or the node lifecycle controller is one line there.
 
+pub mod cache;
+pub mod deployment;
 pub mod events;
+pub mod expectations;
+pub mod gc;
+pub mod leader;
+pub mod manager;
+mod owners;
+mod podutil;
+pub mod queue;
+pub mod replicaset;
+mod worker;
 
 use std::sync::Arc;
 
 use crate::client::Client;
 
 pub use events::EventRecorder;
+use worker::{resync, work};
 
 /// What every control loop gets: the API client, where to report what it did, and who it is.
 #[derive(Clone)]
