@@ -11,6 +11,8 @@ use testbed_control_plane::tls::Credentials;
 use crate::common::{server_config, start_etcd, Killed};
 
 pub struct ApiLab {
+    // Each test file compiles this module on its own, and not every one reads etcd directly.
+    #[allow(dead_code)]
     pub etcd: Etcd,
     pub creds: Credentials,
     pub server: String,

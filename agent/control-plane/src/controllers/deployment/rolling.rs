@@ -5,7 +5,7 @@
 use testbed_api::objects::{Deployment, ReplicaSet};
 
 use super::util::{
-    available_count, max_unavailable, new_rs_new_replicas, replicas, rs_available, rs_replicas, spec_count,
+    max_unavailable, new_rs_new_replicas, replicas, rs_available, rs_available_within_size, rs_replicas, spec_count,
     InvalidIntOrPercent,
 };
 
@@ -56,7 +56,9 @@ pub fn cleanup_unhealthy(old: &mut [ReplicaSet], max_cleanup: i32) -> i32 {
             break;
         }
         let (size, available) = (rs_replicas(rs), rs_available(rs));
-        if size == 0 || size == available {
+        // A status from before the ReplicaSet was shrunk can show more available pods than its size:
+        // nothing unhealthy to clean then (Kubernetes errors out and retries).
+        if size == 0 || size <= available {
             continue;
         }
         let down = (max_cleanup - total).min(size - available);
@@ -72,7 +74,7 @@ pub fn scale_down_old(d: &Deployment, old: &mut [ReplicaSet], new: &ReplicaSet) 
     let min_available = replicas(d) - max_unavailable(d)?;
     let mut all: Vec<&ReplicaSet> = old.iter().collect();
     all.push(new);
-    let available = available_count(&all);
+    let available: i32 = all.iter().map(|rs| rs_available_within_size(rs)).sum();
     if available <= min_available {
         return Ok(0);
     }

@@ -95,6 +95,20 @@ pub fn max_unavailable(d: &Deployment) -> Result<i32, InvalidIntOrPercent> {
     Ok(fenceposts(d)?.1.min(replicas(d)))
 }
 
+/// The pods a ReplicaSet may have now: its size, or more while pods it was shrunk by are still being
+/// deleted (`status.replicas` still counts them). Stricter than Kubernetes, which counts the size only and
+/// so can exceed `maxSurge` while old pods terminate.
+pub fn rs_pods(rs: &ReplicaSet) -> i32 {
+    rs_replicas(rs).max(rs.status.as_ref().map_or(0, |s| s.replicas))
+}
+
+/// A ReplicaSet's available pods as far as its size allows: a status written before the ReplicaSet was
+/// shrunk still counts the pods being deleted (the least available go first, so this is what remains).
+/// Keeps a stale status from shrinking old ReplicaSets twice; Kubernetes takes the status as it is.
+pub fn rs_available_within_size(rs: &ReplicaSet) -> i32 {
+    rs_available(rs).min(rs_replicas(rs))
+}
+
 /// The sum of `spec.replicas` (`GetReplicaCountForReplicaSets`).
 pub fn spec_count(rss: &[&ReplicaSet]) -> i32 {
     rss.iter().map(|rs| rs_replicas(rs)).sum()
@@ -125,7 +139,7 @@ pub fn new_rs_new_replicas(
     if !is_rolling(d) {
         return Ok(replicas(d));
     }
-    let current = spec_count(all);
+    let current: i32 = all.iter().map(|rs| rs_pods(rs)).sum();
     let max_total = replicas(d) + max_surge(d)?;
     if current >= max_total {
         return Ok(rs_replicas(new_rs));
