@@ -132,11 +132,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_back_off() {
         let q = Queue::default();
+        // First failure: back in 10 ms.
         q.retry("k");
-        q.retry("k");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(q.len(), 0, "not before its delay");
+        tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(q.next().await, "k");
-        q.forget("k");
         q.done("k");
+        // Second failure in a row: 20 ms.
+        q.retry("k");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        assert_eq!(q.len(), 0, "the delay doubled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(q.len(), 1);
+        // Forgotten: back to 10 ms.
+        q.forget("k");
+        assert_eq!(q.next().await, "k");
+        q.done("k");
+        q.retry("k");
+        tokio::time::sleep(Duration::from_millis(11)).await;
+        assert_eq!(q.len(), 1);
     }
 }
