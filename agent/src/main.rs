@@ -1,7 +1,8 @@
 //! `testbed-agent`: runs in every guest and converges the node's kernel to a NodeSpec; runs pods.
 //!
 //! Subcommands: `serve` (the HTTP API), `apiserver` (the cluster control plane's API server, on a
-//! control-plane node: one static binary reaches every guest through the existing fast path), and hidden ones: `run-container` (container and exec launcher, run
+//! control-plane node: one static binary reaches every guest through the existing fast path),
+//! `controller-manager` (the control loops, beside the API server), and hidden ones: `run-container` (container and exec launcher, run
 //! by the agent itself) and `bench` (pod creation benchmark).
 
 mod bench;
@@ -33,6 +34,9 @@ enum Command {
     Serve(ServeArgs),
     /// Serve the cluster API (Kubernetes wire format) over etcd, on a control-plane node.
     Apiserver(ApiserverArgs),
+    /// Run the control loops (ReplicaSet, Deployment, garbage collector) while holding the leader Lease.
+    #[command(name = "controller-manager")]
+    ControllerManager(ControllerManagerArgs),
     /// Container / exec launcher (started by the agent).
     #[command(hide = true, name = "run-container")]
     RunContainer(pod::launcher::LauncherArgs),
@@ -84,6 +88,28 @@ struct ApiserverArgs {
     tls_key_file: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct ControllerManagerArgs {
+    /// An API server URL (`https://10.0.0.11:6443`); repeat for every control-plane member (tried in order).
+    #[arg(long = "server", required = true)]
+    servers: Vec<String>,
+    /// The lab CA (PEM): the only issuer trusted for the servers' certificates.
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// File holding the lab's bearer token.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// This member's name in the leader Lease and in Events (its node name).
+    #[arg(long)]
+    identity: String,
+    /// Seconds without a Lease renewal before a node is marked `Unknown` (Kubernetes' 40 s).
+    #[arg(long, value_name = "SECS", default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Seconds a node may stay not Ready before its pods are deleted and replaced elsewhere (Kubernetes' 300 s).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pod_eviction_timeout: u64,
+}
+
 /// Exit codes shared with the CLI: 2 bad input, 3 infrastructure failure.
 const EXIT_BAD_INPUT: i32 = 2;
 const EXIT_INFRA: i32 = 3;
@@ -113,6 +139,10 @@ fn main() {
                 std::process::exit(EXIT_BAD_INPUT);
             }
             run_async(apiserver(args))
+        }
+        Command::ControllerManager(args) => {
+            init_tracing();
+            run_async(controller_manager(args))
         }
         Command::Bench(args) => {
             init_tracing();
@@ -175,6 +205,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await
         .context("http server")?;
+    Ok(())
+}
+
+async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the token file {}", args.token_file.display()))?;
+    let ca = std::fs::read_to_string(&args.ca_file)
+        .with_context(|| format!("reading the CA file {}", args.ca_file.display()))?;
+    let client = testbed_control_plane::client::Client::new(&args.servers, &ca, token.trim())?;
+    let mut ctx = testbed_control_plane::controllers::Context::new(Arc::new(client), &args.identity);
+    ctx.settings.node_lifecycle.grace_period = std::time::Duration::from_secs(args.node_monitor_grace_period);
+    ctx.settings.node_lifecycle.eviction_timeout = std::time::Duration::from_secs(args.pod_eviction_timeout);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let timing = testbed_control_plane::controllers::leader::Timing::default();
+    testbed_control_plane::controllers::manager::run(ctx, timing, shutdown).await?;
     Ok(())
 }
 

@@ -96,6 +96,17 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
          --token-file {GUEST_DIR}/token --tls-cert-file {GUEST_DIR}/apiserver.pem \
          --tls-key-file {GUEST_DIR}/apiserver-key.pem"
     );
+    // Every member's API server, this node's first: the manager keeps working while one is down.
+    let servers: Vec<String> = std::iter::once(ip)
+        .chain(members.iter().map(|(_, ip)| *ip).filter(|m| *m != ip))
+        .map(|ip| format!("--server https://{ip}:{API_PORT}"))
+        .collect();
+    let manager = format!(
+        "exec /usr/local/bin/testbed-agent controller-manager {} --ca-file {GUEST_DIR}/ca.pem \
+         --token-file {GUEST_DIR}/token --identity {}",
+        servers.join(" "),
+        node.name
+    );
     let file = |name: &str, text: &str| format!("printf '%s' {} >{GUEST_DIR}/{name}\n", shell_quote(text));
     let mut s = format!("set -e\numask 077\nmkdir -p {GUEST_DIR} {ETCD_DATA_DIR}\n");
     s += &file("ca.pem", &creds.ca_pem);
@@ -111,6 +122,14 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
           else\n\
           \x20 printf '%s\\n' '::respawn:/usr/local/sbin/testbed-service etcd' \
           '::respawn:/usr/local/sbin/testbed-service apiserver' >>/etc/inittab\n\
+          \x20 kill -HUP 1\n\
+          fi\n";
+    // The controller manager, supervised the same way (its own check: it joined after the other two).
+    s += &format!("printf '%s\\n' {} >/etc/testbed/controller-manager.cmd\n", shell_quote(&manager));
+    s += "if grep -q 'testbed-service controller-manager' /etc/inittab; then\n\
+          \x20 if [ -f /run/testbed-controller-manager.pid ]; then kill \"$(cat /run/testbed-controller-manager.pid)\" || true; fi\n\
+          else\n\
+          \x20 printf '%s\\n' '::respawn:/usr/local/sbin/testbed-service controller-manager' >>/etc/inittab\n\
           \x20 kill -HUP 1\n\
           fi\n";
     s
@@ -295,5 +314,10 @@ mod tests {
         assert!(script.contains("--auto-compaction-mode periodic --auto-compaction-retention 1h"));
         // Quoted for the shell: a quote in a value cannot end the string early.
         assert!(script.contains(r"'tok'\''en'"), "{script}");
+        // The controller manager reaches this node's API server first, then every other member's.
+        let manager = format!("controller-manager --server https://{ip}:6443 --server https://{first}:6443 ");
+        assert!(script.contains(&manager), "{script}");
+        assert!(script.contains("--identity node2"), "{script}");
+        assert!(script.contains("'::respawn:/usr/local/sbin/testbed-service controller-manager'"), "{script}");
     }
 }

@@ -11,7 +11,7 @@ use testbed_control_plane::tls::Credentials;
 use crate::common::{server_config, start_etcd, Killed};
 
 pub struct ApiLab {
-    // Each test file compiles this module on its own, and not every one compacts etcd.
+    // Each test file compiles this module on its own, and not every one reads or compacts etcd directly.
     #[allow(dead_code)]
     pub etcd: Etcd,
     pub creds: Credentials,
