@@ -70,6 +70,8 @@ async fn a_silent_node_turns_unknown_then_loses_its_pods_and_orphans_are_collect
         }
     }
     api.create(&paths::pods(Some("default")), &pod("orphan", None, None, Some("ghost"))).await.unwrap();
+    let running = serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+    api.patch_pod_status("default", "n2-0", &running).await.unwrap();
     let config = NodeLifecycleConfig {
         grace_period: Duration::from_secs(2),
         eviction_timeout: Duration::from_secs(3),
@@ -97,6 +99,12 @@ async fn a_silent_node_turns_unknown_then_loses_its_pods_and_orphans_are_collect
         condition,
         ("Unknown".into(), Some("NodeStatusUnknown".into()), Some("Kubelet stopped posting node status.".into()))
     );
+    let pod_ready = wait_for("n2-0 marked not Ready", 5, || async {
+        let p: Pod = api.get(&paths::pod("default", "n2-0")).await.ok()?;
+        p.status?.conditions.into_iter().find(|c| c.type_ == "Ready").filter(|c| c.status != "True")
+    })
+    .await;
+    assert_eq!(pod_ready.status, "False");
     let left = wait_for("n2's pods deleted", 15, || async {
         let names = pod_names(&api).await;
         (!names.iter().any(|n| n.starts_with("n2-"))).then_some(names)
