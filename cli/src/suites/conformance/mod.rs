@@ -6,6 +6,7 @@
 
 mod cgroups;
 mod control_plane;
+mod controller;
 mod fixture;
 mod mtu;
 mod overlay;
@@ -85,5 +86,6 @@ async fn checks<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, once: bool,
         sandbox::run(c, r, f).await;
         cgroups::run(c, r, f, created).await;
         control_plane::run(c, r).await;
+        controller::run(c, r).await;
     }
 }

@@ -1,0 +1,76 @@
+//! Waiting on the controllers: poll until a condition holds or a deadline passes, and the conditions the
+//! checks share (a rollout finished, a pod Ready).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+
+use super::super::super::runner::CheckError;
+use super::api_err;
+
+/// For what the controllers do alone (a count to match, an object to go).
+pub(super) const SHORT: Duration = Duration::from_secs(if cfg!(test) { 5 } else { 30 });
+/// For what also needs the kubelets to start pods (several per node on 1-vCPU TCG guests).
+pub(super) const LONG: Duration = Duration::from_secs(if cfg!(test) { 10 } else { 120 });
+const POLL: Duration = Duration::from_millis(if cfg!(test) { 50 } else { 250 });
+
+/// Polls `probe` until it yields a value; a Fail naming `what` after `deadline`.
+pub(super) async fn until<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> Result<T, CheckError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, CheckError>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        if started.elapsed() > deadline {
+            return Err(CheckError::Fail(format!("{what}: not within {} s", deadline.as_secs())));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether the Deployment's status says its rollout to `replicas` is done, as `kubectl rollout status`
+/// reads it: the controller saw the current generation, and every replica is updated and available.
+pub(super) fn is_rolled_out(d: &Deployment, replicas: i32) -> bool {
+    let s = d.status.clone().unwrap_or_default();
+    d.metadata.generation.unwrap_or(0) <= s.observed_generation.unwrap_or(0)
+        && s.updated_replicas.unwrap_or(0) == replicas
+        && s.replicas.unwrap_or(0) == replicas
+        && s.available_replicas.unwrap_or(0) == replicas
+}
+
+/// Waits for the rollout of `name` to `replicas`; the seconds it took.
+pub(super) async fn rolled_out(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<f64, CheckError> {
+    let started = Instant::now();
+    let what = format!("deployment {name} rolled out to {replicas} available replicas");
+    let last = std::sync::Mutex::new(String::new());
+    let result = until(&what, LONG, || async {
+        let d = api.get(name).await.map_err(api_err("get deployment"))?;
+        if let Ok(mut l) = last.lock() {
+            *l = format!("{:?}", d.status.clone().unwrap_or_default());
+        }
+        Ok(is_rolled_out(&d, replicas).then_some(()))
+    })
+    .await;
+    match result {
+        Ok(()) => Ok(started.elapsed().as_secs_f64()),
+        Err(CheckError::Fail(m)) => {
+            Err(CheckError::Fail(format!("{m}; last status {}", last.lock().map(|l| l.clone()).unwrap_or_default())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The pod's Ready condition is True.
+pub(super) fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
