@@ -1,7 +1,9 @@
 //! The fake cluster's control plane, for unit tests only: the real API server of `testbed-control-plane`
 //! over its in-memory store (etcd's semantics, no etcd), served on loopback TLS, plus a scripted kubelet
-//! that registers every node with a Lease and runs the pods bound to a node (status Running with an IP of
-//! the node's subnet) until they are deleted. Faults switch parts of the kubelet off.
+//! that registers every node with a Lease and runs the pods bound to a node (status Running and Ready with
+//! an IP of the node's subnet; a container whose command is `false` never gets Ready) until they are
+//! deleted, and the real controller manager (controllers, scheduler, node lifecycle). Faults switch parts
+//! of the kubelet or the controllers off.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -29,6 +32,8 @@ pub struct KubeletFaults {
     pub ignores_pods: bool,
     /// Node Leases were last renewed two minutes ago (agents whose heartbeat stopped).
     pub stale_leases: bool,
+    /// No controller manager runs (a control plane whose control loops are down).
+    pub no_controllers: bool,
 }
 
 /// Starts the API server and the kubelet; returns a client of the server.
@@ -51,6 +56,19 @@ pub async fn start(nodes: Vec<NodeInfo>, faults: KubeletFaults, pods: ApiPods) -
         kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(|e| e.to_string())?;
     let client = Client::try_from(config).map_err(|e| e.to_string())?;
     register(&client, &nodes, faults).await?;
+    if !faults.no_controllers {
+        let url = format!("https://127.0.0.1:{port}");
+        let api = testbed_control_plane::client::Client::new(&[url], &creds.ca_pem, &creds.token)
+            .map_err(|e| e.to_string())?;
+        let ctx = testbed_control_plane::controllers::Context::new(Arc::new(api), "fake-control-plane");
+        // Nobody else competes for the Lease: short times only make the first acquisition quick.
+        let timing = testbed_control_plane::controllers::leader::Timing {
+            lease_duration: Duration::from_secs(2),
+            renew_deadline: Duration::from_secs(1),
+            retry_period: Duration::from_millis(200),
+        };
+        tokio::spawn(testbed_control_plane::controllers::manager::run(ctx, timing, std::future::pending()));
+    }
     if !faults.ignores_pods {
         tokio::spawn(run_pods(client.clone(), nodes, pods));
     }
@@ -71,6 +89,10 @@ async fn register(client: &Client, nodes: &[NodeInfo], faults: KubeletFaults) ->
                     status: "True".into(),
                     ..Default::default()
                 }]),
+                allocatable: Some(BTreeMap::from([
+                    ("cpu".to_string(), Quantity("2".into())),
+                    ("memory".to_string(), Quantity("2000000Ki".into())),
+                ])),
                 ..Default::default()
             }),
         };
@@ -113,7 +135,18 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
                 continue;
             }
             let ip = info.pod_subnet.hosts().nth(200).unwrap_or(info.pod_subnet.addr());
-            let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip.to_string()}});
+            // A container that exits at once (`false`) restarts for ever and is never Ready, as on a node.
+            let crashing = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.command.as_ref())
+                .is_some_and(|c| c.first().is_some_and(|p| p == "false"));
+            let ready = if crashing { "False" } else { "True" };
+            let status = serde_json::json!({"status": {
+                "phase": "Running", "podIP": ip.to_string(),
+                "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": Timestamp::now().to_string()}],
+            }});
             let patched = Api::<Pod>::namespaced(client.clone(), &ns)
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
                 .await;

@@ -647,3 +647,21 @@ async fn the_control_plane_checks_pass_on_a_healthy_api_and_fail_when_agents_sto
     assert_eq!(status, CheckStatus::Fail, "{msg}");
     assert!(msg.contains("node1: its Lease was last renewed 120 s ago"), "{msg}");
 }
+
+const ROLLING: &str =
+    "[controller] RollingUpdateDeployment stays within maxSurge and maxUnavailable and ends on the new template";
+
+#[tokio::test]
+async fn the_controller_checks_pass_with_the_control_loops_and_fail_without_them() {
+    let healthy = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let r = run(&healthy, &[Backend::Vxlan], Some("[controller]")).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    assert_eq!(r.checks.iter().filter(|c| c.group == "controller").count(), 8, "{:#?}", r.checks);
+
+    let kubelet = super::fake_api::KubeletFaults { no_controllers: true, ..Default::default() };
+    let down = FakeCluster::new(plan(2, Backend::Vxlan), Faults { kubelet, ..Faults::default() });
+    let r = run(&down, &[Backend::Vxlan], Some(ROLLING)).await;
+    let (status, msg) = check(&r, ROLLING);
+    assert_eq!(status, CheckStatus::Fail, "{msg}");
+    assert!(msg.contains("rolled out to 4 available replicas: not within"), "{msg}");
+}

@@ -19,30 +19,36 @@ fn version_of(p: &Pod) -> Option<String> {
     c.env.iter().flatten().find(|e| e.name == "VERSION").and_then(|e| e.value.clone())
 }
 
-/// Replaces the Deployment's template with `version` (and `command` when given).
+/// Replaces the Deployment's template with `version` (and `command` when given); read again and retried
+/// when the controller wrote the object in between (its annotations, its status), as kubectl edit would.
 async fn set_version(
     api: &Api<Deployment>,
     name: &str,
     version: &str,
     command: Option<&[&str]>,
 ) -> Result<(), CheckError> {
-    let mut d = api.get(name).await.map_err(api_err("get deployment"))?;
-    let container = d
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .and_then(|s| s.containers.first_mut())
-        .ok_or_else(|| CheckError::Fail(format!("deployment {name} has no container")))?;
-    for e in container.env.iter_mut().flatten() {
-        if e.name == "VERSION" {
-            e.value = Some(version.into());
+    for _ in 0..5 {
+        let mut d = api.get(name).await.map_err(api_err("get deployment"))?;
+        let container = d
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .and_then(|s| s.containers.first_mut())
+            .ok_or_else(|| CheckError::Fail(format!("deployment {name} has no container")))?;
+        for e in container.env.iter_mut().flatten() {
+            if e.name == "VERSION" {
+                e.value = Some(version.into());
+            }
+        }
+        if let Some(command) = command {
+            container.command = Some(command.iter().map(|s| s.to_string()).collect());
+        }
+        match api.replace(name, &PostParams::default(), &d).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            other => return other.map(drop).map_err(api_err("replace deployment")),
         }
     }
-    if let Some(command) = command {
-        container.command = Some(command.iter().map(|s| s.to_string()).collect());
-    }
-    api.replace(name, &PostParams::default(), &d).await.map_err(api_err("replace deployment"))?;
-    Ok(())
+    Err(CheckError::Fail(format!("deployment {name}: 5 updates in a row lost to concurrent writes")))
 }
 
 /// The ReplicaSets of Deployment `name` (by its label).
