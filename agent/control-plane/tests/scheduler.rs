@@ -189,7 +189,7 @@ async fn a_binding_sets_the_node_once_and_updates_cannot_move_a_pod() {
 
 /// `cargo test --release -p testbed-control-plane --test scheduler -- --ignored --nocapture throughput`:
 /// 1,000 pending pods (created before the scheduler starts) on 3 fake nodes, timed from the scheduler's
-/// start to the watch showing the last one bound. `TESTBED_SCHED_PARALLEL` sets the bindings in flight (16).
+/// start to the watch showing the last one bound. `TESTBED_SCHED_PARALLEL` sets the bindings in flight (64).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run explicitly"]
 async fn throughput() {

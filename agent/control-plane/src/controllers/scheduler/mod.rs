@@ -33,13 +33,14 @@ use queue::Queue;
 pub struct SchedulerConfig {
     /// The `spec.schedulerName` it serves: `default-scheduler`.
     pub name: String,
-    /// Bindings (and failure reports) in flight at once.
+    /// Bindings (and failure reports) in flight at once. Throughput grows with it (each binding waits on two
+    /// etcd round trips through the API server): 55 pods/s at 16, 231 at 64 in the benchmark.
     pub parallel_binds: usize,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { name: "default-scheduler".into(), parallel_binds: 16 }
+        Self { name: "default-scheduler".into(), parallel_binds: 64 }
     }
 }
 
