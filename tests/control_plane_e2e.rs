@@ -173,6 +173,7 @@ fn three_members_take_writes_with_one_etcd_member_down() {
         echo "tls-rc=$?""#;
     let out = testbed(&state_dir).args(["exec", "--lab", lab, "node2", "--", probe]).output().expect("exec");
     let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("etcd probe from node2:\n{text}");
     // The port was there (found in etcd's command, not refused) and took no request without a certificate.
     let reached = text.contains(":2379\n") && !text.contains("refused");
     assert!(reached && text.contains("plain: ") && text.contains("tls-rc=1"), "{}", show("probe etcd", &out));
@@ -180,7 +181,9 @@ fn three_members_take_writes_with_one_etcd_member_down() {
 
     let stop_etcd = |node: &str| {
         // Without its .cmd file testbed-service leaves the service stopped.
-        let cmd = "mv /etc/testbed/etcd.cmd /etc/testbed/etcd.cmd.off && kill $(cat /run/testbed-etcd.pid) && sleep 1 && ! pgrep -x etcd";
+        // etcd may take seconds to exit under load: wait up to 15 s for it.
+        let cmd = "mv /etc/testbed/etcd.cmd /etc/testbed/etcd.cmd.off && kill $(cat /run/testbed-etcd.pid) && \
+                   i=0; while pgrep -x etcd >/dev/null; do [ $i -lt 30 ] || exit 1; i=$((i+1)); sleep 0.5; done";
         let out = testbed(&state_dir).args(["exec", "--lab", lab, node, "--", cmd]).output().expect("exec");
         assert!(out.status.success(), "{}", show(&format!("stop etcd on {node}"), &out));
     };
