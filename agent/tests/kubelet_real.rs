@@ -136,6 +136,8 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
     c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("static"))).unwrap();
     wait_api_pod(&c, &api, "static", running);
     let ns = testbed_api::objects::Namespace {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
         metadata: ObjectMeta { name: "other".into(), ..Default::default() },
         ..Default::default()
     };
