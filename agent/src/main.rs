@@ -74,9 +74,19 @@ struct ApiserverArgs {
     /// that nothing listens on the management NIC.
     #[arg(long)]
     listen: SocketAddr,
-    /// etcd's client URL.
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
-    etcd: String,
+    /// The client URLs of etcd's members, comma-separated: every one of the lab's, so that the API server
+    /// keeps serving when its own node's member stops.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd: Vec<String>,
+    /// The CA of etcd's certificate (PEM), for https:// members.
+    #[arg(long, requires_all = ["etcd_certfile", "etcd_keyfile"])]
+    etcd_cafile: Option<PathBuf>,
+    /// The client certificate etcd asks for (PEM, signed by the lab CA).
+    #[arg(long, requires = "etcd_cafile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "etcd_cafile")]
+    etcd_keyfile: Option<PathBuf>,
     /// File holding the lab's bearer token (generated at `up`); every request must carry it.
     #[arg(long)]
     token_file: PathBuf,
@@ -232,7 +242,14 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!token.is_empty(), "the token file {} is empty", args.token_file.display());
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let (cert_pem, key_pem) = (read(&args.tls_cert_file)?, read(&args.tls_key_file)?);
-    let config = testbed_control_plane::Config { listen: args.listen, etcd: args.etcd, token, cert_pem, key_pem };
+    let etcd_tls = match (&args.etcd_cafile, &args.etcd_certfile, &args.etcd_keyfile) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(testbed_control_plane::EtcdTls { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: read(key)? })
+        }
+        _ => None,
+    };
+    let config =
+        testbed_control_plane::Config { listen: args.listen, etcd: args.etcd, etcd_tls, token, cert_pem, key_pem };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

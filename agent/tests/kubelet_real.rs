@@ -56,12 +56,37 @@ fn wait_api_pod(c: &Cluster, api: &Client, name: &str, done: impl Fn(&Pod) -> bo
     panic!("API pod {name}: not as expected within 30 s: {last:?}\nagent log:\n{}", c.agent_log());
 }
 
+/// Waits until API pod `namespace/name` runs; answers it.
+fn wait_for_running(c: &Cluster, api: &Client, namespace: &str, name: &str) -> Pod {
+    let path = paths::pod(namespace, name);
+    let mut last = None;
+    wait_for(&format!("{namespace}/{name} running"), 30, || {
+        last = c.rt.block_on(api.get::<Pod>(&path)).ok();
+        last.as_ref().is_some_and(running)
+    });
+    last.unwrap()
+}
+
 fn running(p: &Pod) -> bool {
     p.status.as_ref().is_some_and(|s| s.phase == Some(PodPhase::Running) && s.pod_ip.is_some())
 }
 
-fn node_pod(name: &str) -> (u16, Value) {
-    http("GET", &format!("/v1/pods/{name}"), None)
+/// The node pod of API pod `namespace/name` (named `<namespace>-<name>-<hash>` on the node), or 404.
+fn node_pod(namespace: &str, name: &str) -> (u16, Value) {
+    let (code, pods) = http("GET", "/v1/pods", None);
+    assert_eq!(code, 200, "{pods}");
+    let prefix = format!("{namespace}-{name}-");
+    let mine: Vec<&Value> = pods
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().and_then(|n| n.strip_prefix(&prefix)).is_some_and(|h| h.len() == 8))
+        .collect();
+    match mine[..] {
+        [] => (404, Value::Null),
+        [one] => http("GET", &format!("/v1/pods/{}", one["name"].as_str().unwrap()), None),
+        _ => panic!("more than one node pod for {namespace}/{name}: {pods}"),
+    }
 }
 
 fn control_plane() -> Value {
@@ -81,7 +106,7 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
     c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("web"))).unwrap();
     let web = wait_api_pod(&c, &api, "web", running);
     let st = web.status.unwrap();
-    let (code, on_node) = node_pod("web");
+    let (code, on_node) = node_pod("default", "web");
     assert_eq!(code, 200, "{on_node}");
     assert_eq!(on_node["ip"].as_str(), st.pod_ip.as_deref(), "podIP is the node pod's address");
     assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
@@ -106,10 +131,30 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
         "{cp}"
     );
 
-    // An API pod named like the node-local pod is refused a place; the node-local pod is untouched.
+    // An API pod named like the node-local pod runs beside it (under its own node pod name), and so does a pod
+    // of the same name as `web` in another namespace.
     c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("static"))).unwrap();
-    let blocked = wait_api_pod(&c, &api, "static", |p| p.status.as_ref().is_some_and(|s| s.message.is_some()));
-    assert!(blocked.status.unwrap().message.unwrap().contains("node-local"));
+    wait_api_pod(&c, &api, "static", running);
+    let ns = testbed_api::objects::Namespace {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        metadata: ObjectMeta { name: "other".into(), ..Default::default() },
+        ..Default::default()
+    };
+    c.rt.block_on(api.create("/api/v1/namespaces", &ns)).unwrap();
+    let mut other_web = api_pod("web");
+    other_web.metadata.namespace = Some("other".into());
+    c.rt.block_on(api.create(&paths::pods(Some("other")), &other_web)).unwrap();
+    let other = wait_for_running(&c, &api, "other", "web");
+    let other_ip = other.status.unwrap().pod_ip;
+    let (code, other_on_node) = node_pod("other", "web");
+    assert_eq!(code, 200, "{other_on_node}");
+    assert_eq!(other_on_node["ip"].as_str(), other_ip.as_deref());
+    assert_ne!(other_ip, st.pod_ip, "two pods, two addresses");
+    assert_eq!(node_pod("default", "web").1["infra_pid"], on_node["infra_pid"], "default/web untouched");
+    c.rt.block_on(api.delete(&paths::pod("other", "web"))).unwrap();
+    wait_for("other/web leaving the node", 30, || node_pod("other", "web").0 == 404);
+    assert_eq!(node_pod("default", "web").1["infra_pid"], on_node["infra_pid"], "default/web stays");
 
     // A join that cannot be followed is refused and the loop goes on with the one it has.
     let bad = json!({"servers": ["https://127.0.0.1:1"], "ca_pem": "no PEM", "token": "t", "node_name": NODE});
@@ -117,10 +162,11 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
     assert_eq!(control_plane()["connected"], json!(true));
 
     c.rt.block_on(api.delete(&paths::pod("default", "web"))).unwrap();
-    wait_for("web leaving the node", 30, || node_pod("web").0 == 404);
+    wait_for("web leaving the node", 30, || node_pod("default", "web").0 == 404);
     c.rt.block_on(api.delete(&paths::pod("default", "static"))).unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let (code, still) = node_pod("static");
+    wait_for("default/static leaving the node", 30, || node_pod("default", "static").0 == 404);
+    let (code, still) = http("GET", "/v1/pods/static", None);
     assert_eq!((code, &still["infra_pid"]), (200, &static_infra), "the node-local pod stays as it was");
 
     // Leaving: no loop, and an API pod created now stays off the node.
@@ -128,7 +174,7 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
     assert_eq!(control_plane()["following"], json!(false));
     c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("late"))).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(node_pod("late").0, 404);
+    assert_eq!(node_pod("default", "late").0, 404);
 }
 
 #[test]
@@ -139,7 +185,7 @@ fn api_down_pods_stay_and_changes_apply_when_it_returns() {
     let side = c.client(SIDE_API_PORT);
     c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("a"))).unwrap();
     wait_api_pod(&c, &api, "a", running);
-    let a_infra = node_pod("a").1["infra_pid"].clone();
+    let a_infra = node_pod("default", "a").1["infra_pid"].clone();
 
     c.apiserver.kill();
     wait_for("the loop noticing", 30, || control_plane()["connected"] == json!(false));
@@ -148,21 +194,21 @@ fn api_down_pods_stay_and_changes_apply_when_it_returns() {
     c.rt.block_on(side.create(&paths::pods(Some("default")), &api_pod("b"))).unwrap();
     c.rt.block_on(side.delete(&paths::pod("default", "a"))).unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(node_pod("a").1["infra_pid"], a_infra, "a keeps running while the API is away");
-    assert_eq!(node_pod("b").0, 404);
+    assert_eq!(node_pod("default", "a").1["infra_pid"], a_infra, "a keeps running while the API is away");
+    assert_eq!(node_pod("default", "b").0, 404);
 
     c.apiserver = c.start_apiserver(API_PORT);
     wait_api_pod(&c, &side, "b", running);
-    wait_for("a leaving the node", 30, || node_pod("a").0 == 404);
+    wait_for("a leaving the node", 30, || node_pod("default", "a").0 == 404);
 
     // An agent restart: the stored join is followed again and b is left as it runs.
-    let before = node_pod("b").1;
+    let before = node_pod("default", "b").1;
     let rv = get_pod(&c, &side, "b").unwrap().metadata.resource_version;
     c.agent.kill();
     c.start_agent();
     wait_for("the restarted agent following", 30, || control_plane()["connected"] == json!(true));
     std::thread::sleep(Duration::from_secs(2));
-    let after = node_pod("b").1;
+    let after = node_pod("default", "b").1;
     assert_eq!((&after["infra_pid"], &after["containers"]), (&before["infra_pid"], &before["containers"]));
     assert_eq!(get_pod(&c, &side, "b").unwrap().metadata.resource_version, rv, "no status rewrite either");
 }

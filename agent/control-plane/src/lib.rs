@@ -9,6 +9,7 @@
 
 pub mod apiserver;
 pub mod client;
+mod connector;
 pub mod controllers;
 mod kubeconfig;
 mod meta;
@@ -26,13 +27,26 @@ pub use kubeconfig::kubeconfig;
 pub struct Config {
     /// Address to serve on: in a lab, the node's underlay IP (never the management NIC).
     pub listen: SocketAddr,
-    /// etcd's client URL, e.g. `http://127.0.0.1:2379`.
-    pub etcd: String,
+    /// The client URLs of etcd's members, e.g. `https://10.0.0.11:2379` (tried in turn, [`store::etcd`]).
+    pub etcd: Vec<String>,
+    /// How to reach `https://` members; None for `http://` ones (the tests' etcd on loopback).
+    pub etcd_tls: Option<EtcdTls>,
     /// The lab's bearer token; every request must carry it.
     pub token: String,
     /// The server's certificate chain, PEM (signed by the lab CA of [`tls::Credentials`]).
     pub cert_pem: Vec<u8>,
     /// The server's private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+/// The API server's TLS towards etcd, PEM: the lab CA and the client certificate etcd asks for.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificate.
+    pub ca_pem: Vec<u8>,
+    /// The API server's client certificate.
+    pub cert_pem: Vec<u8>,
+    /// Its private key.
     pub key_pem: Vec<u8>,
 }
 
@@ -45,6 +59,9 @@ pub enum ServeError {
     /// The listening socket.
     #[error("listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// The etcd client (no endpoint).
+    #[error("etcd: {0}")]
+    Store(store::StoreError),
     /// Creating the initial namespaces (etcd unreachable, most likely).
     #[error("bootstrap: {0}")]
     Bootstrap(apiserver::ApiError),
@@ -59,11 +76,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let acceptor = tls::acceptor(&config.cert_pem, &config.key_pem)?;
-    let server = apiserver::Server::new(store::etcd::Etcd::new(&config.etcd), config.token);
+    let etcd_tls = match &config.etcd_tls {
+        Some(t) => Some(tls::client_config(&t.ca_pem, Some((&t.cert_pem, &t.key_pem)))?),
+        None => None,
+    };
+    let etcd = store::etcd::Etcd::new(&config.etcd, etcd_tls).map_err(ServeError::Store)?;
+    let server = apiserver::Server::new(etcd, config.token);
     server.bootstrap().await.map_err(ServeError::Bootstrap)?;
     let listen_err = |e| ServeError::Listen(config.listen, e);
     let tcp = tokio::net::TcpListener::bind(config.listen).await.map_err(listen_err)?;
     let listener = tls::TlsListener::new(tcp, acceptor).map_err(listen_err)?;
-    tracing::info!(listen = %config.listen, etcd = %config.etcd, "apiserver serving");
+    tracing::info!(listen = %config.listen, etcd = ?config.etcd, "apiserver serving");
     axum::serve(listener, apiserver::router(server)).with_graceful_shutdown(shutdown).await.map_err(ServeError::Http)
 }

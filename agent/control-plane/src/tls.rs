@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// What `up` generates for a lab's API: a CA (its certificate goes into the kubeconfig), the server's
-/// certificate and key (for the API server), and the bearer token.
+/// What `up` generates for a lab's control plane: a CA (its certificate goes into the kubeconfig), the API
+/// server's certificate and key, the bearer token, and etcd's certificates: etcd serves its client and peer
+/// ports with TLS and takes only clients that present a certificate of the lab CA, which only the control-plane
+/// nodes hold (pods on the same underlay reach the ports, so a plain port would hand them the whole store).
 #[derive(Debug, Clone)]
 pub struct Credentials {
     /// The lab CA's certificate, PEM.
@@ -25,6 +27,19 @@ pub struct Credentials {
     pub key_pem: String,
     /// The bearer token (64 hex characters).
     pub token: String,
+    /// etcd's certificate (server and client use: members present it to each other on the peer port).
+    pub etcd: CertKey,
+    /// The API server's client certificate for etcd.
+    pub etcd_client: CertKey,
+}
+
+/// A certificate signed by the lab CA and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct CertKey {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
 }
 
 /// Why credentials could not be made or loaded.
@@ -42,8 +57,8 @@ pub enum TlsError {
 }
 
 impl Credentials {
-    /// New credentials for a server reached at `ips` (the node's underlay address; 127.0.0.1 for the
-    /// CLI's forward) and `localhost`.
+    /// New credentials for servers reached at `ips` (the control-plane nodes' underlay addresses; 127.0.0.1
+    /// for the CLI's forward) and `localhost`: the API servers' and etcd members' certificates name them all.
     pub fn generate(ips: &[IpAddr]) -> Result<Self, TlsError> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -52,18 +67,71 @@ impl Credentials {
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
 
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-        params.distinguished_name.push(DnType::CommonName, "testbed apiserver");
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        let cert = params.signed_by(&key, &issuer)?;
+        let apiserver = sign(&issuer, "testbed apiserver", ips, &[ExtendedKeyUsagePurpose::ServerAuth])?;
+        // etcd's gRPC gateway dials its own gRPC port presenting `--cert-file`, so etcd's certificate is a
+        // client certificate too.
+        let both = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let etcd = sign(&issuer, "testbed etcd", ips, &both)?;
+        let etcd_client = sign(&issuer, "testbed apiserver etcd client", &[], &[ExtendedKeyUsagePurpose::ClientAuth])?;
         let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem(), token })
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: apiserver.cert_pem,
+            key_pem: apiserver.key_pem,
+            token,
+            etcd,
+            etcd_client,
+        })
     }
 }
 
-/// A TLS acceptor for the server's certificate chain and key (PEM).
-pub fn acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, TlsError> {
+/// A certificate for `name` signed by the CA, valid for `localhost` and `ips` and for the `usages` given.
+fn sign(
+    issuer: &Issuer<'_, KeyPair>,
+    name: &str,
+    ips: &[IpAddr],
+    usages: &[ExtendedKeyUsagePurpose],
+) -> Result<CertKey, TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.extended_key_usages = usages.to_vec();
+    let cert = params.signed_by(&key, issuer)?;
+    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// A TLS client configuration trusting the certificates of `ca_pem` and nothing else (no system roots),
+/// presenting `identity` (a certificate chain and its key, PEM) when given, speaking HTTP/1.1.
+pub fn client_config(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| TlsError::Pem(format!("CA PEM: {e}")))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem("no certificate in the CA PEM".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert_pem, key_pem)) => {
+            let (certs, key) = cert_and_key(cert_pem, key_pem)?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The certificate chain and key of PEM files.
+fn cert_and_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
@@ -71,6 +139,12 @@ pub fn acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, TlsError
         return Err(TlsError::Pem("no certificate in the certificate file".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem(format!("key: {e}")))?;
+    Ok((certs, key))
+}
+
+/// A TLS acceptor for the server's certificate chain and key (PEM).
+pub fn acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, TlsError> {
+    let (certs, key) = cert_and_key(cert_pem, key_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -36,7 +36,7 @@ fn create_latency_and_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (etcd_process, etcd_url) = common::start_etcd(dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    let etcd = Etcd::new(&etcd_url);
+    let etcd = Etcd::new(std::slice::from_ref(&etcd_url), None).expect("etcd client");
     common::wait_for_etcd(&rt, &etcd, dir.path());
     let (config, creds, port) = common::server_config(etcd_url);
     rt.spawn(testbed_control_plane::serve(config, std::future::pending()));

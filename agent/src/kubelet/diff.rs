@@ -1,6 +1,7 @@
 //! The loop's decisions, without I/O: from the API pods bound to this node, the pods the loop created (its
 //! ownership records) and the names on the node, what to create and what to delete. A pod on the node that
-//! the loop did not create (a static pod of the node-local API) is never an action's target.
+//! the loop did not create (a static pod of the node-local API) is never an action's target. An API pod runs
+//! on the node under [`node_pod_name`], so pods of one name in two namespaces both run.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -19,6 +20,11 @@ impl std::fmt::Display for PodKey {
     }
 }
 
+/// The node pod that runs API pod `key` ([`testbed_api::objects::node_pod_name`]).
+pub fn node_pod_name(key: &PodKey) -> String {
+    testbed_api::objects::node_pod_name(&key.namespace, &key.name)
+}
+
 /// An API pod this node should run, as the loop needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wanted {
@@ -28,8 +34,8 @@ pub struct Wanted {
     pub grace_secs: Option<u64>,
 }
 
-/// A node pod the loop created for an API pod (persisted, `owned.rs`): the node pod's name is the API
-/// pod's name.
+/// A node pod the loop created for an API pod (persisted, `owned.rs`, by node pod name: [`node_pod_name`] of
+/// `key`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub key: PodKey,
@@ -43,8 +49,8 @@ pub enum Action {
     Create { key: PodKey, wanted: Wanted },
     /// Remove the node pod `name` (its API pod is gone, replaced, or no longer bound here).
     Delete { name: String, grace_secs: Option<u64> },
-    /// The API pod cannot run here: the name is taken on the node (a node-local pod, or another namespace's
-    /// pod of the same name). Its status says so; nothing on the node changes.
+    /// The API pod cannot run here: a node-local pod holds its node pod name. Its status says so; nothing on
+    /// the node changes.
     Blocked { key: PodKey, reason: String },
 }
 
@@ -63,44 +69,32 @@ pub struct Inputs<'a> {
 pub fn plan(inp: &Inputs<'_>) -> Vec<Action> {
     let mut actions = Vec::new();
     for (name, owner) in inp.owned {
-        let still_wanted = inp.wanted.get(&owner.key).is_some_and(|w| w.uid == owner.uid);
+        // A record under another name than its key's is from an agent that named node pods otherwise: that
+        // pod goes, and the pod comes back under its name now.
+        let still_wanted =
+            *name == node_pod_name(&owner.key) && inp.wanted.get(&owner.key).is_some_and(|w| w.uid == owner.uid);
         if !still_wanted && !inp.busy.contains(name) {
             actions.push(Action::Delete { name: name.clone(), grace_secs: owner.grace_secs });
         }
     }
-    // Names a create was decided for in this pass (two namespaces' pods of one name: the first wins).
-    let mut claimed: BTreeMap<&str, &PodKey> = BTreeMap::new();
     for (key, wanted) in inp.wanted {
-        let name = key.name.as_str();
-        if let Some(first) = claimed.get(name) {
-            let reason = format!("pod {first} of the same name runs on this node");
-            actions.push(Action::Blocked { key: key.clone(), reason });
-            continue;
-        }
-        match inp.owned.get(name) {
-            Some(owner) if owner.key == *key && owner.uid == wanted.uid => {
-                claimed.insert(name, key);
-                // Ours; gone from the node only if someone removed it behind the loop's back.
-                if !inp.on_node.contains(name) && !inp.busy.contains(name) && !inp.rejected.contains(&wanted.uid) {
-                    actions.push(Action::Create { key: key.clone(), wanted: wanted.clone() });
-                }
+        let name = node_pod_name(key);
+        let startable = !inp.busy.contains(&name) && !inp.rejected.contains(&wanted.uid);
+        match inp.owned.get(&name) {
+            // Ours, and gone from the node: someone removed it behind the loop's back.
+            Some(owner)
+                if owner.key == *key && owner.uid == wanted.uid && !inp.on_node.contains(&name) && startable =>
+            {
+                actions.push(Action::Create { key: key.clone(), wanted: wanted.clone() });
             }
-            // Another incarnation (same key, new uid) or another namespace's pod: created once it is deleted.
-            Some(owner) if owner.key != *key && inp.wanted.get(&owner.key).is_some_and(|w| w.uid == owner.uid) => {
-                let reason = format!("pod {} of the same name runs on this node", owner.key);
-                actions.push(Action::Blocked { key: key.clone(), reason });
-            }
+            // Ours and there (or busy), or another incarnation (same key, new uid): created once it is deleted.
             Some(_) => {}
-            None if inp.on_node.contains(name) => {
-                let reason = "a node-local pod of the same name runs on this node".to_string();
+            None if inp.on_node.contains(&name) => {
+                let reason = format!("a node-local pod named {name} runs on this node");
                 actions.push(Action::Blocked { key: key.clone(), reason });
             }
-            None => {
-                claimed.insert(name, key);
-                if !inp.busy.contains(name) && !inp.rejected.contains(&wanted.uid) {
-                    actions.push(Action::Create { key: key.clone(), wanted: wanted.clone() });
-                }
-            }
+            None if startable => actions.push(Action::Create { key: key.clone(), wanted: wanted.clone() }),
+            None => {}
         }
     }
     actions
@@ -124,7 +118,11 @@ mod tests {
         Wanted { uid: uid.into(), spec, grace_secs: Some(0) }
     }
     fn owner(ns: &str, name: &str, uid: &str) -> (String, Owner) {
-        (name.into(), Owner { key: key(ns, name), uid: uid.into(), grace_secs: Some(5) })
+        let key = key(ns, name);
+        (node_pod_name(&key), Owner { key, uid: uid.into(), grace_secs: Some(5) })
+    }
+    fn node(ns: &str, name: &str) -> String {
+        node_pod_name(&key(ns, name))
     }
 
     struct Case {
@@ -170,39 +168,61 @@ mod tests {
         let mut c = Case::new();
         c.wanted.insert(key("default", "new"), wanted("new", "u1"));
         c.owned.extend([owner("default", "gone", "u2")]);
-        c.on_node.extend(["gone".to_string(), "static".to_string()]);
-        assert_eq!(names(&c.plan()), ["delete gone Some(5)", "create default/new"]);
+        c.on_node.extend([node("default", "gone"), "static".to_string()]);
+        let gone = node("default", "gone");
+        assert_eq!(names(&c.plan()), [format!("delete {gone} Some(5)"), "create default/new".into()]);
         // Converged: nothing more to do, and the static pod is never named.
         c.owned = BTreeMap::from([owner("default", "new", "u1")]);
-        c.on_node = BTreeSet::from(["new".to_string(), "static".to_string()]);
+        c.on_node = BTreeSet::from([node("default", "new"), "static".to_string()]);
         assert_eq!(names(&c.plan()), Vec::<String>::new());
     }
 
     #[test]
-    fn a_name_held_by_a_node_local_pod_or_another_namespace_is_blocked() {
-        let mut c = Case::new();
-        c.wanted.insert(key("default", "static"), wanted("static", "u1"));
-        c.on_node.insert("static".into());
-        assert_eq!(names(&c.plan()), ["blocked default/static"]);
-
+    fn one_name_in_two_namespaces_runs_twice_and_a_node_local_holder_blocks() {
         let mut c = Case::new();
         c.wanted.insert(key("a", "web"), wanted("web", "u1"));
         c.wanted.insert(key("b", "web"), wanted("web", "u2"));
-        assert_eq!(names(&c.plan()), ["create a/web", "blocked b/web"]);
-        // b/web first on the node: a/web waits for it.
-        c.owned = BTreeMap::from([owner("b", "web", "u2")]);
+        assert_eq!(names(&c.plan()), ["create a/web", "create b/web"]);
+        c.owned = BTreeMap::from([owner("a", "web", "u1"), owner("b", "web", "u2")]);
+        c.on_node = BTreeSet::from([node("a", "web"), node("b", "web")]);
+        assert_eq!(names(&c.plan()), Vec::<String>::new());
+
+        let mut c = Case::new();
+        c.wanted.insert(key("default", "static"), wanted("static", "u1"));
+        c.on_node.insert(node("default", "static"));
+        assert_eq!(names(&c.plan()), ["blocked default/static"]);
+    }
+
+    #[test]
+    fn node_pod_names_are_distinct_dns_labels() {
+        let names = [key("a-b", "c"), key("a", "b-c"), key("default", "web"), key("kube-system", "web")]
+            .map(|k| node_pod_name(&k));
+        assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), names.len(), "{names:?}");
+        assert!(names[2].starts_with("default-web-"), "{}", names[2]);
+        let long = node_pod_name(&key(&"n".repeat(63), &"p".repeat(63)));
+        assert!(testbed_api::validate::is_dns_label(&long, 63), "{long}");
+        let cut_at_dash = node_pod_name(&key(&format!("{}-", "n".repeat(53)), "x"));
+        assert!(testbed_api::validate::is_dns_label(&cut_at_dash, 63), "{cut_at_dash}");
+    }
+
+    #[test]
+    fn a_record_of_an_older_naming_is_replaced_under_the_new_name() {
+        let mut c = Case::new();
+        c.wanted.insert(key("default", "web"), wanted("web", "u1"));
+        c.owned.insert("web".into(), Owner { key: key("default", "web"), uid: "u1".into(), grace_secs: Some(5) });
         c.on_node.insert("web".into());
-        assert_eq!(names(&c.plan()), ["blocked a/web"]);
+        assert_eq!(names(&c.plan()), ["delete web Some(5)", "create default/web"]);
     }
 
     #[test]
     fn a_recreated_api_pod_replaces_the_old_one_after_its_delete() {
         let mut c = Case::new();
+        let web = node("default", "web");
         c.wanted.insert(key("default", "web"), wanted("web", "new-uid"));
         c.owned.extend([owner("default", "web", "old-uid")]);
-        c.on_node.insert("web".into());
-        assert_eq!(names(&c.plan()), ["delete web Some(5)"]);
-        c.busy.insert("web".into());
+        c.on_node.insert(web.clone());
+        assert_eq!(names(&c.plan()), [format!("delete {web} Some(5)")]);
+        c.busy.insert(web.clone());
         assert_eq!(names(&c.plan()), Vec::<String>::new(), "nothing while the delete runs");
         c.busy.clear();
         c.owned.clear();
@@ -216,7 +236,7 @@ mod tests {
         c.wanted.insert(key("default", "bad"), wanted("bad", "u1"));
         c.rejected.insert("u1".into());
         c.wanted.insert(key("default", "slow"), wanted("slow", "u2"));
-        c.busy.insert("slow".into());
+        c.busy.insert(node("default", "slow"));
         c.wanted.insert(key("default", "lost"), wanted("lost", "u3"));
         c.owned.extend([owner("default", "lost", "u3")]);
         assert_eq!(names(&c.plan()), ["create default/lost"]);

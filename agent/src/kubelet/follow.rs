@@ -15,7 +15,7 @@ use testbed_api::objects::{Node, NodeStatus, Pod, PodStatus};
 use testbed_api::{ControlPlaneStatus, PodPhase};
 use testbed_control_plane::client::{list_watch, now_rfc3339, paths, Change, Client, ClientError, WatchEvent};
 
-use super::diff::{self, Action, Owner, PodKey, Wanted};
+use super::diff::{self, node_pod_name, Action, Owner, PodKey, Wanted};
 use super::leases::{Leases, SubnetLease};
 use super::node::{self, Machine, NodeView};
 use super::owned::Owned;
@@ -211,12 +211,12 @@ impl Loop {
                 // A finished pod is not started again (the kubelet's rule), unless the node still runs it.
                 let finished =
                     matches!(p.status.as_ref().and_then(|s| s.phase), Some(PodPhase::Succeeded | PodPhase::Failed));
-                !finished || owned.get(&k.name).is_some_and(|o| o.key == **k)
+                !finished || owned.get(&node_pod_name(k)).is_some_and(|o| o.key == **k)
             })
             .map(|(k, p)| {
                 let grace_secs = p.spec.termination_grace_period_seconds.and_then(|g| u64::try_from(g).ok());
-                let wanted =
-                    Wanted { uid: p.metadata.uid.clone().unwrap_or_default(), spec: p.to_agent_spec(), grace_secs };
+                let spec = testbed_api::PodSpec { name: node_pod_name(k), ..p.to_agent_spec() };
+                let wanted = Wanted { uid: p.metadata.uid.clone().unwrap_or_default(), spec, grace_secs };
                 (k.clone(), wanted)
             })
             .collect();
@@ -258,8 +258,9 @@ impl Loop {
         let mut writes = Vec::new();
         for (key, pod) in &self.pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let ours = owned.get(&key.name).is_some_and(|o| o.key == *key && o.uid == uid);
-            let on_node = if ours { node_pods.get(&key.name) } else { None };
+            let name = node_pod_name(key);
+            let ours = owned.get(&name).is_some_and(|o| o.key == *key && o.uid == uid);
+            let on_node = if ours { node_pods.get(&name) } else { None };
             let note = match (rejected.get(&uid), self.blocked.get(key)) {
                 (Some(m), _) => Some(Note::Rejected(m.clone())),
                 (None, Some(m)) => Some(Note::Blocked(m.clone())),

@@ -224,6 +224,24 @@ pub struct ContainerStateTerminated {
     pub reason: Option<String>,
 }
 
+/// The agent's pod names are DNS labels of at most this many characters (`crate::validate`).
+const NODE_POD_NAME_MAX: usize = 63;
+/// Hex digits of the key's hash that end a node pod name.
+const NODE_POD_HASH_DIGITS: usize = 8;
+
+/// The name API pod `namespace/name` runs under on its node (the agent's pod: its cgroup, record, hostname;
+/// its veth is named by a hash of it): `<namespace>-<name>` cut to fit, then 8 hex digits of the SHA-256 of
+/// `<namespace>/<name>`. The namespace keeps pods of one name in two namespaces apart; the hash keeps apart
+/// keys that read alike once joined or cut (`a-b`/`c` and `a`/`b-c`). A DNS label of at most 63 characters.
+pub fn node_pod_name(namespace: &str, name: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    let hash = &hex::encode(digest)[..NODE_POD_HASH_DIGITS];
+    let joined = format!("{namespace}-{name}");
+    let readable = joined[..joined.len().min(NODE_POD_NAME_MAX - 1 - NODE_POD_HASH_DIGITS)].trim_end_matches('-');
+    format!("{readable}-{hash}")
+}
+
 impl Pod {
     /// The node agent's [`crate::PodSpec`] for this pod (`command` and `args` joined, as the runtime does),
     /// so the control plane runs the same checks ([`crate::validate::validate_pod`]) as the CLI and the agent.

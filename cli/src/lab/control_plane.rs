@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use testbed_api::ControlPlaneJoin;
-use testbed_control_plane::tls::Credentials;
+use testbed_control_plane::tls::{CertKey, Credentials};
 
 use crate::guest::agent_client::JoinOutcome;
 use crate::guest::{shell_quote, AgentClient, Session, SshError};
@@ -42,13 +42,44 @@ pub enum ControlPlaneError {
     NodesNotReady { nodes: Vec<String>, waited: Duration, last: String },
 }
 
+/// The files of the lab's credentials, in the lab directory and on the control-plane nodes alike.
+const CREDENTIAL_FILES: [&str; 8] = [
+    "ca.pem",
+    "apiserver.pem",
+    "apiserver-key.pem",
+    "token",
+    "etcd.pem",
+    "etcd-key.pem",
+    "etcd-client.pem",
+    "etcd-client-key.pem",
+];
+
+/// The texts of [`CREDENTIAL_FILES`], in that order.
+fn credential_texts(c: &Credentials) -> [&str; 8] {
+    [
+        &c.ca_pem,
+        &c.cert_pem,
+        &c.key_pem,
+        &c.token,
+        &c.etcd.cert_pem,
+        &c.etcd.key_pem,
+        &c.etcd_client.cert_pem,
+        &c.etcd_client.key_pem,
+    ]
+}
+
 /// The lab's control-plane credentials: made at the first `up`, kept in the lab directory (0600) so that a
-/// later `up` of the same lab keeps the kubeconfig users already have.
+/// later `up` of the same lab keeps the kubeconfig users already have. A lab directory from before etcd's
+/// certificates gets new credentials altogether: the CA's key is not kept, so nothing can be added to them.
 pub fn credentials(dir: &LabDir, plan: &Plan) -> Result<Credentials, ControlPlaneError> {
     let d = dir.root.join("control-plane");
-    let files = ["ca.pem", "apiserver.pem", "apiserver-key.pem", "token"].map(|f| d.join(f));
-    if let [Ok(ca_pem), Ok(cert_pem), Ok(key_pem), Ok(token)] = files.clone().map(std::fs::read_to_string) {
-        return Ok(Credentials { ca_pem, cert_pem, key_pem, token });
+    let files = CREDENTIAL_FILES.map(|f| d.join(f));
+    if let [Ok(ca_pem), Ok(cert_pem), Ok(key_pem), Ok(token), Ok(etcd_cert), Ok(etcd_key), Ok(client_cert), Ok(client_key)] =
+        files.clone().map(std::fs::read_to_string)
+    {
+        let etcd = CertKey { cert_pem: etcd_cert, key_pem: etcd_key };
+        let etcd_client = CertKey { cert_pem: client_cert, key_pem: client_key };
+        return Ok(Credentials { ca_pem, cert_pem, key_pem, token, etcd, etcd_client });
     }
     // SANs: every control-plane node's underlay address (agents and peers reach it there) and the host's
     // loopback, where the forwarder listens (`localhost` is added by `generate`).
@@ -56,7 +87,7 @@ pub fn credentials(dir: &LabDir, plan: &Plan) -> Result<Credentials, ControlPlan
     ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let creds = Credentials::generate(&ips).map_err(ControlPlaneError::Credentials)?;
     std::fs::create_dir_all(&d).map_err(|error| ControlPlaneError::Io { action: "create", path: d.clone(), error })?;
-    for (path, text) in files.iter().zip([&creds.ca_pem, &creds.cert_pem, &creds.key_pem, &creds.token]) {
+    for (path, text) in files.iter().zip(credential_texts(&creds)) {
         write_private(path, text)?;
     }
     Ok(creds)
@@ -80,21 +111,34 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
     let members = plan.control_plane_members();
     let ip = node.nics.first().map_or(Ipv4Addr::UNSPECIFIED, |n| n.ip);
     let initial: Vec<String> =
-        members.iter().map(|(n, ip)| format!("{}=http://{ip}:{ETCD_PEER_PORT}", n.name)).collect();
+        members.iter().map(|(n, ip)| format!("{}=https://{ip}:{ETCD_PEER_PORT}", n.name)).collect();
+    // Both ports take only clients with a certificate of the lab CA: pods share the underlay with them.
     let etcd = format!(
         "exec etcd --name {name} --data-dir {ETCD_DATA_DIR} \
-         --listen-client-urls http://{ip}:{ETCD_CLIENT_PORT} --advertise-client-urls http://{ip}:{ETCD_CLIENT_PORT} \
-         --listen-peer-urls http://{ip}:{ETCD_PEER_PORT} --initial-advertise-peer-urls http://{ip}:{ETCD_PEER_PORT} \
+         --listen-client-urls https://{ip}:{ETCD_CLIENT_PORT} --advertise-client-urls https://{ip}:{ETCD_CLIENT_PORT} \
+         --listen-peer-urls https://{ip}:{ETCD_PEER_PORT} --initial-advertise-peer-urls https://{ip}:{ETCD_PEER_PORT} \
          --initial-cluster {initial} --initial-cluster-state new --initial-cluster-token tb-{lab} \
+         --cert-file {GUEST_DIR}/etcd.pem --key-file {GUEST_DIR}/etcd-key.pem \
+         --client-cert-auth --trusted-ca-file {GUEST_DIR}/ca.pem \
+         --peer-cert-file {GUEST_DIR}/etcd.pem --peer-key-file {GUEST_DIR}/etcd-key.pem \
+         --peer-client-cert-auth --peer-trusted-ca-file {GUEST_DIR}/ca.pem \
          --auto-compaction-mode periodic --auto-compaction-retention {ETCD_RETENTION} --logger zap",
         name = node.name,
         initial = initial.join(","),
         lab = plan.lab,
     );
+    // Every member, its own first: the API server moves to the next when one refuses the connection.
+    let endpoints: Vec<String> = std::iter::once(ip)
+        .chain(members.iter().map(|(_, m)| *m).filter(|m| *m != ip))
+        .map(|m| format!("https://{m}:{ETCD_CLIENT_PORT}"))
+        .collect();
     let apiserver = format!(
-        "exec /usr/local/bin/testbed-agent apiserver --listen {ip}:{API_PORT} --etcd http://{ip}:{ETCD_CLIENT_PORT} \
+        "exec /usr/local/bin/testbed-agent apiserver --listen {ip}:{API_PORT} --etcd {endpoints} \
+         --etcd-cafile {GUEST_DIR}/ca.pem --etcd-certfile {GUEST_DIR}/etcd-client.pem \
+         --etcd-keyfile {GUEST_DIR}/etcd-client-key.pem \
          --token-file {GUEST_DIR}/token --tls-cert-file {GUEST_DIR}/apiserver.pem \
-         --tls-key-file {GUEST_DIR}/apiserver-key.pem"
+         --tls-key-file {GUEST_DIR}/apiserver-key.pem",
+        endpoints = endpoints.join(","),
     );
     // Every member's API server, this node's first: the manager keeps working while one is down.
     let servers: Vec<String> = std::iter::once(ip)
@@ -109,10 +153,9 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
     );
     let file = |name: &str, text: &str| format!("printf '%s' {} >{GUEST_DIR}/{name}\n", shell_quote(text));
     let mut s = format!("set -e\numask 077\nmkdir -p {GUEST_DIR} {ETCD_DATA_DIR}\n");
-    s += &file("ca.pem", &creds.ca_pem);
-    s += &file("apiserver.pem", &creds.cert_pem);
-    s += &file("apiserver-key.pem", &creds.key_pem);
-    s += &file("token", &creds.token);
+    for (name, text) in CREDENTIAL_FILES.iter().zip(credential_texts(creds)) {
+        s += &file(name, text);
+    }
     s += &format!("printf '%s\\n' {} >/etc/testbed/etcd.cmd\n", shell_quote(&etcd));
     s += &format!("printf '%s\\n' {} >/etc/testbed/apiserver.cmd\n", shell_quote(&apiserver));
     // First time: supervise both (busybox init reads inittab again on SIGHUP). Again (a re-up of a reused
@@ -301,16 +344,31 @@ mod tests {
     fn launch_script_binds_the_underlay_only_and_names_every_member() {
         let mut plan = fixtures::test_plan();
         plan.cluster.control_plane = vec!["node1".into(), "node2".into()];
-        let creds =
-            Credentials { ca_pem: "CA".into(), cert_pem: "CERT".into(), key_pem: "KEY".into(), token: "tok'en".into() };
+        let pair = |c: &str, k: &str| CertKey { cert_pem: c.into(), key_pem: k.into() };
+        let creds = Credentials {
+            ca_pem: "CA".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+            token: "tok'en".into(),
+            etcd: pair("ETCD", "ETCDKEY"),
+            etcd_client: pair("CLIENT", "CLIENTKEY"),
+        };
         let script = launch_script(&plan, &plan.nodes[1], &creds);
         let ip = plan.nodes[1].nics[0].ip;
         assert!(script.contains(&format!("--listen {ip}:6443")), "{script}");
-        assert!(script.contains(&format!("--listen-client-urls http://{ip}:2379")), "{script}");
-        assert!(script.contains(&format!("--listen-peer-urls http://{ip}:2380")), "{script}");
+        assert!(script.contains(&format!("--listen-client-urls https://{ip}:2379")), "{script}");
+        assert!(script.contains(&format!("--listen-peer-urls https://{ip}:2380")), "{script}");
         assert!(!script.contains("0.0.0.0") && !script.contains("10.0.2."), "{script}");
         let first = plan.nodes[0].nics[0].ip;
-        assert!(script.contains(&format!("--initial-cluster node1=http://{first}:2380,node2=http://{ip}:2380")));
+        assert!(script.contains(&format!("--initial-cluster node1=https://{first}:2380,node2=https://{ip}:2380")));
+        // Both of etcd's ports ask for a certificate of the lab CA; the API server presents its own.
+        for flag in ["--client-cert-auth --trusted-ca-file", "--peer-client-cert-auth --peer-trusted-ca-file"] {
+            assert!(script.contains(&format!("{flag} {GUEST_DIR}/ca.pem")), "{flag}: {script}");
+        }
+        assert!(script.contains(&format!("--etcd-certfile {GUEST_DIR}/etcd-client.pem")), "{script}");
+        assert!(script.contains("'CLIENTKEY'") && script.contains("'ETCDKEY'"), "{script}");
+        // Every member, its own first.
+        assert!(script.contains(&format!("--etcd https://{ip}:2379,https://{first}:2379 ")), "{script}");
         assert!(script.contains("--auto-compaction-mode periodic --auto-compaction-retention 1h"));
         // Quoted for the shell: a quote in a value cannot end the string early.
         assert!(script.contains(r"'tok'\''en'"), "{script}");

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::guest::Session;
 use crate::plan::API_PORT;
+use crate::provider::qemu::procs;
 
 use super::dir::LabDir;
 use super::handle::Lab;
@@ -71,25 +72,13 @@ pub fn read_record(dir: &LabDir) -> Option<ForwarderRecord> {
     serde_json::from_slice(&std::fs::read(record_path(dir)).ok()?).ok()
 }
 
-/// Field 22 (`starttime`) of /proc/<pid>/stat, None when the process is gone or a zombie.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
-    if rest.next()? == "Z" {
-        return None;
-    }
-    rest.nth(18)?.parse().ok()
-}
-
 /// True while the recorded process runs and is this lab's forwarder (same start time, same command line).
 pub fn is_running(dir: &LabDir, rec: &ForwarderRecord) -> bool {
-    if start_time(rec.pid) != Some(rec.start_time) {
+    if !procs::is_same_process(rec.pid, rec.start_time) {
         return false;
     }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", rec.pid)) else { return false };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.contains(&SUBCOMMAND.as_bytes()) && args.windows(2).any(|w| w[0] == b"--lab" && w[1] == dir.name.as_bytes())
+    let Some(args) = procs::argv(rec.pid) else { return false };
+    args.iter().any(|a| a == SUBCOMMAND) && args.windows(2).any(|w| w[0] == "--lab" && w[1] == dir.name)
 }
 
 /// Stops the lab's forwarder (SIGTERM, SIGKILL after 2 s) and forgets it; returns its PID when one ran.
@@ -171,7 +160,8 @@ async fn spawn(dir: &LabDir, port: u16) -> Result<ForwarderRecord, ForwarderErro
             return Err(ForwarderError::NotStarted(format!("no port announced; forwarder.log: {}", tail.trim())));
         }
     };
-    let start_time = start_time(pid).ok_or_else(|| ForwarderError::NotStarted("exited after starting".into()))?;
+    let start_time =
+        procs::start_time(pid).ok_or_else(|| ForwarderError::NotStarted("exited after starting".into()))?;
     let rec = ForwarderRecord { pid, start_time, port };
     let json = serde_json::to_vec(&rec).map_err(|e| io("encode forwarder.json")(std::io::Error::other(e)))?;
     std::fs::write(record_path(dir), json).map_err(io("write forwarder.json"))?;

@@ -22,7 +22,7 @@ use testbed_control_plane::tls::Credentials;
 
 use super::cluster::NodeInfo;
 
-/// API pods the fake kubelet runs: name -> (node, IP).
+/// API pods the fake kubelet runs: node pod name -> (node, IP).
 pub type ApiPods = Arc<Mutex<BTreeMap<String, (String, Ipv4Addr)>>>;
 
 /// What the fake kubelet leaves out.
@@ -129,9 +129,11 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
         for pod in list.items {
             let (Some(name), Some(ns)) = (pod.metadata.name.clone(), pod.metadata.namespace.clone()) else { continue };
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
-            seen.push(name.clone());
+            // Kept by its node pod name, as the agent names it on the node.
+            let node_pod = testbed_api::objects::node_pod_name(&ns, &name);
+            seen.push(node_pod.clone());
             let Some(info) = nodes.iter().find(|n| n.name == node) else { continue };
-            if running.lock().map(|r| r.contains_key(&name)).unwrap_or(true) {
+            if running.lock().map(|r| r.contains_key(&node_pod)).unwrap_or(true) {
                 continue;
             }
             let ip = info.pod_subnet.hosts().nth(200).unwrap_or(info.pod_subnet.addr());
@@ -152,7 +154,7 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
                 .await;
             if patched.is_ok() {
                 if let Ok(mut r) = running.lock() {
-                    r.insert(name, (node, ip));
+                    r.insert(node_pod, (node, ip));
                 }
             }
         }

@@ -22,15 +22,44 @@ pub fn free_port() -> u16 {
 
 /// etcd on loopback with its data in `dir` (log in `dir/etcd.log`), answering on the returned client URL.
 pub fn start_etcd(dir: &Path) -> (Killed, String) {
+    start(dir, "http", &[])
+}
+
+/// The PEM files of a TLS etcd: the CA it trusts for clients and peers, and its own certificate and key.
+pub struct EtcdTlsFiles<'a> {
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// etcd on loopback as a lab runs it: both ports HTTPS, taking only clients with a certificate of `tls.ca`
+/// (the flags of `launch_script` in cli/src/lab/control_plane.rs). Returns its `https://` client URL.
+pub fn start_etcd_tls(dir: &Path, tls: &EtcdTlsFiles<'_>) -> (Killed, String) {
+    let [ca, cert, key] = [tls.ca, tls.cert, tls.key].map(|p| p.to_str().expect("UTF-8 path").to_string());
+    let flags = [
+        ("--cert-file", &cert),
+        ("--key-file", &key),
+        ("--trusted-ca-file", &ca),
+        ("--peer-cert-file", &cert),
+        ("--peer-key-file", &key),
+        ("--peer-trusted-ca-file", &ca),
+    ];
+    let mut args: Vec<String> = flags.iter().flat_map(|(f, v)| [f.to_string(), v.to_string()]).collect();
+    args.extend(["--client-cert-auth".to_string(), "--peer-client-cert-auth".to_string()]);
+    start(dir, "https", &args)
+}
+
+fn start(dir: &Path, scheme: &str, extra: &[String]) -> (Killed, String) {
     let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
+    let url = format!("{scheme}://127.0.0.1:{client}");
+    let peer_url = format!("{scheme}://127.0.0.1:{peer}");
     let child = Command::new("etcd")
         .arg("--data-dir")
         .arg(dir.join("etcd"))
         .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
         .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("default={peer_url}")])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("etcd.log")).expect("etcd log"))
         .spawn()

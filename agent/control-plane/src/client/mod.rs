@@ -3,10 +3,9 @@
 //! read at), watch from a revision (`watch.rs`, with a list-then-watch stream that re-lists when the
 //! revision is too old), create, update, JSON merge patch, delete, and the `/status` subresources.
 //!
-//! Over the hyper client already in the tree (`connector.rs` adds TLS), not kube-rs: kube-rs would bring
+//! Over the hyper client already in the tree (`crate::connector` adds TLS), not kube-rs: kube-rs would bring
 //! k8s-openapi into the static agent (+1.9 MB for the types alone, docs/architecture.md).
 
-mod connector;
 pub mod paths;
 mod watch;
 
@@ -24,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use testbed_api::objects::{Binding, Deployment, Event, Lease, Namespace, Node, ObjectMeta, Pod, ReplicaSet, Status};
 
+use crate::connector::error_chain;
 pub use crate::meta::{now_rfc3339, now_rfc3339_micro, now_seconds, parse_rfc3339};
 pub use watch::{list_watch, Change, WatchEvent};
 
@@ -121,7 +121,7 @@ struct RawList<T> {
 pub struct Client {
     servers: Vec<String>,
     token: String,
-    http: HyperClient<connector::TlsConnector, Full<Bytes>>,
+    http: HyperClient<crate::connector::Connector, Full<Bytes>>,
     current: AtomicUsize,
 }
 
@@ -131,9 +131,10 @@ impl Client {
         if servers.is_empty() {
             return Err(ClientError::NoServer);
         }
+        let tls = crate::tls::client_config(ca_pem.as_bytes(), None).map_err(|e| ClientError::Tls(e.to_string()))?;
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector::TlsConnector::new(ca_pem)?);
+            .build(crate::connector::Connector::new(Some(tls)));
         let servers = servers.iter().map(|s| s.trim_end_matches('/').to_string()).collect();
         Ok(Self { servers, token: token.to_string(), http, current: AtomicUsize::new(0) })
     }
@@ -290,16 +291,4 @@ fn api_error(method: Method, path: &str, code: StatusCode, body: &[u8]) -> Clien
         code: code.as_u16(),
     });
     ClientError::Api { method, path: path.to_string(), status: Box::new(status) }
-}
-
-/// hyper's errors say "client error (Connect)" at the top; the cause (refused, TLS) is below.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }

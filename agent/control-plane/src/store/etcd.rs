@@ -1,5 +1,7 @@
-//! etcd through its v3 JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/watch` over plain HTTP/1.1 on the
-//! client port). The gRPC client crate (`etcd-client`) compiles etcd's protos at build time and needs
+//! etcd through its v3 JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/watch` over HTTP/1.1 on the client
+//! port: HTTPS with a client certificate of the lab CA in a lab, plain HTTP on the tests' loopback), to every
+//! member of the cluster in turn: a request goes to the member that answered last, and to the next one when
+//! that one refuses the connection, so an API server outlives its own node's etcd. The gRPC client crate (`etcd-client`) compiles etcd's protos at build time and needs
 //! `protoc`, which neither the build machines nor CI have; the gateway carries the same messages as JSON
 //! (bytes in base64, 64-bit integers as strings) with the hyper client axum already brings in.
 
@@ -7,19 +9,25 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::connector::error_chain;
+
 use super::{Event, KeyValue, Store, StoreError, WatchStream};
 
-/// An etcd endpoint (`http://127.0.0.1:2379`).
+/// A client of an etcd cluster's members (`https://10.0.0.11:2379`, ...).
 #[derive(Clone)]
 pub struct Etcd {
-    endpoint: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    endpoints: Arc<[String]>,
+    /// The member that answered last, tried first.
+    current: Arc<AtomicUsize>,
+    client: Client<crate::connector::Connector, Full<Bytes>>,
 }
 
 /// A key as the gateway sends it.
@@ -126,18 +134,39 @@ impl RawKv {
 }
 
 impl Etcd {
-    /// A client of the etcd at `endpoint` (`http://HOST:PORT`); connects lazily.
-    pub fn new(endpoint: &str) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { endpoint: endpoint.trim_end_matches('/').to_string(), client }
+    /// A client of the members at `endpoints`: `https://HOST:PORT` ones with `tls` (the lab CA and the
+    /// client certificate, [`crate::tls::client_config`]), `http://HOST:PORT` ones without. Connects lazily.
+    pub fn new(endpoints: &[String], tls: Option<rustls::ClientConfig>) -> Result<Self, StoreError> {
+        if endpoints.is_empty() {
+            return Err(StoreError::Backend("no etcd endpoint given".into()));
+        }
+        let client = Client::builder(TokioExecutor::new()).build(crate::connector::Connector::new(tls));
+        let endpoints = endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect();
+        Ok(Self { endpoints, current: Arc::new(AtomicUsize::new(0)), client })
     }
 
+    /// Posts `body` to the first member that takes the connection, starting with the one that answered last.
     async fn send(&self, path: &str, body: &Value) -> Result<hyper::Response<hyper::body::Incoming>, StoreError> {
-        let req = hyper::Request::post(format!("{}{path}", self.endpoint))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.client.request(req).await.map_err(|e| StoreError::Backend(format!("{path}: {e}")))
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for i in 0..self.endpoints.len() {
+            let idx = (first + i) % self.endpoints.len();
+            let endpoint = &self.endpoints[idx];
+            let req = hyper::Request::post(format!("{endpoint}{path}"))
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            match self.client.request(req).await {
+                Ok(resp) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                // Only a connection that was not made moves on: a request that was sent may have been applied.
+                Err(e) if e.is_connect() => last_error = format!("{endpoint}{path}: {}", error_chain(&e)),
+                Err(e) => return Err(StoreError::Backend(format!("{endpoint}{path}: {}", error_chain(&e)))),
+            }
+        }
+        Err(StoreError::Backend(last_error))
     }
 
     async fn call<T: serde::de::DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, StoreError> {

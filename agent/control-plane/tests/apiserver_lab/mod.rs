@@ -25,7 +25,7 @@ impl ApiLab {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (etcd_process, etcd_url) = start_etcd(dir.path());
-        let etcd = Etcd::new(&etcd_url);
+        let etcd = Etcd::new(std::slice::from_ref(&etcd_url), None).expect("etcd client");
         let deadline = Instant::now() + Duration::from_secs(20);
         while etcd.list("/").await.is_err() {
             assert!(Instant::now() < deadline, "etcd did not come up");

@@ -34,7 +34,8 @@ pub fn server_config(etcd_url: String) -> (testbed_control_plane::Config, Creden
     let port = free_port();
     let config = testbed_control_plane::Config {
         listen: (Ipv4Addr::LOCALHOST, port).into(),
-        etcd: etcd_url,
+        etcd: vec![etcd_url],
+        etcd_tls: None,
         token: creds.token.clone(),
         cert_pem: creds.cert_pem.clone().into_bytes(),
         key_pem: creds.key_pem.clone().into_bytes(),

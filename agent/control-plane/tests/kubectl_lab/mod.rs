@@ -27,7 +27,7 @@ impl Lab {
         let root = dir.path().to_path_buf();
         let (etcd_process, etcd_url) = start_etcd(&root);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-        let etcd = Etcd::new(&etcd_url);
+        let etcd = Etcd::new(std::slice::from_ref(&etcd_url), None).expect("etcd client");
         wait_for_etcd(&rt, &etcd, &root);
         let (config, creds, port) = server_config(etcd_url);
         rt.spawn(async move {

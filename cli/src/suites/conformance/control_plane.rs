@@ -262,8 +262,9 @@ async fn running_then_gone<C: Cluster>(c: &C, api: &Api<Pod>, node: &NodeInfo, n
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let ran = started.elapsed();
+    let node_pod = testbed_api::objects::node_pod_name(NAMESPACE, name);
     let on_node =
-        c.get_pod(&node.name, name).await.map_err(|e| CheckError::Fail(format!("the API says Running: {e}")))?;
+        c.get_pod(&node.name, &node_pod).await.map_err(|e| CheckError::Fail(format!("the API says Running: {e}")))?;
     let node_ip = on_node.ip.map(|i| i.to_string());
     if node_ip.as_deref() != Some(ip.as_str())
         || !ip.parse::<std::net::Ipv4Addr>().is_ok_and(|a| node.pod_subnet.contains(&a))
@@ -275,7 +276,7 @@ async fn running_then_gone<C: Cluster>(c: &C, api: &Api<Pod>, node: &NodeInfo, n
     }
     api.delete(name, &DeleteParams::default()).await.map_err(api_err("delete pod"))?;
     let deleted = tokio::time::Instant::now();
-    while c.get_pod(&node.name, name).await.is_ok() {
+    while c.get_pod(&node.name, &node_pod).await.is_ok() {
         if deleted.elapsed() > POD_DEADLINE {
             return Err(CheckError::Fail(format!("pod {name} is still on {} after its deletion", node.name)));
         }
