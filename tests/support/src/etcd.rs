@@ -15,9 +15,19 @@ impl Drop for Killed {
     }
 }
 
-/// A TCP port free on 127.0.0.1 at the time of asking.
+/// A TCP port free on 127.0.0.1 at the time of asking, and never handed out before in this process: the
+/// tests of one binary run in parallel, and a port given to one test's etcd and freed again until etcd binds
+/// it must not go to another test meanwhile.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// etcd on loopback with its data in `dir` (log in `dir/etcd.log`), answering on the returned client URL.

@@ -1,6 +1,7 @@
-//! What the controller tests share: a real etcd and API server ([`ApiLab`]), a fake kubelet that binds
-//! pods round-robin to three Node objects and reports them Running and Ready (the scheduler and the real
-//! kubelets are other parts), a controller manager in a task, and Deployments to roll out.
+//! What the controller tests share: a real etcd and API server ([`ApiLab`]), three Ready Node objects whose
+//! Leases a fake kubelet renews, the fake kubelet reporting the pods the manager's scheduler binds Running
+//! and Ready (the real kubelets are another part), a controller manager in a task, and Deployments to
+//! roll out.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,7 +54,11 @@ impl Cluster {
                 ..Default::default()
             };
             api.create(&paths::nodes(), &node).await.expect("node");
+            let status = json!({"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now_rfc3339()}],
+                                "allocatable": {"cpu": "4", "memory": "8Gi"}});
+            api.patch_node_status(name, &status).await.expect("node status");
         }
+        tokio::spawn(renew_leases(api.clone()));
         tokio::spawn(fake_kubelet(api.clone()));
         Self { lab, api, managers: Vec::new() }
     }
@@ -191,10 +196,38 @@ pub fn ready(pod: &Pod) -> bool {
     pod.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The kubelet and scheduler stand-in: binds each unbound pod to the next node, then reports it Running
-/// and (unless its image is [`BROKEN`]) Ready.
+/// The nodes' heartbeats: each node's Lease renewed every second, so the node lifecycle controller keeps
+/// them Ready.
+async fn renew_leases(api: Arc<Client>) {
+    loop {
+        for name in NODES {
+            let lease = testbed_api::objects::Lease {
+                api_version: "coordination.k8s.io/v1".into(),
+                kind: "Lease".into(),
+                metadata: ObjectMeta {
+                    name: name.into(),
+                    namespace: Some("kube-node-lease".into()),
+                    ..Default::default()
+                },
+                spec: testbed_api::objects::LeaseSpec {
+                    holder_identity: Some(name.into()),
+                    lease_duration_seconds: Some(40),
+                    renew_time: Some(testbed_control_plane::client::now_rfc3339_micro()),
+                    ..Default::default()
+                },
+            };
+            let path = paths::lease("kube-node-lease", name);
+            if api.update(&path, &lease).await.is_err() {
+                let _ = api.create(&paths::leases("kube-node-lease"), &lease).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The kubelet stand-in: reports each pod the scheduler bound Running and (unless its image is [`BROKEN`])
+/// Ready.
 async fn fake_kubelet(api: Arc<Client>) {
-    let mut next = 0usize;
     let mut changes = list_watch::<Pod>(api.clone(), &paths::pods(None), &[]);
     while let Some(change) = changes.next().await {
         let pods = match change {
@@ -208,11 +241,7 @@ async fn fake_kubelet(api: Arc<Client>) {
         };
         for pod in pods {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            let path = paths::pod(&ns, &pod.metadata.name);
             if pod.spec.node_name.is_none() {
-                let node = NODES[next % NODES.len()];
-                next += 1;
-                let _ = api.merge_patch::<Pod>(&path, &json!({"spec": {"nodeName": node}})).await;
                 continue;
             }
             let running = pod.status.as_ref().and_then(|s| s.phase) == Some(testbed_api::PodPhase::Running);
