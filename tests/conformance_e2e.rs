@@ -107,6 +107,8 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool) {
     // The control plane's checks ran and passed on every lab (agents following the API included).
     let control_plane = checks.iter().filter(|c| c["group"] == "control-plane" && c["status"] == "pass").count();
     assert_eq!(control_plane, 5, "[control-plane] checks that passed");
+    let controller = checks.iter().filter(|c| c["group"] == "controller" && c["status"] == "pass").count();
+    assert_eq!(controller, 8, "[controller] checks that passed");
     let skipped = unexpected_skips(checks);
     assert!(skipped.is_empty(), "checks skipped on a backend that must run them:\n{}", skipped.join("\n"));
     // The none backend skips its cross-node checks only: most of its checks still run.

@@ -1,7 +1,7 @@
 //! The fake cluster's control plane, for unit tests only: the real API server of `testbed-control-plane`
 //! over its in-memory store (etcd's semantics, no etcd), served on loopback TLS, plus a scripted kubelet
 //! that registers every node with a Lease and runs the pods bound to a node (status Running and Ready with
-//! an IP of the node's subnet; a container whose command is `false` never gets Ready) until they are
+//! an IP of the node's subnet; a container whose program does not exist never gets Ready) until they are
 //! deleted, and the real controller manager (controllers, scheduler, node lifecycle). Faults switch parts
 //! of the kubelet or the controllers off.
 
@@ -137,13 +137,13 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
                 continue;
             }
             let ip = info.pod_subnet.hosts().nth(200).unwrap_or(info.pod_subnet.addr());
-            // A container that exits at once (`false`) restarts for ever and is never Ready, as on a node.
+            // A container whose program does not exist never starts and is never Ready, as on a node.
             let crashing = pod
                 .spec
                 .as_ref()
                 .and_then(|s| s.containers.first())
                 .and_then(|c| c.command.as_ref())
-                .is_some_and(|c| c.first().is_some_and(|p| p == "false"));
+                .is_some_and(|c| c.first().is_some_and(|p| p == super::conformance::NEVER_STARTS));
             let ready = if crashing { "False" } else { "True" };
             let status = serde_json::json!({"status": {
                 "phase": "Running", "podIP": ip.to_string(),

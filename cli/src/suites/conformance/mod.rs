@@ -7,6 +7,9 @@
 mod cgroups;
 mod control_plane;
 mod controller;
+
+#[cfg(test)]
+pub(super) use controller::NEVER_STARTS;
 mod fixture;
 mod mtu;
 mod overlay;

@@ -8,6 +8,9 @@
 mod rollout;
 mod wait;
 
+#[cfg(test)]
+pub(in crate::suites) use rollout::NEVER_STARTS;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};

@@ -13,6 +13,9 @@ use kube::Client;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::{api_err, create, deployment, pods, wait, NAMESPACE};
 
+/// A command no node has: a container running it never starts.
+pub(in crate::suites) const NEVER_STARTS: &str = "/nonexistent/testbed-never-starts";
+
 /// The `VERSION` env var of a pod's first container.
 fn version_of(p: &Pod) -> Option<String> {
     let c = p.spec.as_ref()?.containers.first()?;
@@ -134,12 +137,17 @@ pub(super) async fn rolling_bounds(client: &Client) -> CheckOutcome {
 pub(super) async fn stuck(client: &Client) -> CheckOutcome {
     let mut d = deployment("stuck", 2, "1");
     if let Some(spec) = d.spec.as_mut() {
-        spec.progress_deadline_seconds = Some(if cfg!(test) { 2 } else { 20 });
+        // A node agent reports a container Running (so Ready) from its launcher's start until the exec of a
+        // missing program fails, a moment later: minReadySeconds keeps such a flicker from counting as
+        // available, which a kubelet never reports in the first place (docs/architecture.md).
+        spec.min_ready_seconds = Some(if cfg!(test) { 1 } else { 5 });
+        spec.progress_deadline_seconds = Some(if cfg!(test) { 3 } else { 25 });
     }
     let api = create(client, &d).await?;
     wait::rolled_out(&api, "stuck", 2).await?;
-    // `false` exits at once: its pods restart and are never Ready.
-    set_version(&api, "stuck", "2", Some(&["false"])).await?;
+    // A program that does not exist never starts, so its pods are never Ready (Kubernetes' e2e test uses an
+    // image that cannot be pulled). `false` would not do: it runs for a moment, which counts as Ready.
+    set_version(&api, "stuck", "2", Some(&[NEVER_STARTS])).await?;
     let reason = wait::until("Progressing=False with ProgressDeadlineExceeded", wait::LONG, || async {
         let d = api.get("stuck").await.map_err(api_err("get deployment"))?;
         let conditions = d.status.and_then(|s| s.conditions).unwrap_or_default();
