@@ -43,7 +43,7 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
         }
     };
     let e = Level::Error;
-    if let Err(err) = namespace(&client).await {
+    if let Err(err) = namespace(&client, NAMESPACE).await {
         for name in names {
             r.record(GROUP, None, name, testbed_api::results::CheckStatus::Error, &format!("{err:?}"));
         }
@@ -59,7 +59,8 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
     }
 }
 
-fn api_err(what: &str) -> impl Fn(kube::Error) -> CheckError + '_ {
+/// A check's error from an API call: the server's refusal is a failure, no answer an infrastructure error.
+pub(super) fn api_err(what: &str) -> impl Fn(kube::Error) -> CheckError + '_ {
     move |e| match e {
         kube::Error::Api(s) => {
             CheckError::Fail(format!("{what}: the API answered {} {}: {}", s.code, s.reason, s.message))
@@ -68,12 +69,13 @@ fn api_err(what: &str) -> impl Fn(kube::Error) -> CheckError + '_ {
     }
 }
 
-async fn namespace(client: &Client) -> Result<(), CheckError> {
-    let ns = Namespace { metadata: meta(NAMESPACE), ..Default::default() };
+/// Creates the namespace `name` unless it exists.
+pub(super) async fn namespace(client: &Client, name: &str) -> Result<(), CheckError> {
+    let ns = Namespace { metadata: meta(name), ..Default::default() };
     match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(api_err("create namespace testbed-conformance")(e)),
+        Err(e) => Err(api_err(&format!("create namespace {name}"))(e)),
     }
 }
 

@@ -23,6 +23,7 @@ use testbed_api::results::CheckStatus;
 
 use super::super::cluster::{nodes_of, Cluster};
 use super::super::runner::{CheckError, CheckOutcome, Level, Runner};
+pub(super) use super::control_plane::api_err;
 
 const GROUP: &str = "controller";
 const NAMESPACE: &str = "testbed-conformance-controller";
@@ -46,7 +47,7 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
             return;
         }
     };
-    if let Err(err) = namespace(&client).await {
+    if let Err(err) = super::control_plane::namespace(&client, NAMESPACE).await {
         names.iter().for_each(|n| r.record(GROUP, None, n, CheckStatus::Error, &format!("{err:?}")));
         return;
     }
@@ -61,25 +62,6 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
     r.run(GROUP, None, names[6], e, rollout::history_limit(&client)).await;
     r.run(GROUP, None, names[7], e, rollout::pause_resume(&client)).await;
     let _ = Api::<Namespace>::all(client).delete(NAMESPACE, &DeleteParams::default()).await;
-}
-
-fn api_err(what: &str) -> impl Fn(kube::Error) -> CheckError + '_ {
-    move |e| match e {
-        kube::Error::Api(s) => {
-            CheckError::Fail(format!("{what}: the API answered {} {}: {}", s.code, s.reason, s.message))
-        }
-        other => CheckError::Infra(format!("{what}: {other}")),
-    }
-}
-
-async fn namespace(client: &Client) -> Result<(), CheckError> {
-    let ns =
-        Namespace { metadata: ObjectMeta { name: Some(NAMESPACE.into()), ..Default::default() }, ..Default::default() };
-    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(api_err("create namespace")(e)),
-    }
 }
 
 /// A Deployment `name` of `replicas` pods running `sleep`, labelled `app=<name>`, with a `VERSION` env var
