@@ -12,9 +12,9 @@ use super::super::super::runner::CheckError;
 use super::api_err;
 
 /// For what the controllers do alone (a count to match, an object to go).
-pub(super) const SHORT: Duration = Duration::from_secs(if cfg!(test) { 5 } else { 30 });
+pub(super) const SHORT: Duration = Duration::from_secs(if cfg!(test) { 10 } else { 30 });
 /// For what also needs the kubelets to start pods (several per node on 1-vCPU TCG guests).
-pub(super) const LONG: Duration = Duration::from_secs(if cfg!(test) { 10 } else { 120 });
+pub(super) const LONG: Duration = Duration::from_secs(if cfg!(test) { 20 } else { 120 });
 const POLL: Duration = Duration::from_millis(if cfg!(test) { 50 } else { 250 });
 
 /// Polls `probe` until it yields a value; a Fail naming `what` after `deadline`.
