@@ -142,10 +142,13 @@ fn apply_get_describe_and_delete_round_trip_through_the_api() {
     let applied = ok(cp.testbed(&["apply", "-f", &file]));
     assert_eq!(applied, "namespace/team-a created\nlease.coordination.k8s.io/lock created\npod/web created\n");
     let again = ok(cp.testbed(&["apply", "-f", &file]));
-    assert_eq!(again, "namespace/team-a unchanged\nlease/lock unchanged\npod/web unchanged\n");
+    assert_eq!(again, "namespace/team-a unchanged\nlease.coordination.k8s.io/lock unchanged\npod/web unchanged\n");
     let changed = cp.write("changed.yaml", &OBJECTS.replace("holderIdentity: first", "holderIdentity: second"));
     let configured = ok(cp.testbed(&["apply", "-f", &changed]));
-    assert_eq!(configured, "namespace/team-a unchanged\nlease/lock configured\npod/web unchanged\n");
+    assert_eq!(
+        configured,
+        "namespace/team-a unchanged\nlease.coordination.k8s.io/lock configured\npod/web unchanged\n"
+    );
 
     // The table, and the same objects as kubectl reads them.
     let table = ok(cp.testbed(&["get", "leases", "-n", "team-a"]));
@@ -180,7 +183,10 @@ fn apply_get_describe_and_delete_round_trip_through_the_api() {
     fails_with(cp.testbed(&["delete", "pod", "web", "-n", "team-a"]), 2, "404");
     assert!(ok(cp.testbed(&["delete", "pod", "web", "-n", "team-a", "--ignore-not-found"])).is_empty());
     let deleted = ok(cp.testbed(&["delete", "-f", &file, "--ignore-not-found"]));
-    assert_eq!(deleted, "lease/lock deleted\nnamespace/team-a deleted\n", "in reverse order; the pod was already gone");
+    assert_eq!(
+        deleted, "lease.coordination.k8s.io/lock deleted\nnamespace/team-a deleted\n",
+        "in reverse order; the pod was already gone"
+    );
 }
 
 #[test]
