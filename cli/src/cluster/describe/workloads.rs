@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{field, map};
 
-const REVISION: &str = "deployment.kubernetes.io/revision";
+use super::super::rollout::REVISION;
 
 pub(super) fn deployment(out: &mut String, d: &Deployment, replica_sets: &[ReplicaSet]) {
     let spec = d.spec.clone().unwrap_or_default();

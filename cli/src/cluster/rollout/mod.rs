@@ -16,7 +16,7 @@ use super::kinds::{self, Kind};
 use super::{connect, run, ClientArgs, ClusterError};
 
 /// The annotation the deployment controller numbers ReplicaSets (and the Deployment) with.
-const REVISION: &str = "deployment.kubernetes.io/revision";
+pub(super) const REVISION: &str = "deployment.kubernetes.io/revision";
 
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
