@@ -258,6 +258,33 @@ fn exec_into_a_container_reads_the_container_itself() {
 }
 
 #[test]
+fn a_delete_outlasting_the_grace_period_with_one_container_gone_removes_everything() {
+    testbed_test_support::require_root!();
+    let agent = TestAgent::start("mixed", &["--kill-grace-secs", "1"]);
+    agent.apply_node();
+    // `quits` ends on SIGTERM, `stays` (PID 1 of its PID namespace: SIGTERM has no default action there)
+    // outlives the grace period, so the delete waits for the supervisors twice: once for the grace period, once
+    // after the SIGKILL, while one of them has already finished.
+    let quits = container("quits", &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"]);
+    let p = create(json!({"name": "mixed", "containers": [quits, container("stays", &["sleep", "1000"])]}));
+    let veth = p["host_veth"].as_str().unwrap().to_string();
+    let cgroup = PathBuf::from(p["cgroup"].as_str().unwrap());
+    let p = wait_pod("mixed", 10, |s| (0..2).all(|i| s["containers"][i]["state"]["state"] == "running"));
+    let pids = [running_pid(&p, 0), running_pid(&p, 1)];
+
+    let (code, body) = http("DELETE", "/v1/pods/mixed?grace_period_secs=1", None);
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(http("GET", "/v1/pods/mixed", None).0, 404);
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} still runs");
+    }
+    assert!(!cgroup.exists(), "{} still exists", cgroup.display());
+    let out = Command::new("ip").args(["-br", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&veth), "veth {veth} still exists");
+    drop(agent);
+}
+
+#[test]
 fn a_delete_that_leaks_answers_500_and_the_reconcile_finishes_it() {
     testbed_test_support::require_root!();
     let agent = TestAgent::start("leak", &["--kill-grace-secs", "1"]);

@@ -128,6 +128,9 @@ impl Agent {
             for (c, pid) in &targets {
                 self.processes.signal(*pid, launcher(c), Signal::SIGKILL);
             }
+            // The first wait may have seen some of them end: a JoinHandle polled again after it has answered
+            // panics, so only the unfinished ones are waited for again.
+            tasks.retain(|t| !t.is_finished());
             let all = futures::future::join_all(tasks.iter_mut());
             if tokio::time::timeout(SUPERVISOR_STOP_WAIT, all).await.is_err() {
                 tracing::error!(pod = %pod.spec.name, "container supervisors did not stop; aborting them");
