@@ -96,6 +96,9 @@ struct ApiserverArgs {
     /// The server's private key (PEM).
     #[arg(long)]
     tls_key_file: PathBuf,
+    /// Where Services' cluster IPs come from (kube-apiserver's flag).
+    #[arg(long, default_value = testbed_control_plane::apiserver::DEFAULT_SERVICE_CIDR)]
+    service_cluster_ip_range: String,
 }
 
 #[derive(clap::Args)]
@@ -248,8 +251,16 @@ async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let config =
-        testbed_control_plane::Config { listen: args.listen, etcd: args.etcd, etcd_tls, token, cert_pem, key_pem };
+    let service_cidr = testbed_control_plane::apiserver::parse_service_cidr(&args.service_cluster_ip_range)?;
+    let config = testbed_control_plane::Config {
+        listen: args.listen,
+        etcd: args.etcd,
+        etcd_tls,
+        token,
+        cert_pem,
+        key_pem,
+        service_cidr,
+    };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -37,6 +37,8 @@ pub struct Config {
     pub cert_pem: Vec<u8>,
     /// The server's private key, PEM.
     pub key_pem: Vec<u8>,
+    /// Where Services' cluster IPs come from (`--service-cluster-ip-range`).
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 /// The API server's TLS towards etcd, PEM: the lab CA and the client certificate etcd asks for.
@@ -81,7 +83,7 @@ pub async fn serve(
         None => None,
     };
     let etcd = store::etcd::Etcd::new(&config.etcd, etcd_tls).map_err(ServeError::Store)?;
-    let server = apiserver::Server::new(etcd, config.token);
+    let server = apiserver::Server::new(etcd, config.token, config.service_cidr);
     server.bootstrap().await.map_err(ServeError::Bootstrap)?;
     let listen_err = |e| ServeError::Listen(config.listen, e);
     let tcp = tokio::net::TcpListener::bind(config.listen).await.map_err(listen_err)?;

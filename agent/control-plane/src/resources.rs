@@ -17,6 +17,10 @@ pub enum Kind {
     ReplicaSet,
     /// `apps/v1 Deployment`.
     Deployment,
+    /// `v1 Service`.
+    Service,
+    /// `discovery.k8s.io/v1 EndpointSlice`.
+    EndpointSlice,
 }
 
 /// One REST resource.
@@ -121,6 +125,29 @@ pub const RESOURCES: &[Resource] = &[
         short_names: &["deploy"],
         has_status: true,
     },
+    Resource {
+        kind: Kind::Service,
+        group: "",
+        version: "v1",
+        plural: "services",
+        singular: "service",
+        kind_name: "Service",
+        namespaced: true,
+        short_names: &["svc"],
+        // Kubernetes' Service status holds load balancers only, which testbed does not make.
+        has_status: false,
+    },
+    Resource {
+        kind: Kind::EndpointSlice,
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind_name: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        has_status: false,
+    },
 ];
 
 /// Namespaces that exist from the start, as in Kubernetes.
@@ -165,8 +192,17 @@ mod tests {
 
     #[test]
     fn every_kind_is_served_once() {
-        let kinds =
-            [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Lease, Kind::Event, Kind::ReplicaSet, Kind::Deployment];
+        let kinds = [
+            Kind::Namespace,
+            Kind::Node,
+            Kind::Pod,
+            Kind::Lease,
+            Kind::Event,
+            Kind::ReplicaSet,
+            Kind::Deployment,
+            Kind::Service,
+            Kind::EndpointSlice,
+        ];
         for kind in kinds {
             assert_eq!(RESOURCES.iter().filter(|r| r.kind == kind).count(), 1, "{kind:?}");
         }

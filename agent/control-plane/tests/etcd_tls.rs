@@ -97,6 +97,7 @@ async fn apiserver_over_tls_etcd_moves_past_a_member_that_refuses() {
         token: creds.token.clone(),
         cert_pem: creds.cert_pem.clone().into_bytes(),
         key_pem: creds.key_pem.clone().into_bytes(),
+        service_cidr: testbed_control_plane::apiserver::DEFAULT_SERVICE_CIDR.parse().expect("cidr"),
     };
     let server = tokio::spawn(testbed_control_plane::serve(config, std::future::pending()));
     let client = Client::new(&[format!("https://127.0.0.1:{port}")], &creds.ca_pem, &creds.token).unwrap();

@@ -1,6 +1,7 @@
 //! Objects of the cluster control plane in the Kubernetes wire format (JSON field names, `apiVersion`/`kind`,
 //! `metadata`, `spec`, `status`): Namespace, Node, Pod, Event, Lease (`coordination.k8s.io/v1`), ReplicaSet
-//! and Deployment (`apps/v1`) with their `Scale`, and the `Status` every error answer carries, and the `Binding` the scheduler posts.
+//! and Deployment (`apps/v1`) with their `Scale`, Service and EndpointSlice (`discovery.k8s.io/v1`), the
+//! `Status` every error answer carries, and the `Binding` the scheduler posts.
 //!
 //! They are a subset of the Kubernetes schemas: the fields testbed acts on. Standard clients (kubectl, kube-rs
 //! with k8s-openapi) read and write them unchanged; a field outside the subset is refused when the client asks
@@ -15,6 +16,7 @@ mod coordination;
 mod event;
 mod meta;
 mod pod;
+mod service;
 mod status;
 
 pub use apps::*;
@@ -24,4 +26,5 @@ pub use coordination::*;
 pub use event::*;
 pub use meta::*;
 pub use pod::*;
+pub use service::*;
 pub use status::*;

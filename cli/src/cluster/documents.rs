@@ -90,9 +90,9 @@ mod tests {
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: [\n";
         let err = parse(file(), text).unwrap_err().to_string();
         assert!(err.starts_with("objs.yaml:"), "{err}");
-        let err = parse(file(), "apiVersion: v1\nkind: Service\nmetadata: {name: d}\n").unwrap_err();
+        let err = parse(file(), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: d}\n").unwrap_err();
         assert!(
-            err.to_string().starts_with("objs.yaml:1: the server doesn't have a resource type `v1 Service`"),
+            err.to_string().starts_with("objs.yaml:1: the server doesn't have a resource type `v1 ConfigMap`"),
             "{err}"
         );
         let err = parse(file(), "---\napiVersion: v1\nkind: Pod\nmetadata: {}\n").unwrap_err().to_string();

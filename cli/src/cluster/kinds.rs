@@ -122,8 +122,10 @@ mod tests {
         assert_eq!(parse("no").unwrap(), Kind::Node);
         assert_eq!(parse("leases").unwrap(), Kind::Lease);
         assert_eq!(parse("deploy").unwrap(), Kind::Deployment);
-        let err = parse("services").unwrap_err().to_string();
-        assert!(err.contains("`services`") && err.contains("leases (coordination.k8s.io/v1)"), "{err}");
+        assert_eq!(parse("svc").unwrap(), Kind::Service);
+        assert_eq!(parse("endpointslices").unwrap(), Kind::EndpointSlice);
+        let err = parse("configmaps").unwrap_err().to_string();
+        assert!(err.contains("`configmaps`") && err.contains("leases (coordination.k8s.io/v1)"), "{err}");
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub async fn start(nodes: Vec<NodeInfo>, faults: KubeletFaults, pods: ApiPods) -
     let creds = Credentials::generate(&[IpAddr::V4(Ipv4Addr::LOCALHOST)]).map_err(|e| e.to_string())?;
     let acceptor = testbed_control_plane::tls::acceptor(creds.cert_pem.as_bytes(), creds.key_pem.as_bytes())
         .map_err(|e| e.to_string())?;
-    let server = testbed_control_plane::apiserver::Server::new(Memory::default(), creds.token.clone());
+    let server = testbed_control_plane::apiserver::Server::new(
+        Memory::default(),
+        creds.token.clone(),
+        testbed_control_plane::apiserver::DEFAULT_SERVICE_CIDR.parse().expect("cidr"),
+    );
     server.bootstrap().await.map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(|e| e.to_string())?;
     let port = tcp.local_addr().map_err(|e| e.to_string())?.port();

@@ -47,7 +47,10 @@ impl<S: Store> Server<S> {
         mut names: impl FnMut(&str) -> String,
     ) -> Result<WithWarnings, ApiError> {
         let res = target.resource;
-        let obj = prepare(target, obj)?;
+        let mut obj = prepare(target, obj)?;
+        if res.kind == Kind::Service {
+            super::services::default_service(&mut obj);
+        }
         if !meta_str(&obj, "resourceVersion").is_empty() {
             return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
         }
@@ -90,10 +93,18 @@ impl<S: Store> Server<S> {
                 Kind::Pod => set(&mut obj, "status", json!({"phase": "Pending"})),
                 Kind::Namespace => set(&mut obj, "status", json!({"phase": "Active"})),
                 Kind::ReplicaSet | Kind::Deployment => remove(&mut obj, "status"),
-                Kind::Node | Kind::Lease | Kind::Event => {}
+                Kind::Node | Kind::Lease | Kind::Event | Kind::Service | Kind::EndpointSlice => {}
             }
+            let taken = match res.kind {
+                Kind::Service => self.take_service_addresses(&mut obj, None).await?,
+                _ => Default::default(),
+            };
             let key = res.key(Some(&namespace), &name);
-            match self.store.create(&key, encode(&obj)?).await {
+            let created = self.store.create(&key, encode(&obj)?).await;
+            if created.is_err() {
+                self.release_service_addresses(&taken).await;
+            }
+            match created {
                 Ok(rev) => {
                     set_resource_version(&mut obj, rev);
                     return Ok((obj, warnings));

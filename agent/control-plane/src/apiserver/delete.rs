@@ -70,7 +70,12 @@ impl<S: Store> Server<S> {
                 self.orphan_dependents(target.namespace.as_deref(), meta_str(&obj, "uid")).await?;
             }
             match self.store.delete(&kv.key, kv.mod_revision).await {
-                Ok(_) => return Ok(obj),
+                Ok(_) => {
+                    if res.kind == Kind::Service {
+                        self.release_service_addresses(&super::services::Held::of(&obj)).await;
+                    }
+                    return Ok(obj);
+                }
                 Err(StoreError::Conflict { .. }) if precondition("resourceVersion").is_none() && attempt < RETRIES => {}
                 Err(e) => return Err(ApiError::from_store(res, name, e)),
             }

@@ -12,6 +12,7 @@ mod objects;
 mod patch;
 mod scale;
 mod selector;
+mod services;
 mod status;
 mod watch;
 
@@ -25,6 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
+pub use services::{parse_service_cidr, DEFAULT_SERVICE_CIDR};
 pub use status::ApiError;
 
 use crate::resources::{Resource, INITIAL_NAMESPACES, RESOURCES};
@@ -34,6 +36,8 @@ use crate::store::Store;
 pub struct Server<S> {
     store: S,
     token: String,
+    /// Where Services' cluster IPs come from.
+    service_cidr: ipnet::Ipv4Net,
 }
 
 /// The object (or collection) a request is about.
@@ -50,9 +54,10 @@ pub struct Target {
 }
 
 impl<S: Store> Server<S> {
-    /// A server over `store` that admits requests carrying `Authorization: Bearer <token>`.
-    pub fn new(store: S, token: String) -> Arc<Self> {
-        Arc::new(Self { store, token })
+    /// A server over `store` that admits requests carrying `Authorization: Bearer <token>` and gives
+    /// Services cluster IPs from `service_cidr`.
+    pub fn new(store: S, token: String, service_cidr: ipnet::Ipv4Net) -> Arc<Self> {
+        Arc::new(Self { store, token, service_cidr })
     }
 
     /// Creates the namespaces every cluster starts with (`default`, `kube-system`, `kube-node-lease`) unless

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::patch::PatchType;
+use super::services;
 use super::{ApiError, Server, Target};
 use crate::resources::{Kind, Resource};
 use crate::store::{KeyValue, Store};
@@ -88,7 +89,11 @@ impl<S: Store> Server<S> {
         field_validation: Option<&str>,
     ) -> Result<WithWarnings, ApiError> {
         let (res, name) = (target.resource, target.name.as_deref().unwrap_or(""));
-        let new = prepare(target, new)?;
+        let mut new = prepare(target, new)?;
+        let service = res.kind == Kind::Service && target.subresource.is_none();
+        if service {
+            super::services::default_service(&mut new);
+        }
         let given = meta_str(&new, "resourceVersion");
         if !given.is_empty() {
             let given: i64 = given.parse().map_err(|_| {
@@ -98,10 +103,14 @@ impl<S: Store> Server<S> {
                 return Err(ApiError::conflict(res, name));
             }
         }
-        let (new, warnings) = validated(res, name, new, field_validation)?;
+        let (mut new, warnings) = validated(res, name, new, field_validation)?;
         if res.kind == Kind::Pod && target.subresource.is_none() {
             super::binding::check_pod_update(target, &old, &new)?;
         }
+        let taken = match service {
+            true => self.take_service_addresses(&mut new, Some(&old)).await?,
+            false => Default::default(),
+        };
         let mut merged = carry_server_fields(res, &old, new, target.subresource.as_deref());
         let mut unchanged = old.clone();
         metadata(&mut unchanged).remove("resourceVersion");
@@ -109,11 +118,16 @@ impl<S: Store> Server<S> {
             // A no-op write keeps the resourceVersion, as in Kubernetes: watchers see nothing.
             return Ok((old, warnings));
         }
-        let rev = self
-            .store
-            .update(&current.key, encode(&merged)?, current.mod_revision)
-            .await
-            .map_err(|e| ApiError::from_store(res, name, e))?;
+        let written = self.store.update(&current.key, encode(&merged)?, current.mod_revision).await;
+        match (&written, service) {
+            (Err(_), _) => self.release_service_addresses(&taken).await,
+            (Ok(_), true) => {
+                let freed = services::Held::of(&old).minus(&services::Held::of(&merged));
+                self.release_service_addresses(&freed).await;
+            }
+            (Ok(_), false) => {}
+        }
+        let rev = written.map_err(|e| ApiError::from_store(res, name, e))?;
         set_resource_version(&mut merged, rev);
         Ok((merged, warnings))
     }

@@ -11,6 +11,7 @@ use testbed_api::validate::{is_dns_label, validate_pod};
 
 use crate::resources::Kind;
 
+mod services;
 mod workloads;
 
 /// Why an object was refused.
@@ -52,6 +53,8 @@ pub fn check(kind: Kind, object: Value) -> Result<Checked, ValidationError> {
         Kind::Event => typed(object, check_event),
         Kind::ReplicaSet => typed(object, workloads::check_replica_set),
         Kind::Deployment => typed(object, workloads::check_deployment),
+        Kind::Service => typed(object, services::check_service),
+        Kind::EndpointSlice => typed(object, services::check_endpoint_slice),
     }
 }
 

@@ -36,6 +36,7 @@ pub fn server_config(etcd_url: String) -> (testbed_control_plane::Config, Creden
         listen: (Ipv4Addr::LOCALHOST, port).into(),
         etcd: vec![etcd_url],
         etcd_tls: None,
+        service_cidr: testbed_control_plane::apiserver::DEFAULT_SERVICE_CIDR.parse().expect("cidr"),
         token: creds.token.clone(),
         cert_pem: creds.cert_pem.clone().into_bytes(),
         key_pem: creds.key_pem.clone().into_bytes(),

@@ -1,9 +1,11 @@
 //! `testbed describe TYPE [NAME...]`: one object at a time, for a person, in kubectl's layout (fields, then
 //! the kind's own sections: a node's addresses, capacity and conditions; a pod's containers and conditions;
-//! a Deployment's replicas, strategy and ReplicaSets; a ReplicaSet's pods), and the object's Events.
+//! a Deployment's replicas, strategy and ReplicaSets; a ReplicaSet's pods; a Service's addresses and ports;
+//! an EndpointSlice's endpoints), and the object's Events.
 
 mod core_kinds;
 mod events;
+mod services;
 mod workloads;
 
 use std::fmt::Write;
@@ -127,6 +129,8 @@ fn text(kind: Kind, object: &DynamicObject, related: &Related) -> String {
         Kind::Event => {
             object.clone().try_parse::<k8s_openapi::api::core::v1::Event>().map(|e| events::event(&mut out, &e))
         }
+        Kind::Service => object.clone().try_parse().map(|s| services::service(&mut out, &s)),
+        Kind::EndpointSlice => object.clone().try_parse().map(|s| services::endpoint_slice(&mut out, &s)),
     };
     if let Err(e) = parsed {
         field(&mut out, "Invalid", &e.to_string());

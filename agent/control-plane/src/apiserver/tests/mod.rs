@@ -4,6 +4,7 @@
 mod create;
 mod delete;
 mod patch;
+mod services;
 mod workloads;
 
 use std::collections::HashMap;
@@ -13,14 +14,14 @@ use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::{router, Server, Target};
+use super::{router, Server, Target, DEFAULT_SERVICE_CIDR};
 use crate::resources::{Resource, RESOURCES};
 use crate::store::memory::Memory;
 
 pub(super) const TOKEN: &str = "t0ken";
 
 pub(super) async fn server() -> Arc<Server<Memory>> {
-    let s = Server::new(Memory::default(), TOKEN.into());
+    let s = Server::new(Memory::default(), TOKEN.into(), DEFAULT_SERVICE_CIDR.parse().expect("cidr"));
     s.bootstrap().await.expect("bootstrap");
     s
 }

@@ -11,6 +11,8 @@ use kube::api::DynamicObject;
 
 use super::kinds::{Kind, Served};
 
+mod services;
+
 /// The header of `kind`'s table.
 pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
     let mut cols = if all_namespaces && kind.namespaced() { vec!["NAMESPACE"] } else { vec![] };
@@ -22,13 +24,16 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str>
         Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         Kind::ReplicaSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
         Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        Kind::Service => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        Kind::EndpointSlice => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
     });
     if wide {
         cols.extend(match kind {
             Kind::Node => vec!["INTERNAL-IP", "POD-CIDR", "KERNEL-VERSION"],
             Kind::Pod => vec!["IP", "NODE"],
             Kind::ReplicaSet | Kind::Deployment => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
-            Kind::Namespace | Kind::Lease | Kind::Event => vec![],
+            Kind::Service => vec!["SELECTOR"],
+            Kind::Namespace | Kind::Lease | Kind::Event | Kind::EndpointSlice => vec![],
         });
     }
     cols
@@ -52,6 +57,8 @@ pub fn row(kind: Kind, obj: &DynamicObject, wide: bool, all_namespaces: bool, no
         Kind::Event => obj.clone().try_parse::<Event>().ok().map(|e| event_row(&e, now)),
         Kind::ReplicaSet => obj.clone().try_parse::<ReplicaSet>().ok().map(|rs| replica_set_row(&rs, age, wide)),
         Kind::Deployment => obj.clone().try_parse::<Deployment>().ok().map(|d| deployment_row(&d, age, wide)),
+        Kind::Service => obj.clone().try_parse().ok().map(|s| services::service_row(&s, age, wide)),
+        Kind::EndpointSlice => obj.clone().try_parse().ok().map(|s| services::endpoint_slice_row(&s, age)),
     };
     cells.extend(columns.unwrap_or_else(|| vec!["<invalid>".to_string()]));
     cells
