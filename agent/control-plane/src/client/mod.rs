@@ -21,7 +21,9 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use testbed_api::objects::{Binding, Deployment, Event, Lease, Namespace, Node, ObjectMeta, Pod, ReplicaSet, Status};
+use testbed_api::objects::{
+    Binding, Deployment, EndpointSlice, Event, Lease, Namespace, Node, ObjectMeta, Pod, ReplicaSet, Service, Status,
+};
 
 use crate::connector::error_chain;
 pub use crate::meta::{now_rfc3339, now_rfc3339_micro, now_seconds, parse_rfc3339};
@@ -97,7 +99,7 @@ macro_rules! object {
         }
     })*};
 }
-object!(Pod, Node, Lease, Namespace, Event, ReplicaSet, Deployment);
+object!(Pod, Node, Lease, Namespace, Event, ReplicaSet, Deployment, Service, EndpointSlice);
 
 /// A list answer: the objects and the revision they were read at (a watch from it misses nothing).
 #[derive(Debug, Clone, PartialEq)]

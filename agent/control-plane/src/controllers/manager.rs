@@ -7,7 +7,7 @@ use std::future::Future;
 use futures::future::{select_all, BoxFuture};
 
 use super::leader::{Elector, Timing};
-use super::{deployment, gc, node_lifecycle, replicaset, scheduler, Context};
+use super::{deployment, endpointslice, gc, node_lifecycle, replicaset, scheduler, Context};
 use crate::client::ClientError;
 
 /// The namespace of the leader Lease.
@@ -24,6 +24,7 @@ pub const LOOPS: &[(&str, Loop)] = &[
     ("replicaset", |ctx| Box::pin(replicaset::run(ctx))),
     ("deployment", |ctx| Box::pin(deployment::run(ctx))),
     ("garbage-collector", |ctx| Box::pin(gc::run(ctx))),
+    ("endpointslice", |ctx| Box::pin(endpointslice::run(ctx))),
     ("scheduler", |ctx| {
         let config = ctx.settings.scheduler.clone();
         Box::pin(scheduler::run(ctx, config))

@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod deployment;
+pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod gc;

@@ -1,7 +1,7 @@
 //! What the controller tests share: a real etcd and API server ([`ApiLab`]), three Ready Node objects whose
 //! Leases a fake kubelet renews, the fake kubelet reporting the pods the manager's scheduler binds Running
-//! and Ready (the real kubelets are another part), a controller manager in a task, and Deployments to
-//! roll out.
+//! and Ready, each with an IP of its own (the real kubelets are another part), a controller manager in a
+//! task, and Deployments to roll out.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -228,6 +228,8 @@ async fn renew_leases(api: Arc<Client>) {
 /// The kubelet stand-in: reports each pod the scheduler bound Running and (unless its image is [`BROKEN`])
 /// Ready.
 async fn fake_kubelet(api: Arc<Client>) {
+    // Pod IPs, one per pod started: 10.244.0.1, 10.244.0.2, ...
+    let mut started = 0u32;
     let mut changes = list_watch::<Pod>(api.clone(), &paths::pods(None), &[]);
     while let Some(change) = changes.next().await {
         let pods = match change {
@@ -249,7 +251,9 @@ async fn fake_kubelet(api: Arc<Client>) {
                 continue;
             }
             let is_ready = if image(&pod) == BROKEN { "False" } else { "True" };
-            let status = json!({"phase": "Running", "conditions": [
+            started += 1;
+            let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 244, 0, 0)) + started);
+            let status = json!({"phase": "Running", "podIP": ip.to_string(), "conditions": [
                 {"type": "Ready", "status": is_ready, "lastTransitionTime": now_rfc3339()}]});
             let _ = api.patch_pod_status(&ns, &pod.metadata.name, &status).await;
         }
