@@ -1,7 +1,7 @@
 //! The resources the server serves: their REST names, API group and version, scope, and etcd keys.
 
 /// The object kinds the server knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// `v1 Namespace`.
     Namespace,

@@ -82,10 +82,16 @@ pub async fn apply_topology_objects(
     objects: &[Value],
 ) -> Result<Vec<(String, &'static str)>, ClusterError> {
     let mut done = Vec::new();
-    for (i, value) in objects.iter().enumerate() {
-        let what = format!("deployments[{i}]");
+    let mut index = std::collections::HashMap::<Kind, usize>::new();
+    for value in objects {
         let object: DynamicObject =
-            serde_json::from_value(value.clone()).map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
+            serde_json::from_value(value.clone()).map_err(|e| ClusterError::Document(format!("topology: {e}")))?;
+        let types = object.types.clone().unwrap_or_default();
+        let kind = super::kinds::of_type(&types).map_err(|e| ClusterError::Document(format!("topology: {e}")))?;
+        // Named as the topology names it: `services[0]`, `deployments[2]`.
+        let i = index.entry(kind).or_default();
+        let what = format!("{}[{i}]", kind.resource().plural);
+        *i += 1;
         let namespace = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let ns: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
@@ -93,8 +99,8 @@ pub async fn apply_topology_objects(
         .map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
         apply_object(client, Kind::Namespace, &namespace, ns, &format!("namespace/{namespace}")).await?;
         let name = object.metadata.name.clone().unwrap_or_default();
-        let action = apply_object(client, Kind::Deployment, &namespace, object, &what).await?;
-        done.push((format!("deployment.apps/{name}"), action));
+        let action = apply_object(client, kind, &namespace, object, &what).await?;
+        done.push((format!("{}/{name}", kind.qualified()), action));
     }
     Ok(done)
 }

@@ -137,8 +137,9 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
          --etcd-cafile {GUEST_DIR}/ca.pem --etcd-certfile {GUEST_DIR}/etcd-client.pem \
          --etcd-keyfile {GUEST_DIR}/etcd-client-key.pem \
          --token-file {GUEST_DIR}/token --tls-cert-file {GUEST_DIR}/apiserver.pem \
-         --tls-key-file {GUEST_DIR}/apiserver-key.pem",
+         --tls-key-file {GUEST_DIR}/apiserver-key.pem --service-cluster-ip-range {service_cidr}",
         endpoints = endpoints.join(","),
+        service_cidr = plan.cluster.service_cidr,
     );
     // Every member's API server, this node's first: the manager keeps working while one is down.
     let servers: Vec<String> = std::iter::once(ip)

@@ -43,9 +43,11 @@ pub fn test_plan() -> Plan {
             node_subnet_prefix: 24,
             backend: testbed_api::Backend::Vxlan,
             control_plane: vec!["node1".into()],
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
         },
         pods: vec![],
         tests: vec![],
         deployments: vec![],
+        services: vec![],
     }
 }

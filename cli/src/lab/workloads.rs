@@ -1,5 +1,6 @@
-//! The topology's API objects (its `deployments:`), applied once the control plane and every node are
-//! Ready: created on the first `up`, brought to what the file says on a later one.
+//! The topology's API objects (its `services:` and `deployments:`), applied once the control plane and every
+//! node are Ready: created on the first `up`, brought to what the file says on a later one. Services first,
+//! so a Deployment's pods have their Service's endpoints from the start.
 
 use std::path::Path;
 
@@ -9,14 +10,15 @@ use crate::ui::Ui;
 use super::up::UpError;
 
 pub(super) async fn apply(ui: &Ui, plan: &Plan, kubeconfig: &Path) -> Result<(), UpError> {
-    if plan.deployments.is_empty() {
+    if plan.deployments.is_empty() && plan.services.is_empty() {
         return Ok(());
     }
     let task = ui.task("workloads");
-    task.stage(format!("applying {} deployment(s)", plan.deployments.len()));
+    task.stage(format!("applying {} service(s), {} deployment(s)", plan.services.len(), plan.deployments.len()));
+    let objects: Vec<serde_json::Value> = plan.services.iter().chain(&plan.deployments).cloned().collect();
     let applied = async {
         let client = crate::cluster::client_of(kubeconfig).await?;
-        crate::cluster::apply_topology_objects(&client, &plan.deployments).await
+        crate::cluster::apply_topology_objects(&client, &objects).await
     };
     match applied.await {
         Ok(done) => {

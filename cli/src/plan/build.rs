@@ -77,9 +77,11 @@ pub fn build(checked: &CheckedTopology) -> Plan {
             node_subnet_prefix: cluster.node_subnet_prefix,
             backend: cluster.backend,
             control_plane: cluster.control_plane.clone(),
+            service_cidr: cluster.service_cidr,
         },
         pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
         tests: checked.tests.clone(),
         deployments: checked.deployments.clone(),
+        services: checked.services.clone(),
     }
 }

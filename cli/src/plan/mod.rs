@@ -101,6 +101,14 @@ pub struct ClusterPlan {
     /// `cluster.control_plane.nodes`. Absent from plans written before the control plane (version 2).
     #[serde(default)]
     pub control_plane: Vec<String>,
+    /// Where Services' cluster IPs come from (the API server's `--service-cluster-ip-range`). Plans written
+    /// before Services have the default.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Ipv4Net,
+}
+
+fn default_service_cidr() -> Ipv4Net {
+    crate::topology::validate::DEFAULT_SERVICE_CIDR.parse().expect("the default service CIDR parses")
 }
 
 /// The API server's port on a control-plane node's underlay address (Kubernetes' secure port).
@@ -135,6 +143,9 @@ pub struct Plan {
     /// Deployments created through the API once the nodes are Ready, as the API server normalizes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<serde_json::Value>,
+    /// Services created through the API before the Deployments, with their cluster IPs and node ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<serde_json::Value>,
 }
 
 impl Plan {
@@ -159,11 +170,22 @@ impl Plan {
 
     /// True when both plans build the same lab: they differ at most in the topology's bytes (comments), in
     /// the declared tests, which the suites read when they run and which change nothing that `up` creates,
-    /// and in the Deployments, API objects that `up` applies to a running lab as they are now.
+    /// and in the Deployments and Services, API objects that `up` applies to a running lab as they are now.
     pub fn same_lab(&self, other: &Plan) -> bool {
         // Destructured so that a new field must be classified here.
-        let Plan { version, lab, topology_hash: _, netns, networks, nodes, cluster, pods, tests: _, deployments: _ } =
-            self;
+        let Plan {
+            version,
+            lab,
+            topology_hash: _,
+            netns,
+            networks,
+            nodes,
+            cluster,
+            pods,
+            tests: _,
+            deployments: _,
+            services: _,
+        } = self;
         *version == other.version
             && *lab == other.lab
             && *netns == other.netns

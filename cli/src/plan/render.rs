@@ -98,6 +98,12 @@ pub fn render_text(plan: &Plan) -> String {
             );
         }
     }
+    if !plan.services.is_empty() {
+        let _ = writeln!(s, "\nservices:");
+        for svc in &plan.services {
+            let _ = writeln!(s, "  {}", service_line(svc));
+        }
+    }
     if !plan.tests.is_empty() {
         let _ = writeln!(s, "\ntests:");
         for t in &plan.tests {
@@ -164,4 +170,32 @@ fn impairment_text(i: &Impairment) -> String {
         parts.push(format!("rate {r}mbit"));
     }
     parts.join(", ")
+}
+
+/// `NAMESPACE/NAME  TYPE  CLUSTER-IP  PORT:NODEPORT/PROTOCOL,...` of a planned Service.
+fn service_line(svc: &serde_json::Value) -> String {
+    let spec = &svc["spec"];
+    let ports: Vec<String> = spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let protocol = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_i64() {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", p["port"]),
+                None => format!("{}/{protocol}", p["port"]),
+            }
+        })
+        .collect();
+    format!(
+        "{:<28} {:<10} {:<16} {}",
+        format!(
+            "{}/{}",
+            svc["metadata"]["namespace"].as_str().unwrap_or("default"),
+            svc["metadata"]["name"].as_str().unwrap_or("")
+        ),
+        spec["type"].as_str().unwrap_or("ClusterIP"),
+        spec["clusterIP"].as_str().unwrap_or(""),
+        ports.join(",")
+    )
 }

@@ -131,10 +131,12 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
             node_subnet_prefix: 24,
             backend,
             control_plane: vec!["node1".into()],
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
         },
         pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
         tests: Vec::new(),
         deployments: Vec::new(),
+        services: Vec::new(),
     }
 }
 

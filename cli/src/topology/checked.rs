@@ -31,6 +31,8 @@ pub struct CheckedTopology {
     pub tests: Vec<DeclaredTest>,
     /// Deployment objects as the API server normalizes them, unique by namespace and name.
     pub deployments: Vec<serde_json::Value>,
+    /// Service manifests with their cluster IPs and node ports decided.
+    pub services: Vec<serde_json::Value>,
 }
 
 /// A network with its values resolved.
@@ -62,6 +64,8 @@ pub struct CheckedCluster {
     /// Longer than the pod CIDR's prefix and at most 29.
     pub node_subnet_prefix: u8,
     pub backend: Backend,
+    /// Where Services' cluster IPs come from.
+    pub service_cidr: Ipv4Net,
     /// Nodes of `nodes` running etcd and the API server, as listed: 1 or 3 of them, no repeats, each on a
     /// built image (which has etcd).
     pub control_plane: Vec<String>,

@@ -8,9 +8,10 @@
 
 pub mod checked;
 mod control_plane;
-mod deployments;
 pub mod locate;
+mod manifests;
 pub mod model;
+mod services;
 pub mod validate;
 
 use std::fmt;

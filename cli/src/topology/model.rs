@@ -143,6 +143,11 @@ pub struct Topology {
     /// here with the API server's own rules.
     #[serde(default)]
     pub deployments: Vec<serde_json::Value>,
+    /// Services created through the control plane at `up`: each a Kubernetes `v1 Service` manifest
+    /// (ClusterIP or NodePort), checked with the API server's rules; cluster IPs and node ports not given are
+    /// decided here, in file order, lowest free first (`testbed plan` shows them).
+    #[serde(default)]
+    pub services: Vec<serde_json::Value>,
     /// Checks the conformance suite runs once per backend, after its own (docs/tests.md).
     #[serde(default)]
     pub tests: Option<Vec<TestDef>>,
@@ -238,6 +243,9 @@ pub struct ClusterDef {
     pub underlay: Option<String>,
     /// Where the control plane (etcd and the API server) runs (default: the first node).
     pub control_plane: Option<ControlPlaneDef>,
+    /// Where Services' cluster IPs come from (default `10.96.0.0/12`); must not overlap the pod CIDR or a
+    /// network.
+    pub service_cidr: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

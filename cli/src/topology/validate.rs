@@ -13,12 +13,13 @@ use super::checked::{
     TestKind, TestLevel, TestSource, TestTarget,
 };
 use super::locate::{FieldPath, Locator};
+use super::manifests::{self, DEPLOYMENTS};
 use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
     TestKindDef, Topology,
 };
 use super::TopologyError;
-use super::{control_plane, deployments};
+use super::{control_plane, services};
 use testbed_api::quantity;
 
 /// Longest lab name: keeps `tb-<lab>` and lab directory names short and readable.
@@ -36,6 +37,8 @@ pub const FIRST_HOST_OFFSET: u32 = 11;
 pub const MANAGEMENT_CIDR: &str = "10.0.2.0/24";
 
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+/// Where Services' cluster IPs come from unless `cluster.service_cidr` says (the API server's default).
+pub use testbed_control_plane::apiserver::DEFAULT_SERVICE_CIDR;
 pub const DEFAULT_NODE_SUBNET_PREFIX: u8 = 24;
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
 pub const DEFAULT_IMAGE: &str = "debian-12";
@@ -127,9 +130,20 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
     check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
     let pods = check_pods(&ctx, t)?;
     let tests = check_tests(&ctx, t)?;
-    let deployments = deployments::check(&ctx, t)?;
+    let deployments = manifests::check(&ctx, &DEPLOYMENTS, &t.deployments)?;
+    let services = services::check(&ctx, t, cluster.service_cidr)?;
     let source_sha256 = hex::encode(sha2::Sha256::digest(source));
-    Ok(CheckedTopology { lab: t.name.clone(), source_sha256, networks, nodes, cluster, pods, tests, deployments })
+    Ok(CheckedTopology {
+        lab: t.name.clone(),
+        source_sha256,
+        networks,
+        nodes,
+        cluster,
+        pods,
+        tests,
+        deployments,
+        services,
+    })
 }
 
 fn check_networks(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedNetwork>, TopologyError> {
@@ -212,8 +226,22 @@ fn check_cluster(
             )
         })?,
     };
+    let service_text = t.cluster.service_cidr.as_deref().unwrap_or(DEFAULT_SERVICE_CIDR);
+    let service_cidr = parse_cidr(ctx, &path.key("service_cidr"), service_text)?;
+    if service_cidr.prefix_len() > 29 {
+        return Err(ctx.at(&path.key("service_cidr"), format!("{service_cidr} is too small: give at most a /29")));
+    }
+    if let Some(n) = networks.iter().find(|n| overlaps(&n.cidr, &service_cidr)) {
+        let message = format!("{service_cidr} overlaps network `{}` ({})", n.name, n.cidr);
+        return Err(ctx.at(&path.key("service_cidr"), message));
+    }
+    if overlaps(&pod_cidr, &service_cidr) {
+        return Err(ctx.at(&path.key("service_cidr"), format!("{service_cidr} overlaps cluster.pod_cidr {pod_cidr}")));
+    }
     // The control plane is checked once the nodes are (`control_plane::check`).
-    Ok((CheckedCluster { pod_cidr, node_subnet_prefix: prefix, backend, control_plane: Vec::new() }, underlay))
+    let cluster =
+        CheckedCluster { pod_cidr, node_subnet_prefix: prefix, backend, service_cidr, control_plane: Vec::new() };
+    Ok((cluster, underlay))
 }
 
 fn backend_of(b: BackendDef) -> Backend {

@@ -26,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-pub use services::{parse_service_cidr, DEFAULT_SERVICE_CIDR};
+pub use services::{parse_service_cidr, DEFAULT_SERVICE_CIDR, NODE_PORTS};
 pub use status::ApiError;
 
 use crate::resources::{Resource, INITIAL_NAMESPACES, RESOURCES};

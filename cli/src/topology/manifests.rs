@@ -1,23 +1,37 @@
-//! `deployments:`: Kubernetes Deployment manifests in the topology, checked when the file is, with the API
-//! server's own validation (`testbed_control_plane::validation`), so a Deployment the lab would refuse at
-//! `up` is refused at file:line first. Fields outside the server's schema are errors here, as kubectl's
-//! strict field validation makes them.
+//! Kubernetes manifests in the topology (`deployments:`, `services:`), checked when the file is, with the API
+//! server's own validation (`testbed_control_plane::validation`), so an object the lab would refuse at `up`
+//! is refused at file:line first. Fields outside the server's schema are errors here, as kubectl's strict
+//! field validation makes them.
 
 use serde_json::{json, Value};
 use testbed_control_plane::resources::Kind;
 use testbed_control_plane::validation::{check as check_object, ValidationError};
 
 use super::locate::FieldPath;
-use super::model::Topology;
 use super::validate::{root, Ctx};
 use super::TopologyError;
 
-pub(super) fn check(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<Value>, TopologyError> {
+/// One kind of manifest list: its topology key, the server's kind, and what `apiVersion`/`kind` must say.
+pub(super) struct ManifestKind {
+    pub field: &'static str,
+    pub kind: Kind,
+    pub api_version: &'static str,
+    pub kind_name: &'static str,
+}
+
+pub(super) const DEPLOYMENTS: ManifestKind =
+    ManifestKind { field: "deployments", kind: Kind::Deployment, api_version: "apps/v1", kind_name: "Deployment" };
+pub(super) const SERVICES: ManifestKind =
+    ManifestKind { field: "services", kind: Kind::Service, api_version: "v1", kind_name: "Service" };
+
+/// The manifests of `items` (the topology's list `what.field`), typed, defaulted to the `default`
+/// namespace, checked and normalized as the server stores them; names unique per namespace.
+pub(super) fn check(ctx: &Ctx<'_>, what: &ManifestKind, items: &[Value]) -> Result<Vec<Value>, TopologyError> {
     let mut out: Vec<Value> = Vec::new();
-    for (i, raw) in t.deployments.iter().enumerate() {
-        let at = root().key("deployments").index(i);
-        let object = with_type(ctx, &at, raw)?;
-        let checked = check_object(Kind::Deployment, object).map_err(|e| match e {
+    for (i, raw) in items.iter().enumerate() {
+        let at = root().key(what.field).index(i);
+        let object = with_type(ctx, what, &at, raw)?;
+        let checked = check_object(what.kind, object).map_err(|e| match e {
             ValidationError::Invalid { field, message } => ctx.at(&at.join_dotted(&field), message),
             ValidationError::Malformed(message) => {
                 // serde_path_to_error's `spec.replicas: invalid type ...`.
@@ -26,14 +40,15 @@ pub(super) fn check(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<Value>, TopologyE
             }
         })?;
         if let Some(field) = checked.unknown_fields.first() {
-            return Err(ctx
-                .at(&at.join_dotted(field), "unknown field (not part of the apps/v1 Deployment that testbed serves)"));
+            let message =
+                format!("unknown field (not part of the {} {} that testbed serves)", what.api_version, what.kind_name);
+            return Err(ctx.at(&at.join_dotted(field), message));
         }
         let key = |v: &Value| (v["metadata"]["namespace"].clone(), v["metadata"]["name"].clone());
         if out.iter().any(|d| key(d) == key(&checked.object)) {
             return Err(ctx.at(
                 &at.key("metadata").key("name"),
-                "a Deployment of this name is already declared in its namespace",
+                format!("a {} of this name is already declared in its namespace", what.kind_name),
             ));
         }
         out.push(checked.object);
@@ -42,18 +57,18 @@ pub(super) fn check(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<Value>, TopologyE
 }
 
 /// The manifest with `apiVersion`/`kind` filled in (or checked) and the namespace defaulted.
-fn with_type(ctx: &Ctx<'_>, at: &FieldPath, raw: &Value) -> Result<Value, TopologyError> {
+fn with_type(ctx: &Ctx<'_>, what: &ManifestKind, at: &FieldPath, raw: &Value) -> Result<Value, TopologyError> {
     let Value::Object(fields) = raw else {
-        return Err(ctx.at(at, "expected a Deployment manifest (a mapping with metadata and spec)"));
+        return Err(ctx.at(at, format!("expected a {} manifest (a mapping with metadata and spec)", what.kind_name)));
     };
     let mut object = fields.clone();
-    for (field, want) in [("apiVersion", "apps/v1"), ("kind", "Deployment")] {
+    for (field, want) in [("apiVersion", what.api_version), ("kind", what.kind_name)] {
         match object.get(field) {
             None => {
                 object.insert(field.into(), json!(want));
             }
             Some(Value::String(s)) if s == want => {}
-            Some(other) => return Err(ctx.at(&at.key(field), format!("{other} here: deployments are `{want}`"))),
+            Some(other) => return Err(ctx.at(&at.key(field), format!("{other} here: {} are `{want}`", what.field))),
         }
     }
     let meta = object.entry("metadata").or_insert_with(|| json!({}));
