@@ -164,10 +164,10 @@ fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
     let _agent = start("svc-affinity");
     let (a, b) = (pod_with_server("a"), pod_with_server("b"));
     put(vec![service(&[&a, &b], Some(60))]);
-    assert_eq!(status()["destinations"][0]["session_affinity"], true);
     let seen = tally(30);
     println!("30 connections with ClientIP affinity: {seen:?}");
     assert_eq!(seen.len(), 1, "one client, one endpoint: {seen:?}");
+    assert_eq!(status()["destinations"][0]["session_affinity"], true);
 }
 
 #[test]
@@ -176,7 +176,6 @@ fn a_service_without_endpoints_refuses_at_once() {
     let _agent = start("svc-reject");
     let a = pod_with_server("a");
     put(vec![service(&[], None)]);
-    assert_eq!(status()["destinations"][0]["map"], "no-endpoint-services");
     for (who, result) in [("node", None), ("pod", Some(&a))] {
         let started = Instant::now();
         let outcome = match result {
@@ -189,6 +188,7 @@ fn a_service_without_endpoints_refuses_at_once() {
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{who}: {err}");
         assert!(took < Duration::from_secs(1), "{who}: refused at once, not after a timeout ({took:?})");
     }
+    assert_eq!(status()["destinations"][0]["map"], "no-endpoint-services");
 }
 
 #[test]
