@@ -129,7 +129,7 @@ async fn blocking<T: Send + 'static>(
 /// The node's whole set of Services; answers the nft commands run (none when nothing changed).
 async fn put_services(State(proxy): State<Arc<Proxy>>, body: Bytes) -> Result<impl IntoResponse, Response> {
     let spec: testbed_api::ServiceProxySpec = parse(&body).map_err(IntoResponse::into_response)?;
-    let changes = blocking(move || proxy.apply(&spec)).await?;
+    let changes = blocking(move || proxy.apply(spec)).await?;
     Ok(Json(testbed_api::ApplyResponse { changes }))
 }
 

@@ -10,13 +10,14 @@ mod nft;
 mod render;
 mod ruleset;
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use testbed_api::{ApiError, ObservedDestination, ServiceProxySpec, ServiceProxyStatus};
+use testbed_api::{ApiError, ObservedDestination, ProxiedService, ServiceProxySpec, ServiceProxyStatus};
 
 pub use nft::{Nft, NftCli, NftError};
-use ruleset::Ruleset;
+use ruleset::{Op, Ruleset};
 
 /// How often the table is read back and repaired: a flushed table is back within this (and the read).
 pub const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
@@ -37,10 +38,12 @@ pub struct Proxy {
 
 struct Inner {
     kernel: Box<dyn Nft>,
-    /// The table last rendered from a PUT; None until the first one (the agent then leaves nftables alone).
-    want: Option<Ruleset>,
+    /// The spec last PUT; None until the first one (the agent then leaves nftables alone).
+    want: Option<Arc<ServiceProxySpec>>,
     /// What the agent last wrote, assumed to be the kernel's until a transaction fails or a reconcile looks.
     written: Option<Ruleset>,
+    /// The spec `written` was rendered from, when it was: a PUT is then diffed Service by Service against it.
+    written_spec: Option<Arc<ServiceProxySpec>>,
     transactions: u64,
     drift_repairs: u64,
     last_error: Option<String>,
@@ -48,7 +51,15 @@ struct Inner {
 
 impl Proxy {
     pub fn new(kernel: Box<dyn Nft>) -> Proxy {
-        let inner = Inner { kernel, want: None, written: None, transactions: 0, drift_repairs: 0, last_error: None };
+        let inner = Inner {
+            kernel,
+            want: None,
+            written: None,
+            written_spec: None,
+            transactions: 0,
+            drift_repairs: 0,
+            last_error: None,
+        };
         Proxy { inner: Mutex::new(inner) }
     }
 
@@ -58,22 +69,28 @@ impl Proxy {
 
     /// Makes `spec` the node's whole set of Services. One line per nft command run; empty when the kernel
     /// already held it.
-    pub fn apply(&self, spec: &ServiceProxySpec) -> Result<Vec<String>, ProxyError> {
-        testbed_api::validate_services(spec).map_err(ProxyError::Invalid)?;
-        let want = render::render(spec);
+    pub fn apply(&self, spec: ServiceProxySpec) -> Result<Vec<String>, ProxyError> {
+        testbed_api::validate_services(&spec).map_err(ProxyError::Invalid)?;
+        let spec = Arc::new(spec);
         let mut inner = self.lock();
-        let result = inner.converge(&want, false);
-        // The spec is the target even when the kernel refused it: the reconcile retries.
-        inner.want = Some(want);
+        // The spec is the target even when the kernel refuses it: the reconcile retries.
+        inner.want = Some(Arc::clone(&spec));
+        let old = inner.written_spec.take();
+        let result = match (inner.written.is_some(), old) {
+            (true, Some(old)) => {
+                let ops = changed_services(&old, &spec);
+                inner.commit(ops, &spec, true)
+            }
+            _ => inner.read_back_and_commit(&spec),
+        };
         inner.record(result)
     }
 
     /// Reads the table back and repairs it. Lines describe repairs (none when nothing had drifted).
     pub fn reconcile(&self) -> Result<Vec<String>, ProxyError> {
         let mut inner = self.lock();
-        let Some(want) = inner.want.take() else { return Ok(Vec::new()) };
-        let result = inner.converge(&want, true);
-        inner.want = Some(want);
+        let Some(want) = inner.want.clone() else { return Ok(Vec::new()) };
+        let result = inner.read_back_and_commit(&want);
         if matches!(&result, Ok(lines) if !lines.is_empty()) {
             inner.drift_repairs += 1;
         }
@@ -93,12 +110,12 @@ impl Proxy {
     }
 
     /// Every `RECONCILE_PERIOD`, on blocking threads.
-    pub async fn reconcile_loop(self: std::sync::Arc<Self>) {
+    pub async fn reconcile_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(RECONCILE_PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let proxy = std::sync::Arc::clone(&self);
+            let proxy = Arc::clone(&self);
             match tokio::task::spawn_blocking(move || proxy.reconcile()).await {
                 Ok(Ok(lines)) => lines.iter().for_each(|l| tracing::info!("service proxy repaired: {l}")),
                 Ok(Err(e)) => tracing::warn!("service proxy reconcile: {e}"),
@@ -108,34 +125,55 @@ impl Proxy {
     }
 }
 
+/// The operations from `old`'s table to `new`'s, rendering only the Services that differ (removed ones
+/// first, so that a ClusterIP passed from one Service to another is free before it is taken).
+fn changed_services(old: &ServiceProxySpec, new: &ServiceProxySpec) -> Vec<Op> {
+    let key = |s: &ProxiedService| (s.namespace.clone(), s.name.clone());
+    let before: HashMap<_, &ProxiedService> = old.services.iter().map(|s| (key(s), s)).collect();
+    let after: HashMap<_, &ProxiedService> = new.services.iter().map(|s| (key(s), s)).collect();
+    let mut ops = Vec::new();
+    for s in old.services.iter().filter(|s| !after.contains_key(&key(s))) {
+        ops.extend(ruleset::diff(Some(&render::render_service(Some(s))), &render::render_service(None)));
+    }
+    for s in &new.services {
+        let was = before.get(&key(s)).copied();
+        if was != Some(s) {
+            ops.extend(ruleset::diff(Some(&render::render_service(was)), &render::render_service(Some(s))));
+        }
+    }
+    ops
+}
+
 impl Inner {
-    /// `read_back`: diff against the kernel's table rather than against what was last written.
-    fn converge(&mut self, want: &Ruleset, read_back: bool) -> Result<Vec<String>, NftError> {
-        if read_back || self.written.is_none() {
-            self.written = self.kernel.read()?;
-        }
-        let ops = ruleset::diff(self.written.as_ref(), want);
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.transactions += 1;
-        let ops = match self.kernel.apply(&ops) {
-            Ok(()) => ops,
-            Err(e) if !read_back => {
-                // The kernel was not what the agent last wrote (someone changed it): diff against it instead.
-                tracing::info!("service proxy: {e}; diffing against the table read back");
-                self.written = self.kernel.read()?;
-                let ops = ruleset::diff(self.written.as_ref(), want);
-                self.transactions += 1;
-                self.kernel.apply(&ops).inspect_err(|_| self.written = None)?;
-                ops
-            }
-            Err(e) => {
+    fn read_back_and_commit(&mut self, spec: &Arc<ServiceProxySpec>) -> Result<Vec<String>, NftError> {
+        self.written_spec = None;
+        self.written = self.kernel.read()?;
+        let ops = ruleset::diff(self.written.as_ref(), &render::render(spec));
+        self.commit(ops, spec, false)
+    }
+
+    /// Runs `ops` as one transaction (none when empty). `from_memory`: they were diffed against what the
+    /// agent last wrote; if the kernel refuses them because it is not that (someone changed it), they are
+    /// diffed again against the table read back.
+    fn commit(
+        &mut self,
+        ops: Vec<Op>,
+        spec: &Arc<ServiceProxySpec>,
+        from_memory: bool,
+    ) -> Result<Vec<String>, NftError> {
+        if !ops.is_empty() {
+            self.transactions += 1;
+            if let Err(e) = self.kernel.apply(&ops) {
                 self.written = None;
-                return Err(e);
+                if !from_memory {
+                    return Err(e);
+                }
+                tracing::info!("service proxy: {e}; diffing against the table read back");
+                return self.read_back_and_commit(spec);
             }
-        };
-        ruleset::apply_ops(&mut self.written, &ops);
+            ruleset::apply_ops(&mut self.written, &ops);
+        }
+        self.written_spec = Some(Arc::clone(spec));
         Ok(ruleset::script(&ops).lines().map(str::to_string).collect())
     }
 
@@ -174,5 +212,7 @@ fn destinations(r: &Ruleset) -> Vec<ObservedDestination> {
     out
 }
 
+#[cfg(test)]
+mod bench;
 #[cfg(test)]
 mod tests;

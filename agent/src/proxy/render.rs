@@ -32,13 +32,21 @@ pub fn render(spec: &ServiceProxySpec) -> Ruleset {
     r
 }
 
-fn chain(r: &mut Ruleset, name: &str, base: Option<&str>, rules: &[&str]) {
-    let rules = rules.iter().map(|t| Rule::new(t.to_string())).collect();
-    r.chains.insert(name.to_string(), Chain { base: base.map(str::to_string), rules });
+/// One Service's part of the table (None: nothing), with the lookup maps declared even when it has no
+/// element in them, so that a diff of two parts never adds or deletes a map. An endpoint change is the diff
+/// of the Service's part before and after: the other Services are not rendered again.
+pub fn render_service(service: Option<&ProxiedService>) -> Ruleset {
+    let mut r = Ruleset::default();
+    lookup_maps(&mut r);
+    if let Some(s) = service {
+        for p in &s.ports {
+            service_port(&mut r, s, p);
+        }
+    }
+    r
 }
 
-/// What every node has whatever its Services: hooks, lookup maps, masquerading and rejection.
-fn fixed(r: &mut Ruleset) {
+fn lookup_maps(r: &mut Ruleset) {
     let by_ip = "type ipv4_addr . inet_proto . inet_service : verdict;";
     let by_port = "type inet_proto . inet_service : verdict;";
     for (name, decl) in [
@@ -49,6 +57,16 @@ fn fixed(r: &mut Ruleset) {
     ] {
         r.maps.insert(name.into(), Map { decl: decl.into(), elements: BTreeMap::new() });
     }
+}
+
+fn chain(r: &mut Ruleset, name: &str, base: Option<&str>, rules: &[&str]) {
+    let rules = rules.iter().map(|t| Rule::new(t.to_string())).collect();
+    r.chains.insert(name.to_string(), Chain { base: base.map(str::to_string), rules });
+}
+
+/// What every node has whatever its Services: hooks, lookup maps, masquerading and rejection.
+fn fixed(r: &mut Ruleset) {
+    lookup_maps(r);
     // DNAT where pods' packets arrive from cni0 (prerouting) and where the node's own start (output).
     let nat = |hook: &str, prio: &str| format!("type nat hook {hook} priority {prio}; policy accept;");
     chain(r, "nat-prerouting", Some(&nat("prerouting", "dstnat")), &["jump services"]);

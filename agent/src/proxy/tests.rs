@@ -72,8 +72,8 @@ fn proxy() -> (Proxy, FakeNft) {
 fn the_same_spec_twice_runs_no_transaction() {
     let (proxy, fake) = proxy();
     let spec = ServiceProxySpec { services: vec![service(1, &[2, 3]), service(2, &[])] };
-    assert!(!proxy.apply(&spec).expect("applies").is_empty());
-    assert_eq!(proxy.apply(&spec).expect("applies"), Vec::<String>::new());
+    assert!(!proxy.apply(spec.clone()).expect("applies").is_empty());
+    assert_eq!(proxy.apply(spec.clone()).expect("applies"), Vec::<String>::new());
     assert_eq!(proxy.reconcile().expect("reconciles"), Vec::<String>::new());
     assert_eq!(fake.kernel().transactions.len(), 1);
     let status = proxy.status().expect("status");
@@ -86,9 +86,9 @@ fn the_same_spec_twice_runs_no_transaction() {
 fn an_endpoint_change_touches_only_its_service() {
     let (proxy, fake) = proxy();
     let mut spec = ServiceProxySpec { services: (1..=50).map(|i| service(i, &[2, 3])).collect() };
-    proxy.apply(&spec).expect("applies");
+    proxy.apply(spec.clone()).expect("applies");
     spec.services[7].ports[0].endpoints[1].ip = [10, 244, 0, 9].into();
-    let lines = proxy.apply(&spec).expect("applies");
+    let lines = proxy.apply(spec.clone()).expect("applies");
     let k = fake.kernel();
     assert_eq!(k.transactions.len(), 2, "one transaction per change");
     // The new endpoint chain (created, 2 rules), the service chain (flushed, 1 rule), the old one (flushed, deleted).
@@ -102,7 +102,7 @@ fn bad_input_changes_nothing_and_names_the_field() {
     let mut bad = service(1, &[2]);
     bad.ports[0].port = 0;
     let spec = ServiceProxySpec { services: vec![service(2, &[2]), bad] };
-    match proxy.apply(&spec) {
+    match proxy.apply(spec.clone()) {
         Err(ProxyError::Invalid(e)) => assert_eq!(e.field.as_deref(), Some("services[1].ports[0].port")),
         other => panic!("expected a 4xx, got {other:?}"),
     }
@@ -112,7 +112,7 @@ fn bad_input_changes_nothing_and_names_the_field() {
 #[test]
 fn a_flushed_table_or_a_deleted_rule_is_repaired_by_the_reconcile() {
     let (proxy, fake) = proxy();
-    proxy.apply(&ServiceProxySpec { services: vec![service(1, &[2, 3])] }).expect("applies");
+    proxy.apply(ServiceProxySpec { services: vec![service(1, &[2, 3])] }).expect("applies");
     let want = fake.kernel().table.clone();
     fake.kernel().table = None;
     assert!(!proxy.reconcile().expect("repairs").is_empty());
@@ -132,12 +132,28 @@ fn a_flushed_table_or_a_deleted_rule_is_repaired_by_the_reconcile() {
 }
 
 #[test]
+fn a_put_renders_only_the_services_that_changed() {
+    let old = ServiceProxySpec { services: vec![service(1, &[2]), service(2, &[2]), service(3, &[4])] };
+    let mut new = old.clone();
+    new.services.remove(0);
+    new.services[1].ports[0].endpoints[0].ip = [10, 244, 0, 5].into();
+    let text = super::ruleset::script(&super::changed_services(&old, &new));
+    let chains = text.lines().filter(|l| !l.contains(" element "));
+    assert!(chains.clone().all(|l| l.contains("/svc1/") || l.contains("/svc3/")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("delete element") && l.contains("10.96.0.1 . tcp . 80")), "{text}");
+    // Applied to the old table, they make the new one.
+    let mut table = Some(super::render::render(&old));
+    apply_ops(&mut table, &super::changed_services(&old, &new));
+    assert_eq!(table, Some(super::render::render(&new)));
+}
+
+#[test]
 fn a_put_onto_a_changed_kernel_diffs_against_what_is_there() {
     let (proxy, fake) = proxy();
-    proxy.apply(&ServiceProxySpec { services: vec![service(1, &[2])] }).expect("applies");
+    proxy.apply(ServiceProxySpec { services: vec![service(1, &[2])] }).expect("applies");
     fake.kernel().table = None;
     fake.kernel().refuse_next = true;
-    proxy.apply(&ServiceProxySpec { services: vec![service(1, &[3])] }).expect("applies after a read-back");
+    proxy.apply(ServiceProxySpec { services: vec![service(1, &[3])] }).expect("applies after a read-back");
     let status = proxy.status().expect("status");
     assert_eq!(status.destinations[0].endpoints, ["10.244.0.3:8080".parse().expect("addr")]);
     assert_eq!(status.last_error, None);
