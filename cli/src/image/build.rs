@@ -47,6 +47,9 @@ pub const PACKAGES: &[&str] = &[
     // The agent's service proxy writes its nftables table through the `nft` binary (docs/architecture.md,
     // "Service proxy").
     "nftables",
+    // The service proxy's benchmark (agent/src/proxy/bench.rs) compares with kube-proxy's iptables-mode
+    // ruleset through iptables-restore; with it in the image it runs in a guest as on the host.
+    "iptables",
 ];
 
 /// Loaded by the initramfs, in this order after dependency resolution, so that /dev/vda appears.
