@@ -17,6 +17,23 @@ use testbed_api::{ApiError, DeletePodOptions};
 use crate::kubelet::{Kubelet, KubeletError};
 use crate::net::NetError;
 use crate::pod::{Agent, AgentError};
+use crate::proxy::{Proxy, ProxyError};
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ProxyError::Invalid(api) => (StatusCode::BAD_REQUEST, api),
+            other => {
+                tracing::error!("{other}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ApiError { field: None, message: other.to_string(), leaked: vec![] },
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
 
 impl IntoResponse for KubeletError {
     fn into_response(self) -> Response {
@@ -59,13 +76,15 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
     })
 }
 
-pub fn router(agent: Arc<Agent>, kubelet: Arc<Kubelet>) -> Router {
+pub fn router(agent: Arc<Agent>, kubelet: Arc<Kubelet>, proxy: Arc<Proxy>) -> Router {
     // The control-plane routes have the kubelet as their state; merged, they share the fallback.
     let control_plane = Router::new()
         .route("/v1/control-plane", get(get_control_plane).put(put_control_plane).delete(delete_control_plane))
         .with_state(kubelet.clone());
+    let services = Router::new().route("/v1/services", get(get_services).put(put_services)).with_state(proxy);
     Router::new()
         .merge(control_plane)
+        .merge(services)
         .route("/healthz", get(health))
         .route("/v1/node", get(get_node).put(move |body: Bytes| put_node(kubelet.clone(), body)))
         .route("/v1/pods", get(list_pods).post(create_pod))
@@ -95,6 +114,28 @@ async fn put_control_plane(State(kubelet): State<Arc<Kubelet>>, body: Bytes) -> 
 async fn delete_control_plane(State(kubelet): State<Arc<Kubelet>>) -> Result<StatusCode, KubeletError> {
     kubelet.leave()?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The kernel work runs `nft` (blocking), on a task of its own so that it runs to its end, as `to_completion`.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ProxyError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(IntoResponse::into_response),
+        Err(e) => Err(AgentError::Failed(format!("request task: {e}")).into_response()),
+    }
+}
+
+/// The node's whole set of Services; answers the nft commands run (none when nothing changed).
+async fn put_services(State(proxy): State<Arc<Proxy>>, body: Bytes) -> Result<impl IntoResponse, Response> {
+    let spec: testbed_api::ServiceProxySpec = parse(&body).map_err(IntoResponse::into_response)?;
+    let changes = blocking(move || proxy.apply(spec)).await?;
+    Ok(Json(testbed_api::ApplyResponse { changes }))
+}
+
+/// The proxy's table as the kernel holds it.
+async fn get_services(State(proxy): State<Arc<Proxy>>) -> Result<impl IntoResponse, Response> {
+    Ok(Json(blocking(move || proxy.status()).await?))
 }
 
 async fn get_node(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

@@ -13,11 +13,13 @@ pub mod objects;
 pub mod pod;
 pub mod quantity;
 pub mod results;
+pub mod service;
 pub mod validate;
 
 pub use cluster::{ControlPlaneJoin, ControlPlaneStatus};
 pub use node::*;
 pub use pod::*;
+pub use service::*;
 
 /// TCP port the agent listens on, on the guest's 127.0.0.1 only. The CLI reaches it over SSH forwarding.
 pub const AGENT_PORT: u16 = 7070;

@@ -44,6 +44,12 @@ pub const PACKAGES: &[&str] = &[
     // services while it installs (it moves policy-rc.d and start-stop-daemon aside), and busybox init runs no
     // init scripts: etcd runs only where `up` starts it, under `testbed-service`.
     "etcd-server",
+    // The agent's service proxy writes its nftables table through the `nft` binary (docs/architecture.md,
+    // "Service proxy").
+    "nftables",
+    // The service proxy's benchmark (agent/src/proxy/bench.rs) compares with kube-proxy's iptables-mode
+    // ruleset through iptables-restore; with it in the image it runs in a guest as on the host.
+    "iptables",
 ];
 
 /// Loaded by the initramfs, in this order after dependency resolution, so that /dev/vda appears.

@@ -1,0 +1,174 @@
+//! The kernel side of the proxy: the `nft` binary. A transaction is one `nft -f -` run (nft applies a whole
+//! file atomically); the table is read back with `nft -j list table`. The binary rather than a netlink
+//! crate: the Rust nftables netlink crates wrap libnftnl/libmnl (C libraries the static agent would have to
+//! link), and nft's own parser keeps the rules in the syntax the docs and kube-proxy's code are written in.
+
+use std::io::Write;
+use std::net::SocketAddrV4;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::ruleset::{script, Chain, Map, Op, Rule, Ruleset, TABLE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("running nft: {0}")]
+    Spawn(std::io::Error),
+    #[error("nft {args}: {stderr}")]
+    Failed { args: String, stderr: String },
+    #[error("nft -j output: {0}")]
+    Parse(String),
+}
+
+/// What the proxy needs of the kernel: its table, read back; a list of operations, applied all or nothing.
+pub trait Nft: Send {
+    /// None when the table does not exist.
+    fn read(&mut self) -> Result<Option<Ruleset>, NftError>;
+    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError>;
+}
+
+/// The `nft` binary on the PATH, in the agent's network namespace.
+pub struct NftCli;
+
+impl Nft for NftCli {
+    fn read(&mut self) -> Result<Option<Ruleset>, NftError> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "table", "ip", TABLE])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(NftError::Spawn)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(NftError::Failed { args: format!("-j list table ip {TABLE}"), stderr: stderr.trim().into() });
+        }
+        let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| NftError::Parse(e.to_string()))?;
+        parse(&json).map(Some)
+    }
+
+    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(NftError::Spawn)?;
+        let text = script(ops);
+        // Dropping stdin after the write closes it: nft reads to the end, then commits.
+        let written = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
+        let out = child.wait_with_output().map_err(NftError::Spawn)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // nft quotes the failing line; the first lines say enough.
+            let stderr: Vec<&str> = stderr.lines().take(6).collect();
+            return Err(NftError::Failed { args: "-f -".into(), stderr: stderr.join("\n") });
+        }
+        written.transpose().map_err(NftError::Spawn)?;
+        Ok(())
+    }
+}
+
+/// `nft -j list table` output as a `Ruleset`: rules are known by their comment (the id `Rule::new` gave
+/// them), map elements in the text form the renderer writes.
+pub fn parse(json: &Value) -> Result<Ruleset, NftError> {
+    let items = json["nftables"].as_array().ok_or_else(|| NftError::Parse("no `nftables` array".into()))?;
+    let mut r = Ruleset::default();
+    let name = |o: &Value, what: &str| -> Result<String, NftError> {
+        o["name"].as_str().map(str::to_string).ok_or_else(|| NftError::Parse(format!("a {what} without a name")))
+    };
+    for item in items {
+        if let Some(c) = item.get("chain") {
+            let base = c.get("hook").map(|h| h.to_string());
+            r.chains.entry(name(c, "chain")?).or_default().base = base;
+        } else if let Some(s) = item.get("set") {
+            r.sets.insert(name(s, "set")?, String::new());
+        } else if let Some(m) = item.get("map") {
+            let elements = m["elem"].as_array().map(|e| e.iter().filter_map(element).collect()).unwrap_or_default();
+            r.maps.insert(name(m, "map")?, Map { decl: String::new(), elements });
+        } else if let Some(rule) = item.get("rule") {
+            let chain = rule["chain"].as_str().ok_or_else(|| NftError::Parse("a rule without a chain".into()))?;
+            let mut parsed = Rule {
+                // A rule someone added by hand has no comment: it never matches a wanted rule, so it goes.
+                id: rule["comment"].as_str().unwrap_or_default().to_string(),
+                text: String::new(),
+                targets: Vec::new(),
+                sets: Vec::new(),
+                dnat: None,
+            };
+            walk(&rule["expr"], &mut parsed);
+            r.chains.entry(chain.to_string()).or_insert_with(Chain::default).rules.push(parsed);
+        }
+    }
+    Ok(r)
+}
+
+/// `[{"concat": ["10.96.0.10", "tcp", 80]}, {"goto": {"target": "service-x"}}]` -> (`10.96.0.10 . tcp . 80`,
+/// `goto service-x`).
+fn element(e: &Value) -> Option<(String, String)> {
+    let [key, verdict] = e.as_array()?.as_slice() else { return None };
+    let scalar = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let key = match key.get("concat").and_then(Value::as_array) {
+        Some(parts) => parts.iter().map(scalar).collect::<Vec<_>>().join(" . "),
+        None => scalar(key),
+    };
+    let (kind, target) = verdict.as_object()?.iter().next()?;
+    Some((key, format!("{kind} {}", target["target"].as_str()?)))
+}
+
+/// Collects a rule's jump/goto targets and DNAT destination wherever they sit in its expression tree.
+fn walk(v: &Value, rule: &mut Rule) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| walk(i, rule)),
+        Value::Object(o) => {
+            for (k, inner) in o {
+                match (k.as_str(), inner["target"].as_str()) {
+                    ("goto" | "jump", Some(t)) => rule.targets.push(t.to_string()),
+                    ("dnat", _) => {
+                        let addr = inner["addr"].as_str().and_then(|a| a.parse().ok());
+                        let port = inner["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+                        rule.dnat = addr.zip(port).map(|(a, p)| SocketAddrV4::new(a, p));
+                    }
+                    _ => walk(inner, rule),
+                }
+            }
+        }
+        Value::String(s) => {
+            if let Some(set) = s.strip_prefix('@') {
+                rule.sets.push(set.to_string());
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_reads_back_as_the_model() {
+        let json: Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "ip", "name": "testbed-proxy"}},
+            {"map": {"name": "service-ips", "elem": [[{"concat": ["10.96.0.10", "tcp", 80]}, {"goto": {"target": "service-a"}}]]}},
+            {"set": {"name": "affinity-x", "type": "ipv4_addr", "timeout": 60}},
+            {"chain": {"name": "nat-output", "hook": "output", "prio": -100}},
+            {"chain": {"name": "service-a"}}, {"chain": {"name": "endpoint-a"}},
+            {"rule": {"chain": "service-a", "comment": "c1", "expr": [{"vmap": {"key": {"numgen": {"mode": "random", "mod": 1}},
+              "data": {"set": [[0, {"goto": {"target": "endpoint-a"}}]]}}}]}},
+            {"rule": {"chain": "endpoint-a", "comment": "c2", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+              {"dnat": {"addr": "10.244.0.2", "port": 8080}}]}}]}"#,
+        )
+        .expect("json");
+        let r = parse(&json).expect("parses");
+        assert_eq!(r.maps["service-ips"].elements["10.96.0.10 . tcp . 80"], "goto service-a");
+        assert!(r.sets.contains_key("affinity-x"));
+        assert!(r.chains["nat-output"].base.is_some());
+        assert_eq!(r.chains["service-a"].rules[0].targets, ["endpoint-a"]);
+        assert_eq!(r.chains["service-a"].rules[0].id, "c1");
+        assert_eq!(r.chains["endpoint-a"].rules[0].dnat, Some("10.244.0.2:8080".parse().expect("addr")));
+    }
+}

@@ -1,0 +1,160 @@
+//! The proxy against a fake kernel that applies operations to the model and counts transactions.
+
+use std::sync::{Arc, Mutex};
+
+use testbed_api::{
+    Protocol, ProxiedService, ProxyEndpoint, ServicePort, ServiceProxySpec, SessionAffinity, TrafficPolicy,
+};
+
+use super::ruleset::{apply_ops, Op, Ruleset};
+use super::{Nft, NftError, Proxy, ProxyError};
+
+#[derive(Default)]
+struct Kernel {
+    table: Option<Ruleset>,
+    transactions: Vec<Vec<Op>>,
+    /// Refuse the next transaction (as nft does when the table changed under the agent).
+    refuse_next: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeNft(Arc<Mutex<Kernel>>);
+
+impl FakeNft {
+    fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Nft for FakeNft {
+    fn read(&mut self) -> Result<Option<Ruleset>, NftError> {
+        Ok(self.kernel().table.clone())
+    }
+
+    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError> {
+        let mut k = self.kernel();
+        if std::mem::take(&mut k.refuse_next) {
+            return Err(NftError::Failed { args: "-f -".into(), stderr: "No such file or directory".into() });
+        }
+        k.transactions.push(ops.to_vec());
+        apply_ops(&mut k.table, ops);
+        Ok(())
+    }
+}
+
+fn service(i: u8, endpoints: &[u8]) -> ProxiedService {
+    ProxiedService {
+        namespace: "default".into(),
+        name: format!("svc{i}"),
+        cluster_ip: [10, 96, 0, i].into(),
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+            endpoints: endpoints
+                .iter()
+                .map(|e| ProxyEndpoint { ip: [10, 244, 0, *e].into(), port: 8080, local: true, ready: true })
+                .collect(),
+        }],
+        session_affinity: SessionAffinity::None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        external_traffic_policy: TrafficPolicy::Cluster,
+    }
+}
+
+fn proxy() -> (Proxy, FakeNft) {
+    let fake = FakeNft::default();
+    (Proxy::new(Box::new(fake.clone())), fake)
+}
+
+#[test]
+fn the_same_spec_twice_runs_no_transaction() {
+    let (proxy, fake) = proxy();
+    let spec = ServiceProxySpec { services: vec![service(1, &[2, 3]), service(2, &[])] };
+    assert!(!proxy.apply(spec.clone()).expect("applies").is_empty());
+    assert_eq!(proxy.apply(spec.clone()).expect("applies"), Vec::<String>::new());
+    assert_eq!(proxy.reconcile().expect("reconciles"), Vec::<String>::new());
+    assert_eq!(fake.kernel().transactions.len(), 1);
+    let status = proxy.status().expect("status");
+    assert_eq!((status.transactions, status.drift_repairs), (1, 0));
+    let d: Vec<_> = status.destinations.iter().map(|d| (d.key.as_str(), d.map.as_str(), d.endpoints.len())).collect();
+    assert_eq!(d, [("10.96.0.1 . tcp . 80", "service-ips", 2), ("10.96.0.2 . tcp . 80", "no-endpoint-services", 0)]);
+}
+
+#[test]
+fn an_endpoint_change_touches_only_its_service() {
+    let (proxy, fake) = proxy();
+    let mut spec = ServiceProxySpec { services: (1..=50).map(|i| service(i, &[2, 3])).collect() };
+    proxy.apply(spec.clone()).expect("applies");
+    spec.services[7].ports[0].endpoints[1].ip = [10, 244, 0, 9].into();
+    let lines = proxy.apply(spec.clone()).expect("applies");
+    let k = fake.kernel();
+    assert_eq!(k.transactions.len(), 2, "one transaction per change");
+    // The new endpoint chain (created, 2 rules), the service chain (flushed, 1 rule), the old one (flushed, deleted).
+    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("default/svc8/")), "{lines:#?}");
+}
+
+#[test]
+fn bad_input_changes_nothing_and_names_the_field() {
+    let (proxy, fake) = proxy();
+    let mut bad = service(1, &[2]);
+    bad.ports[0].port = 0;
+    let spec = ServiceProxySpec { services: vec![service(2, &[2]), bad] };
+    match proxy.apply(spec.clone()) {
+        Err(ProxyError::Invalid(e)) => assert_eq!(e.field.as_deref(), Some("services[1].ports[0].port")),
+        other => panic!("expected a 4xx, got {other:?}"),
+    }
+    assert!(fake.kernel().table.is_none());
+}
+
+#[test]
+fn a_flushed_table_or_a_deleted_rule_is_repaired_by_the_reconcile() {
+    let (proxy, fake) = proxy();
+    proxy.apply(ServiceProxySpec { services: vec![service(1, &[2, 3])] }).expect("applies");
+    let want = fake.kernel().table.clone();
+    fake.kernel().table = None;
+    assert!(!proxy.reconcile().expect("repairs").is_empty());
+    assert_eq!(fake.kernel().table, want);
+    // A hand-deleted DNAT rule.
+    let ep = {
+        let mut k = fake.kernel();
+        let table = k.table.as_mut().expect("table");
+        let (name, chain) = table.chains.iter_mut().find(|(n, _)| n.starts_with("endpoint-")).expect("endpoint chain");
+        chain.rules.retain(|r| r.dnat.is_none());
+        name.clone()
+    };
+    let lines = proxy.reconcile().expect("repairs");
+    assert!(lines.iter().any(|l| l.contains(&ep) && l.contains("dnat to")), "{lines:#?}");
+    assert_eq!(fake.kernel().table, want);
+    assert_eq!(proxy.status().expect("status").drift_repairs, 2);
+}
+
+#[test]
+fn a_put_renders_only_the_services_that_changed() {
+    let old = ServiceProxySpec { services: vec![service(1, &[2]), service(2, &[2]), service(3, &[4])] };
+    let mut new = old.clone();
+    new.services.remove(0);
+    new.services[1].ports[0].endpoints[0].ip = [10, 244, 0, 5].into();
+    let text = super::ruleset::script(&super::changed_services(&old, &new));
+    let chains = text.lines().filter(|l| !l.contains(" element "));
+    assert!(chains.clone().all(|l| l.contains("/svc1/") || l.contains("/svc3/")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("delete element") && l.contains("10.96.0.1 . tcp . 80")), "{text}");
+    // Applied to the old table, they make the new one.
+    let mut table = Some(super::render::render(&old));
+    apply_ops(&mut table, &super::changed_services(&old, &new));
+    assert_eq!(table, Some(super::render::render(&new)));
+}
+
+#[test]
+fn a_put_onto_a_changed_kernel_diffs_against_what_is_there() {
+    let (proxy, fake) = proxy();
+    proxy.apply(ServiceProxySpec { services: vec![service(1, &[2])] }).expect("applies");
+    fake.kernel().table = None;
+    fake.kernel().refuse_next = true;
+    proxy.apply(ServiceProxySpec { services: vec![service(1, &[3])] }).expect("applies after a read-back");
+    let status = proxy.status().expect("status");
+    assert_eq!(status.destinations[0].endpoints, ["10.244.0.3:8080".parse().expect("addr")]);
+    assert_eq!(status.last_error, None);
+}
