@@ -208,10 +208,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     agent.restore().await;
     tokio::spawn(Arc::clone(&agent).reconcile_loop());
     // After the restore: the loop then finds the pods it created running again and leaves them be.
-    let kubelet = kubelet::Kubelet::new(Arc::clone(&agent), &args.state_dir).context("control-plane state")?;
-    kubelet.resume();
     let proxy = Arc::new(proxy::Proxy::new(Box::new(proxy::NftCli)));
     tokio::spawn(Arc::clone(&proxy).reconcile_loop());
+    let kubelet = kubelet::Kubelet::new(Arc::clone(&agent), Arc::clone(&proxy), &args.state_dir)
+        .context("control-plane state")?;
+    kubelet.resume();
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, state_dir = %args.state_dir.display(), "testbed-agent serving");

@@ -3,7 +3,8 @@
 //! the follow loop (`follow.rs`) registers the Node, renews its Lease, runs the API pods bound to the node
 //! through the agent's own pod runtime and writes their status back. Pods of the node-local API are never
 //! touched: the loop acts only on pods it created (`owned.rs`). It also watches every Node: their subnet
-//! leases (flannel's annotations, `leases.rs`) become the node's peers (`subnets.rs`).
+//! leases (flannel's annotations, `leases.rs`) become the node's peers (`subnets.rs`); and every Service
+//! and EndpointSlice, which become the service proxy's rules (`services.rs`, `proxy_spec.rs`).
 //!
 //! Files: `diff.rs` (what to create and delete), `status.rs` (a pod's API status) and `leases.rs` (leases
 //! to peers) decide without I/O; `node.rs` (Node and Lease), `tasks.rs` (creates and deletes),
@@ -14,6 +15,8 @@ mod follow;
 mod leases;
 mod node;
 mod owned;
+mod proxy_spec;
+mod services;
 mod status;
 mod subnets;
 mod tasks;
@@ -25,6 +28,7 @@ use testbed_api::{ApplyResponse, ControlPlaneJoin, ControlPlaneStatus, NodeSpec}
 use testbed_control_plane::client::Client;
 
 use crate::pod::{Agent, AgentError};
+use crate::proxy::Proxy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
@@ -57,6 +61,7 @@ struct Running {
     join: ControlPlaneJoin,
     task: tokio::task::JoinHandle<()>,
     peers: tokio::task::JoinHandle<()>,
+    services: tokio::task::JoinHandle<()>,
     shared: Arc<Mutex<ControlPlaneStatus>>,
 }
 
@@ -65,6 +70,7 @@ impl Drop for Running {
         // Pod creates and deletes run in tasks of their own and finish; only the loop stops.
         self.task.abort();
         self.peers.abort();
+        self.services.abort();
     }
 }
 
@@ -76,17 +82,26 @@ pub struct Kubelet {
     owned: Arc<owned::Owned>,
     tasks: tasks::Tasks,
     subnets: Arc<subnets::Subnets>,
+    proxy: Arc<Proxy>,
     running: Mutex<Option<Running>>,
 }
 
 impl Kubelet {
-    /// The kubelet of `agent`, keeping its state in `<state_dir>/kubelet`.
-    pub fn new(agent: Arc<Agent>, state_dir: &Path) -> Result<Arc<Self>, KubeletError> {
+    /// The kubelet of `agent`, keeping its state in `<state_dir>/kubelet`; `proxy` follows the API's Services.
+    pub fn new(agent: Arc<Agent>, proxy: Arc<Proxy>, state_dir: &Path) -> Result<Arc<Self>, KubeletError> {
         let dir = state_dir.join("kubelet");
         std::fs::create_dir_all(&dir).map_err(|e| KubeletError::State(format!("{}: {e}", dir.display())))?;
         let owned = Arc::new(owned::Owned::load(dir.join("pods.json"))?);
         let subnets = subnets::Subnets::new(agent.clone());
-        Ok(Arc::new(Self { agent, dir, owned, tasks: tasks::Tasks::default(), subnets, running: Mutex::new(None) }))
+        Ok(Arc::new(Self {
+            agent,
+            dir,
+            owned,
+            tasks: tasks::Tasks::default(),
+            subnets,
+            proxy,
+            running: Mutex::new(None),
+        }))
     }
 
     fn join_file(&self) -> PathBuf {
@@ -159,6 +174,7 @@ impl Kubelet {
             pods: self.owned.snapshot().len(),
             ..Default::default()
         }));
+        let services = tokio::spawn(services::run(api.clone(), join.node_name.clone(), self.proxy.clone()));
         let follower = follow::Follower {
             agent: self.agent.clone(),
             api,
@@ -172,7 +188,7 @@ impl Kubelet {
         let task = tokio::spawn(follower.run());
         let peers = tokio::spawn(self.subnets.clone().run());
         // Replacing the old Running drops it, which stops its loops.
-        *lock(&self.running) = Some(Running { join, task, peers, shared });
+        *lock(&self.running) = Some(Running { join, task, peers, services, shared });
         Ok(())
     }
 }
