@@ -151,8 +151,9 @@ fn grow_and_shrink(backend: &str) {
         .find(|p| p["name"] == "probe")
         .and_then(|p| p["ip"].as_str().map(str::to_string))
         .expect("probe's IP");
-    let exec =
-        json!({"command": ["wget", "-q", "-O-", "-T", "2", format!("http://{probe_ip}:8080/")], "timeout_secs": 5});
+    // busybox's wget, as the suites' probes: the guest's PATH may hold another one.
+    let url = format!("http://{probe_ip}:8080/");
+    let exec = json!({"command": ["busybox", "wget", "-q", "-O-", "-T", "2", url], "timeout_secs": 5});
     let reach_started = Instant::now();
     let mut last = String::new();
     let reached = loop {
