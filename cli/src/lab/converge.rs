@@ -103,6 +103,9 @@ pub(super) async fn converge(
         kubeconfig: Some(kubeconfig),
         api_port: Some(fwd.port),
         control_plane_wait_seconds: control_plane_wait,
+        // Filled in by `up`, which knows the change.
+        added: Vec::new(),
+        removed: Vec::new(),
     })
 }
 

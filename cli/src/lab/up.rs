@@ -148,6 +148,11 @@ pub struct UpOutcome {
     pub api_port: Option<u16>,
     /// Seconds from every node ready to the API answering and every agent joined (0 when already up).
     pub control_plane_wait_seconds: f64,
+    /// The nodes this `up` added to a running lab (`nodes` shows them) and removed from it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -239,12 +244,12 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
         let Some(state) = previous.filter(|_| unhealthy.is_empty()) else {
             return Err(UpError::NotHealthy { lab: plan.lab.clone(), nodes: unhealthy });
         };
-        let added = change.added.clone();
+        let (added, removed) = (change.added.clone(), change.removed.clone());
         let inflight = InFlight::default();
         let resize_to = Resize { plan: plan.clone(), recorded, change, state };
         let work = resize(ui, resize_to, dir.clone(), opts, provider.clone(), inflight.clone());
         return match until_signalled(work, &inflight).await {
-            Ok(outcome) => Ok(UpOutcome { seconds: started.elapsed().as_secs_f64(), ..outcome }),
+            Ok(outcome) => Ok(UpOutcome { seconds: started.elapsed().as_secs_f64(), added, removed, ..outcome }),
             Err(e) if opts.keep => {
                 ui.info(format!("keeping the failed nodes for inspection (--keep): {}", dir.root.display()));
                 Err(e)
@@ -342,6 +347,8 @@ pub(super) fn already_up(dir: &LabDir, plan: &Plan, state: &LabState, started: I
         kubeconfig: None,
         api_port: None,
         control_plane_wait_seconds: 0.0,
+        added: Vec::new(),
+        removed: Vec::new(),
     }
 }
 
