@@ -3,7 +3,8 @@
 //! Node's podCIDR), a pod on node1 reaches a pod on the new node, the nodes that stay keep their VMs and get
 //! no `PUT /v1/node` from the CLI (their agents count them: NodeStatus.node_puts), and once the node is
 //! removed its VM, tap and directory are gone and node1's routes no longer name its subnet. VM tests need
-//! root and qemu-system-x86_64 (skipped otherwise; under CI=true they fail instead).
+//! root and qemu-system-x86_64 (skipped otherwise; under CI=true they fail instead). `none` routes no pod
+//! traffic between nodes, so it has no test here. Each backend's test takes about 100 s under TCG.
 //!
 //! The agent: `$TESTBED_AGENT`, else the static build in target/x86_64-unknown-linux-gnu (built if missing).
 
@@ -219,4 +220,9 @@ fn a_node_joins_and_leaves_a_running_vxlan_lab() {
 #[test]
 fn a_node_joins_and_leaves_a_running_host_gw_lab() {
     grow_and_shrink("host-gw");
+}
+
+#[test]
+fn a_node_joins_and_leaves_a_running_udp_lab() {
+    grow_and_shrink("udp");
 }
