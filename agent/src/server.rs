@@ -153,6 +153,7 @@ async fn to_completion<T: Send + 'static>(
 
 /// Through the kubelet: while the node follows an API, the subnet leases' peers replace the spec's.
 async fn put_node(kubelet: Arc<Kubelet>, body: Bytes) -> Result<impl IntoResponse, AgentError> {
+    kubelet.count_node_put();
     let spec = parse(&body)?;
     Ok(Json(to_completion(async move { kubelet.apply_node(spec).await }).await?))
 }

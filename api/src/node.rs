@@ -146,6 +146,10 @@ pub struct NodeStatus {
     pub last_error: Option<String>,
     /// How many periodic reconciles repaired drift since the agent started.
     pub drift_repairs: u64,
+    /// How many `PUT /v1/node` requests (the CLI's) the agent answered since it started; the subnet leases'
+    /// own applies are not counted. Evidence that `up` left a node alone. Absent from older agents.
+    #[serde(default)]
+    pub node_puts: u64,
     /// The agent's managed kernel objects, read back from netlink.
     pub network: ObservedNetwork,
     /// Every pod on the node, as `GET /v1/pods` would list them.

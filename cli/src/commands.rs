@@ -117,6 +117,11 @@ pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
             "lab {} up in {:.1} s (accelerator {}: {})",
             outcome.lab, outcome.seconds, outcome.accelerator, outcome.accelerator_reason
         );
+        for (what, nodes) in [("added", &outcome.added), ("removed", &outcome.removed)] {
+            if !nodes.is_empty() {
+                let _ = writeln!(out, "  {what} in place: {}", nodes.join(", "));
+            }
+        }
         for n in &outcome.nodes {
             let _ = writeln!(
                 out,

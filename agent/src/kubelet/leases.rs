@@ -3,7 +3,7 @@
 //! vxlan, the VTEP MAC). A node publishes its own (`annotations`); every node turns the others' into the
 //! peers of its NodeSpec (`peers`). No I/O here: `subnets.rs` applies what this decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -68,7 +68,9 @@ pub type Leases = BTreeMap<String, SubnetLease>;
 /// The peers of `own` from the leases (by node name, so the first of two conflicting leases wins), and
 /// each lease left out with the reason. The node's own lease is left out silently. Every peer taken passes
 /// `validate_node` together with the earlier ones: one bad lease must not make the whole spec refused.
-pub fn peers(leases: &Leases, own: &NodeSpec) -> (Vec<PeerSpec>, BTreeMap<String, String>) {
+/// A planned peer (`own.peers`) named in `deleted`, a Node the API held and no longer does, is left out:
+/// the node was removed from the lab.
+pub fn peers(leases: &Leases, own: &NodeSpec, deleted: &BTreeSet<String>) -> (Vec<PeerSpec>, BTreeMap<String, String>) {
     let mut taken = Vec::new();
     let mut skipped = BTreeMap::new();
     for (name, lease) in leases.iter().filter(|(name, _)| **name != own.node_name) {
@@ -91,7 +93,7 @@ pub fn peers(leases: &Leases, own: &NodeSpec) -> (Vec<PeerSpec>, BTreeMap<String
     // The planned peers (`own.peers`) no lease names, unless one would clash with the leases' (a subnet or
     // address a lease now holds): see subnets.rs for why they stay.
     for planned in &own.peers {
-        if taken.iter().any(|p| p.name == planned.name) {
+        if taken.iter().any(|p| p.name == planned.name) || deleted.contains(&planned.name) {
             continue;
         }
         let mut trial = NodeSpec { peers: taken.clone(), ..own.clone() };
@@ -146,6 +148,10 @@ mod tests {
         }
     }
 
+    fn none() -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
     fn leases(n: u8, backend: Backend) -> Leases {
         (1..=n).map(|i| (format!("node{i}"), lease(i, backend))).collect()
     }
@@ -154,7 +160,7 @@ mod tests {
     fn leases_give_the_plans_peers_without_the_own_node() {
         for backend in [Backend::Vxlan, Backend::HostGw, Backend::Udp] {
             let own = sample_node_spec(2, 3, backend);
-            let (peers, skipped) = peers(&leases(3, backend), &own);
+            let (peers, skipped) = peers(&leases(3, backend), &own, &none());
             assert!(skipped.is_empty(), "{skipped:?}");
             let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
             assert_eq!(names, ["node1", "node3"]);
@@ -189,7 +195,7 @@ mod tests {
             change(&mut l);
             all.insert(name.to_string(), l);
         }
-        let (peers, skipped) = peers(&all, &own);
+        let (peers, skipped) = peers(&all, &own, &none());
         let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["node2", "node3"]);
         for (name, _, reason) in cases {
@@ -207,7 +213,7 @@ mod tests {
         let mut mine = lease(6, Backend::Vxlan);
         mine.pod_cidr = Some(own.pod_subnet.to_string());
         all.insert("node6".into(), mine);
-        let (peers, skipped) = peers(&all, &own);
+        let (peers, skipped) = peers(&all, &own, &none());
         assert_eq!(peers.len(), 1);
         assert!(skipped["node5"].contains("overlaps"), "{skipped:?}");
         assert!(skipped["node6"].contains("this node's pod_subnet"), "{skipped:?}");
@@ -217,20 +223,33 @@ mod tests {
     fn planned_peers_stay_unless_a_lease_names_them_or_takes_their_subnet() {
         let own = sample_node_spec(2, 3, Backend::Vxlan);
         // No lease yet: the plan's peers.
-        assert_eq!(peers(&Leases::new(), &own).0, own.peers);
+        assert_eq!(peers(&Leases::new(), &own, &none()).0, own.peers);
         // node3's lease moved its underlay address: the lease wins; node1 stays as planned.
         let mut moved = lease(3, Backend::Vxlan);
         moved.public_ip = Some("192.168.99.3".into());
         let only3: Leases = [("node3".to_string(), moved)].into();
-        let (got, _) = peers(&only3, &own);
+        let (got, _) = peers(&only3, &own, &none());
         let names: Vec<&str> = got.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["node3", "node1"]);
         assert_eq!(got[0].underlay_ip.to_string(), "192.168.99.3");
         // Another node now holds node1's subnet: the planned node1 gives way.
         let mut taker = lease(7, Backend::Vxlan);
         taker.pod_cidr = Some(own.peers[0].pod_subnet.to_string());
-        let (got, _) = peers(&[("node7".to_string(), taker)].into(), &own);
+        let (got, _) = peers(&[("node7".to_string(), taker)].into(), &own, &none());
         let names: Vec<&str> = got.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["node7", "node3"]);
+    }
+
+    #[test]
+    fn a_planned_peer_whose_node_the_api_deleted_goes() {
+        let own = sample_node_spec(1, 3, Backend::Vxlan);
+        let mut all = leases(3, Backend::Vxlan);
+        all.remove("node3");
+        // Not registered yet: the planned node3 stays as a floor.
+        let names = |p: &[PeerSpec]| p.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&peers(&all, &own, &none()).0), ["node2", "node3"]);
+        // Its Node was seen and then deleted: it left the lab.
+        let deleted = BTreeSet::from(["node3".to_string()]);
+        assert_eq!(names(&peers(&all, &own, &deleted).0), ["node2"]);
     }
 }

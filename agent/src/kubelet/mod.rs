@@ -150,6 +150,11 @@ impl Kubelet {
         self.subnets.apply_node(spec).await
     }
 
+    /// Counts a `PUT /v1/node` in the agent's NodeStatus.
+    pub fn count_node_put(&self) {
+        self.agent.count_node_put();
+    }
+
     pub fn status(&self) -> ControlPlaneStatus {
         match lock(&self.running).as_ref() {
             Some(r) => ControlPlaneStatus { following: true, ..lock(&r.shared).clone() },

@@ -6,10 +6,11 @@
 //! address), a node only the API knows is added, and one deleted from the API goes unless the CLI planned
 //! it. The planned peers stay as a floor because leases lag: a node that has not registered yet, or that
 //! switched backend and has not republished its annotations (every 10 s), would otherwise drop out of every
-//! other node's routes for that time. Before the first list, and after leaving, the CLI's spec is applied
-//! whole.
+//! other node's routes for that time. The floor ends for a node whose Node this agent has seen and that is
+//! gone from the API: it was removed from the lab (`up` without it), and the CLI does not tell the nodes that
+//! stay. Before the first list, and after leaving, the CLI's spec is applied whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use testbed_api::{ApplyResponse, NodeSpec, PeerSpec};
@@ -30,6 +31,8 @@ pub struct Subnets {
     skipped: Mutex<BTreeMap<String, String>>,
     /// The peers of the CLI's last `PUT /v1/node`; None until one arrives (the stored spec's then stand in).
     planned: Mutex<Option<Vec<PeerSpec>>>,
+    /// Every node whose Node the follow loop has listed or watched since the node joined.
+    seen: Mutex<BTreeSet<String>>,
 }
 
 impl Subnets {
@@ -41,16 +44,19 @@ impl Subnets {
             apply: tokio::sync::Mutex::new(()),
             skipped: Mutex::default(),
             planned: Mutex::default(),
+            seen: Mutex::default(),
         })
     }
 
     /// The follow loop's latest view of every Node's lease.
     pub fn publish(&self, leases: Leases) {
+        lock(&self.seen).extend(leases.keys().cloned());
         self.leases.send_replace(Some(Arc::new(leases)));
     }
 
     /// Back to the CLI's peers at its next `PUT /v1/node`; the kernel keeps the API's until then.
     pub fn forget(&self) {
+        lock(&self.seen).clear();
         self.leases.send_replace(None);
     }
 
@@ -105,7 +111,8 @@ impl Subnets {
 
     fn peers(&self, leases: &Leases, spec: &NodeSpec) -> Vec<PeerSpec> {
         let planned = lock(&self.planned).clone().unwrap_or_else(|| spec.peers.clone());
-        let (peers, skipped) = leases::peers(leases, &NodeSpec { peers: planned, ..spec.clone() });
+        let deleted: BTreeSet<String> = lock(&self.seen).iter().filter(|n| !leases.contains_key(*n)).cloned().collect();
+        let (peers, skipped) = leases::peers(leases, &NodeSpec { peers: planned, ..spec.clone() }, &deleted);
         let mut logged = lock(&self.skipped);
         for (node, reason) in &skipped {
             if logged.get(node) != Some(reason) {

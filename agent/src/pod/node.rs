@@ -20,9 +20,15 @@ pub(super) struct NodeState {
     pub(super) converged: bool,
     pub(super) last_error: Option<String>,
     pub(super) drift_repairs: u64,
+    pub(super) node_puts: u64,
 }
 
 impl Agent {
+    /// Counts one `PUT /v1/node` (NodeStatus.node_puts), whatever its outcome.
+    pub fn count_node_put(&self) {
+        lock(&self.node).node_puts += 1;
+    }
+
     /// PUT /v1/node. A spec that fails validation is refused (400) before anything is touched. A valid spec
     /// becomes the node's desired state even when converging the kernel to it fails part-way (say the
     /// underlay interface is not there yet): it is stored (memory and node.json), the error is returned and
@@ -105,6 +111,7 @@ impl Agent {
             converged: node.converged,
             last_error,
             drift_repairs: node.drift_repairs,
+            node_puts: node.node_puts,
             network,
             pods,
         }

@@ -2,7 +2,8 @@
 //! agent binary and the lab's client key, the provider's lab-wide preparation, the control plane's credentials
 //! and the host's forwarder to its API, then every node at once (the provider makes its machine reachable and
 //! `node_setup` does the rest, starting etcd and the API server on the control-plane nodes), and last the
-//! control plane: answering, a kubeconfig, every agent joined.
+//! control plane: answering, a kubeconfig, every agent joined. When `up` adds nodes to a running lab
+//! (`resize.rs`), only those nodes are brought up and joined; the others are not contacted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,16 +19,22 @@ use super::handle::ConnectedNode;
 use super::keys;
 use super::node_setup::{self, NodeSetup};
 use super::progress::NodeProgress;
-use super::provider::{Provider, UpContext};
+use super::provider::{Provider, Targets, UpContext};
 use super::recorder::StateRecorder;
 use super::state::{LabState, Stage};
 use super::up::{InFlight, UpError, UpNode, UpOptions, UpOutcome};
+
+/// Where a converge starts: what the lab recorded before (when it was up) and which nodes to bring up.
+pub(super) struct Start {
+    pub(super) previous: Option<LabState>,
+    pub(super) targets: Targets,
+}
 
 pub(super) async fn converge(
     ui: &Ui,
     plan: Plan,
     dir: LabDir,
-    previous: Option<LabState>,
+    Start { previous, targets }: Start,
     opts: &UpOptions,
     provider: &dyn Provider,
     inflight: InFlight,
@@ -41,6 +48,7 @@ pub(super) async fn converge(
         plan: plan.clone(),
         dir: dir.clone(),
         previous,
+        targets,
         agent_binary,
         client_public_key,
         deadline: Instant::now() + opts.timeout,
@@ -49,8 +57,12 @@ pub(super) async fn converge(
     let prepared = provider.prepare(&ctx).await?;
     keys::write_known_hosts(&dir, plan.nodes.iter().filter_map(|n| prepared.state.nodes.get(&n.name)))?;
     let credentials = control_plane::credentials(&dir, &plan)?;
-    // The forwarder starts now and connects to the first control-plane node while the VMs boot.
-    let fwd = forwarder::restart(&dir).await?;
+    // The forwarder starts now and connects to the first control-plane node while the VMs boot. A running
+    // lab's forwarder is kept: its clients (kubectl watches) stay connected.
+    let fwd = match ctx.targets {
+        Targets::All => forwarder::restart(&dir).await?,
+        Targets::Only(_) => forwarder::ensure(&dir).await?,
+    };
     let deadline = ctx.deadline;
     let setup = Arc::new(NodeSetup {
         ctx,
@@ -91,6 +103,9 @@ pub(super) async fn converge(
         kubeconfig: Some(kubeconfig),
         api_port: Some(fwd.port),
         control_plane_wait_seconds: control_plane_wait,
+        // Filled in by `up`, which knows the change.
+        added: Vec::new(),
+        removed: Vec::new(),
     })
 }
 
@@ -100,7 +115,8 @@ async fn bring_up_nodes(
     machines: Arc<dyn super::provider::Machines>,
     timeout: Duration,
 ) -> Result<Vec<(UpNode, ConnectedNode)>, UpError> {
-    let nodes = setup.ctx.plan.nodes.iter().map(|node| {
+    let targets = setup.ctx.plan.nodes.iter().filter(|n| setup.ctx.targets.includes(&n.name));
+    let nodes = targets.map(|node| {
         let (setup, machines) = (setup.clone(), machines.clone());
         async move {
             let mut progress = NodeProgress::new(setup.ctx.ui.task(&node.name));

@@ -7,6 +7,7 @@
 //! host key ([`Machines::reach`]). Everything after that (the agent, the node's network, pods) is the lab
 //! layer's (`node_setup`), the same for every provider.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +58,28 @@ pub trait Provider: Send + Sync {
     /// Removes what the provider made for the lab outside its directory; returns its name when something was
     /// removed. Idempotent.
     fn remove_host_resources(&self, dir: &LabDir) -> Result<Option<String>, ProviderError>;
+
+    /// Stops the machine of `node` (one node of the running lab `plan`, which is leaving it) when it runs and
+    /// removes what the provider made for that node alone outside the lab directory (QEMU: its taps); returns
+    /// the PID it stopped. Idempotent; any machine of the node that may still run is an error.
+    fn remove_machine(&self, dir: &LabDir, plan: &Plan, node: &NodePlan) -> Result<Option<u32>, ProviderError>;
+}
+
+/// Which of the plan's nodes an `up` brings up: all of them, or only the nodes it adds to a running lab (the
+/// others are left alone, not even asked whether their machine runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl Targets {
+    pub fn includes(&self, node: &str) -> bool {
+        match self {
+            Targets::All => true,
+            Targets::Only(names) => names.contains(node),
+        }
+    }
 }
 
 /// What one `up` gives its provider.
@@ -66,6 +89,8 @@ pub struct UpContext {
     pub dir: LabDir,
     /// What the lab recorded before this `up`, when it was up before.
     pub previous: Option<LabState>,
+    /// The nodes to bring up; the state of every other node is `previous`'s, unchanged.
+    pub targets: Targets,
     /// The static agent the lab layer deploys (a provider may put it on a disk the machines boot with).
     pub agent_binary: PathBuf,
     /// The lab's client key (OpenSSH public key line), to be authorised in every guest.

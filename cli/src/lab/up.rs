@@ -1,6 +1,8 @@
-//! `up`, whatever the provider: lock the lab, refuse a changed plan, leave a healthy lab alone, converge the
-//! nodes (`converge.rs`), and on failure or interruption (Ctrl-C, SIGTERM, SIGHUP) wait for its blocking work and
-//! tear down everything it made (unless --keep). Errors name the node, the stage and the serial log.
+//! `up`, whatever the provider: lock the lab, keep the running lab's allocation, refuse a plan that changes more
+//! than its set of nodes, leave a healthy lab alone, add and remove nodes of a healthy lab in place
+//! (`resize.rs`), else converge every node (`converge.rs`); on failure or interruption (Ctrl-C, SIGTERM,
+//! SIGHUP) wait for its blocking work and tear down everything it made (unless --keep): the whole lab, or only
+//! the nodes a resize was adding. Errors name the node, the stage and the serial log.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,13 +11,15 @@ use std::time::{Duration, Instant};
 use crate::guest::agent_deploy::AgentDeployError;
 use crate::guest::SshError;
 use crate::image::ImageError;
-use crate::plan::Plan;
+use crate::plan::{NodeChange, Plan};
 use crate::ui::Ui;
 
-use super::converge::converge;
+use super::converge::{converge, Start};
 use super::dir::{self as labdir, LabDir, LabDirError};
 use super::handle::Lab;
 use super::provider::Provider;
+use super::provider::Targets;
+use super::resize::{resize, roll_back_added, Resize};
 use super::state::{Accel, LabState, NodeState, Stage};
 use super::teardown::teardown;
 
@@ -32,9 +36,18 @@ pub enum UpError {
     #[error(transparent)]
     LabDir(#[from] LabDirError),
     #[error(
-        "lab `{lab}` is already up from a different topology (its plan differs); run `testbed down --lab {lab}` first"
+        "lab `{lab}` is already up from a different topology: {reason}. `up` can add nodes to a running lab and \
+         remove nodes from it, nothing else; run `testbed down --lab {lab}` first"
     )]
-    PlanChanged { lab: String },
+    PlanChanged { lab: String, reason: crate::plan::RefusedChange },
+    #[error(
+        "lab `{lab}` cannot add or remove nodes now: {} not running or not answering; run `up` with the \
+         topology it was made from to repair it first, or `testbed down --lab {lab}`",
+        .nodes.join(", ")
+    )]
+    NotHealthy { lab: String, nodes: Vec<String> },
+    #[error(transparent)]
+    Remove(#[from] super::resize::RemoveError),
     #[error("image {image}: {source}")]
     Image {
         image: String,
@@ -135,6 +148,11 @@ pub struct UpOutcome {
     pub api_port: Option<u16>,
     /// Seconds from every node ready to the API answering and every agent joined (0 when already up).
     pub control_plane_wait_seconds: f64,
+    /// The nodes this `up` added to a running lab (`nodes` shows them) and removed from it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -196,7 +214,17 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
     let started = Instant::now();
     let dir = LabDir::new(&labdir::state_root()?, &plan.lab);
     let _lock = dir.lock()?;
-    check_plan_unchanged(&dir, &plan)?;
+    // A plan.json that cannot be read is a leftover of a broken up: converge over it.
+    let recorded = dir.read_plan().ok();
+    let plan = match &recorded {
+        Some(r) => crate::plan::keep_allocation(plan, r),
+        None => plan,
+    };
+    let change = match &recorded {
+        Some(r) => crate::plan::node_change(r, &plan)
+            .map_err(|reason| UpError::PlanChanged { lab: plan.lab.clone(), reason })?,
+        None => NodeChange::default(),
+    };
     let mut previous = dir.read_state().ok().flatten();
     let host_resources_present = provider.host_resources_exist(&plan);
     if let (Some(state), false) = (previous.as_mut(), host_resources_present) {
@@ -205,8 +233,36 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
         let _ = provider.stop_machines(&dir);
         state.nodes.values_mut().for_each(NodeState::forget_process);
     }
+    if let (Some(recorded), false) = (recorded, change.is_empty()) {
+        // Only the nodes that stay must be up: a removed node may be the reason for the change.
+        let staying: Vec<&str> =
+            recorded.nodes.iter().map(|n| n.name.as_str()).filter(|n| !change.removed.iter().any(|r| r == n)).collect();
+        let unhealthy = match (&previous, host_resources_present) {
+            (Some(state), true) => unhealthy_nodes(&dir, &staying, state, provider.as_ref()).await,
+            _ => staying.iter().map(|n| n.to_string()).collect(),
+        };
+        let Some(state) = previous.filter(|_| unhealthy.is_empty()) else {
+            return Err(UpError::NotHealthy { lab: plan.lab.clone(), nodes: unhealthy });
+        };
+        let (added, removed) = (change.added.clone(), change.removed.clone());
+        let inflight = InFlight::default();
+        let resize_to = Resize { plan: plan.clone(), recorded, change, state };
+        let work = resize(ui, resize_to, dir.clone(), opts, provider.clone(), inflight.clone());
+        return match until_signalled(work, &inflight).await {
+            Ok(outcome) => Ok(UpOutcome { seconds: started.elapsed().as_secs_f64(), added, removed, ..outcome }),
+            Err(e) if opts.keep => {
+                ui.info(format!("keeping the failed nodes for inspection (--keep): {}", dir.root.display()));
+                Err(e)
+            }
+            Err(e) => {
+                roll_back_added(ui, &dir, &plan, &added, provider).await;
+                Err(e)
+            }
+        };
+    }
     if let Some(state) = &previous {
-        if host_resources_present && lab_is_healthy(&dir, &plan, state, provider.as_ref()).await {
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        if host_resources_present && unhealthy_nodes(&dir, &names, state, provider.as_ref()).await.is_empty() {
             dir.write_plan(&plan)?;
             // The nodes are fine; the host's way to the API may not be (a forwarder killed, a host reboot).
             let (kubeconfig, port) = reach_api(&dir, &plan, Instant::now() + opts.timeout).await?;
@@ -223,22 +279,16 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
     }
 
     let inflight = InFlight::default();
-    let work = converge(ui, plan.clone(), dir.clone(), previous, opts, provider.as_ref(), inflight.clone());
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    // A dropped SSH session sends SIGHUP: roll back as for Ctrl-C instead of dying with VMs left running.
-    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let result = tokio::select! {
-        r = work => r,
-        _ = tokio::signal::ctrl_c() => Err(UpError::Interrupted),
-        _ = signalled(sigterm.as_mut()) => Err(UpError::Interrupted),
-        _ = signalled(sighup.as_mut()) => Err(UpError::Interrupted),
-    };
-    // Whatever happened, no disk preparation or QEMU launch of this run may still be under way once `up`
-    // returns (or rolls back): the rollback below would miss it, and `--keep` should show a settled lab.
-    if result.is_err() {
-        inflight.settle().await;
-    }
-    match result {
+    let work = converge(
+        ui,
+        plan.clone(),
+        dir.clone(),
+        Start { previous, targets: Targets::All },
+        opts,
+        provider.as_ref(),
+        inflight.clone(),
+    );
+    match until_signalled(work, &inflight).await {
         Ok(outcome) => Ok(UpOutcome { seconds: started.elapsed().as_secs_f64(), ..outcome }),
         Err(e) if opts.keep => {
             ui.info(format!("keeping the failed lab for inspection (--keep): {}", dir.root.display()));
@@ -251,22 +301,31 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
     }
 }
 
-/// A lab that is up from another topology is not ours to change: `down` first.
-fn check_plan_unchanged(dir: &LabDir, plan: &Plan) -> Result<(), UpError> {
-    // A plan.json that cannot be read is a leftover of a broken up: converge over it.
-    let Ok(mut previous) = dir.read_plan() else { return Ok(()) };
-    // Only the resolved plan matters: a comment edited in the topology changes the hash, nothing else.
-    previous.topology_hash.clone_from(&plan.topology_hash);
-    // Declared tests only feed `run`: a changed `tests:` is recorded, not a reason to rebuild.
-    previous.tests.clone_from(&plan.tests);
-    if previous != *plan {
-        return Err(UpError::PlanChanged { lab: plan.lab.clone() });
+/// `work` until it ends, or an interruption (Ctrl-C, SIGTERM, SIGHUP) ends it; once it failed, none of its
+/// blocking work still runs.
+async fn until_signalled(
+    work: impl std::future::Future<Output = Result<UpOutcome, UpError>>,
+    inflight: &InFlight,
+) -> Result<UpOutcome, UpError> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // A dropped SSH session sends SIGHUP: roll back as for Ctrl-C instead of dying with VMs left running.
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let result = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(UpError::Interrupted),
+        _ = signalled(sigterm.as_mut()) => Err(UpError::Interrupted),
+        _ = signalled(sighup.as_mut()) => Err(UpError::Interrupted),
+    };
+    // Whatever happened, no disk preparation or QEMU launch of this run may still be under way once `up`
+    // returns (or rolls back): the rollback would miss it, and `--keep` should show a settled lab.
+    if result.is_err() {
+        inflight.settle().await;
     }
-    Ok(())
+    result
 }
 
 /// The outcome of an `up` that found the lab healthy and did nothing.
-fn already_up(dir: &LabDir, plan: &Plan, state: &LabState, started: Instant) -> UpOutcome {
+pub(super) fn already_up(dir: &LabDir, plan: &Plan, state: &LabState, started: Instant) -> UpOutcome {
     UpOutcome {
         lab: plan.lab.clone(),
         dir: dir.root.clone(),
@@ -288,12 +347,14 @@ fn already_up(dir: &LabDir, plan: &Plan, state: &LabState, started: Instant) -> 
         kubeconfig: None,
         api_port: None,
         control_plane_wait_seconds: 0.0,
+        added: Vec::new(),
+        removed: Vec::new(),
     }
 }
 
 /// The forwarder of a running lab (started again when it is gone), the API answering through it, and the
 /// kubeconfig naming its port.
-async fn reach_api(dir: &LabDir, plan: &Plan, deadline: Instant) -> Result<(PathBuf, u16), UpError> {
+pub(super) async fn reach_api(dir: &LabDir, plan: &Plan, deadline: Instant) -> Result<(PathBuf, u16), UpError> {
     let credentials = super::control_plane::credentials(dir, plan)?;
     let fwd = super::forwarder::ensure(dir).await?;
     super::control_plane::wait_ready(fwd.port, &credentials, deadline).await?;
@@ -321,25 +382,28 @@ async fn signalled(signal: Option<&mut tokio::signal::unix::Signal>) {
     }
 }
 
-/// Every node's VM alive and its agent answering.
-async fn lab_is_healthy(dir: &LabDir, plan: &Plan, state: &LabState, provider: &dyn Provider) -> bool {
-    let all_alive = plan.nodes.iter().all(|n| {
-        state.nodes.get(&n.name).is_some_and(|s| s.stage == Stage::Ready && provider.is_running(dir, &n.name, s))
-    });
-    if !all_alive {
-        return false;
+/// The nodes of `names` whose VM is not alive or whose agent does not answer (all of them when the lab cannot
+/// be opened).
+async fn unhealthy_nodes(dir: &LabDir, names: &[&str], state: &LabState, provider: &dyn Provider) -> Vec<String> {
+    let dead: Vec<String> = names
+        .iter()
+        .filter(|n| !state.nodes.get(**n).is_some_and(|s| s.stage == Stage::Ready && provider.is_running(dir, n, s)))
+        .map(|n| n.to_string())
+        .collect();
+    if !dead.is_empty() {
+        return dead;
     }
-    let Ok(lab) = Lab::open_dir(dir.clone()) else { return false };
-    let checks = plan.nodes.iter().map(|n| {
+    let Ok(lab) = Lab::open_dir(dir.clone()) else { return names.iter().map(|n| n.to_string()).collect() };
+    let checks = names.iter().map(|n| {
         let lab = &lab;
         async move {
-            match lab.connect_node(&n.name, Duration::from_secs(5)).await {
-                Ok(c) => c.agent.health().await.is_ok(),
-                Err(_) => false,
+            match lab.connect_node(n, Duration::from_secs(5)).await {
+                Ok(c) if c.agent.health().await.is_ok() => None,
+                _ => Some(n.to_string()),
             }
         }
     });
-    futures::future::join_all(checks).await.into_iter().all(|ok| ok)
+    futures::future::join_all(checks).await.into_iter().flatten().collect()
 }
 
 #[cfg(test)]

@@ -15,12 +15,14 @@ use crate::topology::{self, TopologyError};
 use crate::ui::Ui;
 
 mod build;
+mod change;
 mod names;
 mod render;
 #[cfg(test)]
 mod tests;
 
-pub use build::build;
+pub use build::{build, keep_allocation};
+pub use change::{node_change, NodeChange, RefusedChange};
 pub use render::render_text;
 // The declared values a plan carries unchanged, defined with the checked topology they come from; named here
 // too because they are part of the plan's contract (plan.json, the suites).
@@ -76,7 +78,9 @@ pub struct NicPlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodePlan {
     pub name: String,
-    /// Position in the topology (stable, used for ports and addresses).
+    /// The node's slot: its SSH port, MACs, taps and underlay addresses derive from it. A fresh plan gives
+    /// node i of the file slot i; a node added to a running lab takes the lowest free one and keeps it
+    /// (`keep_allocation`).
     pub index: usize,
     pub cpus: u32,
     pub memory_mib: u64,

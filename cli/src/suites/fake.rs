@@ -559,6 +559,7 @@ impl Cluster for FakeCluster {
             converged: true,
             last_error: None,
             drift_repairs: 0,
+            node_puts: 0,
             network,
             pods: vec![],
             spec,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::guest::agent_deploy;
 use crate::image::{self, ImageArtifacts};
-use crate::lab::{self, keys, Accel, InFlight, LabDir, LabState, NodeState, PreparedLab, Stage, UpContext, UpError};
+use crate::lab::{
+    self, keys, Accel, InFlight, LabDir, LabState, NodeState, PreparedLab, Stage, Targets, UpContext, UpError,
+};
 use crate::plan::{ImageRef, Plan};
 use crate::ui::Ui;
 
@@ -52,12 +54,12 @@ fn image_label(r: &ImageRef) -> String {
 pub(super) async fn prepare(lab: &UpContext, net: Arc<dyn HostNet>) -> Result<PreparedLab, UpError> {
     let agent_size =
         agent_deploy::write_agent_disk(&lab.agent_binary, &lab.dir.agent_disk()).map_err(UpError::AgentBinary)?;
-    let images = ensure_images(&lab.ui, &lab.plan).await?;
+    let images = ensure_images(&lab.ui, &lab.plan, &lab.targets).await?;
     let (qemu_version, accel) = choose_accelerator(&images).await?;
     lab.ui.info(format!("accelerator: {} ({})", accel.accel, accel.reason));
-    let state = initial_state(&lab.plan, &lab.dir, lab.previous.as_ref(), &images, &accel, qemu_version)?;
+    let state = initial_state(lab, &images, &accel, qemu_version)?;
     lab.dir.write_state(&state)?;
-    let netem_in_guest = build_network(&lab.plan, net.clone(), &lab.inflight).await?;
+    let netem_in_guest = build_network(&lab.plan, &lab.targets, net.clone(), &lab.inflight).await?;
     if netem_in_guest {
         lab.ui
             .info("the host kernel has no netem: link impairments are applied inside the guests (egress of each NIC)");
@@ -76,10 +78,10 @@ pub(super) async fn prepare(lab: &UpContext, net: Arc<dyn HostNet>) -> Result<Pr
     Ok(PreparedLab { state, impairments_in_guest: netem_in_guest, machines })
 }
 
-/// Every image the plan's nodes use, built or fetched once each.
-async fn ensure_images(ui: &Ui, plan: &Plan) -> Result<Vec<(ImageRef, ImageArtifacts)>, UpError> {
+/// Every image the target nodes use, built or fetched once each.
+async fn ensure_images(ui: &Ui, plan: &Plan, targets: &Targets) -> Result<Vec<(ImageRef, ImageArtifacts)>, UpError> {
     let mut images: Vec<(ImageRef, ImageArtifacts)> = Vec::new();
-    for node in &plan.nodes {
+    for node in plan.nodes.iter().filter(|n| targets.includes(&n.name)) {
         if images.iter().any(|(r, _)| *r == node.image) {
             continue;
         }
@@ -109,18 +111,23 @@ async fn choose_accelerator(images: &[(ImageRef, ImageArtifacts)]) -> Result<(St
     Ok((qemu_version, accel))
 }
 
-/// The state `up` starts from: VMs of `previous` that still run are kept (their nodes start at the boot stage),
-/// every other node starts at the disk stage.
+/// The state `up` starts from: a node it does not bring up keeps what `previous` records; of the others, VMs
+/// of `previous` that still run are kept (their nodes start at the boot stage), every other node starts at the
+/// disk stage.
 fn initial_state(
-    plan: &Plan,
-    dir: &LabDir,
-    previous: Option<&LabState>,
+    lab: &UpContext,
     images: &[(ImageRef, ImageArtifacts)],
     accel: &AccelChoice,
     qemu_version: String,
 ) -> Result<LabState, UpError> {
+    let (plan, dir, previous) = (&lab.plan, &lab.dir, lab.previous.as_ref());
     let mut nodes = std::collections::BTreeMap::new();
     for node in &plan.nodes {
+        let untouched = previous.and_then(|s| s.nodes.get(&node.name)).filter(|_| !lab.targets.includes(&node.name));
+        if let Some(state) = untouched {
+            nodes.insert(node.name.clone(), state.clone());
+            continue;
+        }
         let live = previous.and_then(|s| s.nodes.get(&node.name)).filter(|p| machines::is_running(dir, &node.name, p));
         let image_id = images.iter().find(|(r, _)| *r == node.image).map(|(_, a)| a.id.clone()).unwrap_or_default();
         let state = NodeState {
@@ -144,25 +151,30 @@ fn initial_state(
     })
 }
 
-/// The lab's netns, bridges and taps (tracked, so a rollback waits for it); true when netem must run in the
-/// guests.
-async fn build_network(plan: &Plan, net: Arc<dyn HostNet>, inflight: &InFlight) -> Result<bool, UpError> {
-    let plan2 = plan.clone();
+/// The lab's netns, bridges and the target nodes' taps (tracked, so a rollback waits for it); true when netem
+/// must run in the guests.
+async fn build_network(
+    plan: &Plan,
+    targets: &Targets,
+    net: Arc<dyn HostNet>,
+    inflight: &InFlight,
+) -> Result<bool, UpError> {
+    let (plan2, targets) = (plan.clone(), targets.clone());
     inflight
-        .blocking(move || setup_network(&plan2, net.as_ref()))
+        .blocking(move || setup_network(&plan2, &targets, net.as_ref()))
         .await?
         .map_err(|source| UpError::Net { netns: plan.netns.clone(), source: Box::new(source) })
 }
 
-/// Bridges, taps (master, MTU, up) and netem in the lab netns. Returns true when the host kernel cannot do
-/// netem and the impairments must be applied inside the guests instead.
-pub fn setup_network(plan: &Plan, net: &dyn HostNet) -> Result<bool, HostNetError> {
+/// Bridges, the target nodes' taps (master, MTU, up) and netem in the lab netns. Returns true when the host
+/// kernel cannot do netem and the impairments must be applied inside the guests instead.
+pub fn setup_network(plan: &Plan, targets: &Targets, net: &dyn HostNet) -> Result<bool, HostNetError> {
     net.create_netns(&plan.netns)?;
     for nw in &plan.networks {
         net.ensure_bridge(&plan.netns, &nw.bridge, nw.mtu)?;
     }
     let mut netem_in_guest = false;
-    for node in &plan.nodes {
+    for node in plan.nodes.iter().filter(|n| targets.includes(&n.name)) {
         for nic in &node.nics {
             let Some(nw) = plan.networks.iter().find(|n| n.name == nic.network) else { continue };
             net.ensure_tap(&plan.netns, &nic.tap, &nw.bridge, nic.mtu)?;
@@ -189,7 +201,7 @@ mod tests {
     #[test]
     fn network_is_built_netns_then_bridges_then_taps_with_netem() {
         let net = FakeHostNet::default();
-        let guest = setup_network(&test_plan(), &net).unwrap();
+        let guest = setup_network(&test_plan(), &Targets::All, &net).unwrap();
         assert!(!guest);
         let ops = net.ops.lock().unwrap().clone();
         assert_eq!(
@@ -211,7 +223,7 @@ mod tests {
         let dir = LabDir::new(tmp.path(), "t");
         dir.create().unwrap();
         let net = Arc::new(FakeHostNet { fail_on: Some("tap tb-t tb-t-n2".into()), ..Default::default() });
-        assert!(setup_network(&test_plan(), net.as_ref()).is_err());
+        assert!(setup_network(&test_plan(), &Targets::All, net.as_ref()).is_err());
         dir.write_plan(&test_plan()).unwrap();
         let t = lab::teardown(&dir, &QemuProvider::new(net.clone())).unwrap();
         assert_eq!(t.netns_deleted.as_deref(), Some("tb-t"));

@@ -41,6 +41,8 @@ pub trait HostNet: Send + Sync {
     fn ensure_bridge(&self, netns: &str, bridge: &str, mtu: u32) -> Result<(), HostNetError>;
     /// A persistent tap enslaved to `bridge`, up, with that MTU; converges an existing one.
     fn ensure_tap(&self, netns: &str, tap: &str, bridge: &str, mtu: u32) -> Result<(), HostNetError>;
+    /// Deletes a tap (a node removed from a running lab); fine when it is gone.
+    fn delete_tap(&self, netns: &str, tap: &str) -> Result<(), HostNetError>;
     /// Replaces (or removes, when `impair` is none) the netem qdisc on a tap's egress (= towards its VM).
     fn set_impairment(&self, netns: &str, dev: &str, impair: &Impairment) -> Result<(), HostNetError>;
     /// An fd attached to the tap, for QEMU to inherit.
@@ -125,6 +127,13 @@ impl HostNet for IpHostNet {
         }
         let mtu = mtu.to_string();
         run("ip", &["-n", netns, "link", "set", "dev", tap, "master", bridge, "mtu", &mtu, "up"])?;
+        Ok(())
+    }
+
+    fn delete_tap(&self, netns: &str, tap: &str) -> Result<(), HostNetError> {
+        if link_exists(netns, tap)? {
+            run("ip", &["-n", netns, "link", "delete", "dev", tap])?;
+        }
         Ok(())
     }
 
@@ -246,6 +255,9 @@ pub mod fake {
         }
         fn ensure_tap(&self, netns: &str, tap: &str, bridge: &str, mtu: u32) -> Result<(), HostNetError> {
             self.record(format!("tap {netns} {tap} {bridge} {mtu}"))
+        }
+        fn delete_tap(&self, netns: &str, tap: &str) -> Result<(), HostNetError> {
+            self.record(format!("tap del {netns} {tap}"))
         }
         fn set_impairment(&self, netns: &str, dev: &str, impair: &Impairment) -> Result<(), HostNetError> {
             self.record(format!("netem {netns} {dev} {}", netem_args(impair).join(" ")))

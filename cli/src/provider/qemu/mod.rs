@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::lab::{LabDir, NodeState, PreparedLab, Provider, ProviderError, UpContext, UpError};
-use crate::plan::Plan;
+use crate::plan::{NodePlan, Plan};
 
 use hostnet::HostNet;
 
@@ -62,6 +62,20 @@ impl Provider for QemuProvider {
         }
         self.net.delete_netns(&netns).map_err(gone)?;
         Ok(Some(netns))
+    }
+
+    fn remove_machine(&self, dir: &LabDir, plan: &Plan, node: &NodePlan) -> Result<Option<u32>, ProviderError> {
+        let vms: Vec<_> = machines::node_processes(dir).into_iter().filter(|(n, _, _)| *n == node.name).collect();
+        let stopped = machines::stop_all(&vms, |node, pid, start| machines::stop_vm(&dir.qmp_socket(node), pid, start))
+            .map_err(ProviderError::new)?;
+        // Its taps go only once its QEMU is gone: the tap fds are QEMU's.
+        let gone = |e| ProviderError::new(machines::StopError::Net(e));
+        if self.net.netns_exists(&plan.netns).map_err(gone)? {
+            for nic in &node.nics {
+                self.net.delete_tap(&plan.netns, &nic.tap).map_err(gone)?;
+            }
+        }
+        Ok(stopped.first().map(|(_, pid)| *pid))
     }
 }
 
