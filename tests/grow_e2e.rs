@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{show, topology_copy, LabGuard};
+use testbed_test_support::lab::{ensure_agent, show, topology_copy, LabGuard};
 
 /// How long the new node's pod may take to be reached once `up` returned (the agents' watch and apply).
 const REACH_WITHIN: Duration = Duration::from_secs(60);
@@ -64,25 +64,6 @@ impl GrowLab {
         serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
             .expect("JSON")
     }
-}
-
-/// Makes sure a static agent exists where `testbed` looks for it (or `$TESTBED_AGENT` is set).
-fn ensure_agent() {
-    if std::env::var_os("TESTBED_AGENT").is_some() {
-        return;
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = workspace.join("target/x86_64-unknown-linux-gnu");
-    if ["release", "debug"].iter().any(|p| target.join(p).join("testbed-agent").is_file()) {
-        return;
-    }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&workspace)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "-p", "testbed-agent", "--release", "--target", "x86_64-unknown-linux-gnu"])
-        .status()
-        .expect("run cargo to build the static agent");
-    assert!(status.success(), "building the static agent failed");
 }
 
 /// The default topology as lab `lab` on `backend`, and the same with a third node running the pod `probe`.

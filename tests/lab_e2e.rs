@@ -11,31 +11,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{netns_exists, show, topology_copy, LabGuard};
+use testbed_test_support::lab::{ensure_agent, netns_exists, show, topology_copy, LabGuard};
 
 fn testbed(state_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_testbed"));
     c.env("TESTBED_STATE_DIR", state_dir);
     c
-}
-
-/// Makes sure a static agent exists where `testbed` looks for it (or `$TESTBED_AGENT` is set).
-fn ensure_agent() {
-    if std::env::var_os("TESTBED_AGENT").is_some() {
-        return;
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = workspace.join("target/x86_64-unknown-linux-gnu");
-    if ["release", "debug"].iter().any(|p| target.join(p).join("testbed-agent").is_file()) {
-        return;
-    }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&workspace)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "-p", "testbed-agent", "--release", "--target", "x86_64-unknown-linux-gnu"])
-        .status()
-        .expect("run cargo to build the static agent");
-    assert!(status.success(), "building the static agent failed");
 }
 
 fn proc_start_time(pid: u64) -> Option<u64> {

@@ -53,3 +53,23 @@ impl Drop for LabGuard {
             .output();
     }
 }
+
+/// Makes sure a static agent exists where `testbed` looks for it (or `$TESTBED_AGENT` is set), building it
+/// when neither is there.
+pub fn ensure_agent() {
+    if std::env::var_os("TESTBED_AGENT").is_some() {
+        return;
+    }
+    let workspace = workspace_root();
+    let target = workspace.join("target/x86_64-unknown-linux-gnu");
+    if ["release", "debug"].iter().any(|p| target.join(p).join("testbed-agent").is_file()) {
+        return;
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&workspace)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "-p", "testbed-agent", "--release", "--target", "x86_64-unknown-linux-gnu"])
+        .status()
+        .expect("run cargo to build the static agent");
+    assert!(status.success(), "building the static agent failed");
+}
