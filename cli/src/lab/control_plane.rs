@@ -145,11 +145,14 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
         .chain(members.iter().map(|(_, ip)| *ip).filter(|m| *m != ip))
         .map(|ip| format!("--server https://{ip}:{API_PORT}"))
         .collect();
+    let lifecycle = &plan.cluster.node_lifecycle;
     let manager = format!(
         "exec /usr/local/bin/testbed-agent controller-manager {} --ca-file {GUEST_DIR}/ca.pem \
-         --token-file {GUEST_DIR}/token --identity {}",
+         --token-file {GUEST_DIR}/token --identity {} --node-monitor-grace-period {} --pod-eviction-timeout {}",
         servers.join(" "),
-        node.name
+        node.name,
+        lifecycle.node_monitor_grace_period_seconds,
+        lifecycle.pod_eviction_timeout_seconds
     );
     let file = |name: &str, text: &str| format!("printf '%s' {} >{GUEST_DIR}/{name}\n", shell_quote(text));
     let mut s = format!("set -e\numask 077\nmkdir -p {GUEST_DIR} {ETCD_DATA_DIR}\n");
@@ -375,7 +378,14 @@ mod tests {
         // The controller manager reaches this node's API server first, then every other member's.
         let manager = format!("controller-manager --server https://{ip}:6443 --server https://{first}:6443 ");
         assert!(script.contains(&manager), "{script}");
-        assert!(script.contains("--identity node2"), "{script}");
+        assert!(
+            script.contains("--identity node2 --node-monitor-grace-period 40 --pod-eviction-timeout 300"),
+            "{script}"
+        );
+        plan.cluster.node_lifecycle =
+            crate::plan::NodeLifecycle { node_monitor_grace_period_seconds: 12, pod_eviction_timeout_seconds: 10 };
+        let script = launch_script(&plan, &plan.nodes[1], &creds);
+        assert!(script.contains("--node-monitor-grace-period 12 --pod-eviction-timeout 10"), "{script}");
         assert!(script.contains("'::respawn:/usr/local/sbin/testbed-service controller-manager'"), "{script}");
     }
 }

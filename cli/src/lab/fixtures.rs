@@ -43,6 +43,7 @@ pub fn test_plan() -> Plan {
             node_subnet_prefix: 24,
             backend: testbed_api::Backend::Vxlan,
             control_plane: vec!["node1".into()],
+            node_lifecycle: Default::default(),
         },
         pods: vec![],
         tests: vec![],

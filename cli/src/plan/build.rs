@@ -77,6 +77,7 @@ pub fn build(checked: &CheckedTopology) -> Plan {
             node_subnet_prefix: cluster.node_subnet_prefix,
             backend: cluster.backend,
             control_plane: cluster.control_plane.clone(),
+            node_lifecycle: cluster.node_lifecycle,
         },
         pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
         tests: checked.tests.clone(),

@@ -24,7 +24,9 @@ pub use build::build;
 pub use render::render_text;
 // The declared values a plan carries unchanged, defined with the checked topology they come from; named here
 // too because they are part of the plan's contract (plan.json, the suites).
-pub use crate::topology::checked::{DeclaredTest, ImageRef, Impairment, TestKind, TestLevel, TestSource, TestTarget};
+pub use crate::topology::checked::{
+    DeclaredTest, ImageRef, Impairment, NodeLifecycle, TestKind, TestLevel, TestSource, TestTarget,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -101,6 +103,9 @@ pub struct ClusterPlan {
     /// `cluster.control_plane.nodes`. Absent from plans written before the control plane (version 2).
     #[serde(default)]
     pub control_plane: Vec<String>,
+    /// The controller manager's node lifecycle times (Kubernetes' defaults in plans written before them).
+    #[serde(default)]
+    pub node_lifecycle: NodeLifecycle,
 }
 
 /// The API server's port on a control-plane node's underlay address (Kubernetes' secure port).

@@ -131,6 +131,7 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
             node_subnet_prefix: 24,
             backend,
             control_plane: vec!["node1".into()],
+            node_lifecycle: Default::default(),
         },
         pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
         tests: Vec::new(),
