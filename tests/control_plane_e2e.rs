@@ -213,8 +213,8 @@ const LEADER_RETRY_SECS: u64 = 2;
 /// How often the node lifecycle controller looks at the nodes (`NodeLifecycleConfig::period`).
 const MONITOR_PERIOD_SECS: u64 = 5;
 /// Slack for a loaded TCG host: the forwarder's ~10 s failover when the dead node was its member, slow
-/// guests, kubectl's own start.
-const MARGIN_SECS: u64 = 20;
+/// guests, kubectl's own start (at load 7-10 on 2 cores a takeover was seen 31 s after the kill).
+const MARGIN_SECS: u64 = 30;
 const NAMESPACE: &str = "nd-e2e";
 const SLEEPERS: &str = "apiVersion: v1
 kind: Namespace
