@@ -234,11 +234,13 @@ spec:
       - {name: sleep, command: [sleep, '100000']}
 ";
 
-/// kubectl's stdout once it succeeds, tried again until `limit` has passed since `since` (a member's death
-/// cuts kubectl off until the forwarder moves to the next member). None when it never succeeded.
+/// kubectl's stdout once it succeeds, tried again until `limit` has passed since `since`. None when it never
+/// succeeded. Each call may take over 10 s: with the first control-plane member dead, the forwarder tries it
+/// for 10 s (`CONNECT_DEADLINE`) on every new connection before the next member, so a shorter request
+/// timeout would never get through.
 fn kubectl_until(kubeconfig: &Path, args: &[&str], since: Instant, limit: Duration) -> Option<String> {
     loop {
-        let out = kubectl_command(kubeconfig).arg("--request-timeout=5s").args(args).output().expect("run kubectl");
+        let out = kubectl_command(kubeconfig).arg("--request-timeout=20s").args(args).output().expect("run kubectl");
         if out.status.success() {
             return Some(String::from_utf8_lossy(&out.stdout).into_owned());
         }
