@@ -425,7 +425,12 @@ fn a_dead_leaders_node_is_noticed_and_its_pods_replaced() {
     });
     let (pods, replaced_s) = replaced.unwrap_or_else(|| {
         let now = sleepers(&kubeconfig, killed, Duration::from_secs(limit_c + 30));
-        panic!("(c) {victim_pod} not replaced on a live node within {limit_c} s: pods and available now {now:?}")
+        // Each pod's phase and Ready: a replacement that exists but never became available shows here.
+        let states = "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase} \
+                      {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}";
+        let args = ["get", "pods", "-n", NAMESPACE, "-o", states];
+        let states = kubectl_until(&kubeconfig, &args, killed, Duration::from_secs(limit_c + 60));
+        panic!("(c) {victim_pod} not replaced on a live node within {limit_c} s: pods and available now {now:?}\n{states:?}")
     });
     eprintln!(
         "(c) back to 3 available {replaced_s:.1} s after the kill (grace {GRACE_SECS} s + eviction {EVICTION_SECS} s, \
