@@ -23,6 +23,9 @@ pub use service::*;
 
 /// TCP port the agent listens on, on the guest's 127.0.0.1 only. The CLI reaches it over SSH forwarding.
 pub const AGENT_PORT: u16 = 7070;
+/// How often each node's agent renews its Lease `kube-node-lease/<node>` (the kubelet's 10 s). The topology
+/// refuses a node monitor grace period that is not longer: every node would flap NotReady between renewals.
+pub const NODE_LEASE_RENEW_SECS: u64 = 10;
 /// Version prefix of every agent endpoint, e.g. `PUT /v1/node`.
 pub const API_PREFIX: &str = "/v1";
 

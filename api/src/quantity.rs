@@ -135,6 +135,54 @@ pub fn wait_ms(s: &str) -> Result<u64, String> {
     u64::try_from(ms).map_err(|_| bad())
 }
 
+/// Longest Kubernetes duration the topology takes (the controller manager's times).
+pub const MAX_KUBE_DURATION_SECS: u64 = 86_400;
+
+/// A Kubernetes duration (Go's `time.ParseDuration`, as the controller manager's flags take it) in whole
+/// seconds: `40s`, `5m`, `1m30s`, `1.5m`, `1h`; units `h`, `m`, `s`, `ms`. A bare number is refused: Kubernetes
+/// durations always carry a unit, and `40` could be meant as seconds or minutes. Fractions of a second are
+/// refused too: the controller manager counts in seconds.
+pub fn kube_duration_secs(s: &str) -> Result<u64, String> {
+    let text = s.trim();
+    let bad = || format!("\"{s}\" is not a duration (use 40s, 5m or 1m30s)");
+    if !text.is_empty() && decimal(text).is_some() {
+        return Err(format!(
+            "\"{s}\" has no unit: write {text}s or {text}m (a Kubernetes duration such as 40s, 5m or 1m30s)"
+        ));
+    }
+    let mut rest = text;
+    let mut total_ms: u128 = 0;
+    while !rest.is_empty() {
+        let (num, after) = split_number(rest);
+        let unit_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale: u128 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        let (int, frac, digits) = decimal(num).ok_or_else(bad)?;
+        let frac_ms = frac * scale;
+        if !frac_ms.is_multiple_of(10u128.pow(digits)) {
+            return Err(format!("\"{s}\" is not a whole number of seconds"));
+        }
+        total_ms += int * scale + frac_ms / 10u128.pow(digits);
+        if total_ms > u128::from(MAX_KUBE_DURATION_SECS) * 1000 {
+            return Err(format!("\"{s}\" is longer than 24h"));
+        }
+        rest = next;
+    }
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if !total_ms.is_multiple_of(1000) {
+        return Err(format!("\"{s}\" is not a whole number of seconds"));
+    }
+    u64::try_from(total_ms / 1000).map_err(|_| bad())
+}
+
 /// A loss percentage: `0.1%`, `5%`, `0`.
 pub fn percent(s: &str) -> Result<f64, String> {
     let bad = || format!("\"{s}\" is not a percentage (use 0.1% or 5%)");
@@ -239,5 +287,23 @@ mod tests {
         assert!(wait_ms("11m").unwrap_err().contains("longer than 10m"));
         assert!(wait_ms("-1s").is_err());
         assert!(wait_ms("ms").is_err());
+    }
+
+    #[test]
+    fn kubernetes_durations() {
+        assert_eq!(kube_duration_secs("40s"), Ok(40));
+        assert_eq!(kube_duration_secs("5m"), Ok(300));
+        assert_eq!(kube_duration_secs("1m30s"), Ok(90));
+        assert_eq!(kube_duration_secs("1.5m"), Ok(90));
+        assert_eq!(kube_duration_secs("1h"), Ok(3600));
+        assert_eq!(kube_duration_secs("2000ms"), Ok(2));
+        assert_eq!(kube_duration_secs("0s"), Ok(0));
+        assert!(kube_duration_secs("40").unwrap_err().contains("has no unit: write 40s"));
+        assert!(kube_duration_secs("1.5s").unwrap_err().contains("not a whole number of seconds"));
+        assert!(kube_duration_secs("1500ms").unwrap_err().contains("not a whole number of seconds"));
+        assert!(kube_duration_secs("25h").unwrap_err().contains("longer than 24h"));
+        for bad in ["", "s", "5d", "-5s", "5 s", "1m30", "m5"] {
+            assert!(kube_duration_secs(bad).unwrap_err().contains("not a duration"), "{bad}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use testbed_control_plane::client::{now_rfc3339_micro, paths, Client, ClientErro
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// The kubelet's defaults: renewed every 10 s, held for 40 s.
-pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+pub const LEASE_RENEW: Duration = Duration::from_secs(testbed_api::NODE_LEASE_RENEW_SECS);
 pub const LEASE_DURATION_SECS: i32 = 40;
 /// The Node's status is written when it changes, and at least this often (its Ready heartbeat); the Lease
 /// is the frequent liveness signal, as in Kubernetes.

@@ -105,9 +105,23 @@ pub fn write_private(path: &std::path::Path, text: &str) -> Result<(), ControlPl
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// How a control-plane node's etcd member starts when its data directory is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdStart {
+    /// With the other members, all new: the lab's first `up`, or every member's machine replaced.
+    Bootstrap,
+    /// Into the cluster the other, running members already form: its machine died and `up` boots it from a
+    /// fresh disk. Bootstrapping again would fail ("member ... has already been bootstrapped"), so it asks
+    /// the running members for the cluster and catches up from them (etcd's `--initial-cluster-state
+    /// existing`). The member keeps its ID rather than being removed and added again: its lost raft vote can
+    /// at worst let it vote twice in one term, which a lab accepts.
+    Rejoin,
+}
+
 /// The shell script that installs the credentials and both services' commands on control-plane node `node`
 /// and starts them. Only shell builtins write files (printf): every process start costs 0.1-0.5 s under TCG.
-fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
+/// A member whose data directory exists ignores `start`: etcd reads the cluster from it.
+fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials, start: EtcdStart) -> String {
     let members = plan.control_plane_members();
     let ip = node.nics.first().map_or(Ipv4Addr::UNSPECIFIED, |n| n.ip);
     let initial: Vec<String> =
@@ -117,7 +131,7 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
         "exec etcd --name {name} --data-dir {ETCD_DATA_DIR} \
          --listen-client-urls https://{ip}:{ETCD_CLIENT_PORT} --advertise-client-urls https://{ip}:{ETCD_CLIENT_PORT} \
          --listen-peer-urls https://{ip}:{ETCD_PEER_PORT} --initial-advertise-peer-urls https://{ip}:{ETCD_PEER_PORT} \
-         --initial-cluster {initial} --initial-cluster-state new --initial-cluster-token tb-{lab} \
+         --initial-cluster {initial} --initial-cluster-state {state} --initial-cluster-token tb-{lab} \
          --cert-file {GUEST_DIR}/etcd.pem --key-file {GUEST_DIR}/etcd-key.pem \
          --client-cert-auth --trusted-ca-file {GUEST_DIR}/ca.pem \
          --peer-cert-file {GUEST_DIR}/etcd.pem --peer-key-file {GUEST_DIR}/etcd-key.pem \
@@ -125,6 +139,10 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
          --auto-compaction-mode periodic --auto-compaction-retention {ETCD_RETENTION} --logger zap",
         name = node.name,
         initial = initial.join(","),
+        state = match start {
+            EtcdStart::Bootstrap => "new",
+            EtcdStart::Rejoin => "existing",
+        },
         lab = plan.lab,
     );
     // Every member, its own first: the API server moves to the next when one refuses the connection.
@@ -146,11 +164,14 @@ fn launch_script(plan: &Plan, node: &NodePlan, creds: &Credentials) -> String {
         .chain(members.iter().map(|(_, ip)| *ip).filter(|m| *m != ip))
         .map(|ip| format!("--server https://{ip}:{API_PORT}"))
         .collect();
+    let lifecycle = &plan.cluster.node_lifecycle;
     let manager = format!(
         "exec /usr/local/bin/testbed-agent controller-manager {} --ca-file {GUEST_DIR}/ca.pem \
-         --token-file {GUEST_DIR}/token --identity {}",
+         --token-file {GUEST_DIR}/token --identity {} --node-monitor-grace-period {} --pod-eviction-timeout {}",
         servers.join(" "),
-        node.name
+        node.name,
+        lifecycle.node_monitor_grace_period_seconds,
+        lifecycle.pod_eviction_timeout_seconds
     );
     let file = |name: &str, text: &str| format!("printf '%s' {} >{GUEST_DIR}/{name}\n", shell_quote(text));
     let mut s = format!("set -e\numask 077\nmkdir -p {GUEST_DIR} {ETCD_DATA_DIR}\n");
@@ -186,9 +207,11 @@ pub async fn launch(
     plan: &Plan,
     node: &NodePlan,
     creds: &Credentials,
+    start: EtcdStart,
 ) -> Result<(), ControlPlaneError> {
+    let script = launch_script(plan, node, creds, start);
     session
-        .exec_checked("start etcd and the API server", "sh -s", Some(launch_script(plan, node, creds).as_bytes()))
+        .exec_checked("start etcd and the API server", "sh -s", Some(script.as_bytes()))
         .await
         .map(|_| ())
         .map_err(ControlPlaneError::Launch)
@@ -354,7 +377,7 @@ mod tests {
             etcd: pair("ETCD", "ETCDKEY"),
             etcd_client: pair("CLIENT", "CLIENTKEY"),
         };
-        let script = launch_script(&plan, &plan.nodes[1], &creds);
+        let script = launch_script(&plan, &plan.nodes[1], &creds, EtcdStart::Bootstrap);
         let ip = plan.nodes[1].nics[0].ip;
         assert!(script.contains(&format!("--listen {ip}:6443")), "{script}");
         assert!(script.contains(&format!("--listen-client-urls https://{ip}:2379")), "{script}");
@@ -371,12 +394,22 @@ mod tests {
         // Every member, its own first.
         assert!(script.contains(&format!("--etcd https://{ip}:2379,https://{first}:2379 ")), "{script}");
         assert!(script.contains("--auto-compaction-mode periodic --auto-compaction-retention 1h"));
+        assert!(script.contains("--initial-cluster-state new "), "{script}");
+        let rejoin = launch_script(&plan, &plan.nodes[1], &creds, EtcdStart::Rejoin);
+        assert!(rejoin.contains("--initial-cluster-state existing "), "{rejoin}");
         // Quoted for the shell: a quote in a value cannot end the string early.
         assert!(script.contains(r"'tok'\''en'"), "{script}");
         // The controller manager reaches this node's API server first, then every other member's.
         let manager = format!("controller-manager --server https://{ip}:6443 --server https://{first}:6443 ");
         assert!(script.contains(&manager), "{script}");
-        assert!(script.contains("--identity node2"), "{script}");
+        assert!(
+            script.contains("--identity node2 --node-monitor-grace-period 40 --pod-eviction-timeout 300"),
+            "{script}"
+        );
+        plan.cluster.node_lifecycle =
+            crate::plan::NodeLifecycle { node_monitor_grace_period_seconds: 12, pod_eviction_timeout_seconds: 10 };
+        let script = launch_script(&plan, &plan.nodes[1], &creds, EtcdStart::Bootstrap);
+        assert!(script.contains("--node-monitor-grace-period 12 --pod-eviction-timeout 10"), "{script}");
         assert!(script.contains("'::respawn:/usr/local/sbin/testbed-service controller-manager'"), "{script}");
     }
 }

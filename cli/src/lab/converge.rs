@@ -64,11 +64,14 @@ pub(super) async fn converge(
         Targets::Only(_) => forwarder::ensure(&dir).await?,
     };
     let deadline = ctx.deadline;
+    let reused = |n: &String| prepared.state.nodes.get(n).is_some_and(|s| s.pid.is_some());
+    let running_members = plan.cluster.control_plane.iter().filter(|n| reused(n)).cloned().collect();
     let setup = Arc::new(NodeSetup {
         ctx,
         impairments_in_guest: prepared.impairments_in_guest,
         state: Arc::new(StateRecorder::new(dir.clone(), prepared.state)),
         credentials: credentials.clone(),
+        running_members,
     });
     let (nodes, connected): (Vec<UpNode>, Vec<ConnectedNode>) =
         bring_up_nodes(&setup, prepared.machines, opts.timeout).await?.into_iter().unzip();

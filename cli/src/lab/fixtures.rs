@@ -44,6 +44,7 @@ pub fn test_plan() -> Plan {
             backend: testbed_api::Backend::Vxlan,
             control_plane: vec!["node1".into()],
             service_cidr: "10.96.0.0/12".parse().unwrap(),
+            node_lifecycle: Default::default(),
         },
         pods: vec![],
         tests: vec![],

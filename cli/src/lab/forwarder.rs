@@ -35,6 +35,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_CONNECT_DEADLINE: Duration = Duration::from_secs(60);
 /// Later ones (the VMs are up; a member that does not answer soon is skipped for the next one).
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// A member that is not the last one to try gets this long: a dead member is tried again on every new
+/// connection, and with 10 s the next member came too late for kubectl's fixed 10 s TLS handshake timeout.
+const FAILOVER_CONNECT_DEADLINE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
@@ -217,7 +220,9 @@ impl Paths {
     /// Carries one client connection to the first member whose API port takes it.
     async fn pump(&self, mut tcp: TcpStream) {
         for i in 0..self.members.len() {
-            let Some(session) = self.session(i, CONNECT_DEADLINE).await else { continue };
+            let last = i + 1 == self.members.len();
+            let deadline = if last { CONNECT_DEADLINE } else { FAILOVER_CONNECT_DEADLINE };
+            let Some(session) = self.session(i, deadline).await else { continue };
             let (node, ip) = &self.members[i];
             match session.connect_tcp(&ip.to_string(), API_PORT).await {
                 Ok(mut remote) => {

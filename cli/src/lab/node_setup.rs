@@ -25,6 +25,9 @@ pub(super) struct NodeSetup {
     pub(super) state: Arc<StateRecorder>,
     /// The lab's control-plane credentials, installed on the control-plane nodes.
     pub(super) credentials: Credentials,
+    /// The control-plane nodes whose machines were still running when this `up` began (reused): their etcd
+    /// members form the cluster a rebooted member rejoins.
+    pub(super) running_members: Vec<String>,
 }
 
 /// Brings `node` to ready: its machine through `machines`, then the agent, its network and its pods. Returns
@@ -51,10 +54,14 @@ pub(super) async fn bring_up(
     // etcd and the API server start beside the node's own setup (nothing of it waits for them): under TCG
     // both wait mostly on the guest.
     let launch = async {
-        match plan.cluster.control_plane.contains(name) {
-            true => control_plane::launch(&session, plan, node, &setup.credentials).await,
-            false => Ok(()),
+        if !plan.cluster.control_plane.contains(name) {
+            return Ok(());
         }
+        let start = match !machine.reused && setup.running_members.iter().any(|m| m != name) {
+            true => control_plane::EtcdStart::Rejoin,
+            false => control_plane::EtcdStart::Bootstrap,
+        };
+        control_plane::launch(&session, plan, node, &setup.credentials, start).await
     };
     let setup_node = async {
         let agent = agent_deploy::deploy(&session, name, &setup.ctx.agent_binary, machine.agent_disk_size)

@@ -84,6 +84,7 @@ pub fn build(checked: &CheckedTopology) -> Plan {
             backend: cluster.backend,
             control_plane: cluster.control_plane.clone(),
             service_cidr: cluster.service_cidr,
+            node_lifecycle: cluster.node_lifecycle,
         },
         pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
         tests: checked.tests.clone(),

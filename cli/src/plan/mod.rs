@@ -26,7 +26,9 @@ pub use change::{node_change, NodeChange, RefusedChange};
 pub use render::render_text;
 // The declared values a plan carries unchanged, defined with the checked topology they come from; named here
 // too because they are part of the plan's contract (plan.json, the suites).
-pub use crate::topology::checked::{DeclaredTest, ImageRef, Impairment, TestKind, TestLevel, TestSource, TestTarget};
+pub use crate::topology::checked::{
+    DeclaredTest, ImageRef, Impairment, NodeLifecycle, TestKind, TestLevel, TestSource, TestTarget,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -109,6 +111,9 @@ pub struct ClusterPlan {
     /// before Services have the default.
     #[serde(default = "default_service_cidr")]
     pub service_cidr: Ipv4Net,
+    /// The controller manager's node lifecycle times (Kubernetes' defaults in plans written before them).
+    #[serde(default)]
+    pub node_lifecycle: NodeLifecycle,
 }
 
 fn default_service_cidr() -> Ipv4Net {

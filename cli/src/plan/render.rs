@@ -26,6 +26,12 @@ pub fn render_text(plan: &Plan) -> String {
         if members.len() == 1 { "" } else { "s" },
         plan.api_servers().join(", ")
     );
+    let lifecycle = &plan.cluster.node_lifecycle;
+    let _ = writeln!(
+        s,
+        "node lifecycle: NotReady after {} s without a Lease renewal, pods evicted after {} s NotReady",
+        lifecycle.node_monitor_grace_period_seconds, lifecycle.pod_eviction_timeout_seconds
+    );
     let _ = writeln!(s, "\nnetworks:");
     let _ = writeln!(s, "  {:<16} {:<14} {:<18} {:>5}  impairment", "NAME", "BRIDGE", "CIDR", "MTU");
     for n in &plan.networks {

@@ -246,3 +246,17 @@ fn three_control_plane_members_keep_their_order() {
     assert_eq!(ips, ["192.168.50.13", "192.168.50.11", "192.168.50.12"]);
     assert!(render_text(&plan).contains("control plane: node3, node1, node2 (etcd: 3 members;"));
 }
+
+#[test]
+fn node_lifecycle_times_default_to_kubernetes_and_reach_the_plan() {
+    let defaults = plan_of(BASE).expect("valid").cluster.node_lifecycle;
+    assert_eq!((defaults.node_monitor_grace_period_seconds, defaults.pod_eviction_timeout_seconds), (40, 300));
+    // Without `nodes:` the control plane stays on the first node.
+    let src =
+        format!("{BASE}cluster: {{control_plane: {{node_monitor_grace_period: 1m30s, pod_eviction_timeout: 0s}}}}\n");
+    let plan = plan_of(&src).expect("valid");
+    assert_eq!(plan.cluster.control_plane, ["node1"]);
+    let lifecycle = plan.cluster.node_lifecycle;
+    assert_eq!((lifecycle.node_monitor_grace_period_seconds, lifecycle.pod_eviction_timeout_seconds), (90, 0));
+    assert!(render_text(&plan).contains("NotReady after 90 s without a Lease renewal, pods evicted after 0 s"));
+}

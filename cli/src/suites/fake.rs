@@ -132,6 +132,7 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
             backend,
             control_plane: vec!["node1".into()],
             service_cidr: "10.96.0.0/12".parse().unwrap(),
+            node_lifecycle: Default::default(),
         },
         pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
         tests: Vec::new(),

@@ -69,6 +69,26 @@ pub struct CheckedCluster {
     /// Nodes of `nodes` running etcd and the API server, as listed: 1 or 3 of them, no repeats, each on a
     /// built image (which has etcd).
     pub control_plane: Vec<String>,
+    /// The controller manager's node lifecycle times.
+    pub node_lifecycle: NodeLifecycle,
+}
+
+/// When the controller manager gives up on a node: its Lease unrenewed for the grace period makes it
+/// NotReady, and NotReady for the eviction timeout gets its pods deleted (their controllers recreate them
+/// elsewhere). Whole seconds, as the controller manager's flags take them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLifecycle {
+    /// More than the agents' Lease renew interval.
+    pub node_monitor_grace_period_seconds: u64,
+    pub pod_eviction_timeout_seconds: u64,
+}
+
+impl Default for NodeLifecycle {
+    /// Kubernetes' defaults: `--node-monitor-grace-period 40s`, and 300 s of the not-ready and unreachable
+    /// taints' tolerations.
+    fn default() -> Self {
+        Self { node_monitor_grace_period_seconds: 40, pod_eviction_timeout_seconds: 300 }
+    }
 }
 
 /// A pod of `pods:`, with its quantities parsed into the agent's PodSpec.

@@ -251,8 +251,15 @@ pub struct ClusterDef {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneDef {
-    /// The control-plane nodes: one, or three for an etcd cluster that survives losing a member.
-    pub nodes: Vec<String>,
+    /// The control-plane nodes: one, or three for an etcd cluster that survives losing a member (default:
+    /// the first node).
+    pub nodes: Option<Vec<String>>,
+    /// How long a node's Lease may go unrenewed before the node is NotReady: a Kubernetes duration such as
+    /// `40s` or `1m30s` (default `40s`; more than the agents' 10 s renew interval).
+    pub node_monitor_grace_period: Option<Scalar>,
+    /// How long a node may stay NotReady before its pods are deleted and replaced on other nodes: a
+    /// Kubernetes duration such as `5m` (default `5m`).
+    pub pod_eviction_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -126,7 +126,8 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
     let networks = check_networks(&ctx, t)?;
     let (mut cluster, underlay) = check_cluster(&ctx, t, &networks)?;
     let nodes = check_nodes(&ctx, t, &networks, underlay)?;
-    cluster.control_plane = control_plane::check(&ctx, t, &nodes)?;
+    cluster.control_plane = control_plane::members(&ctx, t, &nodes)?;
+    cluster.node_lifecycle = control_plane::node_lifecycle(&ctx, t)?;
     check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
     let pods = check_pods(&ctx, t)?;
     let tests = check_tests(&ctx, t)?;
@@ -238,9 +239,15 @@ fn check_cluster(
     if overlaps(&pod_cidr, &service_cidr) {
         return Err(ctx.at(&path.key("service_cidr"), format!("{service_cidr} overlaps cluster.pod_cidr {pod_cidr}")));
     }
-    // The control plane is checked once the nodes are (`control_plane::check`).
-    let cluster =
-        CheckedCluster { pod_cidr, node_subnet_prefix: prefix, backend, service_cidr, control_plane: Vec::new() };
+    // The control plane is checked once the nodes are (`control_plane`).
+    let cluster = CheckedCluster {
+        pod_cidr,
+        node_subnet_prefix: prefix,
+        backend,
+        service_cidr,
+        control_plane: Vec::new(),
+        node_lifecycle: Default::default(),
+    };
     Ok((cluster, underlay))
 }
 
