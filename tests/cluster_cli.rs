@@ -193,11 +193,11 @@ fn apply_get_describe_and_delete_round_trip_through_the_api() {
 #[test]
 fn bad_input_names_the_place_and_exits_2_and_an_unreachable_server_exits_3() {
     let cp = ControlPlane::start();
-    let unknown = cp.write("svc.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: d}\n");
+    let unknown = cp.write("cm.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: d}\n");
     fails_with(
         cp.testbed(&["apply", "-f", &unknown]),
         2,
-        "svc.yaml:5: the server doesn't have a resource type `v1 Service`",
+        "cm.yaml:5: the server doesn't have a resource type `v1 ConfigMap`",
     );
     assert!(!stdout(&cp.testbed(&["get", "ns"])).contains("\nok "), "nothing of a refused file is sent");
     let invalid = cp.write(
@@ -205,7 +205,7 @@ fn bad_input_names_the_place_and_exits_2_and_an_unreachable_server_exits_3() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: srv, image: busybox}\n",
     );
     fails_with(cp.testbed(&["apply", "-f", &invalid]), 2, "invalid.yaml:1: pod/p: the server answered 422");
-    fails_with(cp.testbed(&["get", "services"]), 2, "`services`");
+    fails_with(cp.testbed(&["get", "configmaps"]), 2, "`configmaps`");
 
     let closed = cp.root.join("closed-kubeconfig");
     let text = std::fs::read_to_string(&cp.kubeconfig).expect("kubeconfig");
