@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use testbed_test_support::host::can_run_vms;
+use testbed_test_support::kubectl::Kubectl;
 use testbed_test_support::lab::{show, topology_copy, LabGuard};
 
 fn testbed(state_dir: &Path) -> Command {
@@ -35,26 +36,17 @@ fn can_run() -> bool {
 }
 
 /// kubectl with the lab's kubeconfig; its discovery cache in the test's directory, not the user's.
-fn kubectl_command(kubeconfig: &Path) -> Command {
+fn kubectl_of(kubeconfig: &Path) -> Kubectl {
     let tmp = kubeconfig.ancestors().nth(3).expect("<tmp>/state/<lab>/kubeconfig");
-    let mut c = Command::new("kubectl");
-    c.arg("--kubeconfig").arg(kubeconfig).arg("--cache-dir").arg(tmp.join("kube-cache"));
-    c
+    Kubectl::new(kubeconfig, &tmp.join("kube-cache"))
+}
+
+fn kubectl_command(kubeconfig: &Path) -> Command {
+    kubectl_of(kubeconfig).command()
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = kubectl_command(kubeconfig)
-        .arg("--request-timeout=20s")
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        std::io::Write::write_all(&mut pipe, text.as_bytes()).expect("kubectl stdin");
-    }
-    child.wait_with_output().expect("kubectl output")
+    kubectl_of(kubeconfig).run(args, stdin)
 }
 
 /// PIDs of every `testbed forward-api --lab <lab>` process on the host.
