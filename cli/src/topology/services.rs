@@ -104,6 +104,27 @@ mod tests {
     }
 
     #[test]
+    fn the_service_cidr_is_defaulted_and_may_overlap_nothing() {
+        let t = checked_of(BASE).expect("valid");
+        assert_eq!(t.cluster.service_cidr.to_string(), "10.96.0.0/12");
+        let cases = [
+            ("cluster: {service_cidr: 10.244.0.0/20}\n", "overlaps cluster.pod_cidr"),
+            ("cluster: {service_cidr: 192.168.50.0/25}\n", "overlaps network `underlay`"),
+            ("cluster: {service_cidr: 10.96.0.0/30}\n", "too small"),
+            ("cluster: {service_cidr: nonsense}\n", ""),
+        ];
+        for (text, message) in cases {
+            match checked_of(&format!("{BASE}{text}")) {
+                Err(TopologyError::Invalid { line, field, message: m, .. }) => {
+                    assert_eq!((line, field.as_str()), (BASE.lines().count() + 1, "cluster.service_cidr"), "{m}");
+                    assert!(m.contains(message), "{text}: {m}");
+                }
+                other => panic!("{text}: expected an error, got {:?}", other.map(|t| t.cluster.service_cidr)),
+            }
+        }
+    }
+
+    #[test]
     fn errors_name_the_line_and_the_field() {
         let base_lines = BASE.lines().count();
         let cases = [
