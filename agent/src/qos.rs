@@ -105,6 +105,7 @@ mod tests {
             restart_policy: RestartPolicy::Always,
             share_process_namespace: false,
             host_network: false,
+            ..Default::default()
         }
     }
 

@@ -60,7 +60,7 @@ pub struct ContainerSpec {
 }
 
 /// `POST /v1/pods` with this body creates a pod; the name is the key (re-posting an identical spec is a no-op).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSpec {
     /// DNS label, unique on the node: the key of the pod for every later request.
     pub name: String,
@@ -75,6 +75,13 @@ pub struct PodSpec {
     /// The pod uses the node's network namespace: no veth, the node's IP.
     #[serde(default)]
     pub host_network: bool,
+    /// The namespace of the pod's mirror in the cluster API, as a static pod manifest's
+    /// `metadata.namespace` (default `default`). Unused while the node follows no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The labels of the pod's mirror in the cluster API: what Services and NetworkPolicies select it by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where a pod is in its life, computed from its containers the way the kubelet computes it.

@@ -18,6 +18,41 @@ pub fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
+/// Kubernetes' label syntax: `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 characters.
+fn is_label_name(s: &str) -> bool {
+    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    s.len() <= 63
+        && edge(s.as_bytes().first())
+        && edge(s.as_bytes().last())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A DNS-1123 subdomain: dot-separated DNS labels, at most 253 characters.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|part| is_dns_label(part, 63))
+}
+
+/// Why `key: value` is not a Kubernetes label (keys are qualified names, `prefix/name` with an optional
+/// DNS-subdomain prefix; values are empty or a label name), in the API server's words.
+pub fn label_error(key: &str, value: &str) -> Option<String> {
+    const SYNTAX: &str = "consist of alphanumeric characters, '-', '_' or '.', and must start and end with an \
+                          alphanumeric character, at most 63";
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|p| !is_dns_subdomain(p)) {
+        return Some(format!("Invalid value: \"{key}\": prefix part must be a DNS subdomain (a-z, 0-9, '-', '.')"));
+    }
+    if !is_label_name(name) {
+        return Some(format!("Invalid value: \"{key}\": name part must {SYNTAX}"));
+    }
+    if !value.is_empty() && !is_label_name(value) {
+        return Some(format!("Invalid value: \"{value}\": a valid label must be an empty string or {SYNTAX}"));
+    }
+    None
+}
+
 /// Everything the agent can check before creating a pod: names are unique DNS labels, every container
 /// names a program, requests do not exceed limits, and limits are usable (CPU above 0, memory at least
 /// 1Mi, pids above 0).
@@ -27,6 +62,12 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
     }
     if pod.containers.is_empty() {
         return Err(err("containers", "a pod needs at least one container"));
+    }
+    if let Some(ns) = pod.namespace.as_deref().filter(|ns| !is_dns_label(ns, 63)) {
+        return Err(err("namespace", format!("`{ns}` is not a DNS label (a-z, 0-9, '-', at most 63)")));
+    }
+    if let Some((key, message)) = pod.labels.iter().find_map(|(k, v)| label_error(k, v).map(|m| (k, m))) {
+        return Err(err(format!("labels.{key}"), message));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, c) in pod.containers.iter().enumerate() {
@@ -183,7 +224,26 @@ mod tests {
             restart_policy: RestartPolicy::Never,
             share_process_namespace: false,
             host_network: false,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn labels_and_namespace_of_a_static_pod_are_checked() {
+        assert_eq!(label_error("app", "web"), None);
+        assert_eq!(label_error("example.com/tier", "front_end.v1"), None);
+        assert_eq!(label_error("a", ""), None);
+        assert!(label_error("", "x").is_some());
+        assert!(label_error("a/", "x").is_some());
+        assert!(label_error("UPPER.example/x", "v").is_some(), "the prefix is a DNS subdomain");
+        assert!(label_error("x", "ends-").is_some());
+        assert!(label_error(&"k".repeat(64), "v").is_some());
+        let mut p = pod();
+        p.labels.insert("app".into(), "-web".into());
+        assert_eq!(validate_pod(&p).unwrap_err().field.as_deref(), Some("labels.app"));
+        let mut p = pod();
+        p.namespace = Some("Team".into());
+        assert_eq!(validate_pod(&p).unwrap_err().field.as_deref(), Some("namespace"));
     }
 
     #[test]

@@ -102,6 +102,7 @@ fn pod_spec(i: usize) -> PodSpec {
         restart_policy: RestartPolicy::Always,
         share_process_namespace: false,
         host_network: false,
+        ..Default::default()
     }
 }
 

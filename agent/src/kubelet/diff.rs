@@ -114,6 +114,7 @@ mod tests {
             restart_policy: Default::default(),
             share_process_namespace: false,
             host_network: false,
+            ..Default::default()
         };
         Wanted { uid: uid.into(), spec, grace_secs: Some(0) }
     }

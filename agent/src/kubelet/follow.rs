@@ -17,6 +17,7 @@ use testbed_control_plane::client::{list_watch, now_rfc3339, paths, Change, Clie
 
 use super::diff::{self, node_pod_name, Action, Owner, PodKey, Wanted};
 use super::leases::{Leases, SubnetLease};
+use super::mirror::{self, MirrorAction, NodeRef};
 use super::node::{self, Machine, NodeView};
 use super::owned::Owned;
 use super::status::{self, Note};
@@ -61,6 +62,8 @@ impl Follower {
             node_spec: None,
             leases: None,
             host_ip: None,
+            node_ref: None,
+            mirror_errors: HashMap::new(),
             reached: false,
         }
     }
@@ -81,6 +84,10 @@ pub struct Loop {
     /// Every Node's subnet lease as last listed or watched (None until the first list).
     leases: Option<Leases>,
     host_ip: Option<String>,
+    /// This node's Node (its uid owns the mirror pods), from the Node watch.
+    node_ref: Option<NodeRef>,
+    /// Mirror pods whose create or delete failed, with the error, so each is logged once.
+    mirror_errors: HashMap<PodKey, String>,
     reached: bool,
 }
 
@@ -152,7 +159,10 @@ impl Loop {
                     self.renew_lease().await?;
                     self.node_heartbeat().await?;
                 }
-                _ = sync.tick() => self.sync_statuses().await?,
+                _ = sync.tick() => {
+                    self.sync_mirrors().await?;
+                    self.sync_statuses().await?;
+                }
                 _ = resync.tick() => self.reconcile(),
             }
         }
@@ -183,6 +193,23 @@ impl Loop {
 
     /// Keeps every Node's lease and publishes them when one changed (a Node's status heartbeat is none).
     fn apply_lease(&mut self, change: Change<Node>) {
+        let own = |n: &Node| {
+            (n.metadata.name == self.f.node)
+                .then(|| NodeRef { name: n.metadata.name.clone(), uid: n.metadata.uid.clone().unwrap_or_default() })
+        };
+        match &change {
+            Change::Listed(nodes) => self.node_ref = nodes.iter().find_map(own),
+            Change::Event(WatchEvent::Added(n) | WatchEvent::Modified(n)) => {
+                if let Some(me) = own(n) {
+                    self.node_ref = Some(me);
+                }
+            }
+            Change::Event(WatchEvent::Deleted(n)) => {
+                if own(n).is_some() {
+                    self.node_ref = None;
+                }
+            }
+        }
         let mut leases = self.leases.clone().unwrap_or_default();
         match change {
             Change::Listed(nodes) => {
@@ -207,6 +234,7 @@ impl Loop {
         let wanted: BTreeMap<PodKey, Wanted> = self
             .pods
             .iter()
+            .filter(|(_, p)| !mirror::is_mirror(p))
             .filter(|(k, p)| {
                 // A finished pod is not started again (the kubelet's rule), unless the node still runs it.
                 let finished =
@@ -255,12 +283,26 @@ impl Loop {
         let owned = self.f.owned.snapshot();
         let rejected = self.f.tasks.rejected();
         let now = now_rfc3339();
+        // Each mirror's static pod, by the mirror's key.
+        let specs = self.f.agent.pod_specs();
+        let statics: HashMap<PodKey, &str> = mirror::statics(&specs, &owned)
+            .into_iter()
+            .filter_map(|s| mirror::mirror_key(s, &self.f.node).map(|k| (k, s.name.as_str())))
+            .collect();
         let mut writes = Vec::new();
         for (key, pod) in &self.pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let name = node_pod_name(key);
-            let ours = owned.get(&name).is_some_and(|o| o.key == *key && o.uid == uid);
-            let on_node = if ours { node_pods.get(&name) } else { None };
+            let on_node = if mirror::is_mirror(pod) {
+                statics.get(key).and_then(|name| node_pods.get(*name))
+            } else {
+                let name = node_pod_name(key);
+                let ours = owned.get(&name).is_some_and(|o| o.key == *key && o.uid == uid);
+                if ours {
+                    node_pods.get(&name)
+                } else {
+                    None
+                }
+            };
             let note = match (rejected.get(&uid), self.blocked.get(key)) {
                 (Some(m), _) => Some(Note::Rejected(m.clone())),
                 (None, Some(m)) => Some(Note::Blocked(m.clone())),
@@ -295,6 +337,45 @@ impl Loop {
         }
         let pods = &self.pods;
         self.written.retain(|k, _| pods.contains_key(k));
+        Ok(())
+    }
+
+    /// Brings the mirror pods to the node's static pods (`mirror.rs`). An API error about one mirror (its
+    /// namespace missing, say) is logged once and tried again on the next pass; only an unreachable API
+    /// server ends the session.
+    async fn sync_mirrors(&mut self) -> Result<(), ClientError> {
+        let Some(node) = self.node_ref.clone() else { return Ok(()) };
+        let specs = self.f.agent.pod_specs();
+        let statics = mirror::statics(&specs, &self.f.owned.snapshot());
+        for action in mirror::plan(&statics, &self.pods, &node) {
+            let (key, result) = match action {
+                MirrorAction::Create(pod) => {
+                    let key = PodKey {
+                        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                        name: pod.metadata.name.clone(),
+                    };
+                    let created = self.f.api.create::<Pod>(&paths::pods(Some(&key.namespace)), &pod).await;
+                    (key, created.map(drop))
+                }
+                MirrorAction::Delete(key) => {
+                    let deleted = self.f.api.delete(&paths::pod(&key.namespace, &key.name)).await;
+                    (key, deleted.or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) }))
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.mirror_errors.remove(&key);
+                }
+                Err(e @ ClientError::Unreachable(_)) => return Err(e),
+                Err(e) => {
+                    let message = e.to_string();
+                    if self.mirror_errors.get(&key) != Some(&message) {
+                        tracing::warn!(pod = %key, error = %message, "mirror pod: not written; retried");
+                        self.mirror_errors.insert(key, message);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 mod diff;
 mod follow;
 mod leases;
+mod mirror;
 mod node;
 mod owned;
 mod proxy_spec;

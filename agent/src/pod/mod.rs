@@ -194,6 +194,11 @@ impl Agent {
         pods.iter().map(|p| self.status_of(p)).collect()
     }
 
+    /// The spec of every pod on the node.
+    pub fn pod_specs(&self) -> Vec<PodSpec> {
+        lock(&self.pods).values().map(|p| p.spec.clone()).collect()
+    }
+
     pub fn get_pod(&self, name: &str) -> Result<PodStatus> {
         let pod = self.find(name)?;
         Ok(self.status_of(&pod))

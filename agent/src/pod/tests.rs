@@ -58,6 +58,7 @@ fn pod(name: &str, policy: RestartPolicy, containers: &[&str]) -> PodSpec {
         restart_policy: policy,
         share_process_namespace: false,
         host_network: true,
+        ..Default::default()
     }
 }
 

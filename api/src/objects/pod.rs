@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::{Condition, ObjectMeta};
 use crate::{PodPhase, RestartPolicy};
 
+/// Marks a mirror pod, the API's copy of a node's static pod (the kubelet's annotation; its value is the
+/// static pod's config hash). The node's agent keeps it; nothing else runs or adopts it.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// `v1 Pod`: containers run together on one node by its agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -264,6 +268,7 @@ impl Pod {
             restart_policy: self.spec.restart_policy.unwrap_or_default(),
             share_process_namespace: self.spec.share_process_namespace,
             host_network: self.spec.host_network,
+            ..Default::default()
         }
     }
 }

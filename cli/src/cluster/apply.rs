@@ -75,7 +75,7 @@ async fn apply_object(
     }
 }
 
-/// The topology's Deployments, applied at `up` (each namespace made first when missing), so a running lab
+/// The topology's Namespaces, Services and Deployments, applied at `up` (each namespace made first when missing), so a running lab
 /// `up` again with a changed file gets the difference. Returns what was done to each.
 pub async fn apply_topology_objects(
     client: &kube::Client,
@@ -93,11 +93,13 @@ pub async fn apply_topology_objects(
         let what = format!("{}[{i}]", kind.resource().plural);
         *i += 1;
         let namespace = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let ns: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
-        }))
-        .map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
-        apply_object(client, Kind::Namespace, &namespace, ns, &format!("namespace/{namespace}")).await?;
+        if kind.namespaced() {
+            let ns: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
+            }))
+            .map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
+            apply_object(client, Kind::Namespace, &namespace, ns, &format!("namespace/{namespace}")).await?;
+        }
         let name = object.metadata.name.clone().unwrap_or_default();
         let action = apply_object(client, kind, &namespace, object, &what).await?;
         done.push((format!("{}/{name}", kind.qualified()), action));

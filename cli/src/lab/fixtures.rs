@@ -48,6 +48,7 @@ pub fn test_plan() -> Plan {
         },
         pods: vec![],
         tests: vec![],
+        namespaces: vec![],
         deployments: vec![],
         services: vec![],
     }

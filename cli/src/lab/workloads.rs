@@ -1,6 +1,7 @@
-//! The topology's API objects (its `services:` and `deployments:`), applied once the control plane and every
-//! node are Ready: created on the first `up`, brought to what the file says on a later one. Services first,
-//! so a Deployment's pods have their Service's endpoints from the start.
+//! The topology's API objects (its `namespaces:`, `services:` and `deployments:`), applied once the control
+//! plane and every node are Ready: created on the first `up`, brought to what the file says on a later one.
+//! Namespaces first (everything else may live in them), then Services, so a Deployment's pods have their
+//! Service's endpoints from the start.
 
 use std::path::Path;
 
@@ -10,12 +11,18 @@ use crate::ui::Ui;
 use super::up::UpError;
 
 pub(super) async fn apply(ui: &Ui, plan: &Plan, kubeconfig: &Path) -> Result<(), UpError> {
-    if plan.deployments.is_empty() && plan.services.is_empty() {
+    if plan.namespaces.is_empty() && plan.deployments.is_empty() && plan.services.is_empty() {
         return Ok(());
     }
     let task = ui.task("workloads");
-    task.stage(format!("applying {} service(s), {} deployment(s)", plan.services.len(), plan.deployments.len()));
-    let objects: Vec<serde_json::Value> = plan.services.iter().chain(&plan.deployments).cloned().collect();
+    task.stage(format!(
+        "applying {} namespace(s), {} service(s), {} deployment(s)",
+        plan.namespaces.len(),
+        plan.services.len(),
+        plan.deployments.len()
+    ));
+    let objects: Vec<serde_json::Value> =
+        plan.namespaces.iter().chain(&plan.services).chain(&plan.deployments).cloned().collect();
     let applied = async {
         let client = crate::cluster::client_of(kubeconfig).await?;
         crate::cluster::apply_topology_objects(&client, &objects).await

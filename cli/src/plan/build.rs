@@ -88,6 +88,7 @@ pub fn build(checked: &CheckedTopology) -> Plan {
         },
         pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
         tests: checked.tests.clone(),
+        namespaces: checked.namespaces.clone(),
         deployments: checked.deployments.clone(),
         services: checked.services.clone(),
     }

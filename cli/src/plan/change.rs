@@ -56,6 +56,7 @@ pub fn node_change(recorded: &Plan, new: &Plan) -> Result<NodeChange, RefusedCha
         cluster,
         pods,
         tests: _,
+        namespaces: _,
         deployments: _,
         services: _,
     } = recorded;

@@ -149,6 +149,10 @@ pub struct Plan {
     /// The topology's declared tests (absent from plan.json files written before they were planned).
     #[serde(default)]
     pub tests: Vec<DeclaredTest>,
+    /// Namespaces created through the API before everything else (the topology's pods' mirrors and
+    /// NetworkPolicies' namespace selectors need them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<serde_json::Value>,
     /// Deployments created through the API once the nodes are Ready, as the API server normalizes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<serde_json::Value>,
@@ -179,7 +183,7 @@ impl Plan {
 
     /// True when both plans build the same lab: they differ at most in the topology's bytes (comments), in
     /// the declared tests, which the suites read when they run and which change nothing that `up` creates,
-    /// and in the Deployments and Services, API objects that `up` applies to a running lab as they are now.
+    /// and in the Namespaces, Deployments and Services, API objects that `up` applies to a running lab as they are now.
     pub fn same_lab(&self, other: &Plan) -> bool {
         // Destructured so that a new field must be classified here.
         let Plan {
@@ -192,6 +196,7 @@ impl Plan {
             cluster,
             pods,
             tests: _,
+            namespaces: _,
             deployments: _,
             services: _,
         } = self;

@@ -94,14 +94,35 @@ pub fn render_text(plan: &Plan) -> String {
         let _ = writeln!(s, "\npods:");
         for p in &plan.pods {
             let names: Vec<&str> = p.spec.containers.iter().map(|c| c.name.as_str()).collect();
+            let labels: Vec<String> = p.spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(
                 s,
-                "  {:<20} on {:<16} containers: {}{}",
+                "  {:<20} on {:<16} containers: {}{}{}{}",
                 p.spec.name,
                 p.node,
                 names.join(", "),
+                p.spec.namespace.as_deref().map(|ns| format!("  namespace: {ns}")).unwrap_or_default(),
+                if labels.is_empty() { String::new() } else { format!("  labels: {}", labels.join(",")) },
                 if p.spec.host_network { "  (host network)" } else { "" }
             );
+        }
+    }
+    if !plan.namespaces.is_empty() {
+        let _ = writeln!(
+            s,
+            "
+namespaces:"
+        );
+        for ns in &plan.namespaces {
+            let labels: Vec<String> = ns["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            let name = ns["metadata"]["name"].as_str().unwrap_or_default();
+            let _ =
+                writeln!(s, "  {name:<20} labels: {}", if labels.is_empty() { "-".into() } else { labels.join(",") });
         }
     }
     if !plan.services.is_empty() {

@@ -136,6 +136,7 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
         },
         pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
         tests: Vec::new(),
+        namespaces: Vec::new(),
         deployments: Vec::new(),
         services: Vec::new(),
     }

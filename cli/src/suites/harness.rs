@@ -44,7 +44,7 @@ pub(super) fn container(name: &str, command: Vec<String>) -> ContainerSpec {
 }
 
 pub(super) fn pod(name: &str, containers: Vec<ContainerSpec>, restart_policy: RestartPolicy) -> PodSpec {
-    PodSpec { name: name.into(), containers, restart_policy, share_process_namespace: false, host_network: false }
+    PodSpec { name: name.into(), containers, restart_policy, ..Default::default() }
 }
 
 /// A pod whose one container only sleeps: a network namespace to run commands in.

@@ -29,6 +29,8 @@ pub struct CheckedTopology {
     pub pods: Vec<CheckedPod>,
     /// Names unique, pods and nodes they name exist.
     pub tests: Vec<DeclaredTest>,
+    /// Namespace objects as the API server normalizes them, unique by name.
+    pub namespaces: Vec<serde_json::Value>,
     /// Deployment objects as the API server normalizes them, unique by namespace and name.
     pub deployments: Vec<serde_json::Value>,
     /// Service manifests with their cluster IPs and node ports decided.

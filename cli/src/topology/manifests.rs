@@ -1,4 +1,4 @@
-//! Kubernetes manifests in the topology (`deployments:`, `services:`), checked when the file is, with the API
+//! Kubernetes manifests in the topology (`namespaces:`, `deployments:`, `services:`), checked when the file is, with the API
 //! server's own validation (`testbed_control_plane::validation`), so an object the lab would refuse at `up`
 //! is refused at file:line first. Fields outside the server's schema are errors here, as kubectl's strict
 //! field validation makes them.
@@ -17,12 +17,26 @@ pub(super) struct ManifestKind {
     pub kind: Kind,
     pub api_version: &'static str,
     pub kind_name: &'static str,
+    /// Namespaced objects default to the `default` namespace; cluster-scoped ones have none.
+    pub namespaced: bool,
 }
 
-pub(super) const DEPLOYMENTS: ManifestKind =
-    ManifestKind { field: "deployments", kind: Kind::Deployment, api_version: "apps/v1", kind_name: "Deployment" };
+pub(super) const NAMESPACES: ManifestKind = ManifestKind {
+    field: "namespaces",
+    kind: Kind::Namespace,
+    api_version: "v1",
+    kind_name: "Namespace",
+    namespaced: false,
+};
+pub(super) const DEPLOYMENTS: ManifestKind = ManifestKind {
+    field: "deployments",
+    kind: Kind::Deployment,
+    api_version: "apps/v1",
+    kind_name: "Deployment",
+    namespaced: true,
+};
 pub(super) const SERVICES: ManifestKind =
-    ManifestKind { field: "services", kind: Kind::Service, api_version: "v1", kind_name: "Service" };
+    ManifestKind { field: "services", kind: Kind::Service, api_version: "v1", kind_name: "Service", namespaced: true };
 
 /// The manifests of `items` (the topology's list `what.field`), typed, defaulted to the `default`
 /// namespace, checked and normalized as the server stores them; names unique per namespace.
@@ -72,7 +86,7 @@ fn with_type(ctx: &Ctx<'_>, what: &ManifestKind, at: &FieldPath, raw: &Value) ->
         }
     }
     let meta = object.entry("metadata").or_insert_with(|| json!({}));
-    if let Value::Object(meta) = meta {
+    if let (Value::Object(meta), true) = (meta, what.namespaced) {
         meta.entry("namespace").or_insert_with(|| json!("default"));
     }
     Ok(Value::Object(object))

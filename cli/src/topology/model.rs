@@ -138,6 +138,11 @@ pub struct Topology {
     /// Pods created on `up`, after the cluster network is applied.
     #[serde(default)]
     pub pods: Vec<PodDef>,
+    /// Namespaces created through the control plane at `up`, before everything else: each a Kubernetes
+    /// `v1 Namespace` manifest (`metadata.name`, `metadata.labels` for NetworkPolicies' namespace
+    /// selectors).
+    #[serde(default)]
+    pub namespaces: Vec<serde_json::Value>,
     /// Deployments created through the control plane at `up`, once every node is Ready: each a Kubernetes
     /// `apps/v1 Deployment` manifest (`metadata`, `spec`; `apiVersion` and `kind` may be left out), checked
     /// here with the API server's own rules.
@@ -276,6 +281,12 @@ pub struct PodDef {
     pub name: String,
     /// The node the pod runs on.
     pub node: String,
+    /// The namespace of the pod's mirror in the cluster API (default `default`): a built-in one or one of
+    /// `namespaces:`.
+    pub namespace: Option<String>,
+    /// Kubernetes labels, on the pod's mirror in the cluster API: what Services and NetworkPolicies select.
+    #[serde(default)]
+    pub labels: OrderedMap<String>,
     /// Default `Always`.
     pub restart_policy: Option<RestartPolicyDef>,
     #[serde(default)]

@@ -547,7 +547,45 @@ fn bad_cases() -> Vec<(&'static str, String, usize, usize, &'static str, &'stati
             "tests[0].level",
             "unknown variant `fatal`, expected `error` or `warning`",
         ),
+        (
+            "pod namespace undeclared",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, namespace: team-a, containers: [{{name: c, command: [sh]}}]}}\n"),
+            8,
+            41,
+            "pods[0].namespace",
+            "namespace `team-a` is neither declared in `namespaces:` nor one every cluster has",
+        ),
+        (
+            "pod label value",
+            format!("{BASE}pods:\n  - {{name: web, node: node1, labels: {{app: -web}}, containers: [{{name: c, command: [sh]}}]}}\n"),
+            8,
+            44,
+            "pods[0].labels.app",
+            "a valid label must be an empty string or consist of alphanumeric characters",
+        ),
+        (
+            "namespace label",
+            format!("{BASE}namespaces:\n  - metadata: {{name: team-a, labels: {{team: a-}}}}\n"),
+            8,
+            45,
+            "namespaces[0].metadata.labels.team",
+            "a valid label must be an empty string",
+        ),
     ]
+}
+
+#[test]
+fn pods_carry_their_namespace_and_labels_and_namespaces_their_labels() {
+    let src = format!(
+        "{BASE}namespaces:\n  - metadata: {{name: team-a, labels: {{team: a}}}}\npods:\n  - {{name: web, node: node1, namespace: team-a, labels: {{app: web}}, containers: [{{name: c, command: [sh]}}]}}\n  - {{name: db, node: node2, containers: [{{name: c, command: [sh]}}]}}\n"
+    );
+    let t = checked_of(&src).expect("valid");
+    assert_eq!(t.namespaces.len(), 1);
+    assert_eq!(t.namespaces[0]["metadata"]["labels"]["team"], "a");
+    assert_eq!(t.namespaces[0]["metadata"].get("namespace"), None, "a Namespace is cluster-scoped");
+    assert_eq!(t.pods[0].spec.namespace.as_deref(), Some("team-a"));
+    assert_eq!(t.pods[0].spec.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!((t.pods[1].spec.namespace.as_deref(), t.pods[1].spec.labels.len()), (None, 0));
 }
 
 /// The source from `line:column` to the end of that line.

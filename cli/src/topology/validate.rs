@@ -5,15 +5,16 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 use sha2::Digest;
-use testbed_api::validate::{is_dns_label, validate_pod};
+use testbed_api::validate::{is_dns_label, label_error, validate_pod};
 use testbed_api::{Backend, ContainerSpec, PodSpec, ResourceAmounts, Resources, RestartPolicy};
+use testbed_control_plane::resources::INITIAL_NAMESPACES;
 
 use super::checked::{
     CheckedCluster, CheckedNetwork, CheckedNode, CheckedPod, CheckedTopology, DeclaredTest, ImageRef, Impairment,
     TestKind, TestLevel, TestSource, TestTarget,
 };
 use super::locate::{FieldPath, Locator};
-use super::manifests::{self, DEPLOYMENTS};
+use super::manifests::{self, DEPLOYMENTS, NAMESPACES};
 use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
     TestKindDef, Topology,
@@ -129,7 +130,8 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
     cluster.control_plane = control_plane::members(&ctx, t, &nodes)?;
     cluster.node_lifecycle = control_plane::node_lifecycle(&ctx, t)?;
     check_subnet_capacity(&ctx, t, &cluster, &nodes)?;
-    let pods = check_pods(&ctx, t)?;
+    let namespaces = manifests::check(&ctx, &NAMESPACES, &t.namespaces)?;
+    let pods = check_pods(&ctx, t, &namespaces)?;
     let tests = check_tests(&ctx, t)?;
     let deployments = manifests::check(&ctx, &DEPLOYMENTS, &t.deployments)?;
     let services = services::check(&ctx, t, cluster.service_cidr)?;
@@ -142,6 +144,7 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
         cluster,
         pods,
         tests,
+        namespaces,
         deployments,
         services,
     })
@@ -455,10 +458,25 @@ fn amounts(ctx: &Ctx<'_>, path: &FieldPath, a: &AmountsDef) -> Result<ResourceAm
     Ok(ResourceAmounts { cpu_millis, memory_bytes })
 }
 
-fn check_pods(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedPod>, TopologyError> {
+fn check_pods(ctx: &Ctx<'_>, t: &Topology, namespaces: &[serde_json::Value]) -> Result<Vec<CheckedPod>, TopologyError> {
     let mut out: Vec<CheckedPod> = Vec::new();
     for (i, pod) in t.pods.iter().enumerate() {
         let path = root().key("pods").index(i);
+        if let Some(ns) = &pod.namespace {
+            let declared = namespaces.iter().any(|n| n["metadata"]["name"] == ns.as_str());
+            if !declared && !INITIAL_NAMESPACES.contains(&ns.as_str()) {
+                let message = format!(
+                    "namespace `{ns}` is neither declared in `namespaces:` nor one every cluster has ({})",
+                    INITIAL_NAMESPACES.join(", ")
+                );
+                return Err(ctx.at(&path.key("namespace"), message));
+            }
+        }
+        for (key, value) in pod.labels.iter() {
+            if let Some(message) = label_error(key, value) {
+                return Err(ctx.at(&path.key("labels").key(key), message));
+            }
+        }
         if t.nodes.get(&pod.node).is_none() {
             return Err(ctx.at(
                 &path.key("node"),
@@ -492,6 +510,8 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology) -> Result<Vec<CheckedPod>, TopologyEr
             },
             share_process_namespace: pod.share_process_namespace,
             host_network: pod.host_network,
+            namespace: pod.namespace.clone(),
+            labels: pod.labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
         validate_pod(&spec).map_err(|e| {
             let field = e.field.as_deref().map_or_else(|| path.clone(), |f| path.join_dotted(f));

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use testbed_api::objects::{Event, Lease, Namespace, Node, Pod};
-use testbed_api::validate::{is_dns_label, validate_pod};
+use testbed_api::validate::{is_dns_label, label_error, validate_pod};
 
 use crate::resources::Kind;
 
@@ -45,6 +45,7 @@ pub struct Checked {
 
 /// Decodes `object` as `kind`, reports the fields outside its schema, and checks its values.
 pub fn check(kind: Kind, object: Value) -> Result<Checked, ValidationError> {
+    check_labels(&object)?;
     match kind {
         Kind::Namespace => typed::<Namespace>(object, |ns| name("metadata.name", &ns.metadata.name)),
         Kind::Node => typed(object, check_node),
@@ -90,6 +91,18 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
         }
         Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
     }
+}
+
+/// `metadata.labels` of any kind, with Kubernetes' syntax (selectors match on them, so a label the
+/// selector syntax cannot express is refused here, as the API server does).
+fn check_labels(object: &Value) -> Result<(), ValidationError> {
+    let Some(labels) = object.pointer("/metadata/labels").and_then(Value::as_object) else { return Ok(()) };
+    for (key, value) in labels {
+        if let Some(message) = value.as_str().and_then(|v| label_error(key, v)) {
+            return Err(invalid(format!("metadata.labels.{key}"), message));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn name(field: &str, value: &str) -> Result<(), ValidationError> {
@@ -220,6 +233,24 @@ mod tests {
         .expect("valid");
         assert_eq!(c.unknown_fields, ["spec.containers[0].readinessProbe", "spec.dnsPolicy"]);
         assert_eq!(c.object.pointer("/spec/containers/0/readinessProbe"), None, "unknown fields are dropped");
+    }
+
+    #[test]
+    fn labels_of_any_kind_follow_kubernetes_syntax() {
+        let labelled = |labels: Value| json!({"metadata": {"name": "team-a", "labels": labels}});
+        let ok = labelled(json!({"team": "a", "app.kubernetes.io/name": "web", "empty": ""}));
+        assert!(check(Kind::Namespace, ok).is_ok());
+        for (labels, field) in [
+            (json!({"team": "-a"}), "metadata.labels.team"),
+            (json!({"bad key": "a"}), "metadata.labels.bad key"),
+            (json!({"Not_A.Domain/x": "a"}), "metadata.labels.Not_A.Domain/x"),
+            (json!({"long": "x".repeat(64)}), "metadata.labels.long"),
+        ] {
+            match check(Kind::Namespace, labelled(labels)) {
+                Err(ValidationError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 
     #[test]
