@@ -1,6 +1,7 @@
 //! The kubelet role with the real parts (`kubelet_lab`): API pods become real pods on the node through the
 //! follow loop, their status reaches the API, deletion removes them; with the API server away pods stay and
-//! the changes made meanwhile apply when it is back; an agent restart disturbs nothing. Skipped unless root.
+//! the changes made meanwhile apply when it is back; an agent restart disturbs nothing; a static pod has a
+//! mirror in the API while it runs. Skipped unless root.
 //! `kubelet_create_to_running_latency` (ignored: a benchmark) measures API create -> Running.
 
 #![allow(clippy::unwrap_used)]
@@ -211,6 +212,40 @@ fn api_down_pods_stay_and_changes_apply_when_it_returns() {
     let after = node_pod("default", "b").1;
     assert_eq!((&after["infra_pid"], &after["containers"]), (&before["infra_pid"], &before["containers"]));
     assert_eq!(get_pod(&c, &side, "b").unwrap().metadata.resource_version, rv, "no status rewrite either");
+}
+
+#[test]
+fn a_static_pod_is_mirrored_in_the_api_while_it_runs() {
+    testbed_test_support::require_root!();
+    let c = Cluster::start("kbl-mirror");
+    let api = c.client(API_PORT);
+    let mirror_name = format!("tagged-{NODE}");
+    let static_pod = json!({"name": "tagged", "labels": {"app": "tagged"},
+                            "containers": [{"name": "c", "command": ["sleep", "3600"]}]});
+    let (code, body) = http("POST", "/v1/pods", Some(static_pod));
+    assert_eq!(code, 201, "{body}");
+
+    // The mirror: bound here, the static pod's labels and address, the kubelet's annotations, owned by the Node.
+    let mirror = wait_api_pod(&c, &api, &mirror_name, running);
+    let node_ip = http("GET", "/v1/pods/tagged", None).1["ip"].clone();
+    assert_eq!(mirror.status.as_ref().and_then(|s| s.pod_ip.clone()).as_deref(), node_ip.as_str());
+    assert_eq!(mirror.spec.node_name.as_deref(), Some(NODE));
+    assert_eq!(mirror.metadata.labels.get("app").map(String::as_str), Some("tagged"));
+    assert!(mirror.metadata.annotations.contains_key("kubernetes.io/config.mirror"), "{:?}", mirror.metadata);
+    let node: Node = c.rt.block_on(api.get(&paths::node(NODE))).unwrap();
+    assert_eq!(mirror.metadata.owner_references[0].uid, node.metadata.uid.unwrap());
+    assert_eq!(control_plane()["pods"], json!(0), "a mirror is no API pod the loop runs");
+
+    // Deleted in the API: made again (a new uid), and the static pod never noticed.
+    let infra = http("GET", "/v1/pods/tagged", None).1["infra_pid"].clone();
+    c.rt.block_on(api.delete(&paths::pod("default", &mirror_name))).unwrap();
+    let again = wait_api_pod(&c, &api, &mirror_name, |p| p.metadata.uid != mirror.metadata.uid && running(p));
+    assert_ne!(again.metadata.uid, mirror.metadata.uid);
+    assert_eq!(http("GET", "/v1/pods/tagged", None).1["infra_pid"], infra, "the static pod was left alone");
+
+    // The static pod removed from the node: its mirror leaves the API.
+    assert_eq!(http("DELETE", "/v1/pods/tagged", None).0, 204);
+    wait_for("the mirror leaving the API", 30, || get_pod(&c, &api, &mirror_name).is_none());
 }
 
 /// `cargo test --release -p testbed-agent --test kubelet_real -- --ignored --nocapture latency`, as root;
