@@ -13,6 +13,7 @@ mod connector;
 pub mod controllers;
 mod kubeconfig;
 mod meta;
+pub mod printing;
 pub mod resources;
 pub mod store;
 pub mod tls;

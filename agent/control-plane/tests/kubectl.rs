@@ -55,7 +55,7 @@ fn kubectl_against_real_etcd() {
     assert!(err.contains("unknown field \"spec.containers[0].readinessProbe\""), "{err}");
 
     // kubectl get -w sees every change from here on.
-    let (_watcher, seen) = watch_in_background(&lab);
+    let (_watcher, seen) = watch_in_background(&lab, &["get", "pods", "-w", "--output-watch-events", "-o", "json"]);
     wait_for(&seen, |ev| ev.contains(&pair("ADDED", "web")));
 
     // replace -f with the current resourceVersion, then the same (now stale) file again: 409.
@@ -96,6 +96,53 @@ fn kubectl_against_real_etcd() {
     lab.rt.block_on(lab.etcd.compact(now)).expect("compact");
     let gone = lab.fails(&["get", "--raw", &path]);
     assert!(gone.contains("Expired") && gone.contains("too old resource version"), "{gone}");
+}
+
+/// The lines of kubectl's table output, each split into its cells (columns are 3+ spaces apart).
+fn table(text: &str) -> Vec<Vec<String>> {
+    let split = |line: &str| line.split("   ").map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect();
+    text.lines().map(split).collect()
+}
+
+#[test]
+fn kubectl_prints_the_servers_tables() {
+    let lab = Lab::start();
+    let node = lab.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node1, labels: {node-role.kubernetes.io/control-plane: \"\"}}\nspec: {podCIDR: 10.244.1.0/24}\n",
+    );
+    lab.ok(&["create", "-f", &node]);
+    let web = lab.write("web.yaml", &pod("web", "{name: srv, command: [sleep, \"3600\"]}"));
+    lab.ok(&["create", "-f", &web]);
+
+    let pods = table(&lab.ok(&["get", "pods"]));
+    assert_eq!(pods[0], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{pods:?}");
+    assert_eq!(pods[1][..4], ["web", "0/1", "Pending", "0"], "{pods:?}");
+    let wide = table(&lab.ok(&["get", "pods", "-o", "wide"]));
+    assert_eq!(wide[0][5..], ["IP", "NODE"], "{wide:?}");
+    assert_eq!(wide[1][5..], ["<none>", "<none>"], "{wide:?}");
+    let all = table(&lab.ok(&["get", "pods", "-A"]));
+    assert_eq!((all[0][0].as_str(), all[1][0].as_str(), all[1][1].as_str()), ("NAMESPACE", "default", "web"));
+    let one = table(&lab.ok(&["get", "pod", "web"]));
+    assert_eq!(one[1][..2], ["web", "0/1"], "{one:?}");
+    let nodes = table(&lab.ok(&["get", "nodes"]));
+    assert_eq!(nodes[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!(nodes[1][..3], ["node1", "Unknown", "control-plane"], "{nodes:?}");
+
+    // get -w: the header once, then a row per change.
+    let (_watcher, seen) = watch_in_background(&lab, &["get", "pods", "-w"]);
+    lab.ok(&["label", "pod", "web", "tier=front"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let rows = loop {
+        let rows = table(&seen.lock().expect("lock"));
+        if rows.len() >= 3 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(rows.len(), 3, "header, the pod, its change: {rows:?}");
+    assert_eq!(rows[0], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{rows:?}");
+    assert!(rows[1..].iter().all(|r| r[..3] == ["web", "0/1", "Pending"]), "{rows:?}");
 }
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1

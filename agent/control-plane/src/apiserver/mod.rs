@@ -29,6 +29,8 @@ use axum::Router;
 pub use services::{parse_service_cidr, DEFAULT_SERVICE_CIDR, NODE_PORTS};
 pub use status::ApiError;
 
+use crate::meta::now_seconds;
+use crate::printing;
 use crate::resources::{Resource, INITIAL_NAMESPACES, RESOURCES};
 use crate::store::Store;
 
@@ -180,11 +182,25 @@ async fn route<S: Store>(
             _ => Err(method_not_allowed(method)),
         };
     }
+    // kubectl's `get` asks for a Table (server-side printing); every other client for the objects.
+    let as_table = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(printing::wants_table);
+    let kind = target.resource.kind;
     match (method.clone(), target.name.is_some()) {
         (Method::GET, false) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            server.watch(&target, query).await
+            server.watch(&target, query, as_table).await
+        }
+        (Method::GET, false) if as_table => {
+            let list = server.list(&target, query).await?;
+            let items = list.get("items").and_then(serde_json::Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            let rv = list.pointer("/metadata/resourceVersion").and_then(serde_json::Value::as_str);
+            Ok(json(printing::table(kind, items, rv, now_seconds()), StatusCode::OK))
         }
         (Method::GET, false) => Ok(json(server.list(&target, query).await?, StatusCode::OK)),
+        (Method::GET, true) if as_table => {
+            let obj = server.get(&target).await?;
+            let rv = obj.pointer("/metadata/resourceVersion").and_then(serde_json::Value::as_str).map(str::to_string);
+            Ok(json(printing::table(kind, &[obj], rv.as_deref(), now_seconds()), StatusCode::OK))
+        }
         (Method::GET, true) => Ok(json(server.get(&target).await?, StatusCode::OK)),
         (Method::POST, false) => {
             let obj = parse_body(&body)?;

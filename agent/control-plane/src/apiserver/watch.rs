@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::objects::{object_from, set_resource_version};
 use super::selector::Filter;
 use super::{ApiError, Server, Target};
+use crate::printing;
 use crate::resources::Kind;
 use crate::store::{Event, Store, StoreError};
 
@@ -45,7 +46,13 @@ impl<S: Store> Server<S> {
         }))
     }
 
-    pub(super) async fn watch(&self, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    /// With `as_table`, each event's object is a `meta.k8s.io/v1 Table` of one row (kubectl's `get -w`).
+    pub(super) async fn watch(
+        &self,
+        target: &Target,
+        query: &HashMap<String, String>,
+        as_table: bool,
+    ) -> Result<Response, ApiError> {
         let res = target.resource;
         let filter = Filter::parse(query, res.kind)?;
         let prefix = res.prefix(target.namespace.as_deref());
@@ -71,10 +78,21 @@ impl<S: Store> Server<S> {
             }
         };
         let changes = self.store.watch(&prefix, after).await.map_err(|e| ApiError::from_store(res, "", e))?;
-        let added = futures::stream::iter(initial.into_iter().map(|obj| line("ADDED", obj)));
+        let present = move |obj: Value| {
+            if !as_table {
+                return obj;
+            }
+            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+            printing::table(res.kind, &[obj], rv.as_deref(), crate::meta::now_seconds())
+        };
+        let added = futures::stream::iter(initial.into_iter().map(move |obj| line("ADDED", present(obj))));
         let events = changes.flat_map(move |batch| {
             let lines: Vec<bytes::Bytes> = match batch {
-                Ok(events) => events.into_iter().filter_map(|ev| event_line(ev, res.kind, &filter)).collect(),
+                Ok(events) => events
+                    .into_iter()
+                    .filter_map(|ev| event_of(ev, res.kind, &filter))
+                    .map(|(kind, obj)| line(kind, present(obj)))
+                    .collect(),
                 Err(StoreError::Compacted(rev)) => vec![line("ERROR", json!(ApiError::expired(rev).status()))],
                 Err(e) => {
                     tracing::warn!(error = %e, "watch ended");
@@ -99,9 +117,10 @@ fn line(kind: &str, object: Value) -> bytes::Bytes {
     s.into()
 }
 
-/// One store event as a watch line, or none when the object does not match the selectors. A DELETED event
-/// carries the object's last state with the deletion's revision, as Kubernetes sends it.
-fn event_line(event: Event, kind: Kind, filter: &Filter) -> Option<bytes::Bytes> {
+/// One store event as a watch event's type and object, or none when the object does not match the
+/// selectors. A DELETED event carries the object's last state with the deletion's revision, as Kubernetes
+/// sends it.
+fn event_of(event: Event, kind: Kind, filter: &Filter) -> Option<(&'static str, Value)> {
     let (event_kind, obj) = match event {
         Event::Put(kv) => {
             let kind = if kv.create_revision == kv.mod_revision { "ADDED" } else { "MODIFIED" };
@@ -113,5 +132,5 @@ fn event_line(event: Event, kind: Kind, filter: &Filter) -> Option<bytes::Bytes>
             ("DELETED", obj)
         }
     };
-    filter.matches(kind, &obj).then(|| line(event_kind, obj))
+    filter.matches(kind, &obj).then_some((event_kind, obj))
 }

@@ -104,14 +104,9 @@ pub fn pod(name: &str, container: &str) -> String {
     )
 }
 
-/// `kubectl get pods -w` in the background, its output collected as it comes.
-pub fn watch_in_background(lab: &Lab) -> (Killed, Arc<Mutex<String>>) {
-    let mut child = lab
-        .command(&["get", "pods", "-w", "--output-watch-events", "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kubectl");
+/// `kubectl ARGS` (a `get -w`) in the background, its output collected as it comes.
+pub fn watch_in_background(lab: &Lab, args: &[&str]) -> (Killed, Arc<Mutex<String>>) {
+    let mut child = lab.command(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("kubectl");
     let mut stdout = child.stdout.take().expect("stdout");
     let buf = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&buf);

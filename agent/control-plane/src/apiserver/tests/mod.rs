@@ -52,7 +52,7 @@ pub(super) async fn watch_events(
     target: &Target,
     q: &[(&str, &str)],
 ) -> Result<Vec<(String, String)>, super::ApiError> {
-    let resp = s.watch(target, &query(q)).await?;
+    let resp = s.watch(target, &query(q), false).await?;
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
     let text = String::from_utf8_lossy(&body);
     Ok(text
