@@ -42,6 +42,13 @@ const AGE: Column = Column {
     description: "CreationTimestamp: when the server created the object.",
 };
 
+/// The `-o wide` columns of a ReplicaSet's or Deployment's pod template.
+const TEMPLATE_COLUMNS: [Column; 3] = [
+    wide("Containers", "The pod template's container names."),
+    wide("Images", "The pod template's images."),
+    wide("Selector", "The label selector."),
+];
+
 /// `kind`'s columns, in order (NAME first, except for Events, which kubectl lists by when they were seen).
 pub fn columns(kind: Kind) -> Vec<Column> {
     match kind {
@@ -73,26 +80,26 @@ pub fn columns(kind: Kind) -> Vec<Column> {
             col("Object", "The object the event is about."),
             col("Message", "What happened."),
         ],
-        Kind::ReplicaSet => vec![
+        Kind::ReplicaSet => [
             NAME,
             Column { type_: "integer", ..col("Desired", "spec.replicas.") },
             Column { type_: "integer", ..col("Current", "status.replicas.") },
             Column { type_: "integer", ..col("Ready", "status.readyReplicas.") },
             AGE,
-            wide("Containers", "The pod template's container names."),
-            wide("Images", "The pod template's images."),
-            wide("Selector", "The label selector."),
-        ],
-        Kind::Deployment => vec![
+        ]
+        .into_iter()
+        .chain(TEMPLATE_COLUMNS)
+        .collect(),
+        Kind::Deployment => [
             NAME,
             col("Ready", "Ready replicas of those wanted."),
             Column { type_: "integer", ..col("Up-to-date", "Replicas of the current template.") },
             Column { type_: "integer", ..col("Available", "Replicas available for minReadySeconds.") },
             AGE,
-            wide("Containers", "The pod template's container names."),
-            wide("Images", "The pod template's images."),
-            wide("Selector", "The label selector."),
-        ],
+        ]
+        .into_iter()
+        .chain(TEMPLATE_COLUMNS)
+        .collect(),
         Kind::Service => vec![
             NAME,
             col("Type", "ClusterIP or NodePort."),
