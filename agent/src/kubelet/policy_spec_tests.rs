@@ -51,7 +51,9 @@ fn rule(peers: Vec<PolicyPeer>, ports: Vec<PolicyPort>) -> PolicyRule {
     PolicyRule { peers, ports }
 }
 
-/// What a case expects of one pod of node1: (name, ingress, egress); pods not listed are open both ways.
+/// A pod's rules: (ingress, egress), None for open.
+type Rules = (Option<Vec<PolicyRule>>, Option<Vec<PolicyRule>>);
+/// What a case expects of node1's pods: (name, ingress, egress); pods not listed are open both ways.
 type Expected = Vec<(&'static str, Option<Vec<PolicyRule>>, Option<Vec<PolicyRule>>)>;
 
 #[test]
@@ -201,9 +203,8 @@ fn policies_compile_to_each_pods_rules() {
     let (pods, namespaces) = cluster();
     for (name, policies, expected) in cases {
         let spec = build(&policies, &pods, &namespaces, "node1");
-        let got: Vec<(String, Option<Vec<PolicyRule>>, Option<Vec<PolicyRule>>)> =
-            spec.pods.into_iter().map(|p| (p.name, p.ingress, p.egress)).collect();
-        let want: Vec<_> = expected.into_iter().map(|(n, i, e)| (n.to_string(), i, e)).collect();
+        let got: Vec<(String, Rules)> = spec.pods.into_iter().map(|p| (p.name, (p.ingress, p.egress))).collect();
+        let want: Vec<_> = expected.into_iter().map(|(n, i, e)| (n.to_string(), (i, e))).collect();
         assert_eq!(got, want, "{name}");
     }
 }
