@@ -1,6 +1,6 @@
 //! The NetworkPolicy enforcer on this host's kernel: the agent binary in a network namespace of the test's
 //! own (`test_agent`), three pods on its cni0 bridge (namespaces of their own behind veths), each serving its
-//! name on TCP 8080 and 8090 and echoing on UDP 5353 (threads of this test inside the pod's namespace).
+//! name on TCP 8080 and 8090 and echoing on UDP 5353 (`policy_pods`).
 //! Policies are PUT as the node-local spec (the compiler from API objects is unit-tested in
 //! `kubelet/policy_spec.rs`; `network_policy_follow_real.rs` drives it through the API), and every case is
 //! shown with real connections between the pods: pod to pod on one bridge passes the inet forward hook
@@ -10,21 +10,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod policy_pods;
 mod test_agent;
 
+use policy_pods::{expect, serve, tcp, udp, Pod, TCP_PORTS, UDP_PORT};
 use test_agent::TestAgent;
 use testbed_test_support::agent_http::request as http;
 
-const TCP_PORTS: [u16; 2] = [8080, 8090];
-const UDP_PORT: u16 = 5353;
 const VIP: &str = "10.96.0.10";
 
 fn sh(cmd: &[&str]) -> String {
@@ -33,18 +30,7 @@ fn sh(cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-struct Pod {
-    name: &'static str,
-    ip: String,
-    infra_pid: u64,
-}
-
-fn enter_netns(pid: u64) {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
-    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-}
-
-/// A pod whose namespace answers its name on the TCP ports and echoes on the UDP port.
+/// A node-local pod with the servers running.
 fn pod(name: &'static str) -> Pod {
     let (code, body) = http(
         "POST",
@@ -53,66 +39,8 @@ fn pod(name: &'static str) -> Pod {
     );
     assert_eq!(code, 201, "{body}");
     let pod = Pod { name, ip: body["ip"].as_str().unwrap().into(), infra_pid: body["infra_pid"].as_u64().unwrap() };
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    for port in TCP_PORTS {
-        let (pid, ready) = (pod.infra_pid, ready_tx.clone());
-        std::thread::spawn(move || {
-            enter_netns(pid);
-            let listener = TcpListener::bind(("0.0.0.0", port)).unwrap();
-            ready.send(()).unwrap();
-            for conn in listener.incoming().flatten() {
-                let _ = (&conn).write_all(name.as_bytes());
-            }
-        });
-    }
-    let pid = pod.infra_pid;
-    std::thread::spawn(move || {
-        enter_netns(pid);
-        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
-        ready_tx.send(()).unwrap();
-        let mut buf = [0u8; 64];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(&buf[..n], from);
-        }
-    });
-    for _ in 0..3 {
-        ready_rx.recv().unwrap();
-    }
+    serve(&pod);
     pod
-}
-
-/// Runs `f` on a thread inside `from`'s network namespace.
-fn inside<T: Send + 'static>(from: &Pod, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let pid = from.infra_pid;
-    std::thread::spawn(move || {
-        enter_netns(pid);
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-/// A TCP connection from `from` to `ip:port` answered with the server's name (a drop is a 1 s timeout).
-fn tcp(from: &Pod, ip: &str, port: u16) -> bool {
-    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    inside(from, move || {
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).is_ok() && !answer.is_empty()
-    })
-}
-
-/// A UDP datagram from `from` echoed back by `ip`.
-fn udp(from: &Pod, ip: &str) -> bool {
-    let addr: SocketAddr = format!("{ip}:{UDP_PORT}").parse().unwrap();
-    inside(from, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        socket.send_to(b"ping", addr).unwrap();
-        let mut buf = [0u8; 16];
-        matches!(socket.recv_from(&mut buf), Ok((4, _)))
-    })
 }
 
 fn put(pods: Value) -> Value {
@@ -140,19 +68,6 @@ fn restricted(pod: &Pod, ingress: Option<Value>, egress: Option<Value>) -> Value
 
 fn host(pod: &Pod) -> Value {
     json!({"cidr": format!("{}/32", pod.ip)})
-}
-
-/// Every (client, server, port) of `cases` connects or not as expected; all mismatches are reported at once.
-fn expect(what: &str, cases: &[(&Pod, &Pod, u16, bool)]) {
-    let wrong: Vec<String> = cases
-        .iter()
-        .filter_map(|(from, to, port, want)| {
-            let got = tcp(from, &to.ip, *port);
-            (got != *want).then(|| format!("{} -> {}:{port}: {} (want {})", from.name, to.name, got, want))
-        })
-        .collect();
-    assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
-    println!("ok: {what}");
 }
 
 #[test]
@@ -278,4 +193,41 @@ fn reapplying_changes_nothing_bad_input_changes_nothing_and_drift_is_repaired() 
         println!("{what}: repaired after {:?}", started.elapsed());
     }
     assert!(status()["drift_repairs"].as_u64().unwrap() >= 3, "{}", status());
+}
+
+/// A benchmark, not a check (run with `--ignored --nocapture`): the time of a PUT that rewrites the table for
+/// N restricted pods (each with a 20-peer ingress rule on two ports and an egress rule), of the same PUT
+/// again (a read back and no transaction), and of a GET.
+#[test]
+#[ignore]
+fn policy_apply_cost() {
+    testbed_test_support::require_root!();
+    let _agent = TestAgent::start("netpol-bench", &[]);
+    for n in [10usize, 100, 1000] {
+        let pods: Vec<Value> = (0..n)
+            .map(|i| {
+                let peers: Vec<Value> =
+                    (0..20).map(|j| json!({"cidr": format!("10.245.{}.{}/32", (i + j) % 250, j + 1)})).collect();
+                json!({"namespace": "default", "name": format!("pod-{i}"),
+                       "ip": format!("10.244.{}.{}", i / 250, i % 250 + 2),
+                       "ingress": [{"peers": peers, "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "UDP", "port": 53}]}],
+                       "egress": [{"peers": [{"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}]}]})
+            })
+            .collect();
+        let timed = |f: &dyn Fn()| {
+            let started = Instant::now();
+            f();
+            started.elapsed()
+        };
+        let write = timed(&|| {
+            put(json!(pods));
+        });
+        let again = timed(&|| {
+            assert_eq!(put(json!(pods))["changes"], json!([]));
+        });
+        let read = timed(&|| {
+            status();
+        });
+        println!("{n} restricted pods: PUT (rewrite) {write:?}, same PUT again {again:?}, GET {read:?}");
+    }
 }

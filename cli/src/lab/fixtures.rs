@@ -50,5 +50,6 @@ pub fn test_plan() -> Plan {
         tests: vec![],
         deployments: vec![],
         services: vec![],
+        network_policies: vec![],
     }
 }

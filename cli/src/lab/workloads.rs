@@ -1,4 +1,4 @@
-//! The topology's API objects (its `services:` and `deployments:`), applied once the control plane and every
+//! The topology's API objects (its `services:`, `network_policies:` and `deployments:`), applied once the control plane and every
 //! node are Ready: created on the first `up`, brought to what the file says on a later one. Services first,
 //! so a Deployment's pods have their Service's endpoints from the start.
 
@@ -10,12 +10,19 @@ use crate::ui::Ui;
 use super::up::UpError;
 
 pub(super) async fn apply(ui: &Ui, plan: &Plan, kubeconfig: &Path) -> Result<(), UpError> {
-    if plan.deployments.is_empty() && plan.services.is_empty() {
+    if plan.deployments.is_empty() && plan.services.is_empty() && plan.network_policies.is_empty() {
         return Ok(());
     }
     let task = ui.task("workloads");
-    task.stage(format!("applying {} service(s), {} deployment(s)", plan.services.len(), plan.deployments.len()));
-    let objects: Vec<serde_json::Value> = plan.services.iter().chain(&plan.deployments).cloned().collect();
+    task.stage(format!(
+        "applying {} service(s), {} network policy(ies), {} deployment(s)",
+        plan.services.len(),
+        plan.network_policies.len(),
+        plan.deployments.len()
+    ));
+    // Policies before the Deployments, so that their pods start under them.
+    let objects: Vec<serde_json::Value> =
+        plan.services.iter().chain(&plan.network_policies).chain(&plan.deployments).cloned().collect();
     let applied = async {
         let client = crate::cluster::client_of(kubeconfig).await?;
         crate::cluster::apply_topology_objects(&client, &objects).await

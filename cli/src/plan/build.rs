@@ -90,6 +90,7 @@ pub fn build(checked: &CheckedTopology) -> Plan {
         tests: checked.tests.clone(),
         deployments: checked.deployments.clone(),
         services: checked.services.clone(),
+        network_policies: checked.network_policies.clone(),
     }
 }
 

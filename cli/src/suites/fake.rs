@@ -138,6 +138,7 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
         tests: Vec::new(),
         deployments: Vec::new(),
         services: Vec::new(),
+        network_policies: Vec::new(),
     }
 }
 

@@ -133,6 +133,7 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
     let tests = check_tests(&ctx, t)?;
     let deployments = manifests::check(&ctx, &DEPLOYMENTS, &t.deployments)?;
     let services = services::check(&ctx, t, cluster.service_cidr)?;
+    let network_policies = manifests::check(&ctx, &NETWORK_POLICIES, &t.network_policies)?;
     let source_sha256 = hex::encode(sha2::Sha256::digest(source));
     Ok(CheckedTopology {
         lab: t.name.clone(),
@@ -144,6 +145,7 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
         tests,
         deployments,
         services,
+        network_policies,
     })
 }
 

@@ -11,7 +11,10 @@ use kube::api::DynamicObject;
 
 use super::kinds::{Kind, Served};
 
+mod network_policies;
 mod services;
+
+pub use network_policies::format_selector;
 
 /// The header of `kind`'s table.
 pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
@@ -26,6 +29,7 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str>
         Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         Kind::Service => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
         Kind::EndpointSlice => vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+        Kind::NetworkPolicy => vec!["NAME", "POD-SELECTOR", "AGE"],
     });
     if wide {
         cols.extend(match kind {
@@ -33,7 +37,7 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str>
             Kind::Pod => vec!["IP", "NODE"],
             Kind::ReplicaSet | Kind::Deployment => vec!["CONTAINERS", "IMAGES", "SELECTOR"],
             Kind::Service => vec!["SELECTOR"],
-            Kind::Namespace | Kind::Lease | Kind::Event | Kind::EndpointSlice => vec![],
+            Kind::Namespace | Kind::Lease | Kind::Event | Kind::EndpointSlice | Kind::NetworkPolicy => vec![],
         });
     }
     cols
@@ -59,6 +63,7 @@ pub fn row(kind: Kind, obj: &DynamicObject, wide: bool, all_namespaces: bool, no
         Kind::Deployment => obj.clone().try_parse::<Deployment>().ok().map(|d| deployment_row(&d, age, wide)),
         Kind::Service => obj.clone().try_parse().ok().map(|s| services::service_row(&s, age, wide)),
         Kind::EndpointSlice => obj.clone().try_parse().ok().map(|s| services::endpoint_slice_row(&s, age)),
+        Kind::NetworkPolicy => obj.clone().try_parse().ok().map(|p| network_policies::network_policy_row(&p, age)),
     };
     cells.extend(columns.unwrap_or_else(|| vec!["<invalid>".to_string()]));
     cells
