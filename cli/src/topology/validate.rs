@@ -13,7 +13,7 @@ use super::checked::{
     TestKind, TestLevel, TestSource, TestTarget,
 };
 use super::locate::{FieldPath, Locator};
-use super::manifests::{self, DEPLOYMENTS};
+use super::manifests::{self, DEPLOYMENTS, NETWORK_POLICIES};
 use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
     TestKindDef, Topology,
