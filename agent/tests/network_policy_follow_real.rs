@@ -55,8 +55,9 @@ fn the_enforcer_follows_the_apis_network_policies() {
     testbed_test_support::require_root!();
     let c = Cluster::start("kbl-netpol");
     let api = c.client(API_PORT);
-    let team_a: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "team-a", "labels": {"team": "a"}}})).unwrap();
+    let team_a: Namespace = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "team-a", "labels": {"team": "a"}}}))
+    .unwrap();
     c.rt.block_on(api.create(&paths::collection(Kind::Namespace, None), &team_a)).unwrap();
     let db = api_pod(&c, &api, "default", "db", "db");
     let web = api_pod(&c, &api, "default", "web", "web");
@@ -74,6 +75,12 @@ fn the_enforcer_follows_the_apis_network_policies() {
                                       "podSelector": {"matchLabels": {"app": "web"}}}],
                             "ports": [{"port": "pg"}]}]}),
     );
+    let created = std::time::Instant::now();
+    wait_for("db in the kernel's ingress map", 10, || {
+        let (code, body) = http("GET", "/v1/network-policies", None);
+        code == 200 && body["ingress_pods"] == json!([db.ip])
+    });
+    println!("API create -> db's ingress map entry in the kernel: {:?}", created.elapsed());
     expect_within(
         10,
         "db admits app=web pods of team=a namespaces on its port named pg only",
