@@ -190,6 +190,54 @@ fn apply_get_describe_and_delete_round_trip_through_the_api() {
     );
 }
 
+const POLICY: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: web}}
+    ports:
+    - {port: 5432}
+";
+
+#[test]
+fn network_policies_through_testbed_and_kubectl() {
+    let cp = ControlPlane::start();
+    let file = cp.write("policy.yaml", POLICY);
+    assert_eq!(ok(cp.testbed(&["apply", "-f", &file])), "networkpolicy.networking.k8s.io/db-from-web created\n");
+    assert_eq!(ok(cp.testbed(&["apply", "-f", &file])), "networkpolicy.networking.k8s.io/db-from-web unchanged\n");
+    let deny = cp.write(
+        "deny.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec: {podSelector: {}}\n",
+    );
+    assert!(ok(cp.kubectl(&["create", "-f", &deny])).contains("networkpolicy.networking.k8s.io/deny created"));
+
+    let table = ok(cp.testbed(&["get", "netpol"]));
+    let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0], ["NAME", "POD-SELECTOR", "AGE"], "{table}");
+    assert_eq!((lines[1][0], lines[1][1]), ("db-from-web", "app=db"), "{table}");
+    assert_eq!((lines[2][0], lines[2][1]), ("deny", "<none>"), "{table}");
+    let kubectl = ok(cp.kubectl(&["get", "networkpolicies"]));
+    // kubectl's own columns (NAME, AGE): the server answers no Table format, for any kind.
+    assert!(kubectl.contains("db-from-web") && kubectl.contains("deny"), "{kubectl}");
+    let described = ok(cp.testbed(&["describe", "netpol", "db-from-web"]));
+    for part in ["Allowing ingress traffic:", "To Port: 5432/TCP", "PodSelector: app=web", "Policy Types: Ingress"] {
+        assert!(described.contains(part), "`{part}` in:\n{described}");
+    }
+
+    let bad = cp.write("bad.yaml", &POLICY.replace("{port: 5432}", "{port: 5432, endPort: 80}"));
+    let out = cp.kubectl(&["create", "-f", &bad]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("spec.ingress[0].ports[0].endPort"), "{stderr}");
+
+    assert_eq!(ok(cp.testbed(&["delete", "netpol/deny"])), "networkpolicy.networking.k8s.io/deny deleted\n");
+    assert!(ok(cp.kubectl(&["delete", "-f", &file])).contains("deleted"));
+    fails_with(cp.testbed(&["get", "netpol", "db-from-web"]), 2, "404");
+}
+
 #[test]
 fn bad_input_names_the_place_and_exits_2_and_an_unreachable_server_exits_3() {
     let cp = ControlPlane::start();

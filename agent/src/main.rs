@@ -10,6 +10,7 @@ mod cgroups;
 mod kubelet;
 mod net;
 mod pod;
+mod policy;
 mod proxy;
 mod qos;
 mod server;
@@ -210,13 +211,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // After the restore: the loop then finds the pods it created running again and leaves them be.
     let proxy = Arc::new(proxy::Proxy::new(Box::new(proxy::NftCli)));
     tokio::spawn(Arc::clone(&proxy).reconcile_loop());
-    let kubelet = kubelet::Kubelet::new(Arc::clone(&agent), Arc::clone(&proxy), &args.state_dir)
+    let policy = Arc::new(policy::Enforcer::new(Box::new(policy::NftCli)));
+    tokio::spawn(Arc::clone(&policy).reconcile_loop());
+    let kubelet = kubelet::Kubelet::new(Arc::clone(&agent), Arc::clone(&proxy), Arc::clone(&policy), &args.state_dir)
         .context("control-plane state")?;
     kubelet.resume();
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, state_dir = %args.state_dir.display(), "testbed-agent serving");
-    axum::serve(listener, server::router(agent, kubelet, proxy))
+    axum::serve(listener, server::router(agent, kubelet, proxy, policy))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

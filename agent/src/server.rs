@@ -17,12 +17,29 @@ use testbed_api::{ApiError, DeletePodOptions};
 use crate::kubelet::{Kubelet, KubeletError};
 use crate::net::NetError;
 use crate::pod::{Agent, AgentError};
+use crate::policy::{Enforcer, PolicyError};
 use crate::proxy::{Proxy, ProxyError};
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
             ProxyError::Invalid(api) => (StatusCode::BAD_REQUEST, api),
+            other => {
+                tracing::error!("{other}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ApiError { field: None, message: other.to_string(), leaked: vec![] },
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl IntoResponse for PolicyError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            PolicyError::Invalid(api) => (StatusCode::BAD_REQUEST, api),
             other => {
                 tracing::error!("{other}");
                 (
@@ -76,15 +93,19 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
     })
 }
 
-pub fn router(agent: Arc<Agent>, kubelet: Arc<Kubelet>, proxy: Arc<Proxy>) -> Router {
+pub fn router(agent: Arc<Agent>, kubelet: Arc<Kubelet>, proxy: Arc<Proxy>, policy: Arc<Enforcer>) -> Router {
     // The control-plane routes have the kubelet as their state; merged, they share the fallback.
     let control_plane = Router::new()
         .route("/v1/control-plane", get(get_control_plane).put(put_control_plane).delete(delete_control_plane))
         .with_state(kubelet.clone());
     let services = Router::new().route("/v1/services", get(get_services).put(put_services)).with_state(proxy);
+    let policies = Router::new()
+        .route("/v1/network-policies", get(get_network_policies).put(put_network_policies))
+        .with_state(policy);
     Router::new()
         .merge(control_plane)
         .merge(services)
+        .merge(policies)
         .route("/healthz", get(health))
         .route("/v1/node", get(get_node).put(move |body: Bytes| put_node(kubelet.clone(), body)))
         .route("/v1/pods", get(list_pods).post(create_pod))
@@ -117,8 +138,8 @@ async fn delete_control_plane(State(kubelet): State<Arc<Kubelet>>) -> Result<Sta
 }
 
 /// The kernel work runs `nft` (blocking), on a task of its own so that it runs to its end, as `to_completion`.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ProxyError> + Send + 'static,
+async fn blocking<T: Send + 'static, E: IntoResponse + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result.map_err(IntoResponse::into_response),
@@ -136,6 +157,18 @@ async fn put_services(State(proxy): State<Arc<Proxy>>, body: Bytes) -> Result<im
 /// The proxy's table as the kernel holds it.
 async fn get_services(State(proxy): State<Arc<Proxy>>) -> Result<impl IntoResponse, Response> {
     Ok(Json(blocking(move || proxy.status()).await?))
+}
+
+/// The node's restricted pods and their rules; answers the nft script run (none when nothing changed).
+async fn put_network_policies(State(policy): State<Arc<Enforcer>>, body: Bytes) -> Result<impl IntoResponse, Response> {
+    let spec: testbed_api::NetworkPolicyNodeSpec = parse(&body).map_err(IntoResponse::into_response)?;
+    let changes = blocking(move || policy.apply(spec)).await?;
+    Ok(Json(testbed_api::ApplyResponse { changes }))
+}
+
+/// The policy table as the kernel holds it.
+async fn get_network_policies(State(policy): State<Arc<Enforcer>>) -> Result<impl IntoResponse, Response> {
+    Ok(Json(blocking(move || policy.status()).await?))
 }
 
 async fn get_node(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

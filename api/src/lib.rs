@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod network_policy;
 pub mod node;
 pub mod objects;
 pub mod pod;
@@ -17,6 +18,7 @@ pub mod service;
 pub mod validate;
 
 pub use cluster::{ControlPlaneJoin, ControlPlaneStatus};
+pub use network_policy::*;
 pub use node::*;
 pub use pod::*;
 pub use service::*;

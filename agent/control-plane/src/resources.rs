@@ -21,6 +21,8 @@ pub enum Kind {
     Service,
     /// `discovery.k8s.io/v1 EndpointSlice`.
     EndpointSlice,
+    /// `networking.k8s.io/v1 NetworkPolicy`.
+    NetworkPolicy,
 }
 
 /// One REST resource.
@@ -148,6 +150,18 @@ pub const RESOURCES: &[Resource] = &[
         short_names: &[],
         has_status: false,
     },
+    Resource {
+        kind: Kind::NetworkPolicy,
+        group: "networking.k8s.io",
+        version: "v1",
+        plural: "networkpolicies",
+        singular: "networkpolicy",
+        kind_name: "NetworkPolicy",
+        namespaced: true,
+        short_names: &["netpol"],
+        // Kubernetes removed NetworkPolicy's status (it never carried anything).
+        has_status: false,
+    },
 ];
 
 /// Namespaces that exist from the start, as in Kubernetes.
@@ -202,6 +216,7 @@ mod tests {
             Kind::Deployment,
             Kind::Service,
             Kind::EndpointSlice,
+            Kind::NetworkPolicy,
         ];
         for kind in kinds {
             assert_eq!(RESOURCES.iter().filter(|r| r.kind == kind).count(), 1, "{kind:?}");

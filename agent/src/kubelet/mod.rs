@@ -4,7 +4,9 @@
 //! through the agent's own pod runtime and writes their status back. Pods of the node-local API are never
 //! touched: the loop acts only on pods it created (`owned.rs`). It also watches every Node: their subnet
 //! leases (flannel's annotations, `leases.rs`) become the node's peers (`subnets.rs`); and every Service
-//! and EndpointSlice, which become the service proxy's rules (`services.rs`, `proxy_spec.rs`).
+//! and EndpointSlice, which become the service proxy's rules (`services.rs`, `proxy_spec.rs`); and every
+//! NetworkPolicy, Pod and Namespace, which become the policy enforcer's (`network_policies.rs`,
+//! `policy_spec.rs`).
 //!
 //! Files: `diff.rs` (what to create and delete), `status.rs` (a pod's API status) and `leases.rs` (leases
 //! to peers) decide without I/O; `node.rs` (Node and Lease), `tasks.rs` (creates and deletes),
@@ -14,8 +16,10 @@ mod diff;
 mod follow;
 mod leases;
 mod mirror;
+mod network_policies;
 mod node;
 mod owned;
+mod policy_spec;
 mod proxy_spec;
 mod services;
 mod status;
@@ -29,6 +33,7 @@ use testbed_api::{ApplyResponse, ControlPlaneJoin, ControlPlaneStatus, NodeSpec}
 use testbed_control_plane::client::Client;
 
 use crate::pod::{Agent, AgentError};
+use crate::policy::Enforcer;
 use crate::proxy::Proxy;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,7 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
     peers: tokio::task::JoinHandle<()>,
     services: tokio::task::JoinHandle<()>,
+    policies: tokio::task::JoinHandle<()>,
     shared: Arc<Mutex<ControlPlaneStatus>>,
 }
 
@@ -72,6 +78,7 @@ impl Drop for Running {
         self.task.abort();
         self.peers.abort();
         self.services.abort();
+        self.policies.abort();
     }
 }
 
@@ -84,12 +91,19 @@ pub struct Kubelet {
     tasks: tasks::Tasks,
     subnets: Arc<subnets::Subnets>,
     proxy: Arc<Proxy>,
+    policy: Arc<Enforcer>,
     running: Mutex<Option<Running>>,
 }
 
 impl Kubelet {
-    /// The kubelet of `agent`, keeping its state in `<state_dir>/kubelet`; `proxy` follows the API's Services.
-    pub fn new(agent: Arc<Agent>, proxy: Arc<Proxy>, state_dir: &Path) -> Result<Arc<Self>, KubeletError> {
+    /// The kubelet of `agent`, keeping its state in `<state_dir>/kubelet`; `proxy` follows the API's Services,
+    /// `policy` its NetworkPolicies.
+    pub fn new(
+        agent: Arc<Agent>,
+        proxy: Arc<Proxy>,
+        policy: Arc<Enforcer>,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, KubeletError> {
         let dir = state_dir.join("kubelet");
         std::fs::create_dir_all(&dir).map_err(|e| KubeletError::State(format!("{}: {e}", dir.display())))?;
         let owned = Arc::new(owned::Owned::load(dir.join("pods.json"))?);
@@ -101,6 +115,7 @@ impl Kubelet {
             tasks: tasks::Tasks::default(),
             subnets,
             proxy,
+            policy,
             running: Mutex::new(None),
         }))
     }
@@ -181,6 +196,7 @@ impl Kubelet {
             ..Default::default()
         }));
         let services = tokio::spawn(services::run(api.clone(), join.node_name.clone(), self.proxy.clone()));
+        let policies = tokio::spawn(network_policies::run(api.clone(), join.node_name.clone(), self.policy.clone()));
         let follower = follow::Follower {
             agent: self.agent.clone(),
             api,
@@ -194,7 +210,7 @@ impl Kubelet {
         let task = tokio::spawn(follower.run());
         let peers = tokio::spawn(self.subnets.clone().run());
         // Replacing the old Running drops it, which stops its loops.
-        *lock(&self.running) = Some(Running { join, task, peers, services, shared });
+        *lock(&self.running) = Some(Running { join, task, peers, services, policies, shared });
         Ok(())
     }
 }

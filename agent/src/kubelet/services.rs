@@ -33,17 +33,17 @@ pub async fn run(api: Arc<Client>, node: String, proxy: Arc<Proxy>) {
 }
 
 /// Objects of one kind by `namespace/name`, and whether the first list is in.
-struct Known<T> {
+pub(super) struct Known<T> {
     objects: HashMap<String, T>,
-    listed: bool,
+    pub(super) listed: bool,
 }
 
 impl<T: Object + Clone> Known<T> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self { objects: HashMap::new(), listed: false }
     }
 
-    fn apply(&mut self, change: Change<T>) {
+    pub(super) fn apply(&mut self, change: Change<T>) {
         let key = |o: &T| format!("{}/{}", o.metadata().namespace.as_deref().unwrap_or(""), o.metadata().name);
         match change {
             Change::Listed(all) => {
@@ -59,7 +59,7 @@ impl<T: Object + Clone> Known<T> {
         }
     }
 
-    fn all(&self) -> Vec<T> {
+    pub(super) fn all(&self) -> Vec<T> {
         self.objects.values().cloned().collect()
     }
 }

@@ -1,6 +1,7 @@
 //! Objects of the cluster control plane in the Kubernetes wire format (JSON field names, `apiVersion`/`kind`,
 //! `metadata`, `spec`, `status`): Namespace, Node, Pod, Event, Lease (`coordination.k8s.io/v1`), ReplicaSet
-//! and Deployment (`apps/v1`) with their `Scale`, Service and EndpointSlice (`discovery.k8s.io/v1`), the
+//! and Deployment (`apps/v1`) with their `Scale`, Service and EndpointSlice (`discovery.k8s.io/v1`),
+//! NetworkPolicy (`networking.k8s.io/v1`), the
 //! `Status` every error answer carries, and the `Binding` the scheduler posts.
 //!
 //! They are a subset of the Kubernetes schemas: the fields testbed acts on. Standard clients (kubectl, kube-rs
@@ -15,6 +16,7 @@ mod cluster;
 mod coordination;
 mod event;
 mod meta;
+mod network_policy;
 mod pod;
 mod service;
 mod status;
@@ -25,6 +27,7 @@ pub use cluster::*;
 pub use coordination::*;
 pub use event::*;
 pub use meta::*;
+pub use network_policy::*;
 pub use pod::*;
 pub use service::*;
 pub use status::*;

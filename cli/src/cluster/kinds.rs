@@ -124,6 +124,8 @@ mod tests {
         assert_eq!(parse("deploy").unwrap(), Kind::Deployment);
         assert_eq!(parse("svc").unwrap(), Kind::Service);
         assert_eq!(parse("endpointslices").unwrap(), Kind::EndpointSlice);
+        assert_eq!(parse("netpol").unwrap(), Kind::NetworkPolicy);
+        assert_eq!(parse("networkpolicies").unwrap(), Kind::NetworkPolicy);
         let err = parse("configmaps").unwrap_err().to_string();
         assert!(err.contains("`configmaps`") && err.contains("leases (coordination.k8s.io/v1)"), "{err}");
     }

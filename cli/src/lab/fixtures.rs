@@ -51,5 +51,6 @@ pub fn test_plan() -> Plan {
         namespaces: vec![],
         deployments: vec![],
         services: vec![],
+        network_policies: vec![],
     }
 }

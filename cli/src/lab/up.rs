@@ -70,7 +70,7 @@ pub enum UpError {
     ControlPlane(Box<super::control_plane::ControlPlaneError>),
     #[error(transparent)]
     Forwarder(#[from] super::forwarder::ForwarderError),
-    #[error("applying the topology's namespaces, services and deployments: {0}")]
+    #[error("applying the topology's namespaces, services, network policies and deployments: {0}")]
     Workloads(#[source] crate::cluster::ClusterError),
     #[error("interrupted")]
     Interrupted,

@@ -91,6 +91,7 @@ pub fn build(checked: &CheckedTopology) -> Plan {
         namespaces: checked.namespaces.clone(),
         deployments: checked.deployments.clone(),
         services: checked.services.clone(),
+        network_policies: checked.network_policies.clone(),
     }
 }
 

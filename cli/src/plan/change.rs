@@ -59,6 +59,7 @@ pub fn node_change(recorded: &Plan, new: &Plan) -> Result<NodeChange, RefusedCha
         namespaces: _,
         deployments: _,
         services: _,
+        network_policies: _,
     } = recorded;
     let mut changed = Vec::new();
     if *version != new.version {

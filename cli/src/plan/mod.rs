@@ -159,6 +159,9 @@ pub struct Plan {
     /// Services created through the API before the Deployments, with their cluster IPs and node ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<serde_json::Value>,
+    /// NetworkPolicies created through the API with the Services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_policies: Vec<serde_json::Value>,
 }
 
 impl Plan {
@@ -183,7 +186,8 @@ impl Plan {
 
     /// True when both plans build the same lab: they differ at most in the topology's bytes (comments), in
     /// the declared tests, which the suites read when they run and which change nothing that `up` creates,
-    /// and in the Namespaces, Deployments and Services, API objects that `up` applies to a running lab as they are now.
+    /// and in the Namespaces, Deployments, Services and NetworkPolicies, API objects that `up` applies to a running
+    /// lab as they are now.
     pub fn same_lab(&self, other: &Plan) -> bool {
         // Destructured so that a new field must be classified here.
         let Plan {
@@ -199,6 +203,7 @@ impl Plan {
             namespaces: _,
             deployments: _,
             services: _,
+            network_policies: _,
         } = self;
         *version == other.version
             && *lab == other.lab

@@ -139,6 +139,7 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
         namespaces: Vec::new(),
         deployments: Vec::new(),
         services: Vec::new(),
+        network_policies: Vec::new(),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct CheckedTopology {
     pub deployments: Vec<serde_json::Value>,
     /// Service manifests with their cluster IPs and node ports decided.
     pub services: Vec<serde_json::Value>,
+    /// NetworkPolicy objects as the API server normalizes them, unique by namespace and name.
+    pub network_policies: Vec<serde_json::Value>,
 }
 
 /// A network with its values resolved.

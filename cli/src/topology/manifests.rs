@@ -1,6 +1,6 @@
-//! Kubernetes manifests in the topology (`namespaces:`, `deployments:`, `services:`), checked when the file is, with the API
-//! server's own validation (`testbed_control_plane::validation`), so an object the lab would refuse at `up`
-//! is refused at file:line first. Fields outside the server's schema are errors here, as kubectl's strict
+//! Kubernetes manifests in the topology (`namespaces:`, `deployments:`, `services:`, `network_policies:`),
+//! checked when the file is, with the API server's own validation (`testbed_control_plane::validation`), so
+//! an object the lab would refuse at `up` is refused at file:line first. Fields outside the server's schema are errors here, as kubectl's strict
 //! field validation makes them.
 
 use serde_json::{json, Value};
@@ -37,6 +37,13 @@ pub(super) const DEPLOYMENTS: ManifestKind = ManifestKind {
 };
 pub(super) const SERVICES: ManifestKind =
     ManifestKind { field: "services", kind: Kind::Service, api_version: "v1", kind_name: "Service", namespaced: true };
+pub(super) const NETWORK_POLICIES: ManifestKind = ManifestKind {
+    field: "network_policies",
+    kind: Kind::NetworkPolicy,
+    api_version: "networking.k8s.io/v1",
+    kind_name: "NetworkPolicy",
+    namespaced: true,
+};
 
 /// The manifests of `items` (the topology's list `what.field`), typed, defaulted to the `default`
 /// namespace, checked and normalized as the server stores them; names unique per namespace.
@@ -164,5 +171,35 @@ mod tests {
             assert!(m.contains(message), "{field}: {m}");
             assert_eq!(at, base_lines + line, "{field}: {m}");
         }
+    }
+
+    const DENY: &str = "network_policies:
+  - metadata: {name: db-from-web}
+    spec:
+      podSelector: {matchLabels: {app: db}}
+      ingress:
+        - from:
+            - ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24]}
+          ports:
+            - port: 5432
+";
+
+    #[test]
+    fn a_network_policy_is_typed_defaulted_and_refused_at_its_line() {
+        let t = checked_of(&format!("{BASE}{DENY}")).expect("valid");
+        let p = &t.network_policies[0];
+        assert_eq!(
+            (p["apiVersion"].as_str(), p["kind"].as_str()),
+            (Some("networking.k8s.io/v1"), Some("NetworkPolicy"))
+        );
+        assert_eq!(p["metadata"]["namespace"], "default");
+        let base_lines = BASE.lines().count();
+        let (at, field, message) = error_of(&format!("{BASE}{}", DENY.replace("10.0.1.0/24", "10.1.0.0/24")));
+        assert_eq!(field, "network_policies[0].spec.ingress[0].from[0].ipBlock.except[0]", "{message}");
+        assert!(message.contains("strict subset"), "{message}");
+        assert_eq!(at, base_lines + 7, "{message}");
+        let (_, field, message) =
+            error_of(&format!("{BASE}{}", DENY.replace("port: 5432", "port: 5432\n              endPort: 80")));
+        assert_eq!(field, "network_policies[0].spec.ingress[0].ports[0].endPort", "{message}");
     }
 }

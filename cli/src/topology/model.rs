@@ -153,6 +153,10 @@ pub struct Topology {
     /// decided here, in file order, lowest free first (`testbed plan` shows them).
     #[serde(default)]
     pub services: Vec<serde_json::Value>,
+    /// NetworkPolicies created through the control plane at `up`: each a Kubernetes `networking.k8s.io/v1
+    /// NetworkPolicy` manifest, checked with the API server's rules; every node's agent enforces them.
+    #[serde(default)]
+    pub network_policies: Vec<serde_json::Value>,
     /// Checks the conformance suite runs once per backend, after its own (docs/tests.md).
     #[serde(default)]
     pub tests: Option<Vec<TestDef>>,

@@ -14,7 +14,7 @@ use super::checked::{
     TestKind, TestLevel, TestSource, TestTarget,
 };
 use super::locate::{FieldPath, Locator};
-use super::manifests::{self, DEPLOYMENTS, NAMESPACES};
+use super::manifests::{self, DEPLOYMENTS, NAMESPACES, NETWORK_POLICIES};
 use super::model::{
     AmountsDef, BackendDef, ExpectDef, ImageDef, ImpairDef, LevelDef, NodeDef, RestartPolicyDef, Scalar, TestDef,
     TestKindDef, Topology,
@@ -135,6 +135,7 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
     let tests = check_tests(&ctx, t)?;
     let deployments = manifests::check(&ctx, &DEPLOYMENTS, &t.deployments)?;
     let services = services::check(&ctx, t, cluster.service_cidr)?;
+    let network_policies = manifests::check(&ctx, &NETWORK_POLICIES, &t.network_policies)?;
     let source_sha256 = hex::encode(sha2::Sha256::digest(source));
     Ok(CheckedTopology {
         lab: t.name.clone(),
@@ -147,6 +148,7 @@ pub fn check(t: &Topology, file: &Path, source: &[u8], loc: &Locator) -> Result<
         namespaces,
         deployments,
         services,
+        network_policies,
     })
 }
 

@@ -48,8 +48,10 @@ impl<S: Store> Server<S> {
     ) -> Result<WithWarnings, ApiError> {
         let res = target.resource;
         let mut obj = prepare(target, obj)?;
-        if res.kind == Kind::Service {
-            super::services::default_service(&mut obj);
+        match res.kind {
+            Kind::Service => super::services::default_service(&mut obj),
+            Kind::NetworkPolicy => super::network_policies::default_network_policy(&mut obj),
+            _ => {}
         }
         if !meta_str(&obj, "resourceVersion").is_empty() {
             return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
@@ -93,7 +95,7 @@ impl<S: Store> Server<S> {
                 Kind::Pod => set(&mut obj, "status", json!({"phase": "Pending"})),
                 Kind::Namespace => set(&mut obj, "status", json!({"phase": "Active"})),
                 Kind::ReplicaSet | Kind::Deployment => remove(&mut obj, "status"),
-                Kind::Node | Kind::Lease | Kind::Event | Kind::Service | Kind::EndpointSlice => {}
+                Kind::Node | Kind::Lease | Kind::Event | Kind::Service | Kind::EndpointSlice | Kind::NetworkPolicy => {}
             }
             let taken = match res.kind {
                 Kind::Service => self.take_service_addresses(&mut obj, None).await?,

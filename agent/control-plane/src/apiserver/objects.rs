@@ -94,6 +94,9 @@ impl<S: Store> Server<S> {
         if service {
             super::services::default_service(&mut new);
         }
+        if res.kind == Kind::NetworkPolicy {
+            super::network_policies::default_network_policy(&mut new);
+        }
         let given = meta_str(&new, "resourceVersion");
         if !given.is_empty() {
             let given: i64 = given.parse().map_err(|_| {

@@ -22,7 +22,8 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use testbed_api::objects::{
-    Binding, Deployment, EndpointSlice, Event, Lease, Namespace, Node, ObjectMeta, Pod, ReplicaSet, Service, Status,
+    Binding, Deployment, EndpointSlice, Event, Lease, Namespace, NetworkPolicy, Node, ObjectMeta, Pod, ReplicaSet,
+    Service, Status,
 };
 
 use crate::connector::error_chain;
@@ -99,7 +100,7 @@ macro_rules! object {
         }
     })*};
 }
-object!(Pod, Node, Lease, Namespace, Event, ReplicaSet, Deployment, Service, EndpointSlice);
+object!(Pod, Node, Lease, Namespace, Event, ReplicaSet, Deployment, Service, EndpointSlice, NetworkPolicy);
 
 /// A list answer: the objects and the revision they were read at (a watch from it misses nothing).
 #[derive(Debug, Clone, PartialEq)]

@@ -109,6 +109,7 @@ pub fn columns(kind: Kind) -> Vec<Column> {
             AGE,
             wide("Selector", "The pods the Service picks."),
         ],
+        Kind::NetworkPolicy => vec![NAME, col("Pod-Selector", "The pods the policy applies to."), AGE],
         Kind::EndpointSlice => vec![
             NAME,
             col("AddressType", "IPv4."),
@@ -135,6 +136,7 @@ pub fn cells(kind: Kind, obj: &Value, now: f64) -> Vec<String> {
         Kind::Deployment => rows::deployment(obj, age),
         Kind::Service => rows::service(obj, age),
         Kind::EndpointSlice => rows::endpoint_slice(obj, age),
+        Kind::NetworkPolicy => vec![format_selector(obj.pointer("/spec/podSelector").unwrap_or(&Value::Null)), age],
     });
     cells
 }
@@ -195,6 +197,28 @@ pub fn table(kind: Kind, objects: &[Value], resource_version: Option<&str>, now:
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+/// kubectl's `metav1.FormatLabelSelector` of a LabelSelector's JSON: `app=web,tier in (a,b),!canary`,
+/// `<none>` when it selects everything.
+pub fn format_selector(selector: &Value) -> String {
+    let labels = selector.get("matchLabels").and_then(Value::as_object);
+    let mut parts: Vec<String> =
+        labels.into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+    for r in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        let key = text(r, "/key");
+        let values: Vec<&str> =
+            r.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let values = values.join(",");
+        parts.push(match text(r, "/operator").as_str() {
+            "In" => format!("{key} in ({values})"),
+            "NotIn" => format!("{key} notin ({values})"),
+            "Exists" => key,
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other} ({values})"),
+        });
+    }
+    or_none(parts.join(","))
 }
 
 /// Whether a request's `Accept` header asks for a Table (kubectl's `get` sends

@@ -89,3 +89,13 @@ fn only_a_table_of_meta_v1_is_a_table_request() {
     assert!(!wants_table("application/json"));
     assert!(!wants_table("application/json;as=Table;v=v1beta1;g=meta.k8s.io"));
 }
+
+#[test]
+fn a_network_policy_shows_its_pod_selector_as_kubectl_formats_it() {
+    let policy = json!({"metadata": {"name": "db"}, "spec": {"podSelector": {"matchLabels": {"app": "db"},
+        "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                             {"key": "canary", "operator": "DoesNotExist"}]}}});
+    assert_eq!(cells(Kind::NetworkPolicy, &policy, now()), ["db", "app=db,tier in (a,b),!canary", "<unknown>"]);
+    let all = json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}});
+    assert_eq!(cells(Kind::NetworkPolicy, &all, now())[1], "<none>");
+}

@@ -6,11 +6,12 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use testbed_api::objects::{Event, Lease, Namespace, Node, Pod};
+use testbed_api::objects::{Event, LabelSelector, Lease, Namespace, NetworkPolicy, Node, Pod};
 use testbed_api::validate::{is_dns_label, label_error, validate_pod};
 
 use crate::resources::Kind;
 
+mod network_policies;
 mod services;
 mod workloads;
 
@@ -56,6 +57,7 @@ pub fn check(kind: Kind, object: Value) -> Result<Checked, ValidationError> {
         Kind::Deployment => typed(object, workloads::check_deployment),
         Kind::Service => typed(object, services::check_service),
         Kind::EndpointSlice => typed(object, services::check_endpoint_slice),
+        Kind::NetworkPolicy => typed::<NetworkPolicy>(object, network_policies::check_network_policy),
     }
 }
 
@@ -115,6 +117,33 @@ pub(crate) fn name(field: &str, value: &str) -> Result<(), ValidationError> {
             field,
             format!("Invalid value: \"{value}\": must be a DNS label (a-z, 0-9, '-', at most 63)"),
         ));
+    }
+    Ok(())
+}
+
+/// The operators and values of a label selector's `matchExpressions`, as Kubernetes'
+/// `ValidateLabelSelector` (`field` is the selector's path: `spec.selector`).
+pub(crate) fn label_selector(field: &str, selector: &LabelSelector) -> Result<(), ValidationError> {
+    for (i, r) in selector.match_expressions.iter().enumerate() {
+        let field = format!("{field}.matchExpressions[{i}]");
+        match (r.operator.as_str(), r.values.is_empty()) {
+            ("In" | "NotIn", false) | ("Exists" | "DoesNotExist", true) => {}
+            ("In" | "NotIn", true) => {
+                return Err(invalid(format!("{field}.values"), "must be specified when `operator` is 'In' or 'NotIn'"))
+            }
+            ("Exists" | "DoesNotExist", false) => {
+                return Err(invalid(
+                    format!("{field}.values"),
+                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                ))
+            }
+            (other, _) => {
+                return Err(invalid(
+                    format!("{field}.operator"),
+                    format!("Unsupported value: \"{other}\": not a valid selector operator"),
+                ))
+            }
+        }
     }
     Ok(())
 }

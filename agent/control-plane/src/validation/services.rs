@@ -21,7 +21,7 @@ const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
 const MAX_ENDPOINTS: usize = 1000;
 const MAX_PORTS: usize = 100;
 
-fn unsupported(field: &str, value: &str, allowed: &[&str]) -> ValidationError {
+pub(super) fn unsupported(field: &str, value: &str, allowed: &[&str]) -> ValidationError {
     let allowed: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
     invalid(field, format!("Unsupported value: \"{value}\": supported values: {}", allowed.join(", ")))
 }
@@ -47,7 +47,7 @@ fn dns_1035(field: &str, value: &str) -> Result<(), ValidationError> {
 
 /// An IANA service name, as a port may be named: at most 15 of a-z, 0-9 and '-', with a letter, no '-' at
 /// either end and no "--".
-fn is_port_name(s: &str) -> bool {
+pub(super) fn is_port_name(s: &str) -> bool {
     s.len() <= 15
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && s.chars().any(|c| c.is_ascii_lowercase())
@@ -56,7 +56,7 @@ fn is_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
-fn port_number(field: &str, port: i32) -> Result<(), ValidationError> {
+pub(super) fn port_number(field: &str, port: i32) -> Result<(), ValidationError> {
     if !(1..=65535).contains(&port) {
         return Err(invalid(field, format!("Invalid value: {port}: must be between 1 and 65535, inclusive")));
     }

@@ -89,27 +89,7 @@ fn check_template(owner: &str, selector: &LabelSelector, template: &PodTemplateS
     if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
         return Err(invalid("spec.selector", "Required value: empty selector is invalid for deployment"));
     }
-    for (i, r) in selector.match_expressions.iter().enumerate() {
-        let field = format!("spec.selector.matchExpressions[{i}]");
-        match (r.operator.as_str(), r.values.is_empty()) {
-            ("In" | "NotIn", false) | ("Exists" | "DoesNotExist", true) => {}
-            ("In" | "NotIn", true) => {
-                return Err(invalid(format!("{field}.values"), "must be specified when `operator` is 'In' or 'NotIn'"))
-            }
-            ("Exists" | "DoesNotExist", false) => {
-                return Err(invalid(
-                    format!("{field}.values"),
-                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
-                ))
-            }
-            (other, _) => {
-                return Err(invalid(
-                    format!("{field}.operator"),
-                    format!("Unsupported value: \"{other}\": not a valid selector operator"),
-                ))
-            }
-        }
-    }
+    super::label_selector("spec.selector", selector)?;
     if !selector.matches(&template.metadata.labels) {
         return Err(invalid(
             "spec.template.metadata.labels",

@@ -5,6 +5,7 @@
 
 mod core_kinds;
 mod events;
+mod network_policies;
 mod services;
 mod workloads;
 
@@ -131,6 +132,7 @@ fn text(kind: Kind, object: &DynamicObject, related: &Related) -> String {
         }
         Kind::Service => object.clone().try_parse().map(|s| services::service(&mut out, &s)),
         Kind::EndpointSlice => object.clone().try_parse().map(|s| services::endpoint_slice(&mut out, &s)),
+        Kind::NetworkPolicy => object.clone().try_parse().map(|p| network_policies::network_policy(&mut out, &p)),
     };
     if let Err(e) = parsed {
         field(&mut out, "Invalid", &e.to_string());

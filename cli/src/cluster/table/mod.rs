@@ -2,7 +2,7 @@
 //! columns and cells are the API server's own (`testbed_control_plane::printing`, which answers kubectl's
 //! Table requests), so `testbed get` and `kubectl get` print the same.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 use testbed_control_plane::printing;
@@ -27,6 +27,12 @@ pub fn row(kind: Kind, obj: &DynamicObject, wide: bool, all_namespaces: bool, no
     let shown = printing::columns(kind).into_iter().zip(all).filter(|(c, _)| wide || c.priority == 0);
     cells.extend(shown.map(|(_, cell)| cell));
     cells
+}
+
+/// kubectl's `metav1.FormatLabelSelector` (`app=web,tier in (a,b)`, `<none>` for the empty selector).
+pub fn format_selector(selector: Option<&LabelSelector>) -> String {
+    let value = selector.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or_default();
+    printing::format_selector(&value)
 }
 
 fn seconds(t: Timestamp) -> f64 {

@@ -3,6 +3,7 @@
 
 mod create;
 mod delete;
+mod network_policies;
 mod patch;
 mod services;
 mod workloads;
