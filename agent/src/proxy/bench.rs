@@ -14,7 +14,8 @@ use testbed_api::{
     Protocol, ProxiedService, ProxyEndpoint, ServicePort, ServiceProxySpec, SessionAffinity, TrafficPolicy,
 };
 
-use super::nft::{Nft, NftCli};
+use super::kernel::NftNetlink;
+use super::nft::Nft;
 use super::{render, ruleset};
 
 const ENDPOINTS: u32 = 10;
@@ -131,10 +132,10 @@ fn run(n: u32) {
     let last = (cluster_ip(n - 1), 80);
 
     let mut spec = spec(n);
-    let mut kernel = NftCli;
+    let mut kernel = NftNetlink::new().expect("netlink socket");
     let started = Instant::now();
     let ops = ruleset::diff(None, &render::render(&spec));
-    kernel.apply(&ops).expect("apply everything");
+    kernel.apply(&ops, None).expect("apply everything");
     let apply_all = started.elapsed();
     let (p50, p90) = connect_latency(last, 2000);
 
@@ -145,7 +146,7 @@ fn run(n: u32) {
     let ops = super::changed_services(&before, &spec);
     let planned = started.elapsed();
     let want2 = render::render(&spec);
-    kernel.apply(&ops).expect("apply the change");
+    kernel.apply(&ops, None).expect("apply the change");
     let change_nft = started.elapsed() - planned;
     assert!(kernel.read().expect("read back").is_some_and(|have| ruleset::diff(Some(&have), &want2).is_empty()));
     let started = Instant::now();
