@@ -82,7 +82,7 @@ impl Proxy {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `spec` the node's whole set of Services. One line per nft command run; empty when the kernel
+    /// Makes `spec` the node's whole set of Services. One line per operation applied; empty when the kernel
     /// already held it.
     pub fn apply(&self, spec: ServiceProxySpec) -> Result<Vec<String>, ProxyError> {
         testbed_api::validate_services(&spec).map_err(ProxyError::Invalid)?;
