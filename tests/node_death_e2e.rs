@@ -35,6 +35,9 @@ const LEADER_RETRY_SECS: u64 = 2;
 const MONITOR_PERIOD_SECS: u64 = 5;
 /// Slack for a loaded TCG host: slow guests, kubectl's own start, the forwarder's 2 s on a dead member.
 const MARGIN_SECS: u64 = 30;
+/// How long a new Deployment's pods may take to be available on a busy host (TCG guests at load 10+ took
+/// over 120 s once; the chain after it is what the test times).
+const SETTLE: Duration = Duration::from_secs(240);
 const NAMESPACE: &str = "nd-e2e";
 const MEMBERS: [&str; 3] = ["node1", "node2", "node3"];
 const SLEEPERS: &str = "apiVersion: v1
@@ -90,6 +93,12 @@ fn pod_states(lab: &VmLab, since: Instant, limit: Duration) -> Option<String> {
     lab.kubectl_until(&["get", "pods", "-n", NAMESPACE, "-o", states], since, limit)
 }
 
+/// The namespace's events, oldest first, for a failure message (a pod that was never created, or deleted).
+fn events(lab: &VmLab, since: Instant) -> Option<String> {
+    let args = ["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"];
+    lab.kubectl_until(&args, since, since.elapsed() + Duration::from_secs(30))
+}
+
 /// The holder of the controller manager's leader Lease.
 fn holder(lab: &VmLab, since: Instant, limit: Duration) -> Option<String> {
     let args =
@@ -142,12 +151,15 @@ fn a_dead_leaders_node_is_noticed_and_its_pods_replaced() {
 
     // Three available, one per node (the scheduler spreads a ReplicaSet's pods).
     let start = Instant::now();
-    let spread = poll(start, Duration::from_secs(120), || {
-        let (pods, available) = sleepers(&lab, start, Duration::from_secs(120))?;
+    let spread = poll(start, SETTLE, || {
+        let (pods, available) = sleepers(&lab, start, SETTLE)?;
         let nodes: std::collections::BTreeSet<&str> = pods.iter().map(|(_, n)| n.as_str()).collect();
         (available == 3 && pods.len() == 3 && nodes.len() == 3).then_some(pods)
     });
-    let (pods, seconds) = spread.expect("3 sleepers available, one per node");
+    let (pods, seconds) = spread.unwrap_or_else(|| {
+        let (states, events) = (pod_states(&lab, start, SETTLE * 2), events(&lab, start));
+        panic!("3 sleepers not available one per node in {SETTLE:?}:\n{states:?}\n{events:?}")
+    });
     eprintln!("3 sleepers available on 3 nodes {seconds:.1} s after the create: {pods:?}");
     make_leader(&lab, &leader);
 
@@ -196,7 +208,11 @@ fn a_dead_leaders_node_is_noticed_and_its_pods_replaced() {
     let (pods, replaced_s) = replaced.unwrap_or_else(|| {
         let now = sleepers(&lab, killed, Duration::from_secs(limit_c + 30));
         let states = pod_states(&lab, killed, Duration::from_secs(limit_c + 60));
-        panic!("(c) {victim_pod} not replaced on a live node within {limit_c} s: pods and available now {now:?}\n{states:?}")
+        let events = events(&lab, killed);
+        panic!(
+            "(c) {victim_pod} not replaced on a live node within {limit_c} s: pods and available now {now:?}\n\
+             {states:?}\n{events:?}"
+        )
     });
     eprintln!(
         "(c) back to 3 available {replaced_s:.1} s after the kill (grace {GRACE_SECS} s + eviction {EVICTION_SECS} s, \
@@ -281,12 +297,15 @@ fn a_frozen_node_returns_and_drops_its_evicted_pods() {
     let sleepers_2 = SLEEPERS.replace("replicas: 3", "replicas: 2");
     lab.kubectl().ok(&["create", "-f", "-"], Some(&sleepers_2));
     let start = Instant::now();
-    let spread = poll(start, Duration::from_secs(120), || {
-        let (pods, available) = sleepers(&lab, start, Duration::from_secs(120))?;
+    let spread = poll(start, SETTLE, || {
+        let (pods, available) = sleepers(&lab, start, SETTLE)?;
         let nodes: std::collections::BTreeSet<&str> = pods.iter().map(|(_, n)| n.as_str()).collect();
         (available == 2 && pods.len() == 2 && nodes.len() == 2).then_some(pods)
     });
-    let (pods, seconds) = spread.expect("2 sleepers available, one per node");
+    let (pods, seconds) = spread.unwrap_or_else(|| {
+        let (states, events) = (pod_states(&lab, start, SETTLE * 2), events(&lab, start));
+        panic!("2 sleepers not available one per node in {SETTLE:?}:\n{states:?}\n{events:?}")
+    });
     eprintln!("2 sleepers available on 2 nodes {seconds:.1} s after the create: {pods:?}");
 
     let frozen = "node2";
@@ -317,8 +336,8 @@ fn a_frozen_node_returns_and_drops_its_evicted_pods() {
         (available == 2 && moved).then_some(pods)
     });
     let (replacements, replaced_s) = replaced.unwrap_or_else(|| {
-        let states = pod_states(&lab, stopped, Duration::from_secs(limit_c + 30));
-        panic!("(b) {victim_pod} not replaced on node1 within {limit_c} s:\n{states:?}")
+        let (states, events) = (pod_states(&lab, stopped, Duration::from_secs(limit_c + 30)), events(&lab, stopped));
+        panic!("(b) {victim_pod} not replaced on node1 within {limit_c} s:\n{states:?}\n{events:?}")
     });
     eprintln!("(b) back to 2 available on node1 {replaced_s:.1} s after the freeze: {replacements:?}");
     assert!(
