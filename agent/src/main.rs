@@ -242,7 +242,7 @@ async fn controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     };
     let timing = testbed_control_plane::controllers::leader::Timing::default();
-    testbed_control_plane::controllers::manager::run(ctx, timing, shutdown).await?;
+    testbed_control_plane::controllers::manager::run(ctx, timing, shutdown).await;
     Ok(())
 }
 

@@ -37,6 +37,11 @@ const STATUS_SYNC: Duration = Duration::from_millis(500);
 const RESYNC: Duration = Duration::from_secs(30);
 /// Status writes in flight at once (100 pods turning Running together).
 const WRITERS: usize = 8;
+/// A Lease renewal due this long after the last one means the node was away (a paused VM, a cut link): the
+/// node lifecycle controller may have marked it NotReady and evicted its pods meanwhile, and the session's
+/// watches may be stale (their connections resume with events the server is still retransmitting). The
+/// session ends, and the next one writes the node's status at once and lists its pods afresh.
+const AWAY: Duration = Duration::from_secs(testbed_api::NODE_LEASE_RENEW_SECS * 3 / 2);
 
 /// What a loop is given.
 pub struct Follower {
@@ -118,6 +123,7 @@ impl Loop {
         self.node_written = None;
         self.node_heartbeat().await?;
         self.renew_lease().await?;
+        let mut renewed = Instant::now();
         self.reached = true;
         {
             let mut s = lock(&self.f.shared);
@@ -156,7 +162,15 @@ impl Loop {
                     self.sync_statuses().await?;
                 }
                 _ = lease.tick() => {
+                    let since = renewed.elapsed();
+                    if since > AWAY {
+                        return Err(ClientError::Unreachable(format!(
+                            "no Lease renewal for {:.1} s: the node was away, listing again",
+                            since.as_secs_f64()
+                        )));
+                    }
                     self.renew_lease().await?;
+                    renewed = Instant::now();
                     self.node_heartbeat().await?;
                 }
                 _ = sync.tick() => {

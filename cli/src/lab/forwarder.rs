@@ -224,12 +224,15 @@ impl Paths {
             let deadline = if last { CONNECT_DEADLINE } else { FAILOVER_CONNECT_DEADLINE };
             let Some(session) = self.session(i, deadline).await else { continue };
             let (node, ip) = &self.members[i];
-            match session.connect_tcp(&ip.to_string(), API_PORT).await {
-                Ok(mut remote) => {
+            // A member that died keeps its SSH session open until the keepalives give up (~30 s), and a
+            // channel opened on it meanwhile is never answered: the same deadline bounds the open.
+            match tokio::time::timeout(deadline, session.connect_tcp(&ip.to_string(), API_PORT)).await {
+                Ok(Ok(mut remote)) => {
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut remote).await;
                     return;
                 }
-                Err(e) => eprintln!("forward-api: {node}: {e}"),
+                Ok(Err(e)) => eprintln!("forward-api: {node}: {e}"),
+                Err(_) => eprintln!("forward-api: {node}: no channel to port {API_PORT} within {deadline:?}"),
             }
         }
         // Nothing took it: closing the socket tells the client, as a refused connection would.

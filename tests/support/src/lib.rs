@@ -1,7 +1,7 @@
 //! Fixtures shared by testbed's tests, so each one exists once: sample NodeSpecs (`node_spec`), a blocking
 //! HTTP client for the node agent's API (`agent_http`), what the host can do (`host`: root, QEMU), a real etcd on loopback (`etcd`) and helpers
 //! for the end-to-end tests that drive labs through the `testbed` binary (`lab`), and the real kubectl against
-//! a lab (`kubectl`).
+//! a lab (`kubectl`), and one running lab whose nodes a test kills, freezes and resumes (`vm_lab`).
 //!
 //! A dev-dependency only: nothing here is part of a shipped binary.
 
@@ -11,3 +11,4 @@ pub mod host;
 pub mod kubectl;
 pub mod lab;
 pub mod node_spec;
+pub mod vm_lab;

@@ -71,7 +71,7 @@ impl Cluster {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            manager::run(ctx, Timing::default(), shutdown).await.expect("manager");
+            manager::run(ctx, Timing::default(), shutdown).await;
         });
         self.managers.push((identity.to_string(), Some(stop), task));
     }
