@@ -10,6 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use super::super::super::cluster::Cluster;
 use super::super::super::harness::{evidence, nexec, pexec, TestPod};
+use super::super::super::probe;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::super::control_plane::api_err;
 use super::objects::{until, ALT_PORT};
@@ -132,7 +133,8 @@ pub(super) async fn affinity<C: Cluster>(c: &C, lab: &ServiceLab) -> CheckOutcom
 
 async fn set_affinity(lab: &ServiceLab, value: &str) -> Result<(), CheckError> {
     let api: Api<Service> = Api::namespaced(lab.client.clone(), NAMESPACE);
-    let patch = serde_json::json!({"spec": {"sessionAffinity": value}});
+    // The API refuses a sessionAffinityConfig with None (as Kubernetes'); ClientIP gets its default again.
+    let patch = serde_json::json!({"spec": {"sessionAffinity": value, "sessionAffinityConfig": null}});
     api.patch(lab.affinity.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(api_err("patch service"))?;
@@ -175,7 +177,8 @@ pub(super) async fn source_ip<C: Cluster>(c: &C, lab: &ServiceLab) -> CheckOutco
     let p = &lab.client_pod;
     let got = from_pod(c, p, "GET /cgi-bin/peer", &gets(lab.web.ip, 80, "/cgi-bin/peer", 10)).await?;
     let want = p.ip.to_string();
-    if got.iter().any(|a| *a != want) {
+    // busybox httpd gives REMOTE_ADDR as an IPv4-mapped IPv6 address.
+    if got.iter().any(|a| probe::parse_remote_addr(a) != Some(p.ip)) {
         return Err(CheckError::Fail(format!("the endpoints saw {:?}, not the client pod's {want}", distinct(&got))));
     }
     Ok(format!("10 requests: every endpoint saw the client as {want}"))
@@ -226,7 +229,7 @@ pub(super) async fn esipp_node_port<C: Cluster>(c: &C, lab: &ServiceLab) -> Chec
     let names = expect_names(&what, &got, &local, false)?;
     let peers = from_node(c, &b.name, &what, &node_gets(a.underlay_ip, port, "/cgi-bin/peer", 5)).await?;
     let want = b.underlay_ip.to_string();
-    if peers.iter().any(|p| *p != want) {
+    if peers.iter().any(|p| probe::parse_remote_addr(p) != Some(b.underlay_ip)) {
         return Err(CheckError::Fail(format!(
             "externalTrafficPolicy Local: the endpoints saw {:?}, not the client node's {want}",
             distinct(&peers)

@@ -1,9 +1,10 @@
 //! The contract: an endpoint whose pod is deleted, or becomes unready, leaves every node's proxy
-//! within 2 s. A watcher on each node polls its `testbed-proxy` table for the endpoint's DNAT; the time is
-//! from the change (the API delete, the connection that ends the pod's readiness container) to the
-//! watcher's return over SSH, so an upper bound of what the node took.
+//! within 2 s. A watcher on each node polls its `testbed-proxy` table for the endpoint's DNAT and prints the
+//! node's clock when it is gone; the time is from the change (the API delete, the connection that ends the
+//! pod's readiness container) on this host's clock, the node's clock put on it by one `date` round trip
+//! before (its half is the error bar, shown). The watcher's return over SSH is not counted.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
@@ -25,7 +26,24 @@ const WATCHERS_START: Duration = Duration::from_secs(3);
 /// table cannot be read, 1 after 20 s.
 fn watcher(ip: std::net::Ipv4Addr) -> String {
     let has = format!("nft list table ip testbed-proxy > /tmp/tb-svc-watch || exit 3; grep -q 'dnat to {ip}:{HTTP_PORT}' /tmp/tb-svc-watch");
-    format!("{has} || exit 4; i=0; while {has}; do i=$((i+1)); [ $i -gt 200 ] && exit 1; sleep 0.1; done; echo gone")
+    format!("{has} || exit 4; i=0; while {has}; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done; date +%s.%N")
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// How far the node's clock is ahead of this host's, and the error of that (half the round trip).
+async fn clock_offset<C: Cluster>(c: &C, node: &str) -> Result<(f64, f64), CheckError> {
+    let sent = now();
+    let r = nexec(c, node, "date +%s.%N").await?;
+    let back = now();
+    let theirs: f64 = r
+        .stdout
+        .trim()
+        .parse()
+        .map_err(|_| CheckError::Infra(format!("node {node}: `date +%s.%N` printed {:?}", r.stdout.trim())))?;
+    Ok((theirs - (sent + back) / 2.0, (back - sent) / 2.0))
 }
 
 /// Starts a watcher on every node, runs `change` once they have started, and gives each node's time.
@@ -34,28 +52,27 @@ where
     F: std::future::Future<Output = Result<(), CheckError>>,
 {
     let cmd = watcher(victim.ip);
-    let changed = std::sync::OnceLock::<Instant>::new();
+    let mut offsets = Vec::new();
+    for n in &lab.nodes {
+        offsets.push(clock_offset(c, &n.name).await?);
+    }
+    let changed = std::sync::OnceLock::<f64>::new();
     let watchers = futures::future::join_all(lab.nodes.iter().map(|n| {
-        let (cmd, changed) = (&cmd, &changed);
-        async move {
-            let r = nexec(c, &n.name, cmd).await;
-            (n.name.clone(), r, changed.get().map(|t| t.elapsed()))
-        }
+        let cmd = &cmd;
+        async move { (n.name.clone(), nexec(c, &n.name, cmd).await) }
     }));
     let trigger = async {
         tokio::time::sleep(WATCHERS_START).await;
-        let _ = changed.set(Instant::now());
+        let _ = changed.set(now());
         change.await
     };
     let (results, triggered) = futures::join!(watchers, trigger);
     triggered?;
+    let changed = changed.get().copied().unwrap_or(0.0);
     let mut lines = Vec::new();
     let mut slow = Vec::new();
-    for (node, r, took) in results {
+    for ((node, r), (offset, error)) in results.into_iter().zip(offsets) {
         let r = r?;
-        let took = took.ok_or_else(|| {
-            CheckError::Fail(format!("node {node}: the watcher ended before the change\n{}", evidence(&cmd, &r)))
-        })?;
         if r.exit_code != 0 {
             return Err(CheckError::Fail(format!(
                 "node {node}: {} still in the proxy's rules (watcher exit {})\n{}",
@@ -64,7 +81,11 @@ where
                 evidence(&cmd, &r)
             )));
         }
-        lines.push(format!("{node}: gone within {:.2} s", took.as_secs_f64()));
+        let gone: f64 = r.stdout.trim().parse().map_err(|_| {
+            CheckError::Infra(format!("node {node}: the watcher printed no time\n{}", evidence(&cmd, &r)))
+        })?;
+        let took = Duration::from_secs_f64((gone - offset - changed).max(0.0));
+        lines.push(format!("{node}: gone after {:.2} s (clock error {:.2} s)", took.as_secs_f64(), error));
         if took > WITHIN {
             slow.push(node);
         }
