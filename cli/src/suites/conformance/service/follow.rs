@@ -73,13 +73,14 @@ where
     let mut slow = Vec::new();
     for ((node, r), (offset, error)) in results.into_iter().zip(offsets) {
         let r = r?;
-        if r.exit_code != 0 {
-            return Err(CheckError::Fail(format!(
-                "node {node}: {} still in the proxy's rules (watcher exit {})\n{}",
-                victim.ip,
-                r.exit_code,
-                evidence(&cmd, &r)
-            )));
+        let why = match r.exit_code {
+            0 => None,
+            3 => Some("the proxy's table could not be read"),
+            4 => Some("not in the proxy's rules before the change"),
+            _ => Some("still in the proxy's rules after 20 s"),
+        };
+        if let Some(why) = why {
+            return Err(CheckError::Fail(format!("node {node}: {} {why}\n{}", victim.ip, evidence(&cmd, &r))));
         }
         let gone: f64 = r.stdout.trim().parse().map_err(|_| {
             CheckError::Infra(format!("node {node}: the watcher printed no time\n{}", evidence(&cmd, &r)))
