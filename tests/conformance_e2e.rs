@@ -69,7 +69,7 @@ fn unexpected_skips(checks: &[serde_json::Value]) -> Vec<String> {
         .collect()
 }
 
-fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool) {
+fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, service_passes: usize) {
     if !can_run_vms() {
         return;
     }
@@ -109,6 +109,9 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool) {
     assert_eq!(control_plane, 5, "[control-plane] checks that passed");
     let controller = checks.iter().filter(|c| c["group"] == "controller" && c["status"] == "pass").count();
     assert_eq!(controller, 8, "[controller] checks that passed");
+    // 13 per backend; none skips internalTrafficPolicy=Local (its pods cannot cross nodes).
+    let service = checks.iter().filter(|c| c["group"] == "service" && c["status"] == "pass").count();
+    assert_eq!(service, service_passes, "[service] checks that passed");
     let skipped = unexpected_skips(checks);
     assert!(skipped.is_empty(), "checks skipped on a backend that must run them:\n{}", skipped.join("\n"));
     // The none backend skips its cross-node checks only: most of its checks still run.
@@ -130,12 +133,12 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool) {
 /// `testbed run conformance --backend all` runs them.
 #[test]
 fn conformance_default_every_backend() {
-    conformance_on("default.yaml", "e2e-vx", "all", true);
+    conformance_on("default.yaml", "e2e-vx", "all", true, 3 * 13 + 12);
 }
 
 #[test]
 fn conformance_three_node_host_gw() {
-    conformance_on("three-node-host-gw.yaml", "e2e-hgw", "host-gw", false);
+    conformance_on("three-node-host-gw.yaml", "e2e-hgw", "host-gw", false, 13);
 }
 
 #[test]

@@ -18,9 +18,14 @@ use serde_json::{json, Value};
 mod test_agent;
 
 use test_agent::TestAgent;
+use testbed_api::UnderlaySpec;
 use testbed_test_support::agent_http::request as http;
+use testbed_test_support::node_spec::loopback_node_spec;
 
 const VIP: &str = "10.96.0.10";
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// cni0's address in `loopback_node_spec`: the source of the node's connections to a ClusterIP.
+const CNI0_IP: &str = "10.244.1.1";
 const SERVER_PORT: u16 = 8080;
 
 fn sh(cmd: &[&str]) -> String {
@@ -29,17 +34,22 @@ fn sh(cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The agent with a NodeSpec, and a route for the Service range as a node has one (its default route, out
-/// of another NIC than cni0): a ClusterIP must be routable for the node's own connections to reach the
-/// output hook at all. A veth stands for the NIC (a kernel may have no dummy driver); a route back out of
-/// cni0 would make the node send the pod an ICMP redirect, which rate-limits the reject that follows it.
+/// The agent with a NodeSpec whose underlay is a veth standing for the node's NIC (a kernel may have no
+/// dummy driver) and which names the Service range: the agent routes it, out of that NIC from cni0's
+/// address, so that a ClusterIP is routable for the node's own connections (they need a route to reach the
+/// output hook at all).
 fn start(test: &str) -> TestAgent {
     let agent = TestAgent::start(test, &[]);
-    agent.apply_node();
     sh(&["ip", "link", "add", "svc0", "type", "veth", "peer", "name", "svc1"]);
     sh(&["ip", "link", "set", "svc0", "up"]);
     sh(&["ip", "link", "set", "svc1", "up"]);
-    sh(&["ip", "route", "add", "10.96.0.0/12", "dev", "svc0"]);
+    sh(&["ip", "addr", "add", "192.168.99.1/24", "dev", "svc0"]);
+    let mut spec = loopback_node_spec();
+    spec.underlay =
+        UnderlaySpec { interface: "svc0".into(), address: [192, 168, 99, 1].into(), prefix_len: 24, mtu: 1500 };
+    spec.service_cidr = Some(SERVICE_CIDR.parse().unwrap());
+    let (code, body) = http("PUT", "/v1/node", Some(serde_json::to_value(spec).unwrap()));
+    assert_eq!(code, 200, "{body}");
     agent
 }
 
@@ -243,6 +253,37 @@ fn reapplying_changes_nothing_and_drift_is_repaired() {
         println!("{what}: repaired {:?} after the break", started.elapsed());
     }
     assert_eq!(status()["drift_repairs"], 3);
+}
+
+#[test]
+fn the_node_reaches_a_cluster_ip_by_the_agents_route_which_it_keeps() {
+    testbed_test_support::require_root!();
+    let _agent = start("svc-node-route");
+    let a = pod_with_server("a");
+    put(vec![service(&[&a], None)]);
+    let route = sh(&["ip", "route", "show", SERVICE_CIDR]);
+    println!("the agent's route: {route}");
+    assert!(route.contains("dev svc0") && route.contains(&format!("src {CNI0_IP}")), "{route}");
+    let (code, node) = http("GET", "/v1/node", None);
+    assert_eq!(code, 200, "{node}");
+    let owned = node["network"]["routes"].as_array().cloned().unwrap_or_default();
+    let line = format!("{SERVICE_CIDR} dev svc0 src {CNI0_IP}");
+    assert!(owned.iter().any(|r| r == &json!(line)), "GET /v1/node lists {line}: {owned:?}");
+    let (pod, peer) = ask(&format!("{VIP}:80")).expect("node -> ClusterIP");
+    println!("node -> {VIP}:80 answered by {pod}, which saw the client as {peer}");
+    assert_eq!((pod.as_str(), peer.as_str()), ("a", CNI0_IP), "from cni0's address, which pods route back here");
+
+    // The fault: without the route the node's connect fails before any packet; the agent puts it back.
+    sh(&["ip", "route", "del", SERVICE_CIDR]);
+    let started = Instant::now();
+    let err = ask(&format!("{VIP}:80")).expect_err("no route, no connection");
+    println!("route deleted: node -> {VIP}:80 fails with {err}");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::ENETUNREACH), "{err}");
+    while ask(&format!("{VIP}:80")).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the route was not put back within 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("route put back and node -> {VIP}:80 answered {:?} after the delete", started.elapsed());
 }
 
 fn delete_dnat_rule() {

@@ -54,6 +54,7 @@ fn vxlan_spec() -> NodeSpec {
             pod_subnet: "10.244.5.0/24".parse().unwrap(),
             vtep_mac: "0e:00:00:00:00:05".into(),
         }],
+        service_cidr: None,
     }
 }
 

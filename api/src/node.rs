@@ -104,6 +104,11 @@ pub struct NodeSpec {
     pub vtep_mac: String,
     /// Every other node of the lab: the agent converges its routes (and VXLAN entries) to exactly these.
     pub peers: Vec<PeerSpec>,
+    /// Where Services' cluster IPs come from (`--service-cluster-ip-range`). The agent routes it to `cni0`
+    /// so that the node's own connections to a ClusterIP get as far as the service proxy's DNAT (the nodes
+    /// have no default route); None: no such route (a spec from before Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<Ipv4Net>,
 }
 
 /// Answer to `PUT /v1/node`: what the reconcile changed. Empty when the kernel already matched.
@@ -119,7 +124,7 @@ pub struct ApplyResponse {
 pub struct ObservedNetwork {
     /// Links the agent manages: `cni0`, `flannel.1`, `flannel0`, pod veths (`ip -br link` style lines).
     pub links: Vec<String>,
-    /// Routes to pod subnets, `ip route` style (`10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink`).
+    /// Routes the agent owns, `ip route` style: to pod subnets (`10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink`) and to the Services' range (`10.96.0.0/12 dev cni0`).
     pub routes: Vec<String>,
     /// Permanent neighbours on `flannel.1` (`10.244.1.0 lladdr ...`).
     pub neighbours: Vec<String>,

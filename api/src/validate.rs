@@ -123,6 +123,12 @@ pub fn validate_node(spec: &NodeSpec) -> Result<(), ApiError> {
     if spec.pod_subnet.prefix_len() > 29 {
         return Err(err("pod_subnet", "must be /29 or larger"));
     }
+    if let Some(services) = spec.service_cidr {
+        // One route would shadow the other: pods' or Services' traffic would go to the wrong place.
+        if services.contains(&spec.pod_cidr) || spec.pod_cidr.contains(&services) {
+            return Err(err("service_cidr", format!("{services} overlaps pod_cidr {}", spec.pod_cidr)));
+        }
+    }
     vtep_mac("vtep_mac", &spec.vtep_mac)?;
     for (i, p) in spec.peers.iter().enumerate() {
         let at = |f: &str| format!("peers[{i}].{f}");
@@ -282,6 +288,7 @@ mod tests {
                     vtep_mac: format!("02:00:00:00:00:{i:02x}"),
                 })
                 .collect(),
+            service_cidr: Some("10.96.0.0/12".parse().unwrap()),
         }
     }
 
@@ -328,6 +335,14 @@ mod tests {
             Some("peers[1].pod_subnet")
         );
         assert_eq!(f(|s| s.peers[1].pod_subnet = "10.244.4.0/24".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn the_service_cidr_may_not_overlap_the_pod_cidr() {
+        let f = |c: fn(&mut NodeSpec)| field_of(Backend::Vxlan, c);
+        assert_eq!(f(|s| s.service_cidr = Some("10.244.128.0/20".parse().unwrap())).as_deref(), Some("service_cidr"));
+        assert_eq!(f(|s| s.service_cidr = Some("10.0.0.0/8".parse().unwrap())).as_deref(), Some("service_cidr"));
+        assert_eq!(f(|s| s.service_cidr = None), None);
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn node_spec() -> NodeSpec {
         backend: Backend::None,
         vtep_mac: "02:00:00:00:00:01".into(),
         peers: vec![],
+        service_cidr: None,
     }
 }
 

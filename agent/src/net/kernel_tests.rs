@@ -121,6 +121,7 @@ impl Lab {
                     vtep_mac: p.vtep_mac.into(),
                 })
                 .collect(),
+            service_cidr: None,
         }
     }
 

@@ -302,12 +302,12 @@ impl Worker {
         let managed = |name: &str| name == BRIDGE || name == VXLAN_DEV || name == TUN_DEV || name.starts_with("veth");
         let names = links.iter().map(|l| (l.index, l.name.clone())).collect();
         // Without a spec, report routes into the whole private 10/8 range pods normally live in.
-        let pod_cidr = self
+        let owned = self
             .spec
             .as_ref()
-            .map(|s| s.pod_cidr)
-            .unwrap_or_else(|| Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default());
-        let routes = self.kernel.routes(pod_cidr, &names).await?;
+            .map(plan::owned_ranges)
+            .unwrap_or_else(|| vec![Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 8).unwrap_or_default()]);
+        let routes = self.kernel.routes(&owned, &names).await?;
         let (neighbours, fdb) = match links.iter().find(|l| l.name == VXLAN_DEV) {
             Some(vx) => self.kernel.neighbours_and_fdb(VXLAN_DEV, vx.index).await?,
             None => (Vec::new(), Vec::new()),

@@ -101,7 +101,7 @@ impl NetlinkKernel {
         Ok(msgs.iter().filter_map(|m| link_state(m, &names, &mut addrs)).collect())
     }
 
-    pub async fn routes(&self, pod_cidr: Ipv4Net, names: &HashMap<u32, String>) -> Result<Vec<RouteState>, NetError> {
+    pub async fn routes(&self, owned: &[Ipv4Net], names: &HashMap<u32, String>) -> Result<Vec<RouteState>, NetError> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let msgs: Vec<RouteMessage> =
             self.handle.route().get(query).execute().try_collect().await.map_err(nl("dump routes"))?;
@@ -125,22 +125,33 @@ impl NetlinkKernel {
             let mut dst = Ipv4Addr::UNSPECIFIED;
             let mut gateway = None;
             let mut oif = None;
+            let mut src = None;
             for a in &m.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
                     RouteAttribute::Oif(i) => oif = Some(*i),
                     _ => {}
                 }
             }
             let Ok(dst) = Ipv4Net::new(dst, h.destination_prefix_length) else { continue };
-            if !pod_cidr.contains(&dst) {
+            if !owned.iter().any(|o| o.contains(&dst)) {
                 continue;
             }
             let dev = oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default();
+            // The kernel's routes from an address carry that address as their src; the planner wants them
+            // as the address implies them (flannel0's pod CIDR route), so their src is left out.
+            let kernel_proto = h.protocol == RouteProtocol::Kernel;
             out.push(RouteState {
-                route: Route { dst, gateway, dev, onlink: h.flags.contains(RouteFlags::Onlink) },
-                kernel_proto: h.protocol == RouteProtocol::Kernel,
+                route: Route {
+                    dst,
+                    gateway,
+                    dev,
+                    onlink: h.flags.contains(RouteFlags::Onlink),
+                    src: if kernel_proto { None } else { src },
+                },
+                kernel_proto,
             });
         }
         Ok(out)
@@ -318,6 +329,9 @@ fn route_message(r: &Route, oif: u32) -> RouteMessage {
     if r.onlink {
         b = b.onlink();
     }
+    if let Some(src) = r.src {
+        b = b.pref_source(src);
+    }
     b.build()
 }
 
@@ -333,13 +347,13 @@ fn neighbour_message(family: AddressFamily, index: u32, ip: Ipv4Addr, mac: Optio
 }
 
 impl Kernel for NetlinkKernel {
-    async fn snapshot(&mut self, pod_cidr: Ipv4Net) -> Result<KernelState, NetError> {
+    async fn snapshot(&mut self, owned: &[Ipv4Net]) -> Result<KernelState, NetError> {
         let ip_forward =
             std::fs::read_to_string(IP_FORWARD).map_err(|e| NetError::io(format!("read {IP_FORWARD}"), e))?.trim()
                 == "1";
         let links = self.links().await?;
         let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
-        let routes = self.routes(pod_cidr, &names).await?;
+        let routes = self.routes(owned, &names).await?;
         let (neighbours, fdb) = match links.iter().find(|l| l.name == VXLAN_DEV) {
             Some(vx) => self.neighbours_and_fdb(VXLAN_DEV, vx.index).await?,
             None => (Vec::new(), Vec::new()),

@@ -92,6 +92,8 @@ pub struct Route {
     pub gateway: Option<Ipv4Addr>,
     pub dev: String,
     pub onlink: bool,
+    /// The source address connections routed by it start from (`src`), when not the device's own.
+    pub src: Option<Ipv4Addr>,
 }
 
 impl std::fmt::Display for Route {
@@ -103,6 +105,9 @@ impl std::fmt::Display for Route {
         write!(f, " dev {}", self.dev)?;
         if self.onlink {
             f.write_str(" onlink")?;
+        }
+        if let Some(src) = self.src {
+            write!(f, " src {src}")?;
         }
         Ok(())
     }
@@ -219,6 +224,7 @@ impl Desired {
                             gateway: Some(peer0),
                             dev: VXLAN_DEV.into(),
                             onlink: true,
+                            src: None,
                         }),
                     });
                 }
@@ -234,6 +240,7 @@ impl Desired {
                             gateway: Some(p.underlay_ip),
                             dev: under.interface.clone(),
                             onlink: false,
+                            src: None,
                         }),
                     });
                 }
@@ -249,11 +256,33 @@ impl Desired {
                     mac: None,
                     addrs: vec![net(net0, spec.pod_cidr.prefix_len())?],
                 });
-                routes.push(Route { dst: spec.pod_cidr.trunc(), gateway: None, dev: TUN_DEV.into(), onlink: false });
+                routes.push(Route {
+                    dst: spec.pod_cidr.trunc(),
+                    gateway: None,
+                    dev: TUN_DEV.into(),
+                    onlink: false,
+                    src: None,
+                });
                 vec![VXLAN_DEV]
             }
             Backend::None => vec![VXLAN_DEV, TUN_DEV],
         };
+        if let Some(services) = spec.service_cidr {
+            // The node's own connect() to a ClusterIP needs a route before its first packet reaches the
+            // proxy's DNAT in nat output, and the nodes have no default route to lean on as kube-proxy's do.
+            // Out of the underlay NIC, as a default route would be: not out of cni0, where a pod's packet to
+            // a Service without endpoints would be routed back out of the NIC it came in by, and the ICMP
+            // redirect the kernel then sends spends the per-host ICMP budget the reject's answer needs. From
+            // cni0's address: every backend routes this node's pod subnet back here (an underlay source would
+            // get a remote endpoint's reply outside the overlay). After DNAT the kernel routes again.
+            routes.push(Route {
+                dst: services.trunc(),
+                gateway: None,
+                dev: under.interface.clone(),
+                onlink: false,
+                src: Some(gateway),
+            });
+        }
         Ok(Desired { links, absent_links, routes, peers })
     }
 
@@ -428,7 +457,11 @@ pub fn plan(desired: &Desired, observed: &KernelState) -> Vec<Action> {
     }
 
     let fresh = |dev: &str| gone.contains(dev) || recreate.iter().any(|r| r.name == dev);
-    let route_present = |r: &Route| !fresh(&r.dev) && observed.routes.iter().any(|h| &h.route == r);
+    // A route from cni0's address goes when the address does (cni0 recreated).
+    let route_present = |r: &Route| {
+        let gone_with_a_link = fresh(&r.dev) || (r.src.is_some() && fresh(BRIDGE));
+        !gone_with_a_link && observed.routes.iter().any(|h| &h.route == r)
+    };
     for r in &desired.routes {
         if !route_present(r) {
             actions.push(Action::AddRoute(r.clone()));
@@ -455,17 +488,23 @@ pub fn plan(desired: &Desired, observed: &KernelState) -> Vec<Action> {
     actions
 }
 
+/// The address ranges whose routes the agent owns: the pod network, and the Services' range when the spec
+/// has one. Routes elsewhere are never read, so never deleted.
+pub fn owned_ranges(spec: &NodeSpec) -> Vec<Ipv4Net> {
+    std::iter::once(spec.pod_cidr).chain(spec.service_cidr).collect()
+}
+
 /// The kernel as the reconcile loop needs it; netlink in production, an in-memory model in unit tests.
 pub trait Kernel {
-    /// `pod_cidr` bounds the routes reported (the agent owns routes into the pod network only).
-    async fn snapshot(&mut self, pod_cidr: Ipv4Net) -> Result<KernelState, NetError>;
+    /// `owned` bounds the routes reported (routes to destinations inside one of them).
+    async fn snapshot(&mut self, owned: &[Ipv4Net]) -> Result<KernelState, NetError>;
     async fn execute(&mut self, action: &Action) -> Result<(), NetError>;
 }
 
 /// Read the kernel, plan, execute in order. Returns the change lines (empty when nothing differed).
 pub async fn converge<K: Kernel>(kernel: &mut K, spec: &NodeSpec) -> Result<Vec<String>, NetError> {
     let desired = Desired::from_spec(spec)?;
-    let observed = kernel.snapshot(spec.pod_cidr).await?;
+    let observed = kernel.snapshot(&owned_ranges(spec)).await?;
     let actions = plan(&desired, &observed);
     let mut lines = Vec::with_capacity(actions.len());
     for action in &actions {
@@ -499,9 +538,9 @@ mod tests {
     }
 
     impl Kernel for FakeKernel {
-        async fn snapshot(&mut self, pod_cidr: Ipv4Net) -> Result<KernelState, NetError> {
+        async fn snapshot(&mut self, owned: &[Ipv4Net]) -> Result<KernelState, NetError> {
             let mut s = self.state.clone();
-            s.routes.retain(|r| pod_cidr.contains(&r.route.dst));
+            s.routes.retain(|r| owned.iter().any(|o| o.contains(&r.route.dst)));
             Ok(s)
         }
 
@@ -542,7 +581,7 @@ mod tests {
                 Action::AddAddress { dev, addr } => {
                     s.links.iter_mut().find(|l| l.name == dev).expect("link").addrs.push(addr);
                     if addr.prefix_len() < 32 {
-                        let route = Route { dst: addr.trunc(), gateway: None, dev, onlink: false };
+                        let route = Route { dst: addr.trunc(), gateway: None, dev, onlink: false, src: None };
                         s.routes.push(RouteState { route, kernel_proto: true });
                     }
                 }
@@ -589,6 +628,7 @@ mod tests {
                     vtep_mac: format!("02:00:00:00:01:{i:02x}"),
                 })
                 .collect(),
+            service_cidr: None,
         }
     }
 
@@ -617,6 +657,22 @@ mod tests {
             ]
         );
         assert!(lines(&mut k, &spec(Backend::Vxlan, 2)).is_empty());
+    }
+
+    #[test]
+    fn the_service_range_is_routed_out_of_the_underlay_from_cni0s_address_and_kept() {
+        let mut k = FakeKernel::default();
+        let s = NodeSpec { service_cidr: Some("10.96.0.0/12".parse().unwrap()), ..spec(Backend::None, 0) };
+        let route = "route add 10.96.0.0/12 dev eth1 src 10.244.1.1";
+        assert_eq!(lines(&mut k, &s).last().map(String::as_str), Some(route));
+        assert!(lines(&mut k, &s).is_empty());
+        k.state.routes.retain(|r| r.route.dst.to_string() != "10.96.0.0/12");
+        assert_eq!(lines(&mut k, &s), [route], "a deleted route is put back");
+        // A route of someone else's in the range is the agent's to replace; a spec without one leaves it.
+        let theirs = k.state.routes.iter_mut().find(|r| r.route.dst.to_string() == "10.96.0.0/12").expect("route");
+        theirs.route.dev = BRIDGE.into();
+        assert_eq!(lines(&mut k, &s), ["route del 10.96.0.0/12 dev cni0 src 10.244.1.1", route]);
+        assert!(lines(&mut k, &spec(Backend::None, 0)).is_empty());
     }
 
     #[test]

@@ -244,6 +244,7 @@ impl Plan {
                     })
                 })
                 .collect(),
+            service_cidr: Some(self.cluster.service_cidr),
         }
     }
 }

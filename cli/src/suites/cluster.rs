@@ -62,6 +62,13 @@ pub trait Cluster {
     /// None when they cannot be read.
     fn host_counters(&self) -> Option<super::hostload::HostCounters>;
 
+    /// Whether the nodes run a service proxy that follows the API's Services (a lab's agents do; the unit
+    /// tests' fake has no data plane for them, so the `service` group runs on labs only, and
+    /// tests/conformance_e2e.rs requires its checks there).
+    fn has_service_proxy(&self) -> bool {
+        true
+    }
+
     /// A client of the lab's API server (its kubeconfig), or why there is none.
     fn api(&self) -> impl Future<Output = Result<kube::Client, ClusterError>>;
 

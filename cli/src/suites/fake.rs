@@ -457,6 +457,10 @@ impl FakeCluster {
 }
 
 impl Cluster for FakeCluster {
+    fn has_service_proxy(&self) -> bool {
+        false
+    }
+
     fn plan(&self) -> &Plan {
         &self.plan
     }

@@ -52,6 +52,7 @@ pub fn sample_node_spec(me: u8, nodes: u8, backend: Backend) -> NodeSpec {
         backend,
         vtep_mac: node.vtep_mac,
         peers: (1..=nodes).filter(|i| *i != me).map(|i| SampleNode::numbered(i).peer()).collect(),
+        service_cidr: None,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn loopback_node_spec() -> NodeSpec {
         backend: Backend::None,
         vtep_mac: "02:00:00:00:00:01".into(),
         peers: Vec::new(),
+        service_cidr: None,
     }
 }
 

@@ -15,6 +15,7 @@ mod mtu;
 mod overlay;
 mod pod_network;
 mod sandbox;
+mod service;
 
 use std::cell::RefCell;
 
@@ -85,6 +86,9 @@ async fn checks<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, once: bool,
     pod_network::run(c, r, backend, f, skip).await;
     mtu::run(c, r, backend, f, skip).await;
     overlay::run(c, r, backend, f, skip).await;
+    if c.has_service_proxy() {
+        service::run(c, r, backend, skip).await;
+    }
     if once {
         sandbox::run(c, r, f).await;
         cgroups::run(c, r, f, created).await;
