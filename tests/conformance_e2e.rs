@@ -110,8 +110,15 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, ser
     let controller = checks.iter().filter(|c| c["group"] == "controller" && c["status"] == "pass").count();
     assert_eq!(controller, 8, "[controller] checks that passed");
     // 13 per backend; none skips internalTrafficPolicy=Local (its pods cannot cross nodes).
-    let service = checks.iter().filter(|c| c["group"] == "service" && c["status"] == "pass").count();
-    assert_eq!(service, service_passes, "[service] checks that passed");
+    // The 2 s follow target is a warning when missed (CheckError::Slow: the endpoint did leave every node);
+    // nothing else of the group may warn.
+    let follow_target = |c: &serde_json::Value| c["name"].as_str().is_some_and(|n| n.contains("within 2 s"));
+    let service = checks
+        .iter()
+        .filter(|c| c["group"] == "service")
+        .filter(|c| c["status"] == "pass" || (c["status"] == "warn" && follow_target(c)))
+        .count();
+    assert_eq!(service, service_passes, "[service] checks that passed (or missed only the 2 s target)");
     let skipped = unexpected_skips(checks);
     assert!(skipped.is_empty(), "checks skipped on a backend that must run them:\n{}", skipped.join("\n"));
     // The none backend skips its cross-node checks only: most of its checks still run.

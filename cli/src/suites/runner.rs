@@ -22,6 +22,9 @@ pub enum CheckError {
     Skip(String),
     /// The check could not run (SSH, agent API, setup).
     Infra(String),
+    /// The feature works but misses a speed target of the issue: a warning at any level, so the miss is
+    /// in every report without failing the run (a broken feature is a `Fail`).
+    Slow(String),
 }
 
 impl From<ClusterError> for CheckError {
@@ -140,6 +143,7 @@ impl Runner {
             Err(CheckError::Fail(m)) => (CheckStatus::Fail, Some(m), String::new()),
             Err(CheckError::Skip(m)) => (CheckStatus::Skip, Some(m), String::new()),
             Err(CheckError::Infra(m)) => (CheckStatus::Error, Some(m), String::new()),
+            Err(CheckError::Slow(m)) => (CheckStatus::Warn, Some(m), String::new()),
         };
         let (message, details) = match message {
             // Keep the first line as the message (JUnit attribute, table cell); the rest is evidence.
@@ -220,6 +224,11 @@ mod tests {
         assert_eq!(
             r.run("g", None, "na", Level::Error, async { Err(CheckError::Skip("single node".into())) }).await,
             Some(CheckStatus::Skip)
+        );
+        assert_eq!(
+            r.run("g", None, "late", Level::Error, async { Err(CheckError::Slow("3 s, target 2 s".into())) }).await,
+            Some(CheckStatus::Warn),
+            "a missed speed target warns even at error level"
         );
         let infra: CheckOutcome = Err(ClusterError::new("node1", "pod exec", "connection reset").into());
         assert_eq!(r.run("g", b, "down", Level::Warning, async { infra }).await, Some(CheckStatus::Error));
