@@ -238,7 +238,8 @@ mod tests {
         assert_eq!(c[1].message.as_deref(), Some("boom"));
         assert_eq!(c[1].details.as_deref(), Some("more"));
         assert_eq!(c[3].name, "[g] na");
-        assert_eq!(c[4].message.as_deref(), Some("node node1: pod exec: connection reset"));
+        assert_eq!(c[4].message.as_deref(), Some("3 s, target 2 s"));
+        assert_eq!(c[5].message.as_deref(), Some("node node1: pod exec: connection reset"));
     }
 
     #[tokio::test]
