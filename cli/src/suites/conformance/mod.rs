@@ -14,6 +14,7 @@ mod fixture;
 mod mtu;
 mod overlay;
 mod pod_network;
+mod poll;
 mod sandbox;
 mod service;
 

@@ -1,7 +1,6 @@
 //! Waiting on the controllers: poll until a condition holds or a deadline passes, and the conditions the
 //! checks share (a rollout finished, a pod Ready).
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -9,31 +8,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
 use super::super::super::runner::CheckError;
+pub(super) use super::super::poll::until;
 use super::api_err;
 
 /// For what the controllers do alone (a count to match, an object to go).
 pub(super) const SHORT: Duration = Duration::from_secs(if cfg!(test) { 10 } else { 30 });
 /// For what also needs the kubelets to start pods (several per node on 1-vCPU TCG guests).
 pub(super) const LONG: Duration = Duration::from_secs(if cfg!(test) { 20 } else { 120 });
-const POLL: Duration = Duration::from_millis(if cfg!(test) { 50 } else { 250 });
-
-/// Polls `probe` until it yields a value; a Fail naming `what` after `deadline`.
-pub(super) async fn until<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> Result<T, CheckError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>, CheckError>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = probe().await? {
-            return Ok(v);
-        }
-        if started.elapsed() > deadline {
-            return Err(CheckError::Fail(format!("{what}: not within {} s", deadline.as_secs())));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// Whether the Deployment's status says its rollout to `replicas` is done, as `kubectl rollout status`
 /// reads it: the controller saw the current generation, and every replica is updated and available.

@@ -2,8 +2,7 @@
 //! the EndpointSlice controller has their endpoints and the proxies answer.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -16,6 +15,7 @@ use super::super::super::harness::{evidence, pexec, TestPod};
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
 use super::super::control_plane::{api_err, namespace};
+pub(super) use super::super::poll::until;
 use super::{ServiceLab, Svc, NAMESPACE};
 
 /// The second port each endpoint serves (`<name>-alt`), for the multiport Service.
@@ -26,25 +26,6 @@ pub(super) const UNREADY_PORT: u16 = 9999;
 const APP: &str = "svc-web";
 /// For what needs pods started (several on 1-vCPU TCG guests).
 const PODS_DEADLINE: Duration = Duration::from_secs(180);
-const POLL: Duration = Duration::from_millis(200);
-
-/// Polls `probe` until it yields a value; a Fail naming `what` after `deadline`.
-pub(super) async fn until<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> Result<T, CheckError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>, CheckError>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = probe().await? {
-            return Ok(v);
-        }
-        if started.elapsed() > deadline {
-            return Err(CheckError::Fail(format!("{what}: not within {} s", deadline.as_secs())));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// The API name of a pod the group made (the agent runs it as `node_pod_name(NAMESPACE, name)`).
 pub(super) fn api_name(p: &TestPod) -> String {
