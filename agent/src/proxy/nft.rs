@@ -1,16 +1,15 @@
-//! What the proxy needs of the kernel (`Nft`), its errors, and the read-back: `nft -j list table`, parsed
-//! into the model. Transactions go through netlink (`kernel.rs`); the read-back stays with nft, whose JSON
-//! already names what the model compares (rule comments, map elements in the renderer's text), and it runs
-//! only when the ruleset's generation says someone else changed it.
+//! The kernel side of the proxy: the `nft` binary. A transaction is one `nft -f -` run (nft applies a whole
+//! file atomically); the table is read back with `nft -j list table`. The binary rather than a netlink
+//! crate: the Rust nftables netlink crates wrap libnftnl/libmnl (C libraries the static agent would have to
+//! link), and nft's own parser keeps the rules in the syntax the docs and kube-proxy's code are written in.
 
+use std::io::Write;
 use std::net::SocketAddrV4;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use super::compile::CompileError;
-use super::nfnl::NfnlError;
-use super::ruleset::{Chain, Map, Op, Rule, Ruleset, TABLE};
+use super::ruleset::{script, Chain, Map, Op, Rule, Ruleset, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -20,48 +19,57 @@ pub enum NftError {
     Failed { args: String, stderr: String },
     #[error("nft -j output: {0}")]
     Parse(String),
-    #[error("nf_tables {0}")]
-    Netlink(#[from] NfnlError),
-    /// The kernel refused the transaction at `op` (nothing of it was applied).
-    #[error("the kernel refused `{op}`: {reason}")]
-    Refused { op: String, reason: String },
-    /// Someone committed since the generation the transaction was planned against; nothing was applied.
-    #[error("the ruleset changed since generation {0}")]
-    GenerationMoved(u32),
-    #[error("cannot encode {0}")]
-    Unencodable(String),
-    #[error(transparent)]
-    Compile(#[from] CompileError),
 }
 
-/// What the proxy needs of the kernel: its table, read back; the ruleset's generation; a list of
-/// operations, applied all or nothing.
+/// What the proxy needs of the kernel: its table, read back; a list of operations, applied all or nothing.
 pub trait Nft: Send {
     /// None when the table does not exist.
     fn read(&mut self) -> Result<Option<Ruleset>, NftError>;
-    /// The ruleset's generation id: it moves on every commit, by anyone, to any table.
-    fn generation(&mut self) -> Result<u32, NftError>;
-    /// Applies `ops` in one transaction, if given only while the ruleset is still at `generation` (else
-    /// `GenerationMoved`, nothing applied); returns the generation the transaction made, when known.
-    fn apply(&mut self, ops: &[Op], generation: Option<u32>) -> Result<Option<u32>, NftError>;
+    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError>;
 }
 
-/// The table as `nft -j list table` shows it, in the calling thread's network namespace.
-pub fn list_table() -> Result<Option<Ruleset>, NftError> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "ip", TABLE])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(NftError::Spawn)?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("No such file or directory") {
-            return Ok(None);
+/// The `nft` binary on the PATH, in the agent's network namespace.
+pub struct NftCli;
+
+impl Nft for NftCli {
+    fn read(&mut self) -> Result<Option<Ruleset>, NftError> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "table", "ip", TABLE])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(NftError::Spawn)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("No such file or directory") {
+                return Ok(None);
+            }
+            return Err(NftError::Failed { args: format!("-j list table ip {TABLE}"), stderr: stderr.trim().into() });
         }
-        return Err(NftError::Failed { args: format!("-j list table ip {TABLE}"), stderr: stderr.trim().into() });
+        let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| NftError::Parse(e.to_string()))?;
+        parse(&json).map(Some)
     }
-    let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| NftError::Parse(e.to_string()))?;
-    parse(&json).map(Some)
+
+    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError> {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(NftError::Spawn)?;
+        let text = script(ops);
+        // Dropping stdin after the write closes it: nft reads to the end, then commits.
+        let written = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
+        let out = child.wait_with_output().map_err(NftError::Spawn)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // nft quotes the failing line; the first lines say enough.
+            let stderr: Vec<&str> = stderr.lines().take(6).collect();
+            return Err(NftError::Failed { args: "-f -".into(), stderr: stderr.join("\n") });
+        }
+        written.transpose().map_err(NftError::Spawn)?;
+        Ok(())
+    }
 }
 
 /// `nft -j list table` output as a `Ruleset`: rules are known by their comment (the id `Rule::new` gave
