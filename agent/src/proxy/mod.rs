@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use testbed_api::{ApiError, ObservedDestination, ProxiedService, ServiceProxySpec, ServiceProxyStatus};
 
-pub use nft::{Nft, NftCli, NftError};
+pub use nft::{list as nft_list, run_script as nft_run_script, Nft, NftCli, NftError};
 use ruleset::{Op, Ruleset};
 
 /// How often the table is read back and repaired: a flushed table is back within this (and the read).

@@ -33,43 +33,50 @@ pub struct NftCli;
 
 impl Nft for NftCli {
     fn read(&mut self) -> Result<Option<Ruleset>, NftError> {
-        let out = Command::new("nft")
-            .args(["-j", "list", "table", "ip", TABLE])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(NftError::Spawn)?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            if stderr.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(NftError::Failed { args: format!("-j list table ip {TABLE}"), stderr: stderr.trim().into() });
-        }
-        let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| NftError::Parse(e.to_string()))?;
+        let Some(out) = list(&["-j", "list", "table", "ip", TABLE])? else { return Ok(None) };
+        let json: Value = serde_json::from_slice(&out).map_err(|e| NftError::Parse(e.to_string()))?;
         parse(&json).map(Some)
     }
 
     fn apply(&mut self, ops: &[Op]) -> Result<(), NftError> {
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(NftError::Spawn)?;
-        let text = script(ops);
-        // Dropping stdin after the write closes it: nft reads to the end, then commits.
-        let written = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
-        let out = child.wait_with_output().map_err(NftError::Spawn)?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            // nft quotes the failing line; the first lines say enough.
-            let stderr: Vec<&str> = stderr.lines().take(6).collect();
-            return Err(NftError::Failed { args: "-f -".into(), stderr: stderr.join("\n") });
-        }
-        written.transpose().map_err(NftError::Spawn)?;
-        Ok(())
+        run_script(&script(ops))
     }
+}
+
+/// `nft ARGS` (a listing): its output, or None when the table does not exist. The policy enforcer reads
+/// its own table through this too.
+pub fn list(args: &[&str]) -> Result<Option<Vec<u8>>, NftError> {
+    let out = Command::new("nft").args(args).stdin(Stdio::null()).output().map_err(NftError::Spawn)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(NftError::Failed { args: args.join(" "), stderr: stderr.trim().into() });
+    }
+    Ok(Some(out.stdout))
+}
+
+/// One `nft -f -` run of `text`: nft applies a whole file atomically.
+pub fn run_script(text: &str) -> Result<(), NftError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    // Dropping stdin after the write closes it: nft reads to the end, then commits.
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(text.as_bytes()));
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // nft quotes the failing line; the first lines say enough.
+        let stderr: Vec<&str> = stderr.lines().take(6).collect();
+        return Err(NftError::Failed { args: "-f -".into(), stderr: stderr.join("\n") });
+    }
+    written.transpose().map_err(NftError::Spawn)?;
+    Ok(())
 }
 
 /// `nft -j list table` output as a `Ruleset`: rules are known by their comment (the id `Rule::new` gave
