@@ -69,7 +69,14 @@ fn unexpected_skips(checks: &[serde_json::Value]) -> Vec<String> {
         .collect()
 }
 
-fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, service_passes: usize) {
+/// What each lab must pass of the groups that follow API objects.
+struct Expected {
+    service_passes: usize,
+    policy_passes: usize,
+}
+
+fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, expected: Expected) {
+    let Expected { service_passes, policy_passes } = expected;
     if !can_run_vms() {
         return;
     }
@@ -113,12 +120,21 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, ser
     // The 2 s follow target is a warning when missed (CheckError::Slow: the endpoint did leave every node);
     // nothing else of the group may warn.
     let follow_target = |c: &serde_json::Value| c["name"].as_str().is_some_and(|n| n.contains("within 2 s"));
+    // The groups' own set-up and clean-up rows ("service pods Ready ...", "model pods ... removed") are not
+    // among their checks.
+    let setup_row = |c: &serde_json::Value| {
+        c["name"].as_str().is_some_and(|n| n.contains(" service pods ") || n.contains(" model pods "))
+    };
     let service = checks
         .iter()
-        .filter(|c| c["group"] == "service")
+        .filter(|c| c["group"] == "service" && !setup_row(c))
         .filter(|c| c["status"] == "pass" || (c["status"] == "warn" && follow_target(c)))
         .count();
     assert_eq!(service, service_passes, "[service] checks that passed (or missed only the 2 s target)");
+    // 11 per backend that carries pod traffic between nodes; none skips them all.
+    let network_policy =
+        checks.iter().filter(|c| c["group"] == "network-policy" && c["status"] == "pass" && !setup_row(c)).count();
+    assert_eq!(network_policy, policy_passes, "[network-policy] checks that passed");
     let skipped = unexpected_skips(checks);
     assert!(skipped.is_empty(), "checks skipped on a backend that must run them:\n{}", skipped.join("\n"));
     // The none backend skips its cross-node checks only: most of its checks still run.
@@ -140,12 +156,24 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, ser
 /// `testbed run conformance --backend all` runs them.
 #[test]
 fn conformance_default_every_backend() {
-    conformance_on("default.yaml", "e2e-vx", "all", true, 3 * 13 + 12);
+    conformance_on(
+        "default.yaml",
+        "e2e-vx",
+        "all",
+        true,
+        Expected { service_passes: 3 * 13 + 12, policy_passes: 3 * 11 },
+    );
 }
 
 #[test]
 fn conformance_three_node_host_gw() {
-    conformance_on("three-node-host-gw.yaml", "e2e-hgw", "host-gw", false, 13);
+    conformance_on(
+        "three-node-host-gw.yaml",
+        "e2e-hgw",
+        "host-gw",
+        false,
+        Expected { service_passes: 13, policy_passes: 11 },
+    );
 }
 
 #[test]

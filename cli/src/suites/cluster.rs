@@ -62,10 +62,10 @@ pub trait Cluster {
     /// None when they cannot be read.
     fn host_counters(&self) -> Option<super::hostload::HostCounters>;
 
-    /// Whether the nodes run a service proxy that follows the API's Services (a lab's agents do; the unit
-    /// tests' fake has no data plane for them, so the `service` group runs on labs only, and
-    /// tests/conformance_e2e.rs requires its checks there).
-    fn has_service_proxy(&self) -> bool {
+    /// Whether the nodes' agents follow the API's Services and NetworkPolicies into their kernels (a lab's
+    /// do; the unit tests' fake has no data plane for them, so the `service` and `network-policy` groups run
+    /// on labs only, and tests/conformance_e2e.rs requires their checks there).
+    fn follows_api_networking(&self) -> bool {
         true
     }
 

@@ -457,7 +457,7 @@ impl FakeCluster {
 }
 
 impl Cluster for FakeCluster {
-    fn has_service_proxy(&self) -> bool {
+    fn follows_api_networking(&self) -> bool {
         false
     }
 

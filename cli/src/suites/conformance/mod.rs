@@ -12,6 +12,7 @@ mod controller;
 pub(super) use controller::NEVER_STARTS;
 mod fixture;
 mod mtu;
+mod network_policy;
 mod overlay;
 mod pod_network;
 mod poll;
@@ -87,8 +88,9 @@ async fn checks<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, once: bool,
     pod_network::run(c, r, backend, f, skip).await;
     mtu::run(c, r, backend, f, skip).await;
     overlay::run(c, r, backend, f, skip).await;
-    if c.has_service_proxy() {
+    if c.follows_api_networking() {
         service::run(c, r, backend, skip).await;
+        network_policy::run(c, r, backend, skip).await;
     }
     if once {
         sandbox::run(c, r, f).await;

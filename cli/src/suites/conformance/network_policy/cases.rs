@@ -1,0 +1,205 @@
+//! The cases: each is a NetworkPolicy of Kubernetes' netpol e2e test of the same name
+//! (test/e2e/network/netpol/network_policy.go) and the matrix it must give on the model.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Client;
+
+use super::super::super::cluster::Cluster;
+use super::super::super::runner::{CheckError, CheckOutcome};
+use super::super::control_plane::api_err;
+use super::model::{api_namespace, expect, matrix, peer, Matrix, Model, Peer, ALT_PORT, NAMESPACES};
+
+/// How long a policy change may take to reach every node's kernel before the matrix must hold: the API to
+/// kernel path measured 68 ms (docs/benchmarks.md); probe rounds under TCG take seconds of their own.
+const TAKES_EFFECT: Duration = Duration::from_secs(20);
+
+fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
+    let labels: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    LabelSelector { match_labels: Some(labels), ..Default::default() }
+}
+
+fn pods(pairs: &[(&str, &str)]) -> NetworkPolicyPeer {
+    NetworkPolicyPeer { pod_selector: Some(selector(pairs)), ..Default::default() }
+}
+
+fn namespaces(pairs: &[(&str, &str)]) -> NetworkPolicyPeer {
+    NetworkPolicyPeer { namespace_selector: Some(selector(pairs)), ..Default::default() }
+}
+
+/// A policy in namespace `x` (the model's first), selecting `pod` (None: every pod of it).
+fn policy(name: &str, pod: Option<&str>, types: &[&str], change: impl FnOnce(&mut NetworkPolicySpec)) -> NetworkPolicy {
+    let mut spec = NetworkPolicySpec {
+        pod_selector: Some(pod.map(|p| selector(&[("pod", p)])).unwrap_or_default()),
+        policy_types: Some(types.iter().map(|t| t.to_string()).collect()),
+        ..Default::default()
+    };
+    change(&mut spec);
+    let metadata =
+        ObjectMeta { name: Some(name.into()), namespace: Some(NAMESPACES[0].0.into()), ..Default::default() };
+    NetworkPolicy { metadata, spec: Some(spec) }
+}
+
+fn ingress_from(from: Vec<NetworkPolicyPeer>) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule { from: Some(from), ports: None }
+}
+
+async fn create(client: &Client, p: &NetworkPolicy) -> Result<(), CheckError> {
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), NAMESPACES[0].0);
+    api.create(&PostParams::default(), p).await.map_err(api_err("create networkpolicy"))?;
+    Ok(())
+}
+
+/// Deletes every policy of the model's namespaces.
+pub(super) async fn delete_policies(client: &Client) -> Result<(), CheckError> {
+    for (ns, _) in NAMESPACES {
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+        let list = match api.list(&ListParams::default()).await {
+            Ok(l) => l.items,
+            // A namespace not made yet has none.
+            Err(_) => continue,
+        };
+        for p in list {
+            api.delete(p.metadata.name.as_deref().unwrap_or_default(), &DeleteParams::default())
+                .await
+                .map_err(api_err("delete networkpolicy"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `policies`, checks the matrix, and deletes them again whatever the outcome.
+async fn case<C: Cluster>(c: &C, m: &Model, policies: &[NetworkPolicy], expected: Matrix) -> CheckOutcome {
+    let outcome = async {
+        for p in policies {
+            create(&m.client, p).await?;
+        }
+        expect(c, m, &expected, TAKES_EFFECT).await
+    }
+    .await;
+    delete_policies(&m.client).await?;
+    outcome
+}
+
+fn x_a() -> Peer {
+    peer("x", "a")
+}
+
+pub(super) async fn default_deny_ingress<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("deny-ingress", None, &["Ingress"], |s| s.ingress = Some(vec![]));
+    case(c, m, &[p], matrix(|_, to, _| to.ns != "x")).await
+}
+
+pub(super) async fn default_deny_all<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("deny-all", None, &["Ingress", "Egress"], |_| {});
+    case(c, m, &[p], matrix(|from, to, _| from.ns != "x" && to.ns != "x")).await
+}
+
+pub(super) async fn from_pod_selector<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("x-a-from-b", Some("a"), &["Ingress"], |s| {
+        s.ingress = Some(vec![ingress_from(vec![pods(&[("pod", "b")])])])
+    });
+    case(c, m, &[p], matrix(|from, to, _| *to != x_a() || *from == peer("x", "b"))).await
+}
+
+pub(super) async fn from_namespace_selector<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("x-a-from-y", Some("a"), &["Ingress"], |s| {
+        s.ingress = Some(vec![ingress_from(vec![namespaces(&[("ns", "y")])])])
+    });
+    case(c, m, &[p], matrix(|from, to, _| *to != x_a() || from.ns == "y")).await
+}
+
+pub(super) async fn from_pod_and_namespace_selector<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let both = NetworkPolicyPeer {
+        pod_selector: Some(selector(&[("pod", "b")])),
+        namespace_selector: Some(selector(&[("ns", "y")])),
+        ..Default::default()
+    };
+    let p = policy("x-a-from-y-b", Some("a"), &["Ingress"], |s| s.ingress = Some(vec![ingress_from(vec![both])]));
+    case(c, m, &[p], matrix(|from, to, _| *to != x_a() || *from == peer("y", "b"))).await
+}
+
+pub(super) async fn ports<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let alt = NetworkPolicyPort {
+        port: Some(IntOrString::Int(ALT_PORT.into())),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    };
+    let p = policy("x-a-alt-only", Some("a"), &["Ingress"], |s| {
+        s.ingress = Some(vec![NetworkPolicyIngressRule { from: None, ports: Some(vec![alt]) }])
+    });
+    case(c, m, &[p], matrix(|_, to, port| *to != x_a() || port == ALT_PORT)).await
+}
+
+pub(super) async fn egress_to_pod_and_namespace<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let to = NetworkPolicyPeer {
+        pod_selector: Some(selector(&[("pod", "b")])),
+        namespace_selector: Some(selector(&[("ns", "y")])),
+        ..Default::default()
+    };
+    let p = policy("x-a-to-y-b", Some("a"), &["Egress"], |s| {
+        s.egress = Some(vec![NetworkPolicyEgressRule { to: Some(vec![to]), ports: None }])
+    });
+    case(c, m, &[p], matrix(|from, to, _| *from != x_a() || *to == peer("y", "b"))).await
+}
+
+pub(super) async fn egress_except<C: Cluster>(c: &C, m: &Model, pod_cidr: &str) -> CheckOutcome {
+    let y_b = peer("y", "b");
+    let excepted: Ipv4Addr = m.pods.get(&y_b).map(|p| p.ip).ok_or_else(|| CheckError::Infra("no y/b".into()))?;
+    let block = IPBlock { cidr: pod_cidr.to_string(), except: Some(vec![format!("{excepted}/32")]) };
+    let to = NetworkPolicyPeer { ip_block: Some(block), ..Default::default() };
+    let p = policy("x-a-except-y-b", Some("a"), &["Egress"], |s| {
+        s.egress = Some(vec![NetworkPolicyEgressRule { to: Some(vec![to]), ports: None }])
+    });
+    case(c, m, &[p], matrix(|from, to, _| *from != x_a() || *to != y_b)).await
+}
+
+/// A policy allowing pods labelled `role: updated`: x/a is closed until x/b gets the label.
+pub(super) async fn updated_pod<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("x-a-from-updated", Some("a"), &["Ingress"], |s| {
+        s.ingress = Some(vec![ingress_from(vec![pods(&[("role", "updated")])])])
+    });
+    let relabel = |role: Option<&str>| {
+        let pods: Api<Pod> = Api::namespaced(m.client.clone(), api_namespace(&peer("x", "b")));
+        let patch = serde_json::json!({"metadata": {"labels": {"role": role}}});
+        async move {
+            pods.patch("b", &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(api_err("label pod x/b"))
+        }
+    };
+    let outcome = async {
+        create(&m.client, &p).await?;
+        let before = expect(c, m, &matrix(|_, to, _| *to != x_a()), TAKES_EFFECT).await?;
+        relabel(Some("updated")).await?;
+        let after = expect(c, m, &matrix(|from, to, _| *to != x_a() || *from == peer("x", "b")), TAKES_EFFECT).await?;
+        Ok(format!("before the label: {before}; after: {after}"))
+    }
+    .await;
+    relabel(None).await?;
+    delete_policies(&m.client).await?;
+    outcome
+}
+
+pub(super) async fn deleted_policy_stops<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("deny-ingress", None, &["Ingress"], |s| s.ingress = Some(vec![]));
+    create(&m.client, &p).await?;
+    let denied = expect(c, m, &matrix(|_, to, _| to.ns != "x"), TAKES_EFFECT).await;
+    delete_policies(&m.client).await?;
+    let denied = denied?;
+    let open = expect(c, m, &matrix(|_, _, _| true), TAKES_EFFECT).await?;
+    Ok(format!("with the policy: {denied}; deleted: {open}"))
+}
+
+/// Every pair connects on both ports before any policy (the model works at all).
+pub(super) async fn baseline<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    expect(c, m, &matrix(|_, _, _| true), TAKES_EFFECT).await
+}

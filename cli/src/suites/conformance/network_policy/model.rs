@@ -1,0 +1,299 @@
+//! The group's model, as Kubernetes' netpol e2e tests build theirs (test/e2e/network/netpol/model.go): pods
+//! `a` and `b` in namespaces `x` and `y`, each serving two ports, `a` on the first node and `b` on the
+//! second, so that half of the pairs cross nodes. A probe round connects every pod to every other pod on both
+//! ports at once and gives the matrix of what connected, which a case compares with its expected one (their
+//! "truth table").
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::Client;
+
+use super::super::super::cluster::{Cluster, NodeInfo};
+use super::super::super::harness::{evidence, pexec, TestPod};
+use super::super::super::probe::{self, HTTP_PORT};
+use super::super::super::runner::CheckError;
+use super::super::control_plane::api_err;
+use super::super::poll::until;
+
+/// The model's namespaces: API name and the value of their `ns` label.
+pub(super) const NAMESPACES: [(&str, &str); 2] = [("tb-netpol-x", "x"), ("tb-netpol-y", "y")];
+/// The model's pods in each namespace (their `pod` label).
+const PODS: [&str; 2] = ["a", "b"];
+/// The second port every pod serves (its name followed by `-alt`).
+pub(super) const ALT_PORT: u16 = 8081;
+pub(super) const PORTS: [u16; 2] = [HTTP_PORT, ALT_PORT];
+const PODS_DEADLINE: Duration = Duration::from_secs(180);
+/// A blocked connection is a dropped SYN: busybox nc gives up after this.
+const CONNECT_SECS: u32 = 2;
+
+/// A model pod: `x/a` and so on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Peer {
+    pub(super) ns: &'static str,
+    pub(super) pod: &'static str,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.ns, self.pod)
+    }
+}
+
+pub(super) fn peer(ns: &'static str, pod: &'static str) -> Peer {
+    Peer { ns, pod }
+}
+
+/// Every pod of the model.
+pub(super) fn peers() -> Vec<Peer> {
+    NAMESPACES.iter().flat_map(|(_, ns)| PODS.iter().map(|p| peer(ns, p))).collect()
+}
+
+/// Whether `from` connected to `to` on a port: one entry per ordered pair of distinct pods and port. A pod
+/// to itself is left out: Kubernetes' API leaves it unspecified, and implementations differ.
+pub(super) type Matrix = BTreeMap<(Peer, Peer, u16), bool>;
+
+/// The matrix where `allowed` says, for every pair and port.
+pub(super) fn matrix(allowed: impl Fn(&Peer, &Peer, u16) -> bool) -> Matrix {
+    let all = peers();
+    let mut m = Matrix::new();
+    for from in &all {
+        for to in all.iter().filter(|t| *t != from) {
+            for port in PORTS {
+                m.insert((from.clone(), to.clone(), port), allowed(from, to, port));
+            }
+        }
+    }
+    m
+}
+
+/// The model as it runs: each pod's address and where it runs.
+pub(super) struct Model {
+    pub(super) client: Client,
+    pub(super) pods: BTreeMap<Peer, TestPod>,
+}
+
+fn namespace_of(label: &str) -> &'static str {
+    NAMESPACES.iter().find(|(_, l)| *l == label).map(|(n, _)| *n).unwrap_or("tb-netpol-x")
+}
+
+pub(super) fn api_namespace(p: &Peer) -> &'static str {
+    namespace_of(p.ns)
+}
+
+fn model_pod(p: &Peer, node: &str) -> Pod {
+    let name = format!("{}-{}", p.ns, p.pod);
+    let alt = format!(
+        "d=/tmp/tb-netpol-alt-{name}; mkdir -p $d && echo {name}-alt > $d/index.html && exec busybox httpd -f -p {ALT_PORT} -h $d"
+    );
+    let containers = vec![
+        Container { name: "web".into(), command: Some(probe::web_command(&name)), ..Default::default() },
+        Container { name: "alt".into(), command: Some(probe::sh(alt)), ..Default::default() },
+    ];
+    let labels = BTreeMap::from([("pod".to_string(), p.pod.to_string())]);
+    let metadata = ObjectMeta {
+        name: Some(p.pod.into()),
+        namespace: Some(api_namespace(p).into()),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let spec = PodSpec {
+        containers,
+        node_name: Some(node.into()),
+        restart_policy: Some("Never".into()),
+        termination_grace_period_seconds: Some(1),
+        ..Default::default()
+    };
+    Pod { metadata, spec: Some(spec), ..Default::default() }
+}
+
+/// Makes the namespaces (labelled) and pods, and waits until every pod serves.
+pub(super) async fn setup<C: Cluster>(c: &C, client: &Client, nodes: &[NodeInfo]) -> Result<Model, CheckError> {
+    remove_all(client).await?;
+    let first = nodes.first().ok_or_else(|| CheckError::Infra("the plan has no nodes".into()))?;
+    let second = nodes.get(1).unwrap_or(first);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for (name, label) in NAMESPACES {
+        let meta = ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("ns".to_string(), label.to_string())])),
+            ..Default::default()
+        };
+        match namespaces.create(&PostParams::default(), &Namespace { metadata: meta, ..Default::default() }).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(api_err(&format!("create namespace {name}"))(e)),
+        }
+    }
+    let placed: Vec<(Peer, &NodeInfo)> =
+        peers().into_iter().map(|p| if p.pod == "a" { (p, first) } else { (p, second) }).collect();
+    for (p, node) in &placed {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), api_namespace(p));
+        pods.create(&PostParams::default(), &model_pod(p, &node.name)).await.map_err(api_err("create pod"))?;
+    }
+    let mut pods = BTreeMap::new();
+    for (p, node) in &placed {
+        let node_pod = testbed_api::objects::node_pod_name(api_namespace(p), p.pod);
+        let status = until(&format!("pod {p} running with an address"), PODS_DEADLINE, || async {
+            Ok(c.get_pod(&node.name, &node_pod).await.ok().filter(|s| s.ip.is_some()))
+        })
+        .await?;
+        let ip = status.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        pods.insert(p.clone(), TestPod { name: node_pod, node: node.name.clone(), ip, status });
+    }
+    Ok(Model { client: client.clone(), pods })
+}
+
+/// The script one pod runs: a connection to every other pod on both ports, all at once, each line
+/// `<peer> <port> <1 connected | 0 not>`. Connected means the server answered with its own name.
+fn probe_script(model: &Model, from: &Peer) -> String {
+    let mut s = String::new();
+    for (to, pod) in model.pods.iter().filter(|(to, _)| *to != from) {
+        for port in PORTS {
+            let name = format!("{}-{}", to.ns, to.pod);
+            let _ = write!(
+                s,
+                "(if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout {t} busybox nc -w {CONNECT_SECS} {ip} {port} 2>/dev/null \
+                 | grep -q '^{name}'; then echo '{to} {port} 1'; else echo '{to} {port} 0'; fi) & ",
+                t = CONNECT_SECS + 1,
+                ip = pod.ip,
+            );
+        }
+    }
+    s.push_str("wait");
+    s
+}
+
+/// One probe round from every pod at once.
+pub(super) async fn probe_round<C: Cluster>(c: &C, model: &Model) -> Result<Matrix, CheckError> {
+    let rounds = model.pods.iter().map(|(from, pod)| async move {
+        let script = probe_script(model, from);
+        let r = pexec(c, pod, Some("web"), &script, 20).await?;
+        Ok::<_, CheckError>((from.clone(), script, r))
+    });
+    let mut observed = Matrix::new();
+    for result in futures::future::join_all(rounds).await {
+        let (from, script, r) = result?;
+        let all = peers();
+        for line in r.stdout.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(to), Some(port), Some(ok)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let Some(to) = all.iter().find(|p| p.to_string() == to) else { continue };
+            let Ok(port) = port.parse::<u16>() else { continue };
+            observed.insert((from.clone(), to.clone(), port), ok == "1");
+        }
+        if observed.keys().filter(|(f, _, _)| *f == from).count() != (all.len() - 1) * PORTS.len() {
+            return Err(CheckError::Infra(format!(
+                "the probes from {from} did not all answer\n{}",
+                evidence(&script, &r)
+            )));
+        }
+    }
+    Ok(observed)
+}
+
+/// Probes until the matrix is `expected` (policies take effect on every node within a few seconds), or
+/// fails with both matrices once `within` has passed.
+pub(super) async fn expect<C: Cluster>(
+    c: &C,
+    model: &Model,
+    expected: &Matrix,
+    within: Duration,
+) -> Result<String, CheckError> {
+    let started = std::time::Instant::now();
+    loop {
+        let observed = probe_round(c, model).await?;
+        if &observed == expected {
+            let blocked = expected.values().filter(|ok| !**ok).count();
+            return Ok(format!(
+                "{} of {} connections blocked as expected after {:.1} s",
+                blocked,
+                expected.len(),
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if started.elapsed() > within {
+            return Err(CheckError::Fail(format!(
+                "the reachability matrix is not the expected one after {} s ('.' connects, 'X' blocked, \
+                 '!' where observed differs from expected)\n{}",
+                within.as_secs(),
+                render(expected, &observed)
+            )));
+        }
+    }
+}
+
+/// Kubernetes' truth-table layout: a row per client, a column per server, one table per port; expected on
+/// the left, observed on the right with `!` where it differs.
+pub(super) fn render(expected: &Matrix, observed: &Matrix) -> String {
+    let all = peers();
+    let header: String = all.iter().map(|to| format!("{:>4}", to.to_string())).collect();
+    let mut s = String::new();
+    for port in PORTS {
+        let _ = writeln!(s, "port {port}: expected{}observed", " ".repeat(header.len() - 3));
+        let _ = writeln!(s, "    {header}   |{header}");
+        for from in &all {
+            let row = |cell: &dyn Fn(&(Peer, Peer, u16)) -> &'static str| -> String {
+                all.iter().map(|to| format!("{:>4}", cell(&(from.clone(), to.clone(), port)))).collect()
+            };
+            let shown = |table: &Matrix, key: &(Peer, Peer, u16)| match table.get(key) {
+                None => "-",
+                Some(true) => ".",
+                Some(false) => "X",
+            };
+            let left = row(&|key| shown(expected, key));
+            let right = row(&|key| if expected.get(key) != observed.get(key) { "!" } else { shown(observed, key) });
+            let _ = writeln!(s, "{:>4}{left}   |{right}", from.to_string());
+        }
+    }
+    s
+}
+
+/// Deletes the model's policies and pods, and waits until the pods are gone.
+pub(super) async fn remove_all(client: &Client) -> Result<(), CheckError> {
+    super::cases::delete_policies(client).await?;
+    let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    for (ns, _) in NAMESPACES {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        for p in pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            let _ = pods.delete(p.metadata.name.as_deref().unwrap_or_default(), &now).await;
+        }
+    }
+    until("the model's pods are gone", PODS_DEADLINE, || async {
+        let mut left = 0;
+        for (ns, _) in NAMESPACES {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            left += pods.list(&ListParams::default()).await.map(|l| l.items.len()).unwrap_or(0);
+        }
+        Ok((left == 0).then_some(()))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_matrix_has_every_ordered_pair_of_distinct_pods_on_both_ports() {
+        let m = matrix(|_, to, _| to.ns != "x");
+        assert_eq!(m.len(), 4 * 3 * 2);
+        assert!(!m.keys().any(|(from, to, _)| from == to));
+        assert_eq!(m.values().filter(|ok| !**ok).count(), 12);
+    }
+
+    #[test]
+    fn the_truth_table_marks_where_observed_differs() {
+        let expected = matrix(|_, to, _| to.ns != "x");
+        let mut observed = expected.clone();
+        observed.insert((peer("y", "a"), peer("x", "a"), HTTP_PORT), true);
+        let table = render(&expected, &observed);
+        let row = table.lines().find(|l| l.trim_start().starts_with("y/a")).expect("a y/a row");
+        assert_eq!(row, " y/a   X   X   -   .   |   !   X   -   .", "{table}");
+        assert_eq!(table.matches('!').count(), 1, "{table}");
+    }
+}
