@@ -78,7 +78,19 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
         if !seen.insert(c.name.as_str()) {
             return Err(err(at("name"), format!("duplicate container name `{}`", c.name)));
         }
-        if c.command.is_empty() || c.command[0].is_empty() {
+        if let Some(image) = &c.image {
+            let digest = image.strip_prefix("sha256:").is_some_and(|hex| {
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            if !digest && !image.starts_with('/') {
+                return Err(err(
+                    at("image"),
+                    format!("`{image}` is neither sha256:<64 hex digits> nor an absolute path"),
+                ));
+            }
+        }
+        let image_gives_the_command = c.image.is_some() && c.command.is_empty();
+        if !image_gives_the_command && (c.command.is_empty() || c.command[0].is_empty()) {
             return Err(err(at("command"), "command must name a program"));
         }
         let (req, lim) = (c.resources.requests, c.resources.limits);
@@ -226,6 +238,8 @@ mod tests {
                 env: Default::default(),
                 resources: Resources::default(),
                 pids_limit: None,
+                args: vec![],
+                image: None,
             }],
             restart_policy: RestartPolicy::Never,
             share_process_namespace: false,

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 pub use digest::Digest;
 pub use layout::ImageConfig;
-pub use store::ImageStore;
+pub use store::{ImageStore, StoredImage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

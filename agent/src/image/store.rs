@@ -74,7 +74,7 @@ impl ImageStore {
         };
         let images = self.root.join("images");
         std::fs::create_dir_all(&images).map_err(io(&images))?;
-        let path = images.join(format!("{}.json", manifest.digest.hex()));
+        let path = self.image_file(&manifest.digest);
         let staged = self.staging("image")?;
         let json = serde_json::to_vec_pretty(&image).expect("an image serialises");
         std::fs::write(&staged, json).map_err(io(&staged))?;
@@ -88,5 +88,19 @@ impl ImageStore {
         let imported = unpack_archive(archive, &staged).and_then(|()| self.import_layout(&staged, reference));
         let _ = std::fs::remove_dir_all(&staged);
         imported
+    }
+
+    pub fn image_file(&self, digest: &Digest) -> PathBuf {
+        self.root.join("images").join(format!("{}.json", digest.hex()))
+    }
+
+    /// The stored image of manifest `digest`, if imported.
+    pub fn get(&self, digest: &Digest) -> Result<Option<StoredImage>, ImageError> {
+        let path = self.image_file(digest);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| ImageError::Json { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ImageError::Io { path, source: e }),
+        }
     }
 }

@@ -1,0 +1,172 @@
+//! A container with an OCI image on this host's kernel, run by crun: it sees the image's files and not the
+//! node's, writes only into its own upper directory, keeps the pod's network namespace and IP, and leaves
+//! nothing behind when the pod is deleted. The image (a busybox-static layout) is built in the test. Root
+//! (namespaces, overlayfs, cgroups) and crun (tests/packages.txt) are required; see `TestAgent` for the
+//! private network namespace and cgroup subtree.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+use sha2::Digest as _;
+
+mod test_agent;
+
+use test_agent::TestAgent;
+use testbed_test_support::agent_http::request as http;
+
+const BUSYBOX_APPLETS: [&str; 12] =
+    ["sh", "cat", "ls", "sleep", "echo", "test", "touch", "readlink", "hostname", "wc", "tr", "grep"];
+
+fn blob(layout: &Path, bytes: &[u8], media_type: &str) -> Value {
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    json!({ "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len() })
+}
+
+/// An OCI layout of one uncompressed layer: the host's busybox-static as /bin/busybox and its applets.
+fn busybox_layout(layout: &Path) {
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let dir = |tar: &mut tar::Builder<Vec<u8>>, path: &str| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, std::io::empty()).unwrap();
+    };
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
+        dir(&mut tar, d);
+    }
+    tar.append_path_with_name("/bin/busybox", "bin/busybox").unwrap();
+    for applet in BUSYBOX_APPLETS {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        tar.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let layer = blob(layout, &tar.into_inner().unwrap(), "application/vnd.oci.image.layer.v1.tar");
+    let config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo \"$GREETING\" > /written; exec sleep 1000"],
+            "Env": ["PATH=/bin", "GREETING=from-the-image"],
+            "WorkingDir": "/tmp",
+        },
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    });
+    let config = blob(layout, config.to_string().as_bytes(), "application/vnd.oci.image.config.v1+json");
+    let manifest = json!({ "schemaVersion": 2, "config": config, "layers": [layer] });
+    let manifest = blob(layout, manifest.to_string().as_bytes(), "application/vnd.oci.image.manifest.v1+json");
+    std::fs::write(layout.join("index.json"), json!({ "schemaVersion": 2, "manifests": [manifest] }).to_string())
+        .unwrap();
+}
+
+fn exec_sh(pod: &str, container: &str, script: &str) -> Value {
+    let req = json!({ "container": container, "command": ["/bin/sh", "-c", script] });
+    let (code, body) = http("POST", &format!("/v1/pods/{pod}/exec"), Some(req));
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// Exists and is not a zombie.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !matches!(s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()), Some('Z') | None))
+        .unwrap_or(false)
+}
+
+fn ns(pid: u64, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+#[test]
+fn a_container_from_an_image_sees_its_own_files_and_the_pods_network() {
+    testbed_test_support::require_root!();
+    let crun = Command::new("crun").arg("--version").output();
+    assert!(crun.is_ok_and(|o| o.status.success()), "crun is missing: apt-get install crun (tests/packages.txt)");
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("busybox");
+    busybox_layout(&layout);
+    // A file of the node's that the container must not see.
+    let marker = std::env::temp_dir().join(format!("tb-image-marker-{}", std::process::id()));
+    std::fs::write(&marker, "the node's\n").unwrap();
+
+    let agent = TestAgent::start("image", &["--kill-grace-secs", "1"]);
+    agent.apply_node();
+    let spec = json!({"name": "img", "containers": [{
+        "name": "c", "image": layout.to_str().unwrap(), "env": {"EXTRA": "from-the-spec"},
+    }]});
+    let (code, pod) = http("POST", "/v1/pods", Some(spec));
+    assert_eq!(code, 201, "{pod}");
+    assert_eq!(pod["phase"], "Running", "{pod}");
+    assert_eq!(pod["containers"][0]["state"]["state"], "running", "{pod}");
+    let pid = pod["containers"][0]["state"]["pid"].as_u64().unwrap();
+    let infra = pod["infra_pid"].as_u64().unwrap();
+    let ip = pod["ip"].as_str().unwrap().to_string();
+
+    // Its root is the image: busybox's files, not the node's /tmp marker, nor the node's /usr. The command
+    // runs in the image's WorkingDir with the spec's env over the image's.
+    let seen = exec_sh(
+        "img",
+        "c",
+        &format!(
+            "test -e {} && echo marker; test -e /usr && echo usr; ls /bin | wc -l; readlink /proc/1/cwd; echo $EXTRA",
+            marker.display()
+        ),
+    );
+    assert_eq!(seen["stdout"], format!("{}\n/tmp\nfrom-the-spec\n", BUSYBOX_APPLETS.len() + 1), "{seen}");
+    // Entrypoint + Cmd and Env from the image config; it wrote into its upper directory only.
+    let upper = agent.state_dir.path().join("pods/img/c.oci/upper");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !upper.join("written").exists() {
+        assert!(std::time::Instant::now() < deadline, "the container's write is not in {}", upper.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(upper.join("written")).unwrap(), "from-the-image\n");
+    assert!(!Path::new("/written").exists(), "the container wrote into the node's root");
+    let lower_busybox = std::fs::read_dir(agent.state_dir.path().join("images/layers")).unwrap().count();
+    assert_eq!(lower_busybox, 1, "one layer unpacked in the node's store");
+
+    // Its own PID namespace (the command is PID 1), /proc, read-only /sys, the pod's /etc files.
+    let inside = exec_sh(
+        "img",
+        "c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /etc/hostname; \
+        grep -c img /etc/hosts; touch /sys/x 2>/dev/null || echo sys-ro; hostname",
+    );
+    let expected = "sleep 1000 \nimg\n1\nsys-ro\nimg\n";
+    assert_eq!(inside["stdout"], expected, "{inside}");
+    let hosts = exec_sh("img", "c", "cat /etc/hosts");
+    assert!(hosts["stdout"].as_str().unwrap().contains(&format!("{ip}\timg\n")), "{hosts}");
+    // The pod's network, IPC and UTS namespaces, as for any container; its own mount and PID namespaces.
+    for kind in ["net", "ipc", "uts"] {
+        assert_eq!(ns(pid, kind), ns(infra, kind), "{kind}");
+    }
+    for kind in ["mnt", "pid"] {
+        assert_ne!(ns(pid, kind), ns(infra, kind), "{kind}");
+    }
+    // The overlay is in the container's mount namespace only.
+    let bundle = agent.state_dir.path().join("pods/img/c.oci");
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host_mounts.contains(bundle.to_str().unwrap()), "the overlay shows in the node's mounts");
+
+    let (code, body) = http("DELETE", "/v1/pods/img?grace_period_secs=0", None);
+    assert_eq!(code, 204, "{body}");
+    // 204: no leak either (a cgroup that kept a process would answer 500 naming it).
+    assert!(!alive(pid), "the container outlived its pod");
+    assert!(!bundle.exists(), "the bundle (upper directory) outlived its pod");
+    drop(agent);
+    std::fs::remove_file(&marker).unwrap();
+}
