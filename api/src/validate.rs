@@ -281,6 +281,25 @@ mod tests {
         assert_eq!(validate_pod(&p).unwrap_err().field.as_deref(), Some("name"));
     }
 
+    #[test]
+    fn an_image_is_a_digest_or_an_absolute_path_and_may_give_the_command() {
+        let with_image = |image: &str, command: Vec<String>| {
+            let mut p = pod();
+            p.containers[0].image = Some(image.into());
+            p.containers[0].command = command;
+            validate_pod(&p).map_err(|e| e.field.unwrap_or_default())
+        };
+        let digest = format!("sha256:{}", "0f".repeat(32));
+        assert_eq!(with_image(&digest, vec![]), Ok(()), "the image's Entrypoint/Cmd");
+        assert_eq!(with_image("/var/lib/images/busybox.tar", vec!["sh".into()]), Ok(()));
+        for bad in ["busybox:latest", "sha256:abc", "relative/dir"] {
+            assert_eq!(with_image(bad, vec![]), Err("containers[0].image".into()), "{bad}");
+        }
+        let mut p = pod();
+        p.containers[0].command = vec![];
+        assert_eq!(validate_pod(&p).unwrap_err().field.as_deref(), Some("containers[0].command"), "no image");
+    }
+
     fn node(backend: Backend) -> NodeSpec {
         NodeSpec {
             node_name: "n1".into(),
