@@ -31,6 +31,8 @@ const RUNTIME: &str = "crun";
 /// A cgroup2 mount beside v1 hierarchies (a hybrid host). crun 1.8 refuses to run there even with no cgroup
 /// work to do; the child's private mount namespace drops it (the agent's cgroups are set already).
 const HYBRID_CGROUP2: &str = "/sys/fs/cgroup/unified";
+/// How long crun's last process may take to exit and leave the container to us (`await_adoption`).
+const ADOPTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts the bundle's container and becomes its reaper; returns only on failure.
 pub(super) fn run(args: &LauncherArgs, bundle: &Path, reaper: &Reaper<'_>, log: Option<&File>) -> LaunchError {
@@ -86,7 +88,42 @@ fn wait_runtime(runtime: Pid, bundle: &Path) -> Result<Pid, LaunchError> {
     let pid: i32 = text.trim().parse().map_err(|_| LaunchError::Runtime {
         status: format!("exit code 0 but {} holds {text:?}", pid_file.display()),
     })?;
+    await_adoption(pid);
+    reap_runtime_leftovers(pid);
     Ok(Pid::from_raw(pid))
+}
+
+/// crun's process that forked the container exited after crun did, so it was left to us as well: reaped
+/// here, or it would stay a zombie child of the reaper for the container's whole life.
+fn reap_runtime_leftovers(container: i32) {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value (plain integers and a union of them).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is ours to fill; WNOWAIT only peeks at a zombie child, reaping nothing.
+        let peeked = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+        // SAFETY: waitid filled `info` (si_pid 0: no child has exited).
+        let pid = unsafe { info.si_pid() };
+        if peeked != 0 || pid == 0 || pid == container {
+            return;
+        }
+        let _ = waitpid(Pid::from_raw(pid), None);
+    }
+}
+
+/// crun's process that forked the container can exit after crun itself does; until it has, the container
+/// is not our child yet and the reaper's wait4 would fail (ECHILD). A container that exits meanwhile ends
+/// the wait too (its exit is then lost to us, as the runtime's is to any waiter).
+fn await_adoption(pid: i32) {
+    let me = std::process::id().to_string();
+    let deadline = std::time::Instant::now() + ADOPTION_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return };
+        let parent = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
+        if parent == Some(me.as_str()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn child(bundle: &Path, lower: &str, id: &str, log: Option<&File>, alive: &impl AsRawFd) -> LaunchError {
