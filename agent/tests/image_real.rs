@@ -26,7 +26,19 @@ fn blob(layout: &Path, bytes: &[u8], media_type: &str) -> Value {
     json!({ "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len() })
 }
 
-/// An OCI layout of one uncompressed layer: the host's busybox-static as /bin/busybox and its applets.
+fn file(tar: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(content.len() as u64);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    tar.append_data(&mut h, path, content).unwrap();
+}
+
+/// An OCI layout of two uncompressed layers: the host's busybox-static as /bin/busybox with its applets and
+/// two files the layer above deletes (a whiteout, an opaque directory), then that layer.
 fn busybox_layout(layout: &Path) {
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -45,6 +57,9 @@ fn busybox_layout(layout: &Path) {
         dir(&mut tar, d);
     }
     tar.append_path_with_name("/bin/busybox", "bin/busybox").unwrap();
+    dir(&mut tar, "d");
+    file(&mut tar, "etc/gone", b"deleted by the layer above\n");
+    file(&mut tar, "d/old", b"hidden by the opaque directory above\n");
     for applet in BUSYBOX_APPLETS {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -56,6 +71,12 @@ fn busybox_layout(layout: &Path) {
         tar.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
     }
     let layer = blob(layout, &tar.into_inner().unwrap(), "application/vnd.oci.image.layer.v1.tar");
+    let mut top = tar::Builder::new(Vec::new());
+    file(&mut top, "etc/.wh.gone", b"");
+    dir(&mut top, "d");
+    file(&mut top, "d/.wh..wh..opq", b"");
+    file(&mut top, "d/new", b"new\n");
+    let top = blob(layout, &top.into_inner().unwrap(), "application/vnd.oci.image.layer.v1.tar");
     let config = json!({
         "architecture": "amd64", "os": "linux",
         "config": {
@@ -67,7 +88,7 @@ fn busybox_layout(layout: &Path) {
         "rootfs": { "type": "layers", "diff_ids": [] },
     });
     let config = blob(layout, config.to_string().as_bytes(), "application/vnd.oci.image.config.v1+json");
-    let manifest = json!({ "schemaVersion": 2, "config": config, "layers": [layer] });
+    let manifest = json!({ "schemaVersion": 2, "config": config, "layers": [layer, top] });
     let manifest = blob(layout, manifest.to_string().as_bytes(), "application/vnd.oci.image.manifest.v1+json");
     std::fs::write(layout.join("index.json"), json!({ "schemaVersion": 2, "manifests": [manifest] }).to_string())
         .unwrap();
@@ -142,7 +163,10 @@ fn a_container_from_an_image_sees_its_own_files_and_the_pods_network() {
     assert_eq!(std::fs::read_to_string(upper.join("written")).unwrap(), "from-the-image\n");
     assert!(!Path::new("/written").exists(), "the container wrote into the node's root");
     let lower_busybox = std::fs::read_dir(agent.state_dir.path().join("images/layers")).unwrap().count();
-    assert_eq!(lower_busybox, 1, "one layer unpacked in the node's store");
+    assert_eq!(lower_busybox, 2, "two layers unpacked in the node's store");
+    // The top layer's whiteout and opaque directory, as overlayfs reads them from the store.
+    let merged = exec_sh("img", "c", "test -e /etc/gone || echo gone; ls /d");
+    assert_eq!(merged["stdout"], "gone\nnew\n", "{merged}");
 
     // Its own PID namespace (the command is PID 1), /proc, read-only /sys, the pod's /etc files.
     let inside = exec_sh(
