@@ -231,3 +231,34 @@ fn a_container_from_an_image_sees_its_own_files_and_the_pods_network() {
     drop(agent);
     std::fs::remove_file(&marker).unwrap();
 }
+
+#[test]
+fn a_corrupt_layer_fails_the_container_and_leaves_nothing_behind() {
+    testbed_test_support::require_root!();
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("busybox");
+    busybox_layout(&layout);
+    // Flip one byte of the biggest blob (the busybox layer): its digest no longer matches.
+    let blobs = layout.join("blobs/sha256");
+    let biggest =
+        std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().path()).max_by_key(|p| p.metadata().unwrap().len());
+    let biggest = biggest.unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    bytes[4096] ^= 0xff;
+    std::fs::write(&biggest, bytes).unwrap();
+
+    let agent = TestAgent::start("badimage", &["--kill-grace-secs", "1"]);
+    agent.apply_node();
+    let spec = json!({"name": "bad", "restart_policy": "Never", "containers": [{"name": "c", "image": layout.to_str().unwrap()}]});
+    let (code, pod) = http("POST", "/v1/pods", Some(spec));
+    assert_eq!(code, 201, "{pod}");
+    assert_eq!(pod["containers"][0]["state"]["state"], "terminated", "{pod}");
+    assert_eq!(pod["containers"][0]["state"]["reason"], "StartError", "{pod}");
+    let state = agent.state_dir.path();
+    assert!(!state.join("pods/bad/c.oci").exists(), "a bundle (upper directory) for an image that failed its check");
+    let layers = state.join("images/layers");
+    assert!(!layers.exists() || std::fs::read_dir(&layers).unwrap().count() == 0, "a corrupt layer entered the store");
+    let (code, body) = http("DELETE", "/v1/pods/bad?grace_period_secs=0", None);
+    assert_eq!(code, 204, "{body}");
+    drop(agent);
+}
