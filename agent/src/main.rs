@@ -7,6 +7,7 @@
 
 mod bench;
 mod cgroups;
+mod image;
 mod kubelet;
 mod net;
 mod pod;
@@ -42,6 +43,10 @@ enum Command {
     /// Container / exec launcher (started by the agent).
     #[command(hide = true, name = "run-container")]
     RunContainer(pod::launcher::LauncherArgs),
+    /// Import an OCI image (layout directory or oci-archive) into the node's image store, every blob checked
+    /// against its digest; prints the stored image (config, layers, overlayfs lower directories) as JSON.
+    #[command(name = "import-image")]
+    ImportImage(ImportImageArgs),
     /// Pod creation benchmark against the reference CNI plugins (runs in a private network namespace).
     #[command(hide = true)]
     Bench(bench::BenchArgs),
@@ -68,6 +73,18 @@ struct ServeArgs {
     /// default terminationGracePeriodSeconds).
     #[arg(long, default_value_t = 30)]
     kill_grace_secs: u64,
+}
+
+#[derive(clap::Args)]
+struct ImportImageArgs {
+    /// An OCI image layout directory or an `oci-archive` tarball.
+    path: PathBuf,
+    /// Which image of the layout: its `org.opencontainers.image.ref.name` or its manifest digest (needed
+    /// when the layout holds more than one).
+    #[arg(long = "ref")]
+    reference: Option<String>,
+    #[arg(long, default_value = "/var/lib/testbed-agent/images")]
+    store: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -129,6 +146,29 @@ struct ControllerManagerArgs {
 const EXIT_BAD_INPUT: i32 = 2;
 const EXIT_INFRA: i32 = 3;
 
+fn import_image(args: &ImportImageArgs) -> i32 {
+    let store = image::ImageStore::new(&args.store);
+    let imported = if args.path.is_dir() {
+        store.import_layout(&args.path, args.reference.as_deref())
+    } else {
+        store.import_archive(&args.path, args.reference.as_deref())
+    };
+    let lower = imported.and_then(|image| Ok((store.lower_dirs(&image)?, image)));
+    match lower {
+        Ok((lower_dirs, image)) => {
+            println!("{}", serde_json::json!({ "image": image, "lower_dirs": lower_dirs }));
+            0
+        }
+        Err(e) => {
+            eprintln!("testbed-agent import-image {}: {e}", args.path.display());
+            match e {
+                image::ImageError::Io { .. } => EXIT_INFRA,
+                _ => EXIT_BAD_INPUT,
+            }
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -159,6 +199,7 @@ fn main() {
             init_tracing();
             run_async(controller_manager(args))
         }
+        Command::ImportImage(args) => import_image(&args),
         Command::Bench(args) => {
             init_tracing();
             // Before any thread exists: the benchmark's whole network lives in a namespace of its own.

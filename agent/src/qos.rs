@@ -95,6 +95,8 @@ mod tests {
                 limits: ResourceAmounts { cpu_millis: lim.0, memory_bytes: lim.1 },
             },
             pids_limit: None,
+            args: vec![],
+            image: None,
         }
     }
 

@@ -46,8 +46,18 @@ pub struct Resources {
 pub struct ContainerSpec {
     /// DNS label, unique in the pod; names its cgroup and `exec`'s target.
     pub name: String,
-    /// argv; resolved with the guest's PATH.
+    /// argv; resolved with the guest's PATH. With an `image`, Kubernetes' `command`: replaces the image's
+    /// Entrypoint (and drops its Cmd); empty means the image's.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// With an `image`, Kubernetes' `args`: replace the image's Cmd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The container's own root filesystem: an OCI image in the node's store by manifest digest
+    /// (`sha256:<hex>`), or an image layout directory or `oci-archive` on the node by absolute path (imported
+    /// into the store at first use). None: the container shares the node's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Environment variables the process starts with.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

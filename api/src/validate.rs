@@ -78,7 +78,19 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
         if !seen.insert(c.name.as_str()) {
             return Err(err(at("name"), format!("duplicate container name `{}`", c.name)));
         }
-        if c.command.is_empty() || c.command[0].is_empty() {
+        if let Some(image) = &c.image {
+            let digest = image.strip_prefix("sha256:").is_some_and(|hex| {
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+            if !digest && !image.starts_with('/') {
+                return Err(err(
+                    at("image"),
+                    format!("`{image}` is neither sha256:<64 hex digits> nor an absolute path"),
+                ));
+            }
+        }
+        let image_gives_the_command = c.image.is_some() && c.command.is_empty();
+        if !image_gives_the_command && (c.command.is_empty() || c.command[0].is_empty()) {
             return Err(err(at("command"), "command must name a program"));
         }
         let (req, lim) = (c.resources.requests, c.resources.limits);
@@ -226,6 +238,8 @@ mod tests {
                 env: Default::default(),
                 resources: Resources::default(),
                 pids_limit: None,
+                args: vec![],
+                image: None,
             }],
             restart_policy: RestartPolicy::Never,
             share_process_namespace: false,
@@ -265,6 +279,25 @@ mod tests {
         let mut p = pod();
         p.name = "Web".into();
         assert_eq!(validate_pod(&p).unwrap_err().field.as_deref(), Some("name"));
+    }
+
+    #[test]
+    fn an_image_is_a_digest_or_an_absolute_path_and_may_give_the_command() {
+        let with_image = |image: &str, command: Vec<String>| {
+            let mut p = pod();
+            p.containers[0].image = Some(image.into());
+            p.containers[0].command = command;
+            validate_pod(&p).map_err(|e| e.field.unwrap_or_default())
+        };
+        let digest = format!("sha256:{}", "0f".repeat(32));
+        assert_eq!(with_image(&digest, vec![]), Ok(()), "the image's Entrypoint/Cmd");
+        assert_eq!(with_image("/var/lib/images/busybox.tar", vec!["sh".into()]), Ok(()));
+        for bad in ["busybox:latest", "sha256:abc", "relative/dir"] {
+            assert_eq!(with_image(bad, vec![]), Err("containers[0].image".into()), "{bad}");
+        }
+        let mut p = pod();
+        p.containers[0].command = vec![];
+        assert_eq!(validate_pod(&p).unwrap_err().field.as_deref(), Some("containers[0].command"), "no image");
     }
 
     fn node(backend: Backend) -> NodeSpec {

@@ -99,6 +99,8 @@ fn pod_spec(i: usize) -> PodSpec {
             env: Default::default(),
             resources: Default::default(),
             pids_limit: None,
+            args: vec![],
+            image: None,
         }],
         restart_policy: RestartPolicy::Always,
         share_process_namespace: false,

@@ -165,6 +165,8 @@ mod tests {
                 env: Default::default(),
                 resources: Default::default(),
                 pids_limit: None,
+                args: vec![],
+                image: None,
             }],
             labels: BTreeMap::from([("app".to_string(), app.to_string())]),
             ..Default::default()

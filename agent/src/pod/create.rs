@@ -156,6 +156,10 @@ impl Agent {
             .ok_or_else(|| AgentError::Failed(format!("pod {}: no infra process", spec.name)))?;
         let dir = self.pod_dir(&spec.name);
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        let image = match &c.image {
+            Some(reference) => Some(self.prepare_bundle(pod, c, reference).await?),
+            None => None,
+        };
         let exit_file = dir.join(format!("{}.exit", c.name));
         let _ = std::fs::remove_file(&exit_file);
         let launched = self
@@ -167,6 +171,7 @@ impl Agent {
                 cgroup_procs: self.cgroups.procs_files(&rel),
                 log: dir.join(format!("{}.log", c.name)),
                 exit_file,
+                image,
             })
             .await?;
         {

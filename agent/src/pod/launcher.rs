@@ -53,6 +53,13 @@ pub struct LauncherArgs {
     /// Where the exit status is written (by the reaper; required unless `--exec`).
     #[arg(long)]
     pub exit_file: Option<PathBuf>,
+    /// A container with an image: run this runtime-spec bundle with crun (`super::oci`) instead of
+    /// exec'ing the command, which is then only shown in our argv.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// The image's overlayfs lower directories, top layer first, `:`-separated (with `--bundle`).
+    #[arg(long)]
+    pub image_lower: Option<String>,
     /// Exec mode: keep stdio, no new namespaces of our own.
     #[arg(long)]
     pub exec: bool,
@@ -72,7 +79,9 @@ pub enum LaunchError {
     NotOurs { pid: u32, what: String },
     #[error("the launcher died before the container started")]
     ParentGone,
-    #[error("a container launcher needs --container and --exit-file")]
+    #[error("crun did not start the container ({status}); its message is in the container's log")]
+    Runtime { status: String },
+    #[error("a container launcher needs --container and --exit-file (and --image-lower with --bundle)")]
     Usage,
 }
 
@@ -152,6 +161,10 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     if args.exec && !joined_pid {
         // Plain exec into the pod: no PID namespace to enter, so no fork is needed.
         return Err(exec(&argv));
+    }
+    if let Some(bundle) = &args.bundle {
+        let Some(reaper) = &reaper else { return Err(LaunchError::Usage) };
+        return Err(super::oci::run(args, bundle, reaper, log.as_ref()));
     }
     if !joined_pid {
         unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare pid"))?;
@@ -233,7 +246,7 @@ fn namespace_sources(args: &LauncherArgs) -> Vec<(Ns, u32)> {
 }
 
 /// False once every write end of the pipe is closed, i.e. the launcher (its only other holder) is gone.
-fn parent_alive(alive: &impl AsRawFd) -> bool {
+pub(super) fn parent_alive(alive: &impl AsRawFd) -> bool {
     let mut pfd = libc::pollfd { fd: alive.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, zero timeout. The launcher never writes: any event means hang-up.
     unsafe { libc::poll(&mut pfd, 1, 0) == 0 }
@@ -329,6 +342,8 @@ mod tests {
             log: None,
             exit_file: None,
             exec: join_pid.is_some(),
+            bundle: None,
+            image_lower: None,
             command: vec!["true".into()],
         }
     }

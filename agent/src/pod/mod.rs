@@ -4,11 +4,13 @@
 //! `exec`; `node` is the node half (NodeSpec, network convergence, the reconcile loop). Processes are
 //! reached through the `PodProcesses` trait (`processes`), so these rules have unit tests against a fake.
 
+mod bundle;
 mod create;
 pub mod exec;
 pub mod infra;
 pub mod launcher;
 mod node;
+mod oci;
 mod phase;
 mod processes;
 mod reaper;

@@ -41,6 +41,17 @@ pub struct LaunchRequest<'a> {
     pub log: PathBuf,
     /// Where the launcher writes the exit status, for an agent that is no longer its parent.
     pub exit_file: PathBuf,
+    /// A container with an image: its runtime-spec bundle (`super::bundle`), run by crun.
+    pub image: Option<ImageLaunch>,
+}
+
+/// What the launcher of a container with an image is given.
+pub struct ImageLaunch {
+    pub bundle: PathBuf,
+    /// The image's overlayfs lower directories, top layer first, `:`-separated.
+    pub lower: String,
+    /// The argv from the image config and the spec (only shown in the launcher's argv; crun reads config.json).
+    pub argv: Vec<String>,
 }
 
 /// Resolves to a launcher's exit code: its container's, or 128+signal when the launcher itself was killed.
@@ -117,7 +128,15 @@ impl LinuxProcesses {
         }
         cmd.arg("--log").arg(&req.log);
         cmd.arg("--exit-file").arg(&req.exit_file);
-        cmd.arg("--").args(&c.command);
+        match &req.image {
+            Some(image) => {
+                cmd.arg("--bundle").arg(&image.bundle).arg("--image-lower").arg(&image.lower);
+                cmd.arg("--").args(&image.argv);
+            }
+            None => {
+                cmd.arg("--").args(&c.command);
+            }
+        }
         cmd.env_clear().env("PATH", DEFAULT_PATH);
         if !spec.host_network {
             cmd.env("HOSTNAME", &spec.name);

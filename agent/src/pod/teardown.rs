@@ -139,6 +139,7 @@ impl Agent {
                 }
             }
         }
+        self.kill_image_containers(&pod.spec);
         // The containers die of their launcher's death (PDEATHSIG) a moment later; wait for that so a 204
         // means they are gone.
         for pid in container_pids {
@@ -148,6 +149,14 @@ impl Agent {
                 }
                 tokio::time::sleep(CONTAINER_EXIT_POLL).await;
             }
+        }
+    }
+
+    /// A container with an image is not its launcher's child but adopted (crun set it up), so it has no
+    /// parent-death signal: what is left in its cgroup once the launcher is stopped is killed here.
+    fn kill_image_containers(&self, spec: &PodSpec) {
+        for c in spec.containers.iter().filter(|c| c.image.is_some()) {
+            kill_members(&self.cgroups.procs_files(&container_cgroup(&spec.name, &c.name)));
         }
     }
 
@@ -176,6 +185,7 @@ impl Agent {
                 self.processes.kill(pid, PodProcess::Launcher { pod: name, container: &c.name }).await;
             }
         }
+        self.kill_image_containers(&record.spec);
         if let Some(pid) = record.infra_pid {
             self.processes.kill(pid, PodProcess::Infra { pod: name }).await;
         }
@@ -196,6 +206,15 @@ impl Agent {
         let _ = std::fs::remove_file(self.pod_file(name));
         let _ = std::fs::remove_dir_all(self.pod_dir(name));
         leaks
+    }
+}
+
+/// SIGKILLs every process listed in the first of `procs` (one cgroup's cgroup.procs, one per hierarchy); a
+/// listed PID is a live member of the cgroup, not a stranger's reused PID.
+fn kill_members(procs: &[std::path::PathBuf]) {
+    let Some(list) = procs.first().and_then(|f| std::fs::read_to_string(f).ok()) else { return };
+    for pid in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

@@ -53,6 +53,8 @@ fn pod(name: &str, policy: RestartPolicy, containers: &[&str]) -> PodSpec {
                 env: Default::default(),
                 resources: Default::default(),
                 pids_limit: None,
+                args: vec![],
+                image: None,
             })
             .collect(),
         restart_policy: policy,

@@ -260,6 +260,8 @@ impl Pod {
                 env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
                 resources: c.resources.as_ref().map(ResourceRequirements::to_agent).unwrap_or_default(),
                 pids_limit: None,
+                args: vec![],
+                image: None,
             })
             .collect();
         crate::PodSpec {

@@ -50,6 +50,8 @@ pub const PACKAGES: &[&str] = &[
     // The service proxy's benchmark (agent/src/proxy/bench.rs) compares with kube-proxy's iptables-mode
     // ruleset through iptables-restore; with it in the image it runs in a guest as on the host.
     "iptables",
+    // The OCI runtime the agent starts containers with an `image` with (agent/src/pod/oci.rs).
+    "crun",
 ];
 
 /// Loaded by the initramfs, in this order after dependency resolution, so that /dev/vda appears.

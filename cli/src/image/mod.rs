@@ -10,6 +10,7 @@ pub mod build;
 mod cache;
 mod cpio;
 mod fetch;
+pub mod oci;
 pub mod seed;
 
 #[cfg(test)]
@@ -176,6 +177,25 @@ pub enum ImageCommand {
     List,
     /// Remove cached images by id or name (a name removes every image of that name).
     Rm { id_or_name: String },
+    /// Container images (OCI) built from Debian packages: `oci build busybox`, `oci list`.
+    Oci {
+        #[command(subcommand)]
+        command: OciCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum OciCommand {
+    /// Build a container image from Debian packages (apt-get download + dpkg-deb; no root, no registry).
+    Build {
+        /// Image name; known: busybox.
+        name: String,
+        /// Rebuild even when the cache holds one built from the same recipe.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the cached container images (layout directory, oci-archive and manifest digest of each).
+    List,
 }
 
 #[derive(Serialize)]
@@ -237,6 +257,7 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
             }
             Ok(())
         }
+        ImageCommand::Oci { command } => cmd_oci(ui, command).await,
         ImageCommand::Rm { id_or_name } => {
             let root = cache::cache_root()?;
             let doomed: Vec<cache::Entry> = cache::list(&root)?
@@ -266,6 +287,28 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
             Ok(())
         }
     }
+}
+
+async fn cmd_oci(ui: &Ui, command: OciCommand) -> CliResult {
+    let images = match command {
+        OciCommand::Build { name, force } => {
+            let built = tokio::task::spawn_blocking(move || oci::build(&name, force)).await.map_err(CliError::infra)?;
+            vec![built?]
+        }
+        OciCommand::List => oci::list()?,
+    };
+    if ui.is_json() {
+        out(&serde_json::to_string_pretty(&images).map_err(CliError::infra)?);
+    } else if images.is_empty() {
+        ui.info("no cached container images (build one with `testbed image oci build busybox`)");
+    } else {
+        let mut table = format!("{:<22} {:<10} {:<73} LAYOUT", "ID", "NAME", "DIGEST");
+        for i in &images {
+            table.push_str(&format!("\n{:<22} {:<10} {:<73} {}", i.id, i.name, i.digest, i.layout.display()));
+        }
+        out(&table);
+    }
+    Ok(())
 }
 
 fn print_artifacts(ui: &Ui, a: &ImageArtifacts) -> CliResult {

@@ -40,6 +40,8 @@ pub(super) fn container(name: &str, command: Vec<String>) -> ContainerSpec {
         env: Default::default(),
         resources: Resources::default(),
         pids_limit: None,
+        args: vec![],
+        image: None,
     }
 }
 

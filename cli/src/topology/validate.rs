@@ -500,6 +500,8 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology, namespaces: &[serde_json::Value]) -> 
                     limits: amounts(ctx, &cpath.key("limits"), &c.resources.limits)?,
                 },
                 pids_limit: c.pids_limit,
+                args: vec![],
+                image: None,
             });
         }
         let spec = PodSpec {

@@ -1,0 +1,291 @@
+//! A container with an `image` is started the runtime-spec way: a bundle directory (`config.json` and a
+//! `rootfs/` mount point) that crun runs (`launcher::oci`). This module writes the bundle: the process from
+//! the image config and the spec's overrides (Kubernetes' rules for command/args), the mounts (own /proc,
+//! read-only /sys, a minimal /dev, /etc/hostname, /etc/hosts and /etc/resolv.conf per pod, as the kubelet
+//! writes them), and the namespaces the runtime creates. The pod's network, IPC and UTS namespaces are not
+//! in it: the launcher joins the infra's before it runs crun, which inherits them (as today's containers).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::processes::{ImageLaunch, DEFAULT_PATH};
+use super::record::Pod;
+use super::{lock, Agent, AgentError, Result};
+use crate::image::{Digest, ImageConfig, ImageError, ImageStore, StoredImage};
+use testbed_api::ContainerSpec;
+
+/// Where a container's bundle lives in its pod's directory, and its parts.
+pub struct BundleDir(pub PathBuf);
+
+impl BundleDir {
+    pub fn rootfs(&self) -> PathBuf {
+        self.0.join("rootfs")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.0.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.0.join("work")
+    }
+}
+
+/// The default capability set of containerd (and Docker): what a container's root keeps.
+const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The container's argv, as the kubelet derives it: `command` replaces the Entrypoint and drops the Cmd;
+/// `args` replaces the Cmd; with neither, Entrypoint + Cmd.
+pub fn argv(image: &ImageConfig, command: &[String], args: &[String]) -> Result<Vec<String>, String> {
+    let entrypoint = image.entrypoint.clone().unwrap_or_default();
+    let cmd = image.cmd.clone().unwrap_or_default();
+    let argv = match (command.is_empty(), args.is_empty()) {
+        (false, _) => [command, args].concat(),
+        (true, false) => [entrypoint.as_slice(), args].concat(),
+        (true, true) => [entrypoint, cmd].concat(),
+    };
+    if argv.is_empty() {
+        return Err("the image has no Entrypoint or Cmd and the container gives no command".into());
+    }
+    Ok(argv)
+}
+
+/// The image's Env with the spec's `env` over it (same name: the spec wins), PATH defaulted, HOSTNAME set.
+pub fn environment(image: &ImageConfig, env: &BTreeMap<String, String>, hostname: &str) -> Vec<String> {
+    let mut merged: BTreeMap<String, String> = BTreeMap::new();
+    merged.insert("PATH".into(), DEFAULT_PATH.into());
+    for pair in image.env.iter().flatten() {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        merged.insert(k.into(), v.into());
+    }
+    merged.insert("HOSTNAME".into(), hostname.into());
+    merged.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The image config's `User` as uid and gid; only the numeric forms (`uid`, `uid:gid`), since a name would
+/// need the image's /etc/passwd.
+pub fn user(image: &ImageConfig) -> Result<(u32, u32), String> {
+    let text = image.user.as_deref().unwrap_or("");
+    if text.is_empty() {
+        return Ok((0, 0));
+    }
+    let (uid, gid) = text.split_once(':').unwrap_or((text, "0"));
+    match (uid.parse(), gid.parse()) {
+        (Ok(uid), Ok(gid)) => Ok((uid, gid)),
+        _ => Err(format!("image User {text:?} is not numeric (uid or uid:gid); user names are not supported yet")),
+    }
+}
+
+/// The kubelet's /etc/hosts for a pod (`kubelet_pods.go`, managedHostsFileContent).
+pub fn hosts_file(pod_ip: Option<Ipv4Addr>, hostname: &str) -> String {
+    let mut text = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    if let Some(ip) = pod_ip {
+        text.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    text
+}
+
+/// What `config_json` needs beyond the image.
+pub struct Process {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The runtime-spec config: crun makes the container's PID and mount namespaces (the pod's network, IPC and
+/// UTS namespaces are inherited from the launcher).
+pub fn config_json(process: &Process, bundle: &BundleDir) -> Value {
+    let bind = |name: &str, dest: &str| json!({ "destination": dest, "type": "bind", "source": bundle.0.join(name), "options": ["rbind", "rprivate"] });
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": process.uid, "gid": process.gid },
+            "args": process.argv,
+            "env": process.env,
+            "cwd": process.cwd,
+            "capabilities": {
+                "bounding": DEFAULT_CAPABILITIES, "effective": DEFAULT_CAPABILITIES, "permitted": DEFAULT_CAPABILITIES,
+            },
+            "noNewPrivileges": false,
+        },
+        "root": { "path": "rootfs", "readonly": false },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+            bind("hostname", "/etc/hostname"),
+            bind("hosts", "/etc/hosts"),
+            bind("resolv.conf", "/etc/resolv.conf"),
+        ],
+        "linux": {
+            "namespaces": [{ "type": "pid" }, { "type": "mount" }],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                            "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    })
+}
+
+/// Writes a fresh bundle into `bundle`: an empty writable layer (a restarted container starts from the
+/// image again, as with containerd), the per-pod /etc files and config.json.
+pub fn write(bundle: &BundleDir, config: &Value, hostname: &str, hosts: &str) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(&bundle.0);
+    for dir in [bundle.rootfs(), bundle.upper(), bundle.work()] {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(bundle.0.join("hostname"), format!("{hostname}\n"))?;
+    std::fs::write(bundle.0.join("hosts"), hosts)?;
+    // dnsPolicy Default: the node's resolver configuration (the pod has no cluster DNS to point at yet).
+    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(bundle.0.join("resolv.conf"), resolv)?;
+    std::fs::write(bundle.0.join("config.json"), serde_json::to_vec_pretty(config).expect("JSON value"))
+}
+
+/// The bundle's path given to the launcher and the one crun is run with.
+pub fn path(pod_dir: &Path, container: &str) -> BundleDir {
+    BundleDir(pod_dir.join(format!("{container}.oci")))
+}
+
+impl Agent {
+    /// The image store of this node: `<state-dir>/images` (`testbed-agent import-image` fills the same one).
+    fn image_store(&self) -> ImageStore {
+        ImageStore::new(self.cfg.state_dir.join("images"))
+    }
+
+    /// Resolves container `c`'s image (importing it when named by path) and writes its bundle.
+    pub(super) async fn prepare_bundle(&self, pod: &Pod, c: &ContainerSpec, reference: &str) -> Result<ImageLaunch> {
+        let spec = &pod.spec;
+        let failed = |what: String| {
+            AgentError::Failed(format!("pod {} container {}: image {reference}: {what}", spec.name, c.name))
+        };
+        if spec.share_process_namespace {
+            return Err(failed("shareProcessNamespace with an image is not supported yet".into()));
+        }
+        let store = self.image_store();
+        let image = {
+            let reference = reference.to_string();
+            let store = self.image_store();
+            tokio::task::spawn_blocking(move || resolve(&store, &reference))
+                .await
+                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(e.to_string()))?
+        };
+        let lower = store.lower_dirs(&image).map_err(|e| failed(e.to_string()))?;
+        let argv = argv(&image.config, &c.command, &c.args).map_err(failed)?;
+        let (uid, gid) = user(&image.config).map_err(failed)?;
+        let process = Process {
+            argv: argv.clone(),
+            env: environment(&image.config, &c.env, &spec.name),
+            cwd: image.config.working_dir.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "/".into()),
+            uid,
+            gid,
+        };
+        let bundle = path(&self.pod_dir(&spec.name), &c.name);
+        let config = config_json(&process, &bundle);
+        let ip = lock(&pod.record).ip;
+        write(&bundle, &config, &spec.name, &hosts_file(ip, &spec.name))
+            .map_err(|e| failed(format!("writing the bundle {}: {e}", bundle.0.display())))?;
+        let lower = lower.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
+        Ok(ImageLaunch { bundle: bundle.0, lower, argv })
+    }
+}
+
+/// The image a container names: in the store by manifest digest, or imported from a layout or archive path.
+fn resolve(store: &ImageStore, reference: &str) -> Result<StoredImage, ImageError> {
+    if reference.starts_with("sha256:") {
+        let digest = Digest::parse(reference)?;
+        return store.get(&digest)?.ok_or_else(|| ImageError::Layout {
+            path: store.image_file(&digest),
+            what: "no such image in the node's store (import it with `testbed-agent import-image`)".into(),
+        });
+    }
+    let path = Path::new(reference);
+    if path.is_dir() {
+        store.import_layout(path, None)
+    } else {
+        store.import_archive(path, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: Some(strings(&["/bin/ep"])),
+            cmd: Some(strings(&["cmd1"])),
+            env: Some(strings(&["PATH=/img/bin", "A=image", "B=image"])),
+            working_dir: Some("/w".into()),
+            user: Some("1000:50".into()),
+        }
+    }
+
+    #[test]
+    fn command_and_args_override_entrypoint_and_cmd_as_the_kubelet_does() {
+        let img = image();
+        assert_eq!(argv(&img, &[], &[]).unwrap(), strings(&["/bin/ep", "cmd1"]));
+        assert_eq!(argv(&img, &[], &strings(&["a"])).unwrap(), strings(&["/bin/ep", "a"]));
+        assert_eq!(argv(&img, &strings(&["/c"]), &[]).unwrap(), strings(&["/c"]), "command drops Cmd");
+        assert_eq!(argv(&img, &strings(&["/c"]), &strings(&["a"])).unwrap(), strings(&["/c", "a"]));
+        assert!(argv(&ImageConfig::default(), &[], &[]).is_err());
+    }
+
+    #[test]
+    fn spec_env_wins_over_the_images_and_path_comes_from_the_image() {
+        let env = environment(&image(), &BTreeMap::from([("B".into(), "spec".into())]), "pod1");
+        assert_eq!(env, strings(&["A=image", "B=spec", "HOSTNAME=pod1", "PATH=/img/bin"]));
+        let bare = environment(&ImageConfig::default(), &BTreeMap::new(), "p");
+        assert!(bare.contains(&format!("PATH={DEFAULT_PATH}")));
+    }
+
+    #[test]
+    fn numeric_users_only() {
+        assert_eq!(user(&image()).unwrap(), (1000, 50));
+        assert_eq!(user(&ImageConfig { user: Some("7".into()), ..Default::default() }).unwrap(), (7, 0));
+        assert_eq!(user(&ImageConfig::default()).unwrap(), (0, 0));
+        assert!(user(&ImageConfig { user: Some("nobody".into()), ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn the_runtime_makes_pid_and_mount_namespaces_only_and_hosts_names_the_pod() {
+        let p = Process { argv: strings(&["x"]), env: vec![], cwd: "/".into(), uid: 0, gid: 0 };
+        let b = BundleDir("/b".into());
+        let types = |v: &Value| -> Vec<String> {
+            v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().into()).collect()
+        };
+        assert_eq!(types(&config_json(&p, &b)), strings(&["pid", "mount"]));
+        assert!(hosts_file(Some(Ipv4Addr::new(10, 1, 0, 5)), "p").ends_with("10.1.0.5\tp\n"));
+    }
+}
