@@ -37,7 +37,7 @@ use crate::plan::Plan;
 use crate::ui::Ui;
 use cluster::Cluster;
 use declared::DeclaredTest;
-use runner::Runner;
+use runner::{Runner, Selection};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// Run only the checks whose full name contains this text (e.g. `cross-node`, `[cgroups]`).
     #[arg(long, value_name = "SUBSTR")]
     pub filter: Option<String>,
+    /// Leave out the checks whose full name contains this text (repeatable; e.g. `--skip '[controller]'`).
+    #[arg(long, value_name = "SUBSTR")]
+    pub skip: Vec<String>,
     /// perf: measured rounds; each round takes one sample of every figure of a backend.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeats: u32,
@@ -175,13 +178,13 @@ pub async fn run_conformance<C: Cluster>(
     c: &C,
     ui: &Ui,
     backends: &[Backend],
-    filter: Option<String>,
+    selection: impl Into<Selection>,
     declared: &[DeclaredTest],
 ) -> SuiteResults {
     let started = now_rfc3339();
     let clock = Instant::now();
     let kernel = kernel_of(c).await;
-    let mut r = Runner::new(filter);
+    let mut r = Runner::new(selection);
     for (i, &b) in backends.iter().enumerate() {
         r.set_task(Some(ui.task(&format!("conformance {b}"))));
         let before = r.checks().len();
@@ -262,13 +265,13 @@ pub async fn run_perf<C: Cluster>(
     c: &C,
     ui: &Ui,
     backends: &[Backend],
-    filter: Option<String>,
+    selection: impl Into<Selection>,
     opts: &perf::PerfOptions,
 ) -> SuiteResults {
     let started = now_rfc3339();
     let clock = Instant::now();
     let kernel = kernel_of(c).await;
-    let mut r = Runner::new(filter);
+    let mut r = Runner::new(selection);
     let mut measurements = Vec::new();
     for &b in backends {
         r.set_task(Some(ui.task(&format!("perf {b}"))));
@@ -289,9 +292,9 @@ fn default_out_dir(lab: &str) -> PathBuf {
     PathBuf::from("results").join(format!("{lab}-{stamp}"))
 }
 
-/// True when a filter was given and no check (other than setup steps) matched it.
-fn filter_matched_nothing(filter: Option<&str>, checks: &[CheckResult]) -> bool {
-    filter.is_some() && !checks.iter().any(|c| c.group != "setup")
+/// True when the selection left checks out and no check (other than setup steps) was left.
+fn selection_matched_nothing(selection: &Selection, checks: &[CheckResult]) -> bool {
+    selection.narrows() && !checks.iter().any(|c| c.group != "setup")
 }
 
 /// The declared tests to run: those `up` recorded in plan.json, or, when the lab is chosen with `-t FILE` and
@@ -322,6 +325,7 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
     let declared = declared_tests(ui, &a.lab, &lab.plan)?;
     let backends = backends.unwrap_or_else(|| vec![lab.plan.cluster.backend]);
     let out = a.out.clone().unwrap_or_else(|| default_out_dir(&lab.plan.lab));
+    let selection = Selection { filter: a.filter.clone(), skip: a.skip.clone() };
     let connected = lab.connect(ui).await?;
     let results = if a.suite == "perf" {
         let opts = perf::PerfOptions {
@@ -329,12 +333,16 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
             udp_probes: a.udp_probes,
             ..perf::PerfOptions::new(a.repeats, a.warmup, a.duration, a.streams)
         };
-        run_perf(&connected, ui, &backends, a.filter.clone(), &opts).await
+        run_perf(&connected, ui, &backends, selection.clone(), &opts).await
     } else {
-        run_conformance(&connected, ui, &backends, a.filter.clone(), &declared).await
+        run_conformance(&connected, ui, &backends, selection.clone(), &declared).await
     };
-    if filter_matched_nothing(a.filter.as_deref(), &results.checks) {
-        return Err(CliError::bad_input(anyhow!("--filter `{}` matched no check", a.filter.unwrap_or_default())));
+    if selection_matched_nothing(&selection, &results.checks) {
+        return Err(CliError::bad_input(anyhow!(
+            "--filter {:?} with --skip {:?} left no check to run",
+            a.filter.unwrap_or_default(),
+            a.skip
+        )));
     }
     report::write_all(&out, &results).map_err(CliError::infra)?;
     if results.outcome() != RunOutcome::Passed {

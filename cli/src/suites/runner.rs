@@ -44,16 +44,43 @@ pub enum Level {
     Warning,
 }
 
+/// Which checks a run keeps: those whose full name contains `filter` (every one when None) and none of the
+/// `skip` texts. Set-up steps always run.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub filter: Option<String>,
+    pub skip: Vec<String>,
+}
+
+impl Selection {
+    fn selects(&self, full_name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| full_name.contains(f))
+            && !self.skip.iter().any(|s| full_name.contains(s.as_str()))
+            && !self.skip.iter().any(|s| full_name.contains(s.as_str()))
+    }
+
+    /// Whether it leaves any check out.
+    pub fn narrows(&self) -> bool {
+        self.filter.is_some() || !self.skip.is_empty()
+    }
+}
+
+impl From<Option<String>> for Selection {
+    fn from(filter: Option<String>) -> Self {
+        Selection { filter, skip: Vec::new() }
+    }
+}
+
 pub struct Runner {
-    filter: Option<String>,
+    selection: Selection,
     checks: Vec<CheckResult>,
     task: Option<Task>,
     timeout: Duration,
 }
 
 impl Runner {
-    pub fn new(filter: Option<String>) -> Self {
-        Runner { filter, checks: Vec::new(), task: None, timeout: CHECK_TIMEOUT }
+    pub fn new(selection: impl Into<Selection>) -> Self {
+        Runner { selection: selection.into(), checks: Vec::new(), task: None, timeout: CHECK_TIMEOUT }
     }
 
     #[cfg(test)]
@@ -82,7 +109,7 @@ impl Runner {
     }
 
     pub fn selected(&self, full_name: &str) -> bool {
-        self.filter.as_deref().is_none_or(|f| full_name.contains(f))
+        self.selection.selects(full_name)
     }
 
     /// Runs `check` unless the filter excludes it, and records the outcome. Returns the status, or None when
@@ -173,9 +200,9 @@ impl Runner {
         name: &str,
         step: impl Future<Output = CheckOutcome>,
     ) -> CheckStatus {
-        let filter = self.filter.take();
+        let selection = std::mem::take(&mut self.selection);
         let status = self.run(group, backend, name, Level::Error, step).await;
-        self.filter = filter;
+        self.selection = selection;
         status.unwrap_or(CheckStatus::Error)
     }
 
@@ -210,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn statuses_follow_outcomes_and_levels() {
-        let mut r = Runner::new(None);
+        let mut r = Runner::new(Selection::default());
         let b = Some(Backend::Vxlan);
         assert_eq!(r.run("g", b, "ok", Level::Error, async { Ok("evidence".into()) }).await, Some(CheckStatus::Pass));
         assert_eq!(
@@ -263,9 +290,19 @@ mod tests {
         assert_eq!(r.checks().len(), 1);
     }
 
+    #[test]
+    fn skip_leaves_out_what_it_names_and_filter_keeps_what_it_names() {
+        let s = Selection { filter: Some("vxlan".into()), skip: vec!["[controller]".into(), "udp".into()] };
+        assert!(s.selects("[service] vxlan should serve a basic endpoint from pods"));
+        assert!(!s.selects("[controller] vxlan a deleted pod is replaced"));
+        assert!(!s.selects("[service] host-gw should serve a basic endpoint from pods"));
+        assert!(s.narrows() && !Selection::default().narrows());
+        assert!(Selection::default().selects("[cgroups] memory limit enforced: OOM kill"));
+    }
+
     #[tokio::test]
     async fn a_hung_check_is_an_infrastructure_error() {
-        let mut r = Runner::new(None).with_timeout(Duration::from_millis(20));
+        let mut r = Runner::new(Selection::default()).with_timeout(Duration::from_millis(20));
         let st = r
             .run("g", None, "hang", Level::Error, async {
                 tokio::time::sleep(Duration::from_secs(5)).await;

@@ -7,6 +7,7 @@ use testbed_api::Backend;
 
 use super::declared::DeclaredTest;
 use super::fake::{plan, FakeCluster, Faults};
+use super::runner::Selection;
 use super::{outcome_to_result, parse_backends, report, run_conformance};
 use crate::ui::{OutputFormat, Ui};
 
@@ -219,8 +220,8 @@ async fn filter_selects_checks_but_setup_always_runs() {
     assert!(names.iter().all(|n| n.contains("cross-node: ")));
     assert_eq!(r.checks.iter().filter(|c| c.group == "setup").count(), 3);
     let none = run(&c, &[Backend::Vxlan], Some("no such check")).await;
-    assert!(super::filter_matched_nothing(Some("no such check"), &none.checks));
-    assert!(!super::filter_matched_nothing(Some("cross-node: "), &r.checks));
+    assert!(super::selection_matched_nothing(&Some("no such check".to_string()).into(), &none.checks));
+    assert!(!super::selection_matched_nothing(&Some("cross-node: ".to_string()).into(), &r.checks));
 }
 
 /// The declared tests of a topology matching the fake cluster's plan (pod `web` on node1), through the real
@@ -496,7 +497,7 @@ async fn debug_bundle_has_every_nodes_state_and_reports_dead_nodes() {
 
 async fn perf(c: &FakeCluster, backends: &[Backend], repeats: u32) -> SuiteResults {
     let opts = super::perf::PerfOptions::new(repeats, 1, 1, 4);
-    super::run_perf(c, &ui(), backends, None, &opts).await
+    super::run_perf(c, &ui(), backends, Selection::default(), &opts).await
 }
 
 fn figure<'a>(r: &'a SuiteResults, path: &str, kind: &str, b: Backend) -> &'a Measurement {
@@ -610,7 +611,7 @@ async fn perf_flags_a_disturbed_host_and_a_wide_interval() {
     let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { noisy_throughput: true, ..Faults::default() });
     // Without the UDP rate searches: their probe count varies, and the fake's swing is timed to the fixed runs.
     let opts = super::perf::PerfOptions { udp_probes: 0, ..super::perf::PerfOptions::new(3, 1, 1, 4) };
-    let r = super::run_perf(&c, &ui(), &[Backend::Vxlan], None, &opts).await;
+    let r = super::run_perf(&c, &ui(), &[Backend::Vxlan], Selection::default(), &opts).await;
     assert!(r.measurements.iter().all(|m| m.kind != "udp-max"));
     let tcp = figure(&r, "pod->pod cross-node", "tcp-1", Backend::Vxlan);
     assert_eq!(tcp.flags, vec![PerfFlag::WideInterval, PerfFlag::BaselineFlagged], "{tcp:?}");

@@ -169,7 +169,13 @@ fn conformance_run() -> testbed_api::results::SuiteResults {
     use testbed_api::Backend;
     let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults { snat: true, ..Faults::default() });
     let ui = crate::ui::Ui::new(crate::ui::OutputFormat::Json, true);
-    super::fixtures::block_on(crate::suites::run_conformance(&c, &ui, &[Backend::Vxlan, Backend::None], None, &[]))
+    super::fixtures::block_on(crate::suites::run_conformance(
+        &c,
+        &ui,
+        &[Backend::Vxlan, Backend::None],
+        crate::suites::runner::Selection::default(),
+        &[],
+    ))
 }
 
 #[test]

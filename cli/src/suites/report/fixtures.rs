@@ -27,7 +27,13 @@ pub fn perf_run() -> SuiteResults {
         let c = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
         let ui = Ui::new(OutputFormat::Json, true);
         let opts = PerfOptions::new(3, 0, 1, 4);
-        let mut r = block_on(crate::suites::run_perf(&c, &ui, &[Backend::Vxlan, Backend::HostGw], None, &opts));
+        let mut r = block_on(crate::suites::run_perf(
+            &c,
+            &ui,
+            &[Backend::Vxlan, Backend::HostGw],
+            crate::suites::runner::Selection::default(),
+            &opts,
+        ));
         assert!(r.measurements.len() >= 20, "the fake perf run measured {} figures", r.measurements.len());
         r.started = "2026-01-01T02:00:00Z".into();
         r.metadata.kernel = Some("6.1.0-28-amd64".into());
