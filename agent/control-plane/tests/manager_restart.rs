@@ -7,6 +7,8 @@
 
 mod apiserver_lab;
 mod common;
+// Shared with the other controller tests; this one uses part of it.
+#[allow(dead_code)]
 mod controllers_lab;
 
 use std::sync::Mutex;
