@@ -226,7 +226,7 @@ async fn renew_leases(api: Arc<Client>) {
 }
 
 /// The kubelet stand-in: reports each pod the scheduler bound Running and (unless its image is [`BROKEN`])
-/// Ready.
+/// Ready, and removes a pod deleted gracefully at once.
 async fn fake_kubelet(api: Arc<Client>) {
     // Pod IPs, one per pod started: 10.244.0.1, 10.244.0.2, ...
     let mut started = 0u32;
@@ -244,6 +244,12 @@ async fn fake_kubelet(api: Arc<Client>) {
         for pod in pods {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             if pod.spec.node_name.is_none() {
+                continue;
+            }
+            if pod.metadata.deletion_timestamp.is_some() {
+                // Deleted gracefully: "stopped" at once and removed with grace 0, as a kubelet finishes it.
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let _ = api.force_delete_pod(&ns, &pod.metadata.name, &uid).await;
                 continue;
             }
             let running = pod.status.as_ref().and_then(|s| s.phase) == Some(testbed_api::PodPhase::Running);
