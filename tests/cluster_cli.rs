@@ -131,6 +131,7 @@ metadata:
   labels: {app: web}
 spec:
   nodeName: node2
+  terminationGracePeriodSeconds: 0
   containers:
   - {name: srv, command: [sleep, \"3600\"]}
 ";
@@ -178,7 +179,8 @@ fn apply_get_describe_and_delete_round_trip_through_the_api() {
         "{described}"
     );
 
-    // Deleting, and what is gone is a clear error with exit 2.
+    // Deleting (at once: grace 0, as no kubelet runs here to finish a graceful deletion), and what is gone
+    // is a clear error with exit 2.
     assert_eq!(ok(cp.testbed(&["delete", "pod/web", "-n", "team-a"])), "pod/web deleted\n");
     fails_with(cp.testbed(&["get", "pod", "web", "-n", "team-a"]), 2, "404");
     fails_with(cp.testbed(&["delete", "pod", "web", "-n", "team-a"]), 2, "404");
@@ -188,6 +190,19 @@ fn apply_get_describe_and_delete_round_trip_through_the_api() {
         deleted, "lease.coordination.k8s.io/lock deleted\nnamespace/team-a deleted\n",
         "in reverse order; the pod was already gone"
     );
+
+    // A bound pod with the default grace is only marked: Terminating until its kubelet (none here) ends it.
+    let graceful = cp.write(
+        "graceful.yaml",
+        &OBJECTS[OBJECTS.rfind("---").unwrap_or(0) + 4..]
+            .replace("  namespace: team-a\n", "")
+            .replace("  terminationGracePeriodSeconds: 0\n", ""),
+    );
+    ok(cp.testbed(&["apply", "-f", &graceful]));
+    assert_eq!(ok(cp.testbed(&["delete", "pod/web"])), "pod/web deleted\n");
+    let table = ok(cp.testbed(&["get", "pods"]));
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(row.get(..3), Some(&["web", "0/1", "Terminating"][..]), "{table}");
 }
 
 const POLICY: &str = "\

@@ -1,7 +1,7 @@
 //! The kubelet role with the real parts (`kubelet_lab`): API pods become real pods on the node through the
 //! follow loop, their status reaches the API, deletion removes them; with the API server away pods stay and
 //! the changes made meanwhile apply when it is back; an agent restart disturbs nothing; a static pod has a
-//! mirror in the API while it runs. Skipped unless root.
+//! mirror in the API while it runs; a pod deleted gracefully gets SIGTERM and leaves the API once stopped. Skipped unless root.
 //! `kubelet_create_to_running_latency` (ignored: a benchmark) measures API create -> Running.
 
 #![allow(clippy::unwrap_used)]
@@ -176,6 +176,39 @@ fn api_pod_runs_on_the_node_and_leaves_when_deleted() {
     c.rt.block_on(api.create(&paths::pods(Some("default")), &api_pod("late"))).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(node_pod("default", "late").0, 404);
+}
+
+#[test]
+fn a_deleted_api_pod_is_terminating_gets_sigterm_and_is_gone_within_its_grace() {
+    testbed_test_support::require_root!();
+    let c = Cluster::start("kbl-grace");
+    let api = c.client(API_PORT);
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("term");
+    let mut pod = api_pod("graceful");
+    pod.spec.termination_grace_period_seconds = Some(20);
+    // PID 1 of its PID namespace: it ends on SIGTERM only because it handles it, and takes 1 s to.
+    let script = format!("trap 'echo term > {}; sleep 1; exit 0' TERM; while :; do sleep 0.1; done", mark.display());
+    pod.spec.containers[0].command = vec!["sh".into(), "-c".into(), script];
+    c.rt.block_on(api.create(&paths::pods(Some("default")), &pod)).unwrap();
+    wait_api_pod(&c, &api, "graceful", running);
+
+    let t = Instant::now();
+    c.rt.block_on(api.delete(&paths::pod("default", "graceful"))).unwrap();
+    let terminating = get_pod(&c, &api, "graceful").expect("still in the API while it stops");
+    assert!(terminating.metadata.deletion_timestamp.is_some(), "{:?}", terminating.metadata);
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(20));
+    wait_for("the API pod gone within its 20 s grace", 20, || get_pod(&c, &api, "graceful").is_none());
+    let took = t.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap_or_default(),
+        "term\n",
+        "the container got no SIGTERM (gone after {took:?})\nagent log:\n{}",
+        c.agent_log()
+    );
+    assert!(took < Duration::from_secs(15), "SIGTERM ends it in ~1 s; took {took:?}: waited for the SIGKILL?");
+    assert_eq!(node_pod("default", "graceful").0, 404, "the node pod is gone too");
+    eprintln!("deleted -> gone from the API in {took:?}");
 }
 
 #[test]

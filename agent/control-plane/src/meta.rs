@@ -17,6 +17,11 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
+/// `secs` seconds since the epoch as a Kubernetes `Time` (a pod's `deletionTimestamp`, now plus its grace).
+pub fn rfc3339_at(secs: u64) -> String {
+    rfc3339(secs)
+}
+
 /// Now as RFC 3339 in UTC with microseconds (`2026-11-29T08:00:00.123456Z`), Kubernetes' `MicroTime`
 /// (a Lease's `renewTime`).
 pub fn now_rfc3339_micro() -> String {

@@ -85,7 +85,13 @@ async fn verbs_and_status_subresources() {
     let node = api.patch_node_status("n1", &json!({"allocatable": {"cpu": "2"}})).await.unwrap();
     assert_eq!(node.status.unwrap().allocatable["cpu"], "2");
 
+    // A bound pod's DELETE is graceful: it stays, terminating, until deleted with grace 0 on its uid.
     api.delete(&paths::pod("default", "web")).await.unwrap();
+    let terminating: Pod = api.get(&paths::pod("default", "web")).await.unwrap();
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    let uid = terminating.metadata.uid.clone().unwrap();
+    assert!(api.force_delete_pod("default", "web", "another-uid").await.unwrap_err().is_conflict());
+    api.force_delete_pod("default", "web", &uid).await.unwrap();
     assert!(api.get::<Pod>(&paths::pod("default", "web")).await.unwrap_err().is_not_found());
 }
 
@@ -128,7 +134,13 @@ async fn node_selector_watch_and_relist_after_compaction() {
     }
     let listed = api.list::<Pod>(&pods, &selector).await.unwrap();
     assert_eq!(listed.items.iter().map(|p| p.metadata.name.as_str()).collect::<Vec<_>>(), ["mine"]);
+    // Deleted gracefully: MODIFIED with the deletion timestamp, then DELETED once finished at grace 0.
     api.delete(&paths::pod("default", "mine")).await.unwrap();
+    let uid = match next(&mut changes).await.unwrap() {
+        Change::Event(WatchEvent::Modified(p)) if p.metadata.deletion_timestamp.is_some() => p.metadata.uid.unwrap(),
+        other => panic!("expected mine MODIFIED with a deletionTimestamp, got {other:?}"),
+    };
+    api.force_delete_pod("default", "mine", &uid).await.unwrap();
     match next(&mut changes).await.unwrap() {
         Change::Event(WatchEvent::Deleted(p)) => assert_eq!(p.metadata.name, "mine"),
         other => panic!("expected mine DELETED, got {other:?}"),

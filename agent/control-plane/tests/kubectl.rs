@@ -266,3 +266,42 @@ fn kubectl_drives_workloads() {
     let rs = json(&lab.ok(&["get", "rs", "web-rs", "-o", "json"]));
     assert_eq!(rs["metadata"].get("ownerReferences"), None, "{rs}");
 }
+
+#[test]
+fn kubectl_delete_pod_shows_terminating_until_it_is_finished() {
+    let lab = Lab::start();
+    let node = lab.write("node.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: node1}\n");
+    lab.ok(&["create", "-f", &node]);
+    let bound = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  nodeName: node1\n  \
+                 terminationGracePeriodSeconds: 20\n  containers:\n  - {name: srv, command: [sleep, \"3600\"]}\n";
+    let web = lab.write("bound.yaml", bound);
+    lab.ok(&["create", "-f", &web]);
+
+    // No kubelet runs here to stop the pod, so this kubectl does not wait for it to go.
+    assert!(lab.ok(&["delete", "pod", "web", "--wait=false"]).contains("pod \"web\" deleted"));
+    let pods = table(&lab.ok(&["get", "pods"]));
+    assert_eq!(pods.get(1).map(|r| &r[..3]), Some(&["web", "0/1", "Terminating"].map(String::from)[..]), "{pods:?}");
+    let terminating = json(&lab.ok(&["get", "pod", "web", "-o", "json"]));
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 20, "{terminating}");
+
+    // A waiting `kubectl delete` returns once the pod is gone: here when it is force-deleted (grace 0, what
+    // the kubelet sends once the pod has stopped).
+    let child = lab.command(&["delete", "pod", "web"]).stdout(std::process::Stdio::null()).spawn().expect("kubectl");
+    let mut waiting = common::Killed(child);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(waiting.0.try_wait().expect("kubectl").is_none(), "kubectl delete returned while the pod was terminating");
+    let forced = lab.kubectl(&["delete", "pod", "web", "--grace-period=0", "--force"]);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("pod \"web\" force deleted"), "{forced:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = waiting.0.try_wait().expect("kubectl") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "kubectl delete still waiting after the pod went");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "the waiting kubectl delete failed: {status}");
+    let gone = lab.kubectl(&["get", "pods"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("No resources found"), "{gone:?}");
+}

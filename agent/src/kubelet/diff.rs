@@ -43,12 +43,22 @@ pub struct Owner {
     pub grace_secs: Option<u64>,
 }
 
+/// An API pod bound here that was deleted gracefully (it has a `deletionTimestamp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminating {
+    pub uid: String,
+    /// `deletionGracePeriodSeconds`: SIGTERM, then SIGKILL after this long.
+    pub grace_secs: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Run the API pod on the node.
     Create { key: PodKey, wanted: Wanted },
-    /// Remove the node pod `name` (its API pod is gone, replaced, or no longer bound here).
+    /// Remove the node pod `name` (its API pod is gone, replaced, terminating, or no longer bound here).
     Delete { name: String, grace_secs: Option<u64> },
+    /// The terminating API pod runs nothing here any more: delete it from the API (grace 0, on its uid).
+    Finish { key: PodKey, uid: String },
     /// The API pod cannot run here: a node-local pod holds its node pod name. Its status says so; nothing on
     /// the node changes.
     Blocked { key: PodKey, reason: String },
@@ -56,7 +66,10 @@ pub enum Action {
 
 /// What the loop knows when it decides.
 pub struct Inputs<'a> {
+    /// The API pods to run: bound here, not terminating.
     pub wanted: &'a BTreeMap<PodKey, Wanted>,
+    /// The API pods bound here that are terminating.
+    pub terminating: &'a BTreeMap<PodKey, Terminating>,
     pub owned: &'a BTreeMap<String, Owner>,
     /// Every pod name on the node, whoever created it.
     pub on_node: &'a BTreeSet<String>,
@@ -74,7 +87,20 @@ pub fn plan(inp: &Inputs<'_>) -> Vec<Action> {
         let still_wanted =
             *name == node_pod_name(&owner.key) && inp.wanted.get(&owner.key).is_some_and(|w| w.uid == owner.uid);
         if !still_wanted && !inp.busy.contains(name) {
-            actions.push(Action::Delete { name: name.clone(), grace_secs: owner.grace_secs });
+            // A terminating pod stops with the grace of its deletion (the kubelet's killPod); one gone from
+            // the API with the grace it was created with.
+            let grace_secs = match inp.terminating.get(&owner.key) {
+                Some(t) if t.uid == owner.uid => t.grace_secs,
+                _ => owner.grace_secs,
+            };
+            actions.push(Action::Delete { name: name.clone(), grace_secs });
+        }
+    }
+    for (key, t) in inp.terminating {
+        let name = node_pod_name(key);
+        let runs_here = inp.owned.get(&name).is_some_and(|o| o.key == *key && o.uid == t.uid);
+        if !runs_here && !inp.busy.contains(&name) {
+            actions.push(Action::Finish { key: key.clone(), uid: t.uid.clone() });
         }
     }
     for (key, wanted) in inp.wanted {
@@ -129,6 +155,7 @@ mod tests {
     struct Case {
         wanted: BTreeMap<PodKey, Wanted>,
         owned: BTreeMap<String, Owner>,
+        terminating: BTreeMap<PodKey, Terminating>,
         on_node: BTreeSet<String>,
         busy: HashSet<String>,
         rejected: HashSet<String>,
@@ -138,6 +165,7 @@ mod tests {
             Case {
                 wanted: BTreeMap::new(),
                 owned: BTreeMap::new(),
+                terminating: BTreeMap::new(),
                 on_node: BTreeSet::new(),
                 busy: HashSet::new(),
                 rejected: HashSet::new(),
@@ -146,6 +174,7 @@ mod tests {
         fn plan(&self) -> Vec<Action> {
             plan(&Inputs {
                 wanted: &self.wanted,
+                terminating: &self.terminating,
                 owned: &self.owned,
                 on_node: &self.on_node,
                 busy: &self.busy,
@@ -160,6 +189,7 @@ mod tests {
                 Action::Create { key, .. } => format!("create {key}"),
                 Action::Delete { name, grace_secs } => format!("delete {name} {grace_secs:?}"),
                 Action::Blocked { key, .. } => format!("blocked {key}"),
+                Action::Finish { key, uid } => format!("finish {key} {uid}"),
             })
             .collect()
     }
@@ -241,5 +271,24 @@ mod tests {
         c.wanted.insert(key("default", "lost"), wanted("lost", "u3"));
         c.owned.extend([owner("default", "lost", "u3")]);
         assert_eq!(names(&c.plan()), ["create default/lost"]);
+    }
+
+    #[test]
+    fn a_terminating_pod_is_stopped_with_its_deletion_grace_then_finished_in_the_api() {
+        let mut c = Case::new();
+        let web = node("default", "web");
+        c.owned.extend([owner("default", "web", "u1")]);
+        c.on_node.insert(web.clone());
+        c.terminating.insert(key("default", "web"), Terminating { uid: "u1".into(), grace_secs: Some(2) });
+        assert_eq!(names(&c.plan()), [format!("delete {web} Some(2)")], "the deletion's grace, not the spec's 5");
+        c.busy.insert(web.clone());
+        assert_eq!(names(&c.plan()), Vec::<String>::new(), "nothing while it stops");
+        c.busy.clear();
+        c.owned.clear();
+        c.on_node.clear();
+        assert_eq!(names(&c.plan()), ["finish default/web u1"]);
+        // Another incarnation's record: that pod goes with its own grace, this one is finished.
+        c.owned.extend([owner("default", "web", "u0")]);
+        assert_eq!(names(&c.plan()), [format!("delete {web} Some(5)"), "finish default/web u1".into()]);
     }
 }

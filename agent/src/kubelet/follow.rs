@@ -15,7 +15,7 @@ use testbed_api::objects::{Node, NodeStatus, Pod, PodStatus};
 use testbed_api::{ControlPlaneStatus, PodPhase};
 use testbed_control_plane::client::{list_watch, now_rfc3339, paths, Change, Client, ClientError, WatchEvent};
 
-use super::diff::{self, node_pod_name, Action, Owner, PodKey, Wanted};
+use super::diff::{self, node_pod_name, Action, Owner, PodKey, Terminating, Wanted};
 use super::leases::{Leases, SubnetLease};
 use super::mirror::{self, MirrorAction, NodeRef};
 use super::node::{self, Machine, NodeView};
@@ -245,10 +245,19 @@ impl Loop {
     /// Decides and starts the creates and deletes that bring the node to the API's pods.
     fn reconcile(&mut self) {
         let owned = self.f.owned.snapshot();
+        let terminating: BTreeMap<PodKey, Terminating> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| !mirror::is_mirror(p) && p.metadata.deletion_timestamp.is_some())
+            .map(|(k, p)| {
+                let grace_secs = p.metadata.deletion_grace_period_seconds.and_then(|g| u64::try_from(g).ok());
+                (k.clone(), Terminating { uid: p.metadata.uid.clone().unwrap_or_default(), grace_secs })
+            })
+            .collect();
         let wanted: BTreeMap<PodKey, Wanted> = self
             .pods
             .iter()
-            .filter(|(_, p)| !mirror::is_mirror(p))
+            .filter(|(k, p)| !mirror::is_mirror(p) && !terminating.contains_key(*k))
             .filter(|(k, p)| {
                 // A finished pod is not started again (the kubelet's rule), unless the node still runs it.
                 let finished =
@@ -267,6 +276,7 @@ impl Loop {
         let rejected: HashSet<String> = self.f.tasks.rejected().into_keys().collect();
         let actions = diff::plan(&diff::Inputs {
             wanted: &wanted,
+            terminating: &terminating,
             owned: &owned,
             on_node: &on_node,
             busy: &busy,
@@ -285,6 +295,7 @@ impl Loop {
                 Action::Blocked { key, reason } => {
                     self.blocked.insert(key, reason);
                 }
+                Action::Finish { key, uid } => self.f.tasks.finish(&self.f.api, key, uid),
             }
         }
         lock(&self.f.shared).pods = owned.len();
@@ -372,7 +383,8 @@ impl Loop {
                     (key, created.map(drop))
                 }
                 MirrorAction::Delete(key) => {
-                    let deleted = self.f.api.delete(&paths::pod(&key.namespace, &key.name)).await;
+                    let path = paths::pod(&key.namespace, &key.name);
+                    let deleted = self.f.api.delete_with(&path, &serde_json::json!({"gracePeriodSeconds": 0})).await;
                     (key, deleted.or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) }))
                 }
             };

@@ -114,7 +114,8 @@ fn resources_of(r: &testbed_api::Resources) -> Option<ResourceRequirements> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MirrorAction {
     Create(Box<Pod>),
-    /// Delete this mirror (stale, or its static pod is gone); a current one is created by a later pass.
+    /// Delete this mirror at once (grace 0, as the kubelet deletes mirrors: stale, terminating, or its
+    /// static pod is gone); a current one is created by a later pass.
     Delete(PodKey),
 }
 
@@ -130,7 +131,8 @@ pub fn plan(statics: &[&PodSpec], api_pods: &BTreeMap<PodKey, Pod>, node: &NodeR
             pod.metadata.annotations.get(MIRROR_ANNOTATION) == Some(&config_hash(spec))
                 && pod.metadata.owner_references.iter().any(|o| o.uid == node.uid)
         });
-        if !current {
+        // A mirror deleted through the API is terminating: finished at once, and created afresh.
+        if !current || pod.metadata.deletion_timestamp.is_some() {
             actions.push(MirrorAction::Delete(key.clone()));
         }
     }

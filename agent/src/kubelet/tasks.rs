@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::diff::{Owner, Wanted};
+use testbed_control_plane::client::Client;
+
+use super::diff::{node_pod_name, Owner, PodKey, Wanted};
 use super::lock;
 use super::owned::Owned;
 use crate::pod::{Agent, AgentError};
@@ -16,6 +18,9 @@ pub struct Tasks {
     busy: Arc<Mutex<HashSet<String>>>,
     /// UIDs of API pods whose spec the runtime refused, with why (their status says Failed).
     rejected: Arc<Mutex<HashMap<String, String>>>,
+    /// UIDs of terminating API pods this node finished (deleted from the API): not asked again while their
+    /// DELETED event is on its way.
+    finished: Arc<Mutex<HashSet<String>>>,
     /// Notified when a create or delete ends.
     pub done: Arc<tokio::sync::Notify>,
 }
@@ -79,6 +84,27 @@ impl Tasks {
                 }
                 Err(e) => tracing::warn!(pod = %name, "control plane: deleting the pod: {e}; retrying"),
             }
+        });
+    }
+
+    /// Deletes the terminating API pod `key` (grace 0, on its `uid`, as the kubelet does once a pod has
+    /// stopped), its node pod name busy meanwhile. Gone already or replaced (404, 409) counts as done; any
+    /// other error leaves it for the next pass.
+    pub fn finish(&self, api: &Arc<Client>, key: PodKey, uid: String) {
+        if lock(&self.finished).contains(&uid) {
+            return;
+        }
+        let (api, finished) = (api.clone(), self.finished.clone());
+        self.start(node_pod_name(&key), async move {
+            match api.force_delete_pod(&key.namespace, &key.name, &uid).await {
+                Ok(()) => tracing::info!(pod = %key, "control plane: terminated pod deleted from the API"),
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => {
+                    tracing::warn!(pod = %key, "control plane: deleting the terminated pod: {e}; retrying");
+                    return;
+                }
+            }
+            lock(&finished).insert(uid);
         });
     }
 }

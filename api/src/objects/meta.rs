@@ -27,6 +27,13 @@ pub struct ObjectMeta {
     /// RFC 3339 time of creation, in UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    /// Set by a graceful DELETE (pods): when the grace period ends, the kubelet's SIGKILL at the latest.
+    /// The object is terminating from then on; its kubelet deletes it once the pod has stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+    /// The grace period the deletion was given, in seconds (a later DELETE may only shorten it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
     /// Key/value pairs selectors match (`-l app=web`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

@@ -164,13 +164,15 @@ async fn remove_node(
 }
 
 /// Deletes the pods bound to `node` and its Node: the other nodes' agents drop its routes, neighbours and
-/// FDB entries when their watch sees the Node go, and the controllers replace the pods elsewhere.
+/// FDB entries when their watch sees the Node go, and the controllers replace the pods elsewhere. The pods
+/// go at once (grace 0): the node's VM is stopped, so no kubelet is left to finish a graceful deletion.
 async fn forget_in_api(api: &Client, node: &str) -> Result<(), ClientError> {
     let selector = format!("spec.nodeName={node}");
     let pods = api.list::<Pod>(&paths::pods(None), &[("fieldSelector", &selector)]).await?;
     for pod in pods.items {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        ignore_not_found(api.delete(&paths::pod(namespace, &pod.metadata.name)).await)?;
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        ignore_not_found(api.force_delete_pod(namespace, &pod.metadata.name, uid).await)?;
     }
     ignore_not_found(api.delete(&paths::node(node)).await)
 }

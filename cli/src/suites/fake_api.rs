@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, Nod
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::Client;
 use testbed_control_plane::store::memory::Memory;
 use testbed_control_plane::tls::Credentials;
@@ -133,6 +133,16 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
         for pod in list.items {
             let (Some(name), Some(ns)) = (pod.metadata.name.clone(), pod.metadata.namespace.clone()) else { continue };
             let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+            if pod.metadata.deletion_timestamp.is_some() {
+                // Deleted gracefully: "stopped" at once, then removed with grace 0, as the kubelet finishes it.
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                    ..Default::default()
+                };
+                let _ = Api::<Pod>::namespaced(client.clone(), &ns).delete(&name, &params).await;
+                continue;
+            }
             // Kept by its node pod name, as the agent names it on the node.
             let node_pod = testbed_api::objects::node_pod_name(&ns, &name);
             seen.push(node_pod.clone());

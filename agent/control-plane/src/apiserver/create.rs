@@ -89,6 +89,9 @@ impl<S: Store> Server<S> {
             meta.insert("uid".into(), json!(new_uid()));
             meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
             meta.insert("generation".into(), json!(1));
+            // Only a DELETE starts a deletion (Kubernetes' BeforeCreate clears them too).
+            meta.remove("deletionTimestamp");
+            meta.remove("deletionGracePeriodSeconds");
             // Status is its controller's to write (through /status); a new object starts from the server's
             // default, as in Kubernetes. A node's agent registers its Node with a status.
             match res.kind {

@@ -4,14 +4,16 @@
 //! removes the owner from its dependents' references, so they outlive it. `Background` (the default) and
 //! `Foreground` delete the owner at once and leave the dependents to the garbage collector. Foreground
 //! therefore behaves as Background here: the owner does not wait, with a `deletionTimestamp` and the
-//! `foregroundDeletion` finalizer, until its blocking dependents are gone.
+//! `foregroundDeletion` finalizer, until its blocking dependents are gone. Pods are deleted gracefully
+//! ([`super::graceful`]).
 
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use super::objects::{meta_str, object_from, RETRIES};
+use super::graceful::{pod_deletion_now, PodDeletion};
+use super::objects::{encode, meta_str, object_from, set_resource_version, RETRIES};
 use super::{ApiError, Server, Target};
 use crate::resources::{Kind, RESOURCES};
 use crate::store::{Store, StoreError};
@@ -37,6 +39,11 @@ pub(super) fn delete_options(body: &[u8], query: &HashMap<String, String>) -> Re
     }
     if let Some(o) = query.get("orphanDependents") {
         options["orphanDependents"] = json!(o == "true");
+    }
+    if let Some(g) = query.get("gracePeriodSeconds") {
+        let g: i64 =
+            g.parse().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: \"{g}\" is not an integer")))?;
+        options["gracePeriodSeconds"] = json!(g);
     }
     Ok(options)
 }
@@ -68,6 +75,26 @@ impl<S: Store> Server<S> {
             }
             if propagation == Propagation::Orphan {
                 self.orphan_dependents(target.namespace.as_deref(), meta_str(&obj, "uid")).await?;
+            }
+            if res.kind == Kind::Pod {
+                match pod_deletion_now(&obj, options) {
+                    PodDeletion::Now => {}
+                    PodDeletion::Pending => return Ok(obj),
+                    PodDeletion::Mark(mut marked) => {
+                        match self.store.update(&kv.key, encode(&marked)?, kv.mod_revision).await {
+                            Ok(rev) => {
+                                set_resource_version(&mut marked, rev);
+                                return Ok(marked);
+                            }
+                            Err(StoreError::Conflict { .. })
+                                if precondition("resourceVersion").is_none() && attempt < RETRIES =>
+                            {
+                                continue
+                            }
+                            Err(e) => return Err(ApiError::from_store(res, name, e)),
+                        }
+                    }
+                }
             }
             match self.store.delete(&kv.key, kv.mod_revision).await {
                 Ok(_) => {

@@ -8,6 +8,7 @@ mod binding;
 mod create;
 mod delete;
 mod discovery;
+mod graceful;
 mod network_policies;
 mod objects;
 mod patch;

@@ -213,8 +213,10 @@ pub(super) fn validated(
     }
 }
 
-/// What the client cannot change through a write: uid, creation time, generation (bumped when the spec
-/// changes) and, through the main resource, the status (through `/status`, only the status changes).
+/// What the client cannot change through a write: uid, creation time, the deletion timestamp and grace
+/// (only a DELETE sets them, as Kubernetes' `BeforeUpdate` keeps the old ones), generation (bumped when
+/// the spec changes) and, through the main resource, the status (through `/status`, only the status
+/// changes).
 fn carry_server_fields(res: &Resource, old: &Value, new: Value, subresource: Option<&str>) -> Value {
     let mut out = if subresource == Some("status") {
         let mut out = old.clone();
@@ -236,7 +238,7 @@ fn carry_server_fields(res: &Resource, old: &Value, new: Value, subresource: Opt
     let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
     let spec_changed = old.get("spec") != out.get("spec");
     let meta = metadata(&mut out);
-    for field in ["uid", "creationTimestamp"] {
+    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"] {
         match old.pointer(&format!("/metadata/{field}")) {
             Some(v) => meta.insert(field.into(), v.clone()),
             None => meta.remove(field),

@@ -250,6 +250,19 @@ impl Client {
         self.call::<serde_json::Value>(Method::DELETE, path, None).await.map(drop)
     }
 
+    /// Deletes the object at `path` with these `DeleteOptions` (`gracePeriodSeconds`, `preconditions`).
+    pub async fn delete_with(&self, path: &str, options: &serde_json::Value) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(options).unwrap_or_default();
+        self.call::<serde_json::Value>(Method::DELETE, path, Some((body, "application/json"))).await.map(drop)
+    }
+
+    /// Deletes a pod at once (grace 0) if it is still the incarnation `uid`: the kubelet's last step once
+    /// the pod has stopped, and the node lifecycle controller's for the pods of a node that is gone.
+    pub async fn force_delete_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), ClientError> {
+        let options = serde_json::json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+        self.delete_with(&paths::pod(namespace, name), &options).await
+    }
+
     /// Writes a pod's `status` (the `pods/status` subresource; its spec and metadata are left alone) as a
     /// merge patch, so no read is needed first and no concurrent writer's resourceVersion is in the way.
     pub async fn patch_pod_status(

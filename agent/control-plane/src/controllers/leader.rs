@@ -42,6 +42,11 @@ pub struct Elector {
     timing: Timing,
     /// The Lease as last seen, and when (this candidate's clock) it last changed.
     observed: Option<(LeaseSpec, Instant)>,
+    /// When this candidate last took or renewed the Lease. [`Elector::hold`] times its renewals from here
+    /// rather than from its own start: the manager polls a fresh `hold` after every loop restart and
+    /// back-off pause, and with the timer restarting each time, restarts 1-2 s apart kept the Lease from
+    /// being renewed at all (found by tests/manager_restart.rs).
+    renewed: Instant,
 }
 
 impl Elector {
@@ -54,6 +59,7 @@ impl Elector {
             name: name.into(),
             timing,
             observed: None,
+            renewed: Instant::now(),
         }
     }
 
@@ -71,12 +77,14 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease every retry period; returns when a renewal did not succeed within the renew
-    /// deadline (leadership is lost: the caller stops at once).
+    /// Renews the Lease a retry period after the last renewal; returns when a renewal did not succeed within
+    /// the renew deadline (leadership is lost: the caller stops at once). Dropped and called again, it keeps
+    /// the same schedule.
     pub async fn hold(&mut self) {
         loop {
-            tokio::time::sleep(self.timing.retry_period).await;
-            let deadline = Instant::now() + self.timing.renew_deadline;
+            let due = self.renewed + self.timing.retry_period;
+            tokio::time::sleep_until(due.into()).await;
+            let deadline = due + self.timing.renew_deadline;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
@@ -141,6 +149,7 @@ impl Elector {
                 return match self.client.create(&paths::leases(&self.namespace), &lease).await {
                     Ok(created) => {
                         self.observed = Some((created.spec, Instant::now()));
+                        self.renewed = Instant::now();
                         Ok(true)
                     }
                     Err(e) if e.is_conflict() => Ok(false),
@@ -170,6 +179,7 @@ impl Elector {
         match self.client.update(&path, &lease).await {
             Ok(updated) => {
                 self.observed = Some((updated.spec, Instant::now()));
+                self.renewed = Instant::now();
                 Ok(true)
             }
             Err(e) if e.is_conflict() => Ok(false),

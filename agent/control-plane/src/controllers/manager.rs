@@ -59,6 +59,17 @@ const LOOPS_RAN: Duration = Duration::from_secs(60);
 /// 5 minutes on a lab at load 17, with no ReplicaSet ever created) while every new leader listed everything
 /// at once again.
 pub async fn run(ctx: Context, timing: Timing, shutdown: impl Future<Output = ()>) {
+    run_loops(ctx, timing, LOOPS, shutdown).await;
+}
+
+/// [`run`] with another list of loops: the seam through which a test runs a loop that fails on purpose
+/// beside the real ones.
+pub async fn run_loops(
+    ctx: Context,
+    timing: Timing,
+    loops: &'static [(&'static str, Loop)],
+    shutdown: impl Future<Output = ()>,
+) {
     let mut elector = Elector::new(ctx.client.clone(), &ctx.identity, LEASE_NAMESPACE, LEASE_NAME, timing);
     tokio::pin!(shutdown);
     loop {
@@ -70,12 +81,12 @@ pub async fn run(ctx: Context, timing: Timing, shutdown: impl Future<Output = ()
         let mut pause = RESTART_FIRST;
         loop {
             let started = Instant::now();
-            let loops = select_all(LOOPS.iter().map(|(name, run)| {
+            let running = select_all(loops.iter().map(|(name, run)| {
                 let fut = run(ctx.clone());
                 Box::pin(async move { (*name, fut.await) })
             }));
             let term = tokio::select! {
-                ((name, result), _, _) = loops => match result {
+                ((name, result), _, _) = running => match result {
                     Ok(()) => Term::Failed(name, ClientError::Unreachable(format!("the {name} loop ended"))),
                     Err(e) => Term::Failed(name, e),
                 },

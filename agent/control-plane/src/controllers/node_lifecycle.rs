@@ -197,7 +197,11 @@ async fn delete_pods(ctx: &Context, st: &mut State, node: &str, reason: &str) {
     for pod in doomed {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = &pod.metadata.name;
-        match ctx.client.delete(&paths::pod(namespace, name)).await {
+        // At once (grace 0): no kubelet is there to stop the pod and finish a graceful deletion, and its
+        // replacement must not wait on it. (Kubernetes leaves such pods Terminating until the node is back,
+        // deleted, or tainted out-of-service, when PodGC force-deletes them; node_death_e2e expects them gone.)
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        match ctx.client.force_delete_pod(namespace, name, uid).await {
             Ok(()) => {
                 tracing::info!(pod = %name, node, "deleted: its node is gone or not ready");
                 if !reason.is_empty() {

@@ -9,9 +9,20 @@ use testbed_api::PodPhase;
 
 use crate::client::parse_rfc3339;
 
-/// Not finished: neither `Succeeded` nor `Failed` (the pods a ReplicaSet counts).
+/// Neither finished nor terminating (Kubernetes' `IsPodActive`): the pods a ReplicaSet counts. A
+/// terminating pod is not counted, so its replacement is created at once.
 pub fn is_active(pod: &Pod) -> bool {
-    !matches!(phase(pod), Some(PodPhase::Succeeded | PodPhase::Failed))
+    !is_finished(pod) && !is_terminating(pod)
+}
+
+/// `Succeeded` or `Failed`.
+pub fn is_finished(pod: &Pod) -> bool {
+    matches!(phase(pod), Some(PodPhase::Succeeded | PodPhase::Failed))
+}
+
+/// Deleted gracefully and not yet gone: it has a `deletionTimestamp`.
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
 }
 
 fn phase(pod: &Pod) -> Option<PodPhase> {
@@ -160,6 +171,9 @@ mod tests {
             s.phase = Some(PodPhase::Failed);
         }
         assert!(!is_active(&failed));
+        let mut terminating = p.clone();
+        terminating.metadata.deletion_timestamp = Some("2026-11-29T10:00:30Z".into());
+        assert!(!is_active(&terminating) && !is_finished(&terminating), "terminating: neither active nor finished");
         let unready = pod("u", Some("n1"), PodPhase::Running, None, "2026-11-29T10:00:00Z");
         assert!(!is_available(&unready, 0, ready));
     }

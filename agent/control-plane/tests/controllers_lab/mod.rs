@@ -24,6 +24,10 @@ use crate::apiserver_lab::ApiLab;
 /// The image the fake kubelet never makes Ready: a version that does not start.
 pub const BROKEN: &str = "broken";
 
+/// A pod annotation the fake kubelet honours: a pod carrying it stays terminating after a graceful delete
+/// (a container taking its whole grace period to stop), so tests can look at it meanwhile.
+pub const LINGER: &str = "test.testbed/linger";
+
 /// The nodes pods are bound to.
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 
@@ -226,7 +230,7 @@ async fn renew_leases(api: Arc<Client>) {
 }
 
 /// The kubelet stand-in: reports each pod the scheduler bound Running and (unless its image is [`BROKEN`])
-/// Ready.
+/// Ready, and removes a pod deleted gracefully at once (unless it carries [`LINGER`]).
 async fn fake_kubelet(api: Arc<Client>) {
     // Pod IPs, one per pod started: 10.244.0.1, 10.244.0.2, ...
     let mut started = 0u32;
@@ -244,6 +248,12 @@ async fn fake_kubelet(api: Arc<Client>) {
         for pod in pods {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             if pod.spec.node_name.is_none() {
+                continue;
+            }
+            if pod.metadata.deletion_timestamp.is_some() && !pod.metadata.annotations.contains_key(LINGER) {
+                // Deleted gracefully: "stopped" at once and removed with grace 0, as a kubelet finishes it.
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let _ = api.force_delete_pod(&ns, &pod.metadata.name, &uid).await;
                 continue;
             }
             let running = pod.status.as_ref().and_then(|s| s.phase) == Some(testbed_api::PodPhase::Running);

@@ -69,3 +69,42 @@ async fn background_and_foreground_delete_the_owner_only() {
     let rs = s.get(&target("replicasets", Some("web-1"))).await.expect("stays");
     assert_eq!(rs["metadata"]["ownerReferences"].as_array().map(Vec::len), Some(1), "orphaned through the body");
 }
+
+#[tokio::test]
+async fn a_bound_pod_is_marked_terminating_and_goes_at_grace_zero() {
+    let s = server().await;
+    let mut bound = pod("web");
+    bound["spec"]["nodeName"] = json!("n1");
+    let (created, _) = s.create(&pods("default"), bound, None).await.expect("create");
+    let path = "/api/v1/namespaces/default/pods/web";
+    let (code, marked) = request(&s, "DELETE", path, "application/json", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30, "{marked}");
+    assert!(marked["metadata"]["deletionTimestamp"].is_string(), "{marked}");
+    let stored = s.get(&target("pods", Some("web"))).await.expect("still there while terminating");
+    assert_eq!(stored["metadata"]["deletionTimestamp"], marked["metadata"]["deletionTimestamp"]);
+
+    // An update cannot take the deletion back.
+    let mut update = stored.clone();
+    update["metadata"]["deletionTimestamp"] = Value::Null;
+    update["metadata"]["labels"] = json!({"x": "y"});
+    let (code, updated) = request(&s, "PUT", path, "application/json", Some(update)).await;
+    assert_eq!(code, StatusCode::OK, "{updated}");
+    assert_eq!(updated["metadata"]["deletionTimestamp"], marked["metadata"]["deletionTimestamp"]);
+
+    // A longer grace changes nothing; the kubelet's grace 0 with the uid as precondition removes it.
+    let (_, again) = request(&s, "DELETE", &format!("{path}?gracePeriodSeconds=60"), "application/json", None).await;
+    assert_eq!(again["metadata"]["deletionGracePeriodSeconds"], 30);
+    let wrong = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": "another"}});
+    let (code, _) = request(&s, "DELETE", path, "application/json", Some(wrong)).await;
+    assert_eq!(code, StatusCode::CONFLICT);
+    let force = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": created["metadata"]["uid"]}});
+    let (code, _) = request(&s, "DELETE", path, "application/json", Some(force)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(s.get(&target("pods", Some("web"))).await.is_err(), "gone at grace 0");
+
+    // An unbound pod goes at once.
+    s.create(&pods("default"), pod("pending"), None).await.expect("create");
+    s.delete(&target("pods", Some("pending")), &json!({})).await.expect("delete");
+    assert!(s.get(&target("pods", Some("pending"))).await.is_err(), "an unbound pod goes at once");
+}

@@ -12,7 +12,7 @@ use super::util::{replicas, rs_replicas};
 use super::{Controller, SyncError};
 use crate::client::{now_seconds, parse_rfc3339};
 use crate::controllers::cache::key_of;
-use crate::controllers::podutil::{controller_of, is_active};
+use crate::controllers::podutil::{controller_of, is_finished};
 
 impl Controller {
     /// `rolloutRolling`: grow the new ReplicaSet within the surge, else shrink the old ones within the
@@ -73,7 +73,8 @@ impl Controller {
         self.rollout_status(d, &old, Some(&new)).await
     }
 
-    /// Old ReplicaSets still have pods, or a pod of theirs has not finished (`oldPodsRunning`).
+    /// Old ReplicaSets still have pods, or a pod of theirs has not finished (`oldPodsRunning`): a
+    /// terminating pod still runs, so Recreate waits for it.
     fn old_pods_running(&self, new: Option<&ReplicaSet>, old: &[ReplicaSet]) -> bool {
         if old.iter().any(|rs| rs.status.as_ref().is_some_and(|s| s.replicas > 0)) {
             return true;
@@ -84,7 +85,7 @@ impl Controller {
         self.pods
             .list(&ns)
             .iter()
-            .any(|p| controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid)) && is_active(p))
+            .any(|p| controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid)) && !is_finished(p))
     }
 
     /// Writes the rollout's status (`syncRolloutStatus`): counts, `Available`, `Progressing`, and the

@@ -1,7 +1,7 @@
 //! The EndpointSlices a Service should have, from the pods of its namespace (pure: the controller compares
 //! this with what the API holds). As Kubernetes' reconciler: every pod the selector picks that has an IP and
-//! has not finished is an endpoint, Ready or not (its `ready` condition says which; proxies send only to
-//! ready ones); a Service port's `targetPort` is resolved on each pod (a name through the pod's container
+//! has not finished is an endpoint, Ready or not, terminating or not (its conditions say which; proxies
+//! send only to ready ones); a Service port's `targetPort` is resolved on each pod (a name through the pod's container
 //! ports, so pods may serve it on different numbers), pods that resolve the ports alike share slices, and a
 //! slice holds at most 100 endpoints. A Service whose selector picks nothing gets one empty slice, so a
 //! proxy can tell "no endpoints" from "not computed yet".
@@ -13,7 +13,7 @@ use testbed_api::objects::{
     OwnerReference, Pod, Service, MANAGED_BY_LABEL, SERVICE_NAME_LABEL,
 };
 
-use super::super::podutil::{is_active, is_ready};
+use super::super::podutil::{is_finished, is_ready, is_terminating};
 
 /// The `managed-by` label's value on the slices this controller makes (Kubernetes' own).
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
@@ -54,11 +54,18 @@ fn resolved_ports(svc: &Service, pod: &Pod) -> Vec<EndpointPort> {
         .collect()
 }
 
+/// As Kubernetes' `podToEndpoint`: `serving` is the pod's readiness, `terminating` its deletion, and `ready`
+/// is serving and not terminating (so proxies send no new connections to a terminating pod).
 fn endpoint(pod: &Pod, ip: &str) -> Endpoint {
-    let ready = is_ready(pod);
+    let serving = is_ready(pod);
+    let terminating = is_terminating(pod);
     Endpoint {
         addresses: vec![ip.to_string()],
-        conditions: EndpointConditions { ready: Some(ready), serving: Some(ready), terminating: Some(false) },
+        conditions: EndpointConditions {
+            ready: Some(serving && !terminating),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        },
         node_name: pod.spec.node_name.clone(),
         target_ref: Some(ObjectReference {
             kind: Some("Pod".into()),
@@ -117,7 +124,7 @@ pub fn slices(svc: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
         return Vec::new();
     }
     let mut groups: BTreeMap<String, PortGroup> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| selects(svc, p) && is_active(p)) {
+    for pod in pods.iter().filter(|p| selects(svc, p) && !is_finished(p)) {
         let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).filter(|ip| !ip.is_empty()) else {
             continue;
         };
@@ -189,6 +196,22 @@ mod tests {
         );
         let ports: Vec<(Option<&str>, Option<i32>)> = s.ports.iter().map(|p| (p.name.as_deref(), p.port)).collect();
         assert_eq!(ports, [(Some("web"), Some(8080)), (Some("dns"), Some(53))]);
+    }
+
+    #[test]
+    fn a_terminating_pod_stays_as_a_terminating_endpoint_that_is_not_ready() {
+        let svc = service(json!([{"port": 80}]));
+        let mut going = pod("a", Some("10.244.1.2"), true, 8080);
+        going.metadata.deletion_timestamp = Some("2026-11-29T12:00:30Z".into());
+        let mut going_unready = pod("b", Some("10.244.1.3"), false, 8080);
+        going_unready.metadata.deletion_timestamp = going.metadata.deletion_timestamp.clone();
+        let slices = slices(&svc, &[going, going_unready]);
+        let conditions: Vec<_> = slices[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.conditions.ready, e.conditions.serving, e.conditions.terminating))
+            .collect();
+        assert_eq!(conditions, [(Some(false), Some(true), Some(true)), (Some(false), Some(false), Some(true))]);
     }
 
     #[test]

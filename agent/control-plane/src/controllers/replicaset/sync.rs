@@ -13,7 +13,7 @@ use crate::client::{now_seconds, paths, ClientError};
 use crate::controllers::cache::key_of;
 use crate::controllers::events::EventType;
 use crate::controllers::owners::{self, Claim};
-use crate::controllers::podutil::{controller_ref, is_active, pods_to_delete};
+use crate::controllers::podutil::{controller_ref, is_active, is_terminating, pods_to_delete};
 use crate::resources::Kind;
 
 /// Most pods created or deleted in one reconcile (Kubernetes' `burstReplicas`).
@@ -34,6 +34,8 @@ pub async fn sync(c: &Controller, key: String) -> Result<(), ClientError> {
     for pod in c.pods.list(&ns) {
         let path = paths::pod(&ns, &pod.metadata.name);
         match owners::claim(&rs.metadata, &rs.spec.selector, &pod.metadata) {
+            // Terminating: its kubelet is stopping it; not counted (replaced at once), not deleted again.
+            Claim::Owned if is_terminating(&pod) => {}
             Claim::Owned if !is_active(&pod) => {
                 // A finished pod no longer counts; it is replaced, and deleted so it does not pile up.
                 ignore_not_found(c.ctx.client.delete(&path).await)?;

@@ -79,7 +79,8 @@ pub(super) async fn rolling_bounds(client: &Client) -> CheckOutcome {
     let (replicas, surge, unavailable) = (4, 1, 1);
     let api = create(client, &deployment("rolling", replicas, "1")).await?;
     wait::rolled_out(&api, "rolling", replicas).await?;
-    // Sample the pods continuously through the whole rollout: the most that exist, the fewest Ready.
+    // Sample the pods continuously through the whole rollout: the most that exist (not terminating), the
+    // fewest Ready.
     let stop = Arc::new(AtomicBool::new(false));
     let (most, fewest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(usize::MAX)));
     let sampler = {
@@ -88,7 +89,10 @@ pub(super) async fn rolling_bounds(client: &Client) -> CheckOutcome {
             let mut samples = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(now) = pods(&client, "rolling").await {
-                    most.fetch_max(now.len(), Ordering::Relaxed);
+                    // Terminating pods are no longer the Deployment's (Kubernetes counts neither them
+                    // against maxSurge nor as available): their replacements start at once.
+                    let counted = now.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count();
+                    most.fetch_max(counted, Ordering::Relaxed);
                     fewest.fetch_min(now.iter().filter(|p| wait::is_ready(p)).count(), Ordering::Relaxed);
                     samples += 1;
                 }
