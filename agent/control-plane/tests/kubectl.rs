@@ -131,15 +131,20 @@ fn kubectl_prints_the_servers_tables() {
 
     // get -w: the header once, then a row per change.
     let (_watcher, seen) = watch_in_background(&lab, &["get", "pods", "-w"]);
-    lab.ok(&["label", "pod", "web", "tier=front"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let rows = loop {
-        let rows = table(&seen.lock().expect("lock"));
-        if rows.len() >= 3 || std::time::Instant::now() > deadline {
-            break rows;
+    let rows_within_20s = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let rows = table(&seen.lock().expect("lock"));
+            if rows.len() >= n || std::time::Instant::now() > deadline {
+                break rows;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    // The change comes once the watch has listed: a label written before its list is in the listed row.
+    assert_eq!(rows_within_20s(2).len(), 2, "header and the pod, listed");
+    lab.ok(&["label", "pod", "web", "tier=front"]);
+    let rows = rows_within_20s(3);
     assert_eq!(rows.len(), 3, "header, the pod, its change: {rows:?}");
     assert_eq!(rows[0], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{rows:?}");
     assert!(rows[1..].iter().all(|r| r[..3] == ["web", "0/1", "Pending"]), "{rows:?}");
