@@ -85,6 +85,15 @@ pub enum LaunchError {
     Usage,
 }
 
+/// The container's stdin from /dev/null, its stdout and stderr into `log`.
+pub(super) fn stdio_to(log: &File) -> Result<(), LaunchError> {
+    let null = File::open("/dev/null").map_err(|source| LaunchError::Io { what: "open /dev/null".into(), source })?;
+    for (fd, target) in [(null.as_raw_fd(), 0), (log.as_raw_fd(), 1), (log.as_raw_fd(), 2)] {
+        dup2(fd, target).map_err(sys("dup2"))?;
+    }
+    Ok(())
+}
+
 pub(super) fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> LaunchError {
     let what = what.into();
     move |source| LaunchError::Sys { what, source }
@@ -273,14 +282,8 @@ fn child(args: &LauncherArgs, argv: &[CString], log: Option<&File>, alive: &impl
             return e;
         }
         if let Some(log) = log {
-            let null = match File::open("/dev/null") {
-                Ok(f) => f,
-                Err(source) => return LaunchError::Io { what: "open /dev/null".into(), source },
-            };
-            for (fd, target) in [(null.as_raw_fd(), 0), (log.as_raw_fd(), 1), (log.as_raw_fd(), 2)] {
-                if let Err(e) = dup2(fd, target) {
-                    return sys("dup2")(e);
-                }
+            if let Err(e) = stdio_to(log) {
+                return e;
             }
         }
         let _ = nix::unistd::setsid();

@@ -21,9 +21,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{dup2, execvp, fork, ForkResult, Pid};
+use nix::unistd::{execvp, fork, ForkResult, Pid};
 
-use super::launcher::{parent_alive, sys, LaunchError, LauncherArgs};
+use super::launcher::{parent_alive, stdio_to, sys, LaunchError, LauncherArgs};
 use super::reaper::Reaper;
 
 /// The runtime, found in PATH (Debian's crun package in the guest image).
@@ -139,14 +139,8 @@ fn child(bundle: &Path, lower: &str, id: &str, log: Option<&File>, alive: &impl 
     // Absent on a pure cgroup2 node (the guests): nothing to drop.
     let _ = umount2(HYBRID_CGROUP2, MntFlags::MNT_DETACH);
     if let Some(log) = log {
-        let null = match File::open("/dev/null") {
-            Ok(f) => f,
-            Err(source) => return LaunchError::Io { what: "open /dev/null".into(), source },
-        };
-        for (fd, target) in [(null.as_raw_fd(), 0), (log.as_raw_fd(), 1), (log.as_raw_fd(), 2)] {
-            if let Err(e) = dup2(fd, target) {
-                return sys("dup2")(e);
-            }
+        if let Err(e) = stdio_to(log) {
+            return e;
         }
     }
     // crun's state of an earlier run of this container (it exited, nobody ran `crun delete`).

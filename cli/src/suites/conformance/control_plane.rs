@@ -79,6 +79,19 @@ pub(super) async fn namespace(client: &Client, name: &str) -> Result<(), CheckEr
     }
 }
 
+/// A pod the groups make through the API: bound to `node` from the start (no scheduler in the way), never
+/// restarted, and stopped within a second when deleted.
+pub(super) fn pinned(metadata: ObjectMeta, node: &str, containers: Vec<Container>) -> Pod {
+    let spec = PodSpec {
+        containers,
+        node_name: Some(node.into()),
+        restart_policy: Some("Never".into()),
+        termination_grace_period_seconds: Some(1),
+        ..Default::default()
+    };
+    Pod { metadata, spec: Some(spec), ..Default::default() }
+}
+
 fn meta(name: &str) -> ObjectMeta {
     ObjectMeta { name: Some(name.to_string()), ..Default::default() }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 
@@ -17,7 +17,7 @@ use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
-use super::super::control_plane::api_err;
+use super::super::control_plane::{api_err, pinned};
 use super::super::poll::until;
 
 /// The model's namespaces: API name and the value of their `ns` label.
@@ -101,14 +101,7 @@ fn model_pod(p: &Peer, node: &str) -> Pod {
         labels: Some(labels),
         ..Default::default()
     };
-    let spec = PodSpec {
-        containers,
-        node_name: Some(node.into()),
-        restart_policy: Some("Never".into()),
-        termination_grace_period_seconds: Some(1),
-        ..Default::default()
-    };
-    Pod { metadata, spec: Some(spec), ..Default::default() }
+    pinned(metadata, node, containers)
 }
 
 /// Makes the namespaces (labelled) and pods, and waits until every pod serves.

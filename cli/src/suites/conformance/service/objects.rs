@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -14,7 +14,7 @@ use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
-use super::super::control_plane::{api_err, namespace};
+use super::super::control_plane::{api_err, namespace, pinned};
 pub(super) use super::super::poll::until;
 use super::{ServiceLab, Svc, NAMESPACE};
 
@@ -57,17 +57,6 @@ fn endpoint_pod(name: &str, node: &str) -> Pod {
         container("ready", probe::sh(format!("exec busybox nc -l -p {UNREADY_PORT}"))),
     ];
     pinned(meta(name, &[("app", APP)]), node, containers)
-}
-
-fn pinned(metadata: ObjectMeta, node: &str, containers: Vec<Container>) -> Pod {
-    let spec = PodSpec {
-        containers,
-        node_name: Some(node.into()),
-        restart_policy: Some("Never".into()),
-        termination_grace_period_seconds: Some(1),
-        ..Default::default()
-    };
-    Pod { metadata, spec: Some(spec), ..Default::default() }
 }
 
 fn port(name: &str, port: i32, target: u16) -> ServicePort {
