@@ -57,7 +57,7 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
     r.run(GROUP, None, names[1], e, scale(&client, nodes)).await;
     r.run(GROUP, None, names[2], e, replaced(&client)).await;
     r.run(GROUP, None, names[3], e, rollout::rolling_bounds(&client)).await;
-    r.run(GROUP, None, names[4], e, rollout::stuck(&client)).await;
+    r.run(GROUP, None, names[4], e, rollout::stuck(c, &client)).await;
     r.run(GROUP, None, names[5], e, rollout::undo(&client)).await;
     r.run(GROUP, None, names[6], e, rollout::history_limit(&client)).await;
     r.run(GROUP, None, names[7], e, rollout::pause_resume(&client)).await;

@@ -5,11 +5,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Client;
 
+use super::super::super::cluster::Cluster;
+use super::super::super::harness::{evidence, nexec};
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::{api_err, create, deployment, pods, wait, NAMESPACE};
 
@@ -138,7 +143,19 @@ pub(super) async fn rolling_bounds(client: &Client) -> CheckOutcome {
     Ok(format!("rolled out in {took:.1} s; {bounds}, over {samples} samples"))
 }
 
-pub(super) async fn stuck(client: &Client) -> CheckOutcome {
+/// Serves `v<VERSION>` over HTTP on [`SERVE_PORT`], from a directory of the pod's own (containers without an
+/// image share the node's files).
+fn version_server() -> Vec<String> {
+    let script = format!(
+        "d=/tmp/tb-ctl-$(hostname); mkdir -p $d && echo v$VERSION > $d/index.html && \
+         exec busybox httpd -f -p {SERVE_PORT} -h $d"
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
+const SERVE_PORT: u16 = 8080;
+
+pub(super) async fn stuck<C: Cluster>(c: &C, client: &Client) -> CheckOutcome {
     let mut d = deployment("stuck", 2, "1");
     if let Some(spec) = d.spec.as_mut() {
         // A node agent reports a container Running (so Ready) from its launcher's start until the exec of a
@@ -146,8 +163,12 @@ pub(super) async fn stuck(client: &Client) -> CheckOutcome {
         // available, which a kubelet never reports in the first place (docs/architecture.md).
         spec.min_ready_seconds = Some(if cfg!(test) { 1 } else { 5 });
         spec.progress_deadline_seconds = Some(if cfg!(test) { 3 } else { 25 });
+        if let Some(container) = spec.template.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+            container.command = Some(version_server());
+        }
     }
     let api = create(client, &d).await?;
+    let service = serving_service(client, "stuck", SERVE_PORT).await?;
     wait::rolled_out(&api, "stuck", 2).await?;
     // A program that does not exist never starts, so its pods are never Ready (Kubernetes' e2e test uses an
     // image that cannot be pulled). `false` would not do: it runs for a moment, which counts as Ready.
@@ -164,7 +185,9 @@ pub(super) async fn stuck(client: &Client) -> CheckOutcome {
         .into_iter()
         .filter(|p| version_of(p).as_deref() == Some("1") && wait::is_ready(p))
         .collect();
+    let answers = through_service(c, &service).await;
     let _ = api.delete("stuck", &DeleteParams::default()).await;
+    let _ = Api::<Service>::namespaced(client.clone(), NAMESPACE).delete("stuck", &DeleteParams::default()).await;
     if reason != "ProgressDeadlineExceeded" {
         return Err(CheckError::Fail(format!("Progressing=False with reason {reason}")));
     }
@@ -174,7 +197,50 @@ pub(super) async fn stuck(client: &Client) -> CheckOutcome {
             "no pod of the old version is Ready: the broken rollout took them all down".into(),
         ));
     }
-    Ok(format!("stopped with {reason}; {} old pod(s) still Ready", serving.len()))
+    Ok(format!("stopped with {reason}; {} old pod(s) still Ready; {}", serving.len(), answers?))
+}
+
+/// A ClusterIP Service `name` on port 80 in front of the Deployment's pods; its address.
+async fn serving_service(client: &Client, name: &str, target: u16) -> Result<String, CheckError> {
+    let api: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    let spec = ServiceSpec {
+        selector: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
+        ports: Some(vec![ServicePort {
+            port: 80,
+            target_port: Some(IntOrString::Int(target.into())),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let svc = Service {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: Some(spec),
+        ..Default::default()
+    };
+    let made = api.create(&PostParams::default(), &svc).await.map_err(api_err("create service"))?;
+    made.spec.and_then(|s| s.cluster_ip).ok_or_else(|| CheckError::Fail(format!("Service {name} got no clusterIP")))
+}
+
+/// Ten requests from the first node to the Service, each answered by an old pod (`v1`). Where the nodes
+/// run no service proxy (the unit tests' fake) the Service part is left out, and said so.
+async fn through_service<C: Cluster>(c: &C, ip: &str) -> Result<String, CheckError> {
+    if !c.follows_api_networking() {
+        return Ok("no service proxy on these nodes: not asked through the Service".into());
+    }
+    let node = c.plan().nodes.first().map(|n| n.name.clone()).unwrap_or_default();
+    let cmd = format!(
+        "for i in $(seq 10); do printf 'GET / HTTP/1.0\r\n\r\n' | timeout 5 busybox nc -w 3 {ip} 80 | tail -n 1; done"
+    );
+    let r = nexec(c, &node, &cmd).await?;
+    let answers: Vec<&str> = r.stdout.lines().map(str::trim).collect();
+    if answers.len() != 10 || answers.iter().any(|a| *a != "v1") {
+        return Err(CheckError::Fail(format!(
+            "through Service {ip}:80 from {node}, not every request was answered by an old pod\n{}",
+            evidence(&cmd, &r)
+        )));
+    }
+    Ok(format!("10 requests through Service {ip}:80 from {node} answered by the old version"))
 }
 
 pub(super) async fn undo(client: &Client) -> CheckOutcome {
