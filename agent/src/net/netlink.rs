@@ -29,6 +29,7 @@ use super::rawlink::{Mode, Req, RtSocket};
 use super::NetError;
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const BRIDGE_NF_CALL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 fn nl(step: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let step = step.into();
@@ -351,6 +352,11 @@ impl Kernel for NetlinkKernel {
         let ip_forward =
             std::fs::read_to_string(IP_FORWARD).map_err(|e| NetError::io(format!("read {IP_FORWARD}"), e))?.trim()
                 == "1";
+        let bridge_nf_call = match std::fs::read_to_string(BRIDGE_NF_CALL) {
+            Ok(v) => Some(v.trim() == "1"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(NetError::io(format!("read {BRIDGE_NF_CALL}"), e)),
+        };
         let links = self.links().await?;
         let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
         let routes = self.routes(owned, &names).await?;
@@ -358,7 +364,7 @@ impl Kernel for NetlinkKernel {
             Some(vx) => self.neighbours_and_fdb(VXLAN_DEV, vx.index).await?,
             None => (Vec::new(), Vec::new()),
         };
-        Ok(KernelState { ip_forward, links, routes, neighbours, fdb })
+        Ok(KernelState { ip_forward, bridge_nf_call, links, routes, neighbours, fdb })
     }
 
     async fn execute(&mut self, action: &Action) -> Result<(), NetError> {
@@ -367,6 +373,9 @@ impl Kernel for NetlinkKernel {
         match action {
             Action::EnableIpForward => {
                 std::fs::write(IP_FORWARD, "1").map_err(|e| NetError::io(step, e))?;
+            }
+            Action::EnableBridgeNfCall => {
+                std::fs::write(BRIDGE_NF_CALL, "1").map_err(|e| NetError::io(step, e))?;
             }
             Action::DeleteRoute(r) => {
                 let oif = self.require_index(&r.dev).await?;

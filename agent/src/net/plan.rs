@@ -146,6 +146,9 @@ pub struct Fdb {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
     pub ip_forward: bool,
+    /// `net.bridge.bridge-nf-call-iptables`; None when br_netfilter is not loaded (the guest's init loads it;
+    /// the agent loads no modules).
+    pub bridge_nf_call: Option<bool>,
     pub links: Vec<LinkState>,
     /// Main-table IPv4 routes whose destination lies inside the pod CIDR.
     pub routes: Vec<RouteState>,
@@ -299,6 +302,10 @@ fn net(ip: Ipv4Addr, prefix: u8) -> Result<Ipv4Net, NetError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     EnableIpForward,
+    /// Bridged IPv4 frames through the inet hooks: without it, the NetworkPolicy table never sees traffic
+    /// between two pods of this node, and a pod reaching its own node's pod through a Service gets replies
+    /// it does not expect.
+    EnableBridgeNfCall,
     DeleteRoute(Route),
     DeleteNeighbour(Neighbour),
     DeleteFdb(Fdb),
@@ -329,6 +336,7 @@ impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::EnableIpForward => f.write_str("sysctl net.ipv4.ip_forward=1"),
+            Action::EnableBridgeNfCall => f.write_str("sysctl net.bridge.bridge-nf-call-iptables=1"),
             Action::DeleteRoute(r) => write!(f, "route del {r}"),
             Action::DeleteNeighbour(n) => write!(f, "neigh del {} dev {}", n.ip, n.dev),
             Action::DeleteFdb(e) => write!(f, "fdb del {} dst {} dev {}", fmt_mac(&e.mac), e.dst, e.dev),
@@ -385,6 +393,9 @@ pub fn plan(desired: &Desired, observed: &KernelState) -> Vec<Action> {
     let mut actions = Vec::new();
     if !observed.ip_forward {
         actions.push(Action::EnableIpForward);
+    }
+    if observed.bridge_nf_call == Some(false) {
+        actions.push(Action::EnableBridgeNfCall);
     }
 
     // Links that will be (re)created or deleted: whatever the kernel holds on them now goes with them.
@@ -549,6 +560,7 @@ mod tests {
             let s = &mut self.state;
             match action.clone() {
                 Action::EnableIpForward => s.ip_forward = true,
+                Action::EnableBridgeNfCall => s.bridge_nf_call = Some(true),
                 Action::DeleteRoute(r) => s.routes.retain(|h| h.route != r),
                 Action::DeleteNeighbour(n) => s.neighbours.retain(|h| h.neighbour.ip != n.ip),
                 Action::DeleteFdb(e) => s.fdb.retain(|h| *h != e),
@@ -634,6 +646,17 @@ mod tests {
 
     fn lines(k: &mut FakeKernel, s: &NodeSpec) -> Vec<String> {
         block_on(converge(k, s)).expect("converge")
+    }
+
+    #[test]
+    fn bridged_traffic_is_sent_through_the_hooks_again_when_turned_off_and_left_alone_without_the_module() {
+        let mut k = FakeKernel::default();
+        lines(&mut k, &spec(Backend::Vxlan, 2));
+        k.state.bridge_nf_call = Some(false);
+        assert_eq!(lines(&mut k, &spec(Backend::Vxlan, 2)), ["sysctl net.bridge.bridge-nf-call-iptables=1"]);
+        assert!(lines(&mut k, &spec(Backend::Vxlan, 2)).is_empty());
+        k.state.bridge_nf_call = None;
+        assert!(lines(&mut k, &spec(Backend::Vxlan, 2)).is_empty());
     }
 
     #[test]
