@@ -79,6 +79,14 @@ pub(super) async fn namespace(client: &Client, name: &str) -> Result<(), CheckEr
     }
 }
 
+/// Whether the API says the pod is Ready (every container running and ready).
+pub(super) fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// A pod the groups make through the API: bound to `node` from the start (no scheduler in the way), never
 /// restarted, and stopped within a second when deleted.
 pub(super) fn pinned(metadata: ObjectMeta, node: &str, containers: Vec<Container>) -> Pod {

@@ -1,6 +1,6 @@
 //! The group's model, as Kubernetes' netpol e2e tests build theirs (test/e2e/network/netpol/model.go): pods
 //! `a` and `b` in namespaces `x` and `y`, each serving two ports, `a` on the first node and `b` on the
-//! second, so that half of the pairs cross nodes. A probe round connects every pod to every other pod on both
+//! second, so that half of the pairs cross nodes (all on the first node where pod traffic cannot cross). A probe round connects every pod to every other pod on both
 //! ports at once and gives the matrix of what connected, which a case compares with its expected one (their
 //! "truth table").
 
@@ -17,7 +17,7 @@ use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
-use super::super::control_plane::{api_err, pinned};
+use super::super::control_plane::{api_err, is_ready, pinned};
 use super::super::poll::until;
 
 /// The model's namespaces: API name and the value of their `ns` label.
@@ -105,10 +105,17 @@ fn model_pod(p: &Peer, node: &str) -> Pod {
 }
 
 /// Makes the namespaces (labelled) and pods, and waits until every pod serves.
-pub(super) async fn setup<C: Cluster>(c: &C, client: &Client, nodes: &[NodeInfo]) -> Result<Model, CheckError> {
+/// `cross`: whether pod traffic crosses nodes here; where it does not (one node, backend none) every pod runs
+/// on the first node.
+pub(super) async fn setup<C: Cluster>(
+    c: &C,
+    client: &Client,
+    nodes: &[NodeInfo],
+    cross: bool,
+) -> Result<Model, CheckError> {
     remove_all(client).await?;
     let first = nodes.first().ok_or_else(|| CheckError::Infra("the plan has no nodes".into()))?;
-    let second = nodes.get(1).unwrap_or(first);
+    let second = nodes.get(1).filter(|_| cross).unwrap_or(first);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for (name, label) in NAMESPACES {
         let meta = ObjectMeta {
@@ -128,6 +135,17 @@ pub(super) async fn setup<C: Cluster>(c: &C, client: &Client, nodes: &[NodeInfo]
         let pods: Api<Pod> = Api::namespaced(client.clone(), api_namespace(p));
         pods.create(&PostParams::default(), &model_pod(p, &node.name)).await.map_err(api_err("create pod"))?;
     }
+    // Every container serving before the first probe round: an address alone comes before the containers run.
+    until("the model's pods are Ready", PODS_DEADLINE, || async {
+        let mut ready = 0;
+        for (ns, _) in NAMESPACES {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let list = pods.list(&ListParams::default()).await.map_err(api_err("list pods"))?;
+            ready += list.items.iter().filter(|p| is_ready(p)).count();
+        }
+        Ok((ready == placed.len()).then_some(()))
+    })
+    .await?;
     let mut pods = BTreeMap::new();
     for (p, node) in &placed {
         let node_pod = testbed_api::objects::node_pod_name(api_namespace(p), p.pod);
@@ -142,7 +160,8 @@ pub(super) async fn setup<C: Cluster>(c: &C, client: &Client, nodes: &[NodeInfo]
 }
 
 /// The script one pod runs: a connection to every other pod on both ports, all at once, each line
-/// `<peer> <port> <1 connected | 0 not>`. Connected means the server answered with its own name.
+/// `<peer> <port> <exit> <answered>`. Answered means the server replied with its own name; the exit (of
+/// `timeout` around nc) tells a blocked connection (1: refused or timed out, 124) from a broken probe.
 fn probe_script(model: &Model, from: &Peer) -> String {
     let mut s = String::new();
     for (to, pod) in model.pods.iter().filter(|(to, _)| *to != from) {
@@ -150,8 +169,8 @@ fn probe_script(model: &Model, from: &Peer) -> String {
             let name = format!("{}-{}", to.ns, to.pod);
             let _ = write!(
                 s,
-                "(if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout {t} busybox nc -w {CONNECT_SECS} {ip} {port} 2>/dev/null \
-                 | grep -q '^{name}'; then echo '{to} {port} 1'; else echo '{to} {port} 0'; fi) & ",
+                "(o=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout {t} busybox nc -w {CONNECT_SECS} {ip} {port} 2>/dev/null); \
+                 rc=$?; case \"$o\" in *{name}*) echo '{to} {port} 0 1';; *) echo \"{to} {port} $rc 0\";; esac) & ",
                 t = CONNECT_SECS + 1,
                 ip = pod.ip,
             );
@@ -159,6 +178,22 @@ fn probe_script(model: &Model, from: &Peer) -> String {
     }
     s.push_str("wait");
     s
+}
+
+/// One probe's line: whether it connected, or why the probe itself is broken.
+fn probe_line(line: &str) -> Option<(Peer, u16, Result<bool, String>)> {
+    let mut parts = line.split_whitespace();
+    let (to, port, exit, answered) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let to = peers().into_iter().find(|p| p.to_string() == to)?;
+    let port = port.parse::<u16>().ok()?;
+    let outcome = match (answered, exit) {
+        ("1", _) => Ok(true),
+        // nc: refused, unreachable or its connect timed out; 124: `timeout` ended it.
+        (_, "1" | "124") => Ok(false),
+        (_, "0") => Err("answered, but not with the server's name".to_string()),
+        (_, other) => Err(format!("the probe exited {other} (a missing tool is 127)")),
+    };
+    Some((to, port, outcome))
 }
 
 /// One probe round from every pod at once.
@@ -171,15 +206,13 @@ pub(super) async fn probe_round<C: Cluster>(c: &C, model: &Model) -> Result<Matr
     let mut observed = Matrix::new();
     for result in futures::future::join_all(rounds).await {
         let (from, script, r) = result?;
-        let all = peers();
-        for line in r.stdout.lines() {
-            let mut parts = line.split_whitespace();
-            let (Some(to), Some(port), Some(ok)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            let Some(to) = all.iter().find(|p| p.to_string() == to) else { continue };
-            let Ok(port) = port.parse::<u16>() else { continue };
-            observed.insert((from.clone(), to.clone(), port), ok == "1");
+        for (to, port, outcome) in r.stdout.lines().filter_map(probe_line) {
+            let connected = outcome.map_err(|why| {
+                CheckError::Infra(format!("probe {from} -> {to}:{port}: {why}\n{}", evidence(&script, &r)))
+            })?;
+            observed.insert((from.clone(), to, port), connected);
         }
-        if observed.keys().filter(|(f, _, _)| *f == from).count() != (all.len() - 1) * PORTS.len() {
+        if observed.keys().filter(|(f, _, _)| *f == from).count() != (peers().len() - 1) * PORTS.len() {
             return Err(CheckError::Infra(format!(
                 "the probes from {from} did not all answer\n{}",
                 evidence(&script, &r)
@@ -277,6 +310,16 @@ mod tests {
         assert_eq!(m.len(), 4 * 3 * 2);
         assert!(!m.keys().any(|(from, to, _)| from == to));
         assert_eq!(m.values().filter(|ok| !**ok).count(), 12);
+    }
+
+    #[test]
+    fn a_probe_is_blocked_only_by_the_network_and_a_broken_one_is_named() {
+        assert_eq!(probe_line("x/b 8080 0 1"), Some((peer("x", "b"), 8080, Ok(true))));
+        assert_eq!(probe_line("y/a 8081 1 0"), Some((peer("y", "a"), 8081, Ok(false))));
+        assert_eq!(probe_line("y/a 8081 124 0").map(|l| l.2), Some(Ok(false)));
+        assert!(probe_line("y/b 8080 127 0").is_some_and(|l| l.2.is_err_and(|e| e.contains("127"))));
+        assert!(probe_line("y/b 8080 0 0").is_some_and(|l| l.2.is_err()));
+        assert_eq!(probe_line("nc: timed out"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
-use super::super::control_plane::{api_err, namespace, pinned};
+use super::super::control_plane::{api_err, is_ready, namespace, pinned};
 pub(super) use super::super::poll::until;
 use super::{ServiceLab, Svc, NAMESPACE};
 
@@ -77,13 +77,6 @@ fn service(name: &str, selector: &str, ports: Vec<ServicePort>, change: impl FnO
     };
     change(&mut spec);
     Service { metadata: meta(name, &[]), spec: Some(spec), ..Default::default() }
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Creates everything, waits for the pods to be Ready and serving and for the web Service to answer.
