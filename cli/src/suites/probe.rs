@@ -47,6 +47,15 @@ pub fn http_get_within(ip: Ipv4Addr, path: &str, secs: u32) -> String {
     format!("timeout {secs} busybox wget -q -O - http://{ip}:{HTTP_PORT}{path}")
 }
 
+/// `n` HTTP GETs from a node, the body's last line (or `FAIL`) a line (busybox wget segfaults on the guests
+/// outside a pod's exec).
+pub fn node_gets(ip: Ipv4Addr, port: u16, path: &str, n: u32) -> String {
+    format!(
+        "for i in $(seq {n}); do a=$(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | timeout 5 busybox nc -w 3 {ip} {port} \
+         | tail -n 1); echo ${{a:-FAIL}}; done"
+    )
+}
+
 /// Retries `cmd` (a server that is still starting) up to `attempts` times, 0.3 s apart.
 pub fn retrying(cmd: &str, attempts: u32) -> String {
     format!("i=0; while [ $i -lt {attempts} ]; do {cmd} && exit 0; i=$((i+1)); sleep 0.3; done; exit 1")

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
@@ -15,6 +16,7 @@ use kube::Client;
 
 use super::super::super::cluster::Cluster;
 use super::super::super::harness::{evidence, nexec};
+use super::super::super::probe;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::{api_err, create, deployment, pods, wait, NAMESPACE};
 
@@ -185,7 +187,7 @@ pub(super) async fn stuck<C: Cluster>(c: &C, client: &Client) -> CheckOutcome {
         .into_iter()
         .filter(|p| version_of(p).as_deref() == Some("1") && wait::is_ready(p))
         .collect();
-    let answers = through_service(c, &service).await;
+    let answers = through_service(c, service).await;
     let _ = api.delete("stuck", &DeleteParams::default()).await;
     let _ = Api::<Service>::namespaced(client.clone(), NAMESPACE).delete("stuck", &DeleteParams::default()).await;
     if reason != "ProgressDeadlineExceeded" {
@@ -201,7 +203,7 @@ pub(super) async fn stuck<C: Cluster>(c: &C, client: &Client) -> CheckOutcome {
 }
 
 /// A ClusterIP Service `name` on port 80 in front of the Deployment's pods; its address.
-async fn serving_service(client: &Client, name: &str, target: u16) -> Result<String, CheckError> {
+async fn serving_service(client: &Client, name: &str, target: u16) -> Result<Ipv4Addr, CheckError> {
     let api: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
     let _ = api.delete(name, &DeleteParams::default()).await;
     let spec = ServiceSpec {
@@ -219,19 +221,20 @@ async fn serving_service(client: &Client, name: &str, target: u16) -> Result<Str
         ..Default::default()
     };
     let made = api.create(&PostParams::default(), &svc).await.map_err(api_err("create service"))?;
-    made.spec.and_then(|s| s.cluster_ip).ok_or_else(|| CheckError::Fail(format!("Service {name} got no clusterIP")))
+    let ip = made.spec.and_then(|s| s.cluster_ip);
+    ip.as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| CheckError::Fail(format!("Service {name} got no IPv4 clusterIP: {ip:?}")))
 }
 
 /// Ten requests from the first node to the Service, each answered by an old pod (`v1`). Where the nodes
 /// run no service proxy (the unit tests' fake) the Service part is left out, and said so.
-async fn through_service<C: Cluster>(c: &C, ip: &str) -> Result<String, CheckError> {
+async fn through_service<C: Cluster>(c: &C, ip: Ipv4Addr) -> Result<String, CheckError> {
     if !c.follows_api_networking() {
         return Ok("no service proxy on these nodes: not asked through the Service".into());
     }
     let node = c.plan().nodes.first().map(|n| n.name.clone()).unwrap_or_default();
-    let cmd = format!(
-        "for i in $(seq 10); do printf 'GET / HTTP/1.0\r\n\r\n' | timeout 5 busybox nc -w 3 {ip} 80 | tail -n 1; done"
-    );
+    let cmd = probe::node_gets(ip, 80, "/", 10);
     let r = nexec(c, &node, &cmd).await?;
     let answers: Vec<&str> = r.stdout.lines().map(str::trim).collect();
     if answers.len() != 10 || answers.iter().any(|a| *a != "v1") {

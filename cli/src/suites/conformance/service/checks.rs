@@ -21,16 +21,7 @@ fn gets(ip: Ipv4Addr, port: u16, path: &str, n: u32) -> String {
     format!("for i in $(seq {n}); do timeout 3 busybox wget -q -O - http://{ip}:{port}{path} || echo FAIL; done")
 }
 
-/// `n` HTTP GETs from a node, the body's last line (or `FAIL`) a line (busybox wget segfaults on the guests
-/// outside a pod's exec).
-fn node_gets(ip: Ipv4Addr, port: u16, path: &str, n: u32) -> String {
-    format!(
-        "for i in $(seq {n}); do a=$(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | timeout 5 busybox nc -w 3 {ip} {port} \
-         | tail -n 1); echo ${{a:-FAIL}}; done"
-    )
-}
-
-/// The answers of a `gets`/`node_gets` run, failing the check when any request failed.
+/// The answers of a `gets`/`probe::node_gets` run, failing the check when any request failed.
 fn answers(what: &str, cmd: &str, r: &testbed_api::ExecResponse) -> Result<Vec<String>, CheckError> {
     let lines: Vec<String> = r.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
     if r.exit_code != 0 || lines.is_empty() || lines.iter().any(|l| l == "FAIL") {
@@ -109,7 +100,7 @@ pub(super) async fn node_port<C: Cluster>(c: &C, lab: &ServiceLab) -> CheckOutco
         }
         let client = &lab.nodes[(i + 1) % lab.nodes.len()];
         let what = format!("node {} -> {}:{port}", client.name, target.underlay_ip);
-        let got = from_node(c, &client.name, &what, &node_gets(target.underlay_ip, port, "/", 10)).await?;
+        let got = from_node(c, &client.name, &what, &probe::node_gets(target.underlay_ip, port, "/", 10)).await?;
         lines.push(expect_names(&what, &got, &lab.names(), false)?);
         let what = format!("pod {} -> {}:{port}", lab.client_pod.status.name, target.underlay_ip);
         let got = from_pod(c, &lab.client_pod, &what, &gets(target.underlay_ip, port, "/", 10)).await?;
@@ -225,9 +216,9 @@ pub(super) async fn esipp_node_port<C: Cluster>(c: &C, lab: &ServiceLab) -> Chec
     let (a, b) = (&lab.nodes[0], &lab.nodes[1]);
     let local: Vec<String> = lab.on(&a.name).iter().map(|e| e.status.name.clone()).collect();
     let what = format!("node {} -> {}:{port}", b.name, a.underlay_ip);
-    let got = from_node(c, &b.name, &what, &node_gets(a.underlay_ip, port, "/", 10)).await?;
+    let got = from_node(c, &b.name, &what, &probe::node_gets(a.underlay_ip, port, "/", 10)).await?;
     let names = expect_names(&what, &got, &local, false)?;
-    let peers = from_node(c, &b.name, &what, &node_gets(a.underlay_ip, port, "/cgi-bin/peer", 5)).await?;
+    let peers = from_node(c, &b.name, &what, &probe::node_gets(a.underlay_ip, port, "/cgi-bin/peer", 5)).await?;
     let want = b.underlay_ip.to_string();
     if peers.iter().any(|p| probe::parse_remote_addr(p) != Some(b.underlay_ip)) {
         return Err(CheckError::Fail(format!(
@@ -245,7 +236,7 @@ pub(super) async fn node_to_cluster_ip<C: Cluster>(c: &C, lab: &ServiceLab) -> C
         if lab.cross { lab.nodes.iter().map(|n| n.name.as_str()).collect() } else { vec![&lab.client_pod.node] };
     for node in nodes {
         let what = format!("node {node} -> {}:80", lab.web.ip);
-        let got = from_node(c, node, &what, &node_gets(lab.web.ip, 80, "/", 20)).await?;
+        let got = from_node(c, node, &what, &probe::node_gets(lab.web.ip, 80, "/", 20)).await?;
         lines.push(expect_names(&what, &got, &lab.names(), false)?);
     }
     Ok(lines.join("\n"))
