@@ -71,7 +71,14 @@ pub(super) fn api_err(what: &str) -> impl Fn(kube::Error) -> CheckError + '_ {
 
 /// Creates the namespace `name` unless it exists.
 pub(super) async fn namespace(client: &Client, name: &str) -> Result<(), CheckError> {
-    let ns = Namespace { metadata: meta(name), ..Default::default() };
+    labelled_namespace(client, name, &[]).await
+}
+
+/// Creates the namespace `name` with `labels` unless it exists.
+pub(super) async fn labelled_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) -> Result<(), CheckError> {
+    let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let labels = Some(labels).filter(|l: &std::collections::BTreeMap<String, String>| !l.is_empty());
+    let ns = Namespace { metadata: ObjectMeta { labels, ..meta(name) }, ..Default::default() };
     match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),

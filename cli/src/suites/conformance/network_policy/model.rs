@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 
@@ -17,7 +17,7 @@ use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
-use super::super::control_plane::{api_err, is_ready, pinned};
+use super::super::control_plane::{api_err, is_ready, labelled_namespace, pinned};
 use super::super::poll::until;
 
 /// The model's namespaces: API name and the value of their `ns` label.
@@ -116,18 +116,8 @@ pub(super) async fn setup<C: Cluster>(
     remove_all(client).await?;
     let first = nodes.first().ok_or_else(|| CheckError::Infra("the plan has no nodes".into()))?;
     let second = nodes.get(1).filter(|_| cross).unwrap_or(first);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     for (name, label) in NAMESPACES {
-        let meta = ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([("ns".to_string(), label.to_string())])),
-            ..Default::default()
-        };
-        match namespaces.create(&PostParams::default(), &Namespace { metadata: meta, ..Default::default() }).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(api_err(&format!("create namespace {name}"))(e)),
-        }
+        labelled_namespace(client, name, &[("ns", label)]).await?;
     }
     let placed: Vec<(Peer, &NodeInfo)> =
         peers().into_iter().map(|p| if p.pod == "a" { (p, first) } else { (p, second) }).collect();
