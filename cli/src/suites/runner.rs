@@ -56,7 +56,6 @@ impl Selection {
     fn selects(&self, full_name: &str) -> bool {
         self.filter.as_deref().is_none_or(|f| full_name.contains(f))
             && !self.skip.iter().any(|s| full_name.contains(s.as_str()))
-            && !self.skip.iter().any(|s| full_name.contains(s.as_str()))
     }
 
     /// Whether it leaves any check out.

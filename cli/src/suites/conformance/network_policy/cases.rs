@@ -16,9 +16,10 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::Client;
 
 use super::super::super::cluster::Cluster;
+use super::super::super::probe::HTTP_PORT;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::super::control_plane::api_err;
-use super::model::{api_namespace, expect, matrix, peer, Matrix, Model, Peer, ALT_PORT, NAMESPACES};
+use super::model::{api_namespace, expect, matrix, peer, port_name, Matrix, Model, Peer, ALT_PORT, NAMESPACES};
 
 /// How long a policy change may take to reach every node's kernel before the matrix must hold: the API to
 /// kernel path measured 68 ms (docs/benchmarks.md); probe rounds under TCG take seconds of their own.
@@ -129,16 +130,74 @@ pub(super) async fn from_pod_and_namespace_selector<C: Cluster>(c: &C, m: &Model
     case(c, m, &[p], matrix(|from, to, _| *to != x_a() || *from == peer("y", "b"))).await
 }
 
-pub(super) async fn ports<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
-    let alt = NetworkPolicyPort {
-        port: Some(IntOrString::Int(ALT_PORT.into())),
+/// TCP `port`, up to `end` when given (endPort).
+fn tcp(port: u16, end: Option<u16>) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port.into())),
         protocol: Some("TCP".into()),
-        end_port: None,
-    };
+        end_port: end.map(i32::from),
+    }
+}
+
+/// The container port named as the model's pods name `port`; the protocol left to its default (TCP).
+fn named(port: u16) -> NetworkPolicyPort {
+    NetworkPolicyPort { port: Some(IntOrString::String(port_name(port))), protocol: None, end_port: None }
+}
+
+fn ingress_on(ports: Vec<NetworkPolicyPort>) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule { from: None, ports: Some(ports) }
+}
+
+pub(super) async fn ports<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
     let p = policy("x-a-alt-only", Some("a"), &["Ingress"], |s| {
-        s.ingress = Some(vec![NetworkPolicyIngressRule { from: None, ports: Some(vec![alt]) }])
+        s.ingress = Some(vec![ingress_on(vec![tcp(ALT_PORT, None)])])
     });
     case(c, m, &[p], matrix(|_, to, port| *to != x_a() || port == ALT_PORT)).await
+}
+
+/// A range that ends at the HTTP port (endPort is inclusive) and does not reach the alternate one.
+pub(super) async fn port_range<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let range = tcp(HTTP_PORT - 1, Some(HTTP_PORT));
+    let p = policy("x-a-range", Some("a"), &["Ingress"], |s| s.ingress = Some(vec![ingress_on(vec![range])]));
+    case(c, m, &[p], matrix(|_, to, port| *to != x_a() || port == HTTP_PORT)).await
+}
+
+/// Every pod of `x` open on the alternate port by its name only.
+pub(super) async fn ingress_named_port<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("x-alt-by-name", None, &["Ingress"], |s| s.ingress = Some(vec![ingress_on(vec![named(ALT_PORT)])]));
+    case(c, m, &[p], matrix(|_, to, port| to.ns != "x" || port == ALT_PORT)).await
+}
+
+/// Every pod of `x` may connect out to the HTTP port by its name only: the name is the destination pod's.
+pub(super) async fn egress_named_port<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let p = policy("x-egress-http-by-name", None, &["Egress"], |s| {
+        s.egress = Some(vec![NetworkPolicyEgressRule { to: None, ports: Some(vec![named(HTTP_PORT)]) }])
+    });
+    case(c, m, &[p], matrix(|from, _, port| from.ns != "x" || port == HTTP_PORT)).await
+}
+
+/// Two policies on x/a, each allowing `y` one port: what they allow together is the union.
+pub(super) async fn stacked<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let from_y_on = |name: &str, port: u16| {
+        policy(name, Some("a"), &["Ingress"], |s| {
+            s.ingress = Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![namespaces(&[("ns", "y")])]),
+                ports: Some(vec![tcp(port, None)]),
+            }])
+        })
+    };
+    let outcome = async {
+        create(&m.client, &from_y_on("x-a-from-y-alt", ALT_PORT)).await?;
+        let one =
+            expect(c, m, &matrix(|from, to, port| *to != x_a() || (from.ns == "y" && port == ALT_PORT)), TAKES_EFFECT)
+                .await?;
+        create(&m.client, &from_y_on("x-a-from-y-http", HTTP_PORT)).await?;
+        let both = expect(c, m, &matrix(|from, to, _| *to != x_a() || from.ns == "y"), TAKES_EFFECT).await?;
+        Ok(format!("one policy: {one}; both: {both}"))
+    }
+    .await;
+    delete_policies(&m.client).await?;
+    outcome
 }
 
 pub(super) async fn egress_to_pod_and_namespace<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {

@@ -18,7 +18,7 @@ use super::super::runner::{Level, Runner};
 const GROUP: &str = "network-policy";
 
 /// The group's check names, in report order (tests/conformance_e2e.rs counts them).
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 15] = [
     "every pod reaches every other pod before any policy",
     "should support a 'default-deny-ingress' policy",
     "should support a 'default-deny-all' policy",
@@ -26,6 +26,10 @@ const NAMES: [&str; 11] = [
     "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector",
     "should enforce policy based on PodSelector and NamespaceSelector",
     "should enforce policy based on Ports",
+    "should enforce policy based on a port range (endPort)",
+    "should allow ingress access on one named port",
+    "should allow egress access on one named port",
+    "should enforce multiple, stacked policies with overlapping podSelectors",
     "should enforce egress policy allowing traffic to a server in a different namespace based on PodSelector and NamespaceSelector",
     "should enforce except clause while egress access to server in CIDR block",
     "should allow ingress access from updated pod",
@@ -69,10 +73,14 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, cro
     r.run(GROUP, b, NAMES[4], e, cases::from_namespace_selector(c, &m)).await;
     r.run(GROUP, b, NAMES[5], e, cases::from_pod_and_namespace_selector(c, &m)).await;
     r.run(GROUP, b, NAMES[6], e, cases::ports(c, &m)).await;
-    r.run(GROUP, b, NAMES[7], e, cases::egress_to_pod_and_namespace(c, &m)).await;
-    r.run(GROUP, b, NAMES[8], e, cases::egress_except(c, &m, &pod_cidr)).await;
-    r.run(GROUP, b, NAMES[9], e, cases::updated_pod(c, &m)).await;
-    r.run(GROUP, b, NAMES[10], e, cases::deleted_policy_stops(c, &m)).await;
+    r.run(GROUP, b, NAMES[7], e, cases::port_range(c, &m)).await;
+    r.run(GROUP, b, NAMES[8], e, cases::ingress_named_port(c, &m)).await;
+    r.run(GROUP, b, NAMES[9], e, cases::egress_named_port(c, &m)).await;
+    r.run(GROUP, b, NAMES[10], e, cases::stacked(c, &m)).await;
+    r.run(GROUP, b, NAMES[11], e, cases::egress_to_pod_and_namespace(c, &m)).await;
+    r.run(GROUP, b, NAMES[12], e, cases::egress_except(c, &m, &pod_cidr)).await;
+    r.run(GROUP, b, NAMES[13], e, cases::updated_pod(c, &m)).await;
+    r.run(GROUP, b, NAMES[14], e, cases::deleted_policy_stops(c, &m)).await;
     r.run_setup(GROUP, b, "model pods and namespaces removed", async {
         cleanup(&client).await;
         Ok("namespaces deleted".to_string())

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 
@@ -27,6 +27,11 @@ const PODS: [&str; 2] = ["a", "b"];
 /// The second port every pod serves (its name followed by `-alt`).
 pub(super) const ALT_PORT: u16 = 8081;
 pub(super) const PORTS: [u16; 2] = [HTTP_PORT, ALT_PORT];
+/// The name each pod gives its container port `port`, as Kubernetes' model does (`serve-80-tcp`): what
+/// named-port policies refer to.
+pub(super) fn port_name(port: u16) -> String {
+    format!("serve-{port}-tcp")
+}
 const PODS_DEADLINE: Duration = Duration::from_secs(180);
 /// A blocked connection is a dropped SYN: busybox nc gives up after this.
 const CONNECT_SECS: u32 = 2;
@@ -90,9 +95,22 @@ fn model_pod(p: &Peer, node: &str) -> Pod {
     let alt = format!(
         "d=/tmp/tb-netpol-alt-{name}; mkdir -p $d && echo {name}-alt > $d/index.html && exec busybox httpd -f -p {ALT_PORT} -h $d"
     );
+    let serving = |port: u16| {
+        Some(vec![ContainerPort {
+            container_port: port.into(),
+            name: Some(port_name(port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }])
+    };
     let containers = vec![
-        Container { name: "web".into(), command: Some(probe::web_command(&name)), ..Default::default() },
-        Container { name: "alt".into(), command: Some(probe::sh(alt)), ..Default::default() },
+        Container {
+            name: "web".into(),
+            command: Some(probe::web_command(&name)),
+            ports: serving(HTTP_PORT),
+            ..Default::default()
+        },
+        Container { name: "alt".into(), command: Some(probe::sh(alt)), ports: serving(ALT_PORT), ..Default::default() },
     ];
     let labels = BTreeMap::from([("pod".to_string(), p.pod.to_string())]);
     let metadata = ObjectMeta {
