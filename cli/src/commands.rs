@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::exit::{CliError, CliResult};
 use crate::guest::{interactive, shell_quote};
-use crate::lab::{self, Lab, LabSelector};
+use crate::lab::{self, Lab, LabArgs, LabSelector};
 use crate::provider::{self, qemu::doctor};
 use crate::ui::Ui;
 
@@ -30,13 +30,13 @@ pub struct UpArgs {
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {
     #[command(flatten)]
-    pub lab: LabSelector,
+    pub lab: LabArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub lab: LabSelector,
+    pub lab: LabArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -169,7 +169,7 @@ pub async fn cmd_forward_api(_ui: &Ui, a: ForwardApiArgs) -> CliResult {
 
 pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
     require_root("down")?;
-    let Some(dir) = a.lab.resolve()? else {
+    let Some(dir) = a.lab.selector().resolve()? else {
         ui.info("no lab; nothing to do");
         if ui.is_json() {
             return print_json(&serde_json::to_value(lab::DownReport::no_lab()).map_err(CliError::infra)?);
@@ -204,7 +204,7 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
 }
 
 pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
-    let lab = Lab::open(&a.lab)?;
+    let lab = Lab::open(&a.lab.selector())?;
     let status = lab::status::collect(&lab, provider::default_provider().as_ref()).await;
     if ui.is_json() {
         print_json(&serde_json::to_value(&status).map_err(CliError::infra)?)?;

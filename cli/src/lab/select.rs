@@ -68,6 +68,27 @@ impl From<LabError> for crate::exit::CliError {
     }
 }
 
+/// The topology as `up` takes it, positional, for the lab verbs that take nothing else positional (`down`,
+/// `status`, `run SUITE`): `testbed down FILE` is `testbed down -t FILE`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LabArgs {
+    /// Topology file whose lab to use (the same as `-t FILE`).
+    #[arg(value_name = "TOPOLOGY", conflicts_with_all = ["lab", "topology"])]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub selector: LabSelector,
+}
+
+impl LabArgs {
+    /// The lab these arguments choose.
+    pub fn selector(&self) -> LabSelector {
+        match &self.file {
+            Some(file) => LabSelector { lab: None, topology: Some(file.clone()) },
+            None => self.selector.clone(),
+        }
+    }
+}
+
 impl LabSelector {
     /// The lab's directory (which may not exist: `down` is idempotent). None only when no lab was named and
     /// none exists.
@@ -108,7 +129,26 @@ impl LabSelector {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Verb {
+        #[command(flatten)]
+        lab: LabArgs,
+    }
+
+    #[test]
+    fn the_topology_is_positional_as_up_takes_it_or_a_flag() {
+        let parse = |args: &[&str]| Verb::try_parse_from(std::iter::once("down").chain(args.iter().copied()));
+        let file = |args: &[&str]| parse(args).unwrap().lab.selector().topology;
+        assert_eq!(file(&["t.yaml"]), Some(PathBuf::from("t.yaml")));
+        assert_eq!(file(&["-t", "t.yaml"]), Some(PathBuf::from("t.yaml")));
+        assert_eq!(parse(&["--lab", "x"]).unwrap().lab.selector().lab.as_deref(), Some("x"));
+        assert!(parse(&["t.yaml", "-t", "u.yaml"]).is_err(), "a file twice is a usage error");
+        assert!(parse(&["t.yaml", "--lab", "x"]).is_err());
+    }
 
     #[test]
     fn selector_by_name_file_or_the_only_lab() {

@@ -32,7 +32,7 @@ use testbed_api::results::{
 use testbed_api::Backend;
 
 use crate::exit::{CliError, CliResult};
-use crate::lab::{now_rfc3339, Lab, LabSelector};
+use crate::lab::{now_rfc3339, Lab, LabArgs, LabSelector};
 use crate::plan::Plan;
 use crate::ui::Ui;
 use cluster::Cluster;
@@ -44,7 +44,7 @@ pub struct RunArgs {
     /// Suite to run: conformance or perf.
     pub suite: String,
     #[command(flatten)]
-    pub lab: LabSelector,
+    pub lab: LabArgs,
     /// Directory for results.json, junit.xml, report.md, report.html [default: results/<lab>-<UTC time>/].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -321,8 +321,9 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
         other => return Err(CliError::bad_input(anyhow!("unknown suite `{other}` (expected conformance or perf)"))),
     }
     let backends = parse_backends(a.backend.as_deref()).map_err(|e| CliError::bad_input(anyhow!(e)))?;
-    let lab = Lab::open(&a.lab)?;
-    let declared = declared_tests(ui, &a.lab, &lab.plan)?;
+    let selector = a.lab.selector();
+    let lab = Lab::open(&selector)?;
+    let declared = declared_tests(ui, &selector, &lab.plan)?;
     let backends = backends.unwrap_or_else(|| vec![lab.plan.cluster.backend]);
     let out = a.out.clone().unwrap_or_else(|| default_out_dir(&lab.plan.lab));
     let selection = Selection { filter: a.filter.clone(), skip: a.skip.clone() };
