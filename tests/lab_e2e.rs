@@ -122,6 +122,30 @@ fn up_exec_status_down_leaves_nothing() {
         show("status", &text)
     );
 
+    // A pod's container, found through the control plane (topology pods are mirror pods `<name>-<node>`):
+    // its log, and a command in it whose output and exit code come back.
+    let logs = testbed(&state_dir).args(["logs", "--lab", lab, "web-node1"]).output().expect("logs");
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("serving /tmp/default-web on 8080"),
+        "{}",
+        show("logs", &logs)
+    );
+    let on_node = testbed(&state_dir).args(["logs", "--lab", lab, "--node", "node1", "web", "-c", "httpd"]).output();
+    let on_node = on_node.expect("logs --node");
+    assert_eq!(on_node.stdout, logs.stdout, "{}", show("logs --node", &on_node));
+    let exec =
+        ["exec", "--lab", lab, "--pod", "web-node1", "-c", "httpd", "--", "sh", "-c", "hostname; echo e >&2; exit 3"];
+    let exec = testbed(&state_dir).args(exec).output().expect("exec --pod");
+    assert_eq!(exec.status.code(), Some(3), "{}", show("exec --pod", &exec));
+    assert_eq!(
+        (exec.stdout.as_slice(), exec.stderr.as_slice()),
+        (&b"web\n"[..], &b"e\n"[..]),
+        "{}",
+        show("exec --pod", &exec)
+    );
+    let missing = testbed(&state_dir).args(["logs", "--lab", lab, "no-such-pod"]).output().expect("logs");
+    assert_eq!(missing.status.code(), Some(2), "{}", show("logs of a missing pod", &missing));
+
     // A second `up` of a healthy lab changes nothing.
     let again = testbed(&state_dir).arg("up").arg(&topo).output().expect("up again");
     assert!(again.status.success(), "{}", show("second up", &again));

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use testbed_api::{ApiError, DeletePodOptions};
+use testbed_api::{ApiError, DeletePodOptions, LogQuery};
 
 use crate::kubelet::{Kubelet, KubeletError};
 use crate::net::NetError;
@@ -111,6 +111,7 @@ pub fn router(agent: Arc<Agent>, kubelet: Arc<Kubelet>, proxy: Arc<Proxy>, polic
         .route("/v1/pods", get(list_pods).post(create_pod))
         .route("/v1/pods/{name}", get(get_pod).delete(delete_pod))
         .route("/v1/pods/{name}/exec", post(exec))
+        .route("/v1/pods/{name}/log", get(container_log))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, Json(ApiError { field: None, message: "no such endpoint".into(), leaked: vec![] }))
         })
@@ -220,6 +221,17 @@ async fn delete_pod(
     let grace = opts.grace_period_secs.map(Duration::from_secs);
     to_completion(async move { agent.delete_pod(&name, grace).await }).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn container_log(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, AgentError> {
+    let Query(query) = query.map_err(|e| {
+        AgentError::Invalid(ApiError { field: Some("offset".into()), message: e.body_text(), leaked: vec![] })
+    })?;
+    Ok(Json(agent.container_log(&name, &query)?))
 }
 
 async fn exec(

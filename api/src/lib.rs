@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod logs;
 pub mod network_policy;
 pub mod node;
 pub mod objects;
@@ -18,6 +19,7 @@ pub mod service;
 pub mod validate;
 
 pub use cluster::{ControlPlaneJoin, ControlPlaneStatus};
+pub use logs::{LogChunk, LogQuery};
 pub use network_policy::*;
 pub use node::*;
 pub use pod::*;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use serde_json::json;
 
+use crate::cluster::{self, ClientArgs};
 use crate::exit::{CliError, CliResult};
 use crate::guest::{interactive, shell_quote};
 use crate::lab::{self, Lab, LabArgs, LabSelector};
@@ -54,11 +55,19 @@ pub struct SshArgs {
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
     #[command(flatten)]
-    pub lab: LabSelector,
-    /// Node name.
-    pub node: String,
-    /// The command. One argument is handed to the guest's shell as is (pipes work); several are quoted
-    /// one by one.
+    pub client: ClientArgs,
+    /// Node name (without --pod).
+    #[arg(required_unless_present = "pod")]
+    pub node: Option<String>,
+    /// Run in this pod instead (its API name; `-n` for its namespace): the command's argv as it is, in the
+    /// container's namespaces and cgroup (`-c`), as `kubectl exec` runs it.
+    #[arg(long, value_name = "POD", conflicts_with = "node")]
+    pub pod: Option<String>,
+    /// With --pod: the container (without one, the pod's shared network, UTS and IPC namespaces).
+    #[arg(long, short = 'c', value_name = "NAME", requires = "pod")]
+    pub container: Option<String>,
+    /// The command. On a node, one argument is handed to the guest's shell as is (pipes work); several are
+    /// quoted one by one.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -226,8 +235,13 @@ pub async fn cmd_ssh(_ui: &Ui, a: SshArgs) -> CliResult {
 }
 
 pub async fn cmd_exec(_ui: &Ui, a: ExecArgs) -> CliResult {
-    let lab = Lab::open(&a.lab)?;
-    let session = lab.session(&a.node, Duration::from_secs(30)).await?;
+    let node = match (a.pod, a.node) {
+        (Some(pod), _) => return cluster::exec_in_pod(&a.client, &pod, a.container, a.command).await,
+        (None, Some(node)) => node,
+        (None, None) => return Err(CliError::bad_input(anyhow!("name a node, or a pod with --pod"))),
+    };
+    let lab = Lab::open(&a.client.lab)?;
+    let session = lab.session(&node, Duration::from_secs(30)).await?;
     let command = match a.command.as_slice() {
         [one] => one.clone(),
         many => many.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" "),
@@ -235,7 +249,7 @@ pub async fn cmd_exec(_ui: &Ui, a: ExecArgs) -> CliResult {
     let out = session
         .exec(&command, None)
         .await
-        .map_err(|e| CliError::infra(anyhow!("node {}: exec `{command}`: {e}", a.node)))?;
+        .map_err(|e| CliError::infra(anyhow!("node {node}: exec `{command}`: {e}")))?;
     let _ = std::io::stdout().write_all(&out.stdout);
     let _ = std::io::stderr().write_all(&out.stderr);
     let _ = std::io::stdout().flush();

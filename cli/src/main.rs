@@ -43,8 +43,10 @@ enum Command {
     Status(commands::StatusArgs),
     /// Open an interactive shell on a node.
     Ssh(commands::SshArgs),
-    /// Run a command on a node and return its exit code.
+    /// Run a command on a node, or with --pod in a pod's container, and return its exit code.
     Exec(commands::ExecArgs),
+    /// Print a container's log (what it wrote to stdout and stderr); --follow keeps printing.
+    Logs(cluster::LogsArgs),
     /// List objects of the lab's control plane (nodes, pods, leases, namespaces), as kubectl would.
     Get(cluster::GetArgs),
     /// Create or update the objects of Kubernetes-style YAML files in the lab's control plane.
@@ -88,6 +90,7 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
         Command::Status(a) => commands::cmd_status(ui, a).await,
         Command::Ssh(a) => commands::cmd_ssh(ui, a).await,
         Command::Exec(a) => commands::cmd_exec(ui, a).await,
+        Command::Logs(a) => cluster::cmd_logs(ui, a).await,
         Command::Get(a) => cluster::cmd_get(ui, a).await,
         Command::Apply(a) => cluster::cmd_apply(ui, a).await,
         Command::Delete(a) => cluster::cmd_delete(ui, a).await,

@@ -9,6 +9,7 @@ mod create;
 pub mod exec;
 pub mod infra;
 pub mod launcher;
+mod logs;
 mod node;
 mod oci;
 mod phase;

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testbed_api::{ContainerSpec, ContainerState, LeakKind, PodPhase, PodSpec, PodStatus, RestartPolicy};
+use testbed_api::{
+    ContainerSpec, ContainerState, LeakKind, LogChunk, LogQuery, PodPhase, PodSpec, PodStatus, RestartPolicy,
+};
 
 use super::fake::{FakeCgroups, FakeProcesses, Run};
 use super::processes::{PodProcess, PodProcesses};
@@ -388,4 +390,30 @@ async fn a_lost_sandbox_is_recreated_by_the_reconcile_pass() {
     assert_ne!(status.infra_pid, Some(infra));
     assert!(matches!(status.containers[0].state, ContainerState::Running { .. }));
     assert_eq!(h.fake.launches("app").len(), 2);
+}
+
+// ---- logs ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_container_log_is_read_in_chunks_from_an_offset() {
+    let h = harness().await;
+    h.agent.create_pod(pod("web", RestartPolicy::Always, &["app", "sidecar"])).await.unwrap();
+    std::fs::write(h.dir.path().join("state/pods/web/app.log"), "hello\nworld\n").unwrap();
+    let read = |container: Option<&str>, offset: Option<u64>| {
+        h.agent.container_log("web", &LogQuery { container: container.map(Into::into), offset })
+    };
+    let all = read(Some("app"), None).unwrap();
+    assert_eq!((all.text.as_str(), all.offset, all.next_offset, all.size), ("hello\nworld\n", 0, 12, 12));
+    let rest = read(Some("app"), Some(6)).unwrap();
+    assert_eq!((rest.text.as_str(), rest.next_offset), ("world\n", 12));
+    let past = read(Some("app"), Some(99)).unwrap();
+    assert_eq!((past.text.as_str(), past.offset), ("", 12), "an offset past the end reads nothing");
+    assert_eq!(read(Some("sidecar"), None).unwrap().text, "", "nothing written yet");
+    let field = |r: Result<LogChunk, AgentError>| match r {
+        Err(AgentError::Invalid(e)) => e.field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(field(read(None, None)).as_deref(), Some("container"), "two containers: one must be named");
+    assert_eq!(field(read(Some("db"), None)).as_deref(), Some("container"));
+    assert!(matches!(h.agent.container_log("nope", &LogQuery::default()), Err(AgentError::NotFound(_))));
 }

@@ -7,6 +7,7 @@ mod describe;
 mod documents;
 mod get;
 mod kinds;
+mod pods;
 mod rollout;
 mod scale;
 mod table;
@@ -26,6 +27,7 @@ pub use describe::{cmd_describe, DescribeArgs};
 pub use get::{cmd_delete, cmd_get, DeleteArgs, GetArgs};
 use kinds::Served;
 pub use kinds::UnknownKind;
+pub use pods::{cmd_logs, exec_in_pod, LogsArgs};
 pub use rollout::{cmd_rollout, RolloutArgs};
 pub use scale::{cmd_scale, ScaleArgs};
 

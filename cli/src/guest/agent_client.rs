@@ -8,8 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use testbed_api::{
-    ApiError, ApplyResponse, ControlPlaneJoin, ExecRequest, ExecResponse, Health, NodeSpec, NodeStatus, PodSpec,
-    PodStatus,
+    ApiError, ApplyResponse, ControlPlaneJoin, ExecRequest, ExecResponse, Health, LogChunk, LogQuery, NodeSpec,
+    NodeStatus, PodSpec, PodStatus,
 };
 
 /// Most calls are quick; this bounds a hung agent or a stalled forward.
@@ -44,12 +44,20 @@ pub enum AgentError {
 
 impl AgentError {
     /// HTTP status of an answered request (None for transport failures).
-    #[cfg(test)]
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             AgentError::Api { status, .. } | AgentError::BadBody { status, .. } => Some(*status),
             AgentError::Transport { .. } | AgentError::Client { .. } => None,
         }
+    }
+
+    /// The agent refused the request as asked (4xx: no such pod or container, a bad field).
+    pub fn is_client_error(&self) -> bool {
+        self.status().is_some_and(|s| s.is_client_error())
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
     }
 
     /// The agent's error body on 4xx/5xx.
@@ -160,6 +168,15 @@ impl AgentClient {
         let secs = req.timeout_secs.unwrap_or(AGENT_DEFAULT_EXEC_SECS);
         let timeout = Duration::from_secs(secs).saturating_add(EXEC_GRACE);
         self.call(Method::POST, &format!("/v1/pods/{}/exec", path_segment(pod)), Some(req), timeout).await
+    }
+
+    /// A chunk of a container's log from `query.offset` (`GET /v1/pods/{pod}/log`).
+    pub async fn container_log(&self, pod: &str, query: &LogQuery) -> Result<LogChunk, AgentError> {
+        let mut endpoint = format!("/v1/pods/{}/log?offset={}", path_segment(pod), query.offset.unwrap_or(0));
+        if let Some(c) = &query.container {
+            endpoint += &format!("&container={}", path_segment(c));
+        }
+        self.call(Method::GET, &endpoint, None::<&()>, DEFAULT_TIMEOUT).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

@@ -13,5 +13,5 @@ mod real_guest_tests;
 #[cfg(test)]
 mod test_sshd;
 
-pub use agent_client::AgentClient;
+pub use agent_client::{AgentClient, AgentError};
 pub use session::{shell_quote, Session, SshError};

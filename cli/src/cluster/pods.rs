@@ -1,0 +1,167 @@
+//! Reaching a pod's containers, as kubectl reaches them through the kubelet: `testbed logs` and `testbed exec
+//! --pod` find the node that runs the pod and the name its agent knows it by, then ask that agent over the
+//! lab's SSH forward.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use testbed_api::objects::MIRROR_ANNOTATION;
+use testbed_api::{ExecRequest, LogQuery};
+
+use super::{connect, ClientArgs, ClusterError};
+use crate::exit::{CliError, CliResult};
+use crate::lab::Lab;
+use crate::ui::Ui;
+
+/// How often `logs --follow` asks for more.
+const FOLLOW_PERIOD: Duration = Duration::from_millis(500);
+const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The pod: its API name, or with --node the name the node's agent shows (`testbed status`).
+    pub pod: String,
+    /// The container (may be left out when the pod has one).
+    #[arg(long, short = 'c', value_name = "NAME")]
+    pub container: Option<String>,
+    /// Keep printing what the container writes until the pod is gone (Ctrl-C to stop).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Read the pod straight from this node's agent, without the control plane (static pods, a lab whose
+    /// API server is down).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+}
+
+/// Where a pod runs and the name of its node pod.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NodePod {
+    pub node: String,
+    pub name: String,
+}
+
+/// The node pod of API pod `pod`: a mirror pod is its node's static pod (`<name>-<node>` in the API);
+/// any other runs under [`testbed_api::objects::node_pod_name`].
+pub fn node_pod_of(pod: &Pod) -> Result<NodePod, String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).ok_or_else(|| {
+        format!("pod {namespace}/{name} is not scheduled to a node yet (see `testbed describe pod {name}`)")
+    })?;
+    let mirror = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(MIRROR_ANNOTATION));
+    let local = match mirror {
+        true => name
+            .strip_suffix(&format!("-{node}"))
+            .map(str::to_string)
+            .ok_or_else(|| format!("mirror pod {namespace}/{name} does not end in its node's name `-{node}`"))?,
+        false => testbed_api::objects::node_pod_name(&namespace, &name),
+    };
+    Ok(NodePod { node, name: local })
+}
+
+/// `--node`'s pod as it is, else the API pod's node pod.
+async fn locate(args: &ClientArgs, pod: &str, node: Option<&str>) -> Result<NodePod, CliError> {
+    if let Some(node) = node {
+        return Ok(NodePod { node: node.to_string(), name: pod.to_string() });
+    }
+    let client = connect(args).await.map_err(ClusterError::into_cli)?;
+    let namespace = args.namespace.as_deref().unwrap_or("default");
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    let found =
+        api.get(pod).await.map_err(|e| ClusterError::from_kube(format!("get pod {namespace}/{pod}"), e).into_cli())?;
+    node_pod_of(&found).map_err(|e| CliError::bad_input(anyhow!(e)))
+}
+
+pub async fn cmd_logs(_ui: &Ui, a: LogsArgs) -> CliResult {
+    let target = locate(&a.client, &a.pod, a.node.as_deref()).await?;
+    let lab = Lab::open(&a.client.lab)?;
+    let node = lab.connect_node(&target.node, CONNECT_DEADLINE).await?;
+    let mut query = LogQuery { container: a.container.clone(), offset: Some(0) };
+    let mut out = std::io::stdout().lock();
+    loop {
+        let chunk = match node.agent.container_log(&target.name, &query).await {
+            Ok(chunk) => chunk,
+            // Following a pod that was deleted ends the stream, as kubectl's does.
+            Err(e) if a.follow && query.offset != Some(0) && e.is_not_found() => return Ok(()),
+            Err(e) => return Err(agent_error(&target, e)),
+        };
+        let _ = out.write_all(chunk.text.as_bytes());
+        let _ = out.flush();
+        query = LogQuery { container: Some(chunk.container), offset: Some(chunk.next_offset) };
+        if chunk.next_offset < chunk.size {
+            continue;
+        }
+        if !a.follow {
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_PERIOD).await;
+    }
+}
+
+/// `testbed exec --pod`: `command` in the pod's container (or its shared namespaces), its output and exit code
+/// passed through.
+pub async fn exec_in_pod(args: &ClientArgs, pod: &str, container: Option<String>, command: Vec<String>) -> CliResult {
+    let target = locate(args, pod, None).await?;
+    let lab = Lab::open(&args.lab)?;
+    let connected = lab.connect_node(&target.node, CONNECT_DEADLINE).await?;
+    let req = ExecRequest { container, command, stdin: None, timeout_secs: None };
+    let out = connected.agent.exec(&target.name, &req).await.map_err(|e| agent_error(&target, e))?;
+    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    if out.exit_code != 0 {
+        // The command's exit code is testbed's (as `kubectl exec` passes it on), beyond the 0-3 classes.
+        std::process::exit(out.exit_code.clamp(1, 255));
+    }
+    Ok(())
+}
+
+/// An agent's refusal (no such pod or container) is bad input; anything else is the lab's failure.
+fn agent_error(target: &NodePod, e: crate::guest::AgentError) -> CliError {
+    let message = anyhow!("node {}, pod {}: {e}", target.node, target.name);
+    if e.is_client_error() {
+        CliError::bad_input(message)
+    } else {
+        CliError::infra(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::PodSpec;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(name: &str, node: Option<&str>, mirror: bool) -> Pod {
+        let annotations = mirror.then(|| BTreeMap::from([(MIRROR_ANNOTATION.to_string(), "h".to_string())]));
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("team".into()),
+                annotations,
+                ..Default::default()
+            },
+            spec: Some(PodSpec { node_name: node.map(Into::into), ..Default::default() }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn an_api_pod_runs_under_its_node_pod_name_and_a_mirror_under_its_static_name() {
+        let api = node_pod_of(&pod("db", Some("node2"), false)).unwrap();
+        assert_eq!(api, NodePod { node: "node2".into(), name: testbed_api::objects::node_pod_name("team", "db") });
+        let mirror = node_pod_of(&pod("web-node1", Some("node1"), true)).unwrap();
+        assert_eq!(mirror, NodePod { node: "node1".into(), name: "web".into() });
+        assert!(node_pod_of(&pod("db", None, false)).unwrap_err().contains("not scheduled"));
+        assert!(node_pod_of(&pod("web", Some("node1"), true)).is_err(), "a mirror not named after its node");
+    }
+}
