@@ -185,4 +185,59 @@ mod tests {
         assert_eq!(named, [Some(node1[0].digest.as_str()), Some(node1[0].digest.as_str()), None]);
         testbed_api::validate::validate_pod(&spec).expect("the agent accepts it");
     }
+
+    /// An agent binary of this workspace (any build: `import-image` runs on the host here).
+    fn agent_binary() -> std::path::PathBuf {
+        let debug = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/testbed-agent");
+        crate::guest::agent_deploy::locate_agent_binary().ok().filter(|p| p.is_file()).unwrap_or(debug)
+    }
+
+    /// Through a real sshd on loopback and the real `testbed-agent import-image` into a scratch store (as
+    /// root: the layer's files keep their owners).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_image_is_copied_once_and_a_corrupt_layer_is_refused_naming_its_digest() {
+        let agent = agent_binary();
+        assert!(
+            agent.is_file(),
+            "no testbed-agent at {}: build it with `cargo build -p testbed-agent`",
+            agent.display()
+        );
+        let sshd = crate::guest::test_sshd::Sshd::start().expect("sshd (apt-get install openssh-server)");
+        let session = sshd.connect().await;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("app");
+        let layer = crate::image::oci::busybox_layer(b"\x7fELF fake", &["sh".to_string()]).unwrap();
+        crate::image::oci::write_layout(&layout, "app", &layer).unwrap();
+        let image = deliverable(&ContainerImage::Path(layout.clone())).unwrap();
+        let store_dir = dir.path().join("store");
+        let (agent, store_path) = (agent.display().to_string(), store_dir.display().to_string());
+        let store = NodeStore { agent: &agent, store: &store_path };
+
+        assert_eq!(deliver(&session, store, &[&image]).await.unwrap(), 1);
+        assert!(store_dir.join("images").join(format!("{}.json", image.hex())).is_file());
+        assert_eq!(deliver(&session, store, &[&image]).await.unwrap(), 0, "already in the store");
+        let leftovers: Vec<_> = std::fs::read_dir(&store_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("incoming-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // One byte of the layer changed: the manifest still names the layer's true digest.
+        let layer_hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer));
+        let layer_path = layout.join("blobs/sha256").join(&layer_hex);
+        let mut bytes = std::fs::read(&layer_path).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&layer_path, bytes).unwrap();
+        let corrupt = deliverable(&ContainerImage::Path(layout.clone())).unwrap();
+        let fresh = dir.path().join("fresh");
+        let fresh_path = fresh.display().to_string();
+        let store = NodeStore { agent: &agent, store: &fresh_path };
+        let err = deliver(&session, store, &[&corrupt]).await.unwrap_err().to_string();
+        for part in [layout.display().to_string(), corrupt.digest.clone(), format!("sha256:{layer_hex}")] {
+            assert!(err.contains(&part), "`{part}` missing: {err}");
+        }
+        assert!(!fresh.join("images").join(format!("{}.json", corrupt.hex())).exists(), "{err}");
+        assert!(!fresh.join("layers").join(&layer_hex).exists(), "{err}");
+    }
 }
