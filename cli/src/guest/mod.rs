@@ -11,7 +11,7 @@ pub mod session;
 #[cfg(test)]
 mod real_guest_tests;
 #[cfg(test)]
-mod test_sshd;
+pub(crate) mod test_sshd;
 
 pub use agent_client::{AgentClient, AgentError};
 pub use session::{shell_quote, Session, SshError};

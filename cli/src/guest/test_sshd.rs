@@ -15,7 +15,7 @@ pub(super) fn free_port() -> u16 {
 }
 
 /// One sshd on 127.0.0.1:<free port> with our generated host key and client key; killed by PID on drop.
-pub(super) struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
     pub(super) port: u16,
     pub(super) dir: tempfile::TempDir,
@@ -24,7 +24,7 @@ pub(super) struct Sshd {
 }
 
 impl Sshd {
-    pub(super) fn start() -> Option<Sshd> {
+    pub(crate) fn start() -> Option<Sshd> {
         if !Path::new(SSHD).exists() {
             eprintln!("SKIP: {SSHD} not found (apt-get install openssh-server)");
             return None;
@@ -78,7 +78,7 @@ impl Sshd {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
-    pub(super) async fn connect(&self) -> Session {
+    pub(crate) async fn connect(&self) -> Session {
         Session::connect(self.port, &self.client_key, &self.host.host_public_openssh, Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("connect: {e}\nsshd log:\n{}", self.log()))

@@ -9,6 +9,7 @@
 pub mod build;
 mod cache;
 mod cpio;
+pub mod deliverable;
 mod fetch;
 pub mod oci;
 pub mod seed;
@@ -91,6 +92,8 @@ pub enum ImageError {
     InUse { id: String, user: cache::ImageUser },
     #[error("seed disk: {0}")]
     Seed(String),
+    #[error("{}: {what}", path.display())]
+    OciImage { path: PathBuf, what: String },
     #[error("template {name}: {detail}")]
     Template { name: String, detail: String },
 }
@@ -113,6 +116,7 @@ impl ImageError {
                 | ImageError::ChecksumMismatch { .. }
                 | ImageError::NotCached(_)
                 | ImageError::InUse { .. }
+                | ImageError::OciImage { .. }
         )
     }
 }

@@ -12,6 +12,7 @@ use crate::guest::agent_deploy;
 use crate::plan::Plan;
 use crate::ui::Ui;
 
+use super::container_images::LabImages;
 use super::control_plane;
 use super::dir::LabDir;
 use super::forwarder;
@@ -43,6 +44,11 @@ pub(super) async fn converge(
     // Fail fast on a missing agent before any machine starts.
     let agent_binary = agent_deploy::locate_agent_binary().map_err(UpError::AgentBinary)?;
     let client_public_key = keys::client_public_key(&dir)?;
+    // Before any machine starts too: a first build fetches a .deb, a path may not hold an image.
+    let resolving = plan.clone();
+    let images = super::up::blocking(move || LabImages::resolve(&resolving))
+        .await?
+        .map_err(|(image, source)| UpError::Image { image: image.to_string(), source })?;
     let ctx = UpContext {
         ui: ui.clone(),
         plan: plan.clone(),
@@ -72,6 +78,7 @@ pub(super) async fn converge(
         state: Arc::new(StateRecorder::new(dir.clone(), prepared.state)),
         credentials: credentials.clone(),
         running_members,
+        images,
     });
     let (nodes, connected): (Vec<UpNode>, Vec<ConnectedNode>) =
         bring_up_nodes(&setup, prepared.machines, opts.timeout).await?.into_iter().unzip();

@@ -5,6 +5,7 @@
 //! `status`. What it needs from a provider is the contract in `provider`; the implementations live in
 //! `crate::provider` and depend on this module, never the other way round.
 
+pub mod container_images;
 pub mod control_plane;
 mod converge;
 pub mod dir;

@@ -1,7 +1,7 @@
 //! One node from a reachable machine to ready, the same for every provider: SSH with the pinned host key, the
 //! agent (and on a control-plane node, etcd and the API server, started meanwhile), the node's NodeSpec (and
-//! the links' impairments inside the guest when the host could not apply them), and the topology's pods on
-//! it. Errors name the node and the stage.
+//! the links' impairments inside the guest when the host could not apply them), the container images its pods
+//! name, and the topology's pods on it. Errors name the node and the stage.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use testbed_control_plane::tls::Credentials;
 use crate::guest::{agent_deploy, AgentClient, Session};
 use crate::plan::{Impairment, NodePlan};
 
+use super::container_images::{self, LabImages, NodeStore};
 use super::control_plane;
 use super::handle::ConnectedNode;
 use super::progress::NodeProgress;
@@ -28,6 +29,8 @@ pub(super) struct NodeSetup {
     /// The control-plane nodes whose machines were still running when this `up` began (reused): their etcd
     /// members form the cluster a rebooted member rejoins.
     pub(super) running_members: Vec<String>,
+    /// The container images the topology's pods name, built or read on the host.
+    pub(super) images: LabImages,
 }
 
 /// Brings `node` to ready: its machine through `machines`, then the agent, its network and its pods. Returns
@@ -69,8 +72,17 @@ pub(super) async fn bring_up(
             .map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
         progress.enter(Stage::Network);
         apply_network(setup, node, &session, &agent).await?;
+        let images = setup.images.for_node(plan, name);
+        if !images.is_empty() {
+            progress.enter(Stage::Images);
+            container_images::deliver(&session, NodeStore::GUEST, &images)
+                .await
+                .map_err(|e| UpError::node(dir, name, Stage::Images, e))?;
+            progress.enter(Stage::Pods);
+        }
         for pod in plan.pods.iter().filter(|p| p.node == *name) {
-            agent.create_pod(&pod.spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
+            let spec = setup.images.agent_spec(pod);
+            agent.create_pod(&spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
         }
         Ok::<_, UpError>(agent)
     };

@@ -207,7 +207,7 @@ mod tests {
     fn a_node_leaves_the_plan_with_its_pods() {
         let mut plan = test_plan();
         let spec = serde_json::from_value(serde_json::json!({"name": "p", "containers": []})).unwrap();
-        plan.pods = vec![crate::plan::PodPlan { node: "node2".into(), spec }];
+        plan.pods = vec![crate::plan::PodPlan { node: "node2".into(), spec, images: Default::default() }];
         let left = without_node(plan, "node2");
         assert_eq!(left.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["node1"]);
         assert!(left.pods.is_empty());

@@ -45,6 +45,8 @@ pub enum Stage {
     Agent,
     /// Applying the node's NodeSpec (and impairments inside the guest).
     Network,
+    /// Copying the container images its pods name to the node and importing them there.
+    Images,
     /// Creating the topology's pods on the node.
     Pods,
     /// Everything done.
@@ -59,6 +61,7 @@ impl Stage {
             Stage::Ssh => "ssh",
             Stage::Agent => "agent",
             Stage::Network => "network",
+            Stage::Images => "images",
             Stage::Pods => "pods",
             Stage::Ready => "ready",
         }

@@ -86,7 +86,11 @@ pub fn build(checked: &CheckedTopology) -> Plan {
             service_cidr: cluster.service_cidr,
             node_lifecycle: cluster.node_lifecycle,
         },
-        pods: checked.pods.iter().map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone() }).collect(),
+        pods: checked
+            .pods
+            .iter()
+            .map(|p| PodPlan { node: p.node.clone(), spec: p.spec.clone(), images: p.images.clone() })
+            .collect(),
         tests: checked.tests.clone(),
         namespaces: checked.namespaces.clone(),
         deployments: checked.deployments.clone(),

@@ -3,6 +3,7 @@
 //! topology. The dependency runs one way: the plan reads `crate::topology`'s checked model; the topology
 //! module does not know the plan.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -27,7 +28,7 @@ pub use render::render_text;
 // The declared values a plan carries unchanged, defined with the checked topology they come from; named here
 // too because they are part of the plan's contract (plan.json, the suites).
 pub use crate::topology::checked::{
-    DeclaredTest, ImageRef, Impairment, NodeLifecycle, TestKind, TestLevel, TestSource, TestTarget,
+    ContainerImage, DeclaredTest, ImageRef, Impairment, NodeLifecycle, TestKind, TestLevel, TestSource, TestTarget,
 };
 
 #[derive(Debug, clap::Args)]
@@ -130,7 +131,11 @@ pub const ETCD_PEER_PORT: u16 = 2380;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodPlan {
     pub node: String,
+    /// The containers' `image` is filled in by `up` with the digest of the image it delivered (`images`).
     pub spec: PodSpec,
+    /// The containers with an image of their own, by container name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, ContainerImage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -93,7 +93,15 @@ pub fn render_text(plan: &Plan) -> String {
     if !plan.pods.is_empty() {
         let _ = writeln!(s, "\npods:");
         for p in &plan.pods {
-            let names: Vec<&str> = p.spec.containers.iter().map(|c| c.name.as_str()).collect();
+            let names: Vec<String> = p
+                .spec
+                .containers
+                .iter()
+                .map(|c| match p.images.get(&c.name) {
+                    Some(image) => format!("{} (image {image})", c.name),
+                    None => c.name.clone(),
+                })
+                .collect();
             let labels: Vec<String> = p.spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(
                 s,

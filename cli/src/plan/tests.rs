@@ -260,3 +260,12 @@ fn node_lifecycle_times_default_to_kubernetes_and_reach_the_plan() {
     assert_eq!((lifecycle.node_monitor_grace_period_seconds, lifecycle.pod_eviction_timeout_seconds), (90, 0));
     assert!(render_text(&plan).contains("NotReady after 90 s without a Lease renewal, pods evicted after 0 s"));
 }
+
+#[test]
+fn the_plan_shows_a_containers_image() {
+    let src = format!("{BASE}pods:\n  - {{name: web, node: node1, containers: [{{name: c, image: busybox}}, {{name: d, command: [sh]}}]}}\n");
+    let plan = plan_of(&src).expect("valid");
+    assert!(render_text(&plan).contains("containers: c (image busybox), d"), "{}", render_text(&plan));
+    let json = serde_json::to_value(&plan.pods[0]).unwrap();
+    assert_eq!(json["images"]["c"], serde_json::json!({"built": "busybox"}));
+}

@@ -134,7 +134,11 @@ pub fn plan(nodes: usize, backend: Backend) -> Plan {
             service_cidr: "10.96.0.0/12".parse().unwrap(),
             node_lifecycle: Default::default(),
         },
-        pods: vec![PodPlan { node: "node1".into(), spec: super::conformance::web_pod("web", false) }],
+        pods: vec![PodPlan {
+            node: "node1".into(),
+            spec: super::conformance::web_pod("web", false),
+            images: Default::default(),
+        }],
         tests: Vec::new(),
         namespaces: Vec::new(),
         deployments: Vec::new(),

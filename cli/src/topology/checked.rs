@@ -7,7 +7,9 @@
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use testbed_api::{Backend, PodSpec};
 
 /// A topology that passed every check, with every value parsed. Only `validate::check` makes one, so the
@@ -100,7 +102,32 @@ impl Default for NodeLifecycle {
 pub struct CheckedPod {
     /// The node it runs on.
     pub node: String,
+    /// Its containers' `image` is unset here: the digest is known once `up` has the image (see `images`).
     pub spec: PodSpec,
+    /// The containers that have an image of their own, by container name.
+    pub images: BTreeMap<String, ContainerImage>,
+}
+
+/// Where a container's image comes from on the host; `up` builds or reads it, copies it to the node and
+/// gives the agent its manifest digest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerImage {
+    /// An image testbed builds from Debian packages (`testbed image oci build NAME`), one of
+    /// `crate::image::oci::KNOWN_NAMES`.
+    Built(String),
+    /// An OCI image layout directory or `oci-archive` tarball on the host, absolute (a relative path in the
+    /// file is taken from the file's directory); it existed when the file was checked.
+    Path(PathBuf),
+}
+
+impl std::fmt::Display for ContainerImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerImage::Built(name) => f.write_str(name),
+            ContainerImage::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 /// Where a node's disk, kernel and initrd come from.

@@ -7,6 +7,7 @@
 //! planner (`crate::plan`) turns into a Plan; this module does not know the plan.
 
 pub mod checked;
+mod container_images;
 mod control_plane;
 pub mod locate;
 mod manifests;

@@ -304,8 +304,14 @@ pub struct PodDef {
 #[serde(deny_unknown_fields)]
 pub struct ContainerDef {
     pub name: String,
-    /// argv, resolved with the guest's PATH.
+    /// argv, resolved with the guest's PATH (the image's with an `image`). Required without an `image`;
+    /// with one, Kubernetes' `command`: it replaces the image's Entrypoint and Cmd, and empty keeps them.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// The container's own root filesystem: an image testbed builds (`busybox`) or the path of an OCI image
+    /// layout directory or `oci-archive` tarball on the host (relative to this file). `up` copies it to the
+    /// node, whose agent checks every digest. Without it the container shares the node's files.
+    pub image: Option<String>,
     #[serde(default)]
     pub env: OrderedMap<String>,
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! Semantic checks of a parsed topology, all before anything is created. Every error is pinned to the
 //! offending key or value in the file. The result is the checked model (`checked::CheckedTopology`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
@@ -20,7 +21,7 @@ use super::model::{
     TestKindDef, Topology,
 };
 use super::TopologyError;
-use super::{control_plane, services};
+use super::{container_images, control_plane, services};
 use testbed_api::quantity;
 
 /// Longest lab name: keeps `tb-<lab>` and lab directory names short and readable.
@@ -51,6 +52,11 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The topology file: relative paths in it are taken from its directory.
+    pub(super) fn file(&self) -> &Path {
+        self.file
+    }
+
     /// An error at the value of `path`.
     pub(super) fn at(&self, path: &FieldPath, message: impl Into<String>) -> TopologyError {
         let pos = self.loc.locate(path);
@@ -489,7 +495,12 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology, namespaces: &[serde_json::Value]) -> 
             return Err(ctx.at(&path.key("name"), format!("duplicate pod name `{}` (also pods[{j}])", pod.name)));
         }
         let mut containers = Vec::new();
+        let mut images = BTreeMap::new();
         for (c_index, c) in pod.containers.iter().enumerate() {
+            if let Some(image) = &c.image {
+                let ipath = path.key("containers").index(c_index).key("image");
+                images.insert(c.name.clone(), container_images::check(ctx, &ipath, image)?);
+            }
             let cpath = path.key("containers").index(c_index).key("resources");
             containers.push(ContainerSpec {
                 name: c.name.clone(),
@@ -517,11 +528,11 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology, namespaces: &[serde_json::Value]) -> 
             namespace: pod.namespace.clone(),
             labels: pod.labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
-        validate_pod(&spec).map_err(|e| {
+        validate_pod(&container_images::with_stand_in_digests(&spec, &images)).map_err(|e| {
             let field = e.field.as_deref().map_or_else(|| path.clone(), |f| path.join_dotted(f));
             ctx.at(&field, e.message)
         })?;
-        out.push(CheckedPod { node: pod.node.clone(), spec });
+        out.push(CheckedPod { node: pod.node.clone(), spec, images });
     }
     Ok(out)
 }
