@@ -82,8 +82,10 @@ pub struct Container {
     /// DNS label, unique in the pod.
     #[serde(default)]
     pub name: String,
-    /// Kept as given and not pulled: testbed runs programs of the guest's root file system (so manifests
-    /// written for Kubernetes load unchanged).
+    /// A digest reference (`busybox@sha256:<hex>`, or `sha256:<hex>` alone) runs the container in that image,
+    /// which must be in its node's store (a topology's `image:` puts it there; nothing is pulled). Any other
+    /// value is kept as given and not run: the container runs programs of the guest's root file system, so
+    /// manifests written for Kubernetes load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The program and its first arguments, resolved with the guest's PATH.
@@ -254,14 +256,23 @@ impl Pod {
             .spec
             .containers
             .iter()
-            .map(|c| crate::ContainerSpec {
-                name: c.name.clone(),
-                command: c.command.iter().chain(&c.args).cloned().collect(),
-                env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
-                resources: c.resources.as_ref().map(ResourceRequirements::to_agent).unwrap_or_default(),
-                pids_limit: None,
-                args: vec![],
-                image: None,
+            .map(|c| {
+                let image = pinned_image(c.image.as_deref());
+                // In an image, command and args replace its Entrypoint and Cmd one by one; without one the
+                // guest runs them as one argv.
+                let (command, args) = match image {
+                    Some(_) => (c.command.clone(), c.args.clone()),
+                    None => (c.command.iter().chain(&c.args).cloned().collect(), vec![]),
+                };
+                crate::ContainerSpec {
+                    name: c.name.clone(),
+                    command,
+                    env: c.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+                    resources: c.resources.as_ref().map(ResourceRequirements::to_agent).unwrap_or_default(),
+                    pids_limit: None,
+                    args,
+                    image,
+                }
             })
             .collect();
         crate::PodSpec {
@@ -275,6 +286,14 @@ impl Pod {
     }
 }
 
+/// The digest of a digest reference (`name@sha256:<hex>` or `sha256:<hex>`), the form of
+/// [`crate::ContainerSpec::image`] that names an image in the node's store; None for a name without one.
+fn pinned_image(image: Option<&str>) -> Option<String> {
+    let image = image?;
+    let digest = image.rsplit_once('@').map_or(image, |(_, digest)| digest);
+    digest.starts_with("sha256:").then(|| digest.to_string())
+}
+
 impl ResourceRequirements {
     /// The agent's [`crate::Resources`]: cgroup weights, quotas and `memory.max`. Quantities that do not
     /// parse are left out here; the control plane refuses them before they are stored.
@@ -284,5 +303,37 @@ impl ResourceRequirements {
             memory_bytes: m.get("memory").and_then(|q| crate::quantity::memory_bytes(q).ok()),
         };
         crate::Resources { requests: amounts(&self.requests), limits: amounts(&self.limits) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_with(image: &str) -> Pod {
+        let container = Container {
+            name: "c".into(),
+            image: Some(image.into()),
+            command: vec!["sh".into()],
+            args: vec!["-c".into(), "true".into()],
+            ..Default::default()
+        };
+        Pod { spec: PodSpec { containers: vec![container], ..Default::default() }, ..Default::default() }
+    }
+
+    #[test]
+    fn a_digest_reference_runs_in_its_image_and_a_name_alone_on_the_guest() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for reference in [format!("busybox@{digest}"), format!("registry.example/busybox:1@{digest}"), digest.clone()] {
+            let c = &pod_with(&reference).to_agent_spec().containers[0];
+            assert_eq!(c.image.as_deref(), Some(digest.as_str()), "{reference}");
+            assert_eq!(
+                (c.command.as_slice(), c.args.as_slice()),
+                (&["sh".to_string()][..], &["-c".to_string(), "true".into()][..])
+            );
+        }
+        let c = &pod_with("busybox:1.36").to_agent_spec().containers[0];
+        assert_eq!(c.image, None, "a name without a digest is not run");
+        assert_eq!(c.command, ["sh", "-c", "true"], "command and args as one argv on the guest");
     }
 }
