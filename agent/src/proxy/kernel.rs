@@ -47,8 +47,16 @@ impl Nft for NftNetlink {
     }
 
     fn apply(&mut self, ops: &[Op], generation: Option<u32>) -> Result<Option<u32>, NftError> {
-        let batch = batch(ops, generation)?;
-        match self.sock.commit(batch) {
+        let mut result = self.sock.commit(batch(ops, generation)?);
+        // A batch whose expressions need a module the kernel has not loaded yet makes the kernel load it
+        // and run the batch again; Debian 12's 6.1 then answered the first run with a refusal of one rule
+        // and no ack of the rest (and the table stayed empty). The same batch again, with the modules
+        // loaded, is what the nft CLI's run amounts to; a refusal that is real repeats and is reported.
+        if let Err(e @ (NfnlError::Refused { .. } | NfnlError::NoAnswer { .. })) = &result {
+            tracing::info!("service proxy: nf_tables answered the batch with `{e}`; sending it once more");
+            result = self.sock.commit(batch(ops, generation)?);
+        }
+        match result {
             // A commit moves the id by one (the kernel skips 0 when it wraps).
             Ok(()) => Ok(generation.map(|g| g.wrapping_add(1).max(1))),
             Err(NfnlError::GenerationMoved) => Err(NftError::GenerationMoved(generation.unwrap_or_default())),

@@ -42,7 +42,15 @@ pub enum NfnlError {
     GenerationMoved,
     #[error("netlink: {0}")]
     Malformed(&'static str),
+    /// The kernel did not answer message `seq` (a batch's last message, which asks for an ack; a request
+    /// within `ANSWER_TIMEOUT`).
+    #[error("no answer from the kernel to message {seq} (its answers: {received})")]
+    NoAnswer { seq: u32, received: String },
 }
+
+/// How long a request (`generation`) waits for the kernel's answer: without a bound a lost answer would
+/// hang the proxy, and with it every later apply and reconcile, in silence.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> NfnlError {
     move |source| NfnlError::Io { step, source }
@@ -154,6 +162,7 @@ impl NfnlSocket {
         // Errors name the refused message by sequence without echoing it, plus the kernel's reason.
         sock.set_cap_ack(true).map_err(io("NETLINK_CAP_ACK"))?;
         sock.set_ext_ack(true).map_err(io("NETLINK_EXT_ACK"))?;
+        set_receive_timeout(&sock, ANSWER_TIMEOUT)?;
         Ok(NfnlSocket { sock, seq: 0, buf: Vec::with_capacity(64 * 1024) })
     }
 
@@ -167,7 +176,8 @@ impl NfnlSocket {
         req.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
         self.send(&req.buf)?;
         loop {
-            for (ty, msg_seq, payload) in self.receive()? {
+            let messages = self.receive(0, seq, &[])?.unwrap_or_default();
+            for (ty, msg_seq, payload) in messages {
                 if msg_seq != seq {
                     continue;
                 }
@@ -196,14 +206,13 @@ impl NfnlSocket {
         let count = batch.owners.len() + 2;
         let first = self.seq.wrapping_add(1);
         let mut off = 0;
-        let mut acked = None;
+        let acked = first.wrapping_add(count as u32 - 2);
         for i in 0..count {
             let len = u32::from_ne_bytes(batch.buf[off..off + 4].try_into().unwrap_or_default()) as usize;
             batch.buf[off + 8..off + 12].copy_from_slice(&first.wrapping_add(i as u32).to_ne_bytes());
             if i == count - 2 {
                 let flags = u16::from_ne_bytes([batch.buf[off + 6], batch.buf[off + 7]]) | NLM_F_ACK;
                 batch.buf[off + 6..off + 8].copy_from_slice(&flags.to_ne_bytes());
-                acked = Some(first.wrapping_add(i as u32));
             }
             off += len;
         }
@@ -216,23 +225,32 @@ impl NfnlSocket {
             0 => WHOLE_BATCH,
             i => batch.owners.get(i - 1).copied().unwrap_or(WHOLE_BATCH),
         };
+        // The kernel runs a batch inside the send: every answer it has for it is queued by now. Waiting for
+        // one that is not there would hang (6.1 answers only the refused message when the batch loaded a
+        // module on its first run, and nothing for the rest), so the queue is drained, not waited on.
         let mut refusal = None;
-        loop {
-            for (ty, seq, payload) in self.receive()? {
+        let mut answered = false;
+        let mut received = Vec::new();
+        while let Some(messages) = self.receive(libc::MSG_DONTWAIT, acked, &received)? {
+            for (ty, seq, payload) in messages {
                 if ty != NLMSG_ERROR || seq.wrapping_sub(first) as usize >= count {
                     continue;
                 }
                 let (errno, message) = error(&payload)?;
+                received.push((seq, errno));
                 if errno == libc::ERESTART && seq == first {
                     return Err(NfnlError::GenerationMoved);
                 }
                 if errno != 0 && refusal.is_none() {
                     refusal = Some(NfnlError::Refused { owner: owner(seq), errno, message });
                 }
-                if Some(seq) == acked {
-                    return refusal.map_or(Ok(()), Err);
-                }
+                answered |= seq == acked;
             }
+        }
+        match refusal {
+            Some(refusal) => Err(refusal),
+            None if answered => Ok(()),
+            None => Err(NfnlError::NoAnswer { seq: acked, received: answers(&received) }),
         }
     }
 
@@ -244,10 +262,25 @@ impl NfnlSocket {
         Ok(())
     }
 
-    /// One datagram's messages: (type, sequence, payload after the header).
-    fn receive(&mut self) -> Result<Vec<(u16, u32, Vec<u8>)>, NfnlError> {
+    /// One datagram's messages: (type, sequence, payload after the header); None when `flags` has
+    /// MSG_DONTWAIT and nothing is queued. A blocking receive that times out names `awaited` and what came
+    /// before it (`received`, as (sequence, errno)).
+    fn receive(
+        &mut self,
+        flags: libc::c_int,
+        awaited: u32,
+        received: &[(u32, i32)],
+    ) -> Result<Option<Vec<(u16, u32, Vec<u8>)>>, NfnlError> {
         self.buf.clear();
-        self.sock.recv(&mut self.buf, 0).map_err(io("recv"))?;
+        if let Err(e) = self.sock.recv(&mut self.buf, flags) {
+            if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                return Err(NfnlError::Io { step: "recv", source: e });
+            }
+            if flags & libc::MSG_DONTWAIT != 0 {
+                return Ok(None);
+            }
+            return Err(NfnlError::NoAnswer { seq: awaited, received: answers(received) });
+        }
         let mut out = Vec::new();
         let mut off = 0;
         while off + HEADER <= self.buf.len() {
@@ -261,8 +294,39 @@ impl NfnlSocket {
             out.push((ty, seq, b[HEADER..len].to_vec()));
             off += len.next_multiple_of(4);
         }
-        Ok(out)
+        Ok(Some(out))
     }
+}
+
+/// (sequence, errno) answers as the `NoAnswer` error lists them.
+fn answers(received: &[(u32, i32)]) -> String {
+    if received.is_empty() {
+        return "nothing".into();
+    }
+    let each = received.iter().map(|(seq, errno)| match errno {
+        0 => format!("ack of {seq}"),
+        e => format!("{seq}: {}", std::io::Error::from_raw_os_error(*e)),
+    });
+    each.collect::<Vec<_>>().join(", ")
+}
+
+fn set_receive_timeout(sock: &Socket, timeout: std::time::Duration) -> Result<(), NfnlError> {
+    use std::os::fd::AsRawFd;
+    let value = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
+    // SAFETY: a valid socket and a timeval option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(NfnlError::Io { step: "SO_RCVTIMEO", source: std::io::Error::last_os_error() });
+    }
+    Ok(())
 }
 
 fn setsockopt(sock: &Socket, opt: libc::c_int, value: libc::c_int) -> Result<(), NfnlError> {
