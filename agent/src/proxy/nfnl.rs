@@ -130,6 +130,20 @@ impl Batch {
         self.owners.push(owner);
     }
 
+    /// A message of a bare netlink header, without the nfgenmsg every nf_tables message starts with: the
+    /// kernel refuses the whole batch at it and answers nothing else (the tests' way to a batch whose last
+    /// message is never acked).
+    #[cfg(test)]
+    pub fn truncated_message(&mut self, owner: usize) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&16u32.to_ne_bytes());
+        self.buf.extend_from_slice(&(SUBSYS_NFTABLES << 8).to_ne_bytes());
+        self.buf.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        self.buf.extend_from_slice(&[0; 8]);
+        debug_assert_eq!(self.buf.len() - start, 16);
+        self.owners.push(owner);
+    }
+
     fn header(&mut self, ty: u16, flags: u16, family: u8, res_id: u16) {
         // Length and sequence are written by `seal` and `commit`; the port id is the kernel's to fill.
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
