@@ -161,6 +161,9 @@ impl Batch {
     }
 }
 
+/// One datagram's messages: (type, sequence, payload after the header).
+type Messages = Vec<(u16, u32, Vec<u8>)>;
+
 /// A NETLINK_NETFILTER socket in the network namespace of the thread that opened it.
 pub struct NfnlSocket {
     sock: Socket,
@@ -284,7 +287,7 @@ impl NfnlSocket {
         flags: libc::c_int,
         awaited: u32,
         received: &[(u32, i32)],
-    ) -> Result<Option<Vec<(u16, u32, Vec<u8>)>>, NfnlError> {
+    ) -> Result<Option<Messages>, NfnlError> {
         self.buf.clear();
         if let Err(e) = self.sock.recv(&mut self.buf, flags) {
             if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
