@@ -250,7 +250,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     agent.restore().await;
     tokio::spawn(Arc::clone(&agent).reconcile_loop());
     // After the restore: the loop then finds the pods it created running again and leaves them be.
-    let proxy = Arc::new(proxy::Proxy::new(Box::new(proxy::NftCli)));
+    let kernel = proxy::NftNetlink::new().context("nf_tables netlink socket")?;
+    let proxy = Arc::new(proxy::Proxy::new(Box::new(kernel)));
     tokio::spawn(Arc::clone(&proxy).reconcile_loop());
     let policy = Arc::new(policy::Enforcer::new(Box::new(policy::NftCli)));
     tokio::spawn(Arc::clone(&policy).reconcile_loop());

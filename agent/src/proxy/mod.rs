@@ -1,11 +1,17 @@
 //! The service proxy's data plane (kube-proxy's nftables mode): a `ServiceProxySpec` becomes the table
 //! `ip testbed-proxy` (`render.rs`), and the kernel is brought to it by the difference only (`ruleset.rs`),
-//! in one nft transaction (`nft.rs`).
+//! in one nf_tables netlink batch (`kernel.rs`, `expr.rs`, `nfnl.rs`).
 //!
 //! A PUT is diffed against what the agent last wrote, so an endpoint change at 10,000 Services costs a few
-//! chain rewrites, not a read of the whole table; the periodic reconcile reads the table back and repairs
-//! whatever was changed behind the agent's back (a deleted rule, a flushed or deleted table).
+//! chain rewrites, not a read of the whole table. The periodic reconcile asks the kernel for the ruleset's
+//! generation id, which every commit by anyone moves: when it is the one the agent's own last commit made,
+//! nothing changed; otherwise it reads the table back (`nft.rs`) and repairs whatever was changed behind the
+//! agent's back (a deleted rule, a flushed or deleted table).
 
+mod compile;
+mod expr;
+mod kernel;
+mod nfnl;
 mod nft;
 mod render;
 mod ruleset;
@@ -16,11 +22,15 @@ use std::time::Duration;
 
 use testbed_api::{ApiError, ObservedDestination, ProxiedService, ServiceProxySpec, ServiceProxyStatus};
 
-pub use nft::{list as nft_list, run_script as nft_run_script, Nft, NftCli, NftError};
+pub use kernel::NftNetlink;
+pub use nft::{list as nft_list, run_script as nft_run_script, Nft, NftError};
 use ruleset::{Op, Ruleset};
 
 /// How often the table is read back and repaired: a flushed table is back within this (and the read).
 pub const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
+/// Read-backs in a row that someone else's commits may overtake before the agent gives up until the next
+/// reconcile.
+const READ_BACK_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -31,7 +41,8 @@ pub enum ProxyError {
     Nft(#[from] NftError),
 }
 
-/// The node's service proxy. The kernel work is blocking (it runs `nft`): call it from a blocking task.
+/// The node's service proxy. The kernel work is blocking (netlink, and `nft` for a read-back): call it from
+/// a blocking task.
 pub struct Proxy {
     inner: Mutex<Inner>,
 }
@@ -44,6 +55,9 @@ struct Inner {
     written: Option<Ruleset>,
     /// The spec `written` was rendered from, when it was: a PUT is then diffed Service by Service against it.
     written_spec: Option<Arc<ServiceProxySpec>>,
+    /// The ruleset's generation when the kernel was known to hold `written`: None once unknown (someone
+    /// else committed between the agent's look and its commit), which the next reconcile settles.
+    generation: Option<u32>,
     transactions: u64,
     drift_repairs: u64,
     last_error: Option<String>,
@@ -56,6 +70,7 @@ impl Proxy {
             want: None,
             written: None,
             written_spec: None,
+            generation: None,
             transactions: 0,
             drift_repairs: 0,
             last_error: None,
@@ -67,7 +82,7 @@ impl Proxy {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `spec` the node's whole set of Services. One line per nft command run; empty when the kernel
+    /// Makes `spec` the node's whole set of Services. One line per operation applied; empty when the kernel
     /// already held it.
     pub fn apply(&self, spec: ServiceProxySpec) -> Result<Vec<String>, ProxyError> {
         testbed_api::validate_services(&spec).map_err(ProxyError::Invalid)?;
@@ -79,17 +94,27 @@ impl Proxy {
         let result = match (inner.written.is_some(), old) {
             (true, Some(old)) => {
                 let ops = changed_services(&old, &spec);
-                inner.commit(ops, &spec, true)
+                let generation = inner.generation;
+                inner.commit(ops, &spec, generation, true)
             }
             _ => inner.read_back_and_commit(&spec),
         };
         inner.record(result)
     }
 
-    /// Reads the table back and repairs it. Lines describe repairs (none when nothing had drifted).
+    /// Repairs the table if anyone else committed since the agent did (read back and diffed). Lines
+    /// describe repairs (none when nothing had drifted).
     pub fn reconcile(&self) -> Result<Vec<String>, ProxyError> {
         let mut inner = self.lock();
         let Some(want) = inner.want.clone() else { return Ok(Vec::new()) };
+        let in_place = inner.written.is_some() && inner.written_spec.as_ref().is_some_and(|w| Arc::ptr_eq(w, &want));
+        if let (true, Some(ours)) = (in_place, inner.generation) {
+            match inner.kernel.generation() {
+                Ok(now) if now == ours => return inner.record(Ok(Vec::new())),
+                Ok(_) => {}
+                Err(e) => return inner.record(Err(e)),
+            }
+        }
         let result = inner.read_back_and_commit(&want);
         if matches!(&result, Ok(lines) if !lines.is_empty()) {
             inner.drift_repairs += 1;
@@ -145,31 +170,54 @@ fn changed_services(old: &ServiceProxySpec, new: &ServiceProxySpec) -> Vec<Op> {
 }
 
 impl Inner {
+    /// Reads the table back and brings it to `spec`, in a transaction bound to the generation read: if
+    /// someone commits in between, it is read again (a few times).
     fn read_back_and_commit(&mut self, spec: &Arc<ServiceProxySpec>) -> Result<Vec<String>, NftError> {
-        self.written_spec = None;
-        self.written = self.kernel.read()?;
-        let ops = ruleset::diff(self.written.as_ref(), &render::render(spec));
-        self.commit(ops, spec, false)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.written_spec = None;
+            self.generation = None;
+            let generation = self.kernel.generation()?;
+            self.written = self.kernel.read()?;
+            let ops = ruleset::diff(self.written.as_ref(), &render::render(spec));
+            match self.commit(ops, spec, Some(generation), false) {
+                Err(NftError::GenerationMoved(_)) if attempt < READ_BACK_ATTEMPTS => continue,
+                result => return result,
+            }
+        }
     }
 
-    /// Runs `ops` as one transaction (none when empty). `from_memory`: they were diffed against what the
-    /// agent last wrote; if the kernel refuses them because it is not that (someone changed it), they are
-    /// diffed again against the table read back.
+    /// Runs `ops` as one transaction (none when empty), bound to `generation` when known. `from_memory`:
+    /// they were diffed against what the agent last wrote. If someone committed since, they still apply to
+    /// that if it is still there (unbound; the next reconcile reads back); if the kernel refuses them
+    /// because it is not, they are diffed again against the table read back.
     fn commit(
         &mut self,
         ops: Vec<Op>,
         spec: &Arc<ServiceProxySpec>,
+        generation: Option<u32>,
         from_memory: bool,
     ) -> Result<Vec<String>, NftError> {
-        if !ops.is_empty() {
+        if ops.is_empty() {
+            self.generation = generation;
+        } else {
             self.transactions += 1;
-            if let Err(e) = self.kernel.apply(&ops) {
-                self.written = None;
-                if !from_memory {
-                    return Err(e);
+            let result = match self.kernel.apply(&ops, generation) {
+                Err(NftError::GenerationMoved(_)) if from_memory => self.kernel.apply(&ops, None),
+                result => result,
+            };
+            match result {
+                Ok(after) => self.generation = after,
+                Err(e) => {
+                    self.written = None;
+                    self.generation = None;
+                    if !from_memory {
+                        return Err(e);
+                    }
+                    tracing::info!("service proxy: {e}; diffing against the table read back");
+                    return self.read_back_and_commit(spec);
                 }
-                tracing::info!("service proxy: {e}; diffing against the table read back");
-                return self.read_back_and_commit(spec);
             }
             ruleset::apply_ops(&mut self.written, &ops);
         }
@@ -214,5 +262,7 @@ fn destinations(r: &Ruleset) -> Vec<ObservedDestination> {
 
 #[cfg(test)]
 mod bench;
+#[cfg(test)]
+mod kernel_tests;
 #[cfg(test)]
 mod tests;

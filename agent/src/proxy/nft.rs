@@ -1,7 +1,8 @@
-//! The kernel side of the proxy: the `nft` binary. A transaction is one `nft -f -` run (nft applies a whole
-//! file atomically); the table is read back with `nft -j list table`. The binary rather than a netlink
-//! crate: the Rust nftables netlink crates wrap libnftnl/libmnl (C libraries the static agent would have to
-//! link), and nft's own parser keeps the rules in the syntax the docs and kube-proxy's code are written in.
+//! What the proxy needs of the kernel (`Nft`), its errors, and the read-back: `nft -j list table`, parsed
+//! into the model. Transactions go through netlink (`kernel.rs`); the read-back stays with nft, whose JSON
+//! already names what the model compares (rule comments, map elements in the renderer's text), and it runs
+//! only when the ruleset's generation says someone else changed it. `list` and `run_script` are the nft runs the
+//! policy enforcer applies its own table with.
 
 use std::io::Write;
 use std::net::SocketAddrV4;
@@ -9,7 +10,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use super::ruleset::{script, Chain, Map, Op, Rule, Ruleset, TABLE};
+use super::compile::CompileError;
+use super::nfnl::NfnlError;
+use super::ruleset::{Chain, Map, Op, Rule, Ruleset, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -19,28 +22,37 @@ pub enum NftError {
     Failed { args: String, stderr: String },
     #[error("nft -j output: {0}")]
     Parse(String),
+    #[error("nf_tables {0}")]
+    Netlink(#[from] NfnlError),
+    /// The kernel refused the transaction at `op` (nothing of it was applied).
+    #[error("the kernel refused `{op}`: {reason}")]
+    Refused { op: String, reason: String },
+    /// Someone committed since the generation the transaction was planned against; nothing was applied.
+    #[error("the ruleset changed since generation {0}")]
+    GenerationMoved(u32),
+    #[error("cannot encode {0}")]
+    Unencodable(String),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
 }
 
-/// What the proxy needs of the kernel: its table, read back; a list of operations, applied all or nothing.
+/// What the proxy needs of the kernel: its table, read back; the ruleset's generation; a list of
+/// operations, applied all or nothing.
 pub trait Nft: Send {
     /// None when the table does not exist.
     fn read(&mut self) -> Result<Option<Ruleset>, NftError>;
-    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError>;
+    /// The ruleset's generation id: it moves on every commit, by anyone, to any table.
+    fn generation(&mut self) -> Result<u32, NftError>;
+    /// Applies `ops` in one transaction, if given only while the ruleset is still at `generation` (else
+    /// `GenerationMoved`, nothing applied); returns the generation the transaction made, when known.
+    fn apply(&mut self, ops: &[Op], generation: Option<u32>) -> Result<Option<u32>, NftError>;
 }
 
-/// The `nft` binary on the PATH, in the agent's network namespace.
-pub struct NftCli;
-
-impl Nft for NftCli {
-    fn read(&mut self) -> Result<Option<Ruleset>, NftError> {
-        let Some(out) = list(&["-j", "list", "table", "ip", TABLE])? else { return Ok(None) };
-        let json: Value = serde_json::from_slice(&out).map_err(|e| NftError::Parse(e.to_string()))?;
-        parse(&json).map(Some)
-    }
-
-    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError> {
-        run_script(&script(ops))
-    }
+/// The table as `nft -j list table` shows it, in the calling thread's network namespace.
+pub fn list_table() -> Result<Option<Ruleset>, NftError> {
+    let Some(out) = list(&["-j", "list", "table", "ip", TABLE])? else { return Ok(None) };
+    let json: Value = serde_json::from_slice(&out).map_err(|e| NftError::Parse(e.to_string()))?;
+    parse(&json).map(Some)
 }
 
 /// `nft ARGS` (a listing): its output, or None when the table does not exist. The policy enforcer reads

@@ -13,8 +13,20 @@ use super::{Nft, NftError, Proxy, ProxyError};
 struct Kernel {
     table: Option<Ruleset>,
     transactions: Vec<Vec<Op>>,
-    /// Refuse the next transaction (as nft does when the table changed under the agent).
+    /// Refuse the next transaction (as the kernel does when the table changed under the agent).
     refuse_next: bool,
+    reads: usize,
+}
+
+impl Kernel {
+    /// Moves with every transaction and with every change a test makes to the table behind the proxy's
+    /// back, as the kernel's generation id moves with every commit by anyone.
+    fn generation(&self) -> u32 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.transactions.len(), format!("{:?}", self.table)).hash(&mut h);
+        h.finish() as u32
+    }
 }
 
 #[derive(Clone, Default)]
@@ -28,21 +40,30 @@ impl FakeNft {
 
 impl Nft for FakeNft {
     fn read(&mut self) -> Result<Option<Ruleset>, NftError> {
-        Ok(self.kernel().table.clone())
+        let mut k = self.kernel();
+        k.reads += 1;
+        Ok(k.table.clone())
     }
 
-    fn apply(&mut self, ops: &[Op]) -> Result<(), NftError> {
+    fn generation(&mut self) -> Result<u32, NftError> {
+        Ok(self.kernel().generation())
+    }
+
+    fn apply(&mut self, ops: &[Op], generation: Option<u32>) -> Result<Option<u32>, NftError> {
         let mut k = self.kernel();
+        if let Some(g) = generation.filter(|g| *g != k.generation()) {
+            return Err(NftError::GenerationMoved(g));
+        }
         if std::mem::take(&mut k.refuse_next) {
-            return Err(NftError::Failed { args: "-f -".into(), stderr: "No such file or directory".into() });
+            return Err(NftError::Refused { op: "flush chain".into(), reason: "No such file or directory".into() });
         }
         k.transactions.push(ops.to_vec());
         apply_ops(&mut k.table, ops);
-        Ok(())
+        Ok(generation.map(|_| k.generation()))
     }
 }
 
-fn service(i: u8, endpoints: &[u8]) -> ProxiedService {
+pub(super) fn service(i: u8, endpoints: &[u8]) -> ProxiedService {
     ProxiedService {
         namespace: "default".into(),
         name: format!("svc{i}"),
@@ -61,6 +82,26 @@ fn service(i: u8, endpoints: &[u8]) -> ProxiedService {
         internal_traffic_policy: TrafficPolicy::Cluster,
         external_traffic_policy: TrafficPolicy::Cluster,
     }
+}
+
+/// Every shape the renderer has: endpoints with and without affinity, NodePorts with Local and Cluster
+/// policies, a Service without endpoints (reject), one whose NodePort has none.
+pub(super) fn every_shape() -> ServiceProxySpec {
+    let mut affinity = service(1, &[2, 3]);
+    affinity.session_affinity = SessionAffinity::ClientIp { timeout_seconds: 60 };
+    affinity.ports[0].node_port = Some(30080);
+    let mut local = service(2, &[4, 5]);
+    local.ports[0].endpoints[1].local = false;
+    local.ports[0].node_port = Some(30081);
+    local.external_traffic_policy = TrafficPolicy::Local;
+    local.internal_traffic_policy = TrafficPolicy::Local;
+    let mut udp = service(3, &[6]);
+    udp.ports[0].protocol = Protocol::Udp;
+    let mut no_local = service(4, &[7]);
+    no_local.ports[0].endpoints[0].local = false;
+    no_local.ports[0].node_port = Some(30082);
+    no_local.external_traffic_policy = TrafficPolicy::Local;
+    ServiceProxySpec { services: vec![affinity, local, udp, service(5, &[]), no_local] }
 }
 
 fn proxy() -> (Proxy, FakeNft) {
@@ -157,4 +198,37 @@ fn a_put_onto_a_changed_kernel_diffs_against_what_is_there() {
     let status = proxy.status().expect("status");
     assert_eq!(status.destinations[0].endpoints, ["10.244.0.3:8080".parse().expect("addr")]);
     assert_eq!(status.last_error, None);
+}
+
+#[test]
+fn the_reconcile_reads_back_only_when_someone_else_committed() {
+    let (proxy, fake) = proxy();
+    let spec = ServiceProxySpec { services: vec![service(1, &[2, 3])] };
+    proxy.apply(spec.clone()).expect("applies");
+    let mut changed = spec.clone();
+    changed.services[0].ports[0].endpoints[0].ip = [10, 244, 0, 9].into();
+    proxy.apply(changed).expect("applies");
+    let reads = fake.kernel().reads;
+    assert_eq!(reads, 1, "only the first PUT reads the table (the agent knows nothing yet)");
+    assert_eq!(proxy.reconcile().expect("reconciles"), Vec::<String>::new());
+    assert_eq!(fake.kernel().reads, reads, "the generation is the agent's own: no read-back");
+    // Someone else's commit (here: to an unrelated part of the ruleset, which moves the generation too).
+    fake.kernel().transactions.push(Vec::new());
+    assert_eq!(proxy.reconcile().expect("reconciles"), Vec::<String>::new(), "nothing of ours drifted");
+    assert_eq!(fake.kernel().reads, reads + 1, "a moved generation is read back");
+    assert_eq!(proxy.reconcile().expect("reconciles"), Vec::<String>::new());
+    assert_eq!(fake.kernel().reads, reads + 1, "and the generation read then is remembered");
+}
+
+#[test]
+fn a_put_after_someone_elses_commit_applies_without_a_read_back() {
+    let (proxy, fake) = proxy();
+    let mut spec = ServiceProxySpec { services: vec![service(1, &[2])] };
+    proxy.apply(spec.clone()).expect("applies");
+    fake.kernel().transactions.push(Vec::new());
+    spec.services[0].ports[0].endpoints[0].ip = [10, 244, 0, 3].into();
+    proxy.apply(spec).expect("applies");
+    assert_eq!(fake.kernel().reads, 1, "the change applied to what the agent wrote");
+    assert_eq!(proxy.reconcile().expect("reconciles"), Vec::<String>::new());
+    assert_eq!(fake.kernel().reads, 2, "the generation after it was unknown: the reconcile looks");
 }
