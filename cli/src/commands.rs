@@ -63,7 +63,7 @@ pub struct ExecArgs {
     /// container's namespaces and cgroup (`-c`), as `kubectl exec` runs it.
     #[arg(long, value_name = "POD", conflicts_with = "node")]
     pub pod: Option<String>,
-    /// With --pod: the container (without one, the pod's shared network, UTS and IPC namespaces).
+    /// With --pod: the container (default: the pod's first, as kubectl).
     #[arg(long, short = 'c', value_name = "NAME", requires = "pod")]
     pub container: Option<String>,
     /// The command. On a node, one argument is handed to the guest's shell as is (pipes work); several are

@@ -38,11 +38,26 @@ pub struct LogsArgs {
     pub node: Option<String>,
 }
 
-/// Where a pod runs and the name of its node pod.
+/// Where a pod runs, the name of its node pod and its containers (none known with `--node`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct NodePod {
     pub node: String,
     pub name: String,
+    pub containers: Vec<String>,
+}
+
+impl NodePod {
+    /// `given`, else the pod's first container as kubectl defaults to it (saying so when there are more).
+    fn container(&self, given: Option<String>) -> Option<String> {
+        if given.is_some() {
+            return given;
+        }
+        let first = self.containers.first()?;
+        if self.containers.len() > 1 {
+            eprintln!("Defaulted container \"{first}\" out of: {}", self.containers.join(", "));
+        }
+        Some(first.clone())
+    }
 }
 
 /// The node pod of API pod `pod`: a mirror pod is its node's static pod (`<name>-<node>` in the API);
@@ -61,13 +76,14 @@ pub fn node_pod_of(pod: &Pod) -> Result<NodePod, String> {
             .ok_or_else(|| format!("mirror pod {namespace}/{name} does not end in its node's name `-{node}`"))?,
         false => testbed_api::objects::node_pod_name(&namespace, &name),
     };
-    Ok(NodePod { node, name: local })
+    let containers = pod.spec.iter().flat_map(|s| &s.containers).map(|c| c.name.clone()).collect();
+    Ok(NodePod { node, name: local, containers })
 }
 
 /// `--node`'s pod as it is, else the API pod's node pod.
 async fn locate(args: &ClientArgs, pod: &str, node: Option<&str>) -> Result<NodePod, CliError> {
     if let Some(node) = node {
-        return Ok(NodePod { node: node.to_string(), name: pod.to_string() });
+        return Ok(NodePod { node: node.to_string(), name: pod.to_string(), containers: vec![] });
     }
     let client = connect(args).await.map_err(ClusterError::into_cli)?;
     let namespace = args.namespace.as_deref().unwrap_or("default");
@@ -81,7 +97,7 @@ pub async fn cmd_logs(_ui: &Ui, a: LogsArgs) -> CliResult {
     let target = locate(&a.client, &a.pod, a.node.as_deref()).await?;
     let lab = Lab::open(&a.client.lab)?;
     let node = lab.connect_node(&target.node, CONNECT_DEADLINE).await?;
-    let mut query = LogQuery { container: a.container.clone(), offset: Some(0) };
+    let mut query = LogQuery { container: target.container(a.container), offset: Some(0) };
     let mut out = std::io::stdout().lock();
     loop {
         let chunk = match node.agent.container_log(&target.name, &query).await {
@@ -103,13 +119,13 @@ pub async fn cmd_logs(_ui: &Ui, a: LogsArgs) -> CliResult {
     }
 }
 
-/// `testbed exec --pod`: `command` in the pod's container (or its shared namespaces), its output and exit code
-/// passed through.
+/// `testbed exec --pod`: `command` in the pod's container (its first when none is named, as kubectl), its
+/// output and exit code passed through.
 pub async fn exec_in_pod(args: &ClientArgs, pod: &str, container: Option<String>, command: Vec<String>) -> CliResult {
     let target = locate(args, pod, None).await?;
     let lab = Lab::open(&args.lab)?;
     let connected = lab.connect_node(&target.node, CONNECT_DEADLINE).await?;
-    let req = ExecRequest { container, command, stdin: None, timeout_secs: None };
+    let req = ExecRequest { container: target.container(container), command, stdin: None, timeout_secs: None };
     let out = connected.agent.exec(&target.name, &req).await.map_err(|e| agent_error(&target, e))?;
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());
@@ -136,7 +152,7 @@ fn agent_error(target: &NodePod, e: crate::guest::AgentError) -> CliError {
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
     use kube::api::ObjectMeta;
 
     use super::*;
@@ -150,7 +166,11 @@ mod tests {
                 annotations,
                 ..Default::default()
             },
-            spec: Some(PodSpec { node_name: node.map(Into::into), ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: node.map(Into::into),
+                containers: ["app", "side"].map(|name| Container { name: name.into(), ..Default::default() }).into(),
+                ..Default::default()
+            }),
             status: None,
         }
     }
@@ -158,9 +178,12 @@ mod tests {
     #[test]
     fn an_api_pod_runs_under_its_node_pod_name_and_a_mirror_under_its_static_name() {
         let api = node_pod_of(&pod("db", Some("node2"), false)).unwrap();
-        assert_eq!(api, NodePod { node: "node2".into(), name: testbed_api::objects::node_pod_name("team", "db") });
+        let name = testbed_api::objects::node_pod_name("team", "db");
+        assert_eq!(api, NodePod { node: "node2".into(), name, containers: vec!["app".into(), "side".into()] });
+        assert_eq!(api.container(None).as_deref(), Some("app"), "the first, as kubectl defaults");
+        assert_eq!(api.container(Some("side".into())).as_deref(), Some("side"));
         let mirror = node_pod_of(&pod("web-node1", Some("node1"), true)).unwrap();
-        assert_eq!(mirror, NodePod { node: "node1".into(), name: "web".into() });
+        assert_eq!((mirror.node.as_str(), mirror.name.as_str()), ("node1", "web"));
         assert!(node_pod_of(&pod("db", None, false)).unwrap_err().contains("not scheduled"));
         assert!(node_pod_of(&pod("web", Some("node1"), true)).is_err(), "a mirror not named after its node");
     }
