@@ -179,7 +179,8 @@ impl NfnlSocket {
         // Errors name the refused message by sequence without echoing it, plus the kernel's reason.
         sock.set_cap_ack(true).map_err(io("NETLINK_CAP_ACK"))?;
         sock.set_ext_ack(true).map_err(io("NETLINK_EXT_ACK"))?;
-        set_receive_timeout(&sock, ANSWER_TIMEOUT)?;
+        let timeout = libc::timeval { tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+        setsockopt(&sock, libc::SO_RCVTIMEO, "SO_RCVTIMEO", &timeout)?;
         Ok(NfnlSocket { sock, seq: 0, buf: Vec::with_capacity(64 * 1024) })
     }
 
@@ -236,7 +237,7 @@ impl NfnlSocket {
         self.seq = first.wrapping_add(count as u32);
         // The kernel copies the whole batch into one buffer: the send buffer must hold it (root may force).
         let size = libc::c_int::try_from(batch.buf.len() + 4096).unwrap_or(libc::c_int::MAX);
-        setsockopt(&self.sock, libc::SO_SNDBUFFORCE, size)?;
+        setsockopt(&self.sock, libc::SO_SNDBUFFORCE, "SO_SNDBUFFORCE", &size)?;
         self.send(&batch.buf)?;
         let owner = |seq: u32| match seq.wrapping_sub(first) as usize {
             0 => WHOLE_BATCH,
@@ -327,39 +328,21 @@ fn answers(received: &[(u32, i32)]) -> String {
     each.collect::<Vec<_>>().join(", ")
 }
 
-fn set_receive_timeout(sock: &Socket, timeout: std::time::Duration) -> Result<(), NfnlError> {
+/// Sets SOL_SOCKET option `opt` (named `step` in an error) to `value`: a c_int, or a timeval for a timeout.
+fn setsockopt<T>(sock: &Socket, opt: libc::c_int, step: &'static str, value: &T) -> Result<(), NfnlError> {
     use std::os::fd::AsRawFd;
-    let value = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
-    // SAFETY: a valid socket and a timeval option value of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(NfnlError::Io { step: "SO_RCVTIMEO", source: std::io::Error::last_os_error() });
-    }
-    Ok(())
-}
-
-fn setsockopt(sock: &Socket, opt: libc::c_int, value: libc::c_int) -> Result<(), NfnlError> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid socket and a c_int option value of the size given.
+    // SAFETY: a valid socket and an option value of the size given.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
             opt,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
-        return Err(NfnlError::Io { step: "SO_SNDBUFFORCE", source: std::io::Error::last_os_error() });
+        return Err(NfnlError::Io { step, source: std::io::Error::last_os_error() });
     }
     Ok(())
 }
