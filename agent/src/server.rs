@@ -211,13 +211,7 @@ async fn delete_pod(
     Path(name): Path<String>,
     query: Result<Query<DeletePodOptions>, QueryRejection>,
 ) -> Result<StatusCode, AgentError> {
-    let Query(opts) = query.map_err(|e| {
-        AgentError::Invalid(ApiError {
-            field: Some("grace_period_secs".into()),
-            message: e.body_text(),
-            leaked: vec![],
-        })
-    })?;
+    let opts = query_of(query, "grace_period_secs")?;
     let grace = opts.grace_period_secs.map(Duration::from_secs);
     to_completion(async move { agent.delete_pod(&name, grace).await }).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -228,10 +222,15 @@ async fn container_log(
     Path(name): Path<String>,
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, AgentError> {
-    let Query(query) = query.map_err(|e| {
-        AgentError::Invalid(ApiError { field: Some("offset".into()), message: e.body_text(), leaked: vec![] })
+    Ok(Json(agent.container_log(&name, &query_of(query, "offset")?)?))
+}
+
+/// A query string that did not parse is a 400 naming `field`, its only field that can fail to.
+fn query_of<T>(query: Result<Query<T>, QueryRejection>, field: &str) -> Result<T, AgentError> {
+    let Query(value) = query.map_err(|e| {
+        AgentError::Invalid(ApiError { field: Some(field.into()), message: e.body_text(), leaked: vec![] })
     })?;
-    Ok(Json(agent.container_log(&name, &query)?))
+    Ok(value)
 }
 
 async fn exec(

@@ -169,7 +169,7 @@ impl Agent {
                 container: c,
                 infra_pid,
                 cgroup_procs: self.cgroups.procs_files(&rel),
-                log: dir.join(format!("{}.log", c.name)),
+                log: self.log_path(&spec.name, &c.name),
                 exit_file,
                 image,
             })

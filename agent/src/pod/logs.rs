@@ -29,7 +29,7 @@ impl Agent {
                 return Err(invalid(format!("pod `{pod}` has several containers; choose one of {}", names.join(", "))))
             }
         };
-        let path = self.pod_dir(pod).join(format!("{container}.log"));
+        let path = self.log_path(pod, &container);
         let offset = query.offset.unwrap_or(0);
         let mut file = match File::open(&path) {
             Ok(file) => file,

@@ -37,6 +37,11 @@ impl Agent {
         self.cfg.state_dir.join("pods").join(pod)
     }
 
+    /// Where a container's stdout and stderr go (the launcher appends) and `testbed logs` reads them.
+    pub(super) fn log_path(&self, pod: &str, container: &str) -> PathBuf {
+        self.pod_dir(pod).join(format!("{container}.log"))
+    }
+
     /// Re-applies the stored NodeSpec, re-adopts the stored pods and takes back the unfinished teardowns
     /// (agent start).
     pub async fn restore(self: &Arc<Self>) {
