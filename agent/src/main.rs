@@ -59,7 +59,7 @@ struct ServeArgs {
     listen: SocketAddr,
     /// The applied NodeSpec and the pod records, kept on disk: after a guest reboot the node's network comes
     /// back and its pods are recreated, as a kubelet does.
-    #[arg(long, default_value = "/var/lib/testbed-agent")]
+    #[arg(long, default_value = testbed_api::AGENT_STATE_DIR)]
     state_dir: PathBuf,
     /// IP leases (default: <state-dir>/ipam). The guest images put them on tmpfs (/run): a pod creation then
     /// pays no ext4 journal commit (0.35 ms of 1.5 ms here), and the leases of pods a reboot ended go with
@@ -83,7 +83,7 @@ struct ImportImageArgs {
     /// when the layout holds more than one).
     #[arg(long = "ref")]
     reference: Option<String>,
-    #[arg(long, default_value = "/var/lib/testbed-agent/images")]
+    #[arg(long, default_value = testbed_api::AGENT_IMAGE_STORE)]
     store: PathBuf,
 }
 

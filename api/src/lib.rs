@@ -30,6 +30,11 @@ pub const AGENT_PORT: u16 = 7070;
 /// How often each node's agent renews its Lease `kube-node-lease/<node>` (the kubelet's 10 s). The topology
 /// refuses a node monitor grace period that is not longer: every node would flap NotReady between renewals.
 pub const NODE_LEASE_RENEW_SECS: u64 = 10;
+/// The agent's state directory on a node (`testbed-agent serve --state-dir`'s default): NodeSpec, pod records
+/// and logs, images.
+pub const AGENT_STATE_DIR: &str = "/var/lib/testbed-agent";
+/// The image store in it (`<state-dir>/images`): where `import-image` puts an image and pods find it.
+pub const AGENT_IMAGE_STORE: &str = "/var/lib/testbed-agent/images";
 /// Version prefix of every agent endpoint, e.g. `PUT /v1/node`.
 pub const API_PREFIX: &str = "/v1";
 

@@ -250,13 +250,18 @@ pub async fn cmd_exec(_ui: &Ui, a: ExecArgs) -> CliResult {
         .exec(&command, None)
         .await
         .map_err(|e| CliError::infra(anyhow!("node {node}: exec `{command}`: {e}")))?;
-    let _ = std::io::stdout().write_all(&out.stdout);
-    let _ = std::io::stderr().write_all(&out.stderr);
+    pass_on(&out.stdout, &out.stderr, out.exit_code)
+}
+
+/// A remote command's output, written as it came, and its exit code made testbed's (as `ssh host cmd` and
+/// `kubectl exec` do), beyond the 0-3 classes.
+pub fn pass_on(stdout: &[u8], stderr: &[u8], exit_code: i32) -> CliResult {
+    let _ = std::io::stdout().write_all(stdout);
+    let _ = std::io::stderr().write_all(stderr);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    if out.exit_code != 0 {
-        // The remote command's exit code is testbed's (like `ssh host cmd`), beyond the 0-3 classes.
-        std::process::exit(out.exit_code.clamp(1, 255));
+    if exit_code != 0 {
+        std::process::exit(exit_code.clamp(1, 255));
     }
     Ok(())
 }

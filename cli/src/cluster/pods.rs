@@ -99,13 +99,15 @@ pub async fn cmd_logs(_ui: &Ui, a: LogsArgs) -> CliResult {
     let node = lab.connect_node(&target.node, CONNECT_DEADLINE).await?;
     let mut query = LogQuery { container: target.container(a.container), offset: Some(0) };
     let mut out = std::io::stdout().lock();
+    let mut read_before = false;
     loop {
         let chunk = match node.agent.container_log(&target.name, &query).await {
             Ok(chunk) => chunk,
             // Following a pod that was deleted ends the stream, as kubectl's does.
-            Err(e) if a.follow && query.offset != Some(0) && e.is_not_found() => return Ok(()),
+            Err(e) if a.follow && read_before && e.is_not_found() => return Ok(()),
             Err(e) => return Err(agent_error(&target, e)),
         };
+        read_before = true;
         let _ = out.write_all(chunk.text.as_bytes());
         let _ = out.flush();
         query = LogQuery { container: Some(chunk.container), offset: Some(chunk.next_offset) };
@@ -127,15 +129,7 @@ pub async fn exec_in_pod(args: &ClientArgs, pod: &str, container: Option<String>
     let connected = lab.connect_node(&target.node, CONNECT_DEADLINE).await?;
     let req = ExecRequest { container: target.container(container), command, stdin: None, timeout_secs: None };
     let out = connected.agent.exec(&target.name, &req).await.map_err(|e| agent_error(&target, e))?;
-    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
-    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    if out.exit_code != 0 {
-        // The command's exit code is testbed's (as `kubectl exec` passes it on), beyond the 0-3 classes.
-        std::process::exit(out.exit_code.clamp(1, 255));
-    }
-    Ok(())
+    crate::commands::pass_on(out.stdout.as_bytes(), out.stderr.as_bytes(), out.exit_code)
 }
 
 /// An agent's refusal (no such pod or container) is bad input; anything else is the lab's failure.

@@ -18,9 +18,6 @@ use crate::image::deliverable::{deliverable, DeliverableImage};
 use crate::image::ImageError;
 use crate::plan::{ContainerImage, Plan, PodPlan};
 
-/// The agent's image store on a node: `testbed-agent serve`'s `<state-dir>/images`, where its pods look.
-const NODE_STORE: &str = "/var/lib/testbed-agent/images";
-
 /// Where an image is on the node and how it is imported there; tests point it at a scratch directory.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeStore<'a> {
@@ -29,7 +26,7 @@ pub struct NodeStore<'a> {
 }
 
 impl NodeStore<'static> {
-    pub const GUEST: NodeStore<'static> = NodeStore { agent: AGENT_GUEST_PATH, store: NODE_STORE };
+    pub const GUEST: NodeStore<'static> = NodeStore { agent: AGENT_GUEST_PATH, store: testbed_api::AGENT_IMAGE_STORE };
 }
 
 #[derive(Debug, thiserror::Error)]

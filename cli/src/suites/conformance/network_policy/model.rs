@@ -1,8 +1,8 @@
 //! The group's model, as Kubernetes' netpol e2e tests build theirs (test/e2e/network/netpol/model.go): pods
 //! `a` and `b` in namespaces `x` and `y`, each serving two ports, `a` on the first node and `b` on the
-//! second, so that half of the pairs cross nodes (all on the first node where pod traffic cannot cross). A probe round connects every pod to every other pod on both
-//! ports at once and gives the matrix of what connected, which a case compares with its expected one (their
-//! "truth table").
+//! second, so that half of the pairs cross nodes (all on the first node where pod traffic cannot cross). A
+//! probe round connects every pod to every other pod on both ports at once and gives the matrix of what
+//! connected, which a case compares with its expected one (their "truth table").
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
