@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{ensure_agent, show, topology_copy, LabGuard};
+use testbed_test_support::lab::{ensure_agent, run_testbed, show, topology_copy, LabGuard};
 
 /// How long the new node's pod may take to be reached once `up` returned (the agents' watch and apply).
 const REACH_WITHIN: Duration = Duration::from_secs(60);
@@ -28,11 +28,7 @@ struct GrowLab {
 
 impl GrowLab {
     fn testbed(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .env("TESTBED_STATE_DIR", &self.state_dir)
-            .args(args)
-            .output()
-            .expect("run testbed")
+        run_testbed(env!("CARGO_BIN_EXE_testbed").as_ref(), &self.state_dir, args)
     }
 
     fn up(&self, topology: &Path) -> Output {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{ensure_agent, show, LabGuard};
+use testbed_test_support::lab::{ensure_agent, run_testbed, show, LabGuard};
 
 /// The busybox image's whole /etc/passwd (cli/src/image/oci.rs); the node's has many more users.
 const IMAGE_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
@@ -26,11 +26,7 @@ struct ImageLab {
 
 impl ImageLab {
     fn testbed(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .env("TESTBED_STATE_DIR", &self.state_dir)
-            .args(args)
-            .output()
-            .expect("run testbed")
+        run_testbed(env!("CARGO_BIN_EXE_testbed").as_ref(), &self.state_dir, args)
     }
 
     /// `up -o json` of `topology`; its outcome when it succeeded.

@@ -54,6 +54,11 @@ impl Drop for LabGuard {
     }
 }
 
+/// Runs `binary` (the test's `env!("CARGO_BIN_EXE_testbed")`) with `args` on the labs under `state_dir`.
+pub fn run_testbed(binary: &Path, state_dir: &Path, args: &[&str]) -> Output {
+    Command::new(binary).env("TESTBED_STATE_DIR", state_dir).args(args).output().expect("run testbed")
+}
+
 /// Makes sure a static agent exists where `testbed` looks for it (or `$TESTBED_AGENT` is set), building it
 /// when neither is there.
 pub fn ensure_agent() {
