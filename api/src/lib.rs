@@ -35,6 +35,14 @@ pub const NODE_LEASE_RENEW_SECS: u64 = 10;
 pub const AGENT_STATE_DIR: &str = "/var/lib/testbed-agent";
 /// The image store in it (`<state-dir>/images`): where `import-image` puts an image and pods find it.
 pub const AGENT_IMAGE_STORE: &str = "/var/lib/testbed-agent/images";
+/// Whether `text` is a sha256 content digest as the image-spec writes it: `sha256:` and 64 lowercase hex
+/// digits (the spec's encoded form; upper case is not the same digest string). The one rule the CLI, the API
+/// server and the agent apply to an image digest.
+pub fn is_sha256_digest(text: &str) -> bool {
+    text.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 /// Version prefix of every agent endpoint, e.g. `PUT /v1/node`.
 pub const API_PREFIX: &str = "/v1";
 

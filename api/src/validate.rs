@@ -79,13 +79,10 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
             return Err(err(at("name"), format!("duplicate container name `{}`", c.name)));
         }
         if let Some(image) = &c.image {
-            let digest = image.strip_prefix("sha256:").is_some_and(|hex| {
-                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            });
-            if !digest && !image.starts_with('/') {
+            if !crate::is_sha256_digest(image) && !image.starts_with('/') {
                 return Err(err(
                     at("image"),
-                    format!("`{image}` is neither sha256:<64 hex digits> nor an absolute path"),
+                    format!("`{image}` is neither sha256:<64 lowercase hex digits> nor an absolute path"),
                 ));
             }
         }
@@ -292,7 +289,8 @@ mod tests {
         let digest = format!("sha256:{}", "0f".repeat(32));
         assert_eq!(with_image(&digest, vec![]), Ok(()), "the image's Entrypoint/Cmd");
         assert_eq!(with_image("/var/lib/images/busybox.tar", vec!["sh".into()]), Ok(()));
-        for bad in ["busybox:latest", "sha256:abc", "relative/dir"] {
+        let upper = format!("sha256:{}", "0F".repeat(32));
+        for bad in ["busybox:latest", "sha256:abc", "relative/dir", &upper] {
             assert_eq!(with_image(bad, vec![]), Err("containers[0].image".into()), "{bad}");
         }
         let mut p = pod();

@@ -16,11 +16,10 @@ pub struct Digest {
 
 impl Digest {
     pub fn parse(text: &str) -> Result<Self, ImageError> {
-        let hex = text.strip_prefix("sha256:").ok_or_else(|| ImageError::BadDigest(text.into()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !testbed_api::is_sha256_digest(text) {
             return Err(ImageError::BadDigest(text.into()));
         }
-        Ok(Self { hex: hex.into() })
+        Ok(Self { hex: text["sha256:".len()..].into() })
     }
 
     pub fn hex(&self) -> &str {

@@ -27,7 +27,7 @@ pub enum ImageError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not the JSON the image-spec describes: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
-    #[error("{0:?} is not a sha256 digest (sha256:<64 hex digits>)")]
+    #[error("{0:?} is not a sha256 digest (sha256:<64 lowercase hex digits>)")]
     BadDigest(String),
     #[error("blob {digest} ({path}) has sha256:{actual}, not the digest that names it")]
     DigestMismatch { digest: Digest, path: PathBuf, actual: String },

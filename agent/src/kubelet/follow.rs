@@ -29,6 +29,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// A control plane that is down is asked again at least this often (the kubelet's cap is 7 s for its
 /// node status; 10 s keeps a lab that lost its API server quiet without slowing its return much).
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Until the API has answered once. `up` joins each agent as soon as its node is set up, while etcd and
+/// the API server may still be starting: the Node registers within this of the API's first answer, which is
+/// what `up` waits for.
+const BACKOFF_FIRST_CONTACT: Duration = Duration::from_secs(1);
 /// How often the runtime's pod states are compared with what the API was told (a container that exited,
 /// a restart). An in-memory read; writes happen only on a change.
 const STATUS_SYNC: Duration = Duration::from_millis(500);
@@ -99,6 +103,7 @@ pub struct Loop {
 impl Loop {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
+        let mut cap = BACKOFF_FIRST_CONTACT;
         loop {
             let error = match self.session().await {
                 Err(e) => e,
@@ -112,9 +117,10 @@ impl Loop {
             }
             if std::mem::take(&mut self.reached) {
                 backoff = BACKOFF_MIN;
+                cap = BACKOFF_MAX;
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(cap);
         }
     }
 

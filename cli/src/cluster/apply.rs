@@ -83,6 +83,8 @@ pub async fn apply_topology_objects(
 ) -> Result<Vec<(String, &'static str)>, ClusterError> {
     let mut done = Vec::new();
     let mut index = std::collections::HashMap::<Kind, usize>::new();
+    // Namespaces known to exist: each is asked for once, not once per object in it.
+    let mut present = std::collections::HashSet::new();
     for value in objects {
         let object: DynamicObject =
             serde_json::from_value(value.clone()).map_err(|e| ClusterError::Document(format!("topology: {e}")))?;
@@ -93,18 +95,35 @@ pub async fn apply_topology_objects(
         let what = format!("{}[{i}]", kind.resource().plural);
         *i += 1;
         let namespace = object.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        if kind.namespaced() {
-            let ns: DynamicObject = serde_json::from_value(serde_json::json!({
-                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
-            }))
-            .map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
-            apply_object(client, Kind::Namespace, &namespace, ns, &format!("namespace/{namespace}")).await?;
+        if kind.namespaced() && !present.contains(&namespace) {
+            ensure_namespace(client, &namespace).await?;
+            present.insert(namespace.clone());
         }
         let name = object.metadata.name.clone().unwrap_or_default();
         let action = apply_object(client, kind, &namespace, object, &what).await?;
         done.push((format!("{}/{name}", kind.qualified()), action));
     }
     Ok(done)
+}
+
+/// Creates namespace `name` when it is missing. A read first: on a TCG guest every call through the
+/// forwarder costs a few hundred milliseconds, and the namespace (`default`, mostly) is there nearly always.
+async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), ClusterError> {
+    let what = format!("namespace/{name}");
+    let api = api(client, Kind::Namespace, None);
+    if api.get_opt(name).await.map_err(|e| ClusterError::from_kube(&what, e))?.is_some() {
+        return Ok(());
+    }
+    let ns: DynamicObject = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .map_err(|e| ClusterError::Document(format!("{what}: {e}")))?;
+    match api.create(&PostParams::default(), &ns).await {
+        // Made meanwhile by someone else: as good.
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(ClusterError::from_kube(&what, e)),
+    }
 }
 
 /// The document's namespace, which must agree with `-n` when both are given (as kubectl requires).

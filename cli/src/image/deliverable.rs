@@ -65,10 +65,8 @@ fn only_manifest(path: &Path, index: &[u8]) -> Result<String, ImageError> {
         )));
     };
     match manifest["digest"].as_str() {
-        Some(d) if d.len() == 71 && d.starts_with("sha256:") && d[7..].bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok(d.to_ascii_lowercase())
-        }
-        other => Err(bad(format!("index.json's manifest digest {other:?} is not sha256:<64 hex digits>"))),
+        Some(d) if testbed_api::is_sha256_digest(d) => Ok(d.to_string()),
+        other => Err(bad(format!("index.json's manifest digest {other:?} is not sha256:<64 lowercase hex digits>"))),
     }
 }
 

@@ -312,32 +312,27 @@ pub fn kubeconfig_path(dir: &LabDir) -> PathBuf {
     dir.root.join("kubeconfig")
 }
 
-/// Tells every node's agent to follow the API servers, and returns the nodes that do. An agent that has no
-/// such endpoint (404: a build from before it) is named in a warning and left as it is: the lab still works,
-/// driven by the CLI.
-pub async fn join_agents(
-    ui: &Ui,
+/// Tells `node`'s agent to follow the API servers. It is told as soon as its own setup is done, before the
+/// API answers: the agent retries until it does, so its Node registers as soon as the API is up rather than
+/// after another round trip from here.
+pub async fn join(
     plan: &Plan,
     creds: &Credentials,
-    agents: &[(String, AgentClient)],
-) -> Result<Vec<String>, ControlPlaneError> {
-    let servers = plan.api_servers();
-    let joins = agents.iter().map(|(node, agent)| {
-        let join = ControlPlaneJoin {
-            servers: servers.clone(),
-            ca_pem: creds.ca_pem.clone(),
-            token: creds.token.clone(),
-            node_name: node.clone(),
-        };
-        async move { (node, agent.join_control_plane(&join).await) }
-    });
-    let (mut old, mut joined) = (Vec::new(), Vec::new());
-    for (node, outcome) in futures::future::join_all(joins).await {
-        match outcome.map_err(|e| ControlPlaneError::Join(Box::new(e)))? {
-            JoinOutcome::Joined => joined.push(node.clone()),
-            JoinOutcome::NotSupported => old.push(node.as_str()),
-        }
-    }
+    node: &str,
+    agent: &AgentClient,
+) -> Result<JoinOutcome, ControlPlaneError> {
+    let join = ControlPlaneJoin {
+        servers: plan.api_servers(),
+        ca_pem: creds.ca_pem.clone(),
+        token: creds.token.clone(),
+        node_name: node.to_string(),
+    };
+    agent.join_control_plane(&join).await.map_err(|e| ControlPlaneError::Join(Box::new(e)))
+}
+
+/// Names the agents that could not join (404: a build from before agents followed the API), which are left as
+/// they are: the lab still works, driven by the CLI.
+pub fn warn_not_joined(ui: &Ui, old: &[&str]) {
     if !old.is_empty() {
         ui.info(format!(
             "warning: the agents of {} do not follow an API server yet (PUT /v1/control-plane answered 404); \
@@ -345,7 +340,6 @@ pub async fn join_agents(
             old.join(", ")
         ));
     }
-    Ok(joined)
 }
 
 #[cfg(test)]

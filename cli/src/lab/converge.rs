@@ -1,13 +1,15 @@
 //! `up`'s work inside the lab layer's lock and rollback frame (`up.rs`), the same for every provider: the
 //! agent binary and the lab's client key, the provider's lab-wide preparation, the control plane's credentials
 //! and the host's forwarder to its API, then every node at once (the provider makes its machine reachable and
-//! `node_setup` does the rest, starting etcd and the API server on the control-plane nodes), and last the
-//! control plane: answering, a kubeconfig, every agent joined. When `up` adds nodes to a running lab
-//! (`resize.rs`), only those nodes are brought up and joined; the others are not contacted.
+//! `node_setup` does the rest, starting etcd and the API server on the control-plane nodes and joining each
+//! agent), and last the control plane: answering, a kubeconfig, every joined agent's Node Ready, and the
+//! topology's API objects. When `up` adds nodes to a running lab (`resize.rs`), only those nodes are brought up
+//! and joined; the others are not contacted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::guest::agent_client::JoinOutcome;
 use crate::guest::agent_deploy;
 use crate::plan::Plan;
 use crate::ui::Ui;
@@ -16,7 +18,6 @@ use super::container_images::LabImages;
 use super::control_plane;
 use super::dir::LabDir;
 use super::forwarder;
-use super::handle::ConnectedNode;
 use super::keys;
 use super::node_setup::{self, NodeSetup};
 use super::progress::NodeProgress;
@@ -24,6 +25,7 @@ use super::provider::{Provider, Targets, UpContext};
 use super::recorder::StateRecorder;
 use super::state::{LabState, Stage};
 use super::up::{InFlight, UpError, UpNode, UpOptions, UpOutcome};
+use super::workloads::Workloads;
 
 /// Where a converge starts: what the lab recorded before (when it was up) and which nodes to bring up.
 pub(super) struct Start {
@@ -80,7 +82,7 @@ pub(super) async fn converge(
         running_members,
         images,
     });
-    let (nodes, connected): (Vec<UpNode>, Vec<ConnectedNode>) =
+    let (nodes, joins): (Vec<UpNode>, Vec<JoinOutcome>) =
         bring_up_nodes(&setup, prepared.machines, opts.timeout).await?.into_iter().unzip();
     let nodes_ready = Instant::now();
     let task = ui.task("control-plane");
@@ -90,16 +92,29 @@ pub(super) async fn converge(
         return Err(e.into());
     }
     let kubeconfig = control_plane::write_kubeconfig(&dir, fwd.port, &credentials)?;
-    let agents: Vec<_> = connected.iter().map(|c| (c.name.clone(), c.agent.clone())).collect();
-    let joined = control_plane::join_agents(ui, &plan, &credentials, &agents).await?;
+    let (mut joined, mut old) = (Vec::new(), Vec::new());
+    for (node, outcome) in nodes.iter().zip(&joins) {
+        match outcome {
+            JoinOutcome::Joined => joined.push(node.name.clone()),
+            JoinOutcome::NotSupported => old.push(node.name.as_str()),
+        }
+    }
+    control_plane::warn_not_joined(ui, &old);
     task.stage(format!("waiting for {} to register Ready", joined.join(", ")));
-    if let Err(e) = control_plane::wait_nodes_ready(fwd.port, &credentials, &joined, deadline).await {
+    // The topology's Namespaces, Services and NetworkPolicies need no Node: they go in while the agents
+    // register. Its Deployments wait for every Node, so that the scheduler spreads their pods over all of them.
+    let (registered, configured) = tokio::join!(
+        control_plane::wait_nodes_ready(fwd.port, &credentials, &joined, deadline),
+        super::workloads::apply(ui, &plan, &kubeconfig, Workloads::Configuration)
+    );
+    if let Err(e) = registered {
         task.fail(e.to_string());
         return Err(e.into());
     }
     let control_plane_wait = nodes_ready.elapsed().as_secs_f64();
     task.finish(format!("API ready {control_plane_wait:.1} s after the nodes; kubeconfig {}", kubeconfig.display()));
-    super::workloads::apply(ui, &plan, &kubeconfig).await?;
+    configured?;
+    super::workloads::apply(ui, &plan, &kubeconfig, Workloads::Deployments).await?;
     let st = setup.state.snapshot();
     Ok(UpOutcome {
         lab: plan.lab.clone(),
@@ -124,7 +139,7 @@ async fn bring_up_nodes(
     setup: &Arc<NodeSetup>,
     machines: Arc<dyn super::provider::Machines>,
     timeout: Duration,
-) -> Result<Vec<(UpNode, ConnectedNode)>, UpError> {
+) -> Result<Vec<(UpNode, JoinOutcome)>, UpError> {
     let targets = setup.ctx.plan.nodes.iter().filter(|n| setup.ctx.targets.includes(&n.name));
     let nodes = targets.map(|node| {
         let (setup, machines) = (setup.clone(), machines.clone());

@@ -1,18 +1,19 @@
 //! One node from a reachable machine to ready, the same for every provider: SSH with the pinned host key, the
 //! agent (and on a control-plane node, etcd and the API server, started meanwhile), the node's NodeSpec (and
 //! the links' impairments inside the guest when the host could not apply them), the container images its pods
-//! name, and the topology's pods on it. Errors name the node and the stage.
+//! name, the topology's pods on it, and last the agent told to follow the API (before the API answers: it
+//! retries). Errors name the node and the stage.
 
 use std::sync::Arc;
 
 use testbed_control_plane::tls::Credentials;
 
+use crate::guest::agent_client::JoinOutcome;
 use crate::guest::{agent_deploy, AgentClient, Session};
 use crate::plan::{Impairment, NodePlan};
 
 use super::container_images::{self, LabImages, NodeStore};
 use super::control_plane;
-use super::handle::ConnectedNode;
 use super::progress::NodeProgress;
 use super::provider::{Machines, UpContext};
 use super::recorder::StateRecorder;
@@ -33,15 +34,14 @@ pub(super) struct NodeSetup {
     pub(super) images: LabImages,
 }
 
-/// Brings `node` to ready: its machine through `machines`, then the agent, its network and its pods. Returns
-/// the node's connection too (the agent client lives as long as its session), for the lab-wide steps after
-/// every node is ready.
+/// Brings `node` to ready: its machine through `machines`, then the agent, its network and its pods, and its
+/// agent joined to the control plane. Returns whether it joined (an old agent cannot).
 pub(super) async fn bring_up(
     setup: &NodeSetup,
     machines: Arc<dyn Machines>,
     node: &NodePlan,
     progress: &mut NodeProgress,
-) -> Result<(UpNode, ConnectedNode), UpError> {
+) -> Result<(UpNode, JoinOutcome), UpError> {
     let name = &node.name;
     let dir = &setup.ctx.dir;
     let machine = machines.reach(node, &setup.state, progress).await?;
@@ -84,10 +84,12 @@ pub(super) async fn bring_up(
             let spec = setup.images.agent_spec(pod);
             agent.create_pod(&spec).await.map_err(|e| UpError::node(dir, name, Stage::Pods, e))?;
         }
-        Ok::<_, UpError>(agent)
+        control_plane::join(plan, &setup.credentials, name, &agent)
+            .await
+            .map_err(|e| UpError::node(dir, name, Stage::Agent, e))
     };
-    let (launched, agent) = tokio::join!(launch, setup_node);
-    let agent = agent?;
+    let (launched, joined) = tokio::join!(launch, setup_node);
+    let joined = joined?;
     launched.map_err(|e| UpError::node(dir, name, Stage::Agent, e))?;
     setup.state.record_stage(name, Stage::Ready)?;
     let up = UpNode {
@@ -97,7 +99,7 @@ pub(super) async fn bring_up(
         reused: machine.reused,
         stage_seconds: progress.finish(),
     };
-    Ok((up, ConnectedNode { name: name.clone(), session, agent }))
+    Ok((up, joined))
 }
 
 /// The node's NodeSpec through its agent, and the links' impairments inside the guest when the host could not

@@ -83,7 +83,7 @@ pub(super) async fn resize(
     }
     if change.added.is_empty() {
         dir.write_plan(&plan)?;
-        super::workloads::apply(ui, &plan, &kubeconfig).await?;
+        super::workloads::apply_all(ui, &plan, &kubeconfig).await?;
         let mut outcome = up::already_up(&dir, &plan, &previous, started);
         (outcome.already_up, outcome.kubeconfig, outcome.api_port) = (false, Some(kubeconfig), Some(port));
         return Ok(outcome);

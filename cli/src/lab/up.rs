@@ -266,7 +266,7 @@ pub async fn up(ui: &Ui, plan: Plan, opts: &UpOptions, provider: Arc<dyn Provide
             dir.write_plan(&plan)?;
             // The nodes are fine; the host's way to the API may not be (a forwarder killed, a host reboot).
             let (kubeconfig, port) = reach_api(&dir, &plan, Instant::now() + opts.timeout).await?;
-            super::workloads::apply(ui, &plan, &kubeconfig).await?;
+            super::workloads::apply_all(ui, &plan, &kubeconfig).await?;
             ui.info(format!(
                 "lab `{}` is already up and healthy ({} nodes); nothing to do",
                 plan.lab,
