@@ -102,9 +102,13 @@ fi
 # Two installs: the QEMU packages (the list's and those already installed) with their suite as apt's target
 # release, so that their dependencies (seabios, ...) come from it too; then the rest from the default suites,
 # so that nothing else moves to the QEMU suite.
+# libvirt must be as new as QEMU: its packages come from the QEMU suite too, named PACKAGE/SUITE so that only
+# they do (-t would move their dependencies, systemd among them, to that suite as well).
 qemu=() rest=()
 for p in "${packages[@]}"; do
-  if [ -n "$qemu_suite" ] && [[ $p == qemu-* ]]; then qemu+=("$p"); else rest+=("$p"); fi
+  if [ -n "$qemu_suite" ] && [[ $p == qemu-* ]]; then qemu+=("$p")
+  elif [ -n "$qemu_suite" ] && [[ $p == libvirt* ]]; then rest+=("$p/$qemu_suite")
+  else rest+=("$p"); fi
 done
 if [ -n "$qemu_suite" ]; then
   while read -r name _; do
@@ -129,3 +133,12 @@ if $print_plan; then
 fi
 if [ -n "$qemu_suite" ]; then "${as_root[@]}" "${install[@]}" -t "$qemu_suite" "${qemu[@]}"; fi
 "${as_root[@]}" "${install[@]}" "${rest[@]}"
+
+# Safety: a libvirt `default` network set to autostart (an older install of libvirt-daemon-config-network) would
+# put a NAT bridge, dnsmasq and firewall rules on the host the first time any libvirtd starts. Testbed never uses
+# it; drop its autostart link.
+autostart=/etc/libvirt/qemu/networks/autostart/default.xml
+if [ -e "$autostart" ] || [ -L "$autostart" ]; then
+  say "removing the autostart of libvirt's default NAT network ($autostart)"
+  "${as_root[@]}" rm -f "$autostart"
+fi

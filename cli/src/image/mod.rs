@@ -13,11 +13,12 @@ pub mod deliverable;
 mod fetch;
 pub mod oci;
 pub mod seed;
+pub mod vagrant_box;
 
 #[cfg(test)]
 mod boot_test;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -177,6 +178,31 @@ pub enum ImageCommand {
         #[arg(long)]
         sha256: String,
     },
+    /// Package a built image as a vagrant-libvirt box (`vagrant box add --name testbed/ID FILE`); builds the
+    /// image first when the cache has none.
+    Box {
+        /// Image name; known: debian-12.
+        #[arg(long, default_value = build::DEBIAN_12)]
+        name: String,
+        /// Directory for the .box file (default: `boxes/` beside the image cache).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write one node's seed disk (hostname, underlay NICs, host key, authorized keys) for a VM that Vagrant
+    /// makes from the box; the top-level Vagrantfile calls this.
+    Seed {
+        /// Topology file.
+        topology: PathBuf,
+        /// Node name in the topology.
+        #[arg(long)]
+        node: String,
+        /// File of OpenSSH public keys the guest's root accepts.
+        #[arg(long)]
+        authorized_keys: PathBuf,
+        /// The seed disk to write (raw vfat).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List cached images.
     List,
     /// Remove cached images by id or name (a name removes every image of that name).
@@ -225,6 +251,41 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
         ImageCommand::Fetch { url, sha256 } => {
             let artifacts = fetch::fetch(ui, &url, &sha256).await?;
             print_artifacts(ui, &artifacts)
+        }
+        ImageCommand::Box { name, out: out_dir } => {
+            let artifacts = ensure(ui, &ImageRef::Named(name.clone())).await?;
+            let out_dir = match out_dir {
+                Some(dir) => dir,
+                None => cache::cache_root()?.parent().map(|p| p.join("boxes")).ok_or(ImageError::NoCacheDir)?,
+            };
+            let made = tokio::task::spawn_blocking(move || {
+                vagrant_box::write_box(&artifacts, &name, &out_dir, Path::new(vagrant_box::BOOT_FILES_ROOT))
+            })
+            .await
+            .map_err(CliError::infra)??;
+            if ui.is_json() {
+                out(&serde_json::to_string_pretty(&made).map_err(CliError::infra)?);
+            } else {
+                out(&format!(
+                    "box {} (kernel {}, initrd {})\nadd it with: vagrant box add --force --name {} {}",
+                    made.file.display(),
+                    made.kernel.display(),
+                    made.initrd.display(),
+                    made.name,
+                    made.file.display()
+                ));
+            }
+            Ok(())
+        }
+        ImageCommand::Seed { topology, node, authorized_keys, out: seed_file } => {
+            let plan = crate::plan::load(&topology).map_err(CliError::bad_input)?;
+            let Some(node_plan) = plan.nodes.iter().find(|n| n.name == node) else {
+                return Err(CliError::bad_input(anyhow::anyhow!("{}: no node {node:?}", topology.display())));
+            };
+            let keys = std::fs::read_to_string(&authorized_keys)
+                .map_err(|e| CliError::bad_input(anyhow::anyhow!("{}: {e}", authorized_keys.display())))?;
+            vagrant_box::write_node_seed(node_plan, &keys, &seed_file)?;
+            Ok(())
         }
         ImageCommand::List => {
             let root = cache::cache_root()?;

@@ -4,6 +4,7 @@
 //! need. QEMU is the one provider today, chosen in [`default_provider`].
 
 pub mod qemu;
+pub mod vagrant;
 
 use std::sync::Arc;
 

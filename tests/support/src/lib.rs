@@ -8,6 +8,7 @@
 pub mod agent_http;
 pub mod etcd;
 pub mod host;
+pub mod host_snapshot;
 pub mod kubectl;
 pub mod lab;
 pub mod node_spec;

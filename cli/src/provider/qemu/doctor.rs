@@ -156,6 +156,7 @@ pub fn run_checks() -> Vec<Check> {
             checks.push(check("agent", Status::Warn, e.to_string(), Some(crate::guest::agent_deploy::AGENT_BUILD_HINT)))
         }
     }
+    checks.extend(crate::provider::vagrant::doctor::checks());
     for (name, dir) in [("disk-cache", crate::image::cache_root().ok()), ("disk-state", labdir::state_root().ok())] {
         let Some(dir) = dir else { continue };
         match free_bytes(&dir) {
