@@ -69,6 +69,9 @@ pub fn create_empty_dirs(pod_dir: &Path, spec: &PodSpec) -> Result<(), VolumeErr
             mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, options.as_deref())
                 .map_err(|e| failed("mount a tmpfs on", e.into()))?;
         }
+        // World-writable as the kubelet makes it: containers of any uid share it.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .map_err(|e| failed("chmod 0777", e))?;
     }
     Ok(())
 }

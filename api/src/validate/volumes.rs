@@ -177,7 +177,11 @@ mod tests {
             p.containers[0].volume_mounts.push(VolumeMount { name: "conf".into(), ..again });
         };
         assert_eq!(field(twice).as_deref(), Some("containers[0].volumeMounts[1].mountPath"));
-        assert_eq!(field(|p| p.containers[0].image = None).as_deref(), Some("containers[0].volumeMounts"));
+        let no_image = |p: &mut PodSpec| {
+            p.containers[0].image = None;
+            p.containers[0].command = vec!["sleep".into()];
+        };
+        assert_eq!(field(no_image).as_deref(), Some("containers[0].volumeMounts"));
     }
 
     #[test]
