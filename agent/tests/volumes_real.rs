@@ -28,10 +28,11 @@ fn sh(container: &str, script: &str) -> (i64, String) {
     (body["exit_code"].as_i64().unwrap(), text)
 }
 
-/// A `/proc/self/status` line's value, e.g. `CapEff` as a number.
+/// A field of the container's own process (PID 1 of its PID namespace: an exec runs as root with every
+/// capability, not as the container), e.g. `CapEff` or the real `Uid`, as a number.
 fn status_field(container: &str, field: &str) -> u64 {
-    let (_, text) = sh(container, &format!("grep ^{field}: /proc/self/status"));
-    let value = text.split(':').nth(1).unwrap().trim();
+    let (_, text) = sh(container, &format!("grep ^{field}: /proc/1/status"));
+    let value = text.split(':').nth(1).unwrap().split_whitespace().next().unwrap();
     u64::from_str_radix(value, if field.starts_with("Cap") { 16 } else { 10 }).unwrap()
 }
 
@@ -66,7 +67,8 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
         ],
         "securityContext": {"runAsGroup": 3000},
         "containers": [
-            {"name": "a", "image": image, "command": ["sleep", "1000"], "volumeMounts": mounts,
+            {"name": "a", "image": image, "volumeMounts": mounts,
+             "command": ["sh", "-c", "echo a > /data/x && echo a > /mem/x && exec sleep 1000"],
              "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
                                  "capabilities": {"drop": ["NET_RAW"]}}},
             {"name": "b", "image": image, "command": ["sleep", "1000"], "volumeMounts": mounts},
@@ -76,12 +78,16 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
     assert_eq!(code, 201, "{pod}");
     assert_eq!(pod["phase"], "Running", "{pod}");
 
-    // The user: the container's runAsUser, the pod's runAsGroup; b has the image's (root).
-    assert_eq!(sh("a", "id -u; id -g"), (0, "1000\n3000\n".into()));
-    assert_eq!(sh("b", "id -u; id -g"), (0, "0\n3000\n".into()));
-    // The emptyDirs are shared, on disk and as a 1 MiB tmpfs; each container's root is its own.
-    assert_eq!(sh("a", "echo a > /data/x && echo a > /mem/x").0, 0);
-    assert_eq!(sh("b", "cat /data/x /mem/x"), (0, "a\na\n".into()));
+    // The user: the container's runAsUser, the pod's runAsGroup; b has the image's user (root).
+    assert_eq!((status_field("a", "Uid"), status_field("a", "Gid")), (1000, 3000));
+    assert_eq!((status_field("b", "Uid"), status_field("b", "Gid")), (0, 3000));
+    // The emptyDirs are shared, on disk and as a 1 MiB tmpfs (a wrote them as uid 1000); each container's
+    // root is its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sh("b", "cat /data/x /mem/x") != (0, "a\na\n".into()) {
+        assert!(std::time::Instant::now() < deadline, "b does not see a's writes: {:?}", sh("b", "cat /data/x /mem/x"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let (_, mem) = sh("b", "grep ' /mem ' /proc/mounts");
     assert!(mem.starts_with("tmpfs /mem tmpfs") && mem.contains("size=1024k"), "{mem}");
     assert_eq!(sh("b", "echo b > /tmp/own").0, 0);

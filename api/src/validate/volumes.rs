@@ -58,7 +58,8 @@ fn id(field: &str, value: Option<i64>) -> Result<(), ApiError> {
 /// node's files and runs as the agent does, so a mount or a user there would be a change to the node.
 pub(super) fn container(pod: &PodSpec, i: usize, c: &ContainerSpec) -> Result<(), ApiError> {
     let at = |f: &str| format!("containers[{i}].{f}");
-    let no_image = "needs an `image`: a container without one shares the node's files and runs as the agent";
+    let no_image = "needs an image testbed runs (a digest, `name@sha256:<hex>` in an API pod, or an absolute \
+                    path): a container without one shares the node's files and runs as the agent does";
     if c.image.is_none() && !c.volume_mounts.is_empty() {
         return Err(err(at("volumeMounts"), no_image));
     }
