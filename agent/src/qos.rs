@@ -97,6 +97,8 @@ mod tests {
             pids_limit: None,
             args: vec![],
             image: None,
+            volume_mounts: vec![],
+            security_context: None,
         }
     }
 

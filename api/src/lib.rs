@@ -17,6 +17,7 @@ pub mod quantity;
 pub mod results;
 pub mod service;
 pub mod validate;
+pub mod volume;
 
 pub use cluster::{ControlPlaneJoin, ControlPlaneStatus};
 pub use logs::{LogChunk, LogQuery};
@@ -24,6 +25,7 @@ pub use network_policy::*;
 pub use node::*;
 pub use pod::*;
 pub use service::*;
+pub use volume::*;
 
 /// TCP port the agent listens on, on the guest's 127.0.0.1 only. The CLI reaches it over SSH forwarding.
 pub const AGENT_PORT: u16 = 7070;

@@ -67,6 +67,12 @@ pub struct ContainerSpec {
     /// `pids.max` for the container's cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u64>,
+    /// Volumes of the pod mounted into the container (only with an `image`).
+    #[serde(default, rename = "volumeMounts", skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<crate::VolumeMount>,
+    /// User, capabilities, read-only root (only with an `image`).
+    #[serde(default, rename = "securityContext", skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::SecurityContext>,
 }
 
 /// `POST /v1/pods` with this body creates a pod; the name is the key (re-posting an identical spec is a no-op).
@@ -92,6 +98,12 @@ pub struct PodSpec {
     /// The labels of the pod's mirror in the cluster API: what Services and NetworkPolicies select it by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// What the containers' `volumeMounts` can mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::Volume>,
+    /// Defaults of the containers' `securityContext`.
+    #[serde(default, rename = "securityContext", skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::PodSecurityContext>,
 }
 
 /// Where a pod is in its life, computed from its containers the way the kubelet computes it.

@@ -5,6 +5,8 @@ use ipnet::Ipv4Net;
 
 use crate::{ApiError, Backend, NodeSpec, PodSpec};
 
+mod volumes;
+
 fn err(field: impl Into<String>, message: impl Into<String>) -> ApiError {
     ApiError { field: Some(field.into()), message: message.into(), leaked: vec![] }
 }
@@ -69,6 +71,7 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
     if let Some((key, message)) = pod.labels.iter().find_map(|(k, v)| label_error(k, v).map(|m| (k, m))) {
         return Err(err(format!("labels.{key}"), message));
     }
+    volumes::volumes(pod)?;
     let mut seen = std::collections::BTreeSet::new();
     for (i, c) in pod.containers.iter().enumerate() {
         let at = |f: &str| format!("containers[{i}].{f}");
@@ -110,6 +113,7 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
         if c.pids_limit == Some(0) {
             return Err(err(at("pids_limit"), "must be greater than 0"));
         }
+        volumes::container(pod, i, c)?;
     }
     Ok(())
 }
@@ -237,6 +241,8 @@ mod tests {
                 pids_limit: None,
                 args: vec![],
                 image: None,
+                volume_mounts: vec![],
+                security_context: None,
             }],
             restart_policy: RestartPolicy::Never,
             share_process_namespace: false,

@@ -101,6 +101,8 @@ fn pod_spec(i: usize) -> PodSpec {
             pids_limit: None,
             args: vec![],
             image: None,
+            volume_mounts: vec![],
+            security_context: None,
         }],
         restart_policy: RestartPolicy::Always,
         share_process_namespace: false,

@@ -169,6 +169,8 @@ mod tests {
                 pids_limit: None,
                 args: vec![],
                 image: None,
+                volume_mounts: vec![],
+                security_context: None,
             }],
             labels: BTreeMap::from([("app".to_string(), app.to_string())]),
             ..Default::default()

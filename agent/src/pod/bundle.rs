@@ -13,9 +13,10 @@ use serde_json::{json, Value};
 
 use super::processes::{ImageLaunch, DEFAULT_PATH};
 use super::record::Pod;
+use super::volumes;
 use super::{lock, Agent, AgentError, Result};
 use crate::image::{Digest, ImageConfig, ImageError, ImageStore, StoredImage};
-use testbed_api::ContainerSpec;
+use testbed_api::{ContainerSpec, SecurityContext};
 
 /// Where a container's bundle lives in its pod's directory, and its parts.
 pub struct BundleDir(pub PathBuf);
@@ -112,12 +113,53 @@ pub struct Process {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// Bounding, effective and permitted set (`SecurityContext::capabilities`).
+    pub capabilities: Vec<String>,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+}
+
+/// The container's view of files beyond its image: the root's mode, volumes, and what privileged opens up.
+#[derive(Default)]
+pub struct Filesystem {
+    pub read_only_root: bool,
+    /// `privileged`: /sys writable and no masked or read-only /proc paths (every capability is in `Process`).
+    pub privileged: bool,
+    pub volumes: Vec<VolumeBind>,
+}
+
+/// One `volumeMounts` entry resolved to a path on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeBind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
 }
 
 /// The runtime-spec config: crun makes the container's PID and mount namespaces (the pod's network, IPC and
 /// UTS namespaces are inherited from the launcher).
-pub fn config_json(process: &Process, bundle: &BundleDir) -> Value {
+pub fn config_json(process: &Process, fs: &Filesystem, bundle: &BundleDir) -> Value {
     let bind = |name: &str, dest: &str| json!({ "destination": dest, "type": "bind", "source": bundle.0.join(name), "options": ["rbind", "rprivate"] });
+    let sys_mode = if fs.privileged { "rw" } else { "ro" };
+    let mut mounts = vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
+        json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
+        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_mode] }),
+        bind("hostname", "/etc/hostname"),
+        bind("hosts", "/etc/hosts"),
+        bind("resolv.conf", "/etc/resolv.conf"),
+    ];
+    // After the runtime's own mounts, as the kubelet orders them: a volume may cover one of them.
+    for v in &fs.volumes {
+        let mode = if v.read_only { "ro" } else { "rw" };
+        mounts.push(json!({ "destination": v.destination, "type": "bind", "source": v.source, "options": ["rbind", "rprivate", mode] }));
+    }
+    let (masked, read_only): (&[&str], &[&str]) =
+        if fs.privileged { (&[], &[]) } else { (&MASKED_PATHS, &READ_ONLY_PATHS) };
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -127,31 +169,34 @@ pub fn config_json(process: &Process, bundle: &BundleDir) -> Value {
             "env": process.env,
             "cwd": process.cwd,
             "capabilities": {
-                "bounding": DEFAULT_CAPABILITIES, "effective": DEFAULT_CAPABILITIES, "permitted": DEFAULT_CAPABILITIES,
+                "bounding": process.capabilities, "effective": process.capabilities, "permitted": process.capabilities,
             },
-            "noNewPrivileges": false,
+            "noNewPrivileges": process.no_new_privileges,
         },
-        "root": { "path": "rootfs", "readonly": false },
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
-            bind("hostname", "/etc/hostname"),
-            bind("hosts", "/etc/hosts"),
-            bind("resolv.conf", "/etc/resolv.conf"),
-        ],
+        "root": { "path": "rootfs", "readonly": fs.read_only_root },
+        "mounts": mounts,
         "linux": {
             "namespaces": [{ "type": "pid" }, { "type": "mount" }],
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                            "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "maskedPaths": masked,
+            "readonlyPaths": read_only,
         },
     })
 }
+
+/// The kubelet's (containerd's) masked /proc and /sys paths of an unprivileged container.
+const MASKED_PATHS: [&str; 9] = [
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+/// ... and its read-only /proc paths.
+const READ_ONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// Writes a fresh bundle into `bundle`: an empty writable layer (a restarted container starts from the
 /// image again, as with containerd), the per-pod /etc files and config.json.
@@ -199,16 +244,26 @@ impl Agent {
         };
         let lower = store.lower_dirs(&image).map_err(|e| failed(e.to_string()))?;
         let argv = argv(&image.config, &c.command, &c.args).map_err(failed)?;
-        let (uid, gid) = user(&image.config).map_err(failed)?;
+        let image_user = user(&image.config).map_err(failed)?;
+        let security = c.security_context.as_ref();
+        let (uid, gid) = SecurityContext::user(security, spec.security_context.as_ref(), image_user);
         let process = Process {
             argv: argv.clone(),
             env: environment(&image.config, &c.env, &spec.name),
             cwd: image.config.working_dir.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "/".into()),
             uid,
             gid,
+            capabilities: SecurityContext::capabilities(security, &DEFAULT_CAPABILITIES),
+            no_new_privileges: security.and_then(|s| s.allow_privilege_escalation) == Some(false),
         };
-        let bundle = path(&self.pod_dir(&spec.name), &c.name);
-        let config = config_json(&process, &bundle);
+        let pod_dir = self.pod_dir(&spec.name);
+        let filesystem = Filesystem {
+            read_only_root: security.and_then(|s| s.read_only_root_filesystem) == Some(true),
+            privileged: security.and_then(|s| s.privileged) == Some(true),
+            volumes: volumes::binds(&pod_dir, spec, c).map_err(|e| AgentError::Failed(e.to_string()))?,
+        };
+        let bundle = path(&pod_dir, &c.name);
+        let config = config_json(&process, &filesystem, &bundle);
         let ip = lock(&pod.record).ip;
         write(&bundle, &config, &spec.name, &hosts_file(ip, &spec.name))
             .map_err(|e| failed(format!("writing the bundle {}: {e}", bundle.0.display())))?;
@@ -278,14 +333,92 @@ mod tests {
         assert!(user(&ImageConfig { user: Some("nobody".into()), ..Default::default() }).is_err());
     }
 
+    fn process(security: Option<&SecurityContext>) -> Process {
+        Process {
+            argv: strings(&["x"]),
+            env: vec![],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            capabilities: SecurityContext::capabilities(security, &DEFAULT_CAPABILITIES),
+            no_new_privileges: false,
+        }
+    }
+
     #[test]
     fn the_runtime_makes_pid_and_mount_namespaces_only_and_hosts_names_the_pod() {
-        let p = Process { argv: strings(&["x"]), env: vec![], cwd: "/".into(), uid: 0, gid: 0 };
         let b = BundleDir("/b".into());
         let types = |v: &Value| -> Vec<String> {
             v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().into()).collect()
         };
-        assert_eq!(types(&config_json(&p, &b)), strings(&["pid", "mount"]));
+        assert_eq!(types(&config_json(&process(None), &Filesystem::default(), &b)), strings(&["pid", "mount"]));
         assert!(hosts_file(Some(Ipv4Addr::new(10, 1, 0, 5)), "p").ends_with("10.1.0.5\tp\n"));
+    }
+
+    #[test]
+    fn volumes_are_bound_after_the_runtimes_mounts_with_their_mode_and_the_root_may_be_read_only() {
+        let fs = Filesystem {
+            read_only_root: true,
+            privileged: false,
+            volumes: vec![
+                VolumeBind { source: "/pods/p/volumes/v".into(), destination: "/data".into(), read_only: false },
+                VolumeBind { source: "/srv/conf".into(), destination: "/conf".into(), read_only: true },
+            ],
+        };
+        let config = config_json(&process(None), &fs, &BundleDir("/b".into()));
+        assert_eq!(config["root"]["readonly"], true);
+        let mounts = config["mounts"].as_array().unwrap();
+        let n = mounts.len();
+        assert_eq!(mounts[n - 2]["destination"], "/data");
+        assert_eq!(mounts[n - 2]["source"], "/pods/p/volumes/v");
+        assert_eq!(mounts[n - 2]["options"], json!(["rbind", "rprivate", "rw"]));
+        assert_eq!(mounts[n - 1]["options"], json!(["rbind", "rprivate", "ro"]));
+        let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
+        assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+        assert!(!config["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn user_capabilities_and_no_new_privileges_reach_the_process() {
+        let sc = SecurityContext {
+            run_as_user: Some(1000),
+            capabilities: Some(testbed_api::Capabilities { add: strings(&["net_admin"]), drop: strings(&["NET_RAW"]) }),
+            ..Default::default()
+        };
+        let pod = testbed_api::PodSecurityContext { run_as_user: Some(5), run_as_group: Some(6) };
+        assert_eq!(SecurityContext::user(Some(&sc), Some(&pod), (7, 8)), (1000, 6), "own, then the pod's");
+        assert_eq!(SecurityContext::user(None, None, (7, 8)), (7, 8), "the image's");
+        let mut p = process(Some(&sc));
+        p.no_new_privileges = true;
+        let config = config_json(&p, &Filesystem::default(), &BundleDir("/b".into()));
+        let caps = &config["process"]["capabilities"];
+        for set in ["bounding", "effective", "permitted"] {
+            let list: Vec<&str> = caps[set].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+            assert!(list.contains(&"CAP_NET_ADMIN") && !list.contains(&"CAP_NET_RAW"), "{set}: {list:?}");
+            assert!(list.contains(&"CAP_CHOWN"), "{set}: the rest of the default set stays");
+        }
+        assert_eq!(config["process"]["noNewPrivileges"], true);
+        assert_eq!(config["root"]["readonly"], false);
+    }
+
+    #[test]
+    fn capabilities_follow_containerds_order_all_first_then_names_and_a_drop_wins() {
+        let caps = |add: &[&str], drop: &[&str]| {
+            let sc = SecurityContext {
+                capabilities: Some(testbed_api::Capabilities { add: strings(add), drop: strings(drop) }),
+                ..Default::default()
+            };
+            SecurityContext::capabilities(Some(&sc), &DEFAULT_CAPABILITIES)
+        };
+        assert_eq!(caps(&["NET_RAW"], &["ALL"]), strings(&["CAP_NET_RAW"]), "drop ALL, then add one");
+        assert_eq!(caps(&["ALL"], &["CHOWN"]).len(), testbed_api::ALL_CAPABILITIES.len() - 1);
+        assert!(!caps(&["SYS_TIME"], &["SYS_TIME"]).contains(&"CAP_SYS_TIME".to_string()), "drop wins");
+        let privileged = SecurityContext { privileged: Some(true), ..Default::default() };
+        assert_eq!(SecurityContext::capabilities(Some(&privileged), &DEFAULT_CAPABILITIES).len(), 41);
+        let fs = Filesystem { privileged: true, ..Default::default() };
+        let config = config_json(&process(Some(&privileged)), &fs, &BundleDir("/b".into()));
+        assert_eq!(config["linux"]["maskedPaths"], json!([]));
+        let sys = config["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap().clone();
+        assert!(sys["options"].as_array().unwrap().contains(&json!("rw")), "{sys}");
     }
 }

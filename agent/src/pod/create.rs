@@ -48,6 +48,11 @@ impl Agent {
             pods.insert(spec.name.clone(), pod.clone());
             pod
         };
+        // A missing hostPath fails the pod before any of it exists: nothing to undo.
+        if let Err(e) = super::volumes::check_host_paths(&spec) {
+            lock(&self.pods).remove(&spec.name);
+            return Err(AgentError::Failed(e.to_string()));
+        }
         let sandbox = match self.create_sandbox(&spec).await {
             Ok(sb) => sb,
             Err(e) => {
@@ -63,6 +68,10 @@ impl Agent {
         }
         if let Err(e) = std::fs::create_dir_all(self.pod_dir(&spec.name)) {
             tracing::error!(pod = %spec.name, "creating the pod directory: {e}");
+        }
+        // A container that mounts a volume that could not be made fails its start (bundle.rs) naming it.
+        if let Err(e) = super::volumes::create_empty_dirs(&self.pod_dir(&spec.name), &spec) {
+            tracing::error!(pod = %spec.name, "{e}");
         }
         self.persist(&pod);
         // Start every container before answering, so the answer shows them running (or failed to start).

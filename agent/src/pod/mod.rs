@@ -21,6 +21,7 @@ pub mod sandbox;
 mod store;
 mod supervise;
 mod teardown;
+mod volumes;
 
 #[cfg(test)]
 mod fake;

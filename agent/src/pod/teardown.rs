@@ -204,6 +204,7 @@ impl Agent {
             }
         }
         let _ = std::fs::remove_file(self.pod_file(name));
+        super::volumes::unmount_memory(&self.pod_dir(name), &record.spec);
         let _ = std::fs::remove_dir_all(self.pod_dir(name));
         leaks
     }

@@ -57,6 +57,8 @@ fn pod(name: &str, policy: RestartPolicy, containers: &[&str]) -> PodSpec {
                 pids_limit: None,
                 args: vec![],
                 image: None,
+                volume_mounts: vec![],
+                security_context: None,
             })
             .collect(),
         restart_policy: policy,

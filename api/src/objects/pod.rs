@@ -61,6 +61,12 @@ pub struct PodSpec {
     /// left alone by testbed's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_name: Option<String>,
+    /// What the containers' `volumeMounts` can mount (`emptyDir`, `hostPath`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::Volume>,
+    /// Defaults of the containers' `securityContext` (`runAsUser`, `runAsGroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::PodSecurityContext>,
 }
 
 /// `spec.template` of a ReplicaSet or Deployment: the metadata and spec of the pods it makes.
@@ -103,6 +109,12 @@ pub struct Container {
     /// CPU and memory requests (what the scheduler reserves) and limits (what the kernel enforces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Volumes of the pod mounted into the container (a digest-pinned `image` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<crate::VolumeMount>,
+    /// User, capabilities, read-only root (a digest-pinned `image` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<crate::SecurityContext>,
 }
 
 /// One entry of a Container's `ports`.
@@ -272,6 +284,8 @@ impl Pod {
                     pids_limit: None,
                     args,
                     image,
+                    volume_mounts: c.volume_mounts.clone(),
+                    security_context: c.security_context.clone(),
                 }
             })
             .collect();
@@ -281,6 +295,8 @@ impl Pod {
             restart_policy: self.spec.restart_policy.unwrap_or_default(),
             share_process_namespace: self.spec.share_process_namespace,
             host_network: self.spec.host_network,
+            volumes: self.spec.volumes.clone(),
+            security_context: self.spec.security_context.clone(),
             ..Default::default()
         }
     }

@@ -42,6 +42,8 @@ pub(super) fn container(name: &str, command: Vec<String>) -> ContainerSpec {
         pids_limit: None,
         args: vec![],
         image: None,
+        volume_mounts: vec![],
+        security_context: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod manifests;
 pub mod model;
 mod services;
 pub mod validate;
+pub mod volumes;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

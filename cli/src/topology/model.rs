@@ -9,6 +9,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+use super::volumes::{PodSecurityContextDef, SecurityContextDef, VolumeDef, VolumeMountDef};
+
 /// A mapping that keeps the file's order (node index = position in the file, which fixes addresses, MACs and
 /// ports) and rejects duplicate keys.
 #[derive(Debug, Clone, PartialEq)]
@@ -298,6 +300,12 @@ pub struct PodDef {
     #[serde(default)]
     pub host_network: bool,
     pub containers: Vec<ContainerDef>,
+    /// What the containers' `volumeMounts` can mount (Kubernetes' `emptyDir` and `hostPath`).
+    #[serde(default)]
+    pub volumes: Vec<VolumeDef>,
+    /// Defaults of the containers' `securityContext`.
+    #[serde(rename = "securityContext")]
+    pub security_context: Option<PodSecurityContextDef>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -318,6 +326,12 @@ pub struct ContainerDef {
     pub resources: ResourcesDef,
     /// `pids.max` of the container's cgroup.
     pub pids_limit: Option<u64>,
+    /// Volumes of the pod mounted into the container (with an `image` only).
+    #[serde(default, rename = "volumeMounts")]
+    pub volume_mounts: Vec<VolumeMountDef>,
+    /// Kubernetes' container `securityContext` (with an `image` only).
+    #[serde(rename = "securityContext")]
+    pub security_context: Option<SecurityContextDef>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

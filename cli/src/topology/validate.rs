@@ -513,6 +513,8 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology, namespaces: &[serde_json::Value]) -> 
                 pids_limit: c.pids_limit,
                 args: vec![],
                 image: None,
+                volume_mounts: c.volume_mounts.iter().map(Into::into).collect(),
+                security_context: c.security_context.as_ref().map(Into::into),
             });
         }
         let spec = PodSpec {
@@ -527,6 +529,8 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology, namespaces: &[serde_json::Value]) -> 
             host_network: pod.host_network,
             namespace: pod.namespace.clone(),
             labels: pod.labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            volumes: pod.volumes.iter().map(Into::into).collect(),
+            security_context: pod.security_context.as_ref().map(Into::into),
         };
         validate_pod(&container_images::with_stand_in_digests(&spec, &images)).map_err(|e| {
             let field = e.field.as_deref().map_or_else(|| path.clone(), |f| path.join_dotted(f));

@@ -248,6 +248,9 @@ mod tests {
 
     use super::*;
 
+    /// A digest-pinned image: the only kind testbed runs, and so the only kind that may mount volumes.
+    const IMAGE: &str = "busybox@sha256:0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
+
     fn pod(spec: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"}, "spec": spec})
     }
@@ -291,6 +294,26 @@ mod tests {
             (
                 pod(json!({"containers": [{"name": "a", "command": ["x"], "env": [{"name": ""}]}]})),
                 "spec.containers[0].env[0].name",
+            ),
+            (
+                pod(json!({"volumes": [{"name": "d", "emptyDir": {}}], "containers": [{"name": "a",
+                    "image": IMAGE, "volumeMounts": [{"name": "nope", "mountPath": "/d"}]}]})),
+                "spec.containers[0].volumeMounts[0].name",
+            ),
+            (
+                pod(json!({"volumes": [{"name": "d", "emptyDir": {}}, {"name": "d", "hostPath": {"path": "/x"}}],
+                    "containers": [{"name": "a", "image": IMAGE}]})),
+                "spec.volumes[1].name",
+            ),
+            (
+                pod(json!({"volumes": [{"name": "d", "emptyDir": {}}], "containers": [{"name": "a",
+                    "image": IMAGE, "volumeMounts": [{"name": "d", "mountPath": "d"}]}]})),
+                "spec.containers[0].volumeMounts[0].mountPath",
+            ),
+            (
+                pod(json!({"volumes": [{"name": "d", "emptyDir": {}}], "containers": [{"name": "a",
+                    "image": "busybox:1.36", "command": ["x"], "volumeMounts": [{"name": "d", "mountPath": "/d"}]}]})),
+                "spec.containers[0].volumeMounts",
             ),
         ];
         for (obj, field) in cases {

@@ -1,0 +1,149 @@
+//! Volumes and securityContext of containers with an image, run by crun on this host's kernel: two
+//! containers share an emptyDir (on disk and as a sized tmpfs) and nothing else of each other's root; a
+//! read-only hostPath is read-only; readOnlyRootFilesystem refuses writes; runAsUser is the uid inside;
+//! dropped capabilities are gone; allowPrivilegeEscalation: false sets no_new_privs. A missing hostPath fails
+//! the pod naming pod, container and path and leaves no cgroup or directory. Root and crun are required
+//! (tests/packages.txt), as for image_real.rs.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+mod busybox_layout;
+mod test_agent;
+
+use busybox_layout::busybox_layout;
+use test_agent::TestAgent;
+use testbed_test_support::agent_http::request as http;
+use testbed_test_support::host::cgroup_roots;
+
+/// Runs `script` in `container` of pod `v`; returns (exit code, stdout + stderr).
+fn sh(container: &str, script: &str) -> (i64, String) {
+    let req = json!({ "container": container, "command": ["/bin/sh", "-c", script] });
+    let (code, body) = http("POST", "/v1/pods/v/exec", Some(req));
+    assert_eq!(code, 200, "{body}");
+    let text = format!("{}{}", body["stdout"].as_str().unwrap(), body["stderr"].as_str().unwrap());
+    (body["exit_code"].as_i64().unwrap(), text)
+}
+
+/// A field of the container's own process (PID 1 of its PID namespace: an exec runs as root with every
+/// capability, not as the container), e.g. `CapEff` or the real `Uid`, as a number.
+fn status_field(container: &str, field: &str) -> u64 {
+    let (_, text) = sh(container, &format!("grep ^{field}: /proc/1/status"));
+    let value = text.split(':').nth(1).unwrap().split_whitespace().next().unwrap();
+    u64::from_str_radix(value, if field.starts_with("Cap") { 16 } else { 10 }).unwrap()
+}
+
+const CAP_NET_RAW: u64 = 1 << 13;
+
+#[test]
+fn volumes_are_shared_and_security_contexts_confine_the_process() {
+    testbed_test_support::require_root!();
+    let crun = Command::new("crun").arg("--version").output();
+    assert!(crun.is_ok_and(|o| o.status.success()), "crun is missing: apt-get install crun (tests/packages.txt)");
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("busybox");
+    busybox_layout(&layout);
+    let host_dir = scratch.path().join("conf");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::write(host_dir.join("f"), "from the node\n").unwrap();
+
+    let agent = TestAgent::start("volumes", &["--kill-grace-secs", "1"]);
+    agent.apply_node();
+    let image = layout.to_str().unwrap();
+    let mounts = json!([
+        {"name": "data", "mountPath": "/data"},
+        {"name": "mem", "mountPath": "/mem"},
+        {"name": "conf", "mountPath": "/conf", "readOnly": true},
+    ]);
+    let spec = json!({
+        "name": "v",
+        "volumes": [
+            {"name": "data", "emptyDir": {}},
+            {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": "conf", "hostPath": {"path": host_dir.to_str().unwrap()}},
+        ],
+        "securityContext": {"runAsGroup": 3000},
+        "containers": [
+            {"name": "a", "image": image, "volumeMounts": mounts,
+             "command": ["sh", "-c", "echo a > /data/x && echo a > /mem/x && exec sleep 1000"],
+             "securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                                 "capabilities": {"drop": ["NET_RAW"]}}},
+            {"name": "b", "image": image, "command": ["sleep", "1000"], "volumeMounts": mounts},
+        ],
+    });
+    let (code, pod) = http("POST", "/v1/pods", Some(spec));
+    assert_eq!(code, 201, "{pod}");
+    assert_eq!(pod["phase"], "Running", "{pod}");
+
+    // The user: the container's runAsUser, the pod's runAsGroup; b has the image's user (root).
+    assert_eq!((status_field("a", "Uid"), status_field("a", "Gid")), (1000, 3000));
+    assert_eq!((status_field("b", "Uid"), status_field("b", "Gid")), (0, 3000));
+    // The emptyDirs are shared, on disk and as a 1 MiB tmpfs (a wrote them as uid 1000); each container's
+    // root is its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while sh("b", "cat /data/x /mem/x") != (0, "a\na\n".into()) {
+        assert!(std::time::Instant::now() < deadline, "b does not see a's writes: {:?}", sh("b", "cat /data/x /mem/x"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_, mem) = sh("b", "grep ' /mem ' /proc/mounts");
+    assert!(mem.starts_with("tmpfs /mem tmpfs") && mem.contains("size=1024k"), "{mem}");
+    assert_eq!(sh("b", "echo b > /tmp/own").0, 0);
+    assert_eq!(sh("a", "test -e /tmp/own || echo absent"), (0, "absent\n".into()));
+    // readOnlyRootFilesystem in a, not in b; the read-only hostPath in both.
+    let (code, out) = sh("a", "touch /tmp/x");
+    assert_ne!(code, 0, "a wrote into its read-only root: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert_eq!(sh("b", "cat /conf/f"), (0, "from the node\n".into()));
+    assert_ne!(sh("b", "touch /conf/y").0, 0, "b wrote into a read-only hostPath");
+    assert!(!host_dir.join("y").exists());
+    // Dropped NET_RAW is in no set of a's; b keeps containerd's default set, NET_RAW with it.
+    for set in ["CapBnd", "CapEff", "CapPrm"] {
+        assert_eq!(status_field("a", set) & CAP_NET_RAW, 0, "a's {set} has NET_RAW");
+    }
+    assert_ne!(status_field("b", "CapEff") & CAP_NET_RAW, 0, "b's CapEff lacks NET_RAW");
+    assert_eq!((status_field("a", "NoNewPrivs"), status_field("b", "NoNewPrivs")), (1, 0));
+
+    let pod_dir = agent.state_dir.path().join("pods/v");
+    let (code, body) = http("DELETE", "/v1/pods/v?grace_period_secs=0", None);
+    assert_eq!(code, 204, "{body}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(pod_dir.to_str().unwrap()), "the memory emptyDir outlived its pod");
+    assert!(!pod_dir.exists(), "the emptyDir outlived its pod");
+    assert_eq!(std::fs::read_to_string(host_dir.join("f")).unwrap(), "from the node\n", "the hostPath is kept");
+    drop(agent);
+}
+
+#[test]
+fn a_missing_host_path_fails_the_pod_naming_it_and_leaves_nothing() {
+    testbed_test_support::require_root!();
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("busybox");
+    busybox_layout(&layout);
+    let missing = scratch.path().join("not-there");
+    let agent = TestAgent::start("hostpath", &["--kill-grace-secs", "1"]);
+    agent.apply_node();
+    let spec = json!({
+        "name": "h",
+        "volumes": [{"name": "gone", "hostPath": {"path": missing.to_str().unwrap()}}],
+        "containers": [{"name": "c", "image": layout.to_str().unwrap(), "command": ["sleep", "1000"],
+                        "volumeMounts": [{"name": "gone", "mountPath": "/gone"}]}],
+    });
+    let (code, body): (u16, Value) = http("POST", "/v1/pods", Some(spec));
+    assert_eq!(code, 500, "{body}");
+    let message = body["message"].as_str().unwrap();
+    for part in ["pod h", "container c", missing.to_str().unwrap()] {
+        assert!(message.contains(part), "{message:?} does not name {part}");
+    }
+    assert_eq!(http("GET", "/v1/pods/h", None).0, 404);
+    assert!(!agent.state_dir.path().join("pods/h").exists(), "a directory of the failed pod");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(agent.state_dir.path().to_str().unwrap()), "a mount of the failed pod");
+    // TestAgent's cgroup subtree (`tbtest-<pid>-<test>`) holds no cgroup of the pod.
+    for root in cgroup_roots(&format!("tbtest-{}-hostpath", std::process::id())) {
+        assert!(!root.join("pod-h").exists(), "a cgroup of the failed pod: {}", root.display());
+    }
+    drop(agent);
+}
