@@ -97,6 +97,7 @@ mod tests {
             pids_limit: None,
             args: vec![],
             image: None,
+            probes: Default::default(),
         }
     }
 

@@ -67,6 +67,10 @@ pub struct ContainerSpec {
     /// `pids.max` for the container's cgroup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u64>,
+    /// `livenessProbe`, `readinessProbe`, `startupProbe` (ports already numbers: the CLI and the control
+    /// plane resolve the container's port names).
+    #[serde(default, skip_serializing_if = "crate::probe::Probes::is_empty")]
+    pub probes: crate::probe::Probes,
 }
 
 /// `POST /v1/pods` with this body creates a pod; the name is the key (re-posting an identical spec is a no-op).

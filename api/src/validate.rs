@@ -54,8 +54,8 @@ pub fn label_error(key: &str, value: &str) -> Option<String> {
 }
 
 /// Everything the agent can check before creating a pod: names are unique DNS labels, every container
-/// names a program, requests do not exceed limits, and limits are usable (CPU above 0, memory at least
-/// 1Mi, pids above 0).
+/// names a program, requests do not exceed limits, limits are usable (CPU above 0, memory at least
+/// 1Mi, pids above 0), and probes are well formed (`crate::probe::validate_probe`).
 pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
     if !is_dns_label(&pod.name, 63) {
         return Err(err("name", format!("`{}` is not a DNS label (a-z, 0-9, '-', at most 63)", pod.name)));
@@ -112,6 +112,12 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
         }
         if c.pids_limit == Some(0) {
             return Err(err(at("pids_limit"), "must be greater than 0"));
+        }
+        for (kind, probe) in c.probes.iter() {
+            crate::probe::validate_probe(kind, probe).map_err(|(field, message)| {
+                let probe_field = at(kind.field());
+                err(if field.is_empty() { probe_field } else { format!("{probe_field}.{field}") }, message)
+            })?;
         }
     }
     Ok(())
@@ -240,6 +246,7 @@ mod tests {
                 pids_limit: None,
                 args: vec![],
                 image: None,
+                probes: Default::default(),
             }],
             restart_policy: RestartPolicy::Never,
             share_process_namespace: false,

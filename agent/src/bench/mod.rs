@@ -101,6 +101,7 @@ fn pod_spec(i: usize) -> PodSpec {
             pids_limit: None,
             args: vec![],
             image: None,
+            probes: Default::default(),
         }],
         restart_policy: RestartPolicy::Always,
         share_process_namespace: false,

@@ -57,6 +57,7 @@ fn pod(name: &str, policy: RestartPolicy, containers: &[&str]) -> PodSpec {
                 pids_limit: None,
                 args: vec![],
                 image: None,
+                probes: Default::default(),
             })
             .collect(),
         restart_policy: policy,

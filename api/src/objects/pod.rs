@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Condition, ObjectMeta};
+use crate::probe::{Probe, Probes};
 use crate::{PodPhase, RestartPolicy};
 
 /// Marks a mirror pod, the API's copy of a node's static pod (the kubelet's annotation; its value is the
@@ -103,10 +104,34 @@ pub struct Container {
     /// CPU and memory requests (what the scheduler reserves) and limits (what the kernel enforces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Restarts the container when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Takes the pod out of `Ready` (and its Services' endpoints) while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Holds liveness and readiness probing back until it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+impl Container {
+    /// The three probes, each port name of the container's `ports` replaced by its number.
+    pub fn probes(&self) -> Probes {
+        let probes = Probes {
+            liveness_probe: self.liveness_probe.clone(),
+            readiness_probe: self.readiness_probe.clone(),
+            startup_probe: self.startup_probe.clone(),
+        };
+        probes.with_port_numbers(&|name| {
+            self.ports.iter().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port)
+        })
+    }
 }
 
 /// One entry of a Container's `ports`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     /// An IANA service name (at most 15 characters), unique in the pod.
@@ -272,6 +297,7 @@ impl Pod {
                     pids_limit: None,
                     args,
                     image,
+                    probes: c.probes(),
                 }
             })
             .collect();

@@ -42,6 +42,7 @@ pub(super) fn container(name: &str, command: Vec<String>) -> ContainerSpec {
         pids_limit: None,
         args: vec![],
         image: None,
+        probes: Default::default(),
     }
 }
 

@@ -318,6 +318,18 @@ pub struct ContainerDef {
     pub resources: ResourcesDef,
     /// `pids.max` of the container's cgroup.
     pub pids_limit: Option<u64>,
+    /// Kubernetes' container `ports` (`name`, `containerPort`): what a probe's port may name.
+    #[serde(default)]
+    pub ports: Vec<testbed_api::objects::ContainerPort>,
+    /// Kubernetes' `livenessProbe`: failing it restarts the container.
+    #[serde(rename = "livenessProbe")]
+    pub liveness_probe: Option<testbed_api::probe::Probe>,
+    /// Kubernetes' `readinessProbe`: failing it takes the pod out of `Ready` and its Services' endpoints.
+    #[serde(rename = "readinessProbe")]
+    pub readiness_probe: Option<testbed_api::probe::Probe>,
+    /// Kubernetes' `startupProbe`: liveness and readiness wait for it to succeed.
+    #[serde(rename = "startupProbe")]
+    pub startup_probe: Option<testbed_api::probe::Probe>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
