@@ -155,6 +155,16 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     /// How many times the agent started the container again after it exited.
     pub restart_count: u32,
+    /// Kubernetes' `ready`: running, started, and its readiness probe (if any) passing.
+    #[serde(default)]
+    pub ready: bool,
+    /// Kubernetes' `started`: running and its startup probe (if any) passed.
+    #[serde(default)]
+    pub started: bool,
+    /// How the previous run ended (`Terminated`), once the container has been restarted: Kubernetes'
+    /// `lastState`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ContainerState>,
     /// Absolute cgroup directory of the container, e.g. `/sys/fs/cgroup/testbed/pod-web/srv`.
     pub cgroup: String,
 }

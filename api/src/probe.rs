@@ -232,7 +232,9 @@ pub fn validate_probe(kind: ProbeKind, probe: &Probe) -> Result<(), (String, Str
         _ => {}
     }
     let at_least = |field: &str, value: Option<i32>, min: i32| match value {
-        Some(v) if v < min => Err((field.to_string(), format!("Invalid value: {v}: must be greater than or equal to {min}"))),
+        Some(v) if v < min => {
+            Err((field.to_string(), format!("Invalid value: {v}: must be greater than or equal to {min}")))
+        }
         _ => Ok(()),
     };
     at_least("initialDelaySeconds", probe.initial_delay_seconds, 0)?;
@@ -241,10 +243,7 @@ pub fn validate_probe(kind: ProbeKind, probe: &Probe) -> Result<(), (String, Str
     at_least("successThreshold", probe.success_threshold, 1)?;
     at_least("failureThreshold", probe.failure_threshold, 1)?;
     if let Some(g) = probe.termination_grace_period_seconds.filter(|g| *g < 1) {
-        return Err((
-            "terminationGracePeriodSeconds".into(),
-            format!("Invalid value: {g}: must be greater than 0"),
-        ));
+        return Err(("terminationGracePeriodSeconds".into(), format!("Invalid value: {g}: must be greater than 0")));
     }
     if kind != ProbeKind::Readiness && probe.success_threshold.is_some_and(|s| s != 1) {
         return Err(("successThreshold".into(), "Invalid value: must be 1".into()));

@@ -196,9 +196,12 @@ pub struct PodStatus {
 pub struct ContainerStatus {
     /// The container's name from the spec.
     pub name: String,
-    /// The container runs (testbed has no readiness probes: running is ready).
+    /// The container runs, its startup probe (if any) has passed and its readiness probe (if any) passes.
     #[serde(default)]
     pub ready: bool,
+    /// The container runs and its startup probe (if any) has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
     /// How many times the node's agent started the container again after it exited.
     #[serde(default)]
     pub restart_count: u32,
@@ -208,6 +211,16 @@ pub struct ContainerStatus {
     /// Exactly one of `waiting`, `running`, `terminated`.
     #[serde(default)]
     pub state: ContainerState,
+    /// How the previous run ended (`terminated`), once the container has been restarted.
+    #[serde(default, skip_serializing_if = "ContainerState::is_empty")]
+    pub last_state: ContainerState,
+}
+
+impl ContainerState {
+    /// No field set (`lastState` of a container that has not been restarted).
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_none() && self.running.is_none() && self.terminated.is_none()
+    }
 }
 
 /// `state` of a [`ContainerStatus`]: one of its fields is set.
