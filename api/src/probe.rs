@@ -27,7 +27,7 @@ pub enum PortRef {
 /// `exec`: run a command in the container; exit 0 is success.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ExecAction {
     /// argv, run in every namespace and the cgroup of the container (as `testbed exec --pod -c`).
     #[serde(default)]
@@ -37,7 +37,7 @@ pub struct ExecAction {
 /// `httpGet`: a GET to the pod's IP; a status from 200 to 399 is success.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpGetAction {
     /// Request path (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,7 +49,7 @@ pub struct HttpGetAction {
 /// `tcpSocket`: a TCP connection to the pod's IP; an established connection is success.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TcpSocketAction {
     /// Port number or container port name.
     pub port: PortRef,
@@ -59,7 +59,7 @@ pub struct TcpSocketAction {
 /// in Kubernetes (see the `DEFAULT_*` constants; `initialDelaySeconds` 0).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Probe {
     /// Run a command in the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +287,9 @@ mod tests {
         assert_eq!(p.tcp_socket.as_ref().map(|t| &t.port), Some(&PortRef::Name("http".into())));
         assert_eq!((p.period().as_secs(), p.timeout().as_secs(), p.initial_delay().as_secs()), (2, 1, 0));
         assert_eq!((p.success_threshold(), p.failure_threshold()), (1, 3));
-        assert!(serde_json::from_str::<Probe>(r#"{"httpGet":{"port":80},"bogus":1}"#).is_err());
+        // Fields testbed does not act on (`scheme`, `httpHeaders`, `grpc`) are dropped, as the API server
+        // drops unknown fields with a warning, so manifests written for Kubernetes load.
+        let p: Probe = serde_json::from_str(r#"{"httpGet":{"port":80,"scheme":"HTTP"},"grpc":{}}"#).expect("probe");
+        assert!(p.http_get.is_some());
     }
 }

@@ -257,11 +257,11 @@ mod tests {
         let c = check(
             Kind::Pod,
             pod(json!({"containers": [{"name": "srv", "image": "busybox", "command": ["sleep", "1"],
-                                      "readinessProbe": {}}], "dnsPolicy": "None"})),
+                                      "tty": true}], "dnsPolicy": "None"})),
         )
         .expect("valid");
-        assert_eq!(c.unknown_fields, ["spec.containers[0].readinessProbe", "spec.dnsPolicy"]);
-        assert_eq!(c.object.pointer("/spec/containers/0/readinessProbe"), None, "unknown fields are dropped");
+        assert_eq!(c.unknown_fields, ["spec.containers[0].tty", "spec.dnsPolicy"]);
+        assert_eq!(c.object.pointer("/spec/containers/0/tty"), None, "unknown fields are dropped");
     }
 
     #[test]
@@ -291,6 +291,23 @@ mod tests {
             (
                 pod(json!({"containers": [{"name": "a", "command": ["x"], "env": [{"name": ""}]}]})),
                 "spec.containers[0].env[0].name",
+            ),
+            // The probe checks the topology's `validate` runs too (testbed_api::probe::validate_probe).
+            (
+                pod(json!({"containers": [{"name": "a", "command": ["x"], "readinessProbe": {"periodSeconds": 1}}]})),
+                "spec.containers[0].readinessProbe",
+            ),
+            (
+                pod(
+                    json!({"containers": [{"name": "a", "command": ["x"], "ports": [{"name": "web", "containerPort": 80}],
+                                           "livenessProbe": {"httpGet": {"port": "http"}}}]}),
+                ),
+                "spec.containers[0].livenessProbe.httpGet.port",
+            ),
+            (
+                pod(json!({"containers": [{"name": "a", "command": ["x"],
+                                           "startupProbe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}}}]})),
+                "spec.containers[0].startupProbe",
             ),
         ];
         for (obj, field) in cases {
