@@ -99,6 +99,7 @@ mod tests {
             image: None,
             volume_mounts: vec![],
             security_context: None,
+            probes: Default::default(),
         }
     }
 

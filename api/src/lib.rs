@@ -13,6 +13,7 @@ pub mod network_policy;
 pub mod node;
 pub mod objects;
 pub mod pod;
+pub mod probe;
 pub mod quantity;
 pub mod results;
 pub mod service;

@@ -73,6 +73,10 @@ pub struct ContainerSpec {
     /// User, capabilities, read-only root (only with an `image`).
     #[serde(default, rename = "securityContext", skip_serializing_if = "Option::is_none")]
     pub security_context: Option<crate::SecurityContext>,
+    /// `livenessProbe`, `readinessProbe`, `startupProbe` (ports already numbers: the CLI and the control
+    /// plane resolve the container's port names).
+    #[serde(default, skip_serializing_if = "crate::probe::Probes::is_empty")]
+    pub probes: crate::probe::Probes,
 }
 
 /// `POST /v1/pods` with this body creates a pod; the name is the key (re-posting an identical spec is a no-op).
@@ -163,6 +167,16 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     /// How many times the agent started the container again after it exited.
     pub restart_count: u32,
+    /// Kubernetes' `ready`: running, started, and its readiness probe (if any) passing.
+    #[serde(default)]
+    pub ready: bool,
+    /// Kubernetes' `started`: running and its startup probe (if any) passed.
+    #[serde(default)]
+    pub started: bool,
+    /// How the previous run ended (`Terminated`), once the container has been restarted: Kubernetes'
+    /// `lastState`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ContainerState>,
     /// Absolute cgroup directory of the container, e.g. `/sys/fs/cgroup/testbed/pod-web/srv`.
     pub cgroup: String,
 }

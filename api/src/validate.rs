@@ -56,8 +56,8 @@ pub fn label_error(key: &str, value: &str) -> Option<String> {
 }
 
 /// Everything the agent can check before creating a pod: names are unique DNS labels, every container
-/// names a program, requests do not exceed limits, and limits are usable (CPU above 0, memory at least
-/// 1Mi, pids above 0).
+/// names a program, requests do not exceed limits, limits are usable (CPU above 0, memory at least
+/// 1Mi, pids above 0), and probes are well formed (`crate::probe::validate_probe`).
 pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
     if !is_dns_label(&pod.name, 63) {
         return Err(err("name", format!("`{}` is not a DNS label (a-z, 0-9, '-', at most 63)", pod.name)));
@@ -114,6 +114,12 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
             return Err(err(at("pids_limit"), "must be greater than 0"));
         }
         volumes::container(pod, i, c)?;
+        for (kind, probe) in c.probes.iter() {
+            crate::probe::validate_probe(kind, probe).map_err(|(field, message)| {
+                let probe_field = at(kind.field());
+                err(if field.is_empty() { probe_field } else { format!("{probe_field}.{field}") }, message)
+            })?;
+        }
     }
     Ok(())
 }
@@ -243,6 +249,7 @@ mod tests {
                 image: None,
                 volume_mounts: vec![],
                 security_context: None,
+                probes: Default::default(),
             }],
             restart_policy: RestartPolicy::Never,
             share_process_namespace: false,

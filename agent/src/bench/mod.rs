@@ -103,6 +103,7 @@ fn pod_spec(i: usize) -> PodSpec {
             image: None,
             volume_mounts: vec![],
             security_context: None,
+            probes: Default::default(),
         }],
         restart_policy: RestartPolicy::Always,
         share_process_namespace: false,

@@ -69,6 +69,9 @@ pub fn mirror_of(spec: &PodSpec, key: &PodKey, node: &NodeRef) -> Pod {
             command: c.command.clone(),
             env: c.env.iter().map(|(name, value)| EnvVar { name: name.clone(), value: value.clone() }).collect(),
             resources: resources_of(&c.resources),
+            liveness_probe: c.probes.liveness_probe.clone(),
+            readiness_probe: c.probes.readiness_probe.clone(),
+            startup_probe: c.probes.startup_probe.clone(),
             ..Default::default()
         })
         .collect();
@@ -171,6 +174,7 @@ mod tests {
                 image: None,
                 volume_mounts: vec![],
                 security_context: None,
+                probes: Default::default(),
             }],
             labels: BTreeMap::from([("app".to_string(), app.to_string())]),
             ..Default::default()

@@ -80,12 +80,21 @@ fn running_status(pod: &Pod, node: &testbed_api::PodStatus, prev: Option<&PodSta
                     ..Default::default()
                 },
             };
+            let last_state = match &c.last_state {
+                Some(testbed_api::ContainerState::Terminated { exit_code, reason }) => ContainerState {
+                    terminated: Some(ContainerStateTerminated { exit_code: *exit_code, reason: Some(reason.clone()) }),
+                    ..Default::default()
+                },
+                _ => ContainerState::default(),
+            };
             ContainerStatus {
                 name: c.name.clone(),
-                ready: state.running.is_some(),
+                ready: c.ready && state.running.is_some(),
+                started: Some(c.started && state.running.is_some()),
                 restart_count: c.restart_count,
                 image,
                 state,
+                last_state,
             }
         })
         .collect();
@@ -137,8 +146,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, (state, restart_count))| testbed_api::ContainerStatus {
                     name: format!("c{i}"),
+                    ready: matches!(state, Cs::Running { .. }),
+                    started: matches!(state, Cs::Running { .. }),
                     state,
                     restart_count,
+                    last_state: None,
                     cgroup: String::new(),
                 })
                 .collect(),

@@ -86,7 +86,11 @@ fn read_capped<R: AsyncRead + Unpin + Send + 'static>(mut r: R) -> tokio::task::
     })
 }
 
-async fn run_exec(exe: &std::path::Path, t: &ExecTarget, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
+pub(super) async fn run_exec(
+    exe: &std::path::Path,
+    t: &ExecTarget,
+    req: &ExecRequest,
+) -> Result<ExecResponse, AgentError> {
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg(LAUNCHER_ROLE).arg("--exec").args(["--pod", &t.pod, "--infra-pid", &t.infra_pid.to_string()]);
     if let Some((name, pid, procs)) = &t.container {

@@ -12,9 +12,11 @@ use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::probe_run::ProbeTarget;
 use super::processes::{LaunchError, LaunchRequest, Launched, PodProcess, PodProcesses};
 use super::sandbox::SandboxError;
 use crate::cgroups::{self, CgroupLimits, Cgroups};
+use testbed_api::probe::ProbeKind;
 
 /// Who a fake process is: an infra process (`container` None) or a container's launcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +59,14 @@ struct Table {
     infra_spawns: Vec<String>,
     /// PIDs killed with `kill` or `kill_own_child`.
     killed: Vec<u32>,
+    /// Probes that fail, by container and kind (every other probe succeeds).
+    failing: BTreeSet<(String, ProbeKindKey)>,
+    /// Every probe run: container, kind, time.
+    probes: Vec<(String, ProbeKindKey, Instant)>,
 }
+
+/// `ProbeKind` as a table key.
+type ProbeKindKey = &'static str;
 
 impl Table {
     fn new_pid(&mut self) -> u32 {
@@ -94,6 +103,22 @@ impl FakeProcesses {
     /// When each launcher of `container` was started.
     pub fn launches(&self, container: &str) -> Vec<Instant> {
         self.table().launches.iter().filter(|(c, _)| c == container).map(|(_, t)| *t).collect()
+    }
+
+    /// From now on `container`'s `kind` probe fails (`false`) or succeeds (`true`).
+    pub fn set_probe(&self, container: &str, kind: ProbeKind, succeeds: bool) {
+        let key = (container.to_string(), kind.field());
+        let mut t = self.table();
+        if succeeds {
+            t.failing.remove(&key);
+        } else {
+            t.failing.insert(key);
+        }
+    }
+
+    /// When `container`'s `kind` probe ran.
+    pub fn probe_times(&self, container: &str, kind: ProbeKind) -> Vec<Instant> {
+        self.table().probes.iter().filter(|(c, k, _)| c == container && *k == kind.field()).map(|p| p.2).collect()
     }
 
     pub fn infra_spawns(&self) -> usize {
@@ -192,6 +217,14 @@ impl PodProcesses for FakeProcesses {
         t.killed.push(pid);
         t.end_launcher(pid, 128 + Signal::SIGKILL as i32);
         Box::pin(async {})
+    }
+
+    fn probe<'a>(&'a self, target: ProbeTarget<'a>) -> BoxFuture<'a, Result<(), String>> {
+        let mut t = self.table();
+        let key = (target.container.to_string(), target.kind.field());
+        t.probes.push((key.0.clone(), key.1, Instant::now()));
+        let result = if t.failing.contains(&key) { Err("scripted failure".into()) } else { Ok(()) };
+        Box::pin(async move { result })
     }
 }
 

@@ -13,6 +13,9 @@ mod logs;
 mod node;
 mod oci;
 mod phase;
+mod probe_run;
+mod probe_state;
+mod probing;
 mod processes;
 mod reaper;
 mod record;
@@ -40,7 +43,7 @@ use crate::net::{NetError, Network};
 use node::NodeState;
 use phase::pod_phase;
 use processes::{LaunchError, LinuxProcesses, PodProcesses};
-use record::Pod;
+use record::{container_pid, Pod};
 use sandbox::SandboxError;
 
 pub use create::Sandbox;
@@ -233,6 +236,9 @@ impl Agent {
                     name: c.name.clone(),
                     state: c.state.clone(),
                     restart_count: c.restart_count,
+                    ready: c.started && c.ready && container_pid(&c.state).is_some(),
+                    started: c.started && container_pid(&c.state).is_some(),
+                    last_state: c.last_terminated.clone(),
                     cgroup: self.cgroups.display_path(&container_cgroup(&pod.spec.name, &c.name)),
                 })
                 .collect(),

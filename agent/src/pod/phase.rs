@@ -3,6 +3,9 @@
 
 use testbed_api::{ContainerState, PodPhase, RestartPolicy};
 
+/// The waiting reason of a container whose restart the crash back-off holds back.
+pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+
 /// Reason of a terminated container: OOMKilled wins (the kernel killed it for memory.max), then Completed
 /// for exit 0, else Error.
 pub fn terminated_reason(exit_code: i32, oom_killed: bool) -> &'static str {
@@ -31,6 +34,9 @@ pub fn pod_phase<'a>(policy: RestartPolicy, states: impl IntoIterator<Item = &'a
     let mut any_failed = false;
     for state in states {
         match state {
+            // The kubelet counts a waiting container that has run before as stopped, not waiting: under a
+            // policy that restarts it the pod stays Running.
+            ContainerState::Waiting { reason } if reason == CRASH_LOOP_BACK_OFF => all_final = false,
             ContainerState::Waiting { .. } => return PodPhase::Pending,
             ContainerState::Running { .. } => all_final = false,
             ContainerState::Terminated { exit_code, .. } => {

@@ -14,6 +14,7 @@ use testbed_api::{ContainerSpec, PodSpec};
 use tokio::io::AsyncBufReadExt;
 
 use super::infra;
+use super::probe_run::{self, ProbeTarget};
 use super::sandbox::{self, SandboxError, INFRA_ROLE, LAUNCHER_ROLE};
 
 /// Containers get this PATH (plus their spec's env), not the agent's environment.
@@ -94,6 +95,8 @@ pub trait PodProcesses: Send + Sync {
     /// SIGKILLs our own unreaped child `pid` without the identity check (right after vfork+exec its
     /// cmdline may still read empty), waits for it and reaps it.
     fn kill_own_child(&self, pid: u32) -> BoxFuture<'_, ()>;
+    /// Runs one probe of a container (`probe_run`); Err says why it failed.
+    fn probe<'a>(&'a self, target: ProbeTarget<'a>) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// `PodProcesses` on this host's kernel.
@@ -207,6 +210,10 @@ impl PodProcesses for LinuxProcesses {
             kill_then_wait(pid, fd, || sandbox::try_reap(pid)).await;
             sandbox::try_reap(pid);
         })
+    }
+
+    fn probe<'a>(&'a self, target: ProbeTarget<'a>) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(probe_run::run(&self.exe, target))
     }
 }
 

@@ -75,6 +75,15 @@ pub(super) struct ContainerRecord {
     /// memory OOM-kill counter of the container cgroup when it last started.
     #[serde(default)]
     pub(super) oom_baseline: u64,
+    /// How the previous run ended, once the container was restarted (Kubernetes' `lastState`).
+    #[serde(default)]
+    pub(super) last_terminated: Option<ContainerState>,
+    /// This run's startup probe passed (or it has none). Not persisted: an adopted run is probed afresh.
+    #[serde(skip)]
+    pub(super) started: bool,
+    /// This run's readiness probe passes (or it has none); not persisted either.
+    #[serde(skip)]
+    pub(super) ready: bool,
 }
 
 /// A pod the agent runs: its spec, its record (what changes) and its container supervisors.
@@ -102,6 +111,9 @@ impl Pod {
                 restart_count: 0,
                 launcher_pid: None,
                 oom_baseline: 0,
+                last_terminated: None,
+                started: false,
+                ready: false,
             })
             .collect();
         Pod::from_record(record)

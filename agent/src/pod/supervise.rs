@@ -1,5 +1,6 @@
-//! Container supervision: wait for a container to exit, record how it ended and restart it as the pod's
-//! restartPolicy says, with the kubelet's doubling back-off.
+//! Container supervision: wait for a container to exit (probing it meanwhile, `probing`), record how it
+//! ended and restart it as the pod's restartPolicy says, with the kubelet's crash back-off
+//! (`probe_state::RestartBackOff`), waiting as `CrashLoopBackOff` meanwhile.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,15 +9,12 @@ use std::time::Duration;
 use testbed_api::ContainerState;
 use tokio::time::Instant;
 
-use super::phase::{should_restart, terminated_reason};
+use super::phase::{should_restart, terminated_reason, CRASH_LOOP_BACK_OFF};
+use super::probe_state::RestartBackOff;
 use super::processes::{ExitFuture, PodProcess};
 use super::record::Pod;
 use super::{container_cgroup, lock, Agent};
 
-pub(super) const RESTART_BACKOFF_START: Duration = Duration::from_secs(1);
-pub(super) const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A container that ran this long before exiting restarts without backoff history.
-pub(super) const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// How often the exit of a launcher left by a previous agent (not our child) is checked for.
 const ADOPTED_POLL: Duration = Duration::from_millis(500);
 /// Exit code recorded when a container could not be started, or an adopted launcher left no exit file.
@@ -39,6 +37,8 @@ impl Agent {
             let cr = &mut rec.containers[idx];
             cr.state = ContainerState::Terminated { exit_code, reason: reason.into() };
             cr.launcher_pid = None;
+            cr.started = false;
+            cr.ready = false;
         }
         self.persist(pod);
     }
@@ -49,22 +49,23 @@ impl Agent {
     }
 
     /// Watches one container and restarts it according to the pod's restart policy, with the kubelet's
-    /// doubling back-off (1 s .. 30 s here).
+    /// back-off (immediate, then 10 s doubling to 5 min).
     async fn supervise(self: Arc<Self>, pod: Arc<Pod>, idx: usize, mut start: Start) {
         let name = pod.spec.containers[idx].name.clone();
         let rel = container_cgroup(&pod.spec.name, &name);
-        let mut backoff = RESTART_BACKOFF_START;
+        let mut backoff = RestartBackOff::default();
         loop {
-            let started = Instant::now();
             let exit = match std::mem::replace(&mut start, Start::Fresh) {
-                Start::Adopted(launcher) => Some(self.wait_adopted(&pod, &name, launcher).await),
-                Start::Started(exit) => Some(exit.await),
+                Start::Adopted(launcher) => {
+                    Some(self.run_probed(&pod, idx, self.wait_adopted(&pod, &name, launcher)).await)
+                }
+                Start::Started(exit) => Some(self.run_probed(&pod, idx, exit).await),
                 Start::Fresh => {
                     if pod.deleting.load(Ordering::Relaxed) {
                         return;
                     }
                     match self.start_container(&pod, idx).await {
-                        Ok(exit) => Some(exit.await),
+                        Ok(exit) => Some(self.run_probed(&pod, idx, exit).await),
                         Err(e) => {
                             tracing::error!(pod = %pod.spec.name, container = %name, "start: {e}");
                             self.mark_terminated(&pod, idx, START_FAILED, "StartError");
@@ -86,17 +87,24 @@ impl Agent {
             if pod.deleting.load(Ordering::Relaxed) || !should_restart(pod.spec.restart_policy, code) {
                 return;
             }
-            if started.elapsed() >= BACKOFF_RESET_AFTER {
-                backoff = RESTART_BACKOFF_START;
+            let delay = backoff.on_exit(Instant::now());
+            {
+                let mut rec = lock(&pod.record);
+                let cr = &mut rec.containers[idx];
+                // The kubelet shows the exit as lastState and, while it holds the restart back, waits.
+                cr.last_terminated = Some(cr.state.clone());
+                if !delay.is_zero() {
+                    cr.state = ContainerState::Waiting { reason: CRASH_LOOP_BACK_OFF.into() };
+                }
             }
+            self.persist(&pod);
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = pod.wake.notified() => {}
             }
             if pod.deleting.load(Ordering::Relaxed) {
                 return;
             }
-            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
             lock(&pod.record).containers[idx].restart_count += 1;
         }
     }

@@ -19,6 +19,8 @@ use super::record::{ContainerRecord, PodRecord};
 use super::store::write_json_atomic;
 use super::{Agent, AgentError, Config};
 
+mod probes;
+
 struct Harness {
     agent: Arc<Agent>,
     fake: FakeProcesses,
@@ -59,6 +61,7 @@ fn pod(name: &str, policy: RestartPolicy, containers: &[&str]) -> PodSpec {
                 image: None,
                 volume_mounts: vec![],
                 security_context: None,
+                probes: Default::default(),
             })
             .collect(),
         restart_policy: policy,
@@ -115,6 +118,9 @@ fn running(name: &str, launcher: u32, pid: u32, restart_count: u32) -> Container
         restart_count,
         launcher_pid: Some(launcher),
         oom_baseline: 0,
+        last_terminated: None,
+        started: false,
+        ready: false,
     }
 }
 
@@ -126,6 +132,9 @@ fn exited(name: &str, exit_code: i32) -> ContainerRecord {
         restart_count: 0,
         launcher_pid: None,
         oom_baseline: 0,
+        last_terminated: None,
+        started: false,
+        ready: false,
     }
 }
 
@@ -167,26 +176,30 @@ async fn create_starts_the_sandbox_then_every_container_and_is_idempotent() {
 // ---- supervise: back-off and restartPolicy --------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn restarts_back_off_doubling_from_1s_up_to_30s() {
+async fn restarts_back_off_as_the_kubelet_at_once_then_10s_doubling_to_5min() {
     let h = harness().await;
     h.fake.script("app", [Run::ExitsAfter(Duration::ZERO, 1); 8]);
     h.agent.create_pod(pod("crashy", RestartPolicy::Always, &["app"])).await.unwrap();
     until("9 launches", || h.fake.launches("app").len() == 9).await;
-    let expected: Vec<Duration> = [1, 2, 4, 8, 16, 30, 30, 30].into_iter().map(secs).collect();
+    let expected: Vec<Duration> = [0, 10, 20, 40, 80, 160, 300, 300].into_iter().map(secs).collect();
     assert_eq!(h.launch_gaps("app"), expected);
-    assert_eq!(h.status("crashy").containers[0].restart_count, 8);
-    assert!(matches!(h.state("crashy", 0), ContainerState::Running { .. }));
+    let status = h.status("crashy");
+    assert_eq!(status.containers[0].restart_count, 8);
+    assert!(matches!(status.containers[0].state, ContainerState::Running { .. }));
+    let last = ContainerState::Terminated { exit_code: 1, reason: "Error".into() };
+    assert_eq!(status.containers[0].last_state, Some(last));
 }
 
 #[tokio::test(start_paused = true)]
-async fn back_off_starts_over_after_a_container_ran_10s() {
+async fn back_off_starts_over_after_a_container_ran_10_min() {
     let h = harness().await;
     let quick = Run::ExitsAfter(Duration::ZERO, 1);
-    h.fake.script("app", [quick, quick, Run::ExitsAfter(secs(12), 1)]);
+    h.fake.script("app", [quick, quick, Run::ExitsAfter(secs(601), 1), quick]);
     h.agent.create_pod(pod("flappy", RestartPolicy::Always, &["app"])).await.unwrap();
-    until("4 launches", || h.fake.launches("app").len() == 4).await;
-    // 1 s, 2 s, then 12 s of running and 1 s again (not the 4 s the history would give).
-    assert_eq!(h.launch_gaps("app"), vec![secs(1), secs(2), secs(13)]);
+    until("5 launches", || h.fake.launches("app").len() == 5).await;
+    // At once, 10 s, then 601 s of running (more than 10 min since the last exit): at once again, and 10 s
+    // (not the 20 s the history would give).
+    assert_eq!(h.launch_gaps("app"), vec![secs(0), secs(10), secs(601), secs(10)]);
 }
 
 #[tokio::test(start_paused = true)]

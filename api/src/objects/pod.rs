@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Condition, ObjectMeta};
+use crate::probe::{Probe, Probes};
 use crate::{PodPhase, RestartPolicy};
 
 /// Marks a mirror pod, the API's copy of a node's static pod (the kubelet's annotation; its value is the
@@ -115,10 +116,34 @@ pub struct Container {
     /// User, capabilities, read-only root (a digest-pinned `image` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<crate::SecurityContext>,
+    /// Restarts the container when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Takes the pod out of `Ready` (and its Services' endpoints) while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Holds liveness and readiness probing back until it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+impl Container {
+    /// The three probes, each port name of the container's `ports` replaced by its number.
+    pub fn probes(&self) -> Probes {
+        let probes = Probes {
+            liveness_probe: self.liveness_probe.clone(),
+            readiness_probe: self.readiness_probe.clone(),
+            startup_probe: self.startup_probe.clone(),
+        };
+        probes.with_port_numbers(&|name| {
+            self.ports.iter().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port)
+        })
+    }
 }
 
 /// One entry of a Container's `ports`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     /// An IANA service name (at most 15 characters), unique in the pod.
@@ -183,9 +208,12 @@ pub struct PodStatus {
 pub struct ContainerStatus {
     /// The container's name from the spec.
     pub name: String,
-    /// The container runs (testbed has no readiness probes: running is ready).
+    /// The container runs, its startup probe (if any) has passed and its readiness probe (if any) passes.
     #[serde(default)]
     pub ready: bool,
+    /// The container runs and its startup probe (if any) has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
     /// How many times the node's agent started the container again after it exited.
     #[serde(default)]
     pub restart_count: u32,
@@ -195,6 +223,16 @@ pub struct ContainerStatus {
     /// Exactly one of `waiting`, `running`, `terminated`.
     #[serde(default)]
     pub state: ContainerState,
+    /// How the previous run ended (`terminated`), once the container has been restarted.
+    #[serde(default, skip_serializing_if = "ContainerState::is_empty")]
+    pub last_state: ContainerState,
+}
+
+impl ContainerState {
+    /// No field set (`lastState` of a container that has not been restarted).
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_none() && self.running.is_none() && self.terminated.is_none()
+    }
 }
 
 /// `state` of a [`ContainerStatus`]: one of its fields is set.
@@ -286,6 +324,7 @@ impl Pod {
                     image,
                     volume_mounts: c.volume_mounts.clone(),
                     security_context: c.security_context.clone(),
+                    probes: c.probes(),
                 }
             })
             .collect();

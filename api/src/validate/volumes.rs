@@ -136,6 +136,7 @@ mod tests {
             pids_limit: None,
             volume_mounts: vec![VolumeMount { name: "data".into(), mount_path: "/data".into(), ..Default::default() }],
             security_context: None,
+            probes: Default::default(),
         };
         PodSpec {
             name: "p".into(),

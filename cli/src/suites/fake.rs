@@ -243,6 +243,9 @@ impl FakeCluster {
                         ContainerState::Running { pid }
                     },
                     restart_count: 0,
+                    ready: !oom,
+                    started: !oom,
+                    last_state: None,
                     cgroup: format!("/sys/fs/cgroup/testbed/pod-{}/{}", spec.name, c.name),
                 })
                 .collect(),

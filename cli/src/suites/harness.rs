@@ -44,6 +44,7 @@ pub(super) fn container(name: &str, command: Vec<String>) -> ContainerSpec {
         image: None,
         volume_mounts: vec![],
         security_context: None,
+        probes: Default::default(),
     }
 }
 

@@ -332,6 +332,18 @@ pub struct ContainerDef {
     /// Kubernetes' container `securityContext` (with an `image` only).
     #[serde(rename = "securityContext")]
     pub security_context: Option<SecurityContextDef>,
+    /// Kubernetes' container `ports` (`name`, `containerPort`): what a probe's port may name.
+    #[serde(default)]
+    pub ports: Vec<testbed_api::objects::ContainerPort>,
+    /// Kubernetes' `livenessProbe`: failing it restarts the container.
+    #[serde(rename = "livenessProbe")]
+    pub liveness_probe: Option<testbed_api::probe::Probe>,
+    /// Kubernetes' `readinessProbe`: failing it takes the pod out of `Ready` and its Services' endpoints.
+    #[serde(rename = "readinessProbe")]
+    pub readiness_probe: Option<testbed_api::probe::Probe>,
+    /// Kubernetes' `startupProbe`: liveness and readiness wait for it to succeed.
+    #[serde(rename = "startupProbe")]
+    pub startup_probe: Option<testbed_api::probe::Probe>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -360,6 +360,22 @@ fn bad_cases() -> Vec<(&'static str, String, usize, usize, &'static str, &'stati
             "must be an absolute path",
         ),
         (
+            "probe on a port name the container does not declare",
+            format!("{BASE}pods:\n  - name: web\n    node: node1\n    containers:\n      - name: c\n        command: [sh]\n        ports: [{{name: web, containerPort: 80}}]\n        livenessProbe:\n          httpGet: {{port: http}}\n"),
+            15,
+            27,
+            "pods[0].containers[0].livenessProbe.httpGet.port",
+            "declares no port of this name",
+        ),
+        (
+            "probe without a handler",
+            format!("{BASE}pods:\n  - name: web\n    node: node1\n    containers:\n      - name: c\n        command: [sh]\n        readinessProbe: {{periodSeconds: 1}}\n"),
+            13,
+            9,
+            "pods[0].containers[0].readinessProbe",
+            "must specify a handler type",
+        ),
+        (
             "empty command",
             format!("{BASE}pods:\n  - name: web\n    node: node1\n    containers:\n      - {{name: c, command: []}}\n"),
             11,

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 use sha2::Digest;
+use testbed_api::probe::Probes;
 use testbed_api::validate::{is_dns_label, label_error, validate_pod};
 use testbed_api::{Backend, ContainerSpec, PodSpec, ResourceAmounts, Resources, RestartPolicy};
 use testbed_control_plane::resources::INITIAL_NAMESPACES;
@@ -515,6 +516,14 @@ fn check_pods(ctx: &Ctx<'_>, t: &Topology, namespaces: &[serde_json::Value]) -> 
                 image: None,
                 volume_mounts: c.volume_mounts.iter().map(Into::into).collect(),
                 security_context: c.security_context.as_ref().map(Into::into),
+                probes: Probes {
+                    liveness_probe: c.liveness_probe.clone(),
+                    readiness_probe: c.readiness_probe.clone(),
+                    startup_probe: c.startup_probe.clone(),
+                }
+                .with_port_numbers(&|name| {
+                    c.ports.iter().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port)
+                }),
             });
         }
         let spec = PodSpec {

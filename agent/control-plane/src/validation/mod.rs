@@ -260,11 +260,11 @@ mod tests {
         let c = check(
             Kind::Pod,
             pod(json!({"containers": [{"name": "srv", "image": "busybox", "command": ["sleep", "1"],
-                                      "readinessProbe": {}}], "dnsPolicy": "None"})),
+                                      "tty": true}], "dnsPolicy": "None"})),
         )
         .expect("valid");
-        assert_eq!(c.unknown_fields, ["spec.containers[0].readinessProbe", "spec.dnsPolicy"]);
-        assert_eq!(c.object.pointer("/spec/containers/0/readinessProbe"), None, "unknown fields are dropped");
+        assert_eq!(c.unknown_fields, ["spec.containers[0].tty", "spec.dnsPolicy"]);
+        assert_eq!(c.object.pointer("/spec/containers/0/tty"), None, "unknown fields are dropped");
     }
 
     #[test]
@@ -314,6 +314,23 @@ mod tests {
                 pod(json!({"volumes": [{"name": "d", "emptyDir": {}}], "containers": [{"name": "a",
                     "image": "busybox:1.36", "command": ["x"], "volumeMounts": [{"name": "d", "mountPath": "/d"}]}]})),
                 "spec.containers[0].volumeMounts",
+            ),
+            // The probe checks the topology's `validate` runs too (testbed_api::probe::validate_probe).
+            (
+                pod(json!({"containers": [{"name": "a", "command": ["x"], "readinessProbe": {"periodSeconds": 1}}]})),
+                "spec.containers[0].readinessProbe",
+            ),
+            (
+                pod(
+                    json!({"containers": [{"name": "a", "command": ["x"], "ports": [{"name": "web", "containerPort": 80}],
+                                           "livenessProbe": {"httpGet": {"port": "http"}}}]}),
+                ),
+                "spec.containers[0].livenessProbe.httpGet.port",
+            ),
+            (
+                pod(json!({"containers": [{"name": "a", "command": ["x"],
+                                           "startupProbe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}}}]})),
+                "spec.containers[0].startupProbe",
             ),
         ];
         for (obj, field) in cases {

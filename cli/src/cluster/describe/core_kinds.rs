@@ -57,14 +57,51 @@ pub(super) fn pod(out: &mut String, pod: &Pod) {
                 }
             });
             let _ = writeln!(out, "    State:         {state}");
+            if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                let reason = t.reason.as_deref().unwrap_or_default();
+                let _ = writeln!(out, "    Last State:    Terminated ({reason}, exit code {})", t.exit_code);
+            }
             let _ = writeln!(out, "    Ready:         {}", cs.ready);
             let _ = writeln!(out, "    Restart Count: {}", cs.restart_count);
+        }
+        for (kind, probe) in
+            [("Liveness", &c.liveness_probe), ("Readiness", &c.readiness_probe), ("Startup", &c.startup_probe)]
+        {
+            if let Some(p) = probe {
+                let _ = writeln!(out, "    {:<15}{}", format!("{kind}:"), describe_probe(p));
+            }
         }
     }
     out.push_str("Conditions:\n  Type  Status\n");
     for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
         let _ = writeln!(out, "  {}  {}", c.type_, c.status);
     }
+}
+
+/// A probe as `kubectl describe` prints it: the handler, then its numbers with Kubernetes' defaults.
+fn describe_probe(p: &k8s_openapi::api::core::v1::Probe) -> String {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let port = |p: &IntOrString| match p {
+        IntOrString::Int(n) => n.to_string(),
+        IntOrString::String(s) => s.clone(),
+    };
+    let handler = if let Some(e) = &p.exec {
+        format!("exec {:?}", e.command.clone().unwrap_or_default())
+    } else if let Some(h) = &p.http_get {
+        format!("http-get http://:{}{}", port(&h.port), h.path.as_deref().unwrap_or("/"))
+    } else if let Some(t) = &p.tcp_socket {
+        format!("tcp-socket :{}", port(&t.port))
+    } else {
+        "unknown".into()
+    };
+    format!(
+        "{handler} delay={}s timeout={}s period={}s #success={} #failure={}",
+        p.initial_delay_seconds.unwrap_or(0),
+        p.timeout_seconds.unwrap_or(1),
+        p.period_seconds.unwrap_or(10),
+        p.success_threshold.unwrap_or(1),
+        p.failure_threshold.unwrap_or(3)
+    )
 }
 
 pub(super) fn lease(out: &mut String, lease: &Lease) {
