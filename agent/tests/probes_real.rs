@@ -74,7 +74,10 @@ fn exec_and_http_probes_set_readiness_and_liveness_restarts_with_back_off() {
     assert_eq!(c(&st, "last_state"), json!({"state": "terminated", "exit_code": 137, "reason": "Error"}), "{st}");
     let backing_off = Instant::now();
     std::fs::remove_file(&wedged).unwrap();
-    let st = wait_pod("probed", 15, "restarted after the back-off", |st| c(st, "restart_count") == 2);
+    // The count grows when the back-off ends, a moment before the new container runs: wait for both.
+    let st = wait_pod("probed", 15, "restarted after the back-off", |st| {
+        c(st, "restart_count") == 2 && c(st, "state")["state"] == "running"
+    });
     let held = backing_off.elapsed();
     assert!(
         held >= Duration::from_secs(7),

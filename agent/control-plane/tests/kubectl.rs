@@ -50,9 +50,9 @@ fn kubectl_against_real_etcd() {
     let err = lab.fails(&["create", "-f", &bad]);
     assert!(err.contains("spec.containers[0].command"), "{err}");
     assert!(lab.fails(&["get", "pod", "bad"]).contains("NotFound"));
-    let unknown = lab.write("unknown.yaml", &pod("unk", "{name: srv, command: [sleep], readinessProbe: {}}"));
+    let unknown = lab.write("unknown.yaml", &pod("unk", "{name: srv, command: [sleep], tty: true}"));
     let err = lab.fails(&["create", "-f", &unknown]);
-    assert!(err.contains("unknown field \"spec.containers[0].readinessProbe\""), "{err}");
+    assert!(err.contains("unknown field \"spec.containers[0].tty\""), "{err}");
 
     // kubectl get -w sees every change from here on.
     let (_watcher, seen) = watch_in_background(&lab, &["get", "pods", "-w", "--output-watch-events", "-o", "json"]);
