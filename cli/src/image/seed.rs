@@ -39,6 +39,22 @@ pub struct SeedNic {
     pub mtu: u32,
 }
 
+impl SeedNic {
+    /// The underlay NICs of `node` as the plan gives them: what every provider's seed disk carries.
+    pub fn of_node(node: &crate::plan::NodePlan) -> Vec<SeedNic> {
+        node.nics
+            .iter()
+            .map(|n| SeedNic {
+                name: n.guest_interface.clone(),
+                mac: n.mac.clone(),
+                address: n.ip,
+                prefix_len: n.prefix_len,
+                mtu: n.mtu,
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeedConfig {
     pub hostname: String,

@@ -165,17 +165,7 @@ pub fn write_node_seed(node: &crate::plan::NodePlan, authorized_keys: &str, out:
         host_key_ed25519_private: host.host_private_openssh.clone(),
         host_key_ed25519_public: host.host_public_openssh.clone(),
         authorized_keys: authorized_keys.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
-        nics: node
-            .nics
-            .iter()
-            .map(|n| super::seed::SeedNic {
-                name: n.guest_interface.clone(),
-                mac: n.mac.clone(),
-                address: n.ip,
-                prefix_len: n.prefix_len,
-                mtu: n.mtu,
-            })
-            .collect(),
+        nics: super::seed::SeedNic::of_node(node),
     };
     super::seed::write_seed(out, &seed)?;
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644))

@@ -123,17 +123,7 @@ fn prepare_disks(ctx: &Ctx, state: &StateRecorder, node: &NodePlan, art: &ImageA
         host_key_ed25519_private: private,
         host_key_ed25519_public: public,
         authorized_keys: vec![ctx.client_pub.clone()],
-        nics: node
-            .nics
-            .iter()
-            .map(|n| image::seed::SeedNic {
-                name: n.guest_interface.clone(),
-                mac: n.mac.clone(),
-                address: n.ip,
-                prefix_len: n.prefix_len,
-                mtu: n.mtu,
-            })
-            .collect(),
+        nics: image::seed::SeedNic::of_node(node),
     };
     image::seed::write_seed(&ctx.dir.seed(name), &seed).map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, e))?;
     vm::create_overlay(&art.disk, &ctx.dir.overlay(name)).map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, e))?;
