@@ -52,6 +52,9 @@ fn file_probe(exists: bool, path: &str) -> Probe {
     Probe {
         exec: Some(ExecAction { command }),
         period_seconds: Some(1),
+        // Not the default 1 s: an exec into a container on a loaded TCG host took longer, and a timeout is a
+        // failure (a liveness probe then killed a healthy container).
+        timeout_seconds: Some(5),
         failure_threshold: Some(1),
         termination_grace_period_seconds: Some(1),
         ..Default::default()
@@ -152,7 +155,8 @@ async fn liveness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
 async fn back_off<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
     let p = wait_running(c, node, POD_LIVE).await?;
     let before = only(&p.status)?.clone();
-    if before.restart_count != 1 {
+    // The kubelet resets its back-off only after 10 min of running: every restart after the first waits.
+    if before.restart_count == 0 {
         return Err(CheckError::Fail(format!("the container should have restarted once by now: {}", brief(&before))));
     }
     let ev = touch(c, &p, WEDGED).await?;
@@ -165,7 +169,7 @@ async fn back_off<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
         if waiting && backing_off.get().is_none() {
             backing_off.set(Some(Instant::now()));
         }
-        Ok((ct.restart_count >= 2 && running_pid(&ct).is_some()).then_some(ct))
+        Ok((ct.restart_count > before.restart_count && running_pid(&ct).is_some()).then_some(ct))
     })
     .await?;
     let Some(since) = backing_off.get() else {
@@ -243,12 +247,18 @@ async fn startup<C: Cluster>(c: &C, node: &str, spec: &testbed_api::PodSpec, cre
     };
     let p = wait_running(c, node, POD_START).await?;
     let ev = touch(c, &p, STARTED).await?;
+    let last = Cell::new(None);
     let started = poll::until("the startup probe passed", WITHIN, || async {
         let st = c.get_pod(node, POD_START).await?;
         let ct = only(&st)?.clone();
+        last.set(Some(brief(&ct)));
         Ok(ct.started.then_some(ct))
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        CheckError::Fail(m) => CheckError::Fail(format!("{m}: {}\n{ev}", last.take().unwrap_or_default())),
+        other => other,
+    })?;
     if started.restart_count > 0 {
         return Err(CheckError::Fail(format!("restarted before its startup probe passed: {}", brief(&started))));
     }
