@@ -74,12 +74,15 @@ struct Expected {
     /// `--skip` arguments: what another lab of the suite already proves.
     skip: &'static [&'static str],
     controller_passes: usize,
+    /// `[container]` and `[probe]` (image containers on the first node), where not skipped.
+    container_passes: usize,
+    probe_passes: usize,
     service_passes: usize,
     policy_passes: usize,
 }
 
 fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, expected: Expected) {
-    let Expected { skip, controller_passes, service_passes, policy_passes } = expected;
+    let Expected { skip, controller_passes, container_passes, probe_passes, service_passes, policy_passes } = expected;
     if !can_run_vms() {
         return;
     }
@@ -123,6 +126,10 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, exp
     assert_eq!(control_plane, 5, "[control-plane] checks that passed");
     let controller = checks.iter().filter(|c| c["group"] == "controller" && c["status"] == "pass").count();
     assert_eq!(controller, controller_passes, "[controller] checks that passed");
+    for (group, want) in [("container", container_passes), ("probe", probe_passes)] {
+        let passed = checks.iter().filter(|c| c["group"] == group && c["status"] == "pass").count();
+        assert_eq!(passed, want, "[{group}] checks that passed");
+    }
     // 13 per backend; none skips internalTrafficPolicy=Local (its pods cannot cross nodes).
     // The 2 s follow target is a warning when missed (CheckError::Slow: the endpoint did leave every node);
     // nothing else of the group may warn.
@@ -179,15 +186,29 @@ fn conformance_default_every_backend() {
     // The host-gw Service and policy checks are the three-node host-gw lab's to prove, and the udp policy
     // checks take the path vxlan's take (routed into cni0 from the overlay device): about 160 s of CI saved.
     let skip = &["[service] host-gw", "[network-policy] host-gw", "[network-policy] udp"];
-    let expected = Expected { skip, controller_passes: 8, service_passes: 2 * 13 + 12, policy_passes: 2 * 15 };
+    let expected = Expected {
+        skip,
+        controller_passes: 8,
+        container_passes: 7,
+        probe_passes: 4,
+        service_passes: 2 * 13 + 12,
+        policy_passes: 2 * 15,
+    };
     conformance_on("default.yaml", "e2e-vx", "all", true, expected);
 }
 
 #[test]
 fn conformance_three_node_host_gw() {
-    // The controllers (about 200 s on TCG) are the default lab's to prove; this lab is for three nodes' routes,
-    // Services and policies.
-    let expected = Expected { skip: &["[controller]"], controller_passes: 0, service_passes: 13, policy_passes: 15 };
+    // The controllers (about 200 s on TCG) and the image containers' groups are the default lab's to prove
+    // (they run on one node whatever the lab); this lab is for three nodes' routes, Services and policies.
+    let expected = Expected {
+        skip: &["[controller]", "[container]", "[probe]"],
+        controller_passes: 0,
+        container_passes: 0,
+        probe_passes: 0,
+        service_passes: 13,
+        policy_passes: 15,
+    };
     conformance_on("three-node-host-gw.yaml", "e2e-hgw", "host-gw", false, expected);
 }
 

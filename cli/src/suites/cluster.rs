@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus, PodSpec, PodStatus};
 
-use crate::plan::Plan;
+use crate::plan::{ContainerImage, Plan};
 
 /// A lab operation failed below the suite: SSH, the agent's HTTP API, a 4xx/5xx. Always an infrastructure
 /// failure from the suite's point of view (exit 3), never a failed check.
@@ -71,6 +71,11 @@ pub trait Cluster {
 
     /// A client of the lab's API server (its kubeconfig), or why there is none.
     fn api(&self) -> impl Future<Output = Result<kube::Client, ClusterError>>;
+
+    /// Puts a container image into the node's store as `up` does (copied over the node's SSH session, every
+    /// blob checked by the node's `testbed-agent import-image`; nothing copied when the store has it) and
+    /// answers its manifest digest, which a container's `image` then names.
+    fn ensure_image(&self, node: &str, image: &ContainerImage) -> impl Future<Output = Result<String, ClusterError>>;
 
     fn node_exec(&self, node: &str, command: &str) -> impl Future<Output = Result<NodeExec, ClusterError>>;
     fn apply(&self, node: &str, spec: &NodeSpec) -> impl Future<Output = Result<ApplyResponse, ClusterError>>;

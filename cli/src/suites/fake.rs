@@ -17,7 +17,7 @@ use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
 use super::hostload::{self, HostCounters};
 use super::overlay;
 use super::probe;
-use crate::plan::{ClusterPlan, ImageRef, Impairment, NetworkPlan, NicPlan, NodePlan, Plan, PodPlan};
+use crate::plan::{ClusterPlan, ContainerImage, ImageRef, Impairment, NetworkPlan, NicPlan, NodePlan, Plan, PodPlan};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -53,6 +53,8 @@ pub struct Faults {
     pub leaky_teardown: bool,
     /// What the agents' following of the API leaves out.
     pub kubelet: super::fake_api::KubeletFaults,
+    /// What the containers with an image get wrong.
+    pub pods: super::fake_pods::PodFaults,
 }
 
 #[derive(Default)]
@@ -85,6 +87,8 @@ pub struct FakeCluster {
     api: tokio::sync::OnceCell<kube::Client>,
     /// Pods the fake kubelet runs for the API.
     api_pods: super::fake_api::ApiPods,
+    /// The containers with an image: their roots, processes and probes.
+    containers: RefCell<super::fake_pods::Containers>,
 }
 
 fn nic(node: usize) -> NicPlan {
@@ -178,6 +182,7 @@ impl FakeCluster {
             state: RefCell::new(State::default()),
             api: tokio::sync::OnceCell::new(),
             api_pods: Default::default(),
+            containers: RefCell::new(super::fake_pods::Containers::new(faults.pods)),
         };
         // The topology's own pods, as `up` would have created them.
         for p in c.plan.pods.clone() {
@@ -493,9 +498,17 @@ impl Cluster for FakeCluster {
         hostload::host_counters(&stat, "0.50 0.40 0.30 1/100 1\n", &[]).map(|h| HostCounters { lab_ticks: lab, ..h })
     }
 
+    async fn ensure_image(&self, node: &str, _image: &ContainerImage) -> Result<String, ClusterError> {
+        self.down(node, "ssh")?;
+        Ok(self.containers.borrow_mut().add_image(node))
+    }
+
     async fn node_exec(&self, node: &str, command: &str) -> Result<NodeExec, ClusterError> {
         self.down(node, "ssh")?;
-        let r = if command == "head -1 /proc/stat" {
+        let on_containers = self.containers.borrow_mut().node_exec(node, command);
+        let r = if let Some(r) = on_containers {
+            r
+        } else if command == "head -1 /proc/stat" {
             let n = {
                 let mut st = self.state.borrow_mut();
                 st.guest_reads += 1;
@@ -589,7 +602,12 @@ impl Cluster for FakeCluster {
                 Err(ClusterError::new(node, "POST /v1/pods", "409 conflict"))
             };
         }
-        Ok(self.insert_pod(node, spec))
+        if !self.containers.borrow().has_images(node, spec) {
+            return Err(ClusterError::new(node, "POST /v1/pods", "500 image not in the node's store"));
+        }
+        let mut status = self.insert_pod(node, spec);
+        self.containers.borrow_mut().created(node, spec, &mut status);
+        Ok(status)
     }
 
     async fn get_pod(&self, node: &str, pod: &str) -> Result<PodStatus, ClusterError> {
@@ -597,7 +615,11 @@ impl Cluster for FakeCluster {
         let st = self.state.borrow();
         let from_api = self.api_pods.lock().ok().and_then(|p| p.get(pod).cloned());
         match (st.pods.get(pod), from_api) {
-            (Some((n, _, s)), _) if n == node => Ok(s.clone()),
+            (Some((n, _, s)), _) if n == node => {
+                let mut s = s.clone();
+                self.containers.borrow_mut().refresh(&mut s);
+                Ok(s)
+            }
             (_, Some((n, ip))) if n == node => {
                 Ok(PodStatus { name: pod.to_string(), ip: Some(ip), ..api_pod_status() })
             }
@@ -617,6 +639,7 @@ impl Cluster for FakeCluster {
         let mut st = self.state.borrow_mut();
         match st.pods.remove(pod) {
             Some((_, _, status)) => {
+                self.containers.borrow_mut().deleted(pod);
                 if self.faults.leaky_teardown {
                     let veth = status.host_veth.unwrap_or_default();
                     st.leftover_veths.insert(pod.to_string(), (node.to_string(), veth));
@@ -631,6 +654,9 @@ impl Cluster for FakeCluster {
         self.down(node, "exec")?;
         let own_ip = self.state.borrow().pods.get(pod).and_then(|p| p.2.ip);
         let script = req.command.last().cloned().unwrap_or_default();
+        if let Some(r) = self.containers.borrow_mut().exec(pod, req.container.as_deref(), &script) {
+            return Ok(r);
+        }
         if script.contains("readlink") {
             let container = req.container.as_deref();
             let (mut ids, mut hostname) = self.ns_of(pod, container);

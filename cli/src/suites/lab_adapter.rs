@@ -8,8 +8,10 @@ use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
 use super::hostload::{self, HostCounters};
+use crate::image::deliverable::deliverable;
+use crate::lab::container_images::{deliver, NodeStore};
 use crate::lab::{ConnectedLab, ConnectedNode};
-use crate::plan::Plan;
+use crate::plan::{ContainerImage, Plan};
 
 /// Node commands the suites run are short; a hung SSH channel must not hang the suite.
 const NODE_EXEC_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,6 +50,20 @@ impl Cluster for ConnectedLab {
         crate::cluster::client_of(&crate::lab::control_plane::kubeconfig_path(&self.lab.paths))
             .await
             .map_err(|e| ClusterError::new("control-plane", "connect to the API server", e))
+    }
+
+    async fn ensure_image(&self, name: &str, image: &ContainerImage) -> Result<String, ClusterError> {
+        let n = node(self, name)?;
+        let source = image.clone();
+        // A first build fetches a .deb and writes the cache: blocking work.
+        let built = tokio::task::spawn_blocking(move || deliverable(&source))
+            .await
+            .map_err(|e| ClusterError::new(name, &format!("build image {image}"), e))?
+            .map_err(|e| ClusterError::new(name, &format!("build image {image}"), e))?;
+        deliver(&n.session, NodeStore::GUEST, &[&built])
+            .await
+            .map_err(|e| ClusterError::new(name, "deliver a container image", e))?;
+        Ok(built.digest)
     }
 
     async fn node_exec(&self, name: &str, command: &str) -> Result<NodeExec, ClusterError> {

@@ -11,6 +11,9 @@ mod declared;
 mod fake;
 #[cfg(test)]
 mod fake_api;
+#[cfg(test)]
+mod fake_pods;
+mod fsops;
 mod harness;
 mod hostload;
 mod lab_adapter;

@@ -7,6 +7,7 @@ use testbed_api::Backend;
 
 use super::declared::DeclaredTest;
 use super::fake::{plan, FakeCluster, Faults};
+use super::fake_pods::PodFaults;
 use super::runner::Selection;
 use super::{outcome_to_result, parse_backends, report, run_conformance};
 use crate::ui::{OutputFormat, Ui};
@@ -665,4 +666,111 @@ async fn the_controller_checks_pass_with_the_control_loops_and_fail_without_them
     let (status, msg) = check(&r, ROLLING);
     assert_eq!(status, CheckStatus::Fail, "{msg}");
     assert!(msg.contains("rolled out to 4 available replicas: not within"), "{msg}");
+}
+
+/// The `[container]` and `[probe]` groups' checks, each with the fault that must fail it and a word of the
+/// message that says why.
+fn image_group_faults() -> Vec<(&'static str, PodFaults, &'static str)> {
+    let f = PodFaults::default;
+    vec![
+        (
+            "[container] a container sees its image's files and not the node's",
+            PodFaults { node_root: true, ..f() },
+            "not the image's",
+        ),
+        (
+            "[container] a container's writes stay in its upper layer: not on the node, gone when the pod is recreated",
+            PodFaults { upper_kept: true, ..f() },
+            "after the pod was recreated",
+        ),
+        (
+            "[container] a container's writes stay in its upper layer: not on the node, gone when the pod is recreated",
+            PodFaults { node_root: true, ..f() },
+            "in the node's /tmp/tb-c-upper",
+        ),
+        (
+            "[container] two containers of a pod share an emptyDir and nothing else of each other's root",
+            PodFaults { volume_per_container: true, ..f() },
+            "does not see rw's write to the emptyDir",
+        ),
+        (
+            "[container] two containers of a pod share an emptyDir and nothing else of each other's root",
+            PodFaults { shared_root: true, ..f() },
+            "their roots are shared",
+        ),
+        (
+            "[container] readOnlyRootFilesystem refuses writes; an emptyDir mounted in it stays writable",
+            PodFaults { root_writable: true, ..f() },
+            "read-only root took a write",
+        ),
+        (
+            "[container] readOnlyRootFilesystem refuses writes; an emptyDir mounted in it stays writable",
+            PodFaults { volumes_follow_root: true, ..f() },
+            "emptyDir in ro's read-only root is not writable",
+        ),
+        (
+            "[container] runAsUser and runAsGroup are the ids of the container's process",
+            PodFaults { user_only_in_exec: true, ..f() },
+            "ro runs as uid [0, 0, 0, 0] gid [0, 0, 0, 0] (on the node)",
+        ),
+        (
+            "[container] a dropped capability is gone: NET_RAW not effective, no raw socket",
+            PodFaults { caps_kept: true, ..f() },
+            "NET_RAW is in the process's sets",
+        ),
+        (
+            "[container] the pod's hostname, hosts and resolv.conf files are the ones the kubelet writes",
+            PodFaults { node_etc: true, ..f() },
+            "not the kubelet's managed file",
+        ),
+        (
+            "[probe] liveness: a wedged container is killed and restarted, its restart count grows",
+            PodFaults { liveness_ignored: true, ..f() },
+            "the wedged container restarted: not within",
+        ),
+        (
+            "[probe] liveness: the second restart waits out the kubelet's back-off as CrashLoopBackOff",
+            PodFaults { no_back_off: true, ..f() },
+            "restarted without showing CrashLoopBackOff",
+        ),
+        (
+            "[probe] readiness flips the pod's Ready condition both ways",
+            PodFaults { readiness_stuck: true, ..f() },
+            "the pod Ready: not within",
+        ),
+        (
+            "[probe] a startup probe holds liveness off until it succeeds",
+            PodFaults { startup_ignored: true, ..f() },
+            "before its startup probe could pass",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn the_container_and_probe_checks_pass_on_a_healthy_node_and_each_fails_on_its_fault() {
+    let healthy = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
+    let r = run(&healthy, &[Backend::Vxlan], Some("[container]")).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    assert_eq!(r.checks.iter().filter(|c| c.group == "container" && c.status == CheckStatus::Pass).count(), 7);
+    let r = run(&healthy, &[Backend::Vxlan], Some("[probe]")).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    assert_eq!(r.checks.iter().filter(|c| c.group == "probe" && c.status == CheckStatus::Pass).count(), 4);
+    assert!(healthy.leftover_test_pods().is_empty(), "left behind: {:?}", healthy.leftover_test_pods());
+
+    for (name, pods, why) in image_group_faults() {
+        let c = FakeCluster::new(plan(1, Backend::Vxlan), Faults { pods, ..Faults::default() });
+        let group = if name.starts_with("[probe]") { "[probe]" } else { "[container]" };
+        let r = run(&c, &[Backend::Vxlan], Some(group)).await;
+        let (status, msg) = check(&r, name);
+        assert_eq!(status, CheckStatus::Fail, "{name} with {pods:?}: {msg}");
+        assert!(msg.contains(why), "{name} with {pods:?}: `{why}` not in {msg}");
+    }
+}
+
+#[tokio::test]
+async fn image_groups_left_out_create_no_pod() {
+    let c = FakeCluster::new(plan(1, Backend::Vxlan), Faults::default());
+    let r = run(&c, &[Backend::Vxlan], Some("[sandbox]")).await;
+    assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
+    assert!(!c.created().iter().any(|p| p.starts_with("tb-c-img") || p.starts_with("tb-c-live")), "{:?}", c.created());
 }

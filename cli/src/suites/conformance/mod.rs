@@ -2,20 +2,24 @@
 //! named checks against them, remove the pods. Backend-independent checks (namespaces, cgroups) run once.
 //!
 //! One file per check group, in the order the report lists them: `pod_network`, `mtu`, `overlay`, then the
-//! backend-independent `sandbox`, `cgroups` and `control_plane`; `fixture` holds the test pods they share.
+//! backend-independent `sandbox`, `cgroups`, `control_plane`, `controller`, `container` and `probe`; `fixture`
+//! holds the test pods they share, `images` what the two groups of image containers share.
 
 mod cgroups;
+mod container;
 mod control_plane;
 mod controller;
 
 #[cfg(test)]
 pub(super) use controller::NEVER_STARTS;
 mod fixture;
+mod images;
 mod mtu;
 mod network_policy;
 mod overlay;
 mod pod_network;
 mod poll;
+mod probe;
 mod sandbox;
 mod service;
 
@@ -33,6 +37,8 @@ use fixture::{cleanup_checked, remove_leftovers, setup, Fixture};
 /// The fake cluster answers the suite's own pods the way a lab would (a web pod serves, the memory hog is killed).
 #[cfg(test)]
 pub use cgroups::POD_MEM;
+#[cfg(test)]
+pub use container::PING_SCRIPT;
 #[cfg(test)]
 pub use fixture::web_pod;
 
@@ -97,5 +103,7 @@ async fn checks<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, once: bool,
         cgroups::run(c, r, f, created).await;
         control_plane::run(c, r).await;
         controller::run(c, r).await;
+        container::run(c, r, created).await;
+        probe::run(c, r, created).await;
     }
 }

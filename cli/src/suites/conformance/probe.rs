@@ -1,0 +1,271 @@
+//! The `probe` group: liveness, readiness and startup probes as the kubelet runs them, seen through the pod
+//! status the agent reports. Each test pod is one busybox container whose exec probe tests for a file the
+//! check writes or removes inside it; the container runs in the image, so a restart starts it without the
+//! file again. Every probe runs each second with a threshold of one, to keep the group short under TCG; the
+//! kubelet's back-off restarts at once the first time and after 10 s the second, so no check waits a third.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use testbed_api::probe::{ExecAction, Probe, Probes};
+use testbed_api::{ContainerSpec, ContainerState, ContainerStatus, PodStatus, RestartPolicy};
+
+use super::super::cluster::{nodes_of, Cluster};
+use super::super::fsops::Op;
+use super::super::harness::{container, create_tracked, pod, wait_running, CreatedPods, TestPod};
+use super::super::runner::{CheckError, CheckOutcome, Level, Runner};
+use super::images::{busybox_on, in_container, skip_all, Group};
+use super::poll;
+
+pub(super) const POD_LIVE: &str = "tb-c-live";
+pub(super) const POD_READY: &str = "tb-c-ready";
+pub(super) const POD_START: &str = "tb-c-start";
+const WEDGED: &str = "/tmp/tb-wedged";
+const READY: &str = "/tmp/tb-ready";
+const STARTED: &str = "/tmp/tb-started";
+/// How long a probe's effect may take to show: a 1 s period, a 1 s grace, an exec under TCG.
+const WITHIN: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 20 });
+/// The kubelet's back-off before a second restart is 10 s; what the check requires of it (polling and the
+/// kill's grace blur the edges). The fake cluster backs off for 600 ms.
+const MIN_BACK_OFF: Duration = Duration::from_millis(if cfg!(test) { 300 } else { 7000 });
+/// How long the startup check watches a container whose liveness probe would fail at once: longer than the
+/// probe's period times its threshold plus the grace.
+const STARTUP_HOLD: Duration = Duration::from_millis(if cfg!(test) { 300 } else { 4000 });
+
+const GROUP: Group = Group {
+    name: "probe",
+    checks: &[
+        "liveness: a wedged container is killed and restarted, its restart count grows",
+        "liveness: the second restart waits out the kubelet's back-off as CrashLoopBackOff",
+        "readiness flips the pod's Ready condition both ways",
+        "a startup probe holds liveness off until it succeeds",
+    ],
+};
+
+/// An exec probe run each second: `test [!] -e PATH`, failing after one miss.
+fn file_probe(exists: bool, path: &str) -> Probe {
+    let mut command = vec!["test".to_string()];
+    if !exists {
+        command.push("!".into());
+    }
+    command.extend(["-e".into(), path.into()]);
+    Probe {
+        exec: Some(ExecAction { command }),
+        period_seconds: Some(1),
+        // Not the default 1 s: an exec into a container on a loaded TCG host took longer, and a timeout is a
+        // failure (a liveness probe then killed a healthy container).
+        timeout_seconds: Some(5),
+        failure_threshold: Some(1),
+        termination_grace_period_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+fn probed(name: &str, digest: &str, probes: Probes) -> testbed_api::PodSpec {
+    let c = ContainerSpec { image: Some(digest.into()), probes, ..container("c", vec!["sleep".into(), "3600".into()]) };
+    pod(name, vec![c], RestartPolicy::Always)
+}
+
+/// The group's pods: a liveness probe that fails once WEDGED exists, a readiness probe that passes while
+/// READY exists, and a startup probe waiting for STARTED in front of a liveness probe that needs it too.
+fn probe_pods(digest: &str) -> [testbed_api::PodSpec; 3] {
+    let live = Probes { liveness_probe: Some(file_probe(false, WEDGED)), ..Default::default() };
+    let ready = Probes { readiness_probe: Some(file_probe(true, READY)), ..Default::default() };
+    let start = Probes {
+        startup_probe: Some(Probe { failure_threshold: Some(60), ..file_probe(true, STARTED) }),
+        liveness_probe: Some(file_probe(true, STARTED)),
+        ..Default::default()
+    };
+    [probed(POD_LIVE, digest, live), probed(POD_READY, digest, ready), probed(POD_START, digest, start)]
+}
+
+/// Runs the group on the first node; its pods are added to `created`.
+pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, created: &CreatedPods) {
+    if !GROUP.any_selected(r) {
+        return;
+    }
+    let Some(node) = nodes_of(c.plan()).into_iter().next().map(|n| n.name) else { return };
+    let [live, ready, start] = match busybox_on(c, &node).await {
+        Ok(digest) => probe_pods(&digest),
+        Err(e) => return skip_all(r, &GROUP, &e),
+    };
+    // The startup check creates its own pod: it watches the container from its start.
+    for spec in [&live, &ready] {
+        if let Err(e) = create_tracked(c, &node, spec, created).await {
+            return skip_all(r, &GROUP, &CheckError::from(e));
+        }
+    }
+    let (g, e, n, names) = (GROUP.name, Level::Error, node.as_str(), GROUP.checks);
+    r.run(g, None, names[0], e, liveness(c, n)).await;
+    r.run(g, None, names[1], e, back_off(c, n)).await;
+    r.run(g, None, names[2], e, readiness(c, n)).await;
+    r.run(g, None, names[3], e, startup(c, n, &start, created)).await;
+}
+
+fn only(st: &PodStatus) -> Result<&ContainerStatus, CheckError> {
+    st.containers.first().ok_or_else(|| CheckError::Fail(format!("pod {} reports no container", st.name)))
+}
+
+fn running_pid(c: &ContainerStatus) -> Option<u32> {
+    match c.state {
+        ContainerState::Running { pid } => Some(pid),
+        _ => None,
+    }
+}
+
+fn brief(c: &ContainerStatus) -> String {
+    format!(
+        "state {:?}, restart_count {}, ready {}, started {}, last_state {:?}",
+        c.state, c.restart_count, c.ready, c.started, c.last_state
+    )
+}
+
+/// Writes `path` in the pod's container (its root: gone when the container restarts).
+async fn touch<C: Cluster>(c: &C, p: &TestPod, path: &str) -> Result<String, CheckError> {
+    let seen = in_container(c, p, "c", &[Op::write(path, "x")]).await?;
+    match seen.get(path)? {
+        super::super::fsops::Found::Wrote => Ok(seen.evidence),
+        other => Err(CheckError::Fail(format!("cannot write {path}: {other:?}\n{}", seen.evidence))),
+    }
+}
+
+async fn liveness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
+    let p = wait_running(c, node, POD_LIVE).await?;
+    let before = only(&p.status)?.clone();
+    let ev = touch(c, &p, WEDGED).await?;
+    let wedged = Instant::now();
+    let after = poll::until("the wedged container restarted", WITHIN, || async {
+        let st = c.get_pod(node, POD_LIVE).await?;
+        let ct = only(&st)?.clone();
+        let restarted = ct.restart_count > before.restart_count
+            && running_pid(&ct).is_some_and(|pid| Some(pid) != running_pid(&before));
+        Ok(restarted.then_some(ct))
+    })
+    .await
+    .map_err(|e| match e {
+        CheckError::Fail(m) => CheckError::Fail(format!("{m}; before: {}", brief(&before))),
+        other => other,
+    })?;
+    if !matches!(after.last_state, Some(ContainerState::Terminated { .. })) {
+        return Err(CheckError::Fail(format!("restarted without a terminated last state: {}", brief(&after))));
+    }
+    Ok(format!("{ev}\nbefore: {}\nafter {:.1} s: {}", brief(&before), wedged.elapsed().as_secs_f64(), brief(&after)))
+}
+
+async fn back_off<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
+    let p = wait_running(c, node, POD_LIVE).await?;
+    let before = only(&p.status)?.clone();
+    // The kubelet resets its back-off only after 10 min of running: every restart after the first waits.
+    if before.restart_count == 0 {
+        return Err(CheckError::Fail(format!("the container should have restarted once by now: {}", brief(&before))));
+    }
+    let ev = touch(c, &p, WEDGED).await?;
+    let backing_off: Cell<Option<Instant>> = Cell::new(None);
+    let deadline = WITHIN + Duration::from_secs(if cfg!(test) { 1 } else { 15 });
+    let after = poll::until("the second restart after the back-off", deadline, || async {
+        let st = c.get_pod(node, POD_LIVE).await?;
+        let ct = only(&st)?.clone();
+        let waiting = matches!(&ct.state, ContainerState::Waiting { reason } if reason == "CrashLoopBackOff");
+        if waiting && backing_off.get().is_none() {
+            backing_off.set(Some(Instant::now()));
+        }
+        Ok((ct.restart_count > before.restart_count && running_pid(&ct).is_some()).then_some(ct))
+    })
+    .await?;
+    let Some(since) = backing_off.get() else {
+        return Err(CheckError::Fail(format!("restarted without showing CrashLoopBackOff: {}", brief(&after))));
+    };
+    let held = since.elapsed();
+    if held < MIN_BACK_OFF {
+        return Err(CheckError::Fail(format!(
+            "the back-off held the container {:.1} s, not the kubelet's 10 s: {}",
+            held.as_secs_f64(),
+            brief(&after)
+        )));
+    }
+    Ok(format!("{ev}\nCrashLoopBackOff for {:.1} s, then: {}", held.as_secs_f64(), brief(&after)))
+}
+
+/// The pod's Ready condition as the agent reports it: every container ready.
+fn pod_ready(st: &PodStatus) -> bool {
+    !st.containers.is_empty() && st.containers.iter().all(|c| c.ready)
+}
+
+async fn until_ready<C: Cluster>(c: &C, node: &str, want: bool) -> Result<f64, CheckError> {
+    let started = Instant::now();
+    let what = if want { "the pod Ready" } else { "the pod not Ready" };
+    poll::until(what, WITHIN, || async {
+        let st = c.get_pod(node, POD_READY).await?;
+        Ok((pod_ready(&st) == want).then_some(()))
+    })
+    .await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn readiness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
+    let p = wait_running(c, node, POD_READY).await?;
+    if pod_ready(&p.status) {
+        return Err(CheckError::Fail(format!(
+            "Ready before its readiness probe ever passed: {}",
+            brief(only(&p.status)?)
+        )));
+    }
+    let ev = touch(c, &p, READY).await?;
+    let up = until_ready(c, node, true).await?;
+    let removed = in_container(c, &p, "c", &[Op::remove(READY)]).await?;
+    let down = until_ready(c, node, false).await?;
+    Ok(format!("not Ready at first\n{ev}\nReady after {up:.1} s\n{}\nnot Ready after {down:.1} s", removed.evidence))
+}
+
+async fn startup<C: Cluster>(c: &C, node: &str, spec: &testbed_api::PodSpec, created: &CreatedPods) -> CheckOutcome {
+    create_tracked(c, node, spec, created).await?;
+    // Watched from the creation on (not through `wait_running`: a container liveness kills may never be seen
+    // Running), for the hold once it runs.
+    let mut running_since: Option<Instant> = None;
+    let created_at = Instant::now();
+    let first = loop {
+        let st = c.get_pod(node, POD_START).await?;
+        let ct = only(&st)?.clone();
+        if created_at.elapsed() > WITHIN + STARTUP_HOLD {
+            return Err(CheckError::Fail(format!("the container never ran for {STARTUP_HOLD:?}: {}", brief(&ct))));
+        }
+        let since = *running_since.get_or_insert_with(Instant::now);
+        if running_pid(&ct).is_none() && ct.restart_count == 0 {
+            running_since = None;
+        }
+        if ct.restart_count > 0 || ct.started {
+            return Err(CheckError::Fail(format!(
+                "{:.1} s after its start, before its startup probe could pass, the container has {}",
+                since.elapsed().as_secs_f64(),
+                brief(&ct)
+            )));
+        }
+        if running_since.is_some_and(|t| t.elapsed() >= STARTUP_HOLD) {
+            break ct;
+        }
+        tokio::time::sleep(Duration::from_millis(if cfg!(test) { 50 } else { 250 })).await;
+    };
+    let p = wait_running(c, node, POD_START).await?;
+    let ev = touch(c, &p, STARTED).await?;
+    let last = Cell::new(None);
+    let started = poll::until("the startup probe passed", WITHIN, || async {
+        let st = c.get_pod(node, POD_START).await?;
+        let ct = only(&st)?.clone();
+        last.set(Some(brief(&ct)));
+        Ok(ct.started.then_some(ct))
+    })
+    .await
+    .map_err(|e| match e {
+        CheckError::Fail(m) => CheckError::Fail(format!("{m}: {}\n{ev}", last.take().unwrap_or_default())),
+        other => other,
+    })?;
+    if started.restart_count > 0 {
+        return Err(CheckError::Fail(format!("restarted before its startup probe passed: {}", brief(&started))));
+    }
+    Ok(format!(
+        "running, not started and never restarted for {:.1} s: {}\n{ev}\nthen: {}",
+        STARTUP_HOLD.as_secs_f64(),
+        brief(&first),
+        brief(&started)
+    ))
+}
