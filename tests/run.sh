@@ -10,9 +10,55 @@ cd "$(dirname "$0")/.."
 PATH="$PATH:$HOME/.cargo/bin"
 # Each step's start, in seconds since this script began: where CI's time goes (its budget is 45 minutes).
 step() { echo "tests/run.sh: ${SECONDS}s: $*" >&2; }
+as_root=()
 if [ "$(id -u)" -ne 0 ]; then
-  # Build as you; run the test binaries as root (network namespaces, taps and cgroups need it).
+  # Build as you; run the test binaries as root (network namespaces, taps and cgroups need it). sudo asks for
+  # a password here, in the foreground, once: the background steps below must not.
+  sudo -v
+  as_root=(sudo -n --preserve-env=TESTBED_CACHE_DIR)
   export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="sudo --preserve-env=TESTBED_AGENT,TESTBED_CACHE_DIR,CI,RUST_BACKTRACE"
+fi
+
+# Steps that need nothing the compiles make run in the background beside them (the machine has two cores and
+# a compile keeps them about 80% busy); each writes a log that is shown, and its exit checked, when it is
+# waited for. An early exit waits for them too rather than killing them: both mount /proc, /sys and /dev into
+# a root they are building, and only they know how to unmount it before anything is removed.
+background=()
+cleanup=":"
+trap 'for pid in "${background[@]}"; do wait "$pid" 2>/dev/null || true; done; eval "$cleanup"' EXIT
+start_background() { # log command...
+  local log="$1"
+  shift
+  "$@" >"$log" 2>&1 &
+  background+=("$!")
+}
+wait_background() { # what pid log
+  local rc=0
+  wait "$2" || rc=$?
+  cat "$3"
+  rm -f "$3"
+  [ "$rc" -eq 0 ] || echo "tests/run.sh: $1 failed (exit $rc)" >&2
+  return "$rc"
+}
+
+# The set-up path of a fresh machine of the project's kind: install.sh's package step in a clean Debian root
+# whose qemu-utils came from backports (about 130 s, mostly downloads and dpkg; needs the Debian mirror apt
+# already uses). Independent of the build, so it starts first and is waited for at the end.
+step "fresh-machine set-up (background)"
+fresh_log="$(mktemp /tmp/testbed-fresh-machine.XXXXXX)"
+start_background "$fresh_log" "${as_root[@]}" bash tests/setup_fresh_machine.sh
+fresh_pid="${background[-1]}"
+
+# On CI, compile without incremental data (nothing is rebuilt there, and writing it costs time) and build the
+# guest image from Debian packages into a fresh cache, as a new machine would; people running the tests keep
+# their incremental builds and their cached image.
+if [ "${CI:-}" = "true" ]; then
+  export CARGO_INCREMENTAL=0
+  if [ -z "${TESTBED_CACHE_DIR:-}" ]; then
+    TESTBED_CACHE_DIR="$(mktemp -d /var/tmp/testbed-ci-cache.XXXXXX)"
+    export TESTBED_CACHE_DIR
+    cleanup='rm -rf "$TESTBED_CACHE_DIR"'
+  fi
 fi
 
 # Lints first (workspace lints live in Cargo.toml): formatting, and clippy with warnings as errors, which also
@@ -21,28 +67,42 @@ step lints
 if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi
 if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets --locked -- -D warnings; fi
 
+step "test build"
+cargo test --workspace --locked --no-run
+
+# With a fresh cache, the guest image is built beside the static agent's compile rather than inside the first
+# VM test (about 80 s). The tests wait for it: the cache has no lock against two builds at once.
+image_pid=""
+if [ "${CI:-}" = "true" ]; then
+  step "guest image build (background)"
+  image_log="$(mktemp /tmp/testbed-image-build.XXXXXX)"
+  start_background "$image_log" "${as_root[@]}" target/debug/testbed image build
+  image_pid="${background[-1]}"
+fi
+
 # The agent runs inside the guests, which have no Rust runtime: a static glibc binary.
 step "static agent"
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked -p testbed-agent --target x86_64-unknown-linux-gnu
 export TESTBED_AGENT="$PWD/target/x86_64-unknown-linux-gnu/release/testbed-agent"
 
-# On CI, build the guest image from Debian packages into a fresh cache, as a new machine would; people
-# running the tests keep their cached image.
-if [ "${CI:-}" = "true" ] && [ -z "${TESTBED_CACHE_DIR:-}" ]; then
-  TESTBED_CACHE_DIR="$(mktemp -d /var/tmp/testbed-ci-cache.XXXXXX)"
-  export TESTBED_CACHE_DIR
-  trap 'rm -rf "$TESTBED_CACHE_DIR"' EXIT
+if [ -n "$image_pid" ]; then
+  step "guest image build (waiting)"
+  wait_background "the guest image build" "$image_pid" "$image_log"
 fi
 
-# VM tests share two cores: one test binary at a time, tests inside a binary one at a time.
-step "test build"
-cargo test --workspace --locked --no-run
+# VM tests share two cores: one test binary at a time, tests inside a binary one at a time. A failure is
+# reported once the fresh-machine step has been waited for too.
 step tests
-cargo test --workspace --locked --no-fail-fast -- --test-threads=1
+tests_rc=0
+rm -f target/tmp/conformance-time-*.txt
+cargo test --workspace --locked --no-fail-fast -- --test-threads=1 || tests_rc=$?
+# Where conformance_e2e's time went, per group and backend (it writes these even when it passes).
+cat target/tmp/conformance-time-*.txt 2>/dev/null || true
 
-# The set-up path of a fresh machine of the project's kind: install.sh's package step in a clean Debian root
-# whose qemu-utils came from backports (about 70 s; needs the Debian mirror apt already uses).
-step "fresh-machine set-up"
-if [ "$(id -u)" -ne 0 ]; then sudo bash tests/setup_fresh_machine.sh; else bash tests/setup_fresh_machine.sh; fi
+step "fresh-machine set-up (waiting)"
+fresh_rc=0
+wait_background "the fresh-machine set-up" "$fresh_pid" "$fresh_log" || fresh_rc=$?
 step done
+[ "$tests_rc" -eq 0 ] || exit "$tests_rc"
+exit "$fresh_rc"
