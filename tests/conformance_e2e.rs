@@ -128,7 +128,7 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, exp
     // The control plane's checks ran and passed on every lab (agents following the API included), the
     // controllers' where not skipped.
     let control_plane = checks.iter().filter(|c| c["group"] == "control-plane" && c["status"] == "pass").count();
-    assert_eq!(control_plane, 5, "[control-plane] checks that passed");
+    assert_eq!(control_plane, 6, "[control-plane] checks that passed");
     let controller = checks.iter().filter(|c| c["group"] == "controller" && c["status"] == "pass").count();
     assert_eq!(controller, controller_passes, "[controller] checks that passed");
     for (group, want) in [("container", container_passes), ("probe", probe_passes)] {

@@ -84,8 +84,8 @@ pub struct Loop {
     /// The API pods bound here, as last listed or watched.
     pods: BTreeMap<PodKey, Pod>,
     blocked: HashMap<PodKey, String>,
-    /// The status last written per pod (uid, status).
-    written: HashMap<PodKey, (String, PodStatus)>,
+    /// The status last written per pod.
+    written: HashMap<PodKey, Written>,
     /// The Node status last written, and when (a new session writes it at once).
     node_status: Option<NodeStatus>,
     node_written: Option<Instant>,
@@ -98,6 +98,26 @@ pub struct Loop {
     /// Mirror pods whose create or delete failed, with the error, so each is logged once.
     mirror_errors: HashMap<PodKey, String>,
     reached: bool,
+}
+
+/// A pod status this agent wrote, and the version of the pod its write made.
+struct Written {
+    uid: String,
+    resource_version: Option<String>,
+    status: PodStatus,
+}
+
+/// The status a new one is compared with: the API's when someone else wrote the pod after this agent did
+/// (the node lifecycle controller marks the pods of a node it lost touch with not Ready; the kubelet's status
+/// manager likewise sets its own status again when the API's differs), else the one last written, which
+/// the watch may not have delivered yet.
+fn reference_status<'a>(pod: &'a Pod, written: Option<&'a Written>) -> Option<&'a PodStatus> {
+    let Some(w) = written else { return pod.status.as_ref() };
+    let version = |v: Option<&String>| v.and_then(|v| v.parse::<u64>().ok());
+    match (version(pod.metadata.resource_version.as_ref()), version(w.resource_version.as_ref())) {
+        (Some(api), Some(ours)) if api <= ours => Some(&w.status),
+        _ => pod.status.as_ref(),
+    }
 }
 
 impl Loop {
@@ -159,7 +179,15 @@ impl Loop {
                     self.reconcile();
                 }
                 change = nodes.next() => match change {
-                    Some(Ok(change)) => self.apply_lease(change),
+                    Some(Ok(change)) => {
+                        // Renewed with it: the controller times the Lease, not the status.
+                        if self.apply_nodes(change) {
+                            self.renew_lease().await?;
+                            renewed = Instant::now();
+                            self.node_written = None;
+                            self.node_heartbeat().await?;
+                        }
+                    }
                     Some(Err(e)) => return Err(e),
                     None => return Err(ClientError::Unreachable("the node watch ended".into())),
                 },
@@ -212,16 +240,26 @@ impl Loop {
     }
 
     /// Keeps every Node's lease and publishes them when one changed (a Node's status heartbeat is none).
-    fn apply_lease(&mut self, change: Change<Node>) {
+    /// Answers whether this node's Ready condition in the API is not the one last written here: the node
+    /// lifecycle controller sets it Unknown when the Lease went unrenewed for its grace period (a loaded
+    /// guest, a slow API), and the kubelet then writes its own status again at once rather than at the next
+    /// `NODE_STATUS_PERIOD`, before the eviction timeout takes the node's pods.
+    fn apply_nodes(&mut self, change: Change<Node>) -> bool {
         let own = |n: &Node| {
             (n.metadata.name == self.f.node)
                 .then(|| NodeRef { name: n.metadata.name.clone(), uid: n.metadata.uid.clone().unwrap_or_default() })
         };
+        let mut overwritten = false;
         match &change {
-            Change::Listed(nodes) => self.node_ref = nodes.iter().find_map(own),
+            Change::Listed(nodes) => {
+                self.node_ref = nodes.iter().find_map(own);
+                let me = nodes.iter().find(|n| own(n).is_some());
+                overwritten = me.is_some_and(|n| self.ready_overwritten(n));
+            }
             Change::Event(WatchEvent::Added(n) | WatchEvent::Modified(n)) => {
                 if let Some(me) = own(n) {
                     self.node_ref = Some(me);
+                    overwritten = self.ready_overwritten(n);
                 }
             }
             Change::Event(WatchEvent::Deleted(n)) => {
@@ -246,6 +284,13 @@ impl Loop {
             self.f.subnets.publish(leases.clone());
             self.leases = Some(leases);
         }
+        overwritten
+    }
+
+    /// Whether the API's Ready condition of this node differs from the one this session last wrote.
+    fn ready_overwritten(&self, api: &Node) -> bool {
+        let Some(written) = self.node_status.as_ref().filter(|_| self.node_written.is_some()) else { return false };
+        node::ready(api.status.as_ref()) != node::ready(Some(written))
     }
 
     /// Decides and starts the creates and deletes that bring the node to the API's pods.
@@ -339,7 +384,7 @@ impl Loop {
                 (None, Some(m)) => Some(Note::Blocked(m.clone())),
                 (None, None) => None,
             };
-            let prev = self.written.get(key).filter(|(u, _)| *u == uid).map(|(_, s)| s).or(pod.status.as_ref());
+            let prev = reference_status(pod, self.written.get(key).filter(|w| w.uid == uid));
             let Some(new) = status::compute(pod, on_node, note.as_ref(), self.host_ip.as_deref(), prev, &now) else {
                 continue;
             };
@@ -358,8 +403,9 @@ impl Loop {
             .await;
         for (key, uid, new, result) in results {
             match result {
-                Ok(_) => {
-                    self.written.insert(key, (uid, new));
+                Ok(pod) => {
+                    let resource_version = pod.metadata.resource_version;
+                    self.written.insert(key, Written { uid, resource_version, status: new });
                 }
                 // Deleted meanwhile: the watch tells.
                 Err(e) if e.is_not_found() => {}
@@ -447,5 +493,36 @@ impl Loop {
             self.node_written = Some(Instant::now());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use testbed_api::objects::{Pod, PodStatus};
+
+    use super::{reference_status, Written};
+
+    fn pod(version: &str, ip: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.resource_version = Some(version.into());
+        pod.status = Some(PodStatus { pod_ip: Some(ip.into()), ..PodStatus::default() });
+        pod
+    }
+
+    #[test]
+    fn a_status_someone_else_wrote_after_ours_is_the_reference_and_a_lagging_watch_is_not() {
+        let ours = Written {
+            uid: "u".into(),
+            resource_version: Some("7".into()),
+            status: PodStatus { pod_ip: Some("ours".into()), ..PodStatus::default() },
+        };
+        let ip = |p: Option<&PodStatus>| p.and_then(|s| s.pod_ip.clone());
+        // The watch has not delivered our write yet: compare with what we wrote.
+        assert_eq!(ip(reference_status(&pod("6", "old"), Some(&ours))).as_deref(), Some("ours"));
+        assert_eq!(ip(reference_status(&pod("7", "ours"), Some(&ours))).as_deref(), Some("ours"));
+        // Written after us (the node lifecycle controller): the API's status, so ours is written again.
+        assert_eq!(ip(reference_status(&pod("9", "theirs"), Some(&ours))).as_deref(), Some("theirs"));
+        assert_eq!(ip(reference_status(&pod("x", "theirs"), Some(&ours))).as_deref(), Some("theirs"));
+        assert_eq!(ip(reference_status(&pod("3", "old"), None)).as_deref(), Some("old"));
     }
 }

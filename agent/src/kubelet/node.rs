@@ -117,6 +117,11 @@ pub fn status_of(view: &NodeView<'_>, machine: &Machine, prev: Option<&NodeStatu
     }
 }
 
+/// The status of a node's Ready condition.
+pub fn ready(status: Option<&NodeStatus>) -> Option<&str> {
+    status?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+}
+
 /// Whether two statuses differ in more than the heartbeat.
 pub fn changed(a: &NodeStatus, b: &NodeStatus) -> bool {
     let strip = |s: &NodeStatus| {

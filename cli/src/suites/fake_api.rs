@@ -34,6 +34,9 @@ pub struct KubeletFaults {
     pub stale_leases: bool,
     /// No controller manager runs (a control plane whose control loops are down).
     pub no_controllers: bool,
+    /// A Ready condition another writer changed is left so (an agent that writes status only when its own
+    /// view changes).
+    pub keeps_overwritten_status: bool,
 }
 
 /// Starts the API server and the kubelet; returns a client of the server.
@@ -74,7 +77,7 @@ pub async fn start(nodes: Vec<NodeInfo>, faults: KubeletFaults, pods: ApiPods) -
         tokio::spawn(testbed_control_plane::controllers::manager::run(ctx, timing, std::future::pending()));
     }
     if !faults.ignores_pods {
-        tokio::spawn(run_pods(client.clone(), nodes, pods));
+        tokio::spawn(run_pods(client.clone(), nodes, pods, faults.keeps_overwritten_status));
     }
     Ok(client)
 }
@@ -124,10 +127,13 @@ async fn register(client: &Client, nodes: &[NodeInfo], faults: KubeletFaults) ->
 
 /// Polls the pods: a new one bound to a node is "started" (status Running, an IP of the node's subnet); one
 /// deleted from the API leaves the node.
-async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
+async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods, keeps_overwritten: bool) {
     let api: Api<Pod> = Api::all(client.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        if !keeps_overwritten {
+            restore_nodes(&client).await;
+        }
         let Ok(list) = api.list(&ListParams::default()).await else { continue };
         let mut seen = Vec::new();
         for pod in list.items {
@@ -147,9 +153,6 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
             let node_pod = testbed_api::objects::node_pod_name(&ns, &name);
             seen.push(node_pod.clone());
             let Some(info) = nodes.iter().find(|n| n.name == node) else { continue };
-            if running.lock().map(|r| r.contains_key(&node_pod)).unwrap_or(true) {
-                continue;
-            }
             let ip = info.pod_subnet.hosts().nth(200).unwrap_or(info.pod_subnet.addr());
             // A container whose program does not exist never starts and is never Ready, as on a node.
             let crashing = pod
@@ -159,6 +162,10 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
                 .and_then(|c| c.command.as_ref())
                 .is_some_and(|c| c.first().is_some_and(|p| p == super::conformance::NEVER_STARTS));
             let ready = if crashing { "False" } else { "True" };
+            let started = running.lock().map(|r| r.contains_key(&node_pod)).unwrap_or(true);
+            if started && (keeps_overwritten || ready_condition(pod.status.as_ref()) == Some(ready)) {
+                continue;
+            }
             let status = serde_json::json!({"status": {
                 "phase": "Running", "podIP": ip.to_string(),
                 "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": Timestamp::now().to_string()}],
@@ -175,5 +182,25 @@ async fn run_pods(client: Client, nodes: Vec<NodeInfo>, running: ApiPods) {
         if let Ok(mut r) = running.lock() {
             r.retain(|name, _| seen.contains(name));
         }
+    }
+}
+
+/// The status of the pod's Ready condition.
+fn ready_condition(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> Option<&str> {
+    status?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+}
+
+/// Sets every node's Ready condition True again where another writer changed it, as agents do.
+async fn restore_nodes(client: &Client) {
+    let api: Api<Node> = Api::all(client.clone());
+    let Ok(list) = api.list(&ListParams::default()).await else { return };
+    for node in list.items {
+        let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+        if conditions.into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True") {
+            continue;
+        }
+        let ready = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let name = node.metadata.name.unwrap_or_default();
+        let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(ready)).await;
     }
 }

@@ -625,7 +625,10 @@ async fn perf_flags_a_disturbed_host_and_a_wide_interval() {
     assert!(r.measurements.iter().all(|m| m.flags.contains(&PerfFlag::WideInterval)));
 }
 
-const API_POD: &str = "[control-plane] a pod created through the API on node2 runs there and leaves when deleted";
+const API_POD: &str = "[control-plane] a pod created through the API on node2 runs there, is set Ready again after \
+                       another writer marked it not Ready, and leaves when deleted";
+const NODE_RESTORED: &str =
+    "[control-plane] node2's Ready condition, set Unknown by another writer, is set True again by its agent";
 const NODES_READY: &str = "[control-plane] every node is registered and Ready, with a Lease renewed within 40 s";
 
 #[tokio::test]
@@ -633,7 +636,7 @@ async fn the_control_plane_checks_pass_on_a_healthy_api_and_fail_when_agents_sto
     let healthy = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
     let r = run(&healthy, &[Backend::Vxlan], Some("[control-plane]")).await;
     assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
-    assert_eq!(r.checks.iter().filter(|c| c.group == "control-plane").count(), 5, "{:#?}", r.checks);
+    assert_eq!(r.checks.iter().filter(|c| c.group == "control-plane").count(), 6, "{:#?}", r.checks);
 
     let kubelet = super::fake_api::KubeletFaults { ignores_pods: true, ..Default::default() };
     let ignoring = FakeCluster::new(plan(2, Backend::Vxlan), Faults { kubelet, ..Faults::default() });
@@ -648,6 +651,15 @@ async fn the_control_plane_checks_pass_on_a_healthy_api_and_fail_when_agents_sto
     let (status, msg) = check(&r, NODES_READY);
     assert_eq!(status, CheckStatus::Fail, "{msg}");
     assert!(msg.contains("node1: its Lease was last renewed 120 s ago"), "{msg}");
+
+    let kubelet = super::fake_api::KubeletFaults { keeps_overwritten_status: true, ..Default::default() };
+    let keeping = FakeCluster::new(plan(2, Backend::Vxlan), Faults { kubelet, ..Faults::default() });
+    let r = run(&keeping, &[Backend::Vxlan], Some("[control-plane]")).await;
+    for (name, word) in [(NODE_RESTORED, "is not True 3 s later"), (API_POD, "is still not Ready 3 s later")] {
+        let (status, msg) = check(&r, name);
+        assert_eq!(status, CheckStatus::Fail, "{name}: {msg}");
+        assert!(msg.contains(word), "{name}: {msg}");
+    }
 }
 
 const ROLLING: &str =

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::Client;
 
 use super::super::cluster::{nodes_of, Cluster, NodeInfo};
@@ -22,6 +22,9 @@ const NAMESPACE: &str = "testbed-conformance";
 /// How long an agent may take to run a pod created through the API, or to remove one deleted there (the
 /// unit tests' fake kubelet answers within milliseconds, so their failing cases need not wait 90 s).
 const POD_DEADLINE: Duration = Duration::from_secs(if cfg!(test) { 3 } else { 90 });
+/// How long an agent may take to write a Ready condition again after another writer changed it: it sees
+/// the change by watch and writes at once (the kubelet's status manager reconciles within 10 s).
+const RESTORE_DEADLINE: Duration = Duration::from_secs(if cfg!(test) { 3 } else { 20 });
 /// A node Lease older than this is not being renewed (Kubernetes' default node-monitor grace period).
 const LEASE_GRACE_SECS: i64 = 40;
 
@@ -54,7 +57,14 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
     r.run(GROUP, None, names[2], e, watch_resume(&client)).await;
     r.run(GROUP, None, names[3], e, nodes_registered(&client, &nodes_of(c.plan()))).await;
     if let Some(node) = nodes_of(c.plan()).last() {
-        let name = format!("a pod created through the API on {} runs there and leaves when deleted", node.name);
+        let name =
+            format!("{}'s Ready condition, set Unknown by another writer, is set True again by its agent", node.name);
+        r.run(GROUP, None, &name, e, node_ready_restored(&client, &node.name)).await;
+        let name = format!(
+            "a pod created through the API on {} runs there, is set Ready again after another writer marked it \
+             not Ready, and leaves when deleted",
+            node.name
+        );
         r.run(GROUP, None, &name, e, api_pod(c, &client, node)).await;
     }
 }
@@ -292,6 +302,7 @@ async fn running_then_gone<C: Cluster>(c: &C, api: &Api<Pod>, node: &NodeInfo, n
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let ran = started.elapsed();
+    let restored = pod_ready_restored(api, name).await?;
     let node_pod = testbed_api::objects::node_pod_name(NAMESPACE, name);
     let on_node =
         c.get_pod(&node.name, &node_pod).await.map_err(|e| CheckError::Fail(format!("the API says Running: {e}")))?;
@@ -313,9 +324,84 @@ async fn running_then_gone<C: Cluster>(c: &C, api: &Api<Pod>, node: &NodeInfo, n
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(format!(
-        "Running on {} with {ip} after {:.1} s; gone from the node {:.1} s after the API deletion",
+        "Running on {} with {ip} after {:.1} s; Ready again {:.1} s after it was marked not Ready; gone from the \
+         node {:.1} s after the API deletion",
         node.name,
         ran.as_secs_f64(),
+        restored.as_secs_f64(),
         deleted.elapsed().as_secs_f64()
     ))
+}
+
+/// Whether a list of conditions holds `type_` with `status`.
+fn has_condition<'a>(mut conditions: impl Iterator<Item = (&'a str, &'a str)>, type_: &str, status: &str) -> bool {
+    conditions.any(|(t, s)| t == type_ && s == status)
+}
+
+/// Marks a Ready pod not Ready as the node lifecycle controller does when it loses touch with a node, and
+/// answers how long its agent took to set it Ready again.
+async fn pod_ready_restored(api: &Api<Pod>, name: &str) -> Result<Duration, CheckError> {
+    let ready = |p: &Pod| {
+        let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+        has_condition(conditions.into_iter().flatten().map(|c| (c.type_.as_str(), c.status.as_str())), "Ready", "True")
+    };
+    let started = tokio::time::Instant::now();
+    while !ready(&api.get(name).await.map_err(api_err("get pod"))?) {
+        if started.elapsed() > POD_DEADLINE {
+            return Err(CheckError::Fail(format!(
+                "pod {name} is Running but not Ready after {} s",
+                POD_DEADLINE.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let not_ready = serde_json::json!({"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": Timestamp::now().to_string()},
+    ]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(not_ready))
+        .await
+        .map_err(api_err("mark not Ready"))?;
+    let marked = tokio::time::Instant::now();
+    while !ready(&api.get(name).await.map_err(api_err("get pod"))?) {
+        if marked.elapsed() > RESTORE_DEADLINE {
+            return Err(CheckError::Fail(format!(
+                "pod {name} marked not Ready by another writer is still not Ready {} s later: its agent does not \
+                 write its status again",
+                RESTORE_DEADLINE.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(marked.elapsed())
+}
+
+/// Sets the node's Ready condition Unknown as the node lifecycle controller does when the node's Lease goes
+/// unrenewed, and waits for its agent to set it True again.
+async fn node_ready_restored(client: &Client, node: &str) -> CheckOutcome {
+    let api: Api<Node> = Api::all(client.clone());
+    let ready = |n: &Node| {
+        let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
+        has_condition(conditions.into_iter().flatten().map(|c| (c.type_.as_str(), c.status.as_str())), "Ready", "True")
+    };
+    if !ready(&api.get(node).await.map_err(api_err("get node"))?) {
+        return Err(CheckError::Fail(format!("{node} is not Ready to begin with")));
+    }
+    let unknown = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+        "message": "Kubelet stopped posting node status.", "lastTransitionTime": Timestamp::now().to_string(),
+    }]}});
+    api.patch_status(node, &PatchParams::default(), &Patch::Merge(unknown)).await.map_err(api_err("mark Unknown"))?;
+    let marked = tokio::time::Instant::now();
+    while !ready(&api.get(node).await.map_err(api_err("get node"))?) {
+        if marked.elapsed() > RESTORE_DEADLINE {
+            return Err(CheckError::Fail(format!(
+                "{node}'s Ready condition set Unknown by another writer is not True {} s later: its agent does not \
+                 write the node's status again (the node would be NotReady until its next periodic write, and its \
+                 pods evicted meanwhile)",
+                RESTORE_DEADLINE.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(format!("{node} Ready again {:.1} s after another writer set it Unknown", marked.elapsed().as_secs_f64()))
 }
