@@ -1,7 +1,9 @@
 //! End to end for a node that dies on real QEMU VMs with the real kubectl: three control-plane members, the
 //! controller manager's leader on a chosen node (node1 by default: the forwarder's first member, the hardest
 //! case; `TESTBED_ND_LEADER=node2|node3` for the others); its QEMU killed; another member takes over,
-//! the node turns NotReady, its pod is evicted and replaced, and `up` boots it again without the pod. Needs
+//! the node turns NotReady, its pod is evicted and replaced, and `up` boots it again without the pod; its
+//! etcd member serves the quorum again, etcd takes no client without the lab's certificate, the API server
+//! moves to the other members when its own node's stops, and two members down refuse writes. Needs
 //! root, QEMU and kubectl: skipped without them, except under CI (`CI=true`), where that is a failure.
 
 use std::path::Path;
@@ -259,8 +261,46 @@ fn a_dead_leaders_node_is_noticed_and_its_pods_replaced() {
     let (_, write_s) =
         written.unwrap_or_else(|| panic!("(d) no write with {other}'s etcd down: {leader}'s member is not back"));
     eprintln!("(d) a write with {other}'s etcd stopped went through {write_s:.1} s later: {leader}'s member is back");
+
+    // (e) etcd's client port answers no client without the lab's certificate (probed from the third member,
+    // on the underlay, as a pod would).
+    let third = MEMBERS.into_iter().find(|n| *n != leader && *n != other).expect("a third member");
+    let text = lab.exec(third, ETCD_PROBE);
+    eprintln!("(e) etcd probe from {third}:\n{text}");
+    // The port was there (found in etcd's command, not refused) and took no request without a certificate.
+    let reached = text.contains(":2379\n") && !text.contains("refused");
+    assert!(reached && text.contains("plain: ") && text.contains("tls-rc=1"), "(e) probe of etcd: {text}");
+    assert!(!text.contains("\"header\""), "(e) etcd answered a client without a certificate: {text}");
+
+    // (f) The API server the forwarder uses first (node1's) keeps taking writes when its own node's etcd member
+    // stops: it moves to the other members. `other`'s member runs again first.
+    lab.start_service(other, "etcd");
+    lab.stop_service("node1", "etcd", "KILL");
+    let moved = Instant::now();
+    let moved_lease = lease.replace("name: first", "name: while-node1-down");
+    let written = poll(moved, Duration::from_secs(60), || {
+        let out = kubectl.run(&["create", "-f", "-"], Some(&moved_lease));
+        (out.status.success() || String::from_utf8_lossy(&out.stderr).contains("already exists")).then_some(())
+    });
+    let (_, moved_s) = written.unwrap_or_else(|| panic!("(f) no write with node1's etcd member stopped"));
+    eprintln!("(f) a write with node1's etcd stopped went through {moved_s:.1} s later");
+
+    // (g) Control of (d) and (f): with two of the three members down there is no quorum, and a write fails.
+    let second = MEMBERS.into_iter().find(|n| *n != "node1").expect("a second member");
+    lab.stop_service(second, "etcd", "KILL");
+    let refused = kubectl.run(&["create", "-f", "-"], Some(&lease.replace("name: first", "name: without-quorum")));
+    assert!(!refused.status.success(), "(g) a write went through with two of three etcd members down: {refused:?}");
+    eprintln!("(g) with node1's and {second}'s etcd stopped, a write was refused");
     eprintln!("node-death test: {:.1} s in all", test_started.elapsed().as_secs_f64());
 }
+
+/// From a node, on the underlay: its etcd member's client port, plain and with TLS but no client certificate.
+const ETCD_PROBE: &str = r#"url=$(sed -n 's/.*--listen-client-urls https:\/\/\([^ ]*\).*/\1/p' /etc/testbed/etcd.cmd)
+body='{"key":"Lw==","range_end":"AA=="}'
+echo "url=$url"
+echo "plain: $(printf 'POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: 33\r\n\r\n%s' "$body" | busybox nc -w 5 "${url%:*}" "${url#*:}")"
+busybox wget -q -O- --no-check-certificate --post-data "$body" "https://$url/v3/kv/range" 2>&1
+echo "tls-rc=$?""#;
 
 /// The frozen-node test's lab: `default.yaml` (node1 the control plane, node2 a worker) with the short node
 /// lifecycle times, and its Deployment of two `sleep` pods, one per node.
