@@ -13,9 +13,6 @@ use crate::ui::Task;
 /// channel). Generous: under TCG a cross-node iperf3 with retries takes tens of seconds.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A check's work, boxed so that checks of different kinds can run together (`Runner::run_together`).
-pub type BoxedCheck<'a> = std::pin::Pin<Box<dyn Future<Output = CheckOutcome> + 'a>>;
-
 /// Why a check did not pass.
 #[derive(Debug, Clone)]
 pub enum CheckError {
@@ -137,40 +134,6 @@ impl Runner {
             Err(_) => Err(CheckError::Infra(format!("check did not finish within {} s", self.timeout.as_secs()))),
         };
         Some(self.push(group, backend, full, level, outcome, started.elapsed()))
-    }
-
-    /// Runs the selected checks of `checks` at once (each timed on its own) and records them in the given
-    /// order. For checks that mostly wait on others (controllers, kubelets) and touch nothing the others do.
-    /// Each may take twice the check timeout: they share the nodes, and eight rollouts at once on a TCG lab
-    /// took 2-3x as long each as alone (the timeout is for a hung check, not a slow one).
-    pub async fn run_together<'a>(
-        &mut self,
-        group: &str,
-        backend: Option<Backend>,
-        level: Level,
-        checks: Vec<(&str, BoxedCheck<'a>)>,
-    ) {
-        let selected: Vec<_> =
-            checks.into_iter().filter(|(name, _)| self.selected(&Self::full_name(group, backend, name))).collect();
-        if selected.is_empty() {
-            return;
-        }
-        self.stage(&format!("[{group}] {} checks at once", selected.len()));
-        let timeout = self.timeout * 2;
-        let (names, futures): (Vec<&str>, Vec<_>) = selected.into_iter().unzip();
-        let outcomes = futures::future::join_all(futures.into_iter().map(|check| async move {
-            let started = Instant::now();
-            let outcome = match tokio::time::timeout(timeout, check).await {
-                Ok(o) => o,
-                Err(_) => Err(CheckError::Infra(format!("check did not finish within {} s", timeout.as_secs()))),
-            };
-            (outcome, started.elapsed())
-        }))
-        .await;
-        for (name, (outcome, took)) in names.into_iter().zip(outcomes) {
-            let full = Self::full_name(group, backend, name);
-            self.push(group, backend, full, level, outcome, took);
-        }
     }
 
     /// Records a check whose work already ran elsewhere (the perf suite measures its figures in interleaved

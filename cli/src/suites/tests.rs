@@ -650,7 +650,9 @@ async fn the_control_plane_checks_pass_on_a_healthy_api_and_fail_when_agents_sto
     let r = run(&stale, &[Backend::Vxlan], Some(NODES_READY)).await;
     let (status, msg) = check(&r, NODES_READY);
     assert_eq!(status, CheckStatus::Fail, "{msg}");
-    assert!(msg.contains("node1: its Lease was last renewed 120 s ago"), "{msg}");
+    // Renewed 120 s before the fake registered it, and the check runs a moment later (more on a busy host).
+    let age = msg.split("node1: its Lease was last renewed ").nth(1).and_then(|rest| rest.split(' ').next());
+    assert!(age.and_then(|a| a.parse::<u64>().ok()).is_some_and(|a| (120..180).contains(&a)), "{msg}");
 
     let kubelet = super::fake_api::KubeletFaults { keeps_overwritten_status: true, ..Default::default() };
     let keeping = FakeCluster::new(plan(2, Backend::Vxlan), Faults { kubelet, ..Faults::default() });

@@ -22,7 +22,7 @@ use kube::Client;
 use testbed_api::results::CheckStatus;
 
 use super::super::cluster::{nodes_of, Cluster};
-use super::super::runner::{BoxedCheck, CheckError, CheckOutcome, Level, Runner};
+use super::super::runner::{CheckError, CheckOutcome, Level, Runner};
 pub(super) use super::control_plane::api_err;
 
 const GROUP: &str = "controller";
@@ -52,20 +52,15 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
         return;
     }
     let nodes = nodes_of(c.plan()).len().max(1) as i32;
-    // At once: each check has a Deployment of its own name and looks at its pods only, and nearly all of
-    // each one's time is waiting for the controllers and kubelets (on a quiet TCG lab the eight took 371 s
-    // one after another, the longest alone 84 s; docs/benchmarks.md, "CI").
-    let checks: Vec<(&str, BoxedCheck<'_>)> = vec![
-        (names[0], Box::pin(spread(&client, 2 * nodes, nodes as usize))),
-        (names[1], Box::pin(scale(&client, nodes))),
-        (names[2], Box::pin(replaced(&client))),
-        (names[3], Box::pin(rollout::rolling_bounds(&client))),
-        (names[4], Box::pin(rollout::stuck(c, &client))),
-        (names[5], Box::pin(rollout::undo(&client))),
-        (names[6], Box::pin(rollout::history_limit(&client))),
-        (names[7], Box::pin(rollout::pause_resume(&client))),
-    ];
-    r.run_together(GROUP, None, Level::Error, checks).await;
+    let e = Level::Error;
+    r.run(GROUP, None, names[0], e, spread(&client, 2 * nodes, nodes as usize)).await;
+    r.run(GROUP, None, names[1], e, scale(&client, nodes)).await;
+    r.run(GROUP, None, names[2], e, replaced(&client)).await;
+    r.run(GROUP, None, names[3], e, rollout::rolling_bounds(&client)).await;
+    r.run(GROUP, None, names[4], e, rollout::stuck(c, &client)).await;
+    r.run(GROUP, None, names[5], e, rollout::undo(&client)).await;
+    r.run(GROUP, None, names[6], e, rollout::history_limit(&client)).await;
+    r.run(GROUP, None, names[7], e, rollout::pause_resume(&client)).await;
     let _ = Api::<Namespace>::all(client).delete(NAMESPACE, &DeleteParams::default()).await;
 }
 
