@@ -104,6 +104,12 @@ pub(super) fn is_ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether the API says the node is Ready.
+fn node_is_ready(n: &Node) -> bool {
+    let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// A pod the groups make through the API: bound to `node` from the start (no scheduler in the way), never
 /// restarted, and stopped within a second when deleted.
 pub(super) fn pinned(metadata: ObjectMeta, node: &str, containers: Vec<Container>) -> Pod {
@@ -237,8 +243,8 @@ async fn nodes_registered(client: &Client, nodes: &[NodeInfo]) -> CheckOutcome {
             problems.push(format!("{}: no Node object", n.name));
             continue;
         };
+        let ready = node_is_ready(&node);
         let status = node.status.unwrap_or_default();
-        let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
         let ip = status.addresses.iter().flatten().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone());
         let cidr = node.spec.and_then(|s| s.pod_cidr);
         if !ready {
@@ -333,20 +339,11 @@ async fn running_then_gone<C: Cluster>(c: &C, api: &Api<Pod>, node: &NodeInfo, n
     ))
 }
 
-/// Whether a list of conditions holds `type_` with `status`.
-fn has_condition<'a>(mut conditions: impl Iterator<Item = (&'a str, &'a str)>, type_: &str, status: &str) -> bool {
-    conditions.any(|(t, s)| t == type_ && s == status)
-}
-
 /// Marks a Ready pod not Ready as the node lifecycle controller does when it loses touch with a node, and
 /// answers how long its agent took to set it Ready again.
 async fn pod_ready_restored(api: &Api<Pod>, name: &str) -> Result<Duration, CheckError> {
-    let ready = |p: &Pod| {
-        let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
-        has_condition(conditions.into_iter().flatten().map(|c| (c.type_.as_str(), c.status.as_str())), "Ready", "True")
-    };
     let started = tokio::time::Instant::now();
-    while !ready(&api.get(name).await.map_err(api_err("get pod"))?) {
+    while !is_ready(&api.get(name).await.map_err(api_err("get pod"))?) {
         if started.elapsed() > POD_DEADLINE {
             return Err(CheckError::Fail(format!(
                 "pod {name} is Running but not Ready after {} s",
@@ -362,7 +359,7 @@ async fn pod_ready_restored(api: &Api<Pod>, name: &str) -> Result<Duration, Chec
         .await
         .map_err(api_err("mark not Ready"))?;
     let marked = tokio::time::Instant::now();
-    while !ready(&api.get(name).await.map_err(api_err("get pod"))?) {
+    while !is_ready(&api.get(name).await.map_err(api_err("get pod"))?) {
         if marked.elapsed() > RESTORE_DEADLINE {
             return Err(CheckError::Fail(format!(
                 "pod {name} marked not Ready by another writer is still not Ready {} s later: its agent does not \
@@ -379,11 +376,7 @@ async fn pod_ready_restored(api: &Api<Pod>, name: &str) -> Result<Duration, Chec
 /// unrenewed, and waits for its agent to set it True again.
 async fn node_ready_restored(client: &Client, node: &str) -> CheckOutcome {
     let api: Api<Node> = Api::all(client.clone());
-    let ready = |n: &Node| {
-        let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
-        has_condition(conditions.into_iter().flatten().map(|c| (c.type_.as_str(), c.status.as_str())), "Ready", "True")
-    };
-    if !ready(&api.get(node).await.map_err(api_err("get node"))?) {
+    if !node_is_ready(&api.get(node).await.map_err(api_err("get node"))?) {
         return Err(CheckError::Fail(format!("{node} is not Ready to begin with")));
     }
     let unknown = serde_json::json!({"status": {"conditions": [{
@@ -392,7 +385,7 @@ async fn node_ready_restored(client: &Client, node: &str) -> CheckOutcome {
     }]}});
     api.patch_status(node, &PatchParams::default(), &Patch::Merge(unknown)).await.map_err(api_err("mark Unknown"))?;
     let marked = tokio::time::Instant::now();
-    while !ready(&api.get(node).await.map_err(api_err("get node"))?) {
+    while !node_is_ready(&api.get(node).await.map_err(api_err("get node"))?) {
         if marked.elapsed() > RESTORE_DEADLINE {
             return Err(CheckError::Fail(format!(
                 "{node}'s Ready condition set Unknown by another writer is not True {} s later: its agent does not \
