@@ -127,23 +127,41 @@ pub(crate) fn rmdir(path: &Path) -> Result<()> {
     }
 }
 
-/// How often and how long `remove_when_empty` retries a busy cgroup (50 x 20 ms = 1 s).
-const REMOVE_ATTEMPTS: u32 = 50;
+/// How often and how long `remove_when_empty` retries a busy cgroup (250 x 20 ms = 5 s), and every how many
+/// attempts it kills what is still inside. A 1 s budget was too short on a loaded one-vCPU TCG guest: a
+/// killed container's cgroup stayed busy about 4 s there, and its pod's DELETE failed (`[setup] test pods
+/// removed`) although the retry a second later removed it.
+const REMOVE_ATTEMPTS: u32 = 250;
 const REMOVE_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+const KILL_EVERY: u32 = 10;
 
-/// Removes `rel`, retrying for up to 1 s while it is busy: a cgroup stays busy until its last (just killed)
-/// process has been reaped. Waits with the async timer, so the agent's single runtime thread keeps serving
-/// the API, the supervisors and the reconcile meanwhile.
+/// Removes `rel`, retrying for up to 5 s while it is busy: a cgroup stays busy until its last (just killed)
+/// process has been reaped. Whatever is still a member every 200 ms is SIGKILLed: at teardown everything in
+/// a pod's cgroups is the pod's, including a process a restarting container forked after the kills before.
+/// Waits with the async timer, so the agent's single runtime thread keeps serving the API, the supervisors
+/// and the reconcile meanwhile.
 pub async fn remove_when_empty(cgroups: &dyn Cgroups, rel: &str) -> Result<()> {
     let mut attempt = 1;
     loop {
         match cgroups.remove(rel) {
             Err(CgroupError::Busy { .. }) if attempt < REMOVE_ATTEMPTS => {
+                if attempt % KILL_EVERY == 0 {
+                    kill_members(&cgroups.procs_files(rel));
+                }
                 attempt += 1;
                 tokio::time::sleep(REMOVE_RETRY).await;
             }
             other => return other,
         }
+    }
+}
+
+/// SIGKILLs every process listed in the first of `procs` (one cgroup's cgroup.procs, one per hierarchy); a
+/// listed PID is a live member of the cgroup, not a stranger's reused PID.
+pub fn kill_members(procs: &[PathBuf]) {
+    let Some(list) = procs.first().and_then(|f| std::fs::read_to_string(f).ok()) else { return };
+    for pid in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -171,6 +189,8 @@ mod tests {
     struct BusyCgroup {
         busy_for: u32,
         attempts: AtomicU32,
+        /// The cgroup.procs it answers, if any.
+        procs: Option<PathBuf>,
     }
 
     impl Cgroups for BusyCgroup {
@@ -184,7 +204,7 @@ mod tests {
             Ok(())
         }
         fn procs_files(&self, _: &str) -> Vec<PathBuf> {
-            vec![]
+            self.procs.iter().cloned().collect()
         }
         fn oom_kills(&self, _: &str) -> Result<u64> {
             Ok(0)
@@ -204,7 +224,7 @@ mod tests {
     /// tasks keep running while the removal waits.
     #[tokio::test(flavor = "current_thread")]
     async fn busy_cgroup_removal_does_not_block_the_runtime() {
-        let cg = Arc::new(BusyCgroup { busy_for: 10, attempts: AtomicU32::new(0) });
+        let cg = Arc::new(BusyCgroup { busy_for: 10, attempts: AtomicU32::new(0), procs: None });
         let ticks = Arc::new(AtomicU32::new(0));
         let ticker = {
             let ticks = ticks.clone();
@@ -224,12 +244,26 @@ mod tests {
         ticker.abort();
     }
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn removal_gives_up_on_a_cgroup_that_stays_busy() {
-        let cg = BusyCgroup { busy_for: u32::MAX, attempts: AtomicU32::new(0) };
+        let cg = BusyCgroup { busy_for: u32::MAX, attempts: AtomicU32::new(0), procs: None };
         let err = remove_when_empty(&cg, "pod-x").await.unwrap_err();
         assert!(matches!(err, CgroupError::Busy { .. }), "{err}");
         assert_eq!(cg.attempts.load(Ordering::SeqCst), REMOVE_ATTEMPTS);
+    }
+
+    /// A process still in the cgroup while it stays busy is killed (here a real `sleep`, listed in a fake
+    /// cgroup.procs), not waited out.
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_stays_inside_a_busy_cgroup_is_killed() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        std::fs::write(&procs, format!("{}\n", child.id())).unwrap();
+        let cg = BusyCgroup { busy_for: KILL_EVERY + 1, attempts: AtomicU32::new(0), procs: Some(procs) };
+        remove_when_empty(&cg, "pod-x").await.unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{status:?}");
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl Agent {
     /// parent-death signal: what is left in its cgroup once the launcher is stopped is killed here.
     fn kill_image_containers(&self, spec: &PodSpec) {
         for c in spec.containers.iter().filter(|c| c.image.is_some()) {
-            kill_members(&self.cgroups.procs_files(&container_cgroup(&spec.name, &c.name)));
+            crate::cgroups::kill_members(&self.cgroups.procs_files(&container_cgroup(&spec.name, &c.name)));
         }
     }
 
@@ -207,15 +207,6 @@ impl Agent {
         super::volumes::unmount_memory(&self.pod_dir(name), &record.spec);
         let _ = std::fs::remove_dir_all(self.pod_dir(name));
         leaks
-    }
-}
-
-/// SIGKILLs every process listed in the first of `procs` (one cgroup's cgroup.procs, one per hierarchy); a
-/// listed PID is a live member of the cgroup, not a stranger's reused PID.
-fn kill_members(procs: &[std::path::PathBuf]) {
-    let Some(list) = procs.first().and_then(|f| std::fs::read_to_string(f).ok()) else { return };
-    for pid in list.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
