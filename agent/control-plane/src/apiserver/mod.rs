@@ -173,6 +173,9 @@ async fn route<S: Store>(
     let Some(target) = Target::parse(group, version, rest)? else {
         return discovery::group_version(group, version).ok_or_else(not_found);
     };
+    if !body.is_empty() {
+        json_body(headers)?;
+    }
     let field_validation = query.get("fieldValidation").map(String::as_str);
     if target.subresource.as_deref() == Some("scale") {
         return server.scale(method, &target, headers, &body, field_validation).await;
@@ -238,6 +241,26 @@ fn method_not_allowed(method: &Method) -> ApiError {
 
 fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
+}
+
+/// Bodies are decoded as JSON only (every patch type the server takes is JSON too). kubectl's generator
+/// verbs (`kubectl create namespace`, `create deployment`, ...) send protobuf through client-go's typed
+/// clients, with no fallback; a 415 with what to do instead is better than a JSON parse error.
+fn json_body(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if media.is_empty() || media == "application/json" || media.ends_with("+json") || media.ends_with("+yaml") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedMediaType",
+        format!(
+            "the body is {media}: this API server decodes JSON only (no protobuf or CBOR); kubectl's generator \
+             verbs (`kubectl create namespace NAME`, `create deployment`, ...) send protobuf, so write the object \
+             with `kubectl create -f FILE` (or `... --dry-run=client -o json | kubectl create -f -`)"
+        ),
+    ))
 }
 
 fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {

@@ -1,10 +1,10 @@
 //! `metadata.generateName`: Kubernetes' alphabet, a retry when the generated name is taken, and 422 on
-//! `metadata.name` when neither is given.
+//! `metadata.name` when neither is given; a body in a media type the server does not decode.
 
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{pod, pods, server};
+use super::{pod, pods, request, server};
 
 #[tokio::test]
 async fn generate_name_completes_the_prefix_and_retries_a_taken_name() {
@@ -50,4 +50,20 @@ async fn neither_name_nor_generate_name_is_invalid() {
     obj["metadata"] = json!({"generateName": "Web-"});
     let err = s.create(&pods("default"), obj, None).await.expect_err("bad prefix");
     assert_eq!(err.details.as_ref().map(|d| d.causes[0].field.as_str()), Some("metadata.generateName"));
+}
+
+/// What `kubectl create namespace x` sends (protobuf, from client-go's typed client) is refused with 415 and
+/// what to do instead, and nothing is stored; the same object in JSON is created.
+#[tokio::test]
+async fn a_protobuf_body_is_unsupported_media_type_naming_the_way_around() {
+    let s = server().await;
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
+    let (code, status) =
+        request(&s, "POST", "/api/v1/namespaces", "application/vnd.kubernetes.protobuf", Some(ns.clone())).await;
+    assert_eq!((code, status["reason"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("UnsupportedMediaType")));
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("kubectl create -f")), "{status}");
+    let (code, _) = request(&s, "GET", "/api/v1/namespaces/x", "", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, _) = request(&s, "POST", "/api/v1/namespaces", "application/json; charset=utf-8", Some(ns)).await;
+    assert_eq!(code, StatusCode::CREATED);
 }
