@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
 use super::super::super::runner::CheckError;
+pub(super) use super::super::control_plane::is_ready;
 pub(super) use super::super::poll::until;
 use super::api_err;
 
@@ -46,12 +46,4 @@ pub(super) async fn rolled_out(api: &Api<Deployment>, name: &str, replicas: i32)
         }
         Err(e) => Err(e),
     }
-}
-
-/// The pod's Ready condition is True.
-pub(super) fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
