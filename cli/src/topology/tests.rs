@@ -689,7 +689,7 @@ fn every_bundled_topology_is_valid_and_small() {
         let checked = load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(labs.insert(checked.lab.clone()), "two bundled topologies share lab name {}", checked.lab);
         // One vCPU a node; a control-plane member may have two (docs/benchmarks.md, "A second vCPU for the
-        // control plane").
+        // control-plane node").
         for n in &checked.nodes {
             let most = if checked.cluster.control_plane.contains(&n.name) { 2 } else { 1 };
             assert!(n.memory_mib <= 512 && n.cpus <= most, "{}: keep bundled labs small", path.display());
