@@ -9,16 +9,24 @@
 //! CI. A libvirtd already listening on the system socket is used; else the test starts virtlogd and libvirtd and
 //! stops them (by PID) at the end. `TESTBED_E2E_VAGRANTFILE` runs another Vagrantfile (to show the checks
 //! failing against a faulty one). About 3 minutes under TCG.
+//!
+//! The second test does the same through testbed: `testbed up --provider vagrant` (after an `up` that must stop
+//! before making anything when vagrant is missing, and one refused for a topology the Vagrant lab cannot
+//! build), `status` names the provider, the whole conformance suite passes on the lab (vxlan), `down`
+//! leaves no domain, disk, seed or lab directory, and the host namespace is as before. The third: three nodes
+//! on one network, through testbed's hub (host-gw needs every node on one L2 segment), the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use testbed_test_support::host::is_root;
+use testbed_test_support::host::{is_root, KvmForLibvirt};
 use testbed_test_support::host_snapshot::HostSnapshot;
-use testbed_test_support::lab::{show, topology_copy, workspace_root};
+use testbed_test_support::lab::{ensure_agent, run_testbed, show, topology_copy, workspace_root, LabGuard};
 
 const LAB: &str = "e2e-vagrant";
+/// The lab `testbed up --provider vagrant` makes.
+const PROVIDER_LAB: &str = "e2e-vprov";
 const SYSTEM_SOCKET: &str = "/run/libvirt/libvirt-sock";
 
 /// True when vagrant, its libvirt plugin and libvirtd are installed and the test runs as root; otherwise prints
@@ -40,12 +48,16 @@ fn can_run_vagrant() -> bool {
     can
 }
 
-/// The daemons this test started (none when a libvirtd was already running); stopped by PID when dropped.
-struct Daemons(Vec<Child>);
+/// The daemons this test started (none when a libvirtd was already running), stopped by PID when dropped, and
+/// /dev/kvm's group for libvirt's QEMU user meanwhile.
+struct Daemons {
+    children: Vec<Child>,
+    _kvm: KvmForLibvirt,
+}
 
 impl Drop for Daemons {
     fn drop(&mut self) {
-        for child in self.0.iter_mut().rev() {
+        for child in self.children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -57,8 +69,9 @@ fn libvirtd_listening() -> bool {
 }
 
 fn start_libvirtd() -> Daemons {
+    let kvm = KvmForLibvirt::grant();
     if libvirtd_listening() {
-        return Daemons(Vec::new());
+        return Daemons { children: Vec::new(), _kvm: kvm };
     }
     let spawn = |p: &str| {
         Command::new(p)
@@ -67,7 +80,7 @@ fn start_libvirtd() -> Daemons {
             .spawn()
             .unwrap_or_else(|e| panic!("start {p}: {e}"))
     };
-    let daemons = Daemons(vec![spawn("virtlogd"), spawn("libvirtd")]);
+    let daemons = Daemons { children: vec![spawn("virtlogd"), spawn("libvirtd")], _kvm: kvm };
     let since = Instant::now();
     while !libvirtd_listening() {
         assert!(since.elapsed() < Duration::from_secs(30), "libvirtd does not listen on {SYSTEM_SOCKET} after 30 s");
@@ -186,4 +199,164 @@ fn vagrantfile_up_ssh_destroy_leaves_the_host_alone() {
     let seeds = Path::new("/var/lib/testbed/vagrant").join(LAB);
     assert!(!seeds.exists(), "{} remains", seeds.display());
     assert_same("after vagrant destroy", &HostSnapshot::take(), &before);
+}
+
+/// The lab's domains, disks and seeds that libvirt or the host still hold.
+fn residue(lab: &str) -> Vec<String> {
+    let prefix = format!("tbv-{lab}-");
+    let mut left: Vec<String> = virsh(&["list", "--all", "--name"])
+        .lines()
+        .chain(virsh(&["vol-list", "testbed"]).lines())
+        .map(str::trim)
+        .filter(|l| l.starts_with(&prefix))
+        .map(String::from)
+        .collect();
+    let seeds = Path::new("/var/lib/testbed/vagrant").join(lab);
+    if seeds.exists() {
+        left.push(seeds.display().to_string());
+    }
+    left
+}
+
+/// The conformance suite (only the checks `filter` names, when given) on the lab of `topology` with `backend`:
+/// it must pass; its checks.
+fn conformance_checks(
+    run: &dyn Fn(&[&str]) -> Output,
+    topology: &str,
+    backend: &str,
+    filter: Option<&str>,
+    out: &Path,
+) -> Vec<serde_json::Value> {
+    let dir = out.to_str().expect("utf-8 path");
+    let mut args = vec!["-q", "run", "conformance", "-t", topology, "--backend", backend, "--out", dir];
+    if let Some(f) = filter {
+        args.extend(["--filter", f]);
+    }
+    let conf = run(&args);
+    assert_eq!(conf.status.code(), Some(0), "{}", show("run conformance on the Vagrant lab", &conf));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).expect("JSON");
+    doc["checks"].as_array().expect("checks").clone()
+}
+
+#[test]
+fn testbed_up_with_the_vagrant_provider_runs_the_suite_and_down_leaves_nothing() {
+    if !can_run_vagrant() {
+        return;
+    }
+    ensure_agent();
+    let before = HostSnapshot::take();
+    let _daemons = start_libvirtd();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let bin = Path::new(env!("CARGO_BIN_EXE_testbed"));
+    let run = |args: &[&str]| run_testbed(bin, &state, args);
+    let topo = topology_copy(tmp.path(), "default.yaml", PROVIDER_LAB);
+    let topo_s = topo.to_str().expect("utf-8 path");
+    let lab_dir = state.join(PROVIDER_LAB);
+
+    // Without vagrant on the PATH (everything else of /usr/bin is): exit 3 naming it, nothing made.
+    let bin_dir = tmp.path().join("bin-without-vagrant");
+    std::fs::create_dir(&bin_dir).expect("create bin dir");
+    for entry in std::fs::read_dir("/usr/bin").expect("read /usr/bin").flatten() {
+        if entry.file_name() != "vagrant" {
+            std::os::unix::fs::symlink(entry.path(), bin_dir.join(entry.file_name())).expect("symlink");
+        }
+    }
+    let no_vagrant = Command::new(bin)
+        .env("TESTBED_STATE_DIR", &state)
+        .env("PATH", format!("{}:/usr/sbin:/sbin", bin_dir.display()))
+        .args(["up", "--provider", "vagrant", topo_s])
+        .output()
+        .expect("run testbed up");
+    assert_eq!(no_vagrant.status.code(), Some(3), "{}", show("up without vagrant", &no_vagrant));
+    assert!(String::from_utf8_lossy(&no_vagrant.stderr).contains("needs vagrant"), "{}", show("up", &no_vagrant));
+    assert!(!lab_dir.exists() && residue(PROVIDER_LAB).is_empty(), "a refused up left {:?}", residue(PROVIDER_LAB));
+    // An image URL (only testbed's own images become boxes): exit 2 before anything is made.
+    let url = topology_copy(tmp.path(), "default.yaml", "e2e-vprov-url");
+    let text = std::fs::read_to_string(&url).expect("topology").replace(
+        "image: debian-12",
+        &format!("image: {{url: \"file:///nonexistent.qcow2\", sha256: \"{}\"}}", "0".repeat(64)),
+    );
+    std::fs::write(&url, text).expect("topology");
+    let refused = run(&["up", "--provider", "vagrant", url.to_str().expect("utf-8 path")]);
+    assert_eq!(refused.status.code(), Some(2), "{}", show("up of an image URL", &refused));
+    assert!(residue("e2e-vprov-url").is_empty() && !state.join("e2e-vprov-url").exists());
+
+    let _guard = LabGuard { binary: bin.to_path_buf(), state_dir: state.clone(), lab: PROVIDER_LAB.into() };
+    let started = Instant::now();
+    let up = run(&["-q", "up", "--provider", "vagrant", "--timeout", "900", topo_s]);
+    assert!(up.status.success(), "{}", shown("testbed up --provider vagrant", &up));
+    eprintln!("testbed up --provider vagrant of 2 nodes: {:.1} s", started.elapsed().as_secs_f64());
+    assert_same("while the testbed-made Vagrant lab runs", &HostSnapshot::take(), &before);
+
+    let status = run(&["-o", "json", "status", "--lab", PROVIDER_LAB]);
+    assert!(status.status.success(), "{}", show("status", &status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["provider"], "vagrant", "{status:#}");
+    assert_eq!(status["healthy"], true, "{status:#}");
+    // Another provider for a running lab is refused.
+    let other = run(&["up", "--provider", "qemu", topo_s]);
+    assert_eq!(other.status.code(), Some(2), "{}", show("up --provider qemu on a Vagrant lab", &other));
+
+    // The whole suite, as on a QEMU lab of this topology: every check passes, in every group.
+    let checks = conformance_checks(&run, topo_s, "vxlan", None, &tmp.path().join("conformance"));
+    let not_passed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["status"] != "pass").collect();
+    assert!(not_passed.is_empty(), "checks that did not pass on the Vagrant lab: {not_passed:#?}");
+    let ran: std::collections::BTreeSet<&str> = checks.iter().filter_map(|c| c["group"].as_str()).collect();
+    let missing: Vec<&str> = ["setup", "pod-network", "overlay", "mtu", "sandbox", "cgroups", "container", "probe"]
+        .into_iter()
+        .chain(["control-plane", "controller", "service", "network-policy", "declared"])
+        .filter(|g| !ran.contains(g))
+        .collect();
+    assert!(missing.is_empty(), "no check of {missing:?} ran on the Vagrant lab");
+    eprintln!("conformance on the Vagrant lab: {} checks, all pass", checks.len());
+
+    let down = run(&["-o", "json", "down", "--lab", PROVIDER_LAB]);
+    assert!(down.status.success(), "{}", show("down", &down));
+    let down: serde_json::Value = serde_json::from_slice(&down.stdout).expect("down JSON");
+    assert_eq!(down["stopped"].as_array().map(Vec::len), Some(2), "{down:#}");
+    assert!(residue(PROVIDER_LAB).is_empty(), "down left {:?}", residue(PROVIDER_LAB));
+    assert!(!lab_dir.exists(), "{} remains", lab_dir.display());
+    assert_same("after testbed down of the Vagrant lab", &HostSnapshot::take(), &before);
+}
+
+#[test]
+fn three_nodes_on_one_network_share_a_segment_through_the_hub() {
+    if !can_run_vagrant() {
+        return;
+    }
+    ensure_agent();
+    const LAB3: &str = "e2e-vhub";
+    let before = HostSnapshot::take();
+    let _daemons = start_libvirtd();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().join("state");
+    let bin = Path::new(env!("CARGO_BIN_EXE_testbed"));
+    let run = |args: &[&str]| run_testbed(bin, &state, args);
+    let topo = topology_copy(tmp.path(), "three-node-host-gw.yaml", LAB3);
+    let topo_s = topo.to_str().expect("utf-8 path");
+    let _guard = LabGuard { binary: bin.to_path_buf(), state_dir: state.clone(), lab: LAB3.into() };
+    let started = Instant::now();
+    let up = run(&["-q", "up", "--provider", "vagrant", "--timeout", "900", topo_s]);
+    assert!(up.status.success(), "{}", shown("testbed up --provider vagrant of three nodes", &up));
+    eprintln!("testbed up --provider vagrant of 3 nodes: {:.1} s", started.elapsed().as_secs_f64());
+    let hub: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join(LAB3).join("vagrant/hub.json")).expect("the hub's record"))
+            .expect("hub.json");
+    assert!(hub["ports"]["underlay"].as_u64().is_some(), "{hub}");
+    assert_same("while the three-node Vagrant lab runs", &HostSnapshot::take(), &before);
+
+    let checks = conformance_checks(&run, topo_s, "host-gw", Some("[pod-network]"), &tmp.path().join("conformance"));
+    let matrix =
+        checks.iter().find(|c| c["name"].as_str().is_some_and(|n| n.contains("every pod reaches every other pod")));
+    assert_eq!(matrix.map(|c| &c["status"]), Some(&serde_json::json!("pass")), "{checks:#?}");
+
+    let down = run(&["-o", "json", "down", "--lab", LAB3]);
+    assert!(down.status.success(), "{}", show("down", &down));
+    assert!(residue(LAB3).is_empty(), "down left {:?}", residue(LAB3));
+    let hub_pid = hub["pid"].as_u64().expect("hub pid") as u32;
+    let alive = std::fs::read_to_string(format!("/proc/{hub_pid}/cmdline")).is_ok_and(|c| c.contains("vagrant-hub"));
+    assert!(!alive, "the hub (pid {hub_pid}) outlived down");
+    assert_same("after testbed down of the three-node Vagrant lab", &HostSnapshot::take(), &before);
 }

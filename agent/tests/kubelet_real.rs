@@ -243,7 +243,12 @@ fn api_down_pods_stay_and_changes_apply_when_it_returns() {
     wait_for("the restarted agent following", 30, || control_plane()["connected"] == json!(true));
     std::thread::sleep(Duration::from_secs(2));
     let after = node_pod("default", "b").1;
-    assert_eq!((&after["infra_pid"], &after["containers"]), (&before["infra_pid"], &before["containers"]));
+    assert_eq!(
+        (&after["infra_pid"], &after["containers"]),
+        (&before["infra_pid"], &before["containers"]),
+        "b changed across the agent's restart; agent log:\n{}",
+        c.agent_log()
+    );
     assert_eq!(get_pod(&c, &side, "b").unwrap().metadata.resource_version, rv, "no status rewrite either");
 }
 

@@ -43,11 +43,20 @@ fn api_pod(c: &Cluster, api: &Client, namespace: &str, name: &'static str, app: 
     pod
 }
 
-fn create_policy(c: &Cluster, api: &Client, namespace: &str, name: &str, spec: Value) {
+/// Creates the policy; its resourceVersion.
+fn create_policy(c: &Cluster, api: &Client, namespace: &str, name: &str, spec: Value) -> String {
     let policy: NetworkPolicy = serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec}))
     .unwrap();
-    c.rt.block_on(api.create(&paths::collection(Kind::NetworkPolicy, Some(namespace)), &policy)).unwrap();
+    let created = c.rt.block_on(api.create(&paths::collection(Kind::NetworkPolicy, Some(namespace)), &policy));
+    created.unwrap().metadata.resource_version.unwrap()
+}
+
+/// The status's `built_from`: the policies (and versions) the node's table is built from.
+fn built_from() -> Value {
+    let (code, body) = http("GET", "/v1/network-policies", None);
+    assert_eq!(code, 200, "{body}");
+    body.get("built_from").cloned().unwrap_or(json!({}))
 }
 
 #[test]
@@ -65,7 +74,7 @@ fn the_enforcer_follows_the_apis_network_policies() {
     let other = api_pod(&c, &api, "default", "other", "other");
     let [p1, p2] = TCP_PORTS;
 
-    create_policy(
+    let first = create_policy(
         &c,
         &api,
         "default",
@@ -81,6 +90,14 @@ fn the_enforcer_follows_the_apis_network_policies() {
         code == 200 && body["ingress_pods"] == json!([db.ip])
     });
     println!("API create -> db's ingress map entry in the kernel: {:?}", created.elapsed());
+    assert_eq!(built_from(), json!({"default/db-from-team-a-web": first}), "the status names what is enforced");
+    // A policy that selects no pod of the node changes no rule, and is still listed once followed: a client
+    // waiting on the status learns that this node is done with it.
+    let idle =
+        create_policy(&c, &api, "default", "selects-nothing", json!({"podSelector": {"matchLabels": {"app": "none"}}}));
+    wait_for("the rule-less policy listed", 10, || built_from()["default/selects-nothing"] == json!(idle));
+    c.rt.block_on(api.delete(&paths::object(Kind::NetworkPolicy, "default", "selects-nothing"))).unwrap();
+    wait_for("the deleted policy no longer listed", 10, || built_from().get("default/selects-nothing").is_none());
     expect_within(
         10,
         "db admits app=web pods of team=a namespaces on its port named pg only",
@@ -115,5 +132,6 @@ fn the_enforcer_follows_the_apis_network_policies() {
         c.rt.block_on(api.delete(&paths::object(Kind::NetworkPolicy, "default", name))).unwrap();
     }
     expect_within(10, "no policy left: all open", &[(&other, &db, p1, true), (&web, &db, p2, true)]);
+    assert_eq!(built_from(), json!({}), "no policy is enforced");
     assert!(c.agent_log().contains("network policy follows the API"), "{}", c.agent_log());
 }

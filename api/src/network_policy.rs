@@ -3,6 +3,7 @@
 //! compiles it (selectors resolved to pod IPs, named ports to numbers); the agent turns it into the table
 //! `inet testbed-policy` (docs/architecture.md, "NetworkPolicy").
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -108,6 +109,11 @@ pub struct NetworkPolicyStatus {
     /// The last apply's or reconcile's error, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// While the node follows the API: the NetworkPolicies (`namespace/name` -> resourceVersion) the table in
+    /// force was built from. A policy is enforced here once its version (or a later one) is listed, and no
+    /// longer once its name is gone; changes of pod or namespace labels do not show here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub built_from: BTreeMap<String, String>,
     /// Pod IPs in the kernel's ingress lookup map (pods whose ingress is restricted).
     pub ingress_pods: Vec<Ipv4Addr>,
     /// Pod IPs in the kernel's egress lookup map.

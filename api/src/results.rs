@@ -81,6 +81,10 @@ pub struct RunMetadata {
     /// `kvm` or `tcg`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,
+    /// What made the machines, `qemu` or `vagrant` (their NICs differ: taps on a bridge, or UDP sockets on
+    /// loopback). Absent from results written before there was a choice, which are all `qemu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// Backends the run covered, in order.
     pub backends: Vec<Backend>,
     /// Version of the `testbed` binary that ran the suite.

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::cluster::{self, ClientArgs};
 use crate::exit::{CliError, CliResult};
 use crate::guest::{interactive, shell_quote};
-use crate::lab::{self, Lab, LabArgs, LabSelector};
+use crate::lab::{self, Lab, LabArgs, LabDir, LabSelector};
 use crate::provider::{self, qemu::doctor};
 use crate::ui::Ui;
 
@@ -26,6 +26,10 @@ pub struct UpArgs {
     /// Seconds allowed for all nodes to boot and get a ready agent (image builds not included).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,
+    /// What makes the machines: QEMU processes of testbed's own, or vagrant-libvirt through the repository's
+    /// Vagrantfile. Default: the one a running lab was made with, else qemu.
+    #[arg(long, value_enum)]
+    pub provider: Option<lab::ProviderKind>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +96,16 @@ pub struct ForwardApiArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct VagrantHubArgs {
+    /// The Vagrant lab whose networks to serve (their members come from its plan.json).
+    #[arg(long)]
+    pub lab: String,
+    /// A network's port on 127.0.0.1 (NETWORK=PORT), kept across restarts: the running machines send to it.
+    #[arg(long = "port", value_name = "NETWORK=PORT")]
+    pub ports: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct DoctorArgs {}
 
 fn print_json(value: &serde_json::Value) -> CliResult {
@@ -115,7 +129,19 @@ pub async fn cmd_up(ui: &Ui, a: UpArgs) -> CliResult {
     require_root("up")?;
     let plan = crate::plan::load(&a.file).map_err(CliError::bad_input)?;
     let opts = lab::UpOptions { keep: a.keep, timeout: Duration::from_secs(a.timeout) };
-    let outcome = lab::up(ui, plan, &opts, provider::default_provider()).await?;
+    let dir = LabDir::new(&lab::dir::state_root().map_err(CliError::infra)?, &plan.lab);
+    let recorded = dir.exists().then(|| provider::recorded_kind(&dir));
+    let kind = match (a.provider, recorded) {
+        (Some(asked), Some(made)) if asked != made => {
+            return Err(CliError::bad_input(anyhow!(
+                "lab `{}` was made with the {made} provider, not {asked}: run `testbed down --lab {}` first",
+                plan.lab,
+                plan.lab
+            )));
+        }
+        (asked, made) => asked.or(made).unwrap_or_default(),
+    };
+    let outcome = lab::up(ui, plan, &opts, provider::of_kind(kind)).await?;
     if ui.is_json() {
         return print_json(&serde_json::to_value(&outcome).map_err(CliError::infra)?);
     }
@@ -170,6 +196,22 @@ pub async fn cmd_kubeconfig(_ui: &Ui, a: KubeconfigArgs) -> CliResult {
     }
 }
 
+/// The hub process `up --provider vagrant` starts (see `provider::vagrant::hub`).
+pub async fn cmd_vagrant_hub(_ui: &Ui, a: VagrantHubArgs) -> CliResult {
+    let dir = LabSelector { lab: Some(a.lab), topology: None }.resolve_existing()?;
+    let plan = dir.read_plan().map_err(CliError::infra)?;
+    let mut ports = std::collections::BTreeMap::new();
+    for p in &a.ports {
+        let parsed = p.split_once('=').and_then(|(net, port)| Some((net.to_string(), port.parse::<u16>().ok()?)));
+        let (net, port) = parsed.ok_or_else(|| CliError::bad_input(anyhow!("--port {p}: expected NETWORK=PORT")))?;
+        ports.insert(net, port);
+    }
+    tokio::task::spawn_blocking(move || provider::vagrant::hub::run(&plan, &ports))
+        .await
+        .map_err(CliError::infra)?
+        .map_err(CliError::infra)
+}
+
 /// The forwarder process `up` starts (see `lab::forwarder`).
 pub async fn cmd_forward_api(_ui: &Ui, a: ForwardApiArgs) -> CliResult {
     let lab = Lab::open(&LabSelector { lab: Some(a.lab), topology: None })?;
@@ -185,7 +227,8 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
         }
         return Ok(());
     };
-    let provider = provider::default_provider();
+    let kind = provider::recorded_kind(&dir);
+    let provider = provider::of_kind(kind);
     // Always under the lock (it lives outside the directory), so an `up` starting now cannot have its new
     // directory removed by this `down`.
     let _lock = dir.lock().map_err(CliError::infra)?;
@@ -200,12 +243,17 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
     if t.is_noop() {
         ui.info(format!("lab `{}`: nothing left to remove", dir.name));
     } else {
+        // A Vagrant lab has no netns of its own: say nothing of one.
+        let netns = match (&t.netns_deleted, kind) {
+            (Some(n), _) => format!(", netns {n}"),
+            (None, lab::ProviderKind::Qemu) => ", netns (already gone)".into(),
+            (None, lab::ProviderKind::Vagrant) => String::new(),
+        };
         ui.info(format!(
-            "lab `{}` down: API forwarder {}, {} VM(s) stopped, netns {}, directory {}",
+            "lab `{}` down ({kind}): API forwarder {}, {} VM(s) stopped{netns}, directory {}",
             dir.name,
             t.forwarder_stopped.map_or_else(|| "(not running)".into(), |pid| format!("pid {pid} stopped")),
             t.stopped.len(),
-            t.netns_deleted.as_deref().unwrap_or("(already gone)"),
             if t.dir_removed { "removed" } else { "(already gone)" }
         ));
     }
@@ -214,7 +262,7 @@ pub async fn cmd_down(ui: &Ui, a: DownArgs) -> CliResult {
 
 pub async fn cmd_status(ui: &Ui, a: StatusArgs) -> CliResult {
     let lab = Lab::open(&a.lab.selector())?;
-    let status = lab::status::collect(&lab, provider::default_provider().as_ref()).await;
+    let status = lab::status::collect(&lab, provider::of_lab(&lab.paths).as_ref()).await;
     if ui.is_json() {
         print_json(&serde_json::to_value(&status).map_err(CliError::infra)?)?;
     } else {

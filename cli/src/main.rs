@@ -64,6 +64,10 @@ enum Command {
     /// Forward 127.0.0.1:PORT to the lab's API server over SSH (`up` starts it; `down` stops it).
     #[command(hide = true, name = "forward-api")]
     ForwardApi(commands::ForwardApiArgs),
+    /// Repeat a Vagrant lab's underlay frames between the nodes of each network of more than two (`up --provider
+    /// vagrant` starts it; `down` stops it).
+    #[command(hide = true, name = "vagrant-hub")]
+    VagrantHub(commands::VagrantHubArgs),
     /// Run a suite (conformance, perf) against a running lab and write results.
     Run(suites::RunArgs),
     /// Render a run's reports again (report.md, report.html, junit.xml), compare two runs (--compare, the
@@ -99,6 +103,7 @@ async fn dispatch(cli: Cli, ui: &Ui) -> CliResult {
         Command::Rollout(a) => cluster::cmd_rollout(ui, a).await,
         Command::Kubeconfig(a) => commands::cmd_kubeconfig(ui, a).await,
         Command::ForwardApi(a) => commands::cmd_forward_api(ui, a).await,
+        Command::VagrantHub(a) => commands::cmd_vagrant_hub(ui, a).await,
         Command::Run(a) => suites::cmd_run(ui, a).await,
         Command::Report(a) => suites::cmd_report(ui, a).await,
         Command::Validate(a) => topology::cmd_validate(ui, a),

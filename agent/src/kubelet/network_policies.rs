@@ -4,6 +4,7 @@
 //! changes. As the services follower: changes gathered for [`GATHER`] are one apply; a failed watch lists
 //! afresh a second later, and the kernel keeps its rules meanwhile.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,13 +68,16 @@ async fn session(api: &Arc<Client>, node: &str, enforcer: &Arc<Enforcer>) -> Res
                 if !(known_policies.listed && known_pods.listed && known_namespaces.listed) {
                     continue;
                 }
-                let spec = policy_spec::build(&known_policies.all(), &known_pods.all(), &known_namespaces.all(), node);
+                let policies = known_policies.all();
+                let spec = policy_spec::build(&policies, &known_pods.all(), &known_namespaces.all(), node);
+                let sources = versions(&policies);
                 if applied.as_ref() == Some(&spec) {
+                    enforcer.still_built_from(sources);
                     continue;
                 }
                 let (e, s) = (enforcer.clone(), spec.clone());
                 // The nft work blocks; a task of its own also finishes when the session is stopped.
-                match tokio::task::spawn_blocking(move || e.apply(s)).await {
+                match tokio::task::spawn_blocking(move || e.apply_built_from(s, sources)).await {
                     Ok(Ok(_)) => {
                         tracing::info!(pods = spec.pods.len(), "network policy follows the API");
                         applied = Some(spec);
@@ -85,4 +89,16 @@ async fn session(api: &Arc<Client>, node: &str, enforcer: &Arc<Enforcer>) -> Res
             }
         }
     }
+}
+
+/// `namespace/name` -> resourceVersion of each policy: what the enforcer's status says its table is built from.
+fn versions(policies: &[NetworkPolicy]) -> BTreeMap<String, String> {
+    policies
+        .iter()
+        .map(|p| {
+            let m = &p.metadata;
+            let key = format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name);
+            (key, m.resource_version.clone().unwrap_or_default())
+        })
+        .collect()
 }

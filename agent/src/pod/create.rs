@@ -187,6 +187,11 @@ impl Agent {
             let mut rec = lock(&pod.record);
             let cr = &mut rec.containers[idx];
             cr.state = ContainerState::Running { pid: launched.container_pid };
+            // With the state, not once the supervisor's task gets to run: a container without a startup
+            // (readiness) probe is started (ready) as soon as it runs, as the kubelet reports it; a status
+            // read in between said Running and not Ready on a loaded host.
+            cr.started = c.probes.startup_probe.is_none();
+            cr.ready = c.probes.readiness_probe.is_none();
             cr.launcher_pid = Some(launched.launcher_pid);
             cr.oom_baseline = baseline;
         }

@@ -159,6 +159,8 @@ async fn create_starts_the_sandbox_then_every_container_and_is_idempotent() {
     assert_eq!(stored.infra_pid, Some(infra));
     for (idx, name) in ["app", "sidecar"].into_iter().enumerate() {
         assert!(matches!(status.containers[idx].state, ContainerState::Running { .. }), "{name}");
+        // No probes: ready in the answer already, as the kubelet reports a running container without one.
+        assert!(status.containers[idx].ready && status.containers[idx].started, "{name}: {status:?}");
         assert_eq!(h.fake.launches(name).len(), 1);
         let launcher = stored.containers[idx].launcher_pid.unwrap();
         assert!(h.fake.is_ours(launcher, PodProcess::Launcher { pod: "web", container: name }));

@@ -9,6 +9,7 @@
 mod nft;
 mod render;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ struct Inner {
     want: Option<Arc<NetworkPolicyNodeSpec>>,
     /// The spec last written and the kernel's listing right after it.
     written: Option<(Arc<NetworkPolicyNodeSpec>, String)>,
+    /// The API's NetworkPolicies (`namespace/name` -> resourceVersion) the spec in force was built from;
+    /// empty when it came from a PUT.
+    sources: BTreeMap<String, String>,
     transactions: u64,
     drift_repairs: u64,
     last_error: Option<String>,
@@ -46,7 +50,15 @@ struct Inner {
 
 impl Enforcer {
     pub fn new(kernel: Box<dyn Nft>) -> Enforcer {
-        let inner = Inner { kernel, want: None, written: None, transactions: 0, drift_repairs: 0, last_error: None };
+        let inner = Inner {
+            kernel,
+            want: None,
+            written: None,
+            sources: BTreeMap::new(),
+            transactions: 0,
+            drift_repairs: 0,
+            last_error: None,
+        };
         Enforcer { inner: Mutex::new(inner) }
     }
 
@@ -54,16 +66,36 @@ impl Enforcer {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `spec` the node's policies. One line per line of the nft script run; empty when the kernel
-    /// already held it.
+    /// Makes `spec` the node's policies (a PUT: not built from the API's objects). One line per line of the
+    /// nft script run; empty when the kernel already held it.
     pub fn apply(&self, spec: NetworkPolicyNodeSpec) -> Result<Vec<String>, PolicyError> {
+        self.apply_built_from(spec, BTreeMap::new())
+    }
+
+    /// As [`Enforcer::apply`], for a spec built from the API's NetworkPolicies `sources` (`namespace/name` ->
+    /// resourceVersion), which the status lists once the kernel holds it: a client that wrote a policy knows
+    /// from there when this node enforces it.
+    pub fn apply_built_from(
+        &self,
+        spec: NetworkPolicyNodeSpec,
+        sources: BTreeMap<String, String>,
+    ) -> Result<Vec<String>, PolicyError> {
         testbed_api::validate_network_policies(&spec).map_err(PolicyError::Invalid)?;
         let spec = Arc::new(spec);
         let mut inner = self.lock();
         // The spec is the target even when the kernel refuses it: the reconcile retries.
         inner.want = Some(Arc::clone(&spec));
         let result = inner.converge(&spec);
+        if result.is_ok() {
+            inner.sources = sources;
+        }
         inner.record(result)
+    }
+
+    /// The spec in force, unchanged, is now also what `sources` give (a policy that selects no pod of this
+    /// node, a new version of one that changes none of its rules).
+    pub fn still_built_from(&self, sources: BTreeMap<String, String>) {
+        self.lock().sources = sources;
     }
 
     /// Reads the table back and rewrites it when it is not what was written. Lines are the script run.
@@ -86,6 +118,7 @@ impl Enforcer {
             transactions: inner.transactions,
             drift_repairs: inner.drift_repairs,
             last_error: inner.last_error.clone(),
+            built_from: inner.sources.clone(),
             ingress_pods: keys(render::INGRESS_PODS),
             egress_pods: keys(render::EGRESS_PODS),
             table,

@@ -69,3 +69,34 @@ fn a_bad_spec_changes_nothing() {
     assert_eq!(*kernel.0.lock().unwrap(), before);
     assert!(enforcer.reconcile().unwrap().is_empty(), "the refused spec did not become the target");
 }
+
+/// A kernel that refuses every write.
+struct RefusingKernel;
+
+impl Nft for RefusingKernel {
+    fn read(&mut self) -> Result<Option<String>, NftError> {
+        Ok(None)
+    }
+
+    fn apply(&mut self, _script: &str) -> Result<(), NftError> {
+        Err(NftError::Failed { args: "-f -".into(), stderr: "refused".into() })
+    }
+}
+
+#[test]
+fn the_status_names_the_api_policies_only_once_the_kernel_holds_them() {
+    let sources = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    let enforcer = Enforcer::new(Box::new(FakeKernel::default()));
+    enforcer.apply_built_from(spec(Some(vec![])), sources(&[("default/deny", "7")])).unwrap();
+    assert_eq!(enforcer.status().unwrap().built_from, sources(&[("default/deny", "7")]));
+    enforcer.still_built_from(sources(&[("default/deny", "7"), ("other/elsewhere", "9")]));
+    assert_eq!(enforcer.status().unwrap().built_from.len(), 2, "a policy that changed no rule is listed");
+    enforcer.apply(spec(None)).unwrap();
+    assert!(enforcer.status().unwrap().built_from.is_empty(), "a PUT's table is not the API's");
+
+    let refused = Enforcer::new(Box::new(RefusingKernel));
+    assert!(refused.apply_built_from(spec(Some(vec![])), sources(&[("default/deny", "7")])).is_err());
+    assert!(refused.status().unwrap().built_from.is_empty(), "not enforced, so not listed");
+}

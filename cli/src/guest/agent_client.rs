@@ -8,8 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use testbed_api::{
-    ApiError, ApplyResponse, ControlPlaneJoin, ExecRequest, ExecResponse, Health, LogChunk, LogQuery, NodeSpec,
-    NodeStatus, PodSpec, PodStatus,
+    ApiError, ApplyResponse, ControlPlaneJoin, ExecRequest, ExecResponse, Health, LogChunk, LogQuery,
+    NetworkPolicyStatus, NodeSpec, NodeStatus, PodSpec, PodStatus,
 };
 
 /// Most calls are quick; this bounds a hung agent or a stalled forward.
@@ -140,6 +140,10 @@ impl AgentClient {
 
     pub async fn node_status(&self) -> Result<NodeStatus, AgentError> {
         self.call(Method::GET, "/v1/node", None::<&()>, DEFAULT_TIMEOUT).await
+    }
+
+    pub async fn network_policy_status(&self) -> Result<NetworkPolicyStatus, AgentError> {
+        self.call(Method::GET, "/v1/network-policies", None::<&()>, DEFAULT_TIMEOUT).await
     }
 
     pub async fn create_pod(&self, pod: &PodSpec) -> Result<PodStatus, AgentError> {

@@ -256,7 +256,7 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
             let artifacts = ensure(ui, &ImageRef::Named(name.clone())).await?;
             let out_dir = match out_dir {
                 Some(dir) => dir,
-                None => cache::cache_root()?.parent().map(|p| p.join("boxes")).ok_or(ImageError::NoCacheDir)?,
+                None => vagrant_box::boxes_dir()?,
             };
             let made = tokio::task::spawn_blocking(move || {
                 vagrant_box::write_box(&artifacts, &name, &out_dir, Path::new(vagrant_box::BOOT_FILES_ROOT))

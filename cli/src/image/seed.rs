@@ -39,6 +39,25 @@ pub struct SeedNic {
     pub mtu: u32,
 }
 
+impl SeedConfig {
+    /// The seed of `node` (hostname, underlay NICs) with this host key pair and these client keys: what every
+    /// provider writes.
+    pub fn of_node(
+        node: &crate::plan::NodePlan,
+        host_key_private: String,
+        host_key_public: String,
+        authorized_keys: Vec<String>,
+    ) -> SeedConfig {
+        SeedConfig {
+            hostname: node.name.clone(),
+            host_key_ed25519_private: host_key_private,
+            host_key_ed25519_public: host_key_public,
+            authorized_keys,
+            nics: SeedNic::of_node(node),
+        }
+    }
+}
+
 impl SeedNic {
     /// The underlay NICs of `node` as the plan gives them: what every provider's seed disk carries.
     pub fn of_node(node: &crate::plan::NodePlan) -> Vec<SeedNic> {

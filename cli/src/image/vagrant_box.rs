@@ -158,18 +158,23 @@ pub fn write_box(
 /// node's hostname, underlay NICs (the plan's MACs and addresses), a fresh host key and `authorized_keys`. The
 /// file is world-readable (0644) because libvirt's QEMU reads it as `libvirt-qemu`.
 pub fn write_node_seed(node: &crate::plan::NodePlan, authorized_keys: &str, out: &Path) -> Result<(), ImageError> {
-    use std::os::unix::fs::PermissionsExt;
     let host = crate::guest::keys::generate_host_key().map_err(|e| ImageError::Seed(e.to_string()))?;
-    let seed = super::seed::SeedConfig {
-        hostname: node.name.clone(),
-        host_key_ed25519_private: host.host_private_openssh.clone(),
-        host_key_ed25519_public: host.host_public_openssh.clone(),
-        authorized_keys: authorized_keys.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
-        nics: super::seed::SeedNic::of_node(node),
-    };
-    super::seed::write_seed(out, &seed)?;
+    let keys = authorized_keys.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let seed = super::seed::SeedConfig::of_node(node, host.host_private_openssh, host.host_public_openssh, keys);
+    write_readable_seed(&seed, out)
+}
+
+/// Writes `seed` to `out` world-readable (0644): libvirt's QEMU reads it as `libvirt-qemu`.
+pub fn write_readable_seed(seed: &super::seed::SeedConfig, out: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    super::seed::write_seed(out, seed)?;
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| ImageError::io(format!("chmod {}", out.display()), e))
+}
+
+/// Where `image box` writes boxes: `boxes/` beside the image cache.
+pub fn boxes_dir() -> Result<PathBuf, ImageError> {
+    super::cache_root()?.parent().map(|p| p.join("boxes")).ok_or(ImageError::NoCacheDir)
 }
 
 #[cfg(test)]

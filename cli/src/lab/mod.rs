@@ -33,6 +33,6 @@ pub use progress::NodeProgress;
 pub use provider::{Machines, PreparedLab, Provider, ProviderError, ReachableNode, SshEndpoint, Targets, UpContext};
 pub use recorder::StateRecorder;
 pub use select::{LabArgs, LabSelector};
-pub use state::{now_rfc3339, Accel, LabState, NodeState, RecordedProcess, Stage};
+pub use state::{now_rfc3339, Accel, LabState, NodeState, ProviderKind, RecordedProcess, Stage};
 pub use teardown::{teardown, DownReport};
 pub use up::{blocking, up, InFlight, UpError, UpOptions};

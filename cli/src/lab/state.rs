@@ -30,6 +30,33 @@ impl std::fmt::Display for Accel {
     }
 }
 
+/// What made the lab's machines: `down`, `status` and a later `up` take it from the state, never from the
+/// command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// QEMU processes testbed starts itself (labs recorded before there was a choice are these).
+    #[default]
+    Qemu,
+    /// vagrant-libvirt machines from the repository's Vagrantfile.
+    Vagrant,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Qemu => "qemu",
+            ProviderKind::Vagrant => "vagrant",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The steps that bring a node up, in order. A node's state records the last one it reached; `up`'s errors and
 /// timings name the one that was running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +110,8 @@ impl std::fmt::Display for Stage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabState {
     pub lab: String,
+    #[serde(default)]
+    pub provider: ProviderKind,
     pub accelerator: Accel,
     /// Why that accelerator (probe outcome or override).
     pub accelerator_reason: String,
@@ -170,5 +199,15 @@ mod tests {
             assert_eq!(serde_json::from_value::<Stage>(serde_json::json!(stage.as_str())).unwrap(), stage);
         }
         assert_eq!(serde_json::to_value(Accel::Kvm).unwrap(), serde_json::json!("kvm"));
+        assert_eq!(serde_json::to_value(ProviderKind::Vagrant).unwrap(), serde_json::json!("vagrant"));
+    }
+
+    #[test]
+    fn a_state_recorded_before_providers_could_be_chosen_is_a_qemu_labs() {
+        let old = serde_json::json!({
+            "lab": "l", "accelerator": "tcg", "accelerator_reason": "", "qemu_version": "", "created_at": "",
+            "nodes": {}
+        });
+        assert_eq!(serde_json::from_value::<LabState>(old).unwrap().provider, ProviderKind::Qemu);
     }
 }

@@ -10,7 +10,7 @@ use testbed_api::{Backend, PodStatus};
 
 use super::handle::Lab;
 use super::provider::Provider;
-use super::state::{Accel, Stage};
+use super::state::{Accel, ProviderKind, Stage};
 use crate::exit::{CliError, CliResult};
 
 /// How long `status` waits for each node's sshd: the VM is up, so this is short.
@@ -21,6 +21,8 @@ pub struct LabStatus {
     pub lab: String,
     pub dir: PathBuf,
     pub netns: String,
+    /// What made the machines.
+    pub provider: ProviderKind,
     pub backend: Backend,
     pub accelerator: Accel,
     pub accelerator_reason: String,
@@ -120,6 +122,7 @@ pub async fn collect(lab: &Lab, provider: &dyn Provider) -> LabStatus {
         lab: lab.plan.lab.clone(),
         dir: lab.dir.clone(),
         netns: lab.plan.netns.clone(),
+        provider: lab.state.provider,
         backend: lab.plan.cluster.backend,
         accelerator: lab.state.accelerator,
         accelerator_reason: lab.state.accelerator_reason.clone(),
@@ -184,8 +187,9 @@ impl LabStatus {
     pub fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,
-            "lab {}  backend {}  accelerator {}  qemu {}  created {}",
+            "lab {}  provider {}  backend {}  accelerator {}  qemu {}  created {}",
             self.lab,
+            self.provider,
             self.backend.as_str(),
             self.accelerator,
             self.qemu_version,
@@ -298,6 +302,7 @@ mod tests {
             lab: "l".into(),
             dir: PathBuf::from("/x"),
             netns: "tb-l".into(),
+            provider: ProviderKind::Qemu,
             backend: Backend::Vxlan,
             accelerator: Accel::Tcg,
             accelerator_reason: String::new(),

@@ -48,17 +48,18 @@ pub enum UpError {
     NotHealthy { lab: String, nodes: Vec<String> },
     #[error(transparent)]
     Remove(#[from] super::resize::RemoveError),
-    #[error("image {image}: {source}")]
+    // Each source below follows in the error chain (`CliError` prints it), so no message repeats it.
+    #[error("image {image}")]
     Image {
         image: String,
         #[source]
         source: ImageError,
     },
-    #[error("SSH keys: {0}")]
+    #[error("SSH keys")]
     Keys(#[source] SshError),
-    #[error("{0}")]
-    AgentBinary(#[source] AgentDeployError),
-    #[error("host network (netns {netns}): {source}")]
+    #[error(transparent)]
+    AgentBinary(AgentDeployError),
+    #[error("host network (netns {netns})")]
     Net {
         netns: String,
         #[source]
@@ -72,6 +73,10 @@ pub enum UpError {
     Forwarder(#[from] super::forwarder::ForwarderError),
     #[error("applying the topology's namespaces, services, network policies and deployments: {0}")]
     Workloads(#[source] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Provider(#[from] super::provider::ProviderError),
+    #[error("the {provider} provider cannot make this lab: {reason}")]
+    Unsupported { provider: super::state::ProviderKind, reason: String },
     #[error("interrupted")]
     Interrupted,
     #[error("stopped: another step of this `up` failed")]
@@ -114,7 +119,7 @@ impl UpError {
 
     pub fn is_bad_input(&self) -> bool {
         match self {
-            UpError::PlanChanged { .. } => true,
+            UpError::PlanChanged { .. } | UpError::Unsupported { .. } => true,
             UpError::Image { source, .. } => source.is_bad_input(),
             _ => false,
         }

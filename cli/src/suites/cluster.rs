@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
-use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus, PodSpec, PodStatus};
+use testbed_api::{
+    ApplyResponse, ExecRequest, ExecResponse, NetworkPolicyStatus, NodeSpec, NodeStatus, PodSpec, PodStatus,
+};
 
 use crate::plan::{ContainerImage, Plan};
 
@@ -50,6 +52,7 @@ pub struct NodeInfo {
 pub struct LabFacts {
     pub qemu_version: Option<String>,
     pub accelerator: Option<String>,
+    pub provider: Option<String>,
 }
 
 pub trait Cluster {
@@ -80,6 +83,8 @@ pub trait Cluster {
     fn node_exec(&self, node: &str, command: &str) -> impl Future<Output = Result<NodeExec, ClusterError>>;
     fn apply(&self, node: &str, spec: &NodeSpec) -> impl Future<Output = Result<ApplyResponse, ClusterError>>;
     fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus, ClusterError>>;
+    /// The node's NetworkPolicy table and the API policies it is built from (`GET /v1/network-policies`).
+    fn network_policy_status(&self, node: &str) -> impl Future<Output = Result<NetworkPolicyStatus, ClusterError>>;
     fn create_pod(&self, node: &str, spec: &PodSpec) -> impl Future<Output = Result<PodStatus, ClusterError>>;
     fn get_pod(&self, node: &str, pod: &str) -> impl Future<Output = Result<PodStatus, ClusterError>>;
     /// `grace`: SIGTERM -> SIGKILL delay (`None`: the agent's default, 30 s as Kubernetes).

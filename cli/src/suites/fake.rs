@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use testbed_api::{
-    ApplyResponse, Backend, ContainerState, ContainerStatus, ExecRequest, ExecResponse, NodeSpec, NodeStatus,
-    ObservedNetwork, PodPhase, PodSpec, PodStatus, QosClass,
+    ApplyResponse, Backend, ContainerState, ContainerStatus, ExecRequest, ExecResponse, NetworkPolicyStatus, NodeSpec,
+    NodeStatus, ObservedNetwork, PodPhase, PodSpec, PodStatus, QosClass,
 };
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
@@ -478,7 +478,7 @@ impl Cluster for FakeCluster {
     }
 
     fn facts(&self) -> LabFacts {
-        LabFacts { qemu_version: Some("7.2.0".into()), accelerator: Some("tcg".into()) }
+        LabFacts { qemu_version: Some("7.2.0".into()), accelerator: Some("tcg".into()), provider: Some("qemu".into()) }
     }
 
     fn serial_log(&self, _node: &str) -> Option<PathBuf> {
@@ -591,6 +591,12 @@ impl Cluster for FakeCluster {
             pods: vec![],
             spec,
         })
+    }
+
+    /// No NetworkPolicy data plane here (`follows_api_networking`): an empty table built from nothing.
+    async fn network_policy_status(&self, node: &str) -> Result<NetworkPolicyStatus, ClusterError> {
+        self.down(node, "GET /v1/network-policies")?;
+        Ok(NetworkPolicyStatus::default())
     }
 
     async fn create_pod(&self, node: &str, spec: &PodSpec) -> Result<PodStatus, ClusterError> {

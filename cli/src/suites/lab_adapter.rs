@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use testbed_api::{ApplyResponse, ExecRequest, ExecResponse, NodeSpec, NodeStatus, PodSpec, PodStatus};
+use testbed_api::{
+    ApplyResponse, ExecRequest, ExecResponse, NetworkPolicyStatus, NodeSpec, NodeStatus, PodSpec, PodStatus,
+};
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
 use super::hostload::{self, HostCounters};
@@ -29,6 +31,7 @@ impl Cluster for ConnectedLab {
         LabFacts {
             qemu_version: Some(self.lab.state.qemu_version.clone()),
             accelerator: Some(self.lab.state.accelerator.to_string()),
+            provider: Some(self.lab.state.provider.to_string()),
         }
     }
 
@@ -81,6 +84,14 @@ impl Cluster for ConnectedLab {
 
     async fn node_status(&self, name: &str) -> Result<NodeStatus, ClusterError> {
         node(self, name)?.agent.node_status().await.map_err(|e| ClusterError::new(name, "GET /v1/node", e))
+    }
+
+    async fn network_policy_status(&self, name: &str) -> Result<NetworkPolicyStatus, ClusterError> {
+        node(self, name)?
+            .agent
+            .network_policy_status()
+            .await
+            .map_err(|e| ClusterError::new(name, "GET /v1/network-policies", e))
     }
 
     async fn create_pod(&self, name: &str, spec: &PodSpec) -> Result<PodStatus, ClusterError> {

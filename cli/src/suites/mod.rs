@@ -241,6 +241,7 @@ fn finish<C: Cluster>(
             kernel,
             qemu_version: facts.qemu_version,
             accelerator: facts.accelerator,
+            provider: facts.provider,
             backends: backends.to_vec(),
             testbed_version: env!("CARGO_PKG_VERSION").into(),
             host: host_name(),

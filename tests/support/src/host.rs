@@ -56,3 +56,35 @@ macro_rules! require_root {
         }
     };
 }
+
+/// Gives `/dev/kvm` group `kvm` and mode 0660 (what Debian's udev rule sets; a host without udev leaves it
+/// root:root 0600) while it lives, and puts back what it found when dropped. libvirtd cannot tell whether a
+/// root-only /dev/kvm is usable by its QEMU user and probes QEMU again on every call (about 30 s per domain
+/// define here; docs/benchmarks.md). Does nothing when there is no /dev/kvm or no group `kvm`.
+pub struct KvmForLibvirt(Option<(u32, u32)>);
+
+impl KvmForLibvirt {
+    pub fn grant() -> KvmForLibvirt {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let kvm = Path::new("/dev/kvm");
+        let (Ok(meta), Ok(Some(group))) = (std::fs::metadata(kvm), nix::unistd::Group::from_name("kvm")) else {
+            return KvmForLibvirt(None);
+        };
+        if meta.gid() == group.gid.as_raw() && meta.mode() & 0o060 == 0o060 {
+            return KvmForLibvirt(None);
+        }
+        std::os::unix::fs::chown(kvm, None, Some(group.gid.as_raw())).expect("chgrp kvm /dev/kvm");
+        std::fs::set_permissions(kvm, std::fs::Permissions::from_mode(0o660)).expect("chmod 0660 /dev/kvm");
+        KvmForLibvirt(Some((meta.gid(), meta.mode() & 0o7777)))
+    }
+}
+
+impl Drop for KvmForLibvirt {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some((gid, mode)) = self.0 {
+            let _ = std::os::unix::fs::chown("/dev/kvm", None, Some(gid));
+            let _ = std::fs::set_permissions("/dev/kvm", std::fs::Permissions::from_mode(mode));
+        }
+    }
+}

@@ -143,6 +143,7 @@ fn initial_state(
     }
     Ok(LabState {
         lab: plan.lab.clone(),
+        provider: crate::lab::ProviderKind::Qemu,
         accelerator: accel.accel,
         accelerator_reason: accel.reason.clone(),
         qemu_version,

@@ -141,6 +141,7 @@ mod tests {
     fn lab_state(lab: &str, nodes: Vec<(&str, NodeState)>) -> LabState {
         LabState {
             lab: lab.into(),
+            provider: crate::lab::ProviderKind::Qemu,
             accelerator: Accel::Tcg,
             accelerator_reason: String::new(),
             qemu_version: String::new(),

@@ -118,13 +118,7 @@ fn prepare_disks(ctx: &Ctx, state: &StateRecorder, node: &NodePlan, art: &ImageA
     let private = std::fs::read_to_string(ctx.dir.host_key(name))
         .map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, format!("host key: {e}")))?;
     let public = state.node(name).map(|s| s.host_key_public).unwrap_or_default();
-    let seed = image::seed::SeedConfig {
-        hostname: name.clone(),
-        host_key_ed25519_private: private,
-        host_key_ed25519_public: public,
-        authorized_keys: vec![ctx.client_pub.clone()],
-        nics: image::seed::SeedNic::of_node(node),
-    };
+    let seed = image::seed::SeedConfig::of_node(node, private, public, vec![ctx.client_pub.clone()]);
     image::seed::write_seed(&ctx.dir.seed(name), &seed).map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, e))?;
     vm::create_overlay(&art.disk, &ctx.dir.overlay(name)).map_err(|e| UpError::node(&ctx.dir, name, Stage::Disk, e))?;
     Ok(())

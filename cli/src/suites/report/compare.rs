@@ -279,10 +279,13 @@ fn opt(v: &Option<String>) -> String {
 /// Every metadata difference; `blocking` marks those that change what a figure means.
 pub fn mismatches(old: &SuiteResults, new: &SuiteResults) -> Vec<Mismatch> {
     let (o, n) = (&old.metadata, &new.metadata);
-    let fields: [(&'static str, String, String, bool); 9] = [
+    // Results from before the provider was recorded are all QEMU's.
+    let provider = |m: &Option<String>| m.clone().unwrap_or_else(|| "qemu".into());
+    let fields: [(&'static str, String, String, bool); 10] = [
         ("suite", old.suite.clone(), new.suite.clone(), true),
         ("metadata.topology_hash", o.topology_hash.clone(), n.topology_hash.clone(), true),
         ("metadata.accelerator", opt(&o.accelerator), opt(&n.accelerator), true),
+        ("metadata.provider", provider(&o.provider), provider(&n.provider), true),
         ("metadata.kernel", opt(&o.kernel), opt(&n.kernel), true),
         ("metadata.testbed_version", o.testbed_version.clone(), n.testbed_version.clone(), true),
         ("metadata.qemu_version", opt(&o.qemu_version), opt(&n.qemu_version), false),

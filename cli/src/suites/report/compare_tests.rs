@@ -225,15 +225,20 @@ fn a_different_kernel_is_not_comparable_unless_told() {
     new.metadata.kernel = old.metadata.kernel.clone();
     new.measurements = old.measurements.clone();
     assert_eq!(cmp(&old, &new, 5.0, false).outcome, Outcome::Ok);
-    for field in ["topology_hash", "accelerator", "testbed_version"] {
+    for field in ["topology_hash", "accelerator", "provider", "testbed_version"] {
         let mut other = old.clone();
         match field {
             "topology_hash" => other.metadata.topology_hash = "def".into(),
             "accelerator" => other.metadata.accelerator = Some("kvm".into()),
+            "provider" => other.metadata.provider = Some("vagrant".into()),
             _ => other.metadata.testbed_version = "0.2.0".into(),
         }
         assert_eq!(cmp(&old, &other, 5.0, false).outcome, Outcome::NotComparable, "{field}");
     }
+    // Results that predate the provider field are QEMU's.
+    let mut qemu = old.clone();
+    qemu.metadata.provider = Some("qemu".into());
+    assert_eq!(cmp(&old, &qemu, 5.0, false).outcome, Outcome::Ok);
 }
 
 #[test]

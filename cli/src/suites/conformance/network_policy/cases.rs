@@ -19,6 +19,7 @@ use super::super::super::cluster::Cluster;
 use super::super::super::probe::HTTP_PORT;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::super::control_plane::api_err;
+use super::super::poll::until;
 use super::model::{api_namespace, expect, matrix, peer, port_name, Matrix, Model, Peer, ALT_PORT, NAMESPACES};
 
 /// How long a policy change may take to reach every node's kernel before the matrix must hold: the API to
@@ -55,9 +56,44 @@ fn ingress_from(from: Vec<NetworkPolicyPeer>) -> NetworkPolicyIngressRule {
     NetworkPolicyIngressRule { from: Some(from), ports: None }
 }
 
-async fn create(client: &Client, p: &NetworkPolicy) -> Result<(), CheckError> {
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), NAMESPACES[0].0);
-    api.create(&PostParams::default(), p).await.map_err(api_err("create networkpolicy"))?;
+/// Makes the policies and waits until every node of the model enforces them, so that the first probe round
+/// already sees them (a round that races the change costs a blocked probe's timeout, and most of the group's
+/// time went into such rounds: docs/benchmarks.md, "CI").
+async fn create<C: Cluster>(c: &C, m: &Model, policies: &[&NetworkPolicy]) -> Result<(), CheckError> {
+    let api: Api<NetworkPolicy> = Api::namespaced(m.client.clone(), NAMESPACES[0].0);
+    let mut created = Vec::new();
+    for p in policies {
+        let made = api.create(&PostParams::default(), p).await.map_err(api_err("create networkpolicy"))?;
+        let version = made.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        created.push((format!("{}/{}", NAMESPACES[0].0, made.metadata.name.unwrap_or_default()), version));
+    }
+    let names: Vec<&str> = created.iter().map(|(name, _)| name.as_str()).collect();
+    every_node(c, m, &format!("{} enforced", names.join(", ")), |built_from| {
+        created.iter().all(|(name, version)| {
+            built_from.get(name).and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v >= *version)
+        })
+    })
+    .await
+}
+
+/// Polls every node of the model until its policy table is `done` with what it is built from (the agent's
+/// `GET /v1/network-policies`, `built_from`); a Fail naming the node that is not within [`TAKES_EFFECT`].
+async fn every_node<C: Cluster>(
+    c: &C,
+    m: &Model,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> Result<(), CheckError> {
+    let mut nodes: Vec<&str> = m.pods.values().map(|p| p.node.as_str()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    for node in nodes {
+        until(&format!("{what} on {node}"), TAKES_EFFECT, || async {
+            let status = c.network_policy_status(node).await.map_err(|e| CheckError::Infra(e.to_string()))?;
+            Ok(done(&status.built_from).then_some(()))
+        })
+        .await?;
+    }
     Ok(())
 }
 
@@ -79,16 +115,22 @@ pub(super) async fn delete_policies(client: &Client) -> Result<(), CheckError> {
     Ok(())
 }
 
+/// Deletes every policy of the model's namespaces and waits until no node enforces any of them (the next
+/// case starts from an open model).
+async fn delete_all<C: Cluster>(c: &C, m: &Model) -> Result<(), CheckError> {
+    delete_policies(&m.client).await?;
+    let ours = |name: &String| NAMESPACES.iter().any(|(ns, _)| name.starts_with(&format!("{ns}/")));
+    every_node(c, m, "the model's policies no longer enforced", |built_from| !built_from.keys().any(ours)).await
+}
+
 /// Makes `policies`, checks the matrix, and deletes them again whatever the outcome.
 async fn case<C: Cluster>(c: &C, m: &Model, policies: &[NetworkPolicy], expected: Matrix) -> CheckOutcome {
     let outcome = async {
-        for p in policies {
-            create(&m.client, p).await?;
-        }
+        create(c, m, &policies.iter().collect::<Vec<_>>()).await?;
         expect(c, m, &expected, TAKES_EFFECT).await
     }
     .await;
-    delete_policies(&m.client).await?;
+    delete_all(c, m).await?;
     outcome
 }
 
@@ -187,16 +229,16 @@ pub(super) async fn stacked<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
         })
     };
     let outcome = async {
-        create(&m.client, &from_y_on("x-a-from-y-alt", ALT_PORT)).await?;
+        create(c, m, &[&from_y_on("x-a-from-y-alt", ALT_PORT)]).await?;
         let one =
             expect(c, m, &matrix(|from, to, port| *to != x_a() || (from.ns == "y" && port == ALT_PORT)), TAKES_EFFECT)
                 .await?;
-        create(&m.client, &from_y_on("x-a-from-y-http", HTTP_PORT)).await?;
+        create(c, m, &[&from_y_on("x-a-from-y-http", HTTP_PORT)]).await?;
         let both = expect(c, m, &matrix(|from, to, _| *to != x_a() || from.ns == "y"), TAKES_EFFECT).await?;
         Ok(format!("one policy: {one}; both: {both}"))
     }
     .await;
-    delete_policies(&m.client).await?;
+    delete_all(c, m).await?;
     outcome
 }
 
@@ -236,7 +278,7 @@ pub(super) async fn updated_pod<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
         }
     };
     let outcome = async {
-        create(&m.client, &p).await?;
+        create(c, m, &[&p]).await?;
         let before = expect(c, m, &matrix(|_, to, _| *to != x_a()), TAKES_EFFECT).await?;
         relabel(Some("updated")).await?;
         let after = expect(c, m, &matrix(|from, to, _| *to != x_a() || *from == peer("x", "b")), TAKES_EFFECT).await?;
@@ -244,15 +286,15 @@ pub(super) async fn updated_pod<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
     }
     .await;
     relabel(None).await?;
-    delete_policies(&m.client).await?;
+    delete_all(c, m).await?;
     outcome
 }
 
 pub(super) async fn deleted_policy_stops<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
     let p = policy("deny-ingress", None, &["Ingress"], |s| s.ingress = Some(vec![]));
-    create(&m.client, &p).await?;
+    create(c, m, &[&p]).await?;
     let denied = expect(c, m, &matrix(|_, to, _| to.ns != "x"), TAKES_EFFECT).await;
-    delete_policies(&m.client).await?;
+    delete_all(c, m).await?;
     let denied = denied?;
     let open = expect(c, m, &matrix(|_, _, _| true), TAKES_EFFECT).await?;
     Ok(format!("with the policy: {denied}; deleted: {open}"))
