@@ -46,6 +46,10 @@ fn perf_smoke(run: &dyn Fn(&[&str]) -> Output, topo: &str, out: &Path) {
         ("pod->pod same-node", "tcp-1"),
         ("pod->pod cross-node", "tcp-1"),
         ("pod->pod cross-node", "latency"),
+        ("pod->service ClusterIP cross-node", "tcp-1"),
+        ("pod->service ClusterIP cross-node", "udp"),
+        ("pod->service NodePort cross-node", "tcp-1"),
+        ("pod->service NodePort cross-node", "udp"),
     ] {
         let m = ms
             .iter()
@@ -55,6 +59,9 @@ fn perf_smoke(run: &dyn Fn(&[&str]) -> Output, topo: &str, out: &Path) {
         assert!(m["mtu"].as_u64().is_some(), "{m}");
         if path != "underlay node->node" {
             assert!(m["ratio_to_baseline"].as_f64().is_some_and(|r| r > 0.0), "{m}");
+        }
+        if path.starts_with("pod->service") {
+            assert_eq!(m["baseline"], "pod->pod cross-node", "{m}");
         }
     }
 }
@@ -212,7 +219,7 @@ fn conformance_default_every_backend() {
         skip,
         controller_passes: 8,
         container_passes: 7,
-        probe_passes: 4,
+        probe_passes: 5,
         service_passes: 13,
         policy_passes: 15,
     };

@@ -211,7 +211,7 @@ async fn delete_pod(
     Path(name): Path<String>,
     query: Result<Query<DeletePodOptions>, QueryRejection>,
 ) -> Result<StatusCode, AgentError> {
-    let opts = query_of(query, "grace_period_secs")?;
+    let opts = query_of(query, &["grace_period_secs"])?;
     let grace = opts.grace_period_secs.map(Duration::from_secs);
     to_completion(async move { agent.delete_pod(&name, grace).await }).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -222,13 +222,18 @@ async fn container_log(
     Path(name): Path<String>,
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, AgentError> {
-    Ok(Json(agent.container_log(&name, &query_of(query, "offset")?)?))
+    Ok(Json(agent.container_log(&name, &query_of(query, &["offset", "previous"])?)?))
 }
 
-/// A query string that did not parse is a 400 naming `field`, its only field that can fail to.
-fn query_of<T>(query: Result<Query<T>, QueryRejection>, field: &str) -> Result<T, AgentError> {
+/// A query string that did not parse is a 400 naming the field that failed where only one of `fields` can
+/// fail to parse (serde's message does not always name it), else naming them all in the message.
+fn query_of<T>(query: Result<Query<T>, QueryRejection>, fields: &[&str]) -> Result<T, AgentError> {
     let Query(value) = query.map_err(|e| {
-        AgentError::Invalid(ApiError { field: Some(field.into()), message: e.body_text(), leaked: vec![] })
+        let (field, message) = match fields {
+            [only] => (Some(only.to_string()), e.body_text()),
+            _ => (None, format!("{} (one of {})", e.body_text(), fields.join(", "))),
+        };
+        AgentError::Invalid(ApiError { field, message, leaked: vec![] })
     })?;
     Ok(value)
 }

@@ -2,7 +2,8 @@
 //! containers share an emptyDir (on disk and as a sized tmpfs) and nothing else of each other's root; a
 //! read-only hostPath is read-only; readOnlyRootFilesystem refuses writes; runAsUser is the uid inside;
 //! dropped capabilities are gone; allowPrivilegeEscalation: false sets no_new_privs. A missing hostPath fails
-//! the pod naming pod, container and path and leaves no cgroup or directory. Root and crun are required
+//! the pod naming pod, container and path and leaves no cgroup or directory; `hostPath.type` is checked as the
+//! kubelet checks it (the `*OrCreate` types made). Root and crun are required
 //! (tests/packages.txt), as for image_real.rs.
 
 #![allow(clippy::unwrap_used)]
@@ -144,6 +145,73 @@ fn a_missing_host_path_fails_the_pod_naming_it_and_leaves_nothing() {
     // TestAgent's cgroup subtree (`tbtest-<pid>-<test>`) holds no cgroup of the pod.
     for root in cgroup_roots(&format!("tbtest-{}-hostpath", std::process::id())) {
         assert!(!root.join("pod-h").exists(), "a cgroup of the failed pod: {}", root.display());
+    }
+    drop(agent);
+}
+
+#[test]
+fn host_path_types_are_checked_and_the_or_create_ones_made() {
+    use std::os::unix::fs::PermissionsExt;
+    testbed_test_support::require_root!();
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("busybox");
+    busybox_layout(&layout);
+    let image = layout.to_str().unwrap();
+    let (dir, file) = (scratch.path().join("made-dir"), scratch.path().join("made-file"));
+    let agent = TestAgent::start("hostpathtype", &["--kill-grace-secs", "1"]);
+    agent.apply_node();
+    let pod = |name: &str, volumes: Value| {
+        let mounts: Vec<Value> = volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| json!({"name": v["name"], "mountPath": format!("/{}", v["name"].as_str().unwrap())}))
+            .collect();
+        json!({"name": name, "volumes": volumes,
+               "containers": [{"name": "c", "image": image, "command": ["sleep", "1000"], "volumeMounts": mounts}]})
+    };
+
+    // The *OrCreate types make what is missing, as the kubelet does (0755 / 0644), and the container mounts it.
+    let made = json!([{"name": "d", "hostPath": {"path": dir, "type": "DirectoryOrCreate"}},
+                      {"name": "f", "hostPath": {"path": file, "type": "FileOrCreate"}},
+                      {"name": "null", "hostPath": {"path": "/dev/null", "type": "CharDevice"}}]);
+    let (code, body): (u16, Value) = http("POST", "/v1/pods", Some(pod("v", made)));
+    assert_eq!(code, 201, "{body}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert!(dir.is_dir() && file.is_file(), "made: {} {}", dir.is_dir(), file.is_file());
+    assert_eq!((mode(&dir), mode(&file), std::fs::metadata(&file).unwrap().len()), (0o755, 0o644, 0));
+    assert_eq!(sh("c", "test -d /d && test -f /f && test -c /null && echo ok"), (0, "ok\n".into()));
+    assert_eq!(http("DELETE", "/v1/pods/v?grace_period_secs=0", None).0, 204);
+    assert!(dir.is_dir() && file.is_file(), "a hostPath outlives its pod");
+
+    // A path of another kind (or none, for a type without OrCreate) fails the pod in the kubelet's words,
+    // naming pod and volume, and leaves nothing of it.
+    let missing = scratch.path().join("not-there");
+    let cases = [
+        ("Directory", file.clone(), "directory"),
+        ("DirectoryOrCreate", file.clone(), "directory"),
+        ("File", dir.clone(), "file"),
+        ("FileOrCreate", dir.clone(), "file"),
+        ("Socket", dir.clone(), "socket file"),
+        ("BlockDevice", "/dev/null".into(), "block device"),
+        ("CharDevice", dir.clone(), "character device"),
+        ("Directory", missing.clone(), "directory"),
+    ];
+    for (type_, path, kind) in cases {
+        let volumes = json!([{"name": "x", "hostPath": {"path": path, "type": type_}}]);
+        let (code, body): (u16, Value) = http("POST", "/v1/pods", Some(pod("w", volumes)));
+        assert_eq!(code, 500, "{type_} on {}: {body}", path.display());
+        let message = body["message"].as_str().unwrap();
+        let words = format!("hostPath type check failed: {} is not a {kind}", path.display());
+        for part in ["pod w", "volume `x`", words.as_str()] {
+            assert!(message.contains(part), "{type_}: {message:?} does not say {part:?}");
+        }
+        assert_eq!(http("GET", "/v1/pods/w", None).0, 404);
+        assert!(!agent.state_dir.path().join("pods/w").exists(), "a directory of the failed pod");
+    }
+    assert!(!missing.exists(), "a type without OrCreate made its path");
+    for root in cgroup_roots(&format!("tbtest-{}-hostpathtype", std::process::id())) {
+        assert!(!root.join("pod-w").exists(), "a cgroup of a failed pod: {}", root.display());
     }
     drop(agent);
 }

@@ -29,14 +29,24 @@ pub struct EmptyDirVolumeSource {
     pub size_limit: Option<String>,
 }
 
-/// `hostPath`: a path that must exist on the node (Kubernetes' default `type: ""` checks nothing before the
-/// runtime, whose bind mount of a missing path fails).
+/// `hostPath`: a path of the node. With Kubernetes' default `type: ""` nothing is checked before the
+/// runtime, whose bind mount of a missing path fails; the other types are checked (and the `*OrCreate` ones
+/// made) by the agent before anything of the pod is, as the kubelet does.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostPathVolumeSource {
     /// Absolute path on the node.
     pub path: String,
+    /// One of [`HOST_PATH_TYPES`]: what must be at `path`.
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub type_: String,
 }
+
+/// Kubernetes' `hostPath.type` values: `""` checks nothing; `DirectoryOrCreate` and `FileOrCreate` make an
+/// empty directory (0755) or file (0644) when nothing is there (not its parent); the others require the path
+/// to exist as that kind of file.
+pub const HOST_PATH_TYPES: [&str; 8] =
+    ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"];
 
 /// One entry of a container's `volumeMounts`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

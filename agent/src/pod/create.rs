@@ -48,7 +48,7 @@ impl Agent {
             pods.insert(spec.name.clone(), pod.clone());
             pod
         };
-        // A missing hostPath fails the pod before any of it exists: nothing to undo.
+        // A hostPath missing or of the wrong type fails the pod before any of it exists: nothing to undo.
         if let Err(e) = super::volumes::check_host_paths(&spec) {
             lock(&self.pods).remove(&spec.name);
             return Err(AgentError::Failed(e.to_string()));

@@ -41,6 +41,11 @@ impl Agent {
     pub(super) fn log_path(&self, pod: &str, container: &str) -> PathBuf {
         self.pod_dir(pod).join(format!("{container}.log"))
     }
+    /// The log of the container's instance before its last restart (`testbed logs --previous`). A container
+    /// name is a DNS label, without dots, so no container's own log can be named so.
+    pub(super) fn previous_log_path(&self, pod: &str, container: &str) -> PathBuf {
+        self.pod_dir(pod).join(format!("{container}.previous.log"))
+    }
 
     /// Re-applies the stored NodeSpec, re-adopts the stored pods and takes back the unfinished teardowns
     /// (agent start).

@@ -105,7 +105,20 @@ impl Agent {
             if pod.deleting.load(Ordering::Relaxed) {
                 return;
             }
-            lock(&pod.record).containers[idx].restart_count += 1;
+            // The new instance writes a log of its own; the one that ended stays readable as the previous
+            // log, as the kubelet keeps it. Under the record's lock, so that a reader sees the log and the
+            // restart count that go together.
+            let mut rec = lock(&pod.record);
+            let (log, previous) = (self.log_path(&pod.spec.name, &name), self.previous_log_path(&pod.spec.name, &name));
+            match std::fs::rename(&log, &previous) {
+                Ok(()) => {}
+                // It wrote nothing: no previous output either.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let _ = std::fs::remove_file(&previous);
+                }
+                Err(e) => tracing::warn!(pod = %pod.spec.name, container = %name, "keep the previous log: {e}"),
+            }
+            rec.containers[idx].restart_count += 1;
         }
     }
 

@@ -417,7 +417,7 @@ async fn a_container_log_is_read_in_chunks_from_an_offset() {
     h.agent.create_pod(pod("web", RestartPolicy::Always, &["app", "sidecar"])).await.unwrap();
     std::fs::write(h.dir.path().join("state/pods/web/app.log"), "hello\nworld\n").unwrap();
     let read = |container: Option<&str>, offset: Option<u64>| {
-        h.agent.container_log("web", &LogQuery { container: container.map(Into::into), offset })
+        h.agent.container_log("web", &LogQuery { container: container.map(Into::into), offset, previous: false })
     };
     let all = read(Some("app"), None).unwrap();
     assert_eq!((all.text.as_str(), all.offset, all.next_offset, all.size), ("hello\nworld\n", 0, 12, 12));
@@ -433,4 +433,30 @@ async fn a_container_log_is_read_in_chunks_from_an_offset() {
     assert_eq!(field(read(None, None)).as_deref(), Some("container"), "two containers: one must be named");
     assert_eq!(field(read(Some("db"), None)).as_deref(), Some("container"));
     assert!(matches!(h.agent.container_log("nope", &LogQuery::default()), Err(AgentError::NotFound(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_starts_a_new_log_and_keeps_the_last_one_as_the_previous() {
+    let h = harness().await;
+    h.fake.script("app", [Run::ExitsAfter(secs(5), 1)]);
+    h.agent.create_pod(pod("flaky", RestartPolicy::Always, &["app"])).await.unwrap();
+    let log = h.dir.path().join("state/pods/flaky/app.log");
+    let read = |previous: bool| h.agent.container_log("flaky", &LogQuery { previous, ..Default::default() });
+    let refused = |r: Result<LogChunk, AgentError>| match r {
+        Err(AgentError::Invalid(e)) => (e.field.unwrap_or_default(), e.message),
+        other => panic!("{other:?}"),
+    };
+    // What the first instance wrote (the fake launches write nothing themselves).
+    std::fs::write(&log, "first instance\n").unwrap();
+    let (field, message) = refused(read(true));
+    assert_eq!(field, "previous");
+    assert_eq!(message, "previous terminated container \"app\" in pod \"flaky\" not found");
+    until("2 launches", || h.fake.launches("app").len() == 2).await;
+    let current = read(false).unwrap();
+    assert_eq!((current.text.as_str(), current.restart_count), ("", 1), "the new instance has written nothing");
+    let previous = read(true).unwrap();
+    assert_eq!((previous.text.as_str(), previous.restart_count), ("first instance\n", 0));
+    std::fs::write(&log, "second instance\n").unwrap();
+    assert_eq!(read(false).unwrap().text, "second instance\n");
+    assert_eq!(read(true).unwrap().text, "first instance\n");
 }

@@ -14,6 +14,11 @@ use super::bundle::VolumeBind;
 pub enum VolumeError {
     #[error("pod {pod} container {container}: hostPath volume `{volume}`: {path} does not exist on the node")]
     MissingHostPath { pod: String, container: String, volume: String, path: String },
+    /// The kubelet's words: `hostPath type check failed: PATH is not a directory`.
+    #[error("pod {pod}: hostPath volume `{volume}`: hostPath type check failed: {path} is not a {kind}")]
+    HostPathType { pod: String, volume: String, path: String, kind: &'static str },
+    #[error("pod {pod}: hostPath volume `{volume}`: create {path}: {source}")]
+    HostPathCreate { pod: String, volume: String, path: String, source: std::io::Error },
     #[error("pod {pod}: emptyDir volume `{volume}`: {what} {path}: {source}")]
     EmptyDir { pod: String, volume: String, what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("pod {pod} container {container}: subPath {path}: {source}")]
@@ -28,9 +33,28 @@ fn is_memory(v: &Volume) -> bool {
     v.empty_dir.as_ref().is_some_and(|e| e.medium == "Memory")
 }
 
-/// The first hostPath a container mounts that is missing on the node: checked before anything of the pod
-/// is made, so such a pod leaves nothing behind (no cgroup, no mount, no directory).
+/// The hostPath volumes as their `type` says, before anything of the pod is made, so a pod that fails here
+/// leaves nothing behind (no cgroup, no mount, no directory): a `DirectoryOrCreate` / `FileOrCreate` path is
+/// made when nothing is there (as the kubelet makes it, 0755 / 0644, owned by root, not its parent); any
+/// other type must already be that kind of file. Then the first hostPath a container mounts that is missing.
 pub fn check_host_paths(spec: &PodSpec) -> Result<(), VolumeError> {
+    for v in &spec.volumes {
+        let Some(host) = &v.host_path else { continue };
+        prepare_host_path(&host.path, &host.type_).map_err(|failure| match failure {
+            HostPathFailure::NotA(kind) => VolumeError::HostPathType {
+                pod: spec.name.clone(),
+                volume: v.name.clone(),
+                path: host.path.clone(),
+                kind,
+            },
+            HostPathFailure::Create(source) => VolumeError::HostPathCreate {
+                pod: spec.name.clone(),
+                volume: v.name.clone(),
+                path: host.path.clone(),
+                source,
+            },
+        })?;
+    }
     for c in &spec.containers {
         for m in &c.volume_mounts {
             let Some(host) = spec.volumes.iter().find(|v| v.name == m.name).and_then(|v| v.host_path.as_ref()) else {
@@ -47,6 +71,43 @@ pub fn check_host_paths(spec: &PodSpec) -> Result<(), VolumeError> {
         }
     }
     Ok(())
+}
+
+enum HostPathFailure {
+    /// What the path should have been (the kubelet's wording).
+    NotA(&'static str),
+    Create(std::io::Error),
+}
+
+/// The kubelet's `checkType` for one hostPath (`pkg/volume/hostpath`): the kind a type requires, made first
+/// for the `*OrCreate` types when nothing is at `path`.
+fn prepare_host_path(path: &str, type_: &str) -> Result<(), HostPathFailure> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+    let existing = std::fs::metadata(path).ok();
+    let (kind, is_it): (&'static str, fn(&std::fs::FileType) -> bool) = match type_ {
+        "DirectoryOrCreate" | "Directory" => ("directory", std::fs::FileType::is_dir),
+        "FileOrCreate" | "File" => ("file", std::fs::FileType::is_file),
+        "Socket" => ("socket file", std::fs::FileType::is_socket),
+        "CharDevice" => ("character device", std::fs::FileType::is_char_device),
+        "BlockDevice" => ("block device", std::fs::FileType::is_block_device),
+        // "": nothing is checked (validation refused anything else).
+        _ => return Ok(()),
+    };
+    match (existing, type_) {
+        (Some(m), _) if is_it(&m.file_type()) => Ok(()),
+        (Some(_), _) => Err(HostPathFailure::NotA(kind)),
+        (None, "DirectoryOrCreate") => {
+            std::fs::DirBuilder::new().mode(0o755).create(path).map_err(HostPathFailure::Create)
+        }
+        (None, "FileOrCreate") => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)
+            .map(drop)
+            .map_err(HostPathFailure::Create),
+        (None, _) => Err(HostPathFailure::NotA(kind)),
+    }
 }
 
 /// Makes every emptyDir of the pod (once per pod: a restarted container finds its volume as it left it).

@@ -34,6 +34,11 @@ pub(super) fn volumes(pod: &PodSpec) -> Result<(), ApiError> {
                 if !host.path.starts_with('/') {
                     return Err(err(at("hostPath.path"), format!("`{}` is not an absolute path", host.path)));
                 }
+                if !crate::HOST_PATH_TYPES.contains(&host.type_.as_str()) {
+                    let supported = crate::HOST_PATH_TYPES[1..].join(", ");
+                    let message = format!("Unsupported value: \"{}\": supported values: \"\", {supported}", host.type_);
+                    return Err(err(at("hostPath.type"), message));
+                }
             }
             _ => return Err(err(format!("volumes[{i}]"), "must set exactly one of emptyDir and hostPath")),
         }
@@ -146,7 +151,7 @@ mod tests {
                 Volume {
                     name: "conf".into(),
                     empty_dir: None,
-                    host_path: Some(HostPathVolumeSource { path: "/etc/conf".into() }),
+                    host_path: Some(HostPathVolumeSource { path: "/etc/conf".into(), type_: "Directory".into() }),
                 },
             ],
             ..Default::default()
@@ -193,6 +198,10 @@ mod tests {
         assert_eq!(
             field(|p| p.volumes[1].host_path.as_mut().unwrap().path = "rel".into()).as_deref(),
             Some("volumes[1].hostPath.path")
+        );
+        assert_eq!(
+            field(|p| p.volumes[1].host_path.as_mut().unwrap().type_ = "Dir".into()).as_deref(),
+            Some("volumes[1].hostPath.type")
         );
         let medium = |p: &mut PodSpec| p.volumes[0].empty_dir.as_mut().unwrap().medium = "Disk".into();
         assert_eq!(field(medium).as_deref(), Some("volumes[0].emptyDir.medium"));

@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use testbed_api::objects::MIRROR_ANNOTATION;
-use testbed_api::{ExecRequest, LogQuery};
+use testbed_api::{ExecRequest, LogChunk, LogQuery};
 
 use super::{connect, ClientArgs, ClusterError};
 use crate::exit::{CliError, CliResult};
@@ -29,9 +29,13 @@ pub struct LogsArgs {
     /// The container (may be left out when the pod has one).
     #[arg(long, short = 'c', value_name = "NAME")]
     pub container: Option<String>,
-    /// Keep printing what the container writes until the pod is gone (Ctrl-C to stop).
-    #[arg(long, short = 'f')]
+    /// Keep printing what the container writes until the pod is gone (Ctrl-C to stop); a restarted
+    /// container's new instance is followed from its first line.
+    #[arg(long, short = 'f', conflicts_with = "previous")]
     pub follow: bool,
+    /// The log of the container's previous instance (before its last restart), as `kubectl logs --previous`.
+    #[arg(long, short = 'p')]
+    pub previous: bool,
     /// Read the pod straight from this node's agent, without the control plane (static pods, a lab whose
     /// API server is down).
     #[arg(long, value_name = "NODE")]
@@ -97,20 +101,26 @@ pub async fn cmd_logs(_ui: &Ui, a: LogsArgs) -> CliResult {
     let target = locate(&a.client, &a.pod, a.node.as_deref()).await?;
     let lab = Lab::open(&a.client.lab)?;
     let node = lab.connect_node(&target.node, CONNECT_DEADLINE).await?;
-    let mut query = LogQuery { container: target.container(a.container), offset: Some(0) };
+    let mut query = LogQuery { container: target.container(a.container), offset: Some(0), previous: a.previous };
     let mut out = std::io::stdout().lock();
-    let mut read_before = false;
+    let mut instance = None;
     loop {
         let chunk = match node.agent.container_log(&target.name, &query).await {
             Ok(chunk) => chunk,
             // Following a pod that was deleted ends the stream, as kubectl's does.
-            Err(e) if a.follow && read_before && e.is_not_found() => return Ok(()),
+            Err(e) if a.follow && instance.is_some() && e.is_not_found() => return Ok(()),
             Err(e) => return Err(agent_error(&target, e)),
         };
-        read_before = true;
+        let restarted = instance.is_some_and(|seen| seen != chunk.restart_count);
+        instance = Some(chunk.restart_count);
+        if reread_from_start(restarted, &chunk) {
+            query.offset = Some(0);
+            continue;
+        }
         let _ = out.write_all(chunk.text.as_bytes());
         let _ = out.flush();
-        query = LogQuery { container: Some(chunk.container), offset: Some(chunk.next_offset) };
+        query.container = Some(chunk.container);
+        query.offset = Some(chunk.next_offset);
         if chunk.next_offset < chunk.size {
             continue;
         }
@@ -119,6 +129,12 @@ pub async fn cmd_logs(_ui: &Ui, a: LogsArgs) -> CliResult {
         }
         tokio::time::sleep(FOLLOW_PERIOD).await;
     }
+}
+
+/// Whether a follower must read `chunk`'s log again from its start: the container restarted since the last
+/// read and this answer starts past the new instance's beginning (the old offset).
+fn reread_from_start(restarted: bool, chunk: &LogChunk) -> bool {
+    restarted && chunk.offset > 0
 }
 
 /// `testbed exec --pod`: `command` in the pod's container (its first when none is named, as kubectl), its
@@ -167,6 +183,23 @@ mod tests {
             }),
             status: None,
         }
+    }
+
+    #[test]
+    fn a_follower_rereads_a_restarted_containers_log_from_its_start() {
+        let chunk = |offset| LogChunk {
+            container: "app".into(),
+            restart_count: 1,
+            offset,
+            next_offset: offset,
+            size: offset,
+            text: String::new(),
+        };
+        // The old instance was read to byte 40; the new one has written 12: clamped to 12, read again from 0.
+        assert!(reread_from_start(true, &chunk(12)));
+        // The new instance has written nothing yet: nothing is skipped.
+        assert!(!reread_from_start(true, &chunk(0)));
+        assert!(!reread_from_start(false, &chunk(12)), "the same instance goes on from where it was");
     }
 
     #[test]

@@ -180,6 +180,9 @@ impl AgentClient {
         if let Some(c) = &query.container {
             endpoint += &format!("&container={}", path_segment(c));
         }
+        if query.previous {
+            endpoint += "&previous=true";
+        }
         self.call(Method::GET, &endpoint, None::<&()>, DEFAULT_TIMEOUT).await
     }
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use testbed_api::{
-    ApplyResponse, ExecRequest, ExecResponse, NetworkPolicyStatus, NodeSpec, NodeStatus, PodSpec, PodStatus,
+    ApplyResponse, ExecRequest, ExecResponse, LogChunk, LogQuery, NetworkPolicyStatus, NodeSpec, NodeStatus, PodSpec,
+    PodStatus,
 };
 
 use crate::plan::{ContainerImage, Plan};
@@ -100,6 +101,13 @@ pub trait Cluster {
         pod: &str,
         req: &ExecRequest,
     ) -> impl Future<Output = Result<ExecResponse, ClusterError>>;
+    /// A chunk of a container's log (`GET /v1/pods/{name}/log`), the running instance's or the previous one's.
+    fn container_log(
+        &self,
+        node: &str,
+        pod: &str,
+        query: &LogQuery,
+    ) -> impl Future<Output = Result<LogChunk, ClusterError>>;
 }
 
 /// The nodes of a plan, in topology order, as the checks address them. The underlay address and MTU come from

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use testbed_api::{
-    ApplyResponse, Backend, ContainerState, ContainerStatus, ExecRequest, ExecResponse, NetworkPolicyStatus, NodeSpec,
-    NodeStatus, ObservedNetwork, PodPhase, PodSpec, PodStatus, QosClass,
+    ApplyResponse, Backend, ContainerState, ContainerStatus, ExecRequest, ExecResponse, LogChunk, LogQuery,
+    NetworkPolicyStatus, NodeSpec, NodeStatus, ObservedNetwork, PodPhase, PodSpec, PodStatus, QosClass,
 };
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
@@ -653,6 +653,22 @@ impl Cluster for FakeCluster {
                 Ok(())
             }
             None => Err(ClusterError::new(node, &format!("DELETE /v1/pods/{pod}"), "404 not found")),
+        }
+    }
+
+    async fn container_log(&self, node: &str, pod: &str, query: &LogQuery) -> Result<LogChunk, ClusterError> {
+        let step = format!("GET /v1/pods/{pod}/log");
+        self.down(node, &step)?;
+        let container = query.container.clone().unwrap_or_default();
+        match self.containers.borrow().log(pod, &container, query.previous) {
+            Some(Ok((text, restart_count))) => {
+                let size = text.len() as u64;
+                let from = query.offset.unwrap_or(0).min(size);
+                let text = text[from as usize..].to_string();
+                Ok(LogChunk { container, restart_count, offset: from, next_offset: size, size, text })
+            }
+            Some(Err(message)) => Err(ClusterError::new(node, &step, format!("400 {message}"))),
+            None => Err(ClusterError::new(node, &step, "404 not found")),
         }
     }
 

@@ -49,6 +49,9 @@ pub struct PodFaults {
     pub readiness_stuck: bool,
     /// Liveness is probed before the startup probe has passed.
     pub startup_ignored: bool,
+    /// A restart appends to the container's log and keeps no previous one (the agent before logs per
+    /// instance).
+    pub log_appended: bool,
 }
 
 struct Ctr {
@@ -63,6 +66,9 @@ struct Ctr {
     ready: bool,
     /// Whether readiness was ever decided (`readiness_stuck` keeps the first decision).
     ready_decided: bool,
+    /// What the running instance wrote, and the one before it (after a restart).
+    log: String,
+    previous_log: Option<String>,
 }
 
 #[derive(Default)]
@@ -143,6 +149,8 @@ impl Containers {
                 started: c.probes.startup_probe.is_none(),
                 ready: false,
                 ready_decided: false,
+                log: String::new(),
+                previous_log: None,
             };
             self.ctrs.insert((spec.name.clone(), c.name.clone()), ctr);
             self.start(&spec.name, &c.name);
@@ -150,9 +158,13 @@ impl Containers {
         self.refresh(status);
     }
 
-    /// What a container's start does beyond running: the `[container]` pod's ping leaves its outcome.
+    /// What a container's start does beyond running: the `[probe]` pod that says which instance it is
+    /// writes that to its log; the `[container]` pod's ping leaves its outcome.
     fn start(&mut self, pod: &str, name: &str) {
-        let Some(ctr) = self.ctrs.get(&(pod.to_string(), name.to_string())) else { return };
+        let Some(ctr) = self.ctrs.get_mut(&(pod.to_string(), name.to_string())) else { return };
+        if ctr.spec.command.last().is_some_and(|c| c.contains(super::conformance::INSTANCE_MARKER)) {
+            ctr.log += &format!("{} {}\n", super::conformance::INSTANCE_MARKER, ctr.pid);
+        }
         if ctr.spec.command.last().map(String::as_str) != Some(super::conformance::PING_SCRIPT) {
             return;
         }
@@ -164,6 +176,17 @@ impl Containers {
             "PING 127.0.0.1 (127.0.0.1): 56 data bytes\nping: permission denied (are you root?)\nexit=1"
         };
         let _ = self.write(pod, name, "/shared/ping", text);
+    }
+
+    /// A container's log as the agent answers it: the running instance's, or the one before its last
+    /// restart; None for a container this fake does not run, Err(message) as the agent's 400.
+    pub fn log(&self, pod: &str, name: &str, previous: bool) -> Option<Result<(String, u32), String>> {
+        let ctr = self.ctrs.get(&(pod.to_string(), name.to_string()))?;
+        Some(match (previous, &ctr.previous_log) {
+            (false, _) => Ok((ctr.log.clone(), ctr.restarts)),
+            (true, Some(log)) => Ok((log.clone(), ctr.restarts - 1)),
+            (true, None) => Err(format!("previous terminated container \"{name}\" in pod \"{pod}\" not found")),
+        })
     }
 
     pub fn deleted(&mut self, pod: &str) {
@@ -432,6 +455,10 @@ impl Containers {
         self.uppers.remove(&upper);
         let Some(ctr) = self.ctrs.get_mut(key) else { return };
         ctr.restarts += 1;
+        ctr.previous_log = match self.faults.log_appended {
+            true => None,
+            false => Some(std::mem::take(&mut ctr.log)),
+        };
         ctr.waiting_until = None;
         ctr.pid = pid;
         ctr.started = ctr.spec.probes.startup_probe.is_none();

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use testbed_api::{
-    ApplyResponse, ExecRequest, ExecResponse, NetworkPolicyStatus, NodeSpec, NodeStatus, PodSpec, PodStatus,
+    ApplyResponse, ExecRequest, ExecResponse, LogChunk, LogQuery, NetworkPolicyStatus, NodeSpec, NodeStatus, PodSpec,
+    PodStatus,
 };
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
@@ -124,5 +125,13 @@ impl Cluster for ConnectedLab {
             .exec(pod, req)
             .await
             .map_err(|e| ClusterError::new(name, &format!("exec in pod {pod}"), e))
+    }
+
+    async fn container_log(&self, name: &str, pod: &str, query: &LogQuery) -> Result<LogChunk, ClusterError> {
+        node(self, name)?
+            .agent
+            .container_log(pod, query)
+            .await
+            .map_err(|e| ClusterError::new(name, &format!("GET /v1/pods/{pod}/log"), e))
     }
 }

@@ -19,6 +19,7 @@ mod hostload;
 mod lab_adapter;
 mod overlay;
 mod perf;
+mod poll;
 mod probe;
 mod report;
 mod runner;

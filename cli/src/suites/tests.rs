@@ -555,6 +555,13 @@ async fn perf_measures_every_path_with_ratios_to_its_own_baseline() {
         assert_eq!(r.measurements.iter().filter(|m| m.backend == Some(b)).count(), n, "{b}");
     }
     assert!(r.measurements.iter().all(|m| !(m.backend == Some(Backend::None) && m.path.contains("node->node"))));
+    // The fake has no service proxy: the Service paths are skipped, saying so (a lab measures them,
+    // tests/conformance_e2e.rs).
+    for path in ["pod->service ClusterIP cross-node", "pod->service NodePort cross-node"] {
+        let (status, message) = check(&r, &format!("[perf] vxlan {path}: tcp-1"));
+        assert_eq!(status, CheckStatus::Skip, "{message}");
+        assert!(message.contains("no service proxy"), "{message}");
+    }
     assert!(c.leftover_test_pods().is_empty());
     let md = report::markdown(&r).expect("md");
     let html = report::html(&r).expect("html");
@@ -743,6 +750,11 @@ fn image_group_faults() -> Vec<(&'static str, PodFaults, &'static str)> {
             "the wedged container restarted: not within",
         ),
         (
+            "[probe] a restarted container's log starts over; the previous instance's stays readable (logs --previous)",
+            PodFaults { log_appended: true, ..f() },
+            "the previous instance's log: ",
+        ),
+        (
             "[probe] liveness: the second restart waits out the kubelet's back-off as CrashLoopBackOff",
             PodFaults { no_back_off: true, ..f() },
             "restarted without showing CrashLoopBackOff",
@@ -768,7 +780,7 @@ async fn the_container_and_probe_checks_pass_on_a_healthy_node_and_each_fails_on
     assert_eq!(r.checks.iter().filter(|c| c.group == "container" && c.status == CheckStatus::Pass).count(), 7);
     let r = run(&healthy, &[Backend::Vxlan], Some("[probe]")).await;
     assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
-    assert_eq!(r.checks.iter().filter(|c| c.group == "probe" && c.status == CheckStatus::Pass).count(), 4);
+    assert_eq!(r.checks.iter().filter(|c| c.group == "probe" && c.status == CheckStatus::Pass).count(), 5);
     assert!(healthy.leftover_test_pods().is_empty(), "left behind: {:?}", healthy.leftover_test_pods());
 
     for (name, pods, why) in image_group_faults() {

@@ -2,14 +2,15 @@
 //! addresses decided here so that `testbed plan` shows them and every `up` of the file gets the same: a
 //! fixed `clusterIP` must lie in `cluster.service_cidr` and be given once; the others get the lowest free
 //! address after the range's first (the API server's own rule, `apiserver/services.rs`), in file order.
-//! NodePort Services' node ports likewise, from 30000-32767.
+//! NodePort Services' node ports likewise, from 30000-32767; ports of one number over TCP and UDP share one
+//! (`node_port_sibling`, the API server's rule).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
-use testbed_control_plane::apiserver::NODE_PORTS;
+use testbed_control_plane::apiserver::{node_port_sibling, NODE_PORTS};
 
 use super::manifests::{self, SERVICES};
 use super::model::Topology;
@@ -34,9 +35,14 @@ pub(super) fn check(ctx: &Ctx<'_>, t: &Topology, range: Ipv4Net) -> Result<Vec<V
                 }
             }
         }
-        for (j, port) in svc["spec"]["ports"].as_array().into_iter().flatten().enumerate() {
+        let svc_ports = svc["spec"]["ports"].as_array().map_or(&[][..], Vec::as_slice);
+        for (j, port) in svc_ports.iter().enumerate() {
             let Some(n) = port["nodePort"].as_i64().filter(|n| *n != 0) else { continue };
             let field = at(i).key("ports").index(j).key("nodePort");
+            // The same number over another protocol of this Service shares its port's node port.
+            if node_port_sibling(svc_ports, j).is_some_and(|k| svc_ports[k]["nodePort"].as_i64() == Some(n)) {
+                continue;
+            }
             let n = i32::try_from(n).unwrap_or(-1);
             if !NODE_PORTS.contains(&n) {
                 return Err(ctx.at(
@@ -64,7 +70,15 @@ pub(super) fn check(ctx: &Ctx<'_>, t: &Topology, range: Ipv4Net) -> Result<Vec<V
         let count = svc["spec"]["ports"].as_array().map_or(0, Vec::len);
         for j in 0..count {
             if svc["spec"]["ports"][j]["nodePort"].as_i64().unwrap_or(0) == 0 {
-                let port = free_ports.next().ok_or_else(|| ctx.at(&at(i), "no node port left in 30000-32767"))?;
+                let ports = svc["spec"]["ports"].as_array().map_or(&[][..], Vec::as_slice);
+                let shared = node_port_sibling(ports, j).and_then(|k| ports[k]["nodePort"].as_i64());
+                let port = match shared {
+                    Some(n) => n,
+                    None => free_ports
+                        .next()
+                        .map(i64::from)
+                        .ok_or_else(|| ctx.at(&at(i), "no node port left in 30000-32767"))?,
+                };
                 svc["spec"]["ports"][j]["nodePort"] = json!(port);
             }
         }
@@ -91,6 +105,11 @@ mod tests {
       type: NodePort
       selector: {app: web}
       ports: [{name: a, port: 80, nodePort: 30000}, {name: b, port: 81}]
+  - metadata: {name: dns}
+    spec:
+      type: NodePort
+      ports: [{name: tcp, port: 53}, {name: udp, port: 53, protocol: UDP}, {name: t, port: 54, nodePort: 30100},
+              {name: u, port: 54, protocol: UDP, nodePort: 30100}]
 ";
 
     #[test]
@@ -101,6 +120,9 @@ mod tests {
         let ports = &t.services[2]["spec"]["ports"];
         assert_eq!((ports[0]["nodePort"].as_i64(), ports[1]["nodePort"].as_i64()), (Some(30000), Some(30001)));
         assert_eq!(t.services[0]["metadata"]["namespace"], "default");
+        // One number over TCP and UDP: one node port, allocated or given.
+        let dns: Vec<Option<i64>> = (0..4).map(|j| t.services[3]["spec"]["ports"][j]["nodePort"].as_i64()).collect();
+        assert_eq!(dns, [Some(30002), Some(30002), Some(30100), Some(30100)]);
     }
 
     #[test]

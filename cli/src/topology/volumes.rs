@@ -18,7 +18,7 @@ pub struct VolumeDef {
     pub name: String,
     /// A directory as long-lived as the pod, shared by its containers.
     pub empty_dir: Option<EmptyDirDef>,
-    /// A file or directory of the node; it must exist there.
+    /// A file or directory of the node.
     pub host_path: Option<HostPathDef>,
 }
 
@@ -36,6 +36,11 @@ pub struct EmptyDirDef {
 pub struct HostPathDef {
     /// Absolute path on the node.
     pub path: String,
+    /// What must be there (Kubernetes' values): left out or `""` checks nothing (a missing path fails the
+    /// container's start); `DirectoryOrCreate` / `FileOrCreate` make an empty directory or file when nothing is
+    /// there; `Directory`, `File`, `Socket`, `CharDevice`, `BlockDevice` require one.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -91,7 +96,10 @@ impl From<&VolumeDef> for Volume {
                 medium: e.medium.clone().unwrap_or_default(),
                 size_limit: e.size_limit.as_ref().map(|s| s.0.clone()),
             }),
-            host_path: v.host_path.as_ref().map(|h| HostPathVolumeSource { path: h.path.clone() }),
+            host_path: v
+                .host_path
+                .as_ref()
+                .map(|h| HostPathVolumeSource { path: h.path.clone(), type_: h.type_.clone().unwrap_or_default() }),
         }
     }
 }

@@ -28,7 +28,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-pub use services::{parse_service_cidr, DEFAULT_SERVICE_CIDR, NODE_PORTS};
+pub use services::{node_port_sibling, parse_service_cidr, DEFAULT_SERVICE_CIDR, NODE_PORTS};
 pub use status::ApiError;
 
 use crate::meta::now_seconds;

@@ -66,6 +66,15 @@ pub(super) struct Held {
     pub node_ports: BTreeSet<i32>,
 }
 
+/// Kubernetes' rule for node ports within one Service: a port with the same number as an earlier port of
+/// another protocol (DNS's 53 over TCP and UDP) shares that port's node port, so a client of both protocols
+/// reaches one address. The earlier port's index, if any (`ports`: the Service's `spec.ports`).
+pub fn node_port_sibling(ports: &[Value], index: usize) -> Option<usize> {
+    let protocol = |p: &Value| p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
+    let port = ports.get(index)?;
+    ports[..index].iter().position(|o| o.get("port") == port.get("port") && protocol(o) != protocol(port))
+}
+
 impl Held {
     pub fn of(obj: &Value) -> Held {
         let cluster_ip = obj.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|s| s.parse().ok());
@@ -156,10 +165,18 @@ impl<S: Store> Server<S> {
             let same = |o: &&Value| o.get("port") == port.get("port") && o.get("protocol") == port.get("protocol");
             let kept =
                 old_ports.iter().find(same).and_then(|o| o.get("nodePort")).and_then(Value::as_i64).unwrap_or(0) as i32;
+            let ports = obj["spec"]["ports"].as_array().map_or(&[][..], Vec::as_slice);
+            // Its earlier ports have their node ports by now.
+            let sibling = node_port_sibling(ports, i)
+                .and_then(|k| ports[k].get("nodePort").and_then(Value::as_i64))
+                .map(|n| n as i32);
             let number = match wanted {
                 0 if kept != 0 => kept,
-                0 => self.take_free_port(owner).await?,
-                n if before.node_ports.contains(&n) => n,
+                0 => match sibling {
+                    Some(n) => n,
+                    None => self.take_free_port(owner).await?,
+                },
+                n if before.node_ports.contains(&n) || sibling == Some(n) => n,
                 n => self.take_given_port(name, owner, i, n).await?,
             };
             if !before.node_ports.contains(&number) {

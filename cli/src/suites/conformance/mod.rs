@@ -18,7 +18,6 @@ mod mtu;
 mod network_policy;
 mod overlay;
 mod pod_network;
-mod poll;
 mod probe;
 mod sandbox;
 mod service;
@@ -41,6 +40,8 @@ pub use cgroups::POD_MEM;
 pub use container::PING_SCRIPT;
 #[cfg(test)]
 pub use fixture::web_pod;
+#[cfg(test)]
+pub use probe::INSTANCE_MARKER;
 
 /// Runs `check` unless the lab or backend cannot carry it (then the check is a skip with the reason).
 async fn gated(skip: Option<&str>, check: impl std::future::Future<Output = CheckOutcome>) -> CheckOutcome {

@@ -3,19 +3,21 @@
 //! check writes or removes inside it; the container runs in the image, so a restart starts it without the
 //! file again. Every probe runs each second with a threshold of one, to keep the group short under TCG; the
 //! kubelet's back-off restarts at once the first time and after 10 s the second, so no check waits a third.
+//! The liveness pod prints a line of its own at each start, which tells its log's instances apart.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use testbed_api::probe::{ExecAction, Probe, Probes};
-use testbed_api::{ContainerSpec, ContainerState, ContainerStatus, PodStatus, RestartPolicy};
+use testbed_api::{ContainerSpec, ContainerState, ContainerStatus, LogQuery, PodStatus, RestartPolicy};
 
 use super::super::cluster::{nodes_of, Cluster};
 use super::super::fsops::Op;
 use super::super::harness::{container, create_tracked, pod, wait_running, CreatedPods, TestPod};
+use super::super::poll;
+use super::super::probe::sh;
 use super::super::runner::{CheckError, CheckOutcome, Level, Runner};
 use super::images::{busybox_on, in_container, skip_all, Group};
-use super::poll;
 
 pub(super) const POD_LIVE: &str = "tb-c-live";
 pub(super) const POD_READY: &str = "tb-c-ready";
@@ -23,6 +25,8 @@ pub(super) const POD_START: &str = "tb-c-start";
 const WEDGED: &str = "/tmp/tb-wedged";
 const READY: &str = "/tmp/tb-ready";
 const STARTED: &str = "/tmp/tb-started";
+/// What the liveness pod's container prints at each start, followed by a random id: one line per instance.
+pub const INSTANCE_MARKER: &str = "tb-instance";
 /// How long a probe's effect may take to show: a 1 s period, a 1 s grace, an exec under TCG.
 const WITHIN: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 20 });
 /// The kubelet's back-off before a second restart is 10 s; what the check requires of it (polling and the
@@ -36,6 +40,7 @@ const GROUP: Group = Group {
     name: "probe",
     checks: &[
         "liveness: a wedged container is killed and restarted, its restart count grows",
+        "a restarted container's log starts over; the previous instance's stays readable (logs --previous)",
         "liveness: the second restart waits out the kubelet's back-off as CrashLoopBackOff",
         "readiness flips the pod's Ready condition both ways",
         "a startup probe holds liveness off until it succeeds",
@@ -61,8 +66,8 @@ fn file_probe(exists: bool, path: &str) -> Probe {
     }
 }
 
-fn probed(name: &str, digest: &str, probes: Probes) -> testbed_api::PodSpec {
-    let c = ContainerSpec { image: Some(digest.into()), probes, ..container("c", vec!["sleep".into(), "3600".into()]) };
+fn probed(name: &str, digest: &str, probes: Probes, command: Vec<String>) -> testbed_api::PodSpec {
+    let c = ContainerSpec { image: Some(digest.into()), probes, ..container("c", command) };
     pod(name, vec![c], RestartPolicy::Always)
 }
 
@@ -76,7 +81,13 @@ fn probe_pods(digest: &str) -> [testbed_api::PodSpec; 3] {
         liveness_probe: Some(file_probe(true, STARTED)),
         ..Default::default()
     };
-    [probed(POD_LIVE, digest, live), probed(POD_READY, digest, ready), probed(POD_START, digest, start)]
+    let sleep = || vec!["sleep".into(), "3600".into()];
+    let says_instance = sh(format!("echo {INSTANCE_MARKER} $(cat /proc/sys/kernel/random/uuid); exec sleep 3600"));
+    [
+        probed(POD_LIVE, digest, live, says_instance),
+        probed(POD_READY, digest, ready, sleep()),
+        probed(POD_START, digest, start, sleep()),
+    ]
 }
 
 /// Runs the group on the first node; its pods are added to `created`.
@@ -97,9 +108,10 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, created: &CreatedPods
     }
     let (g, e, n, names) = (GROUP.name, Level::Error, node.as_str(), GROUP.checks);
     r.run(g, None, names[0], e, liveness(c, n)).await;
-    r.run(g, None, names[1], e, back_off(c, n)).await;
-    r.run(g, None, names[2], e, readiness(c, n)).await;
-    r.run(g, None, names[3], e, startup(c, n, &start, created)).await;
+    r.run(g, None, names[1], e, log_per_instance(c, n)).await;
+    r.run(g, None, names[2], e, back_off(c, n)).await;
+    r.run(g, None, names[3], e, readiness(c, n)).await;
+    r.run(g, None, names[4], e, startup(c, n, &start, created)).await;
 }
 
 fn only(st: &PodStatus) -> Result<&ContainerStatus, CheckError> {
@@ -150,6 +162,44 @@ async fn liveness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
         return Err(CheckError::Fail(format!("restarted without a terminated last state: {}", brief(&after))));
     }
     Ok(format!("{ev}\nbefore: {}\nafter {:.1} s: {}", brief(&before), wedged.elapsed().as_secs_f64(), brief(&after)))
+}
+
+/// The instance lines of a log: one per start of the liveness pod's container that wrote into it.
+fn instances(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.starts_with(INSTANCE_MARKER)).collect()
+}
+
+/// After the liveness check's restart: the log read is the running instance's alone (not appended to the
+/// killed one's), and `previous` reads the killed instance's, as the kubelet keeps them.
+async fn log_per_instance<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
+    let p = wait_running(c, node, POD_LIVE).await?;
+    let st = only(&p.status)?.clone();
+    if st.restart_count == 0 {
+        return Err(CheckError::Fail(format!("the container should have restarted once by now: {}", brief(&st))));
+    }
+    let query = |previous| LogQuery { container: Some("c".into()), offset: None, previous };
+    // The new instance prints its line once it runs, maybe after the status says Running.
+    let current = poll::until("the running instance's line in its log", WITHIN, || async {
+        let chunk = c.container_log(node, POD_LIVE, &query(false)).await?;
+        Ok((!instances(&chunk.text).is_empty()).then_some(chunk))
+    })
+    .await?;
+    let previous = c
+        .container_log(node, POD_LIVE, &query(true))
+        .await
+        .map_err(|e| CheckError::Fail(format!("the previous instance's log: {e}")))?;
+    let (now, before) = (instances(&current.text), instances(&previous.text));
+    let seen = format!(
+        "log (restart {}): {now:?}; previous log (restart {}): {before:?}",
+        current.restart_count, previous.restart_count
+    );
+    if now.len() != 1 || before.len() != 1 || now == before {
+        return Err(CheckError::Fail(format!("want one instance line in each, different ones: {seen}")));
+    }
+    if previous.restart_count + 1 != current.restart_count {
+        return Err(CheckError::Fail(format!("the previous log is not the instance before the running one: {seen}")));
+    }
+    Ok(seen)
 }
 
 async fn back_off<C: Cluster>(c: &C, node: &str) -> CheckOutcome {

@@ -76,13 +76,11 @@ pub fn measurement(f: &Figure<'_>, backend: Backend, loss_bound: f64) -> Measure
     }
 }
 
-/// Each figure's ratio to its baseline (same kind, same backend); a flagged baseline flags the ratio.
+/// Each figure's ratio to its baseline (same kind, same backend); a flagged baseline flags the ratio. A
+/// baseline may itself have one (the Service paths divide by the direct pod path).
 pub fn add_ratios(ms: &mut [Measurement]) {
-    let base: Vec<(String, String, Option<Backend>, f64, bool)> = ms
-        .iter()
-        .filter(|m| m.baseline.is_none())
-        .map(|m| (m.path.clone(), m.kind.clone(), m.backend, m.stats.median, !m.flags.is_empty()))
-        .collect();
+    let base: Vec<(String, String, Option<Backend>, f64, bool)> =
+        ms.iter().map(|m| (m.path.clone(), m.kind.clone(), m.backend, m.stats.median, !m.flags.is_empty())).collect();
     for m in ms.iter_mut() {
         let Some(want) = m.baseline.as_deref() else { continue };
         let Some((.., median, flagged)) =

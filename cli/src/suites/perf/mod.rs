@@ -1,8 +1,10 @@
 //! The perf suite: iperf3 TCP (1 and N streams), UDP at a fixed offer, the highest UDP rate under a loss bound
-//! (`udp_search`) and ping latency, per backend, over four paths: the
+//! (`udp_search`) and ping latency, per backend, over these paths: the
 //! cross-node baseline (node->node on the underlay), the same-node baseline (a node to its own underlay
-//! address, over its loopback), pod->pod on one node and pod->pod across nodes. Each pod path's ratio divides
-//! by the baseline of its own kind of path, measured with the same backend in the same rounds.
+//! address, over its loopback), pod->pod on one node, pod->pod across nodes, and that cross-node pod path
+//! through a Service by its ClusterIP and by its node port (`service`; on labs whose agents follow the API).
+//! Each pod path's ratio divides by the baseline of its own kind of path, measured with the same backend in
+//! the same rounds; the Service paths' by the direct cross-node pod path to the same server.
 //!
 //! Samples are taken in rounds: each round measures every figure of the backend once. A disturbance of the
 //! host (someone's compile) then lands on one sample of many figures, which the median shrugs off, instead
@@ -12,6 +14,7 @@
 
 mod figure;
 mod run;
+mod service;
 mod udp_search;
 
 use std::collections::HashMap;
@@ -36,6 +39,8 @@ pub const BASELINE_CROSS: &str = "underlay node->node";
 pub const BASELINE_SELF: &str = "underlay node->self";
 const SAME_NODE: &str = "pod->pod same-node";
 const CROSS_NODE: &str = "pod->pod cross-node";
+const VIA_CLUSTER_IP: &str = "pod->service ClusterIP cross-node";
+const VIA_NODE_PORT: &str = "pod->service NodePort cross-node";
 /// Seconds each iperf3 run sends before it measures: TCP slow start and neighbour resolution stay out of
 /// every sample, which a discarded warm-up run per figure would otherwise have to pay for.
 pub const OMIT_S: u32 = 1;
@@ -125,30 +130,53 @@ impl Kind {
     }
 }
 
-/// Where a command runs: in a pod (its network namespace) or on a node.
+/// Where a command runs: in a pod (its network namespace) or on a node; as a destination, the address a
+/// client sends to is the end's own, except through a Service.
 #[derive(Clone, Copy)]
 pub enum End<'a> {
     Pod(&'a TestPod),
     Node(&'a NodeInfo),
+    /// The server pod, reached at `ip`:`port` (a Service's address) rather than at its own.
+    Via {
+        server: &'a TestPod,
+        ip: Ipv4Addr,
+        port: u16,
+    },
 }
 
 impl End<'_> {
+    /// The address a client sends to.
     fn ip(&self) -> Ipv4Addr {
         match self {
             End::Pod(p) => p.ip,
             End::Node(n) => n.underlay_ip,
+            End::Via { ip, .. } => *ip,
+        }
+    }
+    /// The port a client sends to; the server always listens on PERF_PORT.
+    fn port(&self) -> u16 {
+        match self {
+            End::Via { port, .. } => *port,
+            _ => PERF_PORT,
         }
     }
     fn node(&self) -> &str {
         match self {
-            End::Pod(p) => &p.node,
+            End::Pod(p) | End::Via { server: p, .. } => &p.node,
             End::Node(n) => &n.name,
         }
     }
     async fn run<C: Cluster>(&self, c: &C, script: &str, timeout: u64) -> Result<ExecResponse, ClusterError> {
         match self {
-            End::Pod(p) => pexec(c, p, None, script, timeout).await,
+            End::Pod(p) | End::Via { server: p, .. } => pexec(c, p, None, script, timeout).await,
             End::Node(n) => nexec(c, &n.name, script).await,
+        }
+    }
+    /// Why `kind` cannot be measured to this end, if it cannot.
+    fn cannot_measure(&self, kind: Kind) -> Option<&'static str> {
+        match (self, kind) {
+            (End::Via { .. }, Kind::Latency) => Some("a Service forwards TCP and UDP only: ping is not answered"),
+            _ => None,
         }
     }
 }
@@ -192,9 +220,13 @@ async fn measure_paths<C: Cluster>(
     for path in paths {
         for kind in kinds(o) {
             let name = format!("{}: {}", path.name, kind.name());
-            match path.ends {
-                Err(why) => r.record("perf", b, &name, CheckStatus::Skip, why),
-                Ok((from, to)) if r.selected(&Runner::full_name("perf", b, &name)) => figures.push(Figure {
+            let skip = match path.ends {
+                Err(why) => Some(why),
+                Ok((_, to)) => to.cannot_measure(kind),
+            };
+            match (skip, path.ends) {
+                (Some(why), _) => r.record("perf", b, &name, CheckStatus::Skip, why),
+                (None, Ok((from, to))) if r.selected(&Runner::full_name("perf", b, &name)) => figures.push(Figure {
                     kind,
                     path,
                     from,
@@ -205,7 +237,7 @@ async fn measure_paths<C: Cluster>(
                     error: None,
                     took: Duration::ZERO,
                 }),
-                Ok(_) => {}
+                _ => {}
             }
         }
     }
@@ -304,7 +336,12 @@ pub async fn run_backend<C: Cluster>(
         }
         for (node, name) in &wanted {
             remove_leftover(c, node, name).await;
-            create_tracked(c, node, &sleeper_pod(name), &created).await?;
+            let mut spec = sleeper_pod(name);
+            // The cross-node server, which the Service paths reach too.
+            if *name == PERF_PODS[2] {
+                spec.labels.insert(service::SERVER_LABEL.0.into(), service::SERVER_LABEL.1.into());
+            }
+            create_tracked(c, node, &spec, &created).await?;
         }
         for (node, name) in &wanted {
             pods.push(wait_running(c, node, name).await?);
@@ -312,9 +349,28 @@ pub async fn run_backend<C: Cluster>(
         Ok(pods.iter().map(|p| format!("{}@{} {}", p.name, p.node, p.ip)).collect::<Vec<_>>().join(", "))
     })
     .await;
+    let none = backend == Backend::None;
+    // The Service paths need pod traffic between nodes and agents that follow the API's Services.
+    let wants_service = [VIA_CLUSTER_IP, VIA_NODE_PORT].iter().any(|path| {
+        kinds(o).iter().any(|k| r.selected(&Runner::full_name("perf", b, &format!("{path}: {}", k.name()))))
+    });
+    let mut made = None;
+    let via = match (pods.get(2), nb) {
+        _ if none => Err("backend none routes no pod traffic between nodes"),
+        _ if !c.follows_api_networking() => Err("this cluster has no service proxy"),
+        (Some(server), Some(_)) if wants_service => {
+            r.run_setup("setup", b, "perf Service with its endpoint", async {
+                let s = service::create(c, server.ip).await?;
+                made = Some(s);
+                Ok(format!("ClusterIP {}, node port {} (TCP and UDP)", s.cluster_ip, s.node_port))
+            })
+            .await;
+            made.ok_or("the perf Service's setup failed")
+        }
+        _ => Err("the lab has a single node"),
+    };
     if pods.len() >= 2 {
-        let none = backend == Backend::None;
-        let paths = [
+        let mut paths = vec![
             PathSpec {
                 name: BASELINE_CROSS,
                 ends: match nb {
@@ -340,7 +396,35 @@ pub async fn run_backend<C: Cluster>(
                 baseline: Some(BASELINE_CROSS),
             },
         ];
+        let server = pods.get(2);
+        if wants_service {
+            paths.push(PathSpec {
+                name: VIA_CLUSTER_IP,
+                ends: match (via, server) {
+                    (Ok(svc), Some(server)) => {
+                        Ok((End::Pod(&pods[0]), End::Via { server, ip: svc.cluster_ip, port: PERF_PORT }))
+                    }
+                    (Err(why), _) => Err(why),
+                    (_, None) => Err("the lab has a single node"),
+                },
+                baseline: Some(CROSS_NODE),
+            });
+            paths.push(PathSpec {
+                name: VIA_NODE_PORT,
+                ends: match (via, server, nb) {
+                    (Ok(svc), Some(server), Some(nb)) => {
+                        Ok((End::Pod(&pods[0]), End::Via { server, ip: nb.underlay_ip, port: svc.node_port }))
+                    }
+                    (Err(why), _, _) => Err(why),
+                    _ => Err("the lab has a single node"),
+                },
+                baseline: Some(CROSS_NODE),
+            });
+        }
         out.extend(measure_paths(c, r, o, backend, &paths).await);
+    }
+    if made.is_some() {
+        r.run_setup("setup", b, "perf Service removed", service::delete(c)).await;
     }
     r.run_setup("setup", b, "perf pods removed", cleanup(c, &created)).await;
 }

@@ -85,7 +85,7 @@ async fn iperf<C: Cluster>(
     udp: bool,
 ) -> Result<IperfRun, CheckError> {
     let server = format!("timeout {} iperf3 -s -1 -p {PERF_PORT} -J", d + OMIT_S + 60);
-    let client = probe::iperf_client(to.ip(), PERF_PORT, args);
+    let client = probe::iperf_client(to.ip(), to.port(), args);
     let limit = u64::from(d + OMIT_S) + 70;
     let (s, cl): (Result<ExecResponse, ClusterError>, _) =
         futures::join!(to.run(c, &server, limit), from.run(c, &client, limit));

@@ -94,6 +94,38 @@ async fn updates_keep_the_addresses_and_the_cluster_ip_is_immutable() {
 }
 
 #[tokio::test]
+async fn tcp_and_udp_ports_of_one_number_share_a_node_port_as_kubernetes_allocates_them() {
+    let s = server().await;
+    let both = |name: &str, node_port: Option<i64>| {
+        let mut ports = json!([{"name": "tcp", "port": 5210}, {"name": "udp", "port": 5210, "protocol": "UDP"}]);
+        if let Some(n) = node_port {
+            ports[0]["nodePort"] = json!(n);
+            ports[1]["nodePort"] = json!(n);
+        }
+        service(name, json!({"type": "NodePort", "ports": ports}))
+    };
+    let (auto, _) = s.create(&target("services", None), both("auto", None), None).await.expect("allocated");
+    let ports = &auto["spec"]["ports"];
+    assert_eq!((ports[0]["nodePort"].as_i64(), ports[1]["nodePort"].as_i64()), (Some(30000), Some(30000)));
+    let (given, _) = s.create(&target("services", None), both("given", Some(30100)), None).await.expect("given");
+    assert_eq!(given["spec"]["ports"][1]["nodePort"], 30100);
+    // Shared within a Service only: another Service cannot take it for either protocol.
+    let err = s.create(&target("services", None), both("other", Some(30100)), None).await.expect_err("held");
+    assert!(err.message.contains("provided port is already allocated"), "{}", err.message);
+    // Two ports of one protocol on one node port stay refused.
+    let twice = service(
+        "twice",
+        json!({"type": "NodePort", "ports": [{"name": "a", "port": 80, "nodePort": 30200},
+                                              {"name": "b", "port": 81, "nodePort": 30200}]}),
+    );
+    let err = s.create(&target("services", None), twice, None).await.expect_err("same protocol");
+    assert!(err.message.contains("spec.ports[1].nodePort"), "{}", err.message);
+    // Deleting the Service gives the shared port back once.
+    s.delete(&target("services", Some("given")), &json!({})).await.expect("delete");
+    s.create(&target("services", None), both("again", Some(30100)), None).await.expect("free again");
+}
+
+#[tokio::test]
 async fn endpoint_slices_are_served_in_their_group() {
     let s = server().await;
     let (code, body) = request(&s, "GET", "/apis/discovery.k8s.io/v1", "", None).await;

@@ -8,9 +8,9 @@ use testbed_api::PodSpec;
 use super::super::super::cluster::Cluster;
 use super::super::super::fsops::{Found, Op};
 use super::super::super::harness::{create_tracked, wait_running, CreatedPods, TestPod};
+use super::super::super::poll;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::super::images::{in_container, on_node, pid_of, proc_root};
-use super::super::poll;
 use super::{POD_IMG, RO, RUN_AS_GROUP, RUN_AS_USER, RW};
 
 /// The busybox image's whole /etc/passwd (`crate::image::oci::busybox_layer`); Debian's, the node's, has more.

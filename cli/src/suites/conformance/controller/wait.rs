@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 
+pub(super) use super::super::super::poll::until;
 use super::super::super::runner::CheckError;
 pub(super) use super::super::control_plane::is_ready;
-pub(super) use super::super::poll::until;
 use super::api_err;
 
 /// For what the controllers do alone (a count to match, an object to go).

@@ -16,10 +16,10 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::Client;
 
 use super::super::super::cluster::Cluster;
+use super::super::super::poll::until;
 use super::super::super::probe::HTTP_PORT;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::super::control_plane::api_err;
-use super::super::poll::until;
 use super::model::{api_namespace, expect, matrix, peer, port_name, Matrix, Model, Peer, ALT_PORT, NAMESPACES};
 
 /// How long a policy change may take to reach every node's kernel before the matrix must hold: the API to

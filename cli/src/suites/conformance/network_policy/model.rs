@@ -15,10 +15,10 @@ use kube::Client;
 
 use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
+use super::super::super::poll::until;
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
 use super::super::control_plane::{api_err, is_ready, labelled_namespace, pinned};
-use super::super::poll::until;
 
 /// The model's namespaces: API name and the value of their `ns` label.
 pub(super) const NAMESPACES: [(&str, &str); 2] = [("tb-netpol-x", "x"), ("tb-netpol-y", "y")];

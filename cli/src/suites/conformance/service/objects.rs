@@ -12,10 +12,10 @@ use kube::Client;
 
 use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
+pub(super) use super::super::super::poll::until;
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
 use super::super::control_plane::{api_err, is_ready, namespace, pinned};
-pub(super) use super::super::poll::until;
 use super::{ServiceLab, Svc, NAMESPACE};
 
 /// The second port each endpoint serves (`<name>-alt`), for the multiport Service.

@@ -1,9 +1,10 @@
-//! Waiting for the cluster: the conformance groups that drive API objects poll until a condition holds.
+//! Waiting for the cluster: the conformance groups that drive API objects, and the perf suite's Service,
+//! poll until a condition holds.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::super::runner::CheckError;
+use super::runner::CheckError;
 
 const POLL: Duration = Duration::from_millis(if cfg!(test) { 50 } else { 250 });
 
