@@ -48,8 +48,8 @@ fn perf_smoke(run: &dyn Fn(&[&str]) -> Output, topo: &str, out: &Path) {
         ("pod->pod cross-node", "latency"),
         ("pod->service ClusterIP cross-node", "tcp-1"),
         ("pod->service ClusterIP cross-node", "udp"),
-        ("pod->service NodePort cross-node", "tcp-1"),
-        ("pod->service NodePort cross-node", "udp"),
+        ("node->service NodePort cross-node", "tcp-1"),
+        ("node->service NodePort cross-node", "udp"),
     ] {
         let m = ms
             .iter()
@@ -60,8 +60,9 @@ fn perf_smoke(run: &dyn Fn(&[&str]) -> Output, topo: &str, out: &Path) {
         if path != "underlay node->node" {
             assert!(m["ratio_to_baseline"].as_f64().is_some_and(|r| r > 0.0), "{m}");
         }
-        if path.starts_with("pod->service") {
-            assert_eq!(m["baseline"], "pod->pod cross-node", "{m}");
+        if path.contains("->service") {
+            let base = if path.contains("ClusterIP") { "pod->pod cross-node" } else { "underlay node->node" };
+            assert_eq!(m["baseline"], base, "{m}");
         }
     }
 }

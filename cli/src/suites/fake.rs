@@ -505,6 +505,13 @@ impl Cluster for FakeCluster {
 
     async fn node_exec(&self, node: &str, command: &str) -> Result<NodeExec, ClusterError> {
         self.down(node, "ssh")?;
+        // The perf suite bounds node commands with `timeout N sh -c '...'`: the fake answers the command inside.
+        let inner = command
+            .strip_prefix("timeout ")
+            .and_then(|rest| rest.split_once(" sh -c '"))
+            .and_then(|(_, quoted)| quoted.strip_suffix('\''))
+            .map(|q| q.replace("'\\''", "'"));
+        let command = inner.as_deref().unwrap_or(command);
         let on_containers = self.containers.borrow_mut().node_exec(node, command);
         let r = if let Some(r) = on_containers {
             r

@@ -557,7 +557,7 @@ async fn perf_measures_every_path_with_ratios_to_its_own_baseline() {
     assert!(r.measurements.iter().all(|m| !(m.backend == Some(Backend::None) && m.path.contains("node->node"))));
     // The fake has no service proxy: the Service paths are skipped, saying so (a lab measures them,
     // tests/conformance_e2e.rs).
-    for path in ["pod->service ClusterIP cross-node", "pod->service NodePort cross-node"] {
+    for path in ["pod->service ClusterIP cross-node", "node->service NodePort cross-node"] {
         let (status, message) = check(&r, &format!("[perf] vxlan {path}: tcp-1"));
         assert_eq!(status, CheckStatus::Skip, "{message}");
         assert!(message.contains("no service proxy"), "{message}");

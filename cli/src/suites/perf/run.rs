@@ -90,6 +90,11 @@ async fn iperf<C: Cluster>(
     let (s, cl): (Result<ExecResponse, ClusterError>, _) =
         futures::join!(to.run(c, &server, limit), from.run(c, &client, limit));
     let (_s, cl) = (s?, cl?);
+    if cl.timed_out {
+        let (ip, port) = (to.ip(), to.port());
+        let why = format!("no iperf3 run to {ip}:{port} finished within {limit} s");
+        return Err(CheckError::Fail(format!("{why}\n{}", evidence(&client, &cl))));
+    }
     probe::parse_iperf_client(&cl.stdout, udp).map_err(|e| CheckError::Fail(format!("{e}\n{}", evidence(&client, &cl))))
 }
 

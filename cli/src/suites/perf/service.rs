@@ -1,8 +1,8 @@
-//! The perf suite's Service paths (issue 15): the cross-node pod path again, through a Service whose one
-//! endpoint is that path's own server pod, reached by its ClusterIP and by its node port on the server's
-//! node. Their ratios divide by the direct pod path measured in the same rounds, so each tells what the
-//! node's service proxy (DNAT, and for the node port the masquerade kube-proxy applies to traffic from off
-//! the node) costs on the same work.
+//! The perf suite's Service paths (issue 15): to the cross-node pod path's own server pod through a Service
+//! whose one endpoint it is, from the first node's pod by the ClusterIP (ratio to the direct pod path) and
+//! from the first node by the node port on the server's node (ratio to node->node on the underlay). Each
+//! ratio then tells what the service proxy (DNAT, and for the node port the masquerade kube-proxy applies to
+//! traffic from off the node, and the hop into the pod) costs on otherwise the same path.
 //!
 //! The server pod is the suite's own static pod on the second node; its mirror in the API carries the
 //! pod's labels, so a Service selects it like any pod. One endpoint, so that iperf3's control and data
