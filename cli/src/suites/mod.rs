@@ -3,6 +3,7 @@
 //! The suites drive a lab only through the `Cluster` trait (SSH node commands + the agents' API), so the runner,
 //! the result model and the renderers are unit-tested against a fake cluster; `lab_adapter` is the real one.
 
+mod api;
 mod cluster;
 mod conformance;
 mod debug;

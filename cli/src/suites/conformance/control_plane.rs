@@ -69,15 +69,7 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
     }
 }
 
-/// A check's error from an API call: the server's refusal is a failure, no answer an infrastructure error.
-pub(super) fn api_err(what: &str) -> impl Fn(kube::Error) -> CheckError + '_ {
-    move |e| match e {
-        kube::Error::Api(s) => {
-            CheckError::Fail(format!("{what}: the API answered {} {}: {}", s.code, s.reason, s.message))
-        }
-        other => CheckError::Infra(format!("{what}: {other}")),
-    }
-}
+pub(super) use super::super::api::api_err;
 
 /// Creates the namespace `name` unless it exists.
 pub(super) async fn namespace(client: &Client, name: &str) -> Result<(), CheckError> {

@@ -14,11 +14,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::Client;
 
+use super::super::api::{api_err, ready_endpoints};
 use super::super::cluster::Cluster;
 use super::super::poll::until;
 use super::super::runner::CheckError;
@@ -37,15 +37,6 @@ const ENDPOINT_DEADLINE: Duration = Duration::from_secs(60);
 pub struct PerfService {
     pub cluster_ip: Ipv4Addr,
     pub node_port: u16,
-}
-
-fn api_err(what: &'static str) -> impl Fn(kube::Error) -> CheckError {
-    move |e| match e {
-        kube::Error::Api(s) => {
-            CheckError::Fail(format!("{what}: the API answered {} {}: {}", s.code, s.reason, s.message))
-        }
-        other => CheckError::Infra(format!("{what}: {other}")),
-    }
 }
 
 fn port(protocol: &str) -> ServicePort {
@@ -89,17 +80,8 @@ pub async fn create<C: Cluster>(c: &C, server_ip: Ipv4Addr) -> Result<PerfServic
         return Err(CheckError::Fail(format!("Service tb-perf's TCP and UDP ports got node ports {tcp} and {udp}")));
     }
     let node_port = u16::try_from(*tcp).map_err(|_| CheckError::Fail(format!("node port {tcp}")))?;
-    let slices: Api<EndpointSlice> = Api::namespaced(client, NAMESPACE);
-    let by_service = ListParams::default().labels(&format!("kubernetes.io/service-name={NAME}"));
     until(&format!("Service {NAME} lists its server {server_ip}"), ENDPOINT_DEADLINE, || async {
-        let list = slices.list(&by_service).await.map_err(api_err("list endpointslices"))?;
-        let ready: Vec<String> = list
-            .items
-            .iter()
-            .flat_map(|s| &s.endpoints)
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-            .flat_map(|e| e.addresses.clone())
-            .collect();
+        let ready = ready_endpoints(&client, NAMESPACE, NAME).await?;
         Ok((ready == [server_ip.to_string()]).then_some(()))
     })
     .await?;

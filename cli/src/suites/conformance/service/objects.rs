@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 
+use super::super::super::api::ready_endpoints;
 use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 pub(super) use super::super::super::poll::until;
@@ -183,27 +183,9 @@ fn svc_of(s: &Service) -> Result<Svc, CheckError> {
     Ok(Svc { name, ip, node_port })
 }
 
-/// The ready endpoint addresses of Service `name`'s slices.
-pub(super) async fn ready_endpoints(client: &Client, name: &str) -> Result<Vec<String>, CheckError> {
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
-    let list = slices
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={name}")))
-        .await
-        .map_err(api_err("list endpointslices"))?;
-    let mut ips: Vec<String> = list
-        .items
-        .iter()
-        .flat_map(|s| &s.endpoints)
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-        .flat_map(|e| e.addresses.clone())
-        .collect();
-    ips.sort();
-    Ok(ips)
-}
-
 async fn wait_slices(client: &Client, name: &str, count: usize) -> Result<(), CheckError> {
     until(&format!("Service {name} has {count} ready endpoints"), PODS_DEADLINE, || async {
-        Ok((ready_endpoints(client, name).await?.len() == count).then_some(()))
+        Ok((ready_endpoints(client, NAMESPACE, name).await?.len() == count).then_some(()))
     })
     .await
 }
