@@ -101,8 +101,18 @@ pub struct VagrantHubArgs {
     #[arg(long)]
     pub lab: String,
     /// A network's port on 127.0.0.1 (NETWORK=PORT), kept across restarts: the running machines send to it.
-    #[arg(long = "port", value_name = "NETWORK=PORT")]
-    pub ports: Vec<String>,
+    #[arg(long = "port", value_name = "NETWORK=PORT", value_parser = network_port)]
+    pub ports: Vec<(String, u16)>,
+}
+
+/// `--port NETWORK=PORT` of `vagrant-hub`: refused at parsing (a usage error, exit 2) when it is not that.
+fn network_port(s: &str) -> Result<(String, u16), String> {
+    let (net, port) = s.split_once('=').ok_or("expected NETWORK=PORT")?;
+    if net.is_empty() {
+        return Err("expected NETWORK=PORT: the network's name is empty".into());
+    }
+    let port = port.parse::<u16>().map_err(|e| format!("expected NETWORK=PORT: port `{port}`: {e}"))?;
+    Ok((net.to_string(), port))
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,12 +210,7 @@ pub async fn cmd_kubeconfig(_ui: &Ui, a: KubeconfigArgs) -> CliResult {
 pub async fn cmd_vagrant_hub(_ui: &Ui, a: VagrantHubArgs) -> CliResult {
     let dir = LabSelector { lab: Some(a.lab), topology: None }.resolve_existing()?;
     let plan = dir.read_plan().map_err(CliError::infra)?;
-    let mut ports = std::collections::BTreeMap::new();
-    for p in &a.ports {
-        let parsed = p.split_once('=').and_then(|(net, port)| Some((net.to_string(), port.parse::<u16>().ok()?)));
-        let (net, port) = parsed.ok_or_else(|| CliError::bad_input(anyhow!("--port {p}: expected NETWORK=PORT")))?;
-        ports.insert(net, port);
-    }
+    let ports: std::collections::BTreeMap<String, u16> = a.ports.into_iter().collect();
     tokio::task::spawn_blocking(move || provider::vagrant::hub::run(&plan, &ports))
         .await
         .map_err(CliError::infra)?
@@ -337,5 +342,31 @@ pub async fn cmd_doctor(ui: &Ui, _a: DoctorArgs) -> CliResult {
         Ok(())
     } else {
         Err(CliError::infra(anyhow!("this host cannot run labs: {} missing", failed.join(", "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::network_port;
+
+    #[test]
+    fn a_hub_port_is_network_equals_port_or_a_usage_error() {
+        assert_eq!(network_port("underlay=30000"), Ok(("underlay".into(), 30000)));
+        for (bad, says) in [
+            ("underlay", "expected NETWORK=PORT"),
+            ("=30000", "name is empty"),
+            ("underlay=70000", "port `70000`"),
+            ("underlay=", "port ``"),
+        ] {
+            let e = network_port(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // Through the command line: clap's usage error (exit 2), naming the option.
+        let e = crate::Cli::try_parse_from(["testbed", "vagrant-hub", "--lab", "l", "--port", "underlay"])
+            .expect_err("refused");
+        assert_eq!((e.kind(), e.exit_code()), (clap::error::ErrorKind::ValueValidation, 2));
+        assert!(e.to_string().contains("--port <NETWORK=PORT>"), "{e}");
     }
 }
