@@ -365,18 +365,22 @@ pub async fn run_backend<C: Cluster>(
     let wants_service = [VIA_CLUSTER_IP, VIA_NODE_PORT].iter().any(|path| {
         kinds(o).iter().any(|k| r.selected(&Runner::full_name("perf", b, &format!("{path}: {}", k.name()))))
     });
-    let mut made = None;
+    // The Service as the paths reach it, its server pod and that pod's node. A set-up that failed may have made
+    // the Service already: it is deleted whenever one was asked for.
+    let mut asked = false;
     let via = match (pods.get(2), nb) {
         _ if none => Err("backend none routes no pod traffic between nodes"),
         _ if !c.follows_api_networking() => Err("this cluster has no service proxy"),
-        (Some(server), Some(_)) if wants_service => {
+        (Some(server), Some(server_node)) if wants_service => {
+            asked = true;
+            let mut made = None;
             r.run_setup("setup", b, "perf Service with its endpoint", async {
                 let s = service::create(c, server.ip).await?;
                 made = Some(s);
                 Ok(format!("ClusterIP {}, node port {} (TCP and UDP)", s.cluster_ip, s.node_port))
             })
             .await;
-            made.ok_or("the perf Service's setup failed")
+            made.map(|s| (s, server, server_node)).ok_or("the perf Service's setup failed")
         }
         _ => Err("the lab has a single node"),
     };
@@ -407,17 +411,12 @@ pub async fn run_backend<C: Cluster>(
                 baseline: Some(BASELINE_CROSS),
             },
         ];
-        let server = pods.get(2);
         if wants_service {
             paths.push(PathSpec {
                 name: VIA_CLUSTER_IP,
-                ends: match (via, server) {
-                    (Ok(svc), Some(server)) => {
-                        Ok((End::Pod(&pods[0]), End::Via { server, ip: svc.cluster_ip, port: PERF_PORT }))
-                    }
-                    (Err(why), _) => Err(why),
-                    (_, None) => Err("the lab has a single node"),
-                },
+                ends: via.map(|(svc, server, _)| {
+                    (End::Pod(&pods[0]), End::Via { server, ip: svc.cluster_ip, port: PERF_PORT })
+                }),
                 baseline: Some(CROSS_NODE),
             });
             // From a node, as a client outside the pod network reaches a NodePort: the data crosses the underlay
@@ -425,19 +424,15 @@ pub async fn run_backend<C: Cluster>(
             // its node on the underlay, so pod->NodePort is no overlay path either: docs/benchmarks.md).
             paths.push(PathSpec {
                 name: VIA_NODE_PORT,
-                ends: match (via, server, nb) {
-                    (Ok(svc), Some(server), Some(nb)) => {
-                        Ok((End::Node(na), End::Via { server, ip: nb.underlay_ip, port: svc.node_port }))
-                    }
-                    (Err(why), _, _) => Err(why),
-                    _ => Err("the lab has a single node"),
-                },
+                ends: via.map(|(svc, server, server_node)| {
+                    (End::Node(na), End::Via { server, ip: server_node.underlay_ip, port: svc.node_port })
+                }),
                 baseline: Some(BASELINE_CROSS),
             });
         }
         out.extend(measure_paths(c, r, o, backend, &paths).await);
     }
-    if made.is_some() {
+    if asked {
         r.run_setup("setup", b, "perf Service removed", service::delete(c)).await;
     }
     r.run_setup("setup", b, "perf pods removed", cleanup(c, &created)).await;
