@@ -145,6 +145,15 @@ fn up_exec_status_down_leaves_nothing() {
     );
     let missing = testbed(&state_dir).args(["logs", "--lab", lab, "no-such-pod"]).output().expect("logs");
     assert_eq!(missing.status.code(), Some(2), "{}", show("logs of a missing pod", &missing));
+    // `--previous` of a container that never restarted: kubectl's refusal, bad input; with `--follow`, a usage
+    // error (a previous instance's log does not grow).
+    let previous =
+        testbed(&state_dir).args(["logs", "--lab", lab, "web-node1", "--previous"]).output().expect("logs -p");
+    assert_eq!(previous.status.code(), Some(2), "{}", show("logs --previous", &previous));
+    let said = String::from_utf8_lossy(&previous.stderr);
+    assert!(said.contains("previous terminated container \"httpd\""), "{}", show("logs --previous", &previous));
+    let both = testbed(&state_dir).args(["logs", "--lab", lab, "web-node1", "-p", "-f"]).output().expect("logs -p -f");
+    assert_eq!(both.status.code(), Some(2), "{}", show("logs -p -f", &both));
 
     // A second `up` of a healthy lab changes nothing.
     let again = testbed(&state_dir).arg("up").arg(&topo).output().expect("up again");
