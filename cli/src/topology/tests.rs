@@ -352,6 +352,14 @@ fn bad_cases() -> Vec<(&'static str, String, usize, usize, &'static str, &'stati
             "duplicate volume name `data`",
         ),
         (
+            "hostPath type",
+            format!("{BASE}pods:\n  - name: web\n    node: node1\n    volumes: [{{name: conf, hostPath: {{path: /etc, type: Dir}}}}]\n    containers:\n      - name: c\n        image: busybox\n        volumeMounts: [{{name: conf, mountPath: /c}}]\n"),
+            10,
+            57,
+            "pods[0].volumes[0].hostPath.type",
+            "Unsupported value: \"Dir\"",
+        ),
+        (
             "relative mount path",
             format!("{BASE}pods:\n  - name: web\n    node: node1\n    volumes: [{{name: data, emptyDir: {{}}}}]\n    containers:\n      - name: c\n        image: busybox\n        volumeMounts: [{{name: data, mountPath: d}}]\n"),
             14,
