@@ -373,6 +373,35 @@ fn tun_stats(node: &Node) -> [u64; 5] {
     [n(&s["tx"]["packets"]), n(&s["tx"]["bytes"]), n(&s["rx"]["packets"]), n(&s["rx"]["bytes"]), n(&s["tx"]["dropped"])]
 }
 
+/// Runs `f` on a thread inside the named network namespace.
+fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("named netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+#[tokio::test]
+async fn udp_backend_turns_on_udp_segmentation_offload_of_the_underlay() {
+    use super::ethtool::{set, FeatureChange};
+    testbed_test_support::require_root!();
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new().await;
+    let ns = lab.nodes[0].ns.clone();
+    let off = in_named_netns(&ns, || set("eth1", super::UDP_SEGMENTATION, false).expect("ethtool off"));
+    assert_eq!(off, FeatureChange::Changed, "a veth offers UDP segmentation and has it on");
+    let changes = lab.apply_all(Backend::Udp).await;
+    assert!(changes[0].iter().any(|c| c == "ethtool eth1 tx-udp-segmentation on"), "{changes:?}");
+    let again = in_named_netns(&ns, || set("eth1", super::UDP_SEGMENTATION, true).expect("ethtool on"));
+    assert_eq!(again, FeatureChange::Unchanged, "the kernel reports it on");
+    let unknown = in_named_netns(&ns, || set("eth1", "no-such-feature", true).expect("ethtool"));
+    assert_eq!(unknown, FeatureChange::NotOffered);
+}
+
 #[tokio::test]
 async fn udp_backend_carries_tcp_whole_in_gso_units_without_loss() {
     testbed_test_support::require_root!();

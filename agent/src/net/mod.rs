@@ -9,6 +9,7 @@
 //! and one per pod opened inside the pod's netns by the worker itself (a netlink socket stays bound to the
 //! namespace it was made in), so attaching a pod costs four netlink round trips and no thread.
 
+pub(crate) mod ethtool;
 mod ipam;
 pub(crate) mod netlink;
 mod plan;
@@ -33,6 +34,9 @@ use netlink::NetlinkKernel;
 use plan::{fmt_mac, kind_name, LinkKind, BRIDGE, TUN_DEV, VXLAN_DEV};
 use rawlink::RtSocket;
 use udp::UdpForwarder;
+
+/// The underlay NIC feature the udp backend turns on (`ethtool -k` name of NETIF_F_GSO_UDP_L4).
+const UDP_SEGMENTATION: &str = "tx-udp-segmentation";
 
 /// Errors of the networking module. `InvalidInput` is the caller's fault (maps to 4xx); the rest are node faults.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +298,17 @@ impl Worker {
             plan::UDP_PORT,
             spec.peers.len()
         ));
+        // The forwarder sends each TCP GSO packet as one UDP GSO send of ~45 datagrams. With UDP segmentation
+        // offload on the underlay NIC (virtio-net on guest kernels >= 6.2 over a tap that takes it) the send
+        // reaches the hypervisor whole instead of being cut into datagrams in the guest, which decides the
+        // backend's throughput under TCG (docs/benchmarks.md, "udp backend"). Kernels leave it off by default;
+        // without it the forwarder works as before.
+        let dev = &spec.underlay.interface;
+        match ethtool::set(dev, UDP_SEGMENTATION, true) {
+            Ok(ethtool::FeatureChange::Changed) => changes.push(format!("ethtool {dev} {UDP_SEGMENTATION} on")),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("udp backend: cannot turn on {UDP_SEGMENTATION} on {dev}: {e}"),
+        }
         Ok(changes)
     }
 

@@ -168,7 +168,8 @@ fn wait_readable(fd: BorrowedFd<'_>, stop: &OwnedFd) -> bool {
 const MAX_PACKET: usize = 65536;
 /// UDP payload limit of one send (65535 - IP 20 - UDP 8), which a GSO send must respect as a whole.
 const MAX_UDP_PAYLOAD: usize = 65507;
-/// Segments per UDP GSO send (the kernel's UDP_MAX_SEGMENTS on the guests' 6.1 kernels).
+/// Segments per UDP GSO send: the kernel's UDP_MAX_SEGMENTS before 6.10 (later kernels take 128). At the pod
+/// MTU the 64 KB payload limit binds first (about 45 segments).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// How much the receiver drains from the socket before writing to the TUN: several GRO batches, so that
 /// datagrams the NIC did not coalesce still merge here.

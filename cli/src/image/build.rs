@@ -20,6 +20,9 @@ pub const RECIPE_VERSION: u32 = 1;
 pub const DEBIAN_12: &str = "debian-12";
 pub const KNOWN_NAMES: &[&str] = &[DEBIAN_12];
 const SUITE: &str = "bookworm";
+/// Where the kernel comes from: bookworm's 6.1 virtio-net cannot hand a UDP GSO send to the hypervisor whole
+/// (USO came with 6.2), which the udp backend's throughput depends on (docs/benchmarks.md, "udp backend").
+const KERNEL_SUITE: &str = "bookworm-backports";
 
 /// Kernel arguments for direct boot of a built image. `quiet` matters: every console line costs time under TCG.
 pub const CMDLINE: &str = "console=ttyS0 root=/dev/vda rw quiet";
@@ -28,7 +31,8 @@ pub const CMDLINE: &str = "console=ttyS0 root=/dev/vda rw quiet";
 /// tiny-initramfs satisfies the kernel's `linux-initramfs-tool` dependency in a fraction of initramfs-tools'
 /// time; its output is deleted, our initramfs replaces it.
 pub const PACKAGES: &[&str] = &[
-    "linux-image-cloud-amd64",
+    // Debian's own newer kernel (6.12 at the time of writing) from the suite below.
+    "linux-image-cloud-amd64/bookworm-backports",
     "tiny-initramfs",
     "openssh-server",
     "iproute2",
@@ -148,10 +152,10 @@ fn build_into(
     let rootfs = tmp.dir.join("rootfs");
     let log = tmp.dir.join("mmdebstrap.log");
 
-    let mirrors = match &opts.mirror {
+    let mirrors = with_backports(match &opts.mirror {
         Some(m) => vec![m.clone()],
         None => host_apt_sources()?,
-    };
+    });
     task.stage(format!("mmdebstrap {SUITE} ({} packages)", PACKAGES.len()));
     mmdebstrap(task, &rootfs, &mirrors, &log)?;
 
@@ -215,7 +219,8 @@ fn build_into(
 }
 
 /// Tools the build runs, with the Debian package that provides each.
-const TOOLS: &[(&str, &str)] = &[("mmdebstrap", "mmdebstrap"), ("mkfs.ext4", "e2fsprogs"), ("qemu-img", "qemu-utils")];
+const TOOLS: &[(&str, &str)] =
+    &[("mmdebstrap", "mmdebstrap"), ("mkfs.ext4", "e2fsprogs"), ("qemu-img", "qemu-utils"), ("xz", "xz-utils")];
 
 fn preflight() -> Result<(), ImageError> {
     for (tool, package) in TOOLS {
@@ -275,6 +280,34 @@ pub fn host_apt_sources() -> Result<Vec<String>, ImageError> {
         return Err(ImageError::NoAptSource);
     }
     Ok(entries)
+}
+
+/// `mirrors` plus a `KERNEL_SUITE` entry on the same mirror as the first plain bookworm one, unless one is
+/// there: every Debian mirror carries backports, but a machine's sources often leave it out.
+fn with_backports(mut mirrors: Vec<String>) -> Vec<String> {
+    let suite_of = |entry: &str| -> Option<(String, String)> {
+        let rest = entry.strip_prefix("deb")?.trim_start();
+        let (options, rest) = match rest.strip_prefix('[') {
+            Some(r) => {
+                let (o, r) = r.split_once(']')?;
+                (format!("[{o}] "), r.trim_start())
+            }
+            None => (String::new(), rest),
+        };
+        let mut words = rest.split_whitespace();
+        let uri = words.next()?;
+        Some((words.next()?.to_string(), format!("deb {options}{uri} {KERNEL_SUITE} main")))
+    };
+    if mirrors.iter().any(|m| suite_of(m).is_some_and(|(suite, _)| suite == KERNEL_SUITE)) {
+        return mirrors;
+    }
+    let extra = mirrors.iter().find_map(|m| match suite_of(m) {
+        Some((suite, line)) => (suite == SUITE).then_some(line),
+        // A bare URL (`--mirror`), which mmdebstrap takes as `deb URL bookworm main`.
+        None => (!m.starts_with("deb")).then(|| format!("deb {} {KERNEL_SUITE} main", m.trim())),
+    });
+    mirrors.extend(extra);
+    mirrors
 }
 
 fn is_bookworm(suite: &str) -> bool {
@@ -514,11 +547,16 @@ fn build_initramfs(rootfs: &Path, release: &str) -> Result<Vec<u8>, ImageError> 
     }
     let mut order = String::new();
     for m in &modules {
+        let data = std::fs::read(moddir.join(m)).map_err(|e| ImageError::io(format!("read module {m}"), e))?;
+        // busybox's insmod takes only plain modules; Debian's kernels from 6.x on ship them xz-compressed.
+        let (m, data) = match m.strip_suffix(".xz") {
+            Some(plain) => (plain, unxz(&data, m)?),
+            None => (m.as_str(), data),
+        };
         if !m.ends_with(".ko") {
             return Err(ImageError::Recipe(format!("compressed kernel module {m} is not supported by the initramfs")));
         }
         let file = m.rsplit('/').next().unwrap_or(m);
-        let data = std::fs::read(moddir.join(m)).map_err(|e| ImageError::io(format!("read module {m}"), e))?;
         w.file(&format!("lib/modules/{file}"), 0o644, &data);
         order.push_str(file);
         order.push('\n');
@@ -526,6 +564,32 @@ fn build_initramfs(rootfs: &Path, release: &str) -> Result<Vec<u8>, ImageError> 
     w.file("modules.order", 0o644, order.as_bytes());
     w.file("init", 0o755, INITRAMFS_INIT.as_bytes());
     Ok(w.finish())
+}
+
+/// `xz -dc` of a module's bytes (the guest's kmod reads .ko.xz itself; only the initramfs needs them plain).
+fn unxz(data: &[u8], what: &str) -> Result<Vec<u8>, ImageError> {
+    use std::io::Write;
+    let mut child = Command::new("xz")
+        .args(["-dc"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ImageError::io(format!("run xz -dc for {what}"), e))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().map_err(|e| ImageError::io(format!("run xz -dc for {what}"), e))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(command_failed(
+            &format!("xz -dc {what}"),
+            out.status,
+            &String::from_utf8_lossy(&out.stderr),
+            Path::new("."),
+        ));
+    }
+    Ok(out.stdout)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), ImageError> {
@@ -606,6 +670,22 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drive
         assert_eq!(order, ["kernel/drivers/virtio/virtio.ko", "kernel/drivers/block/virtio_blk.ko"]);
         let err = resolve_modules(DEP, "", &["nvme"]).unwrap_err();
         assert!(err.to_string().contains("nvme"), "{err}");
+    }
+
+    #[test]
+    fn the_kernel_suite_is_added_on_the_first_bookworm_mirror_unless_present() {
+        let url = with_backports(vec!["http://mirror.example/debian".into()]);
+        assert_eq!(url, ["http://mirror.example/debian", "deb http://mirror.example/debian bookworm-backports main"]);
+        let lines = with_backports(vec![
+            "deb http://sec.example/debian-security bookworm-security main".into(),
+            "deb [signed-by=/k.gpg] http://deb.example/debian bookworm main contrib".into(),
+        ]);
+        assert_eq!(lines[2], "deb [signed-by=/k.gpg] http://deb.example/debian bookworm-backports main");
+        let present = vec![
+            "deb http://deb.example/debian bookworm main".to_string(),
+            "deb http://deb.example/debian bookworm-backports main".to_string(),
+        ];
+        assert_eq!(with_backports(present.clone()), present);
     }
 
     #[test]

@@ -206,19 +206,27 @@ fn segment_tcp4(pkt: &[u8], mss: usize, headers: &mut Vec<u8>) -> Out {
     Out::Segments { hlen, mss, count }
 }
 
-/// Merges consecutive TCP/IPv4 packets of one flow into GSO packets for the TUN, the way the kernel's GRO
+/// Merges consecutive TCP/IPv4 packets of each flow into GSO packets for the TUN, the way the kernel's GRO
 /// would. `out` receives, per packet to write, its `virtio_net_hdr` and bytes; `ends` the end offset of each
 /// in `out`. Packets that cannot merge are passed through with an empty header (the kernel checks them).
+/// Several flows keep a run open at once, as GRO keeps one per flow: with one run, the interleaved segments of
+/// parallel streams broke each other's runs and were written one by one. Order is kept within a flow only.
 #[derive(Default)]
 pub struct Coalescer {
     pub out: Vec<u8>,
     pub ends: Vec<usize>,
-    /// The open merge run: where its packet starts in `out`, and the facts the next packet must match.
-    run: Option<Run>,
+    /// Open merge runs, oldest first.
+    runs: Vec<Run>,
+    /// Buffers of closed runs, kept for the next ones.
+    spare: Vec<Vec<u8>>,
 }
 
+/// Open runs at most, as GRO's per-NAPI bucket limit; the oldest is closed to make room.
+const MAX_RUNS: usize = 8;
+
 struct Run {
-    start: usize,
+    /// The run's `virtio_net_hdr` (filled when it closes) and its packet so far.
+    buf: Vec<u8>,
     ihl: usize,
     hlen: usize,
     mss: usize,
@@ -227,30 +235,49 @@ struct Run {
     closed: bool,
 }
 
+impl Run {
+    fn packet(&self) -> &[u8] {
+        &self.buf[VNET_HDR_LEN..]
+    }
+
+    /// Same flow: addresses and ports.
+    fn is_flow_of(&self, pkt: &[u8], ihl: usize) -> bool {
+        let first = self.packet();
+        first[12..20] == pkt[12..20] && first[self.ihl..self.ihl + 4] == pkt[ihl..ihl + 4]
+    }
+}
+
 impl Coalescer {
     pub fn clear(&mut self) {
         self.out.clear();
         self.ends.clear();
-        self.run = None;
+        let spare = &mut self.spare;
+        spare.extend(self.runs.drain(..).map(|r| r.buf));
     }
 
     pub fn push(&mut self, pkt: &[u8]) {
         if let Some(tcp) = tcp4_headers(pkt) {
-            if self.try_merge(pkt, tcp) {
-                return;
-            }
-            self.close_run();
             let (ihl, hlen) = tcp;
+            if let Some(i) = self.runs.iter().position(|r| r.is_flow_of(pkt, ihl)) {
+                if try_merge(&mut self.runs[i], pkt, tcp) {
+                    return;
+                }
+                self.close_run(i);
+            }
             let flags = pkt[ihl + 13];
             let payload = pkt.len() - hlen;
             // Only plain data segments start a run: SYN/FIN/RST/URG/ECN go through alone, as GRO does.
             if flags & !TCP_PSH == TCP_ACK && payload > 0 {
-                let start = self.out.len();
-                self.out.extend_from_slice(&[0u8; VNET_HDR_LEN]);
-                self.out.extend_from_slice(pkt);
+                if self.runs.len() == MAX_RUNS {
+                    self.close_run(0);
+                }
+                let mut buf = self.spare.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+                buf.extend_from_slice(pkt);
                 let seq = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
-                self.run = Some(Run {
-                    start,
+                self.runs.push(Run {
+                    buf,
                     ihl,
                     hlen,
                     mss: payload,
@@ -259,80 +286,83 @@ impl Coalescer {
                 });
                 return;
             }
-        } else {
-            self.close_run();
         }
         self.out.extend_from_slice(&[0u8; VNET_HDR_LEN]);
         self.out.extend_from_slice(pkt);
         self.ends.push(self.out.len());
     }
 
-    fn try_merge(&mut self, pkt: &[u8], (ihl, hlen): (usize, usize)) -> bool {
-        let Some(run) = &mut self.run else { return false };
-        let first = &self.out[run.start + VNET_HDR_LEN..];
-        let payload = pkt.len() - hlen;
-        let flags = pkt[ihl + 13];
-        let seq = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
-        let fits = first.len() + payload <= MAX_IP_LEN;
-        // Same IP header apart from length, ID and checksum (TOS, DF, TTL, protocol, addresses, options);
-        // same TCP header apart from sequence number, PSH and checksum (ports, ack, window, options).
-        let same_ip =
-            ihl == run.ihl && first[..2] == pkt[..2] && first[6..10] == pkt[6..10] && first[12..ihl] == pkt[12..ihl];
-        let (t0, t1) = (&first[ihl..run.hlen], &pkt[ihl..hlen]);
-        let same_tcp = hlen == run.hlen
-            && t0[..4] == t1[..4]
-            && t0[8..13] == t1[8..13]
-            && t0[14..16] == t1[14..16]
-            && t0[18..] == t1[18..];
-        if run.closed
-            || !fits
-            || !same_ip
-            || !same_tcp
-            || flags & !TCP_PSH != TCP_ACK
-            || seq != run.next_seq
-            || payload == 0
-            || payload > run.mss
-        {
-            return false;
-        }
-        self.out.extend_from_slice(&pkt[hlen..]);
-        run.next_seq = seq.wrapping_add(payload as u32);
-        run.closed = payload < run.mss || flags & TCP_PSH != 0;
-        if flags & TCP_PSH != 0 {
-            self.out[run.start + VNET_HDR_LEN + ihl + 13] |= TCP_PSH;
-        }
-        true
-    }
-
-    /// Ends the open run: a run of one packet is written as it came; a longer one becomes a GSO packet with
-    /// a partial checksum, which the receiving stack takes as verified (the UDP checksum covered each part on
+    /// Ends run `i`: a run of one packet is written as it came; a longer one becomes a GSO packet with a
+    /// partial checksum, which the receiving stack takes as verified (the UDP checksum covered each part on
     /// the wire).
-    fn close_run(&mut self) {
-        let Some(run) = self.run.take() else { return };
-        let pkt = &mut self.out[run.start + VNET_HDR_LEN..];
+    fn close_run(&mut self, i: usize) {
+        let mut run = self.runs.remove(i);
+        let (ihl, hlen, mss) = (run.ihl, run.hlen, run.mss);
+        let pkt = &mut run.buf[VNET_HDR_LEN..];
         let len = pkt.len();
-        if len - run.hlen > run.mss {
+        if len - hlen > mss {
             pkt[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            set_ip_checksum(pkt, run.ihl);
-            let partial = fold(pseudo(pkt, IPPROTO_TCP, len - run.ihl));
-            pkt[run.ihl + 16..run.ihl + 18].copy_from_slice(&partial.to_ne_bytes());
+            set_ip_checksum(pkt, ihl);
+            let partial = fold(pseudo(pkt, IPPROTO_TCP, len - ihl));
+            pkt[ihl + 16..ihl + 18].copy_from_slice(&partial.to_ne_bytes());
             let hdr = VnetHdr {
                 flags: F_NEEDS_CSUM,
                 gso_type: GSO_TCPV4,
-                hdr_len: run.hlen as u16,
-                gso_size: run.mss as u16,
-                csum_start: run.ihl as u16,
+                hdr_len: hlen as u16,
+                gso_size: mss as u16,
+                csum_start: ihl as u16,
                 csum_offset: 16,
             };
-            self.out[run.start..run.start + VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+            run.buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
         }
+        self.out.extend_from_slice(&run.buf);
         self.ends.push(self.out.len());
+        self.spare.push(run.buf);
     }
 
-    /// Closes the open run; `out`/`ends` are then complete.
+    /// Closes the open runs; `out`/`ends` are then complete.
     pub fn finish(&mut self) {
-        self.close_run();
+        while !self.runs.is_empty() {
+            self.close_run(0);
+        }
     }
+}
+
+/// Appends `pkt` to `run` when GRO would: the next segment of the same flow, same headers, no flags.
+fn try_merge(run: &mut Run, pkt: &[u8], (ihl, hlen): (usize, usize)) -> bool {
+    let first = run.packet();
+    let payload = pkt.len() - hlen;
+    let flags = pkt[ihl + 13];
+    let seq = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
+    let fits = first.len() + payload <= MAX_IP_LEN;
+    // Same IP header apart from length, ID and checksum (TOS, DF, TTL, protocol, addresses, options);
+    // same TCP header apart from sequence number, PSH and checksum (ports, ack, window, options).
+    let same_ip =
+        ihl == run.ihl && first[..2] == pkt[..2] && first[6..10] == pkt[6..10] && first[12..ihl] == pkt[12..ihl];
+    let (t0, t1) = (&first[ihl..run.hlen], &pkt[ihl..hlen]);
+    let same_tcp = hlen == run.hlen
+        && t0[..4] == t1[..4]
+        && t0[8..13] == t1[8..13]
+        && t0[14..16] == t1[14..16]
+        && t0[18..] == t1[18..];
+    if run.closed
+        || !fits
+        || !same_ip
+        || !same_tcp
+        || flags & !TCP_PSH != TCP_ACK
+        || seq != run.next_seq
+        || payload == 0
+        || payload > run.mss
+    {
+        return false;
+    }
+    run.buf.extend_from_slice(&pkt[hlen..]);
+    run.next_seq = seq.wrapping_add(payload as u32);
+    run.closed = payload < run.mss || flags & TCP_PSH != 0;
+    if flags & TCP_PSH != 0 {
+        run.buf[VNET_HDR_LEN + ihl + 13] |= TCP_PSH;
+    }
+    true
 }
 
 #[cfg(test)]
