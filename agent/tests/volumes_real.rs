@@ -29,10 +29,15 @@ fn sh(container: &str, script: &str) -> (i64, String) {
     (body["exit_code"].as_i64().unwrap(), text)
 }
 
-/// A field of the container's own process (PID 1 of its PID namespace: an exec runs as root with every
-/// capability, not as the container), e.g. `CapEff` or the real `Uid`, as a number.
+/// A field of the container's own process (PID 1 of its PID namespace), e.g. `CapEff` or the real `Uid`, as
+/// a number.
 fn status_field(container: &str, field: &str) -> u64 {
-    let (_, text) = sh(container, &format!("grep ^{field}: /proc/1/status"));
+    proc_status_field(container, "1", field)
+}
+
+/// A field of `/proc/<pid>/status` as a process in `container` reads it (`self`: the exec's own command).
+fn proc_status_field(container: &str, pid: &str, field: &str) -> u64 {
+    let (_, text) = sh(container, &format!("grep ^{field}: /proc/{pid}/status"));
     let value = text.split(':').nth(1).unwrap().split_whitespace().next().unwrap();
     u64::from_str_radix(value, if field.starts_with("Cap") { 16 } else { 10 }).unwrap()
 }
@@ -106,6 +111,15 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
     }
     assert_ne!(status_field("b", "CapEff") & CAP_NET_RAW, 0, "b's CapEff lacks NET_RAW");
     assert_eq!((status_field("a", "NoNewPrivs"), status_field("b", "NoNewPrivs")), (1, 0));
+    // An exec runs as the container's process does, as kubectl exec does: a's user and group, no capability
+    // and no_new_privs; b's root with b's sets (containerd's default), not the agent's every capability.
+    for c in ["a", "b"] {
+        for field in ["Uid", "Gid", "CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs"] {
+            assert_eq!(proc_status_field(c, "self", field), status_field(c, field), "{c}'s exec: {field}");
+        }
+    }
+    assert_eq!(proc_status_field("a", "self", "CapEff"), 0, "a's exec has capabilities");
+    assert_eq!(sh("a", "id -G; pwd; echo $PATH"), (0, "3000\n/tmp\n/bin\n".into()), "a's exec: groups, cwd, env");
 
     let pod_dir = agent.state_dir.path().join("pods/v");
     let (code, body) = http("DELETE", "/v1/pods/v?grace_period_secs=0", None);

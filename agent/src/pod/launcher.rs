@@ -26,6 +26,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup2, execvp, fork, ForkResult, Pid};
 
+use super::creds::Creds;
 use super::reaper::Reaper;
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +123,11 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         .collect::<Result<_, _>>()
         .map_err(|_| LaunchError::Nul)?;
     let infra = args.infra_pid;
+    // An exec into a container runs as that container's process (`creds`); read while /proc is ours.
+    let creds = match (args.exec, args.join_pid) {
+        (true, Some(target)) => Some(Creds::of(target)?),
+        _ => None,
+    };
     // Open every namespace first: once we have moved, /proc paths may mean something else.
     let namespaces: Vec<(Ns, File)> = namespace_sources(args)
         .into_iter()
@@ -186,7 +192,7 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(alive_w);
-            let err = child(args, &argv, log.as_ref(), &alive_r);
+            let err = child(args, &argv, log.as_ref(), &alive_r, creds.as_ref());
             eprintln!("testbed-agent run-container: {err}");
             // SAFETY: leave without running the parent's atexit state.
             unsafe { libc::_exit(127) }
@@ -267,7 +273,13 @@ fn in_cgroup(pid: u32, procs: &[PathBuf]) -> bool {
     std::fs::read_to_string(file).is_ok_and(|list| list.lines().any(|l| l.trim() == pid.to_string()))
 }
 
-fn child(args: &LauncherArgs, argv: &[CString], log: Option<&File>, alive: &impl AsRawFd) -> LaunchError {
+fn child(
+    args: &LauncherArgs,
+    argv: &[CString],
+    log: Option<&File>,
+    alive: &impl AsRawFd,
+    creds: Option<&Creds>,
+) -> LaunchError {
     // The container must not outlive its launcher: the agent kills launchers, and we forward to the child.
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         return sys("prctl PDEATHSIG")(e);
@@ -288,7 +300,20 @@ fn child(args: &LauncherArgs, argv: &[CString], log: Option<&File>, alive: &impl
         }
         let _ = nix::unistd::setsid();
     }
-    let _ = std::env::set_current_dir("/");
+    let Some(creds) = creds else {
+        let _ = std::env::set_current_dir("/");
+        return exec(argv);
+    };
+    // The container's environment replaces the agent's (PATH included: execvp searches the container's).
+    for (key, _) in std::env::vars_os() {
+        std::env::remove_var(key);
+    }
+    for (key, value) in creds.env() {
+        std::env::set_var(key, value);
+    }
+    if let Err(e) = creds.apply() {
+        return e;
+    }
     exec(argv)
 }
 

@@ -6,6 +6,7 @@
 
 mod bundle;
 mod create;
+mod creds;
 pub mod exec;
 pub mod infra;
 pub mod launcher;

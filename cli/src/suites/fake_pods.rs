@@ -39,6 +39,8 @@ pub struct PodFaults {
     pub user_only_in_exec: bool,
     /// Dropped capabilities stay.
     pub caps_kept: bool,
+    /// An exec into a container runs as root with every capability (the agent's), whatever the container's.
+    pub exec_as_root: bool,
     /// The container sees the node's /etc/hostname, /etc/hosts and /etc/resolv.conf.
     pub node_etc: bool,
     /// Failing liveness probes kill nothing.
@@ -231,6 +233,28 @@ impl Containers {
         )
     }
 
+    /// `/proc/self/status` of an exec into the container: the container's process's ids and sets (none
+    /// effective for a user other than root, as the kernel leaves them after exec).
+    fn exec_status(&self, ctr: &Ctr) -> String {
+        if self.faults.exec_as_root {
+            let all: u64 = (1 << 41) - 1;
+            return format!("Name:\tcat\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nCapBnd:\t{all:016x}\nCapEff:\t{all:016x}");
+        }
+        let status = self.proc_status(ctr, true);
+        let root = ctr.spec.security_context.as_ref().and_then(|s| s.run_as_user).unwrap_or(0) == 0;
+        status
+            .lines()
+            .map(|l| {
+                if l.starts_with("CapEff:") && !root {
+                    "CapEff:\t0000000000000000".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn read(&self, pod: &str, name: &str, path: &str) -> Option<String> {
         let key = (pod.to_string(), name.to_string());
         let ctr = self.ctrs.get(&key)?;
@@ -242,6 +266,9 @@ impl Containers {
         }
         if path == "/proc/1/status" {
             return Some(self.proc_status(ctr, true));
+        }
+        if path == "/proc/self/status" {
+            return Some(self.exec_status(ctr));
         }
         let (spec, ip) = self.pods.get(pod)?;
         match path {

@@ -735,6 +735,11 @@ fn image_group_faults() -> Vec<(&'static str, PodFaults, &'static str)> {
             "ro runs as uid [0, 0, 0, 0] gid [0, 0, 0, 0] (on the node)",
         ),
         (
+            "[container] runAsUser and runAsGroup are the ids of the container's process",
+            PodFaults { exec_as_root: true, ..f() },
+            "an exec into ro has capabilities its process lacks",
+        ),
+        (
             "[container] a dropped capability is gone: NET_RAW not effective, no raw socket",
             PodFaults { caps_kept: true, ..f() },
             "NET_RAW is in the process's sets",

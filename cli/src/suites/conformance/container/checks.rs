@@ -171,13 +171,20 @@ pub(super) async fn user<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
     let (ro_status, rw_status) =
         (format!("/proc/{}/status", pid_of(&p, RO)?), format!("/proc/{}/status", pid_of(&p, RW)?));
     let outside = on_node(c, node, &[Op::read(&ro_status), Op::read(&rw_status)]).await?;
-    // The container's PID 1 in its own PID namespace is its process.
-    let inside = in_container(c, &p, RO, &[Op::read("/proc/1/status")]).await?;
+    // The container's PID 1 in its own PID namespace is its process; `self` is the exec's, which runs as the
+    // container's process does (kubectl exec's semantics).
+    let inside = in_container(c, &p, RO, &[Op::read("/proc/1/status"), Op::read("/proc/self/status")]).await?;
     let want = |id: u32| vec![u64::from(id); 4];
     let mut problems = Vec::new();
+    let exec_status = inside.text("/proc/self/status", "the exec's status")?;
+    let exec_caps = status_numbers(exec_status, "CapEff");
+    if exec_caps.iter().any(|c| *c != 0) {
+        problems.push(format!("an exec into {RO} has capabilities its process lacks (CapEff {exec_caps:x?})"));
+    }
     for (who, text) in [
         ("on the node", outside.text(&ro_status, "the process's status")?),
         ("inside", inside.text("/proc/1/status", "the process's status")?),
+        ("an exec into it", exec_status),
     ] {
         let (uid, gid) = (status_numbers(text, "Uid"), status_numbers(text, "Gid"));
         if uid != want(RUN_AS_USER) || gid != want(RUN_AS_GROUP) {

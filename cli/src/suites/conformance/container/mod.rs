@@ -6,7 +6,7 @@
 //!
 //! Every check reads twice where it can: inside the container (an exec naming it) and on the node through
 //! `/proc/<pid>/root` and `/proc/<pid>/status` of the container's own process, so a check does not trust the
-//! exec path (an exec into an image container runs as root with the agent's capabilities).
+//! exec path alone (an exec runs as the container's process does: its user, groups and capabilities).
 
 mod checks;
 
