@@ -82,6 +82,15 @@ pub trait Cluster {
     fn ensure_image(&self, node: &str, image: &ContainerImage) -> impl Future<Output = Result<String, ClusterError>>;
 
     fn node_exec(&self, node: &str, command: &str) -> impl Future<Output = Result<NodeExec, ClusterError>>;
+    /// `command` bounded on the node itself to `timeout_secs` (killed there when it overruns, as the agent
+    /// bounds an exec in a pod: a run that never ends is the command's failure, not the session's), with
+    /// `timed_out` set then.
+    fn node_exec_bounded(
+        &self,
+        node: &str,
+        command: &str,
+        timeout_secs: u64,
+    ) -> impl Future<Output = Result<ExecResponse, ClusterError>>;
     fn apply(&self, node: &str, spec: &NodeSpec) -> impl Future<Output = Result<ApplyResponse, ClusterError>>;
     fn node_status(&self, node: &str) -> impl Future<Output = Result<NodeStatus, ClusterError>>;
     /// The node's NetworkPolicy table and the API policies it is built from (`GET /v1/network-policies`).

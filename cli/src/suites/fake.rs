@@ -72,6 +72,8 @@ struct State {
     host_reads: u64,
     guest_reads: u64,
     iperf_runs: u64,
+    /// The bound of every `node_exec_bounded` call.
+    node_exec_bounds: Vec<u64>,
     last_pid: u32,
     /// Which pod's infra (container None) or container each PID is.
     pids: BTreeMap<u32, (String, Option<String>)>,
@@ -195,6 +197,11 @@ impl FakeCluster {
     /// Pods the suite created and did not remove.
     pub fn leftover_test_pods(&self) -> Vec<String> {
         self.state.borrow().pods.keys().filter(|p| p.starts_with("tb-")).cloned().collect()
+    }
+
+    /// The bound of every command run bounded on a node, in order.
+    pub fn node_exec_bounds(&self) -> Vec<u64> {
+        self.state.borrow().node_exec_bounds.clone()
     }
 
     pub fn created(&self) -> Vec<String> {
@@ -503,15 +510,20 @@ impl Cluster for FakeCluster {
         Ok(self.containers.borrow_mut().add_image(node))
     }
 
+    async fn node_exec_bounded(
+        &self,
+        node: &str,
+        command: &str,
+        timeout_secs: u64,
+    ) -> Result<ExecResponse, ClusterError> {
+        // The fake's commands all end: the bound never fires.
+        self.state.borrow_mut().node_exec_bounds.push(timeout_secs);
+        let o = self.node_exec(node, command).await?;
+        Ok(ExecResponse { exit_code: o.exit_code, stdout: o.stdout, stderr: o.stderr, timed_out: false })
+    }
+
     async fn node_exec(&self, node: &str, command: &str) -> Result<NodeExec, ClusterError> {
         self.down(node, "ssh")?;
-        // The perf suite bounds node commands with `timeout N sh -c '...'`: the fake answers the command inside.
-        let inner = command
-            .strip_prefix("timeout ")
-            .and_then(|rest| rest.split_once(" sh -c '"))
-            .and_then(|(_, quoted)| quoted.strip_suffix('\''))
-            .map(|q| q.replace("'\\''", "'"));
-        let command = inner.as_deref().unwrap_or(command);
         let on_containers = self.containers.borrow_mut().node_exec(node, command);
         let r = if let Some(r) = on_containers {
             r

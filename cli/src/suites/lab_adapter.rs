@@ -11,6 +11,7 @@ use testbed_api::{
 
 use super::cluster::{Cluster, ClusterError, LabFacts, NodeExec};
 use super::hostload::{self, HostCounters};
+use crate::guest::shell_quote;
 use crate::image::deliverable::deliverable;
 use crate::lab::container_images::{deliver, NodeStore};
 use crate::lab::{ConnectedLab, ConnectedNode};
@@ -18,6 +19,8 @@ use crate::plan::{ContainerImage, Plan};
 
 /// Node commands the suites run are short; a hung SSH channel must not hang the suite.
 const NODE_EXEC_TIMEOUT: Duration = Duration::from_secs(120);
+/// coreutils `timeout`'s exit status when the time ran out.
+const TIMED_OUT: i32 = 124;
 
 fn node<'a>(lab: &'a ConnectedLab, name: &str) -> Result<&'a ConnectedNode, ClusterError> {
     lab.node(name).ok_or_else(|| ClusterError::new(name, "lookup", "not a node of this lab"))
@@ -77,6 +80,23 @@ impl Cluster for ConnectedLab {
             .await
             .map_err(|e| ClusterError::new(name, &format!("ssh `{command}`"), e))?;
         Ok(NodeExec { exit_code: o.exit_code, stdout: o.stdout_lossy(), stderr: o.stderr_lossy() })
+    }
+
+    async fn node_exec_bounded(
+        &self,
+        name: &str,
+        command: &str,
+        timeout_secs: u64,
+    ) -> Result<ExecResponse, ClusterError> {
+        // coreutils' timeout on the node: TERM at the bound, KILL 5 s later.
+        let bounded = format!("timeout -k 5 {timeout_secs} sh -c {}", shell_quote(command));
+        let o = self.node_exec(name, &bounded).await?;
+        Ok(ExecResponse {
+            timed_out: o.exit_code == TIMED_OUT,
+            exit_code: o.exit_code,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
     }
 
     async fn apply(&self, name: &str, spec: &NodeSpec) -> Result<ApplyResponse, ClusterError> {

@@ -563,6 +563,9 @@ async fn perf_measures_every_path_with_ratios_to_its_own_baseline() {
         assert!(message.contains("no service proxy"), "{message}");
     }
     assert!(c.leftover_test_pods().is_empty());
+    // Runs from a node (the underlay baselines) are bounded on the node, as runs in a pod are by its agent.
+    let bounds = c.node_exec_bounds();
+    assert!(!bounds.is_empty() && bounds.iter().all(|b| *b > 0), "{bounds:?}");
     let md = report::markdown(&r).expect("md");
     let html = report::html(&r).expect("html");
     assert!(md.contains("## Performance") && md.contains("pod->pod cross-node"), "{md}");

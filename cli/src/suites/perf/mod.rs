@@ -27,18 +27,15 @@ use testbed_api::{Backend, ExecResponse};
 
 use super::cluster::{nodes_of, Cluster, ClusterError, NodeInfo};
 use super::harness::{
-    cleanup, create_tracked, nexec, pexec, remove_leftover, sleeper_pod, switch_backend, wait_running, TestPod,
+    cleanup, create_tracked, pexec, remove_leftover, sleeper_pod, switch_backend, wait_running, TestPod,
 };
 use super::hostload;
 use super::runner::{Level, Runner};
-use crate::guest::shell_quote;
 pub use figure::add_ratios;
 use figure::{measurement, outcome_of, Figure};
 use run::{checkpoint, one_run, path_mtu, SearchSeed};
 
 pub const PERF_PORT: u16 = 5210;
-/// coreutils `timeout`'s exit status when the time ran out.
-const TIMED_OUT: i32 = 124;
 pub const BASELINE_CROSS: &str = "underlay node->node";
 pub const BASELINE_SELF: &str = "underlay node->self";
 const SAME_NODE: &str = "pod->pod same-node";
@@ -173,14 +170,9 @@ impl End<'_> {
     async fn run<C: Cluster>(&self, c: &C, script: &str, timeout: u64) -> Result<ExecResponse, ClusterError> {
         match self {
             End::Pod(p) | End::Via { server: p, .. } => pexec(c, p, None, script, timeout).await,
-            End::Node(n) => {
-                // Bounded on the node, as an exec in a pod is by the agent: a run that never ends (a path that
-                // drops everything) is that path's failure, not the SSH session's.
-                let bounded = format!("timeout -k 5 {timeout} sh -c {}", shell_quote(script));
-                let mut r = nexec(c, &n.name, &bounded).await?;
-                r.timed_out = r.exit_code == TIMED_OUT;
-                Ok(r)
-            }
+            // Bounded on the node, as an exec in a pod is by the agent: a run that never ends (a path that
+            // drops everything) is that path's failure, not the SSH session's.
+            End::Node(n) => c.node_exec_bounded(&n.name, script, timeout).await,
         }
     }
     /// Why `kind` cannot be measured to this end, if it cannot.
