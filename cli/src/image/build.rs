@@ -20,9 +20,15 @@ pub const RECIPE_VERSION: u32 = 1;
 pub const DEBIAN_12: &str = "debian-12";
 pub const KNOWN_NAMES: &[&str] = &[DEBIAN_12];
 const SUITE: &str = "bookworm";
+/// The suite name as a literal, so that `PACKAGES` can name the kernel package in it with `concat!`.
+macro_rules! kernel_suite {
+    () => {
+        "bookworm-backports"
+    };
+}
 /// Where the kernel comes from: bookworm's 6.1 virtio-net cannot hand a UDP GSO send to the hypervisor whole
 /// (USO came with 6.2), which the udp backend's throughput depends on (docs/benchmarks.md, "udp backend").
-const KERNEL_SUITE: &str = "bookworm-backports";
+const KERNEL_SUITE: &str = kernel_suite!();
 
 /// Kernel arguments for direct boot of a built image. `quiet` matters: every console line costs time under TCG.
 pub const CMDLINE: &str = "console=ttyS0 root=/dev/vda rw quiet";
@@ -32,7 +38,7 @@ pub const CMDLINE: &str = "console=ttyS0 root=/dev/vda rw quiet";
 /// time; its output is deleted, our initramfs replaces it.
 pub const PACKAGES: &[&str] = &[
     // Debian's own newer kernel (6.12 at the time of writing) from the suite below.
-    "linux-image-cloud-amd64/bookworm-backports",
+    concat!("linux-image-cloud-amd64/", kernel_suite!()),
     "tiny-initramfs",
     "openssh-server",
     "iproute2",

@@ -69,7 +69,7 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner) {
     }
 }
 
-pub(super) use super::super::api::api_err;
+use super::super::api::api_err;
 
 /// Creates the namespace `name` unless it exists.
 pub(super) async fn namespace(client: &Client, name: &str) -> Result<(), CheckError> {

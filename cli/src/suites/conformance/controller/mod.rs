@@ -21,9 +21,9 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::Client;
 use testbed_api::results::CheckStatus;
 
+pub(super) use super::super::api::api_err;
 use super::super::cluster::{nodes_of, Cluster};
 use super::super::runner::{CheckError, CheckOutcome, Level, Runner};
-pub(super) use super::control_plane::api_err;
 
 const GROUP: &str = "controller";
 const NAMESPACE: &str = "testbed-conformance-controller";

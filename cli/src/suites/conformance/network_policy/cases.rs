@@ -15,11 +15,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Client;
 
+use super::super::super::api::api_err;
 use super::super::super::cluster::Cluster;
 use super::super::super::poll::until;
 use super::super::super::probe::HTTP_PORT;
 use super::super::super::runner::{CheckError, CheckOutcome};
-use super::super::control_plane::api_err;
 use super::model::{api_namespace, expect, matrix, peer, port_name, Matrix, Model, Peer, ALT_PORT, NAMESPACES};
 
 /// How long a policy change may take to reach every node's kernel before the matrix must hold: the API to

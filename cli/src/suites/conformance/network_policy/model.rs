@@ -13,12 +13,13 @@ use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 
+use super::super::super::api::api_err;
 use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 use super::super::super::poll::until;
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
-use super::super::control_plane::{api_err, is_ready, labelled_namespace, pinned};
+use super::super::control_plane::{is_ready, labelled_namespace, pinned};
 
 /// The model's namespaces: API name and the value of their `ns` label.
 pub(super) const NAMESPACES: [(&str, &str); 2] = [("tb-netpol-x", "x"), ("tb-netpol-y", "y")];

@@ -8,11 +8,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 
+use super::super::super::api::api_err;
 use super::super::super::cluster::Cluster;
 use super::super::super::harness::{evidence, nexec, pexec, TestPod};
 use super::super::super::probe;
 use super::super::super::runner::{CheckError, CheckOutcome};
-use super::super::control_plane::api_err;
 use super::objects::{until, ALT_PORT};
 use super::{ServiceLab, NAMESPACE};
 

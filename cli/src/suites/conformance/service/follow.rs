@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 
+use super::super::super::api::api_err;
 use super::super::super::cluster::Cluster;
 use super::super::super::harness::{evidence, nexec, pexec, TestPod};
 use super::super::super::probe::HTTP_PORT;
 use super::super::super::runner::{CheckError, CheckOutcome};
-use super::super::control_plane::api_err;
 use super::objects::UNREADY_PORT;
 use super::{ServiceLab, NAMESPACE};
 

@@ -9,13 +9,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::Client;
 
-use super::super::super::api::ready_endpoints;
+use super::super::super::api::{api_err, ready_endpoints};
 use super::super::super::cluster::{Cluster, NodeInfo};
 use super::super::super::harness::{evidence, pexec, TestPod};
 pub(super) use super::super::super::poll::until;
 use super::super::super::probe::{self, HTTP_PORT};
 use super::super::super::runner::CheckError;
-use super::super::control_plane::{api_err, is_ready, namespace, pinned};
+use super::super::control_plane::{is_ready, namespace, pinned};
 use super::{ServiceLab, Svc, NAMESPACE};
 
 /// The second port each endpoint serves (`<name>-alt`), for the multiport Service.
