@@ -235,14 +235,16 @@ fn reapplying_changes_nothing_and_drift_is_repaired() {
     assert_eq!((code, body["field"].as_str()), (400, Some("services[1].ports[0].endpoints[0].port")), "{body}");
     assert_eq!(ask(&format!("{VIP}:80")).unwrap().0, "a", "a refused PUT changed nothing");
 
+    let delete_endpoint: &[&str] = &["delete", "element", "ip", "testbed-proxy", &endpoint_map(), "{ 0 }"];
     for (what, cmd) in [
         ("a hand-deleted DNAT rule", None),
-        ("a flushed table", Some(vec!["nft", "flush", "table", "ip", "testbed-proxy"])),
-        ("a deleted table", Some(vec!["nft", "delete", "table", "ip", "testbed-proxy"])),
+        ("a hand-deleted endpoint", Some(delete_endpoint)),
+        ("a flushed table", Some(&["flush", "table", "ip", "testbed-proxy"][..])),
+        ("a deleted table", Some(&["delete", "table", "ip", "testbed-proxy"][..])),
     ] {
         let started = Instant::now();
         match cmd {
-            Some(cmd) => drop(sh(&cmd)),
+            Some(args) => drop(sh(&[&["nft"][..], args].concat())),
             None => delete_dnat_rule(),
         }
         assert!(ask(&format!("{VIP}:80")).is_err(), "{what}: the Service is broken");
@@ -252,7 +254,7 @@ fn reapplying_changes_nothing_and_drift_is_repaired() {
         }
         println!("{what}: repaired {:?} after the break", started.elapsed());
     }
-    assert_eq!(status()["drift_repairs"], 3);
+    assert_eq!(status()["drift_repairs"], 4);
 }
 
 #[test]
@@ -286,6 +288,13 @@ fn the_node_reaches_a_cluster_ip_by_the_agents_route_which_it_keeps() {
     println!("route put back and node -> {VIP}:80 answered {:?} after the delete", started.elapsed());
 }
 
+/// The Service's endpoint map (index -> address . port), by its name in the listing.
+fn endpoint_map() -> String {
+    let listing = sh(&["nft", "list", "table", "ip", "testbed-proxy"]);
+    let line = listing.lines().map(str::trim).find(|l| l.starts_with("map endpoints-"));
+    line.and_then(|l| l.strip_prefix("map ")?.split(" {").next()).expect("an endpoint map").to_string()
+}
+
 fn delete_dnat_rule() {
     let listing = sh(&["nft", "-a", "list", "table", "ip", "testbed-proxy"]);
     let mut chain = "";
@@ -293,7 +302,7 @@ fn delete_dnat_rule() {
         if let Some(name) = line.strip_prefix("chain ") {
             chain = name.split(" {").next().unwrap();
         }
-        if line.contains("dnat to") {
+        if line.contains(" dnat ") {
             let handle = line.rsplit("# handle ").next().unwrap();
             sh(&["nft", "delete", "rule", "ip", "testbed-proxy", chain, "handle", handle]);
             return;

@@ -42,6 +42,12 @@ fn proc_status_field(container: &str, pid: &str, field: &str) -> u64 {
     u64::from_str_radix(value, if field.starts_with("Cap") { 16 } else { 10 }).unwrap()
 }
 
+/// `/proc/1/status`'s line `field` in `container`, after its colon.
+fn status_line(container: &str, field: &str) -> String {
+    let (_, text) = sh(container, &format!("grep ^{field}: /proc/1/status"));
+    text.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_default()
+}
+
 const CAP_NET_RAW: u64 = 1 << 13;
 
 #[test]
@@ -87,6 +93,8 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
     // The user: the container's runAsUser, the pod's runAsGroup; b has the image's user (root).
     assert_eq!((status_field("a", "Uid"), status_field("a", "Gid")), (1000, 3000));
     assert_eq!((status_field("b", "Uid"), status_field("b", "Gid")), (0, 3000));
+    let groups = |c: &str| status_line(c, "Groups");
+    assert_eq!((groups("a").as_str(), groups("b").as_str()), ("29 50 3000", "3000"), "the processes' own groups");
     // The emptyDirs are shared, on disk and as a 1 MiB tmpfs (a wrote them as uid 1000); each container's
     // root is its own.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -119,7 +127,10 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
         }
     }
     assert_eq!(proc_status_field("a", "self", "CapEff"), 0, "a's exec has capabilities");
-    assert_eq!(sh("a", "id -G; pwd; echo $PATH"), (0, "3000\n/tmp\n/bin\n".into()), "a's exec: groups, cwd, env");
+    // a's uid 1000 is `web` in the image's /etc/passwd, whose /etc/group lists it in audio (29) and staff (50):
+    // supplementary groups as containerd gives them; b's root is in none.
+    assert_eq!(sh("a", "id -G; pwd; echo $PATH"), (0, "3000 29 50\n/tmp\n/bin\n".into()), "a's exec: groups, cwd, env");
+    assert_eq!(sh("b", "id -G"), (0, "3000\n".into()), "b's exec: groups");
 
     let pod_dir = agent.state_dir.path().join("pods/v");
     let (code, body) = http("DELETE", "/v1/pods/v?grace_period_secs=0", None);

@@ -160,9 +160,13 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ApiError {
 /// Everything the agent checks before touching the kernel, so that a spec that passes is never refused by
 /// nftables half-way: names that fit chain names, no two Services on one (IP, protocol, port) or one NodePort.
 pub fn validate_services(spec: &ServiceProxySpec) -> Result<(), ApiError> {
-    let mut names = std::collections::BTreeSet::new();
-    let mut destinations = std::collections::BTreeMap::new();
-    let mut node_ports = std::collections::BTreeMap::new();
+    // Hashed, sized once, one endpoint set reused: a node's proxy validates every PUT whole, and at 10,000
+    // Services this is most of an endpoint change's time.
+    let n = spec.services.len();
+    let mut names = std::collections::HashSet::with_capacity(n);
+    let mut destinations = std::collections::HashMap::with_capacity(n);
+    let mut node_ports = std::collections::HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, s) in spec.services.iter().enumerate() {
         let at = |f: &str| format!("services[{i}].{f}");
         if !is_dns_label(&s.namespace, 63) {
@@ -171,7 +175,7 @@ pub fn validate_services(spec: &ServiceProxySpec) -> Result<(), ApiError> {
         if !is_dns_label(&s.name, 63) {
             return Err(err(at("name"), format!("`{}` is not a DNS label", s.name)));
         }
-        if !names.insert((&s.namespace, &s.name)) {
+        if !names.insert((s.namespace.as_str(), s.name.as_str())) {
             return Err(err(at("name"), format!("duplicate Service {}/{}", s.namespace, s.name)));
         }
         let ip = s.cluster_ip;
@@ -212,7 +216,7 @@ pub fn validate_services(spec: &ServiceProxySpec) -> Result<(), ApiError> {
                     return Err(err(at("node_port"), format!("{np} is also services[{earlier}]'s")));
                 }
             }
-            let mut seen = std::collections::BTreeSet::new();
+            seen.clear();
             for (k, e) in p.endpoints.iter().enumerate() {
                 let at = |f: &str| at(&format!("endpoints[{k}].{f}"));
                 if e.ip.is_unspecified() || e.ip.is_loopback() || e.ip.is_multicast() || e.ip.is_broadcast() {

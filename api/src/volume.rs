@@ -159,14 +159,13 @@ pub const ALL_CAPABILITIES: [&str; 41] = [
 ];
 
 impl SecurityContext {
-    /// The container's uid and gid: its own `runAsUser`/`runAsGroup`, else the pod's, else the image's.
-    pub fn user(this: Option<&Self>, pod: Option<&PodSecurityContext>, image: (u32, u32)) -> (u32, u32) {
-        let pick = |own: Option<i64>, of_pod: Option<i64>, image: u32| {
-            own.or(of_pod).and_then(|id| u32::try_from(id).ok()).unwrap_or(image)
-        };
+    /// The uid and gid the spec sets: the container's own `runAsUser`/`runAsGroup`, else the pod's (None:
+    /// the image decides).
+    pub fn run_as(this: Option<&Self>, pod: Option<&PodSecurityContext>) -> (Option<u32>, Option<u32>) {
+        let pick = |own: Option<i64>, of_pod: Option<i64>| own.or(of_pod).and_then(|id| u32::try_from(id).ok());
         (
-            pick(this.and_then(|s| s.run_as_user), pod.and_then(|p| p.run_as_user), image.0),
-            pick(this.and_then(|s| s.run_as_group), pod.and_then(|p| p.run_as_group), image.1),
+            pick(this.and_then(|s| s.run_as_user), pod.and_then(|p| p.run_as_user)),
+            pick(this.and_then(|s| s.run_as_group), pod.and_then(|p| p.run_as_group)),
         )
     }
 

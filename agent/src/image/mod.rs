@@ -6,11 +6,13 @@
 //! - `layout`: reading the layout (or an archive of one) into an [`ImageManifest`].
 //! - `unpack`: one layer tar into a directory, whiteouts turned into overlayfs' own form.
 //! - `store`: the content-addressed store of unpacked layers and of the images that use them.
+//! - `users`: the user a container runs as, from the image's /etc/passwd and /etc/group.
 
 mod digest;
 mod layout;
 mod store;
 mod unpack;
+pub mod users;
 
 #[cfg(test)]
 mod tests;
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 pub use digest::Digest;
 pub use layout::ImageConfig;
 pub use store::{ImageStore, StoredImage};
+pub use users::{ImageFiles, ImageUser};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -95,7 +95,7 @@ fn overlay_whiteout(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+pub(super) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     let (c, name) = (c_path(path)?, CString::new(name).map_err(|_| std::io::ErrorKind::InvalidInput)?);
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
     if unsafe { libc::lsetxattr(c.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) } != 0 {

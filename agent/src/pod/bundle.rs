@@ -15,7 +15,7 @@ use super::processes::{ImageLaunch, DEFAULT_PATH};
 use super::record::Pod;
 use super::volumes;
 use super::{lock, Agent, AgentError, Result};
-use crate::image::{Digest, ImageConfig, ImageError, ImageStore, StoredImage};
+use crate::image::{users, Digest, ImageConfig, ImageError, ImageFiles, ImageStore, ImageUser, StoredImage};
 use testbed_api::{ContainerSpec, SecurityContext};
 
 /// Where a container's bundle lives in its pod's directory, and its parts.
@@ -80,17 +80,23 @@ pub fn environment(image: &ImageConfig, env: &BTreeMap<String, String>, hostname
     merged.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// The image config's `User` as uid and gid; only the numeric forms (`uid`, `uid:gid`), since a name would
-/// need the image's /etc/passwd.
-pub fn user(image: &ImageConfig) -> Result<(u32, u32), String> {
-    let text = image.user.as_deref().unwrap_or("");
-    if text.is_empty() {
-        return Ok((0, 0));
-    }
-    let (uid, gid) = text.split_once(':').unwrap_or((text, "0"));
-    match (uid.parse(), gid.parse()) {
-        (Ok(uid), Ok(gid)) => Ok((uid, gid)),
-        _ => Err(format!("image User {text:?} is not numeric (uid or uid:gid); user names are not supported yet")),
+/// The ids the container runs as: the spec's `runAsUser`/`runAsGroup` over the image's `User`, names and
+/// groups looked up in the image's own /etc/passwd and /etc/group as containerd does.
+pub fn user(
+    files: &ImageFiles<'_>,
+    image: &ImageConfig,
+    run_as: (Option<u32>, Option<u32>),
+) -> Result<ImageUser, String> {
+    match run_as {
+        (Some(uid), gid) => Ok(users::by_id(files, uid, gid)),
+        (None, gid) => {
+            let from_image = users::resolve(files, image.user.as_deref().unwrap_or(""))
+                .map_err(|e| format!("the image's User: {e}"))?;
+            Ok(match gid {
+                Some(gid) => users::by_id(files, from_image.uid, Some(gid)),
+                None => from_image,
+            })
+        }
     }
 }
 
@@ -111,8 +117,7 @@ pub struct Process {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
-    pub uid: u32,
-    pub gid: u32,
+    pub user: ImageUser,
     /// Bounding, effective and permitted set (`SecurityContext::capabilities`).
     pub capabilities: Vec<String>,
     /// `allowPrivilegeEscalation: false`.
@@ -164,7 +169,7 @@ pub fn config_json(process: &Process, fs: &Filesystem, bundle: &BundleDir) -> Va
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": { "uid": process.uid, "gid": process.gid },
+            "user": { "uid": process.user.uid, "gid": process.user.gid, "additionalGids": process.user.additional_gids },
             "args": process.argv,
             "env": process.env,
             "cwd": process.cwd,
@@ -244,15 +249,14 @@ impl Agent {
         };
         let lower = store.lower_dirs(&image).map_err(|e| failed(e.to_string()))?;
         let argv = argv(&image.config, &c.command, &c.args).map_err(failed)?;
-        let image_user = user(&image.config).map_err(failed)?;
         let security = c.security_context.as_ref();
-        let (uid, gid) = SecurityContext::user(security, spec.security_context.as_ref(), image_user);
+        let run_as = SecurityContext::run_as(security, spec.security_context.as_ref());
+        let user = user(&ImageFiles { lower: &lower }, &image.config, run_as).map_err(failed)?;
         let process = Process {
             argv: argv.clone(),
             env: environment(&image.config, &c.env, &spec.name),
             cwd: image.config.working_dir.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "/".into()),
-            uid,
-            gid,
+            user,
             capabilities: SecurityContext::capabilities(security, &DEFAULT_CAPABILITIES),
             no_new_privileges: security.and_then(|s| s.allow_privilege_escalation) == Some(false),
         };
@@ -326,11 +330,31 @@ mod tests {
     }
 
     #[test]
-    fn numeric_users_only() {
-        assert_eq!(user(&image()).unwrap(), (1000, 50));
-        assert_eq!(user(&ImageConfig { user: Some("7".into()), ..Default::default() }).unwrap(), (7, 0));
-        assert_eq!(user(&ImageConfig::default()).unwrap(), (0, 0));
-        assert!(user(&ImageConfig { user: Some("nobody".into()), ..Default::default() }).is_err());
+    fn the_spec_ids_go_over_the_images_user_and_groups_come_from_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nweb:x:1000:1000::/:/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "web:x:1000:\nstaff:x:50:web\n").unwrap();
+        let lower = [dir.path().to_path_buf()];
+        let files = ImageFiles { lower: &lower };
+        let named = ImageConfig { user: Some("web".into()), ..Default::default() };
+        let ids = |image: &ImageConfig, run_as| user(&files, image, run_as).map(|u| (u.uid, u.gid, u.additional_gids));
+        assert_eq!(ids(&named, (None, None)), Ok((1000, 1000, vec![1000, 50])), "the image's user by name");
+        assert_eq!(ids(&named, (None, Some(7))), Ok((1000, 7, vec![7, 50])), "runAsGroup over the image's group");
+        assert_eq!(ids(&named, (Some(0), None)), Ok((0, 0, vec![0])), "runAsUser: its passwd group");
+        assert_eq!(
+            ids(&image(), (None, None)),
+            Ok((1000, 50, vec![50, 50])).map(|(u, g, mut a)| {
+                a.dedup();
+                (u, g, a)
+            })
+        );
+        let unknown = ImageConfig { user: Some("nobody".into()), ..Default::default() };
+        assert_eq!(
+            ids(&unknown, (None, None)),
+            Err("the image's User: user \"nobody\" is not in the image's /etc/passwd".into())
+        );
+        assert_eq!(ids(&unknown, (Some(5), None)), Ok((5, 0, vec![0])), "runAsUser needs no name");
     }
 
     fn process(security: Option<&SecurityContext>) -> Process {
@@ -338,8 +362,7 @@ mod tests {
             argv: strings(&["x"]),
             env: vec![],
             cwd: "/".into(),
-            uid: 0,
-            gid: 0,
+            user: ImageUser { uid: 0, gid: 0, additional_gids: vec![0] },
             capabilities: SecurityContext::capabilities(security, &DEFAULT_CAPABILITIES),
             no_new_privileges: false,
         }
@@ -386,8 +409,8 @@ mod tests {
             ..Default::default()
         };
         let pod = testbed_api::PodSecurityContext { run_as_user: Some(5), run_as_group: Some(6) };
-        assert_eq!(SecurityContext::user(Some(&sc), Some(&pod), (7, 8)), (1000, 6), "own, then the pod's");
-        assert_eq!(SecurityContext::user(None, None, (7, 8)), (7, 8), "the image's");
+        assert_eq!(SecurityContext::run_as(Some(&sc), Some(&pod)), (Some(1000), Some(6)), "own, then the pod's");
+        assert_eq!(SecurityContext::run_as(None, None), (None, None), "the image's");
         let mut p = process(Some(&sc));
         p.no_new_privileges = true;
         let config = config_json(&p, &Filesystem::default(), &BundleDir("/b".into()));

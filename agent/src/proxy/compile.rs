@@ -171,6 +171,18 @@ impl<'a> Parser<'a> {
                 self.at += usize::from(fully_random);
                 self.push(Expr::Masquerade { fully_random });
             }
+            "dnat" if self.peek() == Some("ip") => {
+                // `dnat ip to numgen random mod N map @M`: the index picks an `address . port` from M.
+                let (_, _, first) = (self.next()?, self.expect("to")?, self.next()?);
+                let Some(pick @ Selector::Numgen { .. }) = self.selector(first)? else {
+                    return Err(format!("dnat ip to `{first}`"));
+                };
+                self.expect("map")?;
+                let map = self.next()?.strip_prefix('@').ok_or("dnat through a map not named with @")?.to_string();
+                self.push(pick.load(REG32_00));
+                self.push(Expr::Lookup { set: Some(map), sreg: REG32_00, dreg: Some(REG32_00) });
+                self.push(Expr::Dnat { addr_reg: REG32_00, port_reg: REG32_00 + 1 });
+            }
             "dnat" => {
                 self.expect("to")?;
                 let to = self.next()?;
@@ -234,10 +246,10 @@ impl<'a> Parser<'a> {
                 let map = self.next()?.strip_prefix('@').ok_or("vmap of a map not named with @")?.to_string();
                 self.push(Expr::Lookup { set: Some(map), sreg: REG32_00, dreg: Some(REG_VERDICT) });
             }
-            _ if concatenated => return Err(format!("`{op}` after a concatenation")),
             _ if op.starts_with('@') => {
                 self.push(Expr::Lookup { set: Some(op[1..].to_string()), sreg: REG32_00, dreg: None });
             }
+            _ if concatenated => return Err(format!("`{op}` after a concatenation")),
             "set" => {
                 // `meta mark set meta mark | 0x4000` and `^`: load (already done), and/xor, store.
                 let (src, _) = (self.next()?, self.expect("mark")?);
@@ -371,6 +383,26 @@ mod tests {
         assert_eq!(c.exprs[1], Expr::Lookup { set: None, sreg: 8, dreg: Some(0) });
         let goto = |c: &str| Verdict::Chain(VerdictKind::Goto, c.into());
         assert_eq!(c.anonymous_map, Some(vec![(0, goto("a")), (1, goto("b"))]));
+    }
+
+    #[test]
+    fn dnat_through_an_endpoint_map_and_a_pair_lookup() {
+        assert_eq!(
+            exprs("meta l4proto tcp dnat ip to numgen random mod 3 map @endpoints-x")[2..],
+            [
+                Expr::Numgen { modulus: 3, dreg: 8 },
+                Expr::Lookup { set: Some("endpoints-x".into()), sreg: 8, dreg: Some(8) },
+                Expr::Dnat { addr_reg: 8, port_reg: 9 },
+            ]
+        );
+        assert_eq!(
+            exprs("ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade")[..3],
+            [
+                Expr::Payload { base: 1, offset: 12, len: 4, dreg: 8 },
+                Expr::Payload { base: 1, offset: 16, len: 4, dreg: 9 },
+                Expr::Lookup { set: Some("hairpin-endpoints".into()), sreg: 8, dreg: None },
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::compile::{self, protocol};
 use super::expr::{self, Verdict, VerdictKind};
 use super::nfnl::{Attrs, Batch, NfnlError, NfnlSocket, NLM_F_APPEND, NLM_F_CREATE, WHOLE_BATCH};
 use super::nft::{self, Nft, NftError};
+use super::render;
 use super::ruleset::{script, Op, Ruleset, TABLE};
 
 const NEWTABLE: u8 = 0;
@@ -135,22 +136,22 @@ pub fn batch(ops: &[Op], generation: Option<u32>) -> Result<Batch, NftError> {
             }
             Op::DeleteElements { map, keys } => {
                 let keys: Vec<Vec<u8>> =
-                    keys.iter().map(|k| key(k).ok_or_else(|| bad_decl(op))).collect::<Result<_, _>>()?;
+                    keys.iter().map(|k| map_key(map, k).ok_or_else(|| bad_decl(op))).collect::<Result<_, _>>()?;
                 for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
                     b.message(DELSETELEM, 0, FAMILY_IP, i, |a| {
-                        put_elements(a, map, chunk.iter().map(|k| (k.as_slice(), None)));
+                        put_elements(a, map, chunk.iter().map(|k| (k.as_slice(), &Data::None)));
                     });
                 }
             }
             Op::AddElements { map, elements } => {
-                let elements: Vec<(Vec<u8>, Verdict)> = elements
+                let elements: Vec<(Vec<u8>, Data)> = elements
                     .iter()
-                    .map(|(k, v)| Some((key(k)?, verdict(v)?)))
+                    .map(|(k, v)| Some((map_key(map, k)?, Data::parse(v)?)))
                     .collect::<Option<_>>()
                     .ok_or_else(|| bad_decl(op))?;
                 for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
                     b.message(NEWSETELEM, NLM_F_CREATE, FAMILY_IP, i, |a| {
-                        put_elements(a, map, chunk.iter().map(|(k, v)| (k.as_slice(), Some(v))));
+                        put_elements(a, map, chunk.iter().map(|(k, v)| (k.as_slice(), v)));
                     });
                 }
             }
@@ -171,15 +172,38 @@ fn bad_decl(op: &Op) -> NftError {
     NftError::Unencodable(script(std::slice::from_ref(op)).trim_end().to_string())
 }
 
+/// What a map element maps to: nothing (a set), a verdict, or a value (`10.244.0.2 . 8080`).
+enum Data {
+    None,
+    Verdict(Verdict),
+    Value(Vec<u8>),
+}
+
+impl Data {
+    fn parse(text: &str) -> Option<Data> {
+        if text.is_empty() {
+            return Some(Data::None);
+        }
+        Some(match verdict(text) {
+            Some(v) => Data::Verdict(v),
+            None => Data::Value(key(text)?),
+        })
+    }
+}
+
 /// NFTA_SET_ELEM_LIST_TABLE, _SET, _ELEMENTS { { NFTA_SET_ELEM_KEY, _DATA } ... }
-fn put_elements<'k>(a: &mut Attrs<'_>, set: &str, elements: impl Iterator<Item = (&'k [u8], Option<&'k Verdict>)>) {
+fn put_elements<'k>(a: &mut Attrs<'_>, set: &str, elements: impl Iterator<Item = (&'k [u8], &'k Data)>) {
     a.str(1, TABLE).str(2, set);
     a.nest(3, |a| {
         for (k, v) in elements {
             a.nest(1, |a| {
                 expr::put_value(a, 1, k);
-                if let Some(v) = v {
-                    a.nest(2, |a| expr::put_verdict(a, v));
+                match v {
+                    Data::None => {}
+                    Data::Verdict(v) => {
+                        a.nest(2, |a| expr::put_verdict(a, v));
+                    }
+                    Data::Value(bytes) => expr::put_value(a, 2, bytes),
                 }
             });
         }
@@ -199,12 +223,21 @@ fn put_anonymous_map(b: &mut Batch, owner: usize, id: u32, arms: &[(u32, Verdict
     });
     let keys: Vec<[u8; 4]> = arms.iter().map(|(k, _)| k.to_ne_bytes()).collect();
     b.message(NEWSETELEM, NLM_F_CREATE, FAMILY_IP, owner, |a| {
-        put_elements(a, ANONYMOUS_MAP, keys.iter().zip(arms).map(|(k, (_, v))| (k.as_slice(), Some(v))));
+        let data: Vec<Data> = arms.iter().map(|(_, v)| Data::Verdict(v.clone())).collect();
+        put_elements(a, ANONYMOUS_MAP, keys.iter().zip(&data).map(|(k, v)| (k.as_slice(), v)));
         a.u32(4, id);
     });
 }
 
-/// A map key as the renderer writes it (`10.96.0.10 . tcp . 80`, `tcp . 30080`): each part padded to 4
+/// A key of `map`: an index (host order, as numgen loads it) in an endpoint map, else as `key` reads it.
+fn map_key(map: &str, text: &str) -> Option<Vec<u8>> {
+    if render::is_endpoint_map(map) {
+        return Some(text.parse::<u32>().ok()?.to_ne_bytes().to_vec());
+    }
+    key(text)
+}
+
+/// A map key (or value) as the renderer writes it (`10.96.0.10 . tcp . 80`, `tcp . 30080`): each part padded to 4
 /// bytes as a concatenation's registers are.
 fn key(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -237,29 +270,37 @@ struct SetDecl {
     key_type: u32,
     key_len: u32,
     flags: u32,
+    /// A map's data type and length (a verdict's length is 0).
+    data: Option<(u32, u32)>,
     timeout_ms: Option<u64>,
+}
+
+/// nft's type id of a concatenation: 6 bits per part. Its length: the parts' registers (4 bytes each).
+fn concat_type(text: &str) -> Option<(u32, u32)> {
+    let parts: Vec<(u32, u32)> = text.split(" . ").map(datatype).collect::<Option<_>>()?;
+    let id = parts.iter().fold(0, |t, (id, _)| t << 6 | id);
+    let len = match parts.as_slice() {
+        [(_, len)] => *len,
+        _ => parts.iter().map(|(_, len)| len.next_multiple_of(4)).sum(),
+    };
+    Some((id, len))
 }
 
 impl SetDecl {
     fn parse(decl: &str) -> Option<SetDecl> {
-        let mut d = SetDecl { key_type: 0, key_len: 0, flags: 0, timeout_ms: None };
+        let mut d = SetDecl { key_type: 0, key_len: 0, flags: 0, data: None, timeout_ms: None };
         for clause in decl.split(';').map(str::trim).filter(|c| !c.is_empty()) {
             let (word, rest) = clause.split_once(' ')?;
             match word {
                 "type" => {
                     let (key, data) = match rest.split_once(" : ") {
-                        Some((k, "verdict")) => (k, true),
-                        Some(_) => return None,
-                        None => (rest, false),
+                        Some((k, "verdict")) => (k, Some((0xffff_ff00, 0))),
+                        Some((k, data)) => (k, Some(concat_type(data)?)),
+                        None => (rest, None),
                     };
-                    let parts: Vec<(u32, u32)> = key.split(" . ").map(datatype).collect::<Option<_>>()?;
-                    // nft's concatenated type id: 6 bits per part; the key is the parts' registers.
-                    d.key_type = parts.iter().fold(0, |t, (id, _)| t << 6 | id);
-                    d.key_len = match parts.as_slice() {
-                        [(_, len)] => *len,
-                        _ => parts.iter().map(|(_, len)| len.next_multiple_of(4)).sum(),
-                    };
-                    d.flags |= if data { 0x8 } else { 0 }; // NFT_SET_MAP
+                    (d.key_type, d.key_len) = concat_type(key)?;
+                    d.data = data;
+                    d.flags |= if data.is_some() { 0x8 } else { 0 }; // NFT_SET_MAP
                 }
                 "flags" => {
                     for f in rest.split(',') {
@@ -278,21 +319,43 @@ impl SetDecl {
     }
 
     /// NFTA_SET_NAME, _FLAGS, _KEY_TYPE, _KEY_LEN, _ID (the kernel wants one, unique in the batch),
-    /// [_DATA_TYPE (verdict), _DATA_LEN], [_TIMEOUT].
+    /// [_DATA_TYPE, _DATA_LEN], [_TIMEOUT], [_USERDATA].
     fn put(&self, a: &mut Attrs<'_>, name: &str, id: u32) {
-        a.str(2, name).u32(3, self.flags).u32(4, self.key_type).u32(5, self.key_len).u32(10, id);
-        if self.flags & 0x8 != 0 {
-            a.u32(6, 0xffff_ff00).u32(7, 0);
+        // An endpoint map is declared as nft declares `typeof numgen ... : ip daddr . th dport`: no key type
+        // for the kernel, the expressions in the user data for nft's listing.
+        let key_type = if self.key_type == INTEGER { 0 } else { self.key_type };
+        a.str(2, name).u32(3, self.flags).u32(4, key_type).u32(5, self.key_len).u32(10, id);
+        if let Some((ty, len)) = self.data {
+            a.u32(6, ty).u32(7, len);
         }
         if let Some(t) = self.timeout_ms {
             a.u64(11, t);
         }
+        if self.key_type == INTEGER {
+            a.bytes(13, ENDPOINT_MAP_TYPEOF);
+        }
     }
 }
+
+/// nft's `integer` type, written `type integer` here for what nft declares as `typeof numgen ...`.
+const INTEGER: u32 = 4;
+
+/// NFTA_SET_USERDATA as nft 1.0.6 sends it for `typeof numgen random mod 1 : ip daddr . th dport` (read
+/// with strace): the key's byte order (host), the data's, and both `typeof` expressions (numgen; the
+/// concatenation of the two payloads).
+const ENDPOINT_MAP_TYPEOF: &[u8] = &[
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04, 0x17, 0x00, 0x00,
+    0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x01, 0x00, 0x00, 0x00, 0x02, 0x04, 0x00, 0x00,
+    0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00,
+    0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04,
+    0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06,
+    0x04, 0x00, 0x00, 0x00, 0x00,
+];
 
 /// nft's datatype ids and widths (src/datatype.h).
 fn datatype(name: &str) -> Option<(u32, u32)> {
     match name {
+        "integer" => Some((INTEGER, 4)),
         "ipv4_addr" => Some((7, 4)),
         "inet_proto" => Some((12, 1)),
         "inet_service" => Some((13, 2)),
@@ -342,9 +405,16 @@ mod tests {
     #[test]
     fn declarations_become_nft_datatypes() {
         let map = SetDecl::parse("type ipv4_addr . inet_proto . inet_service : verdict;").expect("map");
-        assert_eq!(map, SetDecl { key_type: (7 << 6 | 12) << 6 | 13, key_len: 12, flags: 0x8, timeout_ms: None });
+        let verdict = Some((0xffff_ff00, 0));
+        let key_type = (7 << 6 | 12) << 6 | 13;
+        assert_eq!(map, SetDecl { key_type, key_len: 12, flags: 0x8, data: verdict, timeout_ms: None });
         let set = SetDecl::parse("type ipv4_addr; flags dynamic,timeout; timeout 60s;").expect("set");
-        assert_eq!(set, SetDecl { key_type: 7, key_len: 4, flags: 0x30, timeout_ms: Some(60_000) });
+        assert_eq!(set, SetDecl { key_type: 7, key_len: 4, flags: 0x30, data: None, timeout_ms: Some(60_000) });
+        let endpoints = SetDecl::parse("type integer : ipv4_addr . inet_service;").expect("endpoint map");
+        let data = Some((7 << 6 | 13, 8));
+        assert_eq!(endpoints, SetDecl { key_type: INTEGER, key_len: 4, flags: 0x8, data, timeout_ms: None });
+        let pairs = SetDecl::parse("type ipv4_addr . ipv4_addr;").expect("hairpin set");
+        assert_eq!(pairs, SetDecl { key_type: 7 << 6 | 7, key_len: 8, flags: 0, data: None, timeout_ms: None });
         let base = BaseChain::parse("type nat hook prerouting priority dstnat; policy accept;").expect("chain");
         assert_eq!((base.kind, base.hook, base.priority), ("nat", 0, -100));
         assert!(BaseChain::parse("type nat hook output priority -100; policy drop;").is_none());
@@ -361,5 +431,7 @@ mod tests {
         assert_eq!(key("10.96.0.10 . tcp . 80"), Some(vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0]));
         assert_eq!(key("udp . 30080"), Some(vec![17, 0, 0, 0, 0x75, 0x80, 0, 0]));
         assert_eq!(key("10.96.0.10 . icmp"), None);
+        assert_eq!(map_key("endpoints-x", "3"), Some(3u32.to_ne_bytes().to_vec()));
+        assert_eq!(map_key("hairpin-endpoints", "10.0.0.1 . 10.0.0.1"), Some(vec![10, 0, 0, 1, 10, 0, 0, 1]));
     }
 }

@@ -153,7 +153,20 @@ impl Proxy {
 /// The operations from `old`'s table to `new`'s, rendering only the Services that differ (removed ones
 /// first, so that a ClusterIP passed from one Service to another is free before it is taken).
 fn changed_services(old: &ServiceProxySpec, new: &ServiceProxySpec) -> Vec<Op> {
-    let key = |s: &ProxiedService| (s.namespace.clone(), s.name.clone());
+    fn key(s: &ProxiedService) -> (&str, &str) {
+        (&s.namespace, &s.name)
+    }
+    // The usual PUT lists the same Services in the same order: compared pairwise, without an index (at
+    // 10,000 Services the two maps cost more than the comparison).
+    if old.services.len() == new.services.len() && old.services.iter().zip(&new.services).all(|(a, b)| key(a) == key(b))
+    {
+        let mut ops = Vec::new();
+        for (was, s) in old.services.iter().zip(&new.services).filter(|(a, b)| a != b) {
+            ops.extend(ruleset::diff(Some(&render::render_service(Some(was))), &render::render_service(Some(s))));
+        }
+        keep_shared_hairpins(&mut ops, new);
+        return ops;
+    }
     let before: HashMap<_, &ProxiedService> = old.services.iter().map(|s| (key(s), s)).collect();
     let after: HashMap<_, &ProxiedService> = new.services.iter().map(|s| (key(s), s)).collect();
     let mut ops = Vec::new();
@@ -166,7 +179,24 @@ fn changed_services(old: &ServiceProxySpec, new: &ServiceProxySpec) -> Vec<Op> {
             ops.extend(ruleset::diff(Some(&render::render_service(was)), &render::render_service(Some(s))));
         }
     }
+    keep_shared_hairpins(&mut ops, new);
     ops
+}
+
+/// A hairpin pair one Service's diff deletes stays while another Service still has the endpoint (the set
+/// is the union of all Services' endpoints). Only deletions are looked at, so an unchanged table costs nothing.
+fn keep_shared_hairpins(ops: &mut Vec<Op>, new: &ServiceProxySpec) {
+    for op in ops.iter_mut() {
+        if let Op::DeleteElements { map, keys } = op {
+            if map == render::HAIRPIN {
+                keys.retain(|k| {
+                    let ip = k.split(" . ").next().and_then(|ip| ip.parse().ok());
+                    !ip.is_some_and(|ip| new.services.iter().any(|s| render::has_hairpin(s, ip)))
+                });
+            }
+        }
+    }
+    ops.retain(|op| !matches!(op, Op::DeleteElements { keys, .. } if keys.is_empty()));
 }
 
 impl Inner {
@@ -231,7 +261,8 @@ impl Inner {
     }
 }
 
-/// Each lookup map's entries, followed through their chain to the endpoint chains' DNAT destinations.
+/// Each lookup map's entries, followed through their chain to its endpoint map's or endpoint chains' DNAT
+/// destinations.
 fn destinations(r: &Ruleset) -> Vec<ObservedDestination> {
     let mut out = Vec::new();
     for map in
@@ -241,10 +272,17 @@ fn destinations(r: &Ruleset) -> Vec<ObservedDestination> {
             let chain = verdict.split_whitespace().last().unwrap_or_default().to_string();
             let rules = r.chains.get(&chain).map(|c| c.rules.as_slice()).unwrap_or_default();
             let targets = rules.iter().flat_map(|r| &r.targets);
-            let mut endpoints: Vec<_> = targets
+            let chained = targets
                 .filter(|t| t.starts_with("endpoint-"))
-                .filter_map(|t| r.chains.get(t)?.rules.iter().find_map(|r| r.dnat))
-                .collect();
+                .filter_map(|t| r.chains.get(t)?.rules.iter().find_map(|r| r.dnat));
+            let mapped = rules
+                .iter()
+                .flat_map(|r| &r.sets)
+                .filter(|m| render::is_endpoint_map(m))
+                .filter_map(|m| r.maps.get(m))
+                .flat_map(|m| m.elements.values())
+                .filter_map(|v| v.replace(" . ", ":").parse().ok());
+            let mut endpoints: Vec<_> = chained.chain(mapped).collect();
             endpoints.sort();
             endpoints.dedup();
             let session_affinity = rules.iter().any(|r| r.sets.iter().any(|s| s.starts_with("affinity-")));

@@ -103,11 +103,17 @@ pub fn parse(json: &Value) -> Result<Ruleset, NftError> {
         if let Some(c) = item.get("chain") {
             let base = c.get("hook").map(|h| h.to_string());
             r.chains.entry(name(c, "chain")?).or_default().base = base;
-        } else if let Some(s) = item.get("set") {
-            r.sets.insert(name(s, "set")?, String::new());
-        } else if let Some(m) = item.get("map") {
-            let elements = m["elem"].as_array().map(|e| e.iter().filter_map(element).collect()).unwrap_or_default();
-            r.maps.insert(name(m, "map")?, Map { decl: String::new(), elements });
+        } else if let Some(s) = item.get("set").or_else(|| item.get("map")) {
+            // Packets write a dynamic set's elements (the affinity sets, with a timeout): only its existence
+            // is the agent's.
+            let dynamic =
+                s.get("timeout").is_some() || s["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "dynamic"));
+            if dynamic {
+                r.sets.insert(name(s, "set")?, String::new());
+            } else {
+                let elements = s["elem"].as_array().map(|e| e.iter().filter_map(element).collect()).unwrap_or_default();
+                r.maps.insert(name(s, "map")?, Map { decl: String::new(), elements });
+            }
         } else if let Some(rule) = item.get("rule") {
             let chain = rule["chain"].as_str().ok_or_else(|| NftError::Parse("a rule without a chain".into()))?;
             let mut parsed = Rule {
@@ -126,16 +132,23 @@ pub fn parse(json: &Value) -> Result<Ruleset, NftError> {
 }
 
 /// `[{"concat": ["10.96.0.10", "tcp", 80]}, {"goto": {"target": "service-x"}}]` -> (`10.96.0.10 . tcp . 80`,
-/// `goto service-x`).
+/// `goto service-x`); `[0, {"concat": ["10.244.0.2", 8080]}]` -> (`0`, `10.244.0.2 . 8080`); a set's
+/// `{"concat": ["10.244.0.2", "10.244.0.2"]}` -> (`10.244.0.2 . 10.244.0.2`, ``).
 fn element(e: &Value) -> Option<(String, String)> {
-    let [key, verdict] = e.as_array()?.as_slice() else { return None };
     let scalar = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    let key = match key.get("concat").and_then(Value::as_array) {
+    let text = |v: &Value| match v.get("concat").and_then(Value::as_array) {
         Some(parts) => parts.iter().map(scalar).collect::<Vec<_>>().join(" . "),
-        None => scalar(key),
+        None => scalar(v),
     };
-    let (kind, target) = verdict.as_object()?.iter().next()?;
-    Some((key, format!("{kind} {}", target["target"].as_str()?)))
+    let [key, data] = e.as_array().map(Vec::as_slice).unwrap_or_default() else {
+        return Some((text(e), String::new()));
+    };
+    match data.as_object()?.iter().next()? {
+        (kind, target) if kind == "goto" || kind == "jump" => {
+            Some((text(key), format!("{kind} {}", target["target"].as_str()?)))
+        }
+        _ => Some((text(key), text(data))),
+    }
 }
 
 /// Collects a rule's jump/goto targets and DNAT destination wherever they sit in its expression tree.
@@ -150,6 +163,8 @@ fn walk(v: &Value, rule: &mut Rule) {
                         let addr = inner["addr"].as_str().and_then(|a| a.parse().ok());
                         let port = inner["port"].as_u64().and_then(|p| u16::try_from(p).ok());
                         rule.dnat = addr.zip(port).map(|(a, p)| SocketAddrV4::new(a, p));
+                        // `dnat ip to numgen ... map @endpoints-...`: the map it picks from.
+                        walk(inner, rule);
                     }
                     _ => walk(inner, rule),
                 }
@@ -189,5 +204,23 @@ mod tests {
         assert_eq!(r.chains["service-a"].rules[0].targets, ["endpoint-a"]);
         assert_eq!(r.chains["service-a"].rules[0].id, "c1");
         assert_eq!(r.chains["endpoint-a"].rules[0].dnat, Some("10.244.0.2:8080".parse().expect("addr")));
+    }
+
+    #[test]
+    fn endpoint_maps_and_the_hairpin_set_read_back_as_the_renderer_writes_them() {
+        // nft 1.0.6's listing of both.
+        let json: Value = serde_json::from_str(
+            r#"{"nftables": [{"map": {"family": "ip", "name": "endpoints-a", "table": "t", "type": "integer", "handle": 4,
+              "map": "ipv4_addr . inet_service", "elem": [[0, {"concat": ["10.0.0.1", 80]}], [1, {"concat": ["10.0.0.2", 81]}]]}},
+            {"set": {"family": "ip", "name": "hairpin-endpoints", "table": "t", "type": ["ipv4_addr", "ipv4_addr"], "handle": 5,
+              "elem": [{"concat": ["10.0.0.1", "10.0.0.1"]}]}},
+            {"set": {"name": "affinity-x", "type": "ipv4_addr", "flags": ["timeout", "dynamic"], "elem": [{"elem": {"val": "10.1.1.1"}}]}}]}"#,
+        )
+        .expect("json");
+        let r = parse(&json).expect("parses");
+        let endpoints: Vec<_> = r.maps["endpoints-a"].elements.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(endpoints, [("0", "10.0.0.1 . 80"), ("1", "10.0.0.2 . 81")]);
+        assert_eq!(r.maps["hairpin-endpoints"].elements["10.0.0.1 . 10.0.0.1"], "");
+        assert!(r.sets.contains_key("affinity-x") && !r.maps.contains_key("affinity-x"));
     }
 }

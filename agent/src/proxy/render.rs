@@ -1,6 +1,9 @@
-//! A `ServiceProxySpec` as the ruleset kube-proxy's nftables mode would write for it (see
-//! docs/architecture.md, "Service proxy"): fixed base chains and lookup maps, then per Service port a
-//! service chain that picks an endpoint at random, and per endpoint a chain that DNATs.
+//! A `ServiceProxySpec` as an nftables table (see docs/architecture.md, "Service proxy"): kube-proxy's
+//! nftables mode (fixed base chains and lookup maps, then per Service port a service chain), except that a
+//! Service without session affinity DNATs straight through a map of its endpoints instead of jumping to a
+//! chain per endpoint. Its endpoint changes are then map elements only, which the kernel commits without
+//! validating the table's jump graph (see `endpoint_map`). A ClientIP-affinity Service keeps kube-proxy's
+//! chain per endpoint: its affinity is remembered per endpoint.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +21,11 @@ pub const SERVICE_IPS: &str = "service-ips";
 pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+/// `endpoint . endpoint` pairs: a packet from an endpoint to itself after DNAT is a pod reaching itself
+/// through its Service (hairpin), which must be masqueraded.
+pub const HAIRPIN: &str = "hairpin-endpoints";
+/// The prefixes of the endpoint maps (index -> endpoint) of service and external chains.
+pub const ENDPOINT_MAP_KINDS: [&str; 2] = ["endpoints-", "external-endpoints-"];
 const REJECT_CHAIN: &str = "reject-chain";
 
 /// The table for `spec` (validated: names are DNS labels, so chain names need no quoting).
@@ -57,6 +65,12 @@ fn lookup_maps(r: &mut Ruleset) {
     ] {
         r.maps.insert(name.into(), Map { decl: decl.into(), elements: BTreeMap::new() });
     }
+    r.maps.insert(HAIRPIN.into(), Map { decl: "type ipv4_addr . ipv4_addr;".into(), elements: BTreeMap::new() });
+}
+
+/// Whether `map` is a Service's endpoint map (its keys are integers, not addresses).
+pub fn is_endpoint_map(map: &str) -> bool {
+    ENDPOINT_MAP_KINDS.iter().any(|k| map.starts_with(k))
 }
 
 fn chain(r: &mut Ruleset, name: &str, base: Option<&str>, rules: &[&str]) {
@@ -71,7 +85,12 @@ fn fixed(r: &mut Ruleset) {
     let nat = |hook: &str, prio: &str| format!("type nat hook {hook} priority {prio}; policy accept;");
     chain(r, "nat-prerouting", Some(&nat("prerouting", "dstnat")), &["jump services"]);
     chain(r, "nat-output", Some(&nat("output", "-100")), &["jump services"]);
-    chain(r, "nat-postrouting", Some(&nat("postrouting", "srcnat")), &["jump masquerading"]);
+    chain(
+        r,
+        "nat-postrouting",
+        Some(&nat("postrouting", "srcnat")),
+        &[&format!("ip saddr . ip daddr @{HAIRPIN} jump mark-for-masquerade"), "jump masquerading"],
+    );
     // Rejection runs before DNAT (-110 < -100) on new connections only, as kube-proxy's filter chains do.
     let filter = |hook: &str| format!("type filter hook {hook} priority -110; policy accept;");
     for hook in ["input", "forward", "output"] {
@@ -135,17 +154,13 @@ fn affinity_set(s: &ProxiedService, p: &ServicePort, e: &ProxyEndpoint) -> Optio
 
 fn service_port(r: &mut Ruleset, s: &ProxiedService, p: &ServicePort) {
     let proto = p.protocol.nft_name();
-    let ready: Vec<&ProxyEndpoint> = p.endpoints.iter().filter(|e| e.ready).collect();
-    let pick = |policy: TrafficPolicy| -> Vec<&ProxyEndpoint> {
-        ready.iter().copied().filter(|e| policy == TrafficPolicy::Cluster || e.local).collect()
-    };
-    let (internal, external) = (pick(s.internal_traffic_policy), pick(s.external_traffic_policy));
+    let (internal, external) = (served(p, s.internal_traffic_policy), served(p, s.external_traffic_policy));
     let key = format!("{} . {proto} . {}", s.cluster_ip, p.port);
     if internal.is_empty() {
         insert(r, NO_ENDPOINT_SERVICES, key, format!("goto {REJECT_CHAIN}"));
     } else {
         let svc = name("service", s, p, "");
-        let rules = pick_endpoint(s, p, &internal);
+        let rules = pick_endpoint(r, s, p, "endpoints", &internal);
         r.chains.insert(svc.clone(), Chain { base: None, rules });
         insert(r, SERVICE_IPS, key, format!("goto {svc}"));
     }
@@ -162,23 +177,48 @@ fn service_port(r: &mut Ruleset, s: &ProxiedService, p: &ServicePort) {
                 TrafficPolicy::Local => "fib saddr type local jump mark-for-masquerade",
             };
             let mut rules = vec![Rule::new(masq.into())];
-            rules.extend(pick_endpoint(s, p, &external));
+            rules.extend(pick_endpoint(r, s, p, "external-endpoints", &external));
             r.chains.insert(ext.clone(), Chain { base: None, rules });
             insert(r, SERVICE_NODEPORTS, key, format!("goto {ext}"));
         }
     }
     // An endpoint in both lists renders the same chain twice; the second insert changes nothing.
     for e in internal.iter().chain(&external) {
-        endpoint(r, s, p, e);
+        match s.session_affinity {
+            SessionAffinity::None => insert(r, HAIRPIN, format!("{0} . {0}", e.ip), String::new()),
+            SessionAffinity::ClientIp { .. } => endpoint(r, s, p, e),
+        }
     }
 }
 
-fn insert(r: &mut Ruleset, map: &str, key: String, verdict: String) {
-    r.maps.entry(map.into()).or_default().elements.insert(key, verdict);
+/// The endpoints of `p` that traffic under `policy` goes to: the ready ones (on this node, for Local).
+fn served(p: &ServicePort, policy: TrafficPolicy) -> Vec<&ProxyEndpoint> {
+    p.endpoints.iter().filter(|e| e.ready && (policy == TrafficPolicy::Cluster || e.local)).collect()
+}
+
+/// Whether `s`'s part of the table has `ip . ip` in the hairpin set (as `service_port` puts it there).
+pub fn has_hairpin(s: &ProxiedService, ip: std::net::Ipv4Addr) -> bool {
+    let policies = [s.internal_traffic_policy, s.external_traffic_policy];
+    let served = |e: &ProxyEndpoint| e.ready && policies.iter().any(|p| *p == TrafficPolicy::Cluster || e.local);
+    s.session_affinity == SessionAffinity::None
+        && s.ports.iter().flat_map(|p| &p.endpoints).any(|e| e.ip == ip && served(e))
+}
+
+fn insert(r: &mut Ruleset, map: &str, key: String, value: String) {
+    r.maps.entry(map.into()).or_default().elements.insert(key, value);
 }
 
 /// A client with a live affinity entry goes back to its endpoint; everyone else picks one at random.
-fn pick_endpoint(s: &ProxiedService, p: &ServicePort, endpoints: &[&ProxyEndpoint]) -> Vec<Rule> {
+fn pick_endpoint(
+    r: &mut Ruleset,
+    s: &ProxiedService,
+    p: &ServicePort,
+    kind: &str,
+    endpoints: &[&ProxyEndpoint],
+) -> Vec<Rule> {
+    if s.session_affinity == SessionAffinity::None {
+        return vec![endpoint_map(r, s, p, kind, endpoints)];
+    }
     let mut rules = Vec::new();
     for e in endpoints {
         if let Some((set, _)) = affinity_set(s, p, e) {
@@ -192,6 +232,28 @@ fn pick_endpoint(s: &ProxiedService, p: &ServicePort, endpoints: &[&ProxyEndpoin
         .collect();
     rules.push(Rule::new(format!("numgen random mod {} vmap {{ {} }}", endpoints.len(), arms.join(", "))));
     rules
+}
+
+/// The endpoints as the map `kind-...` (index -> address . port) and the rule that DNATs through it. An
+/// endpoint moving is then a map element deleted and added: the kernel validates a table's whole jump graph
+/// at a commit that adds a rule with a DNAT or a jump, or a verdict map element, and kube-proxy's chain per
+/// endpoint made every endpoint change one (250 ms at 10,000 Services, docs/benchmarks.md). Only a change of
+/// the number of endpoints rewrites the rule (its modulus).
+fn endpoint_map(
+    r: &mut Ruleset,
+    s: &ProxiedService,
+    p: &ServicePort,
+    kind: &str,
+    endpoints: &[&ProxyEndpoint],
+) -> Rule {
+    let map = name(kind, s, p, "");
+    let elements = endpoints.iter().enumerate().map(|(i, e)| (i.to_string(), format!("{} . {}", e.ip, e.port)));
+    r.maps.insert(
+        map.clone(),
+        Map { decl: "type integer : ipv4_addr . inet_service;".into(), elements: elements.collect() },
+    );
+    let proto = p.protocol.nft_name();
+    Rule::new(format!("meta l4proto {proto} dnat ip to numgen random mod {} map @{map}", endpoints.len()))
 }
 
 fn endpoint(r: &mut Ruleset, s: &ProxiedService, p: &ServicePort, e: &ProxyEndpoint) {
@@ -239,8 +301,13 @@ mod tests {
             .collect()
     }
 
+    fn elements<'a>(r: &'a Ruleset, prefix: &str) -> Vec<(&'a str, &'a str)> {
+        let map = r.maps.iter().find(|(n, _)| n.starts_with(prefix)).map(|(_, m)| m).expect("map");
+        map.elements.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
     #[test]
-    fn a_service_picks_among_its_endpoints_which_dnat() {
+    fn a_service_picks_among_its_endpoints_through_a_map_and_dnats() {
         let r =
             render(&ServiceProxySpec { services: vec![service(&[([10, 244, 0, 2], true), ([10, 244, 1, 2], false)])] });
         let svc =
@@ -249,10 +316,10 @@ mod tests {
         assert_eq!(r.maps[SERVICE_IPS].elements.get(key).map(String::as_str), Some(&*format!("goto {svc}")));
         let rules = &r.chains[svc].rules;
         assert_eq!(rules.len(), 1);
-        assert!(rules[0].text.starts_with("numgen random mod 2 vmap { 0 : goto endpoint-"), "{}", rules[0].text);
-        let mut dnat: Vec<_> = r.chains.values().filter_map(|c| c.rules.iter().find_map(|r| r.dnat)).collect();
-        dnat.sort();
-        assert_eq!(dnat, ["10.244.0.2:8080".parse().expect("addr"), "10.244.1.2:8080".parse().expect("addr")]);
+        let map = r.maps.keys().find(|n| n.starts_with("endpoints-")).expect("endpoint map");
+        assert_eq!(rules[0].text, format!("meta l4proto tcp dnat ip to numgen random mod 2 map @{map}"));
+        assert_eq!(elements(&r, "endpoints-"), [("0", "10.244.0.2 . 8080"), ("1", "10.244.1.2 . 8080")]);
+        assert!(chain_texts(&r, "endpoint-").is_empty(), "no chain per endpoint");
         assert!(r.maps[NO_ENDPOINT_SERVICES].elements.is_empty());
     }
 
@@ -273,10 +340,11 @@ mod tests {
         s.external_traffic_policy = TrafficPolicy::Local;
         s.ports[0].node_port = Some(30080);
         let r = render(&ServiceProxySpec { services: vec![s] });
-        assert_eq!(chain_texts(&r, "endpoint-").len(), 1, "only the local endpoint");
+        assert_eq!(elements(&r, "endpoints-"), [("0", "10.244.0.2 . 8080")], "only the local endpoint");
+        assert_eq!(elements(&r, "external-endpoints-"), [("0", "10.244.0.2 . 8080")]);
         let ext = chain_texts(&r, "external-");
         assert_eq!(ext[0][0], "fib saddr type local jump mark-for-masquerade");
-        assert!(ext[0][1].starts_with("numgen random mod 1 "));
+        assert!(ext[0][1].starts_with("meta l4proto tcp dnat ip to numgen random mod 1 map @external-endpoints-"));
         assert!(r.maps[SERVICE_NODEPORTS].elements.contains_key("tcp . 30080"));
     }
 
@@ -295,8 +363,20 @@ mod tests {
 
     #[test]
     fn endpoints_masquerade_only_their_own_hairpin_traffic() {
-        let r = render(&ServiceProxySpec { services: vec![service(&[([10, 244, 0, 2], true)])] });
+        let mut s = service(&[([10, 244, 0, 2], true)]);
+        let r = render(&ServiceProxySpec { services: vec![s.clone()] });
+        assert_eq!(elements(&r, HAIRPIN), [("10.244.0.2 . 10.244.0.2", "")]);
+        assert_eq!(
+            chain_texts(&r, "nat-postrouting")[0][0],
+            "ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade"
+        );
+        assert!(has_hairpin(&s, [10, 244, 0, 2].into()) && !has_hairpin(&s, [10, 244, 0, 3].into()));
+        // With affinity, the endpoint's own chain marks it (kube-proxy's layout).
+        s.session_affinity = SessionAffinity::ClientIp { timeout_seconds: 60 };
+        let r = render(&ServiceProxySpec { services: vec![s.clone()] });
+        assert!(elements(&r, HAIRPIN).is_empty() && !has_hairpin(&s, [10, 244, 0, 2].into()));
         let ep = &chain_texts(&r, "endpoint-")[0];
-        assert_eq!(ep, &["ip saddr 10.244.0.2 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.244.0.2:8080"]);
+        assert_eq!(ep[0], "ip saddr 10.244.0.2 jump mark-for-masquerade");
+        assert_eq!(ep[2], "meta l4proto tcp dnat to 10.244.0.2:8080");
     }
 }

@@ -53,16 +53,25 @@ pub struct Chain {
     pub rules: Vec<Rule>,
 }
 
-/// A verdict map; `decl` is its type (`type ipv4_addr . inet_proto . inet_service : verdict;`).
+/// A map, or a set whose elements the agent writes; `decl` is its type (`type ipv4_addr . inet_proto .
+/// inet_service : verdict;`, `type ipv4_addr . ipv4_addr;` for a set).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Map {
     pub decl: String,
-    /// key -> verdict, both as nft writes them (`10.96.0.10 . tcp . 80` -> `goto service-...`).
+    /// key -> value, both as nft writes them (`10.96.0.10 . tcp . 80` -> `goto service-...`, `0` ->
+    /// `10.244.0.2 . 8080`); the value is empty in a set.
     pub elements: BTreeMap<String, String>,
 }
 
-/// The whole table. Sets are the per-endpoint affinity sets: their elements are the kernel's (written by
-/// packets), so only their existence is compared; the timeout is part of their name.
+impl Map {
+    pub fn is_set(decl: &str) -> bool {
+        !decl.contains(" : ")
+    }
+}
+
+/// The whole table. `sets` are the per-endpoint affinity sets: their elements are the kernel's (written by
+/// packets), so only their existence is compared; the timeout is part of their name. A set whose elements
+/// the agent writes (the hairpin pairs) is one of `maps`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
@@ -95,11 +104,16 @@ pub fn diff(have: Option<&Ruleset>, want: &Ruleset) -> Vec<Op> {
         ops.push(Op::AddTable);
     }
     let have = have.unwrap_or(&empty);
+    // The kernel finds a set by name by walking the table's list of them in the order they were made, for
+    // every element operation: the few that every change touches (the lookup maps, the hairpin pairs) come
+    // first, the per-Service ones after them.
+    let mut new_maps: Vec<(&String, &Map)> = want.maps.iter().filter(|(n, _)| !have.maps.contains_key(*n)).collect();
+    new_maps.sort_by_key(|(name, _)| (name.contains("/"), name.as_str()));
+    for (name, map) in new_maps {
+        ops.push(Op::AddMap { name: name.clone(), decl: map.decl.clone() });
+    }
     for (name, decl) in want.sets.iter().filter(|(n, _)| !have.sets.contains_key(*n)) {
         ops.push(Op::AddSet { name: name.clone(), decl: decl.clone() });
-    }
-    for (name, map) in want.maps.iter().filter(|(n, _)| !have.maps.contains_key(*n)) {
-        ops.push(Op::AddMap { name: name.clone(), decl: map.decl.clone() });
     }
     for (name, chain) in want.chains.iter().filter(|(n, _)| !have.chains.contains_key(*n)) {
         ops.push(Op::AddChain { name: name.clone(), base: chain.base.clone() });
@@ -155,14 +169,16 @@ pub fn script(ops: &[Op]) -> String {
         let _ = match op {
             Op::AddTable => writeln!(s, "add table {t}"),
             Op::AddSet { name, decl } => writeln!(s, "add set {t} {name} {{ {decl} }}"),
-            Op::AddMap { name, decl } => writeln!(s, "add map {t} {name} {{ {decl} }}"),
+            Op::AddMap { name, decl } if Map::is_set(decl) => writeln!(s, "add set {t} {name} {{ {decl} }}"),
+            Op::AddMap { name, decl } => writeln!(s, "add map {t} {name} {{ {} }}", nft_decl(decl)),
             Op::AddChain { name, base: None } => writeln!(s, "add chain {t} {name}"),
             Op::AddChain { name, base: Some(base) } => writeln!(s, "add chain {t} {name} {{ {base} }}"),
             Op::FlushChain(name) => writeln!(s, "flush chain {t} {name}"),
             Op::AddRule { chain, rule } => writeln!(s, "add rule {t} {chain} {} comment \"{}\"", rule.text, rule.id),
             Op::DeleteElements { map, keys } => writeln!(s, "delete element {t} {map} {{ {} }}", keys.join(", ")),
             Op::AddElements { map, elements } => {
-                let list: Vec<String> = elements.iter().map(|(k, v)| format!("{k} : {v}")).collect();
+                let element = |(k, v): &(String, String)| if v.is_empty() { k.clone() } else { format!("{k} : {v}") };
+                let list: Vec<String> = elements.iter().map(element).collect();
                 writeln!(s, "add element {t} {map} {{ {} }}", list.join(", "))
             }
             Op::DeleteChain(name) => writeln!(s, "delete chain {t} {name}"),
@@ -171,6 +187,15 @@ pub fn script(ops: &[Op]) -> String {
         };
     }
     s
+}
+
+/// `decl` as nft's grammar has it: an integer key (an endpoint map's index) has no type name there, only
+/// the `typeof` of the expression that makes it.
+fn nft_decl(decl: &str) -> String {
+    match decl.strip_prefix("type integer : ipv4_addr . inet_service;") {
+        Some(rest) => format!("typeof numgen random mod 1 : ip daddr . th dport;{rest}"),
+        None => decl.to_string(),
+    }
 }
 
 /// What a kernel that applied `ops` holds: the fake kernel of the unit tests, and the agent's own record of

@@ -132,9 +132,32 @@ fn an_endpoint_change_touches_only_its_service() {
     let lines = proxy.apply(spec.clone()).expect("applies");
     let k = fake.kernel();
     assert_eq!(k.transactions.len(), 2, "one transaction per change");
-    // The new endpoint chain (created, 2 rules), the service chain (flushed, 1 rule), the old one (flushed, deleted).
-    assert_eq!(lines.len(), 7, "{lines:#?}");
-    assert!(lines.iter().all(|l| l.contains("default/svc8/")), "{lines:#?}");
+    // Map elements only: no rule or chain (which would make the kernel validate the whole table). The old
+    // endpoint's hairpin pair stays: the other Services have it.
+    assert_eq!(
+        lines,
+        [
+            "delete element ip testbed-proxy endpoints-5e1d224d-default/svc8/tcp/80 { 1 }",
+            "add element ip testbed-proxy endpoints-5e1d224d-default/svc8/tcp/80 { 1 : 10.244.0.9 . 8080 }",
+            "add element ip testbed-proxy hairpin-endpoints { 10.244.0.9 . 10.244.0.9 }",
+        ]
+        .map(String::from),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_hairpin_pair_stays_while_another_service_has_the_endpoint() {
+    let (proxy, fake) = proxy();
+    let mut spec = ServiceProxySpec { services: vec![service(1, &[2, 3]), service(2, &[3])] };
+    proxy.apply(spec.clone()).expect("applies");
+    spec.services[0].ports[0].endpoints.truncate(1);
+    let lines = proxy.apply(spec.clone()).expect("applies");
+    assert!(lines.iter().all(|l| !l.contains("hairpin")), "svc2 still has 10.244.0.3: {lines:#?}");
+    spec.services.remove(1);
+    let lines = proxy.apply(spec.clone()).expect("applies");
+    assert!(lines.contains(&"delete element ip testbed-proxy hairpin-endpoints { 10.244.0.3 . 10.244.0.3 }".into()));
+    assert_eq!(fake.kernel().table, Some(super::render::render(&spec)), "as a whole render of the last spec");
 }
 
 #[test]
@@ -159,17 +182,26 @@ fn a_flushed_table_or_a_deleted_rule_is_repaired_by_the_reconcile() {
     assert!(!proxy.reconcile().expect("repairs").is_empty());
     assert_eq!(fake.kernel().table, want);
     // A hand-deleted DNAT rule.
-    let ep = {
+    let svc = {
         let mut k = fake.kernel();
         let table = k.table.as_mut().expect("table");
-        let (name, chain) = table.chains.iter_mut().find(|(n, _)| n.starts_with("endpoint-")).expect("endpoint chain");
-        chain.rules.retain(|r| r.dnat.is_none());
+        let (name, chain) = table.chains.iter_mut().find(|(n, _)| n.starts_with("service-")).expect("service chain");
+        chain.rules.clear();
         name.clone()
     };
     let lines = proxy.reconcile().expect("repairs");
-    assert!(lines.iter().any(|l| l.contains(&ep) && l.contains("dnat to")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(&svc) && l.contains("dnat ip to")), "{lines:#?}");
     assert_eq!(fake.kernel().table, want);
-    assert_eq!(proxy.status().expect("status").drift_repairs, 2);
+    // A hand-deleted endpoint.
+    fake.kernel().table.as_mut().expect("table").maps.iter_mut().for_each(|(name, map)| {
+        if name.starts_with("endpoints-") {
+            map.elements.remove("1");
+        }
+    });
+    let lines = proxy.reconcile().expect("repairs");
+    assert!(lines.iter().any(|l| l.contains("add element") && l.contains("{ 1 : 10.244.0.3 . 8080 }")), "{lines:#?}");
+    assert_eq!(fake.kernel().table, want);
+    assert_eq!(proxy.status().expect("status").drift_repairs, 3);
 }
 
 #[test]

@@ -29,8 +29,9 @@ fn file(tar: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) {
     tar.append_data(&mut h, path, content).unwrap();
 }
 
-/// An OCI layout of two uncompressed layers: the host's busybox-static as /bin/busybox with its applets and
-/// two files the layer above deletes (a whiteout, an opaque directory), then that layer.
+/// An OCI layout of two uncompressed layers: the host's busybox-static as /bin/busybox with its applets, an
+/// /etc/passwd and /etc/group (user `web`, 1000, in groups 29 and 50), and two files the layer above deletes
+/// (a whiteout, an opaque directory), then that layer.
 pub fn busybox_layout(layout: &Path) {
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -51,6 +52,9 @@ pub fn busybox_layout(layout: &Path) {
     tar.append_path_with_name("/bin/busybox", "bin/busybox").unwrap();
     dir(&mut tar, "d");
     file(&mut tar, "etc/gone", b"deleted by the layer above\n");
+    // A user with supplementary groups, as a Debian image has them, to resolve names and groups in.
+    file(&mut tar, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000::/tmp:/bin/sh\n");
+    file(&mut tar, "etc/group", b"root:x:0:\naudio:x:29:web\nstaff:x:50:web\nweb:x:1000:\n");
     file(&mut tar, "d/old", b"hidden by the opaque directory above\n");
     for applet in BUSYBOX_APPLETS {
         let mut h = tar::Header::new_gnu();
