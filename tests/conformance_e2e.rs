@@ -158,7 +158,7 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, exp
         .filter(|c| c["status"] == "pass" || (c["status"] == "warn" && follow_target(c)))
         .count();
     assert_eq!(service, service_passes, "[service] checks that passed (or missed only the 2 s target)");
-    // 15 per backend that runs the group.
+    // 16 per backend that runs the group.
     let network_policy =
         checks.iter().filter(|c| c["group"] == "network-policy" && c["status"] == "pass" && !setup_row(c)).count();
     assert_eq!(network_policy, policy_passes, "[network-policy] checks that passed");
@@ -222,7 +222,7 @@ fn conformance_default_every_backend() {
         container_passes: 7,
         probe_passes: 5,
         service_passes: 13,
-        policy_passes: 15,
+        policy_passes: 16,
     };
     conformance_on("default.yaml", "e2e-vx", "all", true, expected);
 }
@@ -238,7 +238,7 @@ fn conformance_three_node_host_gw() {
         container_passes: 0,
         probe_passes: 0,
         service_passes: 13,
-        policy_passes: 15,
+        policy_passes: 16,
     };
     conformance_on("three-node-host-gw.yaml", "e2e-hgw", "host-gw", false, expected);
 }

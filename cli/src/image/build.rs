@@ -62,6 +62,9 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     // The OCI runtime the agent starts containers with an `image` with (agent/src/pod/oci.rs).
     "crun",
+    // The NetworkPolicy model's UDP server and client (a datagram answered with the pod's name): busybox's
+    // nc serves one UDP peer and exits, and iperf3's UDP needs a TCP control connection a policy may block.
+    "socat",
 ];
 
 /// Loaded by the initramfs, in this order after dependency resolution, so that /dev/vda appears.

@@ -20,7 +20,9 @@ use super::super::super::cluster::Cluster;
 use super::super::super::poll::until;
 use super::super::super::probe::HTTP_PORT;
 use super::super::super::runner::{CheckError, CheckOutcome};
-use super::model::{api_namespace, expect, matrix, peer, port_name, Matrix, Model, Peer, ALT_PORT, NAMESPACES};
+use super::model::{
+    api_namespace, expect, matrix, peer, port_name, protocol, Matrix, Model, Peer, ALT_PORT, NAMESPACES, UDP_PORT,
+};
 
 /// How long a policy change may take to reach every node's kernel before the matrix must hold: the API to
 /// kernel path measured 68 ms (docs/benchmarks.md); probe rounds under TCG take seconds of their own.
@@ -197,6 +199,13 @@ pub(super) async fn ports<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
     case(c, m, &[p], matrix(|_, to, port| *to != x_a() || port == ALT_PORT)).await
 }
 
+/// x/a open on any port of one protocol only (a port entry with a protocol and no port): UDP in, TCP not.
+pub(super) async fn any_port_of_a_protocol<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
+    let udp = NetworkPolicyPort { port: None, protocol: Some("UDP".into()), end_port: None };
+    let p = policy("x-a-udp-only", Some("a"), &["Ingress"], |s| s.ingress = Some(vec![ingress_on(vec![udp])]));
+    case(c, m, &[p], matrix(|_, to, port| *to != x_a() || port == UDP_PORT)).await
+}
+
 /// A range that ends at the HTTP port (endPort is inclusive) and does not reach the alternate one.
 pub(super) async fn port_range<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
     let range = tcp(HTTP_PORT - 1, Some(HTTP_PORT));
@@ -234,7 +243,8 @@ pub(super) async fn stacked<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
             expect(c, m, &matrix(|from, to, port| *to != x_a() || (from.ns == "y" && port == ALT_PORT)), TAKES_EFFECT)
                 .await?;
         create(c, m, &[&from_y_on("x-a-from-y-http", HTTP_PORT)]).await?;
-        let both = expect(c, m, &matrix(|from, to, _| *to != x_a() || from.ns == "y"), TAKES_EFFECT).await?;
+        let both = matrix(|from, to, port| *to != x_a() || (from.ns == "y" && protocol(port) == "TCP"));
+        let both = expect(c, m, &both, TAKES_EFFECT).await?;
         Ok(format!("one policy: {one}; both: {both}"))
     }
     .await;
@@ -300,7 +310,7 @@ pub(super) async fn deleted_policy_stops<C: Cluster>(c: &C, m: &Model) -> CheckO
     Ok(format!("with the policy: {denied}; deleted: {open}"))
 }
 
-/// Every pair connects on both ports before any policy (the model works at all).
+/// Every pair connects on every port, TCP and UDP, before any policy (the model works at all).
 pub(super) async fn baseline<C: Cluster>(c: &C, m: &Model) -> CheckOutcome {
     expect(c, m, &matrix(|_, _, _| true), TAKES_EFFECT).await
 }

@@ -18,7 +18,7 @@ use super::super::runner::{Level, Runner};
 const GROUP: &str = "network-policy";
 
 /// The group's check names, in report order (tests/conformance_e2e.rs counts them).
-const NAMES: [&str; 15] = [
+const NAMES: [&str; 16] = [
     "every pod reaches every other pod before any policy",
     "should support a 'default-deny-ingress' policy",
     "should support a 'default-deny-all' policy",
@@ -34,6 +34,7 @@ const NAMES: [&str; 15] = [
     "should enforce except clause while egress access to server in CIDR block",
     "should allow ingress access from updated pod",
     "should stop enforcing policies after they are deleted",
+    "should enforce ingress policy allowing any port traffic to a server on a specific protocol",
 ];
 
 /// Runs the group on `backend` when a check of it is selected; `cross_skip` as the fixture's `skip_cross`
@@ -81,6 +82,7 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, backend: Backend, cro
     r.run(GROUP, b, NAMES[12], e, cases::egress_except(c, &m, &pod_cidr)).await;
     r.run(GROUP, b, NAMES[13], e, cases::updated_pod(c, &m)).await;
     r.run(GROUP, b, NAMES[14], e, cases::deleted_policy_stops(c, &m)).await;
+    r.run(GROUP, b, NAMES[15], e, cases::any_port_of_a_protocol(c, &m)).await;
     r.run_setup(GROUP, b, "model pods and namespaces removed", async {
         cleanup(&client).await;
         Ok("namespaces deleted".to_string())

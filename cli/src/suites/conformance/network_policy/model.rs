@@ -27,14 +27,25 @@ pub(super) const NAMESPACES: [(&str, &str); 2] = [("tb-netpol-x", "x"), ("tb-net
 const PODS: [&str; 2] = ["a", "b"];
 /// The second port every pod serves (its name followed by `-alt`).
 pub(super) const ALT_PORT: u16 = 8081;
-pub(super) const PORTS: [u16; 2] = [HTTP_PORT, ALT_PORT];
+/// The UDP port every pod answers on (a datagram back with its name followed by `-udp`).
+pub(super) const UDP_PORT: u16 = 8082;
+pub(super) const PORTS: [u16; 3] = [HTTP_PORT, ALT_PORT, UDP_PORT];
+/// A port's protocol in the model.
+pub(super) fn protocol(port: u16) -> &'static str {
+    if port == UDP_PORT {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
 /// The name each pod gives its container port `port`, as Kubernetes' model does (`serve-80-tcp`): what
 /// named-port policies refer to.
 pub(super) fn port_name(port: u16) -> String {
-    format!("serve-{port}-tcp")
+    format!("serve-{port}-{}", protocol(port).to_ascii_lowercase())
 }
 const PODS_DEADLINE: Duration = Duration::from_secs(180);
-/// A blocked connection is a dropped SYN: busybox nc gives up after this.
+/// A blocked connection is a dropped SYN: busybox nc gives up after this. A blocked UDP probe is a datagram
+/// without an answer: socat waits this long for one.
 const CONNECT_SECS: u32 = 2;
 
 /// A model pod: `x/a` and so on.
@@ -96,11 +107,13 @@ fn model_pod(p: &Peer, node: &str) -> Pod {
     let alt = format!(
         "d=/tmp/tb-netpol-alt-{name}; mkdir -p $d && echo {name}-alt > $d/index.html && exec busybox httpd -f -p {ALT_PORT} -h $d"
     );
+    // A datagram in, the pod's name back to its sender (a forked socat per datagram).
+    let udp = format!("exec socat UDP4-RECVFROM:{UDP_PORT},fork SYSTEM:'echo {name}-udp'");
     let serving = |port: u16| {
         Some(vec![ContainerPort {
             container_port: port.into(),
             name: Some(port_name(port)),
-            protocol: Some("TCP".into()),
+            protocol: Some(protocol(port).into()),
             ..Default::default()
         }])
     };
@@ -112,6 +125,7 @@ fn model_pod(p: &Peer, node: &str) -> Pod {
             ..Default::default()
         },
         Container { name: "alt".into(), command: Some(probe::sh(alt)), ports: serving(ALT_PORT), ..Default::default() },
+        Container { name: "udp".into(), command: Some(probe::sh(udp)), ports: serving(UDP_PORT), ..Default::default() },
     ];
     let labels = BTreeMap::from([("pod".to_string(), p.pod.to_string())]);
     let metadata = ObjectMeta {
@@ -168,25 +182,38 @@ pub(super) async fn setup<C: Cluster>(
     Ok(Model { client: client.clone(), pods })
 }
 
-/// The script one pod runs: a connection to every other pod on both ports, all at once, each line
+/// The script one pod runs: a connection to every other pod on each port, all at once, each line
 /// `<peer> <port> <exit> <answered>`. Answered means the server replied with its own name; the exit (of
-/// `timeout` around nc) tells a blocked connection (1: refused or timed out, 124) from a broken probe.
+/// `timeout` around nc) tells a blocked connection (1: refused or timed out, 124) from a broken probe. A UDP
+/// probe is one datagram: no answer within the timeout (socat's exit 0 with nothing read) is written as
+/// exit 1, an ICMP port unreachable is socat's own exit 1, a missing socat 127.
 fn probe_script(model: &Model, from: &Peer) -> String {
     let mut s = String::new();
     for (to, pod) in model.pods.iter().filter(|(to, _)| *to != from) {
         for port in PORTS {
-            let name = format!("{}-{}", to.ns, to.pod);
-            let _ = write!(
-                s,
-                "(o=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout {t} busybox nc -w {CONNECT_SECS} {ip} {port} 2>/dev/null); \
-                 rc=$?; case \"$o\" in *{name}*) echo '{to} {port} 0 1';; *) echo \"{to} {port} $rc 0\";; esac) & ",
-                t = CONNECT_SECS + 1,
-                ip = pod.ip,
-            );
+            s += &probe_command(to, pod.ip, port);
+            s += " & ";
         }
     }
     s.push_str("wait");
     s
+}
+
+/// One probe of `probe_script`, a subshell printing its line.
+fn probe_command(to: &Peer, ip: Ipv4Addr, port: u16) -> String {
+    let name = format!("{}-{}", to.ns, to.pod);
+    let t = CONNECT_SECS + 1;
+    match protocol(port) {
+        "UDP" => format!(
+            "(o=$(echo probe | timeout {t} socat -T {CONNECT_SECS} - UDP4:{ip}:{port} 2>/dev/null); rc=$?; \
+             case \"$o\" in *{name}*) echo '{to} {port} 0 1';; '') [ $rc = 0 ] && rc=1; echo \"{to} {port} $rc 0\";; \
+             *) echo '{to} {port} 0 0';; esac)"
+        ),
+        _ => format!(
+            "(o=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout {t} busybox nc -w {CONNECT_SECS} {ip} {port} 2>/dev/null); \
+             rc=$?; case \"$o\" in *{name}*) echo '{to} {port} 0 1';; *) echo \"{to} {port} $rc 0\";; esac)"
+        ),
+    }
 }
 
 /// One probe's line: whether it connected, or why the probe itself is broken.
@@ -262,14 +289,15 @@ pub(super) async fn expect<C: Cluster>(
     }
 }
 
-/// Kubernetes' truth-table layout: a row per client, a column per server, one table per port; expected on
+/// Kubernetes' truth-table layout: a row per client, a column per server, one table per port and protocol; expected on
 /// the left, observed on the right with `!` where it differs.
 pub(super) fn render(expected: &Matrix, observed: &Matrix) -> String {
     let all = peers();
     let header: String = all.iter().map(|to| format!("{:>4}", to.to_string())).collect();
     let mut s = String::new();
     for port in PORTS {
-        let _ = writeln!(s, "port {port}: expected{}observed", " ".repeat(header.len() - 3));
+        let title = format!("port {port}/{}:", protocol(port));
+        let _ = writeln!(s, "{title} expected{}observed", " ".repeat((header.len() + 7).saturating_sub(title.len())));
         let _ = writeln!(s, "    {header}   |{header}");
         for from in &all {
             let row = |cell: &dyn Fn(&(Peer, Peer, u16)) -> &'static str| -> String {
@@ -314,11 +342,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_matrix_has_every_ordered_pair_of_distinct_pods_on_both_ports() {
+    fn a_matrix_has_every_ordered_pair_of_distinct_pods_on_every_port() {
         let m = matrix(|_, to, _| to.ns != "x");
-        assert_eq!(m.len(), 4 * 3 * 2);
+        assert_eq!(m.len(), 4 * 3 * 3);
         assert!(!m.keys().any(|(from, to, _)| from == to));
-        assert_eq!(m.values().filter(|ok| !**ok).count(), 12);
+        assert_eq!(m.values().filter(|ok| !**ok).count(), 18);
+        assert_eq!((port_name(ALT_PORT), port_name(UDP_PORT)), ("serve-8081-tcp".into(), "serve-8082-udp".into()));
+    }
+
+    /// The UDP probe's shell with a stand-in socat on the PATH: an answer, silence, a refusal, no socat.
+    #[test]
+    fn a_udp_probe_tells_an_answer_from_silence_and_a_missing_tool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = |socat: Option<&str>| {
+            let bin = dir.path().join("bin");
+            let _ = std::fs::remove_dir_all(&bin);
+            std::fs::create_dir(&bin).expect("bin");
+            for tool in ["timeout", "cat", "sh"] {
+                let path = std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+                let path = String::from_utf8(path.expect("command -v").stdout).expect("utf-8");
+                std::os::unix::fs::symlink(path.trim(), bin.join(tool)).expect("link");
+            }
+            if let Some(body) = socat {
+                let script = bin.join("socat");
+                std::fs::write(&script, format!("#!/bin/sh\ncat >/dev/null\n{body}\n")).expect("socat");
+                std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+            }
+            let cmd = probe_command(&peer("y", "a"), Ipv4Addr::new(10, 244, 1, 5), UDP_PORT);
+            let out = std::process::Command::new(bin.join("sh")).args(["-c", &cmd]).env("PATH", &bin).output();
+            let line = String::from_utf8(out.expect("sh").stdout).expect("utf-8");
+            probe_line(line.trim()).map(|l| l.2)
+        };
+        assert_eq!(run(Some("echo y-a-udp")), Some(Ok(true)), "answered with the server's name");
+        assert_eq!(run(Some("exit 0")), Some(Ok(false)), "no answer within the timeout: blocked");
+        assert_eq!(run(Some("exit 1")), Some(Ok(false)), "ICMP port unreachable: blocked");
+        assert!(run(Some("echo someone-else")).is_some_and(|r| r.is_err()), "a wrong answer is an error");
+        assert!(run(None).is_some_and(|r| r.is_err_and(|e| e.contains("127"))), "no socat is an error");
     }
 
     #[test]
@@ -340,5 +399,6 @@ mod tests {
         let row = table.lines().find(|l| l.trim_start().starts_with("y/a")).expect("a y/a row");
         assert_eq!(row, " y/a   X   X   -   .   |   !   X   -   .", "{table}");
         assert_eq!(table.matches('!').count(), 1, "{table}");
+        assert!(table.contains("port 8082/UDP: expected         observed"), "{table}");
     }
 }
