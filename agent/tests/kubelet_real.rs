@@ -185,13 +185,20 @@ fn a_deleted_api_pod_is_terminating_gets_sigterm_and_is_gone_within_its_grace() 
     let api = c.client(API_PORT);
     let dir = tempfile::tempdir().unwrap();
     let mark = dir.path().join("term");
+    let trapping = dir.path().join("trapping");
     let mut pod = api_pod("graceful");
     pod.spec.termination_grace_period_seconds = Some(20);
-    // PID 1 of its PID namespace: it ends on SIGTERM only because it handles it, and takes 1 s to.
-    let script = format!("trap 'echo term > {}; sleep 1; exit 0' TERM; while :; do sleep 0.1; done", mark.display());
+    // PID 1 of its PID namespace: it ends on SIGTERM only because it handles it, and takes 1 s to. The kernel
+    // drops a SIGTERM sent to it before the trap is set, so the test waits for the trap (Running comes first).
+    let script = format!(
+        "trap 'echo term > {}; sleep 1; exit 0' TERM; touch {}; while :; do sleep 0.1; done",
+        mark.display(),
+        trapping.display()
+    );
     pod.spec.containers[0].command = vec!["sh".into(), "-c".into(), script];
     c.rt.block_on(api.create(&paths::pods(Some("default")), &pod)).unwrap();
     wait_api_pod(&c, &api, "graceful", running);
+    wait_for("the container's SIGTERM trap", 10, || trapping.exists());
 
     let t = Instant::now();
     c.rt.block_on(api.delete(&paths::pod("default", "graceful"))).unwrap();
