@@ -1,6 +1,7 @@
 //! Volumes and securityContext of containers with an image, run by crun on this host's kernel: two
 //! containers share an emptyDir (on disk and as a sized tmpfs) and nothing else of each other's root; a
-//! read-only hostPath is read-only; readOnlyRootFilesystem refuses writes; runAsUser is the uid inside;
+//! read-only hostPath is read-only; readOnlyRootFilesystem refuses writes; runAsUser is the uid inside, the
+//! pod's supplementalGroups and fsGroup are groups of the process (fsGroup owning the emptyDirs);
 //! dropped capabilities are gone; allowPrivilegeEscalation: false sets no_new_privs. A missing hostPath fails
 //! the pod naming pod, container and path and leaves no cgroup or directory; `hostPath.type` is checked as the
 //! kubelet checks it (the `*OrCreate` types made). Root and crun are required
@@ -8,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -77,7 +79,7 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
             {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
             {"name": "conf", "hostPath": {"path": host_dir.to_str().unwrap()}},
         ],
-        "securityContext": {"runAsGroup": 3000},
+        "securityContext": {"runAsGroup": 3000, "supplementalGroups": [4000], "fsGroup": 2000},
         "containers": [
             {"name": "a", "image": image, "volumeMounts": mounts,
              "command": ["sh", "-c", "echo a > /data/x && echo a > /mem/x && exec sleep 1000"],
@@ -94,13 +96,27 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
     assert_eq!((status_field("a", "Uid"), status_field("a", "Gid")), (1000, 3000));
     assert_eq!((status_field("b", "Uid"), status_field("b", "Gid")), (0, 3000));
     let groups = |c: &str| status_line(c, "Groups");
-    assert_eq!((groups("a").as_str(), groups("b").as_str()), ("29 50 3000", "3000"), "the processes' own groups");
+    // The image's memberships (a), the pod's supplementalGroups and fsGroup (both); the kernel sorts them.
+    assert_eq!(
+        (groups("a").as_str(), groups("b").as_str()),
+        ("29 50 2000 3000 4000", "2000 3000 4000"),
+        "the processes' own groups"
+    );
     // The emptyDirs are shared, on disk and as a 1 MiB tmpfs (a wrote them as uid 1000); each container's
     // root is its own.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while sh("b", "cat /data/x /mem/x") != (0, "a\na\n".into()) {
         assert!(std::time::Instant::now() < deadline, "b does not see a's writes: {:?}", sh("b", "cat /data/x /mem/x"));
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // fsGroup owns the emptyDirs, set-group-ID: what a wrote there (uid 1000, gid 3000) is the fsGroup's.
+    let volume = agent.state_dir.path().join("pods/v/volumes");
+    for name in ["data", "mem", "data/x", "mem/x"] {
+        let meta = std::fs::metadata(volume.join(name)).unwrap();
+        assert_eq!(meta.gid(), 2000, "{name}'s group");
+        if meta.is_dir() {
+            assert_eq!(meta.mode() & 0o7777, 0o2777, "{name}'s mode");
+        }
     }
     let (_, mem) = sh("b", "grep ' /mem ' /proc/mounts");
     assert!(mem.starts_with("tmpfs /mem tmpfs") && mem.contains("size=1024k"), "{mem}");
@@ -129,8 +145,12 @@ fn volumes_are_shared_and_security_contexts_confine_the_process() {
     assert_eq!(proc_status_field("a", "self", "CapEff"), 0, "a's exec has capabilities");
     // a's uid 1000 is `web` in the image's /etc/passwd, whose /etc/group lists it in audio (29) and staff (50):
     // supplementary groups as containerd gives them; b's root is in none.
-    assert_eq!(sh("a", "id -G; pwd; echo $PATH"), (0, "3000 29 50\n/tmp\n/bin\n".into()), "a's exec: groups, cwd, env");
-    assert_eq!(sh("b", "id -G"), (0, "3000\n".into()), "b's exec: groups");
+    assert_eq!(
+        sh("a", "id -G; pwd; echo $PATH"),
+        (0, "3000 29 50 2000 4000\n/tmp\n/bin\n".into()),
+        "a's exec: groups, cwd, env"
+    );
+    assert_eq!(sh("b", "id -G"), (0, "3000 2000 4000\n".into()), "b's exec: groups");
 
     let pod_dir = agent.state_dir.path().join("pods/v");
     let (code, body) = http("DELETE", "/v1/pods/v?grace_period_secs=0", None);

@@ -111,6 +111,28 @@ pub struct PodSecurityContext {
     /// gid of every container that sets none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_group: Option<i64>,
+    /// Groups every container's process gets besides those of its user (Kubernetes' `Merge` policy: the
+    /// image's /etc/group memberships stay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supplemental_groups: Vec<i64>,
+    /// A group every container's process gets, which also owns the pod's emptyDirs (set-group-ID, so what a
+    /// container writes there is the group's), as the kubelet's volume ownership gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_group: Option<i64>,
+}
+
+impl PodSecurityContext {
+    /// The groups the pod adds to every container's process: `supplementalGroups`, then `fsGroup` (the
+    /// kubelet passes both to the runtime as supplemental groups).
+    pub fn extra_groups(this: Option<&Self>) -> Vec<u32> {
+        let Some(sc) = this else { return Vec::new() };
+        sc.supplemental_groups.iter().chain(&sc.fs_group).filter_map(|g| u32::try_from(*g).ok()).collect()
+    }
+
+    /// The gid owning the pod's emptyDirs, when `fsGroup` is set.
+    pub fn volume_group(this: Option<&Self>) -> Option<u32> {
+        this.and_then(|sc| sc.fs_group).and_then(|g| u32::try_from(g).ok())
+    }
 }
 
 /// Every capability Linux 6.1 (the guests' kernel) knows, as the runtime-spec names them; what `ALL` means.

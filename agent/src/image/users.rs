@@ -15,6 +15,18 @@ pub struct ImageUser {
     pub additional_gids: Vec<u32>,
 }
 
+impl ImageUser {
+    /// Adds `groups` the user is not in yet (the pod's `supplementalGroups` and `fsGroup`, merged with the
+    /// image's memberships as Kubernetes' default `Merge` policy does).
+    pub fn add_groups(&mut self, groups: &[u32]) {
+        for g in groups {
+            if !self.additional_gids.contains(g) {
+                self.additional_gids.push(*g);
+            }
+        }
+    }
+}
+
 /// An image's files as its overlayfs root shows them, read from its unpacked layers (top first) without
 /// mounting: a whiteout or an opaque directory in a higher layer hides what the lower ones have.
 pub struct ImageFiles<'a> {
@@ -169,6 +181,9 @@ mod tests {
         assert_eq!(ids("web:wheel"), Err("group \"wheel\" is not in the image's /etc/group".into()));
         assert_eq!(by_id(&files, 1001, None).additional_gids, [50, 29, 44]);
         assert_eq!(by_id(&files, 1001, Some(3)).additional_gids, [3, 29, 44]);
+        let mut with_pods = by_id(&files, 1001, None);
+        with_pods.add_groups(&[4000, 29, 2000]);
+        assert_eq!(with_pods.additional_gids, [50, 29, 44, 4000, 2000], "the pod's groups merged, none twice");
     }
 
     #[test]

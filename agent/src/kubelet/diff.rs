@@ -54,7 +54,7 @@ pub struct Terminating {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Run the API pod on the node.
-    Create { key: PodKey, wanted: Wanted },
+    Create { key: PodKey, wanted: Box<Wanted> },
     /// Remove the node pod `name` (its API pod is gone, replaced, terminating, or no longer bound here).
     Delete { name: String, grace_secs: Option<u64> },
     /// The terminating API pod runs nothing here any more: delete it from the API (grace 0, on its uid).
@@ -111,7 +111,7 @@ pub fn plan(inp: &Inputs<'_>) -> Vec<Action> {
             Some(owner)
                 if owner.key == *key && owner.uid == wanted.uid && !inp.on_node.contains(&name) && startable =>
             {
-                actions.push(Action::Create { key: key.clone(), wanted: wanted.clone() });
+                actions.push(Action::Create { key: key.clone(), wanted: Box::new(wanted.clone()) });
             }
             // Ours and there (or busy), or another incarnation (same key, new uid): created once it is deleted.
             Some(_) => {}
@@ -119,7 +119,7 @@ pub fn plan(inp: &Inputs<'_>) -> Vec<Action> {
                 let reason = format!("a node-local pod named {name} runs on this node");
                 actions.push(Action::Blocked { key: key.clone(), reason });
             }
-            None if startable => actions.push(Action::Create { key: key.clone(), wanted: wanted.clone() }),
+            None if startable => actions.push(Action::Create { key: key.clone(), wanted: Box::new(wanted.clone()) }),
             None => {}
         }
     }

@@ -338,7 +338,7 @@ impl Loop {
             match action {
                 Action::Create { key, wanted } => {
                     let owner = Owner { key, uid: wanted.uid.clone(), grace_secs: wanted.grace_secs };
-                    self.f.tasks.create(&self.f.agent, &self.f.owned, owner, wanted);
+                    self.f.tasks.create(&self.f.agent, &self.f.owned, owner, *wanted);
                 }
                 Action::Delete { name, grace_secs } => {
                     self.f.tasks.delete(&self.f.agent, &self.f.owned, name, grace_secs)

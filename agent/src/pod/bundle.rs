@@ -16,7 +16,7 @@ use super::record::Pod;
 use super::volumes;
 use super::{lock, Agent, AgentError, Result};
 use crate::image::{users, Digest, ImageConfig, ImageError, ImageFiles, ImageStore, ImageUser, StoredImage};
-use testbed_api::{ContainerSpec, SecurityContext};
+use testbed_api::{ContainerSpec, PodSecurityContext, SecurityContext};
 
 /// Where a container's bundle lives in its pod's directory, and its parts.
 pub struct BundleDir(pub PathBuf);
@@ -251,7 +251,8 @@ impl Agent {
         let argv = argv(&image.config, &c.command, &c.args).map_err(failed)?;
         let security = c.security_context.as_ref();
         let run_as = SecurityContext::run_as(security, spec.security_context.as_ref());
-        let user = user(&ImageFiles { lower: &lower }, &image.config, run_as).map_err(failed)?;
+        let mut user = user(&ImageFiles { lower: &lower }, &image.config, run_as).map_err(failed)?;
+        user.add_groups(&PodSecurityContext::extra_groups(spec.security_context.as_ref()));
         let process = Process {
             argv: argv.clone(),
             env: environment(&image.config, &c.env, &spec.name),
@@ -408,7 +409,7 @@ mod tests {
             capabilities: Some(testbed_api::Capabilities { add: strings(&["net_admin"]), drop: strings(&["NET_RAW"]) }),
             ..Default::default()
         };
-        let pod = testbed_api::PodSecurityContext { run_as_user: Some(5), run_as_group: Some(6) };
+        let pod = testbed_api::PodSecurityContext { run_as_user: Some(5), run_as_group: Some(6), ..Default::default() };
         assert_eq!(SecurityContext::run_as(Some(&sc), Some(&pod)), (Some(1000), Some(6)), "own, then the pod's");
         assert_eq!(SecurityContext::run_as(None, None), (None, None), "the image's");
         let mut p = process(Some(&sc));

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use testbed_api::{ContainerSpec, PodSpec, Volume};
+use testbed_api::{ContainerSpec, PodSecurityContext, PodSpec, Volume};
 
 use super::bundle::VolumeBind;
 
@@ -130,9 +130,18 @@ pub fn create_empty_dirs(pod_dir: &Path, spec: &PodSpec) -> Result<(), VolumeErr
             mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, options.as_deref())
                 .map_err(|e| failed("mount a tmpfs on", e.into()))?;
         }
-        // World-writable as the kubelet makes it: containers of any uid share it.
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .map_err(|e| failed("chmod 0777", e))?;
+        // World-writable as the kubelet makes it: containers of any uid share it. With an fsGroup the group
+        // owns it and set-group-ID passes the group on to what is written there (the kubelet's
+        // SetVolumeOwnership on an empty volume).
+        let mode = match PodSecurityContext::volume_group(spec.security_context.as_ref()) {
+            Some(gid) => {
+                std::os::unix::fs::chown(&dir, None, Some(gid)).map_err(|e| failed("chown to the fsGroup", e))?;
+                0o2777
+            }
+            None => 0o777,
+        };
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| failed("chmod", e))?;
     }
     Ok(())
 }

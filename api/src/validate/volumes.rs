@@ -49,7 +49,12 @@ pub(super) fn volumes(pod: &PodSpec) -> Result<(), ApiError> {
 fn pod_security_context(pod: &PodSpec) -> Result<(), ApiError> {
     let Some(sc) = &pod.security_context else { return Ok(()) };
     id("securityContext.runAsUser", sc.run_as_user)?;
-    id("securityContext.runAsGroup", sc.run_as_group)
+    id("securityContext.runAsGroup", sc.run_as_group)?;
+    id("securityContext.fsGroup", sc.fs_group)?;
+    for (k, group) in sc.supplemental_groups.iter().enumerate() {
+        id(&format!("securityContext.supplementalGroups[{k}]"), Some(*group))?;
+    }
+    Ok(())
 }
 
 fn id(field: &str, value: Option<i64>) -> Result<(), ApiError> {
@@ -126,8 +131,8 @@ fn security_context(i: usize, sc: &SecurityContext) -> Result<(), ApiError> {
 mod tests {
     use crate::validate::validate_pod;
     use crate::{
-        Capabilities, ContainerSpec, EmptyDirVolumeSource, HostPathVolumeSource, PodSpec, SecurityContext, Volume,
-        VolumeMount,
+        Capabilities, ContainerSpec, EmptyDirVolumeSource, HostPathVolumeSource, PodSecurityContext, PodSpec,
+        SecurityContext, Volume, VolumeMount,
     };
 
     fn pod() -> PodSpec {
@@ -232,5 +237,15 @@ mod tests {
             p.containers[0].security_context = Some(SecurityContext::default());
         };
         assert_eq!(field(no_image).as_deref(), Some("containers[0].securityContext"));
+    }
+
+    #[test]
+    fn pod_groups_are_ids_in_range() {
+        let with = |sc: PodSecurityContext| field(move |p| p.security_context = Some(sc));
+        let groups = |g: &[i64]| PodSecurityContext { supplemental_groups: g.to_vec(), ..Default::default() };
+        assert_eq!(with(PodSecurityContext { fs_group: Some(2000), ..groups(&[4000, 0]) }), None);
+        assert_eq!(with(groups(&[4000, -5])).as_deref(), Some("securityContext.supplementalGroups[1]"));
+        let fs_group = PodSecurityContext { fs_group: Some(1 << 40), ..Default::default() };
+        assert_eq!(with(fs_group).as_deref(), Some("securityContext.fsGroup"));
     }
 }

@@ -86,6 +86,11 @@ pub struct PodSecurityContextDef {
     pub run_as_user: Option<i64>,
     /// gid of the containers that set none.
     pub run_as_group: Option<i64>,
+    /// Groups every container's process gets besides its user's own.
+    #[serde(default)]
+    pub supplemental_groups: Vec<i64>,
+    /// A group every container's process gets, owning the pod's emptyDirs.
+    pub fs_group: Option<i64>,
 }
 
 impl From<&VolumeDef> for Volume {
@@ -130,6 +135,11 @@ impl From<&SecurityContextDef> for SecurityContext {
 
 impl From<&PodSecurityContextDef> for PodSecurityContext {
     fn from(s: &PodSecurityContextDef) -> Self {
-        PodSecurityContext { run_as_user: s.run_as_user, run_as_group: s.run_as_group }
+        PodSecurityContext {
+            run_as_user: s.run_as_user,
+            run_as_group: s.run_as_group,
+            supplemental_groups: s.supplemental_groups.clone(),
+            fs_group: s.fs_group,
+        }
     }
 }
