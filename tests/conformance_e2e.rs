@@ -130,7 +130,9 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, exp
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| c["status"] == "fail" || c["status"] == "error")
-        .map(|c| format!("{}: {}", c["name"], c["message"]))
+        // The details too (a policy check's truth tables, a probe's output): CI's log is all there is of a run
+        // on a clean clone, the lab's results directory goes with the test's temporary directory.
+        .map(|c| format!("{}: {}\n{}", c["name"], c["message"], c["details"].as_str().unwrap_or_default()))
         .collect();
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
     // The control plane's checks ran and passed on every lab (agents following the API included), the

@@ -353,6 +353,11 @@ pub async fn cmd_run(ui: &Ui, a: RunArgs) -> CliResult {
     }
     report::write_all(&out, &results).map_err(CliError::infra)?;
     if results.outcome() != RunOutcome::Passed {
+        // What failed, at the end of the output as Ginkgo summarises its failures: a CI log shows it without the
+        // results directory (the details, such as a policy check's truth tables, are in the report).
+        for c in results.checks.iter().filter(|c| matches!(c.status, CheckStatus::Fail | CheckStatus::Error)) {
+            ui.info(format!("{}: {}: {}", c.status.as_str(), c.name, c.message.as_deref().unwrap_or("")));
+        }
         let dir = out.join("debug");
         for p in debug::collect(&connected, &dir).await {
             ui.info(format!("debug bundle: {p}"));

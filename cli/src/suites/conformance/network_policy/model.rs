@@ -107,8 +107,7 @@ fn model_pod(p: &Peer, node: &str) -> Pod {
     let alt = format!(
         "d=/tmp/tb-netpol-alt-{name}; mkdir -p $d && echo {name}-alt > $d/index.html && exec busybox httpd -f -p {ALT_PORT} -h $d"
     );
-    // A datagram in, the pod's name back to its sender (a forked socat per datagram).
-    let udp = format!("exec socat UDP4-RECVFROM:{UDP_PORT},fork SYSTEM:'echo {name}-udp'");
+    let udp = udp_server(UDP_PORT, &format!("echo {name}-udp"));
     let serving = |port: u16| {
         Some(vec![ContainerPort {
             container_port: port.into(),
@@ -199,21 +198,38 @@ fn probe_script(model: &Model, from: &Peer) -> String {
     s
 }
 
+/// A datagram in, `reply`'s output back to its sender (a forked socat per datagram). `-t`: the forked socat
+/// waits this long for the reply once the datagram is delivered (socat's default of 0.5 s cut off replies from
+/// pods on loaded TCG nodes, where the fork and exec of the reply take longer).
+fn udp_server(port: u16, reply: &str) -> String {
+    format!("exec socat -t {CONNECT_SECS} UDP4-RECVFROM:{port},fork SYSTEM:'{reply}'")
+}
+
 /// One probe of `probe_script`, a subshell printing its line.
 fn probe_command(to: &Peer, ip: Ipv4Addr, port: u16) -> String {
     let name = format!("{}-{}", to.ns, to.pod);
     let t = CONNECT_SECS + 1;
     match protocol(port) {
-        "UDP" => format!(
-            "(o=$(echo probe | timeout {t} socat -T {CONNECT_SECS} - UDP4:{ip}:{port} 2>/dev/null); rc=$?; \
-             case \"$o\" in *{name}*) echo '{to} {port} 0 1';; '') [ $rc = 0 ] && rc=1; echo \"{to} {port} $rc 0\";; \
-             *) echo '{to} {port} 0 0';; esac)"
-        ),
+        "UDP" => udp_probe(to, ip, port),
         _ => format!(
             "(o=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout {t} busybox nc -w {CONNECT_SECS} {ip} {port} 2>/dev/null); \
              rc=$?; case \"$o\" in *{name}*) echo '{to} {port} 0 1';; *) echo \"{to} {port} $rc 0\";; esac)"
         ),
     }
+}
+
+/// A UDP probe: one datagram, then up to `-t` for an answer (socat's default of 0.5 s called slow answers
+/// blocked); `readbytes` makes the first datagram the socket's end, so the probe ends as soon as the answer is
+/// in (the server's name is all it looks for).
+fn udp_probe(to: &Peer, ip: Ipv4Addr, port: u16) -> String {
+    let name = format!("{}-{}", to.ns, to.pod);
+    format!(
+        "(o=$(echo probe | timeout {t} socat -t {CONNECT_SECS} -T {CONNECT_SECS} - UDP4:{ip}:{port},readbytes={n} 2>/dev/null); \
+         rc=$?; case \"$o\" in *{name}*) echo '{to} {port} 0 1';; '') [ $rc = 0 ] && rc=1; echo \"{to} {port} $rc 0\";; \
+         *) echo '{to} {port} 0 0';; esac)",
+        t = CONNECT_SECS + 1,
+        n = name.len(),
+    )
 }
 
 /// One probe's line: whether it connected, or why the probe itself is broken.
@@ -348,6 +364,34 @@ mod tests {
         assert!(!m.keys().any(|(from, to, _)| from == to));
         assert_eq!(m.values().filter(|ok| !**ok).count(), 18);
         assert_eq!((port_name(ALT_PORT), port_name(UDP_PORT)), ("serve-8081-tcp".into(), "serve-8082-udp".into()));
+    }
+
+    /// The UDP probe and server with the real socat on loopback: a reply that takes a second (a loaded TCG
+    /// node) is an answer, and the probe ends on it rather than on its timeout; a port that never answers is
+    /// blocked.
+    #[test]
+    fn a_real_udp_probe_waits_for_a_slow_answer_and_ends_on_it() {
+        let free_port = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = free_port();
+        let server = udp_server(port, "sleep 1; echo y-a-udp");
+        let mut server = std::process::Command::new("sh").args(["-c", &server]).spawn().expect("socat on the PATH");
+        std::thread::sleep(Duration::from_millis(300));
+        let probe = |port: u16| {
+            let started = std::time::Instant::now();
+            let cmd = udp_probe(&peer("y", "a"), Ipv4Addr::LOCALHOST, port);
+            let out = std::process::Command::new("sh").args(["-c", &cmd]).output().expect("sh");
+            let line = String::from_utf8(out.stdout).expect("utf-8");
+            (probe_line(line.trim()).map(|l| l.2), started.elapsed())
+        };
+        let (answered, took) = probe(port);
+        // A silent peer: a bound socket that reads nothing.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (silence, _) = probe(silent.local_addr().expect("addr").port());
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!(answered, Some(Ok(true)), "a reply after 1 s is an answer");
+        assert!(took < Duration::from_millis(2500), "the probe ended {took:?} after it began, not on the answer");
+        assert_eq!(silence, Some(Ok(false)), "no answer: blocked");
     }
 
     /// The UDP probe's shell with a stand-in socat on the PATH: an answer, silence, a refusal, no socat.
