@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{netns_exists, show, topology_copy};
+use testbed_test_support::lab::{failed_checks, netns_exists, show, topology_copy};
 
 fn testbed() -> Command {
     Command::new(env!("CARGO_BIN_EXE_testbed"))
@@ -127,14 +127,8 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, exp
     let times_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("conformance-time-{lab}.txt"));
     std::fs::write(&times_file, format!("{lab}: {times}\n")).expect("write the time per group");
     assert!(checks.len() >= 20, "only {} checks ran", checks.len());
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| c["status"] == "fail" || c["status"] == "error")
-        // The details too (a policy check's truth tables, a probe's output): CI's log is all there is of a run
-        // on a clean clone, the lab's results directory goes with the test's temporary directory.
-        .map(|c| format!("{}: {}\n{}", c["name"], c["message"], c["details"].as_str().unwrap_or_default()))
-        .collect();
-    assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
+    let failed = failed_checks(&results);
+    assert!(failed.is_empty(), "failed checks:\n{failed}");
     // The control plane's checks ran and passed on every lab (agents following the API included), the
     // controllers' where not skipped.
     let control_plane = checks.iter().filter(|c| c["group"] == "control-plane" && c["status"] == "pass").count();

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use testbed_test_support::host::{is_root, KvmForLibvirt};
 use testbed_test_support::host_snapshot::HostSnapshot;
-use testbed_test_support::lab::{ensure_agent, run_testbed, show, topology_copy, workspace_root, LabGuard};
+use testbed_test_support::lab::{
+    ensure_agent, failed_checks, run_testbed, show, topology_copy, workspace_root, LabGuard,
+};
 
 const LAB: &str = "e2e-vagrant";
 /// The lab `testbed up --provider vagrant` makes.
@@ -233,7 +235,13 @@ fn conformance_checks(
         args.extend(["--filter", f]);
     }
     let conf = run(&args);
-    assert_eq!(conf.status.code(), Some(0), "{}", show("run conformance on the Vagrant lab", &conf));
+    let failed = failed_checks(out);
+    assert_eq!(
+        conf.status.code(),
+        Some(0),
+        "{}\nfailed checks:\n{failed}",
+        show("run conformance on the Vagrant lab", &conf)
+    );
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json")).expect("JSON");
     doc["checks"].as_array().expect("checks").clone()

@@ -78,3 +78,18 @@ pub fn ensure_agent() {
         .expect("run cargo to build the static agent");
     assert!(status.success(), "building the static agent failed");
 }
+
+/// The checks of `dir/results.json` (a `testbed run --out dir`) that failed or errored, each with its message
+/// and details (a policy check's truth tables, a probe's output), for an assertion message: CI's log is all that
+/// remains of a run on a clean clone, the results directory goes with the test's temporary directory. Empty
+/// when the file is missing or not JSON (the caller's exit code assertion says why).
+pub fn failed_checks(dir: &Path) -> String {
+    let Ok(text) = std::fs::read(dir.join("results.json")) else { return String::new() };
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&text) else { return String::new() };
+    let checks = doc["checks"].as_array().cloned().unwrap_or_default();
+    checks
+        .iter()
+        .filter(|c| c["status"] == "fail" || c["status"] == "error")
+        .map(|c| format!("{}: {}\n{}\n", c["name"], c["message"], c["details"].as_str().unwrap_or_default()))
+        .collect()
+}
