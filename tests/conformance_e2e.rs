@@ -216,7 +216,7 @@ fn conformance_default_every_backend() {
         skip,
         controller_passes: 8,
         container_passes: 7,
-        probe_passes: 5,
+        probe_passes: 7,
         service_passes: 13,
         policy_passes: 16,
     };

@@ -1,7 +1,8 @@
 //! The fake cluster's containers with an image, for unit tests only: a root of their own (the image's files,
 //! an upper layer, the pod's /etc files, emptyDirs where `volumeMounts` say), the process's ids and
 //! capabilities in `/proc/<pid>/status`, and exec probes (`test [!] -e PATH`) evaluated on that root at every
-//! status read, with the kubelet's restarts and back-off. It answers the suite's `fsops` scripts inside a
+//! status read (the network handlers as the `[probe]` group's server would answer them), with the kubelet's
+//! restarts and back-off. It answers the suite's `fsops` scripts inside a
 //! container and on a node. Faults break one part each, so every `[container]` and `[probe]` check is seen
 //! failing.
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use testbed_api::probe::Probe;
 use testbed_api::{ContainerSpec, ContainerState, ExecResponse, PodSpec, PodStatus};
 
+use super::conformance::{DOC_ROOT, PORT_CLOSED};
 use super::fsops::{self, Found, Op};
 
 /// The digest the fake's image store answers for any image.
@@ -51,6 +53,10 @@ pub struct PodFaults {
     pub readiness_stuck: bool,
     /// Liveness is probed before the startup probe has passed.
     pub startup_ignored: bool,
+    /// An httpGet probe passes on any answer, a 404 included.
+    pub http_status_ignored: bool,
+    /// A tcpSocket probe passes whether or not the port accepts.
+    pub tcp_refusal_ignored: bool,
     /// A restart appends to the container's log and keeps no previous one (the agent before logs per
     /// instance).
     pub log_appended: bool,
@@ -411,8 +417,21 @@ fn probe_file(p: &Probe) -> Option<(bool, &str)> {
 }
 
 impl Containers {
+    /// An exec probe tests its file; the network handlers ask the `[probe]` group's server, which serves
+    /// DOC_ROOT until PORT_CLOSED exists.
     fn passes(&self, pod: &str, name: &str, probe: &Probe) -> bool {
-        probe_file(probe).is_some_and(|(exists, path)| self.read(pod, name, path).is_some() == exists)
+        let exists = |path: &str| self.read(pod, name, path).is_some();
+        if let Some((want, path)) = probe_file(probe) {
+            return exists(path) == want;
+        }
+        let serving = !exists(PORT_CLOSED);
+        if probe.tcp_socket.is_some() {
+            return serving || self.faults.tcp_refusal_ignored;
+        }
+        probe.http_get.as_ref().is_some_and(|get| {
+            let found = exists(&format!("{DOC_ROOT}{}", get.path.as_deref().unwrap_or("/")));
+            serving && (found || self.faults.http_status_ignored)
+        })
     }
 
     /// One round of every container's probes (each status read is a probe period), then the status.

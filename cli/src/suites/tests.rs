@@ -777,6 +777,16 @@ fn image_group_faults() -> Vec<(&'static str, PodFaults, &'static str)> {
             PodFaults { startup_ignored: true, ..f() },
             "before its startup probe could pass",
         ),
+        (
+            "[probe] readiness over httpGet: a 200 makes the pod Ready, a 404 from the same server not Ready",
+            PodFaults { http_status_ignored: true, ..f() },
+            "Ready while /ready answers 404",
+        ),
+        (
+            "[probe] liveness over tcpSocket: a closed port gets the container restarted",
+            PodFaults { tcp_refusal_ignored: true, ..f() },
+            "the container restarted after its port closed: not within",
+        ),
     ]
 }
 
@@ -788,7 +798,7 @@ async fn the_container_and_probe_checks_pass_on_a_healthy_node_and_each_fails_on
     assert_eq!(r.checks.iter().filter(|c| c.group == "container" && c.status == CheckStatus::Pass).count(), 7);
     let r = run(&healthy, &[Backend::Vxlan], Some("[probe]")).await;
     assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
-    assert_eq!(r.checks.iter().filter(|c| c.group == "probe" && c.status == CheckStatus::Pass).count(), 5);
+    assert_eq!(r.checks.iter().filter(|c| c.group == "probe" && c.status == CheckStatus::Pass).count(), 7);
     assert!(healthy.leftover_test_pods().is_empty(), "left behind: {:?}", healthy.leftover_test_pods());
 
     for (name, pods, why) in image_group_faults() {

@@ -12,7 +12,7 @@ use super::super::probe::{self, HTTP_PORT};
 use super::super::runner::{CheckError, CheckOutcome};
 use super::cgroups::{POD_CPU, POD_MEM};
 use super::container::POD_IMG;
-use super::probe::{POD_LIVE, POD_READY, POD_START};
+use super::probe::{POD_LIVE, POD_NET, POD_READY, POD_START};
 
 const POD_A1: &str = "tb-c-a1";
 const POD_A2: &str = "tb-c-a2";
@@ -96,7 +96,7 @@ pub(super) async fn setup<C: Cluster>(c: &C, created: &CreatedPods) -> Result<Fi
 /// Removes pods left by an interrupted earlier run; a missing pod is the normal case.
 pub(super) async fn remove_leftovers<C: Cluster>(c: &C) {
     for n in &c.plan().nodes {
-        for name in [POD_A1, POD_A2, POD_B1, POD_CPU, POD_MEM, POD_IMG, POD_LIVE, POD_READY, POD_START] {
+        for name in [POD_A1, POD_A2, POD_B1, POD_CPU, POD_MEM, POD_IMG, POD_LIVE, POD_READY, POD_START, POD_NET] {
             remove_leftover(c, &n.name, name).await;
         }
     }

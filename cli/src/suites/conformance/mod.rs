@@ -41,7 +41,7 @@ pub use container::PING_SCRIPT;
 #[cfg(test)]
 pub use fixture::web_pod;
 #[cfg(test)]
-pub use probe::INSTANCE_MARKER;
+pub use probe::{DOC_ROOT, INSTANCE_MARKER, PORT_CLOSED};
 
 /// Runs `check` unless the lab or backend cannot carry it (then the check is a skip with the reason).
 async fn gated(skip: Option<&str>, check: impl std::future::Future<Output = CheckOutcome>) -> CheckOutcome {

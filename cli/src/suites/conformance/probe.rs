@@ -3,12 +3,16 @@
 //! check writes or removes inside it; the container runs in the image, so a restart starts it without the
 //! file again. Every probe runs each second with a threshold of one, to keep the group short under TCG; the
 //! kubelet's back-off restarts at once the first time and after 10 s the second, so no check waits a third.
-//! The liveness pod prints a line of its own at each start, which tells its log's instances apart.
+//! The liveness pod prints a line of its own at each start, which tells its log's instances apart. A fourth
+//! pod checks the network handlers the kubelet runs from the node to the pod's IP: its container serves a
+//! directory over HTTP until a file the check writes tells it to stop serving (the port closes, the process
+//! lives on); readiness is an `httpGet` of a file in that directory, liveness a `tcpSocket` to the port, behind
+//! a `tcpSocket` startup probe (the server takes a moment to listen under TCG).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use testbed_api::probe::{ExecAction, Probe, Probes};
+use testbed_api::probe::{ExecAction, HttpGetAction, PortRef, Probe, Probes, TcpSocketAction};
 use testbed_api::{ContainerSpec, ContainerState, ContainerStatus, LogQuery, PodStatus, RestartPolicy};
 
 use super::super::cluster::{nodes_of, Cluster};
@@ -22,11 +26,19 @@ use super::images::{busybox_on, in_container, skip_all, Group};
 pub(super) const POD_LIVE: &str = "tb-c-live";
 pub(super) const POD_READY: &str = "tb-c-ready";
 pub(super) const POD_START: &str = "tb-c-start";
+pub(super) const POD_NET: &str = "tb-c-net";
 const WEDGED: &str = "/tmp/tb-wedged";
 const READY: &str = "/tmp/tb-ready";
 const STARTED: &str = "/tmp/tb-started";
 /// What the liveness pod's container prints at each start, followed by a random id: one line per instance.
 pub const INSTANCE_MARKER: &str = "tb-instance";
+/// What the network probes' pod serves over HTTP on NET_PORT.
+pub const DOC_ROOT: &str = "/tmp/tb-www";
+/// The file readiness asks for: 200 while it exists in DOC_ROOT, 404 once removed.
+const SERVED: &str = "/ready";
+/// Once this file exists the network probes' pod stops its server: the port closes, the container lives on.
+pub const PORT_CLOSED: &str = "/tmp/tb-closed";
+const NET_PORT: i32 = 8080;
 /// How long a probe's effect may take to show: a 1 s period, a 1 s grace, an exec under TCG.
 const WITHIN: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 20 });
 /// The kubelet's back-off before a second restart is 10 s; what the check requires of it (polling and the
@@ -44,6 +56,8 @@ const GROUP: Group = Group {
         "liveness: the second restart waits out the kubelet's back-off as CrashLoopBackOff",
         "readiness flips the pod's Ready condition both ways",
         "a startup probe holds liveness off until it succeeds",
+        "readiness over httpGet: a 200 makes the pod Ready, a 404 from the same server not Ready",
+        "liveness over tcpSocket: a closed port gets the container restarted",
     ],
 };
 
@@ -54,8 +68,12 @@ fn file_probe(exists: bool, path: &str) -> Probe {
         command.push("!".into());
     }
     command.extend(["-e".into(), path.into()]);
+    Probe { exec: Some(ExecAction { command }), ..every_second() }
+}
+
+/// A probe's timing in this group, without its handler: each second, failing after one miss.
+fn every_second() -> Probe {
     Probe {
-        exec: Some(ExecAction { command }),
         period_seconds: Some(1),
         // Not the default 1 s: an exec into a container on a loaded TCG host took longer, and a timeout is a
         // failure (a liveness probe then killed a healthy container).
@@ -69,6 +87,22 @@ fn file_probe(exists: bool, path: &str) -> Probe {
 fn probed(name: &str, digest: &str, probes: Probes, command: Vec<String>) -> testbed_api::PodSpec {
     let c = ContainerSpec { image: Some(digest.into()), probes, ..container("c", command) };
     pod(name, vec![c], RestartPolicy::Always)
+}
+
+/// The network probes' pod: readiness an `httpGet` of SERVED, liveness and startup a `tcpSocket` to the port.
+fn net_pod(digest: &str) -> testbed_api::PodSpec {
+    let tcp = || Probe { tcp_socket: Some(TcpSocketAction { port: PortRef::Number(NET_PORT) }), ..every_second() };
+    let http = HttpGetAction { path: Some(SERVED.into()), port: PortRef::Number(NET_PORT) };
+    let probes = Probes {
+        startup_probe: Some(Probe { failure_threshold: Some(60), ..tcp() }),
+        liveness_probe: Some(tcp()),
+        readiness_probe: Some(Probe { http_get: Some(http), ..every_second() }),
+    };
+    let serve = sh(format!(
+        "mkdir -p {DOC_ROOT}; httpd -f -p {NET_PORT} -h {DOC_ROOT} & while [ ! -e {PORT_CLOSED} ]; do sleep 1; done; \
+         kill $!; exec sleep 3600"
+    ));
+    probed(POD_NET, digest, probes, serve)
 }
 
 /// The group's pods: a liveness probe that fails once WEDGED exists, a readiness probe that passes while
@@ -96,12 +130,12 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, created: &CreatedPods
         return;
     }
     let Some(node) = nodes_of(c.plan()).into_iter().next().map(|n| n.name) else { return };
-    let [live, ready, start] = match busybox_on(c, &node).await {
-        Ok(digest) => probe_pods(&digest),
+    let ([live, ready, start], net) = match busybox_on(c, &node).await {
+        Ok(digest) => (probe_pods(&digest), net_pod(&digest)),
         Err(e) => return skip_all(r, &GROUP, &e),
     };
     // The startup check creates its own pod: it watches the container from its start.
-    for spec in [&live, &ready] {
+    for spec in [&live, &ready, &net] {
         if let Err(e) = create_tracked(c, &node, spec, created).await {
             return skip_all(r, &GROUP, &CheckError::from(e));
         }
@@ -112,6 +146,8 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, created: &CreatedPods
     r.run(g, None, names[2], e, back_off(c, n)).await;
     r.run(g, None, names[3], e, readiness(c, n)).await;
     r.run(g, None, names[4], e, startup(c, n, &start, created)).await;
+    r.run(g, None, names[5], e, http_readiness(c, n)).await;
+    r.run(g, None, names[6], e, tcp_liveness(c, n)).await;
 }
 
 fn only(st: &PodStatus) -> Result<&ContainerStatus, CheckError> {
@@ -241,11 +277,11 @@ fn pod_ready(st: &PodStatus) -> bool {
     !st.containers.is_empty() && st.containers.iter().all(|c| c.ready)
 }
 
-async fn until_ready<C: Cluster>(c: &C, node: &str, want: bool) -> Result<f64, CheckError> {
+async fn until_ready<C: Cluster>(c: &C, node: &str, pod: &str, want: bool) -> Result<f64, CheckError> {
     let started = Instant::now();
     let what = if want { "the pod Ready" } else { "the pod not Ready" };
     poll::until(what, WITHIN, || async {
-        let st = c.get_pod(node, POD_READY).await?;
+        let st = c.get_pod(node, pod).await?;
         Ok((pod_ready(&st) == want).then_some(()))
     })
     .await?;
@@ -261,9 +297,9 @@ async fn readiness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
         )));
     }
     let ev = touch(c, &p, READY).await?;
-    let up = until_ready(c, node, true).await?;
+    let up = until_ready(c, node, POD_READY, true).await?;
     let removed = in_container(c, &p, "c", &[Op::remove(READY)]).await?;
-    let down = until_ready(c, node, false).await?;
+    let down = until_ready(c, node, POD_READY, false).await?;
     Ok(format!("not Ready at first\n{ev}\nReady after {up:.1} s\n{}\nnot Ready after {down:.1} s", removed.evidence))
 }
 
@@ -318,4 +354,51 @@ async fn startup<C: Cluster>(c: &C, node: &str, spec: &testbed_api::PodSpec, cre
         brief(&first),
         brief(&started)
     ))
+}
+
+/// The server answers 404 for SERVED until the check writes it, 200 then, 404 again once it is removed: the
+/// pod is Ready only in between (a connection alone is not success; the status code decides).
+async fn http_readiness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
+    let p = wait_running(c, node, POD_NET).await?;
+    // Started means the startup probe's tcpSocket connected: the server listens from here on.
+    poll::until("the server listening (the startup probe passed)", WITHIN, || async {
+        let st = c.get_pod(node, POD_NET).await?;
+        Ok(only(&st)?.started.then_some(()))
+    })
+    .await?;
+    let st = c.get_pod(node, POD_NET).await?;
+    if pod_ready(&st) {
+        return Err(CheckError::Fail(format!("Ready while {SERVED} answers 404: {}", brief(only(&st)?))));
+    }
+    let path = format!("{DOC_ROOT}{SERVED}");
+    let ev = touch(c, &p, &path).await?;
+    let up = until_ready(c, node, POD_NET, true).await?;
+    let removed = in_container(c, &p, "c", &[Op::remove(&path)]).await?;
+    let down = until_ready(c, node, POD_NET, false).await?;
+    Ok(format!(
+        "listening, not Ready (404)\n{ev}\nReady after {up:.1} s (200)\n{}\nnot Ready after {down:.1} s (404)",
+        removed.evidence
+    ))
+}
+
+/// The container stops its server (the port refuses connections) but lives on: only the tcpSocket probe can
+/// tell, and the kubelet restarts the container, whose new instance serves again.
+async fn tcp_liveness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
+    let p = wait_running(c, node, POD_NET).await?;
+    let before = only(&p.status)?.clone();
+    let ev = touch(c, &p, PORT_CLOSED).await?;
+    let closed = Instant::now();
+    let after = poll::until("the container restarted after its port closed", WITHIN, || async {
+        let st = c.get_pod(node, POD_NET).await?;
+        let ct = only(&st)?.clone();
+        let restarted = ct.restart_count > before.restart_count
+            && running_pid(&ct).is_some_and(|pid| Some(pid) != running_pid(&before));
+        Ok(restarted.then_some(ct))
+    })
+    .await
+    .map_err(|e| match e {
+        CheckError::Fail(m) => CheckError::Fail(format!("{m}; before: {}\n{ev}", brief(&before))),
+        other => other,
+    })?;
+    Ok(format!("{ev}\nbefore: {}\nafter {:.1} s: {}", brief(&before), closed.elapsed().as_secs_f64(), brief(&after)))
 }
