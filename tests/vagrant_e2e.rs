@@ -220,13 +220,13 @@ fn residue(lab: &str) -> Vec<String> {
     left
 }
 
-/// The conformance suite (only the checks `filter` names, when given) on the lab of `topology` with `backend`:
-/// it must pass; its checks.
+/// The conformance suite (only the checks `filter` names, when given, without those `skip` names) on the lab of
+/// `topology` with `backend`: it must pass; its checks.
 fn conformance_checks(
     run: &dyn Fn(&[&str]) -> Output,
     topology: &str,
     backend: &str,
-    filter: Option<&str>,
+    (filter, skip): (Option<&str>, &[&str]),
     out: &Path,
 ) -> Vec<serde_json::Value> {
     let dir = out.to_str().expect("utf-8 path");
@@ -234,6 +234,7 @@ fn conformance_checks(
     if let Some(f) = filter {
         args.extend(["--filter", f]);
     }
+    args.extend(skip.iter().flat_map(|s| ["--skip", s]));
     let conf = run(&args);
     let failed = failed_checks(out);
     assert_eq!(
@@ -307,14 +308,19 @@ fn testbed_up_with_the_vagrant_provider_runs_the_suite_and_down_leaves_nothing()
     let other = run(&["up", "--provider", "qemu", topo_s]);
     assert_eq!(other.status.code(), Some(2), "{}", show("up --provider qemu on a Vagrant lab", &other));
 
-    // The whole suite, as on a QEMU lab of this topology: every check passes, in every group.
-    let checks = conformance_checks(&run, topo_s, "vxlan", None, &tmp.path().join("conformance"));
+    // The suite as on a QEMU lab of this topology, every check passing, but for two groups whose outcome no
+    // provider can change: the controllers (control loops of the API server's node, about 85 s) and the
+    // NetworkPolicy model (each node's own nftables table, about 120 s), which conformance_e2e proves on
+    // the same agent. What the provider makes (the VMs, their disks, the underlay segment and the management
+    // NIC) is what every other group crosses: pods across nodes, Services, the overlay, the MTU, images.
+    let skip = ["[controller]", "[network-policy]"];
+    let checks = conformance_checks(&run, topo_s, "vxlan", (None, &skip), &tmp.path().join("conformance"));
     let not_passed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["status"] != "pass").collect();
     assert!(not_passed.is_empty(), "checks that did not pass on the Vagrant lab: {not_passed:#?}");
     let ran: std::collections::BTreeSet<&str> = checks.iter().filter_map(|c| c["group"].as_str()).collect();
     let missing: Vec<&str> = ["setup", "pod-network", "overlay", "mtu", "sandbox", "cgroups", "container", "probe"]
         .into_iter()
-        .chain(["control-plane", "controller", "service", "network-policy", "declared"])
+        .chain(["control-plane", "service", "declared"])
         .filter(|g| !ran.contains(g))
         .collect();
     assert!(missing.is_empty(), "no check of {missing:?} ran on the Vagrant lab");
@@ -355,7 +361,8 @@ fn three_nodes_on_one_network_share_a_segment_through_the_hub() {
     assert!(hub["ports"]["underlay"].as_u64().is_some(), "{hub}");
     assert_same("while the three-node Vagrant lab runs", &HostSnapshot::take(), &before);
 
-    let checks = conformance_checks(&run, topo_s, "host-gw", Some("[pod-network]"), &tmp.path().join("conformance"));
+    let checks =
+        conformance_checks(&run, topo_s, "host-gw", (Some("[pod-network]"), &[]), &tmp.path().join("conformance"));
     let matrix =
         checks.iter().find(|c| c["name"].as_str().is_some_and(|n| n.contains("every pod reaches every other pod")));
     assert_eq!(matrix.map(|c| &c["status"]), Some(&serde_json::json!("pass")), "{checks:#?}");
