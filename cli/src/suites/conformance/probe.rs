@@ -178,12 +178,42 @@ async fn touch<C: Cluster>(c: &C, p: &TestPod, path: &str) -> Result<String, Che
 }
 
 async fn liveness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
-    let p = wait_running(c, node, POD_LIVE).await?;
+    let r = restart_on_file(c, node, POD_LIVE, WEDGED, "the wedged container restarted").await?;
+    if !matches!(r.after.last_state, Some(ContainerState::Terminated { .. })) {
+        return Err(CheckError::Fail(format!("restarted without a terminated last state: {}", brief(&r.after))));
+    }
+    Ok(r.evidence())
+}
+
+/// A restart that writing a file into the pod's container caused: the statuses around it and how long it took.
+struct Restart {
+    before: ContainerStatus,
+    after: ContainerStatus,
+    touched: String,
+    secs: f64,
+}
+
+impl Restart {
+    fn evidence(&self) -> String {
+        format!("{}\nbefore: {}\nafter {:.1} s: {}", self.touched, brief(&self.before), self.secs, brief(&self.after))
+    }
+}
+
+/// Writes `file` into the running `pod`'s container and waits for the container to be running again as a new
+/// process with a higher restart count.
+async fn restart_on_file<C: Cluster>(
+    c: &C,
+    node: &str,
+    pod: &str,
+    file: &str,
+    what: &str,
+) -> Result<Restart, CheckError> {
+    let p = wait_running(c, node, pod).await?;
     let before = only(&p.status)?.clone();
-    let ev = touch(c, &p, WEDGED).await?;
-    let wedged = Instant::now();
-    let after = poll::until("the wedged container restarted", WITHIN, || async {
-        let st = c.get_pod(node, POD_LIVE).await?;
+    let touched = touch(c, &p, file).await?;
+    let since = Instant::now();
+    let after = poll::until(what, WITHIN, || async {
+        let st = c.get_pod(node, pod).await?;
         let ct = only(&st)?.clone();
         let restarted = ct.restart_count > before.restart_count
             && running_pid(&ct).is_some_and(|pid| Some(pid) != running_pid(&before));
@@ -191,13 +221,10 @@ async fn liveness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
     })
     .await
     .map_err(|e| match e {
-        CheckError::Fail(m) => CheckError::Fail(format!("{m}; before: {}", brief(&before))),
+        CheckError::Fail(m) => CheckError::Fail(format!("{m}; before: {}\n{touched}", brief(&before))),
         other => other,
     })?;
-    if !matches!(after.last_state, Some(ContainerState::Terminated { .. })) {
-        return Err(CheckError::Fail(format!("restarted without a terminated last state: {}", brief(&after))));
-    }
-    Ok(format!("{ev}\nbefore: {}\nafter {:.1} s: {}", brief(&before), wedged.elapsed().as_secs_f64(), brief(&after)))
+    Ok(Restart { before, after, touched, secs: since.elapsed().as_secs_f64() })
 }
 
 /// The instance lines of a log: one per start of the liveness pod's container that wrote into it.
@@ -384,21 +411,6 @@ async fn http_readiness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
 /// The container stops its server (the port refuses connections) but lives on: only the tcpSocket probe can
 /// tell, and the kubelet restarts the container, whose new instance serves again.
 async fn tcp_liveness<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
-    let p = wait_running(c, node, POD_NET).await?;
-    let before = only(&p.status)?.clone();
-    let ev = touch(c, &p, PORT_CLOSED).await?;
-    let closed = Instant::now();
-    let after = poll::until("the container restarted after its port closed", WITHIN, || async {
-        let st = c.get_pod(node, POD_NET).await?;
-        let ct = only(&st)?.clone();
-        let restarted = ct.restart_count > before.restart_count
-            && running_pid(&ct).is_some_and(|pid| Some(pid) != running_pid(&before));
-        Ok(restarted.then_some(ct))
-    })
-    .await
-    .map_err(|e| match e {
-        CheckError::Fail(m) => CheckError::Fail(format!("{m}; before: {}\n{ev}", brief(&before))),
-        other => other,
-    })?;
-    Ok(format!("{ev}\nbefore: {}\nafter {:.1} s: {}", brief(&before), closed.elapsed().as_secs_f64(), brief(&after)))
+    let what = "the container restarted after its port closed";
+    Ok(restart_on_file(c, node, POD_NET, PORT_CLOSED, what).await?.evidence())
 }
