@@ -215,7 +215,7 @@ fn conformance_default_every_backend() {
     let expected = Expected {
         skip,
         controller_passes: 8,
-        container_passes: 7,
+        container_passes: 8,
         probe_passes: 7,
         service_passes: 13,
         policy_passes: 16,

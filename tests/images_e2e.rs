@@ -1,7 +1,9 @@
 //! End to end for container images on a VM lab: `up` of a topology whose pod names `image: busybox` builds
 //! the image on the host (cached), copies it to the node and has the node's agent import it (every digest
 //! checked); the container then sees the image's files and not the node's. An `up` that repairs the lab
-//! finds the image in the node's store and copies nothing. A node added with a pod whose image has a corrupt
+//! finds the image in the node's store and copies nothing. `testbed image load` puts the image on the node
+//! under another name, and an API pod naming it (`imagePullPolicy: Never`) runs in it, while one naming an
+//! image no node has waits with `ErrImageNeverPull`. A node added with a pod whose image has a corrupt
 //! layer fails `up` naming the node, the image and its digest (exit 3), and the node is removed again. VM
 //! tests need root and qemu-system-x86_64 (skipped otherwise; under CI=true they fail instead). About 150 s
 //! under TCG.
@@ -112,6 +114,57 @@ fn corrupt_busybox(dir: &Path) -> (PathBuf, String) {
     (copy, layer)
 }
 
+/// The pod named `name` of `testbed get pods -o json`, once `done` holds for it (None after 90 s).
+fn wait_for_pod(t: &ImageLab, name: &str, done: impl Fn(&Value) -> bool) -> Option<Value> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    while Instant::now() < deadline {
+        let out = t.testbed(&["get", "pods", "--lab", &t.lab, "-o", "json"]);
+        let pods: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        if let Some(pod) = items.into_iter().find(|p| p["metadata"]["name"] == name).filter(|p| done(p)) {
+            return Some(pod);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    None
+}
+
+/// `testbed image load` of the busybox layout under a name of its own; an API pod naming it with
+/// `imagePullPolicy: Never` runs in it, one naming a name no node has waits with `ErrImageNeverPull`.
+fn load_and_run_by_name(t: &ImageLab, dir: &Path) {
+    let built = Command::new(env!("CARGO_BIN_EXE_testbed")).args(["image", "oci", "build", "busybox", "-o", "json"]);
+    let built: Value = serde_json::from_slice(&built.output().expect("image oci build").stdout).expect("JSON");
+    let layout = built[0]["layout"].as_str().expect("layout").to_string();
+    let out = t.testbed(&["image", "load", &layout, "--lab", &t.lab, "--name", "registry.local/tools:v1", "-o", "json"]);
+    assert!(out.status.success(), "{}", show("image load", &out));
+    let loaded: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names = loaded[0]["names"].as_array().cloned().unwrap_or_default();
+    assert!(names.contains(&json!("registry.local/tools:v1")), "{loaded}");
+    let bad = t.testbed(&["image", "load", "./nowhere", "--lab", &t.lab]);
+    assert_eq!(bad.status.code(), Some(2), "{}", show("image load of nothing", &bad));
+
+    let pods = dir.join("named.yaml");
+    let pod = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - {{name: c, image: \
+             {image}, imagePullPolicy: Never, command: [sleep, '100000']}}\n"
+        )
+    };
+    let yaml = format!("{}---\n{}", pod("named", "registry.local/tools:v1"), pod("absent", "registry.invalid/none:1"));
+    std::fs::write(&pods, yaml).expect("write");
+    let out = t.testbed(&["apply", "-f", pods.to_str().expect("utf-8"), "--lab", &t.lab]);
+    assert!(out.status.success(), "{}", show("apply", &out));
+    let running = wait_for_pod(t, "named", |p| p["status"]["phase"] == "Running");
+    assert!(running.is_some(), "the pod naming a loaded image is not Running after 90 s");
+    let out = t.testbed(&["exec", "--lab", &t.lab, "--pod", "named", "--", "cat", "/etc/passwd"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), IMAGE_PASSWD, "{}", show("exec in named", &out));
+    let waiting = |p: &Value| p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull";
+    let absent = wait_for_pod(t, "absent", waiting);
+    assert!(absent.as_ref().is_some_and(|p| p["status"]["phase"] == "Pending"), "{absent:?}");
+    let out = t.testbed(&["delete", "-f", pods.to_str().expect("utf-8"), "--lab", &t.lab]);
+    assert!(out.status.success(), "{}", show("delete", &out));
+}
+
 #[test]
 fn a_busybox_container_gets_its_image_once_and_a_corrupt_one_fails_up() {
     if !can_run_vms() {
@@ -153,6 +206,8 @@ fn a_busybox_container_gets_its_image_once_and_a_corrupt_one_fails_up() {
     let warm = stage_seconds(&outcome, "node1", "images").expect("an images stage on node1");
     eprintln!("repairing up: images (warm): {warm:.1} s");
     assert_eq!(stamp(), imported_at, "the image was imported again");
+
+    load_and_run_by_name(&t, tmp.path());
 
     // A node added with a corrupt image: up fails naming node, image and digest, and node2 goes again.
     let (bad, layer) = corrupt_busybox(tmp.path());

@@ -83,6 +83,10 @@ struct ImportImageArgs {
     /// when the layout holds more than one).
     #[arg(long = "ref")]
     reference: Option<String>,
+    /// A name to index the image under (`busybox`, `registry.local/app:v2`), besides those its layout gives;
+    /// repeatable. A pod then names it so (`imagePullPolicy: Never`).
+    #[arg(long = "name")]
+    names: Vec<String>,
     #[arg(long, default_value = testbed_api::AGENT_IMAGE_STORE)]
     store: PathBuf,
 }
@@ -153,10 +157,18 @@ fn import_image(args: &ImportImageArgs) -> i32 {
     } else {
         store.import_archive(&args.path, args.reference.as_deref())
     };
-    let lower = imported.and_then(|image| Ok((store.lower_dirs(&image)?, image)));
-    match lower {
-        Ok((lower_dirs, image)) => {
-            println!("{}", serde_json::json!({ "image": image, "lower_dirs": lower_dirs }));
+    let tagged = imported.and_then(|image| {
+        let digest = image::Digest::parse(&image.digest)?;
+        for name in &args.names {
+            store.tag(name, &digest)?;
+        }
+        let names: Vec<String> =
+            store.names()?.into_iter().filter(|n| n.digest == image.digest).map(|n| n.name).collect();
+        Ok((store.lower_dirs(&image)?, names, image))
+    });
+    match tagged {
+        Ok((lower_dirs, names, image)) => {
+            println!("{}", serde_json::json!({ "image": image, "names": names, "lower_dirs": lower_dirs }));
             0
         }
         Err(e) => {

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod image_ref;
 pub mod logs;
 pub mod network_policy;
 pub mod node;

@@ -54,8 +54,9 @@ pub struct ContainerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// The container's own root filesystem: an OCI image in the node's store by manifest digest
-    /// (`sha256:<hex>`), or an image layout directory or `oci-archive` on the node by absolute path (imported
-    /// into the store at first use). None: the container shares the node's files.
+    /// (`sha256:<hex>`) or by a name it was imported under (`busybox`, `registry.local/app:v2`;
+    /// [`crate::image_ref`]), or an image layout directory or `oci-archive` on the node by absolute path
+    /// (imported into the store at first use). None: the container shares the node's files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Environment variables the process starts with.

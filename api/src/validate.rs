@@ -82,10 +82,14 @@ pub fn validate_pod(pod: &PodSpec) -> Result<(), ApiError> {
             return Err(err(at("name"), format!("duplicate container name `{}`", c.name)));
         }
         if let Some(image) = &c.image {
-            if !crate::is_sha256_digest(image) && !image.starts_with('/') {
+            let is_name = || crate::image_ref::normalize(image).is_ok();
+            if !crate::is_sha256_digest(image) && !image.starts_with('/') && !is_name() {
                 return Err(err(
                     at("image"),
-                    format!("`{image}` is neither sha256:<64 lowercase hex digits> nor an absolute path"),
+                    format!(
+                        "`{image}` is none of sha256:<64 lowercase hex digits>, an absolute path, an image name ({})",
+                        crate::image_ref::normalize(image).unwrap_err()
+                    ),
                 ));
             }
         }
@@ -292,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn an_image_is_a_digest_or_an_absolute_path_and_may_give_the_command() {
+    fn an_image_is_a_digest_an_absolute_path_or_a_name_and_may_give_the_command() {
         let with_image = |image: &str, command: Vec<String>| {
             let mut p = pod();
             p.containers[0].image = Some(image.into());
@@ -302,8 +306,9 @@ mod tests {
         let digest = format!("sha256:{}", "0f".repeat(32));
         assert_eq!(with_image(&digest, vec![]), Ok(()), "the image's Entrypoint/Cmd");
         assert_eq!(with_image("/var/lib/images/busybox.tar", vec!["sh".into()]), Ok(()));
+        assert_eq!(with_image("busybox:latest", vec![]), Ok(()), "a name the node's store indexes");
         let upper = format!("sha256:{}", "0F".repeat(32));
-        for bad in ["busybox:latest", "sha256:abc", "relative/dir", &upper] {
+        for bad in ["Busybox", "sha256:abc", "./relative/dir", &upper] {
             assert_eq!(with_image(bad, vec![]), Err("containers[0].image".into()), "{bad}");
         }
         let mut p = pod();

@@ -11,6 +11,8 @@ use super::{io, Digest, ImageError};
 
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The full name containerd's and nerdctl's exports give an image (their `ref.name` holds the tag only).
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 #[derive(Debug, Clone, Deserialize)]
 struct Descriptor {
@@ -66,6 +68,8 @@ pub struct LayerBlob {
 #[derive(Debug, Clone)]
 pub struct ImageManifest {
     pub digest: Digest,
+    /// Names the layout gives the image (`image_names`), for the store's name index.
+    pub names: Vec<String>,
     pub config: ImageConfig,
     pub layers: Vec<LayerBlob>,
 }
@@ -115,7 +119,18 @@ pub fn read_layout(dir: &Path, reference: Option<&str>) -> Result<ImageManifest,
             Ok(LayerBlob { digest, media_type: layer.media_type.clone(), path })
         })
         .collect::<Result<_, ImageError>>()?;
-    Ok(ImageManifest { digest, config, layers })
+    Ok(ImageManifest { digest, names: image_names(&chosen.annotations), config, layers })
+}
+
+/// The names an index entry gives its image: containerd's full name, and `ref.name` when it is a full
+/// reference too (`localhost/app:v1`, as podman and skopeo write it); a bare `ref.name` (`latest`, `v1`) is a
+/// tag without a repository and names nothing. Names that are not references are left out.
+fn image_names(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    let full = |name: &&String| name.contains(['/', ':']) && testbed_api::image_ref::normalize(name).is_ok();
+    let mut names: Vec<String> =
+        [CONTAINERD_NAME, REF_NAME].iter().filter_map(|key| annotations.get(*key)).filter(full).cloned().collect();
+    names.dedup();
+    names
 }
 
 /// Unpacks an `oci-archive` (a tar of an image layout) into `into`, which must not exist yet.

@@ -38,6 +38,10 @@ pub enum ImageError {
     SizeMismatch { digest: Digest, path: PathBuf, expected: u64, actual: u64 },
     #[error("{path}: {what}")]
     Layout { path: PathBuf, what: String },
+    #[error("{0}")]
+    BadName(String),
+    #[error("no image {0} in this node's store")]
+    NotPresent(String),
     #[error("layer {digest}: media type {media_type} is not a tar layer this store can unpack")]
     LayerMediaType { digest: Digest, media_type: String },
     #[error("layer {digest}: entry {entry}: {what}")]

@@ -210,3 +210,50 @@ fn a_layout_with_two_images_needs_a_reference() {
         .to_string()
         .contains("no manifest named missing"));
 }
+
+#[test]
+fn the_name_index_finds_an_image_by_any_spelling_of_its_name_and_a_tag_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(dir.path().join("store"));
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    write_layout(&first, &[layer_tar(&[Entry::File("a", "first\n")])]);
+    write_layout(&second, &[layer_tar(&[Entry::File("a", "second\n")])]);
+    let one = store.import_layout(&first, None).unwrap();
+    let two = store.import_layout(&second, None).unwrap();
+
+    // The layout's full `ref.name` (`test:1`) is a name; the second import of the same name takes it over.
+    let by = |name: &str| store.get_by_name(name).unwrap().map(|i| i.digest);
+    assert_eq!(by("docker.io/library/test:1"), Some(two.digest.clone()), "the last import under a name has it");
+    store.tag("busybox", &Digest::parse(&one.digest).unwrap()).unwrap();
+    for spelling in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest"] {
+        assert_eq!(by(spelling), Some(one.digest.clone()), "{spelling}");
+    }
+    assert_eq!(by("busybox:1.36"), None, "another tag is another name");
+    let names: Vec<(String, String)> = store.names().unwrap().into_iter().map(|n| (n.name, n.digest)).collect();
+    assert_eq!(
+        names,
+        [("docker.io/library/busybox:latest".to_string(), one.digest.clone()), ("docker.io/library/test:1".into(), two.digest)]
+    );
+
+    let missing = Digest::parse(&format!("sha256:{}", "0f".repeat(32))).unwrap();
+    assert!(matches!(store.tag("other", &missing), Err(ImageError::NotPresent(_))), "only a stored image is named");
+    assert!(matches!(store.get_by_name("Busybox"), Err(ImageError::BadName(_))));
+}
+
+#[test]
+fn a_bare_ref_name_is_a_tag_and_names_nothing_but_containerds_full_name_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    write_layout(&layout, &[layer_tar(&[Entry::File("a", "a\n")])]);
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    index["manifests"][0]["annotations"] = serde_json::json!({
+        "org.opencontainers.image.ref.name": "latest",
+        "io.containerd.image.name": "registry.local:5000/team/app:v2",
+    });
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let store = ImageStore::new(dir.path().join("store"));
+    store.import_layout(&layout, None).unwrap();
+    let names: Vec<String> = store.names().unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["registry.local:5000/team/app:v2"]);
+}

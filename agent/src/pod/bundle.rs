@@ -245,7 +245,13 @@ impl Agent {
             tokio::task::spawn_blocking(move || resolve(&store, &reference))
                 .await
                 .map_err(|e| failed(e.to_string()))?
-                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| match e {
+                    ImageError::NotPresent(_) => AgentError::ImageNeverPull {
+                        container: c.name.clone(),
+                        message: failed(e.to_string()).to_string(),
+                    },
+                    e => failed(e.to_string()),
+                })?
         };
         let lower = store.lower_dirs(&image).map_err(|e| failed(e.to_string()))?;
         let argv = argv(&image.config, &c.command, &c.args).map_err(failed)?;
@@ -277,7 +283,8 @@ impl Agent {
     }
 }
 
-/// The image a container names: in the store by manifest digest, or imported from a layout or archive path.
+/// The image a container names: in the store by manifest digest or by name, or imported from a layout or
+/// archive path.
 fn resolve(store: &ImageStore, reference: &str) -> Result<StoredImage, ImageError> {
     if reference.starts_with("sha256:") {
         let digest = Digest::parse(reference)?;
@@ -287,6 +294,15 @@ fn resolve(store: &ImageStore, reference: &str) -> Result<StoredImage, ImageErro
         });
     }
     let path = Path::new(reference);
+    if !path.is_absolute() {
+        // ErrImageNeverPull is the kubelet's reason for a missing image it may not pull.
+        return store.get_by_name(reference)?.ok_or_else(|| {
+            ImageError::NotPresent(format!(
+                "named {reference} (ErrImageNeverPull: testbed pulls nothing; `testbed image load` puts an image on \
+                 a running lab's nodes)"
+            ))
+        });
+    }
     if path.is_dir() {
         store.import_layout(path, None)
     } else {

@@ -90,11 +90,17 @@ pub struct Container {
     #[serde(default)]
     pub name: String,
     /// A digest reference (`busybox@sha256:<hex>`, or `sha256:<hex>` alone) runs the container in that image,
-    /// which must be in its node's store (a topology's `image:` puts it there; nothing is pulled). Any other
-    /// value is kept as given and not run: the container runs programs of the guest's root file system, so
-    /// manifests written for Kubernetes load unchanged.
+    /// which must be in its node's store (a topology's `image:` or `testbed image load` puts it there; nothing
+    /// is pulled). So does a name with `imagePullPolicy: Never` or `IfNotPresent`: the image the node's store
+    /// has under that name ([`crate::image_ref`]). Any other name is kept as given and not run: the container
+    /// runs programs of the guest's root file system, so manifests written for Kubernetes load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// `Never` or `IfNotPresent`: run the image the node has under `image`'s name (the pod fails with
+    /// `ErrImageNeverPull` where it has none, since testbed pulls nothing). `Always` or unset: a name without a
+    /// digest runs on the guest's files (see `image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
     /// The program and its first arguments, resolved with the guest's PATH.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -127,7 +133,28 @@ pub struct Container {
     pub startup_probe: Option<Probe>,
 }
 
+/// Kubernetes' `imagePullPolicy`. testbed pulls nothing: the policies that use an image already on the
+/// node run it by name; `Always` keeps the guest's files for a name without a digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImagePullPolicy {
+    /// Pull every time: nothing to pull from here, so a name without a digest runs on the guest's files.
+    Always,
+    /// Use the node's image of that name (pulling none when it is missing).
+    IfNotPresent,
+    /// Use the node's image of that name; `ErrImageNeverPull` when it has none.
+    Never,
+}
+
 impl Container {
+    /// The name of the node's image this container runs, normalized, when its pull policy says to use the
+    /// node's (`Never`, `IfNotPresent`) and its image is not a digest. A name that does not parse is passed on
+    /// as written, for the pod's validation to refuse with the field named.
+    fn local_image_name(&self) -> Option<String> {
+        let local = matches!(self.image_pull_policy, Some(ImagePullPolicy::Never | ImagePullPolicy::IfNotPresent));
+        let image = self.image.as_deref().filter(|_| local)?;
+        Some(crate::image_ref::normalize(image).unwrap_or_else(|_| image.to_string()))
+    }
+
     /// The three probes, each port name of the container's `ports` replaced by its number.
     pub fn probes(&self) -> Probes {
         let probes = Probes {
@@ -254,9 +281,12 @@ pub struct ContainerState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStateWaiting {
-    /// `ContainerCreating`, `CrashLoopBackOff`, ...
+    /// `ContainerCreating`, `CrashLoopBackOff`, `ErrImageNeverPull`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `state.running` of a container.
@@ -307,7 +337,7 @@ impl Pod {
             .containers
             .iter()
             .map(|c| {
-                let image = pinned_image(c.image.as_deref());
+                let image = pinned_image(c.image.as_deref()).or_else(|| c.local_image_name());
                 // In an image, command and args replace its Entrypoint and Cmd one by one; without one the
                 // guest runs them as one argv.
                 let (command, args) = match image {
@@ -390,5 +420,26 @@ mod tests {
         let c = &pod_with("busybox:1.36").to_agent_spec().containers[0];
         assert_eq!(c.image, None, "a name without a digest is not run");
         assert_eq!(c.command, ["sh", "-c", "true"], "command and args as one argv on the guest");
+    }
+
+    #[test]
+    fn a_name_with_a_local_pull_policy_runs_the_nodes_image_of_that_name() {
+        for policy in [ImagePullPolicy::Never, ImagePullPolicy::IfNotPresent] {
+            let mut pod = pod_with("busybox");
+            pod.spec.containers[0].image_pull_policy = Some(policy);
+            let c = &pod.to_agent_spec().containers[0];
+            assert_eq!(c.image.as_deref(), Some("docker.io/library/busybox:latest"), "{policy:?}");
+            assert_eq!(c.command, ["sh"], "command and args kept apart for the image's Entrypoint and Cmd");
+        }
+        let mut pod = pod_with("busybox");
+        pod.spec.containers[0].image_pull_policy = Some(ImagePullPolicy::Always);
+        assert_eq!(pod.to_agent_spec().containers[0].image, None, "Always: the guest's files");
+        pod.spec.containers[0].image = Some("Busybox".into());
+        pod.spec.containers[0].image_pull_policy = Some(ImagePullPolicy::Never);
+        let mut spec = pod.to_agent_spec();
+        spec.name = "web".into();
+        assert_eq!(spec.containers[0].image.as_deref(), Some("Busybox"), "passed on as written");
+        let refused = crate::validate::validate_pod(&spec).unwrap_err();
+        assert_eq!(refused.field.as_deref(), Some("containers[0].image"));
     }
 }

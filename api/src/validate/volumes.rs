@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::{err, is_dns_label};
-use crate::{ApiError, ContainerSpec, PodSpec, SecurityContext, ALL_CAPABILITIES};
+use crate::{ApiError, ContainerSpec, PodSecurityContext, PodSpec, SecurityContext, ALL_CAPABILITIES};
 
 /// Kubernetes' bound for `runAsUser` and `runAsGroup`.
 const MAX_ID: i64 = 2_147_483_647;
@@ -46,8 +46,23 @@ pub(super) fn volumes(pod: &PodSpec) -> Result<(), ApiError> {
     pod_security_context(pod)
 }
 
+/// The pod's securityContext: ids in range, and every container able to take it. It applies to every
+/// container, and one without an image runs as the agent does (its ids would change the node's files), so
+/// a pod that sets it with such a container is refused rather than run without it.
 fn pod_security_context(pod: &PodSpec) -> Result<(), ApiError> {
-    let Some(sc) = &pod.security_context else { return Ok(()) };
+    let Some(sc) = pod.security_context.as_ref().filter(|sc| **sc != PodSecurityContext::default()) else {
+        return Ok(());
+    };
+    if let Some((i, c)) = pod.containers.iter().enumerate().find(|(_, c)| c.image.is_none()) {
+        return Err(err(
+            "securityContext",
+            format!(
+                "applies to every container, and containers[{i}] (`{}`) has no image testbed runs: a container \
+                 without one shares the node's files and runs as the agent does",
+                c.name
+            ),
+        ));
+    }
     id("securityContext.runAsUser", sc.run_as_user)?;
     id("securityContext.runAsGroup", sc.run_as_group)?;
     id("securityContext.fsGroup", sc.fs_group)?;
@@ -247,5 +262,20 @@ mod tests {
         assert_eq!(with(groups(&[4000, -5])).as_deref(), Some("securityContext.supplementalGroups[1]"));
         let fs_group = PodSecurityContext { fs_group: Some(1 << 40), ..Default::default() };
         assert_eq!(with(fs_group).as_deref(), Some("securityContext.fsGroup"));
+    }
+
+    #[test]
+    fn a_pod_security_context_needs_every_container_in_an_image() {
+        let without_image = |sc: PodSecurityContext| {
+            field(move |p| {
+                p.containers[1].image = None;
+                p.containers[1].command = vec!["sleep".into()];
+                p.containers[1].volume_mounts.clear();
+                p.security_context = Some(sc);
+            })
+        };
+        let run_as = PodSecurityContext { run_as_user: Some(1000), ..Default::default() };
+        assert_eq!(without_image(run_as).as_deref(), Some("securityContext"));
+        assert_eq!(without_image(PodSecurityContext::default()), None, "an empty one asks nothing");
     }
 }

@@ -11,6 +11,7 @@ mod cache;
 mod cpio;
 pub mod deliverable;
 mod fetch;
+mod load;
 pub mod oci;
 pub mod seed;
 pub mod vagrant_box;
@@ -207,6 +208,9 @@ pub enum ImageCommand {
     List,
     /// Remove cached images by id or name (a name removes every image of that name).
     Rm { id_or_name: String },
+    /// Put a container image on a running lab's nodes (as `kind load`): a name testbed builds or an OCI
+    /// image layout or oci-archive; pods then name it (`image: busybox`, `imagePullPolicy: Never`).
+    Load(load::LoadArgs),
     /// Container images (OCI) built from Debian packages: `oci build busybox`, `oci list`.
     Oci {
         #[command(subcommand)]
@@ -323,6 +327,7 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
             Ok(())
         }
         ImageCommand::Oci { command } => cmd_oci(ui, command).await,
+        ImageCommand::Load(args) => load::cmd_load(ui, args).await,
         ImageCommand::Rm { id_or_name } => {
             let root = cache::cache_root()?;
             let doomed: Vec<cache::Entry> = cache::list(&root)?

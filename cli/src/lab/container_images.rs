@@ -117,12 +117,43 @@ pub async fn deliver(
     Ok(copied)
 }
 
+/// Copies `image` to the node behind `session` and imports it whether or not the store has it, indexed
+/// under `names` too (`testbed image load`, as `kind load` puts an image on nodes); returns every name the
+/// node's store gives it.
+pub async fn load(
+    session: &Session,
+    store: NodeStore<'_>,
+    image: &DeliverableImage,
+    names: &[String],
+) -> Result<Vec<String>, DeliveryError> {
+    let printed = import_named(session, store, image, names).await?;
+    let names = printed["names"].as_array().map(Vec::as_slice).unwrap_or_default();
+    Ok(names.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+}
+
 /// Copies `image` to the node and imports it there (the upload is removed whatever the import says).
 async fn import(session: &Session, store: NodeStore<'_>, image: &DeliverableImage) -> Result<(), DeliveryError> {
+    import_named(session, store, image, &[]).await.map(drop)
+}
+
+/// `import` with more names for the index; what the node's import printed.
+async fn import_named(
+    session: &Session,
+    store: NodeStore<'_>,
+    image: &DeliverableImage,
+    names: &[String],
+) -> Result<serde_json::Value, DeliveryError> {
     let store_dir = shell_quote(store.store);
     let upload = format!("{}/incoming-{}.tar", store.store, image.hex());
+    // A built image is indexed under its name (`busybox`), so that pods may name it so; an archive's own
+    // names come from its index.
+    let built = match &image.source {
+        ContainerImage::Built(name) => Some(name),
+        ContainerImage::Path(_) => None,
+    };
+    let name: String = built.into_iter().chain(names).map(|n| format!(" --name {}", shell_quote(n))).collect();
     let command = format!(
-        "mkdir -p {store_dir} && cat > {up} && {agent} import-image --store {store_dir} --ref {digest} {up}; \
+        "mkdir -p {store_dir} && cat > {up} && {agent} import-image --store {store_dir} --ref {digest}{name} {up}; \
          rc=$?; rm -f {up}; exit $rc",
         up = shell_quote(&upload),
         agent = shell_quote(store.agent),
@@ -150,7 +181,7 @@ async fn import(session: &Session, store: NodeStore<'_>, image: &DeliverableImag
             actual: actual.to_string(),
         });
     }
-    Ok(())
+    Ok(printed)
 }
 
 #[cfg(test)]

@@ -552,6 +552,11 @@ impl Cluster for FakeCluster {
             ok("1\n")
         } else if command.contains("cpu.max") {
             ok("20000 100000\n67108864\n64\n")
+        } else if command.contains("/var/lib/testbed-agent/pods/") {
+            // What is left of a pod: its directory, as the agent's state has it.
+            let st = self.state.borrow();
+            let left = st.pods.iter().filter(|(name, (n, _, _))| n == node && command.contains(&format!("pods/{name} ")));
+            ok(left.map(|(name, _)| format!("/var/lib/testbed-agent/pods/{name}\n")).collect::<String>())
         } else if command.contains("/proc/uptime") {
             // 3 s of /proc/uptime, 0.6 s of CPU: exactly the 200m quota.
             ok("T0 1000.00\nusage_usec 100\nnr_throttled 1\nT1 1003.00\nusage_usec 600100\nnr_throttled 30\n")
@@ -627,9 +632,7 @@ impl Cluster for FakeCluster {
                 Err(ClusterError::new(node, "POST /v1/pods", "409 conflict"))
             };
         }
-        if !self.containers.borrow().has_images(node, spec) {
-            return Err(ClusterError::new(node, "POST /v1/pods", "500 image not in the node's store"));
-        }
+        self.containers.borrow().has_images(node, spec).map_err(|e| ClusterError::new(node, "POST /v1/pods", e))?;
         let mut status = self.insert_pod(node, spec);
         self.containers.borrow_mut().created(node, spec, &mut status);
         Ok(status)

@@ -57,6 +57,8 @@ pub struct PodFaults {
     pub http_status_ignored: bool,
     /// A tcpSocket probe passes whether or not the port accepts.
     pub tcp_refusal_ignored: bool,
+    /// A container naming an image the node does not have runs anyway (on the node's files).
+    pub unknown_name_runs: bool,
     /// A restart appends to the container's log and keeps no previous one (the agent before logs per
     /// instance).
     pub log_appended: bool,
@@ -132,9 +134,25 @@ impl Containers {
         FAKE_DIGEST.to_string()
     }
 
-    /// Whether a pod's images are in `node`'s store (as the agent refuses a digest it does not have).
-    pub fn has_images(&self, node: &str, spec: &PodSpec) -> bool {
-        spec.containers.iter().all(|c| c.image.is_none() || self.images.contains(node))
+    /// Whether a pod's images are in `node`'s store, as the agent refuses a digest it does not have (500) and
+    /// a name it does not have (422, `ErrImageNeverPull`). The store has the busybox image, by digest and by
+    /// name, once `add_image` put it there.
+    pub fn has_images(&self, node: &str, spec: &PodSpec) -> Result<(), String> {
+        for c in &spec.containers {
+            let Some(image) = c.image.as_deref() else { continue };
+            let known = [FAKE_DIGEST, crate::image::oci::BUSYBOX].contains(&image);
+            if !known && !self.faults.unknown_name_runs {
+                return Err(format!(
+                    "422 Unprocessable Entity: pod {} container {}: image {image}: no image named {image} in this \
+                     node's store (ErrImageNeverPull: testbed pulls nothing)",
+                    spec.name, c.name
+                ));
+            }
+            if known && !self.images.contains(node) {
+                return Err("500 image not in the node's store".into());
+            }
+        }
+        Ok(())
     }
 
     /// Takes over the pod's containers with an image; fills in what the status shows of them.

@@ -703,6 +703,11 @@ fn image_group_faults() -> Vec<(&'static str, PodFaults, &'static str)> {
             "not the image's",
         ),
         (
+            "[container] an image name the node does not have fails the pod (ErrImageNeverPull) and leaves nothing of it",
+            PodFaults { unknown_name_runs: true, ..f() },
+            "though node node1 has no image registry.invalid/testbed/missing:1",
+        ),
+        (
             "[container] a container's writes stay in its upper layer: not on the node, gone when the pod is recreated",
             PodFaults { upper_kept: true, ..f() },
             "after the pod was recreated",
@@ -795,7 +800,7 @@ async fn the_container_and_probe_checks_pass_on_a_healthy_node_and_each_fails_on
     let healthy = FakeCluster::new(plan(2, Backend::Vxlan), Faults::default());
     let r = run(&healthy, &[Backend::Vxlan], Some("[container]")).await;
     assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
-    assert_eq!(r.checks.iter().filter(|c| c.group == "container" && c.status == CheckStatus::Pass).count(), 7);
+    assert_eq!(r.checks.iter().filter(|c| c.group == "container" && c.status == CheckStatus::Pass).count(), 8);
     let r = run(&healthy, &[Backend::Vxlan], Some("[probe]")).await;
     assert!(failures(&r).is_empty(), "{:#?}", failures(&r));
     assert_eq!(r.checks.iter().filter(|c| c.group == "probe" && c.status == CheckStatus::Pass).count(), 7);

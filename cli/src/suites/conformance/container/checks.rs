@@ -7,11 +7,11 @@ use testbed_api::PodSpec;
 
 use super::super::super::cluster::Cluster;
 use super::super::super::fsops::{Found, Op};
-use super::super::super::harness::{create_tracked, wait_running, CreatedPods, TestPod};
+use super::super::super::harness::{create_tracked, nexec, remove_leftover, wait_running, CreatedPods, TestPod};
 use super::super::super::poll;
 use super::super::super::runner::{CheckError, CheckOutcome};
 use super::super::images::{in_container, on_node, pid_of, proc_root};
-use super::{POD_IMG, RO, RUN_AS_GROUP, RUN_AS_USER, RW};
+use super::{missing_image_pod, MISSING_IMAGE, POD_IMG, POD_MISSING, RO, RUN_AS_GROUP, RUN_AS_USER, RW};
 
 /// The busybox image's whole /etc/passwd (`crate::image::oci::busybox_layer`); Debian's, the node's, has more.
 const IMAGE_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh";
@@ -262,4 +262,39 @@ pub(super) async fn etc_files<C: Cluster>(c: &C, node: &str) -> CheckOutcome {
         problems.push("/etc/resolv.conf is not the node's (dnsPolicy Default)".into());
     }
     fail(problems, &[&inside.evidence, &outside.evidence])
+}
+
+/// A pod whose image name the node's store lacks: the create fails naming the image with the kubelet's
+/// `ErrImageNeverPull` (nothing is pulled), and no pod, pod directory or cgroup of it remains. The group's
+/// own pod names its `rw` container's image by name, so the name index that finds an image is proven by
+/// every other check of the group.
+pub(super) async fn missing_name<C: Cluster>(c: &C, node: &str, created: &CreatedPods) -> CheckOutcome {
+    remove_leftover(c, node, POD_MISSING).await;
+    let error = match create_tracked(c, node, &missing_image_pod(), created).await {
+        Ok(st) => {
+            return Err(CheckError::Fail(format!(
+                "the pod was created ({:?}) though node {node} has no image {MISSING_IMAGE}",
+                st.phase
+            )))
+        }
+        Err(e) => e.message,
+    };
+    let mut problems = Vec::new();
+    for part in ["ErrImageNeverPull", MISSING_IMAGE] {
+        if !error.contains(part) {
+            problems.push(format!("the refusal does not name {part}"));
+        }
+    }
+    if let Ok(st) = c.get_pod(node, POD_MISSING).await {
+        problems.push(format!("the pod is on the node after all: {:?}", st.phase));
+    }
+    let script = format!(
+        "ls -d /var/lib/testbed-agent/pods/{POD_MISSING} 2>/dev/null; \
+         find /sys/fs/cgroup/testbed -maxdepth 4 -name 'pod-{POD_MISSING}' 2>/dev/null; true"
+    );
+    let left = nexec(c, node, &script).await?;
+    if !left.stdout.trim().is_empty() {
+        problems.push(format!("left on the node: {}", left.stdout.trim()));
+    }
+    fail(problems, &[&format!("the create answered: {error}"), &format!("on node {node}: `{script}`: {}", left.stdout)])
 }

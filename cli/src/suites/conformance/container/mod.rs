@@ -2,7 +2,8 @@
 //! container runtime runs them. A container sees its image's files and not the node's, its writes stay in
 //! its upper layer, two containers of a pod share an emptyDir and nothing else, readOnlyRootFilesystem,
 //! runAsUser/runAsGroup and a dropped capability hold, and /etc/hostname, /etc/hosts and /etc/resolv.conf are
-//! the kubelet's. Backend-independent: runs once, on the first node, with the busybox image `up` delivers.
+//! the kubelet's; a container names its image by name or by digest, and a name the node lacks fails the
+//! pod. Backend-independent: runs once, on the first node, with the busybox image `up` delivers.
 //!
 //! Every check reads twice where it can: inside the container (an exec naming it) and on the node through
 //! `/proc/<pid>/root` and `/proc/<pid>/status` of the container's own process, so a check does not trust the
@@ -20,6 +21,12 @@ use super::super::runner::{CheckError, Level, Runner};
 use super::images::{busybox_on, skip_all, Group};
 
 pub(super) const POD_IMG: &str = "tb-c-img";
+/// A pod naming an image no node has.
+const POD_MISSING: &str = "tb-c-missing";
+/// A name in the reserved `.invalid` domain: no image anywhere has it.
+const MISSING_IMAGE: &str = "registry.invalid/testbed/missing:1";
+/// The name `up` indexes the busybox image under on the node (`testbed-agent import-image --name`).
+const BUSYBOX_NAME: &str = crate::image::oci::BUSYBOX;
 /// Root, a writable root filesystem, NET_RAW dropped: its command tries a raw socket (ping) as itself.
 const RW: &str = "rw";
 /// uid 1000, gid 3000, a read-only root filesystem.
@@ -41,14 +48,16 @@ const GROUP: Group = Group {
         "runAsUser and runAsGroup are the ids of the container's process",
         "a dropped capability is gone: NET_RAW not effective, no raw socket",
         "the pod's hostname, hosts and resolv.conf files are the ones the kubelet writes",
+        "an image name the node does not have fails the pod (ErrImageNeverPull) and leaves nothing of it",
     ],
 };
 
-/// The group's pod: two busybox containers sharing an emptyDir at /shared.
+/// The group's pod: two busybox containers sharing an emptyDir at /shared, `rw`'s image named by its name
+/// in the node's store, `ro`'s by digest.
 fn image_pod(digest: &str) -> PodSpec {
     let mount = vec![VolumeMount { name: "shared".into(), mount_path: SHARED.into(), ..Default::default() }];
     let in_image = |name: &str, command: Vec<String>, sc: SecurityContext| ContainerSpec {
-        image: Some(digest.to_string()),
+        image: Some(if name == RW { BUSYBOX_NAME.to_string() } else { digest.to_string() }),
         volume_mounts: mount.clone(),
         security_context: Some(sc),
         ..container(name, command)
@@ -70,6 +79,15 @@ fn image_pod(digest: &str) -> PodSpec {
     let volumes =
         vec![Volume { name: "shared".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }];
     PodSpec { volumes, ..pod(POD_IMG, containers, RestartPolicy::Always) }
+}
+
+/// A pod whose one container names `MISSING_IMAGE`.
+fn missing_image_pod() -> PodSpec {
+    let c = ContainerSpec {
+        image: Some(MISSING_IMAGE.into()),
+        ..container("c", vec!["sleep".into(), "3600".into()])
+    };
+    pod(POD_MISSING, vec![c], RestartPolicy::Always)
 }
 
 /// Runs the group on the first node; its pod is added to `created`.
@@ -94,4 +112,5 @@ pub(super) async fn run<C: Cluster>(c: &C, r: &mut Runner, created: &CreatedPods
     r.run(g, None, names[4], e, checks::user(c, n)).await;
     r.run(g, None, names[5], e, checks::dropped_capability(c, n)).await;
     r.run(g, None, names[6], e, checks::etc_files(c, n)).await;
+    r.run(g, None, names[7], e, checks::missing_name(c, n, created)).await;
 }
