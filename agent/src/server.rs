@@ -71,7 +71,6 @@ impl IntoResponse for AgentError {
             AgentError::Invalid(_) | AgentError::Net(NetError::InvalidInput(_)) => StatusCode::BAD_REQUEST,
             AgentError::NotFound(_) => StatusCode::NOT_FOUND,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
-            AgentError::ImageNeverPull { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = match self {

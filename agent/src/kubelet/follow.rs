@@ -358,7 +358,6 @@ impl Loop {
             self.f.agent.list_pods().into_iter().map(|p| (p.name.clone(), p)).collect();
         let owned = self.f.owned.snapshot();
         let rejected = self.f.tasks.rejected();
-        let image_missing = self.f.tasks.image_missing();
         let now = now_rfc3339();
         // Each mirror's static pod, by the mirror's key.
         let specs = self.f.agent.pod_specs();
@@ -380,13 +379,10 @@ impl Loop {
                     None
                 }
             };
-            let note = match (rejected.get(&uid), self.blocked.get(key), image_missing.get(&uid)) {
-                (Some(m), _, _) => Some(Note::Rejected(m.clone())),
-                (None, Some(m), _) => Some(Note::Blocked(m.clone())),
-                (None, None, Some((container, message))) => {
-                    Some(Note::ImageNeverPull { container: container.clone(), message: message.clone() })
-                }
-                (None, None, None) => None,
+            let note = match (rejected.get(&uid), self.blocked.get(key)) {
+                (Some(m), _) => Some(Note::Rejected(m.clone())),
+                (None, Some(m)) => Some(Note::Blocked(m.clone())),
+                (None, None) => None,
             };
             let prev = reference_status(pod, self.written.get(key).filter(|w| w.uid == uid));
             let Some(new) = status::compute(pod, on_node, note.as_ref(), self.host_ip.as_deref(), prev, &now) else {

@@ -15,9 +15,6 @@ pub enum Note {
     Rejected(String),
     /// The name is taken on the node: the pod stays Pending.
     Blocked(String),
-    /// A container's image is not on the node (nothing is pulled): Pending, that container waiting with
-    /// the kubelet's reason `ErrImageNeverPull`, the others `ContainerCreating`.
-    ImageNeverPull { container: String, message: String },
 }
 
 /// The status to write for `pod`: from the runtime's view of it (`node`), or from a `note`; None when
@@ -39,7 +36,6 @@ pub fn compute(
         (None, Some(Note::Blocked(m))) => {
             PodStatus { phase: Some(PodPhase::Pending), message: Some(m.clone()), ..Default::default() }
         }
-        (None, Some(Note::ImageNeverPull { container, message })) => image_never_pull(pod, container, message),
         (None, None) => return None,
     };
     status.host_ip = host_ip;
@@ -64,7 +60,7 @@ fn running_status(pod: &Pod, node: &testbed_api::PodStatus, prev: Option<&PodSta
             let before = prev.and_then(|p| p.container_statuses.iter().find(|x| x.name == c.name));
             let state = match &c.state {
                 testbed_api::ContainerState::Waiting { reason } => ContainerState {
-                    waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: None }),
+                    waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()) }),
                     ..Default::default()
                 },
                 testbed_api::ContainerState::Running { .. } => {
@@ -105,36 +101,6 @@ fn running_status(pod: &Pod, node: &testbed_api::PodStatus, prev: Option<&PodSta
     PodStatus {
         phase: Some(node.phase),
         pod_ip: node.ip.map(|ip| ip.to_string()),
-        container_statuses,
-        ..Default::default()
-    }
-}
-
-fn image_never_pull(pod: &Pod, missing: &str, message: &str) -> PodStatus {
-    let container_statuses = pod
-        .spec
-        .containers
-        .iter()
-        .map(|c| {
-            let (reason, text) = if c.name == missing {
-                ("ErrImageNeverPull", Some(message.to_string()))
-            } else {
-                ("ContainerCreating", None)
-            };
-            ContainerStatus {
-                name: c.name.clone(),
-                image: c.image.clone(),
-                state: ContainerState {
-                    waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: text }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-        })
-        .collect();
-    PodStatus {
-        phase: Some(PodPhase::Pending),
-        message: Some(message.to_string()),
         container_statuses,
         ..Default::default()
     }
@@ -238,19 +204,6 @@ mod tests {
         let creating = node_pod(vec![(Cs::Waiting { reason: "ContainerCreating".into() }, 0)], None);
         let s = compute(&Pod::default(), Some(&creating), None, None, None, "T").expect("status");
         assert_eq!(conds(&s)[1], ("Initialized".to_string(), "False".to_string()));
-
-        let mut two = Pod::default();
-        for name in ["app", "side"] {
-            two.spec.containers.push(testbed_api::objects::Container { name: name.into(), ..Default::default() });
-        }
-        let missing = Note::ImageNeverPull { container: "side".into(), message: "no image nope:1".into() };
-        let s = compute(&two, None, Some(&missing), None, None, "T").expect("status");
-        let waiting: Vec<_> = s
-            .container_statuses
-            .iter()
-            .map(|c| c.state.waiting.as_ref().and_then(|w| w.reason.clone()).unwrap_or_default())
-            .collect();
-        assert_eq!((s.phase, waiting), (Some(PodPhase::Pending), vec!["ContainerCreating".into(), "ErrImageNeverPull".into()]));
 
         let rejected = Note::Rejected("spec.containers[0].command: empty".into());
         let s = compute(&Pod::default(), None, Some(&rejected), None, None, "T").expect("status");

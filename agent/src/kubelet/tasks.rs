@@ -13,18 +13,11 @@ use super::lock;
 use super::owned::Owned;
 use crate::pod::{Agent, AgentError};
 
-/// How long a pod whose image the node lacks waits before it is tried again (the kubelet's first
-/// image back-off).
-const IMAGE_BACK_OFF: Duration = Duration::from_secs(10);
-
 #[derive(Clone, Default)]
 pub struct Tasks {
     busy: Arc<Mutex<HashSet<String>>>,
     /// UIDs of API pods whose spec the runtime refused, with why (their status says Failed).
     rejected: Arc<Mutex<HashMap<String, String>>>,
-    /// UIDs of API pods waiting for an image the node does not have: the container and why (Pending,
-    /// `ErrImageNeverPull`).
-    image_missing: Arc<Mutex<HashMap<String, (String, String)>>>,
     /// UIDs of terminating API pods this node finished (deleted from the API): not asked again while their
     /// DELETED event is on its way.
     finished: Arc<Mutex<HashSet<String>>>,
@@ -41,10 +34,6 @@ impl Tasks {
         lock(&self.rejected).clone()
     }
 
-    pub fn image_missing(&self) -> HashMap<String, (String, String)> {
-        lock(&self.image_missing).clone()
-    }
-
     fn start(&self, name: String, work: impl std::future::Future<Output = ()> + Send + 'static) {
         lock(&self.busy).insert(name.clone());
         let (busy, done) = (self.busy.clone(), self.done.clone());
@@ -59,36 +48,22 @@ impl Tasks {
     /// node without it.
     pub fn create(&self, agent: &Arc<Agent>, owned: &Arc<Owned>, owner: Owner, wanted: Wanted) {
         let (agent, owned, rejected) = (agent.clone(), owned.clone(), self.rejected.clone());
-        let image_missing = self.image_missing.clone();
         let name = wanted.spec.name.clone();
         self.start(name.clone(), async move {
             if let Err(e) = owned.insert(&name, owner.clone()) {
                 tracing::error!(pod = %owner.key, "control plane: recording the pod: {e}");
                 return;
             }
-            let created = agent.create_pod(wanted.spec).await;
-            if !matches!(created, Err(AgentError::ImageNeverPull { .. })) {
-                lock(&image_missing).remove(&owner.uid);
-            }
-            match created {
+            match agent.create_pod(wanted.spec).await {
                 Ok(_) => tracing::info!(pod = %owner.key, "control plane: pod created"),
                 Err(e) => {
                     if let AgentError::Invalid(why) = &e {
                         lock(&rejected).insert(owner.uid.clone(), why.to_string());
                     }
-                    let missing = match &e {
-                        AgentError::ImageNeverPull { container, message } => Some((container.clone(), message.clone())),
-                        _ => None,
-                    };
                     // Nothing of the pod is left on the node after a failed create; the next pass retries.
                     tracing::warn!(pod = %owner.key, "control plane: creating the pod: {e}");
                     if let Err(e) = owned.remove(&name) {
                         tracing::error!(pod = %owner.key, "control plane: {e}");
-                    }
-                    if let Some(missing) = missing {
-                        lock(&image_missing).insert(owner.uid.clone(), missing);
-                        // The kubelet's image back-off: the pod stays busy (no new try decided) meanwhile.
-                        tokio::time::sleep(IMAGE_BACK_OFF).await;
                     }
                 }
             }

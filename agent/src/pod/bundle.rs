@@ -246,10 +246,7 @@ impl Agent {
                 .await
                 .map_err(|e| failed(e.to_string()))?
                 .map_err(|e| match e {
-                    ImageError::NotPresent(_) => AgentError::ImageNeverPull {
-                        container: c.name.clone(),
-                        message: failed(e.to_string()).to_string(),
-                    },
+                    ImageError::NotPresent(_) => AgentError::ImageNeverPull(failed(e.to_string()).to_string()),
                     e => failed(e.to_string()),
                 })?
         };

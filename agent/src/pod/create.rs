@@ -78,6 +78,11 @@ impl Agent {
         for idx in 0..spec.containers.len() {
             let start = match self.start_container(&pod, idx).await {
                 Ok(exit) => Start::Started(exit),
+                Err(AgentError::ImageNeverPull(message)) => {
+                    tracing::warn!(pod = %spec.name, container = %spec.containers[idx].name, "{message}");
+                    self.mark_image_missing(&pod, idx);
+                    Start::ImageMissing
+                }
                 Err(e) => {
                     tracing::error!(pod = %spec.name, container = %spec.containers[idx].name, "start: {e}");
                     self.mark_terminated(&pod, idx, START_FAILED, "StartError");

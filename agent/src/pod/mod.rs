@@ -87,8 +87,8 @@ pub enum AgentError {
     Failed(String),
     /// A container's image is not in the node's store, and nothing is pulled (the kubelet's
     /// `ErrImageNeverPull`): the pod waits until the image is put there.
-    #[error("{message}")]
-    ImageNeverPull { container: String, message: String },
+    #[error("{0}")]
+    ImageNeverPull(String),
     /// A deleted pod's teardown left these behind; the agent keeps retrying it (`teardown::Unfinished`).
     #[error(
         "pod `{pod}` is stopped but not fully removed: {}; the agent retries every {} s, and a DELETE retries at once",

@@ -5,6 +5,9 @@ use testbed_api::{ContainerState, PodPhase, RestartPolicy};
 
 /// The waiting reason of a container whose restart the crash back-off holds back.
 pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+/// The waiting reason of a container whose image the node does not have (nothing is pulled): the kubelet's
+/// under `imagePullPolicy: Never`.
+pub const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 
 /// Reason of a terminated container: OOMKilled wins (the kernel killed it for memory.max), then Completed
 /// for exit 0, else Error.

@@ -9,16 +9,19 @@ use std::time::Duration;
 use testbed_api::ContainerState;
 use tokio::time::Instant;
 
-use super::phase::{should_restart, terminated_reason, CRASH_LOOP_BACK_OFF};
+use super::phase::{should_restart, terminated_reason, CRASH_LOOP_BACK_OFF, ERR_IMAGE_NEVER_PULL};
 use super::probe_state::RestartBackOff;
 use super::processes::{ExitFuture, PodProcess};
 use super::record::Pod;
-use super::{container_cgroup, lock, Agent};
+use super::{container_cgroup, lock, Agent, AgentError};
 
 /// How often the exit of a launcher left by a previous agent (not our child) is checked for.
 const ADOPTED_POLL: Duration = Duration::from_millis(500);
 /// Exit code recorded when a container could not be started, or an adopted launcher left no exit file.
 pub(super) const START_FAILED: i32 = 128;
+/// How long a container whose image the node lacks waits before the store is looked at again (the
+/// kubelet's first image back-off); it has never run, so no restart is counted and no policy applies.
+const IMAGE_RETRY: Duration = Duration::from_secs(10);
 const EXIT_UNKNOWN: i32 = 255;
 
 /// How a container supervisor begins.
@@ -28,6 +31,8 @@ pub(super) enum Start {
     Started(ExitFuture),
     /// A launcher left by a previous agent (maybe already gone).
     Adopted(u32),
+    /// Not started: the image is not in the node's store; look again after `IMAGE_RETRY`.
+    ImageMissing,
 }
 
 impl Agent {
@@ -39,6 +44,17 @@ impl Agent {
             cr.launcher_pid = None;
             cr.started = false;
             cr.ready = false;
+        }
+        self.persist(pod);
+    }
+
+    /// The container has not started because its image is not in the node's store: it waits.
+    pub(super) fn mark_image_missing(&self, pod: &Pod, idx: usize) {
+        {
+            let mut rec = lock(&pod.record);
+            let cr = &mut rec.containers[idx];
+            cr.state = ContainerState::Waiting { reason: ERR_IMAGE_NEVER_PULL.into() };
+            cr.launcher_pid = None;
         }
         self.persist(pod);
     }
@@ -60,12 +76,25 @@ impl Agent {
                     Some(self.run_probed(&pod, idx, self.wait_adopted(&pod, &name, launcher)).await)
                 }
                 Start::Started(exit) => Some(self.run_probed(&pod, idx, exit).await),
+                Start::ImageMissing => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(IMAGE_RETRY) => {}
+                        _ = pod.wake.notified() => {}
+                    }
+                    continue;
+                }
                 Start::Fresh => {
                     if pod.deleting.load(Ordering::Relaxed) {
                         return;
                     }
                     match self.start_container(&pod, idx).await {
                         Ok(exit) => Some(self.run_probed(&pod, idx, exit).await),
+                        Err(AgentError::ImageNeverPull(message)) => {
+                            tracing::warn!(pod = %pod.spec.name, container = %name, "{message}; retried in 10 s");
+                            self.mark_image_missing(&pod, idx);
+                            start = Start::ImageMissing;
+                            continue;
+                        }
                         Err(e) => {
                             tracing::error!(pod = %pod.spec.name, container = %name, "start: {e}");
                             self.mark_terminated(&pod, idx, START_FAILED, "StartError");

@@ -284,9 +284,6 @@ pub struct ContainerStateWaiting {
     /// `ContainerCreating`, `CrashLoopBackOff`, `ErrImageNeverPull`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Why, for a person.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
 }
 
 /// `state.running` of a container.

@@ -552,11 +552,6 @@ impl Cluster for FakeCluster {
             ok("1\n")
         } else if command.contains("cpu.max") {
             ok("20000 100000\n67108864\n64\n")
-        } else if command.contains("/var/lib/testbed-agent/pods/") {
-            // What is left of a pod: its directory, as the agent's state has it.
-            let st = self.state.borrow();
-            let left = st.pods.iter().filter(|(name, (n, _, _))| n == node && command.contains(&format!("pods/{name} ")));
-            ok(left.map(|(name, _)| format!("/var/lib/testbed-agent/pods/{name}\n")).collect::<String>())
         } else if command.contains("/proc/uptime") {
             // 3 s of /proc/uptime, 0.6 s of CPU: exactly the 200m quota.
             ok("T0 1000.00\nusage_usec 100\nnr_throttled 1\nT1 1003.00\nusage_usec 600100\nnr_throttled 30\n")
@@ -632,8 +627,20 @@ impl Cluster for FakeCluster {
                 Err(ClusterError::new(node, "POST /v1/pods", "409 conflict"))
             };
         }
-        self.containers.borrow().has_images(node, spec).map_err(|e| ClusterError::new(node, "POST /v1/pods", e))?;
+        if !self.containers.borrow().has_images(node, spec) {
+            return Err(ClusterError::new(node, "POST /v1/pods", "500 image not in the node's store"));
+        }
         let mut status = self.insert_pod(node, spec);
+        let missing = self.containers.borrow().missing_images(spec);
+        if !missing.is_empty() {
+            status.phase = PodPhase::Pending;
+            for i in missing {
+                status.containers[i].state = ContainerState::Waiting { reason: "ErrImageNeverPull".into() };
+            }
+            if let Some(stored) = self.state.borrow_mut().pods.get_mut(&spec.name) {
+                stored.2 = status.clone();
+            }
+        }
         self.containers.borrow_mut().created(node, spec, &mut status);
         Ok(status)
     }

@@ -115,6 +115,11 @@ fn node_default(node: &str, path: &str) -> Option<String> {
     })
 }
 
+/// The one image the fake's store knows, by digest or by name.
+fn is_busybox(image: &str) -> bool {
+    image == FAKE_DIGEST || image == crate::image::oci::BUSYBOX
+}
+
 fn image_file(path: &str) -> Option<String> {
     Some(match path {
         "/etc/passwd" => "root:x:0:0:root:/root:/bin/sh".into(),
@@ -134,25 +139,18 @@ impl Containers {
         FAKE_DIGEST.to_string()
     }
 
-    /// Whether a pod's images are in `node`'s store, as the agent refuses a digest it does not have (500) and
-    /// a name it does not have (422, `ErrImageNeverPull`). The store has the busybox image, by digest and by
-    /// name, once `add_image` put it there.
-    pub fn has_images(&self, node: &str, spec: &PodSpec) -> Result<(), String> {
-        for c in &spec.containers {
-            let Some(image) = c.image.as_deref() else { continue };
-            let known = [FAKE_DIGEST, crate::image::oci::BUSYBOX].contains(&image);
-            if !known && !self.faults.unknown_name_runs {
-                return Err(format!(
-                    "422 Unprocessable Entity: pod {} container {}: image {image}: no image named {image} in this \
-                     node's store (ErrImageNeverPull: testbed pulls nothing)",
-                    spec.name, c.name
-                ));
-            }
-            if known && !self.images.contains(node) {
-                return Err("500 image not in the node's store".into());
-            }
-        }
-        Ok(())
+    /// Whether the busybox image a pod names (by digest or name) is in `node`'s store, as the agent refuses a
+    /// digest it does not have (500); `add_image` puts it there.
+    pub fn has_images(&self, node: &str, spec: &PodSpec) -> bool {
+        spec.containers.iter().all(|c| c.image.as_deref().is_none_or(|i| !is_busybox(i) || self.images.contains(node)))
+    }
+
+    /// The containers of `spec` naming an image no node has: the agent keeps them waiting as
+    /// `ErrImageNeverPull` (none under `unknown_name_runs`).
+    pub fn missing_images(&self, spec: &PodSpec) -> Vec<usize> {
+        let missing = |c: &ContainerSpec| c.image.as_deref().is_some_and(|i| !is_busybox(i));
+        let all = spec.containers.iter().enumerate().filter(|(_, c)| missing(c)).map(|(i, _)| i);
+        all.filter(|_| !self.faults.unknown_name_runs).collect()
     }
 
     /// Takes over the pod's containers with an image; fills in what the status shows of them.

@@ -703,9 +703,9 @@ fn image_group_faults() -> Vec<(&'static str, PodFaults, &'static str)> {
             "not the image's",
         ),
         (
-            "[container] an image name the node does not have fails the pod (ErrImageNeverPull) and leaves nothing of it",
+            "[container] an image name the node does not have keeps the pod Pending, its container waiting (ErrImageNeverPull)",
             PodFaults { unknown_name_runs: true, ..f() },
-            "though node node1 has no image registry.invalid/testbed/missing:1",
+            "at create: the pod is Running, not Pending",
         ),
         (
             "[container] a container's writes stay in its upper layer: not on the node, gone when the pod is recreated",

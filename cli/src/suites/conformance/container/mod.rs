@@ -2,8 +2,8 @@
 //! container runtime runs them. A container sees its image's files and not the node's, its writes stay in
 //! its upper layer, two containers of a pod share an emptyDir and nothing else, readOnlyRootFilesystem,
 //! runAsUser/runAsGroup and a dropped capability hold, and /etc/hostname, /etc/hosts and /etc/resolv.conf are
-//! the kubelet's; a container names its image by name or by digest, and a name the node lacks fails the
-//! pod. Backend-independent: runs once, on the first node, with the busybox image `up` delivers.
+//! the kubelet's; a container names its image by name or by digest, and one naming an image the node lacks
+//! waits for it. Backend-independent: runs once, on the first node, with the busybox image `up` delivers.
 //!
 //! Every check reads twice where it can: inside the container (an exec naming it) and on the node through
 //! `/proc/<pid>/root` and `/proc/<pid>/status` of the container's own process, so a check does not trust the
@@ -25,6 +25,8 @@ pub(super) const POD_IMG: &str = "tb-c-img";
 const POD_MISSING: &str = "tb-c-missing";
 /// A name in the reserved `.invalid` domain: no image anywhere has it.
 const MISSING_IMAGE: &str = "registry.invalid/testbed/missing:1";
+/// The kubelet's waiting reason for an image it may not pull.
+const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 /// The name `up` indexes the busybox image under on the node (`testbed-agent import-image --name`).
 const BUSYBOX_NAME: &str = crate::image::oci::BUSYBOX;
 /// Root, a writable root filesystem, NET_RAW dropped: its command tries a raw socket (ping) as itself.
@@ -48,7 +50,7 @@ const GROUP: Group = Group {
         "runAsUser and runAsGroup are the ids of the container's process",
         "a dropped capability is gone: NET_RAW not effective, no raw socket",
         "the pod's hostname, hosts and resolv.conf files are the ones the kubelet writes",
-        "an image name the node does not have fails the pod (ErrImageNeverPull) and leaves nothing of it",
+        "an image name the node does not have keeps the pod Pending, its container waiting (ErrImageNeverPull)",
     ],
 };
 
