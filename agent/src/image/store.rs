@@ -152,7 +152,7 @@ impl ImageStore {
         imported
     }
 
-    pub fn image_file(&self, digest: &Digest) -> PathBuf {
+    fn image_file(&self, digest: &Digest) -> PathBuf {
         self.root.join("images").join(format!("{}.json", digest.hex()))
     }
 

@@ -283,22 +283,19 @@ impl Agent {
 /// The image a container names: in the store by manifest digest or by name, or imported from a layout or
 /// archive path.
 fn resolve(store: &ImageStore, reference: &str) -> Result<StoredImage, ImageError> {
+    // ErrImageNeverPull is the kubelet's reason for a missing image it may not pull.
+    let missing = || {
+        ImageError::NotPresent(format!(
+            "{reference} (ErrImageNeverPull: testbed pulls nothing; `testbed image load` puts an image on a running \
+             lab's nodes)"
+        ))
+    };
     if reference.starts_with("sha256:") {
-        let digest = Digest::parse(reference)?;
-        return store.get(&digest)?.ok_or_else(|| ImageError::Layout {
-            path: store.image_file(&digest),
-            what: "no such image in the node's store (import it with `testbed-agent import-image`)".into(),
-        });
+        return store.get(&Digest::parse(reference)?)?.ok_or_else(missing);
     }
     let path = Path::new(reference);
     if !path.is_absolute() {
-        // ErrImageNeverPull is the kubelet's reason for a missing image it may not pull.
-        return store.get_by_name(reference)?.ok_or_else(|| {
-            ImageError::NotPresent(format!(
-                "named {reference} (ErrImageNeverPull: testbed pulls nothing; `testbed image load` puts an image on \
-                 a running lab's nodes)"
-            ))
-        });
+        return store.get_by_name(reference)?.ok_or_else(missing);
     }
     if path.is_dir() {
         store.import_layout(path, None)

@@ -14,6 +14,7 @@ use testbed_api::{ContainerSpec, ContainerState, ExecResponse, PodSpec, PodStatu
 
 use super::conformance::{DOC_ROOT, PORT_CLOSED};
 use super::fsops::{self, Found, Op};
+use crate::image::oci::BUSYBOX;
 
 /// The digest the fake's image store answers for any image.
 pub const FAKE_DIGEST: &str = "sha256:00000000000000000000000000000000000000000000000000000000000000bb";
@@ -115,11 +116,6 @@ fn node_default(node: &str, path: &str) -> Option<String> {
     })
 }
 
-/// The one image the fake's store knows, by digest or by name.
-fn is_busybox(image: &str) -> bool {
-    image == FAKE_DIGEST || image == crate::image::oci::BUSYBOX
-}
-
 fn image_file(path: &str) -> Option<String> {
     Some(match path {
         "/etc/passwd" => "root:x:0:0:root:/root:/bin/sh".into(),
@@ -139,16 +135,12 @@ impl Containers {
         FAKE_DIGEST.to_string()
     }
 
-    /// Whether the busybox image a pod names (by digest or name) is in `node`'s store, as the agent refuses a
-    /// digest it does not have (500); `add_image` puts it there.
-    pub fn has_images(&self, node: &str, spec: &PodSpec) -> bool {
-        spec.containers.iter().all(|c| c.image.as_deref().is_none_or(|i| !is_busybox(i) || self.images.contains(node)))
-    }
-
-    /// The containers of `spec` naming an image no node has: the agent keeps them waiting as
-    /// `ErrImageNeverPull` (none under `unknown_name_runs`).
-    pub fn missing_images(&self, spec: &PodSpec) -> Vec<usize> {
-        let missing = |c: &ContainerSpec| c.image.as_deref().is_some_and(|i| !is_busybox(i));
+    /// The containers of `spec` whose image is not in `node`'s store (the busybox image is, by digest and by
+    /// name, once `add_image` put it there): the agent keeps them waiting as `ErrImageNeverPull` (none under
+    /// `unknown_name_runs`).
+    pub fn missing_images(&self, node: &str, spec: &PodSpec) -> Vec<usize> {
+        let stored = |image: &str| (image == FAKE_DIGEST || image == BUSYBOX) && self.images.contains(node);
+        let missing = |c: &ContainerSpec| c.image.as_deref().is_some_and(|i| !stored(i));
         let all = spec.containers.iter().enumerate().filter(|(_, c)| missing(c)).map(|(i, _)| i);
         all.filter(|_| !self.faults.unknown_name_runs).collect()
     }
