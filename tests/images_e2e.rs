@@ -132,10 +132,12 @@ fn wait_for_pod(t: &ImageLab, name: &str, done: impl Fn(&Value) -> bool) -> Opti
 /// `testbed image load` of the busybox layout under a name of its own; an API pod naming it with
 /// `imagePullPolicy: Never` runs in it, one naming a name no node has waits with `ErrImageNeverPull`.
 fn load_and_run_by_name(t: &ImageLab, dir: &Path) {
-    let built = Command::new(env!("CARGO_BIN_EXE_testbed")).args(["image", "oci", "build", "busybox", "-o", "json"]).output();
+    let built =
+        Command::new(env!("CARGO_BIN_EXE_testbed")).args(["image", "oci", "build", "busybox", "-o", "json"]).output();
     let built: Value = serde_json::from_slice(&built.expect("image oci build").stdout).expect("JSON");
     let layout = built[0]["layout"].as_str().expect("layout").to_string();
-    let out = t.testbed(&["image", "load", &layout, "--lab", &t.lab, "--name", "registry.local/tools:v1", "-o", "json"]);
+    let out =
+        t.testbed(&["image", "load", &layout, "--lab", &t.lab, "--name", "registry.local/tools:v1", "-o", "json"]);
     assert!(out.status.success(), "{}", show("image load", &out));
     let loaded: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let names = loaded[0]["names"].as_array().cloned().unwrap_or_default();

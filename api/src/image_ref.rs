@@ -119,7 +119,9 @@ mod tests {
 
     #[test]
     fn what_the_grammar_refuses_is_refused_with_the_part_named() {
-        for bad in ["", "Busybox", "busybox:", "busybox:-x", "a//b", "app_", "a___b", "-a", "x@sha256:00", "sha256:abc", "a b"] {
+        for bad in
+            ["", "Busybox", "busybox:", "busybox:-x", "a//b", "app_", "a___b", "-a", "x@sha256:00", "sha256:abc", "a b"]
+        {
             assert!(normalize(bad).is_err(), "{bad:?} accepted as {:?}", normalize(bad));
         }
         assert!(normalize("Busybox").unwrap_err().contains("`Busybox` is not a name component"));

@@ -232,7 +232,10 @@ fn the_name_index_finds_an_image_by_any_spelling_of_its_name_and_a_tag_moves() {
     let names: Vec<(String, String)> = store.names().unwrap().into_iter().map(|n| (n.name, n.digest)).collect();
     assert_eq!(
         names,
-        [("docker.io/library/busybox:latest".to_string(), one.digest.clone()), ("docker.io/library/test:1".into(), two.digest)]
+        [
+            ("docker.io/library/busybox:latest".to_string(), one.digest.clone()),
+            ("docker.io/library/test:1".into(), two.digest)
+        ]
     );
 
     let missing = Digest::parse(&format!("sha256:{}", "0f".repeat(32))).unwrap();

@@ -246,9 +246,9 @@ impl Agent {
                 .await
                 .map_err(|e| failed(e.to_string()))?
                 .map_err(|e| match e {
-                    ImageError::NotPresent(_) => AgentError::ImageNeverPull(failed(e.to_string()).to_string()),
-                    e => failed(e.to_string()),
-                })?
+                ImageError::NotPresent(_) => AgentError::ImageNeverPull(failed(e.to_string()).to_string()),
+                e => failed(e.to_string()),
+            })?
         };
         let lower = store.lower_dirs(&image).map_err(|e| failed(e.to_string()))?;
         let argv = argv(&image.config, &c.command, &c.args).map_err(failed)?;

@@ -281,8 +281,9 @@ pub(super) async fn missing_name<C: Cluster>(c: &C, node: &str, created: &Create
             problems.push(format!("{when}: the pod is {:?}, not Pending", st.phase));
         }
         match st.containers.first() {
-            Some(ctr) if matches!(&ctr.state, ContainerState::Waiting { reason } if reason == ERR_IMAGE_NEVER_PULL)
-                && ctr.restart_count == 0 => {}
+            Some(ctr)
+                if matches!(&ctr.state, ContainerState::Waiting { reason } if reason == ERR_IMAGE_NEVER_PULL)
+                    && ctr.restart_count == 0 => {}
             other => problems.push(format!(
                 "{when}: the container is {:?}, not waiting as {ERR_IMAGE_NEVER_PULL} with no restart",
                 other.map(|c| (&c.state, c.restart_count))

@@ -85,10 +85,7 @@ fn image_pod(digest: &str) -> PodSpec {
 
 /// A pod whose one container names `MISSING_IMAGE`.
 fn missing_image_pod() -> PodSpec {
-    let c = ContainerSpec {
-        image: Some(MISSING_IMAGE.into()),
-        ..container("c", vec!["sleep".into(), "3600".into()])
-    };
+    let c = ContainerSpec { image: Some(MISSING_IMAGE.into()), ..container("c", vec!["sleep".into(), "3600".into()]) };
     pod(POD_MISSING, vec![c], RestartPolicy::Always)
 }
 
