@@ -122,12 +122,7 @@ impl ImageStore {
     /// The stored image named `name` (normalized first: `busybox` is `docker.io/library/busybox:latest`).
     pub fn get_by_name(&self, name: &str) -> Result<Option<StoredImage>, ImageError> {
         let normalized = normalize(name).map_err(ImageError::BadName)?;
-        let path = self.name_file(&normalized);
-        let entry: ImageName = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| ImageError::Json { path, source })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ImageError::Io { path, source: e }),
-        };
+        let Some(entry) = read_entry::<ImageName>(self.name_file(&normalized))? else { return Ok(None) };
         self.get(&Digest::parse(&entry.digest)?)
     }
 
@@ -158,11 +153,15 @@ impl ImageStore {
 
     /// The stored image of manifest `digest`, if imported.
     pub fn get(&self, digest: &Digest) -> Result<Option<StoredImage>, ImageError> {
-        let path = self.image_file(digest);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| ImageError::Json { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ImageError::Io { path, source: e }),
-        }
+        read_entry(self.image_file(digest))
+    }
+}
+
+/// The entry at `path` (`write_entry`'s JSON), None when there is none.
+fn read_entry<T: serde::de::DeserializeOwned>(path: PathBuf) -> Result<Option<T>, ImageError> {
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| ImageError::Json { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ImageError::Io { path, source: e }),
     }
 }

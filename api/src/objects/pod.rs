@@ -96,8 +96,8 @@ pub struct Container {
     /// runs programs of the guest's root file system, so manifests written for Kubernetes load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// `Never` or `IfNotPresent`: run the image the node has under `image`'s name (the pod fails with
-    /// `ErrImageNeverPull` where it has none, since testbed pulls nothing). `Always` or unset: a name without a
+    /// `Never` or `IfNotPresent`: run the image the node has under `image`'s name (where it has none, the
+    /// container waits as `ErrImageNeverPull`, since testbed pulls nothing). `Always` or unset: a name without a
     /// digest runs on the guest's files (see `image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,

@@ -4,14 +4,12 @@
 //! indexed under its names: the layout's own, the built image's name, and every `--name`. A pod then names
 //! it so (`image: busybox`, `imagePullPolicy: Never`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use serde::Serialize;
 
 use super::deliverable::deliverable;
-use super::oci::KNOWN_NAMES;
 use crate::exit::{CliError, CliResult};
 use crate::lab::container_images::{load, NodeStore};
 use crate::lab::{Lab, LabSelector};
@@ -40,24 +38,9 @@ struct Loaded {
     names: Vec<String>,
 }
 
-/// What `image` names: a built image, or a layout or archive that exists.
+/// What `image` names (`ContainerImage::from_reference`, relative paths from the working directory).
 fn source_of(image: &str) -> Result<ContainerImage, CliError> {
-    if !image.contains('/') && !image.starts_with('.') {
-        if KNOWN_NAMES.contains(&image) {
-            return Ok(ContainerImage::Built(image.to_string()));
-        }
-        return Err(CliError::bad_input(anyhow!(
-            "unknown image `{image}`: testbed builds {}; a path to an OCI image layout or oci-archive contains a `/` \
-             (./image.tar)",
-            KNOWN_NAMES.join(", ")
-        )));
-    }
-    let path = std::path::absolute(PathBuf::from(image)).map_err(CliError::infra)?;
-    let is_layout = path.join("index.json").is_file();
-    if !is_layout && !path.is_file() {
-        return Err(CliError::bad_input(anyhow!("no OCI image layout or oci-archive at {}", path.display())));
-    }
-    Ok(ContainerImage::Path(path))
+    ContainerImage::from_reference(image, None).map_err(|message| CliError::bad_input(anyhow!(message)))
 }
 
 pub async fn cmd_load(ui: &Ui, args: LoadArgs) -> CliResult {

@@ -15,32 +15,39 @@ use crate::image::oci::KNOWN_NAMES;
 
 /// The container image `value` names, at `path` of the file.
 pub(super) fn check(ctx: &Ctx<'_>, path: &FieldPath, value: &str) -> Result<ContainerImage, TopologyError> {
-    if !value.contains('/') && !value.starts_with('.') {
-        if KNOWN_NAMES.contains(&value) {
-            return Ok(ContainerImage::Built(value.to_string()));
+    ContainerImage::from_reference(value, ctx.file().parent()).map_err(|message| ctx.at(path, message))
+}
+
+impl ContainerImage {
+    /// The image `value` names: a name testbed builds, or the path of an OCI image layout directory (with its
+    /// index.json) or `oci-archive` that exists, a relative one taken from `base` (the topology file's
+    /// directory; the working directory without one). Err: why it is neither, for a person.
+    pub fn from_reference(value: &str, base: Option<&Path>) -> Result<ContainerImage, String> {
+        if !value.contains('/') && !value.starts_with('.') {
+            if KNOWN_NAMES.contains(&value) {
+                return Ok(ContainerImage::Built(value.to_string()));
+            }
+            return Err(format!(
+                "unknown image `{value}`: testbed builds {}; a path to an OCI image layout or oci-archive on the \
+                 host contains a `/` (./image.tar)",
+                KNOWN_NAMES.join(", ")
+            ));
         }
-        let message = format!(
-            "unknown image `{value}`: testbed builds {}; a path to an OCI image layout or oci-archive on the \
-             host contains a `/` (./image.tar)",
-            KNOWN_NAMES.join(", ")
-        );
-        return Err(ctx.at(path, message));
-    }
-    let relative = Path::new(value);
-    let full: PathBuf = match ctx.file().parent() {
-        Some(dir) if relative.is_relative() => dir.join(relative),
-        _ => relative.to_path_buf(),
-    };
-    let full = std::path::absolute(&full).unwrap_or(full);
-    if full.is_dir() {
-        if !full.join("index.json").is_file() {
-            let message = format!("{} is a directory without index.json: not an OCI image layout", full.display());
-            return Err(ctx.at(path, message));
+        let relative = Path::new(value);
+        let full: PathBuf = match base {
+            Some(dir) if relative.is_relative() => dir.join(relative),
+            _ => relative.to_path_buf(),
+        };
+        let full = std::path::absolute(&full).unwrap_or(full);
+        if full.is_dir() {
+            if !full.join("index.json").is_file() {
+                return Err(format!("{} is a directory without index.json: not an OCI image layout", full.display()));
+            }
+        } else if !full.is_file() {
+            return Err(format!("no OCI image layout or oci-archive at {}", full.display()));
         }
-    } else if !full.is_file() {
-        return Err(ctx.at(path, format!("no OCI image layout or oci-archive at {}", full.display())));
+        Ok(ContainerImage::Path(full))
     }
-    Ok(ContainerImage::Path(full))
 }
 
 /// A manifest digest that stands for the one `up` learns: with it, the API's rules for containers with an
