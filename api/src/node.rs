@@ -141,6 +141,10 @@ pub struct NodeStatus {
     pub agent_version: String,
     /// Kernel release (`uname -r`) of the guest, recorded in suite results.
     pub kernel: String,
+    /// The guest kernel's command line (`/proc/cmdline`), recorded in suite results: under TCG `up` adds
+    /// arguments that change what a figure measures. Empty from older agents.
+    #[serde(default)]
+    pub kernel_cmdline: String,
     /// `v2` or `v1`.
     pub cgroup_version: String,
     /// The spec last applied, if any.

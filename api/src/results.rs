@@ -75,6 +75,9 @@ pub struct RunMetadata {
     /// Guest kernel release as the agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// The first node's kernel command line as its agent reports it (`up` adds arguments under TCG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_cmdline: Option<String>,
     /// Version of the host's QEMU that ran the guests (it affects every figure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_version: Option<String>,

@@ -92,6 +92,7 @@ impl Agent {
     pub async fn node_status(&self) -> NodeStatus {
         let network = self.net.observe().await;
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        let kernel_cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim().to_string();
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
         let pods = self.list_pods();
         let node = lock(&self.node);
@@ -106,6 +107,7 @@ impl Agent {
             node_name: node.spec.as_ref().map_or(hostname, |s| s.node_name.clone()),
             agent_version: AGENT_VERSION.into(),
             kernel,
+            kernel_cmdline,
             cgroup_version: self.cgroups.version().into(),
             spec: node.spec.clone(),
             converged: node.converged,

@@ -601,6 +601,7 @@ impl Cluster for FakeCluster {
             node_name: node.into(),
             agent_version: "0.1.0".into(),
             kernel: "6.1.0-fake".into(),
+            kernel_cmdline: "console=ttyS0 root=/dev/vda rw quiet".into(),
             cgroup_version: "v2".into(),
             converged: true,
             last_error: None,

@@ -94,8 +94,8 @@ pub struct ReportArgs {
     /// Compare the perf figures of two runs (directories holding results.json) and write compare.md,
     /// compare.html and compare.json. Exit 1 when a figure got worse beyond noise and tolerance or went
     /// missing, or when the comparison is inconclusive (see --max-unstable); 2 when the runs are not
-    /// comparable (topology, accelerator, kernel or testbed version differ). A figure flagged wide_interval or
-    /// disturbed_host in either run is `unstable`: never worse nor better.
+    /// comparable (topology, accelerator, kernel release or command line, or testbed version differ). A figure
+    /// flagged wide_interval or disturbed_host in either run is `unstable`: never worse nor better.
     #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
     pub compare: Option<Vec<PathBuf>>,
     /// --compare: a change of the median up to PCT percent is never a regression (nor an improvement)
@@ -225,7 +225,7 @@ fn finish<C: Cluster>(
     backends: &[Backend],
     started: String,
     clock: Instant,
-    kernel: Option<String>,
+    kernel: GuestKernel,
     checks: Vec<CheckResult>,
     measurements: Vec<testbed_api::results::Measurement>,
 ) -> SuiteResults {
@@ -240,7 +240,8 @@ fn finish<C: Cluster>(
         metadata: RunMetadata {
             lab: plan.lab.clone(),
             topology_hash: plan.topology_hash.clone(),
-            kernel,
+            kernel: kernel.release,
+            kernel_cmdline: kernel.cmdline,
             qemu_version: facts.qemu_version,
             accelerator: facts.accelerator,
             provider: facts.provider,
@@ -259,10 +260,18 @@ fn finish<C: Cluster>(
     }
 }
 
-async fn kernel_of<C: Cluster>(c: &C) -> Option<String> {
-    match c.plan().nodes.first() {
-        Some(n) => c.node_status(&n.name).await.ok().map(|s| s.kernel),
-        None => None,
+/// The first node's kernel as its agent reports it (each unknown when the agent does not answer or is older).
+#[derive(Default)]
+struct GuestKernel {
+    release: Option<String>,
+    cmdline: Option<String>,
+}
+
+async fn kernel_of<C: Cluster>(c: &C) -> GuestKernel {
+    let Some(n) = c.plan().nodes.first() else { return GuestKernel::default() };
+    match c.node_status(&n.name).await {
+        Ok(s) => GuestKernel { release: Some(s.kernel), cmdline: Some(s.kernel_cmdline).filter(|l| !l.is_empty()) },
+        Err(_) => GuestKernel::default(),
     }
 }
 

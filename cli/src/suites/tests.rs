@@ -47,6 +47,7 @@ async fn healthy_lab_passes_every_check_and_cleans_up() {
     assert!(c.created().iter().any(|p| p == "tb-c-b1"));
     assert_eq!(r.metadata.backends, vec![Backend::Vxlan]);
     assert_eq!(r.metadata.kernel.as_deref(), Some("6.1.0-fake"));
+    assert_eq!(r.metadata.kernel_cmdline.as_deref(), Some("console=ttyS0 root=/dev/vda rw quiet"));
     assert_eq!(r.metadata.accelerator.as_deref(), Some("tcg"));
 }
 

@@ -147,11 +147,7 @@ fn launch_node(ctx: &Ctx, state: &StateRecorder, node: &NodePlan, art: &ImageArt
             ctx.net.open_tap(&ctx.plan.netns, &nic.tap).map_err(|e| UpError::node(&ctx.dir, name, Stage::Boot, e))
         })
         .collect::<Result<_, _>>()?;
-    let mut cmdline = art.cmdline.clone();
-    for a in &node.kernel_args {
-        cmdline.push(' ');
-        cmdline.push_str(a);
-    }
+    let cmdline = super::accel::guest_cmdline(&art.cmdline, ctx.accel.accel, &node.kernel_args);
     let cfg = vm::VmConfig {
         node: name.clone(),
         vm_name: format!("tb-{}-{}", ctx.plan.lab, name),

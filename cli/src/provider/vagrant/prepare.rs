@@ -53,8 +53,15 @@ pub fn remove_seeds(lab: &str) -> Result<(), VagrantError> {
 
 /// What of `plan` the Vagrant lab cannot build, in the user's terms; None when it can build all of it.
 pub fn unsupported(plan: &Plan) -> Option<String> {
-    let n = plan.nodes.iter().find(|n| !matches!(n.image, ImageRef::Named(_)))?;
-    Some(format!("node {}: only testbed's named images become Vagrant boxes, not an image URL", n.name))
+    if let Some(n) = plan.nodes.iter().find(|n| !matches!(n.image, ImageRef::Named(_))) {
+        return Some(format!("node {}: only testbed's named images become Vagrant boxes, not an image URL", n.name));
+    }
+    // The box fixes the kernel command line (`testbed image box`); refused rather than silently dropped.
+    let n = plan.nodes.iter().find(|n| !n.kernel_args.is_empty())?;
+    Some(format!(
+        "node {}: kernel_args are not passed to Vagrant's VMs (the box fixes the kernel command line)",
+        n.name
+    ))
 }
 
 /// The accelerator the Vagrantfile's libvirt driver gives (`TESTBED_VAGRANT_DRIVER`, default qemu = TCG).
@@ -221,5 +228,13 @@ mod tests {
         assert_eq!(unsupported(&plan), None);
         plan.nodes[0].image = ImageRef::Url { url: "http://x/y.qcow2".into(), sha256: "00".into() };
         assert!(unsupported(&plan).unwrap().starts_with("node "));
+    }
+
+    #[test]
+    fn kernel_args_are_refused_by_node() {
+        let mut plan = test_plan();
+        plan.nodes[1].kernel_args = vec!["quiet".into()];
+        let why = unsupported(&plan).unwrap();
+        assert!(why.starts_with(&format!("node {}: kernel_args", plan.nodes[1].name)), "{why}");
     }
 }

@@ -281,12 +281,13 @@ pub fn mismatches(old: &SuiteResults, new: &SuiteResults) -> Vec<Mismatch> {
     let (o, n) = (&old.metadata, &new.metadata);
     // Results from before the provider was recorded are all QEMU's.
     let provider = |m: &Option<String>| m.clone().unwrap_or_else(|| "qemu".into());
-    let fields: [(&'static str, String, String, bool); 10] = [
+    let fields: [(&'static str, String, String, bool); 11] = [
         ("suite", old.suite.clone(), new.suite.clone(), true),
         ("metadata.topology_hash", o.topology_hash.clone(), n.topology_hash.clone(), true),
         ("metadata.accelerator", opt(&o.accelerator), opt(&n.accelerator), true),
         ("metadata.provider", provider(&o.provider), provider(&n.provider), true),
         ("metadata.kernel", opt(&o.kernel), opt(&n.kernel), true),
+        ("metadata.kernel_cmdline", opt(&o.kernel_cmdline), opt(&n.kernel_cmdline), true),
         ("metadata.testbed_version", o.testbed_version.clone(), n.testbed_version.clone(), true),
         ("metadata.qemu_version", opt(&o.qemu_version), opt(&n.qemu_version), false),
         ("metadata.host", o.host.clone(), n.host.clone(), false),

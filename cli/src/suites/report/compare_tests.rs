@@ -225,10 +225,11 @@ fn a_different_kernel_is_not_comparable_unless_told() {
     new.metadata.kernel = old.metadata.kernel.clone();
     new.measurements = old.measurements.clone();
     assert_eq!(cmp(&old, &new, 5.0, false).outcome, Outcome::Ok);
-    for field in ["topology_hash", "accelerator", "provider", "testbed_version"] {
+    for field in ["topology_hash", "accelerator", "provider", "testbed_version", "kernel_cmdline"] {
         let mut other = old.clone();
         match field {
             "topology_hash" => other.metadata.topology_hash = "def".into(),
+            "kernel_cmdline" => other.metadata.kernel_cmdline = Some("console=ttyS0 mitigations=off".into()),
             "accelerator" => other.metadata.accelerator = Some("kvm".into()),
             "provider" => other.metadata.provider = Some("vagrant".into()),
             _ => other.metadata.testbed_version = "0.2.0".into(),
