@@ -20,6 +20,7 @@ pub mod tls;
 pub mod validation;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub use kubeconfig::kubeconfig;
 
@@ -73,6 +74,31 @@ pub enum ServeError {
     Http(std::io::Error),
 }
 
+/// How long the API server waits for etcd to answer before it gives up (exit 3, and its supervisor starts it
+/// again): `up` starts both at once, and etcd's first start under TCG takes seconds.
+const STORE_WAIT: Duration = Duration::from_secs(60);
+const STORE_RETRY: Duration = Duration::from_millis(200);
+
+/// Creates the initial namespaces once etcd answers, as kube-apiserver waits for its storage: exiting at the
+/// first refusal made the supervisor's 1 s restart and a second start of the binary the API's delay behind etcd.
+async fn bootstrap_once_stored<S: store::Store>(server: &apiserver::Server<S>) -> Result<(), apiserver::ApiError> {
+    let deadline = tokio::time::Instant::now() + STORE_WAIT;
+    let mut said = false;
+    loop {
+        match server.bootstrap().await {
+            Err(e)
+                if e.code == axum::http::StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < deadline =>
+            {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::info!(error = %e.message, "waiting for etcd");
+                }
+                tokio::time::sleep(STORE_RETRY).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Serves the API until `shutdown` completes.
 pub async fn serve(
     config: Config,
@@ -85,7 +111,7 @@ pub async fn serve(
     };
     let etcd = store::etcd::Etcd::new(&config.etcd, etcd_tls).map_err(ServeError::Store)?;
     let server = apiserver::Server::new(etcd, config.token, config.service_cidr);
-    server.bootstrap().await.map_err(ServeError::Bootstrap)?;
+    bootstrap_once_stored(&server).await.map_err(ServeError::Bootstrap)?;
     let listen_err = |e| ServeError::Listen(config.listen, e);
     let tcp = tokio::net::TcpListener::bind(config.listen).await.map_err(listen_err)?;
     let listener = tls::TlsListener::new(tcp, acceptor).map_err(listen_err)?;

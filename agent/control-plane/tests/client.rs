@@ -95,6 +95,27 @@ async fn verbs_and_status_subresources() {
     assert!(api.get::<Pod>(&paths::pod("default", "web")).await.unwrap_err().is_not_found());
 }
 
+/// `up` starts etcd and the API server at once: an API server that finds etcd not answering yet waits for it
+/// (as kube-apiserver does) instead of exiting, and serves as soon as etcd answers.
+#[tokio::test]
+async fn an_api_server_started_before_etcd_serves_once_etcd_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_port = common::free_port();
+    let (config, creds, port) = common::server_config(format!("http://127.0.0.1:{etcd_port}"));
+    let server = tokio::spawn(testbed_control_plane::serve(config, std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!server.is_finished(), "the API server gave up while etcd was not there: {:?}", server.await);
+    let (_etcd, _) = common::start_etcd_on(dir.path(), etcd_port);
+    let api = Client::new(&[format!("https://127.0.0.1:{port}")], &creds.ca_pem, &creds.token).unwrap();
+    let since = std::time::Instant::now();
+    while let Err(e) = api.list::<Node>(&paths::nodes(), &[]).await {
+        let log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
+        assert!(since.elapsed() < Duration::from_secs(20), "no API 20 s after etcd started: {e}\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("API answered {:?} after etcd was started", since.elapsed());
+}
+
 #[tokio::test]
 async fn trusts_only_the_lab_ca_and_sends_the_token() {
     let lab = ApiLab::start().await;

@@ -32,7 +32,12 @@ pub fn free_port() -> u16 {
 
 /// etcd on loopback with its data in `dir` (log in `dir/etcd.log`), answering on the returned client URL.
 pub fn start_etcd(dir: &Path) -> (Killed, String) {
-    start(dir, "http", &[])
+    start(dir, "http", free_port(), &[])
+}
+
+/// As [`start_etcd`], on client port `port` (a test that starts a client of it first picks the port).
+pub fn start_etcd_on(dir: &Path, port: u16) -> (Killed, String) {
+    start(dir, "http", port, &[])
 }
 
 /// The PEM files of a TLS etcd: the CA it trusts for clients and peers, and its own certificate and key.
@@ -56,11 +61,11 @@ pub fn start_etcd_tls(dir: &Path, tls: &EtcdTlsFiles<'_>) -> (Killed, String) {
     ];
     let mut args: Vec<String> = flags.iter().flat_map(|(f, v)| [f.to_string(), v.to_string()]).collect();
     args.extend(["--client-cert-auth".to_string(), "--peer-client-cert-auth".to_string()]);
-    start(dir, "https", &args)
+    start(dir, "https", free_port(), &args)
 }
 
-fn start(dir: &Path, scheme: &str, extra: &[String]) -> (Killed, String) {
-    let (client, peer) = (free_port(), free_port());
+fn start(dir: &Path, scheme: &str, client: u16, extra: &[String]) -> (Killed, String) {
+    let peer = free_port();
     let url = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("{scheme}://127.0.0.1:{peer}");
     let child = Command::new("etcd")

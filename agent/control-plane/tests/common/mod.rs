@@ -11,7 +11,7 @@ use testbed_control_plane::tls::Credentials;
 
 // Each test file compiles this module on its own, and not every one names every item.
 #[allow(unused_imports)]
-pub use testbed_test_support::etcd::{free_port, start_etcd, Killed};
+pub use testbed_test_support::etcd::{free_port, start_etcd, start_etcd_on, Killed};
 
 /// Waits (up to 20 s) until etcd answers a list; the panic shows etcd's log from `dir`.
 // Each test file compiles this module on its own, and not every one starts its own API server.
