@@ -28,12 +28,13 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Kernel arguments a guest gets under TCG, before the node's own `kernel_args` (which may undo them: the last
 /// value of a parameter wins). Under TCG every guest instruction is emulated, and two defaults of Debian's
-/// kernel cost most there: speculative-execution mitigations (return thunks, retpolines), and zeroing every page
-/// on allocation (`CONFIG_INIT_ON_ALLOC_DEFAULT_ON`), which made a cold read of a 21 MB file through the page
-/// cache 1.5 s instead of 0.2 s (etcd's first start: 1.1 s instead of 0.8 s) and the kernel's way to /init
-/// 1.2 s longer (docs/benchmarks.md, "Kernel arguments under TCG"). Both guard the guest's processes from each
-/// other, not the host from the guest (QEMU is that boundary), in a lab of test machines; under KVM the
-/// distribution's defaults stay, so figures taken there run the kernel as shipped.
+/// kernel cost most there: speculative-execution mitigations (return thunks, retpolines) and zeroing every page
+/// on allocation (`CONFIG_INIT_ON_ALLOC_DEFAULT_ON`). With both off, a cold read of a 21 MB file through the
+/// page cache took 0.2 s instead of 1.5 s (etcd's first start 0.8 s instead of 1.1 s), a bare boot to the
+/// initramfs 0.3 s less (median of four), and the udp backend's forwarder moved more (docs/benchmarks.md,
+/// "Kernel arguments under TCG"). Both guard the guest's processes from each other, not the host from the
+/// guest (QEMU is that boundary), in a lab of test machines; under KVM the distribution's defaults stay, so
+/// figures taken there run the kernel as shipped.
 pub const TCG_KERNEL_ARGS: &[&str] = &["mitigations=off", "init_on_alloc=0"];
 
 /// The kernel command line of a node: the image's, the accelerator's (`TCG_KERNEL_ARGS`), the node's own.
