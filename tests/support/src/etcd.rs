@@ -32,7 +32,7 @@ pub fn free_port() -> u16 {
 
 /// etcd on loopback with its data in `dir` (log in `dir/etcd.log`), answering on the returned client URL.
 pub fn start_etcd(dir: &Path) -> (Killed, String) {
-    start(dir, "http", free_port(), &[])
+    start_etcd_on(dir, free_port())
 }
 
 /// As [`start_etcd`], on client port `port` (a test that starts a client of it first picks the port).
