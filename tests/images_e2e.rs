@@ -1,8 +1,9 @@
 //! End to end for container images on a VM lab: `up` of a topology whose pod names `image: busybox` builds
 //! the image on the host (cached), copies it to the node and has the node's agent import it (every digest
 //! checked); the container then sees the image's files and not the node's. An `up` that repairs the lab
-//! finds the image in the node's store and copies nothing. `testbed image load` puts the image on the node
-//! under another name, and an API pod naming it (`imagePullPolicy: Never`) runs in it, while one naming an
+//! finds the image in the node's store and copies nothing. `testbed image load` puts the debian-tools image
+//! (built on the host from Debian packages) on the node under another name, and an API pod naming it
+//! (`imagePullPolicy: Never`) runs in it with Debian's files and the suites' tools, while one naming an
 //! image no node has waits with `ErrImageNeverPull`. A node added with a pod whose image has a corrupt
 //! layer fails `up` naming the node, the image and its digest (exit 3), and the node is removed again. VM
 //! tests need root and qemu-system-x86_64 (skipped otherwise; under CI=true they fail instead). About 150 s
@@ -129,15 +130,36 @@ fn wait_for_pod(t: &ImageLab, name: &str, done: impl Fn(&Value) -> bool) -> Opti
     None
 }
 
-/// `testbed image load` of the busybox layout under a name of its own; an API pod naming it with
-/// `imagePullPolicy: Never` runs in it, one naming a name no node has waits with `ErrImageNeverPull`.
+/// What the debian-tools image must show inside a container: Debian 12's own files without the node's apt,
+/// each tool the suites run, ip and ping on the pod's network (its own address, its gateway on the node's
+/// bridge), busybox's httpd serving what its wget fetches. `$1`: the pod's IP as the control plane has it.
+const DEBIAN_TOOLS_CHECK: &str = r#"set -e
+grep -qx 'VERSION_ID="12"' /etc/os-release; echo debian-12
+[ ! -e /usr/bin/apt ] && echo no-apt
+iperf3 --version | head -n 1; socat -V | grep -m1 'socat version'; ip -V; ping -V; ps --version
+ip -4 -o addr show eth0 | grep -qw "$1" && echo own-ip
+gateway=$(ip -4 route show default | cut -d ' ' -f 3)
+ping -c 1 -W 5 "$gateway" >/dev/null && echo ping-ok
+mkdir -p /tmp/www && echo hi > /tmp/www/index.html && busybox httpd -p 127.0.0.1:8080 -h /tmp/www
+for i in 1 2 3 4 5; do busybox wget -q -O - http://127.0.0.1:8080/ 2>/dev/null && break; sleep 1; done"#;
+
+/// `testbed image load debian-tools` (built on the host from Debian packages) under a name of its own; an API
+/// pod naming it with `imagePullPolicy: Never` runs in it and has the suites' tools, one naming a name no
+/// node has waits with `ErrImageNeverPull`.
 fn load_and_run_by_name(t: &ImageLab, dir: &Path) {
-    let built =
-        Command::new(env!("CARGO_BIN_EXE_testbed")).args(["image", "oci", "build", "busybox", "-o", "json"]).output();
-    let built: Value = serde_json::from_slice(&built.expect("image oci build").stdout).expect("JSON");
-    let layout = built[0]["layout"].as_str().expect("layout").to_string();
-    let out =
-        t.testbed(&["image", "load", &layout, "--lab", &t.lab, "--name", "registry.local/tools:v1", "-o", "json"]);
+    let started = Instant::now();
+    let out = t.testbed(&[
+        "image",
+        "load",
+        "debian-tools",
+        "--lab",
+        &t.lab,
+        "--name",
+        "registry.local/tools:v1",
+        "-o",
+        "json",
+    ]);
+    eprintln!("image load debian-tools: {:.1} s", started.elapsed().as_secs_f64());
     assert!(out.status.success(), "{}", show("image load", &out));
     let loaded: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let names = loaded[0]["names"].as_array().cloned().unwrap_or_default();
@@ -158,8 +180,18 @@ fn load_and_run_by_name(t: &ImageLab, dir: &Path) {
     assert!(out.status.success(), "{}", show("apply", &out));
     let running = wait_for_pod(t, "named", |p| p["status"]["phase"] == "Running");
     assert!(running.is_some(), "the pod naming a loaded image is not Running after 90 s");
-    let out = t.testbed(&["exec", "--lab", &t.lab, "--pod", "named", "--", "cat", "/etc/passwd"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), IMAGE_PASSWD, "{}", show("exec in named", &out));
+    let named = wait_for_pod(t, "named", |p| p["status"]["podIP"].is_string()).expect("a pod IP");
+    let ip = named["status"]["podIP"].as_str().expect("podIP");
+    let out =
+        t.testbed(&["exec", "--lab", &t.lab, "--pod", "named", "--", "bash", "-c", DEBIAN_TOOLS_CHECK, "check", ip]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show("the debian-tools check in named", &out));
+    for part in ["debian-12", "no-apt", "iperf 3.", "socat version 1.7", "iproute2", "iputils", "procps-ng"] {
+        assert!(stdout.contains(part), "`{part}` missing: {}", show("the debian-tools check", &out));
+    }
+    for part in ["own-ip", "ping-ok", "\nhi\n"] {
+        assert!(stdout.contains(part), "`{part}` missing: {}", show("the debian-tools check", &out));
+    }
     let waiting = |p: &Value| p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull";
     let absent = wait_for_pod(t, "absent", waiting);
     assert!(absent.as_ref().is_some_and(|p| p["status"]["phase"] == "Pending"), "{absent:?}");

@@ -70,13 +70,15 @@ if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-t
 step "test build"
 cargo test --workspace --locked --no-run
 
-# With a fresh cache, the guest image is built beside the static agent's compile rather than inside the first
-# VM test (about 80 s). The tests wait for it: the cache has no lock against two builds at once.
+# With a fresh cache, the guest image and the debian-tools container image (mmdebstrap, about 50 s each) are
+# built beside the static agent's compile rather than inside the first VM test that needs them. The tests wait
+# for both: the guest image's cache has no lock against two builds at once.
 image_pid=""
 if [ "${CI:-}" = "true" ]; then
-  step "guest image build (background)"
+  step "guest and debian-tools image builds (background)"
   image_log="$(mktemp /tmp/testbed-image-build.XXXXXX)"
-  start_background "$image_log" "${as_root[@]}" target/debug/testbed image build
+  start_background "$image_log" "${as_root[@]}" sh -c \
+    'target/debug/testbed image build & g=$!; target/debug/testbed image oci build debian-tools; o=$?; wait $g && exit $o'
   image_pid="${background[-1]}"
 fi
 
@@ -119,8 +121,8 @@ step "static agent (waiting)"
 wait_background "the static agent's compile" "$agent_pid" "$agent_log"
 export TESTBED_AGENT="$PWD/target/static/x86_64-unknown-linux-gnu/release/testbed-agent"
 if [ -n "$image_pid" ]; then
-  step "guest image build (waiting)"
-  wait_background "the guest image build" "$image_pid" "$image_log"
+  step "guest and debian-tools image builds (waiting)"
+  wait_background "the image builds" "$image_pid" "$image_log"
 fi
 
 step "VM tests"

@@ -192,6 +192,39 @@ fn a_layer_entry_that_leaves_the_root_is_refused() {
 }
 
 #[test]
+fn a_root_entry_is_taken_as_the_layer_directory_and_only_as_a_directory() {
+    let root_entry = |kind: tar::EntryType| {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.as_gnu_mut().unwrap().name[..2].copy_from_slice(b"./");
+        header.set_entry_type(kind);
+        header.set_size(0);
+        header.set_mode(0o700);
+        header.set_cksum();
+        builder.append(&header, std::io::empty()).unwrap();
+        let mut file = tar::Header::new_gnu();
+        (file.set_size(3), file.set_mode(0o644), file.set_uid(0), file.set_gid(0), file.set_mtime(0));
+        builder.append_data(&mut file, "./etc/hostname", &b"hi\n"[..]).unwrap();
+        builder.into_inner().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let layers = write_layout(&layout, &[root_entry(tar::EntryType::Directory)]);
+    let store = ImageStore::new(dir.path().join("store"));
+    store.import_layout(&layout, None).unwrap();
+    assert_eq!(std::fs::read_to_string(store.layer_dir(&layers[0]).join("etc/hostname")).unwrap(), "hi\n");
+
+    let other = tempfile::tempdir().unwrap();
+    let layout = other.path().join("layout");
+    write_layout(&layout, &[root_entry(tar::EntryType::Regular)]);
+    let err = ImageStore::new(other.path().join("store")).import_layout(&layout, None).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::LayerEntry { entry, what, .. } if entry == "./" && what.contains("not a directory")),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_layout_with_two_images_needs_a_reference() {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");

@@ -45,6 +45,14 @@ pub fn unpack_layer(layer: &LayerBlob, dest: &Path) -> Result<(), ImageError> {
         let mut entry = entry.map_err(io(&layer.path))?;
         let path: PathBuf = entry.path().map_err(io(&layer.path))?.into_owned();
         let relative = inside(&path).ok_or_else(|| entry_error(&path, "leaves the layer's root".into()))?;
+        if relative.as_os_str().is_empty() {
+            // The root itself (`./`, as `tar -C dir .` and mmdebstrap write it): the layer directory is there
+            // already, and the container's root is the overlay's, whatever mode the layer gives it.
+            if entry.header().entry_type().is_dir() {
+                continue;
+            }
+            return Err(entry_error(&path, "the layer's root is not a directory".into()));
+        }
         let name = relative.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parent = dest.join(relative.parent().unwrap_or(Path::new("")));
         if name == OPAQUE_MARKER {
@@ -68,7 +76,8 @@ fn with_cause(e: &std::io::Error) -> String {
     }
 }
 
-/// The entry's path relative to the layer root (a leading `/` or `./` dropped), or None if it has `..`.
+/// The entry's path relative to the layer root (a leading `/` or `./` dropped; empty for the root itself), or
+/// None if it has `..`.
 fn inside(path: &Path) -> Option<PathBuf> {
     let mut relative = PathBuf::new();
     for component in path.components() {
@@ -78,7 +87,7 @@ fn inside(path: &Path) -> Option<PathBuf> {
             Component::ParentDir | Component::Prefix(_) => return None,
         }
     }
-    (!relative.as_os_str().is_empty()).then_some(relative)
+    Some(relative)
 }
 
 fn c_path(path: &Path) -> std::io::Result<CString> {

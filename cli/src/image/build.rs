@@ -67,6 +67,10 @@ pub const PACKAGES: &[&str] = &[
     "socat",
 ];
 
+/// What dpkg leaves out of a root it installs: documentation and translations are a third of a minimal
+/// system and nobody reads them in a node or a container.
+pub const DOC_EXCLUDES: &[&str] = &["/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*"];
+
 /// Loaded by the initramfs, in this order after dependency resolution, so that /dev/vda appears.
 const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
 /// busybox applets the initramfs script calls.
@@ -380,9 +384,7 @@ fn mmdebstrap(task: &crate::ui::Task, rootfs: &Path, mirrors: &[String], log: &P
     let mut cmd = Command::new("mmdebstrap");
     cmd.args(["--mode=root", "--variant=minbase", "--format=directory"])
         .arg(format!("--include={}", PACKAGES.join(",")))
-        // Documentation and translations are a third of a minimal system and nobody reads them in a node.
-        .args(["--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*"])
-        .args(["--dpkgopt=path-exclude=/usr/share/locale/*", "--dpkgopt=path-exclude=/usr/share/info/*"])
+        .args(DOC_EXCLUDES.iter().map(|path| format!("--dpkgopt=path-exclude={path}")))
         .arg(SUITE)
         .arg(rootfs)
         .args(mirrors)

@@ -106,7 +106,7 @@ mod tests {
 
     fn busybox_layout(dir: &Path) -> String {
         let layer = oci::busybox_layer(b"\x7fELF fake", &["sh".to_string()]).unwrap();
-        oci::write_layout(dir, oci::BUSYBOX, &layer).unwrap();
+        oci::write_layout(dir, oci::BUSYBOX, &oci::Layer::tar(layer), &oci::BUSYBOX_DEFAULTS).unwrap();
         let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
         index["manifests"][0]["digest"].as_str().unwrap().to_string()
     }

@@ -19,7 +19,7 @@ use crate::ui::Ui;
 /// The arguments of `testbed image load`.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// A name testbed builds (`busybox`) or the path of an OCI image layout directory or `oci-archive`.
+    /// A name testbed builds (`busybox`, `debian-tools`) or the path of an OCI image layout directory or `oci-archive`.
     pub image: String,
     #[command(flatten)]
     pub lab: LabSelector,

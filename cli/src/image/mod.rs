@@ -211,7 +211,7 @@ pub enum ImageCommand {
     /// Put a container image on a running lab's nodes (as `kind load`): a name testbed builds or an OCI
     /// image layout or oci-archive; pods then name it (`image: busybox`, `imagePullPolicy: Never`).
     Load(load::LoadArgs),
-    /// Container images (OCI) built from Debian packages: `oci build busybox`, `oci list`.
+    /// Container images (OCI) built from Debian packages: `oci build busybox|debian-tools`, `oci list`.
     Oci {
         #[command(subcommand)]
         command: OciCommand,
@@ -220,9 +220,10 @@ pub enum ImageCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum OciCommand {
-    /// Build a container image from Debian packages (apt-get download + dpkg-deb; no root, no registry).
+    /// Build a container image from Debian packages, no registry: `busybox` (apt-get download + dpkg-deb,
+    /// seconds) or `debian-tools` (mmdebstrap, about a minute).
     Build {
-        /// Image name; known: busybox.
+        /// Image name; known: busybox, debian-tools.
         name: String,
         /// Rebuild even when the cache holds one built from the same recipe.
         #[arg(long)]
@@ -362,7 +363,13 @@ pub async fn cmd_image(ui: &Ui, args: ImageArgs) -> CliResult {
 async fn cmd_oci(ui: &Ui, command: OciCommand) -> CliResult {
     let images = match command {
         OciCommand::Build { name, force } => {
+            let task = ui.task(&format!("container image {name}"));
+            let started = std::time::Instant::now();
             let built = tokio::task::spawn_blocking(move || oci::build(&name, force)).await.map_err(CliError::infra)?;
+            match &built {
+                Ok(image) => task.finish(format!("{} in {:.0} s", image.id, started.elapsed().as_secs_f64())),
+                Err(e) => task.fail(e.to_string()),
+            }
             vec![built?]
         }
         OciCommand::List => oci::list()?,
@@ -372,9 +379,9 @@ async fn cmd_oci(ui: &Ui, command: OciCommand) -> CliResult {
     } else if images.is_empty() {
         ui.info("no cached container images (build one with `testbed image oci build busybox`)");
     } else {
-        let mut table = format!("{:<22} {:<10} {:<73} LAYOUT", "ID", "NAME", "DIGEST");
+        let mut table = format!("{:<25} {:<12} {:<73} LAYOUT", "ID", "NAME", "DIGEST");
         for i in &images {
-            table.push_str(&format!("\n{:<22} {:<10} {:<73} {}", i.id, i.name, i.digest, i.layout.display()));
+            table.push_str(&format!("\n{:<25} {:<12} {:<73} {}", i.id, i.name, i.digest, i.layout.display()));
         }
         out(&table);
     }

@@ -194,7 +194,8 @@ mod tests {
         let file = dir.path().join("lab.yaml");
         let layout = dir.path().join("app");
         let layer = crate::image::oci::busybox_layer(b"\x7fELF fake", &["sh".to_string()]).unwrap();
-        crate::image::oci::write_layout(&layout, "app", &layer).unwrap();
+        let layer = crate::image::oci::Layer::tar(layer);
+        crate::image::oci::write_layout(&layout, "app", &layer, &crate::image::oci::BUSYBOX_DEFAULTS).unwrap();
         let src = format!(
             "{}pods:\n  - name: a\n    node: node1\n    containers:\n      - {{name: x, image: ./app}}\n      \
              - {{name: y, image: ./app}}\n      - {{name: z, command: [sh]}}\n  - {{name: b, node: node2, \
@@ -235,7 +236,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = dir.path().join("app");
         let layer = crate::image::oci::busybox_layer(b"\x7fELF fake", &["sh".to_string()]).unwrap();
-        crate::image::oci::write_layout(&layout, "app", &layer).unwrap();
+        let layer = crate::image::oci::Layer::tar(layer);
+        crate::image::oci::write_layout(&layout, "app", &layer, &crate::image::oci::BUSYBOX_DEFAULTS).unwrap();
         let image = deliverable(&ContainerImage::Path(layout.clone())).unwrap();
         let store_dir = dir.path().join("store");
         let (agent, store_path) = (agent.display().to_string(), store_dir.display().to_string());
@@ -252,7 +254,7 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
 
         // One byte of the layer changed: the manifest still names the layer's true digest.
-        let layer_hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer));
+        let layer_hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer.blob));
         let layer_path = layout.join("blobs/sha256").join(&layer_hex);
         let mut bytes = std::fs::read(&layer_path).unwrap();
         bytes[100] ^= 0xff;

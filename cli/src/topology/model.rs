@@ -316,9 +316,9 @@ pub struct ContainerDef {
     /// with one, Kubernetes' `command`: it replaces the image's Entrypoint and Cmd, and empty keeps them.
     #[serde(default)]
     pub command: Vec<String>,
-    /// The container's own root filesystem: an image testbed builds (`busybox`) or the path of an OCI image
-    /// layout directory or `oci-archive` tarball on the host (relative to this file). `up` copies it to the
-    /// node, whose agent checks every digest. Without it the container shares the node's files.
+    /// The container's own root filesystem: an image testbed builds (`busybox`, `debian-tools`) or the path of
+    /// an OCI image layout directory or `oci-archive` tarball on the host (relative to this file). `up` copies
+    /// it to the node, whose agent checks every digest. Without it the container shares the node's files.
     pub image: Option<String>,
     #[serde(default)]
     pub env: OrderedMap<String>,

@@ -1,11 +1,16 @@
-//! Container images (issue 16) built from Debian packages, no registry and no docker: the package's .deb
-//! is fetched by `apt-get download` (verified by apt against the mirror's signed index), unpacked with
-//! `dpkg-deb -x`, and the files an image needs are written as one uncompressed layer of an OCI image
-//! layout, with an `oci-archive` of that layout beside it. The tar is deterministic (sorted entries, owner
-//! root, mtime 0), so the same .deb gives the same digests. Cached under `<cache root>/oci/<name>-<id>/`
-//! (id: a hash of the recipe), entries appearing by a rename as for guest images; the node's agent
-//! imports either form (`testbed-agent import-image`) and checks every digest again.
+//! Container images (issue 16) built from Debian packages, no registry and no docker, each one layer of an
+//! OCI image layout with an `oci-archive` of that layout beside it: `busybox` (one static binary, busybox.rs)
+//! and `debian-tools` (a Debian root with the tools the suites run, debian_tools.rs). Cached under
+//! `<cache root>/oci/<name>-<id>/` (id: a hash of the recipe), entries appearing by a rename as for guest
+//! images; the node's agent imports either form (`testbed-agent import-image`) and checks every digest again.
 
+mod busybox;
+mod debian_tools;
+
+#[cfg(test)]
+pub use busybox::{busybox_layer, DEFAULTS as BUSYBOX_DEFAULTS};
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,16 +20,44 @@ use sha2::{Digest, Sha256};
 
 use super::ImageError;
 
-/// Bumped whenever the recipe below changes the image; part of the cache key.
-const RECIPE_VERSION: u32 = 1;
 pub const BUSYBOX: &str = "busybox";
-pub const KNOWN_NAMES: &[&str] = &[BUSYBOX];
-/// The Debian package each image is made of.
-const BUSYBOX_PACKAGE: &str = "busybox-static";
-const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DEBIAN_TOOLS: &str = "debian-tools";
+pub const KNOWN_NAMES: &[&str] = &[BUSYBOX, DEBIAN_TOOLS];
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Directories every image has: mount points the runtime fills (/proc, /sys, /dev) and /tmp.
-const IMAGE_DIRS: &[&str] = &["bin", "dev", "etc", "proc", "root", "sys", "tmp"];
+
+/// A layer's blob as the manifest lists it, and its `diff_id` (the digest of the uncompressed tar).
+pub struct Layer {
+    pub blob: Vec<u8>,
+    pub media_type: &'static str,
+    pub diff_id: String,
+}
+
+impl Layer {
+    /// An uncompressed tar layer: its blob digest is its diff_id.
+    pub fn tar(tar: Vec<u8>) -> Layer {
+        let diff_id = sha256_digest(&tar);
+        Layer { blob: tar, media_type: "application/vnd.oci.image.layer.v1.tar", diff_id }
+    }
+
+    /// A gzip-compressed layer, as registries serve them: fewer bytes to copy to every node.
+    pub fn gzip(tar: &[u8]) -> std::io::Result<Layer> {
+        // mtime 0 and no file name in the gzip header, so the same tar gives the same blob.
+        let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::default());
+        gz.write_all(tar)?;
+        let blob = gz.finish()?;
+        Ok(Layer { blob, media_type: "application/vnd.oci.image.layer.v1.tar+gzip", diff_id: sha256_digest(tar) })
+    }
+}
+
+/// What a container runs with when its pod says nothing (image-spec config.md, `config`).
+pub struct RuntimeDefaults {
+    pub cmd: &'static [&'static str],
+    pub path: &'static str,
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
 
 /// A built container image in the cache.
 #[derive(Debug, Clone, Serialize)]
@@ -43,13 +76,31 @@ fn cache_dir() -> Result<PathBuf, ImageError> {
     Ok(super::cache_root()?.join("oci"))
 }
 
-fn image_id(name: &str) -> Result<String, ImageError> {
-    if !KNOWN_NAMES.contains(&name) {
-        let known = KNOWN_NAMES.iter().map(|s| s.to_string()).collect();
-        return Err(ImageError::UnknownName { name: name.into(), known });
+/// Image `name`'s recipe as text (what it is made of): its hash names the cache entry.
+fn recipe(name: &str) -> Result<String, ImageError> {
+    match name {
+        BUSYBOX => Ok(busybox::recipe()),
+        DEBIAN_TOOLS => Ok(debian_tools::recipe()),
+        _ => {
+            let known = KNOWN_NAMES.iter().map(|s| s.to_string()).collect();
+            Err(ImageError::UnknownName { name: name.into(), known })
+        }
     }
-    let recipe = format!("oci recipe {RECIPE_VERSION}\npackage {BUSYBOX_PACKAGE}\ndirs {IMAGE_DIRS:?}\n");
-    Ok(format!("{name}-{}", &hex::encode(Sha256::digest(recipe))[..12]))
+}
+
+fn image_id(name: &str) -> Result<String, ImageError> {
+    Ok(format!("{name}-{}", &hex::encode(Sha256::digest(recipe(name)?))[..12]))
+}
+
+/// Writes image `name` (a known one) into `staging`: its layout and its archive.
+fn build_into(name: &str, staging: &Path) -> Result<(), ImageError> {
+    std::fs::create_dir_all(staging).map_err(|e| ImageError::io(format!("create {}", staging.display()), e))?;
+    let (layer, defaults) = match name {
+        BUSYBOX => (busybox::layer(staging)?, &busybox::DEFAULTS),
+        _ => (debian_tools::layer(staging)?, &debian_tools::DEFAULTS),
+    };
+    write_layout(&staging.join("layout"), name, &layer, defaults)?;
+    write_archive(&staging.join("layout"), &staging.join("image.tar"))
 }
 
 /// Returns the cached image `name`, building it first when missing (or always with `force`).
@@ -60,7 +111,7 @@ pub fn build(name: &str, force: bool) -> Result<OciImage, ImageError> {
         return read(&dir);
     }
     let staging = cache_dir()?.join(format!(".tmp-{id}-{}", std::process::id()));
-    let built = build_into(&staging).and_then(|()| {
+    let built = build_into(name, &staging).and_then(|()| {
         if force {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -111,84 +162,22 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
-fn build_into(staging: &Path) -> Result<(), ImageError> {
-    let deb_dir = staging.join("deb");
-    std::fs::create_dir_all(&deb_dir).map_err(|e| ImageError::io(format!("create {}", deb_dir.display()), e))?;
-    run(Command::new("apt-get").arg("download").arg(BUSYBOX_PACKAGE).current_dir(staging), "apt-get download")?;
-    let deb = std::fs::read_dir(staging)
-        .map_err(|e| ImageError::io(format!("read {}", staging.display()), e))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| ImageError::Recipe(format!("apt-get download left no .deb in {}", staging.display())))?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&deb_dir), "dpkg-deb -x")?;
-    let busybox = deb_dir.join("bin/busybox");
-    let list = Command::new(&busybox).arg("--list").output().map_err(|e| ImageError::io("busybox --list".into(), e))?;
-    let applets: Vec<String> = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|a| !a.is_empty() && a != "busybox" && !a.contains('/'))
-        .collect();
-    let binary = std::fs::read(&busybox).map_err(|e| ImageError::io(format!("read {}", busybox.display()), e))?;
-    let layer = busybox_layer(&binary, &applets).map_err(|e| ImageError::io("write the layer".into(), e))?;
-    write_layout(&staging.join("layout"), BUSYBOX, &layer)?;
-    write_archive(&staging.join("layout"), &staging.join("image.tar"))?;
-    let _ = std::fs::remove_dir_all(&deb_dir);
-    let _ = std::fs::remove_file(&deb);
-    Ok(())
-}
-
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h
-}
-
-/// The busybox image's one layer: its directories, /etc/passwd and /etc/group for root, the static binary
-/// as /bin/busybox and a symlink per applet in /bin (so `sh`, `ls`, ... resolve through PATH=/bin).
-pub fn busybox_layer(binary: &[u8], applets: &[String]) -> std::io::Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for dir in IMAGE_DIRS {
-        let mode = if *dir == "tmp" { 0o1777 } else { 0o755 };
-        tar.append_data(&mut header(tar::EntryType::Directory, mode, 0), dir, std::io::empty())?;
-    }
-    let files: [(&str, &[u8]); 2] =
-        [("etc/group", b"root:x:0:\nnogroup:x:65534:\n"), ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")];
-    for (path, content) in files {
-        tar.append_data(&mut header(tar::EntryType::Regular, 0o644, content.len() as u64), path, content)?;
-    }
-    tar.append_data(&mut header(tar::EntryType::Regular, 0o755, binary.len() as u64), "bin/busybox", binary)?;
-    let mut sorted = applets.to_vec();
-    sorted.sort();
-    sorted.dedup();
-    for applet in sorted {
-        tar.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("bin/{applet}"), "busybox")?;
-    }
-    tar.into_inner()
-}
-
 fn put_blob(layout: &Path, bytes: &[u8], media_type: &str) -> Result<serde_json::Value, ImageError> {
-    let hex = hex::encode(Sha256::digest(bytes));
-    let path = layout.join("blobs/sha256").join(&hex);
+    let digest = sha256_digest(bytes);
+    let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
     std::fs::write(&path, bytes).map_err(|e| ImageError::io(format!("write {}", path.display()), e))?;
-    Ok(json!({ "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len() }))
+    Ok(json!({ "mediaType": media_type, "digest": digest, "size": bytes.len() }))
 }
 
 /// An image layout (image-spec image-layout.md) of one layer, its manifest named `name` in index.json.
-pub fn write_layout(layout: &Path, name: &str, layer: &[u8]) -> Result<(), ImageError> {
+pub fn write_layout(layout: &Path, name: &str, layer: &Layer, defaults: &RuntimeDefaults) -> Result<(), ImageError> {
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(|e| ImageError::io(format!("create {}", blobs.display()), e))?;
-    let layer_desc = put_blob(layout, layer, LAYER_MEDIA_TYPE)?;
-    let diff_id = layer_desc["digest"].clone();
+    let layer_desc = put_blob(layout, &layer.blob, layer.media_type)?;
     let config = json!({
         "architecture": "amd64", "os": "linux",
-        "config": { "Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "WorkingDir": "/" },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "config": { "Cmd": defaults.cmd, "Env": [format!("PATH={}", defaults.path)], "WorkingDir": "/" },
+        "rootfs": { "type": "layers", "diff_ids": [layer.diff_id] },
     });
     let config_desc = put_blob(layout, config.to_string().as_bytes(), "application/vnd.oci.image.config.v1+json")?;
     let manifest = json!({
@@ -217,7 +206,37 @@ fn write_archive(layout: &Path, archive: &Path) -> Result<(), ImageError> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+
+    #[test]
+    fn a_gzip_layer_names_the_uncompressed_tar_as_its_diff_id_and_is_the_same_for_the_same_tar() {
+        let tar = busybox_layer(b"\x7fELF fake busybox", &["sh".to_string()]).unwrap();
+        let layer = Layer::gzip(&tar).unwrap();
+        assert_eq!(layer.blob, Layer::gzip(&tar).unwrap().blob, "same tar, same blob");
+        assert_eq!(layer.diff_id, Layer::tar(tar.clone()).diff_id);
+        assert_ne!(sha256_digest(&layer.blob), layer.diff_id);
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(layer.blob.as_slice()).read_to_end(&mut unpacked).unwrap();
+        assert_eq!(unpacked, tar);
+
+        let dir = tempfile::tempdir().unwrap();
+        write_layout(dir.path(), DEBIAN_TOOLS, &layer, &debian_tools::DEFAULTS).unwrap();
+        let blob = |digest: &str| {
+            let path = dir.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).unwrap()).unwrap()
+        };
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
+        assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+        assert_eq!(manifest["layers"][0]["digest"], sha256_digest(&layer.blob));
+        let config = blob(manifest["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["rootfs"]["diff_ids"][0], layer.diff_id);
+        assert_eq!(config["config"]["Cmd"][0], "/bin/bash");
+        assert!(config["config"]["Env"][0].as_str().unwrap().starts_with("PATH=/usr/local/sbin:"), "{config}");
+    }
 
     #[test]
     fn the_layer_is_deterministic_and_the_layout_names_its_blobs_by_digest() {
@@ -233,7 +252,7 @@ mod tests {
         assert_eq!(names.iter().filter(|n| *n == "bin/sh").count(), 1, "applets deduplicated");
 
         let dir = tempfile::tempdir().unwrap();
-        write_layout(dir.path(), BUSYBOX, &layer).unwrap();
+        write_layout(dir.path(), BUSYBOX, &Layer::tar(layer.clone()), &BUSYBOX_DEFAULTS).unwrap();
         let index: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
@@ -257,5 +276,6 @@ mod tests {
     fn unknown_names_are_refused() {
         assert!(matches!(image_id("alpine"), Err(ImageError::UnknownName { .. })));
         assert!(image_id(BUSYBOX).unwrap().starts_with("busybox-"));
+        assert!(image_id(DEBIAN_TOOLS).unwrap().starts_with("debian-tools-"));
     }
 }
