@@ -203,7 +203,11 @@ fn a_root_entry_is_taken_as_the_layer_directory_and_only_as_a_directory() {
         header.set_cksum();
         builder.append(&header, std::io::empty()).unwrap();
         let mut file = tar::Header::new_gnu();
-        (file.set_size(3), file.set_mode(0o644), file.set_uid(0), file.set_gid(0), file.set_mtime(0));
+        file.set_size(3);
+        file.set_mode(0o644);
+        file.set_uid(0);
+        file.set_gid(0);
+        file.set_mtime(0);
         builder.append_data(&mut file, "./etc/hostname", &b"hi\n"[..]).unwrap();
         builder.into_inner().unwrap()
     };
