@@ -346,6 +346,13 @@ fn check_nodes(
                         ));
                     }
                 }
+                if matches!(image, ImageRef::Url { .. }) && !args.is_empty() {
+                    return Err(ctx.at(
+                        &p,
+                        "kernel_args need an image testbed builds: a downloaded image boots its own boot loader, \
+                         which keeps its own kernel command line (set `kernel_args: []` on this node)",
+                    ));
+                }
                 args.clone()
             }
             None => Vec::new(),
